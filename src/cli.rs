@@ -1,0 +1,483 @@
+//! Command line: clap's derive for the syntax, then [`Args::validate`] for the meaning. PURE.
+//!
+//! Validation needs two facts from the machine (the online CPUs and, for a hostname peer, DNS);
+//! the caller passes those in, so every rule here is unit-tested without root or network.
+
+use clap::Parser;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// The UDP port tunfwd listens on by default.
+pub const DEFAULT_PORT: u16 = 55555;
+/// Linux's limit on queues of one TUN device (`MAX_TAP_QUEUES` in drivers/net/tun.c).
+pub const MAX_QUEUES: usize = 256;
+/// `IFNAMSIZ - 1`: an interface name's bytes, without the terminating NUL.
+pub const MAX_DEVICE_NAME: usize = 15;
+/// Outer IPv4 + UDP header bytes, and outer IPv6 + UDP.
+pub const OVERHEAD_V4: u32 = 20 + 8;
+pub const OVERHEAD_V6: u32 = 40 + 8;
+const UNDERLAY_MTU: u32 = 1500;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tunfwd",
+    version,
+    about = "Forward IP packets between a multiqueue TUN device and a UDP peer",
+    long_about = "Forward IP packets between a multiqueue TUN device and a UDP peer.\n\n\
+        Run it on both ends of a link, each pointing --peer at the other; the two TUN devices are \
+        then joined. Each inner IP packet travels as one UDP payload with no extra header."
+)]
+pub struct Args {
+    /// The other relay, as IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer: String,
+
+    /// Local UDP address to receive on. [default: the wildcard address of the peer's family, port 55555]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
+    /// TUN device to create, or to attach to if it already exists as a persistent device.
+    #[arg(long, value_name = "NAME", default_value = "tunfwd0")]
+    pub dev: String,
+
+    /// Number of TUN queues, one worker thread each (1 to 256). [default: the number of online CPUs]
+    #[arg(long, value_name = "N")]
+    pub queues: Option<usize>,
+
+    /// CPUs to pin workers to, round-robin, e.g. 0-3,6. [default: all online CPUs]
+    #[arg(long, value_name = "LIST", conflicts_with = "no_pin")]
+    pub cpus: Option<String>,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Address to assign to the device, as ADDR/PREFIX (IPv4 or IPv6). Repeatable. The link is
+    /// brought up when any address is given.
+    #[arg(long = "address", value_name = "CIDR")]
+    pub addresses: Vec<String>,
+
+    /// Device MTU in bytes. [default: 1500 minus the outer headers: 1472 for an IPv4 peer, 1452 for IPv6]
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+
+    /// Print the stats report every SECS seconds; 0 prints it only at exit.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
+    /// Also write the stats report as JSON to PATH, at each interval and at exit (atomically).
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+
+    /// io_uring operations each worker keeps in flight per direction (1 to 4096, a power of two).
+    /// 1 turns batching off, for measuring what batching is worth.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub ring_depth: usize,
+}
+
+/// Where the peer is, before name resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSpec {
+    Address(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+/// A validated configuration. Every field is in range; the device does not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub peer: SocketAddr,
+    pub listen: SocketAddr,
+    pub device_name: String,
+    pub queues: usize,
+    /// The CPU for each worker, or `None` when pinning is off.
+    pub worker_cpus: Option<Vec<usize>>,
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub mtu: u32,
+    pub stats_interval_secs: u64,
+    pub stats_json: Option<PathBuf>,
+    pub ring_depth: usize,
+}
+
+/// Bad input: which option, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub option: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.option, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        option,
+        problem: problem.into(),
+    }
+}
+
+/// Parses `--peer` without resolving names.
+pub fn parse_peer(text: &str) -> Result<PeerSpec, ConfigError> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(PeerSpec::Address(address));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| bad("--peer", format!("'{text}' is not HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("--peer", format!("'{port}' is not a port number")))?;
+    if host.is_empty() || host.contains(':') || host.contains(char::is_whitespace) {
+        return Err(bad(
+            "--peer",
+            format!("'{text}' is not HOST:PORT (write IPv6 as [ADDR]:PORT)"),
+        ));
+    }
+    if port == 0 {
+        return Err(bad("--peer", "port 0 is not a destination"));
+    }
+    Ok(PeerSpec::Name {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parses a CPU list such as `0-3,6`.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let number = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| bad("--cpus", format!("'{s}' is not a CPU number")))
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (number(lo)?, number(hi)?);
+                if lo > hi {
+                    return Err(bad("--cpus", format!("range '{part}' runs backwards")));
+                }
+                cpus.extend(lo..=hi);
+            }
+            None => cpus.push(number(part)?),
+        }
+    }
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Parses an `--address` such as `198.19.0.1/24` or `2001:2::1/64`.
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), ConfigError> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| bad("--address", format!("'{text}' has no /PREFIX")))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| bad("--address", format!("'{addr}' is not an IP address")))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| bad("--address", format!("prefix '{prefix}' is not 0..={max}")))?;
+    Ok((addr, prefix))
+}
+
+fn validate_device_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(bad("--dev", "empty device name"));
+    }
+    if name.len() > MAX_DEVICE_NAME {
+        return Err(bad(
+            "--dev",
+            format!(
+                "'{name}' is {} bytes; Linux allows at most {MAX_DEVICE_NAME}",
+                name.len()
+            ),
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':', '%'])
+        || name.contains(char::is_whitespace)
+    {
+        return Err(bad(
+            "--dev",
+            format!("'{name}' is not a valid interface name"),
+        ));
+    }
+    Ok(())
+}
+
+impl Args {
+    /// Validates the arguments. `online_cpus` is the machine's online CPU list; `resolve` turns a
+    /// hostname and port into addresses (DNS, in production).
+    pub fn validate(
+        &self,
+        online_cpus: &[usize],
+        resolve: impl Fn(&str, u16) -> Result<Vec<SocketAddr>, String>,
+    ) -> Result<Config, ConfigError> {
+        let peer = match parse_peer(&self.peer)? {
+            PeerSpec::Address(address) => address,
+            PeerSpec::Name { host, port } => {
+                let found = resolve(&host, port)
+                    .map_err(|why| bad("--peer", format!("cannot resolve '{host}': {why}")))?;
+                // Prefer IPv4, as the default MTU and the examples do; any address will work.
+                found
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(found.first())
+                    .copied()
+                    .ok_or_else(|| bad("--peer", format!("'{host}' has no addresses")))?
+            }
+        };
+        if peer.port() == 0 {
+            return Err(bad("--peer", "port 0 is not a destination"));
+        }
+        if peer.ip().is_unspecified() || peer.ip().is_multicast() {
+            return Err(bad(
+                "--peer",
+                format!("{} is not a unicast address", peer.ip()),
+            ));
+        }
+
+        let listen = match &self.listen {
+            Some(text) => {
+                let listen: SocketAddr = text
+                    .parse()
+                    .map_err(|_| bad("--listen", format!("'{text}' is not ADDR:PORT")))?;
+                if listen.is_ipv4() != peer.is_ipv4() {
+                    return Err(bad("--listen", "must be the same IP family as --peer"));
+                }
+                listen
+            }
+            None if peer.is_ipv4() => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_PORT),
+            None => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_PORT),
+        };
+
+        validate_device_name(&self.dev)?;
+
+        let queues = self.queues.unwrap_or(online_cpus.len().max(1));
+        if !(1..=MAX_QUEUES).contains(&queues) {
+            return Err(bad(
+                "--queues",
+                format!("{queues} is not between 1 and {MAX_QUEUES}"),
+            ));
+        }
+
+        let worker_cpus = if self.no_pin {
+            None
+        } else {
+            let pool = match &self.cpus {
+                Some(text) => {
+                    let cpus = parse_cpu_list(text)?;
+                    if let Some(unknown) = cpus.iter().find(|c| !online_cpus.contains(c)) {
+                        return Err(bad(
+                            "--cpus",
+                            format!("CPU {unknown} is not online (online: {online_cpus:?})"),
+                        ));
+                    }
+                    cpus
+                }
+                None => online_cpus.to_vec(),
+            };
+            if pool.is_empty() {
+                return Err(bad("--cpus", "no CPUs to pin to (use --no-pin)"));
+            }
+            Some((0..queues).map(|q| pool[q % pool.len()]).collect())
+        };
+
+        let addresses = self
+            .addresses
+            .iter()
+            .map(|a| parse_cidr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let overhead = if peer.is_ipv4() {
+            OVERHEAD_V4
+        } else {
+            OVERHEAD_V6
+        };
+        let mtu = self.mtu.unwrap_or(UNDERLAY_MTU - overhead);
+        let has_ipv6 = addresses.iter().any(|(a, _)| a.is_ipv6());
+        let min_mtu = if has_ipv6 { 1280 } else { 576 };
+        if !(min_mtu..=65535).contains(&mtu) {
+            let why = if has_ipv6 {
+                " (IPv6 needs at least 1280)"
+            } else {
+                ""
+            };
+            return Err(bad(
+                "--mtu",
+                format!("{mtu} is not between {min_mtu} and 65535{why}"),
+            ));
+        }
+
+        if !(1..=4096).contains(&self.ring_depth) || !self.ring_depth.is_power_of_two() {
+            return Err(bad(
+                "--ring-depth",
+                format!("{} is not a power of two in 1..=4096", self.ring_depth),
+            ));
+        }
+
+        Ok(Config {
+            peer,
+            listen,
+            device_name: self.dev.clone(),
+            queues,
+            worker_cpus,
+            addresses,
+            mtu,
+            stats_interval_secs: self.stats_interval,
+            stats_json: self.stats_json.clone(),
+            ring_depth: self.ring_depth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["tunfwd", "--peer", "198.18.0.2:55555"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("clap accepts")
+    }
+
+    fn no_dns(_: &str, _: u16) -> Result<Vec<SocketAddr>, String> {
+        Err("no DNS in tests".into())
+    }
+
+    fn check(extra: &[&str]) -> Result<Config, ConfigError> {
+        args(extra).validate(&[0, 1, 2, 3], no_dns)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check(&[]).unwrap();
+        assert_eq!(c.peer, "198.18.0.2:55555".parse().unwrap());
+        assert_eq!(c.listen, "0.0.0.0:55555".parse().unwrap());
+        assert_eq!(c.device_name, "tunfwd0");
+        assert_eq!(c.queues, 4);
+        assert_eq!(c.worker_cpus, Some(vec![0, 1, 2, 3]));
+        assert_eq!(c.mtu, 1472);
+        assert_eq!(c.stats_interval_secs, 0);
+    }
+
+    #[test]
+    fn ipv6_peer_changes_listen_family_and_mtu() {
+        let c = Args::try_parse_from(["tunfwd", "--peer", "[2001:2::2]:7000"])
+            .unwrap()
+            .validate(&[0], no_dns)
+            .unwrap();
+        assert_eq!(c.listen, "[::]:55555".parse().unwrap());
+        assert_eq!(c.mtu, 1452);
+        assert_eq!(c.queues, 1);
+    }
+
+    #[test]
+    fn hostname_peer_is_resolved_preferring_ipv4() {
+        let c = Args::try_parse_from(["tunfwd", "--peer", "relay.example:9000"])
+            .unwrap()
+            .validate(&[0], |host, port| {
+                assert_eq!((host, port), ("relay.example", 9000));
+                Ok(vec![
+                    "[2001:2::9]:9000".parse().unwrap(),
+                    "198.18.0.9:9000".parse().unwrap(),
+                ])
+            })
+            .unwrap();
+        assert_eq!(c.peer, "198.18.0.9:9000".parse().unwrap());
+        let e = Args::try_parse_from(["tunfwd", "--peer", "nowhere.invalid:9000"])
+            .unwrap()
+            .validate(&[0], no_dns)
+            .unwrap_err();
+        assert_eq!(e.option, "--peer");
+        assert!(e.problem.contains("cannot resolve"));
+    }
+
+    #[test]
+    fn bad_values_name_their_option() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--queues", "0"], "--queues"),
+            (&["--queues", "257"], "--queues"),
+            (&["--dev", "a-name-longer-than-15"], "--dev"),
+            (&["--dev", "bad/name"], "--dev"),
+            (&["--mtu", "575"], "--mtu"),
+            (&["--mtu", "65536"], "--mtu"),
+            (&["--mtu", "1000", "--address", "2001:2::1/64"], "--mtu"),
+            (&["--cpus", "9"], "--cpus"),
+            (&["--cpus", "3-1"], "--cpus"),
+            (&["--cpus", "x"], "--cpus"),
+            (&["--address", "198.19.0.1"], "--address"),
+            (&["--address", "198.19.0.1/33"], "--address"),
+            (&["--address", "nonsense/24"], "--address"),
+            (&["--listen", "[::]:55555"], "--listen"),
+            (&["--listen", "nope"], "--listen"),
+            (&["--ring-depth", "3"], "--ring-depth"),
+            (&["--ring-depth", "0"], "--ring-depth"),
+        ];
+        for (extra, option) in cases {
+            let e = check(extra).expect_err(&format!("{extra:?} should fail"));
+            assert_eq!(&e.option, option, "{extra:?}: {e}");
+            assert!(e.to_string().starts_with(option));
+        }
+        for peer in [
+            "198.18.0.2",
+            "198.18.0.2:x",
+            ":55555",
+            "0.0.0.0:55555",
+            "198.18.0.2:0",
+            "a b:1",
+        ] {
+            let e = Args::try_parse_from(["tunfwd", "--peer", peer])
+                .unwrap()
+                .validate(&[0], no_dns)
+                .expect_err(peer);
+            assert_eq!(e.option, "--peer", "{peer}");
+        }
+    }
+
+    #[test]
+    fn cpus_round_robin_and_mtu_bounds() {
+        let c = check(&["--queues", "5", "--cpus", "1,3"]).unwrap();
+        assert_eq!(c.worker_cpus, Some(vec![1, 3, 1, 3, 1]));
+        assert_eq!(check(&["--no-pin"]).unwrap().worker_cpus, None);
+        assert_eq!(parse_cpu_list("0-2,2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert_eq!(check(&["--mtu", "576"]).unwrap().mtu, 576);
+        assert_eq!(
+            check(&["--mtu", "1280", "--address", "2001:2::1/64"])
+                .unwrap()
+                .mtu,
+            1280
+        );
+        let c = check(&["--address", "198.19.0.1/24", "--address", "2001:2::1/64"]).unwrap();
+        assert_eq!(
+            c.addresses,
+            vec![
+                ("198.19.0.1".parse().unwrap(), 24),
+                ("2001:2::1".parse().unwrap(), 64)
+            ]
+        );
+    }
+
+    #[test]
+    fn clap_rejects_syntax_errors() {
+        assert!(
+            Args::try_parse_from(["tunfwd"]).is_err(),
+            "--peer is required"
+        );
+        assert!(Args::try_parse_from(["tunfwd", "--peer", "1.2.3.4:5", "--queues", "x"]).is_err());
+        assert!(
+            Args::try_parse_from(["tunfwd", "--peer", "1.2.3.4:5", "--no-pin", "--cpus", "1"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,459 @@
+//! Per-worker counters and latency histograms, merged only when a report is made. PURE.
+//!
+//! Each worker owns one [`WorkerStats`] and updates it with plain adds: no atomics, no locks, so
+//! counting costs the hot path nothing it would notice. A report takes copies from every worker
+//! (a snapshot sent at an interval, or the final one at exit) and merges histograms with
+//! `Histogram::add` there, once.
+
+use hdrhistogram::Histogram;
+use serde_json::{Map, Value, json};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Why a packet was dropped. Each reason is its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A TUN read shorter than the virtio_net_hdr.
+    TunShortRead,
+    /// A TUN read that carried a GSO super-packet or a partial checksum, which this build was not
+    /// negotiated to receive.
+    TunUnexpectedOffload,
+    /// The UDP socket's send buffer was full (EAGAIN/ENOBUFS); like a full qdisc, the packet goes.
+    UdpSendBufferFull,
+    /// The send failed because the peer's host or port is unreachable (an ICMP error came back).
+    PeerUnreachable,
+    /// Any other send error.
+    UdpSendError,
+    /// A datagram larger than the receive buffer (that is, than the device MTU).
+    OversizedDatagram,
+    /// A datagram from an address other than the peer's.
+    ForeignSource,
+    /// The first nibble is neither 4 nor 6.
+    BadIpVersion,
+    /// Empty, shorter than an IP header, or a bad IPv4 header length.
+    BadIpHeader,
+    /// The IP length field disagrees with the datagram's length.
+    IpLengthMismatch,
+    /// The TUN device rejected a write.
+    TunWriteError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 11] = [
+        DropReason::TunShortRead,
+        DropReason::TunUnexpectedOffload,
+        DropReason::UdpSendBufferFull,
+        DropReason::PeerUnreachable,
+        DropReason::UdpSendError,
+        DropReason::OversizedDatagram,
+        DropReason::ForeignSource,
+        DropReason::BadIpVersion,
+        DropReason::BadIpHeader,
+        DropReason::IpLengthMismatch,
+        DropReason::TunWriteError,
+    ];
+
+    /// The name used in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::TunShortRead => "tun_short_read",
+            DropReason::TunUnexpectedOffload => "tun_unexpected_offload",
+            DropReason::UdpSendBufferFull => "udp_send_buffer_full",
+            DropReason::PeerUnreachable => "peer_unreachable",
+            DropReason::UdpSendError => "udp_send_error",
+            DropReason::OversizedDatagram => "oversized_datagram",
+            DropReason::ForeignSource => "foreign_source",
+            DropReason::BadIpVersion => "bad_ip_version",
+            DropReason::BadIpHeader => "bad_ip_header",
+            DropReason::IpLengthMismatch => "ip_length_mismatch",
+            DropReason::TunWriteError => "tun_write_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<crate::wire::Malformed> for DropReason {
+    fn from(m: crate::wire::Malformed) -> DropReason {
+        use crate::wire::Malformed;
+        match m {
+            Malformed::BadVersion(_) => DropReason::BadIpVersion,
+            Malformed::Empty | Malformed::TooShort | Malformed::BadHeaderLen => {
+                DropReason::BadIpHeader
+            }
+            Malformed::LengthMismatch { .. } => DropReason::IpLengthMismatch,
+        }
+    }
+}
+
+/// The direction a latency sample belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    TunToUdp,
+    UdpToTun,
+}
+
+/// Counters of one queue. All counts are since the worker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub tun_rx_packets: u64,
+    pub tun_rx_bytes: u64,
+    pub udp_tx_packets: u64,
+    pub udp_tx_bytes: u64,
+    pub udp_rx_packets: u64,
+    pub udp_rx_bytes: u64,
+    pub tun_tx_packets: u64,
+    pub tun_tx_bytes: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+    /// ICMP errors about the peer that the socket reported (port or host unreachable...).
+    pub icmp_errors: u64,
+    /// Times a multishot receive stopped because every buffer was in use; it is re-armed.
+    pub buffer_stalls: u64,
+}
+
+impl Counters {
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    fn add(&mut self, other: &Counters) {
+        self.tun_rx_packets += other.tun_rx_packets;
+        self.tun_rx_bytes += other.tun_rx_bytes;
+        self.udp_tx_packets += other.udp_tx_packets;
+        self.udp_tx_bytes += other.udp_tx_bytes;
+        self.udp_rx_packets += other.udp_rx_packets;
+        self.udp_rx_bytes += other.udp_rx_bytes;
+        self.tun_tx_packets += other.tun_tx_packets;
+        self.tun_tx_bytes += other.tun_tx_bytes;
+        for (mine, theirs) in self.drops.iter_mut().zip(other.drops) {
+            *mine += theirs;
+        }
+        self.icmp_errors += other.icmp_errors;
+        self.buffer_stalls += other.buffer_stalls;
+    }
+}
+
+/// Latencies are recorded in ns, from 1 ns to a minute, to 3 significant digits.
+const LATENCY_MAX_NS: u64 = 60_000_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static histogram bounds are valid")
+}
+
+/// Everything one worker counts. Owned by that worker alone.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    pub queue: usize,
+    pub counters: Counters,
+    pub tun_to_udp_ns: Histogram<u64>,
+    pub udp_to_tun_ns: Histogram<u64>,
+}
+
+impl WorkerStats {
+    pub fn new(queue: usize) -> Self {
+        WorkerStats {
+            queue,
+            counters: Counters::default(),
+            tun_to_udp_ns: new_histogram(),
+            udp_to_tun_ns: new_histogram(),
+        }
+    }
+
+    /// Records one packet's latency; values past the histogram's range are clamped, not lost.
+    pub fn record_latency(&mut self, direction: Direction, ns: u64) {
+        let h = match direction {
+            Direction::TunToUdp => &mut self.tun_to_udp_ns,
+            Direction::UdpToTun => &mut self.udp_to_tun_ns,
+        };
+        h.saturating_record(ns.clamp(1, LATENCY_MAX_NS));
+    }
+}
+
+/// Percentiles of one direction's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return LatencySummary {
+                count: 0,
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+            };
+        }
+        LatencySummary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({"count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99,
+               "p999": self.p999, "max": self.max})
+    }
+}
+
+/// A merged view of all workers at one moment.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub elapsed: Duration,
+    /// One entry per queue, sorted by queue index.
+    pub queues: Vec<WorkerStats>,
+}
+
+impl Report {
+    pub fn new(elapsed: Duration, mut queues: Vec<WorkerStats>) -> Self {
+        queues.sort_by_key(|q| q.queue);
+        Report { elapsed, queues }
+    }
+
+    pub fn totals(&self) -> Counters {
+        let mut total = Counters::default();
+        for q in &self.queues {
+            total.add(&q.counters);
+        }
+        total
+    }
+
+    /// All workers' histograms of one direction, merged.
+    pub fn latency(&self, direction: Direction) -> Histogram<u64> {
+        let mut merged = new_histogram();
+        for q in &self.queues {
+            let h = match direction {
+                Direction::TunToUdp => &q.tun_to_udp_ns,
+                Direction::UdpToTun => &q.udp_to_tun_ns,
+            };
+            merged.add(h).expect("histograms share bounds");
+        }
+        merged
+    }
+
+    pub fn to_json(&self) -> Value {
+        let queues: Vec<Value> = self
+            .queues
+            .iter()
+            .map(|q| {
+                let c = &q.counters;
+                let drops: Map<String, Value> = DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name().to_string(), json!(c.drops_of(*r))))
+                    .collect();
+                json!({
+                    "queue": q.queue,
+                    "tun_rx_packets": c.tun_rx_packets, "tun_rx_bytes": c.tun_rx_bytes,
+                    "udp_tx_packets": c.udp_tx_packets, "udp_tx_bytes": c.udp_tx_bytes,
+                    "udp_rx_packets": c.udp_rx_packets, "udp_rx_bytes": c.udp_rx_bytes,
+                    "tun_tx_packets": c.tun_tx_packets, "tun_tx_bytes": c.tun_tx_bytes,
+                    "drops": drops,
+                    "icmp_errors": c.icmp_errors,
+                    "buffer_stalls": c.buffer_stalls,
+                })
+            })
+            .collect();
+        json!({
+            "elapsed_secs": self.elapsed.as_secs_f64(),
+            "queues": queues,
+            "latency_ns": {
+                "tun_to_udp": LatencySummary::of(&self.latency(Direction::TunToUdp)).to_json(),
+                "udp_to_tun": LatencySummary::of(&self.latency(Direction::UdpToTun)).to_json(),
+            }
+        })
+    }
+
+    /// The human-readable report.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tunfwd stats after {:.1} s",
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "{:>5} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>8}",
+            "queue",
+            "tun_rx_pkts",
+            "tun_rx_bytes",
+            "udp_tx_pkts",
+            "udp_tx_bytes",
+            "udp_rx_pkts",
+            "udp_rx_bytes",
+            "tun_tx_pkts",
+            "tun_tx_bytes",
+            "drops"
+        );
+        let row = |out: &mut String, label: &str, c: &Counters| {
+            let _ = writeln!(
+                out,
+                "{:>5} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>8}",
+                label,
+                c.tun_rx_packets,
+                c.tun_rx_bytes,
+                c.udp_tx_packets,
+                c.udp_tx_bytes,
+                c.udp_rx_packets,
+                c.udp_rx_bytes,
+                c.tun_tx_packets,
+                c.tun_tx_bytes,
+                c.total_drops()
+            );
+        };
+        for q in &self.queues {
+            row(&mut out, &q.queue.to_string(), &q.counters);
+        }
+        let total = self.totals();
+        row(&mut out, "total", &total);
+        let nonzero: Vec<String> = DropReason::ALL
+            .iter()
+            .filter(|r| total.drops_of(**r) > 0)
+            .map(|r| format!("{}={}", r.name(), total.drops_of(*r)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "drops: {}; icmp_errors={} buffer_stalls={}",
+            if nonzero.is_empty() {
+                "none".to_string()
+            } else {
+                nonzero.join(" ")
+            },
+            total.icmp_errors,
+            total.buffer_stalls
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "latency (ns)", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (name, direction) in [
+            ("tun_to_udp", Direction::TunToUdp),
+            ("udp_to_tun", Direction::UdpToTun),
+        ] {
+            let s = LatencySummary::of(&self.latency(direction));
+            let _ = writeln!(
+                out,
+                "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                name, s.count, s.p50, s.p90, s.p99, s.p999, s.max
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(queue: usize, packets: u64, latencies: &[u64]) -> WorkerStats {
+        let mut w = WorkerStats::new(queue);
+        w.counters.tun_rx_packets = packets;
+        w.counters.tun_rx_bytes = packets * 100;
+        w.counters.udp_tx_packets = packets;
+        w.counters.drop(DropReason::ForeignSource);
+        for &ns in latencies {
+            w.record_latency(Direction::TunToUdp, ns);
+        }
+        w.record_latency(Direction::UdpToTun, 5_000);
+        w
+    }
+
+    #[test]
+    fn merging_adds_counters_and_histograms() {
+        let r = Report::new(
+            Duration::from_secs(2),
+            vec![worker(1, 10, &[1_000, 2_000]), worker(0, 5, &[100_000])],
+        );
+        assert_eq!(r.queues[0].queue, 0, "sorted by queue");
+        let t = r.totals();
+        assert_eq!(t.tun_rx_packets, 15);
+        assert_eq!(t.tun_rx_bytes, 1500);
+        assert_eq!(t.drops_of(DropReason::ForeignSource), 2);
+        assert_eq!(t.total_drops(), 2);
+        let h = r.latency(Direction::TunToUdp);
+        assert_eq!(h.len(), 3);
+        assert!(h.max() >= 99_900 && h.max() <= 100_100);
+        assert_eq!(r.latency(Direction::UdpToTun).len(), 2);
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let r = Report::new(
+            Duration::from_millis(1500),
+            vec![worker(0, 7, &[1_000; 100])],
+        );
+        let text = serde_json::to_string(&r.to_json()).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let q = &v["queues"][0];
+        assert_eq!(q["queue"], 0);
+        assert_eq!(q["tun_rx_packets"], 7);
+        assert_eq!(q["tun_rx_bytes"], 700);
+        assert_eq!(q["udp_tx_packets"], 7);
+        assert_eq!(q["drops"]["foreign_source"], 1);
+        assert_eq!(q["drops"]["bad_ip_version"], 0);
+        assert_eq!(q["drops"].as_object().unwrap().len(), DropReason::ALL.len());
+        let lat = &v["latency_ns"]["tun_to_udp"];
+        assert_eq!(lat["count"], 100);
+        for key in ["p50", "p90", "p99", "p999", "max"] {
+            let ns = lat[key].as_u64().unwrap();
+            assert!((999..=1001).contains(&ns), "{key} = {ns}");
+        }
+        assert_eq!(v["latency_ns"]["udp_to_tun"]["count"], 1);
+    }
+
+    #[test]
+    fn drop_reasons_have_distinct_names_and_indices() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn table_lists_queues_total_drops_and_percentiles() {
+        let r = Report::new(
+            Duration::from_secs(1),
+            vec![worker(0, 3, &[2_000]), worker(1, 4, &[])],
+        );
+        let t = r.to_table();
+        assert!(t.contains("total"));
+        assert!(t.contains("foreign_source=2"));
+        assert!(t.contains("tun_to_udp"));
+        assert!(t.contains("p99.9"));
+        assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 1 + 1 + 2);
+    }
+
+    #[test]
+    fn out_of_range_latency_is_clamped() {
+        let mut w = WorkerStats::new(0);
+        w.record_latency(Direction::UdpToTun, 0);
+        w.record_latency(Direction::UdpToTun, u64::MAX);
+        assert_eq!(w.udp_to_tun_ns.len(), 2);
+    }
+}

@@ -1,0 +1,240 @@
+//! The system-call edge: TUN ioctls, interface configuration, socket options, signals.
+//!
+//! Everything here turns raw fds into `OwnedFd` right after the `< 0` check, so no error path leaks
+//! one. Kernel constants come from `libc`; any it lacks are defined once here, naming their header.
+//! Errors keep their `io::Error` source and say which device, queue or address they concern, plus
+//! what an operator can do about the common causes.
+
+pub mod link;
+pub mod signal;
+pub mod socket;
+pub mod tun;
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+/// A setup step that failed. One variant per operation; each keeps the OS error.
+#[derive(Debug)]
+pub enum Error {
+    OpenTun(io::Error),
+    CreateQueue {
+        device: String,
+        queue: usize,
+        source: io::Error,
+    },
+    SetVnetHeaderSize {
+        device: String,
+        source: io::Error,
+    },
+    SetOffload {
+        device: String,
+        source: io::Error,
+    },
+    InterfaceIndex {
+        device: String,
+        source: io::Error,
+    },
+    SetMtu {
+        device: String,
+        mtu: u32,
+        source: io::Error,
+    },
+    SetLinkUp {
+        device: String,
+        source: io::Error,
+    },
+    AddAddress {
+        device: String,
+        address: IpAddr,
+        source: io::Error,
+    },
+    Socket {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    ReusePortProgram(io::Error),
+    IoUring {
+        queue: usize,
+        source: io::Error,
+    },
+    IoUringFeature {
+        queue: usize,
+        feature: &'static str,
+        source: io::Error,
+    },
+    RegisterBuffers {
+        queue: usize,
+        source: io::Error,
+    },
+    Pin {
+        queue: usize,
+        cpu: usize,
+    },
+    Signals(io::Error),
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+const NEED_ROOT: &str = "run tunfwd as root, or give it CAP_NET_ADMIN";
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::OpenTun(e) if e.kind() == io::ErrorKind::NotFound => write!(
+                f,
+                "cannot open /dev/net/tun: {e}. Load the tun module (modprobe tun) or create the node \
+                 (mknod /dev/net/tun c 10 200)"
+            ),
+            Error::OpenTun(e) if is_permission(e) => {
+                write!(f, "cannot open /dev/net/tun: {e}. {NEED_ROOT}")
+            }
+            Error::OpenTun(e) => write!(f, "cannot open /dev/net/tun: {e}"),
+            Error::CreateQueue {
+                device,
+                queue,
+                source,
+            } if is_permission(source) => {
+                write!(
+                    f,
+                    "cannot create TUN device {device} (queue {queue}): {source}. {NEED_ROOT}"
+                )
+            }
+            Error::CreateQueue {
+                device,
+                queue,
+                source,
+            } if source.raw_os_error() == Some(libc::EINVAL) => {
+                write!(
+                    f,
+                    "cannot attach queue {queue} of {device}: {source}. A device of that name exists with \
+                     other flags; tunfwd needs a multiqueue TUN with vnet headers. Delete it \
+                     (ip link del {device}) or choose another --dev"
+                )
+            }
+            Error::CreateQueue {
+                device,
+                queue,
+                source,
+            } => {
+                write!(
+                    f,
+                    "cannot create queue {queue} of TUN device {device}: {source}"
+                )
+            }
+            Error::SetVnetHeaderSize { device, source } => {
+                write!(f, "cannot set the vnet header size on {device}: {source}")
+            }
+            Error::SetOffload { device, source } => {
+                write!(f, "cannot set offloads on {device}: {source}")
+            }
+            Error::InterfaceIndex { device, source } => {
+                write!(f, "cannot find interface {device}: {source}")
+            }
+            Error::SetMtu {
+                device,
+                mtu,
+                source,
+            } => write!(f, "cannot set MTU {mtu} on {device}: {source}"),
+            Error::SetLinkUp { device, source } => write!(f, "cannot bring {device} up: {source}"),
+            Error::AddAddress {
+                device,
+                address,
+                source,
+            } => {
+                write!(f, "cannot add address {address} to {device}: {source}")
+            }
+            Error::Socket { address, source } => {
+                write!(f, "cannot create a UDP socket for {address}: {source}")
+            }
+            Error::Bind { address, source } if source.kind() == io::ErrorKind::AddrInUse => write!(
+                f,
+                "cannot listen on {address}: {source}. Another program (or another tunfwd) holds the port; \
+                 choose another with --listen"
+            ),
+            Error::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
+            Error::ReusePortProgram(e) => write!(f, "cannot attach the flow-steering program: {e}"),
+            Error::IoUring { queue, source } => {
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES)
+                ) {
+                    write!(
+                        f,
+                        "io_uring is unavailable (queue {queue}): {source}. It is disabled by the sysctl \
+                         kernel.io_uring_disabled or by a seccomp profile (containers, LXC); tunfwd needs it: \
+                         set kernel.io_uring_disabled=0 or allow io_uring_setup"
+                    )
+                } else {
+                    write!(f, "cannot set up io_uring for queue {queue}: {source}")
+                }
+            }
+            Error::IoUringFeature {
+                queue,
+                feature,
+                source,
+            } => write!(
+                f,
+                "queue {queue}: this kernel's io_uring lacks {feature}: {source}. tunfwd needs Linux 6.7 or later"
+            ),
+            Error::RegisterBuffers { queue, source } => write!(
+                f,
+                "queue {queue}: cannot register io_uring buffer rings: {source}. tunfwd needs Linux 6.7 or later"
+            ),
+            Error::Pin { queue, cpu } => write!(f, "cannot pin queue {queue} to CPU {cpu}"),
+            Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::OpenTun(e)
+            | Error::ReusePortProgram(e)
+            | Error::Signals(e)
+            | Error::CreateQueue { source: e, .. }
+            | Error::SetVnetHeaderSize { source: e, .. }
+            | Error::SetOffload { source: e, .. }
+            | Error::InterfaceIndex { source: e, .. }
+            | Error::SetMtu { source: e, .. }
+            | Error::SetLinkUp { source: e, .. }
+            | Error::AddAddress { source: e, .. }
+            | Error::Socket { source: e, .. }
+            | Error::Bind { source: e, .. }
+            | Error::IoUring { source: e, .. }
+            | Error::IoUringFeature { source: e, .. }
+            | Error::RegisterBuffers { source: e, .. } => Some(e),
+            Error::Pin { .. } => None,
+        }
+    }
+}
+
+/// Turns a libc return value into `io::Result`, reading errno on -1.
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A `struct ifreq` naming `device` (which the caller has validated to fit IFNAMSIZ).
+pub(crate) fn ifreq_named(device: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(device.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    req
+}

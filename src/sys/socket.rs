@@ -1,0 +1,229 @@
+//! The UDP socket of one worker: `SO_REUSEPORT` on the shared listen address, MiB-sized buffers,
+//! `IP_RECVERR` so ICMP errors about the peer are reported (an unconnected socket ignores them
+//! otherwise), and the reuseport steering program (see `steer`).
+
+use super::{Error, check};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Socket buffer size relays use: several MiB, so bursts are absorbed by the kernel, not dropped.
+pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the option value is one c_int, passed with its size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` for `address`, in storage that outlives any syscall using it.
+pub fn to_sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match address {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The IP address in raw `sockaddr_in`/`sockaddr_in6` bytes (as io_uring's recvmsg returns them).
+/// IPv4-mapped IPv6 addresses come back as IPv4, so they compare equal to the peer's address.
+pub fn source_ip(name: &[u8]) -> Option<IpAddr> {
+    let family = libc::c_int::from(u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?));
+    match family {
+        libc::AF_INET => {
+            let octets: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(octets)))
+        }
+        libc::AF_INET6 => {
+            let octets: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(octets)).to_canonical())
+        }
+        _ => None,
+    }
+}
+
+/// Creates one worker's socket, bound to `listen` with `SO_REUSEPORT`.
+pub fn udp_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
+    let family = if listen.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let err = |source| Error::Socket {
+        address: listen,
+        source,
+    };
+    // SAFETY: plain socket(2); owned right after the check.
+    let raw = check(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+        .map_err(err)?;
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let raw = fd.as_raw_fd();
+    set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(err)?;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; fall back to the capped one.
+        if set_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER_BYTES).is_err() {
+            set_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES).map_err(err)?;
+        }
+    }
+    if listen.is_ipv4() {
+        set_int(raw, libc::IPPROTO_IP, libc::IP_RECVERR, 1).map_err(err)?;
+    } else {
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1).map_err(err)?;
+    }
+    let (storage, len) = to_sockaddr(listen);
+    // SAFETY: `storage` holds a sockaddr of length `len`.
+    check(unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) })
+        .map_err(|source| Error::Bind {
+            address: listen,
+            source,
+        })?;
+    Ok(fd)
+}
+
+/// The local port `fd` is bound to.
+pub fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    // SAFETY: sockaddr_storage is plain data; getsockname writes at most `len` bytes into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4.
+    // SAFETY: reading the initialised bytes of a local struct.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), 4)
+    };
+    Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
+}
+
+/// Attaches the steering program to the reuseport group `fd` belongs to.
+pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> Result<(), Error> {
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+    .map_err(Error::ReusePortProgram)
+}
+
+/// Reads and discards queued ICMP errors (`MSG_ERRQUEUE`), returning how many there were.
+///
+/// With `IP_RECVERR` each error is queued and charged to the receive buffer, so the queue must be
+/// drained or it would crowd out real datagrams. Called only when an error has been reported: a
+/// cold path, bounded to the queue's length at the time.
+pub fn drain_error_queue(fd: RawFd) -> u64 {
+    let mut drained = 0;
+    let mut data = [0u8; 64];
+    let mut control = [0u8; 256];
+    for _ in 0..4096 {
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        // SAFETY: `msg` points at live local buffers of the stated sizes.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+        drained += 1;
+    }
+    drained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        for text in ["198.18.0.1:55555", "[2001:2::1]:7", "[::ffff:198.18.0.1]:9"] {
+            let address: SocketAddr = text.parse().unwrap();
+            let (storage, len) = to_sockaddr(address);
+            // SAFETY: reading the bytes of a local, initialised struct.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+                    len as usize,
+                )
+            };
+            assert_eq!(
+                source_ip(bytes),
+                Some(address.ip().to_canonical()),
+                "{text}"
+            );
+        }
+        assert_eq!(source_ip(&[0u8; 3]), None);
+        assert_eq!(source_ip(&[0u8; 28]), None, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn reuseport_sockets_share_a_port_and_accept_the_program() {
+        // Needs no privileges: loopback, an ephemeral port.
+        let first = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = local_port(&first).unwrap();
+        assert_ne!(port, 0);
+        let second = udp_socket(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        attach_reuseport_program(&second, &crate::steer::reuseport_program(2)).unwrap();
+        assert_eq!(drain_error_queue(first.as_raw_fd()), 0);
+    }
+}

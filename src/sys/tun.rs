@@ -1,0 +1,93 @@
+//! Opening the TUN device: one fd per queue, `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR`.
+//!
+//! drivers/net/tun.c: each `TUNSETIFF` with the same name and `IFF_MULTI_QUEUE` attaches one more
+//! queue (at most 256, `MAX_TAP_QUEUES`). The first creates the device unless a persistent one of
+//! that name exists; a device created with other flags makes `TUNSETIFF` fail with EINVAL.
+
+use super::{Error, check, ifreq_named};
+use crate::wire::vnet;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Which offloads the kernel may hand us, as a `TUNSETOFFLOAD` mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    pub checksum: bool,
+    pub tso4: bool,
+    pub tso6: bool,
+    pub uso4: bool,
+    pub uso6: bool,
+}
+
+impl Offloads {
+    fn mask(self) -> libc::c_uint {
+        let mut mask = 0;
+        if self.checksum {
+            mask |= libc::TUN_F_CSUM;
+        }
+        if self.tso4 {
+            mask |= libc::TUN_F_TSO4;
+        }
+        if self.tso6 {
+            mask |= libc::TUN_F_TSO6;
+        }
+        if self.uso4 {
+            mask |= libc::TUN_F_USO4;
+        }
+        if self.uso6 {
+            mask |= libc::TUN_F_USO6;
+        }
+        mask
+    }
+}
+
+/// Opens `queues` queues of TUN device `device`, sets the vnet header size, and sets the offload
+/// mask explicitly (it belongs to the device and survives on a persistent one, so it is always set,
+/// including to nothing).
+pub fn open_queues(device: &str, queues: usize, offloads: Offloads) -> Result<Vec<OwnedFd>, Error> {
+    let mut fds = Vec::with_capacity(queues);
+    for queue in 0..queues {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(Error::OpenTun)?;
+        let fd = OwnedFd::from(file);
+        let mut req = ifreq_named(device);
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR)
+                as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(
+            |source| Error::CreateQueue {
+                device: device.to_string(),
+                queue,
+                source,
+            },
+        )?;
+        let header_len = vnet::LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) }).map_err(
+            |source| Error::SetVnetHeaderSize {
+                device: device.to_string(),
+                source,
+            },
+        )?;
+        if queue == 0 {
+            // SAFETY: TUNSETOFFLOAD takes the mask by value.
+            check(unsafe {
+                libc::ioctl(
+                    fd.as_raw_fd(),
+                    libc::TUNSETOFFLOAD,
+                    offloads.mask() as libc::c_ulong,
+                )
+            })
+            .map_err(|source| Error::SetOffload {
+                device: device.to_string(),
+                source,
+            })?;
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}
