@@ -17,6 +17,7 @@ pub mod stats;
 pub mod steer;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod testbed;
 pub mod wire;
 #[allow(unsafe_code)]
 pub mod worker;

@@ -309,8 +309,6 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         worker.memory.tun_buffers.provide(bid);
         worker.memory.udp_buffers.provide(bid);
     }
-    worker.memory.tun_buffers.publish();
-    worker.memory.udp_buffers.publish();
     worker.tun_buffers_in_kernel = depth;
     worker.udp_buffers_in_kernel = depth;
     worker.rearm();
@@ -360,8 +358,11 @@ impl Worker {
         self.pending.push(entry.user_data(token.user_data()));
     }
 
-    /// Re-arms the multishot operations that ended, if they have buffers to use.
+    /// Publishes the buffers returned during this batch, then re-arms the multishot operations
+    /// that ended, if they have buffers to use.
     fn rearm(&mut self) {
+        self.memory.tun_buffers.publish();
+        self.memory.udp_buffers.publish();
         if self.stopping {
             return;
         }

@@ -1,0 +1,717 @@
+//! `tunload`: the traffic tool that ships with tunfwd, so the demo, the tests and the benches need
+//! nothing installed. Every mode is bounded in time (and, where it makes sense, in count), and
+//! prints one JSON line with its result.
+//!
+//! * `tcp-sink` / `tcp-send`: bulk TCP whose every byte is checked at the far end. The stream is a
+//!   position-addressed pattern (a hash of seed and offset), so the sink regenerates it and finds
+//!   the first wrong byte, whatever the read boundaries.
+//! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss.
+//! * `ping`: ICMP/ICMPv6 echo over a raw socket (root), for overlay reachability and RTT.
+//! * `garbage`: malformed datagrams aimed at a tunnel's UDP port.
+
+use clap::{Parser, Subcommand};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "tunload",
+    version,
+    about = "Bounded traffic generator and checker for tunfwd tests and benches"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Accept TCP streams and verify every byte.
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Streams to accept before exiting.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Send TCP streams of patterned bytes and wait for the sink's verdict.
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Bytes per stream (0: send for --seconds instead).
+        #[arg(long, default_value_t = 0)]
+        bytes: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// Count sequence-numbered datagrams.
+    UdpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Stop this long after the last datagram.
+        #[arg(long, default_value_t = 1000)]
+        idle_ms: u64,
+        /// Stop after this long in all.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Send sequence-numbered datagrams as fast as possible.
+    UdpFlood {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Payload bytes per datagram (at least 8).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Source port (0: any), to make the flow distinct.
+        #[arg(long, default_value_t = 0)]
+        from_port: u16,
+    },
+    /// ICMP echo over a raw socket (needs root).
+    Ping {
+        #[arg(long)]
+        to: IpAddr,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// How long to wait for replies after the last request.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Write the RTT percentile distribution (HdrHistogram .hgrm text, in µs) here.
+        #[arg(long)]
+        hgrm: Option<std::path::PathBuf>,
+    },
+    /// Send malformed datagrams to a tunnel's UDP port.
+    Garbage {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Datagrams of each kind.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+    },
+}
+
+fn main() {
+    let result = match Cli::parse().mode {
+        Mode::TcpSink {
+            listen,
+            streams,
+            seconds,
+        } => tcp_sink(listen, streams, Duration::from_secs(seconds)),
+        Mode::TcpSend {
+            to,
+            bytes,
+            seconds,
+            streams,
+        } => tcp_send(to, bytes, Duration::from_secs(seconds), streams),
+        Mode::UdpSink {
+            listen,
+            idle_ms,
+            seconds,
+        } => udp_sink(
+            listen,
+            Duration::from_millis(idle_ms),
+            Duration::from_secs(seconds),
+        ),
+        Mode::UdpFlood {
+            to,
+            size,
+            seconds,
+            from_port,
+        } => udp_flood(to, size, Duration::from_secs(seconds), from_port),
+        Mode::Ping {
+            to,
+            count,
+            interval_ms,
+            timeout_ms,
+            hgrm,
+        } => ping(
+            to,
+            count,
+            Duration::from_millis(interval_ms),
+            Duration::from_millis(timeout_ms),
+            hgrm.as_deref(),
+        ),
+        Mode::Garbage { to, count } => garbage(to, count),
+    };
+    if let Err(e) = result {
+        eprintln!("tunload: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The pattern byte stream: 8 bytes per position, a SplitMix64 hash of seed and word index.
+fn pattern_word(seed: u64, word: u64) -> [u8; 8] {
+    let mut z = seed.wrapping_add(word.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).to_le_bytes()
+}
+
+/// Fills `out` with the pattern starting at stream offset `offset` (a multiple of 8 is fastest).
+fn fill_pattern(seed: u64, offset: u64, out: &mut [u8]) {
+    let mut i = 0usize;
+    while i < out.len() {
+        let at = offset + i as u64;
+        let word = pattern_word(seed, at / 8);
+        let start = (at % 8) as usize;
+        let take = (8 - start).min(out.len() - i);
+        out[i..i + take].copy_from_slice(&word[start..start + take]);
+        i += take;
+    }
+}
+
+/// The stream offset of the first byte of `data` (which starts at `offset`) that breaks the pattern.
+fn first_mismatch(seed: u64, offset: u64, data: &[u8]) -> Option<u64> {
+    let mut i = 0usize;
+    while i < data.len() {
+        let at = offset + i as u64;
+        let word = pattern_word(seed, at / 8);
+        let start = (at % 8) as usize;
+        let take = (8 - start).min(data.len() - i);
+        if data[i..i + take] != word[start..start + take] {
+            let within = (0..take)
+                .find(|k| data[i + k] != word[start + k])
+                .unwrap_or(0);
+            return Some(at + within as u64);
+        }
+        i += take;
+    }
+    None
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+fn wildcard_for(to: SocketAddr, port: u16) -> SocketAddr {
+    if to.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+    }
+}
+
+/// Accepts `streams` streams; after each one's EOF, replies with the bytes received and whether
+/// every byte matched.
+fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + limit;
+    let mut handles = Vec::new();
+    while handles.len() < streams {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                handles.push(std::thread::spawn(move || sink_one(stream, deadline)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(timed_out("waiting for streams"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut total = 0u64;
+    let mut first_error = None;
+    for h in handles {
+        match h.join().expect("sink thread") {
+            Ok(n) => total += n,
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let verified = first_error.is_none();
+    println!(
+        "{{\"mode\":\"tcp-sink\",\"streams\":{streams},\"bytes\":{total},\"verified\":{verified}{}}}",
+        first_error
+            .as_ref()
+            .map(|e| format!(",\"error\":{e:?}"))
+            .unwrap_or_default()
+    );
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(io::Error::other(format!("stream verification failed: {e}"))),
+    }
+}
+
+fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<u64> {
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    stream.set_read_timeout(Some(remaining()))?;
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header)?;
+    let seed = u64::from_le_bytes(header);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0u64;
+    let mut mismatch = None;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(timed_out("stream"));
+        }
+        stream.set_read_timeout(Some(remaining()))?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out("stream"));
+            }
+            Err(e) => return Err(e),
+        };
+        if mismatch.is_none() {
+            mismatch = first_mismatch(seed, received, &buf[..n]);
+        }
+        received += n as u64;
+    }
+    let mut reply = [0u8; 9];
+    reply[..8].copy_from_slice(&received.to_le_bytes());
+    reply[8] = u8::from(mismatch.is_none());
+    stream.write_all(&reply)?;
+    match mismatch {
+        None => Ok(received),
+        Some(at) => Err(io::Error::other(format!(
+            "byte {at} of {received} differs from what was sent"
+        ))),
+    }
+}
+
+fn tcp_send(to: SocketAddr, bytes: u64, limit: Duration, streams: usize) -> io::Result<()> {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..streams as u64)
+        .map(|i| std::thread::spawn(move || send_one(to, 0x5eed_0000 + i, bytes, limit)))
+        .collect();
+    let mut total = 0;
+    let mut failure = None;
+    for h in handles {
+        match h.join().expect("sender thread") {
+            Ok(n) => total += n,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    println!(
+        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"verified\":true}}",
+        total as f64 * 8.0 / seconds / 1e9
+    );
+    Ok(())
+}
+
+/// Sends one stream: `bytes` bytes, or for `limit` when `bytes` is 0. A byte count must also
+/// finish within `limit`.
+fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Result<u64> {
+    let started = Instant::now();
+    // The sink may still be starting: retry refused connections for a few seconds.
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(stream) => break stream,
+            Err(e)
+                if e.kind() == io::ErrorKind::ConnectionRefused
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(&seed.to_le_bytes())?;
+    const BLOCK: usize = 1 << 18;
+    let mut buf = vec![0u8; BLOCK];
+    let mut sent = 0u64;
+    loop {
+        let in_time = started.elapsed() < limit;
+        let more = if bytes > 0 { sent < bytes } else { in_time };
+        if !more {
+            break;
+        }
+        if bytes > 0 && !in_time {
+            return Err(timed_out(&format!("sending {bytes} bytes (sent {sent})")));
+        }
+        let n = if bytes > 0 {
+            (bytes - sent).min(BLOCK as u64) as usize
+        } else {
+            BLOCK
+        };
+        fill_pattern(seed, sent, &mut buf[..n]);
+        stream.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = [0u8; 9];
+    stream.read_exact(&mut reply)?;
+    let received = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
+    if received != sent || reply[8] != 1 {
+        return Err(io::Error::other(format!(
+            "sink saw {received} of {sent} bytes, verified={}",
+            reply[8] == 1
+        )));
+    }
+    Ok(sent)
+}
+
+fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<()> {
+    let socket = UdpSocket::bind(listen)?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 65536];
+    let (mut received, mut bytes, mut max_seq) = (0u64, 0u64, None::<u64>);
+    let (mut first, mut last) = (None::<Instant>, Instant::now());
+    while Instant::now() < deadline {
+        match socket.recv(&mut buf) {
+            Ok(n) if n >= 8 => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                received += 1;
+                bytes += n as u64;
+                let seq = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if first.is_some() && last.elapsed() >= idle {
+                    break;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let sent = max_seq.map_or(0, |m| m + 1);
+    let seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    let pps = if seconds > 0.0 {
+        received as f64 / seconds
+    } else {
+        0.0
+    };
+    println!(
+        "{{\"mode\":\"udp-sink\",\"received\":{received},\"bytes\":{bytes},\"highest_sent\":{sent},\"lost\":{},\"seconds\":{seconds:.3},\"packets_per_s\":{pps:.0}}}",
+        sent.saturating_sub(received)
+    );
+    Ok(())
+}
+
+fn udp_flood(to: SocketAddr, size: usize, limit: Duration, from_port: u16) -> io::Result<()> {
+    const BATCH: usize = 64;
+    let size = size.max(8);
+    let socket = UdpSocket::bind(wildcard_for(to, from_port))?;
+    socket.connect(to)?;
+    let mut payloads = vec![vec![0u8; size]; BATCH];
+    let mut iovs: Vec<libc::iovec> = payloads
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is plain data; all-zero is valid.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut seq, mut errors) = (0u64, 0u64);
+    while started.elapsed() < limit {
+        for (i, iov) in iovs.iter().enumerate() {
+            // SAFETY: each iovec points at its own live payload of `size` >= 8 bytes.
+            let payload = unsafe { std::slice::from_raw_parts_mut(iov.iov_base.cast::<u8>(), 8) };
+            payload.copy_from_slice(&(seq + i as u64).to_le_bytes());
+        }
+        // SAFETY: `headers` holds BATCH initialised headers whose iovecs point at live payloads.
+        let sent =
+            unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0) };
+        if sent < 0 {
+            // ENOBUFS or a refused port under overload: retry the same sequence numbers.
+            errors += 1;
+            std::thread::yield_now();
+        } else {
+            seq += sent as u64;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"mode\":\"udp-flood\",\"size\":{size},\"sent\":{seq},\"send_errors\":{errors},\"seconds\":{seconds:.3},\"packets_per_s\":{:.0}}}",
+        seq as f64 / seconds
+    );
+    Ok(())
+}
+
+fn raw_icmp_socket(to: IpAddr) -> io::Result<OwnedFd> {
+    let (family, protocol) = match to {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
+    // SAFETY: plain socket(2); owned right after the check.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("raw ICMP socket (needs root): {e}"),
+        ));
+    }
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn icmp_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn write_hgrm(path: &Path, h: &hdrhistogram::Histogram<u64>) -> io::Result<()> {
+    let mut text = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    if !h.is_empty() {
+        for v in h.iter_quantiles(1) {
+            let q = v.quantile_iterated_to();
+            let inverse = if q < 1.0 {
+                format!("{:.2}", 1.0 / (1.0 - q))
+            } else {
+                String::new()
+            };
+            text += &format!(
+                "{:12.3} {:14.12} {:10} {:>14}\n",
+                v.value_iterated_to() as f64,
+                q,
+                v.count_since_last_iteration(),
+                inverse
+            );
+        }
+    }
+    text += &format!(
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n",
+        h.mean(),
+        h.stdev()
+    );
+    text += &format!(
+        "#[Max     = {:12.3}, Total count    = {:12}]\n",
+        h.max() as f64,
+        h.len()
+    );
+    std::fs::write(path, text)
+}
+
+fn ping(
+    to: IpAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+    hgrm: Option<&Path>,
+) -> io::Result<()> {
+    // A raw socket driven through UdpSocket's safe send/recv/timeouts, which work on any datagram fd.
+    let socket = UdpSocket::from(raw_icmp_socket(to)?);
+    socket.connect(SocketAddr::new(to, 0))?;
+    socket.set_read_timeout(Some(Duration::from_millis(2)))?;
+    let identifier = (std::process::id() & 0xffff) as u16;
+    let mut rtts =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+    let mut sent_at: Vec<Option<Instant>> = vec![None; count as usize];
+    let mut buf = [0u8; 2048];
+    let mut next_send = Instant::now();
+    let mut last_sent = Instant::now();
+    let mut sent = 0u32;
+    while rtts.len() < u64::from(count) {
+        let now = Instant::now();
+        if sent < count && now >= next_send {
+            let mut packet = [0u8; 64];
+            packet[0] = if to.is_ipv4() { 8 } else { 128 };
+            packet[4..6].copy_from_slice(&identifier.to_be_bytes());
+            packet[6..8].copy_from_slice(&(sent as u16).to_be_bytes());
+            if to.is_ipv4() {
+                let c = icmp_checksum(&packet);
+                packet[2..4].copy_from_slice(&c.to_be_bytes());
+            } // The kernel fills in ICMPv6 checksums on raw sockets.
+            if socket.send(&packet).is_ok() {
+                sent_at[sent as usize] = Some(Instant::now());
+            }
+            sent += 1;
+            last_sent = Instant::now();
+            next_send += interval;
+        }
+        if sent >= count && now.duration_since(last_sent) >= timeout {
+            break;
+        }
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // IPv4 raw sockets deliver the IP header; IPv6 ones do not.
+        let icmp = if to.is_ipv4() {
+            &buf[(usize::from(buf[0] & 0x0f) * 4).min(n)..n]
+        } else {
+            &buf[..n]
+        };
+        let reply_type = if to.is_ipv4() { 0 } else { 129 };
+        if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == identifier.to_be_bytes() {
+            let seq = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
+            if let Some(at) = sent_at.get_mut(seq).and_then(Option::take) {
+                rtts.saturating_record(at.elapsed().as_micros().max(1) as u64);
+            }
+        }
+    }
+    if let Some(path) = hgrm {
+        write_hgrm(path, &rtts)?;
+    }
+    let received = rtts.len();
+    let q = |p: f64| {
+        if received > 0 {
+            rtts.value_at_quantile(p)
+        } else {
+            0
+        }
+    };
+    println!(
+        "{{\"mode\":\"ping\",\"to\":\"{to}\",\"sent\":{sent},\"received\":{received},\"rtt_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}}}}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        rtts.max()
+    );
+    if received == 0 {
+        Err(io::Error::other(format!("no echo replies from {to}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// The malformed datagrams `garbage` sends, `count` of each of five kinds.
+fn garbage_datagrams(count: u32) -> Vec<Vec<u8>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // A valid 60-byte IPv4/ICMP packet, corrupted in specific ways below.
+    let mut valid = [0u8; 60];
+    valid[0] = 0x45;
+    valid[2..4].copy_from_slice(&60u16.to_be_bytes());
+    valid[8] = 64;
+    valid[9] = 1;
+    valid[12..16].copy_from_slice(&[198, 19, 0, 99]);
+    valid[16..20].copy_from_slice(&[198, 19, 0, 1]);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        // Random bytes whose first nibble is never 4 or 6, so they cannot pass as IP by chance.
+        let mut junk: Vec<u8> = (0..(random() % 1400 + 1)).map(|_| random() as u8).collect();
+        junk[0] = (junk[0] & 0x0f) | [0x00, 0x10, 0x50, 0x70, 0xf0][(random() % 5) as usize];
+        out.push(junk);
+        out.push(valid[..40].to_vec()); // truncated: the header still says 60
+        let mut oversized = valid.to_vec();
+        oversized.extend_from_slice(&[0u8; 100]); // the header says 60, the datagram has 160
+        out.push(oversized);
+        let mut version = valid.to_vec();
+        version[0] = 0x55;
+        out.push(version);
+        out.push(vec![0x45, 0, 0]); // shorter than any IP header
+    }
+    out
+}
+
+fn garbage(to: SocketAddr, count: u32) -> io::Result<()> {
+    let socket = UdpSocket::bind(wildcard_for(to, 0))?;
+    let mut sent = 0;
+    for datagram in garbage_datagrams(count) {
+        if socket.send_to(&datagram, to).is_ok() {
+            sent += 1;
+        }
+        if sent % 64 == 0 {
+            // Stay a nuisance, not a flood: the point is validation, not overload.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    println!("{{\"mode\":\"garbage\",\"sent\":{sent},\"kinds\":5,\"per_kind\":{count}}}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_position_addressed_and_mismatches_are_located() {
+        let mut whole = vec![0u8; 1000];
+        fill_pattern(7, 0, &mut whole);
+        let mut part = vec![0u8; 333];
+        fill_pattern(7, 101, &mut part);
+        assert_eq!(&whole[101..434], &part[..]);
+        assert_eq!(first_mismatch(7, 0, &whole), None);
+        assert_eq!(first_mismatch(7, 101, &part), None);
+        part[50] ^= 1;
+        assert_eq!(first_mismatch(7, 101, &part), Some(151));
+        assert!(
+            first_mismatch(8, 0, &whole).is_some(),
+            "another seed is another stream"
+        );
+    }
+
+    #[test]
+    fn icmp_checksum_verifies_to_zero() {
+        let mut packet = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, 0xab, 0xcd, 0xef];
+        let c = icmp_checksum(&packet);
+        packet[2..4].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(icmp_checksum(&packet), 0);
+    }
+
+    #[test]
+    fn every_garbage_datagram_is_rejected_by_tunfwds_validation() {
+        let datagrams = garbage_datagrams(50);
+        assert_eq!(datagrams.len(), 250);
+        for d in &datagrams {
+            assert!(
+                tunfwd::wire::IpPacket::new_checked(&d[..]).is_err(),
+                "{d:02x?}"
+            );
+        }
+    }
+}

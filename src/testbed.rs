@@ -1,0 +1,423 @@
+//! The namespace testbed shared by the demo, the integration tests and the benches.
+//!
+//! Three network namespaces: `a` and `b` are the two relay hosts, joined by a veth (the underlay);
+//! `c` is a stranger with its own veth to `b`, for traffic from an address that is not the peer.
+//! Addresses come from the benchmarking ranges (198.18.0.0/15, 2001:2::/48) and exist only inside
+//! these namespaces; no default route is ever added.
+//!
+//! This is test tooling, not the product: it drives `ip` (iproute2) rather than netlink. Every
+//! process it starts is bounded in time, and everything is torn down on drop, on success and on
+//! failure alike. It only ever kills the processes it started itself.
+
+pub use nix::sys::signal::Signal;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Underlay (veth) addresses.
+pub const A_UNDERLAY: &str = "198.18.0.1";
+pub const B_UNDERLAY: &str = "198.18.0.2";
+pub const C_UNDERLAY: &str = "198.18.0.5";
+pub const B_UNDERLAY_TO_C: &str = "198.18.0.6";
+/// tunfwd's overlay addresses.
+pub const A_TUNNEL4: &str = "198.19.0.1";
+pub const B_TUNNEL4: &str = "198.19.0.2";
+pub const A_TUNNEL6: &str = "2001:2:1::1";
+pub const B_TUNNEL6: &str = "2001:2:1::2";
+/// The kernel VXLAN reference tunnel's overlay addresses.
+pub const A_VXLAN4: &str = "198.19.1.1";
+pub const B_VXLAN4: &str = "198.19.1.2";
+/// The UDP port tunfwd listens on in the testbed.
+pub const TUNNEL_PORT: u16 = 55555;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    A,
+    B,
+    C,
+}
+
+impl Host {
+    fn suffix(self) -> &'static str {
+        match self {
+            Host::A => "a",
+            Host::B => "b",
+            Host::C => "c",
+        }
+    }
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// True when running as root, which the testbed needs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub struct Testbed {
+    id: String,
+    dir: PathBuf,
+    tunfwd: PathBuf,
+    tunload: PathBuf,
+}
+
+/// A process started in a namespace. Dropping it terminates it (SIGTERM, then SIGKILL).
+pub struct Process {
+    child: Option<Child>,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+    name: String,
+}
+
+impl Testbed {
+    /// Builds the three namespaces and their veths. `tunfwd` and `tunload` are the binaries to run.
+    pub fn new(tunfwd: &Path, tunload: &Path) -> io::Result<Testbed> {
+        if !is_root() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the namespace testbed needs root (network namespaces, veth and TUN devices)",
+            ));
+        }
+        let id = format!(
+            "tfw{}x{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("{id}-testbed"));
+        fs::create_dir_all(&dir)?;
+        let bed = Testbed {
+            id,
+            dir,
+            tunfwd: tunfwd.to_path_buf(),
+            tunload: tunload.to_path_buf(),
+        };
+        bed.build()?;
+        Ok(bed)
+    }
+
+    pub fn namespace(&self, host: Host) -> String {
+        format!("{}{}", self.id, host.suffix())
+    }
+
+    /// A file in this testbed's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn build(&self) -> io::Result<()> {
+        let (a, b, c) = (
+            self.namespace(Host::A),
+            self.namespace(Host::B),
+            self.namespace(Host::C),
+        );
+        for ns in [&a, &b, &c] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // Overlay IPv6 addresses are usable at once: no duplicate address detection here.
+            self.sh(ns, "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad")?;
+        }
+        ip(&[
+            "link", "add", "ab", "netns", &a, "type", "veth", "peer", "name", "ba", "netns", &b,
+        ])?;
+        ip(&[
+            "link", "add", "cb", "netns", &c, "type", "veth", "peer", "name", "bc", "netns", &b,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&a, "ab", "198.18.0.1/30", "2001:2::1/64"),
+            (&b, "ba", "198.18.0.2/30", "2001:2::2/64"),
+            (&c, "cb", "198.18.0.5/30", "2001:2:0:1::1/64"),
+            (&b, "bc", "198.18.0.6/30", "2001:2:0:1::2/64"),
+        ] {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    fn sh(&self, ns: &str, script: &str) -> io::Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", script])
+            .output()?;
+        check_output("sh", &out)
+    }
+
+    /// Starts `program` in `host`'s namespace, its output going to files named after `name`.
+    pub fn spawn(
+        &self,
+        host: Host,
+        name: &str,
+        program: &Path,
+        args: &[String],
+    ) -> io::Result<Process> {
+        let stdout_path = self.path(&format!("{name}.out"));
+        let stderr_path = self.path(&format!("{name}.err"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace(host)])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path)?)
+            .stderr(fs::File::create(&stderr_path)?)
+            .spawn()?;
+        Ok(Process {
+            child: Some(child),
+            stdout_path,
+            stderr_path,
+            name: name.to_string(),
+        })
+    }
+
+    /// Runs `tunload` in `host`'s namespace to completion, within `limit`.
+    pub fn tunload(
+        &self,
+        host: Host,
+        name: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> io::Result<String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut p = self.spawn(host, name, &self.tunload.clone(), &args)?;
+        let status = p.wait_for(limit)?;
+        let stdout = p.stdout();
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "tunload {args:?} failed ({status}): {}{}",
+                stdout,
+                p.stderr()
+            )));
+        }
+        Ok(stdout)
+    }
+
+    /// Starts `tunload` in the background (a sink, usually).
+    pub fn tunload_background(&self, host: Host, name: &str, args: &[&str]) -> io::Result<Process> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.spawn(host, name, &self.tunload.clone(), &args)
+    }
+
+    /// Starts tunfwd on `host` (A or B) pointing at the other one, with the overlay addresses, and
+    /// waits until it reports that the device is up.
+    pub fn start_tunfwd(&self, host: Host, name: &str, extra: &[&str]) -> io::Result<Process> {
+        let (peer, v4, v6) = match host {
+            Host::A => (B_UNDERLAY, A_TUNNEL4, A_TUNNEL6),
+            Host::B => (A_UNDERLAY, B_TUNNEL4, B_TUNNEL6),
+            Host::C => return Err(io::Error::other("tunfwd runs on A and B only")),
+        };
+        let mut args = vec![
+            "--peer".to_string(),
+            format!("{peer}:{TUNNEL_PORT}"),
+            "--address".to_string(),
+            format!("{v4}/24"),
+            "--address".to_string(),
+            format!("{v6}/64"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = self.spawn(host, name, &self.tunfwd.clone(), &args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if p.stderr().contains(" up: ") {
+                return Ok(p);
+            }
+            if let Some(status) = p.try_status()? {
+                return Err(io::Error::other(format!(
+                    "tunfwd exited early ({status}): {}",
+                    p.stderr()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "tunfwd did not come up: {}",
+                    p.stderr()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Adds the kernel's own VXLAN tunnel between A and B over the same veth, as the in-kernel
+    /// reference, with overlay addresses `A_VXLAN4`/`B_VXLAN4`.
+    pub fn add_vxlan(&self, mtu: u32) -> io::Result<()> {
+        for (host, local, remote, overlay) in [
+            (Host::A, A_UNDERLAY, B_UNDERLAY, A_VXLAN4),
+            (Host::B, B_UNDERLAY, A_UNDERLAY, B_VXLAN4),
+        ] {
+            let ns = self.namespace(host);
+            let dev = if host == Host::A { "ab" } else { "ba" };
+            ip(&[
+                "-n", &ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local,
+                "remote", remote, "dstport", "4789", "dev", dev,
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "link",
+                "set",
+                "vx0",
+                "mtu",
+                &mtu.to_string(),
+                "up",
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{overlay}/24"),
+                "dev",
+                "vx0",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Sets the underlay veth MTU on A and B (the overlay plus outer headers must fit in it).
+    pub fn set_underlay_mtu(&self, mtu: u32) -> io::Result<()> {
+        ip(&[
+            "-n",
+            &self.namespace(Host::A),
+            "link",
+            "set",
+            "ab",
+            "mtu",
+            &mtu.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &self.namespace(Host::B),
+            "link",
+            "set",
+            "ba",
+            "mtu",
+            &mtu.to_string(),
+        ])
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for host in [Host::A, Host::B, Host::C] {
+            // Deleting a namespace deletes its veth ends too.
+            let _ = ip(&["netns", "del", &self.namespace(host)]);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn check_output(what: &str, out: &Output) -> io::Result<()> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs `ip ARGS`, turning a failure into an error carrying its stderr.
+pub fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output().map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot run `ip` (install iproute2): {e}"))
+    })?;
+    check_output(&format!("ip {}", args.join(" ")), &out)
+}
+
+impl Process {
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for exit; past `limit` the process is killed and that is an error.
+    pub fn wait_for(&mut self, limit: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_status()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} did not finish within {limit:?}: {}",
+                        self.name,
+                        self.stderr()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends a signal to the process we started (and only to it).
+    /// The pid is one we spawned and have not reaped, so it cannot have been reused; and
+    /// `ip netns exec` execs the program, so the pid is the program itself.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    /// SIGTERM, then wait up to `limit` for a clean exit.
+    pub fn terminate(&mut self, limit: Duration) -> io::Result<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        self.wait_for(limit)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(Signal::SIGTERM);
+            let _ = self.wait_for(Duration::from_secs(3));
+            self.kill();
+        }
+    }
+}
+
+/// Parses the one JSON line a `tunload` mode prints.
+pub fn parse_json(text: &str) -> io::Result<serde_json::Value> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line)
+        .map_err(|e| io::Error::other(format!("bad JSON from tool ({e}): {text}")))
+}
+
+/// `addr:port` with IPv6 bracketed.
+pub fn endpoint(addr: &str, port: u16) -> String {
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => format!("[{addr}]:{port}"),
+        _ => format!("{addr}:{port}"),
+    }
+}
