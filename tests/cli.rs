@@ -1,0 +1,84 @@
+//! The binary's contract with operators on bad input: exit status 2 and one line naming the option.
+//! Runs without root: validation happens before any device or socket is touched.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_values_exit_2_with_one_line_naming_the_option() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--peer", "198.18.0.2"], "--peer"),
+        (&["--peer", "198.18.0.2:1", "--queues", "0"], "--queues"),
+        (&["--peer", "198.18.0.2:1", "--queues", "300"], "--queues"),
+        (
+            &["--peer", "198.18.0.2:1", "--dev", "much-too-long-name"],
+            "--dev",
+        ),
+        (&["--peer", "198.18.0.2:1", "--mtu", "100"], "--mtu"),
+        (
+            &[
+                "--peer",
+                "198.18.0.2:1",
+                "--mtu",
+                "1200",
+                "--address",
+                "2001:2::1/64",
+            ],
+            "--mtu",
+        ),
+        (&["--peer", "198.18.0.2:1", "--cpus", "4096"], "--cpus"),
+        (
+            &["--peer", "198.18.0.2:1", "--address", "198.19.0.1/40"],
+            "--address",
+        ),
+        (&["--peer", "no-such-host.invalid:1"], "--peer"),
+    ];
+    for (args, option) in cases {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("tunfwd: {option}:")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_exit_2_and_help_documents_defaults() {
+    let (code, _) = run(&["--queues", "4"]);
+    assert_eq!(code, Some(2), "--peer is required");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--peer",
+        "--listen",
+        "55555",
+        "tunfwd0",
+        "online CPUs",
+        "--stats-json",
+        "1472",
+        "--ring-depth",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+    let version = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("tunfwd "));
+}
