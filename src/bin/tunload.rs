@@ -562,8 +562,11 @@ fn ping(
                 let c = icmp_checksum(&packet);
                 packet[2..4].copy_from_slice(&c.to_be_bytes());
             } // The kernel fills in ICMPv6 checksums on raw sockets.
+            // Stamp before sending: a sender descheduled right after send() would otherwise see
+            // the reply "arrive" almost at once.
+            let stamp = Instant::now();
             if socket.send(&packet).is_ok() {
-                sent_at[sent as usize] = Some(Instant::now());
+                sent_at[sent as usize] = Some(stamp);
             }
             sent += 1;
             last_sent = Instant::now();

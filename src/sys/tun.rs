@@ -41,6 +41,19 @@ impl Offloads {
     }
 }
 
+/// Opens a classic single-queue TUN without vnet headers (`IFF_TUN | IFF_NO_PI`): what the
+/// simpletun-style baseline uses. tunfwd itself never calls this.
+pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
+    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(Error::OpenTun)?;
+    let fd = OwnedFd::from(file);
+    let mut req = ifreq_named(device);
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
+        .map_err(|source| Error::CreateQueue { device: device.to_string(), queue: 0, source })?;
+    Ok(fd)
+}
+
 /// Opens `queues` queues of TUN device `device`, sets the vnet header size, and sets the offload
 /// mask explicitly (it belongs to the device and survives on a persistent one, so it is always set,
 /// including to nothing).
