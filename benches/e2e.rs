@@ -41,7 +41,10 @@ impl System {
             System::Veth => "veth (ceiling)".into(),
             System::Vxlan => "kernel VXLAN".into(),
             System::Simpletun => "simpletun-style".into(),
-            System::Tunfwd { queues, ring_depth: 256 } => format!("tunfwd q{queues}"),
+            System::Tunfwd {
+                queues,
+                ring_depth: 256,
+            } => format!("tunfwd q{queues}"),
             System::Tunfwd { queues, ring_depth } => format!("tunfwd q{queues} depth{ring_depth}"),
         }
     }
@@ -70,18 +73,57 @@ impl System {
         match self {
             System::Veth | System::Vxlan => Vec::new(),
             System::Tunfwd { queues, ring_depth } => {
-                let args = ["--queues", &queues.to_string(), "--mtu", &OVERLAY_MTU.to_string(), "--ring-depth", &ring_depth.to_string()];
-                let a = bed.start_tunfwd(Host::A, "bench-tunfwd-a", &args).expect("tunfwd A");
-                let b = bed.start_tunfwd(Host::B, "bench-tunfwd-b", &args).expect("tunfwd B");
+                let args = [
+                    "--queues",
+                    &queues.to_string(),
+                    "--mtu",
+                    &OVERLAY_MTU.to_string(),
+                    "--ring-depth",
+                    &ring_depth.to_string(),
+                ];
+                let a = bed
+                    .start_tunfwd(Host::A, "bench-tunfwd-a", &args)
+                    .expect("tunfwd A");
+                let b = bed
+                    .start_tunfwd(Host::B, "bench-tunfwd-b", &args)
+                    .expect("tunfwd B");
                 vec![a, b]
             }
             System::Simpletun => {
                 let server = bed
-                    .spawn(Host::B, "simpletun-b", &bins.simpletun, &strings(&["--dev", "stun0", "--address", &format!("{SIMPLETUN_B}/24"), "--mtu", &OVERLAY_MTU.to_string(), "--listen", &endpoint(testbed::B_UNDERLAY, 7000)]))
+                    .spawn(
+                        Host::B,
+                        "simpletun-b",
+                        &bins.simpletun,
+                        &strings(&[
+                            "--dev",
+                            "stun0",
+                            "--address",
+                            &format!("{SIMPLETUN_B}/24"),
+                            "--mtu",
+                            &OVERLAY_MTU.to_string(),
+                            "--listen",
+                            &endpoint(testbed::B_UNDERLAY, 7000),
+                        ]),
+                    )
                     .expect("simpletun B");
                 wait_for_text(&server, "waiting on");
                 let client = bed
-                    .spawn(Host::A, "simpletun-a", &bins.simpletun, &strings(&["--dev", "stun0", "--address", &format!("{SIMPLETUN_A}/24"), "--mtu", &OVERLAY_MTU.to_string(), "--connect", &endpoint(testbed::B_UNDERLAY, 7000)]))
+                    .spawn(
+                        Host::A,
+                        "simpletun-a",
+                        &bins.simpletun,
+                        &strings(&[
+                            "--dev",
+                            "stun0",
+                            "--address",
+                            &format!("{SIMPLETUN_A}/24"),
+                            "--mtu",
+                            &OVERLAY_MTU.to_string(),
+                            "--connect",
+                            &endpoint(testbed::B_UNDERLAY, 7000),
+                        ]),
+                    )
                     .expect("simpletun A");
                 wait_for_text(&client, "connected");
                 wait_for_text(&server, "connected");
@@ -104,7 +146,11 @@ fn strings(args: &[&str]) -> Vec<String> {
 fn wait_for_text(p: &Process, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !p.stderr().contains(text) {
-        assert!(Instant::now() < deadline, "{text:?} never appeared: {}", p.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} never appeared: {}",
+            p.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -113,8 +159,17 @@ fn wait_for_text(p: &Process, text: &str) {
 fn busy_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = stat.lines().next().unwrap_or("");
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let busy = v.first().unwrap_or(&0.0) + v.get(1).unwrap_or(&0.0) + v.get(2).unwrap_or(&0.0) + v.get(5).unwrap_or(&0.0) + v.get(6).unwrap_or(&0.0) + v.get(7).unwrap_or(&0.0);
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy = v.first().unwrap_or(&0.0)
+        + v.get(1).unwrap_or(&0.0)
+        + v.get(2).unwrap_or(&0.0)
+        + v.get(5).unwrap_or(&0.0)
+        + v.get(6).unwrap_or(&0.0)
+        + v.get(7).unwrap_or(&0.0);
     // USER_HZ is 100 on every Linux ABI.
     busy / 100.0
 }
@@ -132,28 +187,87 @@ impl Runner<'_> {
     fn tcp(&self, system: &System, streams: usize, with_ping: Option<&str>) -> Sample {
         let target = endpoint(system.target(), 5201);
         let secs = self.seconds.to_string();
-        let mut sink = self.bed
-            .tunload_background(Host::B, "bench-tcp-sink", &["tcp-sink", "--listen", "0.0.0.0:5201", "--streams", &streams.to_string(), "--seconds", &(self.seconds + 60).to_string()])
+        let mut sink = self
+            .bed
+            .tunload_background(
+                Host::B,
+                "bench-tcp-sink",
+                &[
+                    "tcp-sink",
+                    "--listen",
+                    "0.0.0.0:5201",
+                    "--streams",
+                    &streams.to_string(),
+                    "--seconds",
+                    &(self.seconds + 60).to_string(),
+                ],
+            )
             .unwrap();
         let cpu_before = busy_cpu_seconds();
-        let mut sender = self.bed
-            .tunload_background(Host::A, "bench-tcp-send", &["tcp-send", "--to", &target, "--seconds", &secs, "--streams", &streams.to_string()])
+        let mut sender = self
+            .bed
+            .tunload_background(
+                Host::A,
+                "bench-tcp-send",
+                &[
+                    "tcp-send",
+                    "--to",
+                    &target,
+                    "--seconds",
+                    &secs,
+                    "--streams",
+                    &streams.to_string(),
+                ],
+            )
             .unwrap();
         let mut sample = Sample::new();
         if let Some(hgrm) = with_ping {
             std::thread::sleep(Duration::from_millis(500));
-            let count = ((self.seconds * 1000).saturating_sub(1500) / 20).max(10).to_string();
-            let out = self.bed.tunload(Host::A, "bench-ping-loaded", &["ping", "--to", system.target(), "--count", &count, "--interval-ms", "20", "--hgrm", hgrm], Duration::from_secs(self.seconds + 30));
+            let count = ((self.seconds * 1000).saturating_sub(1500) / 20)
+                .max(10)
+                .to_string();
+            let out = self.bed.tunload(
+                Host::A,
+                "bench-ping-loaded",
+                &[
+                    "ping",
+                    "--to",
+                    system.target(),
+                    "--count",
+                    &count,
+                    "--interval-ms",
+                    "20",
+                    "--hgrm",
+                    hgrm,
+                ],
+                Duration::from_secs(self.seconds + 30),
+            );
             if let Ok(v) = out.and_then(|o| parse_json(&o)) {
-                sample.insert("loaded_rtt_p50_us", v["rtt_us"]["p50"].as_f64().unwrap_or(f64::NAN));
-                sample.insert("loaded_rtt_p99_us", v["rtt_us"]["p99"].as_f64().unwrap_or(f64::NAN));
-                sample.insert("loaded_ping_loss", 1.0 - v["received"].as_f64().unwrap_or(0.0) / v["sent"].as_f64().unwrap_or(1.0));
+                sample.insert(
+                    "loaded_rtt_p50_us",
+                    v["rtt_us"]["p50"].as_f64().unwrap_or(f64::NAN),
+                );
+                sample.insert(
+                    "loaded_rtt_p99_us",
+                    v["rtt_us"]["p99"].as_f64().unwrap_or(f64::NAN),
+                );
+                sample.insert(
+                    "loaded_ping_loss",
+                    1.0 - v["received"].as_f64().unwrap_or(0.0) / v["sent"].as_f64().unwrap_or(1.0),
+                );
             }
         }
-        let ok = sender.wait_for(Duration::from_secs(self.seconds + 90)).map(|s| s.success()).unwrap_or(false);
+        let ok = sender
+            .wait_for(Duration::from_secs(self.seconds + 90))
+            .map(|s| s.success())
+            .unwrap_or(false);
         let cpu = busy_cpu_seconds() - cpu_before;
         let _ = sink.wait_for(Duration::from_secs(30));
-        let key = if streams == 1 { "tcp1_gbit_s" } else { "tcp4_gbit_s" };
+        let key = if streams == 1 {
+            "tcp1_gbit_s"
+        } else {
+            "tcp4_gbit_s"
+        };
         match parse_json(&sender.stdout()) {
             Ok(v) if ok => {
                 let gbit = v["gbit_per_s"].as_f64().unwrap_or(0.0);
@@ -164,7 +278,11 @@ impl Runner<'_> {
                 }
             }
             _ => {
-                eprintln!("  {} tcp x{streams} failed: {}", system.name(), sender.stderr());
+                eprintln!(
+                    "  {} tcp x{streams} failed: {}",
+                    system.name(),
+                    sender.stderr()
+                );
                 sample.insert(key, 0.0);
             }
         }
@@ -172,22 +290,76 @@ impl Runner<'_> {
     }
 
     fn udp(&self, system: &System, size: usize) -> Sample {
-        let mut sink = self.bed
-            .tunload_background(Host::B, "bench-udp-sink", &["udp-sink", "--listen", "0.0.0.0:6000", "--idle-ms", "700", "--seconds", &(self.seconds + 20).to_string()])
+        let mut sink = self
+            .bed
+            .tunload_background(
+                Host::B,
+                "bench-udp-sink",
+                &[
+                    "udp-sink",
+                    "--listen",
+                    "0.0.0.0:6000",
+                    "--idle-ms",
+                    "700",
+                    "--seconds",
+                    &(self.seconds + 20).to_string(),
+                ],
+            )
             .unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        let flood = self.bed.tunload(Host::A, "bench-udp-flood", &["udp-flood", "--to", &endpoint(system.target(), 6000), "--size", &size.to_string(), "--seconds", &self.seconds.min(3).to_string()], Duration::from_secs(30));
+        let flood = self.bed.tunload(
+            Host::A,
+            "bench-udp-flood",
+            &[
+                "udp-flood",
+                "--to",
+                &endpoint(system.target(), 6000),
+                "--size",
+                &size.to_string(),
+                "--seconds",
+                &self.seconds.min(3).to_string(),
+            ],
+            Duration::from_secs(30),
+        );
         let _ = sink.wait_for(Duration::from_secs(self.seconds + 30));
         let mut sample = Sample::new();
         let prefix = if size <= 64 { "udp64" } else { "udp1400" };
-        if let (Ok(f), Ok(s)) = (flood.and_then(|o| parse_json(&o)), parse_json(&sink.stdout())) {
+        if let (Ok(f), Ok(s)) = (
+            flood.and_then(|o| parse_json(&o)),
+            parse_json(&sink.stdout()),
+        ) {
             let sent = f["sent"].as_f64().unwrap_or(0.0);
             let received = s["received"].as_f64().unwrap_or(0.0);
             let flood_secs = f["seconds"].as_f64().unwrap_or(1.0);
-            sample.insert(if size <= 64 { "udp64_sent_pps" } else { "udp1400_sent_pps" }, sent / flood_secs);
+            sample.insert(
+                if size <= 64 {
+                    "udp64_sent_pps"
+                } else {
+                    "udp1400_sent_pps"
+                },
+                sent / flood_secs,
+            );
             // Received per second of the flood's duration: what got through while it ran.
-            sample.insert(if size <= 64 { "udp64_rx_pps" } else { "udp1400_rx_pps" }, received / flood_secs);
-            sample.insert(if size <= 64 { "udp64_loss" } else { "udp1400_loss" }, if sent > 0.0 { 1.0 - received / sent } else { f64::NAN });
+            sample.insert(
+                if size <= 64 {
+                    "udp64_rx_pps"
+                } else {
+                    "udp1400_rx_pps"
+                },
+                received / flood_secs,
+            );
+            sample.insert(
+                if size <= 64 {
+                    "udp64_loss"
+                } else {
+                    "udp1400_loss"
+                },
+                if sent > 0.0 {
+                    1.0 - received / sent
+                } else {
+                    f64::NAN
+                },
+            );
         } else {
             eprintln!("  {} {prefix} failed", system.name());
         }
@@ -196,23 +368,50 @@ impl Runner<'_> {
 
     fn idle_ping(&self, system: &System) -> Sample {
         let mut sample = Sample::new();
-        let out = self.bed.tunload(Host::A, "bench-ping-idle", &["ping", "--to", system.target(), "--count", "200", "--interval-ms", "5"], Duration::from_secs(20));
+        let out = self.bed.tunload(
+            Host::A,
+            "bench-ping-idle",
+            &[
+                "ping",
+                "--to",
+                system.target(),
+                "--count",
+                "200",
+                "--interval-ms",
+                "5",
+            ],
+            Duration::from_secs(20),
+        );
         if let Ok(v) = out.and_then(|o| parse_json(&o)) {
-            sample.insert("idle_rtt_p50_us", v["rtt_us"]["p50"].as_f64().unwrap_or(f64::NAN));
-            sample.insert("idle_rtt_p99_us", v["rtt_us"]["p99"].as_f64().unwrap_or(f64::NAN));
+            sample.insert(
+                "idle_rtt_p50_us",
+                v["rtt_us"]["p50"].as_f64().unwrap_or(f64::NAN),
+            );
+            sample.insert(
+                "idle_rtt_p99_us",
+                v["rtt_us"]["p99"].as_f64().unwrap_or(f64::NAN),
+            );
         }
         sample
     }
 
     fn round(&self, system: &System, bins: &Bins, round: usize) -> Sample {
         let processes = system.start(self.bed, bins);
-        let hgrm = self.out.join(format!("{}-{}-loaded-rtt-us.hgrm", self.stamp, system.key()));
+        let hgrm = self.out.join(format!(
+            "{}-{}-loaded-rtt-us.hgrm",
+            self.stamp,
+            system.key()
+        ));
         let mut sample = self.idle_ping(system);
         sample.extend(self.tcp(system, 1, (round == 0).then_some(hgrm.to_str().unwrap())));
         if round != 0 {
             // The loaded-RTT histogram file is kept from round 0; later rounds still measure it.
             let scratch = self.bed.path("loaded.hgrm");
-            sample.extend(self.tcp(system, 1, Some(scratch.to_str().unwrap())).into_iter().filter(|(k, _)| k.starts_with("loaded")));
+            sample.extend(
+                self.tcp(system, 1, Some(scratch.to_str().unwrap()))
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("loaded")),
+            );
         }
         sample.extend(self.tcp(system, 4, None));
         sample.extend(self.udp(system, 64));
@@ -229,24 +428,48 @@ fn median(values: &[f64]) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
     let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim().to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     format!("{model}, {cores} cores, Linux {kernel}, TCP congestion control {cc}")
 }
 
 fn fmt(v: f64, digits: usize) -> String {
-    if v.is_finite() { format!("{v:.digits$}") } else { "-".into() }
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "-".into()
+    }
 }
 
 fn main() {
@@ -254,26 +477,44 @@ fn main() {
         return; // `cargo bench -- --list` and test harness probes.
     }
     if !testbed::is_root() {
-        println!("e2e benches: skipped, they need root (network namespaces and TUN devices): run `sudo cargo bench --bench e2e`");
+        println!(
+            "e2e benches: skipped, they need root (network namespaces and TUN devices): run `sudo cargo bench --bench e2e`"
+        );
         return;
     }
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let rounds: usize = env("BENCH_ROUNDS", "3").parse().expect("BENCH_ROUNDS");
     let seconds: u64 = env("BENCH_SECONDS", "5").parse().expect("BENCH_SECONDS");
-    let out = PathBuf::from(env("BENCH_OUT", concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results")));
+    let out = PathBuf::from(env(
+        "BENCH_OUT",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results"),
+    ));
     std::fs::create_dir_all(&out).expect("output directory");
     let all = vec![
         System::Veth,
         System::Vxlan,
         System::Simpletun,
-        System::Tunfwd { queues: 1, ring_depth: 256 },
-        System::Tunfwd { queues: 4, ring_depth: 256 },
-        System::Tunfwd { queues: 1, ring_depth: 1 },
+        System::Tunfwd {
+            queues: 1,
+            ring_depth: 256,
+        },
+        System::Tunfwd {
+            queues: 4,
+            ring_depth: 256,
+        },
+        System::Tunfwd {
+            queues: 1,
+            ring_depth: 1,
+        },
     ];
     let wanted = std::env::var("BENCH_SYSTEMS").ok();
     let systems: Vec<System> = all
         .into_iter()
-        .filter(|s| wanted.as_ref().is_none_or(|w| w.split(',').any(|k| k.trim() == s.key())))
+        .filter(|s| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| w.split(',').any(|k| k.trim() == s.key()))
+        })
         .collect();
     let bins = Bins {
         tunfwd: PathBuf::from(env!("CARGO_BIN_EXE_tunfwd")),
@@ -283,7 +524,12 @@ fn main() {
     let stamp = command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
     let bed = Testbed::new(&bins.tunfwd, &bins.tunload).expect("testbed");
     bed.add_vxlan(OVERLAY_MTU).expect("vxlan");
-    let runner = Runner { bed: &bed, seconds, out: out.clone(), stamp: stamp.clone() };
+    let runner = Runner {
+        bed: &bed,
+        seconds,
+        out: out.clone(),
+        stamp: stamp.clone(),
+    };
 
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
@@ -297,15 +543,44 @@ fn main() {
     drop(bed);
 
     let metric = |key: &str, m: &str| -> f64 {
-        let v: Vec<f64> = samples.get(key).map(|ss| ss.iter().filter_map(|s| s.get(m).copied()).collect()).unwrap_or_default();
+        let v: Vec<f64> = samples
+            .get(key)
+            .map(|ss| ss.iter().filter_map(|s| s.get(m).copied()).collect())
+            .unwrap_or_default();
         median(&v)
     };
     write_results(&out, &stamp, &systems, &metric, rounds, seconds);
 }
 
-fn write_results(out: &Path, stamp: &str, systems: &[System], metric: &dyn Fn(&str, &str) -> f64, rounds: usize, seconds: u64) {
-    let commit = command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"]);
-    let dirty = !command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "status", "--porcelain", "--untracked-files=no"]).is_empty();
+fn write_results(
+    out: &Path,
+    stamp: &str,
+    systems: &[System],
+    metric: &dyn Fn(&str, &str) -> f64,
+    rounds: usize,
+    seconds: u64,
+) {
+    let commit = command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = !command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_empty();
     let mut command = String::from("sudo");
     for k in ["BENCH_ROUNDS", "BENCH_SECONDS", "BENCH_SYSTEMS"] {
         if let Ok(v) = std::env::var(k) {
@@ -316,11 +591,28 @@ fn write_results(out: &Path, stamp: &str, systems: &[System], metric: &dyn Fn(&s
     let mut md = String::new();
     let _ = writeln!(md, "# End-to-end bench, {stamp}\n");
     let _ = writeln!(md, "- machine: {}", machine());
-    let _ = writeln!(md, "- commit: {commit}{}", if dirty { " (with uncommitted changes)" } else { "" });
+    let _ = writeln!(
+        md,
+        "- commit: {commit}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(md, "- command: `{command}`");
-    let _ = writeln!(md, "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth");
-    let _ = writeln!(md, "- CPU s/GB: busy CPU seconds on the whole machine (both relays, load tool, softirq) per GB moved in the single-stream run\n");
-    let _ = writeln!(md, "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |");
+    let _ = writeln!(
+        md,
+        "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth"
+    );
+    let _ = writeln!(
+        md,
+        "- CPU s/GB: busy CPU seconds on the whole machine (both relays, load tool, softirq) per GB moved in the single-stream run\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for s in systems {
         let k = s.key();
@@ -345,7 +637,10 @@ fn write_results(out: &Path, stamp: &str, systems: &[System], metric: &dyn Fn(&s
         );
     }
     let _ = writeln!(md, "\n## Ratios (same run)\n");
-    let _ = writeln!(md, "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |");
+    let _ = writeln!(
+        md,
+        "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let ratio = |k: &str, base: &str, m: &str| metric(k, m) / metric(base, m);
     for s in systems {
@@ -363,7 +658,10 @@ fn write_results(out: &Path, stamp: &str, systems: &[System], metric: &dyn Fn(&s
             fmt(ratio(&k, "simpletun", "udp64_rx_pps"), 1),
         );
     }
-    let _ = writeln!(md, "\nLatency percentile files (`.hgrm`, µs, ping under single-stream TCP load, round 1): `{stamp}-<system>-loaded-rtt-us.hgrm`. Plot: `{stamp}-e2e.svg`.");
+    let _ = writeln!(
+        md,
+        "\nLatency percentile files (`.hgrm`, µs, ping under single-stream TCP load, round 1): `{stamp}-<system>-loaded-rtt-us.hgrm`. Plot: `{stamp}-e2e.svg`."
+    );
     let md_path = out.join(format!("{stamp}-e2e.md"));
     std::fs::write(&md_path, &md).expect("write results");
     std::fs::write(out.join(format!("{stamp}-e2e.svg")), svg(systems, metric)).expect("write plot");
@@ -383,32 +681,66 @@ fn svg(systems: &[System], metric: &dyn Fn(&str, &str) -> f64) -> String {
     let (w, row, left) = (900.0, 28.0, 190.0);
     let panel_h = row * systems.len() as f64 + 50.0;
     let h = 2.0 * panel_h + 20.0;
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='13'>\n<rect width='100%' height='100%' fill='white'/>\n");
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='13'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    );
     let panels: [(&str, [&str; 2], [&str; 2]); 2] = [
-        ("Single-stream TCP (Gbit/s, median)", ["tcp1_gbit_s", ""], ["#3a7", ""]),
-        ("Ping RTT under TCP load (µs): p50, p99", ["loaded_rtt_p50_us", "loaded_rtt_p99_us"], ["#37a", "#a73"]),
+        (
+            "Single-stream TCP (Gbit/s, median)",
+            ["tcp1_gbit_s", ""],
+            ["#3a7", ""],
+        ),
+        (
+            "Ping RTT under TCP load (µs): p50, p99",
+            ["loaded_rtt_p50_us", "loaded_rtt_p99_us"],
+            ["#37a", "#a73"],
+        ),
     ];
     for (p, (title, metrics, colors)) in panels.iter().enumerate() {
         let top = p as f64 * (panel_h + 20.0);
         let max = systems
             .iter()
-            .flat_map(|sys| metrics.iter().filter(|m| !m.is_empty()).map(|m| metric(&sys.key(), m)))
+            .flat_map(|sys| {
+                metrics
+                    .iter()
+                    .filter(|m| !m.is_empty())
+                    .map(|m| metric(&sys.key(), m))
+            })
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max)
             .max(1e-9);
-        let _ = writeln!(s, "<text x='10' y='{}' font-weight='bold'>{title}</text>", top + 20.0);
+        let _ = writeln!(
+            s,
+            "<text x='10' y='{}' font-weight='bold'>{title}</text>",
+            top + 20.0
+        );
         for (i, sys) in systems.iter().enumerate() {
             let y = top + 35.0 + i as f64 * row;
             let _ = writeln!(s, "<text x='10' y='{}'>{}</text>", y + 16.0, sys.name());
-            let bars: Vec<(&str, &str)> = metrics.iter().zip(colors.iter()).filter(|(m, _)| !m.is_empty()).map(|(m, c)| (*m, *c)).collect();
+            let bars: Vec<(&str, &str)> = metrics
+                .iter()
+                .zip(colors.iter())
+                .filter(|(m, _)| !m.is_empty())
+                .map(|(m, c)| (*m, *c))
+                .collect();
             let bar_h = (row - 6.0) / bars.len() as f64;
             for (j, (m, color)) in bars.iter().enumerate() {
                 let v = metric(&sys.key(), m);
                 let v = if v.is_finite() { v } else { 0.0 };
                 let len = (w - left - 90.0) * v / max;
                 let by = y + j as f64 * bar_h;
-                let _ = writeln!(s, "<rect x='{left}' y='{by}' width='{len:.1}' height='{:.1}' fill='{color}'/>", bar_h - 1.0);
-                let _ = writeln!(s, "<text x='{:.1}' y='{:.1}' font-size='11'>{}</text>", left + len + 4.0, by + bar_h - 3.0, fmt(v, if v < 10.0 { 2 } else { 0 }));
+                let _ = writeln!(
+                    s,
+                    "<rect x='{left}' y='{by}' width='{len:.1}' height='{:.1}' fill='{color}'/>",
+                    bar_h - 1.0
+                );
+                let _ = writeln!(
+                    s,
+                    "<text x='{:.1}' y='{:.1}' font-size='11'>{}</text>",
+                    left + len + 4.0,
+                    by + bar_h - 3.0,
+                    fmt(v, if v < 10.0 { 2 } else { 0 })
+                );
             }
         }
     }

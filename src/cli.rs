@@ -14,6 +14,8 @@ pub const DEFAULT_PORT: u16 = 55555;
 pub const MAX_QUEUES: usize = 256;
 /// `IFNAMSIZ - 1`: an interface name's bytes, without the terminating NUL.
 pub const MAX_DEVICE_NAME: usize = 15;
+/// The TUN transmit queue length tunfwd sets unless told otherwise (the kernel's is 500).
+pub const DEFAULT_TX_QUEUE_LEN: u32 = 500;
 /// Outer IPv4 + UDP header bytes, and outer IPv6 + UDP.
 pub const OVERHEAD_V4: u32 = 20 + 8;
 pub const OVERHEAD_V6: u32 = 40 + 8;
@@ -70,6 +72,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
 
+    /// Packets the TUN device may queue for tunfwd to read (its txqueuelen). Short queues keep
+    /// latency under load low; the kernel's default of 500 adds milliseconds.
+    #[arg(long, value_name = "PACKETS", default_value_t = DEFAULT_TX_QUEUE_LEN)]
+    pub tx_queue_len: u32,
+
     /// io_uring operations each worker keeps in flight per direction (1 to 4096, a power of two).
     /// 1 turns batching off, for measuring what batching is worth.
     #[arg(long, value_name = "N", default_value_t = 256)]
@@ -97,6 +104,7 @@ pub struct Config {
     pub stats_interval_secs: u64,
     pub stats_json: Option<PathBuf>,
     pub ring_depth: usize,
+    pub tx_queue_len: u32,
 }
 
 /// Bad input: which option, and what is wrong with it.
@@ -326,6 +334,13 @@ impl Args {
             ));
         }
 
+        if !(1..=1_000_000).contains(&self.tx_queue_len) {
+            return Err(bad(
+                "--tx-queue-len",
+                format!("{} is not between 1 and 1000000", self.tx_queue_len),
+            ));
+        }
+
         Ok(Config {
             peer,
             listen,
@@ -337,6 +352,7 @@ impl Args {
             stats_interval_secs: self.stats_interval,
             stats_json: self.stats_json.clone(),
             ring_depth: self.ring_depth,
+            tx_queue_len: self.tx_queue_len,
         })
     }
 }
@@ -423,6 +439,7 @@ mod tests {
             (&["--listen", "nope"], "--listen"),
             (&["--ring-depth", "3"], "--ring-depth"),
             (&["--ring-depth", "0"], "--ring-depth"),
+            (&["--tx-queue-len", "0"], "--tx-queue-len"),
         ];
         for (extra, option) in cases {
             let e = check(extra).expect_err(&format!("{extra:?} should fail"));

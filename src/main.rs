@@ -51,6 +51,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
 
     let tun_fds = tun::open_queues(&config.device_name, config.queues, tun::Offloads::default())?;
     link::set_mtu(&config.device_name, config.mtu)?;
+    link::set_tx_queue_len(&config.device_name, config.tx_queue_len)?;
     link::add_addresses(&config.device_name, &config.addresses)?;
     link::set_up(&config.device_name)?;
 

@@ -14,7 +14,10 @@ use tunfwd::cli::parse_cidr;
 use tunfwd::sys::{link, tun};
 
 #[derive(Parser)]
-#[command(name = "simpletun", about = "Baseline tunnel for benchmarks only: TUN over one TCP stream, one packet per syscall")]
+#[command(
+    name = "simpletun",
+    about = "Baseline tunnel for benchmarks only: TUN over one TCP stream, one packet per syscall"
+)]
 struct Args {
     /// TUN device name.
     #[arg(long, default_value = "stun0")]
@@ -61,19 +64,34 @@ fn run(args: Args) -> io::Result<()> {
             loop {
                 match TcpStream::connect(server) {
                     Ok(s) => break s,
-                    Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                     Err(e) => return Err(e),
                 }
             }
         }
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "give exactly one of --listen or --connect")),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "give exactly one of --listen or --connect",
+            ));
+        }
     };
     eprintln!("simpletun: {} up: connected", args.dev);
     let mut packet = vec![0u8; 65536];
     loop {
         let mut fds = [
-            libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: net.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: tun.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: net.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of two pollfd structs.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {

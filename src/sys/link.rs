@@ -49,6 +49,19 @@ pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
     ioctl(&sock, libc::SIOCSIFMTU, &mut req).map_err(err)
 }
 
+/// Sets the device's transmit queue length in packets (for a TUN: packets waiting to be read).
+pub fn set_tx_queue_len(device: &str, packets: u32) -> Result<(), Error> {
+    let err = |source| Error::SetTxQueueLen {
+        device: device.to_string(),
+        packets,
+        source,
+    };
+    let sock = control_socket(libc::AF_INET).map_err(err)?;
+    let mut req = ifreq_named(device);
+    req.ifr_ifru.ifru_metric = packets as libc::c_int; // ifr_qlen shares the union's int slot
+    ioctl(&sock, libc::SIOCSIFTXQLEN, &mut req).map_err(err)
+}
+
 pub fn set_up(device: &str) -> Result<(), Error> {
     let err = |source| Error::SetLinkUp {
         device: device.to_string(),

@@ -35,6 +35,11 @@ pub enum Error {
         device: String,
         source: io::Error,
     },
+    SetTxQueueLen {
+        device: String,
+        packets: u32,
+        source: io::Error,
+    },
     SetMtu {
         device: String,
         mtu: u32,
@@ -142,6 +147,16 @@ impl fmt::Display for Error {
                 mtu,
                 source,
             } => write!(f, "cannot set MTU {mtu} on {device}: {source}"),
+            Error::SetTxQueueLen {
+                device,
+                packets,
+                source,
+            } => {
+                write!(
+                    f,
+                    "cannot set the transmit queue length of {device} to {packets}: {source}"
+                )
+            }
             Error::SetLinkUp { device, source } => write!(f, "cannot bring {device} up: {source}"),
             Error::AddAddress {
                 device,
@@ -204,6 +219,7 @@ impl std::error::Error for Error {
             | Error::SetOffload { source: e, .. }
             | Error::InterfaceIndex { source: e, .. }
             | Error::SetMtu { source: e, .. }
+            | Error::SetTxQueueLen { source: e, .. }
             | Error::SetLinkUp { source: e, .. }
             | Error::AddAddress { source: e, .. }
             | Error::Socket { source: e, .. }

@@ -44,13 +44,22 @@ impl Offloads {
 /// Opens a classic single-queue TUN without vnet headers (`IFF_TUN | IFF_NO_PI`): what the
 /// simpletun-style baseline uses. tunfwd itself never calls this.
 pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
-    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(Error::OpenTun)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(Error::OpenTun)?;
     let fd = OwnedFd::from(file);
     let mut req = ifreq_named(device);
     req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
-        .map_err(|source| Error::CreateQueue { device: device.to_string(), queue: 0, source })?;
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(|source| {
+        Error::CreateQueue {
+            device: device.to_string(),
+            queue: 0,
+            source,
+        }
+    })?;
     Ok(fd)
 }
 
