@@ -522,6 +522,36 @@ fn main() {
         simpletun: PathBuf::from(env!("CARGO_BIN_EXE_simpletun")),
     };
     let stamp = command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
+    // The commit is read now, before the run: the binaries were built from this tree.
+    let commit = command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = !command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_empty();
+    let commit = format!(
+        "{commit}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
     let bed = Testbed::new(&bins.tunfwd, &bins.tunload).expect("testbed");
     bed.add_vxlan(OVERLAY_MTU).expect("vxlan");
     let runner = Runner {
@@ -549,38 +579,18 @@ fn main() {
             .unwrap_or_default();
         median(&v)
     };
-    write_results(&out, &stamp, &systems, &metric, rounds, seconds);
+    write_results(&out, &stamp, &commit, &systems, &metric, rounds, seconds);
 }
 
 fn write_results(
     out: &Path,
     stamp: &str,
+    commit: &str,
     systems: &[System],
     metric: &dyn Fn(&str, &str) -> f64,
     rounds: usize,
     seconds: u64,
 ) {
-    let commit = command_output(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    );
-    let dirty = !command_output(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-        ],
-    )
-    .is_empty();
     let mut command = String::from("sudo");
     for k in ["BENCH_ROUNDS", "BENCH_SECONDS", "BENCH_SYSTEMS"] {
         if let Ok(v) = std::env::var(k) {
@@ -591,15 +601,7 @@ fn write_results(
     let mut md = String::new();
     let _ = writeln!(md, "# End-to-end bench, {stamp}\n");
     let _ = writeln!(md, "- machine: {}", machine());
-    let _ = writeln!(
-        md,
-        "- commit: {commit}{}",
-        if dirty {
-            " (with uncommitted changes)"
-        } else {
-            ""
-        }
-    );
+    let _ = writeln!(md, "- commit: {commit}");
     let _ = writeln!(md, "- command: `{command}`");
     let _ = writeln!(
         md,
