@@ -81,6 +81,35 @@ pub struct Args {
     /// 1 turns batching off, for measuring what batching is worth.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub ring_depth: usize,
+
+    /// Do not negotiate TCP segmentation offload with the TUN (no TCP super-packets either way).
+    #[arg(long)]
+    pub no_tso: bool,
+
+    /// Do not negotiate UDP segmentation offload with the TUN (Linux 6.2+; no UDP super-packets).
+    #[arg(long)]
+    pub no_uso: bool,
+
+    /// Do not send several datagrams per sendmsg (UDP_SEGMENT).
+    #[arg(long)]
+    pub no_udp_gso: bool,
+
+    /// Do not receive several datagrams per buffer (UDP_GRO).
+    #[arg(long)]
+    pub no_udp_gro: bool,
+
+    /// All of --no-tso, --no-uso, --no-udp-gso and --no-udp-gro.
+    #[arg(long)]
+    pub no_offload: bool,
+}
+
+/// Offloads the operator allows; the kernel may still refuse some (probed at startup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadSwitches {
+    pub tso: bool,
+    pub uso: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
 }
 
 /// Where the peer is, before name resolution.
@@ -105,6 +134,7 @@ pub struct Config {
     pub stats_json: Option<PathBuf>,
     pub ring_depth: usize,
     pub tx_queue_len: u32,
+    pub offloads: OffloadSwitches,
 }
 
 /// Bad input: which option, and what is wrong with it.
@@ -353,6 +383,12 @@ impl Args {
             stats_json: self.stats_json.clone(),
             ring_depth: self.ring_depth,
             tx_queue_len: self.tx_queue_len,
+            offloads: OffloadSwitches {
+                tso: !(self.no_offload || self.no_tso),
+                uso: !(self.no_offload || self.no_uso),
+                udp_gso: !(self.no_offload || self.no_udp_gso),
+                udp_gro: !(self.no_offload || self.no_udp_gro),
+            },
         })
     }
 }
@@ -482,6 +518,40 @@ mod tests {
                 ("198.19.0.1".parse().unwrap(), 24),
                 ("2001:2::1".parse().unwrap(), 64)
             ]
+        );
+    }
+
+    #[test]
+    fn offload_switches() {
+        let all = OffloadSwitches {
+            tso: true,
+            uso: true,
+            udp_gso: true,
+            udp_gro: true,
+        };
+        assert_eq!(check(&[]).unwrap().offloads, all);
+        let none = OffloadSwitches {
+            tso: false,
+            uso: false,
+            udp_gso: false,
+            udp_gro: false,
+        };
+        assert_eq!(check(&["--no-offload"]).unwrap().offloads, none);
+        assert_eq!(
+            check(&["--no-tso", "--no-udp-gro"]).unwrap().offloads,
+            OffloadSwitches {
+                tso: false,
+                udp_gro: false,
+                ..all
+            }
+        );
+        assert_eq!(
+            check(&["--no-uso", "--no-udp-gso"]).unwrap().offloads,
+            OffloadSwitches {
+                uso: false,
+                udp_gso: false,
+                ..all
+            }
         );
     }
 

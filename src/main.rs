@@ -49,7 +49,19 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     // Probe io_uring once up front so that "disabled" is one clear message, not one per queue.
     drop(ring::build(8, 16).map_err(|source| sys::Error::IoUring { queue: 0, source })?);
 
-    let tun_fds = tun::open_queues(&config.device_name, config.queues, tun::Offloads::default())?;
+    let tun_fds = tun::open_queues(&config.device_name, config.queues)?;
+    let wanted = config.offloads;
+    let tun_offloads = tun::negotiate_offloads(
+        &config.device_name,
+        &tun_fds[0],
+        tun::Offloads {
+            checksum: false,
+            tso4: wanted.tso,
+            tso6: wanted.tso,
+            uso4: wanted.uso,
+            uso6: wanted.uso,
+        },
+    )?;
     link::set_mtu(&config.device_name, config.mtu)?;
     link::set_tx_queue_len(&config.device_name, config.tx_queue_len)?;
     link::add_addresses(&config.device_name, &config.addresses)?;
@@ -67,6 +79,15 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             })?);
         }
         sockets.push(fd);
+    }
+    let mut offloads = worker::Offloads {
+        tso: tun_offloads.tso4 && tun_offloads.tso6,
+        uso: tun_offloads.uso4 && tun_offloads.uso6,
+        udp_gso: wanted.udp_gso && sockets.iter().all(socket::supports_gso),
+        udp_gro: wanted.udp_gro,
+    };
+    if offloads.udp_gro {
+        offloads.udp_gro = sockets.iter().all(socket::enable_gro);
     }
     if config.queues > 1 {
         socket::attach_reuseport_program(
@@ -89,6 +110,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             peer: config.peer,
             mtu: config.mtu,
             ring_depth: config.ring_depth,
+            offloads,
             stop: stop.clone(),
             snapshots: (!interval.is_zero()).then(|| (interval, snapshot_tx.clone())),
         };
@@ -120,8 +142,13 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
         return Err(e);
     }
     eprintln!(
-        "tunfwd: {} up: {} queue(s), MTU {}, listening on {}, peer {}, offloads: none",
-        config.device_name, config.queues, config.mtu, listen, config.peer
+        "tunfwd: {} up: {} queue(s), MTU {}, listening on {}, peer {}, offloads: {}",
+        config.device_name,
+        config.queues,
+        config.mtu,
+        listen,
+        config.peer,
+        describe(wanted, offloads)
     );
 
     let started = Instant::now();
@@ -174,6 +201,22 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
         config.stats_json.as_deref(),
     );
     Ok(all_ok)
+}
+
+/// One line on which offloads are on, and why any that were asked for are off.
+fn describe(wanted: tunfwd::cli::OffloadSwitches, got: worker::Offloads) -> String {
+    let one = |name: &str, asked: bool, on: bool| match (asked, on) {
+        (_, true) => format!("{name} on"),
+        (true, false) => format!("{name} off (kernel refused)"),
+        (false, false) => format!("{name} off"),
+    };
+    [
+        one("tso", wanted.tso, got.tso),
+        one("uso", wanted.uso, got.uso),
+        one("udp-gso", wanted.udp_gso, got.udp_gso),
+        one("udp-gro", wanted.udp_gro, got.udp_gro),
+    ]
+    .join(", ")
 }
 
 /// Prints the report and, if asked, writes it as JSON (atomically: a temporary file, then rename).

@@ -36,10 +36,12 @@ pub enum DropReason {
     IpLengthMismatch,
     /// The TUN device rejected a write.
     TunWriteError,
+    /// A super-packet or partial checksum from the TUN that cannot be split or completed.
+    BadOffload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::TunShortRead,
         DropReason::TunUnexpectedOffload,
         DropReason::UdpSendBufferFull,
@@ -51,6 +53,7 @@ impl DropReason {
         DropReason::BadIpHeader,
         DropReason::IpLengthMismatch,
         DropReason::TunWriteError,
+        DropReason::BadOffload,
     ];
 
     /// The name used in reports and JSON.
@@ -67,6 +70,7 @@ impl DropReason {
             DropReason::BadIpHeader => "bad_ip_header",
             DropReason::IpLengthMismatch => "ip_length_mismatch",
             DropReason::TunWriteError => "tun_write_error",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 
@@ -111,11 +115,25 @@ pub struct Counters {
     pub icmp_errors: u64,
     /// Times a multishot receive stopped because every buffer was in use; it is re-armed.
     pub buffer_stalls: u64,
+    /// UDP sends that carried more than one datagram (`UDP_SEGMENT`).
+    pub gso_sends: u64,
+    /// UDP receives that delivered more than one datagram (`UDP_GRO`).
+    pub gro_receives: u64,
+    /// TUN writes of a merged super-packet.
+    pub coalesced_writes: u64,
+    /// Merged writes the kernel refused, redone segment by segment.
+    pub coalesce_fallbacks: u64,
+    /// GSO sends the kernel refused, redone datagram by datagram.
+    pub gso_fallbacks: u64,
 }
 
 impl Counters {
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason.index()] += 1;
+    }
+
+    pub fn drop_n(&mut self, reason: DropReason, packets: u64) {
+        self.drops[reason.index()] += packets;
     }
 
     pub fn drops_of(&self, reason: DropReason) -> u64 {
@@ -140,6 +158,11 @@ impl Counters {
         }
         self.icmp_errors += other.icmp_errors;
         self.buffer_stalls += other.buffer_stalls;
+        self.gso_sends += other.gso_sends;
+        self.gro_receives += other.gro_receives;
+        self.coalesced_writes += other.coalesced_writes;
+        self.coalesce_fallbacks += other.coalesce_fallbacks;
+        self.gso_fallbacks += other.gso_fallbacks;
     }
 }
 
@@ -171,11 +194,16 @@ impl WorkerStats {
 
     /// Records one packet's latency; values past the histogram's range are clamped, not lost.
     pub fn record_latency(&mut self, direction: Direction, ns: u64) {
+        self.record_latency_n(direction, ns, 1);
+    }
+
+    /// Records the same latency for `packets` packets: a super-packet counts per segment.
+    pub fn record_latency_n(&mut self, direction: Direction, ns: u64, packets: u64) {
         let h = match direction {
             Direction::TunToUdp => &mut self.tun_to_udp_ns,
             Direction::UdpToTun => &mut self.udp_to_tun_ns,
         };
-        h.saturating_record(ns.clamp(1, LATENCY_MAX_NS));
+        let _ = h.record_n(ns.clamp(1, LATENCY_MAX_NS), packets);
     }
 }
 
@@ -272,6 +300,11 @@ impl Report {
                     "drops": drops,
                     "icmp_errors": c.icmp_errors,
                     "buffer_stalls": c.buffer_stalls,
+                    "gso_sends": c.gso_sends,
+                    "gro_receives": c.gro_receives,
+                    "coalesced_writes": c.coalesced_writes,
+                    "coalesce_fallbacks": c.coalesce_fallbacks,
+                    "gso_fallbacks": c.gso_fallbacks,
                 })
             })
             .collect();
@@ -343,6 +376,15 @@ impl Report {
             },
             total.icmp_errors,
             total.buffer_stalls
+        );
+        let _ = writeln!(
+            out,
+            "offloads: gso_sends={} gro_receives={} coalesced_writes={} coalesce_fallbacks={} gso_fallbacks={}",
+            total.gso_sends,
+            total.gro_receives,
+            total.coalesced_writes,
+            total.coalesce_fallbacks,
+            total.gso_fallbacks
         );
         let _ = writeln!(
             out,
@@ -446,7 +488,16 @@ mod tests {
         assert!(t.contains("foreign_source=2"));
         assert!(t.contains("tun_to_udp"));
         assert!(t.contains("p99.9"));
-        assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 1 + 1 + 2);
+        assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 2 + 1 + 2);
+    }
+
+    #[test]
+    fn super_packets_count_latency_per_segment() {
+        let mut w = WorkerStats::new(0);
+        w.record_latency_n(Direction::TunToUdp, 7_000, 45);
+        assert_eq!(w.tun_to_udp_ns.len(), 45);
+        w.counters.drop_n(DropReason::TunWriteError, 3);
+        assert_eq!(w.counters.drops_of(DropReason::TunWriteError), 3);
     }
 
     #[test]

@@ -57,7 +57,9 @@ fn be32(p: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn flow_key(p: &[u8]) -> Option<u32> {
+/// The symmetric flow key `flow_index` reduces: packets with equal keys go to the same worker
+/// whatever the worker count. `None` for anything that is not IPv4 or IPv6.
+pub fn flow_key(p: &[u8]) -> Option<u32> {
     match p.first()? >> 4 {
         4 => {
             let mut key = be32(p, 12)? ^ be32(p, 16)?;

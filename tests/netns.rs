@@ -456,3 +456,59 @@ fn sigterm_reports_and_json_counters_match_what_was_sent() {
         a_sent
     );
 }
+
+/// Hundreds of MB each way, IPv4 one way and IPv6 the other, with offloads on (the default) and
+/// with `--no-offload`; the counters show the offloads were used exactly when they were on.
+#[test]
+fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for offload in [true, false] {
+        let bed = testbed();
+        let extra: &[&str] = if offload { &[] } else { &["--no-offload"] };
+        let (a, b) = relays(&bed, extra);
+        let startup = a.stderr();
+        if offload {
+            assert!(
+                startup.contains("tso on")
+                    && startup.contains("udp-gso on")
+                    && startup.contains("udp-gro on"),
+                "{startup}"
+            );
+        } else {
+            assert!(
+                startup.contains("tso off,") && startup.contains("udp-gro off"),
+                "{startup}"
+            );
+        }
+        let mb = 200u64 << 20;
+        let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 1);
+        let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 1);
+        eprintln!("offload={offload}: A->B IPv4 {there}, B->A IPv6 {back}");
+        let report_a = stop(&bed, a, "a.json");
+        let report_b = stop(&bed, b, "b.json");
+        for (name, report) in [("A", &report_a), ("B", &report_b)] {
+            let (gso, gro, merged) = (
+                total(report, "gso_sends"),
+                total(report, "gro_receives"),
+                total(report, "coalesced_writes"),
+            );
+            if offload {
+                assert!(
+                    gso > 100 && gro > 100 && merged > 100,
+                    "{name}: gso {gso}, gro {gro}, merged {merged}: {report}"
+                );
+            } else {
+                assert_eq!((gso, gro, merged), (0, 0, 0), "{name}: {report}");
+            }
+            assert_eq!(drops(report, "bad_offload"), 0, "{name}: {report}");
+            assert_eq!(total(report, "coalesce_fallbacks"), 0, "{name}");
+        }
+        // Packets are counted per segment at every stage, offloads or not.
+        let a_sent = total(&report_a, "udp_tx_packets");
+        assert_eq!(
+            total(&report_a, "tun_rx_packets"),
+            a_sent + drops(&report_a, "udp_send_buffer_full") + drops(&report_a, "udp_send_error")
+        );
+        assert!(total(&report_b, "udp_rx_packets") <= a_sent);
+    }
+}

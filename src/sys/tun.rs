@@ -63,10 +63,49 @@ pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
     Ok(fd)
 }
 
-/// Opens `queues` queues of TUN device `device`, sets the vnet header size, and sets the offload
-/// mask explicitly (it belongs to the device and survives on a persistent one, so it is always set,
-/// including to nothing).
-pub fn open_queues(device: &str, queues: usize, offloads: Offloads) -> Result<Vec<OwnedFd>, Error> {
+/// Sets the offload mask, asking for `wanted` and settling for less: USO needs Linux 6.2, so a
+/// kernel that refuses it (EINVAL) gets TSO alone, and one that refuses that gets nothing. The mask
+/// belongs to the device and survives on a persistent one, so it is always set, even to nothing.
+pub fn negotiate_offloads(device: &str, fd: &OwnedFd, wanted: Offloads) -> Result<Offloads, Error> {
+    let without_uso = Offloads {
+        uso4: false,
+        uso6: false,
+        ..wanted
+    };
+    let mut attempts = vec![wanted];
+    if without_uso != wanted {
+        attempts.push(without_uso);
+    }
+    attempts.push(Offloads::default());
+    let mut last = None;
+    for mut attempt in attempts {
+        attempt.checksum = attempt.tso4 || attempt.tso6 || attempt.uso4 || attempt.uso6;
+        // SAFETY: TUNSETOFFLOAD takes the mask by value.
+        match check(unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                attempt.mask() as libc::c_ulong,
+            )
+        }) {
+            Ok(_) => return Ok(attempt),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => {
+                return Err(Error::SetOffload {
+                    device: device.to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(Error::SetOffload {
+        device: device.to_string(),
+        source: last.expect("at least one attempt"),
+    })
+}
+
+/// Opens `queues` queues of TUN device `device` and sets the vnet header size on each.
+pub fn open_queues(device: &str, queues: usize) -> Result<Vec<OwnedFd>, Error> {
     let mut fds = Vec::with_capacity(queues);
     for queue in 0..queues {
         let file = OpenOptions::new()
@@ -95,20 +134,6 @@ pub fn open_queues(device: &str, queues: usize, offloads: Offloads) -> Result<Ve
                 source,
             },
         )?;
-        if queue == 0 {
-            // SAFETY: TUNSETOFFLOAD takes the mask by value.
-            check(unsafe {
-                libc::ioctl(
-                    fd.as_raw_fd(),
-                    libc::TUNSETOFFLOAD,
-                    offloads.mask() as libc::c_ulong,
-                )
-            })
-            .map_err(|source| Error::SetOffload {
-                device: device.to_string(),
-                source,
-            })?;
-        }
         fds.push(fd);
     }
     Ok(fds)

@@ -4,6 +4,7 @@
 //! accessor panics. Views borrow any `T: AsRef<[u8]>`, so the worker can look at a packet in place
 //! in an io_uring buffer without copying it.
 
+pub mod checksum;
 pub mod ip;
 pub mod vnet;
 
