@@ -27,12 +27,51 @@ const OVERLAY_MTU: u32 = 1420;
 const SIMPLETUN_A: &str = "198.19.2.1";
 const SIMPLETUN_B: &str = "198.19.2.2";
 
+/// One tunfwd configuration under test.
+#[derive(Debug, Clone, PartialEq)]
+struct TunfwdSetup {
+    queues: usize,
+    ring_depth: usize,
+    offload: bool,
+    tx_queue_len: u32,
+}
+
+impl TunfwdSetup {
+    const DEFAULT: TunfwdSetup = TunfwdSetup {
+        queues: 1,
+        ring_depth: 256,
+        offload: true,
+        tx_queue_len: 500,
+    };
+
+    /// What differs from the defaults, as `(name part, key part)`.
+    fn variations(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        if self.ring_depth != Self::DEFAULT.ring_depth {
+            v.push((
+                format!(" depth{}", self.ring_depth),
+                format!("-d{}", self.ring_depth),
+            ));
+        }
+        if !self.offload {
+            v.push((" no-offload".into(), "-nooffload".into()));
+        }
+        if self.tx_queue_len != Self::DEFAULT.tx_queue_len {
+            v.push((
+                format!(" txq{}", self.tx_queue_len),
+                format!("-txq{}", self.tx_queue_len),
+            ));
+        }
+        v
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum System {
     Veth,
     Vxlan,
     Simpletun,
-    Tunfwd { queues: usize, ring_depth: usize },
+    Tunfwd(TunfwdSetup),
 }
 
 impl System {
@@ -41,11 +80,16 @@ impl System {
             System::Veth => "veth (ceiling)".into(),
             System::Vxlan => "kernel VXLAN".into(),
             System::Simpletun => "simpletun-style".into(),
-            System::Tunfwd {
-                queues,
-                ring_depth: 256,
-            } => format!("tunfwd q{queues}"),
-            System::Tunfwd { queues, ring_depth } => format!("tunfwd q{queues} depth{ring_depth}"),
+            System::Tunfwd(t) => {
+                format!(
+                    "tunfwd q{}{}",
+                    t.queues,
+                    t.variations()
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<String>()
+                )
+            }
         }
     }
 
@@ -54,7 +98,16 @@ impl System {
             System::Veth => "veth".into(),
             System::Vxlan => "vxlan".into(),
             System::Simpletun => "simpletun".into(),
-            System::Tunfwd { queues, ring_depth } => format!("tunfwd-q{queues}-d{ring_depth}"),
+            System::Tunfwd(t) => {
+                format!(
+                    "tunfwd-q{}{}",
+                    t.queues,
+                    t.variations()
+                        .iter()
+                        .map(|(_, k)| k.as_str())
+                        .collect::<String>()
+                )
+            }
         }
     }
 
@@ -64,7 +117,7 @@ impl System {
             System::Veth => testbed::B_UNDERLAY,
             System::Vxlan => testbed::B_VXLAN4,
             System::Simpletun => SIMPLETUN_B,
-            System::Tunfwd { .. } => testbed::B_TUNNEL4,
+            System::Tunfwd(_) => testbed::B_TUNNEL4,
         }
     }
 
@@ -72,15 +125,26 @@ impl System {
     fn start(&self, bed: &Testbed, bins: &Bins) -> Vec<Process> {
         match self {
             System::Veth | System::Vxlan => Vec::new(),
-            System::Tunfwd { queues, ring_depth } => {
-                let args = [
+            System::Tunfwd(t) => {
+                let (queues, mtu, depth, txq) = (
+                    t.queues.to_string(),
+                    OVERLAY_MTU.to_string(),
+                    t.ring_depth.to_string(),
+                    t.tx_queue_len.to_string(),
+                );
+                let mut args = vec![
                     "--queues",
-                    &queues.to_string(),
+                    &queues,
                     "--mtu",
-                    &OVERLAY_MTU.to_string(),
+                    &mtu,
                     "--ring-depth",
-                    &ring_depth.to_string(),
+                    &depth,
+                    "--tx-queue-len",
+                    &txq,
                 ];
+                if !t.offload {
+                    args.push("--no-offload");
+                }
                 let a = bed
                     .start_tunfwd(Host::A, "bench-tunfwd-a", &args)
                     .expect("tunfwd A");
@@ -490,22 +554,25 @@ fn main() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results"),
     ));
     std::fs::create_dir_all(&out).expect("output directory");
+    let tunfwd = |queues, ring_depth, offload, tx_queue_len| {
+        System::Tunfwd(TunfwdSetup {
+            queues,
+            ring_depth,
+            offload,
+            tx_queue_len,
+        })
+    };
     let all = vec![
         System::Veth,
         System::Vxlan,
         System::Simpletun,
-        System::Tunfwd {
-            queues: 1,
-            ring_depth: 256,
-        },
-        System::Tunfwd {
-            queues: 4,
-            ring_depth: 256,
-        },
-        System::Tunfwd {
-            queues: 1,
-            ring_depth: 1,
-        },
+        tunfwd(1, 256, true, 500),
+        tunfwd(1, 256, false, 500),
+        tunfwd(4, 256, true, 500),
+        tunfwd(4, 256, false, 500),
+        tunfwd(1, 1, true, 500),
+        tunfwd(1, 1, false, 500),
+        tunfwd(1, 256, true, 32),
     ];
     let wanted = std::env::var("BENCH_SYSTEMS").ok();
     let systems: Vec<System> = all
@@ -641,19 +708,31 @@ fn write_results(
     let _ = writeln!(md, "\n## Ratios (same run)\n");
     let _ = writeln!(
         md,
-        "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
+        "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | ×own no-offload | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     let ratio = |k: &str, base: &str, m: &str| metric(k, m) / metric(base, m);
     for s in systems {
         let k = s.key();
+        // The same tunfwd configuration with offloads off, when this one has them on.
+        let own = match s {
+            System::Tunfwd(t) if t.offload => Some(
+                System::Tunfwd(TunfwdSetup {
+                    offload: false,
+                    ..t.clone()
+                })
+                .key(),
+            ),
+            _ => None,
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name(),
             fmt(ratio(&k, "vxlan", "tcp1_gbit_s"), 2),
             fmt(ratio(&k, "veth", "tcp1_gbit_s"), 2),
             fmt(ratio(&k, "simpletun", "tcp1_gbit_s"), 1),
+            own.map_or("-".into(), |own| fmt(ratio(&k, &own, "tcp1_gbit_s"), 1)),
             fmt(ratio(&k, "vxlan", "tcp4_gbit_s"), 2),
             fmt(ratio(&k, "vxlan", "udp64_rx_pps"), 2),
             fmt(ratio(&k, "veth", "udp64_rx_pps"), 2),

@@ -1,0 +1,113 @@
+//! Micro-benches of the pure code, with criterion: checksum by length, IP validation, the flow
+//! hash, and splitting and coalescing a 64 KB TCP super-packet (per super-packet and, through
+//! `Throughput::Elements`, per segment). Run: `cargo bench --bench micro`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use tunfwd::offload::coalesce::{self, Policy, Run};
+use tunfwd::offload::split::Split;
+use tunfwd::steer;
+use tunfwd::wire::IpPacket;
+use tunfwd::wire::checksum::Sum;
+use tunfwd::wire::vnet::GsoType;
+
+const MSS: u16 = 1380;
+
+/// An IPv4/TCP super-packet of `payload` bytes (headers only need to parse; split fixes checksums).
+fn super_packet(payload: usize) -> Vec<u8> {
+    let total = 40 + payload;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[198, 19, 0, 1]);
+    p[16..20].copy_from_slice(&[198, 19, 0, 2]);
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x10;
+    for (i, b) in p[40..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+fn checksum(c: &mut Criterion) {
+    let data: Vec<u8> = (0..65535u32).map(|i| (i * 31) as u8).collect();
+    let mut group = c.benchmark_group("checksum_by_length");
+    for len in [64usize, 1500, 9000, 65535] {
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, &len| {
+            b.iter(|| Sum::of(black_box(&data[..len])))
+        });
+    }
+    group.finish();
+}
+
+fn parse_and_steer(c: &mut Criterion) {
+    let packet = super_packet(1380);
+    let mut group = c.benchmark_group("per_packet_pure");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ip_validate", |b| {
+        b.iter(|| IpPacket::new_checked(black_box(&packet[..])).is_ok())
+    });
+    group.bench_function("flow_index_4_workers", |b| {
+        b.iter(|| steer::flow_index(black_box(&packet), 4))
+    });
+    group.finish();
+}
+
+fn split_and_coalesce(c: &mut Criterion) {
+    let packet = super_packet(usize::from(MSS) * 47);
+    let plan = Split::plan(&packet, GsoType::TcpV4, MSS, 128).unwrap();
+    let mut headers = vec![0u8; 128];
+    let mut group = c.benchmark_group("split_64k_tcp_super_packet");
+    group.throughput(Throughput::Elements(plan.count as u64));
+    group.bench_function("segments", |b| {
+        b.iter(|| {
+            for i in 0..plan.count {
+                black_box(plan.segment(black_box(&packet), i, &mut headers));
+            }
+        })
+    });
+    group.finish();
+
+    // The segments, back to back as a GRO buffer holds them.
+    let mut buffer = Vec::new();
+    let mut segments = Vec::new();
+    let mut one = Vec::new();
+    for i in 0..plan.count {
+        plan.segment_into(&packet, i, &mut one);
+        segments.push((buffer.len(), one.len()));
+        buffer.extend_from_slice(&one);
+    }
+    let mut runs: Vec<Run> = Vec::with_capacity(64);
+    let mut group = c.benchmark_group("coalesce_gro_buffer");
+    group.throughput(Throughput::Elements(segments.len() as u64));
+    // finish_run rewrites the head's headers in place; restore them after each iteration.
+    let head = buffer[..segments[0].1].to_vec();
+    group.bench_function("plan_and_finish_47_segments", |b| {
+        b.iter(|| {
+            coalesce::plan_runs(
+                &buffer,
+                &segments,
+                Policy {
+                    tcp: true,
+                    udp: true,
+                },
+                &mut runs,
+            );
+            assert_eq!(runs.len(), 1);
+            for run in &runs {
+                black_box(coalesce::finish_run(&mut buffer, &segments, *run));
+            }
+            buffer[..head.len()].copy_from_slice(&head);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, checksum, parse_and_steer, split_and_coalesce);
+criterion_main!(benches);
