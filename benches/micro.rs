@@ -90,15 +90,7 @@ fn split_and_coalesce(c: &mut Criterion) {
     let head = buffer[..segments[0].1].to_vec();
     group.bench_function("plan_and_finish_47_segments", |b| {
         b.iter(|| {
-            coalesce::plan_runs(
-                &buffer,
-                &segments,
-                Policy {
-                    tcp: true,
-                    udp: true,
-                },
-                &mut runs,
-            );
+            coalesce::plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
             assert_eq!(runs.len(), 1);
             for run in &runs {
                 black_box(coalesce::finish_run(&mut buffer, &segments, *run));

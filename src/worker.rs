@@ -313,7 +313,7 @@ fn new_udp_slot() -> UdpSlot {
         iovs: vec![EMPTY_IOV; 2 * MAX_GRO_SEGMENTS].into_boxed_slice(),
         fallback_iovs: vec![EMPTY_IOV; 2 * MAX_GRO_SEGMENTS].into_boxed_slice(),
         vnet_headers: vec![[0u8; vnet::LEN]; MAX_GRO_SEGMENTS].into_boxed_slice(),
-        saved_headers: vec![0u8; MAX_GRO_SEGMENTS / 2 * HEADER_ROOM].into_boxed_slice(),
+        saved_headers: vec![0u8; MAX_GRO_SEGMENTS * HEADER_ROOM].into_boxed_slice(),
         segments: Vec::with_capacity(MAX_GRO_SEGMENTS),
         runs: Vec::with_capacity(MAX_GRO_SEGMENTS),
         pending: 0,
@@ -955,8 +955,7 @@ impl Worker {
             if run.count > 1 {
                 // Keep the head's original headers in case the kernel refuses the merged write.
                 let (head_at, _) = slot.segments[run.first];
-                let saved = &mut slot.saved_headers[(r % (MAX_GRO_SEGMENTS / 2)) * HEADER_ROOM..]
-                    [..HEADER_ROOM];
+                let saved = &mut slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM];
                 let n = HEADER_ROOM.min(buffer.len() - head_at);
                 saved[..n].copy_from_slice(&buffer[head_at..head_at + n]);
                 slot.vnet_headers[r] = coalesce::finish_run(buffer, &slot.segments, *run);
@@ -1043,20 +1042,12 @@ impl Worker {
     }
 
     fn write_run_segments(&mut self, bid: u16, r: usize) {
-        if self.coalesce
-            != (Policy {
-                tcp: false,
-                udp: false,
-            })
-        {
+        if self.coalesce != Policy::NONE {
             eprintln!(
                 "tunfwd: queue {}: the TUN refused a merged write (EINVAL); writing segments one by one from now on",
                 self.stats.queue
             );
-            self.coalesce = Policy {
-                tcp: false,
-                udp: false,
-            };
+            self.coalesce = Policy::NONE;
         }
         self.stats.counters.coalesce_fallbacks += 1;
         // SAFETY: the worker owns `bid`: its only submission (this run's write) has completed, and
@@ -1065,8 +1056,7 @@ impl Worker {
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
         let run = slot.runs[r];
         let (head_at, _) = slot.segments[run.first];
-        let saved =
-            &slot.saved_headers[(r % (MAX_GRO_SEGMENTS / 2)) * HEADER_ROOM..][..HEADER_ROOM];
+        let saved = &slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM];
         let n = HEADER_ROOM.min(buffer.len() - head_at);
         buffer[head_at..head_at + n].copy_from_slice(&saved[..n]);
         for s in run.first..run.first + run.count {

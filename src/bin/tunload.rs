@@ -157,36 +157,46 @@ fn pattern_word(seed: u64, word: u64) -> [u8; 8] {
     (z ^ (z >> 31)).to_le_bytes()
 }
 
-/// Fills `out` with the pattern starting at stream offset `offset` (a multiple of 8 is fastest).
-fn fill_pattern(seed: u64, offset: u64, out: &mut [u8]) {
+/// Walks the pattern over `len` bytes starting at stream offset `offset`, handing `visit` each
+/// piece as (position in the span, the pattern's bytes there); stops early when `visit` says so.
+fn walk_pattern(seed: u64, offset: u64, len: usize, mut visit: impl FnMut(usize, &[u8]) -> bool) {
     let mut i = 0usize;
-    while i < out.len() {
+    while i < len {
         let at = offset + i as u64;
         let word = pattern_word(seed, at / 8);
         let start = (at % 8) as usize;
-        let take = (8 - start).min(out.len() - i);
-        out[i..i + take].copy_from_slice(&word[start..start + take]);
+        let take = (8 - start).min(len - i);
+        if !visit(i, &word[start..start + take]) {
+            return;
+        }
         i += take;
     }
 }
 
+/// Fills `out` with the pattern starting at stream offset `offset`.
+fn fill_pattern(seed: u64, offset: u64, out: &mut [u8]) {
+    let len = out.len();
+    walk_pattern(seed, offset, len, |i, expected| {
+        out[i..i + expected.len()].copy_from_slice(expected);
+        true
+    });
+}
+
 /// The stream offset of the first byte of `data` (which starts at `offset`) that breaks the pattern.
 fn first_mismatch(seed: u64, offset: u64, data: &[u8]) -> Option<u64> {
-    let mut i = 0usize;
-    while i < data.len() {
-        let at = offset + i as u64;
-        let word = pattern_word(seed, at / 8);
-        let start = (at % 8) as usize;
-        let take = (8 - start).min(data.len() - i);
-        if data[i..i + take] != word[start..start + take] {
-            let within = (0..take)
-                .find(|k| data[i + k] != word[start + k])
-                .unwrap_or(0);
-            return Some(at + within as u64);
+    let mut found = None;
+    walk_pattern(seed, offset, data.len(), |i, expected| {
+        let got = &data[i..i + expected.len()];
+        if got == expected {
+            return true;
         }
-        i += take;
-    }
-    None
+        let within = (0..expected.len())
+            .find(|k| got[*k] != expected[*k])
+            .unwrap_or(0);
+        found = Some(offset + (i + within) as u64);
+        false
+    });
+    found
 }
 
 fn timed_out(what: &str) -> io::Error {

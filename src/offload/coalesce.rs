@@ -24,6 +24,17 @@ pub struct Policy {
     pub udp: bool,
 }
 
+impl Policy {
+    pub const ALL: Policy = Policy {
+        tcp: true,
+        udp: true,
+    };
+    pub const NONE: Policy = Policy {
+        tcp: false,
+        udp: false,
+    };
+}
+
 /// Segments `first..first + count` of a buffer, to be written to the TUN as one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
@@ -239,10 +250,7 @@ mod tests {
     use super::*;
     use crate::wire::vnet::{GsoType, VnetHeader};
 
-    const BOTH: Policy = Policy {
-        tcp: true,
-        udp: true,
-    };
+    const BOTH: Policy = Policy::ALL;
 
     /// Lays packets out back to back, as a GRO buffer holds them.
     fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<(usize, usize)>) {

@@ -499,15 +499,7 @@ mod tests {
                 segments = vec![(0, p.len())];
             }
             let mut buffer = p.clone();
-            plan_runs(
-                &buffer,
-                &segments,
-                Policy {
-                    tcp: true,
-                    udp: true,
-                },
-                &mut runs,
-            );
+            plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
             let mut next = 0;
             for run in &runs {
                 assert_eq!(run.first, next, "runs in order, no gaps");

@@ -41,9 +41,9 @@ impl Offloads {
     }
 }
 
-/// Opens a classic single-queue TUN without vnet headers (`IFF_TUN | IFF_NO_PI`): what the
-/// simpletun-style baseline uses. tunfwd itself never calls this.
-pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
+/// Opens /dev/net/tun and attaches it to `device` with `flags` (`TUNSETIFF`): a new device, one
+/// more queue of a multiqueue one, or an existing persistent device.
+fn attach(device: &str, flags: libc::c_int, queue: usize) -> Result<OwnedFd, Error> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -51,16 +51,22 @@ pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
         .map_err(Error::OpenTun)?;
     let fd = OwnedFd::from(file);
     let mut req = ifreq_named(device);
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(|source| {
         Error::CreateQueue {
             device: device.to_string(),
-            queue: 0,
+            queue,
             source,
         }
     })?;
     Ok(fd)
+}
+
+/// Opens a classic single-queue TUN without vnet headers (`IFF_TUN | IFF_NO_PI`): what the
+/// simpletun-style baseline uses. tunfwd itself never calls this.
+pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
+    attach(device, libc::IFF_TUN | libc::IFF_NO_PI, 0)
 }
 
 /// Sets the offload mask, asking for `wanted` and settling for less: USO needs Linux 6.2, so a
@@ -108,23 +114,10 @@ pub fn negotiate_offloads(device: &str, fd: &OwnedFd, wanted: Offloads) -> Resul
 pub fn open_queues(device: &str, queues: usize) -> Result<Vec<OwnedFd>, Error> {
     let mut fds = Vec::with_capacity(queues);
     for queue in 0..queues {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(Error::OpenTun)?;
-        let fd = OwnedFd::from(file);
-        let mut req = ifreq_named(device);
-        req.ifr_ifru.ifru_flags =
-            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR)
-                as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
-        check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(
-            |source| Error::CreateQueue {
-                device: device.to_string(),
-                queue,
-                source,
-            },
+        let fd = attach(
+            device,
+            libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR,
+            queue,
         )?;
         let header_len = vnet::LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int.
