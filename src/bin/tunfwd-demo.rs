@@ -2,7 +2,8 @@
 //!
 //! Builds the namespace testbed, runs a tunfwd relay in each of two namespaces, drives a bulk TCP
 //! transfer and a ping latency probe through the tunnel with `tunload`, prints the throughput and
-//! both relays' reports, and tears everything down, also on Ctrl-C.
+//! both relays' reports, and tears everything down, also on Ctrl-C. `DEMO_SECONDS` sets the
+//! transfer's length (5), `TUNFWD_ARGS` adds options to both relays.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,11 +66,15 @@ fn run() -> Result<(), String> {
         bed.namespace(Host::A),
         bed.namespace(Host::B)
     );
+    // Extra tunfwd options for both relays, e.g. TUNFWD_ARGS="--no-offload" (used by scripts/profile).
+    let extra = std::env::var("TUNFWD_ARGS").unwrap_or_default();
+    let mut args = vec!["--queues", queues.as_str()];
+    args.extend(extra.split_whitespace());
     let a = bed
-        .start_tunfwd(Host::A, "tunfwd-a", &["--queues", &queues])
+        .start_tunfwd(Host::A, "tunfwd-a", &args)
         .map_err(|e| e.to_string())?;
     let b = bed
-        .start_tunfwd(Host::B, "tunfwd-b", &["--queues", &queues])
+        .start_tunfwd(Host::B, "tunfwd-b", &args)
         .map_err(|e| e.to_string())?;
     println!("tunfwd relays up with {queues} queues each: tunnel 198.19.0.1 <-> 198.19.0.2\n");
     check_interrupt()?;
