@@ -274,28 +274,6 @@ impl Testbed {
         }
         Ok(())
     }
-
-    /// Sets the underlay veth MTU on A and B (the overlay plus outer headers must fit in it).
-    pub fn set_underlay_mtu(&self, mtu: u32) -> io::Result<()> {
-        ip(&[
-            "-n",
-            &self.namespace(Host::A),
-            "link",
-            "set",
-            "ab",
-            "mtu",
-            &mtu.to_string(),
-        ])?;
-        ip(&[
-            "-n",
-            &self.namespace(Host::B),
-            "link",
-            "set",
-            "ba",
-            "mtu",
-            &mtu.to_string(),
-        ])
-    }
 }
 
 impl Drop for Testbed {

@@ -215,6 +215,14 @@ fn first_mismatch(seed: u64, offset: u64, data: &[u8]) -> Option<u64> {
     byte_check(tail_start, &data[tail_start..])
 }
 
+/// A read that timed out: `SO_RCVTIMEO` reports EAGAIN, which std calls WouldBlock.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
 }
@@ -294,12 +302,7 @@ fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<u64> {
         let n = match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 return Err(timed_out("stream"));
             }
             Err(e) => return Err(e),
@@ -420,12 +423,7 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
                 max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
             }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 if first.is_some() && last.elapsed() >= idle {
                     break;
                 }
@@ -603,12 +601,7 @@ fn ping(
         }
         let n = match socket.recv(&mut buf) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 continue;
             }
             Err(e) => return Err(e),

@@ -220,24 +220,46 @@ pub fn drain_error_queue(fd: RawFd) -> u64 {
     let mut data = [0u8; 64];
     let mut control = [0u8; 256];
     for _ in 0..4096 {
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        // SAFETY: msghdr is plain data; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
-        // SAFETY: `msg` points at live local buffers of the stated sizes.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if n < 0 {
+        if recvmsg_with_control(
+            fd,
+            &mut data,
+            &mut control,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+        .is_err()
+        {
             break;
         }
         drained += 1;
     }
     drained
+}
+
+/// One `recvmsg` into `data` with a control area; returns the bytes received and the length of
+/// the control data the kernel filled in.
+pub fn recvmsg_with_control(
+    fd: RawFd,
+    data: &mut [u8],
+    control: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, usize)> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: `msg` points at `data` and `control`, live for the call, with their lengths.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((n as usize, msg.msg_controllen))
+    }
 }
 
 #[cfg(test)]
@@ -347,27 +369,13 @@ mod tests {
 
         let mut buffer = vec![0u8; 65536];
         let mut control_in = [0u8; 64];
-        let mut iov = libc::iovec {
-            iov_base: buffer.as_mut_ptr().cast(),
-            iov_len: buffer.len(),
-        };
-        // SAFETY: as above, for recvmsg into local buffers.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control_in.as_mut_ptr().cast();
-        msg.msg_controllen = control_in.len();
-        // SAFETY: `msg` points at live local buffers of the stated sizes.
-        let received = unsafe { libc::recvmsg(receiver.as_raw_fd(), &mut msg, 0) };
-        assert_eq!(
-            received,
-            payload.len() as isize,
-            "all 10 datagrams in one receive"
-        );
+        let (received, control_len) =
+            recvmsg_with_control(receiver.as_raw_fd(), &mut buffer, &mut control_in, 0).unwrap();
+        assert_eq!(received, payload.len(), "all 10 datagrams in one receive");
         let stride =
-            gro_segment_size(&control_in[..msg.msg_controllen]).expect("a UDP_GRO control message");
+            gro_segment_size(&control_in[..control_len]).expect("a UDP_GRO control message");
         assert_eq!(stride, segment);
-        let pieces: Vec<&[u8]> = buffer[..received as usize].chunks(stride).collect();
+        let pieces: Vec<&[u8]> = buffer[..received].chunks(stride).collect();
         assert_eq!(pieces.len(), 10);
         for (i, piece) in pieces.iter().enumerate() {
             assert!(piece.iter().all(|b| *b == i as u8), "segment {i} intact");

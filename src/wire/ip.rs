@@ -163,10 +163,6 @@ impl<T: AsRef<[u8]>> IpPacket<T> {
             }
         }
     }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        self.buffer.as_ref()
-    }
 }
 
 fn be16(bytes: &[u8], at: usize) -> u16 {
