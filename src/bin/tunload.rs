@@ -4,7 +4,9 @@
 //!
 //! * `tcp-sink` / `tcp-send`: bulk TCP whose every byte is checked at the far end. The stream is a
 //!   position-addressed pattern (a hash of seed and offset), so the sink regenerates it and finds
-//!   the first wrong byte, whatever the read boundaries.
+//!   the first wrong byte, whatever the read boundaries. `tcp-send --unchecked` sends a fixed
+//!   buffer that the sink only counts, as iperf3 does: making and checking the pattern costs CPU
+//!   that a 2-core benchmark would take away from the system under test.
 //! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss.
 //! * `ping`: ICMP/ICMPv6 echo over a raw socket (root), for overlay reachability and RTT.
 //! * `garbage`: malformed datagrams aimed at a tunnel's UDP port.
@@ -50,6 +52,9 @@ enum Mode {
         seconds: u64,
         #[arg(long, default_value_t = 1)]
         streams: usize,
+        /// Send a fixed buffer that the sink counts but does not check (for benchmarks).
+        #[arg(long)]
+        unchecked: bool,
     },
     /// Count sequence-numbered datagrams.
     UdpSink {
@@ -112,7 +117,8 @@ fn main() {
             bytes,
             seconds,
             streams,
-        } => tcp_send(to, bytes, Duration::from_secs(seconds), streams),
+            unchecked,
+        } => tcp_send(to, bytes, Duration::from_secs(seconds), streams, unchecked),
         Mode::UdpSink {
             listen,
             idle_ms,
@@ -236,7 +242,8 @@ fn wildcard_for(to: SocketAddr, port: u16) -> SocketAddr {
 }
 
 /// Accepts `streams` streams; after each one's EOF, replies with the bytes received and whether
-/// every byte matched.
+/// every byte matched (or that the stream was only counted). `verified` means no stream failed;
+/// `checked` that every stream's bytes were compared with the pattern.
 fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
@@ -258,10 +265,14 @@ fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<(
         }
     }
     let mut total = 0u64;
+    let mut checked = true;
     let mut first_error = None;
     for h in handles {
         match h.join().expect("sink thread") {
-            Ok(n) => total += n,
+            Ok((n, stream_checked)) => {
+                total += n;
+                checked &= stream_checked;
+            }
             Err(e) => {
                 first_error.get_or_insert(e.to_string());
             }
@@ -269,7 +280,7 @@ fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<(
     }
     let verified = first_error.is_none();
     println!(
-        "{{\"mode\":\"tcp-sink\",\"streams\":{streams},\"bytes\":{total},\"verified\":{verified}{}}}",
+        "{{\"mode\":\"tcp-sink\",\"streams\":{streams},\"bytes\":{total},\"checked\":{checked},\"verified\":{verified}{}}}",
         first_error
             .as_ref()
             .map(|e| format!(",\"error\":{e:?}"))
@@ -281,7 +292,15 @@ fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<(
     }
 }
 
-fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<u64> {
+/// The seed a sender announces for an unchecked stream (patterned streams never use it).
+const UNCHECKED_SEED: u64 = 0;
+/// The sink's verdict byte: the pattern broke, every byte matched, or the stream was only counted.
+const VERDICT_MISMATCH: u8 = 0;
+const VERDICT_MATCHED: u8 = 1;
+const VERDICT_COUNTED: u8 = 2;
+
+/// Receives one stream; returns its byte count and whether its bytes were checked.
+fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<(u64, bool)> {
     let remaining = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -291,6 +310,7 @@ fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<u64> {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header)?;
     let seed = u64::from_le_bytes(header);
+    let checked = seed != UNCHECKED_SEED;
     let mut buf = vec![0u8; 1 << 20];
     let mut received = 0u64;
     let mut mismatch = None;
@@ -307,27 +327,44 @@ fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<u64> {
             }
             Err(e) => return Err(e),
         };
-        if mismatch.is_none() {
+        if checked && mismatch.is_none() {
             mismatch = first_mismatch(seed, received, &buf[..n]);
         }
         received += n as u64;
     }
     let mut reply = [0u8; 9];
     reply[..8].copy_from_slice(&received.to_le_bytes());
-    reply[8] = u8::from(mismatch.is_none());
+    reply[8] = match (checked, mismatch) {
+        (false, _) => VERDICT_COUNTED,
+        (true, None) => VERDICT_MATCHED,
+        (true, Some(_)) => VERDICT_MISMATCH,
+    };
     stream.write_all(&reply)?;
     match mismatch {
-        None => Ok(received),
+        None => Ok((received, checked)),
         Some(at) => Err(io::Error::other(format!(
             "byte {at} of {received} differs from what was sent"
         ))),
     }
 }
 
-fn tcp_send(to: SocketAddr, bytes: u64, limit: Duration, streams: usize) -> io::Result<()> {
+fn tcp_send(
+    to: SocketAddr,
+    bytes: u64,
+    limit: Duration,
+    streams: usize,
+    unchecked: bool,
+) -> io::Result<()> {
     let started = Instant::now();
     let handles: Vec<_> = (0..streams as u64)
-        .map(|i| std::thread::spawn(move || send_one(to, 0x5eed_0000 + i, bytes, limit)))
+        .map(|i| {
+            let seed = if unchecked {
+                UNCHECKED_SEED
+            } else {
+                0x5eed_0000 + i
+            };
+            std::thread::spawn(move || send_one(to, seed, bytes, limit))
+        })
         .collect();
     let mut total = 0;
     let mut failure = None;
@@ -344,14 +381,15 @@ fn tcp_send(to: SocketAddr, bytes: u64, limit: Duration, streams: usize) -> io::
         return Err(e);
     }
     println!(
-        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"verified\":true}}",
-        total as f64 * 8.0 / seconds / 1e9
+        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"checked\":{},\"verified\":true}}",
+        total as f64 * 8.0 / seconds / 1e9,
+        !unchecked
     );
     Ok(())
 }
 
 /// Sends one stream: `bytes` bytes, or for `limit` when `bytes` is 0. A byte count must also
-/// finish within `limit`.
+/// finish within `limit`. With `UNCHECKED_SEED` one buffer is filled once and sent over and over.
 fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Result<u64> {
     let started = Instant::now();
     // The sink may still be starting: retry refused connections for a few seconds.
@@ -372,6 +410,10 @@ fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Resul
     stream.write_all(&seed.to_le_bytes())?;
     const BLOCK: usize = 1 << 18;
     let mut buf = vec![0u8; BLOCK];
+    let checked = seed != UNCHECKED_SEED;
+    if !checked {
+        fill_pattern(seed, 0, &mut buf);
+    }
     let mut sent = 0u64;
     loop {
         let in_time = started.elapsed() < limit;
@@ -387,7 +429,9 @@ fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Resul
         } else {
             BLOCK
         };
-        fill_pattern(seed, sent, &mut buf[..n]);
+        if checked {
+            fill_pattern(seed, sent, &mut buf[..n]);
+        }
         stream.write_all(&buf[..n])?;
         sent += n as u64;
     }
@@ -395,10 +439,15 @@ fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Resul
     let mut reply = [0u8; 9];
     stream.read_exact(&mut reply)?;
     let received = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
-    if received != sent || reply[8] != 1 {
+    let expected = if checked {
+        VERDICT_MATCHED
+    } else {
+        VERDICT_COUNTED
+    };
+    if received != sent || reply[8] != expected {
         return Err(io::Error::other(format!(
-            "sink saw {received} of {sent} bytes, verified={}",
-            reply[8] == 1
+            "sink saw {received} of {sent} bytes, verdict {} (expected {expected})",
+            reply[8]
         )));
     }
     Ok(sent)
@@ -735,5 +784,51 @@ mod tests {
                 "{d:02x?}"
             );
         }
+    }
+
+    /// Runs one sender against one sink over loopback; returns both sides' results.
+    fn loopback_stream(seed: u64, bytes: u64) -> (io::Result<u64>, io::Result<(u64, bool)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sink = std::thread::spawn(move || {
+            let (stream, _) = listener.accept()?;
+            sink_one(stream, deadline)
+        });
+        let sent = send_one(to, seed, bytes, Duration::from_secs(10));
+        (sent, sink.join().unwrap())
+    }
+
+    #[test]
+    fn checked_and_unchecked_streams_are_counted_and_labelled() {
+        let bytes = 3 * (1 << 18) + 12345;
+        let (sent, sunk) = loopback_stream(0x5eed_0001, bytes);
+        assert_eq!(sent.unwrap(), bytes);
+        assert_eq!(sunk.unwrap(), (bytes, true));
+        let (sent, sunk) = loopback_stream(UNCHECKED_SEED, bytes);
+        assert_eq!(sent.unwrap(), bytes);
+        assert_eq!(sunk.unwrap(), (bytes, false), "counted, not checked");
+    }
+
+    #[test]
+    fn a_stream_that_breaks_the_pattern_fails_at_both_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let sink = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            sink_one(stream, Instant::now() + Duration::from_secs(10))
+        });
+        let mut stream = TcpStream::connect(to).unwrap();
+        stream.write_all(&0x5eed_0001u64.to_le_bytes()).unwrap();
+        let mut data = vec![0u8; 4096];
+        fill_pattern(0x5eed_0001, 0, &mut data);
+        data[1000] ^= 0x80;
+        stream.write_all(&data).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = [0u8; 9];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[8], VERDICT_MISMATCH);
+        let err = sink.join().unwrap().unwrap_err().to_string();
+        assert!(err.contains("byte 1000 of 4096"), "{err}");
     }
 }
