@@ -216,6 +216,14 @@ impl Testbed {
             "--address".to_string(),
             format!("{v6}/64"),
         ];
+        // The two relays stand in for two machines. Pinned the same way, both ends' queue 0 would
+        // share CPU 0 and take turns on it, which no real deployment does; so unless the caller
+        // chose, B pins its queues from the last CPU down while A goes from the first up.
+        let chose = extra.iter().any(|a| *a == "--cpus" || *a == "--no-pin");
+        if host == Host::B && !chose {
+            args.push("--cpus".to_string());
+            args.push(reversed_cpu_list());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut p = self.spawn(host, name, &self.tunfwd.clone(), &args)?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,6 +398,24 @@ pub fn parse_json(text: &str) -> io::Result<serde_json::Value> {
         .unwrap_or("");
     serde_json::from_str(line)
         .map_err(|e| io::Error::other(format!("bad JSON from tool ({e}): {text}")))
+}
+
+/// This machine's CPUs as a `--cpus` list, last first (e.g. `1,0`).
+fn reversed_cpu_list() -> String {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        ids.push(0);
+    }
+    ids.sort_unstable();
+    ids.iter()
+        .rev()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `addr:port` with IPv6 bracketed.
