@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tunfwd::cli::{Args, Config};
+use tunfwd::offload::split;
 use tunfwd::stats::{Report, WorkerStats};
 use tunfwd::sys::{self, link, signal::Signals, socket, tun};
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
@@ -89,6 +90,17 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     if offloads.udp_gro {
         offloads.udp_gro = sockets.iter().all(socket::enable_gro);
     }
+    // Super-packets sized to fit one UDP GSO send each. Only an optimization: a kernel that
+    // refuses gets a warning, and super-packets then cost two sends.
+    let mut gso_cap = None;
+    if (offloads.tso || offloads.uso) && offloads.udp_gso {
+        if let Some(bytes) = split::tun_gso_max_size(config.mtu as usize) {
+            match link::set_gso_max_size(&config.device_name, bytes) {
+                Ok(()) => gso_cap = Some(bytes),
+                Err(e) => eprintln!("tunfwd: warning: {e}"),
+            }
+        }
+    }
     if config.queues > 1 {
         socket::attach_reuseport_program(
             &sockets[0],
@@ -142,13 +154,16 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
         return Err(e);
     }
     eprintln!(
-        "tunfwd: {} up: {} queue(s), MTU {}, listening on {}, peer {}, offloads: {}",
+        "tunfwd: {} up: {} queue(s), MTU {}, listening on {}, peer {}, offloads: {}{}",
         config.device_name,
         config.queues,
         config.mtu,
         listen,
         config.peer,
-        describe(wanted, offloads)
+        describe(wanted, offloads),
+        gso_cap.map_or(String::new(), |b| format!(
+            "; super-packets up to {b} bytes (one GSO send each)"
+        ))
     );
 
     let started = Instant::now();

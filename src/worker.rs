@@ -28,7 +28,8 @@
 //! All `unsafe` here is about the buffer-lifetime contract stated in `ring`.
 
 use crate::offload::coalesce::{self, Policy, Run};
-use crate::offload::{complete_checksum, split::Split};
+use crate::offload::complete_checksum;
+use crate::offload::split::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Split};
 use crate::ring::{self, BufRing, Op, Token};
 use crate::stats::{Direction, DropReason, WorkerStats};
 use crate::steer;
@@ -59,10 +60,6 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 64;
 const MAX_SPLIT_SEGMENTS: usize = 128;
 /// Room for one segment's IP + TCP headers (60 + 60 bytes at most).
 const HEADER_ROOM: usize = 128;
-/// Segments per UDP GSO send: the portable limit (`UDP_MAX_SEGMENTS`, 128 only from Linux 6.9).
-const GSO_MAX_SEGMENTS: usize = 64;
-/// Bytes per UDP GSO send: an IPv4 datagram's largest payload.
-const GSO_MAX_BYTES: usize = 65507;
 /// GSO sends one buffer may need; per-segment fallback sends use the msghdrs after these.
 const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
 /// Segments one GRO receive buffer may hold (`UDP_GRO_CNT_MAX` is 64).
@@ -802,7 +799,7 @@ impl Worker {
         }
         let seg0 = plan.segment_len(0);
         if self.offloads.udp_gso && plan.count > 1 {
-            let per_send = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg0).max(1);
+            let per_send = split::segments_per_send(seg0);
             let mut first = 0;
             let mut msg = 0;
             while first < plan.count {

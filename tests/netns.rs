@@ -480,6 +480,36 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
                 "{startup}"
             );
         }
+        // With offloads the TUN's super-packets are capped to fit one GSO send; without, the
+        // kernel's default stays.
+        let details = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &bed.namespace(Host::A),
+                "-d",
+                "link",
+                "show",
+                "dev",
+                "tunfwd0",
+            ])
+            .output()
+            .unwrap();
+        let details = String::from_utf8_lossy(&details.stdout).to_string();
+        let mtu = details
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse::<usize>().ok())
+            .expect("mtu in ip link output");
+        let cap = if offload {
+            tunfwd::offload::split::tun_gso_max_size(mtu).unwrap()
+        } else {
+            65536
+        };
+        assert!(
+            details.contains(&format!("gso_max_size {cap} ")),
+            "expected gso_max_size {cap}: {details}"
+        );
         let mb = 200u64 << 20;
         let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 1);
         let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 1);

@@ -11,6 +11,38 @@ use crate::wire::checksum::Sum;
 use crate::wire::vnet::GsoType;
 use std::ops::Range;
 
+/// Segments per UDP GSO send: the portable limit (`UDP_MAX_SEGMENTS`, 128 only from Linux 6.9).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes per UDP GSO send: an IPv4 datagram's largest payload (65535 - 20 - 8).
+pub const GSO_MAX_BYTES: usize = 65507;
+
+/// How many segments of `segment_len` bytes (the first, full-sized one) one UDP GSO send carries.
+pub fn segments_per_send(segment_len: usize) -> usize {
+    GSO_MAX_SEGMENTS
+        .min(GSO_MAX_BYTES / segment_len.max(1))
+        .max(1)
+}
+
+/// The headers [`tun_gso_max_size`] is sized for: IPv6 + TCP with timestamps (40 + 20 + 12).
+const CAP_HEADERS: usize = 72;
+
+/// The `gso_max_size` to give a TUN of this MTU so that the stack's super-packets split into
+/// segments that fit one UDP GSO send. Uncapped, a 64 KB TCP super-packet at MTU 1420 splits into
+/// 47 segments, one more than a send holds, and every super-packet costs two sends (and two
+/// receives, and two TUN writes at the far end). With headers of `h` bytes a super-packet of
+/// `cap` bytes has `ceil((cap - h) / (mtu - h))` segments; the cap is the largest size for which
+/// that is at most `segments_per_send(mtu)` when `h` = 72, and so also for every smaller `h`
+/// (IPv4, or no timestamps). `None`: no cap helps, because the default 64 KiB limit already fits,
+/// or because a send holds one segment anyway (MTUs over 32 KB).
+pub fn tun_gso_max_size(mtu: usize) -> Option<u32> {
+    let per_send = segments_per_send(mtu);
+    if mtu <= CAP_HEADERS || per_send < 2 {
+        return None;
+    }
+    let cap = CAP_HEADERS + per_send * (mtu - CAP_HEADERS);
+    (cap < 65536).then_some(cap as u32)
+}
+
 /// How one super-packet splits. Built by [`Split::plan`]; then [`Split::segment`] for each index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
@@ -129,6 +161,53 @@ impl Split {
 mod tests {
     use super::super::test_packets::{Spec, assert_valid, build};
     use super::*;
+
+    #[test]
+    fn capped_super_packets_fit_one_gso_send() {
+        for mtu in [576, 1280, 1420, 1452, 1472, 1500, 4000, 9000, 16000, 65535] {
+            let Some(cap) = tun_gso_max_size(mtu) else {
+                assert!(mtu > 32000, "MTU {mtu} needs a cap");
+                continue;
+            };
+            let cap = cap as usize;
+            let per_send = segments_per_send(mtu);
+            assert!(per_send * mtu <= GSO_MAX_BYTES && per_send <= GSO_MAX_SEGMENTS);
+            // TCP over IPv4 and IPv6, with and without options, and UDP: every header up to 72.
+            for headers in [28, 40, 48, 52, 60, 72] {
+                let segments = (cap - headers).div_ceil(mtu - headers);
+                assert!(
+                    segments <= per_send,
+                    "MTU {mtu}, {headers} B of headers: {segments} segments > {per_send}"
+                );
+            }
+            // And the cap is tight: one byte more needs one segment more at 72 B of headers.
+            assert!((cap + 1 - CAP_HEADERS).div_ceil(mtu - CAP_HEADERS) > per_send);
+        }
+        assert_eq!(
+            tun_gso_max_size(1420),
+            Some(62080),
+            "46 segments of 1348 + 72"
+        );
+    }
+
+    #[test]
+    fn a_capped_super_packet_plans_into_one_send() {
+        let cap = tun_gso_max_size(1420).unwrap() as usize;
+        for ipv6 in [false, true] {
+            let headers = if ipv6 { 72 } else { 52 };
+            let p = build(&Spec {
+                ipv6,
+                tcp_options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+                payload_len: cap - headers,
+                ..Spec::default()
+            });
+            assert_eq!(p.len(), cap);
+            let gso = if ipv6 { GsoType::TcpV6 } else { GsoType::TcpV4 };
+            let plan = Split::plan(&p, gso, (1420 - headers) as u16, 128).unwrap();
+            assert_eq!(plan.segment_len(0), 1420);
+            assert!(plan.count <= segments_per_send(1420), "{plan:?}");
+        }
+    }
 
     fn gso_for(spec: &Spec) -> GsoType {
         match (spec.udp, spec.ipv6) {

@@ -1,5 +1,6 @@
 //! Interface configuration without shelling out to `ip`: MTU, addresses and link state through the
-//! classic `SIOC*` ioctls on a throwaway datagram socket.
+//! classic `SIOC*` ioctls on a throwaway datagram socket; the GSO size limit, which has no ioctl,
+//! through one rtnetlink request.
 //!
 //! IPv4: `SIOCSIFADDR` replaces the interface's primary address, so the first IPv4 address goes on
 //! the device itself and further ones on alias labels `dev:1`, `dev:2`... (net/ipv4/devinet.c).
@@ -75,6 +76,106 @@ pub fn set_up(device: &str) -> Result<(), Error> {
     ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(err)
 }
 
+/// `IFLA_GSO_MAX_SIZE` in include/uapi/linux/if_link.h (Linux 4.16+); the libc crate lacks it.
+const IFLA_GSO_MAX_SIZE: u16 = 41;
+
+/// Caps the size of the GSO super-packets the stack builds for the device (`ip link set DEV
+/// gso_max_size N`). New TCP connections size their super-packets from it.
+pub fn set_gso_max_size(device: &str, bytes: u32) -> Result<(), Error> {
+    let err = |source| Error::SetGsoMaxSize {
+        device: device.to_string(),
+        bytes,
+        source,
+    };
+    let index = interface_index(device)?;
+    let request = setlink_u32_request(index, IFLA_GSO_MAX_SIZE, bytes);
+    rtnetlink_exchange(&request).map_err(err)
+}
+
+/// An `RTM_NEWLINK` request (asking for an ack) that sets one u32 attribute on interface `index`:
+/// nlmsghdr, ifinfomsg, then one rtattr with its value, all in native byte order.
+fn setlink_u32_request(index: u32, attribute: u16, value: u32) -> Vec<u8> {
+    const LEN: u32 = 16 + 16 + 4 + 4;
+    let mut m = Vec::with_capacity(LEN as usize);
+    m.extend_from_slice(&LEN.to_ne_bytes());
+    m.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    m.push(libc::AF_UNSPEC as u8); // ifi_family
+    m.push(0); // padding
+    m.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
+    m.extend_from_slice(&(index as i32).to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // ifi_flags
+    m.extend_from_slice(&0u32.to_ne_bytes()); // ifi_change: change no flags
+    m.extend_from_slice(&8u16.to_ne_bytes()); // rta_len
+    m.extend_from_slice(&attribute.to_ne_bytes());
+    m.extend_from_slice(&value.to_ne_bytes());
+    debug_assert_eq!(m.len(), LEN as usize);
+    m
+}
+
+/// The kernel's verdict in an `NLMSG_ERROR` ack: `Ok` for error 0, the errno otherwise.
+fn parse_ack(reply: &[u8]) -> io::Result<()> {
+    let field = |at: usize, len: usize| {
+        reply
+            .get(at..at + len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short netlink reply"))
+    };
+    let kind = u16::from_ne_bytes(field(4, 2)?.try_into().expect("2 bytes"));
+    if kind != libc::NLMSG_ERROR as u16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected netlink reply type {kind}"),
+        ));
+    }
+    match i32::from_ne_bytes(field(16, 4)?.try_into().expect("4 bytes")) {
+        0 => Ok(()),
+        negative_errno => Err(io::Error::from_raw_os_error(-negative_errno)),
+    }
+}
+
+/// Sends one request to the kernel's rtnetlink and waits for its ack.
+fn rtnetlink_exchange(request: &[u8]) -> io::Result<()> {
+    // SAFETY: plain socket(2); the result is owned immediately after the check.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: SO_RCVTIMEO reads one `struct timeval` of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    // An unconnected, unbound netlink socket sends to the kernel.
+    // SAFETY: `request` is valid for reads of its length.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 1024];
+    // SAFETY: `reply` is valid for writes of its length.
+    let got = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    parse_ack(&reply[..got as usize])
+}
+
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -146,4 +247,44 @@ pub fn add_addresses(device: &str, addresses: &[(IpAddr, u8)]) -> Result<(), Err
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setlink_request_has_the_rtnetlink_layout() {
+        let m = setlink_u32_request(7, IFLA_GSO_MAX_SIZE, 62080);
+        let u16_at = |at: usize| u16::from_ne_bytes(m[at..at + 2].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_ne_bytes(m[at..at + 4].try_into().unwrap());
+        assert_eq!(u32_at(0) as usize, m.len());
+        assert_eq!(u16_at(4), libc::RTM_NEWLINK);
+        assert_eq!(
+            u16_at(6),
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            "an ack is asked for, and nothing is created"
+        );
+        assert_eq!(u32_at(20), 7, "ifi_index");
+        assert_eq!(u32_at(28), 0, "ifi_change: no flags touched");
+        assert_eq!((u16_at(32), u16_at(34)), (8, 41));
+        assert_eq!(u32_at(36), 62080);
+    }
+
+    #[test]
+    fn acks_are_read_as_success_or_errno() {
+        let ack = |error: i32| {
+            let mut m = vec![0u8; 36];
+            m[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+            m[16..20].copy_from_slice(&error.to_ne_bytes());
+            m
+        };
+        assert!(parse_ack(&ack(0)).is_ok());
+        let e = parse_ack(&ack(-libc::EINVAL)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert!(parse_ack(&ack(0)[..10]).is_err(), "short reply");
+        let mut other = ack(0);
+        other[4..6].copy_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
+        assert!(parse_ack(&other).is_err());
+    }
 }

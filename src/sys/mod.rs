@@ -40,6 +40,11 @@ pub enum Error {
         packets: u32,
         source: io::Error,
     },
+    SetGsoMaxSize {
+        device: String,
+        bytes: u32,
+        source: io::Error,
+    },
     SetMtu {
         device: String,
         mtu: u32,
@@ -147,6 +152,14 @@ impl fmt::Display for Error {
                 mtu,
                 source,
             } => write!(f, "cannot set MTU {mtu} on {device}: {source}"),
+            Error::SetGsoMaxSize {
+                device,
+                bytes,
+                source,
+            } => write!(
+                f,
+                "cannot cap the GSO size of {device} at {bytes} bytes: {source}"
+            ),
             Error::SetTxQueueLen {
                 device,
                 packets,
@@ -220,6 +233,7 @@ impl std::error::Error for Error {
             | Error::InterfaceIndex { source: e, .. }
             | Error::SetMtu { source: e, .. }
             | Error::SetTxQueueLen { source: e, .. }
+            | Error::SetGsoMaxSize { source: e, .. }
             | Error::SetLinkUp { source: e, .. }
             | Error::AddAddress { source: e, .. }
             | Error::Socket { source: e, .. }
