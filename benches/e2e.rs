@@ -34,6 +34,8 @@ struct TunfwdSetup {
     ring_depth: usize,
     offload: bool,
     tx_queue_len: u32,
+    /// `--buffer-memory`.
+    buffer_memory: &'static str,
 }
 
 impl TunfwdSetup {
@@ -42,6 +44,7 @@ impl TunfwdSetup {
         ring_depth: 256,
         offload: true,
         tx_queue_len: 500,
+        buffer_memory: "1M",
     };
 
     /// What differs from the defaults, as `(name part, key part)`.
@@ -60,6 +63,12 @@ impl TunfwdSetup {
             v.push((
                 format!(" txq{}", self.tx_queue_len),
                 format!("-txq{}", self.tx_queue_len),
+            ));
+        }
+        if self.buffer_memory != Self::DEFAULT.buffer_memory {
+            v.push((
+                format!(" bufmem{}", self.buffer_memory),
+                format!("-bufmem{}", self.buffer_memory),
             ));
         }
         v
@@ -141,6 +150,8 @@ impl System {
                     &depth,
                     "--tx-queue-len",
                     &txq,
+                    "--buffer-memory",
+                    t.buffer_memory,
                 ];
                 if !t.offload {
                     args.push("--no-offload");
@@ -557,25 +568,42 @@ fn main() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results"),
     ));
     std::fs::create_dir_all(&out).expect("output directory");
-    let tunfwd = |queues, ring_depth, offload, tx_queue_len| {
+    let tunfwd = |queues, offload| {
         System::Tunfwd(TunfwdSetup {
             queues,
-            ring_depth,
             offload,
-            tx_queue_len,
+            ..TunfwdSetup::DEFAULT
         })
     };
+    let variant = |setup: TunfwdSetup| System::Tunfwd(setup);
     let all = vec![
         System::Veth,
         System::Vxlan,
         System::Simpletun,
-        tunfwd(1, 256, true, 500),
-        tunfwd(1, 256, false, 500),
-        tunfwd(4, 256, true, 500),
-        tunfwd(4, 256, false, 500),
-        tunfwd(1, 1, true, 500),
-        tunfwd(1, 1, false, 500),
-        tunfwd(1, 256, true, 32),
+        tunfwd(1, true),
+        tunfwd(1, false),
+        tunfwd(4, true),
+        tunfwd(4, false),
+        // What io_uring batching is worth: one operation in flight.
+        variant(TunfwdSetup {
+            ring_depth: 1,
+            ..TunfwdSetup::DEFAULT
+        }),
+        variant(TunfwdSetup {
+            ring_depth: 1,
+            offload: false,
+            ..TunfwdSetup::DEFAULT
+        }),
+        // A short TUN queue, for latency under load.
+        variant(TunfwdSetup {
+            tx_queue_len: 32,
+            ..TunfwdSetup::DEFAULT
+        }),
+        // 256 buffers of 64 KiB per direction, as before the 1 MiB default.
+        variant(TunfwdSetup {
+            buffer_memory: "16M",
+            ..TunfwdSetup::DEFAULT
+        }),
     ];
     let wanted = std::env::var("BENCH_SYSTEMS").ok();
     let systems: Vec<System> = all

@@ -122,6 +122,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             peer: config.peer,
             mtu: config.mtu,
             ring_depth: config.ring_depth,
+            buffer_memory: config.buffer_memory,
             offloads,
             stop: stop.clone(),
             snapshots: (!interval.is_zero()).then(|| (interval, snapshot_tx.clone())),

@@ -97,8 +97,10 @@ pub struct WorkerConfig {
     pub socket: OwnedFd,
     pub peer: SocketAddr,
     pub mtu: u32,
-    /// Buffers per direction, a power of two; also the most operations in flight per direction.
+    /// The most operations in flight and buffers per direction, a power of two.
     pub ring_depth: usize,
+    /// Receive-buffer memory per direction, which may make the buffers fewer than `ring_depth`.
+    pub buffer_memory: usize,
     pub offloads: Offloads,
     pub stop: Arc<AtomicBool>,
     /// Where to send a stats snapshot, and how often.
@@ -345,23 +347,22 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     let offloads = config.offloads;
     let mtu = config.mtu as usize;
     let round = |n: usize| n.div_ceil(64) * 64;
-    let count = depth as u16;
     let alloc = |source| sys::Error::RegisterBuffers { queue, source };
     let tun_packet_room = if offloads.tun_offloads() { 65535 } else { mtu };
-    let tun_buffers =
-        BufRing::new(TUN_GROUP, count, round(vnet::LEN + tun_packet_room)).map_err(alloc)?;
+    let tun_len = round(vnet::LEN + tun_packet_room);
+    let tun_count = buffer_count(depth, config.buffer_memory, tun_len);
+    let tun_buffers = BufRing::new(TUN_GROUP, tun_count, tun_len).map_err(alloc)?;
     let name_len = size_of::<libc::sockaddr_in6>();
     let udp_payload_room = if offloads.udp_gro { 65535 } else { mtu };
-    let udp_buffers = BufRing::new(
-        UDP_GROUP,
-        count,
-        round(RECVMSG_OUT_LEN + name_len + socket::GRO_CONTROL_LEN + udp_payload_room),
-    )
-    .map_err(alloc)?;
+    let udp_len = round(RECVMSG_OUT_LEN + name_len + socket::GRO_CONTROL_LEN + udp_payload_room);
+    let udp_count = buffer_count(depth, config.buffer_memory, udp_len);
+    let udp_buffers = BufRing::new(UDP_GROUP, udp_count, udp_len).map_err(alloc)?;
 
     let peer_sockaddr = Box::new(socket::to_sockaddr(config.peer));
-    let tun_slots: Box<[TunSlot]> = (0..count).map(|_| new_tun_slot(&peer_sockaddr)).collect();
-    let udp_slots: Box<[UdpSlot]> = (0..count).map(|_| new_udp_slot()).collect();
+    let tun_slots: Box<[TunSlot]> = (0..tun_count)
+        .map(|_| new_tun_slot(&peer_sockaddr))
+        .collect();
+    let udp_slots: Box<[UdpSlot]> = (0..udp_count).map(|_| new_udp_slot()).collect();
     let mut recv_msg = Box::new(zeroed_msghdr());
     recv_msg.msg_namelen = name_len as libc::socklen_t;
     recv_msg.msg_controllen = if offloads.udp_gro {
@@ -393,8 +394,8 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
             udp: offloads.uso,
         },
         stats: WorkerStats::new(queue),
-        tun_read_at_ns: vec![0; depth].into_boxed_slice(),
-        udp_read_at_ns: vec![0; depth].into_boxed_slice(),
+        tun_read_at_ns: vec![0; usize::from(tun_count)].into_boxed_slice(),
+        udp_read_at_ns: vec![0; usize::from(udp_count)].into_boxed_slice(),
         tun_buffers_in_kernel: 0,
         udp_buffers_in_kernel: 0,
         tun_read_armed: false,
@@ -421,12 +422,29 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
             .register(&ring.submitter())
             .map_err(alloc)?;
     }
-    for bid in 0..count {
+    for bid in 0..tun_count {
         worker.return_tun_buffer(bid);
+    }
+    for bid in 0..udp_count {
         worker.return_udp_buffer(bid);
     }
     worker.rearm();
     Ok((ring, worker))
+}
+
+/// Buffers for a ring of `buf_len`-byte buffers: about `budget` bytes' worth (rounding up, so
+/// that 1 MiB makes 16 buffers of 64 KiB plus headers), but at least 8 and at most `depth`,
+/// rounded down to a power of two.
+///
+/// Why a budget: a provided-buffer ring hands its buffers out in turn, so the kernel's copies
+/// and our passes over the data cycle through every buffer in the ring; the ring's memory is the
+/// working set. 256 buffers of 64 KiB (16 MiB per direction) is far out of cache. Measured with
+/// one TCP stream (`benches/e2e.rs`, the q1 and q1 bufmem16M rows) the 1 MiB default is faster.
+fn buffer_count(depth: usize, budget: usize, buf_len: usize) -> u16 {
+    const MIN_BUFFERS: usize = 8;
+    let fit = budget.div_ceil(buf_len.max(1)).max(MIN_BUFFERS);
+    let n = depth.min(fit).max(1);
+    (1usize << (usize::BITS - 1 - n.leading_zeros())) as u16
 }
 
 fn is_peer_unreachable(errno: i32) -> bool {
@@ -1108,5 +1126,37 @@ impl Worker {
         }
         self.flush(ring);
         self.in_flight == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buffer_count;
+
+    #[test]
+    fn buffers_fit_the_budget_within_depth() {
+        const MIB: usize = 1 << 20;
+        let big = 65600; // a 64 KiB super-packet buffer with its headers
+        assert_eq!(
+            buffer_count(256, MIB, big),
+            16,
+            "1 MiB / 65600 B = 15.98, rounded up"
+        );
+        assert_eq!(buffer_count(256, 2 * MIB, big), 32);
+        assert_eq!(
+            buffer_count(256, 3 * MIB, big),
+            32,
+            "48 rounded down to a power of two"
+        );
+        assert_eq!(buffer_count(256, 16 * MIB, big), 256);
+        assert_eq!(
+            buffer_count(256, MIB, 1536),
+            256,
+            "MTU-sized buffers: depth rules"
+        );
+        assert_eq!(buffer_count(64, MIB, 1536), 64);
+        assert_eq!(buffer_count(1024, MIB, 1536), 512, "683 rounded down");
+        assert_eq!(buffer_count(1, MIB, big), 1, "depth 1 stays 1");
+        assert_eq!(buffer_count(256, 64 * 1024, big), 8, "never fewer than 8");
     }
 }

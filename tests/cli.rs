@@ -42,6 +42,10 @@ fn invalid_values_exit_2_with_one_line_naming_the_option() {
             "--address",
         ),
         (&["--peer", "no-such-host.invalid:1"], "--peer"),
+        (
+            &["--peer", "198.18.0.2:1", "--buffer-memory", "lots"],
+            "--buffer-memory",
+        ),
     ];
     for (args, option) in cases {
         let (code, stderr) = run(args);
@@ -73,6 +77,8 @@ fn syntax_errors_exit_2_and_help_documents_defaults() {
         "--stats-json",
         "1472",
         "--ring-depth",
+        "--buffer-memory",
+        "[default: 1M]",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
