@@ -72,6 +72,22 @@ fn split_and_coalesce(c: &mut Criterion) {
             }
         })
     });
+    // The copying alternative to the worker's iovec gather: every segment written out whole,
+    // back to back, as a contiguous GSO send buffer would hold them.
+    let header_len = plan.transport.header_len();
+    let mut copied = Vec::with_capacity(packet.len() + 47 * 128);
+    group.bench_function("segments_copied_contiguous", |b| {
+        b.iter(|| {
+            copied.clear();
+            for i in 0..plan.count {
+                let at = copied.len();
+                copied.resize(at + header_len, 0);
+                let payload = plan.segment(black_box(&packet), i, &mut copied[at..]);
+                copied.extend_from_slice(&packet[payload]);
+            }
+            black_box(&copied);
+        })
+    });
     group.finish();
 
     // The segments, back to back as a GRO buffer holds them.
