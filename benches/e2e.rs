@@ -703,7 +703,7 @@ fn write_results(
     let _ = writeln!(md, "- command: `{command}`");
     let _ = writeln!(
         md,
-        "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth; TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
+        "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth, relay A pinned from the first CPU and relay B from the last (two machines would not share a core); TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
     );
     let _ = writeln!(
         md,
@@ -780,7 +780,9 @@ fn write_results(
     let readme = format!(
         "# Bench results\n\nEach run of `sudo cargo bench --bench e2e` writes `<UTC time>-e2e.md` (machine, commit, command, \
          table, ratios), a plot `<time>-e2e.svg`, and `.hgrm` latency percentile files here. Reproduce with the command in the file; \
-         only ratios from one run mean anything on a noisy VM. `cargo bench --bench micro` (criterion) covers the pure code.\n\n\
+         only ratios from one run mean anything on a noisy VM. `cargo bench --bench micro` (criterion) covers the pure code; \
+         recorded runs are `<time>-micro.txt`. One-off before/after measurements are `<time>-<topic>.md`, each with its \
+         commands (`*-gather-vs-copy.md`: iovec gather against copying split segments).\n\n\
          ## Latest: {stamp}\n\n{}",
         md.split_once('\n').map(|x| x.1).unwrap_or("")
     );
