@@ -151,16 +151,12 @@ fn rtnetlink_exchange(request: &[u8]) -> io::Result<()> {
         tv_sec: 5,
         tv_usec: 0,
     };
-    // SAFETY: SO_RCVTIMEO reads one `struct timeval` of the given size.
-    check(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
+    super::socket::set_option(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVTIMEO,
+        &timeout,
+    )?;
     // An unconnected, unbound netlink socket sends to the kernel.
     // SAFETY: `request` is valid for reads of its length.
     let sent = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };

@@ -11,14 +11,26 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is one c_int, passed with its size.
+    set_option(fd, level, name, &value)
+}
+
+/// `setsockopt` with `value` as the option's bytes. The kernel copies `size_of::<T>()` bytes from
+/// `value` and checks any pointers inside it itself, so no type can make this unsound; the wrong
+/// type just gets an error.
+pub(crate) fn set_option<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is valid for reads of size_of::<T>() bytes for the duration of the call.
     check(unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     })
     .map(drop)
@@ -196,17 +208,13 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
         len: program.len() as libc::c_ushort,
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    // `fprog` points at `program`, which outlives the call; the kernel copies it.
+    set_option(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &fprog,
+    )
     .map_err(Error::ReusePortProgram)
 }
 
