@@ -542,3 +542,25 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
         assert!(total(&report_b, "udp_rx_packets") <= a_sent);
     }
 }
+
+/// With the fewest buffers tunfwd allows (8 per direction per worker), the multishot operations run out of
+/// buffers again and again under bulk TCP. Each time they must be re-armed once buffers come back:
+/// the transfers still verify both ways, and the stalls are counted, not lost.
+#[test]
+fn scarce_buffers_stall_and_recover_without_loss() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let (a, b) = relays(&bed, &["--ring-depth", "8", "--buffer-memory", "64K"]);
+    let mb = 100u64 << 20;
+    let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 2);
+    let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 2);
+    eprintln!("8 buffers: A->B {there}, B->A {back}");
+    let report_a = stop(&bed, a, "a.json");
+    let report_b = stop(&bed, b, "b.json");
+    let stalls = total(&report_a, "buffer_stalls") + total(&report_b, "buffer_stalls");
+    eprintln!("buffer stalls: {stalls}");
+    assert!(stalls > 0, "no buffer ran out: {report_a} {report_b}");
+    for (name, report) in [("A", &report_a), ("B", &report_b)] {
+        assert_eq!(drops(report, "bad_offload"), 0, "{name}: {report}");
+    }
+}
