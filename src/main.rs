@@ -93,12 +93,13 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     // Super-packets sized to fit one UDP GSO send each. Only an optimization: a kernel that
     // refuses gets a warning, and super-packets then cost two sends.
     let mut gso_cap = None;
-    if (offloads.tso || offloads.uso) && offloads.udp_gso {
-        if let Some(bytes) = split::tun_gso_max_size(config.mtu as usize) {
-            match link::set_gso_max_size(&config.device_name, bytes) {
-                Ok(()) => gso_cap = Some(bytes),
-                Err(e) => eprintln!("tunfwd: warning: {e}"),
-            }
+    if (offloads.tso || offloads.uso)
+        && offloads.udp_gso
+        && let Some(bytes) = split::tun_gso_max_size(config.mtu as usize)
+    {
+        match link::set_gso_max_size(&config.device_name, bytes) {
+            Ok(()) => gso_cap = Some(bytes),
+            Err(e) => eprintln!("tunfwd: warning: {e}"),
         }
     }
     if config.queues > 1 {

@@ -220,11 +220,11 @@ pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Optio
             break;
         }
         worker.reap(&mut ring, epoch, &mut completions);
-        if let (Some(at), Some((every, sender))) = (next_snapshot, &config.snapshots) {
-            if Instant::now() >= at {
-                let _ = sender.send(worker.stats.clone());
-                next_snapshot = Some(at + *every);
-            }
+        if let (Some(at), Some((every, sender))) = (next_snapshot, &config.snapshots)
+            && Instant::now() >= at
+        {
+            let _ = sender.send(worker.stats.clone());
+            next_snapshot = Some(at + *every);
         }
     }
     // A fatal error in one worker stops them all.
@@ -994,9 +994,9 @@ impl Worker {
             };
             iov += 1;
             if run.count > 1 {
-                let header_len =
-                    crate::offload::Transport::parse(&buffer[head_at..head_at + head_len])
-                        .map_or(0, |t| t.header_len());
+                // The merged packet's header length, as finish_run wrote it into the vnet header.
+                let header_len = VnetHeader::new_checked(&slot.vnet_headers[r][..])
+                    .map_or(0, |h| usize::from(h.hdr_len()));
                 for &(at, len) in &slot.segments[run.first + 1..run.first + run.count] {
                     slot.iovs[iov] = libc::iovec {
                         iov_base: buffer[at + header_len..].as_mut_ptr().cast(),

@@ -205,7 +205,7 @@ pub fn finish_run(buffer: &mut [u8], segments: &[(usize, usize)], run: Run) -> [
     let (head_offset, head_len) = segments[run.first];
     let t = Transport::parse(&buffer[head_offset..head_offset + head_len])
         .expect("planned runs have parsed heads");
-    let (last_offset, last_len) = segments[run.first + run.count - 1];
+    let (last_offset, _) = segments[run.first + run.count - 1];
     let last_flags = buffer[last_offset + t.ip_header_len + 13];
     let head_payload = head_len - t.header_len();
     let total_payload: usize = segments[run.first..run.first + run.count]
@@ -229,7 +229,6 @@ pub fn finish_run(buffer: &mut [u8], segments: &[(usize, usize)], run: Run) -> [
     } else {
         head[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
     }
-    let _ = last_len;
     let field = l4 + t.checksum_offset();
     let pseudo = t.pseudo_header(head, l4_len);
     head[field..field + 2].copy_from_slice(&pseudo.0.to_be_bytes());

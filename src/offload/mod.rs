@@ -250,9 +250,7 @@ pub(crate) mod test_packets {
             p[9] = if spec.udp { PROTO_UDP } else { PROTO_TCP };
             p[12..16].copy_from_slice(&[198, 19, 0, 1]);
             p[16..20].copy_from_slice(&[198, 19, 0, 2]);
-            for i in 20..ip_len {
-                p[i] = 1; // NOP options
-            }
+            p[20..ip_len].fill(1); // NOP options
             set_ipv4_header_checksum(&mut p[..ip_len]);
         }
         let l4 = ip_len;
