@@ -457,6 +457,21 @@ fn sigterm_reports_and_json_counters_match_what_was_sent() {
     );
 }
 
+/// `bytes` per stream A to B over IPv4 and B to A over IPv6, each verified; then both relays are
+/// stopped, and their final reports returned.
+fn both_ways_then_stop(
+    bed: &Testbed,
+    (a, b): (Process, Process),
+    bytes: u64,
+    streams: usize,
+    label: &str,
+) -> (Value, Value) {
+    let there = verified_transfer(bed, Host::A, Host::B, testbed::B_TUNNEL4, bytes, streams);
+    let back = verified_transfer(bed, Host::B, Host::A, testbed::A_TUNNEL6, bytes, streams);
+    eprintln!("{label}: A->B IPv4 {there}, B->A IPv6 {back}");
+    (stop(bed, a, "a.json"), stop(bed, b, "b.json"))
+}
+
 /// Hundreds of MB each way, IPv4 one way and IPv6 the other, with offloads on (the default) and
 /// with `--no-offload`; the counters show the offloads were used exactly when they were on.
 #[test]
@@ -510,12 +525,8 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
             details.contains(&format!("gso_max_size {cap} ")),
             "expected gso_max_size {cap}: {details}"
         );
-        let mb = 200u64 << 20;
-        let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 1);
-        let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 1);
-        eprintln!("offload={offload}: A->B IPv4 {there}, B->A IPv6 {back}");
-        let report_a = stop(&bed, a, "a.json");
-        let report_b = stop(&bed, b, "b.json");
+        let label = format!("offload={offload}");
+        let (report_a, report_b) = both_ways_then_stop(&bed, (a, b), 200 << 20, 1, &label);
         for (name, report) in [("A", &report_a), ("B", &report_b)] {
             let (gso, gro, merged) = (
                 total(report, "gso_sends"),
@@ -551,12 +562,7 @@ fn scarce_buffers_stall_and_recover_without_loss() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bed = testbed();
     let (a, b) = relays(&bed, &["--ring-depth", "8", "--buffer-memory", "64K"]);
-    let mb = 100u64 << 20;
-    let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 2);
-    let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 2);
-    eprintln!("8 buffers: A->B {there}, B->A {back}");
-    let report_a = stop(&bed, a, "a.json");
-    let report_b = stop(&bed, b, "b.json");
+    let (report_a, report_b) = both_ways_then_stop(&bed, (a, b), 100 << 20, 2, "8 buffers");
     let stalls = total(&report_a, "buffer_stalls") + total(&report_b, "buffer_stalls");
     eprintln!("buffer stalls: {stalls}");
     assert!(stalls > 0, "no buffer ran out: {report_a} {report_b}");
