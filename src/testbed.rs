@@ -219,7 +219,9 @@ impl Testbed {
         // The two relays stand in for two machines. Pinned the same way, both ends' queue 0 would
         // share CPU 0 and take turns on it, which no real deployment does; so unless the caller
         // chose, B pins its queues from the last CPU down while A goes from the first up.
-        let chose = extra.iter().any(|a| *a == "--cpus" || *a == "--no-pin");
+        let chose = extra
+            .iter()
+            .any(|a| *a == "--no-pin" || *a == "--cpus" || a.starts_with("--cpus="));
         if host == Host::B && !chose {
             args.push("--cpus".to_string());
             args.push(reversed_cpu_list());

@@ -72,7 +72,10 @@ fn run() -> Result<(), String> {
     let extra_a = std::env::var("TUNFWD_ARGS_A").unwrap_or_default();
     let extra_b = std::env::var("TUNFWD_ARGS_B").unwrap_or_default();
     let mut args = Vec::new();
-    if !extra.split_whitespace().any(|a| a == "--queues") {
+    if !extra
+        .split_whitespace()
+        .any(|a| a == "--queues" || a.starts_with("--queues="))
+    {
         args.extend(["--queues", queues.as_str()]);
     }
     args.extend(extra.split_whitespace());
