@@ -575,7 +575,6 @@ fn main() {
             ..TunfwdSetup::DEFAULT
         })
     };
-    let variant = |setup: TunfwdSetup| System::Tunfwd(setup);
     let all = vec![
         System::Veth,
         System::Vxlan,
@@ -585,22 +584,22 @@ fn main() {
         tunfwd(4, true),
         tunfwd(4, false),
         // What io_uring batching is worth: one operation in flight.
-        variant(TunfwdSetup {
+        System::Tunfwd(TunfwdSetup {
             ring_depth: 1,
             ..TunfwdSetup::DEFAULT
         }),
-        variant(TunfwdSetup {
+        System::Tunfwd(TunfwdSetup {
             ring_depth: 1,
             offload: false,
             ..TunfwdSetup::DEFAULT
         }),
         // A short TUN queue, for latency under load.
-        variant(TunfwdSetup {
+        System::Tunfwd(TunfwdSetup {
             tx_queue_len: 32,
             ..TunfwdSetup::DEFAULT
         }),
         // 256 buffers of 64 KiB per direction, as before the 1 MiB default.
-        variant(TunfwdSetup {
+        System::Tunfwd(TunfwdSetup {
             buffer_memory: "16M",
             ..TunfwdSetup::DEFAULT
         }),

@@ -197,11 +197,12 @@ const MAX_BUFFER_MEMORY: usize = 1 << 30;
 
 /// Parses a byte size: digits, optionally followed by K, M or G (powers of 1024).
 pub fn parse_size(text: &str) -> Option<usize> {
-    let (digits, shift) = match text.trim().char_indices().last()? {
-        (at, 'K' | 'k') => (&text.trim()[..at], 10),
-        (at, 'M' | 'm') => (&text.trim()[..at], 20),
-        (at, 'G' | 'g') => (&text.trim()[..at], 30),
-        _ => (text.trim(), 0),
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last()? {
+        (at, 'K' | 'k') => (&text[..at], 10),
+        (at, 'M' | 'm') => (&text[..at], 20),
+        (at, 'G' | 'g') => (&text[..at], 30),
+        _ => (text, 0),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -432,6 +432,18 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     Ok((ring, worker))
 }
 
+/// Queues `entry` under `token` for the next flush and counts it in flight. It takes the two
+/// fields rather than the worker, so code that holds a slot of `Worker::memory` can submit too.
+fn queue_submission(
+    in_flight: &mut usize,
+    pending: &mut Vec<squeue::Entry>,
+    entry: squeue::Entry,
+    token: Token,
+) {
+    *in_flight += 1;
+    pending.push(entry.user_data(token.user_data()));
+}
+
 /// Buffers for a ring of `buf_len`-byte buffers: about `budget` bytes' worth (rounding up, so
 /// that 1 MiB makes 16 buffers of 64 KiB plus headers), but at least 8 and at most `depth`,
 /// rounded down to a power of two.
@@ -499,8 +511,7 @@ impl Worker {
     }
 
     fn submit(&mut self, entry: squeue::Entry, token: Token) {
-        self.in_flight += 1;
-        self.pending.push(entry.user_data(token.user_data()));
+        queue_submission(&mut self.in_flight, &mut self.pending, entry, token);
     }
 
     /// Publishes the buffers returned during this batch, then re-arms the multishot operations
@@ -935,13 +946,15 @@ impl Worker {
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
         slot.segments.clear();
         let mut offset = 0;
+        let mut accepted_bytes = 0u64;
         while offset < payload_len {
             let seg_len = stride.min(payload_len - offset);
             let at = payload_at + offset;
             offset += seg_len;
             match IpPacket::new_checked(&buffer[at..at + seg_len]) {
                 Ok(_) if slot.segments.len() < MAX_GRO_SEGMENTS => {
-                    slot.segments.push((at, seg_len))
+                    slot.segments.push((at, seg_len));
+                    accepted_bytes += seg_len as u64;
                 }
                 Ok(_) => self.stats.counters.drop(DropReason::OversizedDatagram),
                 Err(malformed) => self.stats.counters.drop(malformed.into()),
@@ -954,8 +967,7 @@ impl Worker {
             self.stats.counters.gro_receives += 1;
         }
         self.stats.counters.udp_rx_packets += slot.segments.len() as u64;
-        self.stats.counters.udp_rx_bytes +=
-            slot.segments.iter().map(|(_, l)| *l as u64).sum::<u64>();
+        self.stats.counters.udp_rx_bytes += accepted_bytes;
         self.udp_read_at_ns[usize::from(bid)] = now_ns;
         let policy = self.coalesce;
         let mut runs = std::mem::take(&mut slot.runs);
@@ -1012,10 +1024,12 @@ impl Worker {
             )
             .build();
             slot.pending += 1;
-            self.in_flight += 1;
-            self.pending.push(write.user_data(
-                Token::new(Op::TunWrite, u32::from(bid) | (r as u32) << 16).user_data(),
-            ));
+            queue_submission(
+                &mut self.in_flight,
+                &mut self.pending,
+                write,
+                Token::new(Op::TunWrite, u32::from(bid) | (r as u32) << 16),
+            );
         }
         slot.runs = runs;
     }
@@ -1091,14 +1105,13 @@ impl Worker {
             )
             .build();
             slot.pending += 1;
-            self.in_flight += 1;
-            self.pending.push(
-                write.user_data(
-                    Token::new(
-                        Op::TunWrite,
-                        u32::from(bid) | FALLBACK_BIT | (s as u32) << 16,
-                    )
-                    .user_data(),
+            queue_submission(
+                &mut self.in_flight,
+                &mut self.pending,
+                write,
+                Token::new(
+                    Op::TunWrite,
+                    u32::from(bid) | FALLBACK_BIT | (s as u32) << 16,
                 ),
             );
         }
