@@ -230,25 +230,6 @@ fn wait_for_text(p: &Process, text: &str) {
     }
 }
 
-/// Busy jiffies over all CPUs (user+nice+system+irq+softirq+steal), from /proc/stat.
-fn busy_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or("");
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let busy = v.first().unwrap_or(&0.0)
-        + v.get(1).unwrap_or(&0.0)
-        + v.get(2).unwrap_or(&0.0)
-        + v.get(5).unwrap_or(&0.0)
-        + v.get(6).unwrap_or(&0.0)
-        + v.get(7).unwrap_or(&0.0);
-    // USER_HZ is 100 on every Linux ABI.
-    busy / 100.0
-}
-
 type Sample = BTreeMap<&'static str, f64>;
 
 struct Runner<'a> {
@@ -278,7 +259,7 @@ impl Runner<'_> {
                 ],
             )
             .unwrap();
-        let cpu_before = busy_cpu_seconds();
+        let cpu_before = testbed::busy_cpu_seconds();
         let mut sender = self
             .bed
             .tunload_background(
@@ -339,7 +320,7 @@ impl Runner<'_> {
             .wait_for(Duration::from_secs(self.seconds + 90))
             .map(|s| s.success())
             .unwrap_or(false);
-        let cpu = busy_cpu_seconds() - cpu_before;
+        let cpu = testbed::busy_cpu_seconds() - cpu_before;
         let _ = sink.wait_for(Duration::from_secs(30));
         let key = if streams == 1 {
             "tcp1_gbit_s"

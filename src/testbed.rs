@@ -53,6 +53,28 @@ impl Host {
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// Busy CPU seconds over all CPUs since boot (user, nice, system, irq, softirq and steal), from
+/// `/proc/stat`. The difference across a transfer is what the whole machine spent on it.
+pub fn busy_cpu_seconds() -> f64 {
+    busy_seconds_in(&fs::read_to_string("/proc/stat").unwrap_or_default())
+}
+
+fn busy_seconds_in(stat: &str) -> f64 {
+    let line = stat.lines().next().unwrap_or("");
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields: user nice system idle iowait irq softirq steal ...
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // USER_HZ is 100 on every Linux ABI.
+    busy / 100.0
+}
+
 /// True when running as root, which the testbed needs.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -425,5 +447,21 @@ pub fn endpoint(addr: &str, port: u16) -> String {
     match addr.parse::<IpAddr>() {
         Ok(IpAddr::V6(_)) => format!("[{addr}]:{port}"),
         _ => format!("{addr}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_seconds_count_everything_but_idle_and_iowait() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  100 20 300 9000 50 4 6 70 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(
+            busy_seconds_in(stat),
+            (100 + 20 + 300 + 4 + 6 + 70) as f64 / 100.0
+        );
+        assert_eq!(busy_seconds_in(""), 0.0);
     }
 }

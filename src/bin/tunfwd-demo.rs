@@ -5,11 +5,17 @@
 //! both relays' reports, and tears everything down, also on Ctrl-C. `DEMO_SECONDS` sets the
 //! transfer's length (5), `TUNFWD_ARGS` adds options to both relays, and `DEMO_UNCHECKED=1` makes
 //! the transfer counted rather than checked byte by byte (as in the benches and `scripts/profile`).
+//! `DEMO_STREAMS` sets the number of parallel TCP streams (1). `DEMO_THROUGH=vxlan` sends the same
+//! traffic through the kernel's own VXLAN tunnel (overlay MTU 1420) instead of tunfwd, so that
+//! `scripts/profile` can profile the in-kernel reference under the same load.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tunfwd::testbed::{self, Host, Testbed, endpoint, parse_json};
+use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+
+/// The VXLAN reference's overlay MTU, the benches' overlay MTU.
+const VXLAN_MTU: u32 = 1420;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -49,24 +55,8 @@ fn check_interrupt() -> Result<(), String> {
     }
 }
 
-fn run() -> Result<(), String> {
-    if !testbed::is_root() {
-        return Err(
-            "the demo creates network namespaces and TUN devices: run it as root (sudo ./demo)"
-                .into(),
-        );
-    }
-    let queues = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
-        .to_string();
-    let seconds = std::env::var("DEMO_SECONDS").unwrap_or_else(|_| "5".into());
-    let bed = Testbed::new(&sibling("tunfwd"), &sibling("tunload")).map_err(|e| e.to_string())?;
-    println!(
-        "testbed: namespaces {} and {} joined by a veth (198.18.0.1 <-> 198.18.0.2)",
-        bed.namespace(Host::A),
-        bed.namespace(Host::B)
-    );
+/// Starts a relay in each namespace with the demo's options; returns them named for the report.
+fn start_relays(bed: &Testbed, queues: &str) -> Result<Vec<(&'static str, Process)>, String> {
     // Extra tunfwd options for both relays, e.g. TUNFWD_ARGS="--no-offload" (used by scripts/profile).
     let extra = std::env::var("TUNFWD_ARGS").unwrap_or_default();
     let extra_a = std::env::var("TUNFWD_ARGS_A").unwrap_or_default();
@@ -76,7 +66,7 @@ fn run() -> Result<(), String> {
         .split_whitespace()
         .any(|a| a == "--queues" || a.starts_with("--queues="))
     {
-        args.extend(["--queues", queues.as_str()]);
+        args.extend(["--queues", queues]);
     }
     args.extend(extra.split_whitespace());
     let mut args_a = args.clone();
@@ -93,21 +83,60 @@ fn run() -> Result<(), String> {
         "tunfwd relays up ({}): tunnel 198.19.0.1 <-> 198.19.0.2\n",
         args.join(" ")
     );
+    Ok(vec![("A", a), ("B", b)])
+}
+
+fn run() -> Result<(), String> {
+    if !testbed::is_root() {
+        return Err(
+            "the demo creates network namespaces and TUN devices: run it as root (sudo ./demo)"
+                .into(),
+        );
+    }
+    let queues = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
+        .to_string();
+    let seconds = std::env::var("DEMO_SECONDS").unwrap_or_else(|_| "5".into());
+    let streams = std::env::var("DEMO_STREAMS").unwrap_or_else(|_| "1".into());
+    if !matches!(streams.parse::<u32>(), Ok(1..=64)) {
+        return Err(format!("DEMO_STREAMS must be 1..=64, not {streams:?}"));
+    }
+    let through_vxlan = match std::env::var("DEMO_THROUGH").as_deref() {
+        Err(_) | Ok("tunfwd") => false,
+        Ok("vxlan") => true,
+        Ok(other) => {
+            return Err(format!(
+                "DEMO_THROUGH must be tunfwd or vxlan, not {other:?}"
+            ));
+        }
+    };
+    let bed = Testbed::new(&sibling("tunfwd"), &sibling("tunload")).map_err(|e| e.to_string())?;
+    println!(
+        "testbed: namespaces {} and {} joined by a veth (198.18.0.1 <-> 198.18.0.2)",
+        bed.namespace(Host::A),
+        bed.namespace(Host::B)
+    );
+    let mut relays = Vec::new();
+    let far = if through_vxlan {
+        bed.add_vxlan(VXLAN_MTU).map_err(|e| e.to_string())?;
+        println!(
+            "reference: the kernel's VXLAN tunnel, overlay MTU {VXLAN_MTU}: {} <-> {}\n",
+            testbed::A_VXLAN4,
+            testbed::B_VXLAN4
+        );
+        testbed::B_VXLAN4
+    } else {
+        relays = start_relays(&bed, &queues)?;
+        testbed::B_TUNNEL4
+    };
     check_interrupt()?;
 
     let idle = bed
         .tunload(
             Host::A,
             "ping-idle",
-            &[
-                "ping",
-                "--to",
-                testbed::B_TUNNEL4,
-                "--count",
-                "50",
-                "--interval-ms",
-                "10",
-            ],
+            &["ping", "--to", far, "--count", "50", "--interval-ms", "10"],
             Duration::from_secs(20),
         )
         .map_err(|e| e.to_string())?;
@@ -122,14 +151,31 @@ fn run() -> Result<(), String> {
         .tunload_background(
             Host::B,
             "tcp-sink",
-            &["tcp-sink", "--listen", "0.0.0.0:5201", "--seconds", "60"],
+            &[
+                "tcp-sink",
+                "--listen",
+                "0.0.0.0:5201",
+                "--seconds",
+                "60",
+                "--streams",
+                &streams,
+            ],
         )
         .map_err(|e| e.to_string())?;
-    let target = endpoint(testbed::B_TUNNEL4, 5201);
-    let mut send_args = vec!["tcp-send", "--to", &target, "--seconds", &seconds];
+    let target = endpoint(far, 5201);
+    let mut send_args = vec![
+        "tcp-send",
+        "--to",
+        &target,
+        "--seconds",
+        &seconds,
+        "--streams",
+        &streams,
+    ];
     if std::env::var("DEMO_UNCHECKED").is_ok_and(|v| v == "1") {
         send_args.push("--unchecked");
     }
+    let cpu_before = testbed::busy_cpu_seconds();
     let mut sender = bed
         .tunload_background(Host::A, "tcp-send", &send_args)
         .map_err(|e| e.to_string())?;
@@ -138,20 +184,13 @@ fn run() -> Result<(), String> {
         .tunload(
             Host::A,
             "ping-loaded",
-            &[
-                "ping",
-                "--to",
-                testbed::B_TUNNEL4,
-                "--count",
-                "100",
-                "--interval-ms",
-                "20",
-            ],
+            &["ping", "--to", far, "--count", "100", "--interval-ms", "20"],
             Duration::from_secs(30),
         )
         .map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(seconds.parse::<u64>().unwrap_or(5) + 30);
     let sent_ok = sender.wait_for(limit).map_err(|e| e.to_string())?.success();
+    let cpu = testbed::busy_cpu_seconds() - cpu_before;
     let sink_ok = sink
         .wait_for(Duration::from_secs(20))
         .map_err(|e| e.to_string())?
@@ -177,11 +216,18 @@ fn run() -> Result<(), String> {
         "counted at the far end, not checked"
     };
     println!(
-        "bulk TCP A -> B: {} bytes in {} s = {} Gbit/s, {how}\n",
+        "bulk TCP A -> B, {streams} stream(s): {} bytes in {} s = {} Gbit/s, {how}",
         transfer["bytes"], transfer["seconds"], transfer["gbit_per_s"]
     );
+    let gb = transfer["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    if gb > 0.0 {
+        println!(
+            "CPU: {cpu:.1} busy CPU-seconds on the whole machine while sending = {:.2} s/GB\n",
+            cpu / gb
+        );
+    }
 
-    for (name, mut relay) in [("A", a), ("B", b)] {
+    for (name, mut relay) in relays {
         let status = relay
             .terminate(Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
