@@ -36,7 +36,7 @@ use crate::steer;
 use crate::sys::{self, socket};
 use crate::wire::vnet::{FLAG_NEEDS_CSUM, GsoType};
 use crate::wire::{IpPacket, VnetHeader, vnet};
-use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +48,9 @@ use std::time::{Duration, Instant};
 
 const TUN_GROUP: u16 = 0;
 const UDP_GROUP: u16 = 1;
+/// Indexes in the ring's registered-file table.
+const TUN_FILE: Fixed = Fixed(0);
+const UDP_FILE: Fixed = Fixed(1);
 /// `struct io_uring_recvmsg_out`: four u32 fields ahead of the name in a multishot recvmsg buffer.
 const RECVMSG_OUT_LEN: usize = 16;
 /// How long an idle worker sleeps before it looks at the stop flag and the stats clock.
@@ -174,8 +177,10 @@ struct Batch {
 
 struct Worker {
     memory: KernelMemory,
-    tun: OwnedFd,
+    /// For the error queue; operations name it through `UDP_FILE`.
     socket: OwnedFd,
+    /// The TUN queue for reads, which cannot use the registered file (see `setup`).
+    tun: OwnedFd,
     peer: SocketAddr,
     offloads: Offloads,
     coalesce: Policy,
@@ -344,6 +349,16 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         });
     }
 
+    // Registered files spare an operation the file-table lookup and reference count. Not for the
+    // TUN's multishot read: on Linux 6.18 it fails with EBADFD when given the registered file.
+    ring.submitter()
+        .register_files(&[config.tun.as_raw_fd(), config.socket.as_raw_fd()])
+        .map_err(|source| sys::Error::IoUringFeature {
+            queue,
+            feature: "registered files",
+            source,
+        })?;
+
     let offloads = config.offloads;
     let mtu = config.mtu as usize;
     let round = |n: usize| n.div_ceil(64) * 64;
@@ -385,8 +400,8 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     };
     let mut worker = Worker {
         memory,
-        tun: dup(&config.tun)?,
         socket: dup(&config.socket)?,
+        tun: dup(&config.tun)?,
         peer: config.peer,
         offloads,
         coalesce: Policy {
@@ -529,12 +544,8 @@ impl Worker {
         }
         if !self.udp_recv_armed && self.udp_buffers_in_kernel > 0 {
             self.udp_recv_armed = true;
-            let recv = opcode::RecvMsgMulti::new(
-                Fd(self.socket.as_raw_fd()),
-                &*self.memory.recv_msg,
-                UDP_GROUP,
-            )
-            .build();
+            let recv =
+                opcode::RecvMsgMulti::new(UDP_FILE, &*self.memory.recv_msg, UDP_GROUP).build();
             self.submit(recv, Token::new(Op::UdpRecv, 0));
         }
     }
@@ -789,7 +800,7 @@ impl Worker {
         }
         slot.msg_segments[msg] = (segments as u16, first_segment as u16);
         slot.pending += 1;
-        let send = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &slot.msgs[msg])
+        let send = opcode::SendMsg::new(UDP_FILE, &slot.msgs[msg])
             .flags(libc::MSG_DONTWAIT as u32)
             .build();
         self.submit(
@@ -1017,12 +1028,9 @@ impl Worker {
                     iov += 1;
                 }
             }
-            let write = opcode::Writev::new(
-                Fd(self.tun.as_raw_fd()),
-                slot.iovs[start..].as_ptr(),
-                (iov - start) as u32,
-            )
-            .build();
+            let write =
+                opcode::Writev::new(TUN_FILE, slot.iovs[start..].as_ptr(), (iov - start) as u32)
+                    .build();
             slot.pending += 1;
             queue_submission(
                 &mut self.in_flight,
@@ -1098,12 +1106,8 @@ impl Worker {
                 iov_base: buffer[at..].as_mut_ptr().cast(),
                 iov_len: len,
             };
-            let write = opcode::Writev::new(
-                Fd(self.tun.as_raw_fd()),
-                slot.fallback_iovs[2 * s..].as_ptr(),
-                2,
-            )
-            .build();
+            let write =
+                opcode::Writev::new(TUN_FILE, slot.fallback_iovs[2 * s..].as_ptr(), 2).build();
             slot.pending += 1;
             queue_submission(
                 &mut self.in_flight,
