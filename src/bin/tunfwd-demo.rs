@@ -55,8 +55,41 @@ fn check_interrupt() -> Result<(), String> {
     }
 }
 
+/// Pings `to` from A `count` times, `interval_ms` apart, for at most `limit`; returns the RTT
+/// percentiles and replies.
+fn ping(
+    bed: &Testbed,
+    name: &str,
+    to: &str,
+    (count, interval_ms): (u32, u32),
+    limit: Duration,
+) -> Result<String, String> {
+    let (count, interval_ms) = (count.to_string(), interval_ms.to_string());
+    let args = [
+        "ping",
+        "--to",
+        to,
+        "--count",
+        &count,
+        "--interval-ms",
+        &interval_ms,
+    ];
+    let out = bed
+        .tunload(Host::A, name, &args, limit)
+        .map_err(|e| e.to_string())?;
+    let v = parse_json(&out).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "p50 {} µs, p99 {} µs ({} of {} replies)",
+        v["rtt_us"]["p50"], v["rtt_us"]["p99"], v["received"], v["sent"]
+    ))
+}
+
 /// Starts a relay in each namespace with the demo's options; returns them named for the report.
-fn start_relays(bed: &Testbed, queues: &str) -> Result<Vec<(&'static str, Process)>, String> {
+fn start_relays(bed: &Testbed) -> Result<Vec<(&'static str, Process)>, String> {
+    let queues = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
+        .to_string();
     // Extra tunfwd options for both relays, e.g. TUNFWD_ARGS="--no-offload" (used by scripts/profile).
     let extra = std::env::var("TUNFWD_ARGS").unwrap_or_default();
     let extra_a = std::env::var("TUNFWD_ARGS_A").unwrap_or_default();
@@ -66,7 +99,7 @@ fn start_relays(bed: &Testbed, queues: &str) -> Result<Vec<(&'static str, Proces
         .split_whitespace()
         .any(|a| a == "--queues" || a.starts_with("--queues="))
     {
-        args.extend(["--queues", queues]);
+        args.extend(["--queues", queues.as_str()]);
     }
     args.extend(extra.split_whitespace());
     let mut args_a = args.clone();
@@ -93,10 +126,6 @@ fn run() -> Result<(), String> {
                 .into(),
         );
     }
-    let queues = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
-        .to_string();
     let seconds = std::env::var("DEMO_SECONDS").unwrap_or_else(|_| "5".into());
     let streams = std::env::var("DEMO_STREAMS").unwrap_or_else(|_| "1".into());
     if !matches!(streams.parse::<u32>(), Ok(1..=64)) {
@@ -117,34 +146,21 @@ fn run() -> Result<(), String> {
         bed.namespace(Host::A),
         bed.namespace(Host::B)
     );
-    let mut relays = Vec::new();
-    let far = if through_vxlan {
+    let (far, relays) = if through_vxlan {
         bed.add_vxlan(VXLAN_MTU).map_err(|e| e.to_string())?;
         println!(
             "reference: the kernel's VXLAN tunnel, overlay MTU {VXLAN_MTU}: {} <-> {}\n",
             testbed::A_VXLAN4,
             testbed::B_VXLAN4
         );
-        testbed::B_VXLAN4
+        (testbed::B_VXLAN4, Vec::new())
     } else {
-        relays = start_relays(&bed, &queues)?;
-        testbed::B_TUNNEL4
+        (testbed::B_TUNNEL4, start_relays(&bed)?)
     };
     check_interrupt()?;
 
-    let idle = bed
-        .tunload(
-            Host::A,
-            "ping-idle",
-            &["ping", "--to", far, "--count", "50", "--interval-ms", "10"],
-            Duration::from_secs(20),
-        )
-        .map_err(|e| e.to_string())?;
-    let idle = parse_json(&idle).map_err(|e| e.to_string())?;
-    println!(
-        "ping through the tunnel, idle:      p50 {} µs, p99 {} µs ({} of {} replies)",
-        idle["rtt_us"]["p50"], idle["rtt_us"]["p99"], idle["received"], idle["sent"]
-    );
+    let idle = ping(&bed, "ping-idle", far, (50, 10), Duration::from_secs(20))?;
+    println!("ping through the tunnel, idle:      {idle}");
     check_interrupt()?;
 
     let mut sink = bed
@@ -180,14 +196,7 @@ fn run() -> Result<(), String> {
         .tunload_background(Host::A, "tcp-send", &send_args)
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
-    let loaded = bed
-        .tunload(
-            Host::A,
-            "ping-loaded",
-            &["ping", "--to", far, "--count", "100", "--interval-ms", "20"],
-            Duration::from_secs(30),
-        )
-        .map_err(|e| e.to_string())?;
+    let loaded = ping(&bed, "ping-loaded", far, (100, 20), Duration::from_secs(30))?;
     let limit = Duration::from_secs(seconds.parse::<u64>().unwrap_or(5) + 30);
     let sent_ok = sender.wait_for(limit).map_err(|e| e.to_string())?.success();
     let cpu = testbed::busy_cpu_seconds() - cpu_before;
@@ -205,11 +214,7 @@ fn run() -> Result<(), String> {
         ));
     }
     let transfer = parse_json(&sender.stdout()).map_err(|e| e.to_string())?;
-    let loaded = parse_json(&loaded).map_err(|e| e.to_string())?;
-    println!(
-        "ping through the tunnel, under load: p50 {} µs, p99 {} µs ({} of {} replies)",
-        loaded["rtt_us"]["p50"], loaded["rtt_us"]["p99"], loaded["received"], loaded["sent"]
-    );
+    println!("ping through the tunnel, under load: {loaded}");
     let how = if transfer["checked"] == true {
         "every byte verified at the far end"
     } else {
