@@ -10,70 +10,61 @@ use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Why a packet was dropped. Each reason is its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+/// Declares [`DropReason`] with its report name, and derives `ALL` and `name` from the one list,
+/// so that a new variant cannot be left out of the counters (a hand-kept `ALL` that missed one
+/// would index past the array the first time that reason was counted).
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
+        /// Why a packet was dropped. Each reason is its own counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl DropReason {
+            /// Every reason, in declaration order (`ALL[r as usize] == r`).
+            pub const ALL: [DropReason; [$(DropReason::$variant),+].len()] =
+                [$(DropReason::$variant),+];
+
+            /// The name used in reports and JSON.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     /// A TUN read shorter than the virtio_net_hdr.
-    TunShortRead,
+    TunShortRead => "tun_short_read",
     /// A TUN read that carried a GSO super-packet or a partial checksum, which this build was not
     /// negotiated to receive.
-    TunUnexpectedOffload,
+    TunUnexpectedOffload => "tun_unexpected_offload",
     /// The UDP socket's send buffer was full (EAGAIN/ENOBUFS); like a full qdisc, the packet goes.
-    UdpSendBufferFull,
+    UdpSendBufferFull => "udp_send_buffer_full",
     /// The send failed because the peer's host or port is unreachable (an ICMP error came back).
-    PeerUnreachable,
+    PeerUnreachable => "peer_unreachable",
     /// Any other send error.
-    UdpSendError,
+    UdpSendError => "udp_send_error",
     /// A datagram larger than the receive buffer (that is, than the device MTU).
-    OversizedDatagram,
+    OversizedDatagram => "oversized_datagram",
     /// A datagram from an address other than the peer's.
-    ForeignSource,
+    ForeignSource => "foreign_source",
     /// The first nibble is neither 4 nor 6.
-    BadIpVersion,
+    BadIpVersion => "bad_ip_version",
     /// Empty, shorter than an IP header, or a bad IPv4 header length.
-    BadIpHeader,
+    BadIpHeader => "bad_ip_header",
     /// The IP length field disagrees with the datagram's length.
-    IpLengthMismatch,
+    IpLengthMismatch => "ip_length_mismatch",
     /// The TUN device rejected a write.
-    TunWriteError,
+    TunWriteError => "tun_write_error",
     /// A super-packet or partial checksum from the TUN that cannot be split or completed.
-    BadOffload,
+    BadOffload => "bad_offload",
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
-        DropReason::TunShortRead,
-        DropReason::TunUnexpectedOffload,
-        DropReason::UdpSendBufferFull,
-        DropReason::PeerUnreachable,
-        DropReason::UdpSendError,
-        DropReason::OversizedDatagram,
-        DropReason::ForeignSource,
-        DropReason::BadIpVersion,
-        DropReason::BadIpHeader,
-        DropReason::IpLengthMismatch,
-        DropReason::TunWriteError,
-        DropReason::BadOffload,
-    ];
-
-    /// The name used in reports and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::TunShortRead => "tun_short_read",
-            DropReason::TunUnexpectedOffload => "tun_unexpected_offload",
-            DropReason::UdpSendBufferFull => "udp_send_buffer_full",
-            DropReason::PeerUnreachable => "peer_unreachable",
-            DropReason::UdpSendError => "udp_send_error",
-            DropReason::OversizedDatagram => "oversized_datagram",
-            DropReason::ForeignSource => "foreign_source",
-            DropReason::BadIpVersion => "bad_ip_version",
-            DropReason::BadIpHeader => "bad_ip_header",
-            DropReason::IpLengthMismatch => "ip_length_mismatch",
-            DropReason::TunWriteError => "tun_write_error",
-            DropReason::BadOffload => "bad_offload",
-        }
-    }
-
     fn index(self) -> usize {
         self as usize
     }
@@ -125,6 +116,12 @@ pub struct Counters {
     pub coalesce_fallbacks: u64,
     /// GSO sends the kernel refused, redone datagram by datagram.
     pub gso_fallbacks: u64,
+    /// Receives whose control data was cut short (`MSG_CTRUNC`), so the `UDP_GRO` segment size
+    /// may be missing; the buffer is cut at the first packet's IP length instead.
+    pub control_truncated: u64,
+    /// Times the kernel ended a multishot read or receive (a buffer stall among them) and the
+    /// worker armed it again.
+    pub multishot_restarts: u64,
 }
 
 impl Counters {
@@ -163,6 +160,8 @@ impl Counters {
         self.coalesced_writes += other.coalesced_writes;
         self.coalesce_fallbacks += other.coalesce_fallbacks;
         self.gso_fallbacks += other.gso_fallbacks;
+        self.control_truncated += other.control_truncated;
+        self.multishot_restarts += other.multishot_restarts;
     }
 }
 
@@ -305,6 +304,8 @@ impl Report {
                     "coalesced_writes": c.coalesced_writes,
                     "coalesce_fallbacks": c.coalesce_fallbacks,
                     "gso_fallbacks": c.gso_fallbacks,
+                    "control_truncated": c.control_truncated,
+                    "multishot_restarts": c.multishot_restarts,
                 })
             })
             .collect();
@@ -368,23 +369,25 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "drops: {}; icmp_errors={} buffer_stalls={}",
+            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={}",
             if nonzero.is_empty() {
                 "none".to_string()
             } else {
                 nonzero.join(" ")
             },
             total.icmp_errors,
-            total.buffer_stalls
+            total.buffer_stalls,
+            total.multishot_restarts
         );
         let _ = writeln!(
             out,
-            "offloads: gso_sends={} gro_receives={} coalesced_writes={} coalesce_fallbacks={} gso_fallbacks={}",
+            "offloads: gso_sends={} gro_receives={} coalesced_writes={} coalesce_fallbacks={} gso_fallbacks={} control_truncated={}",
             total.gso_sends,
             total.gro_receives,
             total.coalesced_writes,
             total.coalesce_fallbacks,
-            total.gso_fallbacks
+            total.gso_fallbacks,
+            total.control_truncated
         );
         let _ = writeln!(
             out,
@@ -475,6 +478,23 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
+    }
+
+    #[test]
+    fn every_reason_can_be_counted() {
+        // Counting each reason indexes the array by its discriminant: a reason missing from
+        // ALL would panic here (the array would be too short) or be reported under no name.
+        let mut c = Counters::default();
+        for (n, r) in DropReason::ALL.iter().enumerate() {
+            c.drop_n(*r, n as u64 + 1);
+        }
+        for (n, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(c.drops_of(*r), n as u64 + 1, "{}", r.name());
+        }
+        assert_eq!(
+            DropReason::ALL.last().map(|r| r.index()),
+            Some(DropReason::ALL.len() - 1)
+        );
     }
 
     #[test]
