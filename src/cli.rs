@@ -211,28 +211,47 @@ pub fn parse_size(text: &str) -> Option<usize> {
     n.checked_mul(1 << shift)
 }
 
-/// Parses a CPU list such as `0-3,6`.
+/// The most CPUs a `cpu_set_t` can name (`CPU_SETSIZE` in glibc's <sched.h>); a CPU number at or
+/// above it cannot be pinned to, so a list is refused before it is expanded (a range such as
+/// `0-18446744073709551615` would otherwise allocate without bound).
+pub const MAX_CPUS: usize = 1024;
+
+/// Parses a CPU list such as `0-3,6`. A CPU named twice keeps its first place (`2,0-3` is
+/// `2,0,1,3`), so round-robin pinning never puts two workers on one core by accident.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
     let mut cpus = Vec::new();
+    let mut seen = [false; MAX_CPUS];
+    let number = |s: &str| {
+        let n = s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| bad("--cpus", format!("'{s}' is not a CPU number")))?;
+        if n >= MAX_CPUS {
+            return Err(bad(
+                "--cpus",
+                format!("CPU {n} is out of range (at most {})", MAX_CPUS - 1),
+            ));
+        }
+        Ok(n)
+    };
     for part in text.split(',') {
         let part = part.trim();
-        let number = |s: &str| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| bad("--cpus", format!("'{s}' is not a CPU number")))
-        };
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (number(lo)?, number(hi)?);
-                if lo > hi {
-                    return Err(bad("--cpus", format!("range '{part}' runs backwards")));
-                }
-                cpus.extend(lo..=hi);
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => {
+                let n = number(part)?;
+                (n, n)
             }
-            None => cpus.push(number(part)?),
+        };
+        if lo > hi {
+            return Err(bad("--cpus", format!("range '{part}' runs backwards")));
+        }
+        for cpu in lo..=hi {
+            if !std::mem::replace(&mut seen[cpu], true) {
+                cpus.push(cpu);
+            }
         }
     }
-    cpus.dedup();
     Ok(cpus)
 }
 
@@ -565,6 +584,25 @@ mod tests {
         assert_eq!(c.worker_cpus, Some(vec![1, 3, 1, 3, 1]));
         assert_eq!(check(&["--no-pin"]).unwrap().worker_cpus, None);
         assert_eq!(parse_cpu_list("0-2,2,5").unwrap(), vec![0, 1, 2, 5]);
+    }
+
+    #[test]
+    fn cpu_lists_keep_first_places_and_refuse_huge_numbers() {
+        assert_eq!(parse_cpu_list("2,0-3").unwrap(), vec![2, 0, 1, 3]);
+        assert_eq!(parse_cpu_list("3,1,3,1").unwrap(), vec![3, 1]);
+        assert_eq!(parse_cpu_list("1023").unwrap(), vec![1023]);
+        for huge in [
+            "0-18446744073709551615",
+            "1024",
+            "5-1024",
+            "99999999999999999999",
+        ] {
+            let e = parse_cpu_list(huge).unwrap_err();
+            assert_eq!(e.option, "--cpus", "{huge}");
+        }
+        // Through validation too: a duplicate must not pin two workers to one core.
+        let c = check(&["--queues", "4", "--cpus", "2,0-3"]).unwrap();
+        assert_eq!(c.worker_cpus, Some(vec![2, 0, 1, 3]));
         assert_eq!(check(&["--mtu", "576"]).unwrap().mtu, 576);
         assert_eq!(
             check(&["--mtu", "1280", "--address", "2001:2::1/64"])
