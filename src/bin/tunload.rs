@@ -7,6 +7,9 @@
 //!   the first wrong byte, whatever the read boundaries. `tcp-send --unchecked` sends a fixed
 //!   buffer that the sink only counts, as iperf3 does: making and checking the pattern costs CPU
 //!   that a 2-core benchmark would take away from the system under test.
+//!   `--mss` clamps the streams' MSS on both ends (`TCP_MAXSEG` before connect(2) and on the
+//!   listener before listen(2)), so a tunnel can be driven with many small segments; both modes
+//!   report the MSS in effect.
 //! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss.
 //! * `ping`: ICMP/ICMPv6 echo over a raw socket (root), for overlay reachability and RTT.
 //! * `garbage`: malformed datagrams aimed at a tunnel's UDP port.
@@ -14,7 +17,7 @@
 use clap::{Parser, Subcommand};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,9 @@ enum Mode {
         streams: usize,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Clamp the accepted streams' MSS (TCP_MAXSEG on the listener, before listen), 88..=65535.
+        #[arg(long, value_name = "BYTES", value_parser = parse_mss)]
+        mss: Option<u32>,
     },
     /// Send TCP streams of patterned bytes and wait for the sink's verdict.
     TcpSend {
@@ -55,6 +61,9 @@ enum Mode {
         /// Send a fixed buffer that the sink counts but does not check (for benchmarks).
         #[arg(long)]
         unchecked: bool,
+        /// Clamp each stream's MSS (TCP_MAXSEG before connect), 88..=65535.
+        #[arg(long, value_name = "BYTES", value_parser = parse_mss)]
+        mss: Option<u32>,
     },
     /// Count sequence-numbered datagrams.
     UdpSink {
@@ -111,14 +120,23 @@ fn main() {
             listen,
             streams,
             seconds,
-        } => tcp_sink(listen, streams, Duration::from_secs(seconds)),
+            mss,
+        } => tcp_sink(listen, streams, Duration::from_secs(seconds), mss),
         Mode::TcpSend {
             to,
             bytes,
             seconds,
             streams,
             unchecked,
-        } => tcp_send(to, bytes, Duration::from_secs(seconds), streams, unchecked),
+            mss,
+        } => tcp_send(
+            to,
+            bytes,
+            Duration::from_secs(seconds),
+            streams,
+            unchecked,
+            mss,
+        ),
         Mode::UdpSink {
             listen,
             idle_ms,
@@ -243,15 +261,24 @@ fn wildcard_for(to: SocketAddr, port: u16) -> SocketAddr {
 
 /// Accepts `streams` streams; after each one's EOF, replies with the bytes received and whether
 /// every byte matched (or that the stream was only counted). `verified` means no stream failed;
-/// `checked` that every stream's bytes were compared with the pattern.
-fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<()> {
-    let listener = TcpListener::bind(listen)?;
+/// `checked` that every stream's bytes were compared with the pattern; `mss` is the smallest MSS
+/// in effect on an accepted stream.
+fn tcp_sink(
+    listen: SocketAddr,
+    streams: usize,
+    limit: Duration,
+    mss: Option<u32>,
+) -> io::Result<()> {
+    let listener = listen_tcp(listen, mss)?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + limit;
     let mut handles = Vec::new();
+    let mut mss_in_use = None::<u32>;
     while handles.len() < streams {
         match listener.accept() {
             Ok((stream, _)) => {
+                let stream_mss = mss_in_effect(&stream)?;
+                mss_in_use = Some(mss_in_use.map_or(stream_mss, |m| m.min(stream_mss)));
                 stream.set_nonblocking(false)?;
                 handles.push(std::thread::spawn(move || sink_one(stream, deadline)));
             }
@@ -280,7 +307,8 @@ fn tcp_sink(listen: SocketAddr, streams: usize, limit: Duration) -> io::Result<(
     }
     let verified = first_error.is_none();
     println!(
-        "{{\"mode\":\"tcp-sink\",\"streams\":{streams},\"bytes\":{total},\"checked\":{checked},\"verified\":{verified}{}}}",
+        "{{\"mode\":\"tcp-sink\",\"streams\":{streams},\"bytes\":{total},\"checked\":{checked},\"verified\":{verified},\"mss\":{}{}}}",
+        json_number(mss_in_use),
         first_error
             .as_ref()
             .map(|e| format!(",\"error\":{e:?}"))
@@ -348,12 +376,15 @@ fn sink_one(mut stream: TcpStream, deadline: Instant) -> io::Result<(u64, bool)>
     }
 }
 
+/// Sends `streams` streams in parallel and prints their total; `mss` in the result is the smallest
+/// MSS in effect on a stream.
 fn tcp_send(
     to: SocketAddr,
     bytes: u64,
     limit: Duration,
     streams: usize,
     unchecked: bool,
+    mss: Option<u32>,
 ) -> io::Result<()> {
     let started = Instant::now();
     let handles: Vec<_> = (0..streams as u64)
@@ -363,14 +394,18 @@ fn tcp_send(
             } else {
                 0x5eed_0000 + i
             };
-            std::thread::spawn(move || send_one(to, seed, bytes, limit))
+            std::thread::spawn(move || send_one(to, seed, bytes, limit, mss))
         })
         .collect();
     let mut total = 0;
+    let mut mss_in_use = None::<u32>;
     let mut failure = None;
     for h in handles {
         match h.join().expect("sender thread") {
-            Ok(n) => total += n,
+            Ok(sent) => {
+                total += sent.bytes;
+                mss_in_use = Some(mss_in_use.map_or(sent.mss, |m| m.min(sent.mss)));
+            }
             Err(e) => {
                 failure.get_or_insert(e);
             }
@@ -381,20 +416,34 @@ fn tcp_send(
         return Err(e);
     }
     println!(
-        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"checked\":{},\"verified\":true}}",
+        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"checked\":{},\"verified\":true,\"mss\":{}}}",
         total as f64 * 8.0 / seconds / 1e9,
-        !unchecked
+        !unchecked,
+        json_number(mss_in_use)
     );
     Ok(())
 }
 
+/// What one stream sent, and the MSS it sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    bytes: u64,
+    mss: u32,
+}
+
 /// Sends one stream: `bytes` bytes, or for `limit` when `bytes` is 0. A byte count must also
 /// finish within `limit`. With `UNCHECKED_SEED` one buffer is filled once and sent over and over.
-fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Result<u64> {
+fn send_one(
+    to: SocketAddr,
+    seed: u64,
+    bytes: u64,
+    limit: Duration,
+    mss: Option<u32>,
+) -> io::Result<Sent> {
     let started = Instant::now();
     // The sink may still be starting: retry refused connections for a few seconds.
     let mut stream = loop {
-        match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        match connect_tcp(to, mss, Duration::from_secs(5)) {
             Ok(stream) => break stream,
             Err(e)
                 if e.kind() == io::ErrorKind::ConnectionRefused
@@ -405,6 +454,7 @@ fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Resul
             Err(e) => return Err(e),
         }
     };
+    let mss = mss_in_effect(&stream)?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(&seed.to_le_bytes())?;
@@ -450,7 +500,198 @@ fn send_one(to: SocketAddr, seed: u64, bytes: u64, limit: Duration) -> io::Resul
             reply[8]
         )));
     }
-    Ok(sent)
+    Ok(Sent { bytes: sent, mss })
+}
+
+/// What the kernel accepts for `TCP_MAXSEG`: `TCP_MIN_MSS` (88) to `MAX_TCP_WINDOW` (65535), with
+/// 0 meaning "no clamp" (net/ipv4/tcp.c, the `TCP_MAXSEG` case of `do_tcp_setsockopt`).
+const MSS_RANGE: std::ops::RangeInclusive<u32> = 88..=65535;
+
+/// Parses `--mss`: refused here, with the range, rather than as a bare EINVAL from setsockopt(2).
+fn parse_mss(text: &str) -> Result<u32, String> {
+    let mss: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if MSS_RANGE.contains(&mss) {
+        Ok(mss)
+    } else {
+        Err(format!(
+            "{mss} is outside {}..={}, the MSS range Linux accepts for TCP_MAXSEG",
+            MSS_RANGE.start(),
+            MSS_RANGE.end()
+        ))
+    }
+}
+
+/// A number, or `null`, for the hand-written JSON result lines.
+fn json_number(value: Option<u32>) -> String {
+    value.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+fn with_context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn set_int_option(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and `optlen` is its size; the fd is borrowed, so open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The MSS a connected TCP socket sends with: getsockopt(2) `TCP_MAXSEG` returns `mss_cache`,
+/// which leaves out the room the negotiated TCP options take (`tcp_mtu_to_mss` in
+/// net/ipv4/tcp_output.c), so a clamp of 536 with timestamps reads 524.
+fn mss_in_effect(fd: &impl AsFd) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` live across the call and `len` is the size of `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            "reading TCP_MAXSEG",
+        ));
+    }
+    Ok(value.max(0) as u32)
+}
+
+/// A socket address in the form connect(2) and bind(2) take.
+enum RawSocketAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl RawSocketAddr {
+    fn new(addr: SocketAddr) -> RawSocketAddr {
+        match addr {
+            SocketAddr::V4(a) => RawSocketAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => RawSocketAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn family(&self) -> libc::c_int {
+        match self {
+            RawSocketAddr::V4(_) => libc::AF_INET,
+            RawSocketAddr::V6(_) => libc::AF_INET6,
+        }
+    }
+
+    /// Pointer and length for a system call; valid while `self` is.
+    fn as_parts(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match self {
+            RawSocketAddr::V4(a) => (
+                (a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            RawSocketAddr::V6(a) => (
+                (a as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
+}
+
+/// A TCP socket of `addr`'s family, its MSS clamped to `mss` when given. std's `TcpStream` and
+/// `TcpListener` create and connect (or listen) in one call, which leaves no moment to set
+/// `TCP_MAXSEG` in between; and it has to be set before the handshake, because the MSS option
+/// travels only in the SYN and SYN-ACK (RFC 9293 3.7.1; tcp(7), TCP_MAXSEG).
+fn tcp_socket(addr: &RawSocketAddr, mss: Option<u32>) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); owned right after the check.
+    let fd = unsafe { libc::socket(addr.family(), libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(with_context(io::Error::last_os_error(), "TCP socket"));
+    }
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(mss) = mss {
+        set_int_option(&fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss as libc::c_int)
+            .map_err(|e| with_context(e, &format!("setting TCP_MAXSEG to {mss}")))?;
+    }
+    Ok(fd)
+}
+
+/// One attempt to connect to `to` within `timeout`, with the MSS clamped to `mss` when given.
+fn connect_tcp(to: SocketAddr, mss: Option<u32>, timeout: Duration) -> io::Result<TcpStream> {
+    let raw = RawSocketAddr::new(to);
+    let stream = TcpStream::from(tcp_socket(&raw, mss)?);
+    // A blocking connect(2) waits at most the send timeout, then fails with EINPROGRESS
+    // (net/ipv4/af_inet.c: `__inet_stream_connect` waits `sock_sndtimeo()`).
+    stream.set_write_timeout(Some(timeout))?;
+    let (addr, len) = raw.as_parts();
+    // SAFETY: `addr` points at `raw`, which outlives the call, and `len` is its size.
+    if unsafe { libc::connect(stream.as_raw_fd(), addr, len) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            timed_out(&format!("connecting to {to}"))
+        } else {
+            e
+        });
+    }
+    Ok(stream)
+}
+
+/// A listener on `listen` whose accepted streams have their MSS clamped to `mss` when given: a
+/// listener's `TCP_MAXSEG` goes into the MSS option of its SYN-ACKs (`tcp_mss_clamp` in
+/// include/net/tcp.h), also caps the MSS the peer's SYN offers (`tcp_parse_options` in
+/// net/ipv4/tcp_input.c), and accepted sockets inherit it as clones of the listener.
+fn listen_tcp(listen: SocketAddr, mss: Option<u32>) -> io::Result<TcpListener> {
+    let raw = RawSocketAddr::new(listen);
+    let fd = tcp_socket(&raw, mss)?;
+    // As std's `TcpListener::bind` does, so back-to-back runs can rebind the port.
+    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let (addr, len) = raw.as_parts();
+    // SAFETY: `addr` points at `raw`, which outlives the call, and `len` is its size.
+    if unsafe { libc::bind(fd.as_raw_fd(), addr, len) } < 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            &format!("binding {listen}"),
+        ));
+    }
+    // SAFETY: plain listen(2) on a socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
+        return Err(with_context(io::Error::last_os_error(), "listen"));
+    }
+    Ok(TcpListener::from(fd))
 }
 
 fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<()> {
@@ -786,28 +1027,101 @@ mod tests {
         }
     }
 
-    /// Runs one sender against one sink over loopback; returns both sides' results.
-    fn loopback_stream(seed: u64, bytes: u64) -> (io::Result<u64>, io::Result<(u64, bool)>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// Runs one sender against one sink over loopback, with the given MSS clamps; returns both
+    /// sides' results and the MSS in effect on the accepted stream.
+    fn loopback_stream_with_mss(
+        seed: u64,
+        bytes: u64,
+        sender_mss: Option<u32>,
+        sink_mss: Option<u32>,
+    ) -> (io::Result<Sent>, io::Result<(u64, bool)>, u32) {
+        let listener = listen_tcp("127.0.0.1:0".parse().unwrap(), sink_mss).unwrap();
         let to = listener.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let sink = std::thread::spawn(move || {
             let (stream, _) = listener.accept()?;
-            sink_one(stream, deadline)
+            let mss = mss_in_effect(&stream)?;
+            sink_one(stream, deadline).map(|r| (r, mss))
         });
-        let sent = send_one(to, seed, bytes, Duration::from_secs(10));
-        (sent, sink.join().unwrap())
+        let sent = send_one(to, seed, bytes, Duration::from_secs(10), sender_mss);
+        let (sunk, sink_side_mss) = match sink.join().unwrap() {
+            Ok((r, mss)) => (Ok(r), mss),
+            Err(e) => (Err(e), 0),
+        };
+        (sent, sunk, sink_side_mss)
+    }
+
+    fn loopback_stream(seed: u64, bytes: u64) -> (io::Result<Sent>, io::Result<(u64, bool)>) {
+        let (sent, sunk, _) = loopback_stream_with_mss(seed, bytes, None, None);
+        (sent, sunk)
     }
 
     #[test]
     fn checked_and_unchecked_streams_are_counted_and_labelled() {
         let bytes = 3 * (1 << 18) + 12345;
         let (sent, sunk) = loopback_stream(0x5eed_0001, bytes);
-        assert_eq!(sent.unwrap(), bytes);
+        assert_eq!(sent.unwrap().bytes, bytes);
         assert_eq!(sunk.unwrap(), (bytes, true));
         let (sent, sunk) = loopback_stream(UNCHECKED_SEED, bytes);
-        assert_eq!(sent.unwrap(), bytes);
+        assert_eq!(sent.unwrap().bytes, bytes);
         assert_eq!(sunk.unwrap(), (bytes, false), "counted, not checked");
+    }
+
+    #[test]
+    fn mss_outside_what_the_kernel_accepts_is_refused_with_the_range() {
+        assert_eq!(parse_mss("88"), Ok(88));
+        assert_eq!(parse_mss("536"), Ok(536));
+        assert_eq!(parse_mss("65535"), Ok(65535));
+        for bad in ["0", "87", "65536", "4294967296", "-1", "big"] {
+            assert!(parse_mss(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mss("87").unwrap_err().contains("88..=65535"));
+        for mode in [
+            &["tcp-send", "--to", "127.0.0.1:1"][..],
+            &["tcp-sink", "--listen", "127.0.0.1:1"][..],
+        ] {
+            let parse = |mss: &str| {
+                Cli::try_parse_from(["tunload"].iter().chain(mode).chain(&["--mss", mss]))
+            };
+            let err = parse("50").err().expect("50 refused").to_string();
+            assert!(err.contains("--mss") && err.contains("88..=65535"), "{err}");
+            assert!(parse("200").is_ok());
+        }
+    }
+
+    /// Either end's clamp reaches the other through the handshake: the SYN (or SYN-ACK) carries
+    /// it. Loopback's own MSS is near 64 KiB, so any clamp shows.
+    #[test]
+    fn an_mss_clamp_on_either_end_limits_both_ends() {
+        let bytes = 1 << 20;
+        let (sent, sunk, sink_mss) = loopback_stream_with_mss(0x5eed_0002, bytes, Some(536), None);
+        let sent = sent.unwrap();
+        assert_eq!(sent.bytes, bytes);
+        assert_eq!(sunk.unwrap(), (bytes, true));
+        // Timestamps take 12 of the 536 bytes when both ends use them (net.ipv4.tcp_timestamps).
+        assert!((500..=536).contains(&sent.mss), "sender {}", sent.mss);
+        assert!((500..=536).contains(&sink_mss), "sink {sink_mss}");
+        let (sent, sunk, sink_mss) = loopback_stream_with_mss(0x5eed_0003, bytes, None, Some(400));
+        let sent = sent.unwrap();
+        assert_eq!(sunk.unwrap(), (bytes, true));
+        assert!((360..=400).contains(&sent.mss), "sender {}", sent.mss);
+        assert!((360..=400).contains(&sink_mss), "sink {sink_mss}");
+        let (sent, _, sink_mss) = loopback_stream_with_mss(UNCHECKED_SEED, bytes, None, None);
+        assert!(sent.unwrap().mss > 16_000, "unclamped loopback");
+        assert!(sink_mss > 16_000, "unclamped loopback");
+    }
+
+    #[test]
+    fn ipv6_listeners_and_connections_work_too() {
+        let listener = listen_tcp("[::1]:0".parse().unwrap(), Some(1000)).unwrap();
+        let to = listener.local_addr().unwrap();
+        let sink = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            sink_one(stream, Instant::now() + Duration::from_secs(10))
+        });
+        let sent = send_one(to, 0x5eed_0004, 100_000, Duration::from_secs(10), None).unwrap();
+        assert_eq!(sink.join().unwrap().unwrap(), (100_000, true));
+        assert!((900..=1000).contains(&sent.mss), "{}", sent.mss);
     }
 
     #[test]
