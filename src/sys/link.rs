@@ -76,8 +76,27 @@ pub fn set_up(device: &str) -> Result<(), Error> {
     ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(err)
 }
 
-/// `IFLA_GSO_MAX_SIZE` in include/uapi/linux/if_link.h (Linux 4.16+); the libc crate lacks it.
+/// `IFLA_GSO_MAX_SEGS` and `IFLA_GSO_MAX_SIZE` in include/uapi/linux/if_link.h; the libc crate
+/// lacks them. `do_setlink` in net/core/rtnetlink.c accepts both on an existing device.
+const IFLA_GSO_MAX_SEGS: u16 = 40;
 const IFLA_GSO_MAX_SIZE: u16 = 41;
+
+/// Caps how many segments a GSO super-packet for the device may hold (`ip link set DEV
+/// gso_max_segs N`). `gso_max_size` bounds bytes only: an inner TCP sender with a small MSS (88
+/// bytes is the kernel's floor, `TCP_MIN_MSS`) otherwise hands over super-packets of hundreds of
+/// segments. TCP sizes its super-packets from it (`sk_gso_max_segs`, set when a connection is
+/// established), and `netif_skb_features` in net/core/dev.c segments in software any other
+/// super-packet with more (forwarded GRO packets, UDP GSO sends).
+pub fn set_gso_max_segments(device: &str, segments: u32) -> Result<(), Error> {
+    let err = |source| Error::SetGsoMaxSegments {
+        device: device.to_string(),
+        segments,
+        source,
+    };
+    let index = interface_index(device)?;
+    let request = setlink_u32_request(index, IFLA_GSO_MAX_SEGS, segments);
+    rtnetlink_exchange(&request).map_err(err)
+}
 
 /// Caps the size of the GSO super-packets the stack builds for the device (`ip link set DEV
 /// gso_max_size N`). New TCP connections size their super-packets from it.

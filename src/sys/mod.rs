@@ -45,6 +45,11 @@ pub enum Error {
         bytes: u32,
         source: io::Error,
     },
+    SetGsoMaxSegments {
+        device: String,
+        segments: u32,
+        source: io::Error,
+    },
     SetMtu {
         device: String,
         mtu: u32,
@@ -86,6 +91,10 @@ pub enum Error {
         cpu: usize,
     },
     Signals(io::Error),
+    /// Workers that ended during setup without reporting (a panic; its message is above).
+    WorkerLost {
+        missing: usize,
+    },
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -160,6 +169,14 @@ impl fmt::Display for Error {
                 f,
                 "cannot cap the GSO size of {device} at {bytes} bytes: {source}"
             ),
+            Error::SetGsoMaxSegments {
+                device,
+                segments,
+                source,
+            } => write!(
+                f,
+                "cannot cap the GSO segment count of {device} at {segments}: {source}"
+            ),
             Error::SetTxQueueLen {
                 device,
                 packets,
@@ -217,6 +234,10 @@ impl fmt::Display for Error {
             ),
             Error::Pin { queue, cpu } => write!(f, "cannot pin queue {queue} to CPU {cpu}"),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+            Error::WorkerLost { missing } => write!(
+                f,
+                "{missing} worker(s) died during setup without reporting (a bug: see the panic above)"
+            ),
         }
     }
 }
@@ -234,6 +255,7 @@ impl std::error::Error for Error {
             | Error::SetMtu { source: e, .. }
             | Error::SetTxQueueLen { source: e, .. }
             | Error::SetGsoMaxSize { source: e, .. }
+            | Error::SetGsoMaxSegments { source: e, .. }
             | Error::SetLinkUp { source: e, .. }
             | Error::AddAddress { source: e, .. }
             | Error::Socket { source: e, .. }
@@ -241,7 +263,7 @@ impl std::error::Error for Error {
             | Error::IoUring { source: e, .. }
             | Error::IoUringFeature { source: e, .. }
             | Error::RegisterBuffers { source: e, .. } => Some(e),
-            Error::Pin { .. } => None,
+            Error::Pin { .. } | Error::WorkerLost { .. } => None,
         }
     }
 }
