@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod faults;
 pub mod offload;
 #[allow(unsafe_code)]
 pub mod ring;

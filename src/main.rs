@@ -52,7 +52,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
 
     let tun_fds = tun::open_queues(&config.device_name, config.queues)?;
     let wanted = config.offloads;
-    let tun_offloads = tun::negotiate_offloads(
+    let mut tun_offloads = tun::negotiate_offloads(
         &config.device_name,
         &tun_fds[0],
         tun::Offloads {
@@ -63,6 +63,20 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             uso6: wanted.uso,
         },
     )?;
+    if tun_offloads.tso4 || tun_offloads.tso6 || tun_offloads.uso4 || tun_offloads.uso6 {
+        // Bound the segments per super-packet, not only the bytes: with a small inner MSS a
+        // 64 KB super-packet is hundreds of segments, more than one split (and one GSO send)
+        // takes. A kernel that refuses the cap could hand those over, so it gets no TSO/USO.
+        let cap = split::GSO_MAX_SEGMENTS as u32;
+        if let Err(e) = link::set_gso_max_segments(&config.device_name, cap) {
+            eprintln!("tunfwd: warning: {e}; turning TSO and USO off");
+            tun_offloads = tun::negotiate_offloads(
+                &config.device_name,
+                &tun_fds[0],
+                tun::Offloads::default(),
+            )?;
+        }
+    }
     link::set_mtu(&config.device_name, config.mtu)?;
     link::set_tx_queue_len(&config.device_name, config.tx_queue_len)?;
     link::add_addresses(&config.device_name, &config.addresses)?;
@@ -138,17 +152,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     drop(ready_tx);
     drop(snapshot_tx);
 
-    let mut setup_error = None;
-    for _ in 0..config.queues {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                setup_error.get_or_insert(e);
-            }
-            Err(_) => break,
-        }
-    }
-    if let Some(e) = setup_error {
+    if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
         stop.store(true, Ordering::Relaxed);
         for handle in handles {
             let _ = handle.join();

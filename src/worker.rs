@@ -27,6 +27,7 @@
 //!
 //! All `unsafe` here is about the buffer-lifetime contract stated in `ring`.
 
+use crate::faults::Faults;
 use crate::offload::coalesce::{self, Policy, Run};
 use crate::offload::complete_checksum;
 use crate::offload::split::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Split};
@@ -43,7 +44,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 const TUN_GROUP: u16 = 0;
@@ -196,31 +197,81 @@ struct Worker {
     tun_read_failures: u32,
     udp_recv_failures: u32,
     batch: Option<Batch>,
-    /// Operations submitted whose final completion has not been seen yet.
-    in_flight: usize,
+    submissions: Submissions,
     stopping: bool,
     fatal: Option<io::Error>,
-    pending: Vec<squeue::Entry>,
+    /// Test-only refusals (`crate::faults`); a zero-sized no-op in the shipped binary.
+    faults: Faults,
 }
 
-/// Runs one worker to completion. Reports setup success or failure on `ready` first.
+/// Submissions made since the last flush, and how many operations await their final completion.
+/// A separate struct so that code holding a slot of `Worker::memory` can submit too.
+struct Submissions {
+    queued: Vec<squeue::Entry>,
+    /// Operations submitted whose final completion has not been seen yet.
+    in_flight: usize,
+    /// Completions made up by fault injection, `(user_data, result)`, for operations that were
+    /// never handed to the kernel; delivered at the next reap. Always empty in the shipped binary.
+    injected: Vec<(u64, i32)>,
+    /// An injected completion held back until the next injection (or the drain), so that two
+    /// refused operations are in flight at once.
+    held: Option<(u64, i32)>,
+}
+
+impl Submissions {
+    /// Queues `entry` under `token` for the next flush and counts it in flight.
+    fn queue(&mut self, entry: squeue::Entry, token: Token) {
+        self.in_flight += 1;
+        self.queued.push(entry.user_data(token.user_data()));
+    }
+
+    /// Counts an operation in flight that completes with `-errno` without reaching the kernel.
+    fn inject(&mut self, token: Token, errno: i32) {
+        self.in_flight += 1;
+        self.injected.push((token.user_data(), -errno));
+        self.injected.extend(self.held.take());
+    }
+
+    /// Like `inject`, but the first such completion waits for the next injection.
+    fn inject_in_pairs(&mut self, token: Token, errno: i32) {
+        if self.held.is_none() && self.injected.is_empty() {
+            self.in_flight += 1;
+            self.held = Some((token.user_data(), -errno));
+        } else {
+            self.inject(token, errno);
+        }
+    }
+}
+
+/// Runs one worker to completion. Reports setup success or failure on `ready` first, and drops
+/// `ready` right after: the caller counts the reports and treats a closed channel with reports
+/// missing as a worker that died in setup (a panic unwinds through here and drops it too), so it
+/// can never wait for a report that will not come.
 pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Option<WorkerExit> {
     let queue = config.queue;
-    let (mut ring, mut worker) = match setup(&config) {
-        Ok(parts) => parts,
+    // However this worker ends, a panic included, the others stop too and main reports it.
+    let _stop_all = StopOnExit(config.stop.clone());
+    let setup = setup(&config);
+    let (mut ring, mut worker) = match setup {
+        Ok(parts) => {
+            let _ = ready.send(Ok(()));
+            drop(ready);
+            parts
+        }
         Err(e) => {
             let _ = ready.send(Err(e));
             return None;
         }
     };
-    let _ = ready.send(Ok(()));
     let epoch = Instant::now();
     let mut next_snapshot = config.snapshots.as_ref().map(|(every, _)| epoch + *every);
     let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(ring.completion().capacity());
 
     while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
         worker.flush(&mut ring);
-        if let Err(e) = wait(&ring, 1, IDLE_WAIT) {
+        // Injected completions are ready now: don't sleep waiting for a real one.
+        let want = usize::from(worker.submissions.injected.is_empty());
+        if let Err(e) = wait(&ring, want, IDLE_WAIT) {
             worker.fatal = Some(e);
             break;
         }
@@ -243,12 +294,49 @@ pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Optio
     if !drained {
         eprintln!(
             "tunfwd: queue {queue}: {} operations did not finish at shutdown; leaking their buffers",
-            worker.in_flight
+            worker.submissions.in_flight
         );
         std::mem::forget(worker.memory);
         std::mem::forget(ring);
     }
     Some(exit)
+}
+
+/// Sets the shared stop flag when dropped.
+struct StopOnExit(Arc<AtomicBool>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits for `workers` setup reports. Each worker sends one and then drops its sender (see
+/// [`run`]); one that dies first drops it unsent. So this returns once every report is in or
+/// every sender is gone, and never waits for a worker that is not there.
+pub fn await_ready(
+    ready: &Receiver<Result<(), sys::Error>>,
+    workers: usize,
+) -> Result<(), sys::Error> {
+    let mut first_error = None;
+    let mut reports = 0;
+    while reports < workers {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => break,
+        }
+        reports += 1;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None if reports < workers => Err(sys::Error::WorkerLost {
+            missing: workers - reports,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn wait(ring: &IoUring, want: usize, timeout: Duration) -> io::Result<()> {
@@ -326,6 +414,10 @@ fn new_udp_slot() -> UdpSlot {
 
 fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     let queue = config.queue;
+    let faults = Faults::from_env();
+    if faults.setup_panic(queue) {
+        panic!("queue {queue}: injected fault: a panic during setup");
+    }
     let depth = config.ring_depth;
     let sq_entries = (4 * depth + 16).next_power_of_two().min(32768) as u32;
     let ring = ring::build(sq_entries, sq_entries * 4)
@@ -380,10 +472,11 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     let udp_slots: Box<[UdpSlot]> = (0..udp_count).map(|_| new_udp_slot()).collect();
     let mut recv_msg = Box::new(zeroed_msghdr());
     recv_msg.msg_namelen = name_len as libc::socklen_t;
-    recv_msg.msg_controllen = if offloads.udp_gro {
-        socket::GRO_CONTROL_LEN
-    } else {
-        0
+    recv_msg.msg_controllen = match (offloads.udp_gro, faults.ctrunc()) {
+        (false, _) => 0,
+        (true, false) => socket::GRO_CONTROL_LEN,
+        // Less than a cmsghdr: the kernel cuts every UDP_GRO message and sets MSG_CTRUNC.
+        (true, true) => 8,
     };
 
     let memory = KernelMemory {
@@ -418,10 +511,15 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         tun_read_failures: 0,
         udp_recv_failures: 0,
         batch: None,
-        in_flight: 0,
+        submissions: Submissions {
+            queued: Vec::with_capacity(4 * depth + 16),
+            in_flight: 0,
+            injected: Vec::new(),
+            held: None,
+        },
         stopping: false,
         fatal: None,
-        pending: Vec::with_capacity(4 * depth + 16),
+        faults,
     };
     // SAFETY: the rings live in `worker.memory`, which is freed only after a complete drain or
     // leaked (the contract in `ring`).
@@ -447,18 +545,6 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     Ok((ring, worker))
 }
 
-/// Queues `entry` under `token` for the next flush and counts it in flight. It takes the two
-/// fields rather than the worker, so code that holds a slot of `Worker::memory` can submit too.
-fn queue_submission(
-    in_flight: &mut usize,
-    pending: &mut Vec<squeue::Entry>,
-    entry: squeue::Entry,
-    token: Token,
-) {
-    *in_flight += 1;
-    pending.push(entry.user_data(token.user_data()));
-}
-
 /// Buffers for a ring of `buf_len`-byte buffers: about `budget` bytes' worth (rounding up, so
 /// that 1 MiB makes 16 buffers of 64 KiB plus headers), but at least 8 and at most `depth`,
 /// rounded down to a power of two.
@@ -472,6 +558,56 @@ fn buffer_count(depth: usize, budget: usize, buf_len: usize) -> u16 {
     let fit = budget.div_ceil(buf_len.max(1)).max(MIN_BUFFERS);
     let n = depth.min(fit).max(1);
     (1usize << (usize::BITS - 1 - n.leading_zeros())) as u16
+}
+
+/// Copies the first bytes of a run's head segment `(offset, len)`, as many as `finish_run` may
+/// rewrite (its headers, at most `HEADER_ROOM`, never past the segment), into `saved`.
+fn save_head(buffer: &[u8], (head_at, head_len): (usize, usize), saved: &mut [u8]) {
+    let n = saved.len().min(head_len);
+    saved[..n].copy_from_slice(&buffer[head_at..head_at + n]);
+}
+
+/// Puts back the `rewritten` bytes of a head segment that [`save_head`] kept: only those, so
+/// that nothing past this run's headers changes.
+fn restore_head(buffer: &mut [u8], head_at: usize, saved: &[u8], rewritten: usize) {
+    let n = rewritten.min(saved.len());
+    buffer[head_at..head_at + n].copy_from_slice(&saved[..n]);
+}
+
+/// Where to cut a receive buffer into datagrams: at the `UDP_GRO` segment size, which every
+/// datagram of a coalesced receive has but the last (`udp_gro_receive` in
+/// net/ipv4/udp_offload.c). When the control data came back cut (`MSG_CTRUNC`) that size may be
+/// missing; then the first packet's own IP length is the stride, since each datagram is one IP
+/// packet (and every piece is validated against its IP length anyway). Otherwise the buffer holds
+/// one datagram.
+fn datagram_stride(gro_size: Option<usize>, control_truncated: bool, payload: &[u8]) -> usize {
+    let ip_len = || match payload.first()? >> 4 {
+        4 => Some(usize::from(u16::from_be_bytes([
+            *payload.get(2)?,
+            *payload.get(3)?,
+        ]))),
+        6 => Some(40 + usize::from(u16::from_be_bytes([*payload.get(4)?, *payload.get(5)?]))),
+        _ => None,
+    };
+    let stride = match gro_size {
+        Some(size) => size,
+        None if control_truncated => ip_len()
+            .filter(|len| *len > 0 && *len <= payload.len())
+            .unwrap_or(payload.len()),
+        None => payload.len(),
+    };
+    stride.max(1)
+}
+
+/// The TUN buffer that segment `segment` of slot `bid`'s sends was read into. A batch
+/// (`iovs_per_segment` 1) carries one packet per buffer: the leader's, then its followers' in
+/// order. A split (2) carries the segments of the one super-packet in `bid`.
+fn segment_source(bid: u16, iovs_per_segment: u8, followers: &[u16], segment: usize) -> u16 {
+    match (iovs_per_segment, segment) {
+        (1, 0) => bid,
+        (1, k) => followers.get(k - 1).copied().unwrap_or(bid),
+        _ => bid,
+    }
 }
 
 fn is_peer_unreachable(errno: i32) -> bool {
@@ -490,18 +626,19 @@ impl Worker {
     /// Hands queued submissions to the ring (not yet to the kernel: the next wait does that).
     fn flush(&mut self, ring: &mut IoUring) {
         let mut start = 0;
-        while start < self.pending.len() {
+        let queued = &self.submissions.queued;
+        while start < queued.len() {
             let mut sq = ring.submission();
             let room = sq.capacity() - sq.len();
-            let end = (start + room).min(self.pending.len());
-            for entry in &self.pending[start..end] {
+            let end = (start + room).min(queued.len());
+            for entry in &queued[start..end] {
                 // SAFETY: every entry points only into `self.memory` or the worker's fds, which stay
                 // alive and owned per the contract in `ring`.
                 unsafe { sq.push(entry).expect("room was checked") };
             }
             drop(sq);
             start = end;
-            if start < self.pending.len() {
+            if start < queued.len() {
                 // The SQ is full: let the kernel take what it has, then continue.
                 if let Err(e) = ring.submit() {
                     self.fatal.get_or_insert(e);
@@ -509,7 +646,7 @@ impl Worker {
                 }
             }
         }
-        self.pending.clear();
+        self.submissions.queued.clear();
     }
 
     /// Handles every available completion, then closes the batch: sends what was gathered,
@@ -519,14 +656,19 @@ impl Worker {
         completions.clear();
         completions.extend(ring.completion());
         for cqe in completions.iter() {
-            self.complete(cqe, now);
+            self.complete(cqe.user_data(), cqe.result(), cqe.flags(), now);
+        }
+        if !self.submissions.injected.is_empty() {
+            for (user_data, result) in std::mem::take(&mut self.submissions.injected) {
+                self.complete(user_data, result, 0, now);
+            }
         }
         self.send_batch();
         self.rearm();
     }
 
     fn submit(&mut self, entry: squeue::Entry, token: Token) {
-        queue_submission(&mut self.in_flight, &mut self.pending, entry, token);
+        self.submissions.queue(entry, token);
     }
 
     /// Publishes the buffers returned during this batch, then re-arms the multishot operations
@@ -560,20 +702,25 @@ impl Worker {
         self.udp_buffers_in_kernel += 1;
     }
 
-    fn complete(&mut self, cqe: &cqueue::Entry, now_ns: u64) {
-        let more = cqueue::more(cqe.flags());
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32, now_ns: u64) {
+        let more = cqueue::more(flags);
         if !more {
-            self.in_flight = self.in_flight.saturating_sub(1);
+            self.submissions.in_flight = self.submissions.in_flight.saturating_sub(1);
         }
-        let Some(token) = Token::from_user_data(cqe.user_data()) else {
+        let Some(token) = Token::from_user_data(user_data) else {
             return;
         };
-        let result = cqe.result();
-        let bid = cqueue::buffer_select(cqe.flags());
+        let bid = cqueue::buffer_select(flags);
+        if more && self.faults.end_multishot() {
+            // Injected: make the kernel end this multishot operation, as it may at any time.
+            let cancel = opcode::AsyncCancel::new(user_data).build();
+            self.submit(cancel, Token::new(Op::Cancel, 0));
+        }
         match token.op {
             Op::TunRead => {
                 if !more {
                     self.tun_read_armed = false;
+                    self.count_multishot_end();
                 }
                 match bid {
                     Some(bid) if result >= 0 => {
@@ -587,6 +734,7 @@ impl Worker {
             Op::UdpRecv => {
                 if !more {
                     self.udp_recv_armed = false;
+                    self.count_multishot_end();
                 }
                 match bid {
                     Some(bid) if result >= 0 => {
@@ -600,6 +748,13 @@ impl Worker {
             Op::UdpSend => self.on_send_done(token.index, result, now_ns),
             Op::TunWrite => self.on_write_done(token.index, result, now_ns),
             Op::Cancel => {}
+        }
+    }
+
+    /// A multishot operation ended; unless we are stopping, `rearm` starts it again.
+    fn count_multishot_end(&mut self) {
+        if !self.stopping {
+            self.stats.counters.multishot_restarts += 1;
         }
     }
 
@@ -800,13 +955,18 @@ impl Worker {
         }
         slot.msg_segments[msg] = (segments as u16, first_segment as u16);
         slot.pending += 1;
+        let token = Token::new(Op::UdpSend, u32::from(bid) | (msg as u32) << 16);
+        if let Some(errno) = self.faults.send_error(segment_size.is_some()) {
+            if errno == libc::EIO {
+                // Refused GSO sends come in pairs: the second is in flight when the first fails.
+                return self.submissions.inject_in_pairs(token, errno);
+            }
+            return self.submissions.inject(token, errno);
+        }
         let send = opcode::SendMsg::new(UDP_FILE, &slot.msgs[msg])
             .flags(libc::MSG_DONTWAIT as u32)
             .build();
-        self.submit(
-            send,
-            Token::new(Op::UdpSend, u32::from(bid) | (msg as u32) << 16),
-        );
+        self.submit(send, token);
     }
 
     /// Sends a super-packet's segments: headers rewritten into the slot, payloads in place.
@@ -863,46 +1023,37 @@ impl Worker {
         let msg = (index >> 16) as usize;
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         let (segments, first) = slot.msg_segments[msg];
+        let (segments, first) = (usize::from(segments), usize::from(first));
         slot.pending -= 1;
-        let is_batch = slot.iovs_per_segment == 1;
         if result >= 0 {
-            self.stats.counters.udp_tx_packets += u64::from(segments);
+            self.stats.counters.udp_tx_packets += segments as u64;
             self.stats.counters.udp_tx_bytes += result as u64;
-            if is_batch {
-                // Each packet of a batch has its own read time.
-                let started = self.tun_read_at_ns[usize::from(bid)];
+            // One sample per datagram, timed from the read of the buffer it came from: a batch
+            // leader's or follower's own buffer, or the one super-packet a split came from.
+            let slot = &self.memory.tun_slots[usize::from(bid)];
+            for segment in first..first + segments {
+                let source = segment_source(bid, slot.iovs_per_segment, &slot.followers, segment);
+                let started = self.tun_read_at_ns[usize::from(source)];
                 self.stats
                     .record_latency(Direction::TunToUdp, now_ns.saturating_sub(started));
-                for k in 0..slot.followers.len() {
-                    let started = self.tun_read_at_ns[usize::from(slot.followers[k])];
-                    self.stats
-                        .record_latency(Direction::TunToUdp, now_ns.saturating_sub(started));
-                }
-            } else {
-                let started = self.tun_read_at_ns[usize::from(bid)];
-                self.stats.record_latency_n(
-                    Direction::TunToUdp,
-                    now_ns.saturating_sub(started),
-                    u64::from(segments),
-                );
             }
         } else {
             let errno = -result;
-            if segments > 1
-                && (errno == libc::EIO || errno == libc::EINVAL)
-                && self.offloads.udp_gso
+            if msg < MAX_GSO_SENDS && segments > 1 && (errno == libc::EIO || errno == libc::EINVAL)
             {
                 // The egress device cannot do UDP GSO (no checksum offload): turn it off and send
-                // these segments one by one (quinn-udp and wireguard-go do the same).
-                self.offloads.udp_gso = false;
+                // these segments one by one (quinn-udp and wireguard-go do the same). Every GSO
+                // send that fails so is redone, also those already in flight when GSO went off.
+                if self.offloads.udp_gso {
+                    self.offloads.udp_gso = false;
+                    eprintln!(
+                        "tunfwd: queue {}: UDP GSO send failed ({}); sending without GSO from now on",
+                        self.stats.queue,
+                        io::Error::from_raw_os_error(errno)
+                    );
+                }
                 self.stats.counters.gso_fallbacks += 1;
-                eprintln!(
-                    "tunfwd: queue {}: UDP GSO send failed ({}); sending without GSO from now on",
-                    self.stats.queue,
-                    io::Error::from_raw_os_error(errno)
-                );
-                for j in 0..usize::from(segments) {
-                    let segment = usize::from(first) + j;
+                for segment in first..first + segments {
                     self.submit_send(bid, MAX_GSO_SENDS + segment, segment, 1, None);
                 }
                 return;
@@ -916,7 +1067,7 @@ impl Worker {
             } else {
                 DropReason::UdpSendError
             };
-            self.stats.counters.drop_n(reason, u64::from(segments));
+            self.stats.counters.drop_n(reason, segments as u64);
         }
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         if slot.pending == 0 {
@@ -950,9 +1101,12 @@ impl Worker {
         }
         let payload = message.payload_data();
         let payload_at = payload.as_ptr() as usize - buffer.as_ptr() as usize;
-        let stride = socket::gro_segment_size(message.control_data())
-            .unwrap_or(payload.len())
-            .max(1);
+        let truncated = message.is_control_data_truncated();
+        if truncated {
+            self.stats.counters.control_truncated += 1;
+        }
+        let gro_size = socket::gro_segment_size(message.control_data());
+        let stride = datagram_stride(gro_size, truncated, payload);
         let payload_len = payload.len();
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
         slot.segments.clear();
@@ -992,10 +1146,11 @@ impl Worker {
         for (r, run) in runs.iter().enumerate() {
             if run.count > 1 {
                 // Keep the head's original headers in case the kernel refuses the merged write.
-                let (head_at, _) = slot.segments[run.first];
-                let saved = &mut slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM];
-                let n = HEADER_ROOM.min(buffer.len() - head_at);
-                saved[..n].copy_from_slice(&buffer[head_at..head_at + n]);
+                save_head(
+                    buffer,
+                    slot.segments[run.first],
+                    &mut slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM],
+                );
                 slot.vnet_headers[r] = coalesce::finish_run(buffer, &slot.segments, *run);
                 self.stats.counters.coalesced_writes += 1;
             }
@@ -1028,16 +1183,16 @@ impl Worker {
                     iov += 1;
                 }
             }
+            slot.pending += 1;
+            let token = Token::new(Op::TunWrite, u32::from(bid) | (r as u32) << 16);
+            if run.count > 1 && self.faults.tun_write_einval() {
+                self.submissions.inject(token, libc::EINVAL);
+                continue;
+            }
             let write =
                 opcode::Writev::new(TUN_FILE, slot.iovs[start..].as_ptr(), (iov - start) as u32)
                     .build();
-            slot.pending += 1;
-            queue_submission(
-                &mut self.in_flight,
-                &mut self.pending,
-                write,
-                Token::new(Op::TunWrite, u32::from(bid) | (r as u32) << 16),
-            );
+            self.submissions.queue(write, token);
         }
         slot.runs = runs;
     }
@@ -1087,15 +1242,25 @@ impl Worker {
             self.coalesce = Policy::NONE;
         }
         self.stats.counters.coalesce_fallbacks += 1;
-        // SAFETY: the worker owns `bid`: its only submission (this run's write) has completed, and
-        // the buffer's other writes do not touch this run's bytes.
+        // SAFETY: the worker owns `bid` (the contract in `ring`). The one submission that named
+        // this run's bytes, its merged write, has completed; the buffer's other writes, maybe
+        // still in flight, name other runs' bytes, which this writes none of (`restore_head`
+        // touches only this run's rewritten headers).
         let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
         let run = slot.runs[r];
         let (head_at, _) = slot.segments[run.first];
-        let saved = &slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM];
-        let n = HEADER_ROOM.min(buffer.len() - head_at);
-        buffer[head_at..head_at + n].copy_from_slice(&saved[..n]);
+        // Exactly the bytes finish_run rewrote (the merged packet's header length): a run can be
+        // shorter than HEADER_ROOM, and the next run's rewritten head, maybe still in flight,
+        // starts right after it.
+        let rewritten = VnetHeader::new_checked(&slot.vnet_headers[r][..])
+            .map_or(0, |h| usize::from(h.hdr_len()));
+        restore_head(
+            buffer,
+            head_at,
+            &slot.saved_headers[r * HEADER_ROOM..][..HEADER_ROOM],
+            rewritten,
+        );
         for s in run.first..run.first + run.count {
             let (at, len) = slot.segments[s];
             slot.fallback_iovs[2 * s] = libc::iovec {
@@ -1109,9 +1274,7 @@ impl Worker {
             let write =
                 opcode::Writev::new(TUN_FILE, slot.fallback_iovs[2 * s..].as_ptr(), 2).build();
             slot.pending += 1;
-            queue_submission(
-                &mut self.in_flight,
-                &mut self.pending,
+            self.submissions.queue(
                 write,
                 Token::new(
                     Op::TunWrite,
@@ -1133,8 +1296,14 @@ impl Worker {
         self.stopping = true;
         let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
         self.submit(cancel, Token::new(Op::Cancel, 0));
+        let held = self.submissions.held.take();
+        self.submissions.injected.extend(held);
+        if self.faults.drain_stuck() {
+            // Injected: an operation that never reports back.
+            self.submissions.in_flight += 1;
+        }
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        while self.in_flight > 0 && Instant::now() < deadline {
+        while self.submissions.in_flight > 0 && Instant::now() < deadline {
             self.flush(ring);
             if wait(ring, 1, IDLE_WAIT).is_err() {
                 break;
@@ -1142,13 +1311,193 @@ impl Worker {
             self.reap(ring, epoch, completions);
         }
         self.flush(ring);
-        self.in_flight == 0
+        self.submissions.in_flight == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::buffer_count;
+    use super::*;
+    use crate::offload::test_packets::{Spec, build};
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_worker_that_dies_in_setup_cannot_hang_the_wait() {
+        // Three workers: one reports, one panics before reporting, one reports after the panic
+        // and then keeps running (as a healthy worker does). The wait must end, with an error.
+        let (tx, rx) = mpsc::channel::<Result<(), sys::Error>>();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let ok = tx.clone();
+        ok.send(Ok(())).unwrap();
+        drop(ok);
+        let dying = tx.clone();
+        let panicker = std::thread::spawn(move || {
+            let _sender = dying;
+            panic!("injected: setup failed");
+        });
+        let late = tx.clone();
+        let survivor = std::thread::spawn(move || {
+            late.send(Ok(())).unwrap();
+            drop(late); // what `run` does once it has reported
+            let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+        });
+        drop(tx);
+        assert!(panicker.join().is_err());
+        let (done_tx, done_rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = done_tx.send(await_ready(&rx, 3));
+        });
+        let verdict = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("await_ready returned instead of hanging");
+        assert!(matches!(
+            verdict,
+            Err(sys::Error::WorkerLost { missing: 1 })
+        ));
+        drop(hold_tx);
+        survivor.join().unwrap();
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn setup_errors_are_reported_and_success_needs_every_worker() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(Ok(())).unwrap();
+        tx.send(Err(sys::Error::Pin { queue: 1, cpu: 9 })).unwrap();
+        drop(tx);
+        assert!(matches!(
+            await_ready(&rx, 2),
+            Err(sys::Error::Pin { queue: 1, cpu: 9 })
+        ));
+        let (tx, rx) = mpsc::channel();
+        tx.send(Ok(())).unwrap();
+        tx.send(Ok(())).unwrap();
+        assert!(await_ready(&rx, 2).is_ok());
+    }
+
+    /// Two UDP flows of two tiny datagrams each: two runs of 2 x 32 bytes, the first far shorter
+    /// than HEADER_ROOM.
+    fn two_tiny_runs() -> (Vec<u8>, Vec<(usize, usize)>, Vec<Run>) {
+        let mut buffer = Vec::new();
+        let mut segments = Vec::new();
+        for sport in [1000, 2000] {
+            for _ in 0..2 {
+                let p = build(&Spec {
+                    udp: true,
+                    payload_len: 4,
+                    sport,
+                    ..Spec::default()
+                });
+                segments.push((buffer.len(), p.len()));
+                buffer.extend_from_slice(&p);
+            }
+        }
+        let mut runs = Vec::new();
+        coalesce::plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
+        assert_eq!(
+            runs,
+            vec![Run { first: 0, count: 2 }, Run { first: 2, count: 2 }]
+        );
+        (buffer, segments, runs)
+    }
+
+    #[test]
+    fn restoring_a_short_run_leaves_the_next_runs_rewritten_head_alone() {
+        let (mut buffer, segments, runs) = two_tiny_runs();
+        let original = buffer.clone();
+        let mut saved = vec![0u8; runs.len() * HEADER_ROOM];
+        let mut vnet_headers = Vec::new();
+        for (r, run) in runs.iter().enumerate() {
+            save_head(
+                &buffer,
+                segments[run.first],
+                &mut saved[r * HEADER_ROOM..][..HEADER_ROOM],
+            );
+            vnet_headers.push(coalesce::finish_run(&mut buffer, &segments, *run));
+        }
+        let merged = buffer.clone();
+        let (head0, _) = segments[runs[0].first];
+        let (head1, len1) = segments[runs[1].first];
+        assert!(
+            head1 - head0 < HEADER_ROOM,
+            "the runs sit closer than HEADER_ROOM"
+        );
+        assert_ne!(merged[head1..head1 + len1], original[head1..head1 + len1]);
+
+        // What the merged-write EINVAL fallback does for run 0.
+        let rewritten = usize::from(
+            VnetHeader::new_checked(&vnet_headers[0][..])
+                .unwrap()
+                .hdr_len(),
+        );
+        restore_head(&mut buffer, head0, &saved[..HEADER_ROOM], rewritten);
+        assert_eq!(
+            buffer[..head1],
+            original[..head1],
+            "run 0 is back to its original segments"
+        );
+        assert_eq!(
+            buffer[head1..],
+            merged[head1..],
+            "run 1, maybe still in flight, is untouched"
+        );
+
+        // Restoring all of HEADER_ROOM, as tunfwd once did, would have undone run 1's rewrite.
+        let mut old_way = merged.clone();
+        restore_head(&mut old_way, head0, &saved[..HEADER_ROOM], HEADER_ROOM);
+        assert_ne!(old_way[head1..], merged[head1..]);
+    }
+
+    #[test]
+    fn stride_comes_from_gro_or_the_first_ip_length_when_control_was_cut() {
+        let p = build(&Spec {
+            udp: true,
+            payload_len: 100,
+            ..Spec::default()
+        });
+        let mut two = p.clone();
+        two.extend_from_slice(&p);
+        assert_eq!(datagram_stride(Some(128), false, &two), 128);
+        assert_eq!(
+            datagram_stride(Some(128), true, &two),
+            128,
+            "the size survived"
+        );
+        assert_eq!(datagram_stride(None, true, &two), p.len());
+        assert_eq!(
+            datagram_stride(None, false, &two),
+            two.len(),
+            "one datagram"
+        );
+        let v6 = build(&Spec {
+            ipv6: true,
+            udp: true,
+            payload_len: 10,
+            ..Spec::default()
+        });
+        let mut v6s = v6.clone();
+        v6s.extend_from_slice(&v6);
+        assert_eq!(datagram_stride(None, true, &v6s), v6.len());
+        // Garbage or an IP length past the buffer: one datagram, which validation then judges.
+        assert_eq!(datagram_stride(None, true, &[0xff; 30]), 30);
+        let mut long = p.clone();
+        long[2..4].copy_from_slice(&9000u16.to_be_bytes());
+        assert_eq!(datagram_stride(None, true, &long), long.len());
+        assert_eq!(datagram_stride(None, true, &[]), 1);
+    }
+
+    #[test]
+    fn each_sent_segment_is_timed_from_its_own_buffer() {
+        let followers = [7, 9, 4];
+        let batch: Vec<u16> = (0..4)
+            .map(|k| segment_source(3, 1, &followers, k))
+            .collect();
+        assert_eq!(batch, vec![3, 7, 9, 4]);
+        assert!(
+            (0..40).all(|k| segment_source(3, 2, &[], k) == 3),
+            "a split"
+        );
+    }
 
     #[test]
     fn buffers_fit_the_budget_within_depth() {

@@ -2,18 +2,28 @@
 //!
 //! # The buffer-lifetime contract (the whole soundness story)
 //! Every buffer tunfwd does I/O on lives in a [`BufRing`], allocated once per worker and never
-//! moved. A buffer is owned by exactly one side at a time:
+//! moved, or in the per-buffer slots beside it (msghdrs, iovecs, rewritten headers, virtio
+//! headers), which are allocated with it and never resized. A buffer is owned by exactly one side
+//! at a time:
 //!
 //! * **Kernel-owned** from the moment [`BufRing::provide`] puts its id in the ring until a
 //!   completion names that id (`cqueue::buffer_select`). The kernel may write to it at any time;
 //!   we must not read or write it.
-//! * **Worker-owned** from that completion until the worker provides it again. While worker-owned
-//!   it may be named by at most one in-flight submission (a send or a TUN write), during which we
-//!   do not touch it either; the buffer is provided again only after that submission completes.
+//! * **Worker-owned** from that completion until the worker provides it again. While it is
+//!   worker-owned, any number of in-flight submissions may name it, each reading its own bytes:
+//!   the GSO sends of one split super-packet (each over its segments' payloads, plus headers in
+//!   the slot), the sends of a batch that gathers several buffers, or the TUN writes of one
+//!   receive buffer (one per merged run, over disjoint segments, and the per-segment rewrites of a
+//!   run the kernel refused). The slot counts them (`pending`). While a submission is in flight
+//!   the worker writes none of the bytes it names; it may still write other bytes of the same
+//!   buffer, which is why a refused run's saved headers are restored over exactly the bytes
+//!   that were rewritten and no more. The buffer (with a batch's followers) is provided again
+//!   only when the last of its submissions has completed.
 //!
-//! The memory itself must outlive every operation that can touch it: a worker frees its
-//! `BufRing`s only after it has cancelled all operations and seen their last completions. If that
-//! drain does not finish, the worker leaks the rings instead of freeing them (`Worker::drop`).
+//! The memory itself must outlive every operation that can touch it: at shutdown a worker
+//! cancels all operations and waits for their last completions before freeing anything. If that
+//! drain does not finish in time, `worker::run` leaks the memory and the ring
+//! (`std::mem::forget`) instead of freeing them, and says so.
 //! Every `unsafe` block in this module and in `worker` refers back to this contract.
 
 mod bufring;
