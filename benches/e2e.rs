@@ -8,14 +8,24 @@
 //! runs one benchmark to completion before the next, which would compare systems measured minutes
 //! apart. (The pure code is benched with criterion in `benches/micro.rs`.)
 //!
-//! Scenarios: single-stream and 4-stream TCP (verified bulk), 64-byte and 1400-byte UDP floods
-//! (sent, received, loss), ICMP RTT idle and under single-stream TCP load, and CPU seconds per GB
-//! moved (all CPUs, from /proc/stat, during the single-stream run: both relays, the load tool and
-//! the kernel's softirq work all live on this machine).
+//! Scenarios, with the names `BENCH_SCENARIOS` takes:
+//! * `rtt`: ICMP RTT on an idle tunnel.
+//! * `tcp1`: single-stream TCP, with ICMP RTT under that load and CPU seconds per GB moved (all
+//!   CPUs, from /proc/stat: both relays, the load tool and the kernel's softirq work all live on
+//!   this machine).
+//! * `tcp4`: four TCP streams.
+//! * `udp64`, `udp1400`: 64-byte and 1400-byte UDP floods (sent, received, loss).
+//! * `mss`: single-stream TCP with the inner MSS clamped to 536, 400 and 200 on both ends
+//!   (`tunload --mss`), through tunfwd q1 with default options and through the kernel's VXLAN
+//!   only, reported per MSS with the tunfwd/VXLAN ratio. Small segments multiply the packets per
+//!   byte, and a 64 KB super-packet at MSS 400 or less holds more than 128 segments.
 //!
 //! Needs root; without it, prints that and exits 0. Knobs (environment): `BENCH_ROUNDS` (3),
-//! `BENCH_SECONDS` per traffic run (5), `BENCH_SYSTEMS` (comma list of system names; all),
-//! `BENCH_OUT` (directory, `bench-results`).
+//! `BENCH_SECONDS` per traffic run (5), `BENCH_SYSTEMS` (comma list of system keys as in the
+//! report's file names, e.g. `vxlan,tunfwd-q1`; all), `BENCH_SCENARIOS` (comma list of the
+//! scenario names above; all), `BENCH_OUT` (directory, `bench-results`). A system that takes part
+//! in none of the chosen scenarios is not started, so the MSS scenario alone is
+//! `sudo BENCH_SCENARIOS=mss cargo bench --bench e2e`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -208,6 +218,79 @@ impl System {
     }
 }
 
+/// What a round measures on a system; `name` is what `BENCH_SCENARIOS` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    IdleRtt,
+    Tcp1,
+    Tcp4,
+    Udp64,
+    Udp1400,
+    InnerMss,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::IdleRtt,
+        Scenario::Tcp1,
+        Scenario::Tcp4,
+        Scenario::Udp64,
+        Scenario::Udp1400,
+        Scenario::InnerMss,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::IdleRtt => "rtt",
+            Scenario::Tcp1 => "tcp1",
+            Scenario::Tcp4 => "tcp4",
+            Scenario::Udp64 => "udp64",
+            Scenario::Udp1400 => "udp1400",
+            Scenario::InnerMss => "mss",
+        }
+    }
+
+    /// The MSS scenario compares tunfwd's default setup with the kernel's VXLAN only: it is about
+    /// small segments, not about tunfwd's options, and three more runs per system would add
+    /// minutes per round.
+    fn applies_to(self, system: &System) -> bool {
+        match self {
+            Scenario::InnerMss => {
+                *system == System::Vxlan || *system == System::Tunfwd(TunfwdSetup::DEFAULT)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// One inner MSS of the `mss` scenario, with its sample keys.
+struct MssCase {
+    mss: u32,
+    gbit_key: &'static str,
+    in_effect_key: &'static str,
+}
+
+/// 536 is the default MSS for IPv4 (RFC 9293, 3.7.1); 400 and 200 put more than 128 segments into
+/// a 64 KB super-packet, more than one UDP GSO send carries (`UDP_MAX_SEGMENTS`, 128 since Linux
+/// 6.9).
+const MSS_CASES: [MssCase; 3] = [
+    MssCase {
+        mss: 536,
+        gbit_key: "mss536_gbit_s",
+        in_effect_key: "mss536_in_effect",
+    },
+    MssCase {
+        mss: 400,
+        gbit_key: "mss400_gbit_s",
+        in_effect_key: "mss400_in_effect",
+    },
+    MssCase {
+        mss: 200,
+        gbit_key: "mss200_gbit_s",
+        in_effect_key: "mss200_in_effect",
+    },
+];
+
 struct Bins {
     tunfwd: PathBuf,
     tunload: PathBuf,
@@ -240,44 +323,56 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn tcp(&self, system: &System, streams: usize, with_ping: Option<&str>) -> Sample {
+    /// TCP bulk over `system` with `streams` streams; `mss` clamps the inner MSS on both ends,
+    /// `with_ping` measures RTT under the load into that `.hgrm` file.
+    fn tcp(
+        &self,
+        system: &System,
+        streams: usize,
+        mss: Option<&MssCase>,
+        with_ping: Option<&str>,
+    ) -> Sample {
         let target = endpoint(system.target(), 5201);
-        let secs = self.seconds.to_string();
+        let (secs, sink_secs, streams_arg) = (
+            self.seconds.to_string(),
+            (self.seconds + 60).to_string(),
+            streams.to_string(),
+        );
+        let mss_arg = mss.map(|c| c.mss.to_string());
+        let mut sink_args = vec![
+            "tcp-sink",
+            "--listen",
+            "0.0.0.0:5201",
+            "--streams",
+            &streams_arg,
+            "--seconds",
+            &sink_secs,
+        ];
+        let mut send_args = vec![
+            "tcp-send",
+            "--to",
+            &target,
+            "--seconds",
+            &secs,
+            "--streams",
+            &streams_arg,
+            // Counted, not checked, as iperf3 does: the tests check every byte, and here
+            // the pattern's CPU would come out of the 2 cores the systems share.
+            "--unchecked",
+        ];
+        if let Some(mss) = &mss_arg {
+            // Both ends: each one's clamp goes out in its SYN or SYN-ACK.
+            sink_args.extend(["--mss", mss]);
+            send_args.extend(["--mss", mss]);
+        }
         let mut sink = self
             .bed
-            .tunload_background(
-                Host::B,
-                "bench-tcp-sink",
-                &[
-                    "tcp-sink",
-                    "--listen",
-                    "0.0.0.0:5201",
-                    "--streams",
-                    &streams.to_string(),
-                    "--seconds",
-                    &(self.seconds + 60).to_string(),
-                ],
-            )
+            .tunload_background(Host::B, "bench-tcp-sink", &sink_args)
             .unwrap();
         let cpu_before = testbed::busy_cpu_seconds();
         let mut sender = self
             .bed
-            .tunload_background(
-                Host::A,
-                "bench-tcp-send",
-                &[
-                    "tcp-send",
-                    "--to",
-                    &target,
-                    "--seconds",
-                    &secs,
-                    "--streams",
-                    &streams.to_string(),
-                    // Counted, not checked, as iperf3 does: the tests check every byte, and here
-                    // the pattern's CPU would come out of the 2 cores the systems share.
-                    "--unchecked",
-                ],
-            )
+            .tunload_background(Host::A, "bench-tcp-send", &send_args)
             .unwrap();
         let mut sample = Sample::new();
         if let Some(hgrm) = with_ping {
@@ -321,25 +416,35 @@ impl Runner<'_> {
             .map(|s| s.success())
             .unwrap_or(false);
         let cpu = testbed::busy_cpu_seconds() - cpu_before;
-        let _ = sink.wait_for(Duration::from_secs(30));
-        let key = if streams == 1 {
-            "tcp1_gbit_s"
+        if ok {
+            let _ = sink.wait_for(Duration::from_secs(30));
         } else {
-            "tcp4_gbit_s"
+            // Nothing to wait for: the sink may be draining a stalled stream until its deadline.
+            let _ = sink.terminate(Duration::from_secs(3));
+        }
+        let key = match (mss, streams) {
+            (Some(c), _) => c.gbit_key,
+            (None, 1) => "tcp1_gbit_s",
+            (None, _) => "tcp4_gbit_s",
         };
         match parse_json(&sender.stdout()) {
             Ok(v) if ok => {
                 let gbit = v["gbit_per_s"].as_f64().unwrap_or(0.0);
                 sample.insert(key, gbit);
                 let gb = v["bytes"].as_f64().unwrap_or(0.0) / 1e9;
-                if streams == 1 && gb > 0.0 {
+                if streams == 1 && mss.is_none() && gb > 0.0 {
                     sample.insert("cpu_s_per_gb", cpu / gb);
+                }
+                if let Some(c) = mss {
+                    sample.insert(c.in_effect_key, v["mss"].as_f64().unwrap_or(f64::NAN));
                 }
             }
             _ => {
                 eprintln!(
-                    "  {} tcp x{streams} failed: {}",
+                    "  {} tcp x{streams}{} failed: {}",
                     system.name(),
+                    mss.map(|c| format!(" at MSS {}", c.mss))
+                        .unwrap_or_default(),
                     sender.stderr()
                 );
                 sample.insert(key, 0.0);
@@ -454,27 +559,46 @@ impl Runner<'_> {
         sample
     }
 
-    fn round(&self, system: &System, bins: &Bins, round: usize) -> Sample {
+    /// Runs every scenario in `scenarios` that applies to `system`, in the order given.
+    fn round(&self, system: &System, bins: &Bins, round: usize, scenarios: &[Scenario]) -> Sample {
         let processes = system.start(self.bed, bins);
-        let hgrm = self.out.join(format!(
-            "{}-{}-loaded-rtt-us.hgrm",
-            self.stamp,
-            system.key()
-        ));
-        let mut sample = self.idle_ping(system);
-        sample.extend(self.tcp(system, 1, (round == 0).then_some(hgrm.to_str().unwrap())));
-        if round != 0 {
-            // The loaded-RTT histogram file is kept from round 0; later rounds still measure it.
-            let scratch = self.bed.path("loaded.hgrm");
-            sample.extend(
-                self.tcp(system, 1, Some(scratch.to_str().unwrap()))
-                    .into_iter()
-                    .filter(|(k, _)| k.starts_with("loaded")),
-            );
+        let mut sample = Sample::new();
+        for scenario in scenarios.iter().filter(|s| s.applies_to(system)) {
+            match scenario {
+                Scenario::IdleRtt => sample.extend(self.idle_ping(system)),
+                Scenario::Tcp1 => {
+                    let hgrm = self.out.join(format!(
+                        "{}-{}-loaded-rtt-us.hgrm",
+                        self.stamp,
+                        system.key()
+                    ));
+                    sample.extend(self.tcp(
+                        system,
+                        1,
+                        None,
+                        (round == 0).then_some(hgrm.to_str().unwrap()),
+                    ));
+                    if round != 0 {
+                        // The loaded-RTT histogram file is kept from round 0; later rounds still
+                        // measure it.
+                        let scratch = self.bed.path("loaded.hgrm");
+                        sample.extend(
+                            self.tcp(system, 1, None, Some(scratch.to_str().unwrap()))
+                                .into_iter()
+                                .filter(|(k, _)| k.starts_with("loaded")),
+                        );
+                    }
+                }
+                Scenario::Tcp4 => sample.extend(self.tcp(system, 4, None, None)),
+                Scenario::Udp64 => sample.extend(self.udp(system, 64)),
+                Scenario::Udp1400 => sample.extend(self.udp(system, 1372)),
+                Scenario::InnerMss => {
+                    for case in &MSS_CASES {
+                        sample.extend(self.tcp(system, 1, Some(case), None));
+                    }
+                }
+            }
         }
-        sample.extend(self.tcp(system, 4, None));
-        sample.extend(self.udp(system, 64));
-        sample.extend(self.udp(system, 1372));
         drop(processes);
         sample
     }
@@ -585,15 +709,36 @@ fn main() {
             ..TunfwdSetup::DEFAULT
         }),
     ];
-    let wanted = std::env::var("BENCH_SYSTEMS").ok();
+    let listed = |var: &str, name: &str| {
+        std::env::var(var)
+            .ok()
+            .is_none_or(|w| w.split(',').any(|k| k.trim() == name))
+    };
+    if let Ok(w) = std::env::var("BENCH_SCENARIOS") {
+        let unknown: Vec<&str> = w
+            .split(',')
+            .map(str::trim)
+            .filter(|k| Scenario::ALL.iter().all(|s| s.name() != *k))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "BENCH_SCENARIOS: unknown {unknown:?}; the scenarios are {:?}",
+            Scenario::ALL.map(Scenario::name)
+        );
+    }
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| listed("BENCH_SCENARIOS", s.name()))
+        .collect();
     let systems: Vec<System> = all
         .into_iter()
-        .filter(|s| {
-            wanted
-                .as_ref()
-                .is_none_or(|w| w.split(',').any(|k| k.trim() == s.key()))
-        })
+        .filter(|s| listed("BENCH_SYSTEMS", &s.key()))
+        .filter(|s| scenarios.iter().any(|sc| sc.applies_to(s)))
         .collect();
+    assert!(
+        !systems.is_empty(),
+        "BENCH_SYSTEMS and BENCH_SCENARIOS leave nothing to run (`mss` runs on vxlan and tunfwd-q1 only)"
+    );
     let bins = Bins {
         tunfwd: PathBuf::from(env!("CARGO_BIN_EXE_tunfwd")),
         tunload: PathBuf::from(env!("CARGO_BIN_EXE_tunload")),
@@ -643,7 +788,7 @@ fn main() {
     for round in 0..rounds {
         for system in &systems {
             eprintln!("round {}/{rounds}: {}", round + 1, system.name());
-            let s = runner.round(system, &bins, round);
+            let s = runner.round(system, &bins, round, &scenarios);
             eprintln!("  {s:?}");
             samples.entry(system.key()).or_default().push(s);
         }
@@ -657,20 +802,29 @@ fn main() {
             .unwrap_or_default();
         median(&v)
     };
-    write_results(&out, &stamp, &commit, &systems, &metric, rounds, seconds);
+    write_results(
+        &out, &stamp, &commit, &systems, &scenarios, &metric, rounds, seconds,
+    );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_results(
     out: &Path,
     stamp: &str,
     commit: &str,
     systems: &[System],
+    scenarios: &[Scenario],
     metric: &dyn Fn(&str, &str) -> f64,
     rounds: usize,
     seconds: u64,
 ) {
     let mut command = String::from("sudo");
-    for k in ["BENCH_ROUNDS", "BENCH_SECONDS", "BENCH_SYSTEMS"] {
+    for k in [
+        "BENCH_ROUNDS",
+        "BENCH_SECONDS",
+        "BENCH_SYSTEMS",
+        "BENCH_SCENARIOS",
+    ] {
         if let Ok(v) = std::env::var(k) {
             command += &format!(" {k}={v}");
         }
@@ -685,78 +839,96 @@ fn write_results(
         md,
         "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth, relay A pinned from the first CPU and relay B from the last (two machines would not share a core); TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
     );
-    let _ = writeln!(
-        md,
-        "- CPU s/GB: busy CPU seconds on the whole machine (both relays, load tool, softirq) per GB moved in the single-stream run\n"
-    );
-    let _ = writeln!(
-        md,
-        "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for s in systems {
-        let k = s.key();
-        let m = |name: &str| metric(&k, name);
+    let selected = |scenario: Scenario| scenarios.contains(&scenario);
+    if selected(Scenario::InnerMss) {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} ({}, {}%) | {} ({}, {}%) | {}/{} | {}/{} | {} |",
-            s.name(),
-            fmt(m("tcp1_gbit_s"), 2),
-            fmt(m("tcp4_gbit_s"), 2),
-            fmt(m("udp64_rx_pps"), 0),
-            fmt(m("udp64_sent_pps"), 0),
-            fmt(100.0 * m("udp64_loss"), 1),
-            fmt(m("udp1400_rx_pps"), 0),
-            fmt(m("udp1400_sent_pps"), 0),
-            fmt(100.0 * m("udp1400_loss"), 1),
-            fmt(m("idle_rtt_p50_us"), 0),
-            fmt(m("idle_rtt_p99_us"), 0),
-            fmt(m("loaded_rtt_p50_us"), 0),
-            fmt(m("loaded_rtt_p99_us"), 0),
-            fmt(m("cpu_s_per_gb"), 2),
+            "- inner MSS: single-stream TCP with `tunload --mss` on both tcp-send and tcp-sink, through the kernel's VXLAN and tunfwd q1 with default options; \"in effect\" is getsockopt(TCP_MAXSEG) on the sender, which leaves out the room TCP options take (12 bytes of timestamps)"
         );
     }
-    let _ = writeln!(md, "\n## Ratios (same run)\n");
-    let _ = writeln!(
-        md,
-        "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | ×own no-offload | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    let ratio = |k: &str, base: &str, m: &str| metric(k, m) / metric(base, m);
-    for s in systems {
-        let k = s.key();
-        // The same tunfwd configuration with offloads off, when this one has them on.
-        let own = match s {
-            System::Tunfwd(t) if t.offload => Some(
-                System::Tunfwd(TunfwdSetup {
-                    offload: false,
-                    ..t.clone()
-                })
-                .key(),
-            ),
-            _ => None,
-        };
+    if selected(Scenario::Tcp1) {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            s.name(),
-            fmt(ratio(&k, "vxlan", "tcp1_gbit_s"), 2),
-            fmt(ratio(&k, "veth", "tcp1_gbit_s"), 2),
-            fmt(ratio(&k, "simpletun", "tcp1_gbit_s"), 1),
-            own.map_or("-".into(), |own| fmt(ratio(&k, &own, "tcp1_gbit_s"), 1)),
-            fmt(ratio(&k, "vxlan", "tcp4_gbit_s"), 2),
-            fmt(ratio(&k, "vxlan", "udp64_rx_pps"), 2),
-            fmt(ratio(&k, "veth", "udp64_rx_pps"), 2),
-            fmt(ratio(&k, "simpletun", "udp64_rx_pps"), 1),
+            "- CPU s/GB: busy CPU seconds on the whole machine (both relays, load tool, softirq) per GB moved in the single-stream run"
         );
     }
-    let _ = writeln!(
-        md,
-        "\nLatency percentile files (`.hgrm`, µs, ping under single-stream TCP load, round 1): `{stamp}-<system>-loaded-rtt-us.hgrm`. Plot: `{stamp}-e2e.svg`."
-    );
+    let _ = writeln!(md);
+    if scenarios.iter().any(|s| *s != Scenario::InnerMss) {
+        let _ = writeln!(
+            md,
+            "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for s in systems {
+            let k = s.key();
+            let m = |name: &str| metric(&k, name);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} ({}, {}%) | {} ({}, {}%) | {}/{} | {}/{} | {} |",
+                s.name(),
+                fmt(m("tcp1_gbit_s"), 2),
+                fmt(m("tcp4_gbit_s"), 2),
+                fmt(m("udp64_rx_pps"), 0),
+                fmt(m("udp64_sent_pps"), 0),
+                fmt(100.0 * m("udp64_loss"), 1),
+                fmt(m("udp1400_rx_pps"), 0),
+                fmt(m("udp1400_sent_pps"), 0),
+                fmt(100.0 * m("udp1400_loss"), 1),
+                fmt(m("idle_rtt_p50_us"), 0),
+                fmt(m("idle_rtt_p99_us"), 0),
+                fmt(m("loaded_rtt_p50_us"), 0),
+                fmt(m("loaded_rtt_p99_us"), 0),
+                fmt(m("cpu_s_per_gb"), 2),
+            );
+        }
+        let _ = writeln!(md, "\n## Ratios (same run)\n");
+        let _ = writeln!(
+            md,
+            "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | ×own no-offload | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        let ratio = |k: &str, base: &str, m: &str| metric(k, m) / metric(base, m);
+        for s in systems {
+            let k = s.key();
+            // The same tunfwd configuration with offloads off, when this one has them on.
+            let own = match s {
+                System::Tunfwd(t) if t.offload => Some(
+                    System::Tunfwd(TunfwdSetup {
+                        offload: false,
+                        ..t.clone()
+                    })
+                    .key(),
+                ),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name(),
+                fmt(ratio(&k, "vxlan", "tcp1_gbit_s"), 2),
+                fmt(ratio(&k, "veth", "tcp1_gbit_s"), 2),
+                fmt(ratio(&k, "simpletun", "tcp1_gbit_s"), 1),
+                own.map_or("-".into(), |own| fmt(ratio(&k, &own, "tcp1_gbit_s"), 1)),
+                fmt(ratio(&k, "vxlan", "tcp4_gbit_s"), 2),
+                fmt(ratio(&k, "vxlan", "udp64_rx_pps"), 2),
+                fmt(ratio(&k, "veth", "udp64_rx_pps"), 2),
+                fmt(ratio(&k, "simpletun", "udp64_rx_pps"), 1),
+            );
+        }
+    }
+    if selected(Scenario::InnerMss) {
+        write_mss_section(&mut md, systems, metric);
+    }
+    if selected(Scenario::Tcp1) {
+        let _ = writeln!(
+            md,
+            "\nLatency percentile files (`.hgrm`, µs, ping under single-stream TCP load, round 1): `{stamp}-<system>-loaded-rtt-us.hgrm`. Plot: `{stamp}-e2e.svg`."
+        );
+        std::fs::write(out.join(format!("{stamp}-e2e.svg")), svg(systems, metric))
+            .expect("write plot");
+    }
     let md_path = out.join(format!("{stamp}-e2e.md"));
     std::fs::write(&md_path, &md).expect("write results");
-    std::fs::write(out.join(format!("{stamp}-e2e.svg")), svg(systems, metric)).expect("write plot");
     let readme = format!(
         "# Bench results\n\nEach run of `sudo cargo bench --bench e2e` writes `<UTC time>-e2e.md` (machine, commit, command, \
          table, ratios), a plot `<time>-e2e.svg`, and `.hgrm` latency percentile files here. Reproduce with the command in the file; \
@@ -768,6 +940,70 @@ fn write_results(
     );
     std::fs::write(out.join("README.md"), readme).expect("write README");
     println!("{md}\nwritten to {}", md_path.display());
+}
+
+/// The inner-MSS table: a row per MSS, a Gbit/s column per system that ran it, and each other
+/// system against the kernel's VXLAN.
+fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, &str) -> f64) {
+    let ran: Vec<&System> = systems
+        .iter()
+        .filter(|s| Scenario::InnerMss.applies_to(s))
+        .collect();
+    let against_vxlan: Vec<&System> = ran
+        .iter()
+        .copied()
+        .filter(|s| **s != System::Vxlan)
+        .collect();
+    if !md.ends_with("\n\n") {
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "## Inner MSS: single-stream TCP, MSS clamped on both ends (same run)\n"
+    );
+    let mut header = String::from("| inner MSS (in effect) |");
+    for s in &ran {
+        let _ = write!(header, " {} Gbit/s |", s.name());
+    }
+    for s in &against_vxlan {
+        let _ = write!(header, " {} ×VXLAN |", s.name());
+    }
+    let _ = writeln!(md, "{header}");
+    let _ = writeln!(
+        md,
+        "|---|{}",
+        "---|".repeat(ran.len() + against_vxlan.len())
+    );
+    for case in &MSS_CASES {
+        let mut in_effect: Vec<String> = ran
+            .iter()
+            .map(|s| metric(&s.key(), case.in_effect_key))
+            .filter(|v| v.is_finite())
+            .map(|v| fmt(v, 0))
+            .collect();
+        in_effect.dedup();
+        let mut row = format!(
+            "| {} ({}) |",
+            case.mss,
+            if in_effect.is_empty() {
+                "-".to_string()
+            } else {
+                in_effect.join("/")
+            }
+        );
+        for s in &ran {
+            let _ = write!(row, " {} |", fmt(metric(&s.key(), case.gbit_key), 2));
+        }
+        for s in &against_vxlan {
+            let ratio = metric(&s.key(), case.gbit_key) / metric("vxlan", case.gbit_key);
+            let _ = write!(row, " {} |", fmt(ratio, 2));
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(
+        md,
+        "\nThe kernel's VXLAN pays per super-packet here, not per segment: veth carries its UDP-tunnel GSO packets whole (`NETIF_F_GSO_ENCAP_ALL` in drivers/net/veth.c `VETH_FEATURES`) and the far VXLAN hands them to TCP whole, so a smaller MSS costs it little. tunfwd builds and checks every segment's headers in userspace (split at one end, coalesced at the other), although its UDP GSO sends cross the veth whole too. On a real wire every segment exists and the receiver handles each one (GRO at best), so these ratios flatter VXLAN."
+    );
 }
 
 /// A two-panel bar chart: single-stream TCP Gbit/s, and RTT under load (p50 and p99).
