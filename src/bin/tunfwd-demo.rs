@@ -7,7 +7,8 @@
 //! the transfer counted rather than checked byte by byte (as in the benches and `scripts/profile`).
 //! `DEMO_STREAMS` sets the number of parallel TCP streams (1). `DEMO_THROUGH=vxlan` sends the same
 //! traffic through the kernel's own VXLAN tunnel (overlay MTU 1420) instead of tunfwd, so that
-//! `scripts/profile` can profile the in-kernel reference under the same load.
+//! `scripts/profile` can profile the in-kernel reference under the same load. `DEMO_MSS` clamps
+//! the streams' MSS at both ends (`tunload --mss`), to look at small-segment traffic.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +132,7 @@ fn run() -> Result<(), String> {
     if !matches!(streams.parse::<u32>(), Ok(1..=64)) {
         return Err(format!("DEMO_STREAMS must be 1..=64, not {streams:?}"));
     }
+    let mss = std::env::var("DEMO_MSS").ok();
     let through_vxlan = match std::env::var("DEMO_THROUGH").as_deref() {
         Err(_) | Ok("tunfwd") => false,
         Ok("vxlan") => true,
@@ -163,20 +165,19 @@ fn run() -> Result<(), String> {
     println!("ping through the tunnel, idle:      {idle}");
     check_interrupt()?;
 
+    let mut sink_args = vec![
+        "tcp-sink",
+        "--listen",
+        "0.0.0.0:5201",
+        "--seconds",
+        "60",
+        "--streams",
+        &streams,
+    ];
+    let mss_args: Vec<&str> = mss.iter().flat_map(|m| ["--mss", m.as_str()]).collect();
+    sink_args.extend_from_slice(&mss_args);
     let mut sink = bed
-        .tunload_background(
-            Host::B,
-            "tcp-sink",
-            &[
-                "tcp-sink",
-                "--listen",
-                "0.0.0.0:5201",
-                "--seconds",
-                "60",
-                "--streams",
-                &streams,
-            ],
-        )
+        .tunload_background(Host::B, "tcp-sink", &sink_args)
         .map_err(|e| e.to_string())?;
     let target = endpoint(far, 5201);
     let mut send_args = vec![
@@ -191,6 +192,7 @@ fn run() -> Result<(), String> {
     if std::env::var("DEMO_UNCHECKED").is_ok_and(|v| v == "1") {
         send_args.push("--unchecked");
     }
+    send_args.extend_from_slice(&mss_args);
     let cpu_before = testbed::busy_cpu_seconds();
     let mut sender = bed
         .tunload_background(Host::A, "tcp-send", &send_args)
