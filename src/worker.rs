@@ -62,8 +62,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_CONSECUTIVE_FAILURES: u32 = 64;
 /// Segments one super-packet may split into (gso_size >= 512 for a 64 KB packet).
 const MAX_SPLIT_SEGMENTS: usize = 128;
-/// Room for one segment's IP + TCP headers (60 + 60 bytes at most).
-const HEADER_ROOM: usize = 128;
+/// Room for one segment's rewritten headers: the most `split` produces (IPv4 60 + TCP 60, or
+/// IPv6 with extension headers), beyond which it refuses the super-packet.
+const HEADER_ROOM: usize = split::MAX_HEADER_LEN;
 /// GSO sends one buffer may need; per-segment fallback sends use the msghdrs after these.
 const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
 /// Segments one GRO receive buffer may hold (`UDP_GRO_CNT_MAX` is 64).
@@ -1381,11 +1382,12 @@ mod tests {
         let mut buffer = Vec::new();
         let mut segments = Vec::new();
         for sport in [1000, 2000] {
-            for _ in 0..2 {
+            for id in 7..9 {
                 let p = build(&Spec {
                     udp: true,
                     payload_len: 4,
                     sport,
+                    id,
                     ..Spec::default()
                 });
                 segments.push((buffer.len(), p.len()));

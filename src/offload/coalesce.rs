@@ -1,15 +1,35 @@
 //! Coalescing the segments of one UDP GRO buffer into super-packets for the TUN (receive GRO).
 //!
 //! Only *consecutive* segments are merged, so nothing is reordered; a segment that cannot join the
-//! run before it starts a new one. A run may grow only while every rule holds (FIELD-NOTES):
-//! same addresses and ports; for TCP the same ack, adjacent sequence numbers and identical
-//! options; the same TOS/traffic class, TTL/hop limit and DF; no IPv4 options; no fragments (those
-//! are refused by `Transport::parse`); valid checksums (a merged packet is written with
-//! `NEEDS_CSUM`, so the kernel would otherwise bless a corrupt segment with a fresh checksum);
-//! PSH only on the last segment and only the last segment shorter than the others; no
-//! SYN/FIN/RST/URG and no CWR after the first segment.
+//! run before it starts a new one. A merged run is written with `NEEDS_CSUM` and a GSO type, and
+//! the kernel may segment it again (forwarding, or a TSO-less device) with `tcp_gso_segment` /
+//! `__udp_gso_segment`. So the rule is: merge only what re-segmentation gives back byte for byte,
+//! which is also what the kernel's own GRO merges (net/ipv4/tcp_offload.c `tcp_gro_receive`,
+//! net/ipv4/udp_offload.c `udp_gro_receive_segment`, net/ipv4/af_inet.c `inet_gro_receive`,
+//! net/ipv6/ip6_offload.c `ipv6_gro_receive`), minus what a virtio_net_hdr cannot say:
+//!
+//! * the same addresses, ports and protocol; the same TOS/traffic class (ECN bits included),
+//!   TTL/hop limit, DF and IPv6 flow label;
+//! * no IPv4 options and no IPv6 extension headers (the kernel flushes on `*(u8 *)iph != 0x45`;
+//!   it does merge identical IPv6 extension headers, we never do), no fragments (those are
+//!   refused by `Transport::parse`), and a valid IPv4 header checksum;
+//! * IPv4 IDs that go up by one per segment. The kernel also merges a fixed ID when DF is set
+//!   and marks the result `SKB_GSO_TCP_FIXEDID`, but a virtio_net_hdr has no way to carry that
+//!   mark: the kernel would re-segment our write with incrementing IDs and forward different
+//!   packets from those that arrived;
+//! * for TCP: the same ack, adjacent sequence numbers, identical options (so timestamps must be
+//!   equal too) and urgent pointer, and the same "flag word" (data offset, reserved bits, flags
+//!   and window; `tcp_flag_word`), except that the head may carry CWR and the last PSH. SYN, RST,
+//!   URG and FIN never merge (the kernel takes a FIN as the last segment; we are stricter);
+//! * for UDP: a length field equal to the datagram's, and a checksum that is present (the kernel
+//!   flushes on a zero UDP checksum "for symmetry with GSO", which always computes one);
+//! * valid TCP/UDP checksums: the merged packet is written with `NEEDS_CSUM`, so the kernel would
+//!   otherwise bless a corrupt segment with a fresh checksum;
+//! * only the last segment shorter than the first, at most [`MAX_RUN_SEGMENTS`] segments and
+//!   65535 bytes in all.
 
 use super::{PROTO_TCP, PROTO_UDP, Transport, checksum_is_valid, tcp_flags};
+use crate::wire::checksum::Sum;
 use crate::wire::vnet::{self, GSO_ECN};
 
 /// At most this many segments in one super-packet (the portable GSO limit).
@@ -67,6 +87,26 @@ fn tcp_flags_of(packet: &[u8], t: &Transport) -> u8 {
     packet[t.ip_header_len + 13]
 }
 
+fn ipv4_id(packet: &[u8]) -> u16 {
+    u16::from_be_bytes([packet[4], packet[5]])
+}
+
+/// The checks every segment of a merged run must pass on its own, head or follower: a sound IPv4
+/// header, a UDP length and checksum as `udp_gro_receive_segment` wants them, a valid L4 checksum.
+fn is_sound(packet: &[u8], t: &Transport) -> bool {
+    if !t.ipv6 && Sum::of(&packet[..t.ip_header_len]).0 != 0xffff {
+        return false; // inet_gro_receive: ip_fast_csum fails
+    }
+    if t.protocol == PROTO_UDP {
+        let l4 = &packet[t.ip_header_len..];
+        let length = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+        if length != l4.len() || l4[6..8] == [0, 0] {
+            return false;
+        }
+    }
+    checksum_is_valid(packet, t)
+}
+
 /// Whether `packet` may start a run (a run of one is always fine; this says whether it may grow).
 fn can_lead(packet: &[u8], t: &Transport, policy: Policy) -> bool {
     let allowed = match t.protocol {
@@ -74,7 +114,7 @@ fn can_lead(packet: &[u8], t: &Transport, policy: Policy) -> bool {
         PROTO_UDP => policy.udp,
         _ => false,
     };
-    if !allowed || (!t.ipv6 && t.ip_header_len != 20) || payload_len(packet, t) == 0 {
+    if !allowed || t.has_ip_options() || payload_len(packet, t) == 0 {
         return false;
     }
     if t.protocol == PROTO_TCP {
@@ -86,13 +126,15 @@ fn can_lead(packet: &[u8], t: &Transport, policy: Policy) -> bool {
             return false;
         }
     }
-    checksum_is_valid(packet, t)
+    is_sound(packet, t)
 }
 
 /// Whether `next` may be appended to the run led by `head` (whose last segment ended at
 /// `head.next_seq`).
 fn can_append(head_packet: &[u8], head: &Head, next: &[u8], t: &Transport) -> bool {
     let h = &head.transport;
+    // Equal transports: the same IP version, protocol and header lengths, and since the head has
+    // no IP options (`can_lead`), neither has `next`.
     if head.closed || head.count >= MAX_RUN_SEGMENTS || t != h {
         return false;
     }
@@ -100,35 +142,42 @@ fn can_append(head_packet: &[u8], head: &Head, next: &[u8], t: &Transport) -> bo
     if len == 0 || len > head.payload_len || head.total_len + len > MAX_PACKET {
         return false;
     }
-    // IP fields that must match: IPv4 TOS, DF, TTL, protocol and addresses; IPv6 version,
-    // traffic class and flow label, next header, hop limit and addresses.
+    // IP fields that must match: IPv4 TOS, flags (DF), TTL, protocol and addresses, with the ID
+    // one more per segment; IPv6 version, traffic class and flow label, next header, hop limit
+    // and addresses.
     let same_ip = if t.ipv6 {
         head_packet[0..4] == next[0..4] && head_packet[6..40] == next[6..40]
     } else {
         head_packet[1] == next[1]
-            && (head_packet[6] & 0x40) == (next[6] & 0x40)
-            && head_packet[8..10] == next[8..10]
+            && head_packet[6..10] == next[6..10]
             && head_packet[12..20] == next[12..20]
+            && ipv4_id(next) == ipv4_id(head_packet).wrapping_add(head.count as u16)
     };
     let l4 = t.ip_header_len;
     if !same_ip || head_packet[l4..l4 + 4] != next[l4..l4 + 4] {
         return false;
     }
     if t.protocol == PROTO_TCP {
+        // The flag word: data offset and reserved bits, flags, window. CWR may be on the head
+        // only and PSH on the last only (`plan_runs` closes the run on PSH).
         let head_flags = tcp_flags_of(head_packet, h);
         let flags = tcp_flags_of(next, t);
-        if flags & !tcp_flags::PSH != head_flags & !tcp_flags::CWR {
+        if flags & !tcp_flags::PSH != head_flags & !tcp_flags::CWR
+            || head_packet[l4 + 12] != next[l4 + 12]
+            || head_packet[l4 + 14..l4 + 16] != next[l4 + 14..l4 + 16]
+        {
             return false; // also refuses CWR, SYN, FIN, RST, URG on a follower
         }
-        // Same ack, window and options; adjacent sequence numbers.
+        // Same ack, urgent pointer and options; adjacent sequence numbers. The urgent pointer
+        // means nothing without URG, but re-segmentation copies the head's into every segment.
         if head_packet[l4 + 8..l4 + 12] != next[l4 + 8..l4 + 12]
-            || head_packet[l4 + 20..l4 + t.l4_header_len] != next[l4 + 20..l4 + t.l4_header_len]
+            || head_packet[l4 + 18..l4 + t.l4_header_len] != next[l4 + 18..l4 + t.l4_header_len]
             || tcp_seq(next, t) != head.next_seq
         {
             return false;
         }
     }
-    checksum_is_valid(next, t)
+    is_sound(next, t)
 }
 
 /// Groups the segments of one buffer into runs. `segments` holds each valid IP packet's
@@ -206,7 +255,15 @@ pub fn finish_run(buffer: &mut [u8], segments: &[(usize, usize)], run: Run) -> [
     let t = Transport::parse(&buffer[head_offset..head_offset + head_len])
         .expect("planned runs have parsed heads");
     let (last_offset, _) = segments[run.first + run.count - 1];
-    let last_flags = buffer[last_offset + t.ip_header_len + 13];
+    // A UDP datagram has no byte 13 in its L4 header when its payload is 5 bytes or fewer.
+    let last_flags = if t.protocol == PROTO_TCP {
+        buffer
+            .get(last_offset + t.ip_header_len + 13)
+            .copied()
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let head_payload = head_len - t.header_len();
     let total_payload: usize = segments[run.first..run.first + run.count]
         .iter()
@@ -243,47 +300,13 @@ pub fn finish_run(buffer: &mut [u8], segments: &[(usize, usize)], run: Run) -> [
 
 #[cfg(test)]
 mod tests {
+    use super::super::OffloadError;
     use super::super::split::Split;
-    use super::super::test_packets::{Spec, assert_valid, build};
-    use super::super::{OffloadError, complete_checksum};
+    use super::super::test_packets::{Spec, assert_valid, build, gro_buffer, merged};
     use super::*;
     use crate::wire::vnet::{GsoType, VnetHeader};
 
     const BOTH: Policy = Policy::ALL;
-
-    /// Lays packets out back to back, as a GRO buffer holds them.
-    fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<(usize, usize)>) {
-        let mut buffer = Vec::new();
-        let mut segments = Vec::new();
-        for p in packets {
-            segments.push((buffer.len(), p.len()));
-            buffer.extend_from_slice(p);
-        }
-        (buffer, segments)
-    }
-
-    /// What the kernel would see: the merged packet, with its partial checksum completed.
-    fn merged(
-        buffer: &[u8],
-        segments: &[(usize, usize)],
-        run: Run,
-        header: &[u8; vnet::LEN],
-    ) -> Vec<u8> {
-        let (o, l) = segments[run.first];
-        let mut out = buffer[o..o + l].to_vec();
-        let t = Transport::parse(&out).unwrap();
-        for &(o, l) in &segments[run.first + 1..run.first + run.count] {
-            out.extend_from_slice(&buffer[o + t.header_len()..o + l]);
-        }
-        let h = VnetHeader::new_checked(&header[..]).unwrap();
-        complete_checksum(
-            &mut out,
-            usize::from(h.csum_start()),
-            usize::from(h.csum_offset()),
-        )
-        .unwrap();
-        out
-    }
 
     fn split(packet: &[u8], gso: GsoType, size: u16) -> Vec<Vec<u8>> {
         let plan = Split::plan(packet, gso, size, 1024).unwrap();
@@ -340,9 +363,12 @@ mod tests {
         }
     }
 
+    /// A TCP segment at `seq` with IPv4 id `7 + seq / 100`: segments of 100 bytes have
+    /// consecutive IDs, as a sender's TSO gives them.
     fn tcp(seq: u32, payload_len: usize, flags: u8) -> Vec<u8> {
         build(&Spec {
             seq,
+            id: 7u16.wrapping_add((seq / 100) as u16),
             payload_len,
             flags: tcp_flags::ACK | flags,
             ..Spec::default()
@@ -358,7 +384,8 @@ mod tests {
 
     #[test]
     fn table_of_what_may_merge() {
-        let cases: Vec<(&str, Vec<Vec<u8>>, Vec<(usize, usize)>)> = vec![
+        type Case = (&'static str, Vec<Vec<u8>>, Vec<(usize, usize)>);
+        let cases: Vec<Case> = vec![
             (
                 "adjacent",
                 vec![tcp(0, 100, 0), tcp(100, 100, 0), tcp(200, 100, 0)],
@@ -431,7 +458,16 @@ mod tests {
             ..Spec::default()
         };
         let first = build(&base);
-        let next = |spec: Spec| vec![first.clone(), build(&Spec { seq: 1100, ..spec })];
+        let next = |spec: Spec| {
+            vec![
+                first.clone(),
+                build(&Spec {
+                    seq: 1100,
+                    id: 8,
+                    ..spec
+                }),
+            ]
+        };
         let differing: Vec<(&str, Vec<Vec<u8>>)> = vec![
             (
                 "port",
@@ -467,6 +503,7 @@ mod tests {
                     build(&Spec {
                         ipv4_options: 4,
                         seq: 1100,
+                        id: 8,
                         ..Spec::default()
                     }),
                 ],
@@ -480,11 +517,20 @@ mod tests {
                 }),
             ),
         ];
+        assert_eq!(
+            runs_of(&next(Spec {
+                payload_len: 100,
+                ..Spec::default()
+            })),
+            vec![(0, 2)],
+            "control: nothing differs"
+        );
         for (name, packets) in differing {
             assert_eq!(runs_of(&packets), vec![(0, 1), (1, 1)], "{name}");
         }
         let mut corrupt = build(&Spec {
             seq: 1100,
+            id: 8,
             payload_len: 100,
             ..Spec::default()
         });
@@ -496,6 +542,7 @@ mod tests {
         );
         let mut ack = build(&Spec {
             seq: 1100,
+            id: 8,
             payload_len: 100,
             ..Spec::default()
         });
@@ -520,6 +567,7 @@ mod tests {
         let a = |seq| {
             build(&Spec {
                 seq,
+                id: 7 + (seq / 100) as u16,
                 payload_len: 100,
                 sport: 1,
                 ..Spec::default()
@@ -528,6 +576,7 @@ mod tests {
         let b = |seq| {
             build(&Spec {
                 seq,
+                id: 7 + (seq / 100) as u16,
                 payload_len: 100,
                 sport: 2,
                 ..Spec::default()
@@ -557,14 +606,15 @@ mod tests {
             &mut runs,
         );
         assert_eq!(runs.len(), 2);
-        let u = |payload_len| {
+        let u = |payload_len, id| {
             build(&Spec {
                 udp: true,
                 payload_len,
+                id,
                 ..Spec::default()
             })
         };
-        let (buffer, layout) = gro_buffer(&[u(100), u(100), u(40)]);
+        let (buffer, layout) = gro_buffer(&[u(100, 7), u(100, 8), u(40, 9)]);
         plan_runs(
             &buffer,
             &layout,
@@ -579,11 +629,170 @@ mod tests {
         assert_eq!(runs, vec![Run { first: 0, count: 3 }]);
     }
 
+    /// Plans and finishes every run of `packets` laid out in an exactly sized buffer (nothing
+    /// after the last byte), returning the runs and the packets as written.
+    fn plan_and_finish(packets: &[Vec<u8>]) -> (Vec<(usize, usize)>, Vec<Vec<u8>>) {
+        let (mut buffer, layout) = gro_buffer(packets);
+        assert_eq!(buffer.len(), packets.iter().map(Vec::len).sum::<usize>());
+        let mut runs = Vec::new();
+        plan_runs(&buffer, &layout, BOTH, &mut runs);
+        let mut written = Vec::new();
+        for run in &runs {
+            let header = finish_run(&mut buffer, &layout, *run);
+            written.push(if run.count > 1 {
+                merged(&buffer, &layout, *run, &header)
+            } else {
+                packets[run.first].clone()
+            });
+        }
+        (runs.iter().map(|r| (r.first, r.count)).collect(), written)
+    }
+
+    #[test]
+    fn finish_run_reads_no_tcp_flags_past_a_short_udp_tail() {
+        // The last datagram's payload is 1..=5 bytes and ends the buffer: byte 13 of its "TCP
+        // header" is past the end.
+        for ipv6 in [false, true] {
+            for tail in 1..=5 {
+                let u = |payload_len, id| {
+                    build(&Spec {
+                        ipv6,
+                        udp: true,
+                        payload_len,
+                        id,
+                        ..Spec::default()
+                    })
+                };
+                let packets = [u(100, 7), u(tail, 8)];
+                let (runs, written) = plan_and_finish(&packets);
+                assert_eq!(runs, vec![(0, 2)], "{ipv6} {tail}");
+                assert_valid(&written[0]);
+                assert_eq!(written[0].len(), packets[0].len() + tail);
+            }
+        }
+    }
+
+    #[test]
+    fn segments_differing_in_the_tcp_flag_word_do_not_merge() {
+        for ipv6 in [false, true] {
+            let seg = |seq: u32, id: u16, window: u16, tcp_reserved: u8| {
+                build(&Spec {
+                    ipv6,
+                    seq,
+                    id,
+                    window,
+                    tcp_reserved,
+                    ..Spec::default()
+                })
+            };
+            assert_eq!(
+                runs_of(&[seg(0, 7, 64000, 0), seg(100, 8, 64000, 0)]),
+                vec![(0, 2)],
+                "same flag word"
+            );
+            assert_eq!(
+                runs_of(&[seg(0, 7, 64000, 0), seg(100, 8, 64000, 1)]),
+                vec![(0, 1), (1, 1)],
+                "AE bit"
+            );
+            assert_eq!(
+                runs_of(&[seg(0, 7, 64000, 0), seg(100, 8, 65000, 0)]),
+                vec![(0, 1), (1, 1)],
+                "window"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv4_ids_must_be_consecutive() {
+        for udp in [false, true] {
+            let seg = |i: u32, id: u16| {
+                build(&Spec {
+                    udp,
+                    seq: i * 100,
+                    id,
+                    ..Spec::default()
+                })
+            };
+            type Case = (&'static str, [u16; 3], Vec<(usize, usize)>);
+            let cases: [Case; 5] = [
+                ("incrementing", [7, 8, 9], vec![(0, 3)]),
+                ("wrapping", [0xfffe, 0xffff, 0], vec![(0, 3)]),
+                ("fixed", [7, 7, 7], vec![(0, 1), (1, 1), (2, 1)]),
+                ("gap", [7, 9, 10], vec![(0, 1), (1, 2)]),
+                ("incrementing then fixed", [7, 8, 8], vec![(0, 2), (2, 1)]),
+            ];
+            for (name, ids, expected) in cases {
+                let packets: Vec<_> = (0..3).map(|i| seg(i, ids[i as usize])).collect();
+                assert_eq!(runs_of(&packets), expected, "{name} udp={udp}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_ipv4_header_checksum_is_not_merged() {
+        for bad in [0, 1] {
+            let mut packets = vec![
+                tcp(0, 100, 0),
+                build(&Spec {
+                    seq: 100,
+                    id: 8,
+                    ..Spec::default()
+                }),
+            ];
+            packets[bad][10] ^= 0x10;
+            assert_eq!(runs_of(&packets), vec![(0, 1), (1, 1)], "bad header {bad}");
+        }
+    }
+
+    #[test]
+    fn udp_without_a_checksum_is_not_merged() {
+        let mut packets: Vec<_> = (0..2)
+            .map(|i| {
+                build(&Spec {
+                    udp: true,
+                    id: 7 + i,
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        assert_eq!(runs_of(&packets), vec![(0, 2)]);
+        packets[1][26..28].fill(0);
+        assert_eq!(runs_of(&packets), vec![(0, 1), (1, 1)], "follower");
+        packets[0][26..28].fill(0);
+        assert_eq!(runs_of(&packets), vec![(0, 1), (1, 1)], "both");
+    }
+
+    #[test]
+    fn urgent_pointers_must_match() {
+        let seg = |seq, id, urgent| {
+            build(&Spec {
+                seq,
+                id,
+                urgent,
+                ..Spec::default()
+            })
+        };
+        assert_eq!(
+            runs_of(&[seg(0, 7, 0), seg(100, 8, 5)]),
+            vec![(0, 1), (1, 1)]
+        );
+    }
+
     #[test]
     fn run_size_is_capped() {
         let packets: Vec<Vec<u8>> = (0..70).map(|i| tcp(i * 100, 100, 0)).collect();
         assert_eq!(runs_of(&packets), vec![(0, 64), (64, 6)]);
-        let big: Vec<Vec<u8>> = (0..3).map(|i| tcp(i * 30000, 30000, 0)).collect();
+        let big: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                build(&Spec {
+                    seq: i * 30000,
+                    id: 7 + i as u16,
+                    payload_len: 30000,
+                    ..Spec::default()
+                })
+            })
+            .collect();
         assert_eq!(runs_of(&big), vec![(0, 2), (2, 1)], "65535-byte limit");
     }
 

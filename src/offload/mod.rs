@@ -6,14 +6,21 @@
 //!   out each segment's rewritten headers plus the range of its payload in the original buffer, and
 //!   the worker gathers them with an iovec into one UDP GSO send.
 //! * [`coalesce`]: segments received in one UDP GRO buffer are merged back, where the kernel's
-//!   rules allow it (FIELD-NOTES: same flow and ack, adjacent seq, identical options and IP
-//!   fields, valid checksums, PSH and a short segment only last, never fragments), into one write
-//!   with `gso_type` TCPV4/TCPV6/UDP_L4 and `NEEDS_CSUM`.
+//!   own GRO would merge them and re-segmenting the result gives the same packets (the rules are
+//!   in that module), into one write with `gso_type` TCPV4/TCPV6/UDP_L4 and `NEEDS_CSUM`.
 //! * [`complete_checksum`]: a plain packet read with `NEEDS_CSUM` gets its partial checksum
 //!   finished before it leaves the host.
+//!
+//! Both directions see packets through [`Transport`], which knows where the TCP or UDP header
+//! starts behind IPv4 options or IPv6 extension headers. The splitter must take those: the stack
+//! can hand the TUN a TSO super-packet with Hop-by-Hop or Destination Options, and refusing one
+//! drops every segment of it, for as long as the flow sends them. The coalescer leaves them
+//! alone, as runs of one.
 
 pub mod coalesce;
 pub mod split;
+#[cfg(test)]
+mod tables;
 
 use crate::wire::checksum::{Sum, pseudo_header_v4, pseudo_header_v6};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -35,19 +42,37 @@ pub mod tcp_flags {
     pub const CWR: u8 = 0x80;
 }
 
+/// IPv6 extension headers that [`Transport::parse`] walks (RFC 8200 section 4).
+mod ipv6_next_header {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const DESTINATION_OPTIONS: u8 = 60;
+}
+
 /// Where the headers of a TCP or UDP packet are. Built by [`Transport::parse`], which checks that
-/// they are in bounds; no method panics afterwards on the buffer it was parsed from.
+/// they are in bounds; no method panics afterwards on the buffer it was parsed from, nor on a copy
+/// of its first [`Transport::header_len`] bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
     pub ipv6: bool,
+    /// Where the TCP or UDP header starts: the IP header with any IPv4 options or IPv6 extension
+    /// headers.
     pub ip_header_len: usize,
     pub protocol: u8,
     pub l4_header_len: usize,
 }
 
 impl Transport {
-    /// Parses the IP and TCP/UDP headers of `packet`. IPv4 options are allowed; IPv6 extension
-    /// headers and IPv4 fragments are not (they are never segmented or merged).
+    /// Parses the IP and TCP/UDP headers of `packet`.
+    ///
+    /// IPv4 options are allowed; fragments are not (they are never segmented or merged). IPv6
+    /// may carry, in the order of RFC 8200 section 4.1, a Hop-by-Hop Options header (first only),
+    /// Destination Options headers and a Routing header whose Segments Left is 0. A Routing
+    /// header with segments left is refused: the TCP/UDP pseudo-header then takes the final
+    /// destination, the last address of the routing header (RFC 8200 section 8.1), not the
+    /// destination in the IPv6 header, and [`Transport::pseudo_header`] does not look for it. A
+    /// Fragment header or any other next header (AH, ESP, ...) is refused as well. A Home Address
+    /// destination option (RFC 6275) would also change the pseudo-header; it is not looked for.
     pub fn parse(packet: &[u8]) -> Option<Transport> {
         let first = *packet.first()?;
         let (ipv6, ip_header_len, protocol) = match first >> 4 {
@@ -61,7 +86,10 @@ impl Transport {
                 }
                 (false, ihl, packet[9])
             }
-            6 if packet.len() >= 40 => (true, 40, packet[6]),
+            6 if packet.len() >= 40 => {
+                let (len, protocol) = ipv6_upper_layer(packet)?;
+                (true, len, protocol)
+            }
             _ => return None,
         };
         let l4_header_len = match protocol {
@@ -85,6 +113,11 @@ impl Transport {
             protocol,
             l4_header_len,
         })
+    }
+
+    /// Whether the IP header is longer than the fixed one: IPv4 options or IPv6 extension headers.
+    pub fn has_ip_options(&self) -> bool {
+        self.ip_header_len != if self.ipv6 { 40 } else { 20 }
     }
 
     pub fn header_len(&self) -> usize {
@@ -123,11 +156,39 @@ impl Transport {
     /// and recomputes the IPv4 header checksum.
     pub fn set_ip_len(&self, header: &mut [u8], l4_len: usize) {
         if self.ipv6 {
-            header[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            // The payload length counts the extension headers too.
+            let payload = (self.ip_header_len - 40 + l4_len) as u16;
+            header[4..6].copy_from_slice(&payload.to_be_bytes());
         } else {
             let total = (self.ip_header_len + l4_len) as u16;
             header[2..4].copy_from_slice(&total.to_be_bytes());
             set_ipv4_header_checksum(&mut header[..self.ip_header_len]);
+        }
+    }
+}
+
+/// Walks the IPv6 extension headers of `packet` (an IPv6 packet of at least 40 bytes) that
+/// [`Transport::parse`] accepts. Returns where the upper-layer header starts and its protocol
+/// number; `None` for a header out of bounds or one that is refused. Each step moves at least 8
+/// bytes on, and a header must end inside the packet, so the walk ends.
+fn ipv6_upper_layer(packet: &[u8]) -> Option<(usize, u8)> {
+    use ipv6_next_header::{DESTINATION_OPTIONS, HOP_BY_HOP, ROUTING};
+    let mut next = *packet.get(6)?;
+    let mut at = 40;
+    loop {
+        match next {
+            HOP_BY_HOP if at == 40 => {}
+            DESTINATION_OPTIONS => {}
+            // Routing header: byte 3 is Segments Left.
+            ROUTING if *packet.get(at + 3)? == 0 => {}
+            ROUTING => return None,
+            _ => return Some((at, next)),
+        }
+        let header = packet.get(at..at + 2)?;
+        next = header[0];
+        at += (usize::from(header[1]) + 1) * 8;
+        if at > packet.len() {
+            return None;
         }
     }
 }
@@ -148,6 +209,8 @@ pub enum OffloadError {
     GsoTypeMismatch,
     /// gso_size of zero, or a GSO type this build does not segment.
     BadGso,
+    /// Headers longer than [`split::MAX_HEADER_LEN`] (long IPv6 extension headers).
+    HeadersTooLong,
     /// More segments than the caller can take.
     TooManySegments,
     /// The partial checksum's position is outside the packet.
@@ -190,15 +253,32 @@ pub(crate) mod test_packets {
     //! Packet builders shared by the split and coalesce tests, checked by etherparse.
     use super::*;
 
+    /// One packet's headers. Every field has a plain default, so a table row names only what it
+    /// changes.
+    #[derive(Clone)]
     pub struct Spec {
         pub ipv6: bool,
         pub udp: bool,
         pub payload_len: usize,
         pub seq: u32,
+        pub ack: u32,
         pub flags: u8,
+        /// The low nibble of TCP byte 12: three reserved bits and AE (RFC 9293 section 3.1).
+        pub tcp_reserved: u8,
+        pub window: u16,
+        pub urgent: u16,
         pub tcp_options: Vec<u8>,
         pub sport: u16,
+        /// Bytes of IPv4 options, all NOP.
         pub ipv4_options: usize,
+        /// IPv6 extension headers in order: (header type, bytes after the next-header and length
+        /// bytes). `2 + bytes.len()` must be a multiple of 8.
+        pub ipv6_extensions: Vec<(u8, Vec<u8>)>,
+        /// IPv4 TOS or IPv6 traffic class, ECN bits included.
+        pub tos: u8,
+        pub flow_label: u32,
+        pub df: bool,
+        /// TTL or hop limit.
         pub ttl: u8,
         pub id: u16,
     }
@@ -210,23 +290,34 @@ pub(crate) mod test_packets {
                 udp: false,
                 payload_len: 100,
                 seq: 1000,
+                ack: 77,
                 flags: tcp_flags::ACK,
+                tcp_reserved: 0,
+                window: 64000,
+                urgent: 0,
                 tcp_options: Vec::new(),
                 sport: 40000,
                 ipv4_options: 0,
+                ipv6_extensions: Vec::new(),
+                tos: 0,
+                flow_label: 0,
+                df: true,
                 ttl: 64,
                 id: 7,
             }
         }
     }
 
-    /// A valid packet (checksums correct) whose payload byte `i` is `(seq + i) as u8`.
+    /// A valid packet (checksums correct) whose payload byte `i` is `(seq + i) as u8`. Built
+    /// without [`Transport::parse`], so it can make packets the parser refuses.
     pub fn build(spec: &Spec) -> Vec<u8> {
+        let extensions_len: usize = spec.ipv6_extensions.iter().map(|(_, b)| 2 + b.len()).sum();
         let ip_len = if spec.ipv6 {
-            40
+            40 + extensions_len
         } else {
             20 + spec.ipv4_options
         };
+        let protocol = if spec.udp { PROTO_UDP } else { PROTO_TCP };
         let l4_len = if spec.udp {
             8
         } else {
@@ -235,19 +326,38 @@ pub(crate) mod test_packets {
         let total = ip_len + l4_len + spec.payload_len;
         let mut p = vec![0u8; total];
         if spec.ipv6 {
-            p[0] = 0x60;
-            p[4..6].copy_from_slice(&((l4_len + spec.payload_len) as u16).to_be_bytes());
-            p[6] = if spec.udp { PROTO_UDP } else { PROTO_TCP };
+            let flow = spec.flow_label & 0xf_ffff;
+            p[0] = 0x60 | spec.tos >> 4;
+            p[1] = spec.tos << 4 | (flow >> 16) as u8;
+            p[2..4].copy_from_slice(&(flow as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+            p[6] = spec
+                .ipv6_extensions
+                .first()
+                .map_or(protocol, |(kind, _)| *kind);
             p[7] = spec.ttl;
             p[8..24].copy_from_slice(&"2001:2:1::1".parse::<Ipv6Addr>().unwrap().octets());
             p[24..40].copy_from_slice(&"2001:2:1::2".parse::<Ipv6Addr>().unwrap().octets());
+            let mut at = 40;
+            for (i, (_, bytes)) in spec.ipv6_extensions.iter().enumerate() {
+                let len = 2 + bytes.len();
+                assert_eq!(len % 8, 0, "extension headers are multiples of 8 bytes");
+                p[at] = spec
+                    .ipv6_extensions
+                    .get(i + 1)
+                    .map_or(protocol, |(kind, _)| *kind);
+                p[at + 1] = (len / 8 - 1) as u8;
+                p[at + 2..at + len].copy_from_slice(bytes);
+                at += len;
+            }
         } else {
             p[0] = 0x40 | (ip_len / 4) as u8;
+            p[1] = spec.tos;
             p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
             p[4..6].copy_from_slice(&spec.id.to_be_bytes());
-            p[6] = 0x40; // DF
+            p[6] = if spec.df { 0x40 } else { 0 };
             p[8] = spec.ttl;
-            p[9] = if spec.udp { PROTO_UDP } else { PROTO_TCP };
+            p[9] = protocol;
             p[12..16].copy_from_slice(&[198, 19, 0, 1]);
             p[16..20].copy_from_slice(&[198, 19, 0, 2]);
             p[20..ip_len].fill(1); // NOP options
@@ -256,30 +366,88 @@ pub(crate) mod test_packets {
         let l4 = ip_len;
         p[l4..l4 + 2].copy_from_slice(&spec.sport.to_be_bytes());
         p[l4 + 2..l4 + 4].copy_from_slice(&5201u16.to_be_bytes());
-        if spec.udp {
+        let checksum_at = if spec.udp {
             p[l4 + 4..l4 + 6].copy_from_slice(&((8 + spec.payload_len) as u16).to_be_bytes());
+            l4 + 6
         } else {
             p[l4 + 4..l4 + 8].copy_from_slice(&spec.seq.to_be_bytes());
-            p[l4 + 8..l4 + 12].copy_from_slice(&77u32.to_be_bytes());
-            p[l4 + 12] = ((l4_len / 4) as u8) << 4;
+            p[l4 + 8..l4 + 12].copy_from_slice(&spec.ack.to_be_bytes());
+            p[l4 + 12] = ((l4_len / 4) as u8) << 4 | spec.tcp_reserved & 0x0f;
             p[l4 + 13] = spec.flags;
-            p[l4 + 14..l4 + 16].copy_from_slice(&64000u16.to_be_bytes());
+            p[l4 + 14..l4 + 16].copy_from_slice(&spec.window.to_be_bytes());
+            p[l4 + 18..l4 + 20].copy_from_slice(&spec.urgent.to_be_bytes());
             p[l4 + 20..l4 + l4_len].copy_from_slice(&spec.tcp_options);
-        }
+            l4 + 16
+        };
         for i in 0..spec.payload_len {
             p[l4 + l4_len + i] = (spec.seq as usize + i) as u8;
         }
-        let t = Transport::parse(&p).unwrap();
-        let field = l4 + t.checksum_offset();
-        let mut c = t
-            .pseudo_header(&p, l4_len + spec.payload_len)
-            .add(Sum::of(&p[l4..]))
-            .finish();
+        let l4_total = total - l4;
+        let pseudo = if spec.ipv6 {
+            let src: [u8; 16] = p[8..24].try_into().unwrap();
+            let dst: [u8; 16] = p[24..40].try_into().unwrap();
+            pseudo_header_v6(src.into(), dst.into(), protocol, l4_total as u32)
+        } else {
+            let src: [u8; 4] = p[12..16].try_into().unwrap();
+            let dst: [u8; 4] = p[16..20].try_into().unwrap();
+            pseudo_header_v4(src.into(), dst.into(), protocol, l4_total as u16)
+        };
+        let mut c = pseudo.add(Sum::of(&p[l4..])).finish();
         if spec.udp && c == 0 {
             c = 0xffff;
         }
-        p[field..field + 2].copy_from_slice(&c.to_be_bytes());
+        p[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
         p
+    }
+
+    /// Rewrites the TCP or UDP checksum of `p` (after a test edited it) to be correct again.
+    pub fn fix_l4_checksum(p: &mut [u8]) {
+        let t = Transport::parse(p).expect("a packet the parser takes");
+        let field = t.ip_header_len + t.checksum_offset();
+        p[field..field + 2].fill(0);
+        let l4_len = p.len() - t.ip_header_len;
+        let mut c = t
+            .pseudo_header(p, l4_len)
+            .add(Sum::of(&p[t.ip_header_len..]))
+            .finish();
+        if t.protocol == PROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        p[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Lays packets out back to back, as a GRO buffer holds them.
+    pub fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut buffer = Vec::new();
+        let mut segments = Vec::new();
+        for p in packets {
+            segments.push((buffer.len(), p.len()));
+            buffer.extend_from_slice(p);
+        }
+        (buffer, segments)
+    }
+
+    /// What the kernel would see: the merged packet, with its partial checksum completed.
+    pub fn merged(
+        buffer: &[u8],
+        segments: &[(usize, usize)],
+        run: super::coalesce::Run,
+        header: &[u8; crate::wire::vnet::LEN],
+    ) -> Vec<u8> {
+        let (o, l) = segments[run.first];
+        let mut out = buffer[o..o + l].to_vec();
+        let t = Transport::parse(&out).unwrap();
+        for &(o, l) in &segments[run.first + 1..run.first + run.count] {
+            out.extend_from_slice(&buffer[o + t.header_len()..o + l]);
+        }
+        let h = crate::wire::vnet::VnetHeader::new_checked(&header[..]).unwrap();
+        complete_checksum(
+            &mut out,
+            usize::from(h.csum_start()),
+            usize::from(h.csum_offset()),
+        )
+        .unwrap();
+        out
     }
 
     /// Asserts, with etherparse as the independent oracle, that `p` is a well-formed packet with
@@ -297,7 +465,8 @@ pub(crate) mod test_packets {
                     h.calc_header_checksum(),
                     "IPv4 header checksum"
                 );
-                payload_len = p.len() - h.header_len();
+                payload_len = ip.payload().payload.len();
+                assert_eq!(payload_len, p.len() - h.header_len());
             }
             Some(etherparse::NetSlice::Ipv6(ip)) => {
                 assert_eq!(
@@ -305,11 +474,16 @@ pub(crate) mod test_packets {
                     p.len(),
                     "IPv6 payload length"
                 );
-                payload_len = p.len() - 40;
+                payload_len = ip.payload().payload.len();
             }
             _ => panic!("not IP"),
         }
         let t = Transport::parse(p).unwrap();
+        assert_eq!(
+            t.ip_header_len,
+            p.len() - payload_len,
+            "the parser and the oracle agree on where L4 starts"
+        );
         match &sliced.transport {
             Some(etherparse::TransportSlice::Tcp(tcp)) => {
                 let expected = match &sliced.net {
@@ -368,19 +542,55 @@ mod tests {
     }
 
     #[test]
-    fn parse_rejects_fragments_extension_headers_and_short_headers() {
+    fn parse_rejects_fragments_refused_extension_headers_and_short_headers() {
         let mut p = build(&Spec::default());
         assert!(Transport::parse(&p).is_some());
         p[6] = 0x20; // more fragments
         assert!(Transport::parse(&p).is_none());
-        let mut v6 = build(&Spec {
-            ipv6: true,
-            ..Spec::default()
-        });
-        v6[6] = 0; // hop-by-hop options
-        assert!(Transport::parse(&v6).is_none());
         let p = build(&Spec::default());
         assert!(Transport::parse(&p[..30]).is_none());
+        let v6 = |ipv6_extensions: Vec<(u8, Vec<u8>)>| {
+            build(&Spec {
+                ipv6: true,
+                ipv6_extensions,
+                ..Spec::default()
+            })
+        };
+        let pad = || vec![1, 4, 0, 0, 0, 0]; // a PadN option filling 8 bytes
+        let routing = |segments_left: u8| {
+            let mut r = vec![4, segments_left, 0, 0, 0, 0];
+            r.extend_from_slice(&"2001:2:1::2".parse::<Ipv6Addr>().unwrap().octets());
+            r
+        };
+        for (name, extensions, ip_header_len) in [
+            ("hop-by-hop", vec![(0, pad())], Some(48)),
+            ("destination options", vec![(60, pad())], Some(48)),
+            ("routing, nothing left", vec![(43, routing(0))], Some(64)),
+            (
+                "all three",
+                vec![(0, pad()), (60, pad()), (43, routing(0)), (60, pad())],
+                Some(88),
+            ),
+            ("routing with segments left", vec![(43, routing(1))], None),
+            ("hop-by-hop not first", vec![(60, pad()), (0, pad())], None),
+            ("fragment", vec![(44, vec![0; 6])], None),
+            ("authentication", vec![(51, vec![0; 14])], None),
+        ] {
+            let p = v6(extensions);
+            let t = Transport::parse(&p);
+            assert_eq!(t.map(|t| t.ip_header_len), ip_header_len, "{name}");
+            if let Some(t) = t {
+                assert_valid(&p);
+                // Every cut of the headers is refused, and nothing panics on the way.
+                for cut in 0..t.header_len() {
+                    assert!(Transport::parse(&p[..cut]).is_none(), "{name} cut at {cut}");
+                }
+            }
+        }
+        // An extension header claiming more bytes than the packet has.
+        let mut p = v6(vec![(60, pad())]);
+        p[41] = 200;
+        assert!(Transport::parse(&p).is_none());
     }
 
     #[test]
@@ -439,8 +649,22 @@ mod tests {
         };
         let mut runs = Vec::new();
         for round in 0..20_000 {
+            let ipv6 = rnd(2) == 0;
+            // Sometimes a chain of extension headers, so that mutations reach the walker.
+            let ipv6_extensions = if ipv6 && rnd(3) == 0 {
+                (0..1 + rnd(3))
+                    .map(|i| match (i, rnd(3)) {
+                        (0, 0) => (0, vec![1, 4, 0, 0, 0, 0]),
+                        (_, 1) => (43, [vec![4, 0], vec![0; 20]].concat()),
+                        _ => (60, vec![1, 4, 0, 0, 0, 0]),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let spec = Spec {
-                ipv6: rnd(2) == 0,
+                ipv6,
+                ipv6_extensions,
                 udp: rnd(2) == 0,
                 payload_len: rnd(3000) as usize,
                 tcp_options: if rnd(3) == 0 {

@@ -1,15 +1,26 @@
 //! Splitting a TSO/USO super-packet into IP packets of at most `header + gso_size` bytes.
 //!
-//! Rules (FIELD-NOTES, and what the kernel's own `tcp_gso_segment`/`__udp_gso_segment` do):
-//! every segment gets a copy of the headers; IPv4 gets id + i, its total length and a fresh
-//! header checksum; IPv6 its payload length; TCP gets seq + i * gso_size, FIN and PSH on the last
-//! segment only, CWR on the first only, and a full checksum; UDP gets its length and checksum
-//! (0 sent as 0xffff). The `hdr_len` in the virtio header is not trusted: headers are parsed.
+//! Rules (what the kernel's own `tcp_gso_segment`/`__udp_gso_segment` in
+//! net/ipv4/tcp_offload.c and net/ipv4/udp_offload.c, and `inet_gso_segment`/`ipv6_gso_segment`
+//! do): every segment gets a copy of all the headers, IPv4 options and IPv6 extension headers
+//! included; IPv4 gets id + i, its total length and a fresh header checksum; IPv6 its payload
+//! length (which counts the extension headers); TCP gets seq + i * gso_size, FIN and PSH on the
+//! last segment only, CWR on the first only (ECE on all), and a full checksum; UDP gets its length
+//! and checksum (0 sent as 0xffff, RFC 768). The `hdr_len` in the virtio header is not trusted:
+//! headers are parsed. Which IPv6 extension headers are taken is [`Transport::parse`]'s
+//! business; headers longer than [`MAX_HEADER_LEN`] are refused, so a caller can size its header
+//! room once.
 
 use super::{OffloadError, PROTO_TCP, PROTO_UDP, Transport, tcp_flags};
 use crate::wire::checksum::Sum;
 use crate::wire::vnet::GsoType;
 use std::ops::Range;
+
+/// The longest headers (IP, options or extension headers, TCP/UDP) a split takes, and so the room
+/// a caller of [`Split::segment`] needs per segment. IPv4 with 40 bytes of options and TCP with 40
+/// bytes of options (120) fit; IPv6 leaves 56 bytes of extension headers beside TCP with
+/// timestamps.
+pub const MAX_HEADER_LEN: usize = 128;
 
 /// Segments per UDP GSO send: the portable limit (`UDP_MAX_SEGMENTS`, 128 only from Linux 6.9).
 pub const GSO_MAX_SEGMENTS: usize = 64;
@@ -72,6 +83,9 @@ impl Split {
         if !matches {
             return Err(OffloadError::GsoTypeMismatch);
         }
+        if transport.header_len() > MAX_HEADER_LEN {
+            return Err(OffloadError::HeadersTooLong);
+        }
         if gso_size == 0 {
             return Err(OffloadError::BadGso);
         }
@@ -101,7 +115,8 @@ impl Split {
         start..end
     }
 
-    /// Writes segment `index`'s headers into `out` (at least `transport.header_len()` bytes) and
+    /// Writes segment `index`'s headers into `out` (at least `transport.header_len()` bytes, which
+    /// is at most [`MAX_HEADER_LEN`]) and
     /// returns the range of its payload in `packet`. `packet` must be the one planned.
     pub fn segment(&self, packet: &[u8], index: usize, out: &mut [u8]) -> Range<usize> {
         let t = &self.transport;
