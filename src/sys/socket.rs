@@ -93,21 +93,36 @@ pub fn source_ip(name: &[u8]) -> Option<IpAddr> {
 pub const GRO_CONTROL_LEN: usize = 24;
 
 /// Reads the `UDP_GRO` segment size from a recvmsg control area, if there is one.
+///
+/// Walks the messages as the kernel's `CMSG_NXTHDR` does (include/linux/socket.h) and trusts a
+/// message only if it is `CMSG_OK`: its `cmsg_len` covers at least the header and lies within the
+/// area. When the area was too small the kernel cuts the last message and shortens its
+/// `cmsg_len` (`put_cmsg` in net/core/scm.c, which also sets `MSG_CTRUNC`), so a `UDP_GRO` whose
+/// `cmsg_len` cannot hold its `int` is cut, and the bytes after it are not the size.
 pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
     let header = size_of::<libc::cmsghdr>();
     let mut at = 0;
-    while at + header <= control.len() {
+    while control.len() - at >= header {
+        let left = control.len() - at;
         let len = usize::from_ne_bytes(control[at..at + 8].try_into().ok()?);
         let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
         let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
-        if len < header {
+        if len < header || len > left {
             return None;
         }
-        if level == libc::SOL_UDP && kind == libc::UDP_GRO && at + header + 4 <= control.len() {
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+            if len < header + 4 {
+                return None;
+            }
             let size = i32::from_ne_bytes(control[at + header..at + header + 4].try_into().ok()?);
             return usize::try_from(size).ok().filter(|s| *s > 0);
         }
-        at += len.div_ceil(8) * 8;
+        // CMSG_ALIGN to sizeof(long); no overflow, since len <= left.
+        let step = len.div_ceil(8) * 8;
+        if step >= left {
+            return None;
+        }
+        at += step;
     }
     None
 }
@@ -324,6 +339,25 @@ mod tests {
             None,
             "a zero cmsg_len must not loop"
         );
+    }
+
+    #[test]
+    fn a_cut_gro_message_is_not_read() {
+        // The fuzzer's finding: cmsg_len 17 says the message was cut after one byte of its int
+        // (what put_cmsg does when the area is too small); the bytes after it are not the size.
+        let mut control = [0u8; GRO_CONTROL_LEN];
+        control[0..8].copy_from_slice(&17usize.to_ne_bytes());
+        control[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        control[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        control[16..20].copy_from_slice(&1420i32.to_ne_bytes());
+        assert_eq!(gro_segment_size(&control), None);
+        // A cmsg_len past the area is not CMSG_OK either.
+        control[0..8].copy_from_slice(&25usize.to_ne_bytes());
+        assert_eq!(gro_segment_size(&control), None);
+        control[0..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(gro_segment_size(&control), None);
+        control[0..8].copy_from_slice(&20usize.to_ne_bytes());
+        assert_eq!(gro_segment_size(&control), Some(1420));
     }
 
     #[test]
