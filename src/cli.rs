@@ -107,6 +107,22 @@ pub struct Args {
     /// All of --no-tso, --no-uso, --no-udp-gso and --no-udp-gro.
     #[arg(long)]
     pub no_offload: bool,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address and a port, e.g.
+    /// 127.0.0.1:9101). Bound at startup; counters are at most a second old.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+
+    /// After setup (device, sockets, rings, CPU pinning), switch every thread to this user, keeping
+    /// no capabilities: nothing after setup needs privilege. tunfwd must start as root (leaving uid
+    /// 0 is what clears the capabilities). The --stats-json directory must be writable by the user;
+    /// tunfwd writes a first report there right after switching, and exits if it cannot.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// The group to switch to with --user. [default: the user's primary group]
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
 }
 
 /// Offloads the operator allows; the kernel may still refuse some (probed at startup).
@@ -116,6 +132,32 @@ pub struct OffloadSwitches {
     pub uso: bool,
     pub udp_gso: bool,
     pub udp_gro: bool,
+}
+
+/// A user account, as the system's user database has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub primary_gid: u32,
+}
+
+/// The user database (NSS, in production). Like `resolve` for the peer, the caller passes it in,
+/// so that `--user` and `--group` are checked here and unit-tested without real accounts.
+pub trait Accounts {
+    /// The user called `name`; `Ok(None)` when there is none, `Err` when the lookup failed.
+    fn user(&self, name: &str) -> Result<Option<Account>, String>;
+    /// The gid of the group called `name`; `Ok(None)` when there is none.
+    fn group(&self, name: &str) -> Result<Option<u32>, String>;
+}
+
+/// Who tunfwd becomes after setup (`--user`, `--group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    /// `--group`, or `None` for the user's primary group.
+    pub group: Option<String>,
+    pub gid: u32,
 }
 
 /// Where the peer is, before name resolution.
@@ -142,6 +184,10 @@ pub struct Config {
     pub buffer_memory: usize,
     pub tx_queue_len: u32,
     pub offloads: OffloadSwitches,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
+    /// The user to switch to after setup.
+    pub run_as: Option<RunAs>,
 }
 
 /// Bad input: which option, and what is wrong with it.
@@ -246,8 +292,8 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
         if lo > hi {
             return Err(bad("--cpus", format!("range '{part}' runs backwards")));
         }
-        for cpu in lo..=hi {
-            if !std::mem::replace(&mut seen[cpu], true) {
+        for (cpu, seen) in seen.iter_mut().enumerate().take(hi + 1).skip(lo) {
+            if !std::mem::replace(seen, true) {
                 cpus.push(cpu);
             }
         }
@@ -298,13 +344,88 @@ fn validate_device_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parses `--metrics`: an IP address and a non-zero port. No hostnames: the listener is bound
+/// before anything else, and a name that resolves to several addresses would have to pick one.
+pub fn parse_metrics_address(text: &str) -> Result<SocketAddr, ConfigError> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        bad(
+            "--metrics",
+            format!("'{text}' is not ADDR:PORT (an IP address and a port, e.g. 127.0.0.1:9101)"),
+        )
+    })?;
+    if address.port() == 0 {
+        return Err(bad(
+            "--metrics",
+            "port 0 would be a random port that no scraper knows; choose one",
+        ));
+    }
+    Ok(address)
+}
+
+/// Resolves `--user` and `--group`. Refuses uid 0 and gid 0: switching to root keeps everything,
+/// which is never what `--user` was written for.
+fn validate_run_as(
+    user: &str,
+    group: Option<&str>,
+    accounts: &impl Accounts,
+) -> Result<RunAs, ConfigError> {
+    let valid_name = |name: &str| {
+        !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
+    };
+    if !valid_name(user) {
+        return Err(bad("--user", format!("'{user}' is not a user name")));
+    }
+    let account = accounts
+        .user(user)
+        .map_err(|why| bad("--user", format!("cannot look up user '{user}': {why}")))?
+        .ok_or_else(|| bad("--user", format!("no user '{user}' on this system")))?;
+    if account.uid == 0 {
+        return Err(bad(
+            "--user",
+            format!("'{user}' is uid 0: switching to it would keep every privilege"),
+        ));
+    }
+    let gid = match group {
+        Some(name) => {
+            if !valid_name(name) {
+                return Err(bad("--group", format!("'{name}' is not a group name")));
+            }
+            let gid = accounts
+                .group(name)
+                .map_err(|why| bad("--group", format!("cannot look up group '{name}': {why}")))?
+                .ok_or_else(|| bad("--group", format!("no group '{name}' on this system")))?;
+            if gid == 0 {
+                return Err(bad("--group", format!("'{name}' is gid 0 (root's group)")));
+            }
+            gid
+        }
+        None if account.primary_gid == 0 => {
+            return Err(bad(
+                "--user",
+                format!(
+                    "'{user}' has gid 0 (root's group) as its primary group; name another with --group"
+                ),
+            ));
+        }
+        None => account.primary_gid,
+    };
+    Ok(RunAs {
+        user: user.to_string(),
+        uid: account.uid,
+        group: group.map(str::to_string),
+        gid,
+    })
+}
+
 impl Args {
     /// Validates the arguments. `online_cpus` is the machine's online CPU list; `resolve` turns a
-    /// hostname and port into addresses (DNS, in production).
+    /// hostname and port into addresses (DNS, in production); `accounts` looks up `--user` and
+    /// `--group`.
     pub fn validate(
         &self,
         online_cpus: &[usize],
         resolve: impl Fn(&str, u16) -> Result<Vec<SocketAddr>, String>,
+        accounts: &impl Accounts,
     ) -> Result<Config, ConfigError> {
         let peer = match parse_peer(&self.peer)? {
             PeerSpec::Address(address) => address,
@@ -428,6 +549,17 @@ impl Args {
             ));
         }
 
+        let metrics = self
+            .metrics
+            .as_deref()
+            .map(parse_metrics_address)
+            .transpose()?;
+        let run_as = self
+            .user
+            .as_deref()
+            .map(|user| validate_run_as(user, self.group.as_deref(), accounts))
+            .transpose()?;
+
         Ok(Config {
             peer,
             listen,
@@ -447,6 +579,8 @@ impl Args {
                 udp_gso: !(self.no_offload || self.no_udp_gso),
                 udp_gro: !(self.no_offload || self.no_udp_gro),
             },
+            metrics,
+            run_as,
         })
     }
 }
@@ -465,8 +599,35 @@ mod tests {
         Err("no DNS in tests".into())
     }
 
+    /// A user database with `relay` (uid 990, group 990), `rootgroup` (primary gid 0), `root`,
+    /// groups `relay`, `metrics` (991) and `wheel` (0); `broken` fails the lookup.
+    struct FakeAccounts;
+
+    impl Accounts for FakeAccounts {
+        fn user(&self, name: &str) -> Result<Option<Account>, String> {
+            let account = |uid, primary_gid| Ok(Some(Account { uid, primary_gid }));
+            match name {
+                "relay" => account(990, 990),
+                "rootgroup" => account(992, 0),
+                "root" => account(0, 0),
+                "broken" => Err("NSS is down".into()),
+                _ => Ok(None),
+            }
+        }
+
+        fn group(&self, name: &str) -> Result<Option<u32>, String> {
+            match name {
+                "relay" => Ok(Some(990)),
+                "metrics" => Ok(Some(991)),
+                "wheel" => Ok(Some(0)),
+                "broken" => Err("NSS is down".into()),
+                _ => Ok(None),
+            }
+        }
+    }
+
     fn check(extra: &[&str]) -> Result<Config, ConfigError> {
-        args(extra).validate(&[0, 1, 2, 3], no_dns)
+        args(extra).validate(&[0, 1, 2, 3], no_dns, &FakeAccounts)
     }
 
     #[test]
@@ -485,7 +646,7 @@ mod tests {
     fn ipv6_peer_changes_listen_family_and_mtu() {
         let c = Args::try_parse_from(["tunfwd", "--peer", "[2001:2::2]:7000"])
             .unwrap()
-            .validate(&[0], no_dns)
+            .validate(&[0], no_dns, &FakeAccounts)
             .unwrap();
         assert_eq!(c.listen, "[::]:55555".parse().unwrap());
         assert_eq!(c.mtu, 1452);
@@ -496,18 +657,22 @@ mod tests {
     fn hostname_peer_is_resolved_preferring_ipv4() {
         let c = Args::try_parse_from(["tunfwd", "--peer", "relay.example:9000"])
             .unwrap()
-            .validate(&[0], |host, port| {
-                assert_eq!((host, port), ("relay.example", 9000));
-                Ok(vec![
-                    "[2001:2::9]:9000".parse().unwrap(),
-                    "198.18.0.9:9000".parse().unwrap(),
-                ])
-            })
+            .validate(
+                &[0],
+                |host, port| {
+                    assert_eq!((host, port), ("relay.example", 9000));
+                    Ok(vec![
+                        "[2001:2::9]:9000".parse().unwrap(),
+                        "198.18.0.9:9000".parse().unwrap(),
+                    ])
+                },
+                &FakeAccounts,
+            )
             .unwrap();
         assert_eq!(c.peer, "198.18.0.9:9000".parse().unwrap());
         let e = Args::try_parse_from(["tunfwd", "--peer", "nowhere.invalid:9000"])
             .unwrap()
-            .validate(&[0], no_dns)
+            .validate(&[0], no_dns, &FakeAccounts)
             .unwrap_err();
         assert_eq!(e.option, "--peer");
         assert!(e.problem.contains("cannot resolve"));
@@ -539,6 +704,19 @@ mod tests {
             (&["--buffer-memory", "1K"], "--buffer-memory"),
             (&["--buffer-memory", "2G"], "--buffer-memory"),
             (&["--buffer-memory", "M"], "--buffer-memory"),
+            (&["--metrics", "9101"], "--metrics"),
+            (&["--metrics", "localhost:9101"], "--metrics"),
+            (&["--metrics", "127.0.0.1:0"], "--metrics"),
+            (&["--metrics", "127.0.0.1:65536"], "--metrics"),
+            (&["--user", "nosuchuser"], "--user"),
+            (&["--user", "broken"], "--user"),
+            (&["--user", "root"], "--user"),
+            (&["--user", "rootgroup"], "--user"),
+            (&["--user", ""], "--user"),
+            (&["--user", "a b"], "--user"),
+            (&["--user", "relay", "--group", "nosuchgroup"], "--group"),
+            (&["--user", "relay", "--group", "broken"], "--group"),
+            (&["--user", "relay", "--group", "wheel"], "--group"),
         ];
         for (extra, option) in cases {
             let e = check(extra).expect_err(&format!("{extra:?} should fail"));
@@ -555,10 +733,44 @@ mod tests {
         ] {
             let e = Args::try_parse_from(["tunfwd", "--peer", peer])
                 .unwrap()
-                .validate(&[0], no_dns)
+                .validate(&[0], no_dns, &FakeAccounts)
                 .expect_err(peer);
             assert_eq!(e.option, "--peer", "{peer}");
         }
+    }
+
+    #[test]
+    fn metrics_address_and_run_as() {
+        let c = check(&[]).unwrap();
+        assert_eq!((c.metrics, c.run_as), (None, None));
+        let c = check(&["--metrics", "127.0.0.1:9101"]).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+        let c = check(&["--metrics", "[::1]:9101"]).unwrap();
+        assert_eq!(c.metrics, Some("[::1]:9101".parse().unwrap()));
+        let c = check(&["--user", "relay"]).unwrap();
+        assert_eq!(
+            c.run_as,
+            Some(RunAs {
+                user: "relay".into(),
+                uid: 990,
+                group: None,
+                gid: 990
+            })
+        );
+        let c = check(&["--user", "rootgroup", "--group", "metrics"]).unwrap();
+        assert_eq!(
+            c.run_as,
+            Some(RunAs {
+                user: "rootgroup".into(),
+                uid: 992,
+                group: Some("metrics".into()),
+                gid: 991
+            })
+        );
+        assert!(
+            Args::try_parse_from(["tunfwd", "--peer", "1.2.3.4:5", "--group", "relay"]).is_err(),
+            "--group needs --user"
+        );
     }
 
     #[test]

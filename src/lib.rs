@@ -12,6 +12,8 @@
 
 pub mod cli;
 pub mod faults;
+pub mod metrics;
+pub mod notify;
 pub mod offload;
 #[allow(unsafe_code)]
 pub mod ring;

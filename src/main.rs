@@ -1,17 +1,25 @@
 //! `tunfwd`: parse arguments, set up the device and sockets, run one worker per queue, report.
+//!
+//! The main thread owns everything that is not the data path: setup, the switch to `--user`, the
+//! stats snapshots the workers send (merged here, printed, written as JSON, handed to the metrics
+//! server), the service manager's notifications, and shutdown. Workers never wait on it.
 
 use clap::Parser;
+use nix::unistd::{Group, User};
 use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tunfwd::cli::{Args, Config};
+use tunfwd::cli::{Account, Accounts, Args, Config};
+use tunfwd::metrics::{self, Published};
+use tunfwd::notify::{self, Notifier};
 use tunfwd::offload::split;
 use tunfwd::stats::{Report, WorkerStats};
-use tunfwd::sys::{self, link, signal::Signals, socket, tun};
+use tunfwd::sys::{self, link, privileges, signal::Signals, socket, tun};
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
 use tunfwd::{ring, steer};
 
@@ -26,14 +34,15 @@ fn main() -> ExitCode {
             .map(|found| found.collect())
             .map_err(|e| e.to_string())
     };
-    let config = match args.validate(&online, resolve) {
+    let config = match args.validate(&online, resolve, &SystemAccounts) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tunfwd: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(&config) {
+    let mut notifier = Notifier::from_env();
+    match run(&config, &mut notifier) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -43,10 +52,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// The system's user database (NSS), for `--user` and `--group`.
+struct SystemAccounts;
+
+impl Accounts for SystemAccounts {
+    fn user(&self, name: &str) -> Result<Option<Account>, String> {
+        User::from_name(name)
+            .map(|found| {
+                found.map(|u| Account {
+                    uid: u.uid.as_raw(),
+                    primary_gid: u.gid.as_raw(),
+                })
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn group(&self, name: &str) -> Result<Option<u32>, String> {
+        Group::from_name(name)
+            .map(|found| found.map(|g| g.gid.as_raw()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// How fresh `--metrics` keeps the counters: workers send a snapshot at least this often.
+const METRICS_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often workers send snapshots: at the print interval, and at least every second when
+/// metrics are served. Zero means never (only the final report at exit).
+fn snapshot_interval(print: Duration, metrics: bool) -> Duration {
+    match (metrics, print.is_zero()) {
+        (false, _) => print,
+        (true, true) => METRICS_SNAPSHOT_INTERVAL,
+        (true, false) => print.min(METRICS_SNAPSHOT_INTERVAL),
+    }
+}
+
 /// Sets up and runs until SIGINT/SIGTERM. `Ok(false)` means a worker failed while running.
-fn run(config: &Config) -> Result<bool, sys::Error> {
+fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     // Before any thread exists, so that every worker inherits the blocked mask.
     let signals = Signals::block()?;
+    // Bound first: a bad address is one clear message before any device exists, and binding
+    // happens while still privileged (a port below 1024 with --user).
+    let metrics_listener = match config.metrics {
+        Some(address) => Some(
+            metrics::bind(address)
+                .map_err(|source| sys::Error::MetricsListen { address, source })?,
+        ),
+        None => None,
+    };
     // Probe io_uring once up front so that "disabled" is one clear message, not one per queue.
     drop(ring::build(8, 16).map_err(|source| sys::Error::IoUring { queue: 0, source })?);
 
@@ -124,7 +177,8 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let interval = Duration::from_secs(config.stats_interval_secs);
+    let print_interval = Duration::from_secs(config.stats_interval_secs);
+    let snapshots = snapshot_interval(print_interval, config.metrics.is_some());
     let (snapshot_tx, snapshot_rx) = mpsc::channel::<WorkerStats>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(config.queues);
@@ -140,7 +194,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             buffer_memory: config.buffer_memory,
             offloads,
             stop: stop.clone(),
-            snapshots: (!interval.is_zero()).then(|| (interval, snapshot_tx.clone())),
+            snapshots: (!snapshots.is_zero()).then(|| (snapshots, snapshot_tx.clone())),
         };
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -153,54 +207,128 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
     drop(snapshot_tx);
 
     if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
-        stop.store(true, Ordering::Relaxed);
-        for handle in handles {
-            let _ = handle.join();
-        }
+        stop_after_setup_failure(&stop, handles);
         return Err(e);
     }
+
+    let started = Instant::now();
+    // Every queue from the start, zeros until its first snapshot.
+    let mut latest: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
+    if let Err(e) = drop_privileges_and_check_output(config, &latest) {
+        stop_after_setup_failure(&stop, handles);
+        return Err(e);
+    }
+    let up = format!(
+        "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
+        config.device_name, config.queues, config.mtu, listen, config.peer
+    );
     eprintln!(
-        "tunfwd: {} up: {} queue(s), MTU {}, listening on {}, peer {}, offloads: {}{}",
-        config.device_name,
-        config.queues,
-        config.mtu,
-        listen,
-        config.peer,
+        "tunfwd: {up}, offloads: {}{}",
         describe(wanted, offloads),
         gso_cap.map_or(String::new(), |b| format!(
             "; super-packets up to {b} bytes (one GSO send each)"
         ))
     );
 
-    let started = Instant::now();
-    let mut latest: Vec<Option<WorkerStats>> = vec![None; config.queues];
-    let mut next_report = started + interval;
+    let published = metrics_listener.map(|listener| {
+        let published = Published::new(Report::new(Duration::ZERO, latest.clone()));
+        metrics::spawn_server(listener, published.clone()).expect("spawning the metrics thread");
+        published
+    });
+    notifier.ready(&up);
+
+    let mut next_report = started + print_interval;
+    let idle_wait = if snapshots.is_zero() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(100)
+    };
     loop {
-        let wait = if interval.is_zero() {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_millis(100)
-        };
+        let mut wait = idle_wait;
+        if let Some(due) = notifier.watchdog_due() {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         if signals.wait(wait).is_some() || stop.load(Ordering::Relaxed) {
             break;
         }
+        let now = Instant::now();
+        notifier.watchdog(now);
+        let mut fresh = false;
         while let Ok(snapshot) = snapshot_rx.try_recv() {
             let queue = snapshot.queue;
-            latest[queue] = Some(snapshot);
+            latest[queue] = snapshot;
+            fresh = true;
         }
-        if !interval.is_zero() && Instant::now() >= next_report {
-            next_report += interval;
-            let report = Report::new(
-                started.elapsed(),
-                latest.iter().flatten().cloned().collect(),
-            );
+        if fresh && (published.is_some() || notifier.enabled()) {
+            let report = Report::new(started.elapsed(), latest.clone());
+            notifier.status(now, &notify::status_line(&report));
+            if let Some(published) = &published {
+                published.publish(report);
+            }
+        }
+        if !print_interval.is_zero() && now >= next_report {
+            next_report += print_interval;
+            let report = Report::new(started.elapsed(), latest.clone());
             publish(&report, config.stats_json.as_deref());
         }
     }
 
+    notifier.stopping(&format!("{} stopping", config.device_name));
+    let (all_ok, finals) = stop_and_join(&stop, handles);
+    publish(
+        &Report::new(started.elapsed(), finals),
+        config.stats_json.as_deref(),
+    );
+    Ok(all_ok)
+}
+
+/// After setup: switches to `--user` if asked, then writes a first (all-zero) report to
+/// `--stats-json`, which proves that the user tunfwd now is can write there, at startup rather
+/// than at exit.
+fn drop_privileges_and_check_output(
+    config: &Config,
+    latest: &[WorkerStats],
+) -> Result<(), sys::Error> {
+    if let Some(run_as) = &config.run_as {
+        privileges::switch_to(&run_as.user, run_as.uid, run_as.gid)?;
+        eprintln!(
+            "tunfwd: switched every thread to user {} (uid {}), {} (gid {}); no capabilities kept",
+            run_as.user,
+            run_as.uid,
+            run_as
+                .group
+                .as_deref()
+                .map_or("its primary group".to_string(), |g| format!("group {g}")),
+            run_as.gid
+        );
+    }
+    if let Some(path) = &config.stats_json {
+        write_json(&Report::new(Duration::ZERO, latest.to_vec()), path).map_err(|source| {
+            sys::Error::StatsFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Stops every worker after setup failed; the setup error is what gets reported, not their stats.
+fn stop_after_setup_failure(stop: &AtomicBool, handles: Vec<JoinHandle<Option<WorkerExit>>>) {
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        let _ = handle.join();
+    }
+}
+
+/// Stops every worker and waits for it. Returns whether all ended well, and their final stats.
+fn stop_and_join(
+    stop: &AtomicBool,
+    handles: Vec<JoinHandle<Option<WorkerExit>>>,
+) -> (bool, Vec<WorkerStats>) {
     stop.store(true, Ordering::Relaxed);
     let mut all_ok = true;
-    let mut finals = Vec::with_capacity(config.queues);
+    let mut finals = Vec::with_capacity(handles.len());
     for handle in handles {
         match handle.join() {
             Ok(Some(WorkerExit { stats, error })) => {
@@ -217,11 +345,7 @@ fn run(config: &Config) -> Result<bool, sys::Error> {
             }
         }
     }
-    publish(
-        &Report::new(started.elapsed(), finals),
-        config.stats_json.as_deref(),
-    );
-    Ok(all_ok)
+    (all_ok, finals)
 }
 
 /// One line on which offloads are on, and why any that were asked for are off.
@@ -240,17 +364,24 @@ fn describe(wanted: tunfwd::cli::OffloadSwitches, got: worker::Offloads) -> Stri
     .join(", ")
 }
 
-/// Prints the report and, if asked, writes it as JSON (atomically: a temporary file, then rename).
+/// Prints the report and, if asked, writes it as JSON.
 fn publish(report: &Report, json_path: Option<&Path>) {
     println!("{}", report.to_table());
-    if let Some(path) = json_path {
-        let text = report.to_json().to_string();
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp.{}", std::process::id()));
-        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            eprintln!("tunfwd: cannot write stats to {}: {e}", path.display());
-            let _ = std::fs::remove_file(&tmp);
-        }
+    if let Some(path) = json_path
+        && let Err(e) = write_json(report, path)
+    {
+        eprintln!("tunfwd: cannot write stats to {}: {e}", path.display());
     }
+}
+
+/// Writes the report as JSON, atomically: a temporary file beside `path`, then a rename.
+fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
+    let text = report.to_json().to_string();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

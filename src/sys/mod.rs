@@ -6,6 +6,7 @@
 //! what an operator can do about the common causes.
 
 pub mod link;
+pub mod privileges;
 pub mod signal;
 pub mod socket;
 pub mod tun;
@@ -94,6 +95,31 @@ pub enum Error {
     /// Workers that ended during setup without reporting (a panic; its message is above).
     WorkerLost {
         missing: usize,
+    },
+    /// Binding the `--metrics` listener.
+    MetricsListen {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    /// One step of switching to `--user` (`setgroups`, `setgid` or `setuid`).
+    DropPrivileges {
+        user: String,
+        step: &'static str,
+        source: io::Error,
+    },
+    /// Reading the threads' credentials back after the switch.
+    CheckPrivileges(io::Error),
+    /// A thread that still has another uid or gid, or a capability, after the switch.
+    PrivilegesRemain {
+        thread: u32,
+        uid: u32,
+        gid: u32,
+        capabilities: u64,
+    },
+    /// Writing the first stats report, which proves `--stats-json` is writable.
+    StatsFile {
+        path: std::path::PathBuf,
+        source: io::Error,
     },
 }
 
@@ -238,6 +264,63 @@ impl fmt::Display for Error {
                 f,
                 "{missing} worker(s) died during setup without reporting (a bug: see the panic above)"
             ),
+            Error::MetricsListen { address, source }
+                if source.kind() == io::ErrorKind::AddrInUse =>
+            {
+                write!(
+                    f,
+                    "cannot serve metrics on {address}: {source}. Another program holds the port; \
+                     choose another with --metrics"
+                )
+            }
+            Error::MetricsListen { address, source }
+                if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+            {
+                write!(
+                    f,
+                    "cannot serve metrics on {address}: {source}. {} is not an address of this host",
+                    address.ip()
+                )
+            }
+            Error::MetricsListen { address, source } => {
+                write!(f, "cannot serve metrics on {address}: {source}")
+            }
+            Error::DropPrivileges { user, step, source } if is_permission(source) => write!(
+                f,
+                "cannot switch to user {user} ({step}): {source}. --user needs tunfwd to start as \
+                 root"
+            ),
+            Error::DropPrivileges { user, step, source } => {
+                write!(f, "cannot switch to user {user} ({step}): {source}")
+            }
+            Error::CheckPrivileges(e) => write!(
+                f,
+                "cannot read the threads' credentials back from /proc/self/task: {e}"
+            ),
+            Error::PrivilegesRemain {
+                thread,
+                uid,
+                gid,
+                capabilities,
+            } => write!(
+                f,
+                "after switching users, thread {thread} has uid {uid}, gid {gid} and capabilities \
+                 {capabilities:#x}; refusing to run with privileges it was told to drop (--user \
+                 clears capabilities only when tunfwd starts as root)"
+            ),
+            Error::StatsFile { path, source } if is_permission(source) => write!(
+                f,
+                "cannot write the stats report to {}: {source}. Its directory must be writable by \
+                 the user tunfwd runs as (see --user)",
+                path.display()
+            ),
+            Error::StatsFile { path, source } => {
+                write!(
+                    f,
+                    "cannot write the stats report to {}: {source}",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -262,8 +345,12 @@ impl std::error::Error for Error {
             | Error::Bind { source: e, .. }
             | Error::IoUring { source: e, .. }
             | Error::IoUringFeature { source: e, .. }
-            | Error::RegisterBuffers { source: e, .. } => Some(e),
-            Error::Pin { .. } | Error::WorkerLost { .. } => None,
+            | Error::RegisterBuffers { source: e, .. }
+            | Error::MetricsListen { source: e, .. }
+            | Error::DropPrivileges { source: e, .. }
+            | Error::CheckPrivileges(e)
+            | Error::StatsFile { source: e, .. } => Some(e),
+            Error::Pin { .. } | Error::WorkerLost { .. } | Error::PrivilegesRemain { .. } => None,
         }
     }
 }

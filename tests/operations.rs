@@ -1,0 +1,841 @@
+//! Running tunfwd in production: Prometheus metrics, systemd notifications and the unit file, and
+//! the switch to an unprivileged user, each checked on the real binary.
+//!
+//! The namespace tests need root and fail at once without it, never skipping silently, as in
+//! tests/netns.rs. The metrics listener binds inside relay A's namespace, so scrapes are made
+//! from there too: a thread of this test process enters that namespace with setns(2) (which moves
+//! only the calling thread) and makes the HTTP request itself, so no curl or python is needed.
+//! Its output is read by an independent parser, the `prometheus-parse` crate.
+
+use clap::Parser;
+use nix::sched::{CloneFlags, setns};
+use prometheus_parse::{HistogramCount, Sample, Scrape, Value as Metric};
+use serde_json::Value;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tunfwd::cli::{Account, Accounts, Args};
+use tunfwd::stats::DropReason;
+use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Where relay A serves metrics, inside its namespace (the testbed brings `lo` up).
+const METRICS: &str = "127.0.0.1:9101";
+
+fn require_root() {
+    if !testbed::is_root() {
+        panic!(
+            "the operations tests need root (namespaces, TUN, switching users): run them as root, \
+             e.g. `sudo -E cargo test --test operations`"
+        );
+    }
+}
+
+fn testbed_running(tunfwd: &Path) -> Testbed {
+    require_root();
+    Testbed::new(tunfwd, Path::new(env!("CARGO_BIN_EXE_tunload")))
+        .expect("building the namespace testbed")
+}
+
+fn testbed() -> Testbed {
+    testbed_running(Path::new(env!("CARGO_BIN_EXE_tunfwd")))
+}
+
+/// A scratch directory of this test process, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tunfwd-ops-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `GET path` on `address` from inside `host`'s network namespace. Returns the status and body.
+fn http_get(bed: &Testbed, host: Host, address: &str, path: &str) -> (u16, String) {
+    let namespace = format!("/var/run/netns/{}", bed.namespace(host));
+    let address: SocketAddr = address.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n");
+    let exchange = || -> io::Result<(u16, String)> {
+        // This thread alone moves into the namespace; it ends with the scrape.
+        setns(fs::File::open(&namespace)?, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| io::Error::other(format!("no end of head: {answer}")))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line: {head}")))?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no Content-Length: {head}")))?;
+        assert_eq!(length, body.len(), "Content-Length");
+        Ok((status, body.to_string()))
+    };
+    std::thread::scope(|s| s.spawn(exchange).join().unwrap())
+        .unwrap_or_else(|e| panic!("GET {path} from {address}: {e}"))
+}
+
+fn scrape_text(bed: &Testbed) -> String {
+    let (status, body) = http_get(bed, Host::A, METRICS, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Parses a scrape and checks it is well-formed: no line the parser skipped, `# HELP` for every
+/// family, cumulative histogram buckets that end at `+Inf` with the `_count`.
+fn parse_scrape(text: &str) -> Scrape {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("scrape parses");
+    // prometheus-parse skips what it cannot read: count what it read against the sample lines.
+    let lines = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    let parsed: usize = scrape
+        .samples
+        .iter()
+        .map(|s| match &s.value {
+            Metric::Histogram(buckets) => buckets.len(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(parsed, lines, "every sample line parsed:\n{text}");
+    for s in &scrape.samples {
+        let family = ["_sum", "_count"]
+            .iter()
+            .find_map(|suffix| s.metric.strip_suffix(suffix))
+            .filter(|base| scrape.docs.contains_key(*base))
+            .unwrap_or(&s.metric);
+        assert!(scrape.docs.contains_key(family), "no HELP for {family}");
+        assert!(
+            text.contains(&format!("# TYPE {} ", s.metric))
+                || text.contains(&format!("# TYPE {family} ")),
+            "no TYPE for {}",
+            s.metric
+        );
+    }
+    for direction in ["tun_to_udp", "udp_to_tun"] {
+        let b = buckets(&scrape, direction);
+        assert!(b.len() > 10, "a few buckets per decade: {b:?}");
+        assert!(
+            b.windows(2).all(|w| w[0].less_than < w[1].less_than),
+            "{b:?}"
+        );
+        assert!(b.windows(2).all(|w| w[0].count <= w[1].count), "{b:?}");
+        let last = b.last().unwrap();
+        assert!(last.less_than.is_infinite());
+        assert_eq!(last.count, latency_count(&scrape, direction) as f64);
+    }
+    scrape
+}
+
+fn number(s: &Sample) -> f64 {
+    match s.value {
+        Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => v,
+        _ => panic!("{} is not a number", s.metric),
+    }
+}
+
+/// One series' value; panics when it is missing.
+fn series(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(number)
+        .unwrap_or_else(|| panic!("no {metric} {labels:?}"))
+}
+
+/// A counter summed over the queues.
+fn total(scrape: &Scrape, metric: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(number)
+        .sum()
+}
+
+fn buckets(scrape: &Scrape, direction: &str) -> Vec<HistogramCount> {
+    scrape
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            Metric::Histogram(b)
+                if s.metric == "tunfwd_latency_seconds"
+                    && s.labels.get("direction") == Some(direction) =>
+            {
+                Some(b.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no latency histogram for {direction}"))
+}
+
+fn latency_count(scrape: &Scrape, direction: &str) -> u64 {
+    series(
+        scrape,
+        "tunfwd_latency_seconds_count",
+        &[("direction", direction)],
+    ) as u64
+}
+
+/// Scrapes until three scrapes in a row, more than a snapshot interval apart, agree on every
+/// sample but the uptime: the workers' latest snapshots then hold everything they counted.
+fn settled_scrape(bed: &Testbed) -> String {
+    let without_uptime = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with("tunfwd_uptime_seconds "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut previous = String::new();
+    let mut agreeing = 0;
+    for _ in 0..40 {
+        let text = scrape_text(bed);
+        let now = without_uptime(&text);
+        if now == previous {
+            agreeing += 1;
+            if agreeing == 2 {
+                return text;
+            }
+        } else {
+            agreeing = 0;
+        }
+        previous = now;
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    panic!("the counters never settled:\n{previous}");
+}
+
+/// Stops a relay with SIGTERM, checks it exits 0 with a report, and returns its final JSON.
+fn stop(mut relay: Process, json: &Path) -> Value {
+    let status = relay
+        .terminate(Duration::from_secs(10))
+        .expect("tunfwd stops");
+    assert!(
+        status.success(),
+        "tunfwd exited with {status}: {}",
+        relay.stderr()
+    );
+    assert!(relay.stdout().contains("tunfwd stats after"));
+    let text = fs::read_to_string(json).expect("stats JSON written");
+    serde_json::from_str(&text).expect("stats JSON parses")
+}
+
+fn json_total(report: &Value, field: &str) -> u64 {
+    report["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q[field].as_u64().unwrap())
+        .sum()
+}
+
+/// Starts a verified TCP sink on `to_host` and a sender on `from` for `seconds`; returns both.
+fn start_transfer(
+    bed: &Testbed,
+    from: Host,
+    to_host: Host,
+    to_addr: &str,
+    amount: &[&str],
+) -> (Process, Process) {
+    let listen = endpoint(
+        if to_addr.contains(':') {
+            "::"
+        } else {
+            "0.0.0.0"
+        },
+        5201,
+    );
+    let sink = bed
+        .tunload_background(
+            to_host,
+            "tcp-sink",
+            &["tcp-sink", "--listen", &listen, "--seconds", "60"],
+        )
+        .unwrap();
+    // The sink must be listening before the sender connects.
+    std::thread::sleep(Duration::from_millis(300));
+    let target = endpoint(to_addr, 5201);
+    let mut args = vec!["tcp-send", "--to", &target];
+    args.extend_from_slice(amount);
+    let sender = bed.tunload_background(from, "tcp-send", &args).unwrap();
+    (sender, sink)
+}
+
+/// Waits for a transfer and checks that every byte arrived, verified.
+fn finish_transfer(mut sender: Process, mut sink: Process) -> u64 {
+    let status = sender.wait_for(Duration::from_secs(60)).unwrap();
+    assert!(
+        status.success(),
+        "sender: {}{}",
+        sender.stdout(),
+        sender.stderr()
+    );
+    let status = sink.wait_for(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "sink: {}{}", sink.stdout(), sink.stderr());
+    let sent = parse_json(&sender.stdout()).unwrap();
+    let got = parse_json(&sink.stdout()).unwrap();
+    assert_eq!(got["verified"], true, "{got}");
+    assert_eq!(got["bytes"], sent["bytes"], "{got} {sent}");
+    let bytes = got["bytes"].as_u64().unwrap();
+    assert!(bytes > 0, "{got}");
+    bytes
+}
+
+fn verified_transfer(bed: &Testbed, from: Host, to_host: Host, to_addr: &str, bytes: u64) {
+    let bytes = bytes.to_string();
+    let (sender, sink) = start_transfer(
+        bed,
+        from,
+        to_host,
+        to_addr,
+        &["--bytes", &bytes, "--seconds", "50"],
+    );
+    finish_transfer(sender, sink);
+}
+
+#[test]
+fn metrics_rise_during_a_verified_transfer_and_match_the_final_report() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let json_a = bed.path("a.json");
+    let a = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-a",
+            &[
+                "--queues",
+                "2",
+                "--metrics",
+                METRICS,
+                "--stats-json",
+                json_a.to_str().unwrap(),
+            ],
+        )
+        .expect("tunfwd on A");
+    let _b = bed
+        .start_tunfwd(Host::B, "tunfwd-b", &["--queues", "2"])
+        .expect("tunfwd on B");
+
+    // Served from the start, every queue and every drop reason, zeros included.
+    let before = parse_scrape(&scrape_text(&bed));
+    assert_eq!(series(&before, "tunfwd_queues", &[]), 2.0);
+    for queue in ["0", "1"] {
+        for reason in DropReason::ALL {
+            series(
+                &before,
+                "tunfwd_drops_total",
+                &[("queue", queue), ("reason", reason.name())],
+            );
+        }
+        series(&before, "tunfwd_gso_sends_total", &[("queue", queue)]);
+    }
+    let (status, _) = http_get(&bed, Host::A, METRICS, "/");
+    assert_eq!(status, 404);
+
+    // Three seconds of verified TCP from A to B, scraped twice while it runs.
+    let (mut sender, sink) = start_transfer(
+        &bed,
+        Host::A,
+        Host::B,
+        testbed::B_TUNNEL4,
+        &["--bytes", "0", "--seconds", "3"],
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let during_1 = parse_scrape(&scrape_text(&bed));
+    std::thread::sleep(Duration::from_millis(1300));
+    let during_2 = parse_scrape(&scrape_text(&bed));
+    assert!(
+        sender.try_status().unwrap().is_none(),
+        "both scrapes were taken while the transfer ran"
+    );
+    for metric in [
+        "tunfwd_tun_rx_bytes_total",
+        "tunfwd_tun_rx_packets_total",
+        "tunfwd_udp_tx_packets_total",
+        "tunfwd_udp_rx_packets_total",
+    ] {
+        let (x, y, z) = (
+            total(&before, metric),
+            total(&during_1, metric),
+            total(&during_2, metric),
+        );
+        assert!(x < y && y < z, "{metric} rises: {x} {y} {z}");
+    }
+    assert!(latency_count(&during_1, "tun_to_udp") < latency_count(&during_2, "tun_to_udp"));
+    finish_transfer(sender, sink);
+
+    // Settled, the scrape says what the final report says, to the packet.
+    let settled_text = settled_scrape(&bed);
+    let settled = parse_scrape(&settled_text);
+    assert!(
+        total(&settled, "tunfwd_tun_rx_bytes_total")
+            > total(&during_2, "tunfwd_tun_rx_bytes_total")
+    );
+    let report = stop(a, &json_a);
+    for direction in ["tun_to_udp", "udp_to_tun"] {
+        let json_count = report["latency_ns"][direction]["count"].as_u64().unwrap();
+        assert!(json_count > 0, "{direction}");
+        assert_eq!(
+            latency_count(&settled, direction),
+            json_count,
+            "{direction}: scrape\n{settled_text}\nreport {report}"
+        );
+    }
+    for queue in report["queues"].as_array().unwrap() {
+        let q = queue["queue"].to_string();
+        for (field, value) in queue.as_object().unwrap() {
+            match field.as_str() {
+                "queue" => {}
+                "drops" => {
+                    for (reason, count) in value.as_object().unwrap() {
+                        let labels = [("queue", q.as_str()), ("reason", reason.as_str())];
+                        assert_eq!(
+                            series(&settled, "tunfwd_drops_total", &labels),
+                            count.as_u64().unwrap() as f64,
+                            "{labels:?}"
+                        );
+                    }
+                }
+                _ => assert_eq!(
+                    series(&settled, &format!("tunfwd_{field}_total"), &[("queue", &q)]),
+                    value.as_u64().unwrap() as f64,
+                    "queue {q} {field}"
+                ),
+            }
+        }
+    }
+    assert_eq!(
+        total(&settled, "tunfwd_udp_tx_packets_total"),
+        json_total(&report, "udp_tx_packets") as f64
+    );
+}
+
+fn tunfwd(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bad values exit 2 before anything is set up; no root needed.
+#[test]
+fn operations_options_are_validated_with_exit_2_naming_the_option() {
+    let peer = ["--peer", "198.18.0.2:55555"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--metrics", "nonsense"], "--metrics"),
+        (&["--metrics", "localhost:9101"], "--metrics"),
+        (&["--metrics", "127.0.0.1:0"], "--metrics"),
+        (&["--user", "tunfwd-no-such-user"], "--user"),
+        (&["--user", "root"], "--user"),
+        (
+            &["--user", "nobody", "--group", "tunfwd-no-such-group"],
+            "--group",
+        ),
+    ];
+    for (extra, option) in cases {
+        let args: Vec<&str> = peer.iter().chain(extra.iter()).copied().collect();
+        let (code, stderr) = tunfwd(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("tunfwd: {option}:")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, _) = tunfwd(&["--peer", "198.18.0.2:1", "--group", "nogroup"]);
+    assert_eq!(code, Some(2), "--group needs --user");
+    let help = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "--metrics",
+        "/metrics",
+        "--user",
+        "no capabilities",
+        "--group",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
+
+/// A metrics address that cannot be bound fails at startup, before any device exists, with exit
+/// status 1 and a message naming the address. No root needed.
+#[test]
+fn an_unbindable_metrics_address_exits_1_at_startup() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap().to_string();
+    let (code, stderr) = tunfwd(&["--peer", "198.18.0.2:55555", "--metrics", &address]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {address}"))
+            && stderr.contains("holds the port"),
+        "{stderr}"
+    );
+    // TEST-NET-1 is nobody's address; make sure it is not this machine's before relying on it.
+    if TcpListener::bind("192.0.2.1:0").is_err() {
+        let (code, stderr) = tunfwd(&["--peer", "198.18.0.2:55555", "--metrics", "192.0.2.1:9101"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("not an address of this host"), "{stderr}");
+    }
+}
+
+/// One thread's ids and capabilities from /proc/PID/task/TID/status, read independently of the
+/// product's own parser.
+fn thread_status(status: &str) -> (String, Vec<String>, Vec<String>, String, String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .trim()
+            .to_string()
+    };
+    let words = |s: String| s.split_whitespace().map(str::to_string).collect();
+    (
+        field("Name"),
+        words(field("Uid")),
+        words(field("Gid")),
+        field("CapPrm"),
+        field("CapEff"),
+        field("CapAmb"),
+    )
+}
+
+#[test]
+fn user_nobody_keeps_no_privilege_in_any_thread_and_still_relays() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user called nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+
+    // The report directory must be writable by the user: a root-owned one fails at startup.
+    let unwritable = bed.path("a.json");
+    let err = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-a-unwritable",
+            &[
+                "--queues",
+                "2",
+                "--user",
+                "nobody",
+                "--stats-json",
+                unwritable.to_str().unwrap(),
+            ],
+        )
+        .err()
+        .expect("an unwritable --stats-json stops tunfwd at startup");
+    let err = err.to_string();
+    assert!(err.contains("exit status: 1"), "{err}");
+    assert!(err.contains("cannot write the stats report"), "{err}");
+
+    let dir = bed.path("nobody");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    let json_a = dir.join("a.json");
+    let json_b = bed.path("b.json");
+    let a = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-a",
+            &[
+                "--queues",
+                "2",
+                "--user",
+                "nobody",
+                "--stats-json",
+                json_a.to_str().unwrap(),
+                "--metrics",
+                METRICS,
+            ],
+        )
+        .expect("tunfwd on A");
+    let b = bed
+        .start_tunfwd(
+            Host::B,
+            "tunfwd-b",
+            &["--queues", "2", "--stats-json", json_b.to_str().unwrap()],
+        )
+        .expect("tunfwd on B");
+    assert!(
+        a.stderr()
+            .contains(&format!("switched every thread to user nobody (uid {uid})")),
+        "{}",
+        a.stderr()
+    );
+
+    // `ip netns exec` execs tunfwd, so the child's pid is tunfwd's.
+    let pid = a.pid().unwrap();
+    let mut names = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let (name, uids, gids, permitted, effective, ambient) = thread_status(&status);
+        assert_eq!(
+            uids,
+            vec![uid.to_string(); 4],
+            "{name}: real, effective, saved, fs uid"
+        );
+        assert_eq!(gids, vec![gid.to_string(); 4], "{name}: gids");
+        assert_eq!(effective, "0000000000000000", "{name}: CapEff");
+        assert_eq!(permitted, "0000000000000000", "{name}: CapPrm");
+        assert_eq!(ambient, "0000000000000000", "{name}: CapAmb");
+        names.push(name);
+    }
+    for thread in ["tunfwd-q0", "tunfwd-q1", "tunfwd-metrics"] {
+        assert!(names.iter().any(|n| n == thread), "{thread} in {names:?}");
+    }
+    assert!(
+        fs::metadata(&json_a).is_ok(),
+        "first report written at startup"
+    );
+
+    // The device, sockets and rings set up as root keep working as nobody, both ways.
+    verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, 20_000_000);
+    verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, 20_000_000);
+    let scrape = parse_scrape(&scrape_text(&bed));
+    assert_eq!(series(&scrape, "tunfwd_queues", &[]), 2.0);
+
+    // SIGTERM still writes the final report, as nobody.
+    let report_a = stop(a, &json_a);
+    assert!(
+        json_total(&report_a, "tun_rx_bytes") > 20_000_000,
+        "{report_a}"
+    );
+    assert!(
+        json_total(&report_a, "tun_tx_bytes") > 20_000_000,
+        "{report_a}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&json_a).unwrap().uid(),
+        uid,
+        "written by nobody"
+    );
+    let report_b = stop(b, &json_b);
+    assert!(json_total(&report_b, "udp_rx_bytes") > 20_000_000);
+}
+
+/// A message received by the fake service manager: when, what, and whether tunfwd had already
+/// logged its "up:" line.
+struct Notification {
+    at: Duration,
+    text: String,
+    after_up: bool,
+}
+
+#[test]
+fn systemd_notifications_ready_watchdog_status_and_stopping() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let scratch = Scratch::new("notify");
+    let socket_path = scratch.0.join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // The testbed runs the program it is given through `ip netns exec`, which keeps the
+    // environment; this wrapper sets the manager's variables as systemd would, for tunfwd alone.
+    // After `exec`, $$ is tunfwd's pid, so WATCHDOG_PID names it.
+    let wrapper = scratch.0.join("tunfwd-notify");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nNOTIFY_SOCKET={} WATCHDOG_USEC=200000 WATCHDOG_PID=$$ exec {} \"$@\"\n",
+            socket_path.display(),
+            env!("CARGO_BIN_EXE_tunfwd")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let bed = testbed_running(&wrapper);
+    let stderr_path = bed.path("tunfwd-a.err");
+
+    let start = Instant::now();
+    let notifications = std::thread::scope(|s| {
+        let listener = s.spawn(|| {
+            let mut got: Vec<Notification> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while start.elapsed() < Duration::from_secs(40) {
+                let Ok(len) = manager.recv(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                let after_up = fs::read_to_string(&stderr_path)
+                    .unwrap_or_default()
+                    .contains(" up: ");
+                let stopping = text.contains("STOPPING=1");
+                got.push(Notification {
+                    at: start.elapsed(),
+                    text,
+                    after_up,
+                });
+                if stopping {
+                    break;
+                }
+            }
+            got
+        });
+        let mut a = bed
+            .start_tunfwd(
+                Host::A,
+                "tunfwd-a",
+                &["--queues", "2", "--stats-interval", "1"],
+            )
+            .expect("tunfwd on A");
+        std::thread::sleep(Duration::from_millis(2500));
+        let status = a.terminate(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{}", a.stderr());
+        listener.join().unwrap()
+    });
+
+    let texts: Vec<&str> = notifications.iter().map(|n| n.text.as_str()).collect();
+    let first = notifications.first().expect("notifications arrived");
+    assert!(first.text.starts_with("READY=1\n"), "{texts:?}");
+    assert!(first.after_up, "READY=1 comes after the up: line");
+    assert!(
+        first.text.contains("STATUS=tunfwd0 up: 2 queue(s)"),
+        "{texts:?}"
+    );
+    assert_eq!(texts.iter().filter(|t| t.contains("READY=1")).count(), 1);
+    let watchdogs: Vec<Duration> = notifications
+        .iter()
+        .filter(|n| n.text == "WATCHDOG=1\n")
+        .map(|n| n.at)
+        .collect();
+    // Every 100 ms for 2.5 s: allow for a loaded machine, but demand a steady beat.
+    assert!(watchdogs.len() >= 10, "{} watchdog pings", watchdogs.len());
+    let longest = watchdogs.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(longest < Duration::from_secs(1), "a gap of {longest:?}");
+    let statuses: Vec<&&str> = texts
+        .iter()
+        .filter(|t| t.starts_with("STATUS=") && t.contains("queue(s), up"))
+        .collect();
+    assert!(!statuses.is_empty(), "periodic STATUS lines: {texts:?}");
+    assert!(statuses.iter().all(|t| t.lines().count() == 1));
+    let last = texts.last().unwrap();
+    assert!(last.starts_with("STOPPING=1\n"), "{texts:?}");
+}
+
+/// A user database that has the example's `tunfwd` user.
+struct ExampleAccounts;
+
+impl Accounts for ExampleAccounts {
+    fn user(&self, name: &str) -> Result<Option<Account>, String> {
+        Ok((name == "tunfwd").then_some(Account {
+            uid: 990,
+            primary_gid: 990,
+        }))
+    }
+
+    fn group(&self, _: &str) -> Result<Option<u32>, String> {
+        Ok(None)
+    }
+}
+
+/// The unit says what README.md says it does, its example options are valid, and, where
+/// `systemd-analyze` exists, systemd accepts every line of it.
+#[test]
+fn the_systemd_unit_and_example_are_valid() {
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    let unit = fs::read_to_string(contrib.join("tunfwd@.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "Restart=on-failure",
+        "EnvironmentFile=/etc/tunfwd/%i.env",
+        "ExecStart=/usr/local/bin/tunfwd $TUNFWD_ARGS",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SETUID CAP_SETGID",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+        "DeviceAllow=/dev/net/tun rw",
+        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    assert!(unit.lines().any(|l| l.starts_with("WatchdogSec=")));
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("SystemCallFilter=~@privileged")),
+        "~@privileged would forbid setuid"
+    );
+
+    // The example's options pass tunfwd's own validation.
+    let env = fs::read_to_string(contrib.join("example.env")).unwrap();
+    let options = env
+        .lines()
+        .find_map(|l| l.strip_prefix("TUNFWD_ARGS="))
+        .expect("TUNFWD_ARGS in example.env");
+    let argv = std::iter::once("tunfwd").chain(options.split_whitespace());
+    let config = Args::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("example.env: {e}"))
+        .validate(&[0, 1], |_, _| Err("no DNS".into()), &ExampleAccounts)
+        .unwrap_or_else(|e| panic!("example.env: {e}"));
+    assert!(config.metrics.is_some() && config.run_as.is_some());
+    assert!(config.stats_json.unwrap().starts_with("/run/tunfwd"));
+
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        eprintln!("note: systemd-analyze is not installed; the unit was checked by content only");
+        return;
+    }
+    // `verify` wants an instance and an executable that exists: the binary under test.
+    let scratch = Scratch::new("unit");
+    let instance = scratch.0.join("tunfwd@site1.service");
+    fs::write(
+        &instance,
+        unit.replace("/usr/local/bin/tunfwd", env!("CARGO_BIN_EXE_tunfwd")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "systemd-analyze verify: {said}");
+    // Unknown keys and bad values are warnings with exit status 0: there must be none about us.
+    let about_us: Vec<&str> = said.lines().filter(|l| l.contains("tunfwd@")).collect();
+    assert!(about_us.is_empty(), "systemd-analyze verify: {about_us:?}");
+}
