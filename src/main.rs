@@ -117,10 +117,10 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         },
     )?;
     if tun_offloads.tso4 || tun_offloads.tso6 || tun_offloads.uso4 || tun_offloads.uso6 {
-        // Bound the segments per super-packet, not only the bytes: with a small inner MSS a
-        // 64 KB super-packet is hundreds of segments, more than one split (and one GSO send)
-        // takes. A kernel that refuses the cap could hand those over, so it gets no TSO/USO.
-        let cap = split::GSO_MAX_SEGMENTS as u32;
+        // Bound the segments per super-packet, not only the bytes: at the kernel's smallest
+        // MSS (88) a 64 KB super-packet is 862 segments, more than one split takes. A kernel
+        // that refuses the cap could hand those over, so it gets no TSO/USO.
+        let cap = worker::MAX_SPLIT_SEGMENTS as u32;
         if let Err(e) = link::set_gso_max_segments(&config.device_name, cap) {
             eprintln!("tunfwd: warning: {e}; turning TSO and USO off");
             tun_offloads = tun::negotiate_offloads(

@@ -602,7 +602,7 @@ fn small_mss_transfers_verify_both_ways_without_bad_offload() {
         .output()
         .unwrap();
     let details = String::from_utf8_lossy(&details.stdout).to_string();
-    let cap = tunfwd::offload::split::GSO_MAX_SEGMENTS;
+    let cap = tunfwd::worker::MAX_SPLIT_SEGMENTS;
     assert!(
         details.contains(&format!("gso_max_segs {cap} ")),
         "expected gso_max_segs {cap}: {details}"
