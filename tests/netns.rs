@@ -63,6 +63,23 @@ fn stop(bed: &Testbed, mut relay: Process, json_name: &str) -> Value {
     serde_json::from_str(&text).expect("stats JSON parses")
 }
 
+/// `ip -d link show` of the TUN device on `host`: its MTU, gso_max_size and gso_max_segs.
+fn tun_details(bed: &Testbed, host: Host) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bed.namespace(host),
+            "-d",
+            "link",
+            "show",
+            "dev",
+            "tunfwd0",
+        ])
+        .output()
+        .expect("running ip link show");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn total(report: &Value, field: &str) -> u64 {
     report["queues"]
         .as_array()
@@ -507,19 +524,7 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
         }
         // With offloads the TUN's super-packets are capped to fit one GSO send; without, the
         // kernel's default stays.
-        let details = std::process::Command::new("ip")
-            .args([
-                "-n",
-                &bed.namespace(Host::A),
-                "-d",
-                "link",
-                "show",
-                "dev",
-                "tunfwd0",
-            ])
-            .output()
-            .unwrap();
-        let details = String::from_utf8_lossy(&details.stdout).to_string();
+        let details = tun_details(&bed, Host::A);
         let mtu = details
             .split_whitespace()
             .skip_while(|w| *w != "mtu")
@@ -589,19 +594,7 @@ fn small_mss_transfers_verify_both_ways_without_bad_offload() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bed = testbed();
     let (a, b) = relays(&bed, &[]);
-    let details = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &bed.namespace(Host::A),
-            "-d",
-            "link",
-            "show",
-            "dev",
-            "tunfwd0",
-        ])
-        .output()
-        .unwrap();
-    let details = String::from_utf8_lossy(&details.stdout).to_string();
+    let details = tun_details(&bed, Host::A);
     let cap = tunfwd::worker::MAX_SPLIT_SEGMENTS;
     assert!(
         details.contains(&format!("gso_max_segs {cap} ")),
