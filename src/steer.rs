@@ -2,7 +2,7 @@
 //!
 //! # The mechanism
 //! A flow must stay on one worker at each end (or TCP sees reordering), and different flows must
-//! spread over the workers at *both* ends. Two kernel facts decide how (see FIELD-NOTES):
+//! spread over the workers at *both* ends. Two kernel facts decide how:
 //!
 //! * **TUN to UDP.** The TUN device picks the queue a packet is read from with its automq flow
 //!   table, which is *learned from writes*: the queue on which userspace last wrote a flow is the
@@ -267,17 +267,26 @@ fn assemble(program: &[Insn]) -> Vec<sock_filter> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A classic BPF interpreter for the instructions [`reuseport_program`] uses: the second,
+/// independent half of the check that the program computes [`flow_index`]. It is not used at run
+/// time (the kernel runs the program); the unit tests and the fuzz targets under `fuzz/` call it.
+pub mod cbpf {
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ALU, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_LD,
+        BPF_LDX, BPF_MEM, BPF_MISC, BPF_MOD, BPF_MSH, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_W,
+        BPF_X, BPF_XOR, sock_filter,
+    };
 
-    /// A classic BPF interpreter for the instructions the program uses, with the kernel's rule
-    /// that an out-of-bounds load ends the program returning 0.
-    fn run(program: &[sock_filter], p: &[u8]) -> u32 {
+    /// Runs `program` over `packet` and returns its result. Follows the kernel's rules for
+    /// classic socket filters (net/core/filter.c, `bpf_convert_filter`): a load past the end of
+    /// the packet ends the program returning 0, and so does a modulo by zero. Panics on an
+    /// instruction `reuseport_program` does not use, or on a shift the kernel refuses at attach
+    /// time (`bpf_check_classic`): it runs our own program, never an untrusted one.
+    pub fn run(program: &[sock_filter], packet: &[u8]) -> u32 {
         let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
         let mut pc = 0usize;
         let load = |at: usize, size: usize| -> Option<u32> {
-            let b = p.get(at..at.checked_add(size)?)?;
+            let b = packet.get(at..at.checked_add(size)?)?;
             Some(
                 b.iter()
                     .fold(0u32, |acc, byte| (acc << 8) | u32::from(*byte)),
@@ -298,7 +307,7 @@ mod tests {
                         Some(v) => a = v,
                         None => return 0,
                     },
-                    BPF_IND => match load((x + f.k) as usize, size(code)) {
+                    BPF_IND => match load(x.wrapping_add(f.k) as usize, size(code)) {
                         Some(v) => a = v,
                         None => return 0,
                     },
@@ -320,7 +329,10 @@ mod tests {
                         BPF_XOR => a ^ operand,
                         BPF_MUL => a.wrapping_mul(operand),
                         BPF_RSH => a >> operand,
-                        BPF_MOD => a % operand,
+                        BPF_MOD => match a.checked_rem(operand) {
+                            Some(v) => v,
+                            None => return 0,
+                        },
                         other => panic!("alu op {other:#x}"),
                     }
                 }
@@ -336,6 +348,12 @@ mod tests {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cbpf::run;
+    use super::*;
 
     fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 40];

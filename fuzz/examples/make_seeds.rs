@@ -1,0 +1,273 @@
+//! Writes the committed seed corpora under fuzz/seeds/<target>/: a handful of small inputs per
+//! target, each aimed at one path the target should reach from its first execution (a clean run
+//! to merge, a short last datagram, a known-good super-packet per GSO type, a kernel-written
+//! control message). The fuzzer finds the rest from these.
+//!
+//!     cd fuzz && cargo run --example make-seeds
+
+use std::fs;
+use std::path::Path;
+use tunfwd_fuzz::gro::{self, MUTATE, PERSIST, kind};
+use tunfwd_fuzz::{Fields, tcp_options};
+
+/// Named inputs for one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let targets: [(&str, Seeds); 4] = [
+        ("coalesce_round_trip", coalesce_seeds()),
+        ("split_vnet", split_seeds()),
+        ("steer_cbpf", steer_seeds()),
+        ("gro_cmsg", cmsg_seeds()),
+    ];
+    for (target, seeds) in targets {
+        let dir = root.join(target);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the seed directory");
+        for (name, bytes) in seeds {
+            fs::write(dir.join(name), bytes).expect("write a seed");
+        }
+    }
+}
+
+/// An input for `gro::decode`: the header fields in its layout, then the per-datagram ops.
+fn gro_input(
+    shape: u8,
+    pieces: usize,
+    payload: u16,
+    last_payload: u16,
+    seq: u32,
+    id: u16,
+    ops: &[u8],
+) -> Vec<u8> {
+    let mut v = vec![shape, (pieces - 1) as u8];
+    v.extend_from_slice(&(payload - 1).to_be_bytes());
+    v.extend_from_slice(&(last_payload - 1).to_be_bytes());
+    v.push(0x5a);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(ops);
+    v
+}
+
+fn coalesce_seeds() -> Seeds {
+    let timestamps = 2 << gro::TCP_OPTIONS_SHIFT;
+    let psh_on_third = [0, 0, MUTATE | kind::FLAGS, 0x08];
+    let extension_then_clean = [
+        MUTATE | kind::IPV6_EXTENSIONS,
+        3,
+        MUTATE | PERSIST | kind::IPV6_EXTENSIONS,
+        1,
+    ];
+    let mixed = [
+        0,
+        MUTATE | kind::WINDOW,
+        0x10,
+        0,
+        MUTATE | kind::ID,
+        9,
+        MUTATE | PERSIST | kind::SOURCE_PORT,
+        1,
+        0,
+        MUTATE | kind::BAD_L4_CHECKSUM,
+        1,
+        0,
+        MUTATE | kind::GARBAGE,
+        3,
+        0,
+    ];
+    let mut raw = vec![gro::RAW, 0, 100];
+    raw.extend((0..300u32).map(|i| (i * 7 + 3) as u8));
+    vec![
+        ("tcp4-clean", gro_input(0, 10, 1000, 1, 1000, 7, &[])),
+        (
+            "tcp6-timestamps-short-last",
+            gro_input(
+                gro::IPV6 | timestamps | gro::SHORT_LAST,
+                20,
+                1388,
+                100,
+                5,
+                0,
+                &[],
+            ),
+        ),
+        (
+            "udp4-tiny-last",
+            gro_input(gro::UDP | gro::SHORT_LAST, 8, 1200, 1, 0, 1, &[]),
+        ),
+        (
+            "udp6",
+            gro_input(gro::IPV6 | gro::UDP, 5, 500, 1, 0, 0, &[]),
+        ),
+        (
+            "tcp6-extension-headers",
+            gro_input(gro::IPV6, 6, 400, 1, 0, 0, &extension_then_clean),
+        ),
+        (
+            "tcp4-psh-third",
+            gro_input(0, 6, 700, 1, 9, 100, &psh_on_third),
+        ),
+        ("tcp4-mixed-changes", gro_input(0, 9, 300, 1, 0, 0, &mixed)),
+        ("tcp4-over-run-limit", gro_input(0, 70, 100, 1, 0, 0, &[])),
+        (
+            "tcp4-64k",
+            gro_input(gro::LARGE | gro::SHORT_LAST, 12, 8000, 555, 0, 0, &[]),
+        ),
+        ("raw", raw),
+    ]
+}
+
+/// A virtio_net_hdr (include/uapi/linux/virtio_net.h), host byte order, and the packet.
+fn with_vnet(flags: u8, gso_type: u8, gso_size: u16, csum: (u16, u16), packet: &[u8]) -> Vec<u8> {
+    let mut v = vec![flags, gso_type];
+    let header_len = tunfwd::offload::Transport::parse(packet).map_or(0, |t| t.header_len());
+    v.extend_from_slice(&(header_len as u16).to_ne_bytes());
+    v.extend_from_slice(&gso_size.to_ne_bytes());
+    v.extend_from_slice(&csum.0.to_ne_bytes());
+    v.extend_from_slice(&csum.1.to_ne_bytes());
+    v.extend_from_slice(packet);
+    v
+}
+
+fn packet(ipv6: bool, udp: bool, payload_len: usize, change: impl Fn(&mut Fields)) -> Vec<u8> {
+    let mut f = Fields::new(ipv6, udp);
+    f.payload = (0..payload_len).map(|i| (i * 31 + 7) as u8).collect();
+    change(&mut f);
+    f.build()
+}
+
+fn split_seeds() -> Seeds {
+    const NEEDS_CSUM: u8 = 1;
+    let (tcp4, tcp6, udp_l4, ecn) = (1, 4, 5, 0x80);
+    vec![
+        (
+            "tcp4",
+            with_vnet(
+                NEEDS_CSUM,
+                tcp4,
+                500,
+                (20, 16),
+                &packet(false, false, 1200, |_| {}),
+            ),
+        ),
+        (
+            "tcp6-ecn-psh-fin",
+            with_vnet(
+                NEEDS_CSUM,
+                tcp6 | ecn,
+                400,
+                (40, 16),
+                &packet(true, false, 900, |f| {
+                    f.tcp_options = tcp_options(12, 99);
+                    f.flags = 0x80 | 0x10 | 0x08 | 0x01;
+                }),
+            ),
+        ),
+        (
+            "tcp6-extension-headers",
+            with_vnet(
+                NEEDS_CSUM,
+                tcp6,
+                300,
+                (64, 16),
+                &packet(true, false, 700, |f| f.ipv6_extensions = vec![0, 43, 60]),
+            ),
+        ),
+        (
+            "udp4",
+            with_vnet(
+                NEEDS_CSUM,
+                udp_l4,
+                300,
+                (20, 6),
+                &packet(false, true, 700, |_| {}),
+            ),
+        ),
+        (
+            "udp6",
+            with_vnet(
+                NEEDS_CSUM,
+                udp_l4,
+                100,
+                (40, 6),
+                &packet(true, true, 333, |_| {}),
+            ),
+        ),
+        (
+            "plain-needs-csum",
+            with_vnet(
+                NEEDS_CSUM,
+                0,
+                0,
+                (20, 16),
+                &packet(false, false, 50, |_| {}),
+            ),
+        ),
+        (
+            "tcp4-options-no-payload",
+            with_vnet(
+                0,
+                tcp4,
+                1,
+                (0, 0),
+                &packet(false, false, 0, |f| f.ipv4_options = vec![1; 12]),
+            ),
+        ),
+    ]
+}
+
+fn steer_seeds() -> Seeds {
+    let with_workers = |workers: u16, p: Vec<u8>| {
+        let mut v = workers.to_be_bytes().to_vec();
+        v.extend(p);
+        v
+    };
+    let mut icmp6 = packet(true, true, 8, |_| {});
+    icmp6[6] = 58;
+    vec![
+        ("tcp4", with_workers(4, packet(false, false, 10, |_| {}))),
+        ("udp6", with_workers(3, packet(true, true, 10, |_| {}))),
+        (
+            "fragment4",
+            with_workers(8, packet(false, true, 10, |f| f.fragment_word = 0x2000)),
+        ),
+        (
+            "udp4-options",
+            with_workers(2, packet(false, true, 4, |f| f.ipv4_options = vec![1; 8])),
+        ),
+        ("icmp6", with_workers(1, icmp6)),
+        ("short", with_workers(256, vec![0x45, 0, 0])),
+    ]
+}
+
+/// One control message: `struct cmsghdr` (include/linux/socket.h) and its data, padded to
+/// `CMSG_ALIGN`.
+fn cmsg(len: usize, level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+    let mut v = len.to_ne_bytes().to_vec();
+    v.extend_from_slice(&level.to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(8) * 8, 0);
+    v
+}
+
+fn cmsg_seeds() -> Seeds {
+    let gro = |len: usize, size: i32| cmsg(len, libc::SOL_UDP, libc::UDP_GRO, &size.to_ne_bytes());
+    let mut after_timestamp = cmsg(32, libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[7; 16]);
+    after_timestamp.extend(gro(20, 1380));
+    vec![
+        ("gro-1420", gro(20, 1420)),
+        ("timestamp-then-gro", after_timestamp),
+        ("gro-zero-size", gro(20, 0)),
+        (
+            "zero-len",
+            cmsg(0, libc::SOL_UDP, libc::UDP_GRO, &[1, 2, 3, 4]),
+        ),
+        (
+            "other-level",
+            cmsg(20, libc::SOL_IP, libc::UDP_GRO, &1000i32.to_ne_bytes()),
+        ),
+    ]
+}
