@@ -1049,11 +1049,21 @@ impl Worker {
             // One sample per datagram, timed from the read of the buffer it came from: a batch
             // leader's or follower's own buffer, or the one super-packet a split came from.
             let slot = &self.memory.tun_slots[usize::from(bid)];
-            for segment in first..first + segments {
-                let source = segment_source(bid, slot.iovs_per_segment, &slot.followers, segment);
-                let started = self.tun_read_at_ns[usize::from(source)];
-                self.stats
-                    .record_latency(Direction::TunToUdp, now_ns.saturating_sub(started));
+            if slot.iovs_per_segment == 1 {
+                for segment in first..first + segments {
+                    let source = segment_source(bid, 1, &slot.followers, segment);
+                    let started = self.tun_read_at_ns[usize::from(source)];
+                    self.stats
+                        .record_latency(Direction::TunToUdp, now_ns.saturating_sub(started));
+                }
+            } else {
+                // A split's segments all came in with one read: one histogram update for all.
+                let started = self.tun_read_at_ns[usize::from(bid)];
+                self.stats.record_latency_n(
+                    Direction::TunToUdp,
+                    now_ns.saturating_sub(started),
+                    segments as u64,
+                );
             }
         } else {
             let errno = -result;
