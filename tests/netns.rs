@@ -688,8 +688,16 @@ fn faulty_testbed(faults: &str) -> Testbed {
 fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     type Check = fn(&str, &Value, &str);
-    let cases: [(&str, Check); 5] = [
-        ("tun-write-einval", |name, r, stderr| {
+    let gso_refused: Check = |name, r, stderr| {
+        // The fault holds the first refusal back until a second GSO send is in flight: both
+        // are redone datagram by datagram, none is counted as a send error.
+        assert!(total(r, "gso_fallbacks") >= 2, "{name}: {r}");
+        assert_eq!(drops(r, "udp_send_error"), 0, "{name}: {r}");
+        assert!(stderr.contains("sending without GSO"), "{name}: {stderr}");
+    };
+    // Each case: the faults, extra relay options, and what the counters must show.
+    let cases: [(&str, &[&str], Check); 6] = [
+        ("tun-write-einval", &[], |name, r, stderr| {
             assert!(total(r, "coalesce_fallbacks") > 0, "{name}: {r}");
             assert_eq!(
                 total(r, "coalesced_writes"),
@@ -702,38 +710,40 @@ fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
                 "{name}: {stderr}"
             );
         }),
-        ("gso-eio", |name, r, stderr| {
-            // The fault holds the first refusal back until a second GSO send is in flight: both
-            // are redone datagram by datagram, none is counted as a send error.
-            assert!(total(r, "gso_fallbacks") >= 2, "{name}: {r}");
-            assert_eq!(drops(r, "udp_send_error"), 0, "{name}: {r}");
-            assert!(stderr.contains("sending without GSO"), "{name}: {stderr}");
-        }),
-        ("send-enobufs=40", |name, r, _| {
+        // Split super-packets, then (without TSO) batches of plain packets gathered from many
+        // buffers, whose per-datagram resends must each be timed once.
+        ("gso-eio", &[], gso_refused),
+        ("gso-eio", &["--no-tso", "--no-uso"], gso_refused),
+        ("send-enobufs=40", &[], |name, r, _| {
             assert!(drops(r, "udp_send_buffer_full") > 0, "{name}: {r}");
         }),
-        ("multishot-end=25", |name, r, _| {
+        ("multishot-end=25", &[], |name, r, _| {
             assert!(total(r, "multishot_restarts") > 10, "{name}: {r}");
         }),
-        ("ctrunc", |name, r, _| {
+        ("ctrunc", &[], |name, r, _| {
             assert!(total(r, "control_truncated") > 0, "{name}: {r}");
             assert_eq!(drops(r, "ip_length_mismatch"), 0, "{name}: {r}");
         }),
     ];
-    for (faults, check) in cases {
+    for (faults, options, check) in cases {
         let bed = faulty_testbed(faults);
-        let (a, b) = relays(&bed, &[]);
+        let (a, b) = relays(&bed, options);
         let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, 32 << 20, 1);
         let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, 32 << 20, 1);
         eprintln!("{faults}: {there} {back}");
         let (stderr_a, stderr_b) = (a.stderr(), b.stderr());
         let (report_a, report_b) = (stop(&bed, a, "a.json"), stop(&bed, b, "b.json"));
         for (name, report, stderr) in [("A", &report_a, &stderr_a), ("B", &report_b, &stderr_b)] {
-            check(&format!("{faults} on {name}"), report, stderr);
+            let name = format!("{faults} {options:?} on {name}");
+            check(&name, report, stderr);
+            assert_eq!(drops(report, "bad_offload"), 0, "{name}: {report}");
+            // One latency sample per datagram sent, however many resends it took.
             assert_eq!(
-                drops(report, "bad_offload"),
-                0,
-                "{faults} on {name}: {report}"
+                report["latency_ns"]["tun_to_udp"]["count"]
+                    .as_u64()
+                    .unwrap(),
+                total(report, "udp_tx_packets"),
+                "{name}: {report}"
             );
         }
     }
