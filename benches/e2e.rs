@@ -46,6 +46,12 @@ struct TunfwdSetup {
     tx_queue_len: u32,
     /// `--buffer-memory`.
     buffer_memory: &'static str,
+    /// ECN propagation (RFC 6040); false runs the relays with `--no-ecn`.
+    ecn: bool,
+    /// ECN-capable load: the TCP endpoints negotiate ECN (`net.ipv4.tcp_ecn=1` in both
+    /// namespaces) and the UDP flood marks ECT(0), so every outer header carries a mark and every
+    /// send a TOS control message. Otherwise the load is Not-ECT, as the kernel's defaults make it.
+    ect_load: bool,
 }
 
 impl TunfwdSetup {
@@ -55,6 +61,8 @@ impl TunfwdSetup {
         offload: true,
         tx_queue_len: 500,
         buffer_memory: "1M",
+        ecn: true,
+        ect_load: false,
     };
 
     /// What differs from the defaults, as `(name part, key part)`.
@@ -80,6 +88,12 @@ impl TunfwdSetup {
                 format!(" bufmem{}", self.buffer_memory),
                 format!("-bufmem{}", self.buffer_memory),
             ));
+        }
+        if !self.ecn {
+            v.push((" no-ecn".into(), "-noecn".into()));
+        }
+        if self.ect_load {
+            v.push((" ECT load".into(), "-ect".into()));
         }
         v
     }
@@ -166,6 +180,12 @@ impl System {
                 if !t.offload {
                     args.push("--no-offload");
                 }
+                if !t.ecn {
+                    args.push("--no-ecn");
+                }
+                if t.ect_load {
+                    set_tcp_ecn(bed, "1");
+                }
                 let a = bed
                     .start_tunfwd(Host::A, "bench-tunfwd-a", &args)
                     .expect("tunfwd A");
@@ -216,6 +236,24 @@ impl System {
             }
         }
     }
+}
+
+/// Sets `net.ipv4.tcp_ecn` in both relay namespaces: "1" asks for ECN on every connection, "2"
+/// (the kernel's default) only accepts it.
+fn set_tcp_ecn(bed: &Testbed, value: &str) {
+    for host in [Host::A, Host::B] {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &bed.namespace(host), "sysctl", "-qw"])
+            .arg(format!("net.ipv4.tcp_ecn={value}"))
+            .status()
+            .expect("running sysctl");
+        assert!(status.success(), "setting net.ipv4.tcp_ecn={value}");
+    }
+}
+
+/// Whether the system's load is ECN-capable (see `TunfwdSetup::ect_load`).
+fn ect_load(system: &System) -> bool {
+    matches!(system, System::Tunfwd(t) if t.ect_load)
 }
 
 /// What a round measures on a system; `name` is what `BENCH_SCENARIOS` lists.
@@ -471,18 +509,27 @@ impl Runner<'_> {
             )
             .unwrap();
         std::thread::sleep(Duration::from_millis(100));
+        let (to, size_arg, secs) = (
+            endpoint(system.target(), 6000),
+            size.to_string(),
+            self.seconds.min(3).to_string(),
+        );
+        let mut flood_args = vec![
+            "udp-flood",
+            "--to",
+            &to,
+            "--size",
+            &size_arg,
+            "--seconds",
+            &secs,
+        ];
+        if ect_load(system) {
+            flood_args.extend(["--tos", "2"]);
+        }
         let flood = self.bed.tunload(
             Host::A,
             "bench-udp-flood",
-            &[
-                "udp-flood",
-                "--to",
-                &endpoint(system.target(), 6000),
-                "--size",
-                &size.to_string(),
-                "--seconds",
-                &self.seconds.min(3).to_string(),
-            ],
+            &flood_args,
             Duration::from_secs(30),
         );
         let _ = sink.wait_for(Duration::from_secs(self.seconds + 30));
@@ -600,6 +647,9 @@ impl Runner<'_> {
             }
         }
         drop(processes);
+        if ect_load(system) {
+            set_tcp_ecn(self.bed, "2");
+        }
         sample
     }
 }
@@ -706,6 +756,15 @@ fn main() {
         // 256 buffers of 64 KiB per direction, as before the 1 MiB default.
         System::Tunfwd(TunfwdSetup {
             buffer_memory: "16M",
+            ..TunfwdSetup::DEFAULT
+        }),
+        // What ECN propagation costs: off, and on with every packet marked.
+        System::Tunfwd(TunfwdSetup {
+            ecn: false,
+            ..TunfwdSetup::DEFAULT
+        }),
+        System::Tunfwd(TunfwdSetup {
+            ect_load: true,
             ..TunfwdSetup::DEFAULT
         }),
     ];

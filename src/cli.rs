@@ -3,6 +3,7 @@
 //! Validation needs two facts from the machine (the online CPUs and, for a hostname peer, DNS);
 //! the caller passes those in, so every rule here is unit-tested without root or network.
 
+use crate::offload::ecn::{ECN_MASK, Marking, OuterDscp};
 use clap::Parser;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -108,6 +109,18 @@ pub struct Args {
     #[arg(long)]
     pub no_offload: bool,
 
+    /// The DSCP of the outer header: N is a TOS / traffic class byte (0-255, decimal or 0x hex)
+    /// whose low two bits, the ECN field, must be 0 (0xb8 is EF); `inherit` copies the inner
+    /// packet's DSCP. The outer ECN field is the inner one either way, unless --no-ecn.
+    /// [default: 0]
+    #[arg(long, value_name = "N|inherit")]
+    pub tos: Option<String>,
+
+    /// Do not propagate ECN (RFC 6040): the outer ECN field is always Not-ECT, and marks on
+    /// received outer headers are ignored.
+    #[arg(long)]
+    pub no_ecn: bool,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address and a port, e.g.
     /// 127.0.0.1:9101). Bound at startup; counters are at most a second old.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -184,6 +197,8 @@ pub struct Config {
     pub buffer_memory: usize,
     pub tx_queue_len: u32,
     pub offloads: OffloadSwitches,
+    /// How the outer TOS / traffic class is made (`--tos`, `--no-ecn`).
+    pub marking: Marking,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// The user to switch to after setup.
@@ -342,6 +357,36 @@ fn validate_device_name(name: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Parses `--tos`: `inherit`, or a TOS byte (decimal or `0x` hex) with its ECN bits clear, since
+/// those come from the inner packet.
+pub fn parse_tos(text: &str) -> Result<OuterDscp, ConfigError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("inherit") {
+        return Ok(OuterDscp::Inherit);
+    }
+    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => text.parse::<u8>(),
+    }
+    .map_err(|_| {
+        bad(
+            "--tos",
+            format!("'{text}' is neither 'inherit' nor a byte (0-255, or 0x00-0xff)"),
+        )
+    })?;
+    if value & ECN_MASK != 0 {
+        return Err(bad(
+            "--tos",
+            format!(
+                "{value:#04x} sets the ECN bits (the low two), which come from the inner packet; \
+                 the DSCP alone is {:#04x}",
+                value & !ECN_MASK
+            ),
+        ));
+    }
+    Ok(OuterDscp::Fixed(value))
 }
 
 /// Parses `--metrics`: an IP address and a non-zero port. No hostnames: the listener is bound
@@ -549,6 +594,12 @@ impl Args {
             ));
         }
 
+        let dscp = self
+            .tos
+            .as_deref()
+            .map(parse_tos)
+            .transpose()?
+            .unwrap_or(OuterDscp::Fixed(0));
         let metrics = self
             .metrics
             .as_deref()
@@ -578,6 +629,10 @@ impl Args {
                 uso: !(self.no_offload || self.no_uso),
                 udp_gso: !(self.no_offload || self.no_udp_gso),
                 udp_gro: !(self.no_offload || self.no_udp_gro),
+            },
+            marking: Marking {
+                dscp,
+                ecn: !self.no_ecn,
             },
             metrics,
             run_as,
@@ -736,6 +791,49 @@ mod tests {
                 .validate(&[0], no_dns, &FakeAccounts)
                 .expect_err(peer);
             assert_eq!(e.option, "--peer", "{peer}");
+        }
+    }
+
+    #[test]
+    fn tos_and_ecn() {
+        let c = check(&[]).unwrap();
+        assert_eq!(c.marking, Marking::DEFAULT);
+        assert_eq!(c.marking.dscp, OuterDscp::Fixed(0));
+        assert!(c.marking.ecn);
+        for (text, dscp) in [
+            ("inherit", OuterDscp::Inherit),
+            ("INHERIT", OuterDscp::Inherit),
+            ("0xb8", OuterDscp::Fixed(0xb8)),
+            ("184", OuterDscp::Fixed(184)),
+            ("0", OuterDscp::Fixed(0)),
+            ("0XFC", OuterDscp::Fixed(0xfc)),
+        ] {
+            assert_eq!(
+                check(&["--tos", text]).unwrap().marking.dscp,
+                dscp,
+                "{text}"
+            );
+        }
+        let c = check(&["--no-ecn", "--tos", "inherit"]).unwrap();
+        assert_eq!(
+            c.marking,
+            Marking {
+                dscp: OuterDscp::Inherit,
+                ecn: false
+            }
+        );
+        for (text, says) in [
+            ("0xb9", "ECN bits"),
+            ("2", "ECN bits"),
+            ("256", "neither"),
+            ("0x1fc", "neither"),
+            ("0x", "neither"),
+            ("ef", "neither"),
+            ("", "neither"),
+        ] {
+            let e = check(&["--tos", text]).unwrap_err();
+            assert_eq!(e.option, "--tos", "{text}");
+            assert!(e.problem.contains(says), "{text}: {e}");
         }
     }
 

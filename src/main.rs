@@ -146,6 +146,13 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
                 source,
             })?);
         }
+        if config.marking.ecn {
+            // The outer TOS of each receive, for RFC 6040 decapsulation.
+            socket::enable_receive_tos(&fd, listen).map_err(|source| sys::Error::Socket {
+                address: listen,
+                source,
+            })?;
+        }
         sockets.push(fd);
     }
     let mut offloads = worker::Offloads {
@@ -193,6 +200,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             ring_depth: config.ring_depth,
             buffer_memory: config.buffer_memory,
             offloads,
+            marking: config.marking,
             stop: stop.clone(),
             snapshots: (!snapshots.is_zero()).then(|| (snapshots, snapshot_tx.clone())),
         };

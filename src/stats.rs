@@ -62,6 +62,12 @@ drop_reasons! {
     TunWriteError => "tun_write_error",
     /// A super-packet or partial checksum from the TUN that cannot be split or completed.
     BadOffload => "bad_offload",
+    /// A datagram whose outer header says Congestion Experienced around an inner packet that is
+    /// not ECN-capable: RFC 6040 section 4.2 drops it, as its sender cannot be told otherwise.
+    EcnNotEct => "ecn_not_ect",
+    /// An inner packet (or a super-packet's segment) longer than the path to the peer takes; its
+    /// sender is told with ICMP fragmentation-needed or packet-too-big where the rules allow.
+    TooBig => "too_big",
 }
 
 impl DropReason {
@@ -124,6 +130,39 @@ pub struct Counters {
     pub multishot_restarts: u64,
 }
 
+/// What a queue counts of ECN and the path MTU. Kept beside [`Counters`], not in it: the
+/// Prometheus exporter (`metrics.rs`) exports every `Counters` field and every per-queue JSON
+/// field as a counter, and `path_mtu` is a gauge. These reach the table and the JSON's `path`
+/// section; they are not exported as metrics yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Inner packets marked Congestion Experienced on decapsulation, because the outer header
+    /// arrived marked (RFC 6040).
+    pub ecn_ce_marked: u64,
+    /// ICMP fragmentation-needed / ICMPv6 packet-too-big errors written to the TUN for inner
+    /// packets too big for the path (`too_big` drops; rate-limited).
+    pub too_big_replies: u64,
+    /// Inner packets too big for the path that were sent for the outer IP layer to fragment: IPv4
+    /// without DF, and IPv6 of at most 1280 bytes when the path is below the IPv6 minimum.
+    pub fragmented_sends: u64,
+    /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker
+    /// currently works to; 0 until known. Merged by taking the smallest known one.
+    pub path_mtu: u64,
+}
+
+impl PathStats {
+    fn add(&mut self, other: &PathStats) {
+        self.ecn_ce_marked += other.ecn_ce_marked;
+        self.too_big_replies += other.too_big_replies;
+        self.fragmented_sends += other.fragmented_sends;
+        self.path_mtu = match (self.path_mtu, other.path_mtu) {
+            (0, theirs) => theirs,
+            (mine, 0) => mine,
+            (mine, theirs) => mine.min(theirs),
+        };
+    }
+}
+
 impl Counters {
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason.index()] += 1;
@@ -177,6 +216,7 @@ fn new_histogram() -> Histogram<u64> {
 pub struct WorkerStats {
     pub queue: usize,
     pub counters: Counters,
+    pub path: PathStats,
     pub tun_to_udp_ns: Histogram<u64>,
     pub udp_to_tun_ns: Histogram<u64>,
 }
@@ -186,6 +226,7 @@ impl WorkerStats {
         WorkerStats {
             queue,
             counters: Counters::default(),
+            path: PathStats::default(),
             tun_to_udp_ns: new_histogram(),
             udp_to_tun_ns: new_histogram(),
         }
@@ -267,6 +308,15 @@ impl Report {
         total
     }
 
+    /// Every queue's [`PathStats`], merged (the path MTU: the smallest known).
+    pub fn path_totals(&self) -> PathStats {
+        let mut total = PathStats::default();
+        for q in &self.queues {
+            total.add(&q.path);
+        }
+        total
+    }
+
     /// All workers' histograms of one direction, merged.
     pub fn latency(&self, direction: Direction) -> Histogram<u64> {
         let mut merged = new_histogram();
@@ -309,9 +359,27 @@ impl Report {
                 })
             })
             .collect();
+        let paths: Vec<Value> = self
+            .queues
+            .iter()
+            .map(|q| {
+                let p = &q.path;
+                json!({
+                    "queue": q.queue,
+                    "path_mtu": p.path_mtu,
+                    "ecn_ce_marked": p.ecn_ce_marked,
+                    "too_big_replies": p.too_big_replies,
+                    "fragmented_sends": p.fragmented_sends,
+                })
+            })
+            .collect();
         json!({
             "elapsed_secs": self.elapsed.as_secs_f64(),
             "queues": queues,
+            "path": {
+                "path_mtu": self.path_totals().path_mtu,
+                "queues": paths,
+            },
             "latency_ns": {
                 "tun_to_udp": LatencySummary::of(&self.latency(Direction::TunToUdp)).to_json(),
                 "udp_to_tun": LatencySummary::of(&self.latency(Direction::UdpToTun)).to_json(),
@@ -361,6 +429,7 @@ impl Report {
             row(&mut out, &q.queue.to_string(), &q.counters);
         }
         let total = self.totals();
+        let path = self.path_totals();
         row(&mut out, "total", &total);
         let nonzero: Vec<String> = DropReason::ALL
             .iter()
@@ -369,7 +438,7 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={}",
+            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={} ecn_ce_marked={} too_big_replies={} fragmented_sends={} path_mtu={}",
             if nonzero.is_empty() {
                 "none".to_string()
             } else {
@@ -377,7 +446,11 @@ impl Report {
             },
             total.icmp_errors,
             total.buffer_stalls,
-            total.multishot_restarts
+            total.multishot_restarts,
+            path.ecn_ce_marked,
+            path.too_big_replies,
+            path.fragmented_sends,
+            path.path_mtu
         );
         let _ = writeln!(
             out,
@@ -442,6 +515,28 @@ mod tests {
         assert_eq!(h.len(), 3);
         assert!(h.max() >= 99_900 && h.max() <= 100_100);
         assert_eq!(r.latency(Direction::UdpToTun).len(), 2);
+    }
+
+    #[test]
+    fn the_path_mtu_gauge_merges_to_the_smallest_known() {
+        let mut queues: Vec<WorkerStats> = (0..3).map(WorkerStats::new).collect();
+        queues[0].path.path_mtu = 1500;
+        queues[1].path.path_mtu = 1280;
+        queues[2].path.path_mtu = 0; // not known yet
+        queues[1].path.too_big_replies = 3;
+        queues[2].path.too_big_replies = 4;
+        let r = Report::new(Duration::from_secs(1), queues);
+        assert_eq!(r.path_totals().path_mtu, 1280);
+        assert_eq!(r.path_totals().too_big_replies, 7);
+        let v = r.to_json();
+        assert_eq!(v["path"]["queues"][0]["path_mtu"], 1500);
+        assert_eq!(v["path"]["queues"][1]["path_mtu"], 1280);
+        assert_eq!(v["path"]["queues"][2]["too_big_replies"], 4);
+        assert_eq!(v["path"]["path_mtu"], 1280);
+        assert!(v["queues"][0].get("path_mtu").is_none());
+        assert!(r.to_table().contains("path_mtu=1280"));
+        let unknown = Report::new(Duration::from_secs(1), vec![WorkerStats::new(0)]);
+        assert_eq!(unknown.path_totals().path_mtu, 0);
     }
 
     #[test]

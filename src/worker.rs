@@ -25,15 +25,36 @@
 //! instead of parking the send in io_uring, where a later send could overtake it and reorder the
 //! flow.
 //!
+//! # ECN and path MTU
+//! * **ECN** (`offload::ecn`, RFC 6040): each send carries the outer TOS / traffic class made
+//!   from its inner packet's as a control message, only when that byte is not 0; a GSO batch
+//!   holds packets of one outer TOS only, and a split super-packet has one for all its segments.
+//!   Each receive reports its outer TOS (one per buffer: GRO merges only datagrams with equal
+//!   TOS, `udp_gro_receive` in net/ipv4/udp_offload.c), which is applied to every inner packet
+//!   before the coalescer plans the buffer, so marked and unmarked packets never merge.
+//! * **Path MTU.** The socket sends with DF (`IP_PMTUDISC_DO`). Each worker keeps its own view of
+//!   the path MTU to the peer and of the inner MTU that follows from it; it learns a smaller one
+//!   when a send fails with EMSGSIZE (a GSO send: EINVAL) or the error queue reports one, and
+//!   rereads the kernel's view every second, which is also how it learns that the path grew
+//!   again. An inner packet (or a super-packet's segment) that no longer fits is dropped and
+//!   answered with ICMP fragmentation-needed / packet-too-big written into the TUN
+//!   (`offload::icmp`, rate-limited), or, if it may not be answered so (IPv4 without DF, IPv6 of
+//!   at most 1280 bytes), sent on a second socket that lets the outer IP layer fragment it. The
+//!   TUN device's MTU is left alone: changing it needs `CAP_NET_ADMIN`, which `--user` gives up,
+//!   and the ICMP errors reach the inner senders that matter.
+//!
 //! All `unsafe` here is about the buffer-lifetime contract stated in `ring`.
 
 use crate::faults::Faults;
 use crate::offload::coalesce::{self, Policy, Run};
 use crate::offload::complete_checksum;
+use crate::offload::ecn::{self, Decapsulated, Ecn, Marking};
+use crate::offload::icmp::{self, TokenBucket, TooBig};
 use crate::offload::split::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Split};
 use crate::ring::{self, BufRing, Op, Token};
 use crate::stats::{Direction, DropReason, WorkerStats};
 use crate::steer;
+use crate::sys::socket::OuterFamily;
 use crate::sys::{self, socket};
 use crate::wire::vnet::{FLAG_NEEDS_CSUM, GsoType};
 use crate::wire::{IpPacket, VnetHeader, vnet};
@@ -79,6 +100,17 @@ const MAX_GRO_SEGMENTS: usize = 128;
 const FALLBACK_BIT: u32 = 1 << 31;
 /// A zero virtio_net_hdr, for writes of plain packets.
 static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
+/// Token index bit: a TUN write of an ICMP error this worker made (see `TooBigReplies`).
+const REPLY_BIT: u32 = 1 << 30;
+/// How often a worker rereads the kernel's path MTU to the peer (two system calls).
+const PATH_MTU_RECHECK: Duration = Duration::from_secs(1);
+/// ICMP too-big errors a worker may write into the TUN: a burst, then this many a second (the
+/// kernel's own limit, net.ipv4.icmp_msgs_per_sec, is 1000 a second for the whole host).
+const REPLIES_PER_SECOND: u64 = 100;
+const REPLY_BURST: u64 = 50;
+/// ICMP errors that may be on their way into the TUN at once; more wait for a free buffer (and
+/// are not sent, like those over the rate).
+const REPLY_BUFFERS: usize = 8;
 
 /// Which offloads are in effect for a worker (negotiated with the kernel by the caller).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,6 +145,8 @@ pub struct WorkerConfig {
     /// Receive-buffer memory per direction, which may make the buffers fewer than `ring_depth`.
     pub buffer_memory: usize,
     pub offloads: Offloads,
+    /// How the outer TOS / traffic class is made, and whether received ECN marks are applied.
+    pub marking: Marking,
     pub stop: Arc<AtomicBool>,
     /// Where to send a stats snapshot, and how often.
     pub snapshots: Option<(Duration, Sender<WorkerStats>)>,
@@ -131,8 +165,18 @@ pub struct WorkerExit {
 struct TunSlot {
     /// `[0, MAX_GSO_SENDS)`: GSO or whole-packet sends; `MAX_GSO_SENDS + j`: segment j alone.
     msgs: Box<[libc::msghdr]>,
-    /// One `UDP_SEGMENT` control message per GSO send.
-    controls: Box<[[u64; 3]]>,
+    /// Per GSO send, or whole-packet send: its `UDP_SEGMENT` and TOS control messages.
+    controls: Box<[[u64; socket::SEND_CONTROL_WORDS]]>,
+    /// The outer TOS of everything this slot sends: one packet, one batch of equal TOS, or one
+    /// super-packet.
+    tos: u8,
+    /// The TOS control message alone, for the sends of single segments, and its length (0 when
+    /// the TOS is 0); written when the slot's sends begin, read by all of them.
+    tos_control: [u64; 3],
+    tos_control_len: usize,
+    /// Set once this slot's packet was answered as too big, so a super-packet whose sends fail
+    /// one by one is answered once.
+    too_big_answered: bool,
     iovs: Box<[libc::iovec]>,
     /// Rewritten headers of each segment of a split super-packet.
     headers: Box<[u8]>,
@@ -165,6 +209,8 @@ struct KernelMemory {
     udp_buffers: BufRing,
     tun_slots: Box<[TunSlot]>,
     udp_slots: Box<[UdpSlot]>,
+    /// The ICMP errors being written into the TUN.
+    replies: TooBigReplies,
     recv_msg: Box<libc::msghdr>,
     /// Read by the kernel only, through every send's `msg_name`.
     #[expect(dead_code, reason = "kept alive for the kernel, never read from Rust")]
@@ -179,8 +225,48 @@ struct Batch {
     segment_size: usize,
     bytes: usize,
     flow: Option<u32>,
+    /// The outer TOS of every packet in the batch: one send carries one.
+    tos: u8,
     /// A shorter packet ended the batch: nothing more may follow it.
     closed: bool,
+}
+
+/// What the worker knows of the path to the peer. Its own: no state is shared between workers.
+struct PathMtu {
+    /// Reads the kernel's path MTU (`socket::path_mtu`); `None` if it could not be created.
+    probe: Option<OwnedFd>,
+    family: OuterFamily,
+    /// The path MTU, outer headers included, and the inner packets it leaves room for (never more
+    /// than the device MTU).
+    path_mtu: usize,
+    inner_mtu: usize,
+    device_mtu: usize,
+    /// Lets the outer IP layer fragment, for `TooBig::Fragment`; `None` if it could not be made.
+    fragmenting: Option<OwnedFd>,
+}
+
+impl PathMtu {
+    /// Takes `path_mtu` as the path's MTU. Returns whether it changed.
+    fn set(&mut self, path_mtu: usize) -> bool {
+        // An IPv4 host takes 68 bytes at least (RFC 791); nothing below makes sense to work to.
+        let inner = path_mtu
+            .saturating_sub(self.family.overhead())
+            .min(self.device_mtu)
+            .max(68);
+        let changed = path_mtu != self.path_mtu;
+        self.path_mtu = path_mtu;
+        self.inner_mtu = inner;
+        changed
+    }
+}
+
+/// ICMP errors for packets too big for the path, built into buffers of their own and written into
+/// the TUN through the ring, at most `REPLIES_PER_SECOND`.
+struct TooBigReplies {
+    bucket: TokenBucket,
+    /// `[virtio_net_hdr][ICMP error]` each; in the kernel's hands while `busy`.
+    buffers: Box<[[u8; vnet::LEN + icmp::MAX_REPLY]]>,
+    busy: [bool; REPLY_BUFFERS],
 }
 
 struct Worker {
@@ -192,6 +278,10 @@ struct Worker {
     peer: SocketAddr,
     offloads: Offloads,
     coalesce: Policy,
+    marking: Marking,
+    path: PathMtu,
+    /// A segment whose send failed as too big, header and payload put together, to quote from.
+    reply_quote: Box<[u8; icmp::MAX_REPLY]>,
     stats: WorkerStats,
     /// When each buffer's packet was read, in ns since the worker's epoch; indexed by buffer id.
     tun_read_at_ns: Box<[u64]>,
@@ -272,6 +362,7 @@ pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Optio
     };
     let epoch = Instant::now();
     let mut next_snapshot = config.snapshots.as_ref().map(|(every, _)| epoch + *every);
+    let mut next_path_check = epoch + PATH_MTU_RECHECK;
     let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(ring.completion().capacity());
 
     while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
@@ -283,8 +374,13 @@ pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Optio
             break;
         }
         worker.reap(&mut ring, epoch, &mut completions);
+        let now = Instant::now();
+        if now >= next_path_check {
+            worker.recheck_path_mtu();
+            next_path_check = now + PATH_MTU_RECHECK;
+        }
         if let (Some(at), Some((every, sender))) = (next_snapshot, &config.snapshots)
-            && Instant::now() >= at
+            && now >= at
         {
             let _ = sender.send(worker.stats.clone());
             next_snapshot = Some(at + *every);
@@ -399,7 +495,11 @@ fn new_tun_slot(peer: &(libc::sockaddr_storage, libc::socklen_t), segments: usiz
     }
     TunSlot {
         msgs,
-        controls: vec![[0u64; 3]; MAX_GSO_SENDS].into_boxed_slice(),
+        controls: vec![[0u64; socket::SEND_CONTROL_WORDS]; MAX_GSO_SENDS].into_boxed_slice(),
+        tos: 0,
+        tos_control: [0; 3],
+        tos_control_len: 0,
+        too_big_answered: false,
         iovs: vec![EMPTY_IOV; 2 * segments].into_boxed_slice(),
         headers: vec![0u8; segments * HEADER_ROOM].into_boxed_slice(),
         msg_segments: vec![(0, 0); MAX_GSO_SENDS + segments].into_boxed_slice(),
@@ -470,7 +570,17 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     let tun_buffers = BufRing::new(TUN_GROUP, tun_count, tun_len).map_err(alloc)?;
     let name_len = size_of::<libc::sockaddr_in6>();
     let udp_payload_room = if offloads.udp_gro { 65535 } else { mtu };
-    let udp_len = round(RECVMSG_OUT_LEN + name_len + socket::GRO_CONTROL_LEN + udp_payload_room);
+    // The UDP_GRO segment size and, for ECN, the outer TOS: `udp_recvmsg` puts both.
+    let control_len = if offloads.udp_gro {
+        socket::GRO_CONTROL_LEN
+    } else {
+        0
+    } + if config.marking.ecn {
+        socket::TOS_CONTROL_LEN
+    } else {
+        0
+    };
+    let udp_len = round(RECVMSG_OUT_LEN + name_len + control_len + udp_payload_room);
     let udp_count = buffer_count(depth, config.buffer_memory, udp_len);
     let udp_buffers = BufRing::new(UDP_GROUP, udp_count, udp_len).map_err(alloc)?;
 
@@ -487,17 +597,36 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     let mut recv_msg = Box::new(zeroed_msghdr());
     recv_msg.msg_namelen = name_len as libc::socklen_t;
     recv_msg.msg_controllen = match (offloads.udp_gro, faults.ctrunc()) {
-        (false, _) => 0,
-        (true, false) => socket::GRO_CONTROL_LEN,
         // Less than a cmsghdr: the kernel cuts every UDP_GRO message and sets MSG_CTRUNC.
         (true, true) => 8,
+        _ => control_len,
     };
+    let family = OuterFamily::of(config.peer);
+    let mut path = PathMtu {
+        probe: socket::path_mtu_probe(config.peer).ok(),
+        family,
+        path_mtu: 0,
+        inner_mtu: mtu,
+        device_mtu: mtu,
+        fragmenting: socket::fragmenting_socket(config.peer).ok(),
+    };
+    // Until the kernel says otherwise, the path takes what the device MTU was chosen for.
+    let known = path
+        .probe
+        .as_ref()
+        .and_then(|probe| socket::path_mtu(probe, config.peer).ok());
+    path.set(known.map_or(mtu + family.overhead(), |m| m as usize));
 
     let memory = KernelMemory {
         tun_buffers,
         udp_buffers,
         tun_slots,
         udp_slots,
+        replies: TooBigReplies {
+            bucket: TokenBucket::new(REPLIES_PER_SECOND, REPLY_BURST),
+            buffers: vec![[0u8; vnet::LEN + icmp::MAX_REPLY]; REPLY_BUFFERS].into_boxed_slice(),
+            busy: [false; REPLY_BUFFERS],
+        },
         recv_msg,
         peer_sockaddr,
     };
@@ -515,6 +644,9 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
             tcp: offloads.tso,
             udp: offloads.uso,
         },
+        marking: config.marking,
+        path,
+        reply_quote: Box::new([0u8; icmp::MAX_REPLY]),
         stats: WorkerStats::new(queue),
         tun_read_at_ns: vec![0; usize::from(tun_count)].into_boxed_slice(),
         udp_read_at_ns: vec![0; usize::from(udp_count)].into_boxed_slice(),
@@ -555,6 +687,7 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
     for bid in 0..udp_count {
         worker.return_udp_buffer(bid);
     }
+    worker.stats.path.path_mtu = worker.path.path_mtu as u64;
     worker.rearm();
     Ok((ring, worker))
 }
@@ -622,6 +755,87 @@ fn segment_source(bid: u16, iovs_per_segment: u8, followers: &[u16], segment: us
         (1, k) => followers.get(k - 1).copied().unwrap_or(bid),
         _ => bid,
     }
+}
+
+/// Prepares a slot whose sends are about to begin (none of its earlier ones is in flight): its
+/// outer TOS and the TOS message its single-segment sends share.
+fn begin_sends(slot: &mut TunSlot, tos: u8, family: OuterFamily) {
+    slot.tos = tos;
+    slot.too_big_answered = false;
+    slot.tos_control_len = if tos == 0 {
+        0
+    } else {
+        socket::write_tos_control(&mut slot.tos_control, tos, family)
+    };
+}
+
+/// Sends one inner packet, gathered from `parts`, on the socket that lets the outer IP layer
+/// fragment it, and counts it. Synchronous: only packets the path is too small for come here.
+fn send_fragmenting(
+    path: &PathMtu,
+    peer: SocketAddr,
+    stats: &mut WorkerStats,
+    parts: &[io::IoSlice<'_>],
+    tos: u8,
+    read_at_ns: u64,
+    now_ns: u64,
+) {
+    let Some(fd) = &path.fragmenting else {
+        stats.counters.drop(DropReason::TooBig);
+        return;
+    };
+    match socket::send_gathered(fd, peer, parts, tos) {
+        Ok(sent) => {
+            stats.counters.udp_tx_packets += 1;
+            stats.counters.udp_tx_bytes += sent as u64;
+            stats.path.fragmented_sends += 1;
+            stats.record_latency(Direction::TunToUdp, now_ns.saturating_sub(read_at_ns));
+        }
+        Err(e) => {
+            let reason = match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::UdpSendBufferFull,
+                Some(errno) if is_peer_unreachable(errno) => DropReason::PeerUnreachable,
+                _ => DropReason::UdpSendError,
+            };
+            stats.counters.drop(reason);
+        }
+    }
+}
+
+/// The bytes of segment `segment` of a slot's sends: its one iovec (a batch) or its header and
+/// payload (a split).
+fn segment_len(slot: &TunSlot, segment: usize) -> usize {
+    let per = usize::from(slot.iovs_per_segment);
+    slot.iovs[segment * per..(segment + 1) * per]
+        .iter()
+        .map(|iov| iov.iov_len)
+        .sum()
+}
+
+/// Builds the ICMP error telling `packet`'s sender that the path takes `mtu` bytes, into a free
+/// reply buffer, and queues its write into the TUN; nothing when the rules forbid an answer
+/// (`icmp::too_big_reply`), the rate is spent, or every reply buffer is in flight.
+fn queue_reply(
+    replies: &mut TooBigReplies,
+    submissions: &mut Submissions,
+    packet: &[u8],
+    mtu: usize,
+    now_ns: u64,
+) {
+    let Some(k) = replies.busy.iter().position(|busy| !busy) else {
+        return;
+    };
+    let buffer = &mut replies.buffers[k];
+    let Some(len) = icmp::too_big_reply(packet, mtu, &mut buffer[vnet::LEN..]) else {
+        return;
+    };
+    if !replies.bucket.allow(now_ns) {
+        return;
+    }
+    buffer[..vnet::LEN].copy_from_slice(&PLAIN_HEADER);
+    replies.busy[k] = true;
+    let write = opcode::Write::new(TUN_FILE, buffer.as_ptr(), (vnet::LEN + len) as u32).build();
+    submissions.queue(write, Token::new(Op::TunWrite, REPLY_BIT | k as u32));
 }
 
 fn is_peer_unreachable(errno: i32) -> bool {
@@ -777,11 +991,15 @@ impl Worker {
         match errno {
             libc::ENOBUFS => self.stats.counters.buffer_stalls += 1,
             libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+            libc::EMSGSIZE if op == Op::UdpRecv => {
+                // IP_RECVERR: an ICMP fragmentation-needed or packet-too-big about our datagrams
+                // set the socket's error (`__udp4_lib_err`); the MTU it reports is queued.
+                self.learn_path_mtu();
+            }
             _ if op == Op::UdpRecv && is_peer_unreachable(errno) => {
                 // IP_RECVERR: an ICMP error about the peer surfaced on the receive; count what
                 // is queued, and keep receiving.
-                self.stats.counters.icmp_errors +=
-                    socket::drain_error_queue(self.socket.as_raw_fd()).max(1);
+                self.drain_errors(1);
             }
             _ => {
                 let failures = match op {
@@ -835,6 +1053,11 @@ impl Worker {
                     self.stats.counters.drop(DropReason::BadOffload);
                     return self.return_tun_buffer(bid);
                 }
+                if packet_len > self.path.inner_mtu {
+                    self.send_batch();
+                    self.too_big_on_read(bid, packet_len, None, now_ns);
+                    return self.return_tun_buffer(bid);
+                }
                 self.add_to_batch(bid, packet_len);
             }
             GsoType::TcpV4 | GsoType::TcpV6 | GsoType::UdpL4 if self.offloads.tun_offloads() => {
@@ -844,6 +1067,10 @@ impl Worker {
                 match plan {
                     Ok(plan) => {
                         self.stats.counters.tun_rx_packets += plan.count as u64;
+                        if plan.segment_len(0) > self.path.inner_mtu {
+                            self.too_big_on_read(bid, packet_len, Some(plan), now_ns);
+                            return self.return_tun_buffer(bid);
+                        }
                         self.send_split(bid, plan);
                     }
                     Err(_) => {
@@ -874,11 +1101,14 @@ impl Worker {
         // SAFETY: the worker owns `bid` (just read); only its first bytes are read here.
         let packet = unsafe { std::slice::from_raw_parts(packet_ptr, len) };
         // Only packets of one flow key share a send: the receiving relay's steering program sees
-        // the first segment only, and all of them go to the worker it picks.
+        // the first segment only, and all of them go to the worker it picks. And one send has one
+        // outer TOS.
         let flow = steer::flow_key(packet);
+        let tos = self.outer_tos(packet);
         if let Some(batch) = self.batch {
             let fits = !batch.closed
                 && batch.flow == flow
+                && batch.tos == tos
                 && len <= batch.segment_size
                 && batch.count < GSO_MAX_SEGMENTS
                 && batch.bytes + len <= GSO_MAX_BYTES;
@@ -911,12 +1141,26 @@ impl Worker {
             segment_size: len,
             bytes: len,
             flow,
+            tos,
             closed: false,
         });
     }
 
+    /// The outer TOS / traffic class for an inner packet (see `offload::ecn`).
+    fn outer_tos(&self, packet: &[u8]) -> u8 {
+        if self.marking.always_zero() {
+            0
+        } else {
+            self.marking.outer_tos(ecn::inner_tos(packet))
+        }
+    }
+
     fn send_one(&mut self, bid: u16, packet_ptr: *mut u8, len: usize) {
+        // SAFETY: the worker owns `bid` (just read); only its first bytes are read here.
+        let tos = self.outer_tos(unsafe { std::slice::from_raw_parts(packet_ptr, len) });
+        let family = self.path.family;
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
+        begin_sends(slot, tos, family);
         slot.followers.clear();
         slot.iovs[0] = libc::iovec {
             iov_base: packet_ptr.cast(),
@@ -932,6 +1176,7 @@ impl Worker {
             return;
         };
         let slot = &mut self.memory.tun_slots[usize::from(batch.leader)];
+        begin_sends(slot, batch.tos, self.path.family);
         slot.iovs_per_segment = 1;
         let segment_size = (batch.count > 1).then_some(batch.segment_size as u16);
         if batch.count > 1 {
@@ -956,16 +1201,24 @@ impl Worker {
         let m = &mut slot.msgs[msg];
         m.msg_iov = slot.iovs[iov_start..].as_mut_ptr();
         m.msg_iovlen = segments * per;
-        match segment_size {
-            Some(size) => {
-                let control = &mut slot.controls[msg.min(MAX_GSO_SENDS - 1)];
-                m.msg_controllen = socket::write_segment_control(control, size);
-                m.msg_control = control.as_mut_ptr().cast();
-            }
-            None => {
-                m.msg_control = std::ptr::null_mut();
-                m.msg_controllen = 0;
-            }
+        if msg < MAX_GSO_SENDS {
+            // Its own control area: UDP_SEGMENT and the TOS, either, both or neither.
+            let control = &mut slot.controls[msg];
+            let len = socket::write_send_control(control, segment_size, slot.tos, self.path.family);
+            m.msg_controllen = len;
+            m.msg_control = if len > 0 {
+                control.as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
+        } else {
+            // A single segment: at most the slot's TOS message, which no send writes to.
+            m.msg_controllen = slot.tos_control_len;
+            m.msg_control = if slot.tos_control_len > 0 {
+                slot.tos_control.as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
         }
         slot.msg_segments[msg] = (segments as u16, first_segment as u16);
         slot.pending += 1;
@@ -995,7 +1248,10 @@ impl Worker {
             // SAFETY: the worker owns `bid`; the packet was just read into it.
             let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
             let packet = &buffer[vnet::LEN..];
+            // The segments' IP headers are copies of the super-packet's: one TOS for all.
+            let tos = self.outer_tos(packet);
             let slot = &mut self.memory.tun_slots[usize::from(bid)];
+            begin_sends(slot, tos, self.path.family);
             slot.followers.clear();
             slot.iovs_per_segment = 2;
             for i in 0..plan.count {
@@ -1067,8 +1323,15 @@ impl Worker {
             }
         } else {
             let errno = -result;
-            if msg < MAX_GSO_SENDS && segments > 1 && (errno == libc::EIO || errno == libc::EINVAL)
+            let gso = msg < MAX_GSO_SENDS && segments > 1;
+            // Over the path MTU, which shrank after the packets were read: EMSGSIZE (with the MTU
+            // queued, `ip_local_error`), or for a GSO send EINVAL (`udp_send_skb` refuses a
+            // gso_size that does not fit the path).
+            if errno == libc::EMSGSIZE
+                || (gso && errno == libc::EINVAL && self.segments_exceed_path(bid, first))
             {
+                self.too_big_on_send(bid, first, segments, now_ns);
+            } else if gso && (errno == libc::EIO || errno == libc::EINVAL) {
                 // The egress device cannot do UDP GSO (no checksum offload): turn it off and send
                 // these segments one by one (quinn-udp and wireguard-go do the same). Every GSO
                 // send that fails so is redone, also those already in flight when GSO went off.
@@ -1085,17 +1348,17 @@ impl Worker {
                     self.submit_send(bid, MAX_GSO_SENDS + segment, segment, 1, None);
                 }
                 return;
-            }
-            let reason = if errno == libc::EAGAIN || errno == libc::ENOBUFS {
-                DropReason::UdpSendBufferFull
-            } else if is_peer_unreachable(errno) {
-                self.stats.counters.icmp_errors +=
-                    socket::drain_error_queue(self.socket.as_raw_fd());
-                DropReason::PeerUnreachable
             } else {
-                DropReason::UdpSendError
-            };
-            self.stats.counters.drop_n(reason, segments as u64);
+                let reason = if errno == libc::EAGAIN || errno == libc::ENOBUFS {
+                    DropReason::UdpSendBufferFull
+                } else if is_peer_unreachable(errno) {
+                    self.drain_errors(0);
+                    DropReason::PeerUnreachable
+                } else {
+                    DropReason::UdpSendError
+                };
+                self.stats.counters.drop_n(reason, segments as u64);
+            }
         }
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         if slot.pending == 0 {
@@ -1105,6 +1368,175 @@ impl Worker {
             }
             self.memory.tun_slots[usize::from(bid)].followers = followers;
             self.return_tun_buffer(bid);
+        }
+    }
+
+    /// Drains the error queue, counting at least `at_least` ICMP errors about the peer, and works
+    /// to any path MTU the queue reported.
+    fn drain_errors(&mut self, at_least: u64) {
+        let queued = socket::drain_error_queue(self.socket.as_raw_fd());
+        self.stats.counters.icmp_errors += queued.count.max(at_least);
+        if let Some(mtu) = queued.path_mtu {
+            self.learn_path_mtu_from(Some(mtu));
+        }
+    }
+
+    // ---- Path MTU ----
+
+    /// A send or receive said the path MTU shrank: the error queue holds the report (a local
+    /// EMSGSIZE or an ICMP error from the path, both of which the kernel has applied to its route
+    /// to the peer first). Clears the queue, and works to the kernel's view, or to the report.
+    fn learn_path_mtu(&mut self) {
+        let queued = socket::drain_error_queue(self.socket.as_raw_fd());
+        self.learn_path_mtu_from(queued.path_mtu);
+    }
+
+    fn learn_path_mtu_from(&mut self, reported: Option<u32>) {
+        let known = self
+            .path
+            .probe
+            .as_ref()
+            .and_then(|probe| socket::path_mtu(probe, self.peer).ok());
+        if let Some(mtu) = known.or(reported) {
+            self.set_path_mtu(mtu as usize);
+        }
+    }
+
+    /// Rereads the kernel's path MTU to the peer (every `PATH_MTU_RECHECK`): it grows again when
+    /// a learned one expires (net.ipv4.route.mtu_expires) or the link's MTU is raised.
+    fn recheck_path_mtu(&mut self) {
+        if let Some(probe) = &self.path.probe
+            && let Ok(mtu) = socket::path_mtu(probe, self.peer)
+        {
+            self.set_path_mtu(mtu as usize);
+        }
+    }
+
+    fn set_path_mtu(&mut self, path_mtu: usize) {
+        if self.path.set(path_mtu) {
+            eprintln!(
+                "tunfwd: queue {}: path MTU to {} is {path_mtu}; inner packets up to {} bytes",
+                self.stats.queue,
+                self.peer.ip(),
+                self.path.inner_mtu
+            );
+        }
+        self.stats.path.path_mtu = path_mtu as u64;
+    }
+
+    /// Whether the segments of `bid`'s sends (all as long as segment `first`) are longer than
+    /// the inner MTU, after asking the kernel what the path takes now.
+    fn segments_exceed_path(&mut self, bid: u16, first: usize) -> bool {
+        let len = segment_len(&self.memory.tun_slots[usize::from(bid)], first);
+        self.recheck_path_mtu();
+        len > self.path.inner_mtu
+    }
+
+    /// A packet just read is longer than the inner MTU (a super-packet: its segments are, per
+    /// `plan`). Answers its sender, or sends it for the outer IP layer to fragment; its buffer is
+    /// returned by the caller.
+    fn too_big_on_read(&mut self, bid: u16, packet_len: usize, plan: Option<Split>, now_ns: u64) {
+        // SAFETY: the worker owns `bid` (just read), and no submission names it.
+        let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
+        let packet = &buffer[vnet::LEN..vnet::LEN + packet_len];
+        let (segment_len, count) = plan
+            .as_ref()
+            .map_or((packet_len, 1), |p| (p.segment_len(0), p.count));
+        match icmp::too_big_action(packet, segment_len, self.path.inner_mtu) {
+            TooBig::Reply { mtu } => {
+                self.stats.counters.drop_n(DropReason::TooBig, count as u64);
+                queue_reply(
+                    &mut self.memory.replies,
+                    &mut self.submissions,
+                    packet,
+                    mtu,
+                    now_ns,
+                );
+            }
+            TooBig::Fragment => {
+                let tos = self.outer_tos(packet);
+                let (path, peer, stats) = (&self.path, self.peer, &mut self.stats);
+                let Some(plan) = plan else {
+                    let parts = [io::IoSlice::new(packet)];
+                    return send_fragmenting(path, peer, stats, &parts, tos, now_ns, now_ns);
+                };
+                let mut header = [0u8; HEADER_ROOM];
+                let header_len = plan.transport.header_len();
+                for i in 0..plan.count {
+                    let payload = plan.segment(packet, i, &mut header);
+                    let parts = [
+                        io::IoSlice::new(&header[..header_len]),
+                        io::IoSlice::new(&packet[payload]),
+                    ];
+                    send_fragmenting(path, peer, stats, &parts, tos, now_ns, now_ns);
+                }
+            }
+        }
+    }
+
+    /// A send of `segments` segments from `first` of `bid`'s slot failed for being over the path
+    /// MTU: learns the new one, then does with those segments what a read of them now would.
+    fn too_big_on_send(&mut self, bid: u16, first: usize, segments: usize, now_ns: u64) {
+        self.learn_path_mtu();
+        let slot = &mut self.memory.tun_slots[usize::from(bid)];
+        let per = usize::from(slot.iovs_per_segment);
+        let started = self.tun_read_at_ns[usize::from(segment_source(
+            bid,
+            slot.iovs_per_segment,
+            &slot.followers,
+            first,
+        ))];
+        // The first segment, header and payload together, to judge and to quote.
+        let quote = &mut self.reply_quote;
+        let mut quoted = 0;
+        for iov in &slot.iovs[first * per..(first + 1) * per] {
+            let n = iov.iov_len.min(quote.len() - quoted);
+            // SAFETY: the iovec points at this slot's header area or into a TUN buffer of this
+            // slot's sends, which stay the worker's until the slot's last send completes (this
+            // one just did; the buffers go back only below, at `pending == 0`).
+            let bytes = unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), n) };
+            quote[quoted..quoted + n].copy_from_slice(bytes);
+            quoted += n;
+        }
+        let length = segment_len(slot, first);
+        match icmp::too_big_action(&quote[..quoted], length, self.path.inner_mtu) {
+            TooBig::Reply { mtu } => {
+                self.stats
+                    .counters
+                    .drop_n(DropReason::TooBig, segments as u64);
+                if !std::mem::replace(&mut slot.too_big_answered, true) {
+                    queue_reply(
+                        &mut self.memory.replies,
+                        &mut self.submissions,
+                        &quote[..quoted],
+                        mtu,
+                        now_ns,
+                    );
+                }
+            }
+            TooBig::Fragment => {
+                for segment in first..first + segments {
+                    let mut parts = [io::IoSlice::new(&[]), io::IoSlice::new(&[])];
+                    for (part, iov) in parts
+                        .iter_mut()
+                        .zip(&slot.iovs[segment * per..(segment + 1) * per])
+                    {
+                        // SAFETY: as above: memory of this slot's sends, still the worker's.
+                        *part = io::IoSlice::new(unsafe {
+                            std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
+                        });
+                    }
+                    send_fragmenting(
+                        &self.path,
+                        self.peer,
+                        &mut self.stats,
+                        &parts[..per],
+                        slot.tos,
+                        started,
+                        now_ns,
+                    );
+                }
+            }
         }
     }
 
@@ -1133,34 +1565,53 @@ impl Worker {
         if truncated {
             self.stats.counters.control_truncated += 1;
         }
-        let gro_size = socket::gro_segment_size(message.control_data());
-        let stride = datagram_stride(gro_size, truncated, payload);
+        let control = socket::receive_control(message.control_data());
+        let stride = datagram_stride(control.gro_segment_size, truncated, payload);
+        // One outer TOS for the whole buffer: GRO merges only datagrams with equal TOS.
+        let outer_tos = if self.marking.ecn {
+            control.tos.unwrap_or(0)
+        } else {
+            0
+        };
         let payload_len = payload.len();
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
         slot.segments.clear();
         let mut offset = 0;
         let mut accepted_bytes = 0u64;
+        let mut ecn_drops = 0u64;
         while offset < payload_len {
             let seg_len = stride.min(payload_len - offset);
             let at = payload_at + offset;
             offset += seg_len;
-            match IpPacket::new_checked(&buffer[at..at + seg_len]) {
-                Ok(_) if slot.segments.len() < MAX_GRO_SEGMENTS => {
-                    slot.segments.push((at, seg_len));
+            let valid = IpPacket::new_checked(&buffer[at..at + seg_len]).map(drop);
+            match valid {
+                Ok(()) if slot.segments.len() < MAX_GRO_SEGMENTS => {
                     accepted_bytes += seg_len as u64;
+                    // RFC 6040 before the coalescer looks: marked and unmarked never merge.
+                    match ecn::decapsulate(outer_tos, &mut buffer[at..at + seg_len]) {
+                        Decapsulated::Drop => {
+                            ecn_drops += 1;
+                            continue;
+                        }
+                        Decapsulated::Marked(Ecn::Ce) => self.stats.path.ecn_ce_marked += 1,
+                        Decapsulated::Marked(_) | Decapsulated::Unchanged => {}
+                    }
+                    slot.segments.push((at, seg_len));
                 }
-                Ok(_) => self.stats.counters.drop(DropReason::OversizedDatagram),
+                Ok(()) => self.stats.counters.drop(DropReason::OversizedDatagram),
                 Err(malformed) => self.stats.counters.drop(malformed.into()),
             }
         }
+        // Dropped for ECN, but received from the peer: counted as both.
+        self.stats.counters.drop_n(DropReason::EcnNotEct, ecn_drops);
+        self.stats.counters.udp_rx_packets += slot.segments.len() as u64 + ecn_drops;
+        self.stats.counters.udp_rx_bytes += accepted_bytes;
         if slot.segments.is_empty() {
             return self.return_udp_buffer(bid);
         }
         if slot.segments.len() > 1 {
             self.stats.counters.gro_receives += 1;
         }
-        self.stats.counters.udp_rx_packets += slot.segments.len() as u64;
-        self.stats.counters.udp_rx_bytes += accepted_bytes;
         self.udp_read_at_ns[usize::from(bid)] = now_ns;
         let policy = self.coalesce;
         let mut runs = std::mem::take(&mut slot.runs);
@@ -1226,6 +1677,16 @@ impl Worker {
     }
 
     fn on_write_done(&mut self, index: u32, result: i32, now_ns: u64) {
+        if index & (REPLY_BIT | FALLBACK_BIT) == REPLY_BIT {
+            let k = (index & 0xffff) as usize;
+            if let Some(busy) = self.memory.replies.busy.get_mut(k) {
+                *busy = false;
+            }
+            if result >= 0 {
+                self.stats.path.too_big_replies += 1;
+            }
+            return;
+        }
         let bid = (index & 0xffff) as u16;
         let fallback = index & FALLBACK_BIT != 0;
         let r = ((index & !FALLBACK_BIT) >> 16) as usize;

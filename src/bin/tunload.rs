@@ -10,7 +10,9 @@
 //!   `--mss` clamps the streams' MSS on both ends (`TCP_MAXSEG` before connect(2) and on the
 //!   listener before listen(2)), so a tunnel can be driven with many small segments; both modes
 //!   report the MSS in effect.
-//! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss.
+//! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss;
+//!   `udp-flood --tos` sets the datagrams' TOS / traffic class (ECN bits included), to drive a
+//!   tunnel's ECN handling.
 //! * `ping`: ICMP/ICMPv6 echo over a raw socket (root), for overlay reachability and RTT.
 //! * `garbage`: malformed datagrams aimed at a tunnel's UDP port.
 
@@ -88,6 +90,10 @@ enum Mode {
         /// Source port (0: any), to make the flow distinct.
         #[arg(long, default_value_t = 0)]
         from_port: u16,
+        /// The datagrams' TOS (IPv4) or traffic class (IPv6) byte, ECN bits included: 2 is
+        /// ECT(0), 0xb8 is EF without ECN.
+        #[arg(long, default_value_t = 0, value_parser = parse_tos)]
+        tos: u8,
     },
     /// ICMP echo over a raw socket (needs root).
     Ping {
@@ -151,7 +157,8 @@ fn main() {
             size,
             seconds,
             from_port,
-        } => udp_flood(to, size, Duration::from_secs(seconds), from_port),
+            tos,
+        } => udp_flood(to, size, Duration::from_secs(seconds), from_port, tos),
         Mode::Ping {
             to,
             count,
@@ -735,10 +742,33 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
     Ok(())
 }
 
-fn udp_flood(to: SocketAddr, size: usize, limit: Duration, from_port: u16) -> io::Result<()> {
+/// Parses `--tos`: a byte, decimal or `0x` hex.
+fn parse_tos(text: &str) -> Result<u8, String> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("'{text}' is not a byte (0-255 or 0x00-0xff)"))
+}
+
+fn udp_flood(
+    to: SocketAddr,
+    size: usize,
+    limit: Duration,
+    from_port: u16,
+    tos: u8,
+) -> io::Result<()> {
     const BATCH: usize = 64;
     let size = size.max(8);
     let socket = UdpSocket::bind(wildcard_for(to, from_port))?;
+    if tos != 0 {
+        let (level, name) = match to {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+        };
+        set_int_option(&socket, level, name, libc::c_int::from(tos))
+            .map_err(|e| with_context(e, "setting the TOS"))?;
+    }
     socket.connect(to)?;
     let mut payloads = vec![vec![0u8; size]; BATCH];
     let mut iovs: Vec<libc::iovec> = payloads
@@ -779,7 +809,7 @@ fn udp_flood(to: SocketAddr, size: usize, limit: Duration, from_port: u16) -> io
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{{\"mode\":\"udp-flood\",\"size\":{size},\"sent\":{seq},\"send_errors\":{errors},\"seconds\":{seconds:.3},\"packets_per_s\":{:.0}}}",
+        "{{\"mode\":\"udp-flood\",\"size\":{size},\"tos\":{tos},\"sent\":{seq},\"send_errors\":{errors},\"seconds\":{seconds:.3},\"packets_per_s\":{:.0}}}",
         seq as f64 / seconds
     );
     Ok(())

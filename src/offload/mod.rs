@@ -18,6 +18,8 @@
 //! alone, as runs of one.
 
 pub mod coalesce;
+pub mod ecn;
+pub mod icmp;
 pub mod split;
 #[cfg(test)]
 mod tables;

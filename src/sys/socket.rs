@@ -1,6 +1,10 @@
 //! The UDP socket of one worker: `SO_REUSEPORT` on the shared listen address, MiB-sized buffers,
 //! `IP_RECVERR` so ICMP errors about the peer are reported (an unconnected socket ignores them
-//! otherwise), and the reuseport steering program (see `steer`).
+//! otherwise), path MTU discovery with DF on every datagram (`IP_PMTUDISC_DO`), and the reuseport
+//! steering program (see `steer`). Also the control messages the data path reads and writes
+//! (`UDP_GRO`, `UDP_SEGMENT`, the TOS / traffic class), the error queue, and two helper sockets
+//! of the path MTU machinery: a connected probe that reads the kernel's path MTU to the peer,
+//! and a socket that lets the outer IP layer fragment, for the few inner packets that need it.
 
 use super::{Error, check};
 use std::io;
@@ -91,40 +95,122 @@ pub fn source_ip(name: &[u8]) -> Option<IpAddr> {
 
 /// Room for one `UDP_GRO` control message: `CMSG_SPACE(sizeof(int))` on 64-bit Linux.
 pub const GRO_CONTROL_LEN: usize = 24;
+/// Room for one received TOS or traffic class message: `IP_TOS` carries a byte
+/// (`ip_cmsg_recv_tos` in net/ipv4/ip_sockglue.c), `IPV6_TCLASS` an int
+/// (`ip6_datagram_recv_specific_ctl` in net/ipv6/datagram.c); `CMSG_SPACE` of either is 24.
+pub const TOS_CONTROL_LEN: usize = 24;
+/// `sizeof(struct cmsghdr)` on 64-bit Linux (include/linux/socket.h).
+const CMSG_HEADER: usize = 16;
 
-/// Reads the `UDP_GRO` segment size from a recvmsg control area, if there is one.
-///
-/// Walks the messages as the kernel's `CMSG_NXTHDR` does (include/linux/socket.h) and trusts a
-/// message only if it is `CMSG_OK`: its `cmsg_len` covers at least the header and lies within the
-/// area. When the area was too small the kernel cuts the last message and shortens its
-/// `cmsg_len` (`put_cmsg` in net/core/scm.c, which also sets `MSG_CTRUNC`), so a `UDP_GRO` whose
-/// `cmsg_len` cannot hold its `int` is cut, and the bytes after it are not the size.
-pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
-    let header = size_of::<libc::cmsghdr>();
-    let mut at = 0;
-    while control.len() - at >= header {
-        let left = control.len() - at;
-        let len = usize::from_ne_bytes(control[at..at + 8].try_into().ok()?);
-        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
-        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
-        if len < header || len > left {
-            return None;
+/// Which IP header the worker's datagrams travel in: decides the level of the TOS control
+/// message and the outer header bytes. A dual-stack IPv6 socket talking to an IPv4-mapped peer
+/// sends IPv4, and `udp_sendmsg` then reads only `SOL_IP` messages (`ip_cmsg_send` in
+/// net/ipv4/ip_sockglue.c), so the family follows the peer's canonical address, not the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OuterFamily {
+    Ipv4,
+    Ipv6,
+}
+
+impl OuterFamily {
+    pub fn of(peer: SocketAddr) -> OuterFamily {
+        if peer.ip().to_canonical().is_ipv4() {
+            OuterFamily::Ipv4
+        } else {
+            OuterFamily::Ipv6
         }
-        if level == libc::SOL_UDP && kind == libc::UDP_GRO {
-            if len < header + 4 {
-                return None;
-            }
-            let size = i32::from_ne_bytes(control[at + header..at + header + 4].try_into().ok()?);
-            return usize::try_from(size).ok().filter(|s| *s > 0);
+    }
+
+    /// Outer IP and UDP header bytes.
+    pub fn overhead(self) -> usize {
+        match self {
+            OuterFamily::Ipv4 => 20 + 8,
+            OuterFamily::Ipv6 => 40 + 8,
+        }
+    }
+}
+
+/// Walks the messages of a control area as the kernel's `CMSG_NXTHDR` does
+/// (include/linux/socket.h), handing `visit` each one's level, type and data (the bytes its
+/// `cmsg_len` covers after the header, which may be fewer than its type needs) until `visit`
+/// returns false. It stops at the first message that is not `CMSG_OK` (its `cmsg_len` shorter
+/// than the header or past the area): when the area was too small the kernel cuts the last
+/// message and shortens its `cmsg_len` (`put_cmsg` in net/core/scm.c, which also sets
+/// `MSG_CTRUNC`), and nothing after a bad length can be trusted.
+fn walk_messages(control: &[u8], mut visit: impl FnMut(i32, i32, &[u8]) -> bool) {
+    let mut at = 0;
+    while control.len() - at >= CMSG_HEADER {
+        let left = control.len() - at;
+        let word = |from: usize, to: usize| &control[at + from..at + to];
+        let len = usize::from_ne_bytes(word(0, 8).try_into().expect("8 bytes"));
+        let level = i32::from_ne_bytes(word(8, 12).try_into().expect("4 bytes"));
+        let kind = i32::from_ne_bytes(word(12, 16).try_into().expect("4 bytes"));
+        if len < CMSG_HEADER || len > left {
+            return;
+        }
+        if !visit(level, kind, &control[at + CMSG_HEADER..at + len]) {
+            return;
         }
         // CMSG_ALIGN to sizeof(long); no overflow, since len <= left.
         let step = len.div_ceil(8) * 8;
         if step >= left {
-            return None;
+            return;
         }
         at += step;
     }
-    None
+}
+
+/// What the data path reads from a receive's control area.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveControl {
+    /// The `UDP_GRO` segment size.
+    pub gro_segment_size: Option<usize>,
+    /// The outer TOS / traffic class (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
+    pub tos: Option<u8>,
+}
+
+/// Reads the `UDP_GRO` segment size and the outer TOS from a recvmsg control area. The first
+/// message of each kind decides; one whose `cmsg_len` cannot hold its value was cut, and ends
+/// the walk (see [`walk_messages`]).
+pub fn receive_control(control: &[u8]) -> ReceiveControl {
+    let mut found = ReceiveControl::default();
+    let (mut gro_seen, mut tos_seen) = (false, false);
+    walk_messages(control, |level, kind, data| {
+        match (level, kind) {
+            (libc::SOL_UDP, libc::UDP_GRO) if !gro_seen => {
+                gro_seen = true;
+                let Some(bytes) = data.get(..4) else {
+                    return false;
+                };
+                let size = i32::from_ne_bytes(bytes.try_into().expect("4 bytes"));
+                found.gro_segment_size = usize::try_from(size).ok().filter(|s| *s > 0);
+            }
+            (libc::SOL_IP, libc::IP_TOS) if !tos_seen => {
+                tos_seen = true;
+                let Some(&tos) = data.first() else {
+                    return false;
+                };
+                found.tos = Some(tos);
+            }
+            (libc::SOL_IPV6, libc::IPV6_TCLASS) if !tos_seen => {
+                tos_seen = true;
+                let Some(bytes) = data.get(..4) else {
+                    return false;
+                };
+                let class = i32::from_ne_bytes(bytes.try_into().expect("4 bytes"));
+                found.tos = u8::try_from(class).ok();
+            }
+            _ => {}
+        }
+        !(gro_seen && tos_seen)
+    });
+    found
+}
+
+/// Reads the `UDP_GRO` segment size from a recvmsg control area, if there is one: the first
+/// `SOL_UDP`/`UDP_GRO` message that is `CMSG_OK` and whose `cmsg_len` holds its `int` decides.
+pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    receive_control(control).gro_segment_size
 }
 
 /// Fills a control buffer with one `UDP_SEGMENT` message and returns its length.
@@ -136,6 +222,49 @@ pub fn write_segment_control(control: &mut [u64; 3], segment_size: u16) -> usize
     bytes[12..16].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
     bytes[16..18].copy_from_slice(&segment_size.to_ne_bytes());
     24 // CMSG_SPACE(sizeof(u16))
+}
+
+/// Words of the control area of one send: a `UDP_SEGMENT` message and a TOS message.
+pub const SEND_CONTROL_WORDS: usize = 6;
+
+/// Fills a send's control area with a `UDP_SEGMENT` message when `segment_size` is given and a
+/// TOS message (`IP_TOS` or `IPV6_TCLASS`, an int; `ip_cmsg_send` and `ip6_datagram_send_ctl`)
+/// when `tos` is not 0, and returns the length used: 0 when neither is needed, so that the send
+/// carries no control data at all.
+pub fn write_send_control(
+    control: &mut [u64; SEND_CONTROL_WORDS],
+    segment_size: Option<u16>,
+    tos: u8,
+    family: OuterFamily,
+) -> usize {
+    let mut len = 0;
+    if let Some(size) = segment_size {
+        let first: &mut [u64; 3] = (&mut control[..3]).try_into().expect("3 words");
+        len += write_segment_control(first, size);
+    }
+    if tos != 0 {
+        let words: &mut [u64; 3] = (&mut control[len / 8..len / 8 + 3])
+            .try_into()
+            .expect("3 words");
+        len += write_tos_control(words, tos, family);
+    }
+    len
+}
+
+/// Fills a control buffer with one TOS / traffic class message and returns its length.
+pub fn write_tos_control(control: &mut [u64; 3], tos: u8, family: OuterFamily) -> usize {
+    let bytes: &mut [u8; 24] = bytemuck_u64x3(control);
+    let (level, kind) = match family {
+        OuterFamily::Ipv4 => (libc::SOL_IP, libc::IP_TOS),
+        OuterFamily::Ipv6 => (libc::SOL_IPV6, libc::IPV6_TCLASS),
+    };
+    let len = CMSG_HEADER + 4;
+    bytes[0..8].copy_from_slice(&len.to_ne_bytes());
+    bytes[8..12].copy_from_slice(&level.to_ne_bytes());
+    bytes[12..16].copy_from_slice(&kind.to_ne_bytes());
+    bytes[16..20].copy_from_slice(&i32::from(tos).to_ne_bytes());
+    bytes[20..24].fill(0);
+    24 // CMSG_SPACE(sizeof(int))
 }
 
 fn bytemuck_u64x3(words: &mut [u64; 3]) -> &mut [u8; 24] {
@@ -170,10 +299,35 @@ pub fn udp_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
             set_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES).map_err(err)?;
         }
     }
+    // DF on every datagram, and EMSGSIZE (with the MTU queued on the error queue) for one the
+    // path cannot take, instead of fragmenting it: that is how the worker learns the path MTU
+    // and answers the inner sender (ip(7), IP_MTU_DISCOVER; ipv6(7), IPV6_MTU_DISCOVER).
     if listen.is_ipv4() {
         set_int(raw, libc::IPPROTO_IP, libc::IP_RECVERR, 1).map_err(err)?;
+        set_int(
+            raw,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+        .map_err(err)?;
     } else {
         set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1).map_err(err)?;
+        set_int(
+            raw,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+        .map_err(err)?;
+        // An IPv4-mapped peer is reached through the IPv4 code, which reads the IPv4 options.
+        set_int(
+            raw,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+        .map_err(err)?;
     }
     let (storage, len) = to_sockaddr(listen);
     // SAFETY: `storage` holds a sockaddr of length `len`.
@@ -183,6 +337,19 @@ pub fn udp_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
             source,
         })?;
     Ok(fd)
+}
+
+/// Asks for the outer TOS / traffic class of each receive (`IP_RECVTOS`, `IPV6_RECVTCLASS`), for
+/// ECN decapsulation. An IPv6 socket asks for both: datagrams from an IPv4-mapped peer carry
+/// `IP_TOS` (`udpv6_recvmsg` hands IPv4 datagrams to `ip_cmsg_recv_offset`).
+pub fn enable_receive_tos(fd: &OwnedFd, listen: SocketAddr) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    if listen.is_ipv4() {
+        set_int(raw, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+    } else {
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
+        set_int(raw, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+    }
 }
 
 /// Turns on `UDP_GRO` (receive several datagrams per buffer). False if the kernel refuses.
@@ -233,29 +400,194 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
     .map_err(Error::ReusePortProgram)
 }
 
-/// Reads and discards queued ICMP errors (`MSG_ERRQUEUE`), returning how many there were.
+/// What [`drain_error_queue`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuedErrors {
+    /// Errors read and discarded.
+    pub count: u64,
+    /// The smallest path MTU any of them reported (see [`error_path_mtu`]).
+    pub path_mtu: Option<u32>,
+}
+
+/// Reads and discards queued errors (`MSG_ERRQUEUE`): ICMP errors about the peer, and the
+/// local "message too long" errors of sends over the path MTU.
 ///
 /// With `IP_RECVERR` each error is queued and charged to the receive buffer, so the queue must be
 /// drained or it would crowd out real datagrams. Called only when an error has been reported: a
 /// cold path, bounded to the queue's length at the time.
-pub fn drain_error_queue(fd: RawFd) -> u64 {
-    let mut drained = 0;
+pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
+    let mut found = QueuedErrors::default();
     let mut data = [0u8; 64];
     let mut control = [0u8; 256];
     for _ in 0..4096 {
-        if recvmsg_with_control(
+        let Ok((_, control_len)) = recvmsg_with_control(
             fd,
             &mut data,
             &mut control,
             libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        )
-        .is_err()
-        {
+        ) else {
             break;
+        };
+        found.count += 1;
+        if let Some(mtu) = error_path_mtu(&control[..control_len.min(control.len())]) {
+            found.path_mtu = Some(found.path_mtu.map_or(mtu, |m| m.min(mtu)));
         }
-        drained += 1;
     }
-    drained
+    found
+}
+
+/// The path MTU an error-queue entry reports, if it is one: a `sock_extended_err`
+/// (include/uapi/linux/errqueue.h) with `ee_errno` EMSGSIZE whose origin is an ICMP
+/// fragmentation-needed, an ICMPv6 packet-too-big, or the local stack refusing a send over the
+/// MTU it knows (`ip_local_error`, `ipv6_local_error`); `ee_info` is then the MTU
+/// (`ip_icmp_error` in net/ipv4/ip_sockglue.c, `ipv6_icmp_error` in net/ipv6/datagram.c).
+pub fn error_path_mtu(control: &[u8]) -> Option<u32> {
+    let mut mtu = None;
+    walk_messages(control, |level, kind, data| {
+        let is_error = matches!(
+            (level, kind),
+            (libc::SOL_IP, libc::IP_RECVERR) | (libc::SOL_IPV6, libc::IPV6_RECVERR)
+        );
+        if !is_error || data.len() < 16 {
+            return true;
+        }
+        let errno = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes"));
+        let origin = data[4];
+        let info = u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes"));
+        let from_mtu_report = matches!(
+            origin,
+            libc::SO_EE_ORIGIN_LOCAL | libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+        );
+        if errno == libc::EMSGSIZE as u32 && from_mtu_report && info > 0 {
+            mtu = Some(info);
+            return false;
+        }
+        true
+    });
+    mtu
+}
+
+/// The peer as the path MTU helpers address it: an IPv4-mapped address as plain IPv4, so that
+/// their socket family is the family of the outer header.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
+/// A plain UDP socket of the peer's canonical family, not bound: the kernel picks a port at the
+/// first connect or send.
+fn helper_socket(peer: SocketAddr) -> io::Result<OwnedFd> {
+    let family = match OuterFamily::of(peer) {
+        OuterFamily::Ipv4 => libc::AF_INET,
+        OuterFamily::Ipv6 => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2); owned right after the check.
+    let raw = check(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn connect(fd: &OwnedFd, peer: SocketAddr) -> io::Result<()> {
+    let (storage, len) = to_sockaddr(canonical(peer));
+    // SAFETY: `storage` holds a sockaddr of length `len`.
+    check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map(drop)
+}
+
+/// A UDP socket that [`path_mtu`] connects to the peer, and that never sends: the kernel's path
+/// MTU to the peer is read through it. `IP_MTU` needs a connected socket (ip(7)), and the
+/// worker's own socket is not connected.
+pub fn path_mtu_probe(peer: SocketAddr) -> io::Result<OwnedFd> {
+    helper_socket(peer)
+}
+
+/// The kernel's current path MTU to the peer, outer headers included. Connects `probe` again
+/// first: connect(2) looks the route up afresh (`ip4_datagram_connect`), so the answer includes
+/// a path MTU learned since, or the link's MTU changed since, which the route a socket cached
+/// at its last connect would not show (`IP_MTU` reads the cached route unchecked,
+/// `do_ip_getsockopt` in net/ipv4/ip_sockglue.c). A cold path: two system calls.
+pub fn path_mtu(probe: &OwnedFd, peer: SocketAddr) -> io::Result<u32> {
+    connect(probe, peer)?;
+    let (level, name) = match OuterFamily::of(peer) {
+        OuterFamily::Ipv4 => (libc::IPPROTO_IP, libc::IP_MTU),
+        OuterFamily::Ipv6 => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is valid for writes of `len` bytes for the duration of the call.
+    check(unsafe {
+        libc::getsockopt(
+            probe.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    u32::try_from(value)
+        .ok()
+        .filter(|mtu| *mtu > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN))
+}
+
+/// A UDP socket whose datagrams the outer IP layer may fragment (`IP_PMTUDISC_WANT`: DF only on
+/// datagrams that fit the path, ip(7)), for the inner packets that must cross a path too small
+/// for them whole (`offload::icmp::TooBig::Fragment`). Not bound: the peer checks only the
+/// source address, and joining the worker's reuseport group would receive datagrams meant for it.
+pub fn fragmenting_socket(peer: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = helper_socket(peer)?;
+    let raw = fd.as_raw_fd();
+    match OuterFamily::of(peer) {
+        OuterFamily::Ipv4 => set_int(
+            raw,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        )?,
+        OuterFamily::Ipv6 => set_int(
+            raw,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_WANT,
+        )?,
+    }
+    Ok(fd)
+}
+
+/// Sends one datagram gathered from `parts` to the peer on `fd` (a [`fragmenting_socket`]),
+/// without blocking, with the outer TOS when it is not 0. Returns the bytes sent.
+pub fn send_gathered(
+    fd: &OwnedFd,
+    peer: SocketAddr,
+    parts: &[io::IoSlice<'_>],
+    tos: u8,
+) -> io::Result<usize> {
+    let (mut storage, len) = to_sockaddr(canonical(peer));
+    let mut control = [0u64; 3];
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    // IoSlice is ABI-compatible with iovec (std's documented guarantee on Unix); the kernel
+    // only reads through it.
+    msg.msg_iov = parts.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = parts.len();
+    if tos != 0 {
+        msg.msg_controllen = write_tos_control(&mut control, tos, OuterFamily::of(peer));
+        msg.msg_control = control.as_mut_ptr().cast();
+    }
+    // SAFETY: `msg` points at `storage`, `parts` and `control`, all live for the call.
+    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
 }
 
 /// One `recvmsg` into `data` with a control area; returns the bytes received and the length of
@@ -319,7 +651,7 @@ mod tests {
         assert_ne!(port, 0);
         let second = udp_socket(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
         attach_reuseport_program(&second, &crate::steer::reuseport_program(2)).unwrap();
-        assert_eq!(drain_error_queue(first.as_raw_fd()), 0);
+        assert_eq!(drain_error_queue(first.as_raw_fd()).count, 0);
     }
 
     #[test]
@@ -373,12 +705,213 @@ mod tests {
         assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1400);
     }
 
+    /// One control message: `cmsg_len`, level, type, then `data`, padded to 8 bytes.
+    fn message(level: i32, kind: i32, data: &[u8], len: Option<usize>) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.unwrap_or(CMSG_HEADER + data.len()).to_ne_bytes());
+        m.extend_from_slice(&level.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(data);
+        m.resize(m.len().div_ceil(8) * 8, 0);
+        m
+    }
+
+    #[test]
+    fn gro_size_and_tos_are_read_in_either_order() {
+        let gro = message(libc::SOL_UDP, libc::UDP_GRO, &1400i32.to_ne_bytes(), None);
+        let tos4 = message(libc::SOL_IP, libc::IP_TOS, &[0x03], None);
+        let tos6 = message(
+            libc::SOL_IPV6,
+            libc::IPV6_TCLASS,
+            &0xb9i32.to_ne_bytes(),
+            None,
+        );
+        let both = |a: &[u8], b: &[u8]| [a, b].concat();
+        let expect = |gro_segment_size, tos| ReceiveControl {
+            gro_segment_size,
+            tos,
+        };
+        assert_eq!(
+            receive_control(&both(&gro, &tos4)),
+            expect(Some(1400), Some(3))
+        );
+        assert_eq!(
+            receive_control(&both(&tos4, &gro)),
+            expect(Some(1400), Some(3))
+        );
+        assert_eq!(
+            receive_control(&both(&gro, &tos6)),
+            expect(Some(1400), Some(0xb9))
+        );
+        assert_eq!(receive_control(&tos4), expect(None, Some(3)));
+        assert_eq!(receive_control(&[]), expect(None, None));
+        assert_eq!(gro_segment_size(&both(&tos4, &gro)), Some(1400));
+        // The two areas tunfwd sizes hold both messages as the kernel writes them.
+        assert!(both(&gro, &tos6).len() <= GRO_CONTROL_LEN + TOS_CONTROL_LEN);
+        // A TOS message cut before its byte, or a traffic class cut inside its int, is not read,
+        // and nothing after it is trusted.
+        let cut4 = message(libc::SOL_IP, libc::IP_TOS, &[0x03], Some(CMSG_HEADER));
+        assert_eq!(receive_control(&both(&cut4, &gro)), expect(None, None));
+        let cut6 = message(libc::SOL_IPV6, libc::IPV6_TCLASS, &[2, 0, 0, 0], Some(18));
+        assert_eq!(
+            receive_control(&both(&gro, &cut6)),
+            expect(Some(1400), None)
+        );
+        // A traffic class outside a byte is no TOS.
+        let odd = message(
+            libc::SOL_IPV6,
+            libc::IPV6_TCLASS,
+            &300i32.to_ne_bytes(),
+            None,
+        );
+        assert_eq!(receive_control(&odd), expect(None, None));
+    }
+
+    #[test]
+    fn send_control_holds_segment_size_and_tos_only_when_needed() {
+        let mut words = [0u64; SEND_CONTROL_WORDS];
+        assert_eq!(
+            write_send_control(&mut words, None, 0, OuterFamily::Ipv4),
+            0
+        );
+        assert_eq!(
+            write_send_control(&mut words, Some(1400), 0, OuterFamily::Ipv4),
+            24
+        );
+        for (family, level, kind) in [
+            (OuterFamily::Ipv4, libc::SOL_IP, libc::IP_TOS),
+            (OuterFamily::Ipv6, libc::SOL_IPV6, libc::IPV6_TCLASS),
+        ] {
+            let len = write_send_control(&mut words, Some(1400), 0xb9, family);
+            assert_eq!(len, 48);
+            // SAFETY: reading the bytes of a local array of plain words.
+            let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len) };
+            let mut seen = Vec::new();
+            walk_messages(bytes, |l, k, data| {
+                seen.push((l, k, data.to_vec()));
+                true
+            });
+            assert_eq!(
+                seen,
+                vec![
+                    (
+                        libc::SOL_UDP,
+                        libc::UDP_SEGMENT,
+                        1400u16.to_ne_bytes().to_vec()
+                    ),
+                    (level, kind, 0xb9i32.to_ne_bytes().to_vec()),
+                ]
+            );
+            let len = write_send_control(&mut words, None, 2, family);
+            assert_eq!(len, 24);
+        }
+    }
+
+    /// A `sock_extended_err` as `ip_local_error` / `ip_icmp_error` queue it.
+    fn extended_error(level: i32, kind: i32, errno: i32, origin: u8, info: u32) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&(errno as u32).to_ne_bytes());
+        e.extend_from_slice(&[origin, 3, 4, 0]);
+        e.extend_from_slice(&info.to_ne_bytes());
+        e.extend_from_slice(&0u32.to_ne_bytes());
+        e.extend_from_slice(&[0u8; 16]); // the offender's address
+        message(level, kind, &e, None)
+    }
+
+    #[test]
+    fn the_error_queue_reports_a_path_mtu_only_for_message_too_long() {
+        let v4 = |errno, origin, info| {
+            extended_error(libc::SOL_IP, libc::IP_RECVERR, errno, origin, info)
+        };
+        let v6 = |errno, origin, info| {
+            extended_error(libc::SOL_IPV6, libc::IPV6_RECVERR, errno, origin, info)
+        };
+        use libc::{SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL};
+        assert_eq!(
+            error_path_mtu(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280)),
+            Some(1280)
+        );
+        assert_eq!(
+            error_path_mtu(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP, 1400)),
+            Some(1400)
+        );
+        assert_eq!(
+            error_path_mtu(&v6(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP6, 1280)),
+            Some(1280)
+        );
+        assert_eq!(
+            error_path_mtu(&v4(libc::ECONNREFUSED, SO_EE_ORIGIN_ICMP, 0)),
+            None
+        );
+        assert_eq!(
+            error_path_mtu(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP, 0)),
+            None
+        );
+        assert_eq!(
+            error_path_mtu(&v4(libc::EMSGSIZE, 0, 1280)),
+            None,
+            "no origin"
+        );
+        let mut cut = v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280);
+        cut[0..8].copy_from_slice(&(CMSG_HEADER + 10).to_ne_bytes());
+        assert_eq!(error_path_mtu(&cut), None, "cut short");
+        assert_eq!(error_path_mtu(&[]), None);
+    }
+
+    /// The outer TOS goes out as a control message and comes back as one, over IPv4 and IPv6
+    /// loopback (no root): what ECN encapsulation and decapsulation rely on.
+    #[test]
+    fn tos_is_sent_and_received_per_datagram_on_loopback() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let listen: SocketAddr = local.parse().unwrap();
+            let receiver = udp_socket(listen).unwrap();
+            enable_receive_tos(&receiver, listen).unwrap();
+            let to = SocketAddr::new(listen.ip(), local_port(&receiver).unwrap());
+            let sender = fragmenting_socket(to).unwrap();
+            for tos in [0x02u8, 0x03, 0xb8 | 0x01, 0] {
+                let payload = [tos; 40];
+                let sent = send_gathered(&sender, to, &[io::IoSlice::new(&payload)], tos).unwrap();
+                assert_eq!(sent, payload.len());
+                let mut data = [0u8; 64];
+                let mut control = [0u8; 64];
+                let (n, control_len) =
+                    recvmsg_with_control(receiver.as_raw_fd(), &mut data, &mut control, 0).unwrap();
+                assert_eq!(n, 40);
+                assert_eq!(
+                    receive_control(&control[..control_len]).tos,
+                    Some(tos),
+                    "{local} TOS {tos:#x}"
+                );
+            }
+        }
+    }
+
+    /// The probe reads the path MTU of loopback, whatever it is here, through a connect.
+    #[test]
+    fn the_probe_reads_the_path_mtu_to_the_peer() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let probe = path_mtu_probe(peer).unwrap();
+        let mtu = path_mtu(&probe, peer).unwrap();
+        assert!(mtu >= 1280, "loopback MTU {mtu}");
+        // Asked again, through the same probe: the same answer.
+        assert_eq!(path_mtu(&probe, peer).unwrap(), mtu);
+        assert_eq!(
+            OuterFamily::of("[::ffff:1.2.3.4]:5".parse().unwrap()),
+            OuterFamily::Ipv4
+        );
+        assert_eq!(
+            OuterFamily::of("[2001:2::1]:5".parse().unwrap()),
+            OuterFamily::Ipv6
+        );
+    }
+
     /// Socket-level GSO in, GRO out, on loopback (no root): one sendmsg with `UDP_SEGMENT`
     /// carrying 10 datagrams arrives as one buffer whose `UDP_GRO` stride cuts it back into them.
     #[test]
     fn gso_send_arrives_as_gro_segments_on_loopback() {
         let receiver = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(enable_gro(&receiver));
+        enable_receive_tos(&receiver, "127.0.0.1:0".parse().unwrap()).unwrap();
         let port = local_port(&receiver).unwrap();
         let sender = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(supports_gso(&sender));
@@ -387,7 +920,7 @@ mod tests {
             .map(|i| (i / segment) as u8)
             .collect();
         let (dest, dest_len) = to_sockaddr(SocketAddr::from(([127, 0, 0, 1], port)));
-        let mut control = [0u64; 3];
+        let mut control = [0u64; SEND_CONTROL_WORDS];
         let mut iov = libc::iovec {
             iov_base: payload.as_ptr().cast_mut().cast(),
             iov_len: payload.len(),
@@ -398,7 +931,9 @@ mod tests {
         msg.msg_namelen = dest_len;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        msg.msg_controllen = write_segment_control(&mut control, segment as u16);
+        // ECT(0) on every datagram of the send, and the receive reports it once for the buffer.
+        msg.msg_controllen =
+            write_send_control(&mut control, Some(segment as u16), 0x02, OuterFamily::Ipv4);
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: `msg` is fully initialised and its buffers are live.
         let sent = unsafe { libc::sendmsg(sender.as_raw_fd(), &msg, 0) };
@@ -414,9 +949,12 @@ mod tests {
         let (received, control_len) =
             recvmsg_with_control(receiver.as_raw_fd(), &mut buffer, &mut control_in, 0).unwrap();
         assert_eq!(received, payload.len(), "all 10 datagrams in one receive");
-        let stride =
-            gro_segment_size(&control_in[..control_len]).expect("a UDP_GRO control message");
+        let received_control = receive_control(&control_in[..control_len]);
+        let stride = received_control
+            .gro_segment_size
+            .expect("a UDP_GRO control message");
         assert_eq!(stride, segment);
+        assert_eq!(received_control.tos, Some(0x02), "the TOS of the GSO send");
         let pieces: Vec<&[u8]> = buffer[..received].chunks(stride).collect();
         assert_eq!(pieces.len(), 10);
         for (i, piece) in pieces.iter().enumerate() {

@@ -1,0 +1,489 @@
+//! Answering an inner packet that no longer fits the path: ICMP "fragmentation needed" (IPv4,
+//! RFC 792 and RFC 1191) or ICMPv6 "packet too big" (RFC 4443 section 3.2, RFC 8201). PURE.
+//!
+//! When the path between the relays shrinks, the inner senders must learn it, or every packet of
+//! the old size vanishes (a black hole: TCP connects, then stalls at the first full segment). The
+//! relay is the only one who knows, so it answers such a packet itself, as the kernel's own UDP
+//! tunnels do (`skb_tunnel_check_pmtu` and `iptunnel_pmtud_build_icmp[v6]` in
+//! net/ipv4/ip_tunnel_core.c), and the worker writes the answer into the TUN:
+//!
+//! * From the original packet's **destination**, to its source, with its TTL / hop limit; DF set,
+//!   ID 0, TOS 0. Not from the TUN device's own address: the local stack would drop an incoming
+//!   packet whose source is one of its own addresses as a martian, and tunfwd may have no address
+//!   at all.
+//! * Quoting as much of the original packet as fits in 576 bytes (IPv4, RFC 1812 section 4.3.2.3)
+//!   or 1280 (IPv6, RFC 4443 section 2.4(c)).
+//! * Never about a packet that may not cause one: an IPv4 packet without DF, or a fragment; an
+//!   ICMP error; a packet from an unspecified, loopback, broadcast or multicast source, or (IPv4)
+//!   to a broadcast or multicast destination; an ICMPv6 error or redirect, or a non-first IPv6
+//!   fragment (RFC 1122 section 3.2.2, RFC 4443 section 2.4(e); the same checks as
+//!   `iptunnel_pmtud_check_icmp[v6]`).
+//! * Never with an MTU below 576 (IPv4) or 1280 (IPv6), where the kernel sends nothing either
+//!   (RFC 8200 section 5: 1280 is every IPv6 link's minimum; a node never lowers its estimate
+//!   below it, RFC 8201 section 4).
+//!
+//! [`TokenBucket`] rate-limits the answers per worker, as `icmp_ratelimit` does for the kernel's.
+
+use crate::wire::checksum::{Sum, pseudo_header_v6};
+use std::net::Ipv6Addr;
+
+/// The largest ICMPv4 error tunfwd builds, its IP header included (RFC 1812 section 4.3.2.3).
+pub const IPV4_ERROR_MAX: usize = 576;
+/// The IPv6 minimum MTU, which is also the largest ICMPv6 error (RFC 4443 section 2.4(c)).
+pub const IPV6_MIN_MTU: usize = 1280;
+/// The smallest next-hop MTU tunfwd reports for IPv4: the kernel neither sends nor honours less
+/// (`iptunnel_pmtud_check_icmp`; net.ipv4.route.min_pmtu is 552).
+pub const IPV4_MIN_REPORTED_MTU: usize = 576;
+/// Room for any reply [`too_big_reply`] builds.
+pub const MAX_REPLY: usize = IPV6_MIN_MTU;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const IPV4_DF: u16 = 0x4000;
+
+/// What an inner packet larger than the inner MTU gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooBig {
+    /// An ICMP error telling the sender this MTU; the packet is dropped.
+    Reply { mtu: usize },
+    /// Send it anyway and let the outer IP layer fragment it: an IPv4 packet without DF (a router
+    /// would fragment it, RFC 791), or an IPv6 packet of at most 1280 bytes on a path whose inner
+    /// MTU is below the IPv6 minimum, which the link (here, the tunnel) must carry in pieces
+    /// (RFC 8200 section 5; RFC 2473 section 7.1 for IPv6 tunnels).
+    Fragment,
+}
+
+/// What to do with an inner packet of `len` bytes, longer than `inner_mtu`, whose headers start
+/// `header` (an IPv4 or IPv6 packet, at least its fixed header). For a super-packet, `len` is a
+/// segment's length and `header` the super-packet's, which its segments copy.
+pub fn too_big_action(header: &[u8], len: usize, inner_mtu: usize) -> TooBig {
+    match header.first().map(|b| b >> 4) {
+        Some(4) if header.len() >= 20 => {
+            if u16::from_be_bytes([header[6], header[7]]) & IPV4_DF == 0 {
+                TooBig::Fragment
+            } else {
+                TooBig::Reply { mtu: inner_mtu }
+            }
+        }
+        Some(6) if len <= IPV6_MIN_MTU => TooBig::Fragment,
+        Some(6) => TooBig::Reply {
+            mtu: inner_mtu.max(IPV6_MIN_MTU),
+        },
+        _ => TooBig::Reply { mtu: inner_mtu },
+    }
+}
+
+/// Builds into `out` the ICMP error telling `packet`'s sender that the path takes at most `mtu`
+/// bytes, and returns its length; `None` when the rules above forbid an answer. `out` must hold
+/// [`MAX_REPLY`] bytes.
+pub fn too_big_reply(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => fragmentation_needed(packet, mtu, out),
+        Some(6) => packet_too_big(packet, mtu, out),
+        _ => None,
+    }
+}
+
+/// ICMP type 3 code 4 with the next-hop MTU in the second half of the unused word (RFC 1191
+/// section 4).
+fn fragmentation_needed(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+    if packet.len() < 20 || !(IPV4_MIN_REPORTED_MTU..=65535).contains(&mtu) {
+        return None;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    // DF set, and not a fragment: exactly the DF bit in the flags and offset.
+    if ihl < 20 || u16::from_be_bytes([packet[6], packet[7]]) != IPV4_DF {
+        return None;
+    }
+    let source: [u8; 4] = packet[12..16].try_into().ok()?;
+    let destination: [u8; 4] = packet[16..20].try_into().ok()?;
+    let bad_source =
+        source[0] == 0 || source[0] == 127 || source == [255; 4] || (224..240).contains(&source[0]);
+    let bad_destination = destination == [255; 4] || (224..240).contains(&destination[0]);
+    if bad_source || bad_destination {
+        return None;
+    }
+    if packet[9] == PROTO_ICMP {
+        // icmp_is_err: destination unreachable, source quench, redirect, time exceeded,
+        // parameter problem. A packet too short to show its type is not answered either.
+        let kind = *packet.get(ihl)?;
+        if matches!(kind, 3 | 4 | 5 | 11 | 12) {
+            return None;
+        }
+    }
+    let quote = packet.len().min(IPV4_ERROR_MAX - 28);
+    let total = 28 + quote;
+    let out = out.get_mut(..total)?;
+    out[0] = 0x45;
+    out[1] = 0; // TOS
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[4..6].fill(0); // ID
+    out[6..8].copy_from_slice(&IPV4_DF.to_be_bytes());
+    out[8] = packet[8]; // the original's TTL, as iptunnel_pmtud_build_icmp does
+    out[9] = PROTO_ICMP;
+    out[10..12].fill(0);
+    out[12..16].copy_from_slice(&destination);
+    out[16..20].copy_from_slice(&source);
+    let header_checksum = Sum::of(&out[..20]).finish();
+    out[10..12].copy_from_slice(&header_checksum.to_be_bytes());
+    out[20] = 3; // destination unreachable
+    out[21] = 4; // fragmentation needed and DF set
+    out[22..24].fill(0);
+    out[24..26].fill(0);
+    out[26..28].copy_from_slice(&(mtu as u16).to_be_bytes());
+    out[28..].copy_from_slice(&packet[..quote]);
+    let checksum = Sum::of(&out[20..]).finish();
+    out[22..24].copy_from_slice(&checksum.to_be_bytes());
+    Some(total)
+}
+
+/// ICMPv6 type 2 code 0 with the MTU (RFC 4443 section 3.2).
+fn packet_too_big(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+    if packet.len() < 40 || mtu < IPV6_MIN_MTU || mtu > u32::MAX as usize {
+        return None;
+    }
+    let source = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?);
+    let destination = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?);
+    if source.is_unspecified() || source.is_multicast() || source.is_loopback() {
+        return None;
+    }
+    match upper_layer(packet) {
+        UpperLayer::NonFirstFragment => return None,
+        UpperLayer::Protocol(PROTO_ICMPV6, at) => {
+            // Errors are types 0-127 (RFC 4443 section 2.1); 137 is a redirect (RFC 4861).
+            let kind = *packet.get(at)?;
+            if kind < 128 || kind == 137 {
+                return None;
+            }
+        }
+        UpperLayer::Protocol(..) | UpperLayer::Unknown => {}
+    }
+    let quote = packet.len().min(IPV6_MIN_MTU - 48);
+    let total = 48 + quote;
+    let out = out.get_mut(..total)?;
+    let payload_len = (8 + quote) as u16;
+    out[0] = 0x60;
+    out[1..4].fill(0); // traffic class and flow label
+    out[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    out[6] = PROTO_ICMPV6;
+    out[7] = packet[7]; // the original's hop limit
+    out[8..24].copy_from_slice(&destination.octets());
+    out[24..40].copy_from_slice(&source.octets());
+    out[40] = 2; // packet too big
+    out[41] = 0;
+    out[42..44].fill(0);
+    out[44..48].copy_from_slice(&(mtu as u32).to_be_bytes());
+    out[48..].copy_from_slice(&packet[..quote]);
+    let checksum = pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
+        .add(Sum::of(&out[40..]))
+        .finish();
+    out[42..44].copy_from_slice(&checksum.to_be_bytes());
+    Some(total)
+}
+
+enum UpperLayer {
+    /// The protocol number and where its header starts.
+    Protocol(u8, usize),
+    /// A fragment other than the first: its upper-layer header is elsewhere.
+    NonFirstFragment,
+    /// The extension headers run past the bytes we have.
+    Unknown,
+}
+
+/// Skips IPv6 extension headers as `ipv6_skip_exthdr` does (net/ipv6/exthdrs_core.c):
+/// Hop-by-Hop, Routing and Destination Options in 8-byte units, Authentication in 4-byte units,
+/// Fragment headers of 8 bytes (a non-zero offset ends the walk).
+fn upper_layer(packet: &[u8]) -> UpperLayer {
+    let mut next = packet[6];
+    let mut at = 40;
+    loop {
+        let Some(header) = packet.get(at..at + 2) else {
+            return UpperLayer::Unknown;
+        };
+        let len = match next {
+            0 | 43 | 60 => (usize::from(header[1]) + 1) * 8,
+            51 => (usize::from(header[1]) + 2) * 4,
+            44 => {
+                let Some(offset) = packet.get(at + 2..at + 4) else {
+                    return UpperLayer::Unknown;
+                };
+                if u16::from_be_bytes([offset[0], offset[1]]) & 0xfff8 != 0 {
+                    return UpperLayer::NonFirstFragment;
+                }
+                8
+            }
+            protocol => return UpperLayer::Protocol(protocol, at),
+        };
+        next = header[0];
+        at += len;
+    }
+}
+
+/// A token bucket: `burst` answers at once, then `per_second` a second. Time is the caller's
+/// monotonic clock in ns, so the bucket is deterministic under test.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: u64,
+    burst: u64,
+    per_second: u64,
+    last_refill_ns: u64,
+}
+
+impl TokenBucket {
+    pub fn new(per_second: u64, burst: u64) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            per_second: per_second.max(1),
+            last_refill_ns: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self, now_ns: u64) -> bool {
+        let interval_ns = 1_000_000_000 / self.per_second;
+        let earned = now_ns.saturating_sub(self.last_refill_ns) / interval_ns;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last_refill_ns += earned * interval_ns;
+            if self.tokens == self.burst {
+                // A full bucket earns nothing more: no credit piles up while idle.
+                self.last_refill_ns = now_ns;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::test_packets::{Spec, build};
+    use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
+
+    fn reply(packet: &[u8], mtu: usize) -> Option<Vec<u8>> {
+        let mut out = [0u8; MAX_REPLY];
+        too_big_reply(packet, mtu, &mut out).map(|n| out[..n].to_vec())
+    }
+
+    fn tcp(ipv6: bool, payload_len: usize) -> Vec<u8> {
+        build(&Spec {
+            ipv6,
+            payload_len,
+            ttl: 61,
+            ..Spec::default()
+        })
+    }
+
+    /// Frag-needed for a 1472-byte TCP packet: etherparse reads it as a valid IPv4 packet with a
+    /// correct header checksum, ICMP type 3 code 4, a correct ICMP checksum, the MTU in place,
+    /// addresses swapped, the original's TTL, and a quote of the original cut at 576 bytes.
+    #[test]
+    fn fragmentation_needed_is_valid_and_says_the_mtu() {
+        let original = tcp(false, 1432);
+        assert_eq!(original.len(), 1472);
+        let r = reply(&original, 1252).expect("DF set: answered");
+        assert_eq!(r.len(), IPV4_ERROR_MAX);
+        let sliced = SlicedPacket::from_ip(&r).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &sliced.net else {
+            panic!("not IPv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(usize::from(h.total_len), r.len());
+        assert!(h.dont_fragment);
+        assert_eq!(h.time_to_live, 61);
+        assert_eq!(h.source, original[16..20]);
+        assert_eq!(h.destination, original[12..16]);
+        let Some(TransportSlice::Icmpv4(icmp)) = &sliced.transport else {
+            panic!("not ICMP: {:?}", sliced.transport)
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1252
+                }
+            )
+        );
+        assert_eq!(
+            icmp.checksum(),
+            icmp.icmp_type().calc_checksum(icmp.payload())
+        );
+        assert_eq!(icmp.payload(), &original[..548], "the quote");
+    }
+
+    #[test]
+    fn packet_too_big_is_valid_and_says_the_mtu() {
+        let original = tcp(true, 1400);
+        let r = reply(&original, 1280).expect("answered");
+        assert_eq!(r.len(), IPV6_MIN_MTU, "the quote fills the minimum MTU");
+        let sliced = SlicedPacket::from_ip(&r).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &sliced.net else {
+            panic!("not IPv6")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(usize::from(h.payload_length) + 40, r.len());
+        assert_eq!(h.hop_limit, 61);
+        assert_eq!(h.source, <[u8; 16]>::try_from(&original[24..40]).unwrap());
+        assert_eq!(
+            h.destination,
+            <[u8; 16]>::try_from(&original[8..24]).unwrap()
+        );
+        assert_eq!(h.traffic_class, 0);
+        let Some(TransportSlice::Icmpv6(icmp)) = &sliced.transport else {
+            panic!("not ICMPv6: {:?}", sliced.transport)
+        };
+        assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu: 1280 });
+        let expected = icmp
+            .icmp_type()
+            .calc_checksum(h.source, h.destination, icmp.payload())
+            .unwrap();
+        assert_eq!(icmp.checksum(), expected);
+        assert_eq!(icmp.payload(), &original[..1232]);
+        // A short original is quoted whole.
+        let small = tcp(true, 10);
+        let r = reply(&small, 1300).unwrap();
+        assert_eq!(r.len(), 48 + small.len());
+        assert_eq!(&r[48..], &small[..]);
+    }
+
+    #[test]
+    fn no_answer_where_the_rules_forbid_one() {
+        let df = tcp(false, 100);
+        assert!(reply(&df, 1252).is_some());
+        assert!(reply(&df, 575).is_none(), "below 576");
+        let mut no_df = df.clone();
+        no_df[6] = 0;
+        assert!(reply(&no_df, 1252).is_none(), "DF clear");
+        let mut fragment = df.clone();
+        fragment[6] |= 0x20; // MF
+        assert!(reply(&fragment, 1252).is_none(), "a fragment");
+        for (at, value, why) in [
+            (12, 0, "source 0/8"),
+            (12, 127, "loopback source"),
+            (12, 224, "multicast source"),
+            (16, 239, "multicast destination"),
+        ] {
+            let mut p = df.clone();
+            p[at] = value;
+            assert!(reply(&p, 1252).is_none(), "{why}");
+        }
+        let mut broadcast = df.clone();
+        broadcast[16..20].fill(255);
+        assert!(reply(&broadcast, 1252).is_none(), "broadcast destination");
+        // An ICMP error is never answered; an echo request is.
+        let mut icmp = df.clone();
+        icmp[9] = PROTO_ICMP;
+        for (kind, answered) in [(3, false), (11, false), (12, false), (8, true), (0, true)] {
+            icmp[20] = kind;
+            assert_eq!(reply(&icmp, 1252).is_some(), answered, "ICMP type {kind}");
+        }
+
+        let v6 = tcp(true, 1300);
+        assert!(reply(&v6, 1280).is_some());
+        assert!(reply(&v6, 1279).is_none(), "below 1280");
+        for (address, why) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+        ] {
+            let mut p = v6.clone();
+            p[8..24].copy_from_slice(&address.parse::<Ipv6Addr>().unwrap().octets());
+            assert!(reply(&p, 1280).is_none(), "{why} source");
+        }
+        let mut icmp6 = v6.clone();
+        icmp6[6] = PROTO_ICMPV6;
+        for (kind, answered) in [(1, false), (2, false), (137, false), (128, true)] {
+            icmp6[40] = kind;
+            assert_eq!(
+                reply(&icmp6, 1280).is_some(),
+                answered,
+                "ICMPv6 type {kind}"
+            );
+        }
+        // Behind a Destination Options header, the ICMPv6 type is still found.
+        let mut behind = build(&Spec {
+            ipv6: true,
+            ipv6_extensions: vec![(60, vec![1, 4, 0, 0, 0, 0])],
+            payload_len: 1300,
+            ..Spec::default()
+        });
+        behind[40] = PROTO_ICMPV6;
+        behind[48] = 1;
+        assert!(
+            reply(&behind, 1280).is_none(),
+            "an ICMPv6 error behind options"
+        );
+        behind[48] = 128;
+        assert!(reply(&behind, 1280).is_some());
+        // A non-first fragment is not answered; a first one is.
+        let mut fragment = build(&Spec {
+            ipv6: true,
+            ipv6_extensions: vec![(44, vec![0, 0, 0, 0, 0, 1])],
+            payload_len: 1300,
+            ..Spec::default()
+        });
+        assert!(reply(&fragment, 1280).is_some(), "first fragment");
+        fragment[42..44].copy_from_slice(&(185u16 << 3).to_be_bytes());
+        assert!(reply(&fragment, 1280).is_none(), "later fragment");
+        assert!(reply(&[0x45; 10], 1280).is_none());
+        assert!(reply(&[], 1280).is_none());
+    }
+
+    #[test]
+    fn too_big_packets_are_answered_or_fragmented_by_kind() {
+        let df = tcp(false, 1432);
+        assert_eq!(
+            too_big_action(&df, df.len(), 1252),
+            TooBig::Reply { mtu: 1252 }
+        );
+        let mut no_df = df.clone();
+        no_df[6] = 0;
+        assert_eq!(too_big_action(&no_df, no_df.len(), 1252), TooBig::Fragment);
+        // IPv6 above the minimum MTU: told the larger of the inner MTU and 1280.
+        let v6 = tcp(true, 1400);
+        assert_eq!(
+            too_big_action(&v6, v6.len(), 1300),
+            TooBig::Reply { mtu: 1300 }
+        );
+        assert_eq!(
+            too_big_action(&v6, v6.len(), 1252),
+            TooBig::Reply { mtu: 1280 }
+        );
+        // At or below 1280 the tunnel must carry it, in outer fragments.
+        let v6_min = tcp(true, 1280 - 60);
+        assert_eq!(v6_min.len(), 1280);
+        assert_eq!(
+            too_big_action(&v6_min, v6_min.len(), 1252),
+            TooBig::Fragment
+        );
+        // A super-packet is judged by its segments' length, not its own.
+        assert_eq!(too_big_action(&v6, 1280, 1252), TooBig::Fragment);
+        assert_eq!(too_big_action(&v6, 1281, 1252), TooBig::Reply { mtu: 1280 });
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10, 3);
+        let second = 1_000_000_000;
+        assert!((0..3).all(|_| b.allow(5)));
+        assert!(!b.allow(5), "burst spent");
+        assert!(!b.allow(5 + second / 20), "half a token");
+        assert!(b.allow(5 + second / 10));
+        assert!(!b.allow(5 + second / 10));
+        // A long idle period refills to the burst, no more.
+        let later = 100 * second;
+        assert!((0..3).all(|_| b.allow(later)));
+        assert!(!b.allow(later));
+        // Ten a second over a second, after the burst.
+        let allowed = (1..=100)
+            .filter(|i| b.allow(later + i * second / 100))
+            .count();
+        assert_eq!(allowed, 10);
+    }
+}

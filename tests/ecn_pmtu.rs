@@ -1,0 +1,533 @@
+//! ECN (RFC 6040) and path MTU across the tunnel, on the namespace testbed with the real binary.
+//!
+//! They need root and fail at once without it, never skipping silently, as in tests/netns.rs.
+//! No packet tools are needed: where a test must see or set the *outer* header, it plays the
+//! other relay (or the congested router) itself. A thread of this process enters a namespace
+//! with setns(2), which moves only that thread, and uses tunfwd's own socket helpers: a UDP
+//! socket on the tunnel port with `IP_RECVTOS` reads the outer TOS of what relay A sends, and a
+//! socket that sends with a chosen outer TOS stands in for relay A behind a router that marked
+//! CE. (An nftables rule in the middle could mark CE too, but `nft` is not installed on these
+//! machines, and tc's pedit action is not built into their kernel.)
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use nix::sched::{CloneFlags, setns};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tunfwd::offload::ecn::{Ecn, decapsulated_ecn};
+use tunfwd::sys::socket;
+use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn testbed() -> Testbed {
+    if !testbed::is_root() {
+        panic!(
+            "the ECN and path MTU tests need root (namespaces, veth, TUN): run them as root, \
+             e.g. `sudo -E cargo test --test ecn_pmtu`"
+        );
+    }
+    Testbed::new(
+        Path::new(env!("CARGO_BIN_EXE_tunfwd")),
+        Path::new(env!("CARGO_BIN_EXE_tunload")),
+    )
+    .expect("building the namespace testbed")
+}
+
+/// Runs `work` on a thread that has entered `host`'s network namespace. Sockets it creates stay
+/// in that namespace, and may be used from any thread afterwards.
+fn in_namespace<T: Send>(
+    bed: &Testbed,
+    host: Host,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> T {
+    let path = format!("/var/run/netns/{}", bed.namespace(host));
+    let run = || -> io::Result<T> {
+        setns(std::fs::File::open(&path)?, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        work()
+    };
+    std::thread::scope(|s| s.spawn(run).join().unwrap())
+        .unwrap_or_else(|e| panic!("in namespace {host:?}: {e}"))
+}
+
+/// A relay with one queue and a stats file, started with `extra` options.
+fn relay(bed: &Testbed, host: Host, extra: &[&str]) -> Process {
+    let json = bed.path(&format!("{host:?}.json"));
+    let mut args = vec!["--queues", "1", "--stats-json", json.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    bed.start_tunfwd(host, &format!("tunfwd-{host:?}"), &args)
+        .unwrap_or_else(|e| panic!("tunfwd on {host:?}: {e}"))
+}
+
+/// Stops a relay with SIGTERM, checks it exits 0, and returns its final JSON report.
+fn stop(bed: &Testbed, mut relay: Process, host: Host) -> Value {
+    let status = relay
+        .terminate(Duration::from_secs(10))
+        .expect("tunfwd stops");
+    assert!(
+        status.success(),
+        "tunfwd exited with {status}: {}",
+        relay.stderr()
+    );
+    let text = std::fs::read_to_string(bed.path(&format!("{host:?}.json"))).expect("stats JSON");
+    serde_json::from_str(&text).expect("stats JSON parses")
+}
+
+/// A field of the report's `path` section, summed over the queues.
+fn path_total(report: &Value, field: &str) -> u64 {
+    report["path"]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q[field].as_u64().unwrap())
+        .sum()
+}
+
+fn drops(report: &Value, reason: &str) -> u64 {
+    report["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["drops"][reason].as_u64().unwrap())
+        .sum()
+}
+
+/// Every datagram waiting on `fd` (within `quiet` of the last one, `limit` at most): its bytes
+/// and the TOS / traffic class it arrived with.
+fn receive_all(fd: &OwnedFd, quiet: Duration, limit: Duration) -> Vec<(Vec<u8>, Option<u8>)> {
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut got = Vec::new();
+    let mut data = vec![0u8; 65536];
+    let mut control = [0u8; 128];
+    while last.elapsed() < quiet && started.elapsed() < limit {
+        match socket::recvmsg_with_control(
+            fd.as_raw_fd(),
+            &mut data,
+            &mut control,
+            libc::MSG_DONTWAIT,
+        ) {
+            Ok((n, control_len)) => {
+                let tos = socket::receive_control(&control[..control_len]).tos;
+                got.push((data[..n].to_vec(), tos));
+                last = Instant::now();
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    got
+}
+
+/// A UDP socket bound to `address` that reports each datagram's TOS.
+fn tos_receiver(address: &str) -> io::Result<OwnedFd> {
+    let listen: SocketAddr = address.parse().unwrap();
+    let fd = socket::udp_socket(listen).map_err(io::Error::other)?;
+    socket::enable_receive_tos(&fd, listen)?;
+    Ok(fd)
+}
+
+/// Sends `payload` to `to` with the TOS / traffic class `tos` on the datagram.
+fn send_with_tos(fd: &OwnedFd, to: SocketAddr, payload: &[u8], tos: u8) {
+    socket::send_gathered(fd, to, &[io::IoSlice::new(payload)], tos)
+        .unwrap_or_else(|e| panic!("send to {to} with TOS {tos:#x}: {e}"));
+}
+
+/// An inner UDP packet from relay A's overlay address to B's, `dport`, TOS `tos`, carrying
+/// `payload`: what A's kernel would hand A's TUN.
+fn inner_udp(ipv6: bool, tos: u8, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = if ipv6 {
+        let a: std::net::Ipv6Addr = testbed::A_TUNNEL6.parse().unwrap();
+        let b: std::net::Ipv6Addr = testbed::B_TUNNEL6.parse().unwrap();
+        PacketBuilder::ipv6(a.octets(), b.octets(), 64).udp(40000, dport)
+    } else {
+        let a: std::net::Ipv4Addr = testbed::A_TUNNEL4.parse().unwrap();
+        let b: std::net::Ipv4Addr = testbed::B_TUNNEL4.parse().unwrap();
+        PacketBuilder::ipv4(a.octets(), b.octets(), 64).udp(40000, dport)
+    };
+    let mut p = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut p, payload).unwrap();
+    if ipv6 {
+        p[0] = 0x60 | tos >> 4;
+        p[1] = tos << 4 | (p[1] & 0x0f);
+    } else {
+        p[1] = tos;
+        let header = etherparse::Ipv4HeaderSlice::from_slice(&p)
+            .unwrap()
+            .to_header();
+        p[10..12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+    }
+    p
+}
+
+/// The TOS / traffic class of an IP packet, and its UDP destination port if it is UDP.
+fn inner_tos_and_port(packet: &[u8]) -> Option<(u8, u16)> {
+    let sliced = SlicedPacket::from_ip(packet).ok()?;
+    let tos = match &sliced.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            h.dcp().value() << 2 | h.ecn().value()
+        }
+        Some(NetSlice::Ipv6(ip)) => ip.header().traffic_class(),
+        _ => return None,
+    };
+    match &sliced.transport {
+        Some(TransportSlice::Udp(udp)) => Some((tos, udp.destination_port())),
+        _ => None,
+    }
+}
+
+/// Relay options, and (inner TOS, outer TOS expected) for the packets sent under them.
+type Setting = (&'static [&'static str], &'static [(u8, u8)]);
+
+/// Encapsulation: relay A's outer header carries the inner ECN field (CE included, RFC 6040
+/// normal mode), with DSCP 0 by default, the inner DSCP with `--tos inherit`, a fixed one with
+/// `--tos N`, and no ECN with `--no-ecn`. The test is relay B: it receives A's datagrams on the
+/// tunnel port and reads each one's outer TOS and, inside, the inner packet's.
+#[test]
+fn outer_headers_carry_the_inner_ecn_and_the_chosen_dscp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let fake_b = in_namespace(&bed, Host::B, || tos_receiver("0.0.0.0:55555"));
+    let settings: [Setting; 5] = [
+        (
+            &[],
+            &[
+                (0x02, 0x02),
+                (0x01, 0x01),
+                (0x03, 0x03),
+                (0xb8, 0x00),
+                (0xba, 0x02),
+            ],
+        ),
+        (
+            &["--tos", "inherit"],
+            &[(0xba, 0xba), (0x48, 0x48), (0x03, 0x03)],
+        ),
+        (
+            &["--tos", "0x20"],
+            &[(0xba, 0x22), (0x00, 0x20), (0x03, 0x23)],
+        ),
+        (&["--no-ecn"], &[(0x02, 0x00), (0xbb, 0x00)]),
+        (
+            &["--no-ecn", "--tos", "inherit"],
+            &[(0xbb, 0xb8), (0x01, 0x00)],
+        ),
+    ];
+    // Inner traffic from A's namespace into A's TUN, with the inner TOS as a control message.
+    let targets: Vec<SocketAddr> = [testbed::B_TUNNEL4, testbed::B_TUNNEL6]
+        .iter()
+        .map(|b| SocketAddr::new(b.parse::<IpAddr>().unwrap(), 6000))
+        .collect();
+    let senders = in_namespace(&bed, Host::A, || {
+        targets
+            .iter()
+            .map(|to| socket::fragmenting_socket(*to))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    for (options, cases) in settings {
+        let a = relay(&bed, Host::A, options);
+        for (sender, &to) in senders.iter().zip(&targets) {
+            let ipv6 = to.is_ipv6();
+            for &(inner, outer) in cases {
+                for _ in 0..5 {
+                    send_with_tos(sender, to, b"ecn encapsulation", inner);
+                }
+                let got = receive_all(&fake_b, Duration::from_millis(300), Duration::from_secs(5));
+                let ours: Vec<(u8, Option<u8>)> = got
+                    .iter()
+                    .filter_map(|(datagram, outer_tos)| {
+                        let (inner_seen, port) = inner_tos_and_port(datagram)?;
+                        (port == 6000).then_some((inner_seen, *outer_tos))
+                    })
+                    .collect();
+                let at = format!("{options:?}, IPv6 {ipv6}, inner {inner:#04x}");
+                assert_eq!(ours.len(), 5, "{at}: {ours:?} of {} datagrams", got.len());
+                for (inner_seen, outer_seen) in ours {
+                    assert_eq!(inner_seen, inner, "{at}: the inner packet is untouched");
+                    assert_eq!(outer_seen, Some(outer), "{at}: outer TOS");
+                }
+            }
+        }
+        stop(&bed, a, Host::A);
+        wait_for_device_gone(&bed, Host::A);
+    }
+}
+
+/// Waits until the relay's TUN device is gone. It outlives the relay's exit for a moment: the
+/// io_uring holds its registered files until the ring's exit work runs, after the process is
+/// gone, and a relay started in that window attaches its queues to the dying device, whose old
+/// queues then take the packets.
+fn wait_for_device_gone(bed: &Testbed, host: Host) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("ip")
+        .args(["-n", &bed.namespace(host), "link", "show", "dev", "tunfwd0"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tunfwd0 outlived its relay by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Decapsulation, every cell of RFC 6040 Figure 4 over IPv4 and IPv6: the test is relay A (from
+/// A's underlay address, so relay B takes the datagrams as its peer's) and the router that
+/// marked the outer header. What relay B writes into its TUN is received by sockets in B's
+/// namespace, which read the inner TOS: ECN-capable packets under an outer CE arrive CE, an
+/// inner ECT(0) under an outer ECT(1) arrives ECT(1), Not-ECT ones under CE never arrive and
+/// are counted as `ecn_not_ect`, and the rest arrive as they were sent, DSCP included.
+#[test]
+fn outer_marks_reach_the_inner_packets_by_rfc_6040() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let b = relay(&bed, Host::B, &[]);
+    let (receiver4, receiver6) = in_namespace(&bed, Host::B, || {
+        Ok((tos_receiver("0.0.0.0:7000")?, tos_receiver("[::]:7000")?))
+    });
+    let peer_b: SocketAddr = endpoint(testbed::B_UNDERLAY, testbed::TUNNEL_PORT)
+        .parse()
+        .unwrap();
+    let fake_a = in_namespace(&bed, Host::A, || socket::fragmenting_socket(peer_b));
+    const EACH: usize = 5;
+    const DSCP: u8 = 0x28; // AF11, which must come through untouched
+    let mut expected = BTreeMap::new();
+    for ipv6 in [false, true] {
+        for outer in Ecn::ALL {
+            for inner in Ecn::ALL {
+                let id = [u8::from(ipv6), outer.bits(), inner.bits()];
+                let packet = inner_udp(ipv6, DSCP | inner.bits(), 7000, &id);
+                for _ in 0..EACH {
+                    // The outer DSCP is not the inner one's business: give it another.
+                    send_with_tos(&fake_a, peer_b, &packet, 0xb8 | outer.bits());
+                }
+                expected.insert(id, decapsulated_ecn(outer, inner));
+            }
+        }
+    }
+    let mut arrived: BTreeMap<[u8; 3], Vec<u8>> = BTreeMap::new();
+    for receiver in [&receiver4, &receiver6] {
+        for (payload, tos) in receive_all(
+            receiver,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        ) {
+            let id: [u8; 3] = payload.as_slice().try_into().expect("a 3-byte id");
+            arrived
+                .entry(id)
+                .or_default()
+                .push(tos.expect("a TOS with each datagram"));
+        }
+    }
+    let mut not_ect_drops = 0;
+    let mut ce_marks = 0;
+    for (id, result) in &expected {
+        let got = arrived.get(id).cloned().unwrap_or_default();
+        let at = format!(
+            "IPv6 {}, outer {:?}, inner {:?}",
+            id[0],
+            Ecn::of(id[1]),
+            Ecn::of(id[2])
+        );
+        match result {
+            None => {
+                assert!(got.is_empty(), "{at}: dropped, yet {got:?} arrived");
+                not_ect_drops += EACH as u64;
+            }
+            Some(ecn) => {
+                assert_eq!(got, vec![DSCP | ecn.bits(); EACH], "{at}");
+                if *ecn == Ecn::Ce && Ecn::of(id[2]) != Ecn::Ce {
+                    ce_marks += EACH as u64;
+                }
+            }
+        }
+    }
+    let report = stop(&bed, b, Host::B);
+    assert_eq!(drops(&report, "ecn_not_ect"), not_ect_drops, "{report}");
+    assert_eq!(path_total(&report, "ecn_ce_marked"), ce_marks, "{report}");
+    assert_eq!(not_ect_drops, 2 * EACH as u64);
+    assert_eq!(ce_marks, 4 * EACH as u64);
+}
+
+/// Sends `bytes` of verified TCP from A to `to` on B in the background; returns the sink and
+/// the sender.
+fn start_transfer(bed: &Testbed, to: &str, bytes: u64, name: &str) -> (Process, Process) {
+    let listen = endpoint(if to.contains(':') { "::" } else { "0.0.0.0" }, 5201);
+    let sink = bed
+        .tunload_background(
+            Host::B,
+            &format!("{name}-sink"),
+            &["tcp-sink", "--listen", &listen, "--seconds", "150"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sender = bed
+        .tunload_background(
+            Host::A,
+            &format!("{name}-send"),
+            &[
+                "tcp-send",
+                "--to",
+                &endpoint(to, 5201),
+                "--bytes",
+                &bytes.to_string(),
+                "--seconds",
+                "120",
+            ],
+        )
+        .unwrap();
+    (sink, sender)
+}
+
+fn finish_transfer((mut sink, mut sender): (Process, Process), bytes: u64, what: &str) {
+    let status = sender.wait_for(Duration::from_secs(130)).unwrap();
+    assert!(
+        status.success(),
+        "{what}: the sender failed: {}{}",
+        sender.stdout(),
+        sender.stderr()
+    );
+    assert!(
+        sink.wait_for(Duration::from_secs(20)).unwrap().success(),
+        "{}",
+        sink.stderr()
+    );
+    let verdict = parse_json(&sink.stdout()).unwrap();
+    assert_eq!(verdict["verified"], true, "{what}: {verdict}");
+    assert_eq!(
+        verdict["bytes"].as_u64().unwrap(),
+        bytes,
+        "{what}: {verdict}"
+    );
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends a `size`-byte UDP datagram (DF set: the helper socket discovers the path MTU) from A's
+/// namespace to `to`, an overlay address behind relay A, and waits for the ICMP error relay A
+/// answers with; returns the MTU it told. The send itself must succeed: A's kernel knows no
+/// smaller MTU for `to`, so any error comes from the tunnel.
+fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
+    let to: SocketAddr = endpoint(to, 9).parse().unwrap();
+    let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let probe = in_namespace(bed, Host::A, || {
+        socket::udp_socket(local.parse().unwrap()).map_err(io::Error::other)
+    });
+    let payload = vec![0x5a; size];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        socket::send_gathered(&probe, to, &[io::IoSlice::new(&payload)], 0)
+            .unwrap_or_else(|e| panic!("sending {size} bytes to {to}: {e}"));
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(10));
+            if let Some(mtu) = socket::drain_error_queue(probe.as_raw_fd()).path_mtu {
+                return Some(mtu);
+            }
+        }
+    }
+    None
+}
+
+/// Path MTU: a verified 100 MB TCP transfer through relays with default options is running
+/// when the underlay veth's MTU drops from 1500 to 1280 at both ends. Relay A's sends start to
+/// fail (locally, EMSGSIZE or EINVAL: a veth between namespaces sends no ICMP); it learns the
+/// new path MTU, drops what no longer fits, and tells the inner TCP with ICMP
+/// fragmentation-needed, which lowers its MSS; the transfer completes verified. Then IPv6 TCP
+/// at an inner MTU below IPv6's 1280 minimum still verifies (its 1280-byte packets leave in outer
+/// fragments), and a too-big IPv4 and IPv6 datagram each get their ICMP answer with the MTU.
+/// Both relays report the new path MTU on every queue.
+#[test]
+fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let (ns_a, ns_b) = (bed.namespace(Host::A), bed.namespace(Host::B));
+    let json = |host: Host| bed.path(&format!("{host:?}.json"));
+    let (json_a, json_b) = (json(Host::A), json(Host::B));
+    let a = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-A",
+            &["--queues", "2", "--stats-json", json_a.to_str().unwrap()],
+        )
+        .unwrap();
+    let b = bed
+        .start_tunfwd(
+            Host::B,
+            "tunfwd-B",
+            &["--queues", "2", "--stats-json", json_b.to_str().unwrap()],
+        )
+        .unwrap();
+    // A token-bucket shaper on A's side of the underlay makes 100 MB take seconds, so the MTU
+    // surely drops in the middle of the transfer on any machine.
+    sh(&[
+        "ip", "netns", "exec", &ns_a, "tc", "qdisc", "add", "dev", "ab", "root", "tbf", "rate",
+        "300mbit", "burst", "256kb", "latency", "200ms",
+    ]);
+    let bytes = 100 << 20;
+    let transfer = start_transfer(&bed, testbed::B_TUNNEL4, bytes, "ipv4");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        transfer.1.stdout().is_empty(),
+        "the transfer finished before the MTU dropped"
+    );
+    sh(&["ip", "-n", &ns_a, "link", "set", "dev", "ab", "mtu", "1280"]);
+    sh(&["ip", "-n", &ns_b, "link", "set", "dev", "ba", "mtu", "1280"]);
+    finish_transfer(transfer, bytes, "IPv4 TCP across the MTU drop");
+    sh(&[
+        "ip", "netns", "exec", &ns_a, "tc", "qdisc", "del", "dev", "ab", "root",
+    ]);
+
+    // Inner IPv6 on a path whose inner MTU (1252) is below IPv6's minimum.
+    let v6_bytes = 8 << 20;
+    let transfer = start_transfer(&bed, testbed::B_TUNNEL6, v6_bytes, "ipv6");
+    finish_transfer(transfer, v6_bytes, "IPv6 TCP at inner MTU 1252");
+
+    // Addresses behind relay B's side of the overlay that A's kernel has no PMTU for yet.
+    std::thread::sleep(Duration::from_millis(1100)); // the reply rate refills
+    assert_eq!(too_big_answer(&bed, "198.19.0.77", 1400), Some(1252));
+    assert_eq!(too_big_answer(&bed, "2001:2:1::77", 1400), Some(1280));
+    std::thread::sleep(Duration::from_millis(1100)); // every queue rechecks the path
+
+    let stderr_a = a.stderr();
+    let report_a = stop(&bed, a, Host::A);
+    let report_b = stop(&bed, b, Host::B);
+    eprintln!(
+        "relay A: too_big {}, too_big_replies {}, fragmented_sends {}, path_mtu {:?}",
+        drops(&report_a, "too_big"),
+        path_total(&report_a, "too_big_replies"),
+        path_total(&report_a, "fragmented_sends"),
+        report_a["path"]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["path_mtu"].as_u64())
+            .collect::<Vec<_>>()
+    );
+    for (name, report) in [("A", &report_a), ("B", &report_b)] {
+        for q in report["path"]["queues"].as_array().unwrap() {
+            assert_eq!(q["path_mtu"], 1280, "{name}: {report}");
+        }
+        assert_eq!(report["path"]["path_mtu"], 1280, "{name}: {report}");
+    }
+    assert!(drops(&report_a, "too_big") > 0, "{report_a}");
+    assert!(path_total(&report_a, "too_big_replies") >= 3, "{report_a}");
+    assert!(path_total(&report_a, "fragmented_sends") > 0, "{report_a}");
+    assert!(
+        stderr_a.contains("path MTU to 198.18.0.2 is 1280; inner packets up to 1252 bytes"),
+        "relay A did not log the new path MTU: {stderr_a}"
+    );
+}
