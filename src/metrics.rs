@@ -21,7 +21,7 @@
 //! timeouts, a bounded request head, `Connection: close`. That is what a Prometheus server scraping
 //! every few seconds needs, and it cannot be made to allocate without bound.
 
-use crate::stats::{Counters, Direction, DropReason, Report};
+use crate::stats::{Counters, Direction, DropReason, PathStats, Report};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -255,6 +255,50 @@ pub fn render(report: &Report) -> String {
         for (queue, values) in &rows {
             let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {}", values[i].value);
         }
+    }
+
+    // ECN and the path MTU, per queue (`PathStats`; destructured so a new field must be exported).
+    let PathStats {
+        ecn_ce_marked: _,
+        too_big_replies: _,
+        fragmented_sends: _,
+        path_mtu: _,
+    } = PathStats::default();
+    let path_counters: [(&str, &str, fn(&PathStats) -> u64); 3] = [
+        (
+            "tunfwd_ecn_ce_marked_total",
+            "Inner packets marked CE on decapsulation because the outer header was (RFC 6040).",
+            |p| p.ecn_ce_marked,
+        ),
+        (
+            "tunfwd_too_big_replies_total",
+            "ICMP fragmentation-needed / packet-too-big errors sent to inner senders.",
+            |p| p.too_big_replies,
+        ),
+        (
+            "tunfwd_fragmented_sends_total",
+            "Inner packets too big for the path sent for the outer IP layer to fragment.",
+            |p| p.fragmented_sends,
+        ),
+    ];
+    for (name, help, value) in path_counters {
+        header(&mut out, name, "counter", help);
+        for q in &report.queues {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, value(&q.path));
+        }
+    }
+    header(
+        &mut out,
+        "tunfwd_path_mtu_bytes",
+        "gauge",
+        "The path MTU to the peer (outer headers included) the queue works to; 0 until known.",
+    );
+    for q in &report.queues {
+        let _ = writeln!(
+            out,
+            "tunfwd_path_mtu_bytes{{queue=\"{}\"}} {}",
+            q.queue, q.path.path_mtu
+        );
     }
 
     header(
@@ -493,6 +537,8 @@ mod tests {
         q0.counters.tun_rx_bytes = 14_200;
         q0.counters.gso_sends = 3;
         q0.counters.multishot_restarts = 2;
+        q0.path.path_mtu = 1280;
+        q0.path.ecn_ce_marked = 3;
         q0.counters.drop_n(DropReason::ForeignSource, 4);
         for ns in [800, 1_000, 1_001, 2_400, 30_000, 2_000_000_000] {
             q0.record_latency(Direction::TunToUdp, ns);
@@ -549,6 +595,18 @@ mod tests {
             Some("2")
         );
         assert_eq!(sample(&text, "tunfwd_queues"), Some("2"));
+        assert_eq!(
+            sample(&text, "tunfwd_path_mtu_bytes{queue=\"0\"}"),
+            Some("1280")
+        );
+        assert_eq!(
+            sample(&text, "tunfwd_path_mtu_bytes{queue=\"1\"}"),
+            Some("0")
+        );
+        assert_eq!(
+            sample(&text, "tunfwd_ecn_ce_marked_total{queue=\"0\"}"),
+            Some("3")
+        );
         assert_eq!(sample(&text, "tunfwd_uptime_seconds"), Some("2.5"));
         for family in families(&Counters::default()) {
             let name = format!("tunfwd_{}_total", family.name);

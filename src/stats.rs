@@ -130,10 +130,9 @@ pub struct Counters {
     pub multishot_restarts: u64,
 }
 
-/// What a queue counts of ECN and the path MTU. Kept beside [`Counters`], not in it: the
-/// Prometheus exporter (`metrics.rs`) exports every `Counters` field and every per-queue JSON
-/// field as a counter, and `path_mtu` is a gauge. These reach the table and the JSON's `path`
-/// section; they are not exported as metrics yet.
+/// What a queue counts of ECN and the path MTU. Kept beside [`Counters`], not in it, because
+/// `path_mtu` is a gauge (merged by taking the smallest) where every `Counters` field adds up.
+/// These reach the table, the JSON's `path` section and the metrics (`metrics::render`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathStats {
     /// Inner packets marked Congestion Experienced on decapsulation, because the outer header

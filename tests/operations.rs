@@ -430,6 +430,21 @@ fn metrics_rise_during_a_verified_transfer_and_match_the_final_report() {
             }
         }
     }
+    for queue in report["path"]["queues"].as_array().unwrap() {
+        let q = queue["queue"].to_string();
+        for (field, value) in queue.as_object().unwrap() {
+            let name = match field.as_str() {
+                "queue" => continue,
+                "path_mtu" => "tunfwd_path_mtu_bytes".to_string(),
+                other => format!("tunfwd_{other}_total"),
+            };
+            assert_eq!(
+                series(&settled, &name, &[("queue", &q)]),
+                value.as_u64().unwrap() as f64,
+                "queue {q} {field}"
+            );
+        }
+    }
     assert_eq!(
         total(&settled, "tunfwd_udp_tx_packets_total"),
         json_total(&report, "udp_tx_packets") as f64
