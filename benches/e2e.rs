@@ -52,6 +52,10 @@ struct TunfwdSetup {
     /// namespaces) and the UDP flood marks ECT(0), so every outer header carries a mark and every
     /// send a TOS control message. Otherwise the load is Not-ECT, as the kernel's defaults make it.
     ect_load: bool,
+    /// `--metrics` on (each relay serves it on its namespace's loopback): workers then send a
+    /// snapshot every second and the main thread merges it, which is what the endpoint costs
+    /// (scrapes themselves read the merged report and never reach a worker).
+    metrics: bool,
 }
 
 impl TunfwdSetup {
@@ -63,6 +67,7 @@ impl TunfwdSetup {
         buffer_memory: "1M",
         ecn: true,
         ect_load: false,
+        metrics: false,
     };
 
     /// What differs from the defaults, as `(name part, key part)`.
@@ -94,6 +99,9 @@ impl TunfwdSetup {
         }
         if self.ect_load {
             v.push((" ECT load".into(), "-ect".into()));
+        }
+        if self.metrics {
+            v.push((" metrics".into(), "-metrics".into()));
         }
         v
     }
@@ -182,6 +190,9 @@ impl System {
                 }
                 if !t.ecn {
                     args.push("--no-ecn");
+                }
+                if t.metrics {
+                    args.extend(["--metrics", "127.0.0.1:9101"]);
                 }
                 if t.ect_load {
                     set_tcp_ecn(bed, "1");
@@ -765,6 +776,11 @@ fn main() {
         }),
         System::Tunfwd(TunfwdSetup {
             ect_load: true,
+            ..TunfwdSetup::DEFAULT
+        }),
+        // What serving metrics costs the data path: a snapshot per worker per second.
+        System::Tunfwd(TunfwdSetup {
+            metrics: true,
             ..TunfwdSetup::DEFAULT
         }),
     ];
