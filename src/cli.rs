@@ -359,6 +359,16 @@ fn validate_device_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parses a byte, decimal or hex with a `0x` or `0X` prefix: the TOS values of `--tos` here
+/// and of `tunload udp-flood --tos`, which takes whole bytes, ECN bits included.
+pub fn parse_byte(text: &str) -> Option<u8> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16).ok(),
+        None => text.parse::<u8>().ok(),
+    }
+}
+
 /// Parses `--tos`: `inherit`, or a TOS byte (decimal or `0x` hex) with its ECN bits clear, since
 /// those come from the inner packet.
 pub fn parse_tos(text: &str) -> Result<OuterDscp, ConfigError> {
@@ -366,11 +376,7 @@ pub fn parse_tos(text: &str) -> Result<OuterDscp, ConfigError> {
     if text.eq_ignore_ascii_case("inherit") {
         return Ok(OuterDscp::Inherit);
     }
-    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u8::from_str_radix(hex, 16),
-        None => text.parse::<u8>(),
-    }
-    .map_err(|_| {
+    let value = parse_byte(text).ok_or_else(|| {
         bad(
             "--tos",
             format!("'{text}' is neither 'inherit' nor a byte (0-255, or 0x00-0xff)"),
@@ -834,6 +840,28 @@ mod tests {
             let e = check(&["--tos", text]).unwrap_err();
             assert_eq!(e.option, "--tos", "{text}");
             assert!(e.problem.contains(says), "{text}: {e}");
+        }
+    }
+
+    /// The byte parser `--tos` and `tunload udp-flood --tos` share: ECN bits are the caller's
+    /// business here, and either spelling of the hex prefix works.
+    #[test]
+    fn bytes_parse_in_decimal_and_either_hex_prefix() {
+        for (text, byte) in [
+            ("0", Some(0)),
+            ("255", Some(255)),
+            ("0xb9", Some(0xb9)),
+            ("0XB9", Some(0xb9)),
+            (" 0x03 ", Some(3)),
+            ("3", Some(3)),
+            ("256", None),
+            ("0x100", None),
+            ("0x", None),
+            ("b9", None),
+            ("-1", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_byte(text), byte, "{text:?}");
         }
     }
 

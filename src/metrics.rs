@@ -262,9 +262,10 @@ pub fn render(report: &Report) -> String {
         ecn_ce_marked: _,
         too_big_replies: _,
         fragmented_sends: _,
+        path_mtu_learned_from_errors: _,
         path_mtu: _,
     } = PathStats::default();
-    let path_counters: [(&str, &str, fn(&PathStats) -> u64); 3] = [
+    let path_counters: [(&str, &str, fn(&PathStats) -> u64); 4] = [
         (
             "tunfwd_ecn_ce_marked_total",
             "Inner packets marked CE on decapsulation because the outer header was (RFC 6040).",
@@ -279,6 +280,11 @@ pub fn render(report: &Report) -> String {
             "tunfwd_fragmented_sends_total",
             "Inner packets too big for the path sent for the outer IP layer to fragment.",
             |p| p.fragmented_sends,
+        ),
+        (
+            "tunfwd_path_mtu_learned_from_errors_total",
+            "Path MTU changes learned from a refused send or an error-queue report.",
+            |p| p.path_mtu_learned_from_errors,
         ),
     ];
     for (name, help, value) in path_counters {
@@ -539,6 +545,7 @@ mod tests {
         q0.counters.multishot_restarts = 2;
         q0.path.path_mtu = 1280;
         q0.path.ecn_ce_marked = 3;
+        q0.path.path_mtu_learned_from_errors = 2;
         q0.counters.drop_n(DropReason::ForeignSource, 4);
         for ns in [800, 1_000, 1_001, 2_400, 30_000, 2_000_000_000] {
             q0.record_latency(Direction::TunToUdp, ns);
@@ -606,6 +613,13 @@ mod tests {
         assert_eq!(
             sample(&text, "tunfwd_ecn_ce_marked_total{queue=\"0\"}"),
             Some("3")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tunfwd_path_mtu_learned_from_errors_total{queue=\"0\"}"
+            ),
+            Some("2")
         );
         assert_eq!(sample(&text, "tunfwd_uptime_seconds"), Some("2.5"));
         for family in families(&Counters::default()) {

@@ -144,6 +144,10 @@ pub struct PathStats {
     /// Inner packets too big for the path that were sent for the outer IP layer to fragment: IPv4
     /// without DF, and IPv6 of at most 1280 bytes when the path is below the IPv6 minimum.
     pub fragmented_sends: u64,
+    /// Times a refused send (EMSGSIZE, or EINVAL for a GSO send) or an error-queue report made
+    /// the worker change its path MTU; the once-a-second reread of the kernel's value is not
+    /// counted. Shows that a shrinking path is noticed at its first refused packet.
+    pub path_mtu_learned_from_errors: u64,
     /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker
     /// currently works to; 0 until known. Merged by taking the smallest known one.
     pub path_mtu: u64,
@@ -154,6 +158,7 @@ impl PathStats {
         self.ecn_ce_marked += other.ecn_ce_marked;
         self.too_big_replies += other.too_big_replies;
         self.fragmented_sends += other.fragmented_sends;
+        self.path_mtu_learned_from_errors += other.path_mtu_learned_from_errors;
         self.path_mtu = match (self.path_mtu, other.path_mtu) {
             (0, theirs) => theirs,
             (mine, 0) => mine,
@@ -369,6 +374,7 @@ impl Report {
                     "ecn_ce_marked": p.ecn_ce_marked,
                     "too_big_replies": p.too_big_replies,
                     "fragmented_sends": p.fragmented_sends,
+                    "path_mtu_learned_from_errors": p.path_mtu_learned_from_errors,
                 })
             })
             .collect();
@@ -437,7 +443,7 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={} ecn_ce_marked={} too_big_replies={} fragmented_sends={} path_mtu={}",
+            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={} ecn_ce_marked={} too_big_replies={} fragmented_sends={} path_mtu_learned_from_errors={} path_mtu={}",
             if nonzero.is_empty() {
                 "none".to_string()
             } else {
@@ -449,6 +455,7 @@ impl Report {
             path.ecn_ce_marked,
             path.too_big_replies,
             path.fragmented_sends,
+            path.path_mtu_learned_from_errors,
             path.path_mtu
         );
         let _ = writeln!(
@@ -524,13 +531,17 @@ mod tests {
         queues[2].path.path_mtu = 0; // not known yet
         queues[1].path.too_big_replies = 3;
         queues[2].path.too_big_replies = 4;
+        queues[0].path.path_mtu_learned_from_errors = 1;
+        queues[2].path.path_mtu_learned_from_errors = 2;
         let r = Report::new(Duration::from_secs(1), queues);
         assert_eq!(r.path_totals().path_mtu, 1280);
         assert_eq!(r.path_totals().too_big_replies, 7);
+        assert_eq!(r.path_totals().path_mtu_learned_from_errors, 3);
         let v = r.to_json();
         assert_eq!(v["path"]["queues"][0]["path_mtu"], 1500);
         assert_eq!(v["path"]["queues"][1]["path_mtu"], 1280);
         assert_eq!(v["path"]["queues"][2]["too_big_replies"], 4);
+        assert_eq!(v["path"]["queues"][2]["path_mtu_learned_from_errors"], 2);
         assert_eq!(v["path"]["path_mtu"], 1280);
         assert!(v["queues"][0].get("path_mtu").is_none());
         assert!(r.to_table().contains("path_mtu=1280"));

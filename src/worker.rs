@@ -33,15 +33,24 @@
 //!   TOS, `udp_gro_receive` in net/ipv4/udp_offload.c), which is applied to every inner packet
 //!   before the coalescer plans the buffer, so marked and unmarked packets never merge.
 //! * **Path MTU.** The socket sends with DF (`IP_PMTUDISC_DO`). Each worker keeps its own view of
-//!   the path MTU to the peer and of the inner MTU that follows from it; it learns a smaller one
-//!   when a send fails with EMSGSIZE (a GSO send: EINVAL) or the error queue reports one, and
-//!   rereads the kernel's view every second, which is also how it learns that the path grew
-//!   again. An inner packet (or a super-packet's segment) that no longer fits is dropped and
-//!   answered with ICMP fragmentation-needed / packet-too-big written into the TUN
-//!   (`offload::icmp`, rate-limited), or, if it may not be answered so (IPv4 without DF, IPv6 of
-//!   at most 1280 bytes), sent on a second socket that lets the outer IP layer fragment it. The
-//!   TUN device's MTU is left alone: changing it needs `CAP_NET_ADMIN`, which `--user` gives up,
-//!   and the ICMP errors reach the inner senders that matter.
+//!   the path MTU to the peer and of the inner MTU that follows from it. A send refused as too
+//!   big (EMSGSIZE; a GSO send: EINVAL), an EMSGSIZE receive, or an ICMP error about the peer
+//!   only raises a flag; once per batch of completions the worker drains the error queue and
+//!   rereads the kernel's path MTU (`Worker::read_error_reports`), so a burst of refusals costs
+//!   one drain and one reread, not one of each per refusal. It also rereads it every second,
+//!   which is how it learns that the path grew again. The refused sends wait for that look: with
+//!   `IP_RECVERR`, an ICMP error from a router sets the socket's pending error
+//!   (`__udp4_lib_err`, `__udp6_lib_err`) and the next send fails with it whatever its size
+//!   (`sock_alloc_send_pskb` checks `sock_error`), so datagrams that fit the new MTU are sent
+//!   again, and only those that do not are answered. An inner packet (or a super-packet's
+//!   segment) that no longer fits is dropped and answered with ICMP fragmentation-needed /
+//!   packet-too-big written into the TUN (`offload::icmp`, rate-limited), or, if it may not be
+//!   answered so (IPv4 without DF, IPv6 of at most 1280 bytes, and whatever else the ICMP rules
+//!   forbid answering), sent on a second socket that lets the outer IP layer fragment it. That
+//!   socket is a registered file of the ring too, and its sends are submissions like the others,
+//!   from the same slots, so they leave in order with the packets around them. The TUN device's
+//!   MTU is left alone: changing it needs `CAP_NET_ADMIN`, which `--user` gives up, and the ICMP
+//!   errors reach the inner senders that matter.
 //!
 //! All `unsafe` here is about the buffer-lifetime contract stated in `ring`.
 
@@ -54,14 +63,14 @@ use crate::offload::split::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Split};
 use crate::ring::{self, BufRing, Op, Token};
 use crate::stats::{Direction, DropReason, WorkerStats};
 use crate::steer;
-use crate::sys::socket::OuterFamily;
+use crate::sys::socket::{OuterFamily, QueuedErrors};
 use crate::sys::{self, socket};
 use crate::wire::vnet::{FLAG_NEEDS_CSUM, GsoType};
 use crate::wire::{IpPacket, VnetHeader, vnet};
 use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +82,8 @@ const UDP_GROUP: u16 = 1;
 /// Indexes in the ring's registered-file table.
 const TUN_FILE: Fixed = Fixed(0);
 const UDP_FILE: Fixed = Fixed(1);
+/// The socket that lets the outer IP layer fragment (`PathMtu::fragmenting`), when there is one.
+const FRAGMENTING_FILE: Fixed = Fixed(2);
 /// `struct io_uring_recvmsg_out`: four u32 fields ahead of the name in a multishot recvmsg buffer.
 const RECVMSG_OUT_LEN: usize = 16;
 /// How long an idle worker sleeps before it looks at the stop flag and the stats clock.
@@ -111,6 +122,14 @@ const REPLY_BURST: u64 = 50;
 /// ICMP errors that may be on their way into the TUN at once; more wait for a free buffer (and
 /// are not sent, like those over the rate).
 const REPLY_BUFFERS: usize = 8;
+/// Token index bit of a `UdpSend`: the send went out on the fragmenting socket (`SendIndex`).
+const FRAGMENTING_BIT: u32 = 1 << 31;
+/// Refused sends of one slot that may be sent again because they fit the path after all (see
+/// `AfterRefusal::Resend`). A bound, so that a kernel that keeps refusing them cannot keep a
+/// buffer out of the ring forever; one is what a router's ICMP error costs.
+const RESENDS_PER_SLOT: u8 = 4;
+// A `SendIndex` packs the msghdr into bits 16..31.
+const _: () = assert!(MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS < 1 << 15);
 
 /// Which offloads are in effect for a worker (negotiated with the kernel by the caller).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -177,6 +196,8 @@ struct TunSlot {
     /// Set once this slot's packet was answered as too big, so a super-packet whose sends fail
     /// one by one is answered once.
     too_big_answered: bool,
+    /// Refused sends of this slot sent again (`RESENDS_PER_SLOT`).
+    resends: u8,
     iovs: Box<[libc::iovec]>,
     /// Rewritten headers of each segment of a split super-packet.
     headers: Box<[u8]>,
@@ -212,9 +233,11 @@ struct KernelMemory {
     /// The ICMP errors being written into the TUN.
     replies: TooBigReplies,
     recv_msg: Box<libc::msghdr>,
-    /// Read by the kernel only, through every send's `msg_name`.
-    #[expect(dead_code, reason = "kept alive for the kernel, never read from Rust")]
+    /// Read by the kernel through the `msg_name` of every send on the worker's socket.
     peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// The same peer for the fragmenting socket, whose family is the outer header's: an
+    /// IPv4-mapped peer as plain IPv4 (`socket::canonical`).
+    fragmenting_peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
 /// Consecutive plain packets waiting to go out as one GSO send.
@@ -241,8 +264,112 @@ struct PathMtu {
     path_mtu: usize,
     inner_mtu: usize,
     device_mtu: usize,
-    /// Lets the outer IP layer fragment, for `TooBig::Fragment`; `None` if it could not be made.
+    /// Lets the outer IP layer fragment, for `TooBig::Fragment`; registered as
+    /// `FRAGMENTING_FILE`, through which every send on it goes. `None` if it could not be made
+    /// (said once at startup): such packets are then dropped as `too_big`.
     fragmenting: Option<OwnedFd>,
+}
+
+/// What the completions of one batch said about the path, acted on once at its end
+/// (`Worker::read_error_reports`), however many of them said it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ErrorReports {
+    /// Read the error queue: a refusal or an ICMP error put something there.
+    drain_queue: bool,
+    /// Reread the kernel's path MTU: a send was refused as too big.
+    reread_path_mtu: bool,
+    /// ICMP errors that surfaced as a receive's error (each also queued, unless drained before).
+    surfaced_icmp_errors: u64,
+}
+
+/// Which socket a send goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The worker's socket, DF on every datagram.
+    Direct,
+    /// The one that lets the outer IP layer fragment (`FRAGMENTING_FILE`).
+    Fragmenting,
+}
+
+/// What a `UdpSend` token's index names: msghdr `msg` of TUN buffer `bid`'s slot, and the socket
+/// the send went out on. Packed as `bid | msg << 16`, with `FRAGMENTING_BIT` for the
+/// fragmenting socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SendIndex {
+    bid: u16,
+    msg: u16,
+    route: Route,
+}
+
+impl SendIndex {
+    fn pack(self) -> u32 {
+        let route = match self.route {
+            Route::Direct => 0,
+            Route::Fragmenting => FRAGMENTING_BIT,
+        };
+        u32::from(self.bid) | u32::from(self.msg) << 16 | route
+    }
+
+    fn unpack(index: u32) -> SendIndex {
+        SendIndex {
+            bid: index as u16,
+            msg: ((index & !FRAGMENTING_BIT) >> 16) as u16,
+            route: if index & FRAGMENTING_BIT != 0 {
+                Route::Fragmenting
+            } else {
+                Route::Direct
+            },
+        }
+    }
+}
+
+/// A send refused as too big for the path, held until the batch has looked at the path MTU
+/// (`Worker::settle_refusals`). Its slot's buffers stay out of the ring until then.
+#[derive(Debug, Clone, Copy)]
+struct RefusedSend {
+    bid: u16,
+    msg: usize,
+    first: usize,
+    segments: usize,
+    errno: i32,
+}
+
+/// What becomes of a send refused as too big, once the path MTU has been looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterRefusal {
+    /// Its datagrams fit the path: send them again as they were. The refusal was the socket's
+    /// pending error, which a router's ICMP set (`__udp4_lib_err` / `__udp6_lib_err` with
+    /// `IP_RECVERR`) and which the next send of any size takes (`sock_alloc_send_pskb` checks
+    /// `sock_error`), and which that send cleared.
+    Resend,
+    /// A GSO send of datagrams that fit, refused with EINVAL: the egress device cannot do UDP
+    /// GSO, so they go one by one.
+    WithoutGso,
+    /// Longer than the inner MTU: answered or sent in outer fragments (`TooBig`).
+    TooBig,
+    /// They fit, yet the slot's resends are spent: dropped as a send error.
+    Drop,
+}
+
+/// Judges a send refused with `errno` (EMSGSIZE, or EINVAL for a GSO send) whose datagrams are
+/// `segment_len` bytes (a GSO send: each but maybe the last), after the path MTU was looked at:
+/// only datagrams longer than `inner_mtu` are too big.
+fn after_refusal(
+    errno: i32,
+    gso: bool,
+    segment_len: usize,
+    inner_mtu: usize,
+    resends_left: bool,
+) -> AfterRefusal {
+    if segment_len > inner_mtu {
+        AfterRefusal::TooBig
+    } else if gso && errno == libc::EINVAL {
+        AfterRefusal::WithoutGso
+    } else if resends_left {
+        AfterRefusal::Resend
+    } else {
+        AfterRefusal::Drop
+    }
 }
 
 impl PathMtu {
@@ -294,6 +421,10 @@ struct Worker {
     tun_read_failures: u32,
     udp_recv_failures: u32,
     batch: Option<Batch>,
+    /// What this batch's completions reported about the path, read at its end.
+    reports: ErrorReports,
+    /// Sends refused as too big in this batch, settled at its end.
+    refused: Vec<RefusedSend>,
     submissions: Submissions,
     stopping: bool,
     fatal: Option<io::Error>,
@@ -500,6 +631,7 @@ fn new_tun_slot(peer: &(libc::sockaddr_storage, libc::socklen_t), segments: usiz
         tos_control: [0; 3],
         tos_control_len: 0,
         too_big_answered: false,
+        resends: 0,
         iovs: vec![EMPTY_IOV; 2 * segments].into_boxed_slice(),
         headers: vec![0u8; segments * HEADER_ROOM].into_boxed_slice(),
         msg_segments: vec![(0, 0); MAX_GSO_SENDS + segments].into_boxed_slice(),
@@ -550,10 +682,27 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         });
     }
 
+    // The socket for outer fragmentation sends from the listen address, so that the peer takes
+    // its datagrams as ours (see `socket::fragmenting_socket`).
+    let source = socket::local_address(&config.socket)
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |address| address.ip());
+    let fragmenting = match socket::fragmenting_socket(config.peer, source) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            eprintln!(
+                "tunfwd: queue {queue}: no socket for outer fragmentation ({e}); inner packets \
+                 that would need it are dropped as too_big"
+            );
+            None
+        }
+    };
+
     // Registered files spare an operation the file-table lookup and reference count. Not for the
     // TUN's multishot read: on Linux 6.18 it fails with EBADFD when given the registered file.
+    let mut files = vec![config.tun.as_raw_fd(), config.socket.as_raw_fd()];
+    files.extend(fragmenting.as_ref().map(|fd| fd.as_raw_fd()));
     ring.submitter()
-        .register_files(&[config.tun.as_raw_fd(), config.socket.as_raw_fd()])
+        .register_files(&files)
         .map_err(|source| sys::Error::IoUringFeature {
             queue,
             feature: "registered files",
@@ -608,7 +757,7 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         path_mtu: 0,
         inner_mtu: mtu,
         device_mtu: mtu,
-        fragmenting: socket::fragmenting_socket(config.peer).ok(),
+        fragmenting,
     };
     // Until the kernel says otherwise, the path takes what the device MTU was chosen for.
     let known = path
@@ -629,6 +778,7 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         },
         recv_msg,
         peer_sockaddr,
+        fragmenting_peer_sockaddr: Box::new(socket::to_sockaddr(socket::canonical(config.peer))),
     };
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
@@ -657,6 +807,8 @@ fn setup(config: &WorkerConfig) -> Result<(IoUring, Worker), sys::Error> {
         tun_read_failures: 0,
         udp_recv_failures: 0,
         batch: None,
+        reports: ErrorReports::default(),
+        refused: Vec::with_capacity(MAX_GSO_SENDS),
         submissions: Submissions {
             queued: Vec::with_capacity(4 * depth + 16),
             in_flight: 0,
@@ -762,44 +914,12 @@ fn segment_source(bid: u16, iovs_per_segment: u8, followers: &[u16], segment: us
 fn begin_sends(slot: &mut TunSlot, tos: u8, family: OuterFamily) {
     slot.tos = tos;
     slot.too_big_answered = false;
+    slot.resends = 0;
     slot.tos_control_len = if tos == 0 {
         0
     } else {
         socket::write_tos_control(&mut slot.tos_control, tos, family)
     };
-}
-
-/// Sends one inner packet, gathered from `parts`, on the socket that lets the outer IP layer
-/// fragment it, and counts it. Synchronous: only packets the path is too small for come here.
-fn send_fragmenting(
-    path: &PathMtu,
-    peer: SocketAddr,
-    stats: &mut WorkerStats,
-    parts: &[io::IoSlice<'_>],
-    tos: u8,
-    read_at_ns: u64,
-    now_ns: u64,
-) {
-    let Some(fd) = &path.fragmenting else {
-        stats.counters.drop(DropReason::TooBig);
-        return;
-    };
-    match socket::send_gathered(fd, peer, parts, tos) {
-        Ok(sent) => {
-            stats.counters.udp_tx_packets += 1;
-            stats.counters.udp_tx_bytes += sent as u64;
-            stats.path.fragmented_sends += 1;
-            stats.record_latency(Direction::TunToUdp, now_ns.saturating_sub(read_at_ns));
-        }
-        Err(e) => {
-            let reason = match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::UdpSendBufferFull,
-                Some(errno) if is_peer_unreachable(errno) => DropReason::PeerUnreachable,
-                _ => DropReason::UdpSendError,
-            };
-            stats.counters.drop(reason);
-        }
-    }
 }
 
 /// The bytes of segment `segment` of a slot's sends: its one iovec (a batch) or its header and
@@ -813,8 +933,10 @@ fn segment_len(slot: &TunSlot, segment: usize) -> usize {
 }
 
 /// Builds the ICMP error telling `packet`'s sender that the path takes `mtu` bytes, into a free
-/// reply buffer, and queues its write into the TUN; nothing when the rules forbid an answer
-/// (`icmp::too_big_reply`), the rate is spent, or every reply buffer is in flight.
+/// reply buffer, and queues its write into the TUN; nothing when the rate is spent or every
+/// reply buffer is in flight (the packet is dropped all the same, counted as `too_big`). The
+/// rules were checked before (`icmp::too_big_action` says `Reply` only when an answer may be
+/// sent), so `too_big_reply` refuses nothing here.
 fn queue_reply(
     replies: &mut TooBigReplies,
     submissions: &mut Submissions,
@@ -877,7 +999,8 @@ impl Worker {
         self.submissions.queued.clear();
     }
 
-    /// Handles every available completion, then closes the batch: sends what was gathered,
+    /// Handles every available completion, then closes the batch: looks at the path once if a
+    /// completion asked for it, settles the sends refused as too big, sends what was gathered,
     /// publishes returned buffers, re-arms multishot operations.
     fn reap(&mut self, ring: &mut IoUring, epoch: Instant, completions: &mut Vec<cqueue::Entry>) {
         let now = epoch.elapsed().as_nanos() as u64;
@@ -891,6 +1014,9 @@ impl Worker {
                 self.complete(user_data, result, 0, now);
             }
         }
+        self.read_error_reports();
+        // Before this batch's gathered packets: the refused ones were read earlier.
+        self.settle_refusals(now);
         self.send_batch();
         self.rearm();
     }
@@ -993,13 +1119,16 @@ impl Worker {
             libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
             libc::EMSGSIZE if op == Op::UdpRecv => {
                 // IP_RECVERR: an ICMP fragmentation-needed or packet-too-big about our datagrams
-                // set the socket's error (`__udp4_lib_err`); the MTU it reports is queued.
-                self.learn_path_mtu();
+                // set the socket's error (`__udp4_lib_err`), which this receive took; the MTU it
+                // reports is queued. Read at the end of the batch.
+                self.reports.drain_queue = true;
+                self.reports.reread_path_mtu = true;
             }
             _ if op == Op::UdpRecv && is_peer_unreachable(errno) => {
                 // IP_RECVERR: an ICMP error about the peer surfaced on the receive; count what
-                // is queued, and keep receiving.
-                self.drain_errors(1);
+                // is queued at the end of the batch, and keep receiving.
+                self.reports.drain_queue = true;
+                self.reports.surfaced_icmp_errors += 1;
             }
             _ => {
                 let failures = match op {
@@ -1054,9 +1183,12 @@ impl Worker {
                     return self.return_tun_buffer(bid);
                 }
                 if packet_len > self.path.inner_mtu {
+                    // Anything gathered so far goes first, so the flow order is kept.
                     self.send_batch();
-                    self.too_big_on_read(bid, packet_len, None, now_ns);
-                    return self.return_tun_buffer(bid);
+                    if !self.too_big_on_read(bid, packet_len, None, now_ns) {
+                        self.return_tun_buffer(bid);
+                    }
+                    return;
                 }
                 self.add_to_batch(bid, packet_len);
             }
@@ -1068,8 +1200,10 @@ impl Worker {
                     Ok(plan) => {
                         self.stats.counters.tun_rx_packets += plan.count as u64;
                         if plan.segment_len(0) > self.path.inner_mtu {
-                            self.too_big_on_read(bid, packet_len, Some(plan), now_ns);
-                            return self.return_tun_buffer(bid);
+                            if !self.too_big_on_read(bid, packet_len, Some(plan), now_ns) {
+                                self.return_tun_buffer(bid);
+                            }
+                            return;
                         }
                         self.send_split(bid, plan);
                     }
@@ -1156,6 +1290,12 @@ impl Worker {
     }
 
     fn send_one(&mut self, bid: u16, packet_ptr: *mut u8, len: usize) {
+        self.lay_out_one(bid, packet_ptr, len);
+        self.submit_send(bid, 0, 0, 1, None, Route::Direct);
+    }
+
+    /// Prepares `bid`'s slot to send its one plain packet of `len` bytes at `packet_ptr`.
+    fn lay_out_one(&mut self, bid: u16, packet_ptr: *mut u8, len: usize) {
         // SAFETY: the worker owns `bid` (just read); only its first bytes are read here.
         let tos = self.outer_tos(unsafe { std::slice::from_raw_parts(packet_ptr, len) });
         let family = self.path.family;
@@ -1167,7 +1307,6 @@ impl Worker {
             iov_len: len,
         };
         slot.iovs_per_segment = 1;
-        self.submit_send(bid, 0, 0, 1, None);
     }
 
     /// Sends the pending batch: one GSO send for several packets, a plain send for one.
@@ -1182,11 +1321,13 @@ impl Worker {
         if batch.count > 1 {
             self.stats.counters.gso_sends += 1;
         }
-        self.submit_send(batch.leader, 0, 0, batch.count, segment_size);
+        self.submit_send(batch.leader, 0, 0, batch.count, segment_size, Route::Direct);
     }
 
     /// Queues msghdr `msg` of `bid`'s slot, covering `segments` segments from `first_segment`,
-    /// with `UDP_SEGMENT` when `segment_size` is given.
+    /// with `UDP_SEGMENT` when `segment_size` is given, on the socket `route` names. Every send
+    /// of the worker goes through here, so they all reach the kernel in the order they were
+    /// made, and each counts in its slot's `pending`.
     fn submit_send(
         &mut self,
         bid: u16,
@@ -1194,6 +1335,7 @@ impl Worker {
         first_segment: usize,
         segments: usize,
         segment_size: Option<u16>,
+        route: Route,
     ) {
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         let per = usize::from(slot.iovs_per_segment);
@@ -1201,6 +1343,14 @@ impl Worker {
         let m = &mut slot.msgs[msg];
         m.msg_iov = slot.iovs[iov_start..].as_mut_ptr();
         m.msg_iovlen = segments * per;
+        // A msghdr may carry a segment directly once and, refused, on the fragmenting socket next:
+        // each send names its socket's kind of address.
+        let (name, file) = match route {
+            Route::Direct => (&*self.memory.peer_sockaddr, UDP_FILE),
+            Route::Fragmenting => (&*self.memory.fragmenting_peer_sockaddr, FRAGMENTING_FILE),
+        };
+        m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
+        m.msg_namelen = name.1;
         if msg < MAX_GSO_SENDS {
             // Its own control area: UDP_SEGMENT and the TOS, either, both or neither.
             let control = &mut slot.controls[msg];
@@ -1222,15 +1372,22 @@ impl Worker {
         }
         slot.msg_segments[msg] = (segments as u16, first_segment as u16);
         slot.pending += 1;
-        let token = Token::new(Op::UdpSend, u32::from(bid) | (msg as u32) << 16);
-        if let Some(errno) = self.faults.send_error(segment_size.is_some()) {
+        let index = SendIndex {
+            bid,
+            msg: msg as u16,
+            route,
+        };
+        let token = Token::new(Op::UdpSend, index.pack());
+        if route == Route::Direct
+            && let Some(errno) = self.faults.send_error(segment_size.is_some())
+        {
             if errno == libc::EIO {
                 // Refused GSO sends come in pairs: the second is in flight when the first fails.
                 return self.submissions.inject_in_pairs(token, errno);
             }
             return self.submissions.inject(token, errno);
         }
-        let send = opcode::SendMsg::new(UDP_FILE, &slot.msgs[msg])
+        let send = opcode::SendMsg::new(file, &slot.msgs[msg])
             .flags(libc::MSG_DONTWAIT as u32)
             .build();
         self.submit(send, token);
@@ -1238,35 +1395,7 @@ impl Worker {
 
     /// Sends a super-packet's segments: headers rewritten into the slot, payloads in place.
     fn send_split(&mut self, bid: u16, plan: Split) {
-        let packet_ptr = self
-            .memory
-            .tun_buffers
-            .buffer_ptr(bid)
-            .wrapping_add(vnet::LEN);
-        let header_len = plan.transport.header_len();
-        {
-            // SAFETY: the worker owns `bid`; the packet was just read into it.
-            let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
-            let packet = &buffer[vnet::LEN..];
-            // The segments' IP headers are copies of the super-packet's: one TOS for all.
-            let tos = self.outer_tos(packet);
-            let slot = &mut self.memory.tun_slots[usize::from(bid)];
-            begin_sends(slot, tos, self.path.family);
-            slot.followers.clear();
-            slot.iovs_per_segment = 2;
-            for i in 0..plan.count {
-                let header = &mut slot.headers[i * HEADER_ROOM..(i + 1) * HEADER_ROOM];
-                let payload = plan.segment(packet, i, header);
-                slot.iovs[2 * i] = libc::iovec {
-                    iov_base: header.as_mut_ptr().cast(),
-                    iov_len: header_len,
-                };
-                slot.iovs[2 * i + 1] = libc::iovec {
-                    iov_base: packet_ptr.wrapping_add(payload.start).cast(),
-                    iov_len: payload.len(),
-                };
-            }
-        }
+        self.lay_out_split(bid, &plan);
         let seg0 = plan.segment_len(0);
         if self.offloads.udp_gso && plan.count > 1 {
             let per_send = split::segments_per_send(seg0);
@@ -1277,31 +1406,92 @@ impl Worker {
                 if n > 1 {
                     self.stats.counters.gso_sends += 1;
                 }
-                self.submit_send(bid, msg, first, n, (n > 1).then_some(seg0 as u16));
+                let size = (n > 1).then_some(seg0 as u16);
+                self.submit_send(bid, msg, first, n, size, Route::Direct);
                 first += n;
                 msg += 1;
             }
             // Only if the GSO sends ran out (they cannot at the capped sizes): one by one.
             for i in first..plan.count {
-                self.submit_send(bid, MAX_GSO_SENDS + i, i, 1, None);
+                self.submit_send(bid, MAX_GSO_SENDS + i, i, 1, None, Route::Direct);
             }
         } else {
             for i in 0..plan.count {
-                self.submit_send(bid, MAX_GSO_SENDS + i, i, 1, None);
+                self.submit_send(bid, MAX_GSO_SENDS + i, i, 1, None, Route::Direct);
             }
         }
     }
 
+    /// Prepares `bid`'s slot to send the segments of the super-packet in it: each segment's
+    /// headers rewritten into the slot, its iovecs alternating header and payload-in-place.
+    fn lay_out_split(&mut self, bid: u16, plan: &Split) {
+        let packet_ptr = self
+            .memory
+            .tun_buffers
+            .buffer_ptr(bid)
+            .wrapping_add(vnet::LEN);
+        let header_len = plan.transport.header_len();
+        // SAFETY: the worker owns `bid`; the packet was just read into it, and no submission
+        // names it yet.
+        let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
+        let packet = &buffer[vnet::LEN..];
+        // The segments' IP headers are copies of the super-packet's: one TOS for all.
+        let tos = self.outer_tos(packet);
+        let slot = &mut self.memory.tun_slots[usize::from(bid)];
+        begin_sends(slot, tos, self.path.family);
+        slot.followers.clear();
+        slot.iovs_per_segment = 2;
+        for i in 0..plan.count {
+            let header = &mut slot.headers[i * HEADER_ROOM..(i + 1) * HEADER_ROOM];
+            let payload = plan.segment(packet, i, header);
+            slot.iovs[2 * i] = libc::iovec {
+                iov_base: header.as_mut_ptr().cast(),
+                iov_len: header_len,
+            };
+            slot.iovs[2 * i + 1] = libc::iovec {
+                iov_base: packet_ptr.wrapping_add(payload.start).cast(),
+                iov_len: payload.len(),
+            };
+        }
+    }
+
     fn on_send_done(&mut self, index: u32, result: i32, now_ns: u64) {
-        let bid = (index & 0xffff) as u16;
-        let msg = (index >> 16) as usize;
+        let SendIndex { bid, msg, route } = SendIndex::unpack(index);
+        let msg = usize::from(msg);
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         let (segments, first) = slot.msg_segments[msg];
         let (segments, first) = (usize::from(segments), usize::from(first));
+        let gso = msg < MAX_GSO_SENDS && segments > 1;
+        let errno = -result;
+        if result < 0
+            && route == Route::Direct
+            && (errno == libc::EMSGSIZE || (gso && errno == libc::EINVAL))
+        {
+            // Over the path MTU, which shrank after the packets were read: EMSGSIZE (with the MTU
+            // queued, `ip_local_error`), or for a GSO send EINVAL (`udp_send_skb` refuses a
+            // gso_size that does not fit the path, or the device cannot do GSO at all). Or a
+            // router's ICMP left EMSGSIZE as the socket's pending error, which any send takes.
+            // Which it was is known once the path MTU has been looked at, once for the whole
+            // batch: until then the send stays counted in `pending`, so its slot keeps its
+            // buffers however the slot's other refused sends are settled.
+            self.reports.reread_path_mtu = true;
+            self.reports.drain_queue |= errno == libc::EMSGSIZE;
+            self.refused.push(RefusedSend {
+                bid,
+                msg,
+                first,
+                segments,
+                errno,
+            });
+            return;
+        }
         slot.pending -= 1;
         if result >= 0 {
             self.stats.counters.udp_tx_packets += segments as u64;
             self.stats.counters.udp_tx_bytes += result as u64;
+            if route == Route::Fragmenting {
+                self.stats.path.fragmented_sends += segments as u64;
+            }
             // One sample per datagram, timed from the read of the buffer it came from: a batch
             // leader's or follower's own buffer, or the one super-packet a split came from.
             let slot = &self.memory.tun_slots[usize::from(bid)];
@@ -1321,45 +1511,51 @@ impl Worker {
                     segments as u64,
                 );
             }
+        } else if route == Route::Direct && gso && errno == libc::EIO {
+            self.send_without_gso(bid, first, segments, errno);
         } else {
-            let errno = -result;
-            let gso = msg < MAX_GSO_SENDS && segments > 1;
-            // Over the path MTU, which shrank after the packets were read: EMSGSIZE (with the MTU
-            // queued, `ip_local_error`), or for a GSO send EINVAL (`udp_send_skb` refuses a
-            // gso_size that does not fit the path).
-            if errno == libc::EMSGSIZE
-                || (gso && errno == libc::EINVAL && self.segments_exceed_path(bid, first))
-            {
-                self.too_big_on_send(bid, first, segments, now_ns);
-            } else if gso && (errno == libc::EIO || errno == libc::EINVAL) {
-                // The egress device cannot do UDP GSO (no checksum offload): turn it off and send
-                // these segments one by one (quinn-udp and wireguard-go do the same). Every GSO
-                // send that fails so is redone, also those already in flight when GSO went off.
-                if self.offloads.udp_gso {
-                    self.offloads.udp_gso = false;
-                    eprintln!(
-                        "tunfwd: queue {}: UDP GSO send failed ({}); sending without GSO from now on",
-                        self.stats.queue,
-                        io::Error::from_raw_os_error(errno)
-                    );
-                }
-                self.stats.counters.gso_fallbacks += 1;
-                for segment in first..first + segments {
-                    self.submit_send(bid, MAX_GSO_SENDS + segment, segment, 1, None);
-                }
-                return;
+            let reason = if errno == libc::EAGAIN || errno == libc::ENOBUFS {
+                DropReason::UdpSendBufferFull
+            } else if is_peer_unreachable(errno) {
+                // The fragmenting socket has no IP_RECVERR, so nothing is queued for it.
+                self.reports.drain_queue |= route == Route::Direct;
+                DropReason::PeerUnreachable
             } else {
-                let reason = if errno == libc::EAGAIN || errno == libc::ENOBUFS {
-                    DropReason::UdpSendBufferFull
-                } else if is_peer_unreachable(errno) {
-                    self.drain_errors(0);
-                    DropReason::PeerUnreachable
-                } else {
-                    DropReason::UdpSendError
-                };
-                self.stats.counters.drop_n(reason, segments as u64);
-            }
+                DropReason::UdpSendError
+            };
+            self.stats.counters.drop_n(reason, segments as u64);
         }
+        self.release_if_done(bid);
+    }
+
+    /// The egress device cannot do UDP GSO (no checksum offload): turns it off and sends these
+    /// segments one by one (quinn-udp and wireguard-go do the same). Every GSO send that fails
+    /// so is redone, also those already in flight when GSO went off.
+    fn send_without_gso(&mut self, bid: u16, first: usize, segments: usize, errno: i32) {
+        if self.offloads.udp_gso {
+            self.offloads.udp_gso = false;
+            eprintln!(
+                "tunfwd: queue {}: UDP GSO send failed ({}); sending without GSO from now on",
+                self.stats.queue,
+                io::Error::from_raw_os_error(errno)
+            );
+        }
+        self.stats.counters.gso_fallbacks += 1;
+        for segment in first..first + segments {
+            self.submit_send(
+                bid,
+                MAX_GSO_SENDS + segment,
+                segment,
+                1,
+                None,
+                Route::Direct,
+            );
+        }
+    }
+
+    /// Gives `bid`'s buffer (and its batch's followers) back to the ring once none of its sends
+    /// is in flight or waiting to be settled.
+    fn release_if_done(&mut self, bid: u16) {
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         if slot.pending == 0 {
             let followers = std::mem::take(&mut slot.followers);
@@ -1371,34 +1567,34 @@ impl Worker {
         }
     }
 
-    /// Drains the error queue, counting at least `at_least` ICMP errors about the peer, and works
-    /// to any path MTU the queue reported.
-    fn drain_errors(&mut self, at_least: u64) {
-        let queued = socket::drain_error_queue(self.socket.as_raw_fd());
-        self.stats.counters.icmp_errors += queued.count.max(at_least);
-        if let Some(mtu) = queued.path_mtu {
-            self.learn_path_mtu_from(Some(mtu));
-        }
-    }
-
     // ---- Path MTU ----
 
-    /// A send or receive said the path MTU shrank: the error queue holds the report (a local
-    /// EMSGSIZE or an ICMP error from the path, both of which the kernel has applied to its route
-    /// to the peer first). Clears the queue, and works to the kernel's view, or to the report.
-    fn learn_path_mtu(&mut self) {
-        let queued = socket::drain_error_queue(self.socket.as_raw_fd());
-        self.learn_path_mtu_from(queued.path_mtu);
-    }
-
-    fn learn_path_mtu_from(&mut self, reported: Option<u32>) {
+    /// Acts, once per batch, on what its completions reported: drains the error queue, counting
+    /// the ICMP errors about the peer in it (at least as many as surfaced on receives), and, if a
+    /// send was refused as too big or the queue reported an MTU, rereads the kernel's path MTU
+    /// and works to it (to the queue's report if the kernel cannot be asked). The kernel has
+    /// applied a local EMSGSIZE or a router's ICMP error to its route to the peer before telling
+    /// us, so its view is the one to take.
+    fn read_error_reports(&mut self) {
+        let reports = std::mem::take(&mut self.reports);
+        let queued = if reports.drain_queue {
+            socket::drain_error_queue(self.socket.as_raw_fd())
+        } else {
+            QueuedErrors::default()
+        };
+        self.stats.counters.icmp_errors += queued.from_icmp.max(reports.surfaced_icmp_errors);
+        if !reports.reread_path_mtu && queued.path_mtu.is_none() {
+            return;
+        }
         let known = self
             .path
             .probe
             .as_ref()
             .and_then(|probe| socket::path_mtu(probe, self.peer).ok());
-        if let Some(mtu) = known.or(reported) {
-            self.set_path_mtu(mtu as usize);
+        if let Some(mtu) = known.or(queued.path_mtu)
+            && self.set_path_mtu(mtu as usize)
+        {
+            self.stats.path.path_mtu_learned_from_errors += 1;
         }
     }
 
@@ -1412,8 +1608,10 @@ impl Worker {
         }
     }
 
-    fn set_path_mtu(&mut self, path_mtu: usize) {
-        if self.path.set(path_mtu) {
+    /// Works to `path_mtu` from now on. Returns whether it changed.
+    fn set_path_mtu(&mut self, path_mtu: usize) -> bool {
+        let changed = self.path.set(path_mtu);
+        if changed {
             eprintln!(
                 "tunfwd: queue {}: path MTU to {} is {path_mtu}; inner packets up to {} bytes",
                 self.stats.queue,
@@ -1422,26 +1620,60 @@ impl Worker {
             );
         }
         self.stats.path.path_mtu = path_mtu as u64;
+        changed
     }
 
-    /// Whether the segments of `bid`'s sends (all as long as segment `first`) are longer than
-    /// the inner MTU, after asking the kernel what the path takes now.
-    fn segments_exceed_path(&mut self, bid: u16, first: usize) -> bool {
-        let len = segment_len(&self.memory.tun_slots[usize::from(bid)], first);
-        self.recheck_path_mtu();
-        len > self.path.inner_mtu
+    /// Settles the sends refused as too big in this batch, now that the path MTU has been looked
+    /// at (`read_error_reports` ran first): each is sent again, without GSO, answered, or sent in
+    /// outer fragments (`after_refusal`); then it stops counting in its slot's `pending`, and the
+    /// slot's buffers go back once nothing of it is left in flight or waiting here.
+    fn settle_refusals(&mut self, now_ns: u64) {
+        if self.refused.is_empty() {
+            return;
+        }
+        let mut refused = std::mem::take(&mut self.refused);
+        for r in refused.drain(..) {
+            let slot = &mut self.memory.tun_slots[usize::from(r.bid)];
+            let length = segment_len(slot, r.first);
+            let gso = r.msg < MAX_GSO_SENDS && r.segments > 1;
+            let resends_left = slot.resends < RESENDS_PER_SLOT;
+            match after_refusal(r.errno, gso, length, self.path.inner_mtu, resends_left) {
+                AfterRefusal::Resend => {
+                    slot.resends += 1;
+                    let size = gso.then_some(length as u16);
+                    self.submit_send(r.bid, r.msg, r.first, r.segments, size, Route::Direct);
+                }
+                AfterRefusal::WithoutGso => {
+                    self.send_without_gso(r.bid, r.first, r.segments, r.errno)
+                }
+                AfterRefusal::TooBig => self.too_big_on_send(r.bid, r.first, r.segments, now_ns),
+                AfterRefusal::Drop => self
+                    .stats
+                    .counters
+                    .drop_n(DropReason::UdpSendError, r.segments as u64),
+            }
+            self.memory.tun_slots[usize::from(r.bid)].pending -= 1;
+            self.release_if_done(r.bid);
+        }
+        self.refused = refused;
     }
 
     /// A packet just read is longer than the inner MTU (a super-packet: its segments are, per
-    /// `plan`). Answers its sender, or sends it for the outer IP layer to fragment; its buffer is
-    /// returned by the caller.
-    fn too_big_on_read(&mut self, bid: u16, packet_len: usize, plan: Option<Split>, now_ns: u64) {
-        // SAFETY: the worker owns `bid` (just read), and no submission names it.
-        let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
-        let packet = &buffer[vnet::LEN..vnet::LEN + packet_len];
+    /// `plan`). Answers its sender, or sends it for the outer IP layer to fragment. Returns
+    /// whether sends of its buffer were queued; if not, the caller returns the buffer.
+    fn too_big_on_read(
+        &mut self,
+        bid: u16,
+        packet_len: usize,
+        plan: Option<Split>,
+        now_ns: u64,
+    ) -> bool {
         let (segment_len, count) = plan
             .as_ref()
             .map_or((packet_len, 1), |p| (p.segment_len(0), p.count));
+        // SAFETY: the worker owns `bid` (just read), and no submission names it.
+        let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
+        let packet = &buffer[vnet::LEN..vnet::LEN + packet_len];
         match icmp::too_big_action(packet, segment_len, self.path.inner_mtu) {
             TooBig::Reply { mtu } => {
                 self.stats.counters.drop_n(DropReason::TooBig, count as u64);
@@ -1452,48 +1684,44 @@ impl Worker {
                     mtu,
                     now_ns,
                 );
+                false
+            }
+            TooBig::Fragment if self.path.fragmenting.is_none() => {
+                self.stats.counters.drop_n(DropReason::TooBig, count as u64);
+                false
             }
             TooBig::Fragment => {
-                let tos = self.outer_tos(packet);
-                let (path, peer, stats) = (&self.path, self.peer, &mut self.stats);
-                let Some(plan) = plan else {
-                    let parts = [io::IoSlice::new(packet)];
-                    return send_fragmenting(path, peer, stats, &parts, tos, now_ns, now_ns);
-                };
-                let mut header = [0u8; HEADER_ROOM];
-                let header_len = plan.transport.header_len();
-                for i in 0..plan.count {
-                    let payload = plan.segment(packet, i, &mut header);
-                    let parts = [
-                        io::IoSlice::new(&header[..header_len]),
-                        io::IoSlice::new(&packet[payload]),
-                    ];
-                    send_fragmenting(path, peer, stats, &parts, tos, now_ns, now_ns);
+                match plan {
+                    Some(plan) => self.lay_out_split(bid, &plan),
+                    None => {
+                        let packet_ptr = self
+                            .memory
+                            .tun_buffers
+                            .buffer_ptr(bid)
+                            .wrapping_add(vnet::LEN);
+                        self.lay_out_one(bid, packet_ptr, packet_len);
+                    }
                 }
+                self.send_fragmenting(bid, 0, count);
+                true
             }
         }
     }
 
-    /// A send of `segments` segments from `first` of `bid`'s slot failed for being over the path
-    /// MTU: learns the new one, then does with those segments what a read of them now would.
+    /// A send of `segments` segments from `first` of `bid`'s slot was refused, and they are
+    /// longer than the inner MTU now known: does with them what a read of them now would.
     fn too_big_on_send(&mut self, bid: u16, first: usize, segments: usize, now_ns: u64) {
-        self.learn_path_mtu();
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         let per = usize::from(slot.iovs_per_segment);
-        let started = self.tun_read_at_ns[usize::from(segment_source(
-            bid,
-            slot.iovs_per_segment,
-            &slot.followers,
-            first,
-        ))];
         // The first segment, header and payload together, to judge and to quote.
         let quote = &mut self.reply_quote;
         let mut quoted = 0;
         for iov in &slot.iovs[first * per..(first + 1) * per] {
             let n = iov.iov_len.min(quote.len() - quoted);
             // SAFETY: the iovec points at this slot's header area or into a TUN buffer of this
-            // slot's sends, which stay the worker's until the slot's last send completes (this
-            // one just did; the buffers go back only below, at `pending == 0`).
+            // slot's sends, which stay the worker's until the slot's last send completes and is
+            // settled (this one has completed; the buffers go back only at `pending == 0`,
+            // after this).
             let bytes = unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), n) };
             quote[quoted..quoted + n].copy_from_slice(bytes);
             quoted += n;
@@ -1514,29 +1742,31 @@ impl Worker {
                     );
                 }
             }
-            TooBig::Fragment => {
-                for segment in first..first + segments {
-                    let mut parts = [io::IoSlice::new(&[]), io::IoSlice::new(&[])];
-                    for (part, iov) in parts
-                        .iter_mut()
-                        .zip(&slot.iovs[segment * per..(segment + 1) * per])
-                    {
-                        // SAFETY: as above: memory of this slot's sends, still the worker's.
-                        *part = io::IoSlice::new(unsafe {
-                            std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
-                        });
-                    }
-                    send_fragmenting(
-                        &self.path,
-                        self.peer,
-                        &mut self.stats,
-                        &parts[..per],
-                        slot.tos,
-                        started,
-                        now_ns,
-                    );
-                }
-            }
+            TooBig::Fragment => self.send_fragmenting(bid, first, segments),
+        }
+    }
+
+    /// Sends segments `first..first + segments` of `bid`'s slot one by one on the fragmenting
+    /// socket, as submissions like every other send, so that they reach the kernel after the
+    /// packets queued before them and not ahead (a system call of their own would overtake
+    /// those, which leave only at the next flush). Drops them, counted, if there is no such
+    /// socket.
+    fn send_fragmenting(&mut self, bid: u16, first: usize, segments: usize) {
+        if self.path.fragmenting.is_none() {
+            self.stats
+                .counters
+                .drop_n(DropReason::TooBig, segments as u64);
+            return;
+        }
+        for segment in first..first + segments {
+            self.submit_send(
+                bid,
+                MAX_GSO_SENDS + segment,
+                segment,
+                1,
+                None,
+                Route::Fragmenting,
+            );
         }
     }
 
@@ -1987,6 +2217,59 @@ mod tests {
             (0..40).all(|k| segment_source(3, 2, &[], k) == 3),
             "a split"
         );
+    }
+
+    #[test]
+    fn send_indexes_round_trip_through_the_token() {
+        for route in [Route::Direct, Route::Fragmenting] {
+            for bid in [0, 1, 255, u16::MAX] {
+                for msg in [
+                    0,
+                    1,
+                    MAX_GSO_SENDS as u16,
+                    (MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS) as u16,
+                ] {
+                    let index = SendIndex { bid, msg, route };
+                    let token = Token::new(Op::UdpSend, index.pack());
+                    let back = Token::from_user_data(token.user_data()).unwrap();
+                    assert_eq!(back.op, Op::UdpSend);
+                    assert_eq!(SendIndex::unpack(back.index), index);
+                }
+            }
+        }
+    }
+
+    /// After a router's ICMP error, the socket's pending EMSGSIZE fails the next send whatever its
+    /// size. Judged against the path MTU learned from it, a send whose datagrams fit goes out
+    /// again, and only datagrams longer than the new inner MTU are too big. (tunfwd once answered
+    /// every refused send as too big: a 100-byte ping after a frag-needed for 1400 bytes was
+    /// dropped, and its sender told the MTU was 1372.)
+    #[test]
+    fn refused_sends_that_fit_the_learned_mtu_are_sent_again() {
+        use AfterRefusal::*;
+        let emsgsize = libc::EMSGSIZE;
+        let einval = libc::EINVAL;
+        for (errno, gso, length, inner_mtu, resends_left, expected) in [
+            // The pending error of a router's ICMP: the datagrams fit.
+            (emsgsize, false, 100, 1372, true, Resend),
+            (emsgsize, true, 1372, 1372, true, Resend),
+            // They no longer fit: answered or fragmented, whatever the errno.
+            (emsgsize, false, 1373, 1372, true, TooBig),
+            (emsgsize, true, 1400, 1252, true, TooBig),
+            (einval, true, 1400, 1252, true, TooBig),
+            (einval, true, 1400, 1252, false, TooBig),
+            // A GSO EINVAL for datagrams that fit: the device cannot do GSO.
+            (einval, true, 1200, 1252, true, WithoutGso),
+            (einval, true, 1200, 1252, false, WithoutGso),
+            // Refused again and again though they fit: not forever.
+            (emsgsize, false, 100, 1372, false, Drop),
+        ] {
+            assert_eq!(
+                after_refusal(errno, gso, length, inner_mtu, resends_left),
+                expected,
+                "errno {errno} gso {gso} length {length} inner MTU {inner_mtu}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use nix::sched::{CloneFlags, setns};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
@@ -98,30 +98,45 @@ fn drops(report: &Value, reason: &str) -> u64 {
         .sum()
 }
 
-/// Every datagram waiting on `fd` (within `quiet` of the last one, `limit` at most): its bytes
-/// and the TOS / traffic class it arrived with.
-fn receive_all(fd: &OwnedFd, quiet: Duration, limit: Duration) -> Vec<(Vec<u8>, Option<u8>)> {
-    let started = Instant::now();
-    let mut last = Instant::now();
-    let mut got = Vec::new();
+/// Receives datagrams from `fds`, polling each in turn, and hands each one's bytes and TOS /
+/// traffic class to `take`, until `take` says it has all it waits for (returns true) or `limit`
+/// has passed. Returns whether `take` was satisfied. Waiting for a count rather than for a quiet
+/// moment keeps a slow machine from cutting a case short, and lets the caller ignore the
+/// stragglers of other cases.
+fn receive_until(
+    fds: &[&OwnedFd],
+    limit: Duration,
+    mut take: impl FnMut(&[u8], Option<u8>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
     let mut data = vec![0u8; 65536];
     let mut control = [0u8; 128];
-    while last.elapsed() < quiet && started.elapsed() < limit {
-        match socket::recvmsg_with_control(
-            fd.as_raw_fd(),
-            &mut data,
-            &mut control,
-            libc::MSG_DONTWAIT,
-        ) {
-            Ok((n, control_len)) => {
+    while Instant::now() < deadline {
+        let mut idle = true;
+        for fd in fds {
+            if let Ok((n, control_len)) = socket::recvmsg_with_control(
+                fd.as_raw_fd(),
+                &mut data,
+                &mut control,
+                libc::MSG_DONTWAIT,
+            ) {
+                idle = false;
                 let tos = socket::receive_control(&control[..control_len]).tos;
-                got.push((data[..n].to_vec(), tos));
-                last = Instant::now();
+                if take(&data[..n], tos) {
+                    return true;
+                }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    got
+    false
+}
+
+/// A UDP socket that sends to `to` from any address (the route picks it), with a port of its own.
+fn sender_to(to: SocketAddr) -> io::Result<OwnedFd> {
+    socket::fragmenting_socket(to, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// A UDP socket bound to `address` that reports each datagram's TOS.
@@ -165,8 +180,9 @@ fn inner_udp(ipv6: bool, tos: u8, dport: u16, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// The TOS / traffic class of an IP packet, and its UDP destination port if it is UDP.
-fn inner_tos_and_port(packet: &[u8]) -> Option<(u8, u16)> {
+/// The TOS / traffic class of an IP packet, and its UDP destination port and payload if it is
+/// UDP.
+fn inner_udp_parts(packet: &[u8]) -> Option<(u8, u16, &[u8])> {
     let sliced = SlicedPacket::from_ip(packet).ok()?;
     let tos = match &sliced.net {
         Some(NetSlice::Ipv4(ip)) => {
@@ -177,7 +193,7 @@ fn inner_tos_and_port(packet: &[u8]) -> Option<(u8, u16)> {
         _ => return None,
     };
     match &sliced.transport {
-        Some(TransportSlice::Udp(udp)) => Some((tos, udp.destination_port())),
+        Some(TransportSlice::Udp(udp)) => Some((tos, udp.destination_port(), udp.payload())),
         _ => None,
     }
 }
@@ -227,27 +243,39 @@ fn outer_headers_carry_the_inner_ecn_and_the_chosen_dscp() {
     let senders = in_namespace(&bed, Host::A, || {
         targets
             .iter()
-            .map(|to| socket::fragmenting_socket(*to))
+            .map(|to| sender_to(*to))
             .collect::<io::Result<Vec<_>>>()
     });
+    let mut case = 0;
     for (options, cases) in settings {
         let a = relay(&bed, Host::A, options);
         for (sender, &to) in senders.iter().zip(&targets) {
             let ipv6 = to.is_ipv6();
             for &(inner, outer) in cases {
+                // Each case's packets say which case they are, so a straggler of the one before
+                // cannot be taken for one of this one's.
+                case += 1;
+                let payload = format!("ecn encapsulation, case {case}");
                 for _ in 0..5 {
-                    send_with_tos(sender, to, b"ecn encapsulation", inner);
+                    send_with_tos(sender, to, payload.as_bytes(), inner);
                 }
-                let got = receive_all(&fake_b, Duration::from_millis(300), Duration::from_secs(5));
-                let ours: Vec<(u8, Option<u8>)> = got
-                    .iter()
-                    .filter_map(|(datagram, outer_tos)| {
-                        let (inner_seen, port) = inner_tos_and_port(datagram)?;
-                        (port == 6000).then_some((inner_seen, *outer_tos))
-                    })
-                    .collect();
+                let mut ours: Vec<(u8, Option<u8>)> = Vec::new();
+                let mut others = 0;
+                receive_until(&[&fake_b], Duration::from_secs(5), |datagram, outer_tos| {
+                    match inner_udp_parts(datagram) {
+                        Some((inner_seen, 6000, seen)) if seen == payload.as_bytes() => {
+                            ours.push((inner_seen, outer_tos))
+                        }
+                        _ => others += 1,
+                    }
+                    ours.len() == 5
+                });
                 let at = format!("{options:?}, IPv6 {ipv6}, inner {inner:#04x}");
-                assert_eq!(ours.len(), 5, "{at}: {ours:?} of {} datagrams", got.len());
+                assert_eq!(
+                    ours.len(),
+                    5,
+                    "{at}: {ours:?}, and {others} other datagrams"
+                );
                 for (inner_seen, outer_seen) in ours {
                     assert_eq!(inner_seen, inner, "{at}: the inner packet is untouched");
                     assert_eq!(outer_seen, Some(outer), "{at}: outer TOS");
@@ -295,7 +323,7 @@ fn outer_marks_reach_the_inner_packets_by_rfc_6040() {
     let peer_b: SocketAddr = endpoint(testbed::B_UNDERLAY, testbed::TUNNEL_PORT)
         .parse()
         .unwrap();
-    let fake_a = in_namespace(&bed, Host::A, || socket::fragmenting_socket(peer_b));
+    let fake_a = in_namespace(&bed, Host::A, || sender_to(peer_b));
     const EACH: usize = 5;
     const DSCP: u8 = 0x28; // AF11, which must come through untouched
     let mut expected = BTreeMap::new();
@@ -312,20 +340,24 @@ fn outer_marks_reach_the_inner_packets_by_rfc_6040() {
             }
         }
     }
-    let mut arrived: BTreeMap<[u8; 3], Vec<u8>> = BTreeMap::new();
-    for receiver in [&receiver4, &receiver6] {
-        for (payload, tos) in receive_all(
-            receiver,
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-        ) {
-            let id: [u8; 3] = payload.as_slice().try_into().expect("a 3-byte id");
-            arrived
-                .entry(id)
-                .or_default()
-                .push(tos.expect("a TOS with each datagram"));
-        }
-    }
+    // Wait for every packet that should arrive; a dropped one, arriving anyway, fails the
+    // comparison below if it came in time, and the ecn_not_ect count if not.
+    let wanted = EACH * expected.values().filter(|result| result.is_some()).count();
+    let mut arrived: BTreeMap<[u8; 3], Vec<Option<u8>>> = BTreeMap::new();
+    let mut count = 0;
+    receive_until(
+        &[&receiver4, &receiver6],
+        Duration::from_secs(5),
+        |payload, tos| {
+            if let Ok(id) = <[u8; 3]>::try_from(payload)
+                && expected.contains_key(&id)
+            {
+                arrived.entry(id).or_default().push(tos);
+                count += 1;
+            }
+            count == wanted
+        },
+    );
     let mut not_ect_drops = 0;
     let mut ce_marks = 0;
     for (id, result) in &expected {
@@ -342,7 +374,7 @@ fn outer_marks_reach_the_inner_packets_by_rfc_6040() {
                 not_ect_drops += EACH as u64;
             }
             Some(ecn) => {
-                assert_eq!(got, vec![DSCP | ecn.bits(); EACH], "{at}");
+                assert_eq!(got, vec![Some(DSCP | ecn.bits()); EACH], "{at}");
                 if *ecn == Ecn::Ce && Ecn::of(id[2]) != Ecn::Ce {
                     ce_marks += EACH as u64;
                 }
@@ -449,7 +481,9 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
 /// fragmentation-needed, which lowers its MSS; the transfer completes verified. Then IPv6 TCP
 /// at an inner MTU below IPv6's 1280 minimum still verifies (its 1280-byte packets leave in outer
 /// fragments), and a too-big IPv4 and IPv6 datagram each get their ICMP answer with the MTU.
-/// Both relays report the new path MTU on every queue.
+/// Both relays report the new path MTU on every queue, and relay A learned it from its refused
+/// sends (`path_mtu_learned_from_errors`), not only from its once-a-second reread of the
+/// kernel's value, which would find it too.
 #[test]
 fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -506,10 +540,12 @@ fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told() {
     let report_a = stop(&bed, a, Host::A);
     let report_b = stop(&bed, b, Host::B);
     eprintln!(
-        "relay A: too_big {}, too_big_replies {}, fragmented_sends {}, path_mtu {:?}",
+        "relay A: too_big {}, too_big_replies {}, fragmented_sends {}, \
+         path_mtu_learned_from_errors {}, path_mtu {:?}",
         drops(&report_a, "too_big"),
         path_total(&report_a, "too_big_replies"),
         path_total(&report_a, "fragmented_sends"),
+        path_total(&report_a, "path_mtu_learned_from_errors"),
         report_a["path"]["queues"]
             .as_array()
             .unwrap()
@@ -527,7 +563,167 @@ fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told() {
     assert!(path_total(&report_a, "too_big_replies") >= 3, "{report_a}");
     assert!(path_total(&report_a, "fragmented_sends") > 0, "{report_a}");
     assert!(
+        path_total(&report_a, "path_mtu_learned_from_errors") > 0,
+        "relay A found the smaller path only by rereading it: {report_a}"
+    );
+    assert!(
         stderr_a.contains("path MTU to 198.18.0.2 is 1280; inner packets up to 1252 bytes"),
         "relay A did not log the new path MTU: {stderr_a}"
     );
+}
+
+/// An ICMP fragmentation-needed about relay A's datagrams, as a router on the underlay would
+/// send it, claiming a next-hop MTU of `mtu`: ICMP type 3 code 4 quoting the IPv4 header and UDP
+/// header of a datagram from A's tunnel port to B's. The caller's raw socket adds the IP header.
+fn frag_needed_about_relay_a(mtu: u16) -> Vec<u8> {
+    let a: Ipv4Addr = testbed::A_UNDERLAY.parse().unwrap();
+    let b: Ipv4Addr = testbed::B_UNDERLAY.parse().unwrap();
+    let datagram_len = 1500u16;
+    let mut ip = etherparse::Ipv4Header::new(
+        datagram_len - 20,
+        64,
+        etherparse::IpNumber::UDP,
+        a.octets(),
+        b.octets(),
+    )
+    .unwrap();
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut quote = ip.to_bytes().to_vec();
+    quote.extend_from_slice(&testbed::TUNNEL_PORT.to_be_bytes());
+    quote.extend_from_slice(&testbed::TUNNEL_PORT.to_be_bytes());
+    quote.extend_from_slice(&(datagram_len - 20).to_be_bytes());
+    quote.extend_from_slice(&[0, 0]);
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    );
+    let mut message = etherparse::Icmpv4Header::with_checksum(kind, &quote)
+        .to_bytes()
+        .to_vec();
+    message.extend_from_slice(&quote);
+    message
+}
+
+/// A raw ICMP socket (root), in the namespace of the thread that makes it.
+fn raw_icmp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); owned right after the check.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// Sends `message` on the raw socket `fd` to `to` (the kernel adds the IP header).
+fn send_raw(fd: &OwnedFd, to: Ipv4Addr, message: &[u8]) -> io::Result<()> {
+    let (storage, len) = socket::to_sockaddr(SocketAddr::new(IpAddr::V4(to), 0));
+    // SAFETY: `message` and `storage` are live for the call, with their lengths.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A router's ICMP fragmentation-needed does not cost the packets that fit. With `IP_RECVERR`
+/// each one sets relay A's socket error to EMSGSIZE (`__udp4_lib_err`), and the next send fails
+/// with it whatever its size. This test plays the router: while small datagrams flood through
+/// the tunnel, it sends relay A a stream of fragmentation-needed errors for 1400 bytes. Relay A
+/// must take the new path MTU, and send again the 200-byte datagrams those errors made the
+/// kernel refuse: none may be dropped as `too_big`, none answered with an ICMP error, none lost
+/// as a send error. (Before, every refused send was judged too big without comparing its length
+/// with the MTU: fitting packets, whole GSO batches of them, were dropped and their senders
+/// told a bogus MTU.)
+#[test]
+fn fitting_packets_still_go_after_a_router_reports_a_smaller_mtu() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let a = relay(&bed, Host::A, &[]);
+    let b = relay(&bed, Host::B, &[]);
+    let mut sink = bed
+        .tunload_background(
+            Host::B,
+            "sink",
+            &[
+                "udp-sink",
+                "--listen",
+                "0.0.0.0:6200",
+                "--seconds",
+                "20",
+                "--idle-ms",
+                "1500",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut flood = bed
+        .tunload_background(
+            Host::A,
+            "flood",
+            &[
+                "udp-flood",
+                "--to",
+                &endpoint(testbed::B_TUNNEL4, 6200),
+                "--size",
+                "200",
+                "--seconds",
+                "3",
+            ],
+        )
+        .unwrap();
+    let router = in_namespace(&bed, Host::B, raw_icmp_socket);
+    let message = frag_needed_about_relay_a(1400);
+    let to: Ipv4Addr = testbed::A_UNDERLAY.parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut errors_sent = 0;
+    while started.elapsed() < Duration::from_millis(2000) {
+        send_raw(&router, to, &message).expect("sending the ICMP error");
+        errors_sent += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        flood.wait_for(Duration::from_secs(20)).unwrap().success(),
+        "{}",
+        flood.stderr()
+    );
+    assert!(
+        sink.wait_for(Duration::from_secs(25)).unwrap().success(),
+        "{}",
+        sink.stderr()
+    );
+    let verdict = parse_json(&sink.stdout()).unwrap();
+    let report_a = stop(&bed, a, Host::A);
+    stop(&bed, b, Host::B);
+    eprintln!(
+        "{errors_sent} ICMP errors sent; sink {verdict}; relay A: icmp_errors {}, too_big {}, \
+         udp_send_error {}, path_mtu_learned_from_errors {}",
+        report_a["queues"][0]["icmp_errors"],
+        drops(&report_a, "too_big"),
+        drops(&report_a, "udp_send_error"),
+        path_total(&report_a, "path_mtu_learned_from_errors"),
+    );
+    assert!(verdict["received"].as_u64().unwrap() > 0, "{verdict}");
+    assert_eq!(
+        report_a["path"]["path_mtu"], 1400,
+        "relay A took the router's MTU: {report_a}"
+    );
+    assert!(
+        report_a["queues"][0]["icmp_errors"].as_u64().unwrap() > 0,
+        "relay A saw the router's errors: {report_a}"
+    );
+    assert_eq!(drops(&report_a, "too_big"), 0, "{report_a}");
+    assert_eq!(path_total(&report_a, "too_big_replies"), 0, "{report_a}");
+    assert_eq!(drops(&report_a, "udp_send_error"), 0, "{report_a}");
 }

@@ -742,13 +742,11 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
     Ok(())
 }
 
-/// Parses `--tos`: a byte, decimal or `0x` hex.
+/// Parses `--tos`: a whole byte, ECN bits included, decimal or `0x`/`0X` hex, as tunfwd's
+/// own `--tos` reads its bytes.
 fn parse_tos(text: &str) -> Result<u8, String> {
-    match text.strip_prefix("0x") {
-        Some(hex) => u8::from_str_radix(hex, 16),
-        None => text.parse(),
-    }
-    .map_err(|_| format!("'{text}' is not a byte (0-255 or 0x00-0xff)"))
+    tunfwd::cli::parse_byte(text)
+        .ok_or_else(|| format!("'{text}' is not a byte (0-255 or 0x00-0xff)"))
 }
 
 fn udp_flood(

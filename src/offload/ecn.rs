@@ -16,9 +16,13 @@
 //! * **Decapsulation** ([`decapsulate`]): Figure 4 of RFC 6040, [`decapsulated_ecn`] below. An
 //!   outer CE over an ECN-capable inner packet makes it CE; an outer CE over a Not-ECT inner
 //!   packet drops it, since its transport cannot be told any other way; an outer ECT(1) over an
-//!   inner ECT(0) makes it ECT(1). Everything else leaves the inner packet as it is. The one
-//!   cell in which Linux's `INET_ECN_decapsulate` differs is that ECT(1) one: Linux leaves the
-//!   inner ECT(0), RFC 6040 propagates the ECT(1), and tunfwd follows the RFC.
+//!   inner ECT(0) makes it ECT(1). Everything else leaves the inner packet as it is. Linux's
+//!   `INET_ECN_decapsulate` (include/net/inet_ecn.h) in current kernels gives the same table,
+//!   the ECT(1) cell included: over an ECN-capable inner packet it sets CE for an outer CE, and
+//!   for an outer ECT(1) calls `INET_ECN_set_ect1`, which turns an inner ECT(0) into ECT(1); a
+//!   Not-ECT packet under an outer CE is dropped there too (`__INET_ECN_decapsulate` returns 2).
+//!   The only difference is bookkeeping: Linux also reports a Not-ECT packet under an outer
+//!   ECT(0) or ECT(1) as an ECN error (return value 1) and passes it on, as tunfwd does silently.
 //!
 //! The IPv4 header checksum is updated incrementally (RFC 1624); IPv6 has no header checksum.
 //! The TCP and UDP checksums do not cover the TOS or traffic class, so nothing else changes.
@@ -297,14 +301,11 @@ mod tests {
                     set_ipv4_ecn(&mut p, ecn);
                     let mut fresh = p.clone();
                     crate::offload::set_ipv4_header_checksum(&mut fresh[..20]);
-                    assert_eq!(
-                        Sum::of(&p[..20]).0,
-                        0xffff,
-                        "id {id:#x} tos {tos:#x} -> {ecn:?}: header sums to all ones"
-                    );
-                    assert_eq!(p[1], (tos & !3) | ecn.bits());
-                    // Both encodings of zero are valid checksums; compare as the receiver does.
-                    assert_eq!(Sum::of(&fresh[..20]).0, 0xffff);
+                    let at = format!("id {id:#x} tos {tos:#x} -> {ecn:?}");
+                    assert_eq!(p[1], (tos & !3) | ecn.bits(), "{at}");
+                    assert_eq!(Sum::of(&p[..20]).0, 0xffff, "{at}: header sums to all ones");
+                    // The recomputed header is the updated one, checksum bytes included.
+                    assert_eq!(p[..20], fresh[..20], "{at}: incremental vs recomputed");
                 }
             }
         }

@@ -14,13 +14,21 @@
 //! * Quoting as much of the original packet as fits in 576 bytes (IPv4, RFC 1812 section 4.3.2.3)
 //!   or 1280 (IPv6, RFC 4443 section 2.4(c)).
 //! * Never about a packet that may not cause one: an IPv4 packet without DF, or a fragment; an
-//!   ICMP error; a packet from an unspecified, loopback, broadcast or multicast source, or (IPv4)
-//!   to a broadcast or multicast destination; an ICMPv6 error or redirect, or a non-first IPv6
-//!   fragment (RFC 1122 section 3.2.2, RFC 4443 section 2.4(e); the same checks as
-//!   `iptunnel_pmtud_check_icmp[v6]`).
+//!   ICMP error; a packet from an unspecified, loopback, broadcast or multicast source, or to a
+//!   broadcast or multicast destination; an ICMPv6 error or redirect, or a non-first IPv6
+//!   fragment (RFC 1122 section 3.2.2, RFC 4443 section 2.4(e); the checks of
+//!   `iptunnel_pmtud_check_icmp[v6]`). RFC 4443 section 2.4(e.3) would allow a packet-too-big
+//!   about an IPv6 packet to a multicast group, but the answer comes from the original's
+//!   destination, and a multicast address is never a source (RFC 4291 section 2.7).
 //! * Never with an MTU below 576 (IPv4) or 1280 (IPv6), where the kernel sends nothing either
 //!   (RFC 8200 section 5: 1280 is every IPv6 link's minimum; a node never lowers its estimate
 //!   below it, RFC 8201 section 4).
+//!
+//! A packet that may not be answered is not dropped silently either: [`too_big_action`] sends it
+//! on in outer fragments ([`TooBig::Fragment`]), as the kernel's tunnels pass such a packet on
+//! (`skb_tunnel_check_pmtu` returns 0 when `iptunnel_pmtud_check_icmp[v6]` refuses). Dropping it
+//! would make a black hole of exactly the cases the rules protect: an IPv4 path whose inner MTU
+//! is below 576 (a path under 604 bytes) would carry no full-sized DF packet and tell no one.
 //!
 //! [`TokenBucket`] rate-limits the answers per worker, as `icmp_ratelimit` does for the kernel's.
 
@@ -46,30 +54,38 @@ const IPV4_DF: u16 = 0x4000;
 pub enum TooBig {
     /// An ICMP error telling the sender this MTU; the packet is dropped.
     Reply { mtu: usize },
-    /// Send it anyway and let the outer IP layer fragment it: an IPv4 packet without DF (a router
-    /// would fragment it, RFC 791), or an IPv6 packet of at most 1280 bytes on a path whose inner
-    /// MTU is below the IPv6 minimum, which the link (here, the tunnel) must carry in pieces
-    /// (RFC 8200 section 5; RFC 2473 section 7.1 for IPv6 tunnels).
+    /// Send it anyway and let the outer IP layer fragment it: an IPv6 packet of at most 1280
+    /// bytes on a path whose inner MTU is below the IPv6 minimum, which the link (here, the
+    /// tunnel) must carry in pieces (RFC 8200 section 5; RFC 2473 section 7.1 for IPv6 tunnels),
+    /// and every packet the rules above forbid answering: an IPv4 packet without DF (a router
+    /// would fragment it, RFC 791), a fragment, an ICMP error, an IPv4 packet when the MTU to
+    /// report is below 576, odd addresses.
     Fragment,
 }
 
 /// What to do with an inner packet of `len` bytes, longer than `inner_mtu`, whose headers start
 /// `header` (an IPv4 or IPv6 packet, at least its fixed header). For a super-packet, `len` is a
-/// segment's length and `header` the super-packet's, which its segments copy.
+/// segment's length and `header` the super-packet's, which its segments copy. `Reply` only when
+/// [`too_big_reply`] would build the answer; anything else is passed on, in outer fragments.
 pub fn too_big_action(header: &[u8], len: usize, inner_mtu: usize) -> TooBig {
-    match header.first().map(|b| b >> 4) {
-        Some(4) if header.len() >= 20 => {
-            if u16::from_be_bytes([header[6], header[7]]) & IPV4_DF == 0 {
-                TooBig::Fragment
-            } else {
-                TooBig::Reply { mtu: inner_mtu }
-            }
-        }
-        Some(6) if len <= IPV6_MIN_MTU => TooBig::Fragment,
-        Some(6) => TooBig::Reply {
-            mtu: inner_mtu.max(IPV6_MIN_MTU),
-        },
-        _ => TooBig::Reply { mtu: inner_mtu },
+    let mtu = match header.first().map(|b| b >> 4) {
+        Some(6) if len <= IPV6_MIN_MTU => return TooBig::Fragment,
+        Some(6) => inner_mtu.max(IPV6_MIN_MTU),
+        _ => inner_mtu,
+    };
+    if may_answer(header, mtu) {
+        TooBig::Reply { mtu }
+    } else {
+        TooBig::Fragment
+    }
+}
+
+/// Whether the rules above allow telling `packet`'s sender that the path takes `mtu` bytes.
+pub fn may_answer(packet: &[u8], mtu: usize) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => may_answer_v4(packet, mtu),
+        Some(6) => may_answer_v6(packet, mtu),
+        _ => false,
     }
 }
 
@@ -84,33 +100,70 @@ pub fn too_big_reply(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize>
     }
 }
 
-/// ICMP type 3 code 4 with the next-hop MTU in the second half of the unused word (RFC 1191
-/// section 4).
-fn fragmentation_needed(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+/// `iptunnel_pmtud_check_icmp`: DF set and not a fragment, an MTU the kernel honours, no odd
+/// address, not an ICMP error.
+fn may_answer_v4(packet: &[u8], mtu: usize) -> bool {
     if packet.len() < 20 || !(IPV4_MIN_REPORTED_MTU..=65535).contains(&mtu) {
-        return None;
+        return false;
     }
     let ihl = usize::from(packet[0] & 0x0f) * 4;
     // DF set, and not a fragment: exactly the DF bit in the flags and offset.
     if ihl < 20 || u16::from_be_bytes([packet[6], packet[7]]) != IPV4_DF {
-        return None;
+        return false;
     }
-    let source: [u8; 4] = packet[12..16].try_into().ok()?;
-    let destination: [u8; 4] = packet[16..20].try_into().ok()?;
+    let source = &packet[12..16];
+    let destination = &packet[16..20];
     let bad_source =
         source[0] == 0 || source[0] == 127 || source == [255; 4] || (224..240).contains(&source[0]);
     let bad_destination = destination == [255; 4] || (224..240).contains(&destination[0]);
     if bad_source || bad_destination {
-        return None;
+        return false;
     }
     if packet[9] == PROTO_ICMP {
         // icmp_is_err: destination unreachable, source quench, redirect, time exceeded,
         // parameter problem. A packet too short to show its type is not answered either.
-        let kind = *packet.get(ihl)?;
-        if matches!(kind, 3 | 4 | 5 | 11 | 12) {
-            return None;
-        }
+        return match packet.get(ihl) {
+            Some(kind) => !matches!(kind, 3 | 4 | 5 | 11 | 12),
+            None => false,
+        };
     }
+    true
+}
+
+/// `iptunnel_pmtud_check_icmpv6`, and no multicast destination (see the module docs).
+fn may_answer_v6(packet: &[u8], mtu: usize) -> bool {
+    if packet.len() < 40 || mtu < IPV6_MIN_MTU || mtu > u32::MAX as usize {
+        return false;
+    }
+    let address =
+        |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&packet[at..at + 16]).expect("16 bytes"));
+    let (source, destination) = (address(8), address(24));
+    if source.is_unspecified()
+        || source.is_multicast()
+        || source.is_loopback()
+        || destination.is_multicast()
+    {
+        return false;
+    }
+    match upper_layer(packet) {
+        UpperLayer::NonFirstFragment => false,
+        UpperLayer::Protocol(PROTO_ICMPV6, at) => match packet.get(at) {
+            // Errors are types 0-127 (RFC 4443 section 2.1); 137 is a redirect (RFC 4861).
+            Some(&kind) => kind >= 128 && kind != 137,
+            None => false,
+        },
+        UpperLayer::Protocol(..) | UpperLayer::Unknown => true,
+    }
+}
+
+/// ICMP type 3 code 4 with the next-hop MTU in the second half of the unused word (RFC 1191
+/// section 4).
+fn fragmentation_needed(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
+    if !may_answer_v4(packet, mtu) {
+        return None;
+    }
+    let source: [u8; 4] = packet[12..16].try_into().ok()?;
+    let destination: [u8; 4] = packet[16..20].try_into().ok()?;
     let quote = packet.len().min(IPV4_ERROR_MAX - 28);
     let total = 28 + quote;
     let out = out.get_mut(..total)?;
@@ -139,25 +192,11 @@ fn fragmentation_needed(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usi
 
 /// ICMPv6 type 2 code 0 with the MTU (RFC 4443 section 3.2).
 fn packet_too_big(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
-    if packet.len() < 40 || mtu < IPV6_MIN_MTU || mtu > u32::MAX as usize {
+    if !may_answer_v6(packet, mtu) {
         return None;
     }
     let source = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?);
     let destination = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?);
-    if source.is_unspecified() || source.is_multicast() || source.is_loopback() {
-        return None;
-    }
-    match upper_layer(packet) {
-        UpperLayer::NonFirstFragment => return None,
-        UpperLayer::Protocol(PROTO_ICMPV6, at) => {
-            // Errors are types 0-127 (RFC 4443 section 2.1); 137 is a redirect (RFC 4861).
-            let kind = *packet.get(at)?;
-            if kind < 128 || kind == 137 {
-                return None;
-            }
-        }
-        UpperLayer::Protocol(..) | UpperLayer::Unknown => {}
-    }
     let quote = packet.len().min(IPV6_MIN_MTU - 48);
     let total = 48 + quote;
     let out = out.get_mut(..total)?;
@@ -396,6 +435,16 @@ mod tests {
             p[8..24].copy_from_slice(&address.parse::<Ipv6Addr>().unwrap().octets());
             assert!(reply(&p, 1280).is_none(), "{why} source");
         }
+        // The answer would come from a multicast group: no answer to a multicast destination.
+        for (address, answered) in [
+            ("ff02::1", false),
+            ("ff0e::1:3", false),
+            ("2001:db8::9", true),
+        ] {
+            let mut p = v6.clone();
+            p[24..40].copy_from_slice(&address.parse::<Ipv6Addr>().unwrap().octets());
+            assert_eq!(reply(&p, 1280).is_some(), answered, "destination {address}");
+        }
         let mut icmp6 = v6.clone();
         icmp6[6] = PROTO_ICMPV6;
         for (kind, answered) in [(1, false), (2, false), (137, false), (128, true)] {
@@ -465,6 +514,61 @@ mod tests {
         // A super-packet is judged by its segments' length, not its own.
         assert_eq!(too_big_action(&v6, 1280, 1252), TooBig::Fragment);
         assert_eq!(too_big_action(&v6, 1281, 1252), TooBig::Reply { mtu: 1280 });
+    }
+
+    /// Whatever the rules forbid answering goes on in outer fragments, never into a silent
+    /// drop, as `skb_tunnel_check_pmtu` passes it on: and `Reply` comes exactly when an answer
+    /// can be built.
+    #[test]
+    fn packets_that_may_not_be_answered_are_fragmented() {
+        let df = tcp(false, 1432);
+        // An IPv4 path under 604 bytes: an inner MTU below 576, which no one may be told.
+        assert_eq!(
+            too_big_action(&df, df.len(), 576),
+            TooBig::Reply { mtu: 576 }
+        );
+        assert_eq!(too_big_action(&df, df.len(), 575), TooBig::Fragment);
+        assert_eq!(too_big_action(&df, df.len(), 400), TooBig::Fragment);
+        let mut multicast = df.clone();
+        multicast[16] = 239;
+        let mut fragment = df.clone();
+        fragment[6] |= 0x20;
+        let mut icmp_error = df.clone();
+        icmp_error[9] = PROTO_ICMP;
+        icmp_error[20] = 11;
+        let v6 = tcp(true, 1400);
+        let mut v6_multicast = v6.clone();
+        v6_multicast[24..40].copy_from_slice(&"ff05::2".parse::<Ipv6Addr>().unwrap().octets());
+        let mut v6_loopback_source = v6.clone();
+        v6_loopback_source[8..24].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        for (packet, why) in [
+            (&multicast, "IPv4 multicast destination"),
+            (&fragment, "IPv4 fragment"),
+            (&icmp_error, "ICMP error"),
+            (&v6_multicast, "IPv6 multicast destination"),
+            (&v6_loopback_source, "IPv6 loopback source"),
+        ] {
+            assert_eq!(
+                too_big_action(packet, packet.len(), 1252),
+                TooBig::Fragment,
+                "{why}"
+            );
+        }
+        assert_eq!(too_big_action(&[0x00; 40], 1400, 1252), TooBig::Fragment);
+        for packet in [&df, &v6] {
+            for inner_mtu in [400, 575, 576, 1252, 1300] {
+                let mut out = [0u8; MAX_REPLY];
+                match too_big_action(packet, packet.len(), inner_mtu) {
+                    TooBig::Reply { mtu } => {
+                        assert!(
+                            too_big_reply(packet, mtu, &mut out).is_some(),
+                            "{inner_mtu}"
+                        )
+                    }
+                    TooBig::Fragment => assert!(!may_answer(packet, inner_mtu), "{inner_mtu}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -365,6 +365,11 @@ pub fn supports_gso(fd: &OwnedFd) -> bool {
 
 /// The local port `fd` is bound to.
 pub fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    local_address(fd).map(|address| address.port())
+}
+
+/// The local address and port `fd` is bound to (getsockname(2)).
+pub fn local_address(fd: &OwnedFd) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; getsockname writes at most `len` bytes into it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -376,12 +381,27 @@ pub fn local_port(fd: &OwnedFd) -> io::Result<u16> {
             &mut len,
         )
     })?;
-    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4.
-    // SAFETY: reading the initialised bytes of a local struct.
+    let filled = (len as usize).min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: reading the bytes getsockname initialised, within the local struct.
     let bytes = unsafe {
-        std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), 4)
+        std::slice::from_raw_parts(
+            (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+            filled,
+        )
     };
-    Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
+    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4. The address
+    // keeps its family here (no IPv4-mapped folding): the caller decides what to do with it.
+    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let ip = match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if filled >= 8 => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&bytes[4..8]).expect("4 bytes"),
+        )),
+        libc::AF_INET6 if filled >= 24 => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&bytes[8..24]).expect("16 bytes"),
+        )),
+        _ => return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// Attaches the steering program to the reuseport group `fd` belongs to.
@@ -405,6 +425,9 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
 pub struct QueuedErrors {
     /// Errors read and discarded.
     pub count: u64,
+    /// Those of them that an ICMP or ICMPv6 message caused (`SO_EE_ORIGIN_ICMP[6]`), as opposed
+    /// to the local stack refusing a send over the MTU it knows (`SO_EE_ORIGIN_LOCAL`).
+    pub from_icmp: u64,
     /// The smallest path MTU any of them reported (see [`error_path_mtu`]).
     pub path_mtu: Option<u32>,
 }
@@ -429,20 +452,48 @@ pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
             break;
         };
         found.count += 1;
-        if let Some(mtu) = error_path_mtu(&control[..control_len.min(control.len())]) {
+        let Some(error) = queued_error(&control[..control_len.min(control.len())]) else {
+            continue;
+        };
+        if matches!(
+            error.origin,
+            libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+        ) {
+            found.from_icmp += 1;
+        }
+        if let Some(mtu) = error.path_mtu() {
             found.path_mtu = Some(found.path_mtu.map_or(mtu, |m| m.min(mtu)));
         }
     }
     found
 }
 
-/// The path MTU an error-queue entry reports, if it is one: a `sock_extended_err`
-/// (include/uapi/linux/errqueue.h) with `ee_errno` EMSGSIZE whose origin is an ICMP
-/// fragmentation-needed, an ICMPv6 packet-too-big, or the local stack refusing a send over the
-/// MTU it knows (`ip_local_error`, `ipv6_local_error`); `ee_info` is then the MTU
-/// (`ip_icmp_error` in net/ipv4/ip_sockglue.c, `ipv6_icmp_error` in net/ipv6/datagram.c).
-pub fn error_path_mtu(control: &[u8]) -> Option<u32> {
-    let mut mtu = None;
+/// The parts of a `sock_extended_err` (include/uapi/linux/errqueue.h) tunfwd reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueuedError {
+    errno: u32,
+    origin: u8,
+    info: u32,
+}
+
+impl QueuedError {
+    /// The path MTU this error reports, if it is one: `ee_errno` EMSGSIZE from an ICMP
+    /// fragmentation-needed, an ICMPv6 packet-too-big, or the local stack refusing a send over
+    /// the MTU it knows (`ip_local_error`, `ipv6_local_error`); `ee_info` is then the MTU
+    /// (`ip_icmp_error` in net/ipv4/ip_sockglue.c, `ipv6_icmp_error` in net/ipv6/datagram.c).
+    fn path_mtu(self) -> Option<u32> {
+        let from_mtu_report = matches!(
+            self.origin,
+            libc::SO_EE_ORIGIN_LOCAL | libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+        );
+        (self.errno == libc::EMSGSIZE as u32 && from_mtu_report && self.info > 0)
+            .then_some(self.info)
+    }
+}
+
+/// The first `IP_RECVERR` / `IPV6_RECVERR` message of an error-queue entry's control data.
+fn queued_error(control: &[u8]) -> Option<QueuedError> {
+    let mut found = None;
     walk_messages(control, |level, kind, data| {
         let is_error = matches!(
             (level, kind),
@@ -451,25 +502,24 @@ pub fn error_path_mtu(control: &[u8]) -> Option<u32> {
         if !is_error || data.len() < 16 {
             return true;
         }
-        let errno = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes"));
-        let origin = data[4];
-        let info = u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes"));
-        let from_mtu_report = matches!(
-            origin,
-            libc::SO_EE_ORIGIN_LOCAL | libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
-        );
-        if errno == libc::EMSGSIZE as u32 && from_mtu_report && info > 0 {
-            mtu = Some(info);
-            return false;
-        }
-        true
+        found = Some(QueuedError {
+            errno: u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")),
+            origin: data[4],
+            info: u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes")),
+        });
+        false
     });
-    mtu
+    found
+}
+
+/// The path MTU an error-queue entry reports, if it is one (see `QueuedError::path_mtu`).
+pub fn error_path_mtu(control: &[u8]) -> Option<u32> {
+    queued_error(control)?.path_mtu()
 }
 
 /// The peer as the path MTU helpers address it: an IPv4-mapped address as plain IPv4, so that
 /// their socket family is the family of the outer header.
-fn canonical(peer: SocketAddr) -> SocketAddr {
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
@@ -537,12 +587,32 @@ pub fn path_mtu(probe: &OwnedFd, peer: SocketAddr) -> io::Result<u32> {
 
 /// A UDP socket whose datagrams the outer IP layer may fragment (`IP_PMTUDISC_WANT`: DF only on
 /// datagrams that fit the path, ip(7)), for the inner packets that must cross a path too small
-/// for them whole (`offload::icmp::TooBig::Fragment`). Not bound: the peer checks only the
-/// source address, and joining the worker's reuseport group would receive datagrams meant for it.
-pub fn fragmenting_socket(peer: SocketAddr) -> io::Result<OwnedFd> {
+/// for them whole (`offload::icmp::TooBig::Fragment`); the worker sends on it through its ring.
+///
+/// Bound to `source` (the worker's listen address) with port 0: unbound, it would send from
+/// whatever address the route to the peer prefers, which on a host with several need not be the
+/// one the peer expects, and the peer drops datagrams from any other address as foreign. The peer
+/// checks the source address only, not the port, so a port of its own is enough, and it must not
+/// share the worker's port: joining the reuseport group would receive datagrams meant for the
+/// workers. An unspecified `source`, or one of another family than the peer's canonical one (an
+/// IPv6 wildcard for an IPv4-mapped peer), binds to the wildcard. Its send buffer is as large as
+/// the worker socket's, so a burst of such packets is not refused sooner.
+pub fn fragmenting_socket(peer: SocketAddr, source: IpAddr) -> io::Result<OwnedFd> {
     let fd = helper_socket(peer)?;
     let raw = fd.as_raw_fd();
-    match OuterFamily::of(peer) {
+    if set_int(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        SOCKET_BUFFER_BYTES,
+    )
+    .is_err()
+    {
+        // FORCE ignores net.core.wmem_max but needs CAP_NET_ADMIN; fall back to the capped one.
+        set_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER_BYTES)?;
+    }
+    let family = OuterFamily::of(peer);
+    match family {
         OuterFamily::Ipv4 => set_int(
             raw,
             libc::IPPROTO_IP,
@@ -556,6 +626,14 @@ pub fn fragmenting_socket(peer: SocketAddr) -> io::Result<OwnedFd> {
             libc::IPV6_PMTUDISC_WANT,
         )?,
     }
+    let source = match (family, source.to_canonical()) {
+        (OuterFamily::Ipv4, ip @ IpAddr::V4(_)) | (OuterFamily::Ipv6, ip @ IpAddr::V6(_)) => ip,
+        (OuterFamily::Ipv4, IpAddr::V6(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (OuterFamily::Ipv6, IpAddr::V4(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let (storage, len) = to_sockaddr(SocketAddr::new(source, 0));
+    // SAFETY: `storage` holds a sockaddr of length `len`.
+    check(unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
     Ok(fd)
 }
 
@@ -652,6 +730,31 @@ mod tests {
         let second = udp_socket(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
         attach_reuseport_program(&second, &crate::steer::reuseport_program(2)).unwrap();
         assert_eq!(drain_error_queue(first.as_raw_fd()).count, 0);
+    }
+
+    /// A datagram to a closed port on loopback comes back as an ICMP port unreachable on the
+    /// error queue (`IP_RECVERR`), counted as from ICMP and reporting no path MTU.
+    #[test]
+    fn the_error_queue_counts_icmp_errors() {
+        let closed = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = local_address(&closed).unwrap();
+        drop(closed);
+        let sender = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        send_gathered(&sender, to, &[io::IoSlice::new(b"anyone?")], 0).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut found = QueuedErrors::default();
+        while found.count == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = drain_error_queue(sender.as_raw_fd());
+        }
+        assert_eq!(
+            found,
+            QueuedErrors {
+                count: 1,
+                from_icmp: 1,
+                path_mtu: None
+            }
+        );
     }
 
     #[test]
@@ -852,6 +955,10 @@ mod tests {
             None,
             "no origin"
         );
+        assert_eq!(
+            queued_error(&v6(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP6, 1280)).map(|e| e.origin),
+            Some(SO_EE_ORIGIN_ICMP6)
+        );
         let mut cut = v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280);
         cut[0..8].copy_from_slice(&(CMSG_HEADER + 10).to_ne_bytes());
         assert_eq!(error_path_mtu(&cut), None, "cut short");
@@ -867,7 +974,7 @@ mod tests {
             let receiver = udp_socket(listen).unwrap();
             enable_receive_tos(&receiver, listen).unwrap();
             let to = SocketAddr::new(listen.ip(), local_port(&receiver).unwrap());
-            let sender = fragmenting_socket(to).unwrap();
+            let sender = fragmenting_socket(to, listen.ip()).unwrap();
             for tos in [0x02u8, 0x03, 0xb8 | 0x01, 0] {
                 let payload = [tos; 40];
                 let sent = send_gathered(&sender, to, &[io::IoSlice::new(&payload)], tos).unwrap();
@@ -883,6 +990,73 @@ mod tests {
                     "{local} TOS {tos:#x}"
                 );
             }
+        }
+    }
+
+    /// The fragmenting socket sends from the address it is given, not from the one the route
+    /// prefers (127.0.0.1 to 127.0.0.1 here), on a port of its own, with the relay's send buffer;
+    /// a wildcard or a source of the other family binds to the peer family's wildcard.
+    #[test]
+    fn the_fragmenting_socket_sends_from_the_listen_address() {
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let receiver = udp_socket(listen).unwrap();
+        let to = local_address(&receiver).unwrap();
+        assert_eq!(to.ip(), listen.ip());
+        let source: IpAddr = "127.0.0.2".parse().unwrap();
+        let sender = fragmenting_socket(to, source).unwrap();
+        let bound = local_address(&sender).unwrap();
+        assert_eq!(bound.ip(), source);
+        assert_ne!(bound.port(), 0, "a port of its own");
+        assert_ne!(bound.port(), to.port());
+        let mut sndbuf: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `sndbuf` is valid for writes of `len` bytes for the duration of the call.
+        let got = unsafe {
+            libc::getsockopt(
+                sender.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut sndbuf as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0);
+        // The kernel doubles what it was given (socket(7)); capped by wmem_max without
+        // CAP_NET_ADMIN, but never below the default of 212992.
+        assert!(sndbuf >= 212_992, "SO_SNDBUF {sndbuf}");
+        send_gathered(
+            &sender,
+            to,
+            &[io::IoSlice::new(b"from the listen address")],
+            0,
+        )
+        .unwrap();
+        let mut data = [0u8; 64];
+        let mut name = [0u8; 128];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = name.as_mut_ptr().cast();
+        msg.msg_namelen = name.len() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: `msg` points at `name`, `iov` and `data`, all live for the call.
+        let n = unsafe { libc::recvmsg(receiver.as_raw_fd(), &mut msg, 0) };
+        assert_eq!(n, 23);
+        assert_eq!(source_ip(&name[..msg.msg_namelen as usize]), Some(source));
+
+        for (peer, source, wildcard) in [
+            ("127.0.0.1:9", "::", "0.0.0.0"),
+            ("[::ffff:127.0.0.1]:9", "::", "0.0.0.0"),
+            ("[::1]:9", "127.0.0.1", "::"),
+        ] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let fd = fragmenting_socket(peer, source.parse().unwrap()).unwrap();
+            let bound = local_address(&fd).unwrap();
+            assert_eq!(bound.ip(), wildcard.parse::<IpAddr>().unwrap(), "{peer}");
         }
     }
 
