@@ -1015,7 +1015,10 @@ impl Worker {
             }
         }
         self.read_error_reports();
-        // Before this batch's gathered packets: the refused ones were read earlier.
+        // Before the GSO batch gathered in this reap, whose packets were read later. Splits and
+        // sends without GSO made during this reap are already queued, so a resent packet can
+        // leave after newer ones of its flow: a refusal and resend reorders, as a GSO fallback
+        // does.
         self.settle_refusals(now);
         self.send_batch();
         self.rearm();

@@ -432,17 +432,22 @@ pub struct QueuedErrors {
     pub path_mtu: Option<u32>,
 }
 
+/// Error-queue entries [`drain_error_queue`] reads in one call.
+pub const ERROR_QUEUE_BATCH: usize = 64;
+
 /// Reads and discards queued errors (`MSG_ERRQUEUE`): ICMP errors about the peer, and the
 /// local "message too long" errors of sends over the path MTU.
 ///
 /// With `IP_RECVERR` each error is queued and charged to the receive buffer, so the queue must be
 /// drained or it would crowd out real datagrams. Called only when an error has been reported: a
-/// cold path, bounded to the queue's length at the time.
+/// cold path. At most [`ERROR_QUEUE_BATCH`] entries a call, so that a flood of ICMP errors cannot
+/// hold up the worker's loop; what is left keeps the socket's error set, is reported again, and
+/// is read on a later call.
 pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
     let mut found = QueuedErrors::default();
     let mut data = [0u8; 64];
     let mut control = [0u8; 256];
-    for _ in 0..4096 {
+    for _ in 0..ERROR_QUEUE_BATCH {
         let Ok((_, control_len)) = recvmsg_with_control(
             fd,
             &mut data,
