@@ -130,6 +130,24 @@ impl Testbed {
         self.dir.join(name)
     }
 
+    /// Runs `work` on a thread that has entered `host`'s network namespace (setns(2) moves only
+    /// the calling thread). Sockets it creates stay in that namespace and may be used from any
+    /// thread afterwards.
+    pub fn in_namespace<T: Send>(
+        &self,
+        host: Host,
+        work: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
+        let path = format!("/var/run/netns/{}", self.namespace(host));
+        let run = || -> io::Result<T> {
+            nix::sched::setns(fs::File::open(&path)?, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            work()
+        };
+        std::thread::scope(|s| s.spawn(run).join())
+            .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
+    }
+
     fn build(&self) -> io::Result<()> {
         let (a, b, c) = (
             self.namespace(Host::A),
@@ -411,6 +429,35 @@ impl Drop for Process {
             self.kill();
         }
     }
+}
+
+/// The sum of `field` over an array of per-queue objects of a tunfwd JSON report, such as
+/// `report["queues"]` or `report["path"]["queues"]`.
+pub fn report_sum(queues: &serde_json::Value, field: &str) -> u64 {
+    queues
+        .as_array()
+        .expect("an array of queues")
+        .iter()
+        .map(|q| {
+            q[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field} in {q}"))
+        })
+        .sum()
+}
+
+/// Packets dropped for `reason`, summed over a tunfwd JSON report's queues.
+pub fn report_drops(report: &serde_json::Value, reason: &str) -> u64 {
+    report["queues"]
+        .as_array()
+        .expect("an array of queues")
+        .iter()
+        .map(|q| {
+            q["drops"][reason]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{reason} in {q}"))
+        })
+        .sum()
 }
 
 /// Parses the one JSON line a `tunload` mode prints.

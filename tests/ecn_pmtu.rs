@@ -10,7 +10,6 @@
 //! machines, and tc's pedit action is not built into their kernel.)
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use nix::sched::{CloneFlags, setns};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io;
@@ -40,19 +39,13 @@ fn testbed() -> Testbed {
     .expect("building the namespace testbed")
 }
 
-/// Runs `work` on a thread that has entered `host`'s network namespace. Sockets it creates stay
-/// in that namespace, and may be used from any thread afterwards.
+/// Runs `work` in `host`'s network namespace (`Testbed::in_namespace`); panics on failure.
 fn in_namespace<T: Send>(
     bed: &Testbed,
     host: Host,
     work: impl FnOnce() -> io::Result<T> + Send,
 ) -> T {
-    let path = format!("/var/run/netns/{}", bed.namespace(host));
-    let run = || -> io::Result<T> {
-        setns(std::fs::File::open(&path)?, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        work()
-    };
-    std::thread::scope(|s| s.spawn(run).join().unwrap())
+    bed.in_namespace(host, work)
         .unwrap_or_else(|e| panic!("in namespace {host:?}: {e}"))
 }
 
@@ -81,21 +74,11 @@ fn stop(bed: &Testbed, mut relay: Process, host: Host) -> Value {
 
 /// A field of the report's `path` section, summed over the queues.
 fn path_total(report: &Value, field: &str) -> u64 {
-    report["path"]["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q[field].as_u64().unwrap())
-        .sum()
+    testbed::report_sum(&report["path"]["queues"], field)
 }
 
 fn drops(report: &Value, reason: &str) -> u64 {
-    report["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["drops"][reason].as_u64().unwrap())
-        .sum()
+    testbed::report_drops(report, reason)
 }
 
 /// Receives datagrams from `fds`, polling each in turn, and hands each one's bytes and TOS /

@@ -81,21 +81,11 @@ fn tun_details(bed: &Testbed, host: Host) -> String {
 }
 
 fn total(report: &Value, field: &str) -> u64 {
-    report["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q[field].as_u64().unwrap())
-        .sum()
+    testbed::report_sum(&report["queues"], field)
 }
 
 fn drops(report: &Value, reason: &str) -> u64 {
-    report["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["drops"][reason].as_u64().unwrap())
-        .sum()
+    testbed::report_drops(report, reason)
 }
 
 fn busy_queues(report: &Value, field: &str, at_least: u64) -> usize {

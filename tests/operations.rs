@@ -8,7 +8,6 @@
 //! Its output is read by an independent parser, the `prometheus-parse` crate.
 
 use clap::Parser;
-use nix::sched::{CloneFlags, setns};
 use prometheus_parse::{HistogramCount, Sample, Scrape, Value as Metric};
 use serde_json::Value;
 use std::fs;
@@ -68,12 +67,9 @@ impl Drop for Scratch {
 
 /// `GET path` on `address` from inside `host`'s network namespace. Returns the status and body.
 fn http_get(bed: &Testbed, host: Host, address: &str, path: &str) -> (u16, String) {
-    let namespace = format!("/var/run/netns/{}", bed.namespace(host));
     let address: SocketAddr = address.parse().unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n");
     let exchange = || -> io::Result<(u16, String)> {
-        // This thread alone moves into the namespace; it ends with the scrape.
-        setns(fs::File::open(&namespace)?, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.write_all(request.as_bytes())?;
@@ -95,7 +91,7 @@ fn http_get(bed: &Testbed, host: Host, address: &str, path: &str) -> (u16, Strin
         assert_eq!(length, body.len(), "Content-Length");
         Ok((status, body.to_string()))
     };
-    std::thread::scope(|s| s.spawn(exchange).join().unwrap())
+    bed.in_namespace(host, exchange)
         .unwrap_or_else(|e| panic!("GET {path} from {address}: {e}"))
 }
 
@@ -247,12 +243,7 @@ fn stop(mut relay: Process, json: &Path) -> Value {
 }
 
 fn json_total(report: &Value, field: &str) -> u64 {
-    report["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q[field].as_u64().unwrap())
-        .sum()
+    testbed::report_sum(&report["queues"], field)
 }
 
 /// Starts a verified TCP sink on `to_host` and a sender on `from` for `seconds`; returns both.
