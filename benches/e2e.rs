@@ -56,6 +56,8 @@ struct TunfwdSetup {
     /// snapshot every second and the main thread merges it, which is what the endpoint costs
     /// (scrapes themselves read the merged report and never reach a worker).
     metrics: bool,
+    /// `--user nobody`: every worker thread runs without privileges after setup.
+    unprivileged: bool,
 }
 
 impl TunfwdSetup {
@@ -68,6 +70,7 @@ impl TunfwdSetup {
         ecn: true,
         ect_load: false,
         metrics: false,
+        unprivileged: false,
     };
 
     /// What differs from the defaults, as `(name part, key part)`.
@@ -102,6 +105,9 @@ impl TunfwdSetup {
         }
         if self.metrics {
             v.push((" metrics".into(), "-metrics".into()));
+        }
+        if self.unprivileged {
+            v.push((" user nobody".into(), "-nobody".into()));
         }
         v
     }
@@ -193,6 +199,9 @@ impl System {
                 }
                 if t.metrics {
                     args.extend(["--metrics", "127.0.0.1:9101"]);
+                }
+                if t.unprivileged {
+                    args.extend(["--user", "nobody"]);
                 }
                 if t.ect_load {
                     set_tcp_ecn(bed, "1");
@@ -781,6 +790,11 @@ fn main() {
         // What serving metrics costs the data path: a snapshot per worker per second.
         System::Tunfwd(TunfwdSetup {
             metrics: true,
+            ..TunfwdSetup::DEFAULT
+        }),
+        // And running without privileges after setup.
+        System::Tunfwd(TunfwdSetup {
+            unprivileged: true,
             ..TunfwdSetup::DEFAULT
         }),
     ];
