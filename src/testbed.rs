@@ -413,6 +413,19 @@ impl Process {
         self.wait_for(limit)
     }
 
+    /// Stops a tunfwd relay with SIGTERM and returns the final JSON report it wrote to `json`. An
+    /// error if it does not exit 0 within 10 s (with its stderr), or the report is missing.
+    pub fn stop_for_report(&mut self, json: &Path) -> io::Result<serde_json::Value> {
+        let status = self.terminate(Duration::from_secs(10))?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "tunfwd exited with {status}: {}",
+                self.stderr()
+            )));
+        }
+        parse_json(&fs::read_to_string(json)?)
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -60,16 +60,9 @@ fn relay(bed: &Testbed, host: Host, extra: &[&str]) -> Process {
 
 /// Stops a relay with SIGTERM, checks it exits 0, and returns its final JSON report.
 fn stop(bed: &Testbed, mut relay: Process, host: Host) -> Value {
-    let status = relay
-        .terminate(Duration::from_secs(10))
-        .expect("tunfwd stops");
-    assert!(
-        status.success(),
-        "tunfwd exited with {status}: {}",
-        relay.stderr()
-    );
-    let text = std::fs::read_to_string(bed.path(&format!("{host:?}.json"))).expect("stats JSON");
-    serde_json::from_str(&text).expect("stats JSON parses")
+    relay
+        .stop_for_report(&bed.path(&format!("{host:?}.json")))
+        .unwrap_or_else(|e| panic!("stopping tunfwd on {host:?}: {e}"))
 }
 
 /// A field of the report's `path` section, summed over the queues.

@@ -45,22 +45,16 @@ fn relays(bed: &Testbed, extra: &[&str]) -> (Process, Process) {
 
 /// Stops a relay with SIGTERM, checks it exits 0 with a report, and returns its final JSON.
 fn stop(bed: &Testbed, mut relay: Process, json_name: &str) -> Value {
-    let status = relay
-        .terminate(Duration::from_secs(10))
-        .expect("tunfwd stops");
-    assert!(
-        status.success(),
-        "tunfwd exited with {status}: {}",
-        relay.stderr()
-    );
+    let json = relay
+        .stop_for_report(&bed.path(json_name))
+        .unwrap_or_else(|e| panic!("stopping tunfwd: {e}"));
     let report = relay.stdout();
     assert!(
         report.contains("tunfwd stats after"),
         "no final report: {report}"
     );
     assert!(report.contains("udp_to_tun"), "no latency table: {report}");
-    let text = std::fs::read_to_string(bed.path(json_name)).expect("stats JSON written");
-    serde_json::from_str(&text).expect("stats JSON parses")
+    json
 }
 
 /// `ip -d link show` of the TUN device on `host`: its MTU, gso_max_size and gso_max_segs.

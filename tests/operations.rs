@@ -229,17 +229,11 @@ fn settled_scrape(bed: &Testbed) -> String {
 
 /// Stops a relay with SIGTERM, checks it exits 0 with a report, and returns its final JSON.
 fn stop(mut relay: Process, json: &Path) -> Value {
-    let status = relay
-        .terminate(Duration::from_secs(10))
-        .expect("tunfwd stops");
-    assert!(
-        status.success(),
-        "tunfwd exited with {status}: {}",
-        relay.stderr()
-    );
+    let report = relay
+        .stop_for_report(json)
+        .unwrap_or_else(|e| panic!("stopping tunfwd: {e}"));
     assert!(relay.stdout().contains("tunfwd stats after"));
-    let text = fs::read_to_string(json).expect("stats JSON written");
-    serde_json::from_str(&text).expect("stats JSON parses")
+    report
 }
 
 fn json_total(report: &Value, field: &str) -> u64 {
