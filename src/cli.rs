@@ -3,6 +3,7 @@
 //! Validation needs two facts from the machine (the online CPUs and, for a hostname peer, DNS);
 //! the caller passes those in, so every rule here is unit-tested without root or network.
 
+use crate::engine::Engine;
 use crate::offload::ecn::{ECN_MASK, Marking, OuterDscp};
 use clap::Parser;
 use std::fmt;
@@ -82,6 +83,16 @@ pub struct Args {
     /// 1 turns batching off, for measuring what batching is worth.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub ring_depth: usize,
+
+    /// The I/O engine: `uring` (Linux 6.7), `uring-compat` (io_uring without multishot, Linux
+    /// 5.6), `poll` (no io_uring: what a default container seccomp profile allows), or `auto`,
+    /// the fastest this kernel and this process's seccomp profile allow.
+    #[arg(
+        long,
+        value_name = "auto|uring|uring-compat|poll",
+        default_value = "auto"
+    )]
+    pub engine: String,
 
     /// Receive-buffer memory per direction per worker, e.g. 512K, 1M, 16M. Buffers are 64 KiB
     /// with offloads (so 1M makes 16) and MTU-sized without; at least 8, at most --ring-depth.
@@ -194,6 +205,8 @@ pub struct Config {
     pub stats_interval_secs: u64,
     pub stats_json: Option<PathBuf>,
     pub ring_depth: usize,
+    /// The engine `--engine` forced; `None` for `auto`.
+    pub engine: Option<Engine>,
     pub buffer_memory: usize,
     pub tx_queue_len: u32,
     pub offloads: OffloadSwitches,
@@ -581,6 +594,16 @@ impl Args {
             ));
         }
 
+        let engine = match self.engine.as_str() {
+            "auto" => None,
+            name => Some(Engine::from_name(name).ok_or_else(|| {
+                bad(
+                    "--engine",
+                    format!("'{name}' is not one of auto, uring, uring-compat, poll"),
+                )
+            })?),
+        };
+
         let buffer_memory = parse_size(&self.buffer_memory)
             .filter(|b| (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(b))
             .ok_or_else(|| {
@@ -628,6 +651,7 @@ impl Args {
             stats_interval_secs: self.stats_interval,
             stats_json: self.stats_json.clone(),
             ring_depth: self.ring_depth,
+            engine,
             buffer_memory,
             tx_queue_len: self.tx_queue_len,
             offloads: OffloadSwitches {

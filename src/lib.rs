@@ -11,10 +11,12 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod engine;
 pub mod faults;
 pub mod metrics;
 pub mod notify;
 pub mod offload;
+pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod stats;

@@ -21,7 +21,7 @@ use tunfwd::offload::split;
 use tunfwd::stats::{Report, WorkerStats};
 use tunfwd::sys::{self, link, privileges, signal::Signals, socket, tun};
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
-use tunfwd::{ring, steer};
+use tunfwd::{engine, steer};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -101,7 +101,11 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         None => None,
     };
     // Probe io_uring once up front so that "disabled" is one clear message, not one per queue.
-    drop(ring::build(8, 16).map_err(|source| sys::Error::IoUring { queue: 0, source })?);
+    // The engine, from what this kernel and this process's seccomp profile allow; a forced one
+    // that cannot run here is an error before anything is set up.
+    let choice =
+        engine::choose(config.engine, &worker::probe::probe()).map_err(sys::Error::Engine)?;
+    eprintln!("tunfwd: engine {}: {}", choice.engine, choice.reason);
 
     let tun_fds = tun::open_queues(&config.device_name, config.queues)?;
     let wanted = config.offloads;
@@ -193,6 +197,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         let worker_config = WorkerConfig {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
+            engine: choice.engine,
             tun,
             socket,
             peer: config.peer,

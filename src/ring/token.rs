@@ -15,8 +15,10 @@ pub enum Op {
     UdpSend = 3,
     /// A write to the TUN queue; the index is the UDP buffer it came from.
     TunWrite = 4,
-    /// The cancel request sent at shutdown.
+    /// A cancel request (at shutdown, or an injected end of a multishot operation).
     Cancel = 5,
+    /// The timeout that bounds a wait when the kernel cannot take one with the wait itself.
+    Timer = 6,
 }
 
 impl Op {
@@ -27,6 +29,7 @@ impl Op {
             3 => Op::UdpSend,
             4 => Op::TunWrite,
             5 => Op::Cancel,
+            6 => Op::Timer,
             _ => return None,
         })
     }
@@ -71,6 +74,7 @@ mod tests {
             Op::UdpSend,
             Op::TunWrite,
             Op::Cancel,
+            Op::Timer,
         ] {
             for index in [0, 1, 255, 65535, u32::MAX] {
                 let t = Token::new(op, index);

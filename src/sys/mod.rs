@@ -121,6 +121,8 @@ pub enum Error {
         path: std::path::PathBuf,
         source: io::Error,
     },
+    /// No engine that was asked for can run here (`crate::engine::choose` says why).
+    Engine(String),
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -321,6 +323,7 @@ impl fmt::Display for Error {
                     path.display()
                 )
             }
+            Error::Engine(why) => f.write_str(why),
         }
     }
 }
@@ -350,7 +353,10 @@ impl std::error::Error for Error {
             | Error::DropPrivileges { source: e, .. }
             | Error::CheckPrivileges(e)
             | Error::StatsFile { source: e, .. } => Some(e),
-            Error::Pin { .. } | Error::WorkerLost { .. } | Error::PrivilegesRemain { .. } => None,
+            Error::Pin { .. }
+            | Error::WorkerLost { .. }
+            | Error::PrivilegesRemain { .. }
+            | Error::Engine(_) => None,
         }
     }
 }

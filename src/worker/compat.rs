@@ -1,0 +1,253 @@
+//! The `uring-compat` engine: io_uring without multishot operations and without
+//! provided-buffer rings, for kernels older than 6.7. Every free buffer is named by a
+//! single-shot READ on the TUN queue or RECVMSG on the socket; sends and writes are SENDMSG and
+//! WRITEV as in `uring`. Waits are bounded by a TIMEOUT submission, not by the wait's own
+//! argument (`IORING_ENTER_EXT_ARG` is Linux 5.11). Everything it uses is in Linux 5.6: READ
+//! and WRITE 5.6, SENDMSG and RECVMSG 5.3, TIMEOUT 5.4, ASYNC_CANCEL 5.5, opcode probing 5.6.
+//!
+//! Several reads are armed on one file at once. They complete in the order the data came: the
+//! kernel runs each armed read's retry, which reads and posts its completion, one after another
+//! in the order they were woken, and that is the order they were armed in (io_uring's poll
+//! wait-queue entries are added at the tail). The files are non-blocking, so no read waits in
+//! an io-wq thread, where two could race.
+
+use super::uring::UDP_FILE;
+use super::uring::{
+    begin_drain, entry_for, is_interrupted_wait, pin_io_workers, push_all, register_files,
+};
+use super::{
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Worker, WorkerConfig, WorkerExit, pin, report_setup,
+    set_nonblocking, setup_faults,
+};
+use crate::ring::{self, Op, Token};
+use crate::sys;
+use io_uring::types::{Fd, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+struct Compat {
+    ring: IoUring,
+    /// Which buffers a read or receive names now.
+    tun_reading: Box<[bool]>,
+    udp_reading: Box<[bool]>,
+    tun_failures: u32,
+    udp_failures: u32,
+    /// The wait bound. The kernel copies it when it takes the TIMEOUT (`io_timeout_prep`), so
+    /// an armed timer pins no memory and is not counted in `in_flight`: it may be left armed at
+    /// shutdown, and goes with the ring.
+    timeout: Box<Timespec>,
+    timer_armed: bool,
+    /// This engine's own operations (reads, receives, cancels) not yet completed.
+    in_flight: usize,
+    entries: Vec<squeue::Entry>,
+    completions: Vec<cqueue::Entry>,
+}
+
+pub(super) fn run(
+    config: WorkerConfig,
+    ready: Sender<Result<(), sys::Error>>,
+) -> Option<WorkerExit> {
+    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
+    let mut next_snapshot = config
+        .snapshots
+        .as_ref()
+        .map(|(every, _)| Instant::now() + *every);
+    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
+        engine.flush(&mut worker);
+        // Injected completions are ready now: don't sleep waiting for a real one.
+        let want = usize::from(worker.requests.injected.is_empty());
+        if let Err(e) = engine.wait(want) {
+            worker.fatal = Some(e);
+            break;
+        }
+        engine.reap(&mut worker);
+        worker.tick(&config, &mut next_snapshot);
+    }
+    config.stop.store(true, Ordering::Relaxed);
+    let drained = engine.drain(&mut worker);
+    let exit = worker.exit();
+    if !drained {
+        worker.report_leak(config.queue, engine.in_flight + worker.requests.in_flight);
+        std::mem::forget(worker.memory);
+        std::mem::forget(engine.ring);
+    }
+    Some(exit)
+}
+
+fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Error> {
+    let queue = config.queue;
+    let faults = setup_faults(queue);
+    let depth = config.ring_depth;
+    let sq_entries = (4 * depth + 16).next_power_of_two().min(32768) as u32;
+    let ring = ring::build(sq_entries, sq_entries * 4)
+        .map_err(|source| sys::Error::IoUring { queue, source })?;
+    if let Some(cpu) = config.cpu {
+        pin(queue, cpu)?;
+        pin_io_workers(&ring, cpu);
+    }
+    let worker = Worker::new(config, faults, 0)?;
+    set_nonblocking(&worker.tun).map_err(|source| sys::Error::IoUring { queue, source })?;
+    register_files(&ring, &worker, queue)?;
+    let engine = Compat {
+        ring,
+        tun_reading: vec![false; worker.tun_read_at_ns.len()].into_boxed_slice(),
+        udp_reading: vec![false; worker.udp_read_at_ns.len()].into_boxed_slice(),
+        tun_failures: 0,
+        udp_failures: 0,
+        timeout: Box::new(
+            Timespec::new()
+                .sec(IDLE_WAIT.as_secs())
+                .nsec(IDLE_WAIT.subsec_nanos()),
+        ),
+        timer_armed: false,
+        in_flight: 0,
+        entries: Vec::with_capacity(4 * depth + 16),
+        completions: Vec::with_capacity(4 * sq_entries as usize),
+    };
+    Ok((engine, worker))
+}
+
+impl Compat {
+    /// Names every free buffer with a read or a receive, then queues the worker's requests.
+    fn flush(&mut self, worker: &mut Worker) {
+        if !worker.stopping {
+            self.arm_reads(worker);
+        }
+        self.entries
+            .extend(worker.requests.queued.drain(..).map(entry_for));
+        if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
+            worker.fatal.get_or_insert(e);
+        }
+    }
+
+    fn arm_reads(&mut self, worker: &mut Worker) {
+        let tun = Fd(worker.tun.as_raw_fd());
+        let tun_len = worker.memory.tun_buffers.buf_len() as u32;
+        for bid in worker.tun_free.drain(..) {
+            let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
+            self.tun_reading[usize::from(bid)] = true;
+            self.in_flight += 1;
+            let read = opcode::Read::new(tun, buffer, tun_len).build();
+            self.entries
+                .push(read.user_data(Token::new(Op::TunRead, u32::from(bid)).user_data()));
+        }
+        let layout = worker.memory.layout;
+        for bid in worker.udp_free.drain(..) {
+            let slot = &mut worker.memory.udp_slots[usize::from(bid)];
+            slot.arm_receive(layout);
+            self.udp_reading[usize::from(bid)] = true;
+            self.in_flight += 1;
+            let recv = opcode::RecvMsg::new(UDP_FILE, &mut slot.recv_msg).build();
+            self.entries
+                .push(recv.user_data(Token::new(Op::UdpRecv, u32::from(bid)).user_data()));
+        }
+    }
+
+    /// Waits for `want` completions, at most `IDLE_WAIT`: arms the TIMEOUT if it is not armed.
+    fn wait(&mut self, want: usize) -> std::io::Result<()> {
+        if want > 0 && !self.timer_armed {
+            self.timer_armed = true;
+            let timer = opcode::Timeout::new(&*self.timeout).build();
+            self.entries
+                .push(timer.user_data(Token::new(Op::Timer, 0).user_data()));
+            push_all(&mut self.ring, &mut self.entries)?;
+        }
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if is_interrupted_wait(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self, worker: &mut Worker) {
+        let now = worker.now_ns();
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        completions.extend(self.ring.completion());
+        for cqe in &completions {
+            self.complete(worker, cqe, now);
+        }
+        self.completions = completions;
+        worker.end_batch(now);
+    }
+
+    fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
+        let Some(token) = Token::from_user_data(cqe.user_data()) else {
+            return;
+        };
+        let result = cqe.result();
+        match token.op {
+            Op::TunRead => {
+                self.in_flight -= 1;
+                let bid = token.index as u16;
+                self.tun_reading[usize::from(bid)] = false;
+                if result > 0 {
+                    self.tun_failures = 0;
+                    worker.on_tun_read(bid, result as usize, now_ns);
+                } else {
+                    worker.return_tun_buffer(bid);
+                    worker.on_read_error(true, -result, &mut self.tun_failures);
+                }
+            }
+            Op::UdpRecv => {
+                self.in_flight -= 1;
+                let bid = token.index as u16;
+                self.udp_reading[usize::from(bid)] = false;
+                if result >= 0 {
+                    self.udp_failures = 0;
+                    let layout = worker.memory.layout;
+                    let msg = &worker.memory.udp_slots[usize::from(bid)].recv_msg;
+                    let received = Received::from_msghdr(msg, layout, result as usize);
+                    worker.on_udp_recv(bid, received, now_ns);
+                } else {
+                    worker.return_udp_buffer(bid);
+                    worker.on_read_error(false, -result, &mut self.udp_failures);
+                }
+            }
+            Op::UdpSend | Op::TunWrite => worker.complete(token, result, now_ns),
+            Op::Timer => self.timer_armed = false,
+            Op::Cancel => self.in_flight -= 1,
+        }
+    }
+
+    /// Cancels every read and receive, and waits for the last completions. False if
+    /// they did not all arrive in time (the caller must then leak the memory).
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        worker.send_batch();
+        worker.stopping = true;
+        let mut cancel = |user_data: u64, in_flight: &mut usize| {
+            *in_flight += 1;
+            let entry = opcode::AsyncCancel::new(user_data).build();
+            self.entries
+                .push(entry.user_data(Token::new(Op::Cancel, 0).user_data()));
+        };
+        let mut in_flight = self.in_flight;
+        for (bid, _) in self.tun_reading.iter().enumerate().filter(|(_, r)| **r) {
+            cancel(
+                Token::new(Op::TunRead, bid as u32).user_data(),
+                &mut in_flight,
+            );
+        }
+        for (bid, _) in self.udp_reading.iter().enumerate().filter(|(_, r)| **r) {
+            cancel(
+                Token::new(Op::UdpRecv, bid as u32).user_data(),
+                &mut in_flight,
+            );
+        }
+        self.in_flight = in_flight;
+        begin_drain(worker);
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while self.in_flight + worker.requests.in_flight > 0 && Instant::now() < deadline {
+            self.flush(worker);
+            if self.wait(1).is_err() {
+                break;
+            }
+            self.reap(worker);
+        }
+        self.flush(worker);
+        self.in_flight + worker.requests.in_flight == 0
+    }
+}

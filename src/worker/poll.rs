@@ -1,0 +1,337 @@
+//! The `poll` engine: no io_uring at all, for hosts that forbid it (`kernel.io_uring_disabled`,
+//! the default seccomp profiles of Docker and Kubernetes) or kernels without it. One `poll` on
+//! the TUN queue and the socket; then up to `READ_BUDGET` reads of the TUN (each a packet or a
+//! super-packet), one `recvmmsg` into free buffers, and the requests the relay core made carried
+//! out at once: runs of sends as one `sendmmsg`, TUN writes as `writev`. UDP GSO and GRO, TSO
+//! and USO work as in the io_uring engines: the same relay core decides, over the same slots.
+//!
+//! Every request completes within the call that carries it out, so buffers come back at once and
+//! nothing is in flight between loop turns.
+
+use super::uring::begin_drain;
+use super::{
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Worker, WorkerConfig, WorkerExit, pin,
+    report_setup, set_nonblocking, setup_faults,
+};
+use crate::relay::send::Route;
+use crate::ring::Token;
+use crate::sys;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+/// TUN reads per loop turn, at most: enough to fill GSO batches, few enough that the socket is
+/// served too.
+const READ_BUDGET: usize = 64;
+/// Messages per `recvmmsg` and `sendmmsg`.
+const MMSG_BATCH: usize = 64;
+/// Rounds of carrying out requests and closing the batch per loop turn: a round's results can
+/// make requests (a send without GSO, a resend, a segment-by-segment write), and those can
+/// again, a bounded number of times (`RESENDS_PER_SLOT`, GSO off for good after one fallback).
+const MAX_ROUNDS: usize = 16;
+
+struct Poll {
+    tun: RawFd,
+    socket: RawFd,
+    fragmenting: Option<RawFd>,
+    mmsgs: Vec<libc::mmsghdr>,
+    tokens: Vec<Token>,
+    received: Vec<u16>,
+    results: Vec<(Token, i32)>,
+    requests: Vec<Request>,
+    tun_failures: u32,
+    udp_failures: u32,
+}
+
+pub(super) fn run(
+    config: WorkerConfig,
+    ready: Sender<Result<(), sys::Error>>,
+) -> Option<WorkerExit> {
+    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
+    let mut next_snapshot = config
+        .snapshots
+        .as_ref()
+        .map(|(every, _)| Instant::now() + *every);
+    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
+        engine.carry_out(&mut worker);
+        let (tun_ready, udp_ready) = match engine.wait(&worker) {
+            Ok(ready) => ready,
+            Err(e) => {
+                worker.fatal = Some(e);
+                break;
+            }
+        };
+        let now = worker.now_ns();
+        if tun_ready {
+            engine.read_tun(&mut worker, now);
+        }
+        if udp_ready {
+            engine.receive(&mut worker, now);
+        }
+        worker.end_batch(now);
+        worker.tick(&config, &mut next_snapshot);
+    }
+    config.stop.store(true, Ordering::Relaxed);
+    let drained = engine.drain(&mut worker);
+    let exit = worker.exit();
+    if !drained {
+        worker.report_leak(config.queue, worker.requests.in_flight);
+        std::mem::forget(worker.memory);
+    }
+    Some(exit)
+}
+
+fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error> {
+    let queue = config.queue;
+    let faults = setup_faults(queue);
+    if let Some(cpu) = config.cpu {
+        pin(queue, cpu)?;
+    }
+    let worker = Worker::new(config, faults, 0)?;
+    set_nonblocking(&worker.tun).map_err(|source| sys::Error::Socket {
+        address: config.peer,
+        source,
+    })?;
+    let engine = Poll {
+        tun: worker.tun.as_raw_fd(),
+        socket: worker.socket.as_raw_fd(),
+        fragmenting: worker.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
+        // SAFETY: mmsghdr is plain data; all-zero is valid.
+        mmsgs: vec![unsafe { std::mem::zeroed() }; MMSG_BATCH],
+        tokens: Vec::with_capacity(MMSG_BATCH),
+        received: Vec::with_capacity(MMSG_BATCH),
+        results: Vec::with_capacity(4 * config.ring_depth + 16),
+        requests: Vec::with_capacity(4 * config.ring_depth + 16),
+        tun_failures: 0,
+        udp_failures: 0,
+    };
+    Ok((engine, worker))
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+impl Poll {
+    /// Waits up to `IDLE_WAIT` (not at all if injected results wait) until the TUN or the socket
+    /// has data for a free buffer. Returns which of them has.
+    fn wait(&self, worker: &Worker) -> io::Result<(bool, bool)> {
+        let mut fds = [
+            libc::pollfd {
+                fd: if worker.tun_free.is_empty() {
+                    -1
+                } else {
+                    self.tun
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if worker.udp_free.is_empty() {
+                    -1
+                } else {
+                    self.socket
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if worker.requests.injected.is_empty() {
+            IDLE_WAIT.as_millis() as i32
+        } else {
+            0
+        };
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if n < 0 {
+            let e = errno();
+            return if e == libc::EINTR {
+                Ok((false, false))
+            } else {
+                Err(io::Error::from_raw_os_error(e))
+            };
+        }
+        // An error or hang-up is read too, so that the read reports it.
+        let ready = |p: &libc::pollfd| p.revents != 0;
+        Ok((ready(&fds[0]), ready(&fds[1])))
+    }
+
+    /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free.
+    fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) {
+        let len = worker.memory.tun_buffers.buf_len();
+        for _ in 0..READ_BUDGET {
+            let Some(bid) = worker.tun_free.pop() else {
+                return;
+            };
+            let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
+            // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
+            let n = unsafe { libc::read(self.tun, buffer.cast(), len) };
+            if n > 0 {
+                self.tun_failures = 0;
+                worker.on_tun_read(bid, n as usize, now_ns);
+                continue;
+            }
+            worker.return_tun_buffer(bid);
+            let e = if n == 0 { libc::EIO } else { errno() };
+            if e != libc::EAGAIN {
+                worker.on_read_error(true, e, &mut self.tun_failures);
+            }
+            return;
+        }
+    }
+
+    /// One `recvmmsg` into as many free buffers as it may fill.
+    fn receive(&mut self, worker: &mut Worker, now_ns: u64) {
+        let layout = worker.memory.layout;
+        self.received.clear();
+        while self.received.len() < MMSG_BATCH {
+            let Some(bid) = worker.udp_free.pop() else {
+                break;
+            };
+            let slot = &mut worker.memory.udp_slots[usize::from(bid)];
+            slot.arm_receive(layout);
+            self.mmsgs[self.received.len()] = libc::mmsghdr {
+                msg_hdr: slot.recv_msg,
+                msg_len: 0,
+            };
+            self.received.push(bid);
+        }
+        if self.received.is_empty() {
+            return;
+        }
+        // SAFETY: each mmsghdr names the free buffer `received[k]` (its name, control and
+        // payload areas, per `layout`), which nothing else uses during the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.socket,
+                self.mmsgs.as_mut_ptr(),
+                self.received.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let got = if n < 0 {
+            let e = errno();
+            if e != libc::EAGAIN {
+                worker.on_read_error(false, e, &mut self.udp_failures);
+            }
+            0
+        } else {
+            self.udp_failures = 0;
+            n as usize
+        };
+        for k in 0..self.received.len() {
+            let bid = self.received[k];
+            if k < got {
+                let m = &self.mmsgs[k];
+                let received = Received::from_msghdr(&m.msg_hdr, layout, m.msg_len as usize);
+                worker.on_udp_recv(bid, received, now_ns);
+            } else {
+                worker.return_udp_buffer(bid);
+            }
+        }
+    }
+
+    /// Carries out the worker's requests, reports their results and closes the batch, until no
+    /// request is left (or `MAX_ROUNDS`).
+    fn carry_out(&mut self, worker: &mut Worker) {
+        for _ in 0..MAX_ROUNDS {
+            if worker.requests.queued.is_empty() && worker.requests.injected.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut self.requests, &mut worker.requests.queued);
+            let mut i = 0;
+            while i < self.requests.len() {
+                i += match self.requests[i] {
+                    Request::Send { route, .. } => self.send_run(i, route),
+                    Request::Write { token, iovs, count } => {
+                        // SAFETY: the iovecs name the worker's memory, which no one writes until
+                        // this result is reported (the contract in `ring`).
+                        let n = unsafe { libc::writev(self.tun, iovs, count as i32) };
+                        let result = if n < 0 { -errno() } else { n as i32 };
+                        self.results.push((token, result));
+                        1
+                    }
+                };
+            }
+            self.requests.clear();
+            let now = worker.now_ns();
+            for (token, result) in self.results.drain(..) {
+                worker.complete(token, result, now);
+            }
+            worker.end_batch(now);
+        }
+    }
+
+    /// Sends the run of consecutive sends on `route` that starts at request `start` with one
+    /// `sendmmsg`. Returns how many requests it settled: those sent, or the first alone if it
+    /// failed (a later one's error would be lost: `sendmmsg` reports only the count sent).
+    fn send_run(&mut self, start: usize, route: Route) -> usize {
+        self.tokens.clear();
+        for request in &self.requests[start..] {
+            match *request {
+                Request::Send {
+                    token,
+                    route: r,
+                    msg,
+                } if r == route && self.tokens.len() < MMSG_BATCH => {
+                    // SAFETY: `msg` points at a msghdr in the worker's slots, complete and
+                    // unchanged until its result is reported.
+                    let msg_hdr = unsafe { *msg };
+                    self.mmsgs[self.tokens.len()] = libc::mmsghdr {
+                        msg_hdr,
+                        msg_len: 0,
+                    };
+                    self.tokens.push(token);
+                }
+                _ => break,
+            }
+        }
+        let fd = match route {
+            Route::Direct => self.socket,
+            Route::Fragmenting => self.fragmenting.unwrap_or(-1),
+        };
+        // SAFETY: the mmsghdrs name the worker's memory, unchanged during the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.mmsgs.as_mut_ptr(),
+                self.tokens.len() as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            let e = if n == 0 { libc::EAGAIN } else { errno() };
+            self.results.push((self.tokens[0], -e));
+            return 1;
+        }
+        let n = n as usize;
+        for k in 0..n {
+            self.results
+                .push((self.tokens[k], self.mmsgs[k].msg_len as i32));
+        }
+        n
+    }
+
+    /// Carries out what is left and settles what was refused. False if something did not
+    /// report back in time (the caller must then leak the memory).
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        worker.send_batch();
+        worker.stopping = true;
+        begin_drain(worker);
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while worker.requests.in_flight > 0 && Instant::now() < deadline {
+            self.carry_out(worker);
+            let now = worker.now_ns();
+            worker.end_batch(now);
+            if worker.requests.in_flight > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        worker.requests.in_flight == 0
+    }
+}

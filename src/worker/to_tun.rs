@@ -1,0 +1,176 @@
+//! UDP to TUN: what a worker does with a receive, and with the results of its TUN writes.
+
+use super::{Received, Request, Worker, WriteIndex};
+use crate::offload::coalesce::Policy;
+use crate::relay::receive::{self, Arrival, PLAIN_HEADER, WriteResult};
+use crate::ring::{Op, Token};
+use crate::stats::{Direction, DropReason};
+use crate::sys::socket;
+use crate::wire::vnet;
+
+impl Worker {
+    /// A receive filled UDP buffer `bid`, which is now the worker's, as `received` says.
+    pub(super) fn on_udp_recv(&mut self, bid: u16, received: Received, now_ns: u64) {
+        // SAFETY: the receive handed `bid` to the worker: no request names it until it is given
+        // back or named by a write below (the contract in `ring`).
+        let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
+        if received.payload_truncated || received.payload.end > buffer.len() {
+            self.stats.counters.drop(DropReason::OversizedDatagram);
+            return self.return_udp_buffer(bid);
+        }
+        if socket::source_ip(&buffer[received.name.clone()]) != Some(self.peer.ip().to_canonical())
+        {
+            self.stats.counters.drop(DropReason::ForeignSource);
+            return self.return_udp_buffer(bid);
+        }
+        let control = socket::receive_control(&buffer[received.control.clone()]);
+        let arrival = Arrival {
+            payload: received.payload,
+            gro_size: control.gro_segment_size,
+            control_truncated: received.control_truncated,
+            // One outer TOS for the whole buffer: GRO merges only datagrams with equal TOS.
+            outer_tos: if self.marking.ecn {
+                control.tos.unwrap_or(0)
+            } else {
+                0
+            },
+        };
+        let slot = &mut self.memory.udp_slots[usize::from(bid)];
+        receive::plan(
+            buffer,
+            &arrival,
+            self.coalesce,
+            &mut self.stats,
+            &mut slot.plan,
+        );
+        if slot.plan.segments.is_empty() {
+            return self.return_udp_buffer(bid);
+        }
+        self.udp_read_at_ns[usize::from(bid)] = now_ns;
+        let plan = &slot.plan;
+        let mut iov = 0;
+        for (r, run) in plan.runs.iter().enumerate() {
+            let start = iov;
+            slot.iovs[iov] = libc::iovec {
+                iov_base: plan.vnet_headers[r].as_ptr().cast_mut().cast(),
+                iov_len: vnet::LEN,
+            };
+            iov += 1;
+            let (head_at, head_len) = plan.segments[run.first];
+            slot.iovs[iov] = libc::iovec {
+                iov_base: buffer[head_at..].as_mut_ptr().cast(),
+                iov_len: head_len,
+            };
+            iov += 1;
+            if run.count > 1 {
+                // Later segments leave out the headers the merged head carries.
+                let header_len = plan.merged_header_len(r);
+                for &(at, len) in &plan.segments[run.first + 1..run.first + run.count] {
+                    slot.iovs[iov] = libc::iovec {
+                        iov_base: buffer[at + header_len..].as_mut_ptr().cast(),
+                        iov_len: len - header_len,
+                    };
+                    iov += 1;
+                }
+            }
+            slot.writes_pending += 1;
+            let index = WriteIndex::Run { bid, run: r as u16 };
+            let token = Token::new(Op::TunWrite, index.pack());
+            if run.count > 1 && self.faults.tun_write_einval() {
+                self.requests.inject(token, libc::EINVAL);
+                continue;
+            }
+            self.requests.queue(Request::Write {
+                token,
+                iovs: slot.iovs[start..].as_ptr(),
+                count: (iov - start) as u32,
+            });
+        }
+    }
+
+    pub(super) fn return_udp_buffer(&mut self, bid: u16) {
+        self.udp_free.push(bid);
+    }
+
+    pub(super) fn on_write_done(&mut self, index: WriteIndex, result: i32, now_ns: u64) {
+        let (bid, segments, run) = match index {
+            WriteIndex::Reply { k } => return self.on_reply_written(usize::from(k), result),
+            WriteIndex::Segment { bid, .. } => (bid, 1, None),
+            WriteIndex::Run { bid, run } => {
+                let slot = &self.memory.udp_slots[usize::from(bid)];
+                let count = slot.plan.runs[usize::from(run)].count;
+                (bid, count, Some(usize::from(run)))
+            }
+        };
+        let slot = &mut self.memory.udp_slots[usize::from(bid)];
+        slot.writes_pending -= 1;
+        match receive::judge_write(result, segments) {
+            WriteResult::Written { bytes } => {
+                self.stats.counters.tun_tx_packets += segments as u64;
+                self.stats.counters.tun_tx_bytes += bytes as u64;
+                let started = self.udp_read_at_ns[usize::from(bid)];
+                self.stats.record_latency_n(
+                    Direction::UdpToTun,
+                    now_ns.saturating_sub(started),
+                    segments as u64,
+                );
+            }
+            WriteResult::MergeRefused => {
+                if let Some(r) = run {
+                    self.write_run_segments(bid, r);
+                }
+                return;
+            }
+            WriteResult::Dropped => self
+                .stats
+                .counters
+                .drop_n(DropReason::TunWriteError, segments as u64),
+        }
+        if self.memory.udp_slots[usize::from(bid)].writes_pending == 0 {
+            self.return_udp_buffer(bid);
+        }
+    }
+
+    /// The kernel refused run `r`'s merged write: restores its head, writes each segment alone,
+    /// and stops merging on this worker.
+    fn write_run_segments(&mut self, bid: u16, r: usize) {
+        if self.coalesce != Policy::NONE {
+            eprintln!(
+                "tunfwd: queue {}: the TUN refused a merged write (EINVAL); writing segments one \
+                 by one from now on",
+                self.stats.queue
+            );
+            self.coalesce = Policy::NONE;
+        }
+        self.stats.counters.coalesce_fallbacks += 1;
+        // SAFETY: the worker owns `bid` (the contract in `ring`). The one request that named
+        // this run's bytes, its merged write, has completed; the buffer's other writes, maybe
+        // still in flight, name other runs' bytes, which this writes none of (`restore_run`
+        // touches only this run's rewritten headers).
+        let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
+        let slot = &mut self.memory.udp_slots[usize::from(bid)];
+        slot.plan.restore_run(buffer, r);
+        let run = slot.plan.runs[r];
+        for s in run.first..run.first + run.count {
+            let (at, len) = slot.plan.segments[s];
+            slot.fallback_iovs[2 * s] = libc::iovec {
+                iov_base: PLAIN_HEADER.as_ptr().cast_mut().cast(),
+                iov_len: vnet::LEN,
+            };
+            slot.fallback_iovs[2 * s + 1] = libc::iovec {
+                iov_base: buffer[at..].as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            slot.writes_pending += 1;
+            let index = WriteIndex::Segment {
+                bid,
+                segment: s as u16,
+            };
+            self.requests.queue(Request::Write {
+                token: Token::new(Op::TunWrite, index.pack()),
+                iovs: slot.fallback_iovs[2 * s..].as_ptr(),
+                count: 2,
+            });
+        }
+    }
+}

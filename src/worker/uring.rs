@@ -1,0 +1,401 @@
+//! The `uring` engine: one multishot read on the TUN queue (Linux 6.7) and one multishot
+//! `recvmsg` on the socket (Linux 6.0), each picking buffers from a provided-buffer ring (5.19),
+//! and every request a submission. Completions are reaped in batches: the clock is read once per
+//! batch, new submissions go to the kernel with the next wait, and returned buffers are
+//! published with one store per batch.
+
+use super::{
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Worker, WorkerConfig, WorkerExit, pin,
+    report_setup, setup_faults,
+};
+use crate::relay::send::Route;
+use crate::ring::{self, Op, Token};
+use crate::stats::DropReason;
+use crate::sys;
+use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+/// Provided-buffer groups.
+const TUN_GROUP: u16 = 0;
+const UDP_GROUP: u16 = 1;
+/// Indexes in the ring's registered-file table.
+pub(super) const TUN_FILE: Fixed = Fixed(0);
+pub(super) const UDP_FILE: Fixed = Fixed(1);
+/// The socket that lets the outer IP layer fragment, when there is one.
+pub(super) const FRAGMENTING_FILE: Fixed = Fixed(2);
+/// `struct io_uring_recvmsg_out`: four u32 fields ahead of the name in a multishot recvmsg buffer.
+const RECVMSG_OUT_LEN: usize = 16;
+
+struct Uring {
+    ring: IoUring,
+    /// The template of every multishot receive: name and control lengths.
+    recv_msg: Box<libc::msghdr>,
+    /// Buffers in the kernel's hands, so a multishot op is re-armed only when it can get one.
+    tun_in_kernel: usize,
+    udp_in_kernel: usize,
+    tun_read_armed: bool,
+    udp_recv_armed: bool,
+    tun_failures: u32,
+    udp_failures: u32,
+    /// This engine's own operations (reads, cancels) awaiting their final completion.
+    in_flight: usize,
+    entries: Vec<squeue::Entry>,
+    completions: Vec<cqueue::Entry>,
+}
+
+pub(super) fn run(
+    config: WorkerConfig,
+    ready: Sender<Result<(), sys::Error>>,
+) -> Option<WorkerExit> {
+    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
+    let mut next_snapshot = config
+        .snapshots
+        .as_ref()
+        .map(|(every, _)| Instant::now() + *every);
+    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
+        engine.flush(&mut worker);
+        // Injected completions are ready now: don't sleep waiting for a real one.
+        let want = usize::from(worker.requests.injected.is_empty());
+        if let Err(e) = wait(&engine.ring, want, IDLE_WAIT) {
+            worker.fatal = Some(e);
+            break;
+        }
+        engine.reap(&mut worker);
+        worker.tick(&config, &mut next_snapshot);
+    }
+    // A fatal error in one worker stops them all.
+    config.stop.store(true, Ordering::Relaxed);
+    let drained = engine.drain(&mut worker);
+    let exit = worker.exit();
+    if !drained {
+        worker.report_leak(config.queue, engine.in_flight + worker.requests.in_flight);
+        std::mem::forget(worker.memory);
+        std::mem::forget(engine.ring);
+    }
+    Some(exit)
+}
+
+fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error> {
+    let queue = config.queue;
+    let faults = setup_faults(queue);
+    let depth = config.ring_depth;
+    let sq_entries = (4 * depth + 16).next_power_of_two().min(32768) as u32;
+    let ring = ring::build(sq_entries, sq_entries * 4)
+        .map_err(|source| sys::Error::IoUring { queue, source })?;
+    if let Some(cpu) = config.cpu {
+        pin(queue, cpu)?;
+        pin_io_workers(&ring, cpu);
+    }
+    let mut worker = Worker::new(config, faults, RECVMSG_OUT_LEN)?;
+    register_files(&ring, &worker, queue)?;
+    let alloc = |source| sys::Error::RegisterBuffers { queue, source };
+    // SAFETY: the rings live in `worker.memory`, which is freed only after a complete drain or
+    // leaked (the contract in `ring`).
+    unsafe {
+        worker
+            .memory
+            .tun_buffers
+            .register(&ring.submitter())
+            .map_err(alloc)?;
+        worker
+            .memory
+            .udp_buffers
+            .register(&ring.submitter())
+            .map_err(alloc)?;
+    }
+    let layout = worker.memory.layout;
+    let mut recv_msg = Box::new(super::slots::zeroed_msghdr());
+    recv_msg.msg_namelen = layout.name_len as libc::socklen_t;
+    recv_msg.msg_controllen = layout.control_len;
+    let mut engine = Uring {
+        ring,
+        recv_msg,
+        tun_in_kernel: 0,
+        udp_in_kernel: 0,
+        tun_read_armed: false,
+        udp_recv_armed: false,
+        tun_failures: 0,
+        udp_failures: 0,
+        in_flight: 0,
+        entries: Vec::with_capacity(4 * depth + 16),
+        completions: Vec::with_capacity(4 * sq_entries as usize),
+    };
+    engine.give_back(&mut worker);
+    Ok((engine, worker))
+}
+
+/// Keeps the ring's io-wq threads, which serve operations that cannot complete inline, on the
+/// worker's CPU. Best effort: old kernels lack it and nothing depends on it.
+pub(super) fn pin_io_workers(ring: &IoUring, cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and CPU_SET bounds-checks `cpu` against its size.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let _ = ring.submitter().register_iowq_aff(&set);
+}
+
+/// Registers the TUN queue, the socket and the fragmenting socket as `TUN_FILE`, `UDP_FILE`
+/// and `FRAGMENTING_FILE`: registered files spare an operation the file-table lookup and
+/// reference count.
+pub(super) fn register_files(
+    ring: &IoUring,
+    worker: &Worker,
+    queue: usize,
+) -> Result<(), sys::Error> {
+    let mut files = vec![worker.tun.as_raw_fd(), worker.socket.as_raw_fd()];
+    files.extend(worker.fragmenting.as_ref().map(|fd| fd.as_raw_fd()));
+    ring.submitter()
+        .register_files(&files)
+        .map_err(|source| sys::Error::IoUringFeature {
+            queue,
+            feature: "registered files",
+            source,
+        })
+}
+
+/// The submission that carries out `request`.
+pub(super) fn entry_for(request: Request) -> squeue::Entry {
+    match request {
+        Request::Send { token, route, msg } => {
+            let file = match route {
+                Route::Direct => UDP_FILE,
+                Route::Fragmenting => FRAGMENTING_FILE,
+            };
+            opcode::SendMsg::new(file, msg)
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build()
+                .user_data(token.user_data())
+        }
+        Request::Write { token, iovs, count } => opcode::Writev::new(TUN_FILE, iovs, count)
+            .build()
+            .user_data(token.user_data()),
+    }
+}
+
+/// Hands `entries` to the ring, letting the kernel take what it has whenever the SQ is full, and
+/// empties it. An error is the worker's end.
+pub(super) fn push_all(ring: &mut IoUring, entries: &mut Vec<squeue::Entry>) -> io::Result<()> {
+    let mut start = 0;
+    while start < entries.len() {
+        let mut sq = ring.submission();
+        let room = sq.capacity() - sq.len();
+        let end = (start + room).min(entries.len());
+        for entry in &entries[start..end] {
+            // SAFETY: every entry points only into the worker's memory or fds, which stay alive
+            // and owned per the contract in `ring`.
+            unsafe { sq.push(entry).expect("room was checked") };
+        }
+        drop(sq);
+        start = end;
+        if start < entries.len() {
+            // The SQ is full: let the kernel take what it has, then continue.
+            if let Err(e) = ring.submit() {
+                entries.clear();
+                return Err(e);
+            }
+        }
+    }
+    entries.clear();
+    Ok(())
+}
+
+/// Waits up to `timeout` for `want` completions, handing queued submissions to the kernel.
+fn wait(ring: &IoUring, want: usize, timeout: Duration) -> io::Result<()> {
+    let ts = Timespec::new()
+        .sec(timeout.as_secs())
+        .nsec(timeout.subsec_nanos());
+    let args = SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(want, &args) {
+        Ok(_) => Ok(()),
+        Err(e) if is_interrupted_wait(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A wait that ended without an error of the ring's: timed out, interrupted, or the CQ full.
+pub(super) fn is_interrupted_wait(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+    )
+}
+
+impl Uring {
+    /// Gives returned buffers back to the kernel (one publish per ring), then re-arms the
+    /// multishot operations that ended, if they have buffers to use.
+    fn give_back(&mut self, worker: &mut Worker) {
+        let memory = &mut worker.memory;
+        for bid in worker.tun_free.drain(..) {
+            memory.tun_buffers.provide(bid);
+            self.tun_in_kernel += 1;
+        }
+        for bid in worker.udp_free.drain(..) {
+            memory.udp_buffers.provide(bid);
+            self.udp_in_kernel += 1;
+        }
+        memory.tun_buffers.publish();
+        memory.udp_buffers.publish();
+        if worker.stopping {
+            return;
+        }
+        if !self.tun_read_armed && self.tun_in_kernel > 0 {
+            self.tun_read_armed = true;
+            self.in_flight += 1;
+            // Not the registered file: on Linux 6.18 a multishot read fails with EBADFD when
+            // given one.
+            let read = opcode::ReadMulti::new(Fd(worker.tun.as_raw_fd()), 0, TUN_GROUP).build();
+            self.entries
+                .push(read.user_data(Token::new(Op::TunRead, 0).user_data()));
+        }
+        if !self.udp_recv_armed && self.udp_in_kernel > 0 {
+            self.udp_recv_armed = true;
+            self.in_flight += 1;
+            let recv = opcode::RecvMsgMulti::new(UDP_FILE, &*self.recv_msg, UDP_GROUP).build();
+            self.entries
+                .push(recv.user_data(Token::new(Op::UdpRecv, 0).user_data()));
+        }
+    }
+
+    /// Queues the worker's requests and this engine's own submissions into the ring (not yet to
+    /// the kernel: the next wait does that).
+    fn flush(&mut self, worker: &mut Worker) {
+        self.entries
+            .extend(worker.requests.queued.drain(..).map(entry_for));
+        self.give_back(worker);
+        if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
+            worker.fatal.get_or_insert(e);
+        }
+    }
+
+    /// Handles every available completion, then closes the batch.
+    fn reap(&mut self, worker: &mut Worker) {
+        let now = worker.now_ns();
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        completions.extend(self.ring.completion());
+        for cqe in &completions {
+            self.complete(worker, cqe, now);
+        }
+        self.completions = completions;
+        worker.end_batch(now);
+    }
+
+    fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
+        let Some(token) = Token::from_user_data(cqe.user_data()) else {
+            return;
+        };
+        let (result, flags) = (cqe.result(), cqe.flags());
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        if more && worker.faults.end_multishot() {
+            // Injected: make the kernel end this multishot operation, as it may at any time.
+            self.in_flight += 1;
+            let cancel = opcode::AsyncCancel::new(cqe.user_data()).build();
+            self.entries
+                .push(cancel.user_data(Token::new(Op::Cancel, 0).user_data()));
+        }
+        match token.op {
+            Op::TunRead => {
+                if !more {
+                    self.in_flight -= 1;
+                    self.tun_read_armed = false;
+                    count_multishot_end(worker);
+                }
+                match bid {
+                    Some(bid) if result >= 0 => {
+                        self.tun_in_kernel -= 1;
+                        self.tun_failures = 0;
+                        worker.on_tun_read(bid, result as usize, now_ns);
+                    }
+                    _ => worker.on_read_error(true, -result, &mut self.tun_failures),
+                }
+            }
+            Op::UdpRecv => {
+                if !more {
+                    self.in_flight -= 1;
+                    self.udp_recv_armed = false;
+                    count_multishot_end(worker);
+                }
+                match bid {
+                    Some(bid) if result >= 0 => {
+                        self.udp_in_kernel -= 1;
+                        self.udp_failures = 0;
+                        self.on_udp_recv(worker, bid, result as usize, now_ns);
+                    }
+                    _ => worker.on_read_error(false, -result, &mut self.udp_failures),
+                }
+            }
+            Op::UdpSend | Op::TunWrite => worker.complete(token, result, now_ns),
+            Op::Cancel | Op::Timer => self.in_flight -= 1,
+        }
+    }
+
+    /// Finds the parts of a multishot receive: `[io_uring_recvmsg_out][name][control][payload]`.
+    fn on_udp_recv(&mut self, worker: &mut Worker, bid: u16, len: usize, now_ns: u64) {
+        let base = worker.memory.udp_buffers.buffer_ptr(bid) as usize;
+        // SAFETY: the completion handed `bid` to the worker; this shared view ends before
+        // `on_udp_recv` takes the buffer.
+        let buffer = unsafe { worker.memory.udp_buffers.buffer_mut(bid) };
+        let Ok(message) = RecvMsgOut::parse(&buffer[..len.min(buffer.len())], &self.recv_msg)
+        else {
+            worker.stats.counters.drop(DropReason::OversizedDatagram);
+            return worker.return_udp_buffer(bid);
+        };
+        let range = |part: &[u8]| {
+            let at = part.as_ptr() as usize - base;
+            at..at + part.len()
+        };
+        let received = Received {
+            name: range(message.name_data()),
+            control: range(message.control_data()),
+            payload: range(message.payload_data()),
+            payload_truncated: message.is_payload_truncated(),
+            control_truncated: message.is_control_data_truncated(),
+        };
+        worker.on_udp_recv(bid, received, now_ns);
+    }
+
+    /// Cancels everything in flight and waits for the last completions. False if they did not
+    /// all arrive in time (the caller must then leak the memory).
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        worker.send_batch();
+        worker.stopping = true;
+        self.in_flight += 1;
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
+        self.entries
+            .push(cancel.user_data(Token::new(Op::Cancel, 0).user_data()));
+        begin_drain(worker);
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while self.in_flight + worker.requests.in_flight > 0 && Instant::now() < deadline {
+            self.flush(worker);
+            if wait(&self.ring, 1, IDLE_WAIT).is_err() {
+                break;
+            }
+            self.reap(worker);
+        }
+        self.flush(worker);
+        self.in_flight + worker.requests.in_flight == 0
+    }
+}
+
+/// A multishot operation ended; unless the worker is stopping, it is started again.
+fn count_multishot_end(worker: &mut Worker) {
+    if !worker.stopping {
+        worker.stats.counters.multishot_restarts += 1;
+    }
+}
+
+/// What every engine's drain does first: held injected results are delivered, and the
+/// `drain-stuck` fault makes one operation that never reports back.
+pub(super) fn begin_drain(worker: &mut Worker) {
+    let held = worker.requests.held.take();
+    worker.requests.injected.extend(held);
+    if worker.faults.drain_stuck() {
+        worker.requests.in_flight += 1;
+    }
+}
