@@ -8,7 +8,7 @@
 //! runs one benchmark to completion before the next, which would compare systems measured minutes
 //! apart. (The pure code is benched with criterion in `benches/micro.rs`.)
 //!
-//! Scenarios, with the names `BENCH_SCENARIOS` takes:
+//! Scenarios, with the names `BENCH_SCENARIOS` takes. With the project's own load tool, `tunload`:
 //! * `rtt`: ICMP RTT on an idle tunnel.
 //! * `tcp1`: single-stream TCP, with ICMP RTT under that load and CPU seconds per GB moved (all
 //!   CPUs, from /proc/stat: both relays, the load tool and the kernel's softirq work all live on
@@ -20,16 +20,42 @@
 //!   only, reported per MSS with the tunfwd/VXLAN ratio. Small segments multiply the packets per
 //!   byte, and a 64 KB super-packet at MSS 400 or less holds more than 128 segments.
 //!
+//! With iperf3 and iputils ping, a load generator nobody here wrote, so that a figure that only
+//! tunload produces stands out. They run through veth, VXLAN, the tunfwd rows that differ from the
+//! defaults only in queue count or I/O engine, and tunfwd at its defaults; the report puts each
+//! beside its tunload counterpart:
+//! * `iperf-tcp1`, `iperf-tcp4`, `iperf-tcp64`: `iperf3 -P 1`, `-P 4`, `-P 64`, A to B; the
+//!   receiver's Gbit/s.
+//! * `iperf-tcp1-reverse`: `iperf3 -R`, one stream B to A.
+//! * `iperf-udp64-1`, `iperf-udp64-8`: `iperf3 -u -l 64 -b 0` with 1 and with 8 flows (`-P 8`):
+//!   packets received per second, sent per second, loss.
+//! * `ping-idle`: `ping -i 0.01`, 500 echoes on an idle tunnel; average, p50 and p99 of the
+//!   replies' times.
+//! * `ping-loaded`: the same during one iperf3 TCP stream.
+//!
+//! When iperf3 or ping is missing the bench installs it with `scripts/bench-tools` (Debian's
+//! `iperf3` and `iputils-ping`); if that fails, the scenarios that need it are skipped, with the
+//! reason printed and written into the report.
+//!
+//! Systems, by the keys `BENCH_SYSTEMS` takes: `veth`, `vxlan`, `simpletun`; `tunfwd-default`
+//! (no option but the testbed's overlay MTU, so as many queues as online CPUs); `tunfwd-q1`,
+//! `tunfwd-q4` and their variations (`tunfwd-q1-nooffload`, `tunfwd-q1-d1`, ...: the key names
+//! what differs from q1's defaults); `tunfwd-poll-q1` and `tunfwd-compat-q1` (`--engine poll` and
+//! `--engine uring-compat`). A tunfwd that does not start (an option this build lacks, say) is
+//! reported as not started, in the log and in the report, and the rest of the run goes on.
+//!
 //! Needs root; without it, prints that and exits 0. Knobs (environment): `BENCH_ROUNDS` (3),
 //! `BENCH_SECONDS` per traffic run (5), `BENCH_SYSTEMS` (comma list of system keys as in the
-//! report's file names, e.g. `vxlan,tunfwd-q1`; all), `BENCH_SCENARIOS` (comma list of the
-//! scenario names above; all), `BENCH_OUT` (directory, `bench-results`). A system that takes part
-//! in none of the chosen scenarios is not started, so the MSS scenario alone is
-//! `sudo BENCH_SCENARIOS=mss cargo bench --bench e2e`.
+//! report's file names, e.g. `vxlan,tunfwd-q1,tunfwd-default,tunfwd-poll-q1`; all),
+//! `BENCH_SCENARIOS` (comma list of the scenario names above; all), `BENCH_OUT` (directory,
+//! `bench-results`). A system that takes part in none of the chosen scenarios is not started, so
+//! the MSS scenario alone is `sudo BENCH_SCENARIOS=mss cargo bench --bench e2e`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
@@ -37,10 +63,36 @@ const OVERLAY_MTU: u32 = 1420;
 const SIMPLETUN_A: &str = "198.19.2.1";
 const SIMPLETUN_B: &str = "198.19.2.2";
 
+/// `--engine`: the I/O engine tunfwd's workers run, when not tunfwd's own choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Poll,
+    UringCompat,
+}
+
+impl Engine {
+    fn flag(self) -> &'static str {
+        match self {
+            Engine::Poll => "poll",
+            Engine::UringCompat => "uring-compat",
+        }
+    }
+
+    /// The system key's part, e.g. `tunfwd-poll-q1`.
+    fn key(self) -> &'static str {
+        match self {
+            Engine::Poll => "poll",
+            Engine::UringCompat => "compat",
+        }
+    }
+}
+
 /// One tunfwd configuration under test.
 #[derive(Debug, Clone, PartialEq)]
 struct TunfwdSetup {
     queues: usize,
+    /// `--engine`; `None` leaves the choice to tunfwd (`auto`).
+    engine: Option<Engine>,
     ring_depth: usize,
     offload: bool,
     tx_queue_len: u32,
@@ -63,6 +115,7 @@ struct TunfwdSetup {
 impl TunfwdSetup {
     const DEFAULT: TunfwdSetup = TunfwdSetup {
         queues: 1,
+        engine: None,
         ring_depth: 256,
         offload: true,
         tx_queue_len: 500,
@@ -73,7 +126,8 @@ impl TunfwdSetup {
         unprivileged: false,
     };
 
-    /// What differs from the defaults, as `(name part, key part)`.
+    /// What differs from the defaults besides the queue count and the engine, which name and key
+    /// spell before everything else, as `(name part, key part)`.
     fn variations(&self) -> Vec<(String, String)> {
         let mut v = Vec::new();
         if self.ring_depth != Self::DEFAULT.ring_depth {
@@ -118,6 +172,10 @@ enum System {
     Veth,
     Vxlan,
     Simpletun,
+    /// tunfwd with no option but the testbed's overlay MTU: as many queues as online CPUs, and
+    /// whatever else tunfwd defaults to in the build under test. Unlike `Tunfwd(DEFAULT)`, which
+    /// pins every value, this row follows tunfwd when its defaults change.
+    TunfwdDefaults,
     Tunfwd(TunfwdSetup),
 }
 
@@ -127,9 +185,13 @@ impl System {
             System::Veth => "veth (ceiling)".into(),
             System::Vxlan => "kernel VXLAN".into(),
             System::Simpletun => "simpletun-style".into(),
+            System::TunfwdDefaults => "tunfwd defaults".into(),
             System::Tunfwd(t) => {
                 format!(
-                    "tunfwd q{}{}",
+                    "tunfwd {}q{}{}",
+                    t.engine
+                        .map(|e| format!("{} ", e.flag()))
+                        .unwrap_or_default(),
                     t.queues,
                     t.variations()
                         .iter()
@@ -145,9 +207,13 @@ impl System {
             System::Veth => "veth".into(),
             System::Vxlan => "vxlan".into(),
             System::Simpletun => "simpletun".into(),
+            System::TunfwdDefaults => "tunfwd-default".into(),
             System::Tunfwd(t) => {
                 format!(
-                    "tunfwd-q{}{}",
+                    "tunfwd-{}q{}{}",
+                    t.engine
+                        .map(|e| format!("{}-", e.key()))
+                        .unwrap_or_default(),
                     t.queues,
                     t.variations()
                         .iter()
@@ -164,14 +230,34 @@ impl System {
             System::Veth => testbed::B_UNDERLAY,
             System::Vxlan => testbed::B_VXLAN4,
             System::Simpletun => SIMPLETUN_B,
-            System::Tunfwd(_) => testbed::B_TUNNEL4,
+            System::TunfwdDefaults | System::Tunfwd(_) => testbed::B_TUNNEL4,
         }
     }
 
-    /// Starts the system's processes (none for the kernel's own paths).
-    fn start(&self, bed: &Testbed, bins: &Bins) -> Vec<Process> {
+    /// Whether the iperf3 and ping scenarios run on this system: the references, and the tunfwd
+    /// rows that differ from the defaults only in queue count or I/O engine. The other rows vary
+    /// one option each, which tunload's scenarios already measure; eight more runs on each would
+    /// add minutes per round.
+    fn compares_load_tools(&self) -> bool {
         match self {
-            System::Veth | System::Vxlan => Vec::new(),
+            System::Veth | System::Vxlan | System::TunfwdDefaults => true,
+            System::Simpletun => false,
+            System::Tunfwd(t) => t.variations().is_empty(),
+        }
+    }
+
+    /// Starts the system's processes (none for the kernel's own paths). On an error, whatever did
+    /// start has been stopped again.
+    fn start(&self, bed: &Testbed, bins: &Bins) -> io::Result<Vec<Process>> {
+        match self {
+            System::Veth | System::Vxlan => Ok(Vec::new()),
+            System::TunfwdDefaults => {
+                let mtu = OVERLAY_MTU.to_string();
+                let args = ["--mtu", mtu.as_str()];
+                let a = bed.start_tunfwd(Host::A, "bench-tunfwd-a", &args)?;
+                let b = bed.start_tunfwd(Host::B, "bench-tunfwd-b", &args)?;
+                Ok(vec![a, b])
+            }
             System::Tunfwd(t) => {
                 let (queues, mtu, depth, txq) = (
                     t.queues.to_string(),
@@ -191,6 +277,9 @@ impl System {
                     "--buffer-memory",
                     t.buffer_memory,
                 ];
+                if let Some(engine) = t.engine {
+                    args.extend(["--engine", engine.flag()]);
+                }
                 if !t.offload {
                     args.push("--no-offload");
                 }
@@ -203,56 +292,45 @@ impl System {
                 if t.unprivileged {
                     args.extend(["--user", "nobody"]);
                 }
-                if t.ect_load {
-                    set_tcp_ecn(bed, "1");
-                }
-                let a = bed
-                    .start_tunfwd(Host::A, "bench-tunfwd-a", &args)
-                    .expect("tunfwd A");
-                let b = bed
-                    .start_tunfwd(Host::B, "bench-tunfwd-b", &args)
-                    .expect("tunfwd B");
-                vec![a, b]
+                let a = bed.start_tunfwd(Host::A, "bench-tunfwd-a", &args)?;
+                let b = bed.start_tunfwd(Host::B, "bench-tunfwd-b", &args)?;
+                Ok(vec![a, b])
             }
             System::Simpletun => {
-                let server = bed
-                    .spawn(
-                        Host::B,
-                        "simpletun-b",
-                        &bins.simpletun,
-                        &strings(&[
-                            "--dev",
-                            "stun0",
-                            "--address",
-                            &format!("{SIMPLETUN_B}/24"),
-                            "--mtu",
-                            &OVERLAY_MTU.to_string(),
-                            "--listen",
-                            &endpoint(testbed::B_UNDERLAY, 7000),
-                        ]),
-                    )
-                    .expect("simpletun B");
-                wait_for_text(&server, "waiting on");
-                let client = bed
-                    .spawn(
-                        Host::A,
-                        "simpletun-a",
-                        &bins.simpletun,
-                        &strings(&[
-                            "--dev",
-                            "stun0",
-                            "--address",
-                            &format!("{SIMPLETUN_A}/24"),
-                            "--mtu",
-                            &OVERLAY_MTU.to_string(),
-                            "--connect",
-                            &endpoint(testbed::B_UNDERLAY, 7000),
-                        ]),
-                    )
-                    .expect("simpletun A");
-                wait_for_text(&client, "connected");
-                wait_for_text(&server, "connected");
-                vec![server, client]
+                let mut server = bed.spawn(
+                    Host::B,
+                    "simpletun-b",
+                    &bins.simpletun,
+                    &strings(&[
+                        "--dev",
+                        "stun0",
+                        "--address",
+                        &format!("{SIMPLETUN_B}/24"),
+                        "--mtu",
+                        &OVERLAY_MTU.to_string(),
+                        "--listen",
+                        &endpoint(testbed::B_UNDERLAY, 7000),
+                    ]),
+                )?;
+                wait_for_text(&mut server, "waiting on")?;
+                let mut client = bed.spawn(
+                    Host::A,
+                    "simpletun-a",
+                    &bins.simpletun,
+                    &strings(&[
+                        "--dev",
+                        "stun0",
+                        "--address",
+                        &format!("{SIMPLETUN_A}/24"),
+                        "--mtu",
+                        &OVERLAY_MTU.to_string(),
+                        "--connect",
+                        &endpoint(testbed::B_UNDERLAY, 7000),
+                    ]),
+                )?;
+                wait_for_text(&mut client, "connected")?;
+                wait_for_text(&mut server, "connected")?;
+                Ok(vec![server, client])
             }
         }
     }
@@ -285,16 +363,32 @@ enum Scenario {
     Udp64,
     Udp1400,
     InnerMss,
+    IperfTcp1,
+    IperfTcp4,
+    IperfTcp64,
+    IperfTcp1Reverse,
+    IperfUdp64OneFlow,
+    IperfUdp64EightFlows,
+    PingIdle,
+    PingLoaded,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 14] = [
         Scenario::IdleRtt,
         Scenario::Tcp1,
         Scenario::Tcp4,
         Scenario::Udp64,
         Scenario::Udp1400,
         Scenario::InnerMss,
+        Scenario::IperfTcp1,
+        Scenario::IperfTcp4,
+        Scenario::IperfTcp64,
+        Scenario::IperfTcp1Reverse,
+        Scenario::IperfUdp64OneFlow,
+        Scenario::IperfUdp64EightFlows,
+        Scenario::PingIdle,
+        Scenario::PingLoaded,
     ];
 
     fn name(self) -> &'static str {
@@ -305,21 +399,180 @@ impl Scenario {
             Scenario::Udp64 => "udp64",
             Scenario::Udp1400 => "udp1400",
             Scenario::InnerMss => "mss",
+            Scenario::IperfTcp1 => "iperf-tcp1",
+            Scenario::IperfTcp4 => "iperf-tcp4",
+            Scenario::IperfTcp64 => "iperf-tcp64",
+            Scenario::IperfTcp1Reverse => "iperf-tcp1-reverse",
+            Scenario::IperfUdp64OneFlow => "iperf-udp64-1",
+            Scenario::IperfUdp64EightFlows => "iperf-udp64-8",
+            Scenario::PingIdle => "ping-idle",
+            Scenario::PingLoaded => "ping-loaded",
         }
     }
 
     /// The MSS scenario compares tunfwd's default setup with the kernel's VXLAN only: it is about
     /// small segments, not about tunfwd's options, and three more runs per system would add
-    /// minutes per round.
+    /// minutes per round. The iperf3 and ping scenarios run where `System::compares_load_tools`
+    /// says.
     fn applies_to(self, system: &System) -> bool {
         match self {
             Scenario::InnerMss => {
                 *system == System::Vxlan || *system == System::Tunfwd(TunfwdSetup::DEFAULT)
             }
+            _ if !self.tools().is_empty() => system.compares_load_tools(),
             _ => true,
         }
     }
+
+    /// The tools from outside the project that the scenario runs; tunload is built with the bench.
+    fn tools(self) -> &'static [LoadTool] {
+        match self {
+            Scenario::IperfTcp1
+            | Scenario::IperfTcp4
+            | Scenario::IperfTcp64
+            | Scenario::IperfTcp1Reverse
+            | Scenario::IperfUdp64OneFlow
+            | Scenario::IperfUdp64EightFlows => &[LoadTool::Iperf3],
+            Scenario::PingIdle => &[LoadTool::Ping],
+            Scenario::PingLoaded => &[LoadTool::Iperf3, LoadTool::Ping],
+            _ => &[],
+        }
+    }
+
+    /// What an iperf3-only scenario runs.
+    fn iperf_load(self) -> Option<IperfLoad> {
+        let tcp = |streams, reverse, gbit_key| {
+            Some(IperfLoad::Tcp {
+                streams,
+                reverse,
+                gbit_key,
+            })
+        };
+        match self {
+            Scenario::IperfTcp1 => tcp(1, false, "iperf_tcp1_gbit_s"),
+            Scenario::IperfTcp4 => tcp(4, false, "iperf_tcp4_gbit_s"),
+            Scenario::IperfTcp64 => tcp(64, false, "iperf_tcp64_gbit_s"),
+            Scenario::IperfTcp1Reverse => tcp(1, true, "iperf_tcp1_reverse_gbit_s"),
+            Scenario::IperfUdp64OneFlow => Some(IperfLoad::Udp64 {
+                flows: 1,
+                keys: IPERF_UDP64_ONE_FLOW,
+            }),
+            Scenario::IperfUdp64EightFlows => Some(IperfLoad::Udp64 {
+                flows: 8,
+                keys: IPERF_UDP64_EIGHT_FLOWS,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the scenario fills the main (tunload) table.
+    fn in_main_table(self) -> bool {
+        matches!(
+            self,
+            Scenario::IdleRtt
+                | Scenario::Tcp1
+                | Scenario::Tcp4
+                | Scenario::Udp64
+                | Scenario::Udp1400
+        )
+    }
 }
+
+/// A load generator from outside the project, run when installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadTool {
+    Iperf3,
+    Ping,
+}
+
+impl LoadTool {
+    const ALL: [LoadTool; 2] = [LoadTool::Iperf3, LoadTool::Ping];
+
+    fn command(self) -> &'static str {
+        match self {
+            LoadTool::Iperf3 => "iperf3",
+            LoadTool::Ping => "ping",
+        }
+    }
+
+    /// The first line of the tool's version output, or `None` when it does not run.
+    fn version(self) -> Option<String> {
+        let flag = match self {
+            LoadTool::Iperf3 => "--version",
+            LoadTool::Ping => "-V",
+        };
+        let out = Command::new(self.command()).arg(flag).output().ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+    }
+}
+
+/// One iperf3 client run and the sample keys of what it reports.
+#[derive(Debug, Clone, Copy)]
+enum IperfLoad {
+    /// Bulk TCP with `-P streams`, A to B or (`-R`) B to A: the receiver's Gbit/s.
+    Tcp {
+        streams: usize,
+        reverse: bool,
+        gbit_key: &'static str,
+    },
+    /// `-u -l 64 -b 0` with `-P flows`: 64-byte datagrams as fast as iperf3 sends them.
+    Udp64 { flows: usize, keys: UdpKeys },
+}
+
+/// Sample keys of a UDP flood: packets received and sent per second, and the loss fraction.
+#[derive(Debug, Clone, Copy)]
+struct UdpKeys {
+    rx_pps: &'static str,
+    sent_pps: &'static str,
+    loss: &'static str,
+}
+
+const IPERF_UDP64_ONE_FLOW: UdpKeys = UdpKeys {
+    rx_pps: "iperf_udp64_1_rx_pps",
+    sent_pps: "iperf_udp64_1_sent_pps",
+    loss: "iperf_udp64_1_loss",
+};
+const IPERF_UDP64_EIGHT_FLOWS: UdpKeys = UdpKeys {
+    rx_pps: "iperf_udp64_8_rx_pps",
+    sent_pps: "iperf_udp64_8_sent_pps",
+    loss: "iperf_udp64_8_loss",
+};
+
+/// Sample keys of a ping run: the replies' average, p50 and p99 in µs, and the loss fraction.
+struct PingKeys {
+    avg_us: &'static str,
+    p50_us: &'static str,
+    p99_us: &'static str,
+    loss: &'static str,
+}
+
+const PING_IDLE: PingKeys = PingKeys {
+    avg_us: "ping_idle_avg_us",
+    p50_us: "ping_idle_p50_us",
+    p99_us: "ping_idle_p99_us",
+    loss: "ping_idle_loss",
+};
+const PING_LOADED: PingKeys = PingKeys {
+    avg_us: "ping_loaded_avg_us",
+    p50_us: "ping_loaded_p50_us",
+    p99_us: "ping_loaded_p99_us",
+    loss: "ping_loaded_loss",
+};
+
+/// The port of the iperf3 server on B. tunload's TCP sink has iperf3's own default, 5201.
+const IPERF_PORT: u16 = 5301;
+/// `ping -i`: an echo every 10 ms, as tunload's pings go every 5 to 20 ms (iputils 20221126 lets
+/// anyone go down to 2 ms; older ones needed root below 200 ms, which the bench has).
+const PING_INTERVAL_MS: u64 = 10;
+/// Echoes in `ping-idle`: 5 s at `PING_INTERVAL_MS`, so that 5 replies lie beyond the p99.
+const PING_IDLE_COUNT: u64 = 500;
 
 /// One inner MSS of the `mss` scenario, with its sample keys.
 struct MssCase {
@@ -359,16 +612,28 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn wait_for_text(p: &Process, text: &str) {
+/// Waits up to 10 s for `text` on the process's stderr.
+fn wait_for_text(p: &mut Process, text: &str) -> io::Result<()> {
+    wait_for_output(p, text, Process::stderr)
+}
+
+/// Waits up to 10 s for `text` in the output `read` returns (stdout or stderr); an error, with
+/// both, if it never appears or the process exits first.
+fn wait_for_output(p: &mut Process, text: &str, read: fn(&Process) -> String) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.stderr().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "{text:?} never appeared: {}",
-            p.stderr()
-        );
+    while !read(p).contains(text) {
+        let exited = p.try_status()?;
+        if exited.is_some() || Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{text:?} never appeared{}: {}{}",
+                exited.map(|s| format!(" ({s})")).unwrap_or_default(),
+                p.stdout(),
+                p.stderr()
+            )));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
 }
 
 type Sample = BTreeMap<&'static str, f64>;
@@ -626,9 +891,257 @@ impl Runner<'_> {
         sample
     }
 
-    /// Runs every scenario in `scenarios` that applies to `system`, in the order given.
-    fn round(&self, system: &System, bins: &Bins, round: usize, scenarios: &[Scenario]) -> Sample {
-        let processes = system.start(self.bed, bins);
+    /// Starts an iperf3 server on B that serves one test and exits (`--one-off`), and waits until
+    /// it listens. Dropping the `Process` stops a server that is still there.
+    fn iperf_server(&self) -> io::Result<Process> {
+        let mut server = self.bed.spawn(
+            Host::B,
+            "bench-iperf3-server",
+            Path::new(LoadTool::Iperf3.command()),
+            &strings(&[
+                "--server",
+                "--one-off",
+                "--port",
+                &IPERF_PORT.to_string(),
+                // Output to a file is block-buffered; this makes "Server listening" appear at once.
+                "--forceflush",
+            ]),
+        )?;
+        wait_for_output(&mut server, "Server listening", Process::stdout)?;
+        Ok(server)
+    }
+
+    /// Starts an iperf3 client on A against `system`'s B for `self.seconds`, JSON report on its
+    /// stdout, with `extra` options.
+    fn iperf_client(&self, system: &System, name: &str, extra: &[&str]) -> io::Result<Process> {
+        let mut args = strings(&[
+            "--client",
+            system.target(),
+            "--port",
+            &IPERF_PORT.to_string(),
+            "--time",
+            &self.seconds.to_string(),
+            "--json",
+            "--connect-timeout",
+            "5000",
+        ]);
+        args.extend(strings(extra));
+        self.bed
+            .spawn(Host::A, name, Path::new(LoadTool::Iperf3.command()), &args)
+    }
+
+    /// Waits for an iperf3 client (killing it past the run's length plus 30 s) and then for its
+    /// one-off server, and returns the client's JSON report.
+    fn iperf_report(
+        &self,
+        client: &mut Process,
+        server: &mut Process,
+    ) -> io::Result<serde_json::Value> {
+        let status = client.wait_for(Duration::from_secs(self.seconds + 30))?;
+        // The server exits after its one test; one that has not by now is killed on drop.
+        let _ = server.wait_for(Duration::from_secs(5));
+        let text = client.stdout();
+        let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            io::Error::other(format!(
+                "iperf3 ({status}) printed no JSON report ({e}): {text}{}",
+                client.stderr()
+            ))
+        })?;
+        // iperf3 3.12 exits 0 when a test fails, and says why in the report.
+        if let Some(error) = report["error"].as_str() {
+            return Err(io::Error::other(format!("iperf3: {error}")));
+        }
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "iperf3 exited with {status}: {}",
+                client.stderr()
+            )));
+        }
+        Ok(report)
+    }
+
+    /// An iperf3 scenario: one server, one client with the scenario's options.
+    fn iperf(&self, system: &System, scenario: Scenario) -> Sample {
+        let mut sample = Sample::new();
+        let Some(load) = scenario.iperf_load() else {
+            return sample;
+        };
+        let streams = match load {
+            IperfLoad::Tcp { streams, .. } => streams,
+            IperfLoad::Udp64 { flows, .. } => flows,
+        }
+        .to_string();
+        let mut extra = vec!["--parallel", &streams];
+        match load {
+            IperfLoad::Tcp { reverse: true, .. } => extra.push("--reverse"),
+            IperfLoad::Tcp { .. } => {}
+            IperfLoad::Udp64 { .. } => {
+                extra.extend(["--udp", "--length", "64", "--bitrate", "0"]);
+            }
+        }
+        let report = self.iperf_server().and_then(|mut server| {
+            let mut client = self.iperf_client(system, "bench-iperf3-client", &extra)?;
+            self.iperf_report(&mut client, &mut server)
+        });
+        let figures = report.and_then(|report| {
+            let end = &report["end"];
+            match load {
+                IperfLoad::Tcp { gbit_key, .. } => {
+                    let bits_per_s = json_number(end, &["sum_received", "bits_per_second"])?;
+                    Ok(vec![(gbit_key, bits_per_s / 1e9)])
+                }
+                IperfLoad::Udp64 { keys, .. } => {
+                    // In 3.12 `sum_received.packets` is what the receiver expected from the
+                    // sequence numbers (received + lost); what arrived is its bytes over the
+                    // fixed 64-byte length.
+                    let received = json_number(end, &["sum_received", "bytes"])? / 64.0;
+                    let received_secs = json_number(end, &["sum_received", "seconds"])?;
+                    let sent = json_number(end, &["sum_sent", "packets"])?;
+                    let sent_secs = json_number(end, &["sum_sent", "seconds"])?;
+                    let lost_percent = json_number(end, &["sum", "lost_percent"])?;
+                    Ok(vec![
+                        (keys.rx_pps, received / received_secs),
+                        (keys.sent_pps, sent / sent_secs),
+                        (keys.loss, lost_percent / 100.0),
+                    ])
+                }
+            }
+        });
+        match figures {
+            Ok(figures) => sample.extend(figures),
+            Err(e) => eprintln!("  {} {} failed: {e}", system.name(), scenario.name()),
+        }
+        sample
+    }
+
+    /// iputils ping from A to `system`'s B: up to `count` echoes every `PING_INTERVAL_MS`, for
+    /// `deadline_secs` at most (`-w`), summarised from every reply's own time. On a busy machine
+    /// ping paces itself slower than asked, so the loss is taken against the echoes its summary
+    /// says it sent, not against `count`.
+    fn ping(
+        &self,
+        system: &System,
+        scenario: Scenario,
+        count: u64,
+        deadline_secs: u64,
+        keys: &PingKeys,
+    ) -> Sample {
+        let args = strings(&[
+            "-n",
+            "-i",
+            &format!("{:.3}", PING_INTERVAL_MS as f64 / 1000.0),
+            "-c",
+            &count.to_string(),
+            "-W",
+            "1",
+            "-w",
+            &deadline_secs.to_string(),
+            system.target(),
+        ]);
+        let name = format!("bench-iputils-{}", scenario.name());
+        let output = self
+            .bed
+            .spawn(Host::A, &name, Path::new(LoadTool::Ping.command()), &args)
+            .and_then(|mut ping| {
+                // Exit status 1 means some echoes went unanswered, which the loss reports.
+                ping.wait_for(Duration::from_secs(deadline_secs + 10))?;
+                Ok((ping.stdout(), ping.stderr()))
+            });
+        let mut sample = Sample::new();
+        let (mut rtts, sent) = match output {
+            Ok((stdout, stderr)) => {
+                let rtts = reply_times_us(&stdout);
+                if rtts.is_empty() {
+                    eprintln!(
+                        "  {} {}: no echo replies: {stdout}{stderr}",
+                        system.name(),
+                        scenario.name()
+                    );
+                    return sample;
+                }
+                (rtts, echoes_sent(&stdout).unwrap_or(f64::NAN))
+            }
+            Err(e) => {
+                eprintln!("  {} {} failed: {e}", system.name(), scenario.name());
+                return sample;
+            }
+        };
+        rtts.sort_by(f64::total_cmp);
+        sample.insert(keys.avg_us, rtts.iter().sum::<f64>() / rtts.len() as f64);
+        sample.insert(keys.p50_us, percentile(&rtts, 0.50));
+        sample.insert(keys.p99_us, percentile(&rtts, 0.99));
+        sample.insert(keys.loss, 1.0 - rtts.len() as f64 / sent);
+        sample
+    }
+
+    /// `ping-loaded`: ping while one iperf3 TCP stream runs from A to B. If the stream fails, the
+    /// times were not taken under load and are dropped.
+    fn ping_loaded(&self, system: &System) -> Sample {
+        // From 0.5 s into the stream to 0.5 s before its end at the latest (`-w` takes whole
+        // seconds), however slowly ping paces itself.
+        let deadline_secs = self.seconds.saturating_sub(1).max(1);
+        let count = deadline_secs * 1000 / PING_INTERVAL_MS;
+        let load = self.iperf_server().and_then(|server| {
+            let client = self.iperf_client(system, "bench-iperf3-load", &[])?;
+            Ok((server, client))
+        });
+        let (mut server, mut client) = match load {
+            Ok(processes) => processes,
+            Err(e) => {
+                eprintln!("  {} ping-loaded: no iperf3 load: {e}", system.name());
+                return Sample::new();
+            }
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let mut sample = self.ping(
+            system,
+            Scenario::PingLoaded,
+            count,
+            deadline_secs,
+            &PING_LOADED,
+        );
+        let load_gbit_s = self
+            .iperf_report(&mut client, &mut server)
+            .and_then(|report| json_number(&report["end"], &["sum_received", "bits_per_second"]));
+        match load_gbit_s {
+            Ok(bits_per_s) => {
+                sample.insert("ping_loaded_load_gbit_s", bits_per_s / 1e9);
+                sample
+            }
+            Err(e) => {
+                eprintln!(
+                    "  {} ping-loaded: the iperf3 load failed, times dropped: {e}",
+                    system.name()
+                );
+                Sample::new()
+            }
+        }
+    }
+
+    /// Starts `system`, runs every scenario in `scenarios` that applies to it, in the order given,
+    /// and stops it. An error if it does not start.
+    fn round(
+        &self,
+        system: &System,
+        bins: &Bins,
+        round: usize,
+        scenarios: &[Scenario],
+    ) -> io::Result<Sample> {
+        if ect_load(system) {
+            set_tcp_ecn(self.bed, "1");
+        }
+        let sample = system.start(self.bed, bins).map(|processes| {
+            let sample = self.scenarios(system, round, scenarios);
+            drop(processes);
+            sample
+        });
+        if ect_load(system) {
+            set_tcp_ecn(self.bed, "2");
+        }
+        sample
+    }
+
+    fn scenarios(&self, system: &System, round: usize, scenarios: &[Scenario]) -> Sample {
         let mut sample = Sample::new();
         for scenario in scenarios.iter().filter(|s| s.applies_to(system)) {
             match scenario {
@@ -664,14 +1177,65 @@ impl Runner<'_> {
                         sample.extend(self.tcp(system, 1, Some(case), None));
                     }
                 }
+                Scenario::IperfTcp1
+                | Scenario::IperfTcp4
+                | Scenario::IperfTcp64
+                | Scenario::IperfTcp1Reverse
+                | Scenario::IperfUdp64OneFlow
+                | Scenario::IperfUdp64EightFlows => sample.extend(self.iperf(system, *scenario)),
+                Scenario::PingIdle => sample.extend(self.ping(
+                    system,
+                    Scenario::PingIdle,
+                    PING_IDLE_COUNT,
+                    // Twice the nominal time, and then some: see `ping`.
+                    2 * PING_IDLE_COUNT * PING_INTERVAL_MS / 1000 + 3,
+                    &PING_IDLE,
+                )),
+                Scenario::PingLoaded => sample.extend(self.ping_loaded(system)),
             }
-        }
-        drop(processes);
-        if ect_load(system) {
-            set_tcp_ecn(self.bed, "2");
         }
         sample
     }
+}
+
+/// The number at `path` under `value` in a JSON report; an error naming the path if it is not
+/// there.
+fn json_number(value: &serde_json::Value, path: &[&str]) -> io::Result<f64> {
+    path.iter()
+        .fold(value, |v, field| &v[*field])
+        .as_f64()
+        .ok_or_else(|| io::Error::other(format!("no number at {} in the report", path.join("."))))
+}
+
+/// The round-trip times, in µs, of the echo replies in iputils ping's output
+/// (`64 bytes from 198.19.0.2: icmp_seq=1 ttl=64 time=0.123 ms`), duplicates left out.
+fn reply_times_us(ping_output: &str) -> Vec<f64> {
+    ping_output
+        .lines()
+        .filter(|line| !line.contains("DUP!"))
+        .filter_map(|line| {
+            let (value, unit) = line.split_once("time=")?.1.split_once(' ')?;
+            let ms: f64 = value.parse().ok()?;
+            unit.starts_with("ms").then_some(ms * 1000.0)
+        })
+        .collect()
+}
+
+/// The echoes iputils ping sent, from its summary (`500 packets transmitted, 498 received, ...`).
+fn echoes_sent(ping_output: &str) -> Option<f64> {
+    ping_output.lines().find_map(|line| {
+        line.split_once(" packets transmitted")?
+            .0
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The nearest-rank percentile `q` (0 to 1) of `sorted`, ascending and not empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -754,10 +1318,20 @@ fn main() {
         System::Veth,
         System::Vxlan,
         System::Simpletun,
+        System::TunfwdDefaults,
         tunfwd(1, true),
         tunfwd(1, false),
         tunfwd(4, true),
         tunfwd(4, false),
+        // The I/O engines besides the one tunfwd picks itself, at one queue.
+        System::Tunfwd(TunfwdSetup {
+            engine: Some(Engine::Poll),
+            ..TunfwdSetup::DEFAULT
+        }),
+        System::Tunfwd(TunfwdSetup {
+            engine: Some(Engine::UringCompat),
+            ..TunfwdSetup::DEFAULT
+        }),
         // What io_uring batching is worth: one operation in flight.
         System::Tunfwd(TunfwdSetup {
             ring_depth: 1,
@@ -815,10 +1389,16 @@ fn main() {
             Scenario::ALL.map(Scenario::name)
         );
     }
-    let scenarios: Vec<Scenario> = Scenario::ALL
+    let mut scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| listed("BENCH_SCENARIOS", s.name()))
         .collect();
+    // Lines for the report's header: tool versions, skipped scenarios, systems that did not start.
+    let mut notes = load_tools(&mut scenarios);
+    if scenarios.is_empty() {
+        println!("e2e benches: nothing left to run without iperf3 or ping");
+        return;
+    }
     let systems: Vec<System> = all
         .into_iter()
         .filter(|s| listed("BENCH_SYSTEMS", &s.key()))
@@ -826,7 +1406,7 @@ fn main() {
         .collect();
     assert!(
         !systems.is_empty(),
-        "BENCH_SYSTEMS and BENCH_SCENARIOS leave nothing to run (`mss` runs on vxlan and tunfwd-q1 only)"
+        "BENCH_SYSTEMS and BENCH_SCENARIOS leave nothing to run (`mss` runs on vxlan and tunfwd-q1 only; iperf3 and ping on veth, vxlan, tunfwd-default, tunfwd-q1, tunfwd-q4 and the engine rows)"
     );
     let bins = Bins {
         tunfwd: PathBuf::from(env!("CARGO_BIN_EXE_tunfwd")),
@@ -874,15 +1454,46 @@ fn main() {
     };
 
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    // Per system that failed to start: in how many rounds, and the first error.
+    let mut not_started: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for round in 0..rounds {
         for system in &systems {
             eprintln!("round {}/{rounds}: {}", round + 1, system.name());
-            let s = runner.round(system, &bins, round, &scenarios);
-            eprintln!("  {s:?}");
-            samples.entry(system.key()).or_default().push(s);
+            match runner.round(system, &bins, round, &scenarios) {
+                Ok(s) => {
+                    eprintln!("  {s:?}");
+                    samples.entry(system.key()).or_default().push(s);
+                }
+                Err(e) => {
+                    eprintln!("  {} did not start: {e}", system.name());
+                    not_started
+                        .entry(system.key())
+                        .or_insert_with(|| (0, e.to_string()))
+                        .0 += 1;
+                }
+            }
         }
     }
     drop(bed);
+    for system in &systems {
+        if let Some((failed, error)) = not_started.get(&system.key()) {
+            // The first line says why; tunfwd's usage text follows it.
+            let mut error = error.lines().next().unwrap_or("").trim().to_string();
+            if let Some((cut, _)) = error.char_indices().nth(240) {
+                error.truncate(cut);
+                error.push_str(" ...");
+            }
+            let rounds_failed = if *failed == rounds {
+                "in any round".to_string()
+            } else {
+                format!("in {failed} of {rounds} rounds (figures from the others)")
+            };
+            notes.push(format!(
+                "{} did not start {rounds_failed}: {error}",
+                system.name()
+            ));
+        }
+    }
 
     let metric = |key: &str, m: &str| -> f64 {
         let v: Vec<f64> = samples
@@ -892,8 +1503,53 @@ fn main() {
         median(&v)
     };
     write_results(
-        &out, &stamp, &commit, &systems, &scenarios, &metric, rounds, seconds,
+        &out, &stamp, &commit, &systems, &scenarios, &metric, rounds, seconds, &notes,
     );
+}
+
+/// Makes sure iperf3 and ping are there for the chosen scenarios that need them: when one is
+/// missing, runs `scripts/bench-tools` (which installs it on Debian, as root); when it is still
+/// missing, drops those scenarios and says why. Returns the report's lines about the tools.
+fn load_tools(scenarios: &mut Vec<Scenario>) -> Vec<String> {
+    let needed: Vec<LoadTool> = LoadTool::ALL
+        .into_iter()
+        .filter(|t| scenarios.iter().any(|s| s.tools().contains(t)))
+        .collect();
+    if needed.is_empty() {
+        return Vec::new();
+    }
+    let mut install_outcome = String::new();
+    if needed.iter().any(|t| t.version().is_none()) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-tools");
+        eprintln!("e2e: iperf3 or ping is missing; running {script}");
+        install_outcome = match Command::new(script).status() {
+            Ok(status) if status.success() => String::new(),
+            Ok(status) => format!("; scripts/bench-tools failed ({status})"),
+            Err(e) => format!("; scripts/bench-tools did not run: {e}"),
+        };
+    }
+    let mut notes = Vec::new();
+    for tool in needed {
+        match tool.version() {
+            Some(version) => notes.push(format!("{}: {version}", tool.command())),
+            None => {
+                let skipped: Vec<&str> = scenarios
+                    .iter()
+                    .filter(|s| s.tools().contains(&tool))
+                    .map(|s| s.name())
+                    .collect();
+                let line = format!(
+                    "skipped {}: {} is not installed{install_outcome}",
+                    skipped.join(", "),
+                    tool.command()
+                );
+                println!("e2e: {line}");
+                notes.push(line);
+                scenarios.retain(|s| !s.tools().contains(&tool));
+            }
+        }
+    }
+    notes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -906,6 +1562,7 @@ fn write_results(
     metric: &dyn Fn(&str, &str) -> f64,
     rounds: usize,
     seconds: u64,
+    notes: &[String],
 ) {
     let mut command = String::from("sudo");
     for k in [
@@ -929,6 +1586,22 @@ fn write_results(
         "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth, relay A pinned from the first CPU and relay B from the last (two machines would not share a core); TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
     );
     let selected = |scenario: Scenario| scenarios.contains(&scenario);
+    if systems.contains(&System::TunfwdDefaults) {
+        let _ = writeln!(
+            md,
+            "- tunfwd defaults: no option but `--mtu {OVERLAY_MTU}` (and, on B, the testbed's `--cpus` from the last CPU down), so one queue per online CPU"
+        );
+    }
+    let load_tools = scenarios.iter().any(|s| !s.tools().is_empty());
+    if load_tools {
+        let _ = writeln!(
+            md,
+            "- iperf3 and ping: `iperf3 --server --one-off` on B, `iperf3 --client --time {seconds} --json` on A; TCP figures are the receiver's (`end.sum_received.bits_per_second`); UDP is `--udp --length 64 --bitrate 0`, received pps `end.sum_received.bytes` / 64 over its `seconds`, sent pps from `end.sum_sent.packets`, loss `end.sum.lost_percent`. `ping -i 0.01` (slower when the machine is busy): {PING_IDLE_COUNT} echoes idle, and under load from 0.5 s into one iperf3 TCP stream to at most 0.5 s before its end; p50, p99 and average from every reply's `time=`, loss against the echoes ping's summary says it sent"
+        );
+    }
+    for note in notes {
+        let _ = writeln!(md, "- {note}");
+    }
     if selected(Scenario::InnerMss) {
         let _ = writeln!(
             md,
@@ -942,7 +1615,7 @@ fn write_results(
         );
     }
     let _ = writeln!(md);
-    if scenarios.iter().any(|s| *s != Scenario::InnerMss) {
+    if scenarios.iter().any(|s| s.in_main_table()) {
         let _ = writeln!(
             md,
             "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |"
@@ -1007,6 +1680,9 @@ fn write_results(
     }
     if selected(Scenario::InnerMss) {
         write_mss_section(&mut md, systems, metric);
+    }
+    if load_tools {
+        write_load_tools_section(&mut md, systems, metric);
     }
     if selected(Scenario::Tcp1) {
         let _ = writeln!(
@@ -1092,6 +1768,113 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
     let _ = writeln!(
         md,
         "\nThe kernel's VXLAN pays per super-packet here, not per segment: veth carries its UDP-tunnel GSO packets whole (`NETIF_F_GSO_ENCAP_ALL` in drivers/net/veth.c `VETH_FEATURES`) and the far VXLAN hands them to TCP whole, so a smaller MSS costs it little. tunfwd builds and checks every segment's headers in userspace (split at one end, coalesced at the other), although its UDP GSO sends cross the veth whole too. On a real wire every segment exists and the receiver handles each one (GRO at best), so these ratios flatter VXLAN."
+    );
+}
+
+/// tunload's figures beside iperf3's and ping's for the same shapes, on the systems that ran both,
+/// then each against the kernel's VXLAN. A figure from one tool only is the tool to suspect.
+fn write_load_tools_section(
+    md: &mut String,
+    systems: &[System],
+    metric: &dyn Fn(&str, &str) -> f64,
+) {
+    let ran: Vec<&System> = systems.iter().filter(|s| s.compares_load_tools()).collect();
+    if !md.ends_with("\n\n") {
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "## Load tools side by side: tunload and iperf3/ping (same run)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | TCP 1 stream Gbit/s: tunload | iperf3 | TCP 4 streams: tunload | iperf3 | TCP 64 streams: iperf3 | TCP 1 stream B to A: iperf3 | UDP 64 B rx pps (loss): tunload | iperf3 1 flow | iperf3 8 flows |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let pps_loss = |k: &str, pps: &str, loss: &str| {
+        format!(
+            "{} ({}%)",
+            fmt(metric(k, pps), 0),
+            fmt(100.0 * metric(k, loss), 1)
+        )
+    };
+    for s in &ran {
+        let k = s.key();
+        let m = |name: &str| metric(&k, name);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.name(),
+            fmt(m("tcp1_gbit_s"), 2),
+            fmt(m("iperf_tcp1_gbit_s"), 2),
+            fmt(m("tcp4_gbit_s"), 2),
+            fmt(m("iperf_tcp4_gbit_s"), 2),
+            fmt(m("iperf_tcp64_gbit_s"), 2),
+            fmt(m("iperf_tcp1_reverse_gbit_s"), 2),
+            pps_loss(&k, "udp64_rx_pps", "udp64_loss"),
+            pps_loss(&k, IPERF_UDP64_ONE_FLOW.rx_pps, IPERF_UDP64_ONE_FLOW.loss),
+            pps_loss(
+                &k,
+                IPERF_UDP64_EIGHT_FLOWS.rx_pps,
+                IPERF_UDP64_EIGHT_FLOWS.loss
+            ),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| system | RTT idle µs: tunload p50/p99 | ping p50/p99 (avg) | RTT under 1 TCP stream µs: tunload p50/p99 | ping p50/p99 (avg) | iperf3 stream under that ping Gbit/s |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let ping = |k: &str, keys: &PingKeys| {
+        format!(
+            "{}/{} ({})",
+            fmt(metric(k, keys.p50_us), 0),
+            fmt(metric(k, keys.p99_us), 0),
+            fmt(metric(k, keys.avg_us), 0)
+        )
+    };
+    for s in &ran {
+        let k = s.key();
+        let m = |name: &str| metric(&k, name);
+        let _ = writeln!(
+            md,
+            "| {} | {}/{} | {} | {}/{} | {} | {} |",
+            s.name(),
+            fmt(m("idle_rtt_p50_us"), 0),
+            fmt(m("idle_rtt_p99_us"), 0),
+            ping(&k, &PING_IDLE),
+            fmt(m("loaded_rtt_p50_us"), 0),
+            fmt(m("loaded_rtt_p99_us"), 0),
+            ping(&k, &PING_LOADED),
+            fmt(m("ping_loaded_load_gbit_s"), 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| system | TCP 1: tunload ×VXLAN | iperf3 ×VXLAN | TCP 4: tunload ×VXLAN | iperf3 ×VXLAN | TCP 64: iperf3 ×VXLAN | TCP 1 B to A: iperf3 ×VXLAN | UDP 64 B rx: tunload ×VXLAN | iperf3 1 flow ×VXLAN | iperf3 8 flows ×VXLAN |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for s in ran.iter().filter(|s| ***s != System::Vxlan) {
+        let k = s.key();
+        let ratio = |m: &str| fmt(metric(&k, m) / metric("vxlan", m), 2);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.name(),
+            ratio("tcp1_gbit_s"),
+            ratio("iperf_tcp1_gbit_s"),
+            ratio("tcp4_gbit_s"),
+            ratio("iperf_tcp4_gbit_s"),
+            ratio("iperf_tcp64_gbit_s"),
+            ratio("iperf_tcp1_reverse_gbit_s"),
+            ratio("udp64_rx_pps"),
+            ratio(IPERF_UDP64_ONE_FLOW.rx_pps),
+            ratio(IPERF_UDP64_EIGHT_FLOWS.rx_pps),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\ntunload's RTT is its own raw-socket ping (p50/p99 from an HDR histogram), under its own TCP stream; ping's is iputils' per-reply `time=`, under an iperf3 stream. Both send 64-byte echoes."
     );
 }
 
