@@ -4,7 +4,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use tunfwd::offload::coalesce::{self, Policy, Run};
+use tunfwd::offload::coalesce::{self, Policy, Run, Segment};
 use tunfwd::offload::split::Split;
 use tunfwd::steer;
 use tunfwd::wire::IpPacket;
@@ -53,6 +53,10 @@ fn parse_and_steer(c: &mut Criterion) {
     group.bench_function("ip_validate", |b| {
         b.iter(|| IpPacket::new_checked(black_box(&packet[..])).is_ok())
     });
+    // What the worker does per received datagram: validation and the transport, in one pass.
+    group.bench_function("ip_validate_and_transport", |b| {
+        b.iter(|| coalesce::validate(black_box(&packet[..])))
+    });
     group.bench_function("flow_index_4_workers", |b| {
         b.iter(|| steer::flow_index(black_box(&packet), 4))
     });
@@ -96,20 +100,42 @@ fn split_and_coalesce(c: &mut Criterion) {
     let mut one = Vec::new();
     for i in 0..plan.count {
         plan.segment_into(&packet, i, &mut one);
-        segments.push((buffer.len(), one.len()));
+        segments.push(Segment {
+            at: buffer.len(),
+            len: one.len(),
+            transport: coalesce::validate(&one).unwrap(),
+        });
         buffer.extend_from_slice(&one);
     }
     let mut runs: Vec<Run> = Vec::with_capacity(64);
     let mut group = c.benchmark_group("coalesce_gro_buffer");
     group.throughput(Throughput::Elements(segments.len() as u64));
-    // finish_run rewrites the head's headers in place; restore them after each iteration.
-    let head = buffer[..segments[0].1].to_vec();
+    // finish_segments rewrites the head's headers in place; restore them after each iteration.
+    let head = buffer[segments[0].range()].to_vec();
+    // The segments validated once, on arrival, as the worker keeps them: plan and finish only.
     group.bench_function("plan_and_finish_47_segments", |b| {
         b.iter(|| {
-            coalesce::plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
+            coalesce::plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
             assert_eq!(runs.len(), 1);
             for run in &runs {
-                black_box(coalesce::finish_run(&mut buffer, &segments, *run));
+                black_box(coalesce::finish_segments(&mut buffer, &segments, *run));
+            }
+            buffer[..head.len()].copy_from_slice(&head);
+        })
+    });
+    // The whole receive path's pure work: validate each datagram, then plan and finish.
+    let mut validated = Vec::with_capacity(segments.len());
+    group.bench_function("validate_plan_and_finish_47_segments", |b| {
+        b.iter(|| {
+            validated.clear();
+            for s in &segments {
+                let transport = coalesce::validate(black_box(&buffer[s.range()])).unwrap();
+                validated.push(Segment { transport, ..*s });
+            }
+            coalesce::plan_segments(&buffer, &validated, Policy::ALL, &mut runs);
+            assert_eq!(runs.len(), 1);
+            for run in &runs {
+                black_box(coalesce::finish_segments(&mut buffer, &validated, *run));
             }
             buffer[..head.len()].copy_from_slice(&head);
         })

@@ -23,6 +23,11 @@
 //!
 //! IPv4 fragments hash on addresses only, so every fragment of a datagram goes to the same worker.
 //! Anything that is not IPv4 or IPv6 goes to worker 0, which drops and counts it.
+//!
+//! Both read fields by their names in `wire::ip::field` and `wire::transport::field`, but not
+//! through the `wire` parsers: the program sees every datagram before validation, so
+//! [`flow_key`] must answer as it does for any bytes at all (an IHL below 5 included), with no
+//! rule the program does not have.
 
 use libc::{
     BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K,
@@ -30,10 +35,17 @@ use libc::{
     BPF_TAX, BPF_W, BPF_X, BPF_XOR, sock_filter,
 };
 
+use crate::wire::ip::field::{
+    V4_DST, V4_FRAGMENT, V4_PROTOCOL, V4_SRC, V4_VERSION_IHL, V6_NEXT_HEADER, V6_SRC,
+};
+use crate::wire::ip::{IPV4_FRAGMENT_MASK, IPV6_HEADER_LEN};
+use crate::wire::transport::field::{DST_PORT, SRC_PORT};
+use crate::wire::transport::{PROTO_TCP, PROTO_UDP};
+
 /// Fibonacci hashing multiplier, 2^32 / golden ratio: spreads close keys apart.
 const GOLDEN: u32 = 0x9E37_79B1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+/// The IPv6 source and destination addresses, as eight 32-bit words from [`V6_SRC`] on.
+const V6_ADDRESS_WORDS: usize = 8;
 
 /// The worker (0..workers) that owns the flow of this inner IP packet.
 ///
@@ -62,22 +74,28 @@ fn be32(p: &[u8], at: usize) -> Option<u32> {
 pub fn flow_key(p: &[u8]) -> Option<u32> {
     match p.first()? >> 4 {
         4 => {
-            let mut key = be32(p, 12)? ^ be32(p, 16)?;
-            let protocol = *p.get(9)?;
-            if (protocol == PROTO_TCP || protocol == PROTO_UDP) && be16(p, 6)? & 0x3fff == 0 {
-                let header_len = usize::from(p[0] & 0x0f) * 4;
-                key ^= be16(p, header_len)? ^ be16(p, header_len + 2)?;
+            let mut key = be32(p, V4_SRC.start)? ^ be32(p, V4_DST.start)?;
+            let protocol = *p.get(V4_PROTOCOL)?;
+            if (protocol == PROTO_TCP || protocol == PROTO_UDP)
+                && be16(p, V4_FRAGMENT.start)? & u32::from(IPV4_FRAGMENT_MASK) == 0
+            {
+                // IHL * 4 as `BPF_MSH` takes it: unchecked, so below 20 too.
+                let header_len = usize::from(p[V4_VERSION_IHL] & 0x0f) * 4;
+                key ^=
+                    be16(p, header_len + SRC_PORT.start)? ^ be16(p, header_len + DST_PORT.start)?;
             }
             Some(key)
         }
         6 => {
             let mut key = 0;
-            for word in 0..8 {
-                key ^= be32(p, 8 + 4 * word)?;
+            for word in 0..V6_ADDRESS_WORDS {
+                key ^= be32(p, V6_SRC.start + 4 * word)?;
             }
-            let next_header = *p.get(6)?;
+            let next_header = *p.get(V6_NEXT_HEADER)?;
             if next_header == PROTO_TCP || next_header == PROTO_UDP {
-                key ^= be16(p, 40)? ^ be16(p, 42)?;
+                // The next header only: behind an extension header, no ports.
+                key ^= be16(p, IPV6_HEADER_LEN + SRC_PORT.start)?
+                    ^ be16(p, IPV6_HEADER_LEN + DST_PORT.start)?;
             }
             Some(key)
         }
@@ -116,7 +134,8 @@ pub fn reuseport_program(workers: u32) -> Vec<sock_filter> {
     use Insn::*;
     use Label::*;
     let workers = workers.max(1);
-    let ld = |size: u32, at: u32| Stmt(BPF_LD | size | BPF_ABS, at);
+    let k = |at: usize| u32::try_from(at).expect("a header offset");
+    let ld = |size: u32, at: usize| Stmt(BPF_LD | size | BPF_ABS, k(at));
     let xor_x = Stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
     let tax = Stmt(BPF_MISC | BPF_TAX, 0);
     let is_port_protocol = |then: Label, otherwise: Label| {
@@ -136,7 +155,7 @@ pub fn reuseport_program(workers: u32) -> Vec<sock_filter> {
         ]
     };
     let mut program = vec![
-        ld(BPF_B, 0),
+        ld(BPF_B, V4_VERSION_IHL),
         Stmt(BPF_ALU | BPF_RSH | BPF_K, 4),
         Jump {
             code: BPF_JMP | BPF_JEQ | BPF_K,
@@ -152,29 +171,29 @@ pub fn reuseport_program(workers: u32) -> Vec<sock_filter> {
         },
         // IPv4: M[0] = src ^ dst.
         Mark(V4),
-        ld(BPF_W, 12),
+        ld(BPF_W, V4_SRC.start),
         tax,
-        ld(BPF_W, 16),
+        ld(BPF_W, V4_DST.start),
         xor_x,
         Stmt(BPF_ST, 0),
-        ld(BPF_B, 9),
+        ld(BPF_B, V4_PROTOCOL),
     ];
     program.extend(is_port_protocol(V4Ports, Done));
     program.extend([
         Mark(V4Ports),
-        ld(BPF_H, 6),
+        ld(BPF_H, V4_FRAGMENT.start),
         Jump {
             code: BPF_JMP | BPF_JSET | BPF_K,
-            k: 0x3fff,
+            k: u32::from(IPV4_FRAGMENT_MASK),
             on_true: Done,
             on_false: V4PortsGo,
         },
         Mark(V4PortsGo),
         // X = IHL * 4; M[0] ^= sport ^ dport.
-        Stmt(BPF_LDX | BPF_B | BPF_MSH, 0),
-        Stmt(BPF_LD | BPF_H | BPF_IND, 0),
+        Stmt(BPF_LDX | BPF_B | BPF_MSH, k(V4_VERSION_IHL)),
+        Stmt(BPF_LD | BPF_H | BPF_IND, k(SRC_PORT.start)),
         Stmt(BPF_ST, 1),
-        Stmt(BPF_LD | BPF_H | BPF_IND, 2),
+        Stmt(BPF_LD | BPF_H | BPF_IND, k(DST_PORT.start)),
         Stmt(BPF_LDX | BPF_W | BPF_MEM, 1),
         xor_x,
         Stmt(BPF_LDX | BPF_W | BPF_MEM, 0),
@@ -183,18 +202,18 @@ pub fn reuseport_program(workers: u32) -> Vec<sock_filter> {
         Always(Done),
         // IPv6: M[0] = xor of the eight address words.
         Mark(V6),
-        ld(BPF_W, 8),
+        ld(BPF_W, V6_SRC.start),
     ]);
-    for word in 1..8 {
-        program.extend([tax, ld(BPF_W, 8 + 4 * word), xor_x]);
+    for word in 1..V6_ADDRESS_WORDS {
+        program.extend([tax, ld(BPF_W, V6_SRC.start + 4 * word), xor_x]);
     }
-    program.extend([Stmt(BPF_ST, 0), ld(BPF_B, 6)]);
+    program.extend([Stmt(BPF_ST, 0), ld(BPF_B, V6_NEXT_HEADER)]);
     program.extend(is_port_protocol(V6Ports, Done));
     program.extend([
         Mark(V6Ports),
-        ld(BPF_H, 40),
+        ld(BPF_H, IPV6_HEADER_LEN + SRC_PORT.start),
         tax,
-        ld(BPF_H, 42),
+        ld(BPF_H, IPV6_HEADER_LEN + DST_PORT.start),
         xor_x,
         Stmt(BPF_LDX | BPF_W | BPF_MEM, 0),
         xor_x,

@@ -1,8 +1,8 @@
 //! Coalescing, checked by its inverse. A UDP GRO buffer (built from the fuzz bytes by
 //! `tunfwd_fuzz::gro::decode`, mostly as runs of valid segments of one flow with changes mixed in)
-//! is cut at the stride and validated as the worker does, grouped by `plan_runs`, and each run of
-//! two or more is written as the worker writes it: `finish_run`'s rewritten head, then each later
-//! segment after its headers. With the partial checksum completed, as the kernel would
+//! is cut at the stride and validated as the worker does (`validate`, once per datagram), grouped
+//! by `plan_segments`, and each run of two or more is written as the worker writes it:
+//! `finish_segments`' rewritten head, then each later segment after its headers. With the partial checksum completed, as the kernel would
 //! (include/linux/skbuff.h, `CHECKSUM_PARTIAL`), that packet must be valid, and splitting it again
 //! with the virtio header's GSO type and size must give back exactly the segments that went in:
 //! every rule the coalescer enforces is there so that this round trip holds.
@@ -11,10 +11,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tunfwd::offload::coalesce::{MAX_RUN_SEGMENTS, Policy, finish_run, plan_runs};
+use tunfwd::offload::coalesce::{
+    MAX_RUN_SEGMENTS, Policy, Segment, finish_segments, plan_segments, validate,
+};
 use tunfwd::offload::complete_checksum;
 use tunfwd::offload::split::Split;
-use tunfwd::wire::IpPacket;
 use tunfwd::wire::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
 use tunfwd_fuzz::{assert_valid, gro, stats_enabled};
 
@@ -31,13 +32,17 @@ fuzz_target!(|data: &[u8]| {
     // Cut at the stride and keep what is an IP packet, as the worker's `on_udp_recv` does.
     let mut segments = Vec::new();
     for (index, piece) in buffer.chunks(case.stride).enumerate() {
-        if IpPacket::new_checked(piece).is_ok() {
-            segments.push((index * case.stride, piece.len()));
+        if let Ok(transport) = validate(piece) {
+            segments.push(Segment {
+                at: index * case.stride,
+                len: piece.len(),
+                transport,
+            });
         }
     }
     let original = buffer.clone();
     let mut runs = Vec::new();
-    plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
+    plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
 
     let mut next = 0;
     let mut merged_runs = 0;
@@ -45,15 +50,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(run.first, next, "runs in order, without gaps: {runs:?}");
         assert!((1..=MAX_RUN_SEGMENTS).contains(&run.count), "{run:?}");
         next += run.count;
-        let header = finish_run(&mut buffer, &segments, *run);
+        let header = finish_segments(&mut buffer, &segments, *run);
         if run.count == 1 {
             assert_eq!(header, [0u8; vnet::LEN], "a run of one is written plain");
-            let (at, len) = segments[run.first];
-            assert_eq!(
-                buffer[at..at + len],
-                original[at..at + len],
-                "left untouched"
-            );
+            let range = segments[run.first].range();
+            assert_eq!(buffer[range.clone()], original[range], "left untouched");
             continue;
         }
         merged_runs += 1;
@@ -68,10 +69,9 @@ fuzz_target!(|data: &[u8]| {
         let header_len = usize::from(vnet.hdr_len());
 
         // [head with rewritten headers][payload of each later segment], as the worker gathers.
-        let (head_at, head_len) = segments[run.first];
-        let mut merged = buffer[head_at..head_at + head_len].to_vec();
-        for &(at, len) in &segments[run.first + 1..run.first + run.count] {
-            merged.extend_from_slice(&buffer[at + header_len..at + len]);
+        let mut merged = buffer[segments[run.first].range()].to_vec();
+        for segment in &segments[run.first + 1..run.first + run.count] {
+            merged.extend_from_slice(&buffer[segment.at + header_len..segment.at + segment.len]);
         }
         assert!(merged.len() <= 65535, "{} bytes", merged.len());
         complete_checksum(
@@ -88,8 +88,7 @@ fuzz_target!(|data: &[u8]| {
         let mut segment = Vec::new();
         for i in 0..plan.count {
             plan.segment_into(&merged, i, &mut segment);
-            let (at, len) = segments[run.first + i];
-            let input = &original[at..at + len];
+            let input = &original[segments[run.first + i].range()];
             assert!(
                 segment == input,
                 "segment {i} of {run:?} differs after the round trip\n in:  {input:02x?}\n out: {segment:02x?}"

@@ -11,8 +11,8 @@
 //! * the same addresses, ports and protocol; the same TOS/traffic class (ECN bits included),
 //!   TTL/hop limit, DF and IPv6 flow label;
 //! * no IPv4 options and no IPv6 extension headers (the kernel flushes on `*(u8 *)iph != 0x45`;
-//!   it does merge identical IPv6 extension headers, we never do), no fragments (those are
-//!   refused by `Transport::parse`), and a valid IPv4 header checksum;
+//!   it does merge identical IPv6 extension headers, we never do), no fragments (the parser
+//!   refuses those: [`validate`] gives them no [`Transport`]), and a valid IPv4 header checksum;
 //! * IPv4 IDs that go up by one per segment. The kernel also merges a fixed ID when DF is set
 //!   and marks the result `SKB_GSO_TCP_FIXEDID`, but a virtio_net_hdr has no way to carry that
 //!   mark: the kernel would re-segment our write with incrementing IDs and forward different
@@ -27,10 +27,28 @@
 //!   otherwise bless a corrupt segment with a fresh checksum;
 //! * only the last segment shorter than the first, at most [`MAX_RUN_SEGMENTS`] segments and
 //!   65535 bytes in all.
+//!
+//! Each datagram is parsed once, on arrival: [`validate`] checks it against the datagram and finds
+//! its TCP or UDP header in one pass, and the worker keeps the answer in a [`Segment`], which
+//! [`plan_segments`] and [`finish_segments`] read instead of parsing again. Between the two, ECN
+//! decapsulation (`super::ecn::decapsulate`) may rewrite a segment's TOS / traffic class and IPv4
+//! header checksum; it never moves a header or changes a length, so the [`Transport`] found before
+//! it is still the one the bytes would give. The planner reads the rewritten bytes themselves, so
+//! the new marks decide what merges.
 
 use super::{PROTO_TCP, PROTO_UDP, Transport, checksum_is_valid, tcp_flags};
 use crate::wire::checksum::Sum;
-use crate::wire::vnet::{self, GSO_ECN};
+use crate::wire::ip::field::{
+    V4_DST, V4_FRAGMENT, V4_ID, V4_PROTOCOL, V4_SRC, V4_TOS, V6_DST, V6_NEXT_HEADER,
+    V6_VERSION_CLASS_FLOW,
+};
+use crate::wire::transport::field::{
+    PORTS, TCP_ACK, TCP_DATA_OFFSET, TCP_FLAGS, TCP_SEQ, TCP_URGENT, TCP_WINDOW, UDP_CHECKSUM,
+    UDP_LENGTH,
+};
+use crate::wire::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
+use crate::wire::{IpPacket, Malformed};
+use core::ops::Range;
 
 /// At most this many segments in one super-packet (the portable GSO limit).
 pub const MAX_RUN_SEGMENTS: usize = 64;
@@ -62,9 +80,40 @@ pub struct Run {
     pub count: usize,
 }
 
+/// Validates one received datagram as an inner IP packet and finds its TCP or UDP header, in one
+/// pass: `Err` for a datagram to drop (the reason is counted), `Ok(None)` for a packet to write
+/// as it is (a fragment, another protocol, refused IPv6 extension headers), `Ok(Some(_))` for one
+/// the coalescer may merge. The same rules as `IpPacket::new_checked` then `Transport::parse`.
+pub fn validate(bytes: &[u8]) -> Result<Option<Transport>, Malformed> {
+    Ok(IpPacket::new_checked(bytes)?.transport())
+}
+
+/// One datagram of a UDP GRO buffer that [`validate`] accepted: `len` bytes at `at`, and what
+/// `validate` found in them.
+///
+/// `transport` must be what `validate` returned for those bytes. ECN decapsulation between the
+/// two keeps it so (see the module docs); any other rewrite of the headers needs a new
+/// `validate`. The planner trusts it to stay in bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub at: usize,
+    pub len: usize,
+    pub transport: Option<Transport>,
+}
+
+impl Segment {
+    /// Where the segment is in its buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.at..self.at + self.len
+    }
+}
+
 struct Head {
     transport: Transport,
     first: usize,
+    /// Where the head segment is in the buffer.
+    at: usize,
+    len: usize,
     count: usize,
     payload_len: usize,
     total_len: usize,
@@ -79,16 +128,15 @@ fn payload_len(packet: &[u8], t: &Transport) -> usize {
 }
 
 fn tcp_seq(packet: &[u8], t: &Transport) -> u32 {
-    let l4 = t.ip_header_len;
-    u32::from_be_bytes(packet[l4 + 4..l4 + 8].try_into().expect("4 bytes"))
+    u32::from_be_bytes(packet[t.l4_field(TCP_SEQ)].try_into().expect("4 bytes"))
 }
 
 fn tcp_flags_of(packet: &[u8], t: &Transport) -> u8 {
-    packet[t.ip_header_len + 13]
+    packet[t.ip_header_len + TCP_FLAGS]
 }
 
 fn ipv4_id(packet: &[u8]) -> u16 {
-    u16::from_be_bytes([packet[4], packet[5]])
+    u16::from_be_bytes(packet[V4_ID].try_into().expect("2 bytes"))
 }
 
 /// The checks every segment of a merged run must pass on its own, head or follower: a sound IPv4
@@ -99,8 +147,10 @@ fn is_sound(packet: &[u8], t: &Transport) -> bool {
     }
     if t.protocol == PROTO_UDP {
         let l4 = &packet[t.ip_header_len..];
-        let length = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-        if length != l4.len() || l4[6..8] == [0, 0] {
+        let length = usize::from(u16::from_be_bytes(
+            l4[UDP_LENGTH].try_into().expect("2 bytes"),
+        ));
+        if length != l4.len() || l4[UDP_CHECKSUM] == [0, 0] {
             return false;
         }
     }
@@ -145,33 +195,34 @@ fn can_append(head_packet: &[u8], head: &Head, next: &[u8], t: &Transport) -> bo
     // IP fields that must match: IPv4 TOS, flags (DF), TTL, protocol and addresses, with the ID
     // one more per segment; IPv6 version, traffic class and flow label, next header, hop limit
     // and addresses.
+    let same = |range: Range<usize>| head_packet[range.clone()] == next[range];
     let same_ip = if t.ipv6 {
-        head_packet[0..4] == next[0..4] && head_packet[6..40] == next[6..40]
+        same(V6_VERSION_CLASS_FLOW) && same(V6_NEXT_HEADER..V6_DST.end)
     } else {
-        head_packet[1] == next[1]
-            && head_packet[6..10] == next[6..10]
-            && head_packet[12..20] == next[12..20]
+        head_packet[V4_TOS] == next[V4_TOS]
+            && same(V4_FRAGMENT.start..V4_PROTOCOL + 1)
+            && same(V4_SRC.start..V4_DST.end)
             && ipv4_id(next) == ipv4_id(head_packet).wrapping_add(head.count as u16)
     };
-    let l4 = t.ip_header_len;
-    if !same_ip || head_packet[l4..l4 + 4] != next[l4..l4 + 4] {
+    if !same_ip || !same(t.l4_field(PORTS)) {
         return false;
     }
     if t.protocol == PROTO_TCP {
         // The flag word: data offset and reserved bits, flags, window. CWR may be on the head
-        // only and PSH on the last only (`plan_runs` closes the run on PSH).
+        // only and PSH on the last only (`plan` closes the run on PSH).
+        let l4 = t.ip_header_len;
         let head_flags = tcp_flags_of(head_packet, h);
         let flags = tcp_flags_of(next, t);
         if flags & !tcp_flags::PSH != head_flags & !tcp_flags::CWR
-            || head_packet[l4 + 12] != next[l4 + 12]
-            || head_packet[l4 + 14..l4 + 16] != next[l4 + 14..l4 + 16]
+            || head_packet[l4 + TCP_DATA_OFFSET] != next[l4 + TCP_DATA_OFFSET]
+            || !same(t.l4_field(TCP_WINDOW))
         {
             return false; // also refuses CWR, SYN, FIN, RST, URG on a follower
         }
         // Same ack, urgent pointer and options; adjacent sequence numbers. The urgent pointer
         // means nothing without URG, but re-segmentation copies the head's into every segment.
-        if head_packet[l4 + 8..l4 + 12] != next[l4 + 8..l4 + 12]
-            || head_packet[l4 + 18..l4 + t.l4_header_len] != next[l4 + 18..l4 + t.l4_header_len]
+        if !same(t.l4_field(TCP_ACK))
+            || !same(l4 + TCP_URGENT.start..t.header_len())
             || tcp_seq(next, t) != head.next_seq
         {
             return false;
@@ -180,28 +231,53 @@ fn can_append(head_packet: &[u8], head: &Head, next: &[u8], t: &Transport) -> bo
     is_sound(next, t)
 }
 
-/// Groups the segments of one buffer into runs. `segments` holds each valid IP packet's
-/// `(offset, len)` in `buffer`, in arrival order; `runs` is cleared and filled (its capacity is
-/// reused, so steady state does not allocate).
-pub fn plan_runs(buffer: &[u8], segments: &[(usize, usize)], policy: Policy, runs: &mut Vec<Run>) {
+/// Groups the segments of one buffer into runs. `segments` holds each valid IP packet of `buffer`
+/// with what [`validate`] found in it, in arrival order; `runs` is cleared and filled (its
+/// capacity is reused, so steady state does not allocate). Nothing is parsed again, except in
+/// debug builds, which check each segment's `transport` against a fresh [`validate`].
+pub fn plan_segments(buffer: &[u8], segments: &[Segment], policy: Policy, runs: &mut Vec<Run>) {
+    plan(
+        buffer,
+        segments.len(),
+        |index| {
+            let segment = segments[index];
+            debug_assert_eq!(
+                validate(&buffer[segment.range()]),
+                Ok(segment.transport),
+                "segment {index} carries what validate finds"
+            );
+            segment
+        },
+        policy,
+        runs,
+    );
+}
+
+/// The planner, over `count` segments that `segment` gives, each asked for once and in order.
+fn plan(
+    buffer: &[u8],
+    count: usize,
+    segment: impl Fn(usize) -> Segment,
+    policy: Policy,
+    runs: &mut Vec<Run>,
+) {
     runs.clear();
     let mut head: Option<Head> = None;
-    for (index, &(offset, len)) in segments.iter().enumerate() {
-        let packet = &buffer[offset..offset + len];
-        let transport = Transport::parse(packet);
-        if let (Some(h), Some(t)) = (head.as_mut(), transport.as_ref()) {
-            let (head_offset, head_len) = segments[h.first];
-            if can_append(&buffer[head_offset..head_offset + head_len], h, packet, t) {
-                let payload = payload_len(packet, t);
-                h.count += 1;
-                h.total_len += payload;
-                if t.protocol == PROTO_TCP {
-                    h.next_seq = h.next_seq.wrapping_add(payload as u32);
-                    h.closed |= tcp_flags_of(packet, t) & tcp_flags::PSH != 0;
-                }
-                h.closed |= payload < h.payload_len;
-                continue;
+    for index in 0..count {
+        let segment = segment(index);
+        let packet = &buffer[segment.range()];
+        if let (Some(h), Some(t)) = (head.as_mut(), segment.transport.as_ref())
+            && can_append(&buffer[h.at..h.at + h.len], h, packet, t)
+        {
+            let payload = payload_len(packet, t);
+            h.count += 1;
+            h.total_len += payload;
+            if t.protocol == PROTO_TCP {
+                h.next_seq = h.next_seq.wrapping_add(payload as u32);
+                h.closed |= tcp_flags_of(packet, t) & tcp_flags::PSH != 0;
             }
+            h.closed |= payload < h.payload_len;
+            continue;
         }
         if let Some(h) = head.take() {
             runs.push(Run {
@@ -209,7 +285,7 @@ pub fn plan_runs(buffer: &[u8], segments: &[(usize, usize)], policy: Policy, run
                 count: h.count,
             });
         }
-        match transport {
+        match segment.transport {
             Some(t) if can_lead(packet, &t, policy) => {
                 let payload = payload_len(packet, &t);
                 let next_seq = if t.protocol == PROTO_TCP {
@@ -220,9 +296,11 @@ pub fn plan_runs(buffer: &[u8], segments: &[(usize, usize)], policy: Policy, run
                 head = Some(Head {
                     transport: t,
                     first: index,
+                    at: segment.at,
+                    len: segment.len,
                     count: 1,
                     payload_len: payload,
-                    total_len: len,
+                    total_len: segment.len,
                     closed: false,
                     next_seq,
                 });
@@ -245,57 +323,74 @@ pub fn plan_runs(buffer: &[u8], segments: &[(usize, usize)], policy: Policy, run
 /// run, rewrites the head segment's headers in place to describe the whole super-packet (lengths,
 /// IPv4 header checksum, PSH from the last segment, the pseudo-header sum in the checksum field)
 /// and returns the virtio header with `NEEDS_CSUM` and the GSO type and size. The caller writes
-/// `[virtio header][head segment][payloads of the rest]`.
-pub fn finish_run(buffer: &mut [u8], segments: &[(usize, usize)], run: Run) -> [u8; vnet::LEN] {
-    let mut header = [0u8; vnet::LEN];
+/// `[virtio header][head segment][payloads of the rest]`. `run` must come from [`plan_segments`]
+/// over the same `segments`.
+pub fn finish_segments(buffer: &mut [u8], segments: &[Segment], run: Run) -> [u8; vnet::LEN] {
     if run.count < 2 {
-        return header;
+        return [0; vnet::LEN];
     }
-    let (head_offset, head_len) = segments[run.first];
-    let t = Transport::parse(&buffer[head_offset..head_offset + head_len])
-        .expect("planned runs have parsed heads");
-    let (last_offset, _) = segments[run.first + run.count - 1];
+    let members = &segments[run.first..run.first + run.count];
+    let bytes = members.iter().map(|s| s.len).sum();
+    finish(
+        buffer,
+        members[0],
+        members[run.count - 1].at,
+        bytes,
+        run.count,
+    )
+}
+
+/// Rewrites the head of a run of `count` segments, `bytes` long in all, whose last segment
+/// starts at `last_at`.
+fn finish(
+    buffer: &mut [u8],
+    head: Segment,
+    last_at: usize,
+    bytes: usize,
+    count: usize,
+) -> [u8; vnet::LEN] {
+    let t = head
+        .transport
+        .expect("planned runs of two or more have parsed heads");
     // A UDP datagram has no byte 13 in its L4 header when its payload is 5 bytes or fewer.
     let last_flags = if t.protocol == PROTO_TCP {
         buffer
-            .get(last_offset + t.ip_header_len + 13)
+            .get(last_at + t.ip_header_len + TCP_FLAGS)
             .copied()
             .unwrap_or(0)
     } else {
         0
     };
-    let head_payload = head_len - t.header_len();
-    let total_payload: usize = segments[run.first..run.first + run.count]
-        .iter()
-        .map(|(_, len)| len - t.header_len())
-        .sum();
+    let head_payload = head.len - t.header_len();
+    let total_payload = bytes - count * t.header_len();
     let l4_len = t.l4_header_len + total_payload;
     let l4 = t.ip_header_len;
-    let head = &mut buffer[head_offset..head_offset + t.header_len()];
-    t.set_ip_len(head, l4_len);
-    let mut gso_type = match (t.protocol, t.ipv6) {
-        (PROTO_TCP, false) => 1,
-        (PROTO_TCP, true) => 4,
-        _ => 5,
-    };
+    let header = &mut buffer[head.at..head.at + t.header_len()];
+    t.set_ip_len(header, l4_len);
+    let mut ecn = false;
     if t.protocol == PROTO_TCP {
-        head[l4 + 13] |= last_flags & tcp_flags::PSH;
-        if head[l4 + 13] & tcp_flags::CWR != 0 {
-            gso_type |= GSO_ECN;
-        }
+        header[l4 + TCP_FLAGS] |= last_flags & tcp_flags::PSH;
+        ecn = header[l4 + TCP_FLAGS] & tcp_flags::CWR != 0;
     } else {
-        head[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        header[t.l4_field(UDP_LENGTH)].copy_from_slice(&(l4_len as u16).to_be_bytes());
     }
     let field = l4 + t.checksum_offset();
-    let pseudo = t.pseudo_header(head, l4_len);
-    head[field..field + 2].copy_from_slice(&pseudo.0.to_be_bytes());
-    header[0] = vnet::FLAG_NEEDS_CSUM;
-    header[1] = gso_type;
-    header[2..4].copy_from_slice(&(t.header_len() as u16).to_ne_bytes());
-    header[4..6].copy_from_slice(&(head_payload as u16).to_ne_bytes());
-    header[6..8].copy_from_slice(&(l4 as u16).to_ne_bytes());
-    header[8..10].copy_from_slice(&(t.checksum_offset() as u16).to_ne_bytes());
-    header
+    let pseudo = t.pseudo_header(header, l4_len);
+    header[field..field + 2].copy_from_slice(&pseudo.0.to_be_bytes());
+    let gso_type = match (t.protocol, t.ipv6) {
+        (PROTO_TCP, false) => GsoType::TcpV4,
+        (PROTO_TCP, true) => GsoType::TcpV6,
+        _ => GsoType::UdpL4,
+    };
+    let mut raw = [0u8; vnet::LEN];
+    let mut vnet = VnetHeader::new_checked(&mut raw[..]).expect("a whole header");
+    vnet.set_flags(FLAG_NEEDS_CSUM);
+    vnet.set_gso_type(gso_type, ecn);
+    vnet.set_hdr_len(t.header_len() as u16);
+    vnet.set_gso_size(head_payload as u16);
+    vnet.set_csum_start(l4 as u16);
+    vnet.set_csum_offset(t.checksum_offset() as u16);
+    raw
 }
 
 #[cfg(test)]
@@ -344,7 +439,7 @@ mod tests {
             let segments = split(&original, gso_type, gso);
             let (mut buffer, layout) = gro_buffer(&segments);
             let mut runs = Vec::new();
-            plan_runs(&buffer, &layout, BOTH, &mut runs);
+            plan_segments(&buffer, &layout, BOTH, &mut runs);
             assert_eq!(
                 runs,
                 vec![Run {
@@ -353,7 +448,7 @@ mod tests {
                 }],
                 "{ipv6} {udp}"
             );
-            let header = finish_run(&mut buffer, &layout, runs[0]);
+            let header = finish_segments(&mut buffer, &layout, runs[0]);
             let h = VnetHeader::new_checked(&header[..]).unwrap();
             assert_eq!(h.gso_type(), gso_type);
             assert_eq!(usize::from(h.gso_size()), usize::from(gso));
@@ -378,7 +473,7 @@ mod tests {
     fn runs_of(packets: &[Vec<u8>]) -> Vec<(usize, usize)> {
         let (buffer, layout) = gro_buffer(packets);
         let mut runs = Vec::new();
-        plan_runs(&buffer, &layout, BOTH, &mut runs);
+        plan_segments(&buffer, &layout, BOTH, &mut runs);
         runs.iter().map(|r| (r.first, r.count)).collect()
     }
 
@@ -596,7 +691,7 @@ mod tests {
         let packets = [tcp(0, 100, 0), tcp(100, 100, 0)];
         let (buffer, layout) = gro_buffer(&packets);
         let mut runs = Vec::new();
-        plan_runs(
+        plan_segments(
             &buffer,
             &layout,
             Policy {
@@ -615,7 +710,7 @@ mod tests {
             })
         };
         let (buffer, layout) = gro_buffer(&[u(100, 7), u(100, 8), u(40, 9)]);
-        plan_runs(
+        plan_segments(
             &buffer,
             &layout,
             Policy {
@@ -625,7 +720,7 @@ mod tests {
             &mut runs,
         );
         assert_eq!(runs.len(), 3);
-        plan_runs(&buffer, &layout, BOTH, &mut runs);
+        plan_segments(&buffer, &layout, BOTH, &mut runs);
         assert_eq!(runs, vec![Run { first: 0, count: 3 }]);
     }
 
@@ -635,10 +730,10 @@ mod tests {
         let (mut buffer, layout) = gro_buffer(packets);
         assert_eq!(buffer.len(), packets.iter().map(Vec::len).sum::<usize>());
         let mut runs = Vec::new();
-        plan_runs(&buffer, &layout, BOTH, &mut runs);
+        plan_segments(&buffer, &layout, BOTH, &mut runs);
         let mut written = Vec::new();
         for run in &runs {
-            let header = finish_run(&mut buffer, &layout, *run);
+            let header = finish_segments(&mut buffer, &layout, *run);
             written.push(if run.count > 1 {
                 merged(&buffer, &layout, *run, &header)
             } else {
@@ -839,7 +934,7 @@ mod tests {
             }
             let (mut buffer, layout) = gro_buffer(&packets);
             let mut runs = Vec::new();
-            plan_runs(&buffer, &layout, BOTH, &mut runs);
+            plan_segments(&buffer, &layout, BOTH, &mut runs);
             assert_eq!(
                 runs.iter().map(|r| r.count).sum::<usize>(),
                 packets.len(),
@@ -847,7 +942,7 @@ mod tests {
             );
             let mut written = Vec::new();
             for run in runs {
-                let header = finish_run(&mut buffer, &layout, run);
+                let header = finish_segments(&mut buffer, &layout, run);
                 let p = if run.count > 1 {
                     merged(&buffer, &layout, run, &header)
                 } else {
@@ -873,5 +968,93 @@ mod tests {
             }
         }
         let _ = OffloadError::BadGso;
+    }
+
+    /// `validate`, one pass, answers as `IpPacket::new_checked` and then `Transport::parse` do, on
+    /// packets with options and extension headers (accepted and refused ones) mutated at random;
+    /// where it finds a TCP or UDP header, etherparse finds it at the same place.
+    #[test]
+    fn validate_is_new_checked_then_parse_with_etherparse_as_judge() {
+        use crate::wire::ip::field::{V4_TOTAL_LEN, V6_PAYLOAD_LEN};
+        use etherparse::{IpSlice, TcpSlice};
+        let mut state = 0x5eed_0f0e_ba55_1234u64;
+        let mut rnd = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        let pad = || vec![1, 4, 0, 0, 0, 0];
+        let (mut accepted, mut with_transport, mut with_options) = (0, 0, 0);
+        for _ in 0..30_000 {
+            let ipv6 = rnd(2) == 0;
+            let ipv6_extensions = if ipv6 {
+                (0..rnd(4))
+                    .map(|_| match rnd(6) {
+                        0 => (0, pad()),
+                        1 => (43, [vec![4, rnd(2) as u8], vec![0; 20]].concat()),
+                        2 => (44, vec![0; 6]),
+                        3 => (51, vec![0; 14]),
+                        _ => (60, pad()),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut p = build(&Spec {
+                ipv6,
+                ipv6_extensions,
+                udp: rnd(2) == 0,
+                payload_len: rnd(200) as usize,
+                ipv4_options: if ipv6 { 0 } else { 4 * rnd(3) as usize },
+                tcp_options: vec![1; 4 * rnd(4) as usize],
+                ..Spec::default()
+            });
+            // Damage the headers, cut or grow the packet, and often make the length field agree
+            // again, so that the damage gets past the datagram check to the transport rules.
+            for _ in 0..rnd(4) {
+                let at = rnd(p.len().min(100) as u64) as usize;
+                p[at] = rnd(256) as u8;
+            }
+            match rnd(4) {
+                0 => p.truncate(rnd(p.len() as u64 + 1) as usize),
+                1 => p.extend((0..rnd(20)).map(|_| rnd(256) as u8)),
+                _ => {}
+            }
+            if rnd(4) != 0 && p.len() >= 40 {
+                let len = p.len() as u16;
+                match p[0] >> 4 {
+                    4 => p[V4_TOTAL_LEN].copy_from_slice(&len.to_be_bytes()),
+                    6 => p[V6_PAYLOAD_LEN].copy_from_slice(&(len - 40).to_be_bytes()),
+                    _ => {}
+                }
+            }
+            let found = validate(&p);
+            let expected = IpPacket::new_checked(&p[..]).map(|_| Transport::parse(&p));
+            assert_eq!(found, expected, "{p:02x?}");
+            let Ok(transport) = found else { continue };
+            accepted += 1;
+            let Some(t) = transport else { continue };
+            with_transport += 1;
+            // The IP layer alone: etherparse's UDP slice also checks the UDP length field, which
+            // is the coalescer's business, not the parser's.
+            let ip = IpSlice::from_slice(&p)
+                .unwrap_or_else(|e| panic!("we take {t:?}, etherparse refuses {e:?}: {p:02x?}"));
+            let l4 = ip.payload();
+            assert_eq!(l4.ip_number.0, t.protocol, "{p:02x?}");
+            assert_eq!(p.len() - l4.payload.len(), t.ip_header_len, "{p:02x?}");
+            if t.protocol == PROTO_TCP {
+                let tcp =
+                    TcpSlice::from_slice(l4.payload).expect("etherparse takes the TCP header");
+                assert_eq!(tcp.slice().len() - tcp.payload().len(), t.l4_header_len);
+            } else {
+                assert_eq!(t.l4_header_len, 8);
+            }
+            with_options += usize::from(t.has_ip_options());
+        }
+        assert!(
+            accepted > 10_000 && with_transport > 5_000 && with_options > 1_000,
+            "{accepted} accepted, {with_transport} with a transport, {with_options} with options"
+        );
     }
 }

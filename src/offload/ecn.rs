@@ -28,6 +28,8 @@
 //! The TCP and UDP checksums do not cover the TOS or traffic class, so nothing else changes.
 
 use crate::wire::checksum::Sum;
+use crate::wire::ip::field::{V4_CHECKSUM, V4_TOS};
+use crate::wire::ip::{IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
 
 /// The two ECN bits of the IPv4 TOS byte or the IPv6 traffic class (RFC 3168 section 5).
 pub const ECN_MASK: u8 = 0b11;
@@ -125,9 +127,13 @@ pub fn decapsulated_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 /// The TOS (IPv4) or traffic class (IPv6) of `packet`; 0 when it is too short to have one or is
 /// neither version (validation drops those anyway).
 pub fn inner_tos(packet: &[u8]) -> u8 {
-    match (packet.first().map(|b| b >> 4), packet.get(1)) {
-        (Some(4), Some(&tos)) => tos,
-        (Some(6), Some(&second)) => packet[0] << 4 | second >> 4,
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(V4_TOS).copied().unwrap_or(0),
+        // The traffic class spans the low nibble of byte 0 and the high nibble of byte 1
+        // (RFC 8200 section 3).
+        Some(6) => packet
+            .get(1)
+            .map_or(0, |&second| packet[0] << 4 | second >> 4),
         _ => 0,
     }
 }
@@ -149,14 +155,18 @@ pub enum Decapsulated {
 ///
 /// An outer Not-ECT or ECT(0) changes no inner packet, so a receive whose outer marks are those
 /// (nearly every one) costs one comparison here.
+///
+/// Only the ECN bits and the IPv4 header checksum change: no length, no header's place. So what
+/// `coalesce::validate` found in the packet before (its `Transport`) still holds after, and the
+/// worker validates each datagram once, before this.
 pub fn decapsulate(outer_tos: u8, packet: &mut [u8]) -> Decapsulated {
     let outer = Ecn::of(outer_tos);
     if matches!(outer, Ecn::NotEct | Ecn::Ect0) {
         return Decapsulated::Unchanged;
     }
     let ipv4 = match packet.first().map(|b| b >> 4) {
-        Some(4) if packet.len() >= 20 => true,
-        Some(6) if packet.len() >= 40 => false,
+        Some(4) if packet.len() >= IPV4_MIN_HEADER_LEN => true,
+        Some(6) if packet.len() >= IPV6_HEADER_LEN => false,
         _ => return Decapsulated::Unchanged,
     };
     let inner = Ecn::of(inner_tos(packet));
@@ -179,18 +189,19 @@ pub fn decapsulate(outer_tos: u8, packet: &mut [u8]) -> Decapsulated {
 /// low byte of the header's first 16-bit word, so HC' = ~(~HC + ~m + m') with m and m' that word
 /// before and after (RFC 1624 equation 3).
 fn set_ipv4_ecn(header: &mut [u8], ecn: Ecn) {
-    let old_word = u16::from_be_bytes([header[0], header[1]]);
-    header[1] = (header[1] & !ECN_MASK) | ecn.bits();
-    let new_word = u16::from_be_bytes([header[0], header[1]]);
-    let checksum = u16::from_be_bytes([header[10], header[11]]);
+    let word = |header: &[u8]| u16::from_be_bytes([header[0], header[V4_TOS]]);
+    let old_word = word(header);
+    header[V4_TOS] = (header[V4_TOS] & !ECN_MASK) | ecn.bits();
+    let new_word = word(header);
+    let checksum = u16::from_be_bytes(header[V4_CHECKSUM].try_into().expect("2 bytes"));
     let updated = Sum(!checksum).sub_u16(old_word).add_u16(new_word).finish();
-    header[10..12].copy_from_slice(&updated.to_be_bytes());
+    header[V4_CHECKSUM].copy_from_slice(&updated.to_be_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::coalesce::{Policy, Run, plan_runs};
+    use crate::offload::coalesce::{Policy, Run, plan_segments};
     use crate::offload::test_packets::{Spec, assert_valid, build, gro_buffer};
 
     fn packet(ipv6: bool, tos: u8) -> Vec<u8> {
@@ -376,11 +387,13 @@ mod tests {
                 (Ecn::Ect0, vec![2, 1, 1]),
                 (Ecn::Ce, vec![4]),
             ] {
+                // Validated first, as the worker does; the transports found then still hold
+                // after the marks are rewritten (`plan_segments` checks that in debug builds).
                 let (mut buffer, segments) = gro_buffer(&packets);
-                for &(at, len) in &segments {
-                    let _ = decapsulate(outer.bits(), &mut buffer[at..at + len]);
+                for segment in &segments {
+                    let _ = decapsulate(outer.bits(), &mut buffer[segment.range()]);
                 }
-                plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
+                plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
                 let counts: Vec<usize> = runs.iter().map(|r: &Run| r.count).collect();
                 assert_eq!(counts, expected, "ipv6={ipv6}, outer {outer:?}");
             }

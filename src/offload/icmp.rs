@@ -33,6 +33,15 @@
 //! [`TokenBucket`] rate-limits the answers per worker, as `icmp_ratelimit` does for the kernel's.
 
 use crate::wire::checksum::{Sum, pseudo_header_v6};
+use crate::wire::ip::field::{
+    EXTENSION_LEN, EXTENSION_NEXT_HEADER, FRAGMENT_OFFSET, V4_CHECKSUM, V4_DST, V4_FRAGMENT, V4_ID,
+    V4_PROTOCOL, V4_SRC, V4_TOS, V4_TOTAL_LEN, V4_TTL, V4_VERSION_IHL, V6_DST, V6_HOP_LIMIT,
+    V6_NEXT_HEADER, V6_PAYLOAD_LEN, V6_SRC, V6_VERSION_CLASS_FLOW,
+};
+use crate::wire::ip::next_header::{
+    AUTHENTICATION, DESTINATION_OPTIONS, FRAGMENT, HOP_BY_HOP, ROUTING,
+};
+use crate::wire::ip::{IPV4_DF, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
 use std::net::Ipv6Addr;
 
 /// The largest ICMPv4 error tunfwd builds, its IP header included (RFC 1812 section 4.3.2.3).
@@ -47,7 +56,20 @@ pub const MAX_REPLY: usize = IPV6_MIN_MTU;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
-const IPV4_DF: u16 = 0x4000;
+/// The ICMP header (RFC 792) and the ICMPv6 header (RFC 4443 section 2.1): type, code, checksum,
+/// then four bytes whose use depends on the type (here, the MTU).
+const ICMP_HEADER_LEN: usize = 8;
+mod icmp_field {
+    use core::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+    /// Destination unreachable, code 4: unused, then the next-hop MTU (RFC 1191 section 4).
+    pub const UNUSED: Range<usize> = 4..6;
+    pub const NEXT_HOP_MTU: Range<usize> = 6..8;
+    /// Packet too big: the MTU (RFC 4443 section 3.2).
+    pub const MTU: Range<usize> = 4..8;
+}
 
 /// What an inner packet larger than the inner MTU gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,23 +125,24 @@ pub fn too_big_reply(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize>
 /// `iptunnel_pmtud_check_icmp`: DF set and not a fragment, an MTU the kernel honours, no odd
 /// address, not an ICMP error.
 fn may_answer_v4(packet: &[u8], mtu: usize) -> bool {
-    if packet.len() < 20 || !(IPV4_MIN_REPORTED_MTU..=65535).contains(&mtu) {
+    if packet.len() < IPV4_MIN_HEADER_LEN || !(IPV4_MIN_REPORTED_MTU..=65535).contains(&mtu) {
         return false;
     }
-    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let ihl = usize::from(packet[V4_VERSION_IHL] & 0x0f) * 4;
     // DF set, and not a fragment: exactly the DF bit in the flags and offset.
-    if ihl < 20 || u16::from_be_bytes([packet[6], packet[7]]) != IPV4_DF {
+    let fragment_word = u16::from_be_bytes(packet[V4_FRAGMENT].try_into().expect("2 bytes"));
+    if ihl < IPV4_MIN_HEADER_LEN || fragment_word != IPV4_DF {
         return false;
     }
-    let source = &packet[12..16];
-    let destination = &packet[16..20];
+    let source = &packet[V4_SRC];
+    let destination = &packet[V4_DST];
     let bad_source =
         source[0] == 0 || source[0] == 127 || source == [255; 4] || (224..240).contains(&source[0]);
     let bad_destination = destination == [255; 4] || (224..240).contains(&destination[0]);
     if bad_source || bad_destination {
         return false;
     }
-    if packet[9] == PROTO_ICMP {
+    if packet[V4_PROTOCOL] == PROTO_ICMP {
         // icmp_is_err: destination unreachable, source quench, redirect, time exceeded,
         // parameter problem. A packet too short to show its type is not answered either.
         return match packet.get(ihl) {
@@ -132,12 +155,13 @@ fn may_answer_v4(packet: &[u8], mtu: usize) -> bool {
 
 /// `iptunnel_pmtud_check_icmpv6`, and no multicast destination (see the module docs).
 fn may_answer_v6(packet: &[u8], mtu: usize) -> bool {
-    if packet.len() < 40 || mtu < IPV6_MIN_MTU || mtu > u32::MAX as usize {
+    if packet.len() < IPV6_HEADER_LEN || mtu < IPV6_MIN_MTU || mtu > u32::MAX as usize {
         return false;
     }
-    let address =
-        |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&packet[at..at + 16]).expect("16 bytes"));
-    let (source, destination) = (address(8), address(24));
+    let address = |field: core::ops::Range<usize>| {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&packet[field]).expect("16 bytes"))
+    };
+    let (source, destination) = (address(V6_SRC), address(V6_DST));
     if source.is_unspecified()
         || source.is_multicast()
         || source.is_loopback()
@@ -162,31 +186,33 @@ fn fragmentation_needed(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usi
     if !may_answer_v4(packet, mtu) {
         return None;
     }
-    let source: [u8; 4] = packet[12..16].try_into().ok()?;
-    let destination: [u8; 4] = packet[16..20].try_into().ok()?;
-    let quote = packet.len().min(IPV4_ERROR_MAX - 28);
-    let total = 28 + quote;
+    const HEADERS: usize = IPV4_MIN_HEADER_LEN + ICMP_HEADER_LEN;
+    let source: [u8; 4] = packet[V4_SRC].try_into().ok()?;
+    let destination: [u8; 4] = packet[V4_DST].try_into().ok()?;
+    let quote = packet.len().min(IPV4_ERROR_MAX - HEADERS);
+    let total = HEADERS + quote;
     let out = out.get_mut(..total)?;
-    out[0] = 0x45;
-    out[1] = 0; // TOS
-    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    out[4..6].fill(0); // ID
-    out[6..8].copy_from_slice(&IPV4_DF.to_be_bytes());
-    out[8] = packet[8]; // the original's TTL, as iptunnel_pmtud_build_icmp does
-    out[9] = PROTO_ICMP;
-    out[10..12].fill(0);
-    out[12..16].copy_from_slice(&destination);
-    out[16..20].copy_from_slice(&source);
-    let header_checksum = Sum::of(&out[..20]).finish();
-    out[10..12].copy_from_slice(&header_checksum.to_be_bytes());
-    out[20] = 3; // destination unreachable
-    out[21] = 4; // fragmentation needed and DF set
-    out[22..24].fill(0);
-    out[24..26].fill(0);
-    out[26..28].copy_from_slice(&(mtu as u16).to_be_bytes());
-    out[28..].copy_from_slice(&packet[..quote]);
-    let checksum = Sum::of(&out[20..]).finish();
-    out[22..24].copy_from_slice(&checksum.to_be_bytes());
+    let (ip, rest) = out.split_at_mut(IPV4_MIN_HEADER_LEN);
+    ip[V4_VERSION_IHL] = 0x45;
+    ip[V4_TOS] = 0;
+    ip[V4_TOTAL_LEN].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[V4_ID].fill(0);
+    ip[V4_FRAGMENT].copy_from_slice(&IPV4_DF.to_be_bytes());
+    ip[V4_TTL] = packet[V4_TTL]; // the original's TTL, as iptunnel_pmtud_build_icmp does
+    ip[V4_PROTOCOL] = PROTO_ICMP;
+    ip[V4_CHECKSUM].fill(0);
+    ip[V4_SRC].copy_from_slice(&destination);
+    ip[V4_DST].copy_from_slice(&source);
+    let header_checksum = Sum::of(ip).finish();
+    ip[V4_CHECKSUM].copy_from_slice(&header_checksum.to_be_bytes());
+    rest[icmp_field::TYPE] = 3; // destination unreachable
+    rest[icmp_field::CODE] = 4; // fragmentation needed and DF set
+    rest[icmp_field::CHECKSUM].fill(0);
+    rest[icmp_field::UNUSED].fill(0);
+    rest[icmp_field::NEXT_HOP_MTU].copy_from_slice(&(mtu as u16).to_be_bytes());
+    rest[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quote]);
+    let checksum = Sum::of(rest).finish();
+    rest[icmp_field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     Some(total)
 }
 
@@ -195,28 +221,30 @@ fn packet_too_big(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
     if !may_answer_v6(packet, mtu) {
         return None;
     }
-    let source = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?);
-    let destination = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?);
-    let quote = packet.len().min(IPV6_MIN_MTU - 48);
-    let total = 48 + quote;
+    const HEADERS: usize = IPV6_HEADER_LEN + ICMP_HEADER_LEN;
+    let source = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[V6_SRC]).ok()?);
+    let destination = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[V6_DST]).ok()?);
+    let quote = packet.len().min(IPV6_MIN_MTU - HEADERS);
+    let total = HEADERS + quote;
     let out = out.get_mut(..total)?;
-    let payload_len = (8 + quote) as u16;
-    out[0] = 0x60;
-    out[1..4].fill(0); // traffic class and flow label
-    out[4..6].copy_from_slice(&payload_len.to_be_bytes());
-    out[6] = PROTO_ICMPV6;
-    out[7] = packet[7]; // the original's hop limit
-    out[8..24].copy_from_slice(&destination.octets());
-    out[24..40].copy_from_slice(&source.octets());
-    out[40] = 2; // packet too big
-    out[41] = 0;
-    out[42..44].fill(0);
-    out[44..48].copy_from_slice(&(mtu as u32).to_be_bytes());
-    out[48..].copy_from_slice(&packet[..quote]);
+    let payload_len = (ICMP_HEADER_LEN + quote) as u16;
+    let (ip, rest) = out.split_at_mut(IPV6_HEADER_LEN);
+    // Version 6; traffic class and flow label 0.
+    ip[V6_VERSION_CLASS_FLOW].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[V6_PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+    ip[V6_NEXT_HEADER] = PROTO_ICMPV6;
+    ip[V6_HOP_LIMIT] = packet[V6_HOP_LIMIT]; // the original's hop limit
+    ip[V6_SRC].copy_from_slice(&destination.octets());
+    ip[V6_DST].copy_from_slice(&source.octets());
+    rest[icmp_field::TYPE] = 2; // packet too big
+    rest[icmp_field::CODE] = 0;
+    rest[icmp_field::CHECKSUM].fill(0);
+    rest[icmp_field::MTU].copy_from_slice(&(mtu as u32).to_be_bytes());
+    rest[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quote]);
     let checksum = pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
-        .add(Sum::of(&out[40..]))
+        .add(Sum::of(rest))
         .finish();
-    out[42..44].copy_from_slice(&checksum.to_be_bytes());
+    rest[icmp_field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     Some(total)
 }
 
@@ -232,18 +260,26 @@ enum UpperLayer {
 /// Skips IPv6 extension headers as `ipv6_skip_exthdr` does (net/ipv6/exthdrs_core.c):
 /// Hop-by-Hop, Routing and Destination Options in 8-byte units, Authentication in 4-byte units,
 /// Fragment headers of 8 bytes (a non-zero offset ends the walk).
+///
+/// A walk of its own on purpose, not `Transport::parse`'s: that one refuses what tunfwd does not
+/// segment or merge (a Fragment or AH header, a Routing header with segments left), where this
+/// one must see behind all of them whether the packet is an ICMPv6 error, as
+/// `iptunnel_pmtud_check_icmpv6` does.
 fn upper_layer(packet: &[u8]) -> UpperLayer {
-    let mut next = packet[6];
-    let mut at = 40;
+    let mut next = packet[V6_NEXT_HEADER];
+    let mut at = IPV6_HEADER_LEN;
     loop {
         let Some(header) = packet.get(at..at + 2) else {
             return UpperLayer::Unknown;
         };
         let len = match next {
-            0 | 43 | 60 => (usize::from(header[1]) + 1) * 8,
-            51 => (usize::from(header[1]) + 2) * 4,
-            44 => {
-                let Some(offset) = packet.get(at + 2..at + 4) else {
+            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
+                (usize::from(header[EXTENSION_LEN]) + 1) * 8
+            }
+            AUTHENTICATION => (usize::from(header[EXTENSION_LEN]) + 2) * 4,
+            FRAGMENT => {
+                let Some(offset) = packet.get(at + FRAGMENT_OFFSET.start..at + FRAGMENT_OFFSET.end)
+                else {
                     return UpperLayer::Unknown;
                 };
                 if u16::from_be_bytes([offset[0], offset[1]]) & 0xfff8 != 0 {
@@ -253,7 +289,7 @@ fn upper_layer(packet: &[u8]) -> UpperLayer {
             }
             protocol => return UpperLayer::Protocol(protocol, at),
         };
-        next = header[0];
+        next = header[EXTENSION_NEXT_HEADER];
         at += len;
     }
 }

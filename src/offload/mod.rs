@@ -11,11 +11,12 @@
 //! * [`complete_checksum`]: a plain packet read with `NEEDS_CSUM` gets its partial checksum
 //!   finished before it leaves the host.
 //!
-//! Both directions see packets through [`Transport`], which knows where the TCP or UDP header
-//! starts behind IPv4 options or IPv6 extension headers. The splitter must take those: the stack
-//! can hand the TUN a TSO super-packet with Hop-by-Hop or Destination Options, and refusing one
-//! drops every segment of it, for as long as the flow sends them. The coalescer leaves them
-//! alone, as runs of one.
+//! Both directions see packets through [`Transport`] (`wire::transport`, re-exported here), which
+//! knows where the TCP or UDP header starts behind IPv4 options or IPv6 extension headers. The
+//! splitter must take those: the stack can hand the TUN a TSO super-packet with Hop-by-Hop or
+//! Destination Options, and refusing one drops every segment of it, for as long as the flow sends
+//! them. The coalescer leaves them alone, as runs of one. Header fields are read by their names in
+//! `wire::ip::field` and `wire::transport::field`.
 
 pub mod coalesce;
 pub mod ecn;
@@ -24,183 +25,15 @@ pub mod split;
 #[cfg(test)]
 mod tables;
 
-use crate::wire::checksum::{Sum, pseudo_header_v4, pseudo_header_v6};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use crate::wire::checksum::Sum;
+use crate::wire::transport::field::UDP_CHECKSUM;
 
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const TCP_MIN_HEADER: usize = 20;
-pub const UDP_HEADER: usize = 8;
-
-/// TCP flag bits (byte 13 of the TCP header).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
-    pub const ECE: u8 = 0x40;
-    pub const CWR: u8 = 0x80;
-}
-
-/// IPv6 extension headers that [`Transport::parse`] walks (RFC 8200 section 4).
-mod ipv6_next_header {
-    pub const HOP_BY_HOP: u8 = 0;
-    pub const ROUTING: u8 = 43;
-    pub const DESTINATION_OPTIONS: u8 = 60;
-}
-
-/// Where the headers of a TCP or UDP packet are. Built by [`Transport::parse`], which checks that
-/// they are in bounds; no method panics afterwards on the buffer it was parsed from, nor on a copy
-/// of its first [`Transport::header_len`] bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transport {
-    pub ipv6: bool,
-    /// Where the TCP or UDP header starts: the IP header with any IPv4 options or IPv6 extension
-    /// headers.
-    pub ip_header_len: usize,
-    pub protocol: u8,
-    pub l4_header_len: usize,
-}
-
-impl Transport {
-    /// Parses the IP and TCP/UDP headers of `packet`.
-    ///
-    /// IPv4 options are allowed; fragments are not (they are never segmented or merged). IPv6
-    /// may carry, in the order of RFC 8200 section 4.1, a Hop-by-Hop Options header (first only),
-    /// Destination Options headers and a Routing header whose Segments Left is 0. A Routing
-    /// header with segments left is refused: the TCP/UDP pseudo-header then takes the final
-    /// destination, the last address of the routing header (RFC 8200 section 8.1), not the
-    /// destination in the IPv6 header, and [`Transport::pseudo_header`] does not look for it. A
-    /// Fragment header or any other next header (AH, ESP, ...) is refused as well. A Home Address
-    /// destination option (RFC 6275) would also change the pseudo-header; it is not looked for.
-    pub fn parse(packet: &[u8]) -> Option<Transport> {
-        let first = *packet.first()?;
-        let (ipv6, ip_header_len, protocol) = match first >> 4 {
-            4 => {
-                let ihl = usize::from(first & 0x0f) * 4;
-                if ihl < 20 || packet.len() < ihl {
-                    return None;
-                }
-                if u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0 {
-                    return None; // a fragment
-                }
-                (false, ihl, packet[9])
-            }
-            6 if packet.len() >= 40 => {
-                let (len, protocol) = ipv6_upper_layer(packet)?;
-                (true, len, protocol)
-            }
-            _ => return None,
-        };
-        let l4_header_len = match protocol {
-            PROTO_TCP => {
-                let offset = *packet.get(ip_header_len + 12)?;
-                let len = usize::from(offset >> 4) * 4;
-                if len < TCP_MIN_HEADER {
-                    return None;
-                }
-                len
-            }
-            PROTO_UDP => UDP_HEADER,
-            _ => return None,
-        };
-        if packet.len() < ip_header_len + l4_header_len {
-            return None;
-        }
-        Some(Transport {
-            ipv6,
-            ip_header_len,
-            protocol,
-            l4_header_len,
-        })
-    }
-
-    /// Whether the IP header is longer than the fixed one: IPv4 options or IPv6 extension headers.
-    pub fn has_ip_options(&self) -> bool {
-        self.ip_header_len != if self.ipv6 { 40 } else { 20 }
-    }
-
-    pub fn header_len(&self) -> usize {
-        self.ip_header_len + self.l4_header_len
-    }
-
-    /// Offset of the TCP or UDP checksum field from the start of the L4 header.
-    pub fn checksum_offset(&self) -> usize {
-        if self.protocol == PROTO_TCP { 16 } else { 6 }
-    }
-
-    /// The pseudo-header sum for an L4 segment of `l4_len` bytes.
-    pub fn pseudo_header(&self, packet: &[u8], l4_len: usize) -> Sum {
-        if self.ipv6 {
-            let src: [u8; 16] = packet[8..24].try_into().expect("16 bytes");
-            let dst: [u8; 16] = packet[24..40].try_into().expect("16 bytes");
-            pseudo_header_v6(
-                Ipv6Addr::from(src),
-                Ipv6Addr::from(dst),
-                self.protocol,
-                l4_len as u32,
-            )
-        } else {
-            let src: [u8; 4] = packet[12..16].try_into().expect("4 bytes");
-            let dst: [u8; 4] = packet[16..20].try_into().expect("4 bytes");
-            pseudo_header_v4(
-                Ipv4Addr::from(src),
-                Ipv4Addr::from(dst),
-                self.protocol,
-                l4_len as u16,
-            )
-        }
-    }
-
-    /// Sets the IP length field for a packet whose L4 part (header and payload) is `l4_len` bytes,
-    /// and recomputes the IPv4 header checksum.
-    pub fn set_ip_len(&self, header: &mut [u8], l4_len: usize) {
-        if self.ipv6 {
-            // The payload length counts the extension headers too.
-            let payload = (self.ip_header_len - 40 + l4_len) as u16;
-            header[4..6].copy_from_slice(&payload.to_be_bytes());
-        } else {
-            let total = (self.ip_header_len + l4_len) as u16;
-            header[2..4].copy_from_slice(&total.to_be_bytes());
-            set_ipv4_header_checksum(&mut header[..self.ip_header_len]);
-        }
-    }
-}
-
-/// Walks the IPv6 extension headers of `packet` (an IPv6 packet of at least 40 bytes) that
-/// [`Transport::parse`] accepts. Returns where the upper-layer header starts and its protocol
-/// number; `None` for a header out of bounds or one that is refused. Each step moves at least 8
-/// bytes on, and a header must end inside the packet, so the walk ends.
-fn ipv6_upper_layer(packet: &[u8]) -> Option<(usize, u8)> {
-    use ipv6_next_header::{DESTINATION_OPTIONS, HOP_BY_HOP, ROUTING};
-    let mut next = *packet.get(6)?;
-    let mut at = 40;
-    loop {
-        match next {
-            HOP_BY_HOP if at == 40 => {}
-            DESTINATION_OPTIONS => {}
-            // Routing header: byte 3 is Segments Left.
-            ROUTING if *packet.get(at + 3)? == 0 => {}
-            ROUTING => return None,
-            _ => return Some((at, next)),
-        }
-        let header = packet.get(at..at + 2)?;
-        next = header[0];
-        at += (usize::from(header[1]) + 1) * 8;
-        if at > packet.len() {
-            return None;
-        }
-    }
-}
-
-/// Recomputes an IPv4 header's checksum over `header` (exactly IHL*4 bytes).
-pub fn set_ipv4_header_checksum(header: &mut [u8]) {
-    header[10..12].fill(0);
-    let c = Sum::of(header).finish();
-    header[10..12].copy_from_slice(&c.to_be_bytes());
-}
+// The parser and the header layout live in `wire`; these names stay here so that
+// `offload::Transport` and friends keep working.
+pub use crate::wire::ip::set_ipv4_header_checksum;
+pub use crate::wire::transport::{
+    PROTO_TCP, PROTO_UDP, TCP_MIN_HEADER, Transport, UDP_HEADER, checksum_is_valid, tcp_flags,
+};
 
 /// Why an offloaded packet could not be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,26 +67,20 @@ pub fn complete_checksum(
     }
     let mut c = Sum::of(&packet[start..]).finish();
     // A UDP checksum of 0 means "none"; a computed 0 is sent as 0xffff (RFC 768).
-    if offset == 6 && c == 0 {
+    if offset == UDP_CHECKSUM.start && c == 0 {
         c = 0xffff;
     }
     packet[field..field + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 
-/// Checks a TCP or UDP checksum. An IPv4 UDP checksum of zero means "not computed" and passes.
-pub fn checksum_is_valid(packet: &[u8], t: &Transport) -> bool {
-    let l4 = &packet[t.ip_header_len..];
-    if t.protocol == PROTO_UDP && !t.ipv6 && l4[6] == 0 && l4[7] == 0 {
-        return true;
-    }
-    t.pseudo_header(packet, l4.len()).add(Sum::of(l4)).0 == 0xffff
-}
-
 #[cfg(test)]
 pub(crate) mod test_packets {
     //! Packet builders shared by the split and coalesce tests, checked by etherparse.
+    use super::coalesce::{Run, Segment, validate};
     use super::*;
+    use crate::wire::checksum::{pseudo_header_v4, pseudo_header_v6};
+    use std::net::Ipv6Addr;
 
     /// One packet's headers. Every field has a plain default, so a table row names only what it
     /// changes.
@@ -418,12 +245,18 @@ pub(crate) mod test_packets {
         p[field..field + 2].copy_from_slice(&c.to_be_bytes());
     }
 
-    /// Lays packets out back to back, as a GRO buffer holds them.
-    pub fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    /// Lays packets out back to back, as a GRO buffer holds them, each with what
+    /// `coalesce::validate` finds in it (every packet must be one it accepts).
+    pub fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<Segment>) {
         let mut buffer = Vec::new();
         let mut segments = Vec::new();
         for p in packets {
-            segments.push((buffer.len(), p.len()));
+            let transport = validate(p).unwrap_or_else(|e| panic!("{e}: {p:02x?}"));
+            segments.push(Segment {
+                at: buffer.len(),
+                len: p.len(),
+                transport,
+            });
             buffer.extend_from_slice(p);
         }
         (buffer, segments)
@@ -432,15 +265,14 @@ pub(crate) mod test_packets {
     /// What the kernel would see: the merged packet, with its partial checksum completed.
     pub fn merged(
         buffer: &[u8],
-        segments: &[(usize, usize)],
-        run: super::coalesce::Run,
+        segments: &[Segment],
+        run: Run,
         header: &[u8; crate::wire::vnet::LEN],
     ) -> Vec<u8> {
-        let (o, l) = segments[run.first];
-        let mut out = buffer[o..o + l].to_vec();
+        let mut out = buffer[segments[run.first].range()].to_vec();
         let t = Transport::parse(&out).unwrap();
-        for &(o, l) in &segments[run.first + 1..run.first + run.count] {
-            out.extend_from_slice(&buffer[o + t.header_len()..o + l]);
+        for s in &segments[run.first + 1..run.first + run.count] {
+            out.extend_from_slice(&buffer[s.at + t.header_len()..s.at + s.len]);
         }
         let h = crate::wire::vnet::VnetHeader::new_checked(&header[..]).unwrap();
         complete_checksum(
@@ -524,6 +356,7 @@ pub(crate) mod test_packets {
 mod tests {
     use super::test_packets::*;
     use super::*;
+    use std::net::Ipv6Addr;
 
     #[test]
     fn builders_make_packets_the_oracle_accepts() {
@@ -639,7 +472,7 @@ mod tests {
     /// whose payloads tile the original's; runs cover every segment exactly once, in order.
     #[test]
     fn fuzz_parser_splitter_coalescer_invariants() {
-        use super::coalesce::{Policy, finish_run, plan_runs};
+        use super::coalesce::{Policy, Segment, finish_segments, plan_segments, validate};
         use super::split::Split;
         use crate::wire::vnet::GsoType;
         let mut state = 0x0123_4567_89ab_cdefu64;
@@ -685,7 +518,9 @@ mod tests {
                 }
                 p.truncate(p.len() - rnd(p.len().min(30) as u64) as usize);
             }
-            let _ = Transport::parse(&p);
+            let transport = Transport::parse(&p);
+            let checked = crate::wire::IpPacket::new_checked(&p[..]).map(|_| transport);
+            assert_eq!(validate(&p), checked, "one pass, the same answers");
             let gso = [
                 GsoType::TcpV4,
                 GsoType::TcpV6,
@@ -711,25 +546,33 @@ mod tests {
                     "payloads tile the original"
                 );
             }
-            // Random segment layouts over the same bytes.
-            let mut segments = Vec::new();
+            // Random segment layouts over the same bytes, kept where they validate, as the worker
+            // keeps them.
+            let mut pieces = Vec::new();
             let mut at = 0;
-            while at < p.len() && segments.len() < 64 {
+            while at < p.len() && pieces.len() < 64 {
                 let len = (1 + rnd(400) as usize).min(p.len() - at);
-                segments.push((at, len));
+                pieces.push((at, len));
                 at += len;
             }
             if rnd(2) == 0 {
-                segments = vec![(0, p.len())];
+                pieces = vec![(0, p.len())];
             }
+            let segments: Vec<Segment> = pieces
+                .iter()
+                .filter_map(|&(at, len)| {
+                    let transport = validate(&p[at..at + len]).ok()?;
+                    Some(Segment { at, len, transport })
+                })
+                .collect();
             let mut buffer = p.clone();
-            plan_runs(&buffer, &segments, Policy::ALL, &mut runs);
+            plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
             let mut next = 0;
             for run in &runs {
                 assert_eq!(run.first, next, "runs in order, no gaps");
                 assert!(run.count >= 1);
                 next += run.count;
-                let _ = finish_run(&mut buffer, &segments, *run);
+                let _ = finish_segments(&mut buffer, &segments, *run);
             }
             assert_eq!(next, segments.len(), "every segment in exactly one run");
         }

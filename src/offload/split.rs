@@ -13,6 +13,8 @@
 
 use super::{OffloadError, PROTO_TCP, PROTO_UDP, Transport, tcp_flags};
 use crate::wire::checksum::Sum;
+use crate::wire::ip::field::V4_ID;
+use crate::wire::transport::field::{TCP_FLAGS, TCP_SEQ, UDP_LENGTH};
 use crate::wire::vnet::GsoType;
 use std::ops::Range;
 
@@ -127,25 +129,27 @@ impl Split {
         header.copy_from_slice(&packet[..header_len]);
         let last = index + 1 == self.count;
         if !t.ipv6 {
-            let id = u16::from_be_bytes([packet[4], packet[5]]).wrapping_add(index as u16);
-            header[4..6].copy_from_slice(&id.to_be_bytes());
+            let id = u16::from_be_bytes(packet[V4_ID].try_into().expect("2 bytes"))
+                .wrapping_add(index as u16);
+            header[V4_ID].copy_from_slice(&id.to_be_bytes());
         }
         t.set_ip_len(header, l4_len);
         let l4 = t.ip_header_len;
         if t.protocol == PROTO_TCP {
-            let seq = u32::from_be_bytes(packet[l4 + 4..l4 + 8].try_into().expect("4 bytes"))
-                .wrapping_add((index * self.gso_size) as u32);
-            header[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-            let mut flags = packet[l4 + 13];
+            let seq = t.l4_field(TCP_SEQ);
+            let first_seq = u32::from_be_bytes(packet[seq.clone()].try_into().expect("4 bytes"));
+            let seq_value = first_seq.wrapping_add((index * self.gso_size) as u32);
+            header[seq].copy_from_slice(&seq_value.to_be_bytes());
+            let mut flags = packet[l4 + TCP_FLAGS];
             if !last {
                 flags &= !(tcp_flags::FIN | tcp_flags::PSH);
             }
             if index != 0 {
                 flags &= !tcp_flags::CWR;
             }
-            header[l4 + 13] = flags;
+            header[l4 + TCP_FLAGS] = flags;
         } else {
-            header[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            header[t.l4_field(UDP_LENGTH)].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
         let field = l4 + t.checksum_offset();
         header[field..field + 2].fill(0);

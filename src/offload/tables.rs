@@ -12,7 +12,7 @@
 //! The splitting table covers what the kernel can hand a TUN in one TSO/USO super-packet: IPv6
 //! extension headers, IPv4 options, ECN flags, and gso_size at its edges.
 
-use super::coalesce::{MAX_RUN_SEGMENTS, Policy, Run, finish_run, plan_runs};
+use super::coalesce::{MAX_RUN_SEGMENTS, Policy, Run, Segment, finish_segments, plan_segments};
 use super::split::{MAX_HEADER_LEN, Split};
 use super::test_packets::{Spec, assert_valid, build, fix_l4_checksum, gro_buffer, merged};
 use super::{OffloadError, PROTO_TCP, Transport, set_ipv4_header_checksum, tcp_flags};
@@ -561,10 +561,10 @@ fn coalesce_rows() -> Vec<Row> {
 }
 
 /// Checks a merged run: valid, described by its virtio header, and split back into `inputs`.
-fn check_merged(buffer: &[u8], layout: &[(usize, usize)], run: Run, inputs: &[Vec<u8>], at: &str) {
+fn check_merged(buffer: &[u8], segments: &[Segment], run: Run, inputs: &[Vec<u8>], at: &str) {
     let mut buffer = buffer.to_vec();
-    let header = finish_run(&mut buffer, layout, run);
-    let whole = merged(&buffer, layout, run, &header);
+    let header = finish_segments(&mut buffer, segments, run);
+    let whole = merged(&buffer, segments, run, &header);
     assert_valid(&whole);
     let t = Transport::parse(&whole).unwrap();
     let h = VnetHeader::new_checked(&header[..]).unwrap();
@@ -599,9 +599,9 @@ fn coalescing_table() {
         for &ipv6 in row.versions {
             let at = format!("{} (ipv6={ipv6})", row.name);
             let (packets, expected) = (row.make)(ipv6);
-            let (buffer, layout) = gro_buffer(&packets);
+            let (buffer, segments) = gro_buffer(&packets);
             let mut runs = Vec::new();
-            plan_runs(&buffer, &layout, Policy::ALL, &mut runs);
+            plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
             let counts: Vec<usize> = runs.iter().map(|r| r.count).collect();
             assert_eq!(counts, expected, "{at}");
             let mut next = 0;
@@ -612,13 +612,13 @@ fn coalescing_table() {
                 if run.count == 1 {
                     let mut scratch = buffer.clone();
                     assert_eq!(
-                        finish_run(&mut scratch, &layout, run),
+                        finish_segments(&mut scratch, &segments, run),
                         [0; vnet::LEN],
                         "{at}"
                     );
                     assert_eq!(scratch, buffer, "{at}: a run of one is left alone");
                 } else {
-                    check_merged(&buffer, &layout, run, inputs, &at);
+                    check_merged(&buffer, &segments, run, inputs, &at);
                 }
             }
             assert_eq!(next, packets.len(), "{at}");
@@ -983,7 +983,7 @@ fn splitting_table() {
         // The other way round: segments the coalescer may merge come back as the original.
         let (buffer, layout) = gro_buffer(&segments);
         let mut runs = Vec::new();
-        plan_runs(&buffer, &layout, Policy::ALL, &mut runs);
+        plan_segments(&buffer, &layout, Policy::ALL, &mut runs);
         let mergeable = !plan.transport.has_ip_options()
             && spec.flags & (tcp_flags::FIN | tcp_flags::CWR) == 0
             && plan.count <= MAX_RUN_SEGMENTS;
@@ -1003,7 +1003,7 @@ fn splitting_table() {
                 "{at}"
             );
             let mut buffer = buffer.clone();
-            let header = finish_run(&mut buffer, &layout, runs[0]);
+            let header = finish_segments(&mut buffer, &layout, runs[0]);
             assert_eq!(merged(&buffer, &layout, runs[0], &header), packet, "{at}");
         } else if plan.transport.has_ip_options() {
             assert!(runs.iter().all(|r| r.count == 1), "{at}: never merged");

@@ -6,11 +6,10 @@
 //! their head rewritten into one super-packet's headers, so that the engine can write each run
 //! with one `writev([virtio_net_hdr][head][payloads...])`, without copying.
 
-use crate::offload::coalesce::{self, Policy, Run};
+use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
 use crate::stats::{DropReason, WorkerStats};
-use crate::wire::IpPacket;
 use crate::wire::vnet::{self, VnetHeader};
 use std::ops::Range;
 
@@ -36,8 +35,9 @@ pub struct Arrival {
 
 /// How one receive buffer goes into the TUN: its valid datagrams, and the runs they form.
 pub struct ReceivePlan {
-    /// `(offset, len)` in the buffer of each datagram that is to be written.
-    pub segments: Vec<(usize, usize)>,
+    /// Each datagram that is to be written: where it is in the buffer, and its headers, parsed
+    /// once when it was validated.
+    pub segments: Vec<Segment>,
     pub runs: Vec<Run>,
     /// Per run: the virtio_net_hdr of its merged write (a zero one for a single segment).
     pub vnet_headers: Box<[[u8; vnet::LEN]]>,
@@ -67,7 +67,7 @@ impl ReceivePlan {
     /// the bytes `finish_run` rewrote, so that the next run's rewritten head, maybe still in
     /// flight, is left alone.
     pub fn restore_run(&self, buffer: &mut [u8], r: usize) {
-        let (head_at, _) = self.segments[self.runs[r].first];
+        let head_at = self.segments[self.runs[r].first].at;
         restore_head(
             buffer,
             head_at,
@@ -107,8 +107,11 @@ pub fn plan(
         let seg_len = stride.min(payload_len - offset);
         let at = payload_at + offset;
         offset += seg_len;
-        match IpPacket::new_checked(&buffer[at..at + seg_len]).map(drop) {
-            Ok(()) if plan.segments.len() < MAX_GRO_SEGMENTS => {
+        // One parse: the validation's view of the headers is what the coalescer uses. ECN
+        // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header
+        // checksum), so it stays true.
+        match coalesce::validate(&buffer[at..at + seg_len]) {
+            Ok(transport) if plan.segments.len() < MAX_GRO_SEGMENTS => {
                 accepted_bytes += seg_len as u64;
                 // RFC 6040 before the coalescer looks: marked and unmarked never merge.
                 match ecn::decapsulate(arrival.outer_tos, &mut buffer[at..at + seg_len]) {
@@ -119,9 +122,13 @@ pub fn plan(
                     Decapsulated::Marked(Ecn::Ce) => stats.path.ecn_ce_marked += 1,
                     Decapsulated::Marked(_) | Decapsulated::Unchanged => {}
                 }
-                plan.segments.push((at, seg_len));
+                plan.segments.push(Segment {
+                    at,
+                    len: seg_len,
+                    transport,
+                });
             }
-            Ok(()) => stats.counters.drop(DropReason::OversizedDatagram),
+            Ok(_) => stats.counters.drop(DropReason::OversizedDatagram),
             Err(malformed) => stats.counters.drop(malformed.into()),
         }
     }
@@ -136,7 +143,7 @@ pub fn plan(
         stats.counters.gro_receives += 1;
     }
     if policy.tcp || policy.udp {
-        coalesce::plan_runs(buffer, &plan.segments, policy, &mut plan.runs);
+        coalesce::plan_segments(buffer, &plan.segments, policy, &mut plan.runs);
     } else {
         plan.runs
             .extend((0..plan.segments.len()).map(|first| Run { first, count: 1 }));
@@ -144,12 +151,13 @@ pub fn plan(
     for (r, run) in plan.runs.iter().enumerate() {
         if run.count > 1 {
             // Keep the head's original headers in case the kernel refuses the merged write.
+            let head = plan.segments[run.first];
             save_head(
                 buffer,
-                plan.segments[run.first],
+                (head.at, head.len),
                 &mut plan.saved_heads[r * HEADER_ROOM..][..HEADER_ROOM],
             );
-            plan.vnet_headers[r] = coalesce::finish_run(buffer, &plan.segments, *run);
+            plan.vnet_headers[r] = coalesce::finish_segments(buffer, &plan.segments, *run);
             stats.counters.coalesced_writes += 1;
         } else {
             plan.vnet_headers[r] = PLAIN_HEADER;
@@ -319,8 +327,11 @@ mod tests {
         let a = arrival(&buffer, 32);
         plan(&mut buffer, &a, Policy::ALL, &mut stats, &mut p);
         let merged = buffer.clone();
-        let (head0, _) = p.segments[p.runs[0].first];
-        let (head1, len1) = p.segments[p.runs[1].first];
+        let head0 = p.segments[p.runs[0].first].at;
+        let (head1, len1) = (
+            p.segments[p.runs[1].first].at,
+            p.segments[p.runs[1].first].len,
+        );
         assert!(
             head1 - head0 < HEADER_ROOM,
             "the runs sit closer than HEADER_ROOM"

@@ -5,25 +5,71 @@
 //! packet's own length fields are the only framing there is. A packet whose header disagrees with
 //! the bytes we hold is dropped before it reaches the TUN: the kernel would reject or misparse it,
 //! and a peer that sends such packets is broken or hostile.
+//!
+//! This module owns the rules for where an IP header is in bounds ([`header_bounds`]), which every
+//! parse of one starts with: [`IpPacket::new_checked`] for a received datagram, and
+//! [`Transport::parse`](super::Transport::parse) for a super-packet read from the TUN, whose
+//! length field the splitter rewrites anyway. What lies behind the fixed header (IPv4 fragments,
+//! IPv6 extension headers, TCP and UDP) is [`super::transport`]'s business;
+//! [`IpPacket::transport`] reaches it without checking again what `new_checked` checked.
 
+use super::checksum::Sum;
+use super::transport::Transport;
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
 pub const IPV6_HEADER_LEN: usize = 40;
 
-mod field {
-    // IPv4
-    pub const V4_TOTAL_LEN: usize = 2;
-    pub const V4_FRAGMENT: usize = 6;
+/// The flags and fragment offset word of IPv4: Don't Fragment.
+pub const IPV4_DF: u16 = 0x4000;
+/// The same word's More Fragments bit and fragment offset: any bit set makes a fragment.
+pub const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+
+/// Where the fields are. A `usize` is a one-byte field; a range, a wider one (network order).
+pub mod field {
+    use core::ops::Range;
+
+    /// IPv4 (RFC 791 section 3.1): version and IHL.
+    pub const V4_VERSION_IHL: usize = 0;
+    /// IPv4 type of service: DSCP and ECN (RFC 2474, RFC 3168).
+    pub const V4_TOS: usize = 1;
+    pub const V4_TOTAL_LEN: Range<usize> = 2..4;
+    pub const V4_ID: Range<usize> = 4..6;
+    /// Flags and fragment offset.
+    pub const V4_FRAGMENT: Range<usize> = 6..8;
+    pub const V4_TTL: usize = 8;
     pub const V4_PROTOCOL: usize = 9;
-    pub const V4_SRC: usize = 12;
-    pub const V4_DST: usize = 16;
-    // IPv6
-    pub const V6_PAYLOAD_LEN: usize = 4;
+    pub const V4_CHECKSUM: Range<usize> = 10..12;
+    pub const V4_SRC: Range<usize> = 12..16;
+    pub const V4_DST: Range<usize> = 16..20;
+
+    /// IPv6 (RFC 8200 section 3): version, traffic class and flow label.
+    pub const V6_VERSION_CLASS_FLOW: Range<usize> = 0..4;
+    pub const V6_PAYLOAD_LEN: Range<usize> = 4..6;
     pub const V6_NEXT_HEADER: usize = 6;
-    pub const V6_SRC: usize = 8;
-    pub const V6_DST: usize = 24;
+    pub const V6_HOP_LIMIT: usize = 7;
+    pub const V6_SRC: Range<usize> = 8..24;
+    pub const V6_DST: Range<usize> = 24..40;
+
+    /// An IPv6 extension header's first two bytes (RFC 8200 section 4): the header after it, and
+    /// its length in 8-octet units past the first 8 (in 4-octet units past the first 8 for
+    /// Authentication, RFC 4302 section 2.2).
+    pub const EXTENSION_NEXT_HEADER: usize = 0;
+    pub const EXTENSION_LEN: usize = 1;
+    /// Segments Left, in a Routing header (RFC 8200 section 4.4).
+    pub const ROUTING_SEGMENTS_LEFT: usize = 3;
+    /// The fragment offset and M flag, in a Fragment header (RFC 8200 section 4.5).
+    pub const FRAGMENT_OFFSET: Range<usize> = 2..4;
+}
+
+/// IPv6 next-header values of the extension headers (RFC 8200 section 4, RFC 4302).
+pub mod next_header {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const DESTINATION_OPTIONS: u8 = 60;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +107,34 @@ impl fmt::Display for Malformed {
     }
 }
 
+/// The version of `bytes` and the length of its IP header as the fixed part says it (IHL * 4,
+/// IPv4 options included; 40 for IPv6, extension headers not included), checked to be at least
+/// the fixed header and within `bytes`. The first rules of every parse; the length field is not
+/// read.
+pub fn header_bounds(bytes: &[u8]) -> Result<(IpVersion, usize), Malformed> {
+    let first = *bytes.first().ok_or(Malformed::Empty)?;
+    match first >> 4 {
+        4 => {
+            if bytes.len() < IPV4_MIN_HEADER_LEN {
+                return Err(Malformed::TooShort);
+            }
+            let ihl = ipv4_header_len(first);
+            if ihl < IPV4_MIN_HEADER_LEN || ihl > bytes.len() {
+                return Err(Malformed::BadHeaderLen);
+            }
+            Ok((IpVersion::V4, ihl))
+        }
+        6 if bytes.len() < IPV6_HEADER_LEN => Err(Malformed::TooShort),
+        6 => Ok((IpVersion::V6, IPV6_HEADER_LEN)),
+        other => Err(Malformed::BadVersion(other)),
+    }
+}
+
+/// IHL * 4, from the first byte of an IPv4 header.
+fn ipv4_header_len(first: u8) -> usize {
+    usize::from(first & 0x0f) * 4
+}
+
 /// A validated view of one IPv4 or IPv6 packet.
 ///
 /// After `new_checked` succeeds, the fixed header is in bounds and the packet's length field
@@ -74,32 +148,20 @@ pub struct IpPacket<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> IpPacket<T> {
     pub fn new_checked(buffer: T) -> Result<Self, Malformed> {
         let bytes = buffer.as_ref();
-        let first = *bytes.first().ok_or(Malformed::Empty)?;
-        let version = match first >> 4 {
-            4 => IpVersion::V4,
-            6 => IpVersion::V6,
-            other => return Err(Malformed::BadVersion(other)),
-        };
+        let (version, header_len) = header_bounds(bytes)?;
         let actual = bytes.len();
         let header_total = match version {
             IpVersion::V4 => {
-                if actual < IPV4_MIN_HEADER_LEN {
-                    return Err(Malformed::TooShort);
-                }
-                let ihl = usize::from(first & 0x0f) * 4;
-                let total = usize::from(be16(bytes, field::V4_TOTAL_LEN));
-                if ihl < IPV4_MIN_HEADER_LEN || ihl > actual || ihl > total {
+                let total = usize::from(be16(bytes, field::V4_TOTAL_LEN.start));
+                if header_len > total {
                     return Err(Malformed::BadHeaderLen);
                 }
                 total
             }
+            // A payload length of 0 announces a jumbogram (RFC 2675), which never fits a UDP
+            // datagram; it is reported as a mismatch like any other wrong length.
             IpVersion::V6 => {
-                if actual < IPV6_HEADER_LEN {
-                    return Err(Malformed::TooShort);
-                }
-                // A payload length of 0 announces a jumbogram (RFC 2675), which never fits a
-                // UDP datagram; it is reported as a mismatch like any other wrong length.
-                IPV6_HEADER_LEN + usize::from(be16(bytes, field::V6_PAYLOAD_LEN))
+                IPV6_HEADER_LEN + usize::from(be16(bytes, field::V6_PAYLOAD_LEN.start))
             }
         };
         if header_total != actual {
@@ -131,23 +193,29 @@ impl<T: AsRef<[u8]>> IpPacket<T> {
     /// IPv4 header length in bytes (IHL * 4), or 40 for IPv6.
     pub fn header_len(&self) -> usize {
         match self.version {
-            IpVersion::V4 => usize::from(self.buffer.as_ref()[0] & 0x0f) * 4,
+            IpVersion::V4 => ipv4_header_len(self.buffer.as_ref()[field::V4_VERSION_IHL]),
             IpVersion::V6 => IPV6_HEADER_LEN,
         }
     }
 
     /// True for an IPv4 fragment (offset non-zero or more-fragments set).
     pub fn is_fragment(&self) -> bool {
-        self.version == IpVersion::V4
-            && be16(self.buffer.as_ref(), field::V4_FRAGMENT) & 0x3fff != 0
+        self.version == IpVersion::V4 && is_ipv4_fragment(self.buffer.as_ref())
     }
 
     pub fn source(&self) -> IpAddr {
-        self.address(field::V4_SRC, field::V6_SRC)
+        self.address(field::V4_SRC.start, field::V6_SRC.start)
     }
 
     pub fn destination(&self) -> IpAddr {
-        self.address(field::V4_DST, field::V6_DST)
+        self.address(field::V4_DST.start, field::V6_DST.start)
+    }
+
+    /// Where the TCP or UDP header is, by the rules of [`Transport::parse`]; `None` for a
+    /// fragment, another protocol, a refused IPv6 extension header, or a TCP/UDP header cut
+    /// short. One pass: the bounds `new_checked` checked are not checked again.
+    pub fn transport(&self) -> Option<Transport> {
+        Transport::behind_ip_header(self.buffer.as_ref(), self.version, self.header_len())
     }
 
     fn address(&self, v4_at: usize, v6_at: usize) -> IpAddr {
@@ -165,7 +233,19 @@ impl<T: AsRef<[u8]>> IpPacket<T> {
     }
 }
 
-fn be16(bytes: &[u8], at: usize) -> u16 {
+/// Whether an IPv4 header (at least 8 bytes) is a fragment's: More Fragments set or an offset.
+pub(super) fn is_ipv4_fragment(header: &[u8]) -> bool {
+    be16(header, field::V4_FRAGMENT.start) & IPV4_FRAGMENT_MASK != 0
+}
+
+/// Recomputes an IPv4 header's checksum over `header` (exactly IHL*4 bytes).
+pub fn set_ipv4_header_checksum(header: &mut [u8]) {
+    header[field::V4_CHECKSUM].fill(0);
+    let c = Sum::of(header).finish();
+    header[field::V4_CHECKSUM].copy_from_slice(&c.to_be_bytes());
+}
+
+pub(super) fn be16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 

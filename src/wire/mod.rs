@@ -3,10 +3,17 @@
 //! Every view follows one contract: `new_checked` validates lengths once, and afterwards no
 //! accessor panics. Views borrow any `T: AsRef<[u8]>`, so the worker can look at a packet in place
 //! in an io_uring buffer without copying it.
+//!
+//! An IP header is parsed by one set of rules, here: [`ip`] says where the fixed header is in
+//! bounds and checks a datagram's length field; [`transport`] says where the TCP or UDP header
+//! starts behind options and extension headers. The offload code reads fields through their
+//! names in `ip::field` and `transport::field`.
 
 pub mod checksum;
 pub mod ip;
+pub mod transport;
 pub mod vnet;
 
 pub use ip::{IpPacket, IpVersion, Malformed};
+pub use transport::Transport;
 pub use vnet::VnetHeader;

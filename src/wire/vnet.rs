@@ -46,6 +46,18 @@ impl GsoType {
             other => GsoType::Unknown(other),
         }
     }
+
+    /// The `gso_type` value, without the ECN bit.
+    pub fn to_raw(self) -> u8 {
+        match self {
+            GsoType::None => 0,
+            GsoType::TcpV4 => 1,
+            GsoType::Udp => 3,
+            GsoType::TcpV6 => 4,
+            GsoType::UdpL4 => 5,
+            GsoType::Unknown(other) => other,
+        }
+    }
 }
 
 /// A read-only view of a virtio_net_hdr at the start of a buffer.
@@ -89,6 +101,33 @@ impl<T: AsRef<[u8]>> VnetHeader<T> {
     }
 }
 
+/// Setters, for the header of a TCP write (the coalescer fills one in a `[u8; LEN]`).
+impl<T: AsRef<[u8]> + AsMut<[u8]>> VnetHeader<T> {
+    fn set_u16_at(&mut self, range: core::ops::Range<usize>, value: u16) {
+        self.buffer.as_mut()[range].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    pub fn set_flags(&mut self, flags: u8) {
+        self.buffer.as_mut()[field::FLAGS] = flags;
+    }
+    /// The GSO type, with `VIRTIO_NET_HDR_GSO_ECN` when `ecn`.
+    pub fn set_gso_type(&mut self, gso_type: GsoType, ecn: bool) {
+        self.buffer.as_mut()[field::GSO_TYPE] = gso_type.to_raw() | if ecn { GSO_ECN } else { 0 };
+    }
+    pub fn set_hdr_len(&mut self, value: u16) {
+        self.set_u16_at(field::HDR_LEN, value);
+    }
+    pub fn set_gso_size(&mut self, value: u16) {
+        self.set_u16_at(field::GSO_SIZE, value);
+    }
+    pub fn set_csum_start(&mut self, value: u16) {
+        self.set_u16_at(field::CSUM_START, value);
+    }
+    pub fn set_csum_offset(&mut self, value: u16) {
+        self.set_u16_at(field::CSUM_OFFSET, value);
+    }
+}
+
 /// Writes the all-zero header that a plain packet needs on a TUN write.
 pub fn write_plain(buffer: &mut [u8]) {
     buffer[..LEN].fill(0);
@@ -123,6 +162,30 @@ mod tests {
         write_plain(&mut raw);
         assert!(VnetHeader::new_checked(&raw[..]).unwrap().is_plain());
         assert_eq!(&raw[LEN..], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn setters_write_what_the_getters_read() {
+        let mut raw = [0u8; LEN];
+        let mut h = VnetHeader::new_checked(&mut raw[..]).unwrap();
+        h.set_flags(FLAG_NEEDS_CSUM);
+        h.set_gso_type(GsoType::TcpV6, true);
+        h.set_hdr_len(54);
+        h.set_gso_size(1440);
+        h.set_csum_start(40);
+        h.set_csum_offset(16);
+        let mut expected = [0u8; LEN];
+        expected[0] = FLAG_NEEDS_CSUM;
+        expected[1] = 4 | GSO_ECN;
+        expected[2..4].copy_from_slice(&54u16.to_ne_bytes());
+        expected[4..6].copy_from_slice(&1440u16.to_ne_bytes());
+        expected[6..8].copy_from_slice(&40u16.to_ne_bytes());
+        expected[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        assert_eq!(raw, expected);
+        for raw in 0..=255u8 {
+            let gso = GsoType::from_raw(raw);
+            assert_eq!(gso.to_raw(), raw & !GSO_ECN, "{raw:#x}");
+        }
     }
 
     #[test]

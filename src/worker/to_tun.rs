@@ -56,19 +56,19 @@ impl Worker {
                 iov_len: vnet::LEN,
             };
             iov += 1;
-            let (head_at, head_len) = plan.segments[run.first];
+            let head = plan.segments[run.first];
             slot.iovs[iov] = libc::iovec {
-                iov_base: buffer[head_at..].as_mut_ptr().cast(),
-                iov_len: head_len,
+                iov_base: buffer[head.at..].as_mut_ptr().cast(),
+                iov_len: head.len,
             };
             iov += 1;
             if run.count > 1 {
                 // Later segments leave out the headers the merged head carries.
                 let header_len = plan.merged_header_len(r);
-                for &(at, len) in &plan.segments[run.first + 1..run.first + run.count] {
+                for s in &plan.segments[run.first + 1..run.first + run.count] {
                     slot.iovs[iov] = libc::iovec {
-                        iov_base: buffer[at + header_len..].as_mut_ptr().cast(),
-                        iov_len: len - header_len,
+                        iov_base: buffer[s.at + header_len..].as_mut_ptr().cast(),
+                        iov_len: s.len - header_len,
                     };
                     iov += 1;
                 }
@@ -152,14 +152,14 @@ impl Worker {
         slot.plan.restore_run(buffer, r);
         let run = slot.plan.runs[r];
         for s in run.first..run.first + run.count {
-            let (at, len) = slot.plan.segments[s];
+            let segment = slot.plan.segments[s];
             slot.fallback_iovs[2 * s] = libc::iovec {
                 iov_base: PLAIN_HEADER.as_ptr().cast_mut().cast(),
                 iov_len: vnet::LEN,
             };
             slot.fallback_iovs[2 * s + 1] = libc::iovec {
-                iov_base: buffer[at..].as_mut_ptr().cast(),
-                iov_len: len,
+                iov_base: buffer[segment.at..].as_mut_ptr().cast(),
+                iov_len: segment.len,
             };
             slot.writes_pending += 1;
             let index = WriteIndex::Segment {
