@@ -198,6 +198,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
             engine: choice.engine,
+            busy_poll: config.busy_poll,
             tun,
             socket,
             peer: config.peer,

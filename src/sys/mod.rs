@@ -241,8 +241,8 @@ impl fmt::Display for Error {
                     write!(
                         f,
                         "io_uring is unavailable (queue {queue}): {source}. It is disabled by the sysctl \
-                         kernel.io_uring_disabled or by a seccomp profile (containers, LXC); tunfwd needs it: \
-                         set kernel.io_uring_disabled=0 or allow io_uring_setup"
+                         kernel.io_uring_disabled or by a seccomp profile (containers, LXC); run with \
+                         --engine poll (or auto), or set kernel.io_uring_disabled=0 or allow io_uring_setup"
                     )
                 } else {
                     write!(f, "cannot set up io_uring for queue {queue}: {source}")

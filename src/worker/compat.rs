@@ -13,10 +13,11 @@
 
 use super::uring::UDP_FILE;
 use super::uring::{
-    begin_drain, entry_for, is_interrupted_wait, pin_io_workers, push_all, register_files,
+    begin_drain, entry_for, get_events, is_interrupted_wait, pin_io_workers, push_all,
+    register_files,
 };
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Worker, WorkerConfig, WorkerExit, pin, report_setup,
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Spin, Worker, WorkerConfig, WorkerExit, pin, report_setup,
     set_nonblocking, setup_faults,
 };
 use crate::ring::{self, Op, Token};
@@ -51,20 +52,24 @@ pub(super) fn run(
     ready: Sender<Result<(), sys::Error>>,
 ) -> Option<WorkerExit> {
     let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut next_snapshot = config
-        .snapshots
-        .as_ref()
-        .map(|(every, _)| Instant::now() + *every);
+    let mut spin = Spin::new(config.busy_poll);
+    let mut spinning = false;
     while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
         engine.flush(&mut worker);
         // Injected completions are ready now: don't sleep waiting for a real one.
         let want = usize::from(worker.requests.injected.is_empty());
-        if let Err(e) = engine.wait(want) {
+        let waited = if spinning {
+            get_events(&mut engine.ring)
+        } else {
+            engine.wait(want)
+        };
+        if let Err(e) = waited {
             worker.fatal = Some(e);
             break;
         }
-        engine.reap(&mut worker);
-        worker.tick(&config, &mut next_snapshot);
+        let handled = engine.reap(&mut worker);
+        spinning = spin.after_batch(handled > 0);
+        worker.tick(&config);
     }
     config.stop.store(true, Ordering::Relaxed);
     let drained = engine.drain(&mut worker);
@@ -162,7 +167,8 @@ impl Compat {
         }
     }
 
-    fn reap(&mut self, worker: &mut Worker) {
+    /// Handles every available completion, then closes the batch. Returns how many there were.
+    fn reap(&mut self, worker: &mut Worker) -> usize {
         let now = worker.now_ns();
         let mut completions = std::mem::take(&mut self.completions);
         completions.clear();
@@ -170,8 +176,10 @@ impl Compat {
         for cqe in &completions {
             self.complete(worker, cqe, now);
         }
+        let handled = completions.len();
         self.completions = completions;
         worker.end_batch(now);
+        handled
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {

@@ -126,6 +126,8 @@ pub struct WorkerConfig {
     pub queue: usize,
     pub cpu: Option<usize>,
     pub engine: Engine,
+    /// How long to keep looking for work after handling some, before sleeping (0: never spin).
+    pub busy_poll: Duration,
     pub tun: OwnedFd,
     pub socket: OwnedFd,
     pub peer: SocketAddr,
@@ -330,6 +332,8 @@ struct Worker {
     requests: Requests,
     epoch: Instant,
     next_path_check: Instant,
+    /// When the next stats snapshot is due, if snapshots are sent.
+    next_snapshot: Option<Instant>,
     stopping: bool,
     fatal: Option<io::Error>,
     /// Test-only refusals (`crate::faults`); a zero-sized no-op in the shipped binary.
@@ -400,6 +404,42 @@ fn report_setup<T>(
         Err(e) => {
             let _ = ready.send(Err(e));
             None
+        }
+    }
+}
+
+/// When an engine stops looking for work without sleeping (`--busy-poll`): `busy_poll` after
+/// the last batch that handled something.
+#[derive(Debug, Clone, Copy)]
+struct Spin {
+    busy_poll: Duration,
+    until: Option<Instant>,
+}
+
+impl Spin {
+    fn new(busy_poll: Duration) -> Spin {
+        Spin {
+            busy_poll,
+            until: None,
+        }
+    }
+
+    /// Notes a batch that handled `work` completions or packets; returns whether to keep
+    /// looking without sleeping.
+    fn after_batch(&mut self, work: bool) -> bool {
+        if self.busy_poll.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        if work {
+            self.until = Some(now + self.busy_poll);
+        }
+        match self.until {
+            Some(until) if now < until => true,
+            _ => {
+                self.until = None;
+                false
+            }
         }
     }
 }
@@ -554,6 +594,7 @@ impl Worker {
             },
             epoch: now,
             next_path_check: now + PATH_MTU_RECHECK,
+            next_snapshot: config.snapshots.as_ref().map(|(every, _)| now + *every),
             stopping: false,
             fatal: None,
             faults,
@@ -599,17 +640,17 @@ impl Worker {
 
     /// Between batches: rereads the path MTU every `PATH_MTU_RECHECK` and sends a stats
     /// snapshot when one is due.
-    fn tick(&mut self, config: &WorkerConfig, next_snapshot: &mut Option<Instant>) {
+    fn tick(&mut self, config: &WorkerConfig) {
         let now = Instant::now();
         if now >= self.next_path_check {
             self.recheck_path_mtu();
             self.next_path_check = now + PATH_MTU_RECHECK;
         }
-        if let (Some(at), Some((every, sender))) = (*next_snapshot, &config.snapshots)
+        if let (Some(at), Some((every, sender))) = (self.next_snapshot, &config.snapshots)
             && now >= at
         {
             let _ = sender.send(self.stats.clone());
-            *next_snapshot = Some(at + *every);
+            self.next_snapshot = Some(at + *every);
         }
     }
 

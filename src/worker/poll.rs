@@ -10,7 +10,7 @@
 
 use super::uring::begin_drain;
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Worker, WorkerConfig, WorkerExit, pin,
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Spin, Worker, WorkerConfig, WorkerExit, pin,
     report_setup, set_nonblocking, setup_faults,
 };
 use crate::relay::send::Route;
@@ -50,13 +50,11 @@ pub(super) fn run(
     ready: Sender<Result<(), sys::Error>>,
 ) -> Option<WorkerExit> {
     let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut next_snapshot = config
-        .snapshots
-        .as_ref()
-        .map(|(every, _)| Instant::now() + *every);
+    let mut spin = Spin::new(config.busy_poll);
+    let mut spinning = false;
     while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
         engine.carry_out(&mut worker);
-        let (tun_ready, udp_ready) = match engine.wait(&worker) {
+        let (tun_ready, udp_ready) = match engine.wait(&mut worker, spinning) {
             Ok(ready) => ready,
             Err(e) => {
                 worker.fatal = Some(e);
@@ -64,14 +62,16 @@ pub(super) fn run(
             }
         };
         let now = worker.now_ns();
+        let mut handled = 0;
         if tun_ready {
-            engine.read_tun(&mut worker, now);
+            handled += engine.read_tun(&mut worker, now);
         }
         if udp_ready {
-            engine.receive(&mut worker, now);
+            handled += engine.receive(&mut worker, now);
         }
         worker.end_batch(now);
-        worker.tick(&config, &mut next_snapshot);
+        spinning = spin.after_batch(handled > 0);
+        worker.tick(&config);
     }
     config.stop.store(true, Ordering::Relaxed);
     let drained = engine.drain(&mut worker);
@@ -117,9 +117,9 @@ fn errno() -> i32 {
 }
 
 impl Poll {
-    /// Waits up to `IDLE_WAIT` (not at all if injected results wait) until the TUN or the socket
-    /// has data for a free buffer. Returns which of them has.
-    fn wait(&self, worker: &Worker) -> io::Result<(bool, bool)> {
+    /// Waits up to `IDLE_WAIT` (not at all if injected results wait, or while `spinning`) until
+    /// the TUN or the socket has data for a free buffer. Returns which of them has.
+    fn wait(&self, worker: &mut Worker, spinning: bool) -> io::Result<(bool, bool)> {
         let mut fds = [
             libc::pollfd {
                 fd: if worker.tun_free.is_empty() {
@@ -140,7 +140,7 @@ impl Poll {
                 revents: 0,
             },
         ];
-        let timeout = if worker.requests.injected.is_empty() {
+        let timeout = if worker.requests.injected.is_empty() && !spinning {
             IDLE_WAIT.as_millis() as i32
         } else {
             0
@@ -155,17 +155,23 @@ impl Poll {
                 Err(io::Error::from_raw_os_error(e))
             };
         }
-        // An error or hang-up is read too, so that the read reports it.
+        // An error or hang-up is read too, so that the read reports it. POLLERR on the socket
+        // can also mean only that its error queue holds something (`IP_RECVERR`), which no
+        // receive takes: drain it at the end of this batch, or every poll would return at once.
+        if fds[1].revents & libc::POLLERR != 0 {
+            worker.reports.drain_queue = true;
+        }
         let ready = |p: &libc::pollfd| p.revents != 0;
         Ok((ready(&fds[0]), ready(&fds[1])))
     }
 
-    /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free.
-    fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) {
+    /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free. Returns
+    /// how many reads brought a packet.
+    fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) -> usize {
         let len = worker.memory.tun_buffers.buf_len();
-        for _ in 0..READ_BUDGET {
+        for read in 0..READ_BUDGET {
             let Some(bid) = worker.tun_free.pop() else {
-                return;
+                return read;
             };
             let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
             // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
@@ -180,12 +186,13 @@ impl Poll {
             if e != libc::EAGAIN {
                 worker.on_read_error(true, e, &mut self.tun_failures);
             }
-            return;
+            return read;
         }
+        READ_BUDGET
     }
 
-    /// One `recvmmsg` into as many free buffers as it may fill.
-    fn receive(&mut self, worker: &mut Worker, now_ns: u64) {
+    /// One `recvmmsg` into as many free buffers as it may fill. Returns how many it filled.
+    fn receive(&mut self, worker: &mut Worker, now_ns: u64) -> usize {
         let layout = worker.memory.layout;
         self.received.clear();
         while self.received.len() < MMSG_BATCH {
@@ -201,7 +208,7 @@ impl Poll {
             self.received.push(bid);
         }
         if self.received.is_empty() {
-            return;
+            return 0;
         }
         // SAFETY: each mmsghdr names the free buffer `received[k]` (its name, control and
         // payload areas, per `layout`), which nothing else uses during the call.
@@ -234,6 +241,7 @@ impl Poll {
                 worker.return_udp_buffer(bid);
             }
         }
+        got
     }
 
     /// Carries out the worker's requests, reports their results and closes the batch, until no

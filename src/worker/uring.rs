@@ -5,7 +5,7 @@
 //! published with one store per batch.
 
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Worker, WorkerConfig, WorkerExit, pin,
+    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Spin, Worker, WorkerConfig, WorkerExit, pin,
     report_setup, setup_faults,
 };
 use crate::relay::send::Route;
@@ -53,20 +53,24 @@ pub(super) fn run(
     ready: Sender<Result<(), sys::Error>>,
 ) -> Option<WorkerExit> {
     let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut next_snapshot = config
-        .snapshots
-        .as_ref()
-        .map(|(every, _)| Instant::now() + *every);
+    let mut spin = Spin::new(config.busy_poll);
+    let mut spinning = false;
     while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
         engine.flush(&mut worker);
         // Injected completions are ready now: don't sleep waiting for a real one.
         let want = usize::from(worker.requests.injected.is_empty());
-        if let Err(e) = wait(&engine.ring, want, IDLE_WAIT) {
+        let waited = if spinning {
+            get_events(&mut engine.ring)
+        } else {
+            wait(&engine.ring, want, IDLE_WAIT)
+        };
+        if let Err(e) = waited {
             worker.fatal = Some(e);
             break;
         }
-        engine.reap(&mut worker);
-        worker.tick(&config, &mut next_snapshot);
+        let handled = engine.reap(&mut worker);
+        spinning = spin.after_batch(handled > 0);
+        worker.tick(&config);
     }
     // A fatal error in one worker stops them all.
     config.stop.store(true, Ordering::Relaxed);
@@ -217,6 +221,27 @@ fn wait(ring: &IoUring, want: usize, timeout: Duration) -> io::Result<()> {
     }
 }
 
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// Hands queued submissions to the kernel and collects what has completed, without sleeping:
+/// with `DEFER_TASKRUN` completions are posted only when the thread enters the kernel asking for
+/// events, which a plain submit does not (`io_cqring_wait` runs the local work first).
+pub(super) fn get_events(ring: &mut IoUring) -> io::Result<()> {
+    let pending = ring.submission().len() as u32;
+    // SAFETY: no argument is passed; every queued submission points at live memory (the
+    // contract in `ring`).
+    let entered = unsafe {
+        ring.submitter()
+            .enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None)
+    };
+    match entered {
+        Ok(_) => Ok(()),
+        Err(e) if is_interrupted_wait(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A wait that ended without an error of the ring's: timed out, interrupted, or the CQ full.
 pub(super) fn is_interrupted_wait(e: &io::Error) -> bool {
     matches!(
@@ -272,8 +297,8 @@ impl Uring {
         }
     }
 
-    /// Handles every available completion, then closes the batch.
-    fn reap(&mut self, worker: &mut Worker) {
+    /// Handles every available completion, then closes the batch. Returns how many there were.
+    fn reap(&mut self, worker: &mut Worker) -> usize {
         let now = worker.now_ns();
         let mut completions = std::mem::take(&mut self.completions);
         completions.clear();
@@ -281,8 +306,10 @@ impl Uring {
         for cqe in &completions {
             self.complete(worker, cqe, now);
         }
+        let handled = completions.len();
         self.completions = completions;
         worker.end_batch(now);
+        handled
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
