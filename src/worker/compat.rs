@@ -13,23 +13,21 @@
 
 use super::uring::UDP_FILE;
 use super::uring::{
-    begin_drain, entry_for, get_events, is_interrupted_wait, pin_io_workers, push_all,
-    register_files,
+    begin_drain, build_ring, entry_for, get_events, is_interrupted_wait, push_all, register_files,
 };
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Spin, Worker, WorkerConfig, WorkerExit, pin, report_setup,
-    set_nonblocking, setup_faults,
+    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Worker, WorkerConfig, set_nonblocking,
+    setup_faults,
 };
-use crate::ring::{self, Op, Token};
+use crate::ring::{Op, Token};
 use crate::sys;
 use io_uring::types::{Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::time::Instant;
 
-struct Compat {
+pub(super) struct Compat {
     ring: IoUring,
     /// Which buffers a read or receive names now.
     tun_reading: Box<[bool]>,
@@ -47,52 +45,11 @@ struct Compat {
     completions: Vec<cqueue::Entry>,
 }
 
-pub(super) fn run(
-    config: WorkerConfig,
-    ready: Sender<Result<(), sys::Error>>,
-) -> Option<WorkerExit> {
-    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut spin = Spin::new(config.busy_poll);
-    let mut spinning = false;
-    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
-        engine.flush(&mut worker);
-        // Injected completions are ready now: don't sleep waiting for a real one.
-        let want = usize::from(worker.requests.injected.is_empty());
-        let waited = if spinning {
-            get_events(&mut engine.ring)
-        } else {
-            engine.wait(want)
-        };
-        if let Err(e) = waited {
-            worker.fatal = Some(e);
-            break;
-        }
-        let handled = engine.reap(&mut worker);
-        spinning = spin.after_batch(handled > 0);
-        worker.tick(&config);
-    }
-    config.stop.store(true, Ordering::Relaxed);
-    let drained = engine.drain(&mut worker);
-    let exit = worker.exit();
-    if !drained {
-        worker.report_leak(config.queue, engine.in_flight + worker.requests.in_flight);
-        std::mem::forget(worker.memory);
-        std::mem::forget(engine.ring);
-    }
-    Some(exit)
-}
-
-fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Error> {
+pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Error> {
     let queue = config.queue;
     let faults = setup_faults(queue);
     let depth = config.ring_depth;
-    let sq_entries = (4 * depth + 16).next_power_of_two().min(32768) as u32;
-    let ring = ring::build(sq_entries, sq_entries * 4)
-        .map_err(|source| sys::Error::IoUring { queue, source })?;
-    if let Some(cpu) = config.cpu {
-        pin(queue, cpu)?;
-        pin_io_workers(&ring, cpu);
-    }
+    let (ring, sq_entries) = build_ring(config)?;
     let worker = Worker::new(config, faults, 0)?;
     set_nonblocking(&worker.tun).map_err(|source| sys::Error::IoUring { queue, source })?;
     register_files(&ring, &worker, queue)?;
@@ -113,6 +70,32 @@ fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Error> {
         completions: Vec::with_capacity(4 * sq_entries as usize),
     };
     Ok((engine, worker))
+}
+
+impl Driver for Compat {
+    fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
+        self.flush(worker);
+        // Injected completions are ready now: don't sleep waiting for a real one.
+        let want = usize::from(worker.requests.injected.is_empty());
+        if spinning {
+            get_events(&mut self.ring)?;
+        } else {
+            self.wait(want)?;
+        }
+        Ok(self.reap(worker))
+    }
+
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        Compat::drain(self, worker)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn leak(self) {
+        std::mem::forget(self.ring);
+    }
 }
 
 impl Compat {

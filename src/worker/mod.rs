@@ -348,10 +348,70 @@ pub fn run(config: WorkerConfig, ready: Sender<Result<(), sys::Error>>) -> Optio
     // However this worker ends, a panic included, the others stop too and main reports it.
     let _stop_all = StopOnExit(config.stop.clone());
     match config.engine {
-        Engine::Uring => uring::run(config, ready),
-        Engine::UringCompat => compat::run(config, ready),
-        Engine::Poll => poll::run(config, ready),
+        Engine::Uring => {
+            let setup = uring::setup(&config);
+            drive(config, ready, setup)
+        }
+        Engine::UringCompat => {
+            let setup = compat::setup(&config);
+            drive(config, ready, setup)
+        }
+        Engine::Poll => {
+            let setup = poll::setup(&config);
+            drive(config, ready, setup)
+        }
     }
+}
+
+/// What the run loop needs of an engine.
+trait Driver {
+    /// One turn: hands the queued requests over, waits for something to happen (at most
+    /// `IDLE_WAIT`; not at all while `spinning` or while injected results wait), handles it and
+    /// closes the batch. Returns how many completions or packets it handled.
+    fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize>;
+    /// Stops: cancels what is in flight and waits for the last results. False if something did
+    /// not report back within `DRAIN_DEADLINE`.
+    fn drain(&mut self, worker: &mut Worker) -> bool;
+    /// The engine's own operations (reads, receives, cancels) still in flight.
+    fn in_flight(&self) -> usize;
+    /// Leaks whatever of the engine's the kernel may still use, after a drain that did not end.
+    fn leak(self);
+}
+
+/// Runs an engine set up by `setup` until it is asked to stop or its data path breaks, then
+/// drains it; leaks the memory if the drain does not finish (the contract in `ring`).
+fn drive<D: Driver>(
+    config: WorkerConfig,
+    ready: Sender<Result<(), sys::Error>>,
+    setup: Result<(D, Worker), sys::Error>,
+) -> Option<WorkerExit> {
+    let (mut engine, mut worker) = report_setup(setup, ready)?;
+    let mut spin = Spin::new(config.busy_poll);
+    let mut spinning = false;
+    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
+        match engine.turn(&mut worker, spinning) {
+            Ok(handled) => spinning = spin.after_batch(handled > 0),
+            Err(e) => {
+                worker.fatal = Some(e);
+                break;
+            }
+        }
+        worker.tick(&config);
+    }
+    // A fatal error in one worker stops them all.
+    config.stop.store(true, Ordering::Relaxed);
+    let drained = engine.drain(&mut worker);
+    let exit = worker.exit();
+    if !drained {
+        eprintln!(
+            "tunfwd: queue {}: {} operations did not finish at shutdown; leaking their buffers",
+            config.queue,
+            engine.in_flight() + worker.requests.in_flight
+        );
+        std::mem::forget(worker.memory);
+        engine.leak();
+    }
+    Some(exit)
 }
 
 /// Sets the shared stop flag when dropped.
@@ -673,14 +733,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Says that a drain did not finish and memory is leaked.
-    fn report_leak(&self, queue: usize, outstanding: usize) {
-        eprintln!(
-            "tunfwd: queue {queue}: {outstanding} operations did not finish at shutdown; leaking \
-             their buffers"
-        );
     }
 
     fn exit(&mut self) -> WorkerExit {

@@ -202,16 +202,7 @@ impl Worker {
                 .drop_n(DropReason::TooBig, segments as u64);
             return;
         }
-        for segment in first..first + segments {
-            self.submit_send(
-                bid,
-                MAX_GSO_SENDS + segment,
-                segment,
-                1,
-                None,
-                Route::Fragmenting,
-            );
-        }
+        self.send_one_by_one(bid, first, segments, Route::Fragmenting);
     }
 
     /// A TUN write of one of this worker's ICMP errors completed.

@@ -10,16 +10,14 @@
 
 use super::uring::begin_drain;
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Spin, Worker, WorkerConfig, WorkerExit, pin,
-    report_setup, set_nonblocking, setup_faults,
+    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Request, Worker, WorkerConfig, pin,
+    set_nonblocking, setup_faults,
 };
 use crate::relay::send::Route;
 use crate::ring::Token;
 use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 /// TUN reads per loop turn, at most: enough to fill GSO batches, few enough that the socket is
@@ -32,7 +30,7 @@ const MMSG_BATCH: usize = 64;
 /// again, a bounded number of times (`RESENDS_PER_SLOT`, GSO off for good after one fallback).
 const MAX_ROUNDS: usize = 16;
 
-struct Poll {
+pub(super) struct Poll {
     tun: RawFd,
     socket: RawFd,
     fragmenting: Option<RawFd>,
@@ -45,45 +43,7 @@ struct Poll {
     udp_failures: u32,
 }
 
-pub(super) fn run(
-    config: WorkerConfig,
-    ready: Sender<Result<(), sys::Error>>,
-) -> Option<WorkerExit> {
-    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut spin = Spin::new(config.busy_poll);
-    let mut spinning = false;
-    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
-        engine.carry_out(&mut worker);
-        let (tun_ready, udp_ready) = match engine.wait(&mut worker, spinning) {
-            Ok(ready) => ready,
-            Err(e) => {
-                worker.fatal = Some(e);
-                break;
-            }
-        };
-        let now = worker.now_ns();
-        let mut handled = 0;
-        if tun_ready {
-            handled += engine.read_tun(&mut worker, now);
-        }
-        if udp_ready {
-            handled += engine.receive(&mut worker, now);
-        }
-        worker.end_batch(now);
-        spinning = spin.after_batch(handled > 0);
-        worker.tick(&config);
-    }
-    config.stop.store(true, Ordering::Relaxed);
-    let drained = engine.drain(&mut worker);
-    let exit = worker.exit();
-    if !drained {
-        worker.report_leak(config.queue, worker.requests.in_flight);
-        std::mem::forget(worker.memory);
-    }
-    Some(exit)
-}
-
-fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error> {
+pub(super) fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error> {
     let queue = config.queue;
     let faults = setup_faults(queue);
     if let Some(cpu) = config.cpu {
@@ -114,6 +74,33 @@ fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+impl Driver for Poll {
+    fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
+        self.carry_out(worker);
+        let (tun_ready, udp_ready) = self.wait(worker, spinning)?;
+        let now = worker.now_ns();
+        let mut handled = 0;
+        if tun_ready {
+            handled += self.read_tun(worker, now);
+        }
+        if udp_ready {
+            handled += self.receive(worker, now);
+        }
+        worker.end_batch(now);
+        Ok(handled)
+    }
+
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        Poll::drain(self, worker)
+    }
+
+    fn in_flight(&self) -> usize {
+        0
+    }
+
+    fn leak(self) {}
 }
 
 impl Poll {

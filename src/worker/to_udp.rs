@@ -345,15 +345,20 @@ impl Worker {
             );
         }
         self.stats.counters.gso_fallbacks += 1;
+        self.send_one_by_one(bid, first, segments, Route::Direct);
+    }
+
+    /// Sends segments `first..first + segments` of `bid`'s slot one datagram a send, each with
+    /// its own msghdr (after the GSO sends'), on the socket `route` names.
+    pub(super) fn send_one_by_one(
+        &mut self,
+        bid: u16,
+        first: usize,
+        segments: usize,
+        route: Route,
+    ) {
         for segment in first..first + segments {
-            self.submit_send(
-                bid,
-                MAX_GSO_SENDS + segment,
-                segment,
-                1,
-                None,
-                Route::Direct,
-            );
+            self.submit_send(bid, MAX_GSO_SENDS + segment, segment, 1, None, route);
         }
     }
 

@@ -5,8 +5,7 @@
 //! published with one store per batch.
 
 use super::{
-    DRAIN_DEADLINE, IDLE_WAIT, Received, Request, Spin, Worker, WorkerConfig, WorkerExit, pin,
-    report_setup, setup_faults,
+    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Request, Worker, WorkerConfig, pin, setup_faults,
 };
 use crate::relay::send::Route;
 use crate::ring::{self, Op, Token};
@@ -16,8 +15,6 @@ use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 /// Provided-buffer groups.
@@ -31,7 +28,7 @@ pub(super) const FRAGMENTING_FILE: Fixed = Fixed(2);
 /// `struct io_uring_recvmsg_out`: four u32 fields ahead of the name in a multishot recvmsg buffer.
 const RECVMSG_OUT_LEN: usize = 16;
 
-struct Uring {
+pub(super) struct Uring {
     ring: IoUring,
     /// The template of every multishot receive: name and control lengths.
     recv_msg: Box<libc::msghdr>,
@@ -48,53 +45,11 @@ struct Uring {
     completions: Vec<cqueue::Entry>,
 }
 
-pub(super) fn run(
-    config: WorkerConfig,
-    ready: Sender<Result<(), sys::Error>>,
-) -> Option<WorkerExit> {
-    let (mut engine, mut worker) = report_setup(setup(&config), ready)?;
-    let mut spin = Spin::new(config.busy_poll);
-    let mut spinning = false;
-    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
-        engine.flush(&mut worker);
-        // Injected completions are ready now: don't sleep waiting for a real one.
-        let want = usize::from(worker.requests.injected.is_empty());
-        let waited = if spinning {
-            get_events(&mut engine.ring)
-        } else {
-            wait(&engine.ring, want, IDLE_WAIT)
-        };
-        if let Err(e) = waited {
-            worker.fatal = Some(e);
-            break;
-        }
-        let handled = engine.reap(&mut worker);
-        spinning = spin.after_batch(handled > 0);
-        worker.tick(&config);
-    }
-    // A fatal error in one worker stops them all.
-    config.stop.store(true, Ordering::Relaxed);
-    let drained = engine.drain(&mut worker);
-    let exit = worker.exit();
-    if !drained {
-        worker.report_leak(config.queue, engine.in_flight + worker.requests.in_flight);
-        std::mem::forget(worker.memory);
-        std::mem::forget(engine.ring);
-    }
-    Some(exit)
-}
-
-fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error> {
+pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error> {
     let queue = config.queue;
     let faults = setup_faults(queue);
     let depth = config.ring_depth;
-    let sq_entries = (4 * depth + 16).next_power_of_two().min(32768) as u32;
-    let ring = ring::build(sq_entries, sq_entries * 4)
-        .map_err(|source| sys::Error::IoUring { queue, source })?;
-    if let Some(cpu) = config.cpu {
-        pin(queue, cpu)?;
-        pin_io_workers(&ring, cpu);
-    }
+    let (ring, sq_entries) = build_ring(config)?;
     let mut worker = Worker::new(config, faults, RECVMSG_OUT_LEN)?;
     register_files(&ring, &worker, queue)?;
     let alloc = |source| sys::Error::RegisterBuffers { queue, source };
@@ -131,6 +86,20 @@ fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error> {
     };
     engine.give_back(&mut worker);
     Ok((engine, worker))
+}
+
+/// The ring of a worker whose `ring_depth` operations per direction may each take a few
+/// submissions, on the worker's CPU. Returns it and its SQ size.
+pub(super) fn build_ring(config: &WorkerConfig) -> Result<(IoUring, u32), sys::Error> {
+    let queue = config.queue;
+    let sq_entries = (4 * config.ring_depth + 16).next_power_of_two().min(32768) as u32;
+    let ring = ring::build(sq_entries, sq_entries * 4)
+        .map_err(|source| sys::Error::IoUring { queue, source })?;
+    if let Some(cpu) = config.cpu {
+        pin(queue, cpu)?;
+        pin_io_workers(&ring, cpu);
+    }
+    Ok((ring, sq_entries))
 }
 
 /// Keeps the ring's io-wq threads, which serve operations that cannot complete inline, on the
@@ -248,6 +217,32 @@ pub(super) fn is_interrupted_wait(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
     )
+}
+
+impl Driver for Uring {
+    fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
+        self.flush(worker);
+        // Injected completions are ready now: don't sleep waiting for a real one.
+        let want = usize::from(worker.requests.injected.is_empty());
+        if spinning {
+            get_events(&mut self.ring)?;
+        } else {
+            wait(&self.ring, want, IDLE_WAIT)?;
+        }
+        Ok(self.reap(worker))
+    }
+
+    fn drain(&mut self, worker: &mut Worker) -> bool {
+        Uring::drain(self, worker)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn leak(self) {
+        std::mem::forget(self.ring);
+    }
 }
 
 impl Uring {
