@@ -289,6 +289,72 @@ impl Testbed {
         }
     }
 
+    /// Moves `bytes` per stream over TCP from `from` to a sink on `to_host` listening at
+    /// `to_addr` (port 5201), with `tcp_options` (such as `--mss 88`) given to both ends, within
+    /// 150 s. An error unless the sink got every byte and checked each against the pattern.
+    /// Returns the sender's JSON report.
+    pub fn verified_transfer(
+        &self,
+        from: Host,
+        to_host: Host,
+        to_addr: &str,
+        bytes: u64,
+        streams: usize,
+        tcp_options: &[&str],
+    ) -> io::Result<serde_json::Value> {
+        let any = if to_addr.contains(':') {
+            "::"
+        } else {
+            "0.0.0.0"
+        };
+        let listen = endpoint(any, 5201);
+        let target = endpoint(to_addr, 5201);
+        let streams_text = streams.to_string();
+        let mut sink_args = vec![
+            "tcp-sink",
+            "--listen",
+            &listen,
+            "--streams",
+            &streams_text,
+            "--seconds",
+            "150",
+        ];
+        sink_args.extend_from_slice(tcp_options);
+        let mut sink = self.tunload_background(to_host, "tcp-sink", &sink_args)?;
+        let bytes_text = bytes.to_string();
+        let mut send_args = vec![
+            "tcp-send",
+            "--to",
+            &target,
+            "--bytes",
+            &bytes_text,
+            "--streams",
+            &streams_text,
+            "--seconds",
+            "120",
+        ];
+        send_args.extend_from_slice(tcp_options);
+        let sent = self
+            .tunload(from, "tcp-send", &send_args, Duration::from_secs(150))
+            .map_err(|e| io::Error::other(format!("transfer to {target}: {e}")))?;
+        let status = sink.wait_for(Duration::from_secs(20))?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "the sink for {target} failed ({status}): {}{}",
+                sink.stdout(),
+                sink.stderr()
+            )));
+        }
+        let got = parse_json(&sink.stdout())?;
+        let expected = bytes * streams as u64;
+        if got["verified"] != true || got["checked"] != true || got["bytes"] != expected {
+            return Err(io::Error::other(format!(
+                "the sink for {target} did not check {expected} bytes: {got}"
+            )));
+        }
+        parse_json(&sent)
+    }
+
     /// Adds the kernel's own VXLAN tunnel between A and B over the same veth, as the in-kernel
     /// reference, with overlay addresses `A_VXLAN4`/`B_VXLAN4`.
     pub fn add_vxlan(&self, mtu: u32) -> io::Result<()> {
@@ -398,6 +464,20 @@ impl Process {
         }
     }
 
+    /// The io_uring instances the process holds open: the links in `/proc/PID/fd` to an
+    /// `anon_inode:[io_uring]` file, one per ring. Zero for a process that uses none, or is gone.
+    pub fn io_uring_instances(&self) -> usize {
+        let Some(pid) = self.pid() else {
+            return 0;
+        };
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return 0;
+        };
+        fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == "anon_inode:[io_uring]")
+            .count()
+    }
+
     /// Sends a signal to the process we started (and only to it).
     /// The pid is one we spawned and have not reaped, so it cannot have been reused; and
     /// `ip netns exec` execs the program, so the pid is the program itself.
@@ -473,6 +553,15 @@ pub fn report_drops(report: &serde_json::Value, reason: &str) -> u64 {
         .sum()
 }
 
+/// The lines of a tunfwd's stderr that name the I/O engine it chose at startup and why, such as
+/// `tunfwd: engine uring: forced by --engine`. A relay that started prints exactly one.
+pub fn engine_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("tunfwd: engine "))
+        .collect()
+}
+
 /// Parses the one JSON line a `tunload` mode prints.
 pub fn parse_json(text: &str) -> io::Result<serde_json::Value> {
     let line = text
@@ -513,6 +602,18 @@ pub fn endpoint(addr: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_lines_are_the_startup_lines_naming_an_engine() {
+        let stderr = "tunfwd: engine poll: not uring: io_uring is unavailable\n\
+                      tunfwd: warning: the engine is slow\n\
+                      tunfwd0 up: 4 queue(s)\n";
+        assert_eq!(
+            engine_lines(stderr),
+            ["tunfwd: engine poll: not uring: io_uring is unavailable"]
+        );
+        assert!(engine_lines("tunfwd: --engine uring cannot run here: no").is_empty());
+    }
 
     #[test]
     fn busy_seconds_count_everything_but_idle_and_iowait() {

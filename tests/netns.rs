@@ -2,15 +2,69 @@
 //!
 //! They need root. Without it every test here fails at once with a message saying so: they are
 //! never skipped silently. (`cargo test --lib --bins` runs the pure tests without root.)
-//! The tests run one at a time: each moves hundreds of MB through two relays on a 2-core machine.
+//! The tests run one at a time: each moves tens to hundreds of MB through two relays on a 2-core
+//! machine.
+//!
+//! Every test runs once per I/O engine: a test body is a function of the engine's name, and
+//! [`per_engine!`] makes a module of the same name with one `#[test]` per engine (`uring`,
+//! `uring_compat`, `poll`). Each relay is started with `--engine` and must say at startup that it
+//! runs the engine it was forced to, so a silent fallback to another engine fails the test.
 
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// For each test body `fn name(engine: &str)`, a module `name` holding one test per engine:
+/// `name::uring`, `name::uring_compat` and `name::poll`.
+macro_rules! per_engine {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn uring() {
+                super::serially(super::$body, "uring");
+            }
+            #[test]
+            fn uring_compat() {
+                super::serially(super::$body, "uring-compat");
+            }
+            #[test]
+            fn poll() {
+                super::serially(super::$body, "poll");
+            }
+        }
+    )+};
+}
+
+per_engine!(
+    overlay_ping_both_ways_over_ipv4_and_ipv6,
+    tcp_transfers_of_100_mb_verify_in_both_directions,
+    concurrent_flows_spread_over_queues_at_both_ends,
+    garbage_and_strangers_are_dropped_and_counted_while_a_transfer_verifies,
+    a_peer_that_starts_later_is_reached_and_icmp_errors_are_counted,
+    sigterm_reports_and_json_counters_match_what_was_sent,
+    offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6,
+    scarce_buffers_stall_and_recover_without_loss,
+    small_mss_transfers_verify_both_ways_without_bad_offload,
+    injected_kernel_refusals_take_their_fallbacks_and_lose_nothing,
+    a_worker_panic_during_setup_exits_instead_of_hanging,
+    a_drain_that_never_finishes_leaks_and_still_reports,
+);
+
+/// Runs one test body for `engine`, holding the suite's lock.
+fn serially(body: fn(&str), engine: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    body(engine);
+}
+
+/// The engines that run multishot operations, which the `multishot-end` fault ends and whose
+/// buffer stalls are counted (`buffer_stalls`, `multishot_restarts`).
+fn multishot(engine: &str) -> bool {
+    engine == "uring"
+}
 
 fn testbed() -> Testbed {
     if !testbed::is_root() {
@@ -26,21 +80,52 @@ fn testbed() -> Testbed {
     .expect("building the namespace testbed")
 }
 
-/// Both relays with `--queues 4` and a stats file each.
-fn relays(bed: &Testbed, extra: &[&str]) -> (Process, Process) {
-    let json_a = bed.path("a.json");
-    let json_b = bed.path("b.json");
-    let mut args_a = vec!["--queues", "4", "--stats-json", json_a.to_str().unwrap()];
-    let mut args_b = vec!["--queues", "4", "--stats-json", json_b.to_str().unwrap()];
-    args_a.extend_from_slice(extra);
-    args_b.extend_from_slice(extra);
-    let a = bed
-        .start_tunfwd(Host::A, "tunfwd-a", &args_a)
-        .expect("tunfwd on A");
-    let b = bed
-        .start_tunfwd(Host::B, "tunfwd-b", &args_b)
-        .expect("tunfwd on B");
-    (a, b)
+/// Checks that a relay says it runs `engine` because `--engine` forced it, and nothing else, and
+/// that it holds io_uring instances exactly when the engine is one of the io_uring ones.
+fn assert_runs(relay: &Process, engine: &str) {
+    let stderr = relay.stderr();
+    assert_eq!(
+        testbed::engine_lines(&stderr),
+        [format!("tunfwd: engine {engine}: forced by --engine")],
+        "the relay does not run the engine it was forced to: {stderr}"
+    );
+    let rings = relay.io_uring_instances();
+    if engine == "poll" {
+        assert_eq!(rings, 0, "the poll engine holds io_uring instances");
+    } else {
+        assert!(rings > 0, "the {engine} engine holds no io_uring instance");
+    }
+}
+
+/// tunfwd on `host` with `--engine engine`, `--queues 4` and a stats file named after the host
+/// (`a.json`, `b.json`), checked to run that engine.
+fn relay(bed: &Testbed, host: Host, engine: &str, extra: &[&str]) -> Process {
+    let (name, json) = match host {
+        Host::A => ("tunfwd-a", bed.path("a.json")),
+        _ => ("tunfwd-b", bed.path("b.json")),
+    };
+    let mut args = vec![
+        "--engine",
+        engine,
+        "--queues",
+        "4",
+        "--stats-json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let relay = bed
+        .start_tunfwd(host, name, &args)
+        .unwrap_or_else(|e| panic!("{name} with --engine {engine}: {e}"));
+    assert_runs(&relay, engine);
+    relay
+}
+
+/// Both relays, each with [`relay`].
+fn relays(bed: &Testbed, engine: &str, extra: &[&str]) -> (Process, Process) {
+    (
+        relay(bed, Host::A, engine, extra),
+        relay(bed, Host::B, engine, extra),
+    )
 }
 
 /// Stops a relay with SIGTERM, checks it exits 0 with a report, and returns its final JSON.
@@ -111,7 +196,7 @@ fn ping(bed: &Testbed, from: Host, to: &str, count: u32) -> Value {
     parse_json(&out).unwrap()
 }
 
-/// Sends `bytes` over TCP from `from` to the sink on `to_host` at `to_addr`, verified.
+/// Sends `bytes` per stream over TCP from `from` to the sink on `to_host` at `to_addr`, verified.
 fn verified_transfer(
     bed: &Testbed,
     from: Host,
@@ -133,66 +218,13 @@ fn verified_transfer_with(
     streams: usize,
     tcp_options: &[&str],
 ) -> Value {
-    let listen = endpoint(
-        if to_addr.contains(':') {
-            "::"
-        } else {
-            "0.0.0.0"
-        },
-        5201,
-    );
-    let target = endpoint(to_addr, 5201);
-    let streams_text = streams.to_string();
-    let mut sink_args = vec![
-        "tcp-sink",
-        "--listen",
-        &listen,
-        "--streams",
-        &streams_text,
-        "--seconds",
-        "150",
-    ];
-    sink_args.extend_from_slice(tcp_options);
-    let mut sink = bed
-        .tunload_background(to_host, "tcp-sink", &sink_args)
-        .unwrap();
-    let bytes_text = bytes.to_string();
-    let mut send_args = vec![
-        "tcp-send",
-        "--to",
-        &target,
-        "--bytes",
-        &bytes_text,
-        "--streams",
-        &streams_text,
-        "--seconds",
-        "120",
-    ];
-    send_args.extend_from_slice(tcp_options);
-    let sent = bed
-        .tunload(from, "tcp-send", &send_args, Duration::from_secs(150))
-        .unwrap_or_else(|e| panic!("transfer to {target}: {e}"));
-    let status = sink.wait_for(Duration::from_secs(20)).unwrap();
-    assert!(
-        status.success(),
-        "sink failed: {}{}",
-        sink.stdout(),
-        sink.stderr()
-    );
-    let sink_report = parse_json(&sink.stdout()).unwrap();
-    assert_eq!(sink_report["verified"], true);
-    assert_eq!(
-        sink_report["bytes"].as_u64().unwrap(),
-        bytes * streams as u64
-    );
-    parse_json(&sent).unwrap()
+    bed.verified_transfer(from, to_host, to_addr, bytes, streams, tcp_options)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
-fn overlay_ping_both_ways_over_ipv4_and_ipv6() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn overlay_ping_both_ways_over_ipv4_and_ipv6(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     for (from, to) in [
         (Host::A, testbed::B_TUNNEL4),
         (Host::A, testbed::B_TUNNEL6),
@@ -209,11 +241,9 @@ fn overlay_ping_both_ways_over_ipv4_and_ipv6() {
     assert!(total(&report_a, "tun_tx_packets") >= 20);
 }
 
-#[test]
-fn tcp_transfers_of_100_mb_verify_in_both_directions() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn tcp_transfers_of_100_mb_verify_in_both_directions(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     let mb = 100 << 20;
     let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, mb, 1);
     let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, mb, 1);
@@ -227,11 +257,9 @@ fn tcp_transfers_of_100_mb_verify_in_both_directions() {
     assert!(total(&report_a, "tun_tx_bytes") > mb);
 }
 
-#[test]
-fn concurrent_flows_spread_over_queues_at_both_ends() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn concurrent_flows_spread_over_queues_at_both_ends(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, 8 << 20, 12);
     let report_a = stop(&bed, a, "a.json");
     let report_b = stop(&bed, b, "b.json");
@@ -247,11 +275,9 @@ fn concurrent_flows_spread_over_queues_at_both_ends() {
     );
 }
 
-#[test]
-fn garbage_and_strangers_are_dropped_and_counted_while_a_transfer_verifies() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn garbage_and_strangers_are_dropped_and_counted_while_a_transfer_verifies(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     let count = 200u64;
     let target_b = endpoint(testbed::B_UNDERLAY, testbed::TUNNEL_PORT);
     let stranger_target = endpoint(testbed::B_UNDERLAY_TO_C, testbed::TUNNEL_PORT);
@@ -327,18 +353,9 @@ fn garbage_and_strangers_are_dropped_and_counted_while_a_transfer_verifies() {
     assert!(busy_queues(&report_b, "udp_rx_packets", 1) >= 1);
 }
 
-#[test]
-fn a_peer_that_starts_later_is_reached_and_icmp_errors_are_counted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn a_peer_that_starts_later_is_reached_and_icmp_errors_are_counted(engine: &str) {
     let bed = testbed();
-    let json_a = bed.path("a.json");
-    let a = bed
-        .start_tunfwd(
-            Host::A,
-            "tunfwd-a",
-            &["--queues", "4", "--stats-json", json_a.to_str().unwrap()],
-        )
-        .unwrap();
+    let a = relay(&bed, Host::A, engine, &[]);
     // B has no tunfwd yet: its kernel answers with ICMP port unreachable.
     let out = bed.tunload(
         Host::A,
@@ -360,14 +377,7 @@ fn a_peer_that_starts_later_is_reached_and_icmp_errors_are_counted() {
         out.is_err(),
         "no replies can come back while B is down: {out:?}"
     );
-    let json_b = bed.path("b.json");
-    let b = bed
-        .start_tunfwd(
-            Host::B,
-            "tunfwd-b",
-            &["--queues", "4", "--stats-json", json_b.to_str().unwrap()],
-        )
-        .unwrap();
+    let b = relay(&bed, Host::B, engine, &[]);
     let r = ping(&bed, Host::A, testbed::B_TUNNEL4, 5);
     assert_eq!(r["received"], 5, "{r}");
     verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, 10 << 20, 1);
@@ -381,11 +391,9 @@ fn a_peer_that_starts_later_is_reached_and_icmp_errors_are_counted() {
     );
 }
 
-#[test]
-fn sigterm_reports_and_json_counters_match_what_was_sent() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn sigterm_reports_and_json_counters_match_what_was_sent(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &["--stats-interval", "1"]);
+    let (a, b) = relays(&bed, engine, &["--stats-interval", "1"]);
     let mut sink = bed
         .tunload_background(
             Host::B,
@@ -485,13 +493,11 @@ fn both_ways_then_stop(
 
 /// Hundreds of MB each way, IPv4 one way and IPv6 the other, with offloads on (the default) and
 /// with `--no-offload`; the counters show the offloads were used exactly when they were on.
-#[test]
-fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6(engine: &str) {
     for offload in [true, false] {
         let bed = testbed();
         let extra: &[&str] = if offload { &[] } else { &["--no-offload"] };
-        let (a, b) = relays(&bed, extra);
+        let (a, b) = relays(&bed, engine, extra);
         let startup = a.stderr();
         if offload {
             assert!(
@@ -553,18 +559,24 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6() {
     }
 }
 
-/// With the fewest buffers tunfwd allows (8 per direction per worker), the multishot operations run out of
-/// buffers again and again under bulk TCP. Each time they must be re-armed once buffers come back:
-/// the transfers still verify both ways, and the stalls are counted, not lost.
-#[test]
-fn scarce_buffers_stall_and_recover_without_loss() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// With the fewest buffers tunfwd allows (8 per direction per worker), every engine runs out of
+/// free buffers again and again under bulk TCP, and must read again once buffers come back: the
+/// transfers still verify both ways. The multishot operations of `uring` stop each time (the
+/// kernel finds no buffer in the ring), and those stalls are counted, not lost; the other engines
+/// only read into a buffer they hold, so they never stall that way.
+fn scarce_buffers_stall_and_recover_without_loss(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &["--ring-depth", "8", "--buffer-memory", "64K"]);
+    let (a, b) = relays(
+        &bed,
+        engine,
+        &["--ring-depth", "8", "--buffer-memory", "64K"],
+    );
     let (report_a, report_b) = both_ways_then_stop(&bed, (a, b), 100 << 20, 2, "8 buffers");
     let stalls = total(&report_a, "buffer_stalls") + total(&report_b, "buffer_stalls");
-    eprintln!("buffer stalls: {stalls}");
-    assert!(stalls > 0, "no buffer ran out: {report_a} {report_b}");
+    eprintln!("{engine}: buffer stalls: {stalls}");
+    if multishot(engine) {
+        assert!(stalls > 0, "no buffer ran out: {report_a} {report_b}");
+    }
     for (name, report) in [("A", &report_a), ("B", &report_b)] {
         assert_eq!(drops(report, "bad_offload"), 0, "{name}: {report}");
     }
@@ -573,11 +585,9 @@ fn scarce_buffers_stall_and_recover_without_loss() {
 /// Inner TCP with a small MSS, down to the kernel's floor of 88 bytes, both ways. The TUN's
 /// `gso_max_segs` cap keeps every super-packet within what one split takes, so nothing is
 /// dropped as `bad_offload` (before the cap, MSS 400 and below lost every super-packet).
-#[test]
-fn small_mss_transfers_verify_both_ways_without_bad_offload() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn small_mss_transfers_verify_both_ways_without_bad_offload(engine: &str) {
     let bed = testbed();
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     let details = tun_details(&bed, Host::A);
     let cap = tunfwd::worker::MAX_SPLIT_SEGMENTS;
     assert!(
@@ -610,12 +620,16 @@ fn small_mss_transfers_verify_both_ways_without_bad_offload() {
 }
 
 /// The `tunfwd` binary built with the `fault-injection` feature, in a target directory of its
-/// own, built once per test run. The shipped binary has none of it.
+/// own (`fault-injection` under `$CARGO_TARGET_DIR`, or under `target`), built once per test
+/// run. The shipped binary has none of it.
 fn fault_binary() -> &'static Path {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = root.join("target").join("fault-injection");
+        // A relative target directory is relative to the package root, where cargo runs tests.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), |dir| root.join(dir))
+            .join("fault-injection");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let status = std::process::Command::new(cargo)
             .current_dir(root)
@@ -668,10 +682,10 @@ fn faulty_testbed(faults: &str) -> Testbed {
 
 /// Each refusal the kernel may make on the data path, injected for a whole transfer each way:
 /// no byte is lost or corrupted (the transfers verify), and the counters show the path taken.
-#[test]
-fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing(engine: &str) {
     type Check = fn(&str, &Value, &str);
+    // Whether a case applies to an engine.
+    type Applies = fn(&str) -> bool;
     let gso_refused: Check = |name, r, stderr| {
         // The fault holds the first refusal back until a second GSO send is in flight: both
         // are redone datagram by datagram, none is counted as a send error.
@@ -679,9 +693,12 @@ fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
         assert_eq!(drops(r, "udp_send_error"), 0, "{name}: {r}");
         assert!(stderr.contains("sending without GSO"), "{name}: {stderr}");
     };
-    // Each case: the faults, extra relay options, and what the counters must show.
-    let cases: [(&str, &[&str], Check); 6] = [
-        ("tun-write-einval", &[], |name, r, stderr| {
+    // Each case: the faults, extra relay options, the engines it applies to, and what the
+    // counters must show. The relay core that every engine runs injects all but `multishot-end`,
+    // which ends a multishot operation: only `uring` has those.
+    let every: Applies = |_| true;
+    let cases: [(&str, &[&str], Applies, Check); 6] = [
+        ("tun-write-einval", &[], every, |name, r, stderr| {
             assert!(total(r, "coalesce_fallbacks") > 0, "{name}: {r}");
             assert_eq!(
                 total(r, "coalesced_writes"),
@@ -696,29 +713,32 @@ fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
         }),
         // Split super-packets, then (without TSO) batches of plain packets gathered from many
         // buffers, whose per-datagram resends must each be timed once.
-        ("gso-eio", &[], gso_refused),
-        ("gso-eio", &["--no-tso", "--no-uso"], gso_refused),
-        ("send-enobufs=40", &[], |name, r, _| {
+        ("gso-eio", &[], every, gso_refused),
+        ("gso-eio", &["--no-tso", "--no-uso"], every, gso_refused),
+        ("send-enobufs=40", &[], every, |name, r, _| {
             assert!(drops(r, "udp_send_buffer_full") > 0, "{name}: {r}");
         }),
-        ("multishot-end=25", &[], |name, r, _| {
+        ("multishot-end=25", &[], multishot, |name, r, _| {
             assert!(total(r, "multishot_restarts") > 10, "{name}: {r}");
         }),
-        ("ctrunc", &[], |name, r, _| {
+        ("ctrunc", &[], every, |name, r, _| {
             assert!(total(r, "control_truncated") > 0, "{name}: {r}");
             assert_eq!(drops(r, "ip_length_mismatch"), 0, "{name}: {r}");
         }),
     ];
-    for (faults, options, check) in cases {
+    for (faults, options, applies, check) in cases {
+        if !applies(engine) {
+            continue;
+        }
         let bed = faulty_testbed(faults);
-        let (a, b) = relays(&bed, options);
+        let (a, b) = relays(&bed, engine, options);
         let there = verified_transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, 32 << 20, 1);
         let back = verified_transfer(&bed, Host::B, Host::A, testbed::A_TUNNEL6, 32 << 20, 1);
         eprintln!("{faults}: {there} {back}");
         let (stderr_a, stderr_b) = (a.stderr(), b.stderr());
         let (report_a, report_b) = (stop(&bed, a, "a.json"), stop(&bed, b, "b.json"));
         for (name, report, stderr) in [("A", &report_a, &stderr_a), ("B", &report_b, &stderr_b)] {
-            let name = format!("{faults} {options:?} on {name}");
+            let name = format!("{engine}, {faults} {options:?} on {name}");
             check(&name, report, stderr);
             assert_eq!(drops(report, "bad_offload"), 0, "{name}: {report}");
             // One latency sample per datagram sent, however many resends it took.
@@ -735,26 +755,25 @@ fn injected_kernel_refusals_take_their_fallbacks_and_lose_nothing() {
 
 /// A worker that panics during setup ends tunfwd with a clear error; it used to leave main
 /// waiting forever for its report, with SIGINT and SIGTERM blocked.
-#[test]
-fn a_worker_panic_during_setup_exits_instead_of_hanging() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn a_worker_panic_during_setup_exits_instead_of_hanging(engine: &str) {
     let bed = faulty_testbed("setup-panic=1");
     let error = bed
-        .start_tunfwd(Host::A, "tunfwd-a", &["--queues", "2"])
+        .start_tunfwd(Host::A, "tunfwd-a", &["--engine", engine, "--queues", "2"])
         .err()
         .expect("tunfwd must not come up");
     let text = error.to_string();
     assert!(text.contains("exited early"), "{text}");
     assert!(text.contains("died during setup"), "{text}");
+    // The worker died in the forced engine's setup, not in another's.
+    let forced = format!("tunfwd: engine {engine}: forced by --engine\n");
+    assert!(text.contains(&forced), "{text}");
 }
 
 /// When the shutdown drain cannot finish, the worker leaks its buffers rather than free memory
 /// the kernel may still write, says so, and tunfwd still reports and exits 0.
-#[test]
-fn a_drain_that_never_finishes_leaks_and_still_reports() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn a_drain_that_never_finishes_leaks_and_still_reports(engine: &str) {
     let bed = faulty_testbed("drain-stuck");
-    let (a, b) = relays(&bed, &[]);
+    let (a, b) = relays(&bed, engine, &[]);
     let pinged = ping(&bed, Host::A, testbed::B_TUNNEL4, 5);
     assert_eq!(pinged["received"], 5, "{pinged}");
     let started = std::time::Instant::now();
