@@ -19,6 +19,8 @@
 //!   (`tunload --mss`), through tunfwd q1 with default options and through the kernel's VXLAN
 //!   only, reported per MSS with the tunfwd/VXLAN ratio. Small segments multiply the packets per
 //!   byte, and a 64 KB super-packet at MSS 400 or less holds more than 128 segments.
+//! * `idle-cpu`: the CPU time the two relays take while nothing flows for 10 s (tunfwd rows
+//!   only), as a percentage of one core per relay.
 //!
 //! With iperf3 and iputils ping, a load generator nobody here wrote, so that a figure that only
 //! tunload produces stands out. They run through veth, VXLAN, the tunfwd rows that differ from the
@@ -41,7 +43,7 @@
 //! (no option but the testbed's overlay MTU, so as many queues as online CPUs); `tunfwd-q1`,
 //! `tunfwd-q4` and their variations (`tunfwd-q1-nooffload`, `tunfwd-q1-d1`, ...: the key names
 //! what differs from q1's defaults); `tunfwd-poll-q1` and `tunfwd-compat-q1` (`--engine poll` and
-//! `--engine uring-compat`). A tunfwd that does not start (an option this build lacks, say) is
+//! `--engine uring-compat`); `tunfwd-q1-bp50` and `tunfwd-q2-bp50` (`--busy-poll 50`). A tunfwd that does not start (an option this build lacks, say) is
 //! reported as not started, in the log and in the report, and the rest of the run goes on.
 //!
 //! Needs root; without it, prints that and exits 0. Knobs (environment): `BENCH_ROUNDS` (3),
@@ -110,6 +112,8 @@ struct TunfwdSetup {
     metrics: bool,
     /// `--user nobody`: every worker thread runs without privileges after setup.
     unprivileged: bool,
+    /// `--busy-poll` in microseconds; 0 leaves it off (the default).
+    busy_poll_us: u64,
 }
 
 impl TunfwdSetup {
@@ -124,6 +128,7 @@ impl TunfwdSetup {
         ect_load: false,
         metrics: false,
         unprivileged: false,
+        busy_poll_us: 0,
     };
 
     /// What differs from the defaults besides the queue count and the engine, which name and key
@@ -162,6 +167,12 @@ impl TunfwdSetup {
         }
         if self.unprivileged {
             v.push((" user nobody".into(), "-nobody".into()));
+        }
+        if self.busy_poll_us != 0 {
+            v.push((
+                format!(" busy-poll {} µs", self.busy_poll_us),
+                format!("-bp{}", self.busy_poll_us),
+            ));
         }
         v
     }
@@ -242,7 +253,8 @@ impl System {
         match self {
             System::Veth | System::Vxlan | System::TunfwdDefaults => true,
             System::Simpletun => false,
-            System::Tunfwd(t) => t.variations().is_empty(),
+            // Busy polling is the latency option: ping, above all, measures what it does.
+            System::Tunfwd(t) => t.variations().is_empty() || t.busy_poll_us != 0,
         }
     }
 
@@ -259,11 +271,12 @@ impl System {
                 Ok(vec![a, b])
             }
             System::Tunfwd(t) => {
-                let (queues, mtu, depth, txq) = (
+                let (queues, mtu, depth, txq, busy_poll) = (
                     t.queues.to_string(),
                     OVERLAY_MTU.to_string(),
                     t.ring_depth.to_string(),
                     t.tx_queue_len.to_string(),
+                    t.busy_poll_us.to_string(),
                 );
                 let mut args = vec![
                     "--queues",
@@ -291,6 +304,9 @@ impl System {
                 }
                 if t.unprivileged {
                     args.extend(["--user", "nobody"]);
+                }
+                if t.busy_poll_us != 0 {
+                    args.extend(["--busy-poll", &busy_poll]);
                 }
                 let a = bed.start_tunfwd(Host::A, "bench-tunfwd-a", &args)?;
                 let b = bed.start_tunfwd(Host::B, "bench-tunfwd-b", &args)?;
@@ -371,10 +387,11 @@ enum Scenario {
     IperfUdp64EightFlows,
     PingIdle,
     PingLoaded,
+    IdleCpu,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 14] = [
+    const ALL: [Scenario; 15] = [
         Scenario::IdleRtt,
         Scenario::Tcp1,
         Scenario::Tcp4,
@@ -389,6 +406,7 @@ impl Scenario {
         Scenario::IperfUdp64EightFlows,
         Scenario::PingIdle,
         Scenario::PingLoaded,
+        Scenario::IdleCpu,
     ];
 
     fn name(self) -> &'static str {
@@ -407,6 +425,7 @@ impl Scenario {
             Scenario::IperfUdp64EightFlows => "iperf-udp64-8",
             Scenario::PingIdle => "ping-idle",
             Scenario::PingLoaded => "ping-loaded",
+            Scenario::IdleCpu => "idle-cpu",
         }
     }
 
@@ -420,6 +439,8 @@ impl Scenario {
                 *system == System::Vxlan || *system == System::Tunfwd(TunfwdSetup::DEFAULT)
             }
             _ if !self.tools().is_empty() => system.compares_load_tools(),
+            // The kernel's own tunnels have no process of their own to measure.
+            Scenario::IdleCpu => matches!(system, System::TunfwdDefaults | System::Tunfwd(_)),
             _ => true,
         }
     }
@@ -1131,7 +1152,7 @@ impl Runner<'_> {
             set_tcp_ecn(self.bed, "1");
         }
         let sample = system.start(self.bed, bins).map(|processes| {
-            let sample = self.scenarios(system, round, scenarios);
+            let sample = self.scenarios(system, round, scenarios, &processes);
             drop(processes);
             sample
         });
@@ -1141,7 +1162,13 @@ impl Runner<'_> {
         sample
     }
 
-    fn scenarios(&self, system: &System, round: usize, scenarios: &[Scenario]) -> Sample {
+    fn scenarios(
+        &self,
+        system: &System,
+        round: usize,
+        scenarios: &[Scenario],
+        processes: &[Process],
+    ) -> Sample {
         let mut sample = Sample::new();
         for scenario in scenarios.iter().filter(|s| s.applies_to(system)) {
             match scenario {
@@ -1192,10 +1219,46 @@ impl Runner<'_> {
                     &PING_IDLE,
                 )),
                 Scenario::PingLoaded => sample.extend(self.ping_loaded(system)),
+                Scenario::IdleCpu => {
+                    if let Some(percent) = idle_cpu_percent(processes) {
+                        sample.insert("idle_cpu_pct", percent);
+                    }
+                }
             }
         }
         sample
     }
+}
+
+/// How long `idle-cpu` watches relays that carry nothing.
+const IDLE_CPU_SECONDS: u64 = 10;
+
+/// The CPU time the relays in `processes` took, all threads, while no traffic flowed for
+/// `IDLE_CPU_SECONDS`, as a percentage of one core per relay (utime + stime from
+/// /proc/PID/stat, in clock ticks). `None` without a process to watch.
+fn idle_cpu_percent(processes: &[Process]) -> Option<f64> {
+    let ticks = |pid: u32| -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+    };
+    let pids: Vec<u32> = processes.iter().filter_map(Process::pid).collect();
+    if pids.is_empty() {
+        return None;
+    }
+    // Let the relays settle after starting (and after the previous scenario's traffic).
+    std::thread::sleep(Duration::from_secs(1));
+    let before: Option<Vec<f64>> = pids.iter().map(|&p| ticks(p)).collect();
+    std::thread::sleep(Duration::from_secs(IDLE_CPU_SECONDS));
+    let after: Option<Vec<f64>> = pids.iter().map(|&p| ticks(p)).collect();
+    let hz: f64 = command_output("getconf", &["CLK_TCK"])
+        .trim()
+        .parse()
+        .ok()?;
+    let used: f64 = after?.iter().zip(before?).map(|(a, b)| a - b).sum();
+    Some(100.0 * used / hz / IDLE_CPU_SECONDS as f64 / pids.len() as f64)
 }
 
 /// The number at `path` under `value` in a JSON report; an error naming the path if it is not
@@ -1369,6 +1432,17 @@ fn main() {
         // And running without privileges after setup.
         System::Tunfwd(TunfwdSetup {
             unprivileged: true,
+            ..TunfwdSetup::DEFAULT
+        }),
+        // The latency option: spin 50 µs after each burst, at one queue and at two (the default
+        // queue count on the 2-CPU testbed).
+        System::Tunfwd(TunfwdSetup {
+            busy_poll_us: 50,
+            ..TunfwdSetup::DEFAULT
+        }),
+        System::Tunfwd(TunfwdSetup {
+            queues: 2,
+            busy_poll_us: 50,
             ..TunfwdSetup::DEFAULT
         }),
     ];
@@ -1681,6 +1755,9 @@ fn write_results(
     if selected(Scenario::InnerMss) {
         write_mss_section(&mut md, systems, metric);
     }
+    if selected(Scenario::IdleCpu) {
+        write_idle_cpu_section(&mut md, systems, metric);
+    }
     if load_tools {
         write_load_tools_section(&mut md, systems, metric);
     }
@@ -1769,6 +1846,32 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
         md,
         "\nThe kernel's VXLAN pays per super-packet here, not per segment: veth carries its UDP-tunnel GSO packets whole (`NETIF_F_GSO_ENCAP_ALL` in drivers/net/veth.c `VETH_FEATURES`) and the far VXLAN hands them to TCP whole, so a smaller MSS costs it little. tunfwd builds and checks every segment's headers in userspace (split at one end, coalesced at the other), although its UDP GSO sends cross the veth whole too. On a real wire every segment exists and the receiver handles each one (GRO at best), so these ratios flatter VXLAN."
     );
+}
+
+/// The relays' CPU while nothing flows (`idle-cpu`).
+fn write_idle_cpu_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, &str) -> f64) {
+    let idle: Vec<&System> = systems
+        .iter()
+        .filter(|s| !metric(&s.key(), "idle_cpu_pct").is_nan())
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    if !md.ends_with("\n\n") {
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "## Idle CPU\n\n| system | % of one core per relay, {IDLE_CPU_SECONDS} s without traffic |\n|---|---|"
+    );
+    for s in idle {
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            s.name(),
+            fmt(metric(&s.key(), "idle_cpu_pct"), 2)
+        );
+    }
 }
 
 /// tunload's figures beside iperf3's and ping's for the same shapes, on the systems that ran both,

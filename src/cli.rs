@@ -109,6 +109,12 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1M")]
     pub buffer_memory: String,
 
+    /// Send and receive buffer of each worker's UDP socket, e.g. 256K, 8M: what the kernel holds
+    /// for a worker that falls behind. Large absorbs bursts of small packets; small keeps the
+    /// queue, and the latency of everything behind it, short under sustained load.
+    #[arg(long, value_name = "BYTES", default_value = "8M")]
+    pub socket_buffer: String,
+
     /// Do not negotiate TCP segmentation offload with the TUN (no TCP super-packets either way).
     #[arg(long)]
     pub no_tso: bool,
@@ -219,6 +225,8 @@ pub struct Config {
     /// How long a worker keeps looking for work after handling some (`--busy-poll`).
     pub busy_poll: std::time::Duration,
     pub buffer_memory: usize,
+    /// `--socket-buffer`, in bytes.
+    pub socket_buffer: usize,
     pub tx_queue_len: u32,
     pub offloads: OffloadSwitches,
     /// How the outer TOS / traffic class is made (`--tos`, `--no-ecn`).
@@ -625,6 +633,18 @@ impl Args {
             ));
         }
 
+        let socket_buffer = parse_size(&self.socket_buffer)
+            .filter(|b| (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(b))
+            .ok_or_else(|| {
+                bad(
+                    "--socket-buffer",
+                    format!(
+                        "'{}' is not a size between 64K and 1G (bytes, or with K, M or G)",
+                        self.socket_buffer
+                    ),
+                )
+            })?;
+
         let buffer_memory = parse_size(&self.buffer_memory)
             .filter(|b| (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(b))
             .ok_or_else(|| {
@@ -675,6 +695,7 @@ impl Args {
             engine,
             busy_poll: std::time::Duration::from_micros(self.busy_poll),
             buffer_memory,
+            socket_buffer,
             tx_queue_len: self.tx_queue_len,
             offloads: OffloadSwitches {
                 tso: !(self.no_offload || self.no_tso),
@@ -695,6 +716,7 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn args(extra: &[&str]) -> Args {
         let mut argv = vec!["tunfwd", "--peer", "198.18.0.2:55555"];
@@ -811,6 +833,10 @@ mod tests {
             (&["--buffer-memory", "1K"], "--buffer-memory"),
             (&["--buffer-memory", "2G"], "--buffer-memory"),
             (&["--buffer-memory", "M"], "--buffer-memory"),
+            (&["--socket-buffer", "8"], "--socket-buffer"),
+            (&["--socket-buffer", "2G"], "--socket-buffer"),
+            (&["--busy-poll", "10001"], "--busy-poll"),
+            (&["--engine", "epoll"], "--engine"),
             (&["--metrics", "9101"], "--metrics"),
             (&["--metrics", "localhost:9101"], "--metrics"),
             (&["--metrics", "127.0.0.1:0"], "--metrics"),
@@ -960,6 +986,25 @@ mod tests {
             check(&["--buffer-memory", "16M"]).unwrap().buffer_memory,
             16 << 20
         );
+        assert_eq!(check(&[]).unwrap().socket_buffer, 8 << 20);
+        assert_eq!(
+            check(&["--socket-buffer", "1M"]).unwrap().socket_buffer,
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn engine_and_busy_poll_are_taken_as_given() {
+        let c = check(&[]).unwrap();
+        assert_eq!((c.engine, c.busy_poll), (None, Duration::ZERO));
+        let c = check(&["--engine", "poll", "--busy-poll", "50"]).unwrap();
+        assert_eq!(c.engine, Some(Engine::Poll));
+        assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(
+            check(&["--engine", "uring-compat"]).unwrap().engine,
+            Some(Engine::UringCompat)
+        );
+        assert_eq!(check(&["--engine", "auto"]).unwrap().engine, None);
     }
 
     #[test]

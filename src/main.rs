@@ -142,7 +142,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     let mut listen = config.listen;
     let mut sockets = Vec::with_capacity(config.queues);
     for _ in 0..config.queues {
-        let fd = socket::udp_socket(listen)?;
+        let fd = socket::udp_socket(listen, config.socket_buffer)?;
         if listen.port() == 0 {
             // An ephemeral port: the rest of the group must join the port the first one got.
             listen.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {

@@ -118,7 +118,8 @@ fn sender_to(to: SocketAddr) -> io::Result<OwnedFd> {
 /// A UDP socket bound to `address` that reports each datagram's TOS.
 fn tos_receiver(address: &str) -> io::Result<OwnedFd> {
     let listen: SocketAddr = address.parse().unwrap();
-    let fd = socket::udp_socket(listen).map_err(io::Error::other)?;
+    let fd = socket::udp_socket(listen, socket::SOCKET_BUFFER_BYTES as usize)
+        .map_err(io::Error::other)?;
     socket::enable_receive_tos(&fd, listen)?;
     Ok(fd)
 }

@@ -272,8 +272,10 @@ fn bytemuck_u64x3(words: &mut [u64; 3]) -> &mut [u8; 24] {
     unsafe { &mut *(words as *mut [u64; 3]).cast::<[u8; 24]>() }
 }
 
-/// Creates one worker's socket, bound to `listen` with `SO_REUSEPORT`.
-pub fn udp_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
+/// Creates one worker's socket, bound to `listen` with `SO_REUSEPORT`, with send and receive
+/// buffers of `buffer_bytes` each.
+pub fn udp_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Error> {
+    let buffer_bytes = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
     let family = if listen.is_ipv4() {
         libc::AF_INET
     } else {
@@ -295,8 +297,8 @@ pub fn udp_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
         // FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; fall back to the capped one.
-        if set_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER_BYTES).is_err() {
-            set_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES).map_err(err)?;
+        if set_int(raw, libc::SOL_SOCKET, force, buffer_bytes).is_err() {
+            set_int(raw, libc::SOL_SOCKET, plain, buffer_bytes).map_err(err)?;
         }
     }
     // DF on every datagram, and EMSGSIZE (with the MTU queued on the error queue) for one the
@@ -729,10 +731,15 @@ mod tests {
     #[test]
     fn reuseport_sockets_share_a_port_and_accept_the_program() {
         // Needs no privileges: loopback, an ephemeral port.
-        let first = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         let port = local_port(&first).unwrap();
         assert_ne!(port, 0);
-        let second = udp_socket(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let second = udp_socket(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SOCKET_BUFFER_BYTES as usize,
+        )
+        .unwrap();
         attach_reuseport_program(&second, &crate::steer::reuseport_program(2)).unwrap();
         assert_eq!(drain_error_queue(first.as_raw_fd()).count, 0);
     }
@@ -741,10 +748,12 @@ mod tests {
     /// error queue (`IP_RECVERR`), counted as from ICMP and reporting no path MTU.
     #[test]
     fn the_error_queue_counts_icmp_errors() {
-        let closed = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         let to = local_address(&closed).unwrap();
         drop(closed);
-        let sender = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let sender =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         send_gathered(&sender, to, &[io::IoSlice::new(b"anyone?")], 0).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let mut found = QueuedErrors::default();
@@ -976,7 +985,7 @@ mod tests {
     fn tos_is_sent_and_received_per_datagram_on_loopback() {
         for local in ["127.0.0.1:0", "[::1]:0"] {
             let listen: SocketAddr = local.parse().unwrap();
-            let receiver = udp_socket(listen).unwrap();
+            let receiver = udp_socket(listen, SOCKET_BUFFER_BYTES as usize).unwrap();
             enable_receive_tos(&receiver, listen).unwrap();
             let to = SocketAddr::new(listen.ip(), local_port(&receiver).unwrap());
             let sender = fragmenting_socket(to, listen.ip()).unwrap();
@@ -1004,7 +1013,7 @@ mod tests {
     #[test]
     fn the_fragmenting_socket_sends_from_the_listen_address() {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let receiver = udp_socket(listen).unwrap();
+        let receiver = udp_socket(listen, SOCKET_BUFFER_BYTES as usize).unwrap();
         let to = local_address(&receiver).unwrap();
         assert_eq!(to.ip(), listen.ip());
         let source: IpAddr = "127.0.0.2".parse().unwrap();
@@ -1088,11 +1097,13 @@ mod tests {
     /// carrying 10 datagrams arrives as one buffer whose `UDP_GRO` stride cuts it back into them.
     #[test]
     fn gso_send_arrives_as_gro_segments_on_loopback() {
-        let receiver = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let receiver =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         assert!(enable_gro(&receiver));
         enable_receive_tos(&receiver, "127.0.0.1:0".parse().unwrap()).unwrap();
         let port = local_port(&receiver).unwrap();
-        let sender = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let sender =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         assert!(supports_gso(&sender));
         let segment = 1000usize;
         let payload: Vec<u8> = (0..segment * 9 + 300)
