@@ -434,7 +434,8 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
     let to: SocketAddr = endpoint(to, 9).parse().unwrap();
     let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let probe = in_namespace(bed, Host::A, || {
-        socket::udp_socket(local.parse().unwrap()).map_err(io::Error::other)
+        socket::udp_socket(local.parse().unwrap(), socket::SOCKET_BUFFER_BYTES as usize)
+            .map_err(io::Error::other)
     });
     let payload = vec![0x5a; size];
     let deadline = Instant::now() + Duration::from_secs(5);
