@@ -88,7 +88,7 @@ pub struct Args {
     pub ring_depth: usize,
 
     /// The I/O engine: `uring` (Linux 6.7), `uring-compat` (io_uring without multishot, Linux
-    /// 5.6), `poll` (no io_uring: what a default container seccomp profile allows), or `auto`,
+    /// 5.15), `poll` (no io_uring: what a default container seccomp profile allows), or `auto`,
     /// the fastest this kernel and this process's seccomp profile allow.
     #[arg(
         long,

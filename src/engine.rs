@@ -11,7 +11,7 @@ pub enum Engine {
     /// provided-buffer rings (5.19).
     Uring,
     /// io_uring with single-shot reads and receives into buffers the engine owns: opcodes of
-    /// Linux 5.6 at the latest.
+    /// Linux 5.15 (see [`COMPAT_FLOOR`]).
     UringCompat,
     /// No io_uring: `poll`, `read`/`writev` on the TUN, `recvmmsg`/`sendmmsg` on the socket.
     Poll,
@@ -52,6 +52,11 @@ pub struct Features {
     pub read_multishot: bool,
     /// The opcodes `uring-compat` uses: READ, WRITEV, SENDMSG, RECVMSG, TIMEOUT, ASYNC_CANCEL.
     pub single_shot: bool,
+    /// `IORING_FEAT_FAST_POLL` (Linux 5.7): a read or receive with no data yet waits on the
+    /// file's poll queue, on the ring's own thread, instead of blocking an io-wq thread.
+    pub fast_poll: bool,
+    /// The kernel's version, `(major, minor)` from uname's release; `None` if unreadable.
+    pub kernel: Option<(u32, u32)>,
 }
 
 impl Features {
@@ -62,6 +67,22 @@ impl Features {
             ..Features::default()
         }
     }
+}
+
+/// The oldest kernel `uring-compat` runs on: its opcodes are Linux 5.6 and fast poll 5.7, but a
+/// TUN file does not say it can be read without blocking (no `FMODE_NOWAIT`), so the engine makes
+/// its fd `O_NONBLOCK`, and only from 5.15 (commit 5d329e1286b0, "io_uring: allow retry for
+/// O_NONBLOCK if async is supported") does io_uring wait on the poll queue for such a read
+/// instead of failing it with EAGAIN at once. (A blocking fd would put each armed read in an
+/// io-wq thread of its own, where two can take packets in one order and complete in the other.)
+pub const COMPAT_FLOOR: (u32, u32) = (5, 15);
+
+/// `(major, minor)` of a kernel release string such as `6.1.0-18-amd64` or `5.15.0-91-generic`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// The engine to run, and why, in words for the startup log.
@@ -96,6 +117,13 @@ pub fn choose(forced: Option<Engine>, f: &Features) -> Result<Choice, String> {
                  RECVMSG, TIMEOUT, ASYNC_CANCEL; Linux 5.6)"
                     .into(),
             ),
+            _ if !f.fast_poll => Some(
+                "the kernel's io_uring has no fast poll (IORING_FEAT_FAST_POLL, Linux 5.7)".into(),
+            ),
+            _ if f.kernel.is_none_or(|k| k < COMPAT_FLOOR) => Some(format!(
+                "io_uring waits on a non-blocking TUN read only from Linux {}.{}",
+                COMPAT_FLOOR.0, COMPAT_FLOOR.1
+            )),
             _ => None,
         }
     };
@@ -135,6 +163,8 @@ mod tests {
             probed: true,
             read_multishot,
             single_shot: true,
+            fast_poll: true,
+            kernel: Some(if read_multishot { (6, 18) } else { (6, 1) }),
         }
     }
 
@@ -172,6 +202,42 @@ mod tests {
             ..kernel(false)
         };
         assert_eq!(choose(None, &partial).unwrap().engine, Engine::Poll);
+        // Linux 5.4 (Ubuntu 20.04): the opcodes but no fast poll.
+        let no_fast_poll = Features {
+            fast_poll: false,
+            kernel: Some((5, 4)),
+            ..kernel(false)
+        };
+        let c = choose(None, &no_fast_poll).unwrap();
+        assert_eq!(c.engine, Engine::Poll);
+        assert!(c.reason.contains("fast poll"), "{}", c.reason);
+        // Linux 5.10 (Debian 11) and 5.14 (RHEL 9): fast poll, but a non-blocking TUN read
+        // fails at once instead of waiting.
+        for old in [(5, 10), (5, 14)] {
+            let before_floor = Features {
+                kernel: Some(old),
+                ..kernel(false)
+            };
+            let c = choose(None, &before_floor).unwrap();
+            assert_eq!(c.engine, Engine::Poll);
+            assert!(c.reason.contains("non-blocking TUN read"), "{}", c.reason);
+        }
+        // Linux 5.15 (Ubuntu 22.04).
+        let at_floor = Features {
+            kernel: Some((5, 15)),
+            ..kernel(false)
+        };
+        assert_eq!(choose(None, &at_floor).unwrap().engine, Engine::UringCompat);
+    }
+
+    #[test]
+    fn kernel_versions_come_from_release_strings() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("5.14.0-362.8.1.el9_3.x86_64"), Some((5, 14)));
+        assert_eq!(kernel_version("6.1.0-18-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!((5, 14) < COMPAT_FLOOR && (5, 15) >= COMPAT_FLOOR && (6, 1) > COMPAT_FLOOR);
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! The `uring-compat` engine: io_uring without multishot operations and without
-//! provided-buffer rings, for kernels older than 6.7. Every free buffer is named by a
-//! single-shot READ on the TUN queue or RECVMSG on the socket; sends and writes are SENDMSG and
-//! WRITEV as in `uring`. Waits are bounded by a TIMEOUT submission, not by the wait's own
-//! argument (`IORING_ENTER_EXT_ARG` is Linux 5.11). Everything it uses is in Linux 5.6: READ
-//! and WRITE 5.6, SENDMSG and RECVMSG 5.3, TIMEOUT 5.4, ASYNC_CANCEL 5.5, opcode probing 5.6.
+//! provided-buffer rings, for kernels older than 6.7. A free buffer is named by a single-shot
+//! READ on the TUN queue or RECVMSG on the socket; sends and writes are SENDMSG and WRITEV as in
+//! `uring`. Waits are bounded by a TIMEOUT submission, not by the wait's own
+//! argument (`IORING_ENTER_EXT_ARG` is Linux 5.11). Its opcodes are in Linux 5.6 (READ and WRITE
+//! 5.6, SENDMSG and RECVMSG 5.3, TIMEOUT 5.4, ASYNC_CANCEL 5.5, opcode probing 5.6), but its floor
+//! is 5.15 (`engine::COMPAT_FLOOR`): see below.
 //!
-//! Several reads are armed on one file at once. They complete in the order the data came: the
-//! kernel runs each armed read's retry, which reads and posts its completion, one after another
-//! in the order they were woken, and that is the order they were armed in (io_uring's poll
-//! wait-queue entries are added at the tail). The files are non-blocking, so no read waits in
-//! an io-wq thread, where two could race.
+//! One read is armed on the TUN queue and one receive on the socket at a time (`MAX_ARMED`), so
+//! completions come in the order the data came; when the read completes, what else the queue
+//! holds is read at once with plain non-blocking reads (as the `poll` engine reads), so that plain
+//! packets still share GSO sends. The TUN fd is `O_NONBLOCK`: a TUN file does not
+//! say it can be read without blocking (no `FMODE_NOWAIT`), and io_uring would hand a read of a
+//! blocking TUN fd to an io-wq thread. From Linux 5.15 (commit 5d329e1286b0, "io_uring: allow
+//! retry for O_NONBLOCK if async is supported") a read of a pollable `O_NONBLOCK` file that finds
+//! nothing waits on the file's poll queue and is retried on the worker's own thread; before 5.15
+//! it fails with EAGAIN at once, and this engine would spin: hence its floor.
 
+use super::poll::{READ_BUDGET, read_tun};
 use super::uring::UDP_FILE;
 use super::uring::{
     begin_drain, build_ring, entry_for, get_events, is_interrupted_wait, push_all, register_files,
@@ -27,11 +33,21 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+/// Reads (and receives) armed on one file at once. One, so that no completion can overtake
+/// another: with eight armed on one TUN queue, `iou-wrk` threads appeared under load (on 6.18),
+/// so some reads were handed to io-wq, where two can take packets in one order and post them in
+/// the other; with four, on one relay of two; with one or two, none. One costs nothing
+/// measurable here (the demo's single stream: 11.2 Gbit/s with one, 10.6 to 12.7 with eight).
+const MAX_ARMED: usize = 1;
+
 pub(super) struct Compat {
     ring: IoUring,
     /// Which buffers a read or receive names now.
     tun_reading: Box<[bool]>,
     udp_reading: Box<[bool]>,
+    /// Reads and receives armed now (at most `MAX_ARMED` each).
+    tun_armed: usize,
+    udp_armed: usize,
     tun_failures: u32,
     udp_failures: u32,
     /// The wait bound. The kernel copies it when it takes the TIMEOUT (`io_timeout_prep`), so
@@ -57,6 +73,8 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
         ring,
         tun_reading: vec![false; worker.tun_read_at_ns.len()].into_boxed_slice(),
         udp_reading: vec![false; worker.udp_read_at_ns.len()].into_boxed_slice(),
+        tun_armed: 0,
+        udp_armed: 0,
         tun_failures: 0,
         udp_failures: 0,
         timeout: Box::new(
@@ -111,10 +129,14 @@ impl Compat {
         }
     }
 
+    /// Arms reads and receives on free buffers, up to `MAX_ARMED` on each file.
     fn arm_reads(&mut self, worker: &mut Worker) {
         let tun = Fd(worker.tun.as_raw_fd());
         let tun_len = worker.memory.tun_buffers.buf_len() as u32;
-        for bid in worker.tun_free.drain(..) {
+        while self.tun_armed < MAX_ARMED
+            && let Some(bid) = worker.tun_free.pop()
+        {
+            self.tun_armed += 1;
             let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
             self.tun_reading[usize::from(bid)] = true;
             self.in_flight += 1;
@@ -123,7 +145,10 @@ impl Compat {
                 .push(read.user_data(Token::new(Op::TunRead, u32::from(bid)).user_data()));
         }
         let layout = worker.memory.layout;
-        for bid in worker.udp_free.drain(..) {
+        while self.udp_armed < MAX_ARMED
+            && let Some(bid) = worker.udp_free.pop()
+        {
+            self.udp_armed += 1;
             let slot = &mut worker.memory.udp_slots[usize::from(bid)];
             slot.arm_receive(layout);
             self.udp_reading[usize::from(bid)] = true;
@@ -159,7 +184,11 @@ impl Compat {
         for cqe in &completions {
             self.complete(worker, cqe, now);
         }
-        let handled = completions.len();
+        // The idle timer's expiry is no work: it must not start a busy-poll spin.
+        let handled = completions
+            .iter()
+            .filter(|c| Token::from_user_data(c.user_data()).is_some_and(|t| t.op != Op::Timer))
+            .count();
         self.completions = completions;
         worker.end_batch(now);
         handled
@@ -175,18 +204,26 @@ impl Compat {
                 self.in_flight -= 1;
                 let bid = token.index as u16;
                 self.tun_reading[usize::from(bid)] = false;
+                self.tun_armed -= 1;
                 if result > 0 {
                     self.tun_failures = 0;
                     worker.on_tun_read(bid, result as usize, now_ns);
+                    // What else the queue holds, read at once with plain reads, so that plain
+                    // packets can share GSO sends and the one armed read is not a bottleneck. No
+                    // read is armed now, so nothing can overtake these.
+                    read_tun(worker, READ_BUDGET - 1, now_ns, &mut self.tun_failures);
                 } else {
                     worker.return_tun_buffer(bid);
-                    worker.on_read_error(true, -result, &mut self.tun_failures);
+                    // A TUN read never returns 0 bytes while the device is there.
+                    let errno = if result == 0 { libc::EIO } else { -result };
+                    worker.on_read_error(true, errno, &mut self.tun_failures);
                 }
             }
             Op::UdpRecv => {
                 self.in_flight -= 1;
                 let bid = token.index as u16;
                 self.udp_reading[usize::from(bid)] = false;
+                self.udp_armed -= 1;
                 if result >= 0 {
                     self.udp_failures = 0;
                     let layout = worker.memory.layout;

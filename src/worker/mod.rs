@@ -9,7 +9,7 @@
 //! [`Worker::complete`]:
 //! * [`uring`]: io_uring with a multishot read on the TUN and a multishot recvmsg, both picking
 //!   buffers from provided-buffer rings (Linux 6.7).
-//! * [`compat`]: io_uring with single-shot reads and receives into buffers it owns (Linux 5.6).
+//! * [`compat`]: io_uring with single-shot reads and receives into buffers it owns (Linux 5.15).
 //! * [`poll`]: no io_uring; `poll`, `read`/`writev` and `recvmmsg`/`sendmmsg`.
 //!
 //! # Data path
@@ -100,6 +100,8 @@ const PATH_MTU_RECHECK: Duration = Duration::from_secs(1);
 const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
 // A `SendIndex` packs the msghdr into bits 16..31.
 const _: () = assert!(MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS < 1 << 15);
+// A `WriteIndex` packs a run or segment number into 14 bits.
+const _: () = assert!(crate::relay::receive::MAX_GRO_SEGMENTS < 1 << 14);
 
 /// Which offloads are in effect for a worker (negotiated with the kernel by the caller).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -855,6 +857,20 @@ mod tests {
         }
         // Runs, segments and replies never share an index.
         assert_eq!(seen.len(), 4 * 4 * 2 + 4);
+    }
+
+    #[test]
+    fn busy_polling_spins_only_after_work_and_only_as_long_as_asked() {
+        let mut off = Spin::new(Duration::ZERO);
+        assert!(!off.after_batch(true), "0 never spins");
+        let mut spin = Spin::new(Duration::from_millis(500));
+        assert!(!spin.after_batch(false), "no work yet: sleep");
+        assert!(spin.after_batch(true));
+        assert!(spin.after_batch(false), "still within 500 ms of the work");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!spin.after_batch(false), "500 ms without work: sleep");
+        assert!(!spin.after_batch(false));
+        assert!(spin.after_batch(true), "new work spins again");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 /// TUN reads per loop turn, at most: enough to fill GSO batches, few enough that the socket is
 /// served too.
-const READ_BUDGET: usize = 64;
+pub(super) const READ_BUDGET: usize = 64;
 /// Messages per `recvmmsg` and `sendmmsg`.
 const MMSG_BATCH: usize = 64;
 /// Rounds of carrying out requests and closing the batch per loop turn: a round's results can
@@ -127,7 +127,11 @@ impl Poll {
                 revents: 0,
             },
         ];
-        let timeout = if worker.requests.injected.is_empty() && !spinning {
+        // Requests left over (`MAX_ROUNDS` ran out) are carried out at once, not after a sleep.
+        let timeout = if worker.requests.injected.is_empty()
+            && worker.requests.queued.is_empty()
+            && !spinning
+        {
             IDLE_WAIT.as_millis() as i32
         } else {
             0
@@ -155,27 +159,7 @@ impl Poll {
     /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free. Returns
     /// how many reads brought a packet.
     fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) -> usize {
-        let len = worker.memory.tun_buffers.buf_len();
-        for read in 0..READ_BUDGET {
-            let Some(bid) = worker.tun_free.pop() else {
-                return read;
-            };
-            let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
-            // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
-            let n = unsafe { libc::read(self.tun, buffer.cast(), len) };
-            if n > 0 {
-                self.tun_failures = 0;
-                worker.on_tun_read(bid, n as usize, now_ns);
-                continue;
-            }
-            worker.return_tun_buffer(bid);
-            let e = if n == 0 { libc::EIO } else { errno() };
-            if e != libc::EAGAIN {
-                worker.on_read_error(true, e, &mut self.tun_failures);
-            }
-            return read;
-        }
-        READ_BUDGET
+        read_tun(worker, READ_BUDGET, now_ns, &mut self.tun_failures)
     }
 
     /// One `recvmmsg` into as many free buffers as it may fill. Returns how many it filled.
@@ -329,4 +313,38 @@ impl Poll {
         }
         worker.requests.in_flight == 0
     }
+}
+
+/// Reads the worker's (non-blocking) TUN queue until it is empty, `budget` reads brought a
+/// packet or no buffer is free, handing each packet to the worker. Returns how many reads
+/// brought a packet. `failures` counts failed reads in a row (`Worker::on_read_error`).
+pub(super) fn read_tun(
+    worker: &mut Worker,
+    budget: usize,
+    now_ns: u64,
+    failures: &mut u32,
+) -> usize {
+    let tun = worker.tun.as_raw_fd();
+    let len = worker.memory.tun_buffers.buf_len();
+    for read in 0..budget {
+        let Some(bid) = worker.tun_free.pop() else {
+            return read;
+        };
+        let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
+        // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
+        let n = unsafe { libc::read(tun, buffer.cast(), len) };
+        if n > 0 {
+            *failures = 0;
+            worker.on_tun_read(bid, n as usize, now_ns);
+            continue;
+        }
+        worker.return_tun_buffer(bid);
+        // A TUN read never returns 0 bytes while the device is there.
+        let e = if n == 0 { libc::EIO } else { errno() };
+        if e != libc::EAGAIN {
+            worker.on_read_error(true, e, failures);
+        }
+        return read;
+    }
+    budget
 }
