@@ -553,6 +553,46 @@ pub fn report_drops(report: &serde_json::Value, reason: &str) -> u64 {
         .sum()
 }
 
+/// For each test body `fn name(engine: &str)` in the calling test file, a module `name` holding
+/// one test per I/O engine: `name::uring`, `name::uring_compat` and `name::poll`. Each calls the
+/// file's `serially(body, engine)`, which holds the file's lock around the body.
+#[macro_export]
+macro_rules! per_engine {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn uring() {
+                super::serially(super::$body, "uring");
+            }
+            #[test]
+            fn uring_compat() {
+                super::serially(super::$body, "uring-compat");
+            }
+            #[test]
+            fn poll() {
+                super::serially(super::$body, "poll");
+            }
+        }
+    )+};
+}
+
+/// Asserts that `relay` runs the engine it was forced to with `--engine`: its stderr names that
+/// engine and no other, and it holds io_uring instances exactly when the engine uses io_uring.
+pub fn assert_runs(relay: &Process, engine: &str) {
+    let stderr = relay.stderr();
+    assert_eq!(
+        engine_lines(&stderr),
+        [format!("tunfwd: engine {engine}: forced by --engine")],
+        "the relay does not run the engine it was forced to: {stderr}"
+    );
+    let rings = relay.io_uring_instances();
+    if engine == "poll" {
+        assert_eq!(rings, 0, "the poll engine holds io_uring instances");
+    } else {
+        assert!(rings > 0, "the {engine} engine holds no io_uring instance");
+    }
+}
+
 /// The lines of a tunfwd's stderr that name the I/O engine it chose at startup and why, such as
 /// `tunfwd: engine uring: forced by --engine`. A relay that started prints exactly one.
 pub fn engine_lines(stderr: &str) -> Vec<&str> {

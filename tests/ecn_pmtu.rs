@@ -8,6 +8,16 @@
 //! socket that sends with a chosen outer TOS stands in for relay A behind a router that marked
 //! CE. (An nftables rule in the middle could mark CE too, but `nft` is not installed on these
 //! machines, and tc's pedit action is not built into their kernel.)
+//!
+//! Every test runs once per I/O engine, as in tests/netns.rs: refused sends and their resends,
+//! ICMP too-big replies, sends on a fragmenting socket and the draining of the socket's error
+//! queue each go through the engine's own plumbing (poll's sendmmsg and POLLERR, uring-compat's
+//! single-shot RECVMSG). A test body is a function of the engine's name, and [`per_engine!`]
+//! makes a module of the same name with one `#[test]` per engine (`uring`, `uring_compat`,
+//! `poll`). Each relay is started with `--engine` and must say at startup that it runs the engine
+//! it was forced to, so a silent fallback to another engine fails the test. The tests run one at
+//! a time: each testbed has namespaces of its own, but floods and timed transfers running side
+//! by side on a 2-core machine would starve each other's relays.
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use serde_json::Value;
@@ -24,6 +34,19 @@ use tunfwd::sys::socket;
 use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+tunfwd::per_engine!(
+    outer_headers_carry_the_inner_ecn_and_the_chosen_dscp,
+    outer_marks_reach_the_inner_packets_by_rfc_6040,
+    a_transfer_survives_the_path_mtu_dropping_and_senders_are_told,
+    fitting_packets_still_go_after_a_router_reports_a_smaller_mtu,
+);
+
+/// Runs one test body for `engine`, holding the suite's lock.
+fn serially(body: fn(&str), engine: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    body(engine);
+}
 
 fn testbed() -> Testbed {
     if !testbed::is_root() {
@@ -49,13 +72,36 @@ fn in_namespace<T: Send>(
         .unwrap_or_else(|e| panic!("in namespace {host:?}: {e}"))
 }
 
-/// A relay with one queue and a stats file, started with `extra` options.
-fn relay(bed: &Testbed, host: Host, extra: &[&str]) -> Process {
+/// A relay with one queue, as [`relay_with_queues`].
+fn relay(bed: &Testbed, host: Host, engine: &str, extra: &[&str]) -> Process {
+    relay_with_queues(bed, host, engine, 1, extra)
+}
+
+/// A relay forced to run `engine`, with `queues` queues and a stats file named after the host
+/// (`A.json`, `B.json`), started with `extra` options and checked to run that engine.
+fn relay_with_queues(
+    bed: &Testbed,
+    host: Host,
+    engine: &str,
+    queues: usize,
+    extra: &[&str],
+) -> Process {
     let json = bed.path(&format!("{host:?}.json"));
-    let mut args = vec!["--queues", "1", "--stats-json", json.to_str().unwrap()];
+    let queues = queues.to_string();
+    let mut args = vec![
+        "--engine",
+        engine,
+        "--queues",
+        &queues,
+        "--stats-json",
+        json.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
-    bed.start_tunfwd(host, &format!("tunfwd-{host:?}"), &args)
-        .unwrap_or_else(|e| panic!("tunfwd on {host:?}: {e}"))
+    let relay = bed
+        .start_tunfwd(host, &format!("tunfwd-{host:?}"), &args)
+        .unwrap_or_else(|e| panic!("tunfwd on {host:?} with --engine {engine}: {e}"));
+    testbed::assert_runs(&relay, engine);
+    relay
 }
 
 /// Stops a relay with SIGTERM, checks it exits 0, and returns its final JSON report.
@@ -182,9 +228,7 @@ type Setting = (&'static [&'static str], &'static [(u8, u8)]);
 /// normal mode), with DSCP 0 by default, the inner DSCP with `--tos inherit`, a fixed one with
 /// `--tos N`, and no ECN with `--no-ecn`. The test is relay B: it receives A's datagrams on the
 /// tunnel port and reads each one's outer TOS and, inside, the inner packet's.
-#[test]
-fn outer_headers_carry_the_inner_ecn_and_the_chosen_dscp() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn outer_headers_carry_the_inner_ecn_and_the_chosen_dscp(engine: &str) {
     let bed = testbed();
     let fake_b = in_namespace(&bed, Host::B, || tos_receiver("0.0.0.0:55555"));
     let settings: [Setting; 5] = [
@@ -225,7 +269,7 @@ fn outer_headers_carry_the_inner_ecn_and_the_chosen_dscp() {
     });
     let mut case = 0;
     for (options, cases) in settings {
-        let a = relay(&bed, Host::A, options);
+        let a = relay(&bed, Host::A, engine, options);
         for (sender, &to) in senders.iter().zip(&targets) {
             let ipv6 = to.is_ipv6();
             for &(inner, outer) in cases {
@@ -289,11 +333,9 @@ fn wait_for_device_gone(bed: &Testbed, host: Host) {
 /// namespace, which read the inner TOS: ECN-capable packets under an outer CE arrive CE, an
 /// inner ECT(0) under an outer ECT(1) arrives ECT(1), Not-ECT ones under CE never arrive and
 /// are counted as `ecn_not_ect`, and the rest arrive as they were sent, DSCP included.
-#[test]
-fn outer_marks_reach_the_inner_packets_by_rfc_6040() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn outer_marks_reach_the_inner_packets_by_rfc_6040(engine: &str) {
     let bed = testbed();
-    let b = relay(&bed, Host::B, &[]);
+    let b = relay(&bed, Host::B, engine, &[]);
     let (receiver4, receiver6) = in_namespace(&bed, Host::B, || {
         Ok((tos_receiver("0.0.0.0:7000")?, tos_receiver("[::]:7000")?))
     });
@@ -462,27 +504,11 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
 /// Both relays report the new path MTU on every queue, and relay A learned it from its refused
 /// sends (`path_mtu_learned_from_errors`), not only from its once-a-second reread of the
 /// kernel's value, which would find it too.
-#[test]
-fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told(engine: &str) {
     let bed = testbed();
     let (ns_a, ns_b) = (bed.namespace(Host::A), bed.namespace(Host::B));
-    let json = |host: Host| bed.path(&format!("{host:?}.json"));
-    let (json_a, json_b) = (json(Host::A), json(Host::B));
-    let a = bed
-        .start_tunfwd(
-            Host::A,
-            "tunfwd-A",
-            &["--queues", "2", "--stats-json", json_a.to_str().unwrap()],
-        )
-        .unwrap();
-    let b = bed
-        .start_tunfwd(
-            Host::B,
-            "tunfwd-B",
-            &["--queues", "2", "--stats-json", json_b.to_str().unwrap()],
-        )
-        .unwrap();
+    let a = relay_with_queues(&bed, Host::A, engine, 2, &[]);
+    let b = relay_with_queues(&bed, Host::B, engine, 2, &[]);
     // A token-bucket shaper on A's side of the underlay makes 100 MB take seconds, so the MTU
     // surely drops in the middle of the transfer on any machine.
     sh(&[
@@ -623,12 +649,10 @@ fn send_raw(fd: &OwnedFd, to: Ipv4Addr, message: &[u8]) -> io::Result<()> {
 /// as a send error. (Before, every refused send was judged too big without comparing its length
 /// with the MTU: fitting packets, whole GSO batches of them, were dropped and their senders
 /// told a bogus MTU.)
-#[test]
-fn fitting_packets_still_go_after_a_router_reports_a_smaller_mtu() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn fitting_packets_still_go_after_a_router_reports_a_smaller_mtu(engine: &str) {
     let bed = testbed();
-    let a = relay(&bed, Host::A, &[]);
-    let b = relay(&bed, Host::B, &[]);
+    let a = relay(&bed, Host::A, engine, &[]);
+    let b = relay(&bed, Host::B, engine, &[]);
     let mut sink = bed
         .tunload_background(
             Host::B,

@@ -18,28 +18,7 @@ use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// For each test body `fn name(engine: &str)`, a module `name` holding one test per engine:
-/// `name::uring`, `name::uring_compat` and `name::poll`.
-macro_rules! per_engine {
-    ($($body:ident),+ $(,)?) => {$(
-        mod $body {
-            #[test]
-            fn uring() {
-                super::serially(super::$body, "uring");
-            }
-            #[test]
-            fn uring_compat() {
-                super::serially(super::$body, "uring-compat");
-            }
-            #[test]
-            fn poll() {
-                super::serially(super::$body, "poll");
-            }
-        }
-    )+};
-}
-
-per_engine!(
+tunfwd::per_engine!(
     overlay_ping_both_ways_over_ipv4_and_ipv6,
     tcp_transfers_of_100_mb_verify_in_both_directions,
     concurrent_flows_spread_over_queues_at_both_ends,
@@ -80,23 +59,6 @@ fn testbed() -> Testbed {
     .expect("building the namespace testbed")
 }
 
-/// Checks that a relay says it runs `engine` because `--engine` forced it, and nothing else, and
-/// that it holds io_uring instances exactly when the engine is one of the io_uring ones.
-fn assert_runs(relay: &Process, engine: &str) {
-    let stderr = relay.stderr();
-    assert_eq!(
-        testbed::engine_lines(&stderr),
-        [format!("tunfwd: engine {engine}: forced by --engine")],
-        "the relay does not run the engine it was forced to: {stderr}"
-    );
-    let rings = relay.io_uring_instances();
-    if engine == "poll" {
-        assert_eq!(rings, 0, "the poll engine holds io_uring instances");
-    } else {
-        assert!(rings > 0, "the {engine} engine holds no io_uring instance");
-    }
-}
-
 /// tunfwd on `host` with `--engine engine`, `--queues 4` and a stats file named after the host
 /// (`a.json`, `b.json`), checked to run that engine.
 fn relay(bed: &Testbed, host: Host, engine: &str, extra: &[&str]) -> Process {
@@ -116,7 +78,7 @@ fn relay(bed: &Testbed, host: Host, engine: &str, extra: &[&str]) -> Process {
     let relay = bed
         .start_tunfwd(host, name, &args)
         .unwrap_or_else(|e| panic!("{name} with --engine {engine}: {e}"));
-    assert_runs(&relay, engine);
+    testbed::assert_runs(&relay, engine);
     relay
 }
 
