@@ -56,6 +56,8 @@
 //! every operation has completed (or leaked, if the drain at shutdown does not finish).
 
 mod compat;
+#[cfg(test)]
+mod lifetime;
 mod path;
 mod poll;
 pub mod probe;
