@@ -9,7 +9,8 @@
 //! `engine` chose: io_uring with multishot operations, io_uring without, or plain `poll`.
 //!
 //! Dependencies point one way: `worker -> {relay, engine, ring, sys, stats, wire}`,
-//! `relay -> {offload, wire, stats}`, `wire -> nothing`.
+//! `relay -> {offload, wire, stats}` (and the plain `sys::socket::OuterFamily` enum), `wire ->
+//! nothing`.
 #![deny(unsafe_code)]
 
 pub mod cli;
