@@ -553,6 +553,19 @@ pub fn report_drops(report: &serde_json::Value, reason: &str) -> u64 {
         .sum()
 }
 
+/// Runs `program` with `args` to its exit, for what it says about bad input: its exit status and
+/// its standard error.
+pub fn run_to_exit(program: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// For each test body `fn name(engine: &str)` in the calling test file, a module `name` holding
 /// one test per I/O engine: `name::uring`, `name::uring_compat` and `name::poll`. Each calls the
 /// file's `serially(body, engine)`, which holds the file's lock around the body.

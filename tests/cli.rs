@@ -1,17 +1,12 @@
 //! The binary's contract with operators on bad input: exit status 2 and one line naming the option.
 //! Runs without root: validation happens before any device or socket is touched.
 
+use std::path::Path;
 use std::process::Command;
+use tunfwd::testbed::run_to_exit;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_to_exit(Path::new(env!("CARGO_BIN_EXE_tunfwd")), args)
 }
 
 #[test]

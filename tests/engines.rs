@@ -14,7 +14,6 @@
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tunfwd::testbed::{self, Host, Process, Testbed, engine_lines, parse_json};
@@ -212,12 +211,11 @@ fn with_io_uring_allowed_auto_runs_uring() {
 /// and the names it takes, before anything is probed or set up (so no root is needed).
 #[test]
 fn an_unknown_engine_exits_2_naming_the_option_and_the_engines() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
-        .args(["--peer", "198.18.0.2:1", "--engine", "bogus"])
-        .output()
-        .expect("running tunfwd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = testbed::run_to_exit(
+        Path::new(env!("CARGO_BIN_EXE_tunfwd")),
+        &["--peer", "198.18.0.2:1", "--engine", "bogus"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("tunfwd: --engine: "), "{stderr}");
     assert!(

@@ -437,14 +437,7 @@ fn metrics_rise_during_a_verified_transfer_and_match_the_final_report() {
 }
 
 fn tunfwd(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tunfwd"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    testbed::run_to_exit(Path::new(env!("CARGO_BIN_EXE_tunfwd")), args)
 }
 
 /// Bad values exit 2 before anything is set up; no root needed.
