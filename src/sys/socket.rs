@@ -771,13 +771,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn gro_control_message_is_found() {
+    /// A `UDP_GRO` control message saying 1420, with `cmsg_len` as given.
+    fn gro_message(cmsg_len: usize) -> [u8; GRO_CONTROL_LEN] {
         let mut control = [0u8; GRO_CONTROL_LEN];
-        control[0..8].copy_from_slice(&20usize.to_ne_bytes());
+        control[0..8].copy_from_slice(&cmsg_len.to_ne_bytes());
         control[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
         control[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
         control[16..20].copy_from_slice(&1420i32.to_ne_bytes());
+        control
+    }
+
+    #[test]
+    fn gro_control_message_is_found() {
+        let mut control = gro_message(20);
         assert_eq!(gro_segment_size(&control), Some(1420));
         control[12..16].copy_from_slice(&99i32.to_ne_bytes());
         assert_eq!(gro_segment_size(&control), None);
@@ -794,11 +800,7 @@ mod tests {
     fn a_cut_gro_message_is_not_read() {
         // The fuzzer's finding: cmsg_len 17 says the message was cut after one byte of its int
         // (what put_cmsg does when the area is too small); the bytes after it are not the size.
-        let mut control = [0u8; GRO_CONTROL_LEN];
-        control[0..8].copy_from_slice(&17usize.to_ne_bytes());
-        control[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-        control[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
-        control[16..20].copy_from_slice(&1420i32.to_ne_bytes());
+        let mut control = gro_message(17);
         assert_eq!(gro_segment_size(&control), None);
         // A cmsg_len past the area is not CMSG_OK either.
         control[0..8].copy_from_slice(&25usize.to_ne_bytes());
