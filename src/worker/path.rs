@@ -158,7 +158,7 @@ impl Worker {
         let slot = &mut self.memory.tun_slots[usize::from(bid)];
         let per = usize::from(slot.iovs_per_segment);
         // The first segment, header and payload together, to judge and to quote.
-        let quote = &mut self.memory.replies.quote;
+        let quote = &mut self.memory.reply_quote;
         let mut quoted = 0;
         for iov in &slot.iovs[first * per..(first + 1) * per] {
             let n = iov.iov_len.min(quote.len() - quoted);
@@ -177,7 +177,6 @@ impl Worker {
                     .counters
                     .drop_n(DropReason::TooBig, segments as u64);
                 if !std::mem::replace(&mut slot.too_big_answered, true) {
-                    let quote = *self.memory.replies.quote;
                     queue_reply(
                         &mut self.memory.replies,
                         &mut self.requests,

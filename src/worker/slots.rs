@@ -77,8 +77,6 @@ pub(super) struct TooBigReplies {
     pub buffers: Box<[[u8; vnet::LEN + icmp::MAX_REPLY]]>,
     pub iovs: Box<[libc::iovec; REPLY_BUFFERS]>,
     pub busy: [bool; REPLY_BUFFERS],
-    /// A segment whose send failed as too big, header and payload put together, to quote from.
-    pub quote: Box<[u8; icmp::MAX_REPLY]>,
 }
 
 /// A send refused as too big for the path, held until the batch has looked at the path MTU
@@ -100,6 +98,8 @@ pub(super) struct Memory {
     pub tun_slots: Box<[TunSlot]>,
     pub udp_slots: Box<[UdpSlot]>,
     pub replies: TooBigReplies,
+    /// A segment whose send failed as too big, header and payload put together, to quote from.
+    pub reply_quote: Box<[u8; icmp::MAX_REPLY]>,
     pub layout: ReceiveLayout,
     /// Read by the kernel through the `msg_name` of every send on the worker's socket.
     pub peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
@@ -159,7 +159,6 @@ impl Memory {
             buffers: vec![[0u8; vnet::LEN + icmp::MAX_REPLY]; REPLY_BUFFERS].into_boxed_slice(),
             iovs: Box::new([EMPTY_IOV; REPLY_BUFFERS]),
             busy: [false; REPLY_BUFFERS],
-            quote: Box::new([0u8; icmp::MAX_REPLY]),
         };
         for k in 0..REPLY_BUFFERS {
             replies.iovs[k].iov_base = replies.buffers[k].as_mut_ptr().cast();
@@ -170,6 +169,7 @@ impl Memory {
             tun_slots,
             udp_slots,
             replies,
+            reply_quote: Box::new([0u8; icmp::MAX_REPLY]),
             layout,
             peer_sockaddr,
             fragmenting_peer_sockaddr: Box::new(socket::to_sockaddr(socket::canonical(peer))),
