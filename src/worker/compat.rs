@@ -34,10 +34,10 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 /// Reads (and receives) armed on one file at once. One, so that no completion can overtake
-/// another: with eight armed on one TUN queue, `iou-wrk` threads appeared under load (on 6.18),
-/// so some reads were handed to io-wq, where two can take packets in one order and post them in
-/// the other; with four, on one relay of two; with one or two, none. One costs nothing
-/// measurable here (the demo's single stream: 11.2 Gbit/s with one, 10.6 to 12.7 with eight).
+/// another: with four or more armed on one TUN queue, `iou-wrk` threads appeared under load (on
+/// 6.18), so some reads were handed to io-wq, where two can take packets in one order and post
+/// them in the other; with one or two, none. One costs nothing measurable here
+/// (`bench-results/2026-11-30T141500Z-compat-io-wq.md`).
 const MAX_ARMED: usize = 1;
 
 pub(super) struct Compat {
