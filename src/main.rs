@@ -226,6 +226,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     }
 
     let started = Instant::now();
+    let mut tun_drops = TunQueueDrops::start(&config.device_name);
     // Every queue from the start, zeros until its first snapshot.
     let mut latest: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
     if let Err(e) = drop_privileges_and_check_output(config, &latest) {
@@ -274,7 +275,8 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             fresh = true;
         }
         if fresh && (published.is_some() || notifier.enabled()) {
-            let report = Report::new(started.elapsed(), latest.clone());
+            let report = Report::new(started.elapsed(), latest.clone())
+                .with_tun_queue_drops(tun_drops.read());
             notifier.status(now, &notify::status_line(&report));
             if let Some(published) = &published {
                 published.publish(report);
@@ -282,18 +284,53 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         }
         if !print_interval.is_zero() && now >= next_report {
             next_report += print_interval;
-            let report = Report::new(started.elapsed(), latest.clone());
+            let report = Report::new(started.elapsed(), latest.clone())
+                .with_tun_queue_drops(tun_drops.read());
             publish(&report, config.stats_json.as_deref());
         }
     }
 
     notifier.stopping(&format!("{} stopping", config.device_name));
+    // Read while the queues are open: a device tunfwd created goes with its last queue.
+    tun_drops.read();
     let (all_ok, finals) = stop_and_join(&stop, handles);
     publish(
-        &Report::new(started.elapsed(), finals),
+        &Report::new(started.elapsed(), finals).with_tun_queue_drops(tun_drops.read()),
         config.stats_json.as_deref(),
     );
     Ok(all_ok)
+}
+
+/// The TUN device's transmit drops since tunfwd started (`link::tx_dropped`): packets that found a
+/// queue's ring full before a worker read them. A device attached to may have counted some before.
+struct TunQueueDrops {
+    device: String,
+    at_start: Option<u64>,
+    last: u64,
+}
+
+impl TunQueueDrops {
+    fn start(device: &str) -> TunQueueDrops {
+        let at_start = link::tx_dropped(device)
+            .inspect_err(|e| {
+                eprintln!("tunfwd: warning: the TUN queue drops will not be reported: {e}")
+            })
+            .ok();
+        TunQueueDrops {
+            device: device.to_string(),
+            at_start,
+            last: 0,
+        }
+    }
+
+    /// Drops since the start; the last count read if the device can no longer be read (gone at
+    /// exit, say).
+    fn read(&mut self) -> u64 {
+        if let (Some(at_start), Ok(now)) = (self.at_start, link::tx_dropped(&self.device)) {
+            self.last = now.saturating_sub(at_start);
+        }
+        self.last
+    }
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to

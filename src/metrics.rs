@@ -66,7 +66,7 @@ struct Family {
 /// Every `Counters` field but `drops`, which has its own family with a `reason` label. The
 /// destructuring names every field, so a field added to `Counters` does not compile here until it
 /// is exported (or explicitly skipped).
-fn families(c: &Counters) -> [Family; 17] {
+fn families(c: &Counters) -> [Family; 18] {
     let Counters {
         tun_rx_packets,
         tun_rx_bytes,
@@ -86,6 +86,7 @@ fn families(c: &Counters) -> [Family; 17] {
         gso_fallbacks,
         control_truncated,
         multishot_restarts,
+        udp_socket_drops,
     } = *c;
     let f = |name, help, value| Family { name, help, value };
     [
@@ -174,6 +175,12 @@ fn families(c: &Counters) -> [Family; 17] {
             "Times the kernel ended a multishot read or receive and it was armed again.",
             multishot_restarts,
         ),
+        f(
+            "udp_socket_drops",
+            "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before \
+             tunfwd read them (under UDP GRO one buffer may hold several datagrams).",
+            udp_socket_drops,
+        ),
     ]
 }
 
@@ -244,7 +251,7 @@ pub fn render(report: &Report) -> String {
         report.elapsed.as_secs_f64()
     );
 
-    let rows: Vec<(usize, [Family; 17])> = report
+    let rows: Vec<(usize, [Family; 18])> = report
         .queues
         .iter()
         .map(|q| (q.queue, families(&q.counters)))
@@ -306,6 +313,19 @@ pub fn render(report: &Report) -> String {
             q.queue, q.path.path_mtu
         );
     }
+
+    header(
+        &mut out,
+        "tunfwd_tun_queue_drops_total",
+        "counter",
+        "Packets the kernel dropped because a TUN queue's ring was full before tunfwd read them \
+         (the device's tx_dropped since tunfwd started; all queues together).",
+    );
+    let _ = writeln!(
+        out,
+        "tunfwd_tun_queue_drops_total {}",
+        report.tun_queue_drops
+    );
 
     header(
         &mut out,
@@ -552,8 +572,9 @@ mod tests {
         }
         let mut q1 = WorkerStats::new(1);
         q1.counters.udp_rx_packets = 7;
+        q1.counters.udp_socket_drops = 9;
         q1.record_latency_n(Direction::UdpToTun, 4_000, 45);
-        Report::new(Duration::from_millis(2500), vec![q1, q0])
+        Report::new(Duration::from_millis(2500), vec![q1, q0]).with_tun_queue_drops(6)
     }
 
     fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
@@ -622,6 +643,12 @@ mod tests {
             Some("2")
         );
         assert_eq!(sample(&text, "tunfwd_uptime_seconds"), Some("2.5"));
+        assert_eq!(
+            sample(&text, "tunfwd_udp_socket_drops_total{queue=\"1\"}"),
+            Some("9")
+        );
+        assert_eq!(sample(&text, "tunfwd_tun_queue_drops_total"), Some("6"));
+        assert!(text.contains("# TYPE tunfwd_tun_queue_drops_total counter\n"));
         for family in families(&Counters::default()) {
             let name = format!("tunfwd_{}_total", family.name);
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");

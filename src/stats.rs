@@ -128,6 +128,11 @@ pub struct Counters {
     /// Times the kernel ended a multishot read or receive (a buffer stall among them) and the
     /// worker armed it again.
     pub multishot_restarts: u64,
+    /// Receive buffers the kernel dropped at this queue's UDP socket, its receive buffer full
+    /// (`--socket-buffer`), before the worker could take them: never seen by tunfwd, so not in
+    /// `drops`. Read from the kernel (`socket::receive_drops`) with each snapshot; one per buffer,
+    /// which under UDP GRO may hold several datagrams.
+    pub udp_socket_drops: u64,
 }
 
 /// What a queue counts of ECN and the path MTU. Kept beside [`Counters`], not in it, because
@@ -205,6 +210,7 @@ impl Counters {
         self.gso_fallbacks += other.gso_fallbacks;
         self.control_truncated += other.control_truncated;
         self.multishot_restarts += other.multishot_restarts;
+        self.udp_socket_drops += other.udp_socket_drops;
     }
 }
 
@@ -296,12 +302,25 @@ pub struct Report {
     pub elapsed: Duration,
     /// One entry per queue, sorted by queue index.
     pub queues: Vec<WorkerStats>,
+    /// Packets the kernel dropped because a TUN queue's ring was full before a worker read them
+    /// (the device's `tx_dropped` since tunfwd started, `link::tx_dropped`): never seen by
+    /// tunfwd, so not in `drops`. The device counts them for all its queues together.
+    pub tun_queue_drops: u64,
 }
 
 impl Report {
     pub fn new(elapsed: Duration, mut queues: Vec<WorkerStats>) -> Self {
         queues.sort_by_key(|q| q.queue);
-        Report { elapsed, queues }
+        Report {
+            elapsed,
+            queues,
+            tun_queue_drops: 0,
+        }
+    }
+
+    pub fn with_tun_queue_drops(mut self, packets: u64) -> Self {
+        self.tun_queue_drops = packets;
+        self
     }
 
     pub fn totals(&self) -> Counters {
@@ -360,6 +379,7 @@ impl Report {
                     "gso_fallbacks": c.gso_fallbacks,
                     "control_truncated": c.control_truncated,
                     "multishot_restarts": c.multishot_restarts,
+                    "udp_socket_drops": c.udp_socket_drops,
                 })
             })
             .collect();
@@ -381,6 +401,10 @@ impl Report {
         json!({
             "elapsed_secs": self.elapsed.as_secs_f64(),
             "queues": queues,
+            "kernel_drops": {
+                "tun_queue": self.tun_queue_drops,
+                "udp_socket": self.totals().udp_socket_drops,
+            },
             "path": {
                 "path_mtu": self.path_totals().path_mtu,
                 "queues": paths,
@@ -457,6 +481,11 @@ impl Report {
             path.fragmented_sends,
             path.path_mtu_learned_from_errors,
             path.path_mtu
+        );
+        let _ = writeln!(
+            out,
+            "kernel drops (before tunfwd could read them): tun_queue={} udp_socket={}",
+            self.tun_queue_drops, total.udp_socket_drops
         );
         let _ = writeln!(
             out,
@@ -613,7 +642,33 @@ mod tests {
         assert!(t.contains("foreign_source=2"));
         assert!(t.contains("tun_to_udp"));
         assert!(t.contains("p99.9"));
-        assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 2 + 1 + 2);
+        assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 3 + 1 + 2);
+    }
+
+    #[test]
+    fn the_kernels_drops_are_reported_apart_from_tunfwds() {
+        let mut queues: Vec<WorkerStats> = (0..2).map(WorkerStats::new).collect();
+        queues[0].counters.udp_socket_drops = 5;
+        queues[1].counters.udp_socket_drops = 7;
+        queues[1].counters.drop(DropReason::TunWriteError);
+        let r = Report::new(Duration::from_secs(1), queues).with_tun_queue_drops(11);
+        assert_eq!(r.totals().udp_socket_drops, 12);
+        assert_eq!(
+            r.totals().total_drops(),
+            1,
+            "the kernel's drops are not tunfwd's"
+        );
+        let v = r.to_json();
+        assert_eq!(v["kernel_drops"]["tun_queue"], 11);
+        assert_eq!(v["kernel_drops"]["udp_socket"], 12);
+        assert_eq!(v["queues"][1]["udp_socket_drops"], 7);
+        assert!(
+            r.to_table().contains(
+                "kernel drops (before tunfwd could read them): tun_queue=11 udp_socket=12"
+            )
+        );
+        let none = Report::new(Duration::from_secs(1), vec![WorkerStats::new(0)]);
+        assert_eq!(none.to_json()["kernel_drops"]["tun_queue"], 0);
     }
 
     #[test]

@@ -832,3 +832,128 @@ fn the_systemd_unit_and_example_are_valid() {
     let about_us: Vec<&str> = said.lines().filter(|l| l.contains("tunfwd@")).collect();
     assert!(about_us.is_empty(), "systemd-analyze verify: {about_us:?}");
 }
+
+/// Runs `args` in `host`'s namespace and returns its standard output.
+fn output_in(bed: &Testbed, host: Host, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &bed.namespace(host)])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {:?}", out);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The drops the kernel counts for the UDP sockets bound to `port` (IPv4), as `/proc/net/udp`
+/// shows them in `host`'s namespace: the last column, per socket.
+fn proc_udp_drops(bed: &Testbed, host: Host, port: u16) -> u64 {
+    let table = output_in(bed, host, &["cat", "/proc/net/udp"]);
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&local))
+        })
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn drops_in_the_kernel_before_tunfwd_reads_are_reported() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let scratch = Scratch::new("kernel-drops");
+    let (a_json, b_json) = (scratch.0.join("a.json"), scratch.0.join("b.json"));
+    let a = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-a",
+            &[
+                "--queues",
+                "1",
+                "--tx-queue-len",
+                "8",
+                "--stats-json",
+                a_json.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let b = bed
+        .start_tunfwd(
+            Host::B,
+            "tunfwd-b",
+            &[
+                "--queues",
+                "1",
+                "--socket-buffer",
+                "64K",
+                "--stats-json",
+                b_json.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let flood = |name: &str| {
+        let target = endpoint(testbed::B_TUNNEL4, 7000);
+        let out = bed
+            .tunload(
+                Host::A,
+                name,
+                &["udp-flood", "--to", &target, "--seconds", "1"],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        parse_json(&out).unwrap()["sent"].as_u64().unwrap()
+    };
+
+    // Relay A stopped: its TUN queue's ring of 8 fills and the kernel drops the rest.
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    let sent = flood("flood-into-a-stopped");
+    let ring_drops = || {
+        let link: Value = serde_json::from_str(&output_in(
+            &bed,
+            Host::A,
+            &["ip", "-j", "-s", "link", "show", "tunfwd0"],
+        ))
+        .unwrap();
+        link[0]["stats64"]["tx"]["dropped"].as_u64().unwrap()
+    };
+    let first = ring_drops();
+    assert!(first > sent / 2, "{first} of {sent} dropped at a ring of 8");
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Relay B stopped: its socket's 128 KB receive buffer fills and the kernel drops the rest.
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    flood("flood-into-b-stopped");
+    let socket_drops = proc_udp_drops(&bed, Host::B, testbed::TUNNEL_PORT);
+    assert!(socket_drops > 0, "relay B's socket dropped nothing");
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The second flood went through A's ring of 8 too, and lost some there.
+    let ring_drops = ring_drops();
+    let a_report = stop(a, &a_json);
+    let b_report = stop(b, &b_json);
+    // Each report says exactly what the kernel counted, apart from tunfwd's own drops.
+    assert_eq!(
+        a_report["kernel_drops"]["tun_queue"], ring_drops,
+        "{a_report}"
+    );
+    assert_eq!(
+        b_report["kernel_drops"]["udp_socket"], socket_drops,
+        "{b_report}"
+    );
+    assert_eq!(json_total(&b_report, "udp_socket_drops"), socket_drops);
+    assert_eq!(a_report["kernel_drops"]["udp_socket"], 0, "{a_report}");
+    assert_eq!(b_report["kernel_drops"]["tun_queue"], 0, "{b_report}");
+    let a_table = fs::read_to_string(bed.path("tunfwd-a.out")).unwrap();
+    assert!(
+        a_table.contains(&format!(
+            "kernel drops (before tunfwd could read them): tun_queue={ring_drops} udp_socket=0"
+        )),
+        "{a_table}"
+    );
+}

@@ -63,6 +63,33 @@ pub fn set_tx_queue_len(device: &str, packets: u32) -> Result<(), Error> {
     ioctl(&sock, libc::SIOCSIFTXQLEN, &mut req).map_err(err)
 }
 
+/// The device's transmit drops as the kernel counts them, since it was created: `tx_dropped`
+/// from `/proc/net/dev`, which shows the caller's network namespace. For a TUN these are packets
+/// that found their queue's ring (`--tx-queue-len` entries) full before tunfwd read them:
+/// `tun_net_xmit` in drivers/net/tun.c drops rather than stopping the queue.
+pub fn tx_dropped(device: &str) -> io::Result<u64> {
+    let table = std::fs::read_to_string("/proc/net/dev")?;
+    parse_tx_dropped(&table, device).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{device} is not in /proc/net/dev"),
+        )
+    })
+}
+
+/// `tx_dropped` of `device` in the text of `/proc/net/dev` (`dev_seq_printf_stats` in
+/// net/core/net-procfs.c: `name: ` and then eight receive and eight transmit counters, the fourth
+/// of the transmit ones being the drops). PURE.
+pub fn parse_tx_dropped(table: &str, device: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let (name, counters) = line.split_once(':')?;
+        if name.trim() != device {
+            return None;
+        }
+        counters.split_whitespace().nth(8 + 3)?.parse().ok()
+    })
+}
+
 pub fn set_up(device: &str) -> Result<(), Error> {
     let err = |source| Error::SetLinkUp {
         device: device.to_string(),
@@ -267,6 +294,39 @@ pub fn add_addresses(device: &str, addresses: &[(IpAddr, u8)]) -> Result<(), Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_drops_are_read_from_the_devices_own_line() {
+        // The layout of /proc/net/dev on Linux 6.18 (two header lines, then one line a device).
+        let table = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     240       3    0    0    0     0          0         0      240       3    0    0    0     0       0          0
+tunfwd0: 94341605  235320    0    0    0     0          0         0 131275745 1426913    0 358414    0     0       0          0
+tunfwd01:       1       2    3    4    5     6          7         8        9      10   11   12   13    14      15         16
+";
+        assert_eq!(parse_tx_dropped(table, "tunfwd0"), Some(358_414));
+        assert_eq!(
+            parse_tx_dropped(table, "tunfwd01"),
+            Some(12),
+            "the fourth transmit counter"
+        );
+        assert_eq!(parse_tx_dropped(table, "lo"), Some(0));
+        assert_eq!(parse_tx_dropped(table, "tunfwd"), None, "no prefix match");
+        assert_eq!(parse_tx_dropped(table, "face"), None, "not a header");
+        assert_eq!(
+            parse_tx_dropped("eth0: 1 2 3", "eth0"),
+            None,
+            "a short line"
+        );
+    }
+
+    #[test]
+    fn loopback_drops_can_be_read_here() {
+        // Needs no privileges: every network namespace has lo.
+        assert!(tx_dropped("lo").is_ok());
+        assert!(tx_dropped("no-such-device-here").is_err());
+    }
 
     #[test]
     fn setlink_request_has_the_rtnetlink_layout() {

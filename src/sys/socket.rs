@@ -359,6 +359,33 @@ pub fn enable_gro(fd: &OwnedFd) -> bool {
     set_int(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
 
+/// How many receive buffers the kernel dropped at `fd` instead of queueing them, since it was
+/// created: `SK_MEMINFO_DROPS` of `SO_MEMINFO` (Linux 4.12; include/uapi/linux/sock_diag.h). For a
+/// UDP socket that is mostly a full receive buffer (`__udp_queue_rcv_skb` in net/ipv4/udp.c),
+/// counted per buffer: under `UDP_GRO` one buffer may hold several datagrams. These packets never
+/// reach tunfwd, so only the kernel can count them.
+pub fn receive_drops(fd: &OwnedFd) -> io::Result<u64> {
+    let mut meminfo = [0u32; 16];
+    let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `meminfo` and stores the length it wrote.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (at + 1) * std::mem::size_of::<u32>() {
+        return Err(io::Error::other(
+            "SO_MEMINFO has no drop count on this kernel",
+        ));
+    }
+    Ok(u64::from(meminfo[at]))
+}
+
 /// Whether the socket accepts `UDP_SEGMENT` (GSO, Linux 4.18), probed by setting it to 0 (no
 /// default segmentation: each send says its own segment size). quinn-udp probes the same way.
 pub fn supports_gso(fd: &OwnedFd) -> bool {
@@ -726,6 +753,24 @@ mod tests {
         }
         assert_eq!(source_ip(&[0u8; 3]), None);
         assert_eq!(source_ip(&[0u8; 28]), None, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn a_full_receive_buffer_is_counted_as_drops() {
+        // Needs no privileges: loopback. The smallest receive buffer the kernel allows (it
+        // doubles the request and keeps a floor of a few KB), and no reader.
+        let receiver = udp_socket("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let to = local_address(&receiver).unwrap();
+        assert_eq!(receive_drops(&receiver).unwrap(), 0, "a fresh socket");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..1000 {
+            sender.send_to(&[0u8; 1000], to).unwrap();
+        }
+        let dropped = receive_drops(&receiver).unwrap();
+        assert!(
+            dropped > 500 && dropped < 1000,
+            "{dropped} of 1000 datagrams dropped at a receive buffer of a few KB"
+        );
     }
 
     #[test]

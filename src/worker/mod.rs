@@ -713,6 +713,7 @@ impl Worker {
         if let (Some(at), Some((every, sender))) = (self.next_snapshot, &config.snapshots)
             && now >= at
         {
+            self.read_kernel_counts();
             let _ = sender.send(self.stats.clone());
             self.next_snapshot = Some(at + *every);
         }
@@ -739,7 +740,16 @@ impl Worker {
         }
     }
 
+    /// What only the kernel counts: the datagrams its socket dropped before the worker saw them.
+    /// One system call; between batches, with each snapshot and at exit.
+    fn read_kernel_counts(&mut self) {
+        if let Ok(dropped) = socket::receive_drops(&self.socket) {
+            self.stats.counters.udp_socket_drops = dropped;
+        }
+    }
+
     fn exit(&mut self) -> WorkerExit {
+        self.read_kernel_counts();
         WorkerExit {
             stats: self.stats.clone(),
             error: self.fatal.take(),
