@@ -43,7 +43,8 @@
 //! (no option but the testbed's overlay MTU, so as many queues as online CPUs); `tunfwd-q1`,
 //! `tunfwd-q4` and their variations (`tunfwd-q1-nooffload`, `tunfwd-q1-d1`, ...: the key names
 //! what differs from q1's defaults); `tunfwd-poll-q1` and `tunfwd-compat-q1` (`--engine poll` and
-//! `--engine uring-compat`); `tunfwd-q1-bp50` and `tunfwd-q2-bp50` (`--busy-poll 50`). A tunfwd that does not start (an option this build lacks, say) is
+//! `--engine uring-compat`); `tunfwd-q1-bp10000` and `tunfwd-q2-bp10000` (`--busy-poll 10000`); `tunfwd-q2-txq500` (the
+//! kernel's TUN queue length). A tunfwd that does not start (an option this build lacks, say) is
 //! reported as not started, in the log and in the report, and the rest of the run goes on.
 //!
 //! Needs root; without it, prints that and exits 0. Knobs (environment): `BENCH_ROUNDS` (3),
@@ -122,7 +123,7 @@ impl TunfwdSetup {
         engine: None,
         ring_depth: 256,
         offload: true,
-        tx_queue_len: 500,
+        tx_queue_len: tunfwd::cli::DEFAULT_TX_QUEUE_LEN,
         buffer_memory: "1M",
         ecn: true,
         ect_load: false,
@@ -253,8 +254,13 @@ impl System {
         match self {
             System::Veth | System::Vxlan | System::TunfwdDefaults => true,
             System::Simpletun => false,
-            // Busy polling is the latency option: ping, above all, measures what it does.
-            System::Tunfwd(t) => t.variations().is_empty() || t.busy_poll_us != 0,
+            // Busy polling is the latency option: ping, above all, measures what it does. The
+            // TUN queue's length is what small packets and many flows test.
+            System::Tunfwd(t) => {
+                t.variations().is_empty()
+                    || t.busy_poll_us != 0
+                    || t.tx_queue_len != TunfwdSetup::DEFAULT.tx_queue_len
+            }
         }
     }
 
@@ -1210,14 +1216,21 @@ impl Runner<'_> {
                 | Scenario::IperfTcp1Reverse
                 | Scenario::IperfUdp64OneFlow
                 | Scenario::IperfUdp64EightFlows => sample.extend(self.iperf(system, *scenario)),
-                Scenario::PingIdle => sample.extend(self.ping(
-                    system,
-                    Scenario::PingIdle,
-                    PING_IDLE_COUNT,
-                    // Twice the nominal time, and then some: see `ping`.
-                    2 * PING_IDLE_COUNT * PING_INTERVAL_MS / 1000 + 3,
-                    &PING_IDLE,
-                )),
+                Scenario::PingIdle => {
+                    // What the relays spend on 100 echoes a second: busy polling spins after each.
+                    let meter = CpuMeter::start(processes);
+                    sample.extend(self.ping(
+                        system,
+                        Scenario::PingIdle,
+                        PING_IDLE_COUNT,
+                        // Twice the nominal time, and then some: see `ping`.
+                        2 * PING_IDLE_COUNT * PING_INTERVAL_MS / 1000 + 3,
+                        &PING_IDLE,
+                    ));
+                    if let Some(percent) = meter.and_then(|m| m.percent_per_process()) {
+                        sample.insert("ping_idle_relay_cpu_pct", percent);
+                    }
+                }
                 Scenario::PingLoaded => sample.extend(self.ping_loaded(system)),
                 Scenario::IdleCpu => {
                     if let Some(percent) = idle_cpu_percent(processes) {
@@ -1234,31 +1247,65 @@ impl Runner<'_> {
 const IDLE_CPU_SECONDS: u64 = 10;
 
 /// The CPU time the relays in `processes` took, all threads, while no traffic flowed for
-/// `IDLE_CPU_SECONDS`, as a percentage of one core per relay (utime + stime from
-/// /proc/PID/stat, in clock ticks). `None` without a process to watch.
+/// `IDLE_CPU_SECONDS`, as a percentage of one core per relay. `None` without a process to watch.
 fn idle_cpu_percent(processes: &[Process]) -> Option<f64> {
-    let ticks = |pid: u32| -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-        Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-    };
-    let pids: Vec<u32> = processes.iter().filter_map(Process::pid).collect();
-    if pids.is_empty() {
-        return None;
-    }
     // Let the relays settle after starting (and after the previous scenario's traffic).
     std::thread::sleep(Duration::from_secs(1));
-    let before: Option<Vec<f64>> = pids.iter().map(|&p| ticks(p)).collect();
+    let meter = CpuMeter::start(processes)?;
     std::thread::sleep(Duration::from_secs(IDLE_CPU_SECONDS));
-    let after: Option<Vec<f64>> = pids.iter().map(|&p| ticks(p)).collect();
-    let hz: f64 = command_output("getconf", &["CLK_TCK"])
-        .trim()
-        .parse()
-        .ok()?;
-    let used: f64 = after?.iter().zip(before?).map(|(a, b)| a - b).sum();
-    Some(100.0 * used / hz / IDLE_CPU_SECONDS as f64 / pids.len() as f64)
+    meter.percent_per_process()
+}
+
+/// The CPU time (utime + stime from /proc/PID/stat, all threads) that a set of processes takes
+/// from `start` to `percent_per_process`.
+struct CpuMeter {
+    pids: Vec<u32>,
+    ticks: Vec<f64>,
+    since: Instant,
+}
+
+impl CpuMeter {
+    /// `None` without a process to watch, or if one has gone.
+    fn start(processes: &[Process]) -> Option<CpuMeter> {
+        let pids: Vec<u32> = processes.iter().filter_map(Process::pid).collect();
+        if pids.is_empty() {
+            return None;
+        }
+        let ticks = pids
+            .iter()
+            .map(|&p| process_ticks(p))
+            .collect::<Option<_>>()?;
+        Some(CpuMeter {
+            pids,
+            ticks,
+            since: Instant::now(),
+        })
+    }
+
+    /// The CPU time taken since `start`, as a percentage of one core per process.
+    fn percent_per_process(&self) -> Option<f64> {
+        let after: Vec<f64> = self
+            .pids
+            .iter()
+            .map(|&p| process_ticks(p))
+            .collect::<Option<_>>()?;
+        let hz: f64 = command_output("getconf", &["CLK_TCK"])
+            .trim()
+            .parse()
+            .ok()?;
+        let used: f64 = after.iter().zip(&self.ticks).map(|(a, b)| a - b).sum();
+        let seconds = self.since.elapsed().as_secs_f64();
+        Some(100.0 * used / hz / seconds / self.pids.len() as f64)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn process_ticks(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
 }
 
 /// The number at `path` under `value` in a JSON report; an error naming the path if it is not
@@ -1405,9 +1452,11 @@ fn main() {
             offload: false,
             ..TunfwdSetup::DEFAULT
         }),
-        // A short TUN queue, for latency under load.
+        // The kernel's TUN queue length, tunfwd's default before 2026-11-30, at the default
+        // queue count on the 2-CPU testbed.
         System::Tunfwd(TunfwdSetup {
-            tx_queue_len: 32,
+            queues: 2,
+            tx_queue_len: 500,
             ..TunfwdSetup::DEFAULT
         }),
         // 256 buffers of 64 KiB per direction, as before the 1 MiB default.
@@ -1434,15 +1483,16 @@ fn main() {
             unprivileged: true,
             ..TunfwdSetup::DEFAULT
         }),
-        // The latency option: spin 50 µs after each burst, at one queue and at two (the default
-        // queue count on the 2-CPU testbed).
+        // The latency option: spin for 10 ms after each burst, longer than `ping-idle`'s interval,
+        // so that no echo waits for a wake-up; at one queue and at two (the default queue count on
+        // the 2-CPU testbed). Shorter spins did not help here (bench-results, 2026-11-30).
         System::Tunfwd(TunfwdSetup {
-            busy_poll_us: 50,
+            busy_poll_us: 10_000,
             ..TunfwdSetup::DEFAULT
         }),
         System::Tunfwd(TunfwdSetup {
             queues: 2,
-            busy_poll_us: 50,
+            busy_poll_us: 10_000,
             ..TunfwdSetup::DEFAULT
         }),
     ];
@@ -1852,7 +1902,10 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
 fn write_idle_cpu_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, &str) -> f64) {
     let idle: Vec<&System> = systems
         .iter()
-        .filter(|s| !metric(&s.key(), "idle_cpu_pct").is_nan())
+        .filter(|s| {
+            !metric(&s.key(), "idle_cpu_pct").is_nan()
+                || !metric(&s.key(), "ping_idle_relay_cpu_pct").is_nan()
+        })
         .collect();
     if idle.is_empty() {
         return;
@@ -1862,14 +1915,16 @@ fn write_idle_cpu_section(md: &mut String, systems: &[System], metric: &dyn Fn(&
     }
     let _ = writeln!(
         md,
-        "## Idle CPU\n\n| system | % of one core per relay, {IDLE_CPU_SECONDS} s without traffic |\n|---|---|"
+        "## Idle CPU\n\n| system | % of one core per relay, {IDLE_CPU_SECONDS} s without traffic | during `ping-idle` ({} echoes a second) |\n|---|---|---|",
+        1000 / PING_INTERVAL_MS
     );
     for s in idle {
         let _ = writeln!(
             md,
-            "| {} | {} |",
+            "| {} | {} | {} |",
             s.name(),
-            fmt(metric(&s.key(), "idle_cpu_pct"), 2)
+            fmt(metric(&s.key(), "idle_cpu_pct"), 2),
+            fmt(metric(&s.key(), "ping_idle_relay_cpu_pct"), 1)
         );
     }
 }

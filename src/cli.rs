@@ -16,8 +16,12 @@ pub const DEFAULT_PORT: u16 = 55555;
 pub const MAX_QUEUES: usize = 256;
 /// `IFNAMSIZ - 1`: an interface name's bytes, without the terminating NUL.
 pub const MAX_DEVICE_NAME: usize = 15;
-/// The TUN transmit queue length tunfwd sets unless told otherwise (the kernel's is 500).
-pub const DEFAULT_TX_QUEUE_LEN: u32 = 500;
+/// The TUN transmit queue length tunfwd sets unless told otherwise. The kernel's is 500, which a
+/// flow of small packets fills in 3 ms at 166k packets a second: a worker that waits that long
+/// for a CPU loses packets. 2000 lost none at that rate where 500 lost 3 to 5%
+/// (bench-results/2026-11-30T160000Z-traffic-shapes.md). It counts packets, not bytes, and one
+/// TCP flow's window (its sender's send buffer, 4 MB by default) fills about 60 of them.
+pub const DEFAULT_TX_QUEUE_LEN: u32 = 2000;
 /// Outer IPv4 + UDP header bytes, and outer IPv6 + UDP.
 pub const OVERHEAD_V4: u32 = 20 + 8;
 pub const OVERHEAD_V6: u32 = 40 + 8;
@@ -77,8 +81,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
 
-    /// Packets the TUN device may queue for tunfwd to read (its txqueuelen). Short queues keep
-    /// latency under load low; the kernel's default of 500 adds milliseconds.
+    /// Packets the TUN device may queue for tunfwd to read (its txqueuelen); the kernel drops
+    /// what finds the queue full (reported as `kernel drops: tun_queue`).
     #[arg(long, value_name = "PACKETS", default_value_t = DEFAULT_TX_QUEUE_LEN)]
     pub tx_queue_len: u32,
 

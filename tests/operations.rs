@@ -895,6 +895,21 @@ fn drops_in_the_kernel_before_tunfwd_reads_are_reported() {
             ],
         )
         .unwrap();
+    // The queue length asked for, and the default where none was.
+    let txqlen = |host| {
+        let link: Value = serde_json::from_str(&output_in(
+            &bed,
+            host,
+            &["ip", "-j", "link", "show", "tunfwd0"],
+        ))
+        .unwrap();
+        link[0]["txqlen"].as_u64().unwrap()
+    };
+    assert_eq!(txqlen(Host::A), 8);
+    assert_eq!(
+        txqlen(Host::B),
+        u64::from(tunfwd::cli::DEFAULT_TX_QUEUE_LEN)
+    );
     let flood = |name: &str| {
         let target = endpoint(testbed::B_TUNNEL4, 7000);
         let out = bed
