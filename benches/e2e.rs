@@ -1826,7 +1826,9 @@ fn write_results(
          table, ratios), a plot `<time>-e2e.svg`, and `.hgrm` latency percentile files here. Reproduce with the command in the file; \
          only ratios from one run mean anything on a noisy VM. `cargo bench --bench micro` (criterion) covers the pure code; \
          recorded runs are `<time>-micro.txt`. One-off before/after measurements are `<time>-<topic>.md`, each with its \
-         commands (`*-gather-vs-copy.md`: iovec gather against copying split segments).\n\n\
+         commands (`*-gather-vs-copy.md`: iovec gather against copying split segments). tunfwd rows run at tunfwd's \
+         defaults unless their name says otherwise, and the defaults change: `--tx-queue-len` was 500 before commit \
+         c3ab2cf (2026-11-30) and 2000 since.\n\n\
          ## Latest: {stamp}\n\n{}",
         md.split_once('\n').map(|x| x.1).unwrap_or("")
     );

@@ -108,6 +108,8 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     eprintln!("tunfwd: engine {}: {}", choice.engine, choice.reason);
 
     let tun_fds = tun::open_queues(&config.device_name, config.queues)?;
+    // Before the link is up, so that every drop from then on is counted as tunfwd's.
+    let mut tun_drops = TunQueueDrops::start(&config.device_name);
     let wanted = config.offloads;
     let mut tun_offloads = tun::negotiate_offloads(
         &config.device_name,
@@ -226,7 +228,6 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     }
 
     let started = Instant::now();
-    let mut tun_drops = TunQueueDrops::start(&config.device_name);
     // Every queue from the start, zeros until its first snapshot.
     let mut latest: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
     if let Err(e) = drop_privileges_and_check_output(config, &latest) {
@@ -291,22 +292,25 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     }
 
     notifier.stopping(&format!("{} stopping", config.device_name));
-    // Read while the queues are open: a device tunfwd created goes with its last queue.
-    tun_drops.read();
+    // Read while the queues are open: a device tunfwd created goes with its last queue. (A
+    // persistent one stays, but what it drops once no worker reads is not tunfwd's to report.)
+    let final_tun_drops = tun_drops.read();
     let (all_ok, finals) = stop_and_join(&stop, handles);
     publish(
-        &Report::new(started.elapsed(), finals).with_tun_queue_drops(tun_drops.read()),
+        &Report::new(started.elapsed(), finals).with_tun_queue_drops(final_tun_drops),
         config.stats_json.as_deref(),
     );
     Ok(all_ok)
 }
 
-/// The TUN device's transmit drops since tunfwd started (`link::tx_dropped`): packets that found a
-/// queue's ring full before a worker read them. A device attached to may have counted some before.
+/// The TUN device's transmit drops since tunfwd opened its queues (`link::tx_dropped`): packets
+/// that found a queue's ring full before a worker read them. A device attached to may have counted
+/// some before; those are not reported. `None` throughout if the count cannot be read at the
+/// start: a report then says "unknown" rather than a zero it does not know.
 struct TunQueueDrops {
     device: String,
     at_start: Option<u64>,
-    last: u64,
+    last: Option<u64>,
 }
 
 impl TunQueueDrops {
@@ -319,15 +323,14 @@ impl TunQueueDrops {
         TunQueueDrops {
             device: device.to_string(),
             at_start,
-            last: 0,
+            last: at_start.map(|_| 0),
         }
     }
 
-    /// Drops since the start; the last count read if the device can no longer be read (gone at
-    /// exit, say).
-    fn read(&mut self) -> u64 {
+    /// Drops since the start; the last count read if the device cannot be read now.
+    fn read(&mut self) -> Option<u64> {
         if let (Some(at_start), Ok(now)) = (self.at_start, link::tx_dropped(&self.device)) {
-            self.last = now.saturating_sub(at_start);
+            self.last = Some(now.saturating_sub(at_start));
         }
         self.last
     }

@@ -314,18 +314,18 @@ pub fn render(report: &Report) -> String {
         );
     }
 
-    header(
-        &mut out,
-        "tunfwd_tun_queue_drops_total",
-        "counter",
-        "Packets the kernel dropped because a TUN queue's ring was full before tunfwd read them \
-         (the device's tx_dropped since tunfwd started; all queues together).",
-    );
-    let _ = writeln!(
-        out,
-        "tunfwd_tun_queue_drops_total {}",
-        report.tun_queue_drops
-    );
+    // Left out, not zero, when the device's count could not be read.
+    if let Some(dropped) = report.tun_queue_drops {
+        header(
+            &mut out,
+            "tunfwd_tun_queue_drops_total",
+            "counter",
+            "Packets the kernel dropped, mostly because a TUN queue's ring was full, before \
+             tunfwd read them (the device's tx_dropped since tunfwd opened it; all queues \
+             together).",
+        );
+        let _ = writeln!(out, "tunfwd_tun_queue_drops_total {dropped}");
+    }
 
     header(
         &mut out,
@@ -574,7 +574,7 @@ mod tests {
         q1.counters.udp_rx_packets = 7;
         q1.counters.udp_socket_drops = 9;
         q1.record_latency_n(Direction::UdpToTun, 4_000, 45);
-        Report::new(Duration::from_millis(2500), vec![q1, q0]).with_tun_queue_drops(6)
+        Report::new(Duration::from_millis(2500), vec![q1, q0]).with_tun_queue_drops(Some(6))
     }
 
     fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
@@ -649,6 +649,11 @@ mod tests {
         );
         assert_eq!(sample(&text, "tunfwd_tun_queue_drops_total"), Some("6"));
         assert!(text.contains("# TYPE tunfwd_tun_queue_drops_total counter\n"));
+        let unknown = render(&Report::new(Duration::ZERO, vec![WorkerStats::new(0)]));
+        assert!(
+            !unknown.contains("tunfwd_tun_queue_drops_total"),
+            "an unknown count is left out, not given as 0"
+        );
         for family in families(&Counters::default()) {
             let name = format!("tunfwd_{}_total", family.name);
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");

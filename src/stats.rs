@@ -214,6 +214,12 @@ impl Counters {
     }
 }
 
+/// How much a 32-bit kernel counter that wraps (such as a socket's `sk_drops`) rose from `last` to
+/// `now`, read often enough that it cannot have gone round more than once between. PURE.
+pub fn count_since(last: u32, now: u32) -> u64 {
+    u64::from(now.wrapping_sub(last))
+}
+
 /// Latencies are recorded in ns, from 1 ns to a minute, to 3 significant digits.
 const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
@@ -302,10 +308,11 @@ pub struct Report {
     pub elapsed: Duration,
     /// One entry per queue, sorted by queue index.
     pub queues: Vec<WorkerStats>,
-    /// Packets the kernel dropped because a TUN queue's ring was full before a worker read them
-    /// (the device's `tx_dropped` since tunfwd started, `link::tx_dropped`): never seen by
-    /// tunfwd, so not in `drops`. The device counts them for all its queues together.
-    pub tun_queue_drops: u64,
+    /// Packets the kernel dropped, mostly because a TUN queue's ring was full, before a worker
+    /// read them (the device's `tx_dropped` since tunfwd opened its queues, `link::tx_dropped`):
+    /// never seen by tunfwd, so not in `drops`. The device counts them for all its queues
+    /// together. `None` when the count could not be read.
+    pub tun_queue_drops: Option<u64>,
 }
 
 impl Report {
@@ -314,11 +321,11 @@ impl Report {
         Report {
             elapsed,
             queues,
-            tun_queue_drops: 0,
+            tun_queue_drops: None,
         }
     }
 
-    pub fn with_tun_queue_drops(mut self, packets: u64) -> Self {
+    pub fn with_tun_queue_drops(mut self, packets: Option<u64>) -> Self {
         self.tun_queue_drops = packets;
         self
     }
@@ -485,7 +492,9 @@ impl Report {
         let _ = writeln!(
             out,
             "kernel drops (before tunfwd could read them): tun_queue={} udp_socket={}",
-            self.tun_queue_drops, total.udp_socket_drops
+            self.tun_queue_drops
+                .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+            total.udp_socket_drops
         );
         let _ = writeln!(
             out,
@@ -646,12 +655,26 @@ mod tests {
     }
 
     #[test]
+    fn a_wrapping_kernel_counter_keeps_counting() {
+        assert_eq!(count_since(0, 0), 0);
+        assert_eq!(count_since(10, 17), 7);
+        assert_eq!(count_since(u32::MAX - 1, 3), 5, "across the wrap");
+        let mut total = 0u64;
+        let mut last = 0u32;
+        for now in [4_000_000_000u32, 4_294_967_295, 1_000, 2_000] {
+            total += count_since(last, now);
+            last = now;
+        }
+        assert_eq!(total, (1u64 << 32) + 2_000);
+    }
+
+    #[test]
     fn the_kernels_drops_are_reported_apart_from_tunfwds() {
         let mut queues: Vec<WorkerStats> = (0..2).map(WorkerStats::new).collect();
         queues[0].counters.udp_socket_drops = 5;
         queues[1].counters.udp_socket_drops = 7;
         queues[1].counters.drop(DropReason::TunWriteError);
-        let r = Report::new(Duration::from_secs(1), queues).with_tun_queue_drops(11);
+        let r = Report::new(Duration::from_secs(1), queues).with_tun_queue_drops(Some(11));
         assert_eq!(r.totals().udp_socket_drops, 12);
         assert_eq!(
             r.totals().total_drops(),
@@ -667,8 +690,13 @@ mod tests {
                 "kernel drops (before tunfwd could read them): tun_queue=11 udp_socket=12"
             )
         );
-        let none = Report::new(Duration::from_secs(1), vec![WorkerStats::new(0)]);
-        assert_eq!(none.to_json()["kernel_drops"]["tun_queue"], 0);
+        let unknown = Report::new(Duration::from_secs(1), vec![WorkerStats::new(0)]);
+        assert!(unknown.to_json()["kernel_drops"]["tun_queue"].is_null());
+        assert!(
+            unknown
+                .to_table()
+                .contains("tun_queue=unknown udp_socket=0")
+        );
     }
 
     #[test]

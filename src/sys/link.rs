@@ -304,6 +304,7 @@ Inter-|   Receive                                                |  Transmit
     lo:     240       3    0    0    0     0          0         0      240       3    0    0    0     0       0          0
 tunfwd0: 94341605  235320    0    0    0     0          0         0 131275745 1426913    0 358414    0     0       0          0
 tunfwd01:       1       2    3    4    5     6          7         8        9      10   11   12   13    14      15         16
+ wide0:123456789       2    3    4    5     6          7         8        9      10   11   99   13    14      15         16
 ";
         assert_eq!(parse_tx_dropped(table, "tunfwd0"), Some(358_414));
         assert_eq!(
@@ -312,6 +313,11 @@ tunfwd01:       1       2    3    4    5     6          7         8        9    
             "the fourth transmit counter"
         );
         assert_eq!(parse_tx_dropped(table, "lo"), Some(0));
+        assert_eq!(
+            parse_tx_dropped(table, "wide0"),
+            Some(99),
+            "a counter of 8 digits or more leaves no space after the colon"
+        );
         assert_eq!(parse_tx_dropped(table, "tunfwd"), None, "no prefix match");
         assert_eq!(parse_tx_dropped(table, "face"), None, "not a header");
         assert_eq!(

@@ -363,8 +363,9 @@ pub fn enable_gro(fd: &OwnedFd) -> bool {
 /// created: `SK_MEMINFO_DROPS` of `SO_MEMINFO` (Linux 4.12; include/uapi/linux/sock_diag.h). For a
 /// UDP socket that is mostly a full receive buffer (`__udp_queue_rcv_skb` in net/ipv4/udp.c),
 /// counted per buffer: under `UDP_GRO` one buffer may hold several datagrams. These packets never
-/// reach tunfwd, so only the kernel can count them.
-pub fn receive_drops(fd: &OwnedFd) -> io::Result<u64> {
+/// reach tunfwd, so only the kernel can count them. The kernel's count is 32 bits (`sk_drops`, an
+/// `atomic_t`) and wraps; see [`crate::stats::count_since`].
+pub fn receive_drops(fd: &OwnedFd) -> io::Result<u32> {
     let mut meminfo = [0u32; 16];
     let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `meminfo` and stores the length it wrote.
@@ -383,7 +384,7 @@ pub fn receive_drops(fd: &OwnedFd) -> io::Result<u64> {
             "SO_MEMINFO has no drop count on this kernel",
         ));
     }
-    Ok(u64::from(meminfo[at]))
+    Ok(meminfo[at])
 }
 
 /// Whether the socket accepts `UDP_SEGMENT` (GSO, Linux 4.18), probed by setting it to 0 (no

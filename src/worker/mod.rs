@@ -77,7 +77,7 @@ use crate::relay::batch::Batcher;
 use crate::relay::path::PathMtu;
 use crate::relay::send::{ErrorReports, Route};
 use crate::ring::{BufRing, Op, Token};
-use crate::stats::WorkerStats;
+use crate::stats::{self, WorkerStats};
 use crate::sys;
 use crate::sys::socket::{self, OuterFamily};
 use crate::wire::vnet;
@@ -322,6 +322,8 @@ struct Worker {
     marking: Marking,
     path: PathMtu,
     stats: WorkerStats,
+    /// The socket's drop count (`socket::receive_drops`) when last read.
+    socket_drops_seen: u32,
     /// When each buffer's packet was read, in ns since the worker's epoch; indexed by buffer id.
     tun_read_at_ns: Box<[u64]>,
     udp_read_at_ns: Box<[u64]>,
@@ -645,6 +647,7 @@ impl Worker {
             marking: config.marking,
             path,
             stats,
+            socket_drops_seen: 0,
             tun_read_at_ns: vec![0; usize::from(tun_count)].into_boxed_slice(),
             udp_read_at_ns: vec![0; usize::from(udp_count)].into_boxed_slice(),
             tun_free: (0..tun_count).rev().collect(),
@@ -741,10 +744,12 @@ impl Worker {
     }
 
     /// What only the kernel counts: the datagrams its socket dropped before the worker saw them.
-    /// One system call; between batches, with each snapshot and at exit.
+    /// One system call; between batches, with each snapshot and at exit. The kernel's count is
+    /// 32 bits, so it is added up here as it rises (at least every second with `--metrics`).
     fn read_kernel_counts(&mut self) {
-        if let Ok(dropped) = socket::receive_drops(&self.socket) {
-            self.stats.counters.udp_socket_drops = dropped;
+        if let Ok(now) = socket::receive_drops(&self.socket) {
+            self.stats.counters.udp_socket_drops += stats::count_since(self.socket_drops_seen, now);
+            self.socket_drops_seen = now;
         }
     }
 
