@@ -21,6 +21,9 @@
 //!   sets `MSG_CTRUNC` on every coalesced receive.
 //! * `drain-stuck`: at shutdown one operation never reports back, so the drain times out and
 //!   the worker leaks its buffers instead of freeing memory the kernel might still use.
+//! * `ring-setup=coop` / `ring-setup=plain`: io_uring rings are built as on a kernel without
+//!   `DEFER_TASKRUN` (5.19 to 6.0) or without `COOP_TASKRUN` too (before 5.19), to measure those
+//!   completion models here.
 
 #[cfg(feature = "fault-injection")]
 mod enabled {
@@ -34,6 +37,7 @@ mod enabled {
         multishot_end_every: u64,
         ctrunc: bool,
         drain_stuck: bool,
+        ring_setup: Option<crate::ring::Completion>,
         sends: u64,
         multishot_completions: u64,
     }
@@ -73,6 +77,13 @@ mod enabled {
                     "multishot-end" => f.multishot_end_every = number()?,
                     "ctrunc" => f.ctrunc = true,
                     "drain-stuck" => f.drain_stuck = true,
+                    "ring-setup" => {
+                        f.ring_setup = Some(match value {
+                            Some("coop") => crate::ring::Completion::CoopTaskrun,
+                            Some("plain") => crate::ring::Completion::Plain,
+                            _ => return Err(format!("'{item}' needs coop or plain")),
+                        })
+                    }
                     _ => return Err(format!("unknown fault '{item}'")),
                 }
             }
@@ -93,6 +104,11 @@ mod enabled {
 
         pub fn drain_stuck(&self) -> bool {
             self.drain_stuck
+        }
+
+        /// The best completion model io_uring rings may use, if limited.
+        pub fn ring_setup(&self) -> Option<crate::ring::Completion> {
+            self.ring_setup
         }
 
         /// The error a UDP send should complete with instead of being sent, if any.
@@ -142,6 +158,10 @@ mod enabled {
             false
         }
         #[inline(always)]
+        pub fn ring_setup(&self) -> Option<crate::ring::Completion> {
+            None
+        }
+        #[inline(always)]
         pub fn send_error(&mut self, _gso: bool) -> Option<i32> {
             None
         }
@@ -169,12 +189,23 @@ mod tests {
         assert!(f.end_multishot());
         assert!(Faults::parse("setup-panic=0").unwrap().setup_panic(0));
         assert!(Faults::parse("tun-write-einval,ctrunc,drain-stuck").is_ok());
+        assert_eq!(
+            Faults::parse("ring-setup=coop").unwrap().ring_setup(),
+            Some(crate::ring::Completion::CoopTaskrun)
+        );
+        assert_eq!(
+            Faults::parse("ring-setup=plain").unwrap().ring_setup(),
+            Some(crate::ring::Completion::Plain)
+        );
+        assert_eq!(Faults::parse("").unwrap().ring_setup(), None);
         for bad in [
             "nope",
             "send-enobufs",
             "send-enobufs=0",
             "multishot-end=x",
             "setup-panic",
+            "ring-setup",
+            "ring-setup=defer",
         ] {
             assert!(Faults::parse(bad).is_err(), "{bad}");
         }

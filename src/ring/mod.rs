@@ -35,6 +35,17 @@ pub use token::{Op, Token};
 use io_uring::IoUring;
 use std::io;
 
+/// How a ring runs its completion work, best first: the models [`build`] tries in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1).
+    DeferTaskrun = 0,
+    /// `COOP_TASKRUN` (5.19).
+    CoopTaskrun = 1,
+    /// Neither: completion work interrupts the thread when it comes.
+    Plain = 2,
+}
+
 /// Builds a ring, preferring the cheapest completion model the kernel offers.
 ///
 /// `SINGLE_ISSUER | DEFER_TASKRUN` (6.1) runs completion work only when the owning thread waits,
@@ -43,6 +54,12 @@ use std::io;
 ///
 /// Must be called on the thread that will use the ring (`SINGLE_ISSUER`).
 pub fn build(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
+    build_from(sq_entries, cq_entries, Completion::DeferTaskrun)
+}
+
+/// [`build`], trying no model better than `best`: what a kernel without the better ones gets
+/// (the fault-injection build's `ring-setup`, to measure them on this one).
+pub fn build_from(sq_entries: u32, cq_entries: u32, best: Completion) -> io::Result<IoUring> {
     let attempts: [fn(&mut io_uring::Builder); 3] = [
         |b| {
             b.setup_single_issuer().setup_defer_taskrun();
@@ -53,7 +70,7 @@ pub fn build(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
         |_| {},
     ];
     let mut last = io::Error::from_raw_os_error(libc::EINVAL);
-    for configure in attempts {
+    for configure in &attempts[best as usize..] {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cq_entries).setup_clamp();
         configure(&mut builder);
@@ -64,4 +81,28 @@ pub fn build(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limited_build_skips_the_better_models() {
+        // Linux 6.1 or later has all three; `SINGLE_ISSUER` comes only with the best.
+        let best = match build(8, 16) {
+            Ok(ring) => ring,
+            Err(e) => {
+                // Only io_uring being off here (kernel.io_uring_disabled, seccomp) excuses it.
+                let off = matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS));
+                assert!(off, "{e}");
+                return;
+            }
+        };
+        assert!(best.params().is_setup_single_issuer());
+        for limited in [Completion::CoopTaskrun, Completion::Plain] {
+            let ring = build_from(8, 16, limited).unwrap();
+            assert!(!ring.params().is_setup_single_issuer(), "{limited:?}");
+        }
+    }
 }

@@ -65,7 +65,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
     let queue = config.queue;
     let faults = setup_faults(queue);
     let depth = config.ring_depth;
-    let (ring, sq_entries) = build_ring(config)?;
+    let (ring, sq_entries) = build_ring(config, &faults)?;
     let worker = Worker::new(config, faults, 0)?;
     set_nonblocking(&worker.tun).map_err(|source| sys::Error::IoUring { queue, source })?;
     register_files(&ring, &worker, queue)?;

@@ -7,6 +7,7 @@
 use super::{
     DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Request, Worker, WorkerConfig, pin, setup_faults,
 };
+use crate::faults::Faults;
 use crate::relay::send::Route;
 use crate::ring::{self, Op, Token};
 use crate::stats::DropReason;
@@ -49,7 +50,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
     let queue = config.queue;
     let faults = setup_faults(queue);
     let depth = config.ring_depth;
-    let (ring, sq_entries) = build_ring(config)?;
+    let (ring, sq_entries) = build_ring(config, &faults)?;
     let mut worker = Worker::new(config, faults, RECVMSG_OUT_LEN)?;
     register_files(&ring, &worker, queue)?;
     let alloc = |source| sys::Error::RegisterBuffers { queue, source };
@@ -90,10 +91,16 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
 
 /// The ring of a worker whose `ring_depth` operations per direction may each take a few
 /// submissions, on the worker's CPU. Returns it and its SQ size.
-pub(super) fn build_ring(config: &WorkerConfig) -> Result<(IoUring, u32), sys::Error> {
+pub(super) fn build_ring(
+    config: &WorkerConfig,
+    faults: &Faults,
+) -> Result<(IoUring, u32), sys::Error> {
     let queue = config.queue;
     let sq_entries = (4 * config.ring_depth + 16).next_power_of_two().min(32768) as u32;
-    let ring = ring::build(sq_entries, sq_entries * 4)
+    let best = faults
+        .ring_setup()
+        .unwrap_or(ring::Completion::DeferTaskrun);
+    let ring = ring::build_from(sq_entries, sq_entries * 4, best)
         .map_err(|source| sys::Error::IoUring { queue, source })?;
     if let Some(cpu) = config.cpu {
         pin(queue, cpu)?;
