@@ -18,7 +18,7 @@ pub const MAX_QUEUES: usize = 256;
 pub const MAX_DEVICE_NAME: usize = 15;
 /// The TUN transmit queue length tunfwd sets unless told otherwise. The kernel's is 500, which a
 /// flow of small packets fills in 3 ms at 166k packets a second: a worker that waits that long
-/// for a CPU loses packets. 2000 lost none at that rate where 500 lost 3 to 5%
+/// for a CPU loses packets. 2000 lost none at that rate where 500 lost 4 to 5%
 /// (bench-results/2026-11-30T160000Z-traffic-shapes.md). It counts packets, not bytes, and one
 /// TCP flow's window (its sender's send buffer, 4 MB by default) fills about 60 of them.
 pub const DEFAULT_TX_QUEUE_LEN: u32 = 2000;

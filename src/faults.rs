@@ -3,9 +3,10 @@
 //! that decide when a fault fires; the worker does the rest.
 //!
 //! Only with the `fault-injection` cargo feature, which the namespace tests build into a binary
-//! of their own (`target/fault-injection`). Without it, [`Faults`] is a zero-sized stand-in whose
-//! every check is a constant `false`: the shipped binary neither reads the variable nor carries
-//! any injected path.
+//! of their own (`target/fault-injection`), and in the library's own unit tests (which set no
+//! faults, so that the parser is tested by `cargo test`). Without either, [`Faults`] is a
+//! zero-sized stand-in whose every check is a constant `false`: the shipped binary neither reads
+//! the variable nor carries any injected path.
 //!
 //! `TUNFWD_FAULTS` is a comma-separated list:
 //! * `setup-panic=Q`: worker `Q` panics during setup (a bug in setup must not hang tunfwd).
@@ -25,7 +26,7 @@
 //!   `DEFER_TASKRUN` (5.19 to 6.0) or without `COOP_TASKRUN` too (before 5.19), to measure those
 //!   completion models here.
 
-#[cfg(feature = "fault-injection")]
+#[cfg(any(test, feature = "fault-injection"))]
 mod enabled {
     /// What to inject, parsed from `TUNFWD_FAULTS`.
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,7 +131,7 @@ mod enabled {
     }
 }
 
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(any(test, feature = "fault-injection")))]
 mod enabled {
     /// The stand-in when fault injection is not compiled in: nothing is ever injected.
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,7 +175,7 @@ mod enabled {
 
 pub use enabled::Faults;
 
-#[cfg(all(test, feature = "fault-injection"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
