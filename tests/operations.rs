@@ -844,6 +844,20 @@ fn output_in(bed: &Testbed, host: Host, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `read`'s value once two reads 200 ms apart agree (within 5 s).
+fn settled(read: impl Fn() -> u64) -> u64 {
+    let mut last = read();
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the count kept moving: {last}");
+}
+
 /// The drops the kernel counts for the UDP sockets bound to `port` (IPv4), as `/proc/net/udp`
 /// shows them in `host`'s namespace: the last column, per socket.
 fn proc_udp_drops(bed: &Testbed, host: Host, port: u16) -> u64 {
@@ -943,13 +957,15 @@ fn drops_in_the_kernel_before_tunfwd_reads_are_reported() {
     // Relay B stopped: its socket's 128 KB receive buffer fills and the kernel drops the rest.
     b.signal(nix::sys::signal::Signal::SIGSTOP);
     flood("flood-into-b-stopped");
-    let socket_drops = proc_udp_drops(&bed, Host::B, testbed::TUNNEL_PORT);
+    // Relay A may still be sending what its ring held when the flood ended: wait until B's count
+    // stops moving, so that the report and this read see the same drops.
+    let socket_drops = settled(|| proc_udp_drops(&bed, Host::B, testbed::TUNNEL_PORT));
     assert!(socket_drops > 0, "relay B's socket dropped nothing");
     b.signal(nix::sys::signal::Signal::SIGCONT);
     std::thread::sleep(Duration::from_millis(500));
 
     // The second flood went through A's ring of 8 too, and lost some there.
-    let ring_drops = ring_drops();
+    let ring_drops = settled(ring_drops);
     let a_report = stop(a, &a_json);
     let b_report = stop(b, &b_json);
     // Each report says exactly what the kernel counted, apart from tunfwd's own drops.
