@@ -19,19 +19,15 @@
 use super::poll::{READ_BUDGET, read_tun};
 use super::uring::UDP_FILE;
 use super::uring::{
-    begin_drain, build_ring, entry_for, get_events, is_interrupted_wait, push_all, register_files,
+    RingEngine, build_ring, entry_for, is_interrupted_wait, push_all, register_files,
 };
-use super::{
-    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Worker, WorkerConfig, set_nonblocking,
-    setup_faults,
-};
+use super::{IDLE_WAIT, Received, Worker, WorkerConfig, set_nonblocking, setup_faults};
 use crate::ring::{Op, Token};
 use crate::sys;
 use io_uring::types::{Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
 
 /// Reads (and receives) armed on one file at once. One, so that no completion can overtake
 /// another: with four or more armed on one TUN queue, `iou-wrk` threads appeared under load (on
@@ -90,46 +86,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
     Ok((engine, worker))
 }
 
-impl Driver for Compat {
-    fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
-        self.flush(worker);
-        // Injected completions are ready now: don't sleep waiting for a real one.
-        let want = usize::from(worker.requests.injected.is_empty());
-        if spinning {
-            get_events(&mut self.ring)?;
-        } else {
-            self.wait(want)?;
-        }
-        Ok(self.reap(worker))
-    }
-
-    fn drain(&mut self, worker: &mut Worker) -> bool {
-        Compat::drain(self, worker)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    fn leak(self) {
-        std::mem::forget(self.ring);
-    }
-}
-
 impl Compat {
-    /// Names every free buffer with a read or a receive, then queues the worker's requests.
-    fn flush(&mut self, worker: &mut Worker) {
-        if !worker.stopping {
-            self.arm_reads(worker);
-        }
-        self.entries
-            .extend(worker.requests.queued.drain(..).map(entry_for));
-        if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
-            worker.fatal.get_or_insert(e);
-        }
-    }
-
-    /// Arms reads and receives on free buffers, up to `MAX_ARMED` on each file.
     fn arm_reads(&mut self, worker: &mut Worker) {
         let tun = Fd(worker.tun.as_raw_fd());
         let tun_len = worker.memory.tun_buffers.buf_len() as u32;
@@ -158,9 +115,36 @@ impl Compat {
                 .push(recv.user_data(Token::new(Op::UdpRecv, u32::from(bid)).user_data()));
         }
     }
+}
 
+impl RingEngine for Compat {
+    fn ring(&mut self) -> &mut IoUring {
+        &mut self.ring
+    }
+
+    fn completions(&mut self) -> &mut Vec<cqueue::Entry> {
+        &mut self.completions
+    }
+
+    fn own_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Names every free buffer with a read or a receive, then queues the worker's requests.
+    fn flush(&mut self, worker: &mut Worker) {
+        if !worker.stopping {
+            self.arm_reads(worker);
+        }
+        self.entries
+            .extend(worker.requests.queued.drain(..).map(entry_for));
+        if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
+            worker.fatal.get_or_insert(e);
+        }
+    }
+
+    /// Arms reads and receives on free buffers, up to `MAX_ARMED` on each file.
     /// Waits for `want` completions, at most `IDLE_WAIT`: arms the TIMEOUT if it is not armed.
-    fn wait(&mut self, want: usize) -> std::io::Result<()> {
+    fn wait(&mut self, want: usize) -> io::Result<()> {
         if want > 0 && !self.timer_armed {
             self.timer_armed = true;
             let timer = opcode::Timeout::new(&*self.timeout).build();
@@ -173,25 +157,6 @@ impl Compat {
             Err(e) if is_interrupted_wait(&e) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// Handles every available completion, then closes the batch. Returns how many there were.
-    fn reap(&mut self, worker: &mut Worker) -> usize {
-        let now = worker.now_ns();
-        let mut completions = std::mem::take(&mut self.completions);
-        completions.clear();
-        completions.extend(self.ring.completion());
-        for cqe in &completions {
-            self.complete(worker, cqe, now);
-        }
-        // The idle timer's expiry is no work: it must not start a busy-poll spin.
-        let handled = completions
-            .iter()
-            .filter(|c| Token::from_user_data(c.user_data()).is_some_and(|t| t.op != Op::Timer))
-            .count();
-        self.completions = completions;
-        worker.end_batch(now);
-        handled
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
@@ -241,41 +206,25 @@ impl Compat {
         }
     }
 
-    /// Cancels every read and receive, and waits for the last completions. False if
-    /// they did not all arrive in time (the caller must then leak the memory).
-    fn drain(&mut self, worker: &mut Worker) -> bool {
-        worker.send_batch();
-        worker.stopping = true;
-        let mut cancel = |user_data: u64, in_flight: &mut usize| {
-            *in_flight += 1;
+    /// One cancellation for each read and receive armed.
+    fn cancel_reads(&mut self) {
+        let reading = |op, flags: &[bool]| {
+            let armed = flags.iter().enumerate().filter(|(_, r)| **r);
+            armed
+                .map(move |(bid, _)| Token::new(op, bid as u32).user_data())
+                .collect::<Vec<_>>()
+        };
+        let mut armed = reading(Op::TunRead, &self.tun_reading);
+        armed.extend(reading(Op::UdpRecv, &self.udp_reading));
+        for user_data in armed {
+            self.in_flight += 1;
             let entry = opcode::AsyncCancel::new(user_data).build();
             self.entries
                 .push(entry.user_data(Token::new(Op::Cancel, 0).user_data()));
-        };
-        let mut in_flight = self.in_flight;
-        for (bid, _) in self.tun_reading.iter().enumerate().filter(|(_, r)| **r) {
-            cancel(
-                Token::new(Op::TunRead, bid as u32).user_data(),
-                &mut in_flight,
-            );
         }
-        for (bid, _) in self.udp_reading.iter().enumerate().filter(|(_, r)| **r) {
-            cancel(
-                Token::new(Op::UdpRecv, bid as u32).user_data(),
-                &mut in_flight,
-            );
-        }
-        self.in_flight = in_flight;
-        begin_drain(worker);
-        let deadline = Instant::now() + DRAIN_DEADLINE;
-        while self.in_flight + worker.requests.in_flight > 0 && Instant::now() < deadline {
-            self.flush(worker);
-            if self.wait(1).is_err() {
-                break;
-            }
-            self.reap(worker);
-        }
-        self.flush(worker);
-        self.in_flight + worker.requests.in_flight == 0
+    }
+
+    fn into_ring(self) -> IoUring {
+        self.ring
     }
 }

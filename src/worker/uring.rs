@@ -226,70 +226,101 @@ pub(super) fn is_interrupted_wait(e: &io::Error) -> bool {
     )
 }
 
-impl Driver for Uring {
+/// What the two io_uring engines differ in: how each queues its own submissions, waits and
+/// handles a completion, and what it cancels to stop. The rest of a turn and of a drain they
+/// share, in the `Driver` impl below.
+pub(super) trait RingEngine: Sized {
+    fn ring(&mut self) -> &mut IoUring;
+    /// The vector completions are gathered in, kept between batches.
+    fn completions(&mut self) -> &mut Vec<cqueue::Entry>;
+    /// The engine's own operations (reads, receives, cancels) awaiting their final completion.
+    fn own_in_flight(&self) -> usize;
+    /// Queues the worker's requests and the engine's own submissions into the ring.
+    fn flush(&mut self, worker: &mut Worker);
+    /// Waits for `want` completions, at most `IDLE_WAIT`, handing queued submissions over.
+    fn wait(&mut self, want: usize) -> io::Result<()>;
+    fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64);
+    /// Queues the cancellation of every read and receive in flight.
+    fn cancel_reads(&mut self);
+    /// The ring, the rest of the engine dropped.
+    fn into_ring(self) -> IoUring;
+}
+
+impl<E: RingEngine> Driver for E {
     fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
         self.flush(worker);
         // Injected completions are ready now: don't sleep waiting for a real one.
         let want = usize::from(worker.requests.injected.is_empty());
         if spinning {
-            get_events(&mut self.ring)?;
+            get_events(self.ring())?;
         } else {
-            wait(&self.ring, want, IDLE_WAIT)?;
+            self.wait(want)?;
         }
-        Ok(self.reap(worker))
+        Ok(reap(self, worker))
     }
 
+    /// Cancels every read and receive and waits for the last completions. False if they did not
+    /// all arrive in time (the caller must then leak the memory).
     fn drain(&mut self, worker: &mut Worker) -> bool {
-        Uring::drain(self, worker)
+        worker.send_batch();
+        worker.stopping = true;
+        self.cancel_reads();
+        begin_drain(worker);
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while self.own_in_flight() + worker.requests.in_flight > 0 && Instant::now() < deadline {
+            self.flush(worker);
+            if self.wait(1).is_err() {
+                break;
+            }
+            reap(self, worker);
+        }
+        self.flush(worker);
+        self.own_in_flight() + worker.requests.in_flight == 0
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        self.own_in_flight()
     }
 
     fn leak(self) {
-        std::mem::forget(self.ring);
+        std::mem::forget(self.into_ring());
     }
 }
 
-impl Uring {
-    /// Gives returned buffers back to the kernel (one publish per ring), then re-arms the
-    /// multishot operations that ended, if they have buffers to use.
-    fn give_back(&mut self, worker: &mut Worker) {
-        let memory = &mut worker.memory;
-        for bid in worker.tun_free.drain(..) {
-            memory.tun_buffers.provide(bid);
-            self.tun_in_kernel += 1;
-        }
-        for bid in worker.udp_free.drain(..) {
-            memory.udp_buffers.provide(bid);
-            self.udp_in_kernel += 1;
-        }
-        memory.tun_buffers.publish();
-        memory.udp_buffers.publish();
-        if worker.stopping {
-            return;
-        }
-        if !self.tun_read_armed && self.tun_in_kernel > 0 {
-            self.tun_read_armed = true;
-            self.in_flight += 1;
-            // Not the registered file: on Linux 6.18 a multishot read fails with EBADFD when
-            // given one.
-            let read = opcode::ReadMulti::new(Fd(worker.tun.as_raw_fd()), 0, TUN_GROUP).build();
-            self.entries
-                .push(read.user_data(Token::new(Op::TunRead, 0).user_data()));
-        }
-        if !self.udp_recv_armed && self.udp_in_kernel > 0 {
-            self.udp_recv_armed = true;
-            self.in_flight += 1;
-            let recv = opcode::RecvMsgMulti::new(UDP_FILE, &*self.recv_msg, UDP_GROUP).build();
-            self.entries
-                .push(recv.user_data(Token::new(Op::UdpRecv, 0).user_data()));
-        }
+/// Handles every available completion, then closes the batch. Returns how many were work: the
+/// idle timer's expiry is not, and must not start a busy-poll spin.
+fn reap<E: RingEngine>(engine: &mut E, worker: &mut Worker) -> usize {
+    let now = worker.now_ns();
+    let mut completions = std::mem::take(engine.completions());
+    completions.clear();
+    completions.extend(engine.ring().completion());
+    for cqe in &completions {
+        engine.complete(worker, cqe, now);
+    }
+    let handled = completions
+        .iter()
+        .filter(|c| Token::from_user_data(c.user_data()).is_some_and(|t| t.op != Op::Timer))
+        .count();
+    *engine.completions() = completions;
+    worker.end_batch(now);
+    handled
+}
+
+impl RingEngine for Uring {
+    fn ring(&mut self) -> &mut IoUring {
+        &mut self.ring
     }
 
-    /// Queues the worker's requests and this engine's own submissions into the ring (not yet to
-    /// the kernel: the next wait does that).
+    fn completions(&mut self) -> &mut Vec<cqueue::Entry> {
+        &mut self.completions
+    }
+
+    fn own_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Also gives returned buffers back and re-arms the multishot operations (not yet to the
+    /// kernel: the next wait does that).
     fn flush(&mut self, worker: &mut Worker) {
         self.entries
             .extend(worker.requests.queued.drain(..).map(entry_for));
@@ -299,19 +330,8 @@ impl Uring {
         }
     }
 
-    /// Handles every available completion, then closes the batch. Returns how many there were.
-    fn reap(&mut self, worker: &mut Worker) -> usize {
-        let now = worker.now_ns();
-        let mut completions = std::mem::take(&mut self.completions);
-        completions.clear();
-        completions.extend(self.ring.completion());
-        for cqe in &completions {
-            self.complete(worker, cqe, now);
-        }
-        let handled = completions.len();
-        self.completions = completions;
-        worker.end_batch(now);
-        handled
+    fn wait(&mut self, want: usize) -> io::Result<()> {
+        wait(&self.ring, want, IDLE_WAIT)
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
@@ -364,6 +384,55 @@ impl Uring {
         }
     }
 
+    /// One cancellation for everything in flight.
+    fn cancel_reads(&mut self) {
+        self.in_flight += 1;
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
+        self.entries
+            .push(cancel.user_data(Token::new(Op::Cancel, 0).user_data()));
+    }
+
+    fn into_ring(self) -> IoUring {
+        self.ring
+    }
+}
+
+impl Uring {
+    /// Gives returned buffers back to the kernel (one publish per ring), then re-arms the
+    /// multishot operations that ended, if they have buffers to use.
+    fn give_back(&mut self, worker: &mut Worker) {
+        let memory = &mut worker.memory;
+        for bid in worker.tun_free.drain(..) {
+            memory.tun_buffers.provide(bid);
+            self.tun_in_kernel += 1;
+        }
+        for bid in worker.udp_free.drain(..) {
+            memory.udp_buffers.provide(bid);
+            self.udp_in_kernel += 1;
+        }
+        memory.tun_buffers.publish();
+        memory.udp_buffers.publish();
+        if worker.stopping {
+            return;
+        }
+        if !self.tun_read_armed && self.tun_in_kernel > 0 {
+            self.tun_read_armed = true;
+            self.in_flight += 1;
+            // Not the registered file: on Linux 6.18 a multishot read fails with EBADFD when
+            // given one.
+            let read = opcode::ReadMulti::new(Fd(worker.tun.as_raw_fd()), 0, TUN_GROUP).build();
+            self.entries
+                .push(read.user_data(Token::new(Op::TunRead, 0).user_data()));
+        }
+        if !self.udp_recv_armed && self.udp_in_kernel > 0 {
+            self.udp_recv_armed = true;
+            self.in_flight += 1;
+            let recv = opcode::RecvMsgMulti::new(UDP_FILE, &*self.recv_msg, UDP_GROUP).build();
+            self.entries
+                .push(recv.user_data(Token::new(Op::UdpRecv, 0).user_data()));
+        }
+    }
+
     /// Finds the parts of a multishot receive: `[io_uring_recvmsg_out][name][control][payload]`.
     fn on_udp_recv(&mut self, worker: &mut Worker, bid: u16, len: usize, now_ns: u64) {
         let base = worker.memory.udp_buffers.buffer_ptr(bid) as usize;
@@ -387,28 +456,6 @@ impl Uring {
             control_truncated: message.is_control_data_truncated(),
         };
         worker.on_udp_recv(bid, received, now_ns);
-    }
-
-    /// Cancels everything in flight and waits for the last completions. False if they did not
-    /// all arrive in time (the caller must then leak the memory).
-    fn drain(&mut self, worker: &mut Worker) -> bool {
-        worker.send_batch();
-        worker.stopping = true;
-        self.in_flight += 1;
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
-        self.entries
-            .push(cancel.user_data(Token::new(Op::Cancel, 0).user_data()));
-        begin_drain(worker);
-        let deadline = Instant::now() + DRAIN_DEADLINE;
-        while self.in_flight + worker.requests.in_flight > 0 && Instant::now() < deadline {
-            self.flush(worker);
-            if wait(&self.ring, 1, IDLE_WAIT).is_err() {
-                break;
-            }
-            self.reap(worker);
-        }
-        self.flush(worker);
-        self.in_flight + worker.requests.in_flight == 0
     }
 }
 
