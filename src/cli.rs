@@ -27,6 +27,10 @@ pub const OVERHEAD_V4: u32 = 20 + 8;
 pub const OVERHEAD_V6: u32 = 40 + 8;
 const UNDERLAY_MTU: u32 = 1500;
 
+/// The path MTU below which only an acknowledged size is used, unless `--pmtu-floor` says
+/// otherwise: IPv6's minimum link MTU, which an IPv4 path is as likely to carry.
+pub const DEFAULT_PMTU_FLOOR: u32 = 1280;
+
 /// The longest `--busy-poll`: 10 ms of spinning after each burst is already most of a core.
 const MAX_BUSY_POLL_US: u64 = 10_000;
 
@@ -151,6 +155,18 @@ pub struct Args {
     #[arg(long)]
     pub no_ecn: bool,
 
+    /// Below this path MTU (outer headers included, 552 or more; 1280 or more to an IPv6 peer),
+    /// tunfwd works only to sizes the peer relay acknowledged: an ICMP message that claims a
+    /// smaller path is a hint, confirmed by probing before it is believed. [default: 1280, or
+    /// the MTU plus the outer headers if that is smaller]
+    #[arg(long, value_name = "BYTES")]
+    pub pmtu_floor: Option<u32>,
+
+    /// With a HOSTNAME in --peer: look the name up again every SECS seconds, and follow the peer
+    /// to a new address (logged). 0 looks it up once, at startup.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub peer_refresh: u64,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address and a port, e.g.
     /// 127.0.0.1:9101). Bound at startup; counters are at most a second old.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -235,6 +251,12 @@ pub struct Config {
     pub offloads: OffloadSwitches,
     /// How the outer TOS / traffic class is made (`--tos`, `--no-ecn`).
     pub marking: Marking,
+    /// The path MTU floor (`--pmtu-floor`), outer headers included.
+    pub pmtu_floor: u32,
+    /// The peer's hostname and port, when `--peer` named one, and how often to look it up again
+    /// (`None`: never).
+    pub peer_name: Option<(String, u16)>,
+    pub peer_refresh: Option<std::time::Duration>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// The user to switch to after setup.
@@ -260,6 +282,18 @@ fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         option,
         problem: problem.into(),
+    }
+}
+
+/// The address to use of those a peer's name resolved to: one of the family `of` (the socket's,
+/// once it exists), or the first IPv4 one, else the first, when there is no socket yet.
+pub fn pick_peer(found: &[SocketAddr], of: Option<SocketAddr>) -> Option<SocketAddr> {
+    match of {
+        Some(current) => found
+            .iter()
+            .find(|a| a.is_ipv4() == current.is_ipv4())
+            .copied(),
+        None => found.iter().find(|a| a.is_ipv4()).or(found.first()).copied(),
     }
 }
 
@@ -514,18 +548,16 @@ impl Args {
         resolve: impl Fn(&str, u16) -> Result<Vec<SocketAddr>, String>,
         accounts: &impl Accounts,
     ) -> Result<Config, ConfigError> {
+        let mut peer_name = None;
         let peer = match parse_peer(&self.peer)? {
             PeerSpec::Address(address) => address,
             PeerSpec::Name { host, port } => {
                 let found = resolve(&host, port)
                     .map_err(|why| bad("--peer", format!("cannot resolve '{host}': {why}")))?;
                 // Prefer IPv4, as the default MTU and the examples do; any address will work.
-                found
-                    .iter()
-                    .find(|a| a.is_ipv4())
-                    .or(found.first())
-                    .copied()
-                    .ok_or_else(|| bad("--peer", format!("'{host}' has no addresses")))?
+                let chosen = pick_peer(&found, None).ok_or_else(|| bad("--peer", format!("'{host}' has no addresses")))?;
+                peer_name = Some((host, port));
+                chosen
             }
         };
         if peer.port() == 0 {
@@ -668,6 +700,27 @@ impl Args {
             ));
         }
 
+        let smallest = if peer.is_ipv4() { 552 } else { 1280 };
+        let largest = mtu + overhead;
+        let pmtu_floor = self
+            .pmtu_floor
+            .unwrap_or(DEFAULT_PMTU_FLOOR.min(largest).max(smallest));
+        if !(smallest..=largest.max(smallest)).contains(&pmtu_floor) {
+            return Err(bad(
+                "--pmtu-floor",
+                format!(
+                    "{pmtu_floor} is not between {smallest} and {largest} (the MTU plus the \
+                     outer headers)"
+                ),
+            ));
+        }
+        if self.peer_refresh > 86_400 {
+            return Err(bad(
+                "--peer-refresh",
+                format!("{} is not between 0 and 86400 seconds", self.peer_refresh),
+            ));
+        }
+
         let dscp = self
             .tos
             .as_deref()
@@ -711,6 +764,10 @@ impl Args {
                 dscp,
                 ecn: !self.no_ecn,
             },
+            pmtu_floor,
+            peer_refresh: (peer_name.is_some() && self.peer_refresh > 0)
+                .then(|| std::time::Duration::from_secs(self.peer_refresh)),
+            peer_name,
             metrics,
             run_as,
         })

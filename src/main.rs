@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use tunfwd::cli::{Account, Accounts, Args, Config};
 use tunfwd::metrics::{self, Published};
 use tunfwd::notify::{self, Notifier};
+use tunfwd::offload::icmp::SharedBucket;
 use tunfwd::offload::split;
+use tunfwd::relay::plpmtud::{Limits, SharedPath};
+use tunfwd::wire::control;
 use tunfwd::stats::{Report, WorkerStats};
 use tunfwd::sys::{self, link, privileges, signal::Signals, socket, tun};
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
@@ -74,6 +77,10 @@ impl Accounts for SystemAccounts {
     }
 }
 
+/// How long a starting relay waits for a killed one's device and sockets to be released by the
+/// kernel (tens of ms here; see `sys::owner`), before it gives up and says what is left.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
 /// How fresh `--metrics` keeps the counters: workers send a snapshot at least this often.
 const METRICS_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -91,6 +98,16 @@ fn snapshot_interval(print: Duration, metrics: bool) -> Duration {
 fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     // Before any thread exists, so that every worker inherits the blocked mask.
     let signals = Signals::block()?;
+    // The device and the port are this relay's alone: a second relay on either exits naming the
+    // first, and a restart waits (at most `CLAIM_WAIT`) for a killed relay's leftovers to go
+    // rather than join its reuseport group or its queues. Held until exit.
+    let ownership = sys::owner::claim(&config.device_name, config.listen, CLAIM_WAIT)?;
+    if !ownership.waited().is_zero() {
+        eprintln!(
+            "tunfwd: waited {:.0?} for the previous relay's device and sockets to go",
+            ownership.waited()
+        );
+    }
     // Bound first: a bad address is one clear message before any device exists, and binding
     // happens while still privileged (a port below 1024 with --user).
     let metrics_listener = match config.metrics {
@@ -182,12 +199,41 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             Err(e) => eprintln!("tunfwd: warning: {e}"),
         }
     }
-    if config.queues > 1 {
-        socket::attach_reuseport_program(
-            &sockets[0],
-            &steer::reuseport_program(config.queues as u32),
-        )?;
+    // After every worker's socket, so that they come first in the reuseport group and the
+    // steering program never picks one of these (see `socket::fragmenting_socket`).
+    let mut fragmenting: Vec<Option<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
+    for queue in 0..config.queues {
+        fragmenting.push(
+            socket::fragmenting_socket(listen, config.socket_buffer)
+                .inspect_err(|e| {
+                    eprintln!(
+                        "tunfwd: queue {queue}: no socket for outer fragmentation ({e}); inner \
+                         packets that would need it are dropped as too_big"
+                    )
+                })
+                .ok(),
+        );
     }
+    // Always: with one queue too, the group has the fragmenting socket in it, which the
+    // kernel's own reuseport hash could pick.
+    socket::attach_reuseport_program(
+        &sockets[0],
+        &steer::reuseport_program(config.queues as u32),
+    )?;
+    let family = socket::OuterFamily::of(config.peer);
+    let largest = config.mtu as usize + family.overhead();
+    let shared_path = Arc::new(SharedPath::new(largest));
+    let limits = Limits {
+        largest,
+        floor: config.pmtu_floor as usize,
+        smallest: family.smallest_path_mtu(),
+        hello: family.overhead() + control::HEADER_LEN,
+    };
+    let reply_budget = Arc::new(SharedBucket::new(
+        Instant::now(),
+        worker::REPLIES_PER_SECOND,
+        worker::REPLY_BURST,
+    ));
 
     let stop = Arc::new(AtomicBool::new(false));
     let print_interval = Duration::from_secs(config.stats_interval_secs);
@@ -195,7 +241,8 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     let (snapshot_tx, snapshot_rx) = mpsc::channel::<WorkerStats>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(config.queues);
-    for (queue, (tun, socket)) in tun_fds.into_iter().zip(sockets).enumerate() {
+    let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
+    for (queue, ((tun, socket), fragmenting)) in queues.enumerate() {
         let worker_config = WorkerConfig {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
@@ -203,7 +250,12 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             busy_poll: config.busy_poll,
             tun,
             socket,
+            fragmenting,
             peer: config.peer,
+            shared_path: shared_path.clone(),
+            // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
+            path_machine: (queue == 0).then_some(limits),
+            reply_budget: reply_budget.clone(),
             mtu: config.mtu,
             ring_depth: config.ring_depth,
             buffer_memory: config.buffer_memory,

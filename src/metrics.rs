@@ -17,17 +17,27 @@
 //! dependency, in about as many lines as the glue to those crates would take.
 //! A real parser (the `prometheus-parse` crate, a dev-dependency) checks its output in the tests.
 //!
-//! The server is deliberately minimal: one thread, one connection at a time, read and write
-//! timeouts, a bounded request head, `Connection: close`. That is what a Prometheus server scraping
-//! every few seconds needs, and it cannot be made to allocate without bound.
+//! The server is deliberately small, and bounded whatever its clients do: one thread, non-blocking
+//! sockets and `poll(2)` over the listener and every open connection. Each connection has
+//! [`REQUEST_DEADLINE`] (2 s) from its accept to the last byte of its answer, however slowly it
+//! sends its request or reads the answer, and is closed when that passes; the request head is
+//! capped at [`MAX_REQUEST_HEAD`] (8 KiB); at most [`MAX_CONNECTIONS`] (64) are open at once, and
+//! one more evicts the connection nearest its deadline (the oldest, as every deadline is as
+//! long); every response says `Connection: close`. A Prometheus scrape's request arrives whole
+//! within a round trip and is answered in the poll turn it arrives in, so slow clients, even a
+//! table full of them, cost it at most a turn. Memory is bounded by the table: 64 heads or
+//! answers. The decisions (what a connection waits for, when it expires, whom to evict) are a
+//! pure table, `Connections`, tested on fake time without a socket; the thread around it only
+//! turns them into system calls.
 
-use crate::stats::{Counters, Direction, DropReason, PathStats, Report};
+use crate::stats::{Counters, Direction, DropReason, Listed, PathStats, Report, WorkerStats};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `Content-Type` of the text exposition format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,134 +65,6 @@ pub const LATENCY_BUCKETS_NS: [u64; 19] = [
     500_000_000,
     1_000_000_000,
 ];
-
-/// One per-queue counter family: its name without prefix and suffix, its help, and its value.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    value: u64,
-}
-
-/// Every `Counters` field but `drops`, which has its own family with a `reason` label. The
-/// destructuring names every field, so a field added to `Counters` does not compile here until it
-/// is exported (or explicitly skipped).
-fn families(c: &Counters) -> [Family; 18] {
-    let Counters {
-        tun_rx_packets,
-        tun_rx_bytes,
-        udp_tx_packets,
-        udp_tx_bytes,
-        udp_rx_packets,
-        udp_rx_bytes,
-        tun_tx_packets,
-        tun_tx_bytes,
-        drops: _,
-        icmp_errors,
-        buffer_stalls,
-        gso_sends,
-        gro_receives,
-        coalesced_writes,
-        coalesce_fallbacks,
-        gso_fallbacks,
-        control_truncated,
-        multishot_restarts,
-        udp_socket_drops,
-    } = *c;
-    let f = |name, help, value| Family { name, help, value };
-    [
-        f(
-            "tun_rx_packets",
-            "IP packets read from the TUN queue (a super-packet counts as its segments).",
-            tun_rx_packets,
-        ),
-        f(
-            "tun_rx_bytes",
-            "Bytes read from the TUN queue.",
-            tun_rx_bytes,
-        ),
-        f(
-            "udp_tx_packets",
-            "Datagrams sent to the peer.",
-            udp_tx_packets,
-        ),
-        f(
-            "udp_tx_bytes",
-            "UDP payload bytes sent to the peer.",
-            udp_tx_bytes,
-        ),
-        f(
-            "udp_rx_packets",
-            "Valid datagrams received from the peer.",
-            udp_rx_packets,
-        ),
-        f(
-            "udp_rx_bytes",
-            "UDP payload bytes received from the peer.",
-            udp_rx_bytes,
-        ),
-        f(
-            "tun_tx_packets",
-            "IP packets written to the TUN queue (a merged super-packet counts as its segments).",
-            tun_tx_packets,
-        ),
-        f(
-            "tun_tx_bytes",
-            "Bytes written to the TUN queue.",
-            tun_tx_bytes,
-        ),
-        f(
-            "icmp_errors",
-            "ICMP errors about the peer that the socket reported.",
-            icmp_errors,
-        ),
-        f(
-            "buffer_stalls",
-            "Multishot receives that stopped because every buffer was in use.",
-            buffer_stalls,
-        ),
-        f(
-            "gso_sends",
-            "UDP sends that carried more than one datagram (UDP_SEGMENT).",
-            gso_sends,
-        ),
-        f(
-            "gro_receives",
-            "UDP receives that delivered more than one datagram (UDP_GRO).",
-            gro_receives,
-        ),
-        f(
-            "coalesced_writes",
-            "TUN writes of a merged super-packet.",
-            coalesced_writes,
-        ),
-        f(
-            "coalesce_fallbacks",
-            "Merged TUN writes the kernel refused, redone segment by segment.",
-            coalesce_fallbacks,
-        ),
-        f(
-            "gso_fallbacks",
-            "GSO sends the kernel refused, redone datagram by datagram.",
-            gso_fallbacks,
-        ),
-        f(
-            "control_truncated",
-            "Receives whose control data came back cut (MSG_CTRUNC).",
-            control_truncated,
-        ),
-        f(
-            "multishot_restarts",
-            "Times the kernel ended a multishot read or receive and it was armed again.",
-            multishot_restarts,
-        ),
-        f(
-            "udp_socket_drops",
-            "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before \
-             tunfwd read them (under UDP GRO one buffer may hold several datagrams).",
-            udp_socket_drops,
-        ),
-    ]
-}
 
 /// Writes `ns` as decimal seconds, exactly: 2500 is `0.0000025`, 1e9 is `1`.
 fn seconds(ns: u64) -> String {
@@ -227,6 +109,27 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One counter family per listed counter, `tunfwd_<name>_total{queue}`, with its help.
+fn counter_families(
+    out: &mut String,
+    report: &Report,
+    listed: impl Fn(&WorkerStats) -> (Vec<u64>, &'static [&'static str], &'static [&'static str]),
+) {
+    let rows: Vec<(usize, Vec<u64>)> = report
+        .queues
+        .iter()
+        .map(|q| (q.queue, listed(q).0))
+        .collect();
+    let (_, names, help) = listed(&WorkerStats::new(0));
+    for (i, (name, help)) in names.iter().zip(help).enumerate() {
+        let family = format!("tunfwd_{name}_total");
+        header(out, &family, "counter", help);
+        for (queue, values) in &rows {
+            let _ = writeln!(out, "{family}{{queue=\"{queue}\"}} {}", values[i]);
+        }
+    }
+}
+
 /// Renders `report` in the Prometheus text exposition format, version 0.0.4. Every family has
 /// `# HELP` and `# TYPE`; every drop reason appears for every queue, zeros included, so a rate
 /// over it never starts from a missing series.
@@ -251,55 +154,14 @@ pub fn render(report: &Report) -> String {
         report.elapsed.as_secs_f64()
     );
 
-    let rows: Vec<(usize, [Family; 18])> = report
-        .queues
-        .iter()
-        .map(|q| (q.queue, families(&q.counters)))
-        .collect();
-    for (i, meta) in families(&Counters::default()).iter().enumerate() {
-        let name = format!("tunfwd_{}_total", meta.name);
-        header(&mut out, &name, "counter", meta.help);
-        for (queue, values) in &rows {
-            let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {}", values[i].value);
-        }
-    }
-
-    // ECN and the path MTU, per queue (`PathStats`; destructured so a new field must be exported).
-    let PathStats {
-        ecn_ce_marked: _,
-        too_big_replies: _,
-        fragmented_sends: _,
-        path_mtu_learned_from_errors: _,
-        path_mtu: _,
-    } = PathStats::default();
-    let path_counters: [(&str, &str, fn(&PathStats) -> u64); 4] = [
-        (
-            "tunfwd_ecn_ce_marked_total",
-            "Inner packets marked CE on decapsulation because the outer header was (RFC 6040).",
-            |p| p.ecn_ce_marked,
-        ),
-        (
-            "tunfwd_too_big_replies_total",
-            "ICMP fragmentation-needed / packet-too-big errors sent to inner senders.",
-            |p| p.too_big_replies,
-        ),
-        (
-            "tunfwd_fragmented_sends_total",
-            "Inner packets too big for the path sent for the outer IP layer to fragment.",
-            |p| p.fragmented_sends,
-        ),
-        (
-            "tunfwd_path_mtu_learned_from_errors_total",
-            "Path MTU changes learned from a refused send or an error-queue report.",
-            |p| p.path_mtu_learned_from_errors,
-        ),
-    ];
-    for (name, help, value) in path_counters {
-        header(&mut out, name, "counter", help);
-        for q in &report.queues {
-            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, value(&q.path));
-        }
-    }
+    // Every listed counter of `Counters` and `PathStats` (`stats::counters!`), per queue. The
+    // kernel's UDP socket drops are one of them; `drops` has its own family, with a reason.
+    counter_families(&mut out, report, |q| {
+        (q.counters.values(), Counters::NAMES, Counters::HELP)
+    });
+    counter_families(&mut out, report, |q| {
+        (q.path.values(), PathStats::NAMES, PathStats::HELP)
+    });
     header(
         &mut out,
         "tunfwd_path_mtu_bytes",
@@ -409,8 +271,12 @@ impl Published {
 
 /// The largest request head read; Prometheus sends a few hundred bytes.
 pub const MAX_REQUEST_HEAD: usize = 8 << 10;
-/// How long one client may take to send its request or to read the answer.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may take, from its accept to the last byte of its answer, whatever the
+/// client does. A scrape's request arrives within a round trip and its answer is one write; a
+/// client still unanswered after 2 s is either gone or holding the slot on purpose.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How many connections may be open at once; one more evicts the one nearest its deadline.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What a request gets, decided from its head alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,49 +359,384 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(address)
 }
 
-/// Serves `published` on `listener` from a thread of its own, one connection at a time, for the
-/// rest of the process's life.
+/// Serves `published` on `listener` from a thread of its own, for the rest of the process's life,
+/// within [`REQUEST_DEADLINE`] per connection and [`MAX_CONNECTIONS`] at once.
 pub fn spawn_server(listener: TcpListener, published: Arc<Published>) -> io::Result<()> {
+    spawn_with(listener, published, LIMITS)
+}
+
+fn spawn_with(listener: TcpListener, published: Arc<Published>, limits: Limits) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("tunfwd-metrics".to_string())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    // A client that misbehaves gets a closed connection; the next one is served.
-                    Ok(stream) => {
-                        let _ = serve(stream, &published);
-                    }
-                    // Out of fds, say: don't spin.
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                }
-            }
-        })
+        .spawn(move || serve(&listener, &published, limits))
         .map(drop)
 }
 
-/// Reads one request head, answers it and closes the connection.
-fn serve(mut stream: TcpStream, published: &Published) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let route = loop {
-        if let Some(end) = head_end(&head) {
-            break route(&head[..end]);
+/// The server's bounds, gathered so that tests can shrink them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    /// From accept to the last byte of the answer.
+    deadline: Duration,
+    /// Connections open at once.
+    connections: usize,
+}
+
+const LIMITS: Limits = Limits {
+    deadline: REQUEST_DEADLINE,
+    connections: MAX_CONNECTIONS,
+};
+
+/// What a connection waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// More of its request head.
+    Read,
+    /// Room in its socket for the rest of the answer.
+    Write,
+    /// Nothing: answered, or nobody left to answer. Close it.
+    Close,
+}
+
+/// One connection's exchange, without its socket: the request head read so far, then the answer
+/// and how much of it has been sent. PURE.
+#[derive(Debug)]
+enum Exchange {
+    Head(Vec<u8>),
+    Answer { bytes: Vec<u8>, sent: usize },
+}
+
+impl Exchange {
+    fn next(&self) -> Next {
+        match self {
+            Exchange::Head(_) => Next::Read,
+            Exchange::Answer { bytes, sent } if *sent < bytes.len() => Next::Write,
+            Exchange::Answer { .. } => Next::Close,
         }
-        if head.len() >= MAX_REQUEST_HEAD {
-            break Route::HeadTooLarge;
+    }
+
+    /// Takes bytes of the request. Once the head is whole, or [`MAX_REQUEST_HEAD`] long without
+    /// its end, the answer is built (`render` is called for a scrape only); bytes after the head
+    /// are ignored, and so are bytes once the answer is being sent.
+    fn receive(&mut self, bytes: &[u8], render: impl FnOnce() -> String) -> Next {
+        let Exchange::Head(head) = self else {
+            return self.next();
+        };
+        let scanned = head.len();
+        let room = MAX_REQUEST_HEAD - scanned;
+        head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        // No end lay wholly in what was scanned before, so look again only from 3 bytes back
+        // (the longest end, CRLF CRLF, is 4): a head trickled a byte at a time costs linear time.
+        let from = scanned.saturating_sub(3);
+        let route = match head_end(&head[from..]) {
+            Some(end) => route(&head[..from + end]),
+            None if head.len() >= MAX_REQUEST_HEAD => Route::HeadTooLarge,
+            None => return Next::Read,
+        };
+        *self = Exchange::Answer {
+            bytes: response(route, render),
+            sent: 0,
+        };
+        self.next()
+    }
+
+    /// What is left of the answer to send; empty while the head is still being read.
+    fn unsent(&self) -> &[u8] {
+        match self {
+            Exchange::Head(_) => &[],
+            Exchange::Answer { bytes, sent } => &bytes[*sent..],
         }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            // The client went away before finishing its request: nobody to answer.
-            return Ok(());
+    }
+
+    /// Counts `n` more bytes of the answer as sent.
+    fn sent(&mut self, n: usize) -> Next {
+        if let Exchange::Answer { bytes, sent } = self {
+            *sent = (*sent + n).min(bytes.len());
         }
-        head.extend_from_slice(&chunk[..n]);
+        self.next()
+    }
+}
+
+#[derive(Debug)]
+struct Connection<C> {
+    io: C,
+    deadline: Instant,
+    exchange: Exchange,
+}
+
+/// The open connections, each with its deadline, in a fixed number of slots. PURE: the I/O
+/// handle `C` is only carried (a `TcpStream` in the server, a name in the tests), and time is
+/// whatever `now` the caller passes in.
+///
+/// When every slot is taken, a new connection evicts the one nearest its deadline, which, since
+/// every connection gets the same deadline at its accept, is the oldest. The alternatives are
+/// worse under a flood of slow clients: refusing the newcomer locks a scraper out for as long as
+/// the flood lasts, and evicting at random may take a scraper that is mid-answer. With the oldest
+/// going first, a flood that opens `r` connections a second still leaves each newcomer
+/// `MAX_CONNECTIONS / r` seconds, and a scrape needs one round trip.
+struct Connections<C> {
+    limits: Limits,
+    slots: Vec<Option<Connection<C>>>,
+}
+
+impl<C> Connections<C> {
+    fn new(limits: Limits) -> Connections<C> {
+        Connections {
+            limits,
+            slots: (0..limits.connections.max(1)).map(|_| None).collect(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Takes a connection accepted at `now` into a free slot or, the table being full, into the
+    /// slot of the connection nearest its deadline, which is handed back to be closed. Returns
+    /// the slot.
+    fn admit(&mut self, io: C, now: Instant) -> (usize, Option<C>) {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => self.nearest_deadline().unwrap_or(0),
+        };
+        let connection = Connection {
+            io,
+            deadline: now + self.limits.deadline,
+            exchange: Exchange::Head(Vec::new()),
+        };
+        (slot, self.slots[slot].replace(connection).map(|c| c.io))
+    }
+
+    fn nearest_deadline(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| Some((slot, c.as_ref()?.deadline)))
+            .min_by_key(|&(_, deadline)| deadline)
+            .map(|(slot, _)| slot)
+    }
+
+    /// Removes every connection whose deadline has come, whatever it was doing, and hands them
+    /// back to be closed.
+    fn expire(&mut self, now: Instant) -> Vec<C> {
+        let mut expired = Vec::new();
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|c| c.deadline <= now) {
+                expired.extend(slot.take().map(|c| c.io));
+            }
+        }
+        expired
+    }
+
+    /// When the next connection's deadline comes, if any is open.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots.iter().flatten().map(|c| c.deadline).min()
+    }
+
+    /// The open connections: slot, handle, and what each waits for.
+    fn open(&self) -> impl Iterator<Item = (usize, &C, Next)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| c.as_ref().map(|c| (slot, &c.io, c.exchange.next())))
+    }
+
+    fn get(&self, slot: usize) -> Option<(&C, Next)> {
+        let c = self.slots.get(slot)?.as_ref()?;
+        Some((&c.io, c.exchange.next()))
+    }
+
+    /// Bytes of the request arrived on `slot`; see [`Exchange::receive`].
+    fn receive(&mut self, slot: usize, bytes: &[u8], render: impl FnOnce() -> String) -> Next {
+        match self.slots.get_mut(slot) {
+            Some(Some(c)) => c.exchange.receive(bytes, render),
+            _ => Next::Close,
+        }
+    }
+
+    fn unsent(&self, slot: usize) -> &[u8] {
+        match self.slots.get(slot) {
+            Some(Some(c)) => c.exchange.unsent(),
+            _ => &[],
+        }
+    }
+
+    fn sent(&mut self, slot: usize, n: usize) -> Next {
+        match self.slots.get_mut(slot) {
+            Some(Some(c)) => c.exchange.sent(n),
+            _ => Next::Close,
+        }
+    }
+
+    /// Removes the connection in `slot` and hands it back to be closed.
+    fn close(&mut self, slot: usize) -> Option<C> {
+        self.slots.get_mut(slot)?.take().map(|c| c.io)
+    }
+}
+
+/// How long to wait after poll(2) failed, or to stop accepting after accept(2) failed for want of
+/// fds or memory (the connection stays in the listen queue and the listener stays readable, so
+/// accepting again at once would spin).
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most reads and writes made on one connection per readiness. A whole head is at most 9
+/// reads of 1 KiB and an answer usually one write, so this only keeps a connection that moves
+/// bytes as fast as they are taken from holding the thread; poll(2) reports it again.
+const PASSES_PER_TURN: usize = 32;
+
+/// The server loop: poll(2) over the listener and every open connection, until the process ends.
+fn serve(listener: &TcpListener, published: &Published, limits: Limits) -> ! {
+    let mut connections: Connections<TcpStream> = Connections::new(limits);
+    // `fds[0]` is the listener; `fds[i + 1]` is the connection in slot `polled[i]`.
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(connections.capacity() + 1);
+    let mut polled: Vec<usize> = Vec::with_capacity(connections.capacity());
+    let mut accept_paused_until: Option<Instant> = None;
+    let pollfd = |fd, events| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
     };
-    let answer = response(route, || render(&published.latest()));
-    stream.write_all(&answer)?;
-    stream.flush()
+    loop {
+        let now = Instant::now();
+        // Dropping a stream closes it.
+        drop(connections.expire(now));
+        accept_paused_until = accept_paused_until.filter(|&until| until > now);
+        fds.clear();
+        polled.clear();
+        // poll(2): a negative fd is ignored, which is how the listener sits out a pause.
+        let listening = accept_paused_until.map_or(listener.as_raw_fd(), |_| -1);
+        fds.push(pollfd(listening, libc::POLLIN));
+        for (slot, stream, next) in connections.open() {
+            let events = match next {
+                Next::Read => libc::POLLIN,
+                Next::Write => libc::POLLOUT,
+                Next::Close => continue,
+            };
+            fds.push(pollfd(stream.as_raw_fd(), events));
+            polled.push(slot);
+        }
+        let wake = connections
+            .next_deadline()
+            .into_iter()
+            .chain(accept_paused_until)
+            .min();
+        match poll(&mut fds, poll_timeout(now, wake)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // ENOMEM, say: don't spin.
+            Err(_) => {
+                std::thread::sleep(ERROR_PAUSE);
+                continue;
+            }
+        }
+        for (ready, &slot) in fds[1..].iter().zip(&polled) {
+            // POLLERR and POLLHUP count too: the read or write then says what happened.
+            if ready.revents != 0 {
+                advance(&mut connections, slot, published);
+            }
+        }
+        if fds[0].revents != 0 && accept_all(listener, &mut connections, published).is_err() {
+            accept_paused_until = Some(Instant::now() + ERROR_PAUSE);
+        }
+    }
+}
+
+/// Accepts what the listen queue holds, at most a table's worth at a time (more would only evict
+/// the ones just accepted). An error is one that pausing may cure (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM).
+fn accept_all(
+    listener: &TcpListener,
+    connections: &mut Connections<TcpStream>,
+    published: &Published,
+) -> io::Result<()> {
+    for _ in 0..connections.capacity() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                // accept(2): on Linux the new socket does not inherit O_NONBLOCK from the
+                // listener. One that cannot be made non-blocking is dropped, so closed.
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let (slot, evicted) = connections.admit(stream, Instant::now());
+                drop(evicted);
+                // A request already waiting is answered now, not a poll turn later.
+                advance(connections, slot, published);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            // A signal, or a client that gave up before it was accepted (ECONNABORTED).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Moves the connection in `slot` on as far as its socket allows without blocking: reads its
+/// head, builds the answer and writes it. Closes it once answered, or when the client has gone
+/// away or its socket failed (nobody left to answer).
+fn advance(connections: &mut Connections<TcpStream>, slot: usize, published: &Published) {
+    let mut chunk = [0u8; 1024];
+    for _ in 0..PASSES_PER_TURN {
+        let Some((stream, next)) = connections.get(slot) else {
+            return;
+        };
+        // `Read` and `Write` are implemented for `&TcpStream`, so the stream stays in the table.
+        let step = match next {
+            Next::Read => match (&*stream).read(&mut chunk) {
+                // The client went away before finishing its request.
+                Ok(0) => Ok(Next::Close),
+                Ok(n) => Ok(connections.receive(slot, &chunk[..n], || render(&published.latest()))),
+                Err(e) => Err(e),
+            },
+            Next::Write => match (&*stream).write(connections.unsent(slot)) {
+                Ok(0) => Ok(Next::Close),
+                Ok(n) => Ok(connections.sent(slot, n)),
+                Err(e) => Err(e),
+            },
+            Next::Close => Ok(Next::Close),
+        };
+        match step {
+            Ok(Next::Read | Next::Write) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Next::Close) | Err(_) => {
+                drop(connections.close(slot));
+                return;
+            }
+        }
+    }
+}
+
+/// The poll(2) timeout until `wake`, in whole milliseconds rounded up, so that the loop does not
+/// wake just before a deadline and spin until it; -1, no timeout, without one.
+fn poll_timeout(now: Instant, wake: Option<Instant>) -> libc::c_int {
+    wake.map_or(-1, |at| {
+        let ms = at
+            .saturating_duration_since(now)
+            .as_nanos()
+            .div_ceil(1_000_000);
+        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    })
+}
+
+/// poll(2) over `fds`; returns how many have events.
+///
+/// The one `unsafe` outside `sys`, `ring` and `worker`: nix wraps poll(2) safely, but only with
+/// its `poll` feature, which this crate does not enable (it is a one-word change to Cargo.toml,
+/// after which this function becomes `nix::poll::poll`). No new crate: mio or polling would bring
+/// a reactor for what is one system call over a table of at most 65 fds.
+#[allow(unsafe_code)]
+fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    let count = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `fds` is an exclusively borrowed slice of `count` initialised `pollfd`s, valid for
+    // the whole call; poll(2) reads their `fd` and `events` and writes only their `revents`.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
+    usize::try_from(ready).map_err(|_| io::Error::last_os_error())
 }
 
 /// Where the request head ends: after the first empty line (RFC 9112 section 2.2 allows a bare
@@ -565,7 +766,7 @@ mod tests {
         q0.counters.multishot_restarts = 2;
         q0.path.path_mtu = 1280;
         q0.path.ecn_ce_marked = 3;
-        q0.path.path_mtu_learned_from_errors = 2;
+        q0.path.pmtu_lowered = 2;
         q0.counters.drop_n(DropReason::ForeignSource, 4);
         for ns in [800, 1_000, 1_001, 2_400, 30_000, 2_000_000_000] {
             q0.record_latency(Direction::TunToUdp, ns);
@@ -636,10 +837,7 @@ mod tests {
             Some("3")
         );
         assert_eq!(
-            sample(
-                &text,
-                "tunfwd_path_mtu_learned_from_errors_total{queue=\"0\"}"
-            ),
+            sample(&text, "tunfwd_pmtu_lowered_total{queue=\"0\"}"),
             Some("2")
         );
         assert_eq!(sample(&text, "tunfwd_uptime_seconds"), Some("2.5"));
@@ -654,8 +852,8 @@ mod tests {
             !unknown.contains("tunfwd_tun_queue_drops_total"),
             "an unknown count is left out, not given as 0"
         );
-        for family in families(&Counters::default()) {
-            let name = format!("tunfwd_{}_total", family.name);
+        for listed in Counters::NAMES.iter().chain(PathStats::NAMES) {
+            let name = format!("tunfwd_{listed}_total");
             assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
             for queue in 0..2 {
                 assert!(
@@ -880,5 +1078,189 @@ mod tests {
         );
         // Still serving after all that.
         assert!(ask(b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+
+    const SMALL: Limits = Limits {
+        deadline: Duration::from_secs(2),
+        connections: 3,
+    };
+
+    fn no_render() -> String {
+        unreachable!("nothing to render yet")
+    }
+
+    #[test]
+    fn a_trickling_connection_is_closed_at_its_deadline() {
+        let mut table = Connections::new(SMALL);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let (trickler, _) = table.admit("trickler", at(0));
+        let (slow_reader, _) = table.admit("slow reader", at(500));
+        assert_eq!(table.next_deadline(), Some(at(2000)));
+        // A byte every 100 ms of a head that never ends: more is always wanted, and nothing
+        // but the deadline ends it.
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        for i in 0..20 {
+            assert!(table.expire(at(100 * i)).is_empty(), "{i}");
+            let byte = head.get(i as usize).copied().unwrap_or(b'a');
+            assert_eq!(table.receive(trickler, &[byte], no_render), Next::Read);
+        }
+        // The other asked properly but takes its answer a byte at a time.
+        let whole = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let render = || "a 1\n".to_string();
+        assert_eq!(table.receive(slow_reader, whole, render), Next::Write);
+        assert_eq!(table.sent(slow_reader, 1), Next::Write);
+        assert_eq!(table.expire(at(1999)), Vec::<&str>::new());
+        assert_eq!(table.expire(at(2000)), vec!["trickler"]);
+        assert!(table.get(trickler).is_none());
+        assert_eq!(table.next_deadline(), Some(at(2500)));
+        assert_eq!(table.sent(slow_reader, 1), Next::Write);
+        assert_eq!(table.expire(at(2600)), vec!["slow reader"]);
+        assert_eq!(table.next_deadline(), None);
+        assert_eq!(table.open().count(), 0);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_connection_nearest_its_deadline() {
+        let mut table = Connections::new(SMALL);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let (first, evicted) = table.admit(1, at(0));
+        assert_eq!(evicted, None);
+        let (second, _) = table.admit(2, at(10));
+        assert_eq!(table.admit(3, at(20)).1, None);
+        assert_eq!(table.open().count(), 3);
+        // The oldest, so the nearest its deadline, makes room, and the newcomer starts afresh.
+        assert_eq!(table.admit(4, at(30)), (first, Some(1)));
+        assert_eq!(table.get(first), Some((&4, Next::Read)));
+        assert_eq!(table.next_deadline(), Some(at(2010)));
+        // Past its deadline but not yet expired, it goes first all the same.
+        assert_eq!(table.admit(5, at(5000)), (second, Some(2)));
+        assert_eq!(table.open().count(), 3);
+        // A slot freed by closing is taken before anyone is evicted.
+        assert_eq!(table.close(first), Some(4));
+        assert_eq!(table.admit(6, at(5001)), (first, None));
+        let mut open: Vec<i32> = table.open().map(|(_, id, _)| *id).collect();
+        open.sort();
+        assert_eq!(open, [3, 5, 6]);
+    }
+
+    #[test]
+    fn a_complete_request_gets_an_answer() {
+        let mut table = Connections::new(SMALL);
+        let now = Instant::now();
+        let (slot, _) = table.admit((), now);
+        assert_eq!(table.receive(slot, b"GET /metr", no_render), Next::Read);
+        assert_eq!(table.unsent(slot), b"");
+        assert_eq!(
+            table.receive(slot, b"ics HTTP/1.1\r\nHost: x\r", no_render),
+            Next::Read
+        );
+        let mut renders = 0;
+        let render = || {
+            renders += 1;
+            "a 1\n".to_string()
+        };
+        assert_eq!(table.receive(slot, b"\n\r\n", render), Next::Write);
+        assert_eq!(renders, 1);
+        let answer = response(Route::Metrics, || "a 1\n".to_string());
+        assert_eq!(table.unsent(slot), answer);
+        // What follows the head is ignored; the answer goes out as the socket takes it.
+        assert_eq!(table.receive(slot, b"more", no_render), Next::Write);
+        assert_eq!(table.sent(slot, 10), Next::Write);
+        assert_eq!(table.unsent(slot), &answer[10..]);
+        assert_eq!(table.sent(slot, answer.len() - 10), Next::Close);
+        assert_eq!(table.close(slot), Some(()));
+
+        // Every route, from a head in one piece; and a head that never ends within the cap.
+        let cases: [(&[u8], &str); 4] = [
+            (b"GET /other HTTP/1.1\n\n", "HTTP/1.1 404 "),
+            (b"PUT /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 "),
+            (b"GET\r\n\r\n", "HTTP/1.1 400 "),
+            (&[b'a'; MAX_REQUEST_HEAD + 100], "HTTP/1.1 431 "),
+        ];
+        for (request, status) in cases {
+            let (slot, _) = table.admit((), now);
+            assert_eq!(table.receive(slot, request, no_render), Next::Write);
+            assert!(
+                table.unsent(slot).starts_with(status.as_bytes()),
+                "{status}"
+            );
+            table.close(slot);
+        }
+        // The cap counts bytes however they arrive, and a head that ends within it is served.
+        let (slot, _) = table.admit((), now);
+        let mut head = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        head.resize(MAX_REQUEST_HEAD - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        for piece in head.chunks(1000) {
+            table.receive(slot, piece, || "a 1\n".to_string());
+        }
+        assert!(table.unsent(slot).starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[test]
+    fn poll_waits_until_the_next_deadline_rounded_up() {
+        let now = Instant::now();
+        assert_eq!(poll_timeout(now, None), -1);
+        assert_eq!(poll_timeout(now, Some(now)), 0);
+        assert_eq!(poll_timeout(now, Some(now - Duration::from_secs(1))), 0);
+        assert_eq!(poll_timeout(now, Some(now + Duration::from_micros(1))), 1);
+        assert_eq!(
+            poll_timeout(now, Some(now + Duration::from_millis(1500))),
+            1500
+        );
+        assert_eq!(
+            poll_timeout(now, Some(now + Duration::from_secs(1 << 40))),
+            libc::c_int::MAX
+        );
+    }
+
+    /// The server on loopback with a small table: when it is full a scrape evicts the oldest
+    /// connection and is answered, and a client that never finishes its head is cut off at its
+    /// deadline, however it keeps sending.
+    #[test]
+    fn slow_clients_are_evicted_and_cut_off_on_loopback() {
+        let limits = Limits {
+            deadline: Duration::from_millis(500),
+            connections: 2,
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        spawn_with(listener, Published::new(report()), limits).unwrap();
+        let started = Instant::now();
+        let slow = |bytes: &[u8]| {
+            let mut s = TcpStream::connect(address).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(bytes).unwrap();
+            // Accepted before the next one.
+            std::thread::sleep(Duration::from_millis(50));
+            s
+        };
+        let mut oldest = slow(b"GET /metrics HTTP/1.1\r\n");
+        let mut trickler = slow(b"G");
+        let mut scrape = TcpStream::connect(address).unwrap();
+        scrape
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        scrape.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let mut byte = [0u8; 1];
+        assert_eq!(oldest.read(&mut byte).unwrap(), 0, "the oldest was closed");
+        assert!(started.elapsed() < limits.deadline, "evicted, not expired");
+        // A byte every 100 ms until the server closes the connection (a write after its FIN
+        // draws a reset, so the second one after it fails at the latest).
+        let mut writes = 0;
+        while trickler.write_all(b"E").is_ok() && writes < 50 {
+            writes += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let cut_off = started.elapsed();
+        assert!(
+            cut_off >= limits.deadline && cut_off < limits.deadline * 3,
+            "{cut_off:?} after {writes} bytes"
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! (a snapshot sent at an interval, or the final one at exit) and merges histograms with
 //! `Histogram::add` there, once.
 
+use crate::relay::plpmtud::Counts;
+use crate::wire::icmp::IcmpKind;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
@@ -50,8 +52,10 @@ drop_reasons! {
     UdpSendError => "udp_send_error",
     /// A datagram larger than the receive buffer (that is, than the device MTU).
     OversizedDatagram => "oversized_datagram",
-    /// A datagram from an address other than the peer's.
+    /// A datagram from an address or port other than the peer's.
     ForeignSource => "foreign_source",
+    /// A datagram with no payload at all: no inner packet.
+    EmptyDatagram => "empty_datagram",
     /// The first nibble is neither 4 nor 6.
     BadIpVersion => "bad_ip_version",
     /// Empty, shorter than an IP header, or a bad IPv4 header length.
@@ -96,79 +100,156 @@ pub enum Direction {
     UdpToTun,
 }
 
-/// Counters of one queue. All counts are since the worker started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub tun_rx_packets: u64,
-    pub tun_rx_bytes: u64,
-    pub udp_tx_packets: u64,
-    pub udp_tx_bytes: u64,
-    pub udp_rx_packets: u64,
-    pub udp_rx_bytes: u64,
-    pub tun_tx_packets: u64,
-    pub tun_tx_bytes: u64,
-    pub drops: [u64; DropReason::ALL.len()],
-    /// ICMP errors about the peer that the socket reported (port or host unreachable...).
-    pub icmp_errors: u64,
-    /// Times a multishot receive stopped because every buffer was in use; it is re-armed.
-    pub buffer_stalls: u64,
-    /// UDP sends that carried more than one datagram (`UDP_SEGMENT`).
-    pub gso_sends: u64,
-    /// UDP receives that delivered more than one datagram (`UDP_GRO`).
-    pub gro_receives: u64,
-    /// TUN writes of a merged super-packet.
-    pub coalesced_writes: u64,
-    /// Merged writes the kernel refused, redone segment by segment.
-    pub coalesce_fallbacks: u64,
-    /// GSO sends the kernel refused, redone datagram by datagram.
-    pub gso_fallbacks: u64,
-    /// Receives whose control data was cut short (`MSG_CTRUNC`), so the `UDP_GRO` segment size
-    /// may be missing; the buffer is cut at the first packet's IP length instead.
-    pub control_truncated: u64,
-    /// Times the kernel ended a multishot read or receive (a buffer stall among them) and the
-    /// worker armed it again.
-    pub multishot_restarts: u64,
-    /// Receive buffers the kernel dropped at this queue's UDP socket, its receive buffer full
-    /// (`--socket-buffer`), before the worker could take them: never seen by tunfwd, so not in
-    /// `drops`. Read from the kernel (`socket::receive_drops`) with each snapshot; one per buffer,
-    /// which under UDP GRO may hold several datagrams.
-    pub udp_socket_drops: u64,
+/// Declares a struct of `u64` counters from one list, each with the one-line help that reports
+/// print, and derives from the same list what every report needs: the names ([`Listed::NAMES`]),
+/// the help, the values in order, and adding one worker's counts to another's. The JSON, the
+/// Prometheus families and the README's table of counters all come from (or are checked against)
+/// these lists, so a counter cannot be added to one of them and forgotten in another.
+macro_rules! counters {
+    (
+        $(#[doc = $struct_doc:literal])*
+        pub struct $name:ident {
+            $( $(#[doc = $doc:literal])* $field:ident => $help:literal, )+
+        }
+        extra { $($extra:tt)* }
+    ) => {
+        $(#[doc = $struct_doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: u64, )+
+            $($extra)*
+        }
+
+        impl Listed for $name {
+            const NAMES: &'static [&'static str] = &[$(stringify!($field)),+];
+            const HELP: &'static [&'static str] = &[$($help),+];
+
+            fn values(&self) -> Vec<u64> {
+                vec![$(self.$field),+]
+            }
+
+            fn add_listed(&mut self, other: &Self) {
+                $(self.$field += other.$field;)+
+            }
+        }
+    };
 }
 
-/// What a queue counts of ECN and the path MTU. Kept beside [`Counters`], not in it, because
-/// `path_mtu` is a gauge (merged by taking the smallest) where every `Counters` field adds up.
-/// These reach the table, the JSON's `path` section and the metrics (`metrics::render`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PathStats {
-    /// Inner packets marked Congestion Experienced on decapsulation, because the outer header
-    /// arrived marked (RFC 6040).
-    pub ecn_ce_marked: u64,
-    /// ICMP fragmentation-needed / ICMPv6 packet-too-big errors written to the TUN for inner
-    /// packets too big for the path (`too_big` drops; rate-limited).
-    pub too_big_replies: u64,
-    /// Inner packets too big for the path that were sent for the outer IP layer to fragment: IPv4
-    /// without DF, and IPv6 of at most 1280 bytes when the path is below the IPv6 minimum.
-    pub fragmented_sends: u64,
-    /// Times a refused send (EMSGSIZE, or EINVAL for a GSO send) or an error-queue report made
-    /// the worker change its path MTU; the once-a-second reread of the kernel's value is not
-    /// counted. Shows that a shrinking path is noticed at its first refused packet.
-    pub path_mtu_learned_from_errors: u64,
-    /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker
-    /// currently works to; 0 until known. Merged by taking the smallest known one.
-    pub path_mtu: u64,
+/// A struct declared with `counters!`: its counters by name, in declaration order.
+pub trait Listed {
+    /// Each counter's name, as the JSON and (with `tunfwd_` and `_total`) the metrics spell it.
+    const NAMES: &'static [&'static str];
+    /// Each counter's help: one sentence.
+    const HELP: &'static [&'static str];
+    /// Each counter's value, in the order of `NAMES`.
+    fn values(&self) -> Vec<u64>;
+    /// Adds every listed counter of `other`.
+    fn add_listed(&mut self, other: &Self);
+}
+
+counters! {
+    /// Counters of one queue. All counts are since the worker started.
+    pub struct Counters {
+        tun_rx_packets => "IP packets read from the TUN queue (a super-packet counts as its segments).",
+        tun_rx_bytes => "Bytes read from the TUN queue.",
+        udp_tx_packets => "Datagrams sent to the peer.",
+        udp_tx_bytes => "UDP payload bytes sent to the peer.",
+        udp_rx_packets => "Valid datagrams received from the peer.",
+        udp_rx_bytes => "UDP payload bytes received from the peer.",
+        tun_tx_packets => "IP packets written to the TUN queue (a merged super-packet counts as its segments).",
+        tun_tx_bytes => "Bytes written to the TUN queue.",
+        /// Each ICMP error about the peer is counted once, from the error queue, by kind too
+        /// (`PathStats`).
+        icmp_errors => "ICMP errors about the peer that the socket reported.",
+        /// With `IP_RECVERR`, an ICMP error about an earlier datagram fails the next send, of any
+        /// flow, which is then sent again (`relay::send::AfterRefusal::Resend`).
+        send_retries => "Sends redone because an error about an earlier datagram failed them.",
+        buffer_stalls => "Multishot receives that stopped because every buffer was in use.",
+        gso_sends => "UDP sends that carried more than one datagram (UDP_SEGMENT).",
+        gro_receives => "UDP receives that delivered more than one datagram (UDP_GRO).",
+        coalesced_writes => "TUN writes of a merged super-packet.",
+        coalesce_fallbacks => "Merged TUN writes the kernel refused, redone segment by segment.",
+        gso_fallbacks => "GSO sends the kernel refused, redone datagram by datagram.",
+        /// `MSG_CTRUNC`: the `UDP_GRO` segment size may be missing, so the buffer is cut at the
+        /// first packet's IP length instead.
+        control_truncated => "Receives whose control data came back cut (MSG_CTRUNC).",
+        /// A buffer stall among them.
+        multishot_restarts => "Times the kernel ended a multishot read or receive and it was armed again.",
+        /// Never seen by tunfwd, so not in `drops`. Read from the kernel
+        /// (`socket::receive_drops`) with each snapshot; one per buffer, which under UDP GRO may
+        /// hold several datagrams.
+        udp_socket_drops => "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before tunfwd read them.",
+    }
+    extra {
+        /// Packets dropped, by [`DropReason`].
+        pub drops: [u64; DropReason::ALL.len()],
+    }
+}
+
+counters! {
+    /// What a queue counts of ECN, ICMP and the path MTU. Kept beside [`Counters`], not in it,
+    /// because `path_mtu` is a gauge (merged by taking the smallest) where every counter adds up.
+    /// These reach the table, the JSON's `path` section and the metrics (`metrics::render`).
+    pub struct PathStats {
+        /// RFC 6040: the outer header arrived marked.
+        ecn_ce_marked => "Inner packets marked Congestion Experienced on decapsulation (RFC 6040).",
+        /// `too_big` drops, rate-limited per sender and for the whole relay.
+        too_big_replies => "ICMP errors written to the TUN for inner packets too big for the path.",
+        /// IPv4 without DF, and IPv6 of at most 1280 bytes when the path is below the IPv6
+        /// minimum.
+        fragmented_sends => "Inner packets too big for the path sent for the outer IP layer to fragment.",
+        icmp_port_unreachable => "ICMP errors about the peer: port unreachable.",
+        icmp_host_unreachable => "ICMP errors about the peer: host unreachable.",
+        icmp_net_unreachable => "ICMP errors about the peer: network unreachable.",
+        /// Hints to the path MTU machine, never orders (`relay::plpmtud`).
+        icmp_too_big => "ICMP errors about the peer: fragmentation needed or packet too big.",
+        icmp_time_exceeded => "ICMP errors about the peer: time exceeded.",
+        icmp_other => "ICMP errors about the peer: any other kind.",
+        pmtu_probes_sent => "Path MTU probes sent to the peer.",
+        pmtu_probes_acked => "Path MTU probes the peer acknowledged.",
+        pmtu_probes_answered => "Path MTU probes from the peer that this relay acknowledged.",
+        pmtu_hints => "ICMP messages that claimed a smaller path MTU (hints to confirm).",
+        pmtu_hints_refuted => "Path MTU hints that a probe of the working size proved false.",
+        pmtu_lowered => "Times the working path MTU went down.",
+        pmtu_raised => "Times the working path MTU went back up.",
+    }
+    extra {
+        /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker
+        /// currently works to; 0 until known. Merged by taking the smallest known one.
+        pub path_mtu: u64,
+    }
 }
 
 impl PathStats {
     fn add(&mut self, other: &PathStats) {
-        self.ecn_ce_marked += other.ecn_ce_marked;
-        self.too_big_replies += other.too_big_replies;
-        self.fragmented_sends += other.fragmented_sends;
-        self.path_mtu_learned_from_errors += other.path_mtu_learned_from_errors;
+        self.add_listed(other);
         self.path_mtu = match (self.path_mtu, other.path_mtu) {
             (0, theirs) => theirs,
             (mine, 0) => mine,
             (mine, theirs) => mine.min(theirs),
         };
+    }
+
+    /// The counter of ICMP errors of `kind`.
+    pub fn icmp_mut(&mut self, kind: IcmpKind) -> &mut u64 {
+        match kind {
+            IcmpKind::PortUnreachable => &mut self.icmp_port_unreachable,
+            IcmpKind::HostUnreachable => &mut self.icmp_host_unreachable,
+            IcmpKind::NetUnreachable => &mut self.icmp_net_unreachable,
+            IcmpKind::TooBig => &mut self.icmp_too_big,
+            IcmpKind::TimeExceeded => &mut self.icmp_time_exceeded,
+            IcmpKind::Other => &mut self.icmp_other,
+        }
+    }
+
+    /// Takes the path MTU machine's counts (cumulative, so assigned, not added).
+    pub fn take_probe_counts(&mut self, counts: &Counts) {
+        self.pmtu_probes_sent = counts.probes_sent;
+        self.pmtu_probes_acked = counts.probes_acked;
+        self.pmtu_hints = counts.hints;
+        self.pmtu_hints_refuted = counts.hints_refuted;
+        self.pmtu_lowered = counts.lowered;
+        self.pmtu_raised = counts.raised;
     }
 }
 
@@ -190,27 +271,17 @@ impl Counters {
     }
 
     fn add(&mut self, other: &Counters) {
-        self.tun_rx_packets += other.tun_rx_packets;
-        self.tun_rx_bytes += other.tun_rx_bytes;
-        self.udp_tx_packets += other.udp_tx_packets;
-        self.udp_tx_bytes += other.udp_tx_bytes;
-        self.udp_rx_packets += other.udp_rx_packets;
-        self.udp_rx_bytes += other.udp_rx_bytes;
-        self.tun_tx_packets += other.tun_tx_packets;
-        self.tun_tx_bytes += other.tun_tx_bytes;
+        self.add_listed(other);
         for (mine, theirs) in self.drops.iter_mut().zip(other.drops) {
             *mine += theirs;
         }
-        self.icmp_errors += other.icmp_errors;
-        self.buffer_stalls += other.buffer_stalls;
-        self.gso_sends += other.gso_sends;
-        self.gro_receives += other.gro_receives;
-        self.coalesced_writes += other.coalesced_writes;
-        self.coalesce_fallbacks += other.coalesce_fallbacks;
-        self.gso_fallbacks += other.gso_fallbacks;
-        self.control_truncated += other.control_truncated;
-        self.multishot_restarts += other.multishot_restarts;
-        self.udp_socket_drops += other.udp_socket_drops;
+    }
+}
+
+/// Every listed counter of `counters`, by name, as JSON.
+fn listed_json<T: Listed>(counters: &T, into: &mut Map<String, Value>) {
+    for (name, value) in T::NAMES.iter().zip(counters.values()) {
+        into.insert((*name).to_string(), json!(value));
     }
 }
 
@@ -370,39 +441,22 @@ impl Report {
                     .iter()
                     .map(|r| (r.name().to_string(), json!(c.drops_of(*r))))
                     .collect();
-                json!({
-                    "queue": q.queue,
-                    "tun_rx_packets": c.tun_rx_packets, "tun_rx_bytes": c.tun_rx_bytes,
-                    "udp_tx_packets": c.udp_tx_packets, "udp_tx_bytes": c.udp_tx_bytes,
-                    "udp_rx_packets": c.udp_rx_packets, "udp_rx_bytes": c.udp_rx_bytes,
-                    "tun_tx_packets": c.tun_tx_packets, "tun_tx_bytes": c.tun_tx_bytes,
-                    "drops": drops,
-                    "icmp_errors": c.icmp_errors,
-                    "buffer_stalls": c.buffer_stalls,
-                    "gso_sends": c.gso_sends,
-                    "gro_receives": c.gro_receives,
-                    "coalesced_writes": c.coalesced_writes,
-                    "coalesce_fallbacks": c.coalesce_fallbacks,
-                    "gso_fallbacks": c.gso_fallbacks,
-                    "control_truncated": c.control_truncated,
-                    "multishot_restarts": c.multishot_restarts,
-                    "udp_socket_drops": c.udp_socket_drops,
-                })
+                let mut queue = Map::new();
+                queue.insert("queue".to_string(), json!(q.queue));
+                listed_json(c, &mut queue);
+                queue.insert("drops".to_string(), Value::Object(drops));
+                Value::Object(queue)
             })
             .collect();
         let paths: Vec<Value> = self
             .queues
             .iter()
             .map(|q| {
-                let p = &q.path;
-                json!({
-                    "queue": q.queue,
-                    "path_mtu": p.path_mtu,
-                    "ecn_ce_marked": p.ecn_ce_marked,
-                    "too_big_replies": p.too_big_replies,
-                    "fragmented_sends": p.fragmented_sends,
-                    "path_mtu_learned_from_errors": p.path_mtu_learned_from_errors,
-                })
+                let mut path = Map::new();
+                path.insert("queue".to_string(), json!(q.queue));
+                path.insert("path_mtu".to_string(), json!(q.path.path_mtu));
+                listed_json(&q.path, &mut path);
+                Value::Object(path)
             })
             .collect();
         json!({
@@ -474,20 +528,33 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "drops: {}; icmp_errors={} buffer_stalls={} multishot_restarts={} ecn_ce_marked={} too_big_replies={} fragmented_sends={} path_mtu_learned_from_errors={} path_mtu={}",
+            "drops: {}; path_mtu={}",
             if nonzero.is_empty() {
                 "none".to_string()
             } else {
                 nonzero.join(" ")
             },
-            total.icmp_errors,
-            total.buffer_stalls,
-            total.multishot_restarts,
-            path.ecn_ce_marked,
-            path.too_big_replies,
-            path.fragmented_sends,
-            path.path_mtu_learned_from_errors,
             path.path_mtu
+        );
+        // Every other counter that is not zero, by its listed name: the columns above and the
+        // kernel's drops below are left out.
+        let columns = &Counters::NAMES[..8];
+        let others: Vec<String> = Counters::NAMES
+            .iter()
+            .zip(total.values())
+            .filter(|(name, _)| !columns.contains(name) && **name != "udp_socket_drops")
+            .chain(PathStats::NAMES.iter().zip(path.values()))
+            .filter(|(_, value)| *value > 0)
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "counters: {}",
+            if others.is_empty() {
+                "all zero".to_string()
+            } else {
+                others.join(" ")
+            }
         );
         let _ = writeln!(
             out,
@@ -495,16 +562,6 @@ impl Report {
             self.tun_queue_drops
                 .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
             total.udp_socket_drops
-        );
-        let _ = writeln!(
-            out,
-            "offloads: gso_sends={} gro_receives={} coalesced_writes={} coalesce_fallbacks={} gso_fallbacks={} control_truncated={}",
-            total.gso_sends,
-            total.gro_receives,
-            total.coalesced_writes,
-            total.coalesce_fallbacks,
-            total.gso_fallbacks,
-            total.control_truncated
         );
         let _ = writeln!(
             out,
@@ -569,20 +626,21 @@ mod tests {
         queues[2].path.path_mtu = 0; // not known yet
         queues[1].path.too_big_replies = 3;
         queues[2].path.too_big_replies = 4;
-        queues[0].path.path_mtu_learned_from_errors = 1;
-        queues[2].path.path_mtu_learned_from_errors = 2;
+        queues[0].path.pmtu_lowered = 1;
+        queues[2].path.pmtu_lowered = 2;
         let r = Report::new(Duration::from_secs(1), queues);
         assert_eq!(r.path_totals().path_mtu, 1280);
         assert_eq!(r.path_totals().too_big_replies, 7);
-        assert_eq!(r.path_totals().path_mtu_learned_from_errors, 3);
+        assert_eq!(r.path_totals().pmtu_lowered, 3);
         let v = r.to_json();
         assert_eq!(v["path"]["queues"][0]["path_mtu"], 1500);
         assert_eq!(v["path"]["queues"][1]["path_mtu"], 1280);
         assert_eq!(v["path"]["queues"][2]["too_big_replies"], 4);
-        assert_eq!(v["path"]["queues"][2]["path_mtu_learned_from_errors"], 2);
+        assert_eq!(v["path"]["queues"][2]["pmtu_lowered"], 2);
         assert_eq!(v["path"]["path_mtu"], 1280);
         assert!(v["queues"][0].get("path_mtu").is_none());
         assert!(r.to_table().contains("path_mtu=1280"));
+        assert!(r.to_table().contains("too_big_replies=7 pmtu_lowered=3"));
         let unknown = Report::new(Duration::from_secs(1), vec![WorkerStats::new(0)]);
         assert_eq!(unknown.path_totals().path_mtu, 0);
     }

@@ -39,7 +39,7 @@ tunfwd::per_engine!(
     outer_headers_carry_the_inner_ecn_and_the_chosen_dscp,
     outer_marks_reach_the_inner_packets_by_rfc_6040,
     a_transfer_survives_the_path_mtu_dropping_and_senders_are_told,
-    fitting_packets_still_go_after_a_router_reports_a_smaller_mtu,
+    fitting_packets_still_go_and_a_forged_smaller_mtu_is_refuted,
 );
 
 /// Runs one test body for `engine`, holding the suite's lock.
@@ -120,6 +120,11 @@ fn drops(report: &Value, reason: &str) -> u64 {
     testbed::report_drops(report, reason)
 }
 
+/// A per-queue counter, summed over the queues.
+fn total(report: &Value, field: &str) -> u64 {
+    testbed::report_sum(&report["queues"], field)
+}
+
 /// Receives datagrams from `fds`, polling each in turn, and hands each one's bytes and TOS /
 /// traffic class to `take`, until `take` says it has all it waits for (returns true) or `limit`
 /// has passed. Returns whether `take` was satisfied. Waiting for a count rather than for a quiet
@@ -158,7 +163,7 @@ fn receive_until(
 
 /// A UDP socket that sends to `to` from any address (the route picks it), with a port of its own.
 fn sender_to(to: SocketAddr) -> io::Result<OwnedFd> {
-    socket::fragmenting_socket(to, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    socket::plain_sender(to)
 }
 
 /// A UDP socket bound to `address` that reports each datagram's TOS.
@@ -342,7 +347,13 @@ fn outer_marks_reach_the_inner_packets_by_rfc_6040(engine: &str) {
     let peer_b: SocketAddr = endpoint(testbed::B_UNDERLAY, testbed::TUNNEL_PORT)
         .parse()
         .unwrap();
-    let fake_a = in_namespace(&bed, Host::A, || sender_to(peer_b));
+    // From relay A's own address and port: relay B takes datagrams from exactly that.
+    let a_port: SocketAddr = endpoint(testbed::A_UNDERLAY, testbed::TUNNEL_PORT)
+        .parse()
+        .unwrap();
+    let fake_a = in_namespace(&bed, Host::A, || {
+        socket::udp_socket(a_port, 1 << 20).map_err(io::Error::other)
+    });
     const EACH: usize = 5;
     const DSCP: u8 = 0x28; // AF11, which must come through untouched
     let mut expected = BTreeMap::new();
@@ -486,7 +497,7 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
             .unwrap_or_else(|e| panic!("sending {size} bytes to {to}: {e}"));
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(10));
-            if let Some(mtu) = socket::drain_error_queue(probe.as_raw_fd()).path_mtu {
+            if let Some(mtu) = socket::drain_error_queue(probe.as_raw_fd()).icmp_path_mtu {
                 return Some(mtu);
             }
         }
@@ -501,9 +512,9 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
 /// fragmentation-needed, which lowers its MSS; the transfer completes verified. Then IPv6 TCP
 /// at an inner MTU below IPv6's 1280 minimum still verifies (its 1280-byte packets leave in outer
 /// fragments), and a too-big IPv4 and IPv6 datagram each get their ICMP answer with the MTU.
-/// Both relays report the new path MTU on every queue, and relay A learned it from its refused
-/// sends (`path_mtu_learned_from_errors`), not only from its once-a-second reread of the
-/// kernel's value, which would find it too.
+/// Both relays report the new path MTU on every queue, and relay A lowered it (`pmtu_lowered`):
+/// the egress device's own MTU, which the local stack reports when it refuses a send, is
+/// believed at once.
 fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told(engine: &str) {
     let bed = testbed();
     let (ns_a, ns_b) = (bed.namespace(Host::A), bed.namespace(Host::B));
@@ -545,11 +556,11 @@ fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told(engine: &str) 
     let report_b = stop(&bed, b, Host::B);
     eprintln!(
         "relay A: too_big {}, too_big_replies {}, fragmented_sends {}, \
-         path_mtu_learned_from_errors {}, path_mtu {:?}",
+         pmtu_lowered {}, path_mtu {:?}",
         drops(&report_a, "too_big"),
         path_total(&report_a, "too_big_replies"),
         path_total(&report_a, "fragmented_sends"),
-        path_total(&report_a, "path_mtu_learned_from_errors"),
+        path_total(&report_a, "pmtu_lowered"),
         report_a["path"]["queues"]
             .as_array()
             .unwrap()
@@ -567,8 +578,8 @@ fn a_transfer_survives_the_path_mtu_dropping_and_senders_are_told(engine: &str) 
     assert!(path_total(&report_a, "too_big_replies") >= 3, "{report_a}");
     assert!(path_total(&report_a, "fragmented_sends") > 0, "{report_a}");
     assert!(
-        path_total(&report_a, "path_mtu_learned_from_errors") > 0,
-        "relay A found the smaller path only by rereading it: {report_a}"
+        path_total(&report_a, "pmtu_lowered") > 0,
+        "relay A did not lower its path MTU: {report_a}"
     );
     assert!(
         stderr_a.contains("path MTU to 198.18.0.2 is 1280; inner packets up to 1252 bytes"),
@@ -640,16 +651,18 @@ fn send_raw(fd: &OwnedFd, to: Ipv4Addr, message: &[u8]) -> io::Result<()> {
     }
 }
 
-/// A router's ICMP fragmentation-needed does not cost the packets that fit. With `IP_RECVERR`
-/// each one sets relay A's socket error to EMSGSIZE (`__udp4_lib_err`), and the next send fails
-/// with it whatever its size. This test plays the router: while small datagrams flood through
-/// the tunnel, it sends relay A a stream of fragmentation-needed errors for 1400 bytes. Relay A
-/// must take the new path MTU, and send again the 200-byte datagrams those errors made the
-/// kernel refuse: none may be dropped as `too_big`, none answered with an ICMP error, none lost
-/// as a send error. (Before, every refused send was judged too big without comparing its length
-/// with the MTU: fitting packets, whole GSO batches of them, were dropped and their senders
-/// told a bogus MTU.)
-fn fitting_packets_still_go_after_a_router_reports_a_smaller_mtu(engine: &str) {
+/// A forged ICMP fragmentation-needed neither costs the packets it is not about nor moves the
+/// path MTU. With `IP_RECVERR` each one sets relay A's socket error to EMSGSIZE
+/// (`__udp4_lib_err`), and the next send fails with it whatever its size; and it claims a path
+/// of 1400 bytes, which the kernel would take for ten minutes. This test plays someone who knows
+/// the tunnel's 4-tuple: while small datagrams flood through the tunnel, it sends relay A a
+/// stream of fragmentation-needed errors for 1400 bytes from B's host. Relay A must send again
+/// the datagrams those errors made the kernel refuse (none dropped as `too_big`, none answered
+/// with an ICMP error, none lost as a send error), count each error once as `icmp_too_big`, and
+/// keep its path MTU: relay B acknowledges probes of the full size, which refutes every hint.
+/// (Before, relay A took 1400, and before that, every refused send was judged too big: fitting
+/// packets, whole GSO batches of them, were dropped and their senders told a bogus MTU.)
+fn fitting_packets_still_go_and_a_forged_smaller_mtu_is_refuted(engine: &str) {
     let bed = testbed();
     let a = relay(&bed, Host::A, engine, &[]);
     let b = relay(&bed, Host::B, engine, &[]);
@@ -710,22 +723,51 @@ fn fitting_packets_still_go_after_a_router_reports_a_smaller_mtu(engine: &str) {
     stop(&bed, b, Host::B);
     eprintln!(
         "{errors_sent} ICMP errors sent; sink {verdict}; relay A: icmp_errors {}, too_big {}, \
-         udp_send_error {}, path_mtu_learned_from_errors {}",
+         udp_send_error {}, send_retries {}, pmtu_hints {}, pmtu_hints_refuted {}",
         report_a["queues"][0]["icmp_errors"],
         drops(&report_a, "too_big"),
         drops(&report_a, "udp_send_error"),
-        path_total(&report_a, "path_mtu_learned_from_errors"),
+        total(&report_a, "send_retries"),
+        path_total(&report_a, "pmtu_hints"),
+        path_total(&report_a, "pmtu_hints_refuted"),
     );
     assert!(verdict["received"].as_u64().unwrap() > 0, "{verdict}");
     assert_eq!(
-        report_a["path"]["path_mtu"], 1400,
-        "relay A took the router's MTU: {report_a}"
+        report_a["path"]["path_mtu"],
+        1500,
+        "relay A kept its path MTU (the default MTU, 1472, and 28 bytes of headers): {report_a}"
+    );
+    assert_eq!(path_total(&report_a, "pmtu_lowered"), 0, "{report_a}");
+    assert!(
+        path_total(&report_a, "pmtu_hints_refuted") > 0,
+        "relay A refuted the hints by probing: {report_a}"
     );
     assert!(
-        report_a["queues"][0]["icmp_errors"].as_u64().unwrap() > 0,
-        "relay A saw the router's errors: {report_a}"
+        path_total(&report_a, "icmp_too_big") > 0,
+        "relay A saw the errors: {report_a}"
+    );
+    let kinds: u64 = [
+        "icmp_port_unreachable",
+        "icmp_host_unreachable",
+        "icmp_net_unreachable",
+        "icmp_too_big",
+        "icmp_time_exceeded",
+        "icmp_other",
+    ]
+    .iter()
+    .map(|kind| path_total(&report_a, kind))
+    .sum();
+    assert_eq!(
+        total(&report_a, "icmp_errors"),
+        kinds,
+        "each error counted once, by kind: {report_a}"
+    );
+    assert!(
+        path_total(&report_a, "icmp_too_big") <= errors_sent,
+        "no error counted twice: {errors_sent} sent, {report_a}"
     );
     assert_eq!(drops(&report_a, "too_big"), 0, "{report_a}");
     assert_eq!(path_total(&report_a, "too_big_replies"), 0, "{report_a}");
     assert_eq!(drops(&report_a, "udp_send_error"), 0, "{report_a}");
+    assert_eq!(drops(&report_a, "peer_unreachable"), 0, "{report_a}");
 }

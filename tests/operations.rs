@@ -988,3 +988,179 @@ fn drops_in_the_kernel_before_tunfwd_reads_are_reported() {
         "{a_table}"
     );
 }
+
+/// Issue 18: fifty clients that each trickle a never-finished request head, a byte every 200 ms,
+/// reconnecting whenever the server closes them, do not hold up a scrape. Ten scrapes spread over
+/// the five seconds they keep at it each get a whole 200 answer within a second. (The server that
+/// answered one connection at a time, with a timeout per read, stayed with the first of them for
+/// as long as it kept sending.)
+#[test]
+fn scrapes_are_answered_within_a_second_while_fifty_clients_trickle() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const SLOW_CLIENTS: usize = 50;
+    const TRICKLE_EVERY: Duration = Duration::from_millis(200);
+    const SCRAPES: usize = 10;
+    const SCRAPE_EVERY: Duration = Duration::from_millis(450);
+    const SCRAPE_LIMIT: Duration = Duration::from_secs(1);
+    /// What the slow clients send, then `a` forever: a head that never ends.
+    const SLOW_HEAD: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: slow\r\nX-Slow: ";
+
+    /// One scrape with its own timeouts: the status and body length of a whole answer.
+    fn scrape(address: SocketAddr) -> Result<(u16, usize), String> {
+        let exchange = || -> io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect_timeout(&address, SCRAPE_LIMIT)?;
+            stream.set_read_timeout(Some(SCRAPE_LIMIT * 3 / 2))?;
+            stream.set_write_timeout(Some(SCRAPE_LIMIT))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: scraper\r\n\r\n")?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer)?;
+            Ok(answer)
+        };
+        let answer =
+            String::from_utf8(exchange().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no end of head in {answer:?}"))?;
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|l| l.trim().parse::<usize>().ok());
+        match (status, length) {
+            (Some(status), Some(length)) if length == body.len() => Ok((status, length)),
+            _ => Err(format!(
+                "cut or malformed answer: {head:?}, {} body bytes",
+                body.len()
+            )),
+        }
+    }
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let _a = bed
+        .start_tunfwd(
+            Host::A,
+            "tunfwd-a",
+            &["--queues", "1", "--metrics", METRICS],
+        )
+        .expect("tunfwd on A");
+    let address: SocketAddr = METRICS.parse().unwrap();
+
+    // Threads spawned from the thread in A's namespace are in it too (a new thread shares its
+    // creator's namespaces unless cloned with CLONE_NEWNET).
+    let (scrapes, trickled) = bed
+        .in_namespace(Host::A, || {
+            let stop = AtomicBool::new(false);
+            let connected = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                // One thread keeps all fifty going: every tick, each sends its next byte, and
+                // one the server has closed (a read says end of file) connects again.
+                let trickler = s.spawn(|| {
+                    let mut clients: Vec<Option<(TcpStream, usize)>> =
+                        (0..SLOW_CLIENTS).map(|_| None).collect();
+                    let (mut bytes, mut connects, mut closed_by_server) = (0usize, 0usize, 0usize);
+                    let started = Instant::now();
+                    // At most 15 s of ticks, whatever happens to the scraper.
+                    for tick in 0..75u32 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        for client in clients.iter_mut() {
+                            if let Some((stream, _)) = client {
+                                let mut byte = [0u8; 1];
+                                match (&*stream).read(&mut byte) {
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                                    _ => {
+                                        closed_by_server += 1;
+                                        *client = None;
+                                    }
+                                }
+                            }
+                            if client.is_none() {
+                                let stream = TcpStream::connect_timeout(&address, SCRAPE_LIMIT)
+                                    .and_then(|s| s.set_nonblocking(true).map(|()| s));
+                                if let Ok(stream) = stream {
+                                    connects += 1;
+                                    *client = Some((stream, 0));
+                                }
+                            }
+                            if let Some((stream, sent)) = client {
+                                let byte = SLOW_HEAD.get(*sent).copied().unwrap_or(b'a');
+                                if (&*stream).write(&[byte]).is_ok_and(|n| n == 1) {
+                                    *sent += 1;
+                                    bytes += 1;
+                                } else {
+                                    *client = None;
+                                }
+                            }
+                        }
+                        connected.store(clients.iter().flatten().count(), Ordering::Relaxed);
+                        let next = started + TRICKLE_EVERY * (tick + 1);
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    }
+                    (started.elapsed(), bytes, connects, closed_by_server)
+                    // The streams close as `clients` drops.
+                });
+
+                // Scrape once every slow client is connected and has sent a byte or two.
+                let waiting = Instant::now();
+                while connected.load(Ordering::Relaxed) < SLOW_CLIENTS
+                    && waiting.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                std::thread::sleep(TRICKLE_EVERY * 2);
+                let mut scrapes = Vec::with_capacity(SCRAPES);
+                for _ in 0..SCRAPES {
+                    let began = Instant::now();
+                    let outcome = scrape(address);
+                    let took = began.elapsed();
+                    let failed = !matches!(outcome, Ok((200, _))) || took > SCRAPE_LIMIT;
+                    scrapes.push((took, connected.load(Ordering::Relaxed), outcome));
+                    // One failure says it all; the old server would fail the other nine alike.
+                    if failed {
+                        break;
+                    }
+                    std::thread::sleep(SCRAPE_EVERY.saturating_sub(took));
+                }
+                stop.store(true, Ordering::Relaxed);
+                let trickled = trickler.join().expect("the trickling thread");
+                Ok((scrapes, trickled))
+            })
+        })
+        .expect("scraping from A's namespace");
+
+    let (trickled_for, bytes, connects, closed_by_server) = trickled;
+    eprintln!(
+        "slow clients: {trickled_for:?} of trickling, {bytes} bytes, {connects} connections, \
+         {closed_by_server} closed by the server; scrapes (time, slow clients connected): {:?}",
+        scrapes
+            .iter()
+            .map(|(took, connected, _)| (*took, *connected))
+            .collect::<Vec<_>>()
+    );
+    for (i, (took, connected, outcome)) in scrapes.iter().enumerate() {
+        assert!(
+            matches!(outcome, Ok((200, length)) if *length > 0),
+            "scrape {} of {SCRAPES}, with {connected} slow clients connected: {outcome:?} after \
+             {took:?}",
+            i + 1
+        );
+        assert!(
+            *took <= SCRAPE_LIMIT,
+            "scrape {} of {SCRAPES}, with {connected} slow clients connected, took {took:?}",
+            i + 1
+        );
+        assert_eq!(
+            *connected,
+            SLOW_CLIENTS,
+            "scrape {} ran among them all",
+            i + 1
+        );
+    }
+    assert_eq!(scrapes.len(), SCRAPES);
+    assert!(
+        trickled_for >= Duration::from_secs(4) && bytes >= SLOW_CLIENTS * 20,
+        "the slow clients kept at it throughout: {trickled_for:?}, {bytes} bytes"
+    );
+}

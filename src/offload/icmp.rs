@@ -334,6 +334,98 @@ impl TokenBucket {
     }
 }
 
+/// Who an ICMP error would go to: the source address of the packet it answers, as 16 bytes
+/// (IPv4 mapped into IPv6), or `None` if the packet is too short to say.
+pub fn reply_destination(packet: &[u8]) -> Option<[u8; 16]> {
+    match packet.first()? >> 4 {
+        4 => {
+            let v4: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+            Some(std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets())
+        }
+        6 => packet.get(8..24)?.try_into().ok(),
+        _ => None,
+    }
+}
+
+/// Slots of a [`SourceLimiter`]: the senders one worker keeps a budget for at once.
+pub const LIMITED_SOURCES: usize = 64;
+
+/// ICMP errors per inner sender: a token bucket per source address, so that one sender that
+/// floods oversized packets spends its own budget and no one else's (the kernel rate-limits
+/// its own ICMP errors per destination the same way, `icmpv4_xrlim_allow`). Direct-mapped by a
+/// keyed hash of the address (the key is random per worker, so a sender cannot choose addresses
+/// that share another's slot); a slot taken over by another address starts full for it. PURE
+/// but for the key, which the caller draws.
+#[derive(Debug, Clone)]
+pub struct SourceLimiter {
+    key: (u64, u64),
+    per_second: u64,
+    burst: u64,
+    slots: Box<[Option<([u8; 16], TokenBucket)>]>,
+}
+
+impl SourceLimiter {
+    pub fn new(key: (u64, u64), per_second: u64, burst: u64) -> SourceLimiter {
+        SourceLimiter {
+            key,
+            per_second,
+            burst,
+            slots: vec![None; LIMITED_SOURCES].into_boxed_slice(),
+        }
+    }
+
+    /// Takes a token of `source`'s bucket if there is one.
+    pub fn allow(&mut self, source: [u8; 16], now_ns: u64) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+            .build_hasher();
+        hasher.write_u64(self.key.0);
+        hasher.write(&source);
+        hasher.write_u64(self.key.1);
+        let slot = &mut self.slots[hasher.finish() as usize % LIMITED_SOURCES];
+        match slot {
+            Some((owner, bucket)) if *owner == source => bucket.allow(now_ns),
+            _ => {
+                let mut bucket = TokenBucket::new(self.per_second, self.burst);
+                bucket.last_refill_ns = now_ns;
+                let allowed = bucket.allow(now_ns);
+                *slot = Some((source, bucket));
+                allowed
+            }
+        }
+    }
+}
+
+/// One budget of ICMP errors for the whole relay, shared by its workers: however many senders
+/// there are, the relay writes at most this many errors a second into the TUN. Taken only after a
+/// sender's own [`SourceLimiter`] allowed an error, so the lock is off the data path (a packet
+/// too big for the path is already a slow path) and never held for more than a few adds.
+#[derive(Debug)]
+pub struct SharedBucket {
+    /// The clock the bucket counts from: every worker's own clock starts elsewhere.
+    epoch: std::time::Instant,
+    bucket: std::sync::Mutex<TokenBucket>,
+}
+
+impl SharedBucket {
+    pub fn new(epoch: std::time::Instant, per_second: u64, burst: u64) -> SharedBucket {
+        SharedBucket {
+            epoch,
+            bucket: std::sync::Mutex::new(TokenBucket::new(per_second, burst)),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&self, now: std::time::Instant) -> bool {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        match self.bucket.lock() {
+            Ok(mut bucket) => bucket.allow(now_ns),
+            // A worker panicked holding it: the relay is stopping anyway.
+            Err(_) => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,5 +717,65 @@ mod tests {
             .filter(|i| b.allow(later + i * second / 100))
             .count();
         assert_eq!(allowed, 10);
+    }
+
+    #[test]
+    fn a_flooding_source_does_not_starve_another() {
+        let mut limiter = SourceLimiter::new((1, 2), 10, 10);
+        let epoch = std::time::Instant::now();
+        let cap = SharedBucket::new(epoch, 200, 100);
+        let at = |ns: u64| epoch + std::time::Duration::from_nanos(ns);
+        let flooder = [1u8; 16];
+        let other = [2u8; 16];
+        let (mut flooder_allowed, mut other_allowed) = (0, 0);
+        // One second: the flooder asks 10 000 times, the other sender 5 times, interleaved.
+        for i in 0..10_000u64 {
+            let now = i * 100_000;
+            if limiter.allow(flooder, now) && cap.allow(at(now)) {
+                flooder_allowed += 1;
+            }
+            if i % 2000 == 0 && limiter.allow(other, now) && cap.allow(at(now)) {
+                other_allowed += 1;
+            }
+        }
+        assert!(
+            (10..=20).contains(&flooder_allowed),
+            "the flooder gets its burst and rate: {flooder_allowed}"
+        );
+        assert_eq!(other_allowed, 5, "the other sender is answered every time");
+    }
+
+    #[test]
+    fn the_shared_cap_bounds_every_source_together() {
+        let mut limiter = SourceLimiter::new((3, 4), 10, 10);
+        let epoch = std::time::Instant::now();
+        let cap = SharedBucket::new(epoch, 200, 100);
+        let mut allowed = 0;
+        // 1000 senders, 2 requests each, within a millisecond: the cap's burst decides.
+        for n in 0..1000u32 {
+            let mut source = [0u8; 16];
+            source[..4].copy_from_slice(&n.to_be_bytes());
+            for _ in 0..2 {
+                if limiter.allow(source, 1_000) && cap.allow(epoch) {
+                    allowed += 1;
+                }
+            }
+        }
+        assert_eq!(allowed, 100);
+    }
+
+    #[test]
+    fn replies_go_to_the_packets_source() {
+        let v4 = build(&Spec::default());
+        let expected = std::net::Ipv4Addr::new(v4[12], v4[13], v4[14], v4[15]).to_ipv6_mapped();
+        assert_eq!(reply_destination(&v4), Some(expected.octets()));
+        let v6 = build(&Spec {
+            ipv6: true,
+            ..Spec::default()
+        });
+        let source: [u8; 16] = v6[8..24].try_into().unwrap();
+        assert_eq!(reply_destination(&v6), Some(source));
+        assert_eq!(reply_destination(&v4[..15]), None);
+        assert_eq!(reply_destination(&[0x50; 40]), None);
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod path;
+pub mod plpmtud;
 pub mod receive;
 pub mod send;
 pub mod tun;

@@ -10,6 +10,7 @@ use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
 use crate::stats::{DropReason, WorkerStats};
+use crate::wire::control::{self, Control};
 use crate::wire::vnet::{self, VnetHeader};
 use std::ops::Range;
 
@@ -19,6 +20,13 @@ pub const MAX_GRO_SEGMENTS: usize = 128;
 pub const HEADER_ROOM: usize = MAX_HEADER_LEN;
 /// A zero virtio_net_hdr, for writes of plain packets.
 pub static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
+/// Control messages taken from one buffer, at most; more are dropped as `bad_ip_version`. The
+/// peer sends a probe and waits for its answer, so a buffer of many is not a relay's doing.
+pub const MAX_CONTROLS: usize = 8;
+/// The shortest datagram worth looking at one by one: a control message's header. A stride
+/// below it (a GSO packet the peer sent with an absurd `gso_size`, which veth delivers whole)
+/// makes every datagram of the buffer malformed, and they are counted at once.
+pub const MIN_STRIDE: usize = control::HEADER_LEN;
 
 /// One receive, as the engine found it.
 #[derive(Debug, Clone)]
@@ -43,6 +51,9 @@ pub struct ReceivePlan {
     pub vnet_headers: Box<[[u8; vnet::LEN]]>,
     /// Per run of several: its head's headers as they were before `finish_run` rewrote them.
     pub saved_heads: Box<[u8]>,
+    /// The relay-to-relay control messages among the datagrams (`wire::control`): where each
+    /// is in the buffer. Not written to the TUN: the worker acts on them.
+    pub controls: Vec<Control>,
 }
 
 impl Default for ReceivePlan {
@@ -52,6 +63,7 @@ impl Default for ReceivePlan {
             runs: Vec::with_capacity(MAX_GRO_SEGMENTS),
             vnet_headers: vec![[0u8; vnet::LEN]; MAX_GRO_SEGMENTS].into_boxed_slice(),
             saved_heads: vec![0u8; MAX_GRO_SEGMENTS * HEADER_ROOM].into_boxed_slice(),
+            controls: Vec::with_capacity(MAX_CONTROLS),
         }
     }
 }
@@ -67,13 +79,17 @@ impl ReceivePlan {
     /// the bytes `finish_run` rewrote, so that the next run's rewritten head, maybe still in
     /// flight, is left alone.
     pub fn restore_run(&self, buffer: &mut [u8], r: usize) {
+        let (head_at, saved) = self.restore_bytes(r);
+        buffer[head_at..head_at + saved.len()].copy_from_slice(saved);
+    }
+
+    /// What [`ReceivePlan::restore_run`] writes: where run `r`'s head is in the buffer, and the
+    /// bytes to put back there (exactly those `finish_run` rewrote). For a caller that may not
+    /// hold a slice over the whole buffer while other runs are in flight.
+    pub fn restore_bytes(&self, r: usize) -> (usize, &[u8]) {
         let head_at = self.segments[self.runs[r].first].at;
-        restore_head(
-            buffer,
-            head_at,
-            &self.saved_heads[r * HEADER_ROOM..][..HEADER_ROOM],
-            self.merged_header_len(r),
-        );
+        let saved = &self.saved_heads[r * HEADER_ROOM..][..HEADER_ROOM];
+        (head_at, &saved[..self.merged_header_len(r).min(saved.len())])
     }
 }
 
@@ -100,6 +116,17 @@ pub fn plan(
     );
     plan.segments.clear();
     plan.runs.clear();
+    plan.controls.clear();
+    if payload_len == 0 {
+        stats.counters.drop(DropReason::EmptyDatagram);
+        return;
+    }
+    if stride < MIN_STRIDE {
+        stats
+            .counters
+            .drop_n(DropReason::BadIpHeader, payload_len.div_ceil(stride) as u64);
+        return;
+    }
     let mut offset = 0;
     let mut accepted_bytes = 0u64;
     let mut ecn_drops = 0u64;
@@ -107,6 +134,13 @@ pub fn plan(
         let seg_len = stride.min(payload_len - offset);
         let at = payload_at + offset;
         offset += seg_len;
+        let datagram = &buffer[at..at + seg_len];
+        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
+            if let Some(message) = Control::parse(datagram) {
+                plan.controls.push(message);
+                continue;
+            }
+        }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header
         // checksum), so it stays true.
@@ -202,6 +236,13 @@ pub fn save_head(buffer: &[u8], (head_at, head_len): (usize, usize), saved: &mut
 pub fn restore_head(buffer: &mut [u8], head_at: usize, saved: &[u8], rewritten: usize) {
     let n = rewritten.min(saved.len());
     buffer[head_at..head_at + n].copy_from_slice(&saved[..n]);
+}
+
+/// How many datagrams a receive of `payload` holds, cut as [`datagram_stride`] cuts it (an
+/// empty one is one datagram): what a drop of the whole buffer counts.
+pub fn datagram_count(gro_size: Option<usize>, control_truncated: bool, payload: &[u8]) -> u64 {
+    let stride = datagram_stride(gro_size, control_truncated, payload);
+    payload.len().div_ceil(stride).max(1) as u64
 }
 
 /// Where to cut a receive buffer into datagrams: at the `UDP_GRO` segment size, which every

@@ -2,9 +2,9 @@
 
 use crate::stats::DropReason;
 
-/// Refused sends of one slot that may be sent again because they fit the path after all (see
-/// [`AfterRefusal::Resend`]). A bound, so that a kernel that keeps refusing them cannot keep a
-/// buffer out of the ring forever; one is what a router's ICMP error costs.
+/// Refused sends of one slot that may be sent again (see [`AfterRefusal::Resend`]). A bound, so
+/// that a kernel that keeps refusing them cannot keep a buffer out of the ring forever; one is
+/// what an ICMP error about an earlier datagram costs.
 pub const RESENDS_PER_SLOT: u8 = 4;
 
 /// Which socket a send goes out on.
@@ -21,11 +21,15 @@ pub enum Route {
 pub enum SendResult {
     /// `bytes` went out.
     Sent { bytes: usize },
-    /// Refused as too big for the path, which shrank after the packets were read: EMSGSIZE
-    /// (with the MTU queued, `ip_local_error`), or for a GSO send EINVAL (`udp_send_skb` refuses
-    /// a gso_size that does not fit the path, or the device cannot do GSO at all). Or a router's
-    /// ICMP left EMSGSIZE as the socket's pending error, which any send takes. Which it was is
-    /// known once the path MTU has been looked at: [`after_refusal`].
+    /// Refused, maybe for something that was not this send's doing, so judged again once the
+    /// batch has read the error queue ([`after_refusal`]):
+    /// * EMSGSIZE: over the egress device's MTU (with the MTU queued, `ip_local_error`), or an
+    ///   ICMP fragmentation-needed left as the socket's pending error, which any send takes;
+    /// * EINVAL for a GSO send: `udp_send_skb` refuses a `gso_size` over the device's MTU;
+    /// * ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, EPROTO, ENETDOWN: with
+    ///   `IP_RECVERR` an ICMP error about an earlier datagram (any flow's) becomes the socket's
+    ///   pending error (`__udp4_lib_err`, `__udp6_lib_err`), and the next send fails with it
+    ///   (`sock_alloc_send_pskb` checks `sock_error`), which clears it.
     Refused { errno: i32 },
     /// A GSO send refused with EIO: the egress device cannot do UDP GSO (no checksum offload).
     GsoUnusable { errno: i32 },
@@ -34,8 +38,8 @@ pub enum SendResult {
 }
 
 /// Judges the result of a send (`gso`: it carried several segments with `UDP_SEGMENT`) on the
-/// socket `route` names. Only the worker's own socket has `IP_RECVERR` and DF, so only its
-/// sends are refused as too big.
+/// socket `route` names. Only the worker's own socket sends with DF, so only its sends are
+/// refused as too big.
 pub fn judge(result: i32, gso: bool, route: Route) -> SendResult {
     if result >= 0 {
         return SendResult::Sent {
@@ -44,7 +48,10 @@ pub fn judge(result: i32, gso: bool, route: Route) -> SendResult {
     }
     let errno = -result;
     let direct = route == Route::Direct;
-    if direct && (errno == libc::EMSGSIZE || (gso && errno == libc::EINVAL)) {
+    // Both sockets have IP_RECVERR (the kernel hands an ICMP error to either), so a send on
+    // either may take a pending error; only the worker's own socket sends with DF.
+    if is_peer_unreachable(errno) || (direct && (errno == libc::EMSGSIZE || (gso && errno == libc::EINVAL)))
+    {
         SendResult::Refused { errno }
     } else if direct && gso && errno == libc::EIO {
         SendResult::GsoUnusable { errno }
@@ -70,27 +77,26 @@ pub fn is_peer_unreachable(errno: i32) -> bool {
     )
 }
 
-/// What becomes of a send refused as too big, once the path MTU has been looked at.
+/// What becomes of a refused send, once the batch has read the error queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterRefusal {
-    /// Its datagrams fit the path: send them again as they were. The refusal was the socket's
-    /// pending error, which a router's ICMP set (`__udp4_lib_err` / `__udp6_lib_err` with
-    /// `IP_RECVERR`) and which the next send of any size takes (`sock_alloc_send_pskb` checks
-    /// `sock_error`), and which that send cleared.
+    /// Send it again as it was: the refusal was the socket's pending error, an ICMP error about
+    /// an earlier datagram, which the refused send cleared; or its datagrams fit after all.
     Resend,
-    /// A GSO send of datagrams that fit, refused with EINVAL: the egress device cannot do UDP
-    /// GSO, so they go one by one.
-    WithoutGso,
+    /// A GSO send of datagrams that fit, refused with EINVAL: sent again datagram by datagram
+    /// (each then fails alone, with the egress device's MTU queued, if it is too long).
+    OneByOne,
     /// Longer than the inner MTU: answered or sent in outer fragments
     /// (`offload::icmp::TooBig`).
     TooBig,
-    /// They fit, yet the slot's resends are spent: dropped as a send error.
-    Drop,
+    /// The slot's resends are spent: dropped, for this reason.
+    Drop(DropReason),
 }
 
-/// Judges a send refused with `errno` (EMSGSIZE, or EINVAL for a GSO send) whose datagrams are
-/// `segment_len` bytes (a GSO send: each but maybe the last), after the path MTU was looked at:
-/// only datagrams longer than `inner_mtu` are too big.
+/// Judges a send refused with `errno` whose datagrams are `segment_len` bytes (a GSO send: each
+/// but maybe the last), once the batch has read the error queue (so `inner_mtu` includes any
+/// local limit it reported): only datagrams longer than `inner_mtu` are too big, and an error
+/// about the peer is taken as what it is with `IP_RECVERR`, an earlier datagram's.
 pub fn after_refusal(
     errno: i32,
     gso: bool,
@@ -98,14 +104,21 @@ pub fn after_refusal(
     inner_mtu: usize,
     resends_left: bool,
 ) -> AfterRefusal {
+    if is_peer_unreachable(errno) {
+        return if resends_left {
+            AfterRefusal::Resend
+        } else {
+            AfterRefusal::Drop(DropReason::PeerUnreachable)
+        };
+    }
     if segment_len > inner_mtu {
         AfterRefusal::TooBig
     } else if gso && errno == libc::EINVAL {
-        AfterRefusal::WithoutGso
+        AfterRefusal::OneByOne
     } else if resends_left {
         AfterRefusal::Resend
     } else {
-        AfterRefusal::Drop
+        AfterRefusal::Drop(DropReason::UdpSendError)
     }
 }
 
@@ -115,24 +128,16 @@ pub fn after_refusal(
 pub struct ErrorReports {
     /// Read the error queue: a refusal or an ICMP error put something there.
     pub drain_queue: bool,
-    /// Reread the kernel's path MTU: a send was refused as too big.
-    pub reread_path_mtu: bool,
     /// ICMP errors that surfaced as a receive's error (each also queued, unless drained before).
     pub surfaced_icmp_errors: u64,
 }
 
 impl ErrorReports {
     /// Notes what a send's result says about the path.
-    pub fn note_send(&mut self, result: SendResult, route: Route) {
+    pub fn note_send(&mut self, result: SendResult) {
         match result {
-            SendResult::Refused { errno } => {
-                self.reread_path_mtu = true;
-                self.drain_queue |= errno == libc::EMSGSIZE;
-            }
-            // The fragmenting socket has no IP_RECVERR, so nothing is queued for it.
-            SendResult::Dropped(DropReason::PeerUnreachable) => {
-                self.drain_queue |= route == Route::Direct
-            }
+            // A GSO EINVAL queues nothing; the others were, or came from, a queued error.
+            SendResult::Refused { errno } => self.drain_queue |= errno != libc::EINVAL,
             _ => {}
         }
     }
@@ -145,7 +150,6 @@ impl ErrorReports {
             // the socket's error (`__udp4_lib_err`), which this receive took; the MTU it reports
             // is queued.
             self.drain_queue = true;
-            self.reread_path_mtu = true;
             true
         } else if is_peer_unreachable(errno) {
             // IP_RECVERR: an ICMP error about the peer surfaced on the receive.
@@ -220,7 +224,23 @@ mod tests {
                 e(libc::ECONNREFUSED),
                 false,
                 Direct,
-                Dropped(DropReason::PeerUnreachable),
+                Refused {
+                    errno: libc::ECONNREFUSED,
+                },
+            ),
+            (
+                e(libc::EHOSTUNREACH),
+                true,
+                Fragmenting,
+                Refused {
+                    errno: libc::EHOSTUNREACH,
+                },
+            ),
+            (
+                e(libc::ENOTCONN),
+                false,
+                Fragmenting,
+                Dropped(DropReason::UdpSendError),
             ),
         ] {
             assert_eq!(
@@ -232,41 +252,41 @@ mod tests {
     }
 
     #[test]
-    fn reports_ask_for_the_queue_and_the_mtu_only_when_something_said_so() {
+    fn reports_ask_for_the_queue_only_when_something_was_queued() {
         let mut r = ErrorReports::default();
-        r.note_send(SendResult::Sent { bytes: 1 }, Route::Direct);
-        r.note_send(
-            SendResult::Dropped(DropReason::PeerUnreachable),
-            Route::Fragmenting,
-        );
+        r.note_send(SendResult::Sent { bytes: 1 });
+        r.note_send(SendResult::Dropped(DropReason::UdpSendBufferFull));
         assert_eq!(r, ErrorReports::default());
-        r.note_send(
-            SendResult::Refused {
+        r.note_send(SendResult::Refused {
                 errno: libc::EINVAL,
-            },
-            Route::Direct,
-        );
-        assert!(r.reread_path_mtu && !r.drain_queue);
-        r.note_send(
-            SendResult::Dropped(DropReason::PeerUnreachable),
-            Route::Direct,
-        );
+            });
+        assert!(!r.drain_queue, "a GSO EINVAL queues nothing");
+        r.note_send(SendResult::Refused {
+                errno: libc::ECONNREFUSED,
+            });
         assert!(r.drain_queue);
         let mut r = ErrorReports::default();
         assert!(!r.note_receive_error(libc::EBADF));
         assert!(r.note_receive_error(libc::ECONNREFUSED));
         assert!(r.note_receive_error(libc::EMSGSIZE));
         assert_eq!(r.surfaced_icmp_errors, 1);
-        assert!(r.drain_queue && r.reread_path_mtu);
+        assert!(r.drain_queue);
+        let mut r = ErrorReports::default();
+        r.note_send(SendResult::Refused {
+                errno: libc::EHOSTUNREACH,
+            });
+        assert!(r.drain_queue, "a pending ICMP error was queued too");
     }
 
     /// After a router's ICMP error, the socket's pending EMSGSIZE fails the next send whatever its
-    /// size. Judged against the path MTU learned from it, a send whose datagrams fit goes out
-    /// again, and only datagrams longer than the new inner MTU are too big. (tunfwd once answered
-    /// every refused send as too big: a 100-byte ping after a frag-needed for 1400 bytes was
-    /// dropped, and its sender told the MTU was 1372.)
+    /// size. Judged against the path MTU known once the error queue is read, a send whose
+    /// datagrams fit goes out again, and only datagrams longer than the inner MTU are too big.
+    /// (tunfwd once answered every refused send as too big: a 100-byte ping after a frag-needed
+    /// for 1400 bytes was dropped, and its sender told the MTU was 1372.) An ICMP error about
+    /// an earlier datagram, pending on the socket, costs the send it fails nothing either: it
+    /// is sent again (once dropped as `peer_unreachable`, a whole GSO batch of any flow).
     #[test]
-    fn refused_sends_that_fit_the_learned_mtu_are_sent_again() {
+    fn refused_sends_that_fit_are_sent_again() {
         use AfterRefusal::*;
         let emsgsize = libc::EMSGSIZE;
         let einval = libc::EINVAL;
@@ -279,11 +299,25 @@ mod tests {
             (emsgsize, true, 1400, 1252, true, TooBig),
             (einval, true, 1400, 1252, true, TooBig),
             (einval, true, 1400, 1252, false, TooBig),
-            // A GSO EINVAL for datagrams that fit: the device cannot do GSO.
-            (einval, true, 1200, 1252, true, WithoutGso),
-            (einval, true, 1200, 1252, false, WithoutGso),
+            // A GSO EINVAL for datagrams that fit: one by one, GSO stays on.
+            (einval, true, 1200, 1252, true, OneByOne),
+            (einval, true, 1200, 1252, false, OneByOne),
             // Refused again and again though they fit: not forever.
-            (emsgsize, false, 100, 1372, false, Drop),
+            (emsgsize, false, 100, 1372, false, Drop(DropReason::UdpSendError)),
+            // Pending errors about earlier datagrams, whatever the length.
+            (libc::ECONNREFUSED, true, 1400, 1252, true, Resend),
+            (libc::EHOSTUNREACH, false, 100, 1252, true, Resend),
+            (libc::EPROTO, false, 100, 1252, true, Resend),
+            (libc::ENETUNREACH, false, 100, 1252, true, Resend),
+            (libc::EHOSTDOWN, false, 100, 1252, true, Resend),
+            (
+                libc::ECONNREFUSED,
+                false,
+                100,
+                1252,
+                false,
+                Drop(DropReason::PeerUnreachable),
+            ),
         ] {
             assert_eq!(
                 after_refusal(errno, gso, length, inner_mtu, resends_left),

@@ -19,6 +19,9 @@ pub enum Op {
     Cancel = 5,
     /// The timeout that bounds a wait when the kernel cannot take one with the wait itself.
     Timer = 6,
+    /// A sendmsg of a relay-to-relay control message (a path MTU probe or its acknowledgement);
+    /// the index is the control slot.
+    ControlSend = 7,
 }
 
 impl Op {
@@ -30,6 +33,7 @@ impl Op {
             4 => Op::TunWrite,
             5 => Op::Cancel,
             6 => Op::Timer,
+            7 => Op::ControlSend,
             _ => return None,
         })
     }
@@ -75,6 +79,7 @@ mod tests {
             Op::TunWrite,
             Op::Cancel,
             Op::Timer,
+            Op::ControlSend,
         ] {
             for index in [0, 1, 255, 65535, u32::MAX] {
                 let t = Token::new(op, index);
@@ -94,7 +99,7 @@ mod tests {
     #[test]
     fn garbage_user_data_decodes_to_nothing() {
         assert_eq!(Token::from_user_data(0), None);
-        assert_eq!(Token::from_user_data(7 << 32), None);
+        assert_eq!(Token::from_user_data(8 << 32), None);
         assert_eq!(Token::from_user_data(u64::MAX), None);
         assert_eq!(Token::from_user_data(1 << 40 | 1 << 32), None);
     }

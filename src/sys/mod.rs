@@ -6,7 +6,10 @@
 //! what an operator can do about the common causes.
 
 pub mod link;
+pub mod netlink;
+pub mod owner;
 pub mod privileges;
+pub mod random;
 pub mod signal;
 pub mod socket;
 pub mod tun;
@@ -123,6 +126,47 @@ pub enum Error {
     },
     /// No engine that was asked for can run here (`crate::engine::choose` says why).
     Engine(String),
+    /// Creating or binding the abstract unix socket that marks a device or port as this relay's,
+    /// for a reason other than another holding it (`owner::claim`).
+    ClaimLock {
+        resource: owner::Resource,
+        source: io::Error,
+    },
+    /// Another tunfwd, alive, holds the lock on the device or port.
+    AlreadyServed {
+        resource: owner::Resource,
+        holders: Vec<owner::Holder>,
+        source: io::Error,
+    },
+    /// Live processes hold sockets bound to the listen address's port (found by a test bind).
+    PortInUse {
+        address: SocketAddr,
+        holders: Vec<owner::Holder>,
+        source: io::Error,
+    },
+    /// Live processes hold queues of the TUN device.
+    DeviceInUse {
+        device: String,
+        holders: Vec<owner::Holder>,
+    },
+    /// The device, port or lock was still taken, by no live process, when the wait ran out.
+    StillHeld {
+        resource: owner::Resource,
+        waited: std::time::Duration,
+        remains: owner::Remains,
+        source: Option<io::Error>,
+    },
+    /// Reading /proc to find what holds the device or port.
+    FindHolders {
+        resource: owner::Resource,
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    /// Asking rtnetlink whether the device exists, is a TUN and has queues attached.
+    QueryDevice {
+        device: String,
+        source: io::Error,
+    },
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -324,6 +368,13 @@ impl fmt::Display for Error {
                 )
             }
             Error::Engine(why) => f.write_str(why),
+            Error::ClaimLock { .. }
+            | Error::AlreadyServed { .. }
+            | Error::PortInUse { .. }
+            | Error::DeviceInUse { .. }
+            | Error::StillHeld { .. }
+            | Error::FindHolders { .. }
+            | Error::QueryDevice { .. } => owner::describe(self, f),
         }
     }
 }
@@ -357,6 +408,13 @@ impl std::error::Error for Error {
             | Error::WorkerLost { .. }
             | Error::PrivilegesRemain { .. }
             | Error::Engine(_) => None,
+            Error::ClaimLock { .. }
+            | Error::AlreadyServed { .. }
+            | Error::PortInUse { .. }
+            | Error::DeviceInUse { .. }
+            | Error::StillHeld { .. }
+            | Error::FindHolders { .. }
+            | Error::QueryDevice { .. } => owner::source(self),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! names in `ip::field` and `transport::field`.
 
 pub mod checksum;
+pub mod control;
+pub mod icmp;
 pub mod ip;
 pub mod transport;
 pub mod vnet;

@@ -200,7 +200,9 @@ impl RingEngine for Compat {
                     worker.on_read_error(false, -result, &mut self.udp_failures);
                 }
             }
-            Op::UdpSend | Op::TunWrite => worker.complete(token, result, now_ns),
+            Op::UdpSend | Op::TunWrite | Op::ControlSend => {
+                worker.complete(token, result, now_ns)
+            }
             Op::Timer => self.timer_armed = false,
             Op::Cancel => self.in_flight -= 1,
         }

@@ -68,22 +68,26 @@ mod uring;
 
 pub use crate::engine::{Choice, Engine, Features};
 pub use crate::relay::tun::MAX_SPLIT_SEGMENTS;
+pub use slots::{REPLIES_PER_SECOND, REPLY_BURST};
 
 use crate::faults::Faults;
 use crate::offload::coalesce::Policy;
 use crate::offload::ecn::Marking;
 use crate::offload::split::GSO_MAX_SEGMENTS;
 use crate::relay::batch::Batcher;
+use crate::offload::icmp::{SharedBucket, SourceLimiter, TokenBucket};
 use crate::relay::path::PathMtu;
+use crate::relay::plpmtud::{Limits, Plpmtud, SharedPath};
 use crate::relay::send::{ErrorReports, Route};
 use crate::ring::{BufRing, Op, Token};
 use crate::stats::{self, WorkerStats};
 use crate::sys;
+use crate::sys::{netlink, random};
 use crate::sys::socket::{self, OuterFamily};
 use crate::wire::vnet;
 use slots::{Memory, RefusedSend};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,8 +100,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// A read that fails this many times in a row, with no data in between, is broken.
 const MAX_CONSECUTIVE_FAILURES: u32 = 64;
-/// How often a worker rereads the kernel's path MTU to the peer (two system calls).
-const PATH_MTU_RECHECK: Duration = Duration::from_secs(1);
+/// How often a worker reads its fragmenting socket's error queue when nothing else made it.
+const FRAGMENTING_ERRORS_CHECK: Duration = Duration::from_millis(50);
+/// How often the worker that runs the path MTU machine reads the egress device's MTU.
+const EGRESS_MTU_RECHECK: Duration = Duration::from_secs(1);
+/// Path MTU probes a worker answers a second, at most (and as a burst).
+const ACKS_PER_SECOND: u64 = 100;
 /// GSO sends one buffer may need; per-segment fallback sends use the msghdrs after these.
 const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
 // A `SendIndex` packs the msghdr into bits 16..31.
@@ -134,7 +142,17 @@ pub struct WorkerConfig {
     pub busy_poll: Duration,
     pub tun: OwnedFd,
     pub socket: OwnedFd,
+    /// Lets the outer IP layer fragment (`socket::fragmenting_socket`), for
+    /// `TooBig::Fragment`. `None` if it could not be made: such packets are then dropped as
+    /// `too_big`.
+    pub fragmenting: Option<OwnedFd>,
     pub peer: SocketAddr,
+    /// The relay's path MTU state, shared by its workers (`relay::plpmtud`).
+    pub shared_path: Arc<SharedPath>,
+    /// Set for the one worker that runs the path MTU machine, with its limits.
+    pub path_machine: Option<Limits>,
+    /// The relay-wide budget of ICMP errors written into the TUN.
+    pub reply_budget: Arc<SharedBucket>,
     pub mtu: u32,
     /// The most operations in flight and buffers per direction, a power of two.
     pub ring_depth: usize,
@@ -311,16 +329,22 @@ struct Worker {
     /// For the error queue, and the `poll` engine's system calls.
     socket: OwnedFd,
     tun: OwnedFd,
-    /// Lets the outer IP layer fragment, for `TooBig::Fragment`. `None` if it could not be made
-    /// (said once at startup): such packets are then dropped as `too_big`.
+    /// Lets the outer IP layer fragment, for `TooBig::Fragment` (see `WorkerConfig`).
     fragmenting: Option<OwnedFd>,
-    /// Reads the kernel's path MTU (`socket::path_mtu`); `None` if it could not be created.
-    path_probe: Option<OwnedFd>,
     peer: SocketAddr,
+    /// The peer as a received datagram's source reads (`socket::source_address`).
+    peer_canonical: SocketAddr,
     offloads: Offloads,
     coalesce: Policy,
     marking: Marking,
     path: PathMtu,
+    shared_path: Arc<SharedPath>,
+    /// The path MTU machine, on the one worker that runs it.
+    plpmtud: Option<Plpmtud>,
+    /// The working size last taken from `shared_path`.
+    published_path_mtu: usize,
+    /// Probes this worker answers a second, at most: the peer sends one at a time.
+    ack_bucket: TokenBucket,
     stats: WorkerStats,
     /// The socket's drop count (`socket::receive_drops`) when last read.
     socket_drops_seen: u32,
@@ -337,7 +361,10 @@ struct Worker {
     refused: Vec<RefusedSend>,
     requests: Requests,
     epoch: Instant,
-    next_path_check: Instant,
+    /// When the path MTU machine next reads the egress device's MTU.
+    next_egress_check: Instant,
+    /// When the fragmenting socket's error queue is next read, if nothing reads it before.
+    next_fragmenting_check: Instant,
     /// When the next stats snapshot is due, if snapshots are sent.
     next_snapshot: Option<Instant>,
     stopping: bool,
@@ -567,20 +594,6 @@ impl Worker {
         let offloads = config.offloads;
         let mtu = config.mtu as usize;
         let depth = config.ring_depth;
-        // The socket for outer fragmentation sends from the listen address, so that the peer
-        // takes its datagrams as ours (see `socket::fragmenting_socket`).
-        let source = socket::local_address(&config.socket)
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |address| address.ip());
-        let fragmenting = match socket::fragmenting_socket(config.peer, source) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                eprintln!(
-                    "tunfwd: queue {queue}: no socket for outer fragmentation ({e}); inner \
-                     packets that would need it are dropped as too_big"
-                );
-                None
-            }
-        };
         let round = |n: usize| n.div_ceil(64) * 64;
         let alloc = |source| sys::Error::RegisterBuffers { queue, source };
         let tun_packet_room = if offloads.tun_offloads() { 65535 } else { mtu };
@@ -615,13 +628,31 @@ impl Worker {
         } else {
             GSO_MAX_SEGMENTS
         };
-        let memory = Memory::new(tun_buffers, udp_buffers, slot_segments, layout, config.peer);
+        let mut key = [0u8; 16];
+        random::fill(&mut key).map_err(|source| sys::Error::Socket {
+            address: config.peer,
+            source,
+        })?;
+        let limiter = SourceLimiter::new(
+            (
+                u64::from_ne_bytes(key[..8].try_into().expect("8 bytes")),
+                u64::from_ne_bytes(key[8..].try_into().expect("8 bytes")),
+            ),
+            slots::REPLIES_PER_SOURCE_PER_SECOND,
+            slots::REPLY_BURST_PER_SOURCE,
+        );
+        // Only the worker that probes sends anything longer than an acknowledgement.
+        let control_len = if config.path_machine.is_some() { mtu } else { 0 };
+        let memory = Memory::new(
+            tun_buffers,
+            udp_buffers,
+            slot_segments,
+            layout,
+            config.peer,
+            (limiter, config.reply_budget.clone()),
+            control_len,
+        );
         let family = OuterFamily::of(config.peer);
-        let path_probe = socket::path_mtu_probe(config.peer).ok();
-        let known = path_probe
-            .as_ref()
-            .and_then(|probe| socket::path_mtu(probe, config.peer).ok())
-            .map(|m| m as usize);
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| sys::Error::Socket {
                 address: config.peer,
@@ -629,23 +660,27 @@ impl Worker {
             })
         };
         let mut stats = WorkerStats::new(queue);
-        let path = PathMtu::new(family, mtu, known);
+        let path = PathMtu::new(family, mtu, Some(config.shared_path.working()));
         stats.path.path_mtu = path.path_mtu as u64;
         let now = Instant::now();
         Ok(Worker {
             memory,
             socket: dup(&config.socket)?,
             tun: dup(&config.tun)?,
-            fragmenting,
-            path_probe,
+            fragmenting: config.fragmenting.as_ref().map(dup).transpose()?,
             peer: config.peer,
+            peer_canonical: socket::canonical(config.peer),
             offloads,
             coalesce: Policy {
                 tcp: offloads.tso,
                 udp: offloads.uso,
             },
             marking: config.marking,
+            published_path_mtu: path.path_mtu,
             path,
+            shared_path: config.shared_path.clone(),
+            plpmtud: config.path_machine.map(Plpmtud::new),
+            ack_bucket: TokenBucket::new(ACKS_PER_SECOND, ACKS_PER_SECOND),
             stats,
             socket_drops_seen: 0,
             tun_read_at_ns: vec![0; usize::from(tun_count)].into_boxed_slice(),
@@ -660,7 +695,8 @@ impl Worker {
                 ..Requests::default()
             },
             epoch: now,
-            next_path_check: now + PATH_MTU_RECHECK,
+            next_egress_check: now,
+            next_fragmenting_check: now,
             next_snapshot: config.snapshots.as_ref().map(|(every, _)| now + *every),
             stopping: false,
             fatal: None,
@@ -679,6 +715,7 @@ impl Worker {
         match token.op {
             Op::UdpSend => self.on_send_done(SendIndex::unpack(token.index), result, now_ns),
             Op::TunWrite => self.on_write_done(WriteIndex::unpack(token.index), result, now_ns),
+            Op::ControlSend => self.on_control_sent(token.index as usize, result),
             _ => {}
         }
     }
@@ -697,6 +734,7 @@ impl Worker {
     fn end_batch(&mut self, now_ns: u64) {
         self.deliver_injected(now_ns);
         self.read_error_reports();
+        self.run_path(now_ns);
         // Before the GSO batch gathered in this batch, whose packets were read later. Splits and
         // sends without GSO made during this batch are already queued, so a resent packet can
         // leave after newer ones of its flow: a refusal and resend reorders, as a GSO fallback
@@ -705,13 +743,24 @@ impl Worker {
         self.send_batch();
     }
 
-    /// Between batches: rereads the path MTU every `PATH_MTU_RECHECK` and sends a stats
-    /// snapshot when one is due.
+    /// Between batches: runs the path MTU machine's timers and sends a stats snapshot when one
+    /// is due.
     fn tick(&mut self, config: &WorkerConfig) {
         let now = Instant::now();
-        if now >= self.next_path_check {
-            self.recheck_path_mtu();
-            self.next_path_check = now + PATH_MTU_RECHECK;
+        if now >= self.next_fragmenting_check {
+            self.read_fragmenting_errors();
+            self.next_fragmenting_check = now + FRAGMENTING_ERRORS_CHECK;
+        }
+        if let Some(machine) = &mut self.plpmtud {
+            let now_ns = self.epoch.elapsed().as_nanos() as u64;
+            if now >= self.next_egress_check {
+                // The egress device's own MTU: local, so trusted (two netlink questions).
+                if let Ok(mtu) = netlink::egress_mtu(self.peer.ip()) {
+                    machine.on_egress_mtu(mtu as usize, now_ns);
+                }
+                self.next_egress_check = now + EGRESS_MTU_RECHECK;
+            }
+            self.run_path(now_ns);
         }
         if let (Some(at), Some((every, sender))) = (self.next_snapshot, &config.snapshots)
             && now >= at

@@ -3,21 +3,27 @@
 //! it is allocated once at setup and never moved or resized (the contract in `ring`).
 
 use super::{MAX_GSO_SENDS, ReceiveLayout};
-use crate::offload::icmp::{self, TokenBucket};
+use crate::offload::icmp::{self, SharedBucket, SourceLimiter};
 use crate::offload::split::{GSO_MAX_SEGMENTS, MAX_HEADER_LEN};
 use crate::relay::receive::{MAX_GRO_SEGMENTS, ReceivePlan};
+use crate::relay::send::Route;
 use crate::ring::BufRing;
 use crate::sys::socket::{self, OuterFamily};
 use crate::wire::vnet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Room for one segment's rewritten headers: the most `split` produces, beyond which it refuses
 /// the super-packet.
 pub(super) const HEADER_ROOM: usize = MAX_HEADER_LEN;
-/// ICMP too-big errors a worker may write into the TUN: a burst, then this many a second (the
-/// kernel's own limit, net.ipv4.icmp_msgs_per_sec, is 1000 a second for the whole host).
-const REPLIES_PER_SECOND: u64 = 100;
-const REPLY_BURST: u64 = 50;
+/// ICMP too-big errors a worker may write into the TUN for one inner sender: a burst, then this
+/// many a second. One tells a sender its path; more are for the packets it sent before it knew.
+pub(super) const REPLIES_PER_SOURCE_PER_SECOND: u64 = 10;
+pub(super) const REPLY_BURST_PER_SOURCE: u64 = 10;
+/// And for the whole relay, all senders together (the kernel's own limit for the host,
+/// net.ipv4.icmp_msgs_per_sec, is 1000 a second with a burst of 50).
+pub const REPLIES_PER_SECOND: u64 = 200;
+pub const REPLY_BURST: u64 = 100;
 /// ICMP errors that may be on their way into the TUN at once; more wait for a free buffer (and
 /// are not sent, like those over the rate).
 pub(super) const REPLY_BUFFERS: usize = 8;
@@ -70,17 +76,73 @@ pub(super) struct UdpSlot {
 }
 
 /// ICMP errors for packets too big for the path, built into buffers of their own and written into
-/// the TUN, at most `REPLIES_PER_SECOND`.
+/// the TUN, within a budget per inner sender and one for the whole relay.
 pub(super) struct TooBigReplies {
-    pub bucket: TokenBucket,
+    pub per_source: SourceLimiter,
+    pub relay_wide: Arc<SharedBucket>,
     /// `[virtio_net_hdr][ICMP error]` each; in the kernel's hands while `busy`.
     pub buffers: Box<[[u8; vnet::LEN + icmp::MAX_REPLY]]>,
     pub iovs: Box<[libc::iovec; REPLY_BUFFERS]>,
     pub busy: [bool; REPLY_BUFFERS],
 }
 
-/// A send refused as too big for the path, held until the batch has looked at the path MTU
-/// (`Worker::settle_refusals`). Its slot's buffers stay out of the ring until then.
+/// Control messages (`wire::control`: path MTU probes and acknowledgements) on their way out,
+/// each from a buffer of its own with its own iovec and msghdr: an acknowledgement is 16 bytes,
+/// a probe as long as the device MTU (only the worker that runs the path MTU machine sends
+/// those).
+pub(super) const CONTROL_SLOTS: usize = 4;
+
+pub(super) struct ControlSends {
+    /// `CONTROL_SLOTS` buffers of `len` bytes each, back to back.
+    buffers: Box<[u8]>,
+    len: usize,
+    pub iovs: Box<[libc::iovec; CONTROL_SLOTS]>,
+    pub msgs: Box<[libc::msghdr; CONTROL_SLOTS]>,
+    /// In the kernel's hands until the send's result comes back.
+    pub busy: [bool; CONTROL_SLOTS],
+}
+
+impl ControlSends {
+    fn new(len: usize) -> ControlSends {
+        let len = len.max(crate::wire::control::HEADER_LEN);
+        let mut controls = ControlSends {
+            buffers: vec![0u8; CONTROL_SLOTS * len].into_boxed_slice(),
+            len,
+            iovs: Box::new([EMPTY_IOV; CONTROL_SLOTS]),
+            msgs: Box::new([zeroed_msghdr(); CONTROL_SLOTS]),
+            busy: [false; CONTROL_SLOTS],
+        };
+        for k in 0..CONTROL_SLOTS {
+            controls.iovs[k].iov_base = controls.buffers[k * len..].as_mut_ptr().cast();
+        }
+        controls
+    }
+
+    /// Slot `k`'s buffer, to write a message into. The caller checked that it is not busy.
+    pub fn buffer_mut(&mut self, k: usize) -> &mut [u8] {
+        debug_assert!(!self.busy[k]);
+        &mut self.buffers[k * self.len..][..self.len]
+    }
+
+    /// Points slot `k`'s msghdr at its iovec and at `peer`, and returns it for the request.
+    pub fn point_at_peer(
+        &mut self,
+        k: usize,
+        peer: &(libc::sockaddr_storage, libc::socklen_t),
+    ) -> *const libc::msghdr {
+        let m = &mut self.msgs[k];
+        m.msg_name = (&peer.0 as *const libc::sockaddr_storage).cast_mut().cast();
+        m.msg_namelen = peer.1;
+        m.msg_iov = &mut self.iovs[k];
+        m.msg_iovlen = 1;
+        m.msg_control = std::ptr::null_mut();
+        m.msg_controllen = 0;
+        &self.msgs[k]
+    }
+}
+
+/// A refused send, held until the batch has read the error queue (`Worker::settle_refusals`).
+/// Its slot's buffers stay out of the ring until then.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RefusedSend {
     pub bid: u16,
@@ -88,6 +150,7 @@ pub(super) struct RefusedSend {
     pub first: usize,
     pub segments: usize,
     pub errno: i32,
+    pub route: Route,
 }
 
 /// Everything the kernel may read or write while operations are in flight. Freed only after a
@@ -98,14 +161,13 @@ pub(super) struct Memory {
     pub tun_slots: Box<[TunSlot]>,
     pub udp_slots: Box<[UdpSlot]>,
     pub replies: TooBigReplies,
+    pub controls: ControlSends,
     /// A segment whose send failed as too big, header and payload put together, to quote from.
     pub reply_quote: Box<[u8; icmp::MAX_REPLY]>,
     pub layout: ReceiveLayout,
-    /// Read by the kernel through the `msg_name` of every send on the worker's socket.
+    /// Read by the kernel through the `msg_name` of every send: the worker's socket and the
+    /// fragmenting one are of the same family (both bound to the listen address).
     pub peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
-    /// The same peer for the fragmenting socket, whose family is the outer header's: an
-    /// IPv4-mapped peer as plain IPv4 (`socket::canonical`).
-    pub fragmenting_peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
 pub(super) fn zeroed_msghdr() -> libc::msghdr {
@@ -128,6 +190,8 @@ impl Memory {
         segments: usize,
         layout: ReceiveLayout,
         peer: SocketAddr,
+        reply_limits: (SourceLimiter, Arc<SharedBucket>),
+        control_len: usize,
     ) -> Memory {
         let peer_sockaddr = Box::new(socket::to_sockaddr(peer));
         let tun_slots = (0..tun_buffers.count())
@@ -155,7 +219,8 @@ impl Memory {
             })
             .collect();
         let mut replies = TooBigReplies {
-            bucket: TokenBucket::new(REPLIES_PER_SECOND, REPLY_BURST),
+            per_source: reply_limits.0,
+            relay_wide: reply_limits.1,
             buffers: vec![[0u8; vnet::LEN + icmp::MAX_REPLY]; REPLY_BUFFERS].into_boxed_slice(),
             iovs: Box::new([EMPTY_IOV; REPLY_BUFFERS]),
             busy: [false; REPLY_BUFFERS],
@@ -169,10 +234,10 @@ impl Memory {
             tun_slots,
             udp_slots,
             replies,
+            controls: ControlSends::new(control_len),
             reply_quote: Box::new([0u8; icmp::MAX_REPLY]),
             layout,
             peer_sockaddr,
-            fragmenting_peer_sockaddr: Box::new(socket::to_sockaddr(socket::canonical(peer))),
         }
     }
 }

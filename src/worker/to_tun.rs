@@ -14,16 +14,28 @@ impl Worker {
         // SAFETY: the receive handed `bid` to the worker: no request names it until it is given
         // back or named by a write below (the contract in `ring`).
         let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
-        if received.payload_truncated || received.payload.end > buffer.len() {
-            self.stats.counters.drop(DropReason::OversizedDatagram);
-            return self.return_udp_buffer(bid);
-        }
-        if socket::source_ip(&buffer[received.name.clone()]) != Some(self.peer.ip().to_canonical())
-        {
-            self.stats.counters.drop(DropReason::ForeignSource);
-            return self.return_udp_buffer(bid);
-        }
+        let in_bounds = received.payload.end <= buffer.len();
         let control = socket::receive_control(&buffer[received.control.clone()]);
+        let payload = buffer
+            .get(received.payload.clone())
+            .unwrap_or_default();
+        // What a drop of the whole buffer counts: every datagram in it (a GRO buffer holds many).
+        let datagrams = receive::datagram_count(
+            control.gro_segment_size,
+            received.control_truncated,
+            payload,
+        );
+        if received.payload_truncated || !in_bounds {
+            self.stats
+                .counters
+                .drop_n(DropReason::OversizedDatagram, datagrams);
+            return self.return_udp_buffer(bid);
+        }
+        // Exactly the peer's address and port: its fragmenting socket sends from its port too.
+        if socket::source_address(&buffer[received.name.clone()]) != Some(self.peer_canonical) {
+            self.stats.counters.drop_n(DropReason::ForeignSource, datagrams);
+            return self.return_udp_buffer(bid);
+        }
         let arrival = Arrival {
             payload: received.payload,
             gro_size: control.gro_segment_size,
@@ -43,10 +55,18 @@ impl Worker {
             &mut self.stats,
             &mut slot.plan,
         );
+        if !slot.plan.controls.is_empty() {
+            self.on_control_messages(bid, now_ns);
+        }
+        let slot = &mut self.memory.udp_slots[usize::from(bid)];
         if slot.plan.segments.is_empty() {
             return self.return_udp_buffer(bid);
         }
         self.udp_read_at_ns[usize::from(bid)] = now_ns;
+        // The writes name their byte ranges by pointer: once the first is queued, the kernel may
+        // read those bytes while this worker still writes others of the same buffer (a refused
+        // run's head), so no slice over the whole buffer may live on (the contract in `ring`).
+        let base = self.memory.udp_buffers.buffer_ptr(bid);
         let plan = &slot.plan;
         let mut iov = 0;
         for (r, run) in plan.runs.iter().enumerate() {
@@ -58,7 +78,7 @@ impl Worker {
             iov += 1;
             let head = plan.segments[run.first];
             slot.iovs[iov] = libc::iovec {
-                iov_base: buffer[head.at..].as_mut_ptr().cast(),
+                iov_base: base.wrapping_add(head.at).cast(),
                 iov_len: head.len,
             };
             iov += 1;
@@ -67,7 +87,7 @@ impl Worker {
                 let header_len = plan.merged_header_len(r);
                 for s in &plan.segments[run.first + 1..run.first + run.count] {
                     slot.iovs[iov] = libc::iovec {
-                        iov_base: buffer[s.at + header_len..].as_mut_ptr().cast(),
+                        iov_base: base.wrapping_add(s.at + header_len).cast(),
                         iov_len: s.len - header_len,
                     };
                     iov += 1;
@@ -143,13 +163,18 @@ impl Worker {
             self.coalesce = Policy::NONE;
         }
         self.stats.counters.coalesce_fallbacks += 1;
-        // SAFETY: the worker owns `bid` (the contract in `ring`). The one request that named
-        // this run's bytes, its merged write, has completed; the buffer's other writes, maybe
-        // still in flight, name other runs' bytes, which this writes none of (`restore_run`
-        // touches only this run's rewritten headers).
-        let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
+        let base = self.memory.udp_buffers.buffer_ptr(bid);
         let slot = &mut self.memory.udp_slots[usize::from(bid)];
-        slot.plan.restore_run(buffer, r);
+        let (head_at, saved) = slot.plan.restore_bytes(r);
+        // SAFETY: the worker owns `bid` (the contract in `ring`). The one request that named
+        // these bytes, this run's merged write, has completed; the buffer's other writes, maybe
+        // still in flight, name other runs' bytes, which this writes none of (only this run's
+        // rewritten headers, through a pointer: no slice over the buffer is made while the
+        // kernel may read it). `saved` is in the slot, not the buffer, so the two do not overlap,
+        // and `head_at + saved.len()` is within the segment the receive put there.
+        unsafe {
+            std::ptr::copy_nonoverlapping(saved.as_ptr(), base.add(head_at), saved.len());
+        }
         let run = slot.plan.runs[r];
         for s in run.first..run.first + run.count {
             let segment = slot.plan.segments[s];
@@ -158,7 +183,7 @@ impl Worker {
                 iov_len: vnet::LEN,
             };
             slot.fallback_iovs[2 * s + 1] = libc::iovec {
-                iov_base: buffer[segment.at..].as_mut_ptr().cast(),
+                iov_base: base.wrapping_add(segment.at).cast(),
                 iov_len: segment.len,
             };
             slot.writes_pending += 1;

@@ -154,12 +154,7 @@ impl Worker {
         let m = &mut slot.msgs[msg];
         m.msg_iov = slot.iovs[iov_start..].as_mut_ptr();
         m.msg_iovlen = segments * per;
-        // A msghdr may carry a segment directly once and, refused, on the fragmenting socket
-        // next: each send names its socket's kind of address.
-        let name = match route {
-            Route::Direct => &*self.memory.peer_sockaddr,
-            Route::Fragmenting => &*self.memory.fragmenting_peer_sockaddr,
-        };
+        let name = &*self.memory.peer_sockaddr;
         m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
         m.msg_namelen = name.1;
         if msg < MAX_GSO_SENDS {
@@ -275,7 +270,7 @@ impl Worker {
         let (segments, first) = (usize::from(segments), usize::from(first));
         let gso = msg < MAX_GSO_SENDS && segments > 1;
         let verdict = send::judge(result, gso, route);
-        self.reports.note_send(verdict, route);
+        self.reports.note_send(verdict);
         match verdict {
             SendResult::Refused { errno } => {
                 // Settled once the batch has looked at the path MTU: until then the send stays
@@ -286,6 +281,7 @@ impl Worker {
                     first,
                     segments,
                     errno,
+                    route,
                 });
                 return;
             }

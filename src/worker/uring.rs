@@ -379,7 +379,9 @@ impl RingEngine for Uring {
                     _ => worker.on_read_error(false, -result, &mut self.udp_failures),
                 }
             }
-            Op::UdpSend | Op::TunWrite => worker.complete(token, result, now_ns),
+            Op::UdpSend | Op::TunWrite | Op::ControlSend => {
+                worker.complete(token, result, now_ns)
+            }
             Op::Cancel | Op::Timer => self.in_flight -= 1,
         }
     }

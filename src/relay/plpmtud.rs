@@ -1,0 +1,786 @@
+//! The path MTU to the peer, confirmed by probing: RFC 8899's datagram packetization layer path
+//! MTU discovery, between two relays. PURE: takes events and the time, hands out probes to send.
+//!
+//! # Why not the kernel's path MTU
+//! The kernel lowers a route's path MTU on any ICMP fragmentation-needed or packet-too-big that
+//! quotes the socket's 4-tuple (`__udp4_lib_err`, `ipv4_sk_update_pmtu`), down to
+//! `net.ipv4.route.min_pmtu` (552), for `mtu_expires` (ten minutes). A tunnel's outer 4-tuple is
+//! public, so one spoofed message is enough to push most traffic onto the slow path for ten
+//! minutes. So the worker's socket sends with DF but ignores the route's path MTU
+//! (`IP_PMTUDISC_PROBE`, ip(7)), and an ICMP message is only a *hint*, to be confirmed here
+//! before anything changes.
+//!
+//! # How a hint is confirmed
+//! A probe is a datagram of exactly the size to test (`wire::control`), which the peer relay
+//! acknowledges. On a hint below the working size:
+//! * if the peer answers probes, the working size is probed: acknowledged, the hint was false
+//!   and nothing changes (a spoofed message costs one probe); not acknowledged after
+//!   [`MAX_PROBES`] tries, a small probe is sent: a loss that small packets share is congestion
+//!   or a peer gone, not the path MTU, and proves nothing (RFC 8899 section 4.4 warns against
+//!   taking one for the other). If the small probe is acknowledged, the hint was true, and the
+//!   largest size that works is searched for between the largest acknowledged size and the
+//!   smallest that failed, trying the hint first, then the floor, then midpoints, every failure
+//!   checked against a small probe the same way;
+//! * if the peer has never answered (a peer that does not know probes, such as socat's relay),
+//!   nothing can be confirmed: the hint is taken, but never below the floor (1280 unless
+//!   configured), and the full size is tried again after [`RAISE_INTERVAL_NS`].
+//!
+//! Sizes are outer IP packet sizes (outer IP and UDP headers included). Below the floor the
+//! working size goes only to a size the peer acknowledged. The egress device's own MTU is
+//! local knowledge, trusted at once: as the local stack reports it when it refuses a send
+//! (`SO_EE_ORIGIN_LOCAL`), or as the caller reads it from the routing table. Whenever the working
+//! size is below the largest, the largest is probed again every [`RAISE_INTERVAL_NS`], so a path
+//! that grows back is used again within that time, not after the kernel's ten minutes.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Tries of one probe size before it counts as not getting through (RFC 8899's MAX_PROBES).
+pub const MAX_PROBES: u8 = 3;
+/// How often a working size below the largest is tested again against the largest.
+pub const RAISE_INTERVAL_NS: u64 = 30_000_000_000;
+/// How often a peer that has never answered is asked again whether it answers probes.
+pub const HELLO_INTERVAL_NS: u64 = 10_000_000_000;
+/// How long a probe waits for its acknowledgement before it is tried again: four smoothed
+/// round trips within these bounds, or the default before the first round trip is measured.
+pub const PROBE_TIMEOUT_DEFAULT_NS: u64 = 500_000_000;
+pub const PROBE_TIMEOUT_MIN_NS: u64 = 100_000_000;
+pub const PROBE_TIMEOUT_MAX_NS: u64 = 1_000_000_000;
+/// The search stops when the largest acknowledged and the smallest failed size are this close.
+pub const SEARCH_GRANULARITY: usize = 8;
+
+/// The sizes the search works within, outer headers included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest: what the device MTU was chosen for.
+    pub largest: usize,
+    /// Below this, only a size the peer acknowledged is used.
+    pub floor: usize,
+    /// The smallest working size ever used (IPv4's 552, the kernel's `min_pmtu`; IPv6's 1280).
+    pub smallest: usize,
+    /// The size of the probe that asks whether the peer answers at all.
+    pub hello: usize,
+}
+
+/// A probe to send now: a datagram making an outer IP packet of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub nonce: u64,
+    pub size: usize,
+}
+
+/// What the machine counts (reported per worker in `PathStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub probes_sent: u64,
+    pub probes_acked: u64,
+    /// ICMP hints of a smaller path MTU.
+    pub hints: u64,
+    /// Hints a probe of the working size showed to be false.
+    pub hints_refuted: u64,
+    /// Times the working size went down (a confirmed hint, a local limit, an unconfirmable
+    /// hint taken down to the floor).
+    pub lowered: u64,
+    /// Times the working size went back up.
+    pub raised: u64,
+    /// Probe losses that small probes shared (congestion, or the peer away): not taken as the
+    /// path's doing.
+    pub inconclusive: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Does the peer answer probes at all?
+    Hello,
+    /// Does the working size still get through (a hint said it does not)?
+    Confirm,
+    /// Part of the search for the largest size that gets through.
+    Search,
+    /// Does the largest size get through again?
+    Raise,
+    /// Do small probes get through, now that a larger one did not? Carries what failed.
+    Baseline { failed: FailedProbe },
+}
+
+/// A probe that went unacknowledged, waiting for the small probe that says whether it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailedProbe {
+    size: usize,
+    confirming: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    probe: Probe,
+    purpose: Purpose,
+    tries: u8,
+    sent_ns: u64,
+    deadline_ns: u64,
+}
+
+/// One relay's path MTU machine.
+#[derive(Debug, Clone)]
+pub struct Plpmtud {
+    limits: Limits,
+    working: usize,
+    /// The peer has acknowledged a probe.
+    peer_answers: bool,
+    srtt_ns: Option<u64>,
+    /// The largest size acknowledged since the search last started (0: none).
+    acked: usize,
+    /// The smallest size that failed since the search last started (`largest + 1`: none).
+    failed: usize,
+    /// The smallest hint not yet settled.
+    hint: Option<usize>,
+    searching: bool,
+    /// The working size needs confirming at the next chance (a hint, or the start).
+    confirm: bool,
+    /// A probe just lost, for a small probe to say whether it counts.
+    baseline: Option<FailedProbe>,
+    outstanding: Option<Outstanding>,
+    /// The egress device's MTU as last read (`on_egress_mtu`).
+    egress_mtu: Option<usize>,
+    next_hello_ns: u64,
+    raise_at_ns: Option<u64>,
+    counts: Counts,
+}
+
+impl Plpmtud {
+    /// Starts at the largest size, asking the peer at once whether it answers probes.
+    pub fn new(limits: Limits) -> Plpmtud {
+        Plpmtud {
+            limits,
+            working: limits.largest,
+            peer_answers: false,
+            srtt_ns: None,
+            acked: 0,
+            failed: limits.largest + 1,
+            hint: None,
+            searching: false,
+            confirm: true,
+            baseline: None,
+            outstanding: None,
+            egress_mtu: None,
+            next_hello_ns: 0,
+            raise_at_ns: None,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The path MTU to work to now, outer headers included.
+    pub fn working(&self) -> usize {
+        self.working
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Whether the peer has ever acknowledged a probe.
+    pub fn peer_answers(&self) -> bool {
+        self.peer_answers
+    }
+
+    /// An ICMP fragmentation-needed or packet-too-big saying the path takes `size` bytes: a
+    /// hint, confirmed before it is believed (see the module documentation).
+    pub fn on_hint(&mut self, size: usize, now_ns: u64) {
+        self.counts.hints += 1;
+        if size >= self.working {
+            return;
+        }
+        if !self.peer_answers {
+            // Nothing can be confirmed: take it, but not below the floor.
+            let lowered = size.max(self.limits.floor).max(self.limits.smallest);
+            if lowered < self.working {
+                self.set_working(lowered);
+                self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
+            }
+            return;
+        }
+        self.hint = Some(self.hint.map_or(size, |h| h.min(size)));
+        if !self.searching {
+            self.confirm = true;
+        }
+    }
+
+    /// The local stack refused a send over the egress device's MTU (`SO_EE_ORIGIN_LOCAL`,
+    /// `size` being that MTU): not from the network, so believed at once.
+    pub fn on_local_limit(&mut self, size: usize, now_ns: u64) {
+        let size = size.max(self.limits.smallest);
+        if size < self.working {
+            self.set_working(size);
+            self.failed = self.failed.min(size + 1);
+            self.acked = self.acked.min(size);
+            self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
+        }
+    }
+
+    /// The egress device's MTU toward the peer, read from the routing table (local, so
+    /// trusted): a smaller one is taken at once; a larger one than before, while the working size
+    /// is under the largest, is tried at once.
+    pub fn on_egress_mtu(&mut self, mtu: usize, now_ns: u64) {
+        let previous = self.egress_mtu.replace(mtu);
+        if mtu < self.working {
+            self.on_local_limit(mtu, now_ns);
+        } else if previous.is_some_and(|p| mtu > p) && self.working < self.limits.largest {
+            self.failed = self.limits.largest + 1;
+            self.raise_at_ns = Some(now_ns);
+        }
+    }
+
+    /// An acknowledgement with `nonce` arrived from the peer.
+    pub fn on_ack(&mut self, nonce: u64, now_ns: u64) {
+        let Some(out) = self.outstanding else {
+            return;
+        };
+        if out.probe.nonce != nonce {
+            return;
+        }
+        self.outstanding = None;
+        self.counts.probes_acked += 1;
+        self.peer_answers = true;
+        let sample = now_ns.saturating_sub(out.sent_ns);
+        self.srtt_ns = Some(match self.srtt_ns {
+            // RFC 6298's smoothing.
+            Some(srtt) => (7 * srtt + sample) / 8,
+            None => sample,
+        });
+        let size = out.probe.size;
+        self.acked = self.acked.max(size);
+        match out.purpose {
+            Purpose::Hello => {}
+            Purpose::Baseline { failed } => self.take_failure(failed, now_ns),
+            Purpose::Confirm => {
+                if size >= self.working {
+                    if self.hint.take().is_some() {
+                        self.counts.hints_refuted += 1;
+                    }
+                    self.confirm = false;
+                }
+            }
+            Purpose::Search => {
+                if size > self.working {
+                    self.set_working(size);
+                }
+                self.continue_search(now_ns);
+            }
+            Purpose::Raise => {
+                if size > self.working {
+                    self.set_working(size);
+                    self.counts.raised += 1;
+                }
+                self.raise_at_ns = None;
+                self.failed = self.limits.largest + 1;
+            }
+        }
+    }
+
+    /// What to send now, if anything: a probe (a new one, or another try of the outstanding
+    /// one). `nonce` is asked for a fresh random number when a new probe is made.
+    pub fn poll(&mut self, now_ns: u64, nonce: impl FnOnce() -> u64) -> Option<Probe> {
+        if !self.peer_answers && self.raise_at_ns.is_some_and(|at| now_ns >= at) {
+            // Nothing to confirm with: after the interval, simply work to the largest size
+            // again, and let a real limit hint it down again.
+            self.raise_at_ns = None;
+            self.set_working(self.largest_now());
+            self.counts.raised += 1;
+        }
+        let timeout_ns = self.timeout_ns();
+        if let Some(out) = &mut self.outstanding {
+            if now_ns < out.deadline_ns {
+                return None;
+            }
+            if out.tries < MAX_PROBES {
+                out.tries += 1;
+                out.sent_ns = now_ns;
+                out.deadline_ns = now_ns + timeout_ns;
+                self.counts.probes_sent += 1;
+                return Some(out.probe);
+            }
+            let out = self.outstanding.take().expect("just looked");
+            self.on_failure(out, now_ns);
+        }
+        let (purpose, size) = self.next_probe(now_ns)?;
+        let probe = Probe {
+            nonce: nonce(),
+            size,
+        };
+        self.outstanding = Some(Outstanding {
+            probe,
+            purpose,
+            tries: 1,
+            sent_ns: now_ns,
+            deadline_ns: now_ns + self.timeout_ns(),
+        });
+        self.counts.probes_sent += 1;
+        Some(probe)
+    }
+
+    /// When `poll` next has something to do, if ever: a probe's deadline, a hello, a raise.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        if let Some(out) = self.outstanding {
+            return Some(out.deadline_ns);
+        }
+        if !self.peer_answers {
+            let raise = self.raise_at_ns.unwrap_or(u64::MAX);
+            return Some(self.next_hello_ns.min(raise));
+        }
+        if self.confirm || self.searching || self.baseline.is_some() {
+            return Some(0);
+        }
+        self.raise_at_ns
+    }
+
+    /// The largest size worth trying: the configured one, or the egress device's MTU if that is
+    /// smaller.
+    fn largest_now(&self) -> usize {
+        self.egress_mtu
+            .map_or(self.limits.largest, |m| m.min(self.limits.largest))
+    }
+
+    fn timeout_ns(&self) -> u64 {
+        self.srtt_ns.map_or(PROBE_TIMEOUT_DEFAULT_NS, |srtt| {
+            (4 * srtt).clamp(PROBE_TIMEOUT_MIN_NS, PROBE_TIMEOUT_MAX_NS)
+        })
+    }
+
+    fn next_probe(&mut self, now_ns: u64) -> Option<(Purpose, usize)> {
+        if !self.peer_answers {
+            if now_ns < self.next_hello_ns {
+                return None;
+            }
+            self.next_hello_ns = now_ns + HELLO_INTERVAL_NS;
+            return Some((Purpose::Hello, self.limits.hello));
+        }
+        if let Some(failed) = self.baseline.take() {
+            return Some((Purpose::Baseline { failed }, self.limits.hello));
+        }
+        if self.searching {
+            return self.search_candidate().map(|size| (Purpose::Search, size));
+        }
+        if self.confirm {
+            if self.working < self.failed {
+                return Some((Purpose::Confirm, self.working));
+            }
+            self.confirm = false;
+        }
+        match self.raise_at_ns {
+            Some(at) if now_ns >= at && self.working < self.largest_now() => {
+                self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
+                Some((Purpose::Raise, self.largest_now()))
+            }
+            _ => None,
+        }
+    }
+
+    fn on_failure(&mut self, out: Outstanding, now_ns: u64) {
+        let size = out.probe.size;
+        match out.purpose {
+            Purpose::Hello | Purpose::Raise => {}
+            Purpose::Confirm | Purpose::Search => {
+                // Does a small probe get through? Asked next (`next_probe`), before anything
+                // is concluded.
+                self.baseline = Some(FailedProbe {
+                    size,
+                    confirming: out.purpose == Purpose::Confirm,
+                });
+            }
+            Purpose::Baseline { .. } => {
+                // Small probes are lost too: the loss says nothing about the path MTU.
+                self.counts.inconclusive += 1;
+                self.confirm = false;
+                if self.searching {
+                    self.searching = false;
+                    if self.working < self.limits.largest {
+                        self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
+                    }
+                }
+                self.hint = None;
+            }
+        }
+    }
+
+    /// A probe of `failed.size` was lost while a small probe got through: the path does not
+    /// take that size.
+    fn take_failure(&mut self, failed: FailedProbe, now_ns: u64) {
+        self.failed = self.failed.min(failed.size);
+        if failed.confirming {
+            self.confirm = false;
+            self.searching = true;
+            // It got through before: the path changed, and what was acknowledged then says
+            // nothing now (the small probe just acknowledged is below anything searched).
+            self.acked = 0;
+        }
+        // Until the search ends, work to what is believed: the largest acknowledged size, or
+        // the hint or the floor if they are under what failed.
+        let believed = [self.hint, Some(self.limits.floor)]
+            .into_iter()
+            .flatten()
+            .filter(|s| *s >= self.limits.floor && *s < self.failed)
+            .max()
+            .unwrap_or(0)
+            .max(self.acked)
+            .max(self.limits.smallest)
+            .min(self.failed.saturating_sub(1).max(self.limits.smallest));
+        if believed < self.working {
+            self.set_working(believed);
+        }
+        self.continue_search(now_ns);
+    }
+
+    /// Ends the search once the acknowledged and failed sizes meet, settling on the largest
+    /// acknowledged one.
+    fn continue_search(&mut self, now_ns: u64) {
+        if !self.searching || self.search_candidate().is_some() {
+            return;
+        }
+        self.searching = false;
+        self.hint = None;
+        let settled = self.acked.max(self.limits.smallest);
+        if settled != self.working {
+            self.set_working(settled);
+        }
+        if self.working < self.limits.largest {
+            self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
+        }
+    }
+
+    /// The next size to try in the search: the hint, the floor, then the midpoint of what is
+    /// left between the largest acknowledged and the smallest failed size.
+    fn search_candidate(&self) -> Option<usize> {
+        let low = self.acked.max(self.limits.smallest.saturating_sub(1));
+        if self.failed <= low + SEARCH_GRANULARITY {
+            return None;
+        }
+        let open = |s: usize| s > self.acked && s < self.failed && s >= self.limits.smallest;
+        if let Some(hint) = self.hint.filter(|h| open(*h)) {
+            return Some(hint);
+        }
+        if open(self.limits.floor) {
+            return Some(self.limits.floor);
+        }
+        let mid = (low + self.failed) / 2;
+        open(mid).then_some(mid)
+    }
+
+    fn set_working(&mut self, size: usize) {
+        if size < self.working {
+            self.counts.lowered += 1;
+        }
+        self.working = size;
+    }
+}
+
+/// The path MTU state one relay's workers share: the hints and acknowledgements any worker sees,
+/// for the one worker that runs the [`Plpmtud`] machine, and the working size it publishes for
+/// all. Only atomics, touched once per batch at most: the kernel delivers the ICMP errors about
+/// a reuseport group's 4-tuple to one socket it picks by hash, and a probe's acknowledgement to
+/// whichever worker the steering program picks, so neither need land where the machine runs.
+#[derive(Debug)]
+pub struct SharedPath {
+    /// The smallest ICMP hint not yet taken by the machine; `u32::MAX` for none.
+    hint: AtomicU32,
+    /// The smallest local limit not yet taken; `u32::MAX` for none.
+    local_limit: AtomicU32,
+    /// The nonce of the latest acknowledgement (0: none yet).
+    acked_nonce: AtomicU64,
+    /// The working size the machine published.
+    working: AtomicU32,
+}
+
+impl SharedPath {
+    pub fn new(working: usize) -> SharedPath {
+        SharedPath {
+            hint: AtomicU32::new(u32::MAX),
+            local_limit: AtomicU32::new(u32::MAX),
+            acked_nonce: AtomicU64::new(0),
+            working: AtomicU32::new(working as u32),
+        }
+    }
+
+    pub fn post_hint(&self, size: u32) {
+        self.hint.fetch_min(size, Ordering::Relaxed);
+    }
+
+    pub fn post_local_limit(&self, size: u32) {
+        self.local_limit.fetch_min(size, Ordering::Relaxed);
+    }
+
+    pub fn post_ack(&self, nonce: u64) {
+        self.acked_nonce.store(nonce, Ordering::Relaxed);
+    }
+
+    /// Hands what the workers posted to the machine, and publishes its working size.
+    pub fn run(&self, machine: &mut Plpmtud, now_ns: u64) {
+        let hint = self.hint.swap(u32::MAX, Ordering::Relaxed);
+        if hint != u32::MAX {
+            machine.on_hint(hint as usize, now_ns);
+        }
+        let local = self.local_limit.swap(u32::MAX, Ordering::Relaxed);
+        if local != u32::MAX {
+            machine.on_local_limit(local as usize, now_ns);
+        }
+        let nonce = self.acked_nonce.load(Ordering::Relaxed);
+        if nonce != 0 {
+            machine.on_ack(nonce, now_ns);
+        }
+        self.publish(machine.working());
+    }
+
+    pub fn publish(&self, working: usize) {
+        self.working.store(working as u32, Ordering::Relaxed);
+    }
+
+    /// The working size the machine published last.
+    pub fn working(&self) -> usize {
+        self.working.load(Ordering::Relaxed) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const LIMITS: Limits = Limits {
+        largest: 1448,
+        floor: 1280,
+        smallest: 552,
+        hello: 44,
+    };
+
+    /// A peer on a path of `path_mtu` that acknowledges every probe that fits, `rtt` later.
+    struct Path {
+        path_mtu: usize,
+        answers: bool,
+        rtt_ns: u64,
+        in_flight: Vec<(u64, u64)>,
+        nonce: u64,
+    }
+
+    impl Path {
+        fn new(path_mtu: usize) -> Path {
+            Path {
+                path_mtu,
+                answers: true,
+                rtt_ns: MS,
+                in_flight: Vec::new(),
+                nonce: 0,
+            }
+        }
+
+        /// Runs the machine from `from` for `for_ns` in steps of 1 ms; returns the sizes probed.
+        fn run(&mut self, m: &mut Plpmtud, from: u64, for_ns: u64) -> Vec<usize> {
+            let mut sent = Vec::new();
+            let mut now = from;
+            while now < from + for_ns {
+                let arrived: Vec<u64> = self
+                    .in_flight
+                    .iter()
+                    .filter(|(at, _)| *at <= now)
+                    .map(|(_, n)| *n)
+                    .collect();
+                self.in_flight.retain(|(at, _)| *at > now);
+                for nonce in arrived {
+                    m.on_ack(nonce, now);
+                }
+                self.nonce += 1;
+                let fresh = self.nonce;
+                if let Some(p) = m.poll(now, || fresh) {
+                    sent.push(p.size);
+                    if self.answers && p.size <= self.path_mtu {
+                        self.in_flight.push((now + self.rtt_ns, p.nonce));
+                    }
+                }
+                now += MS;
+            }
+            sent
+        }
+    }
+
+    fn settled(path: &mut Path) -> Plpmtud {
+        let mut m = Plpmtud::new(LIMITS);
+        path.run(&mut m, 0, 100 * MS);
+        m
+    }
+
+    #[test]
+    fn the_start_asks_the_peer_then_confirms_the_largest_size() {
+        let mut path = Path::new(1500);
+        let mut m = Plpmtud::new(LIMITS);
+        let sent = path.run(&mut m, 0, 100 * MS);
+        assert_eq!(sent, vec![44, 1448]);
+        assert!(m.peer_answers());
+        assert_eq!(m.working(), 1448);
+        assert_eq!(m.next_deadline_ns(), None, "settled: nothing more to do");
+    }
+
+    #[test]
+    fn a_false_hint_costs_one_probe_and_changes_nothing() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        let mut now = 100 * MS;
+        for _ in 0..1000 {
+            m.on_hint(552, now);
+            path.run(&mut m, now, MS);
+            now += MS;
+        }
+        assert_eq!(m.working(), 1448, "never lowered");
+        let c = m.counts();
+        assert_eq!(c.lowered, 0);
+        assert!(c.hints_refuted >= 400, "{c:?}");
+        assert_eq!(c.hints, 1000);
+    }
+
+    #[test]
+    fn a_true_hint_is_confirmed_and_the_largest_size_that_works_is_found() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        path.path_mtu = 1400;
+        m.on_hint(1400, 100 * MS);
+        let sent = path.run(&mut m, 100 * MS, 20_000 * MS);
+        let tries = MAX_PROBES as usize;
+        assert_eq!(sent[..tries], [1448; MAX_PROBES as usize]);
+        assert_eq!(sent[tries], LIMITS.hello, "a small probe says the loss counts");
+        assert_eq!(sent[tries + 1], 1400, "the hint is tried first");
+        assert!(
+            m.working() <= 1400 && m.working() > 1400 - SEARCH_GRANULARITY,
+            "{}",
+            m.working()
+        );
+        assert!(m.counts().lowered >= 1);
+        assert_eq!(m.next_deadline_ns().map(|d| d > 20_000 * MS), Some(true));
+    }
+
+    #[test]
+    fn a_hint_below_the_floor_is_used_only_once_confirmed() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        path.path_mtu = 1000;
+        m.on_hint(1000, 100 * MS);
+        // Step by step: the working size is never under the floor unless acknowledged.
+        let mut seen_floor = false;
+        for step in 0..3000 {
+            let now = (100 + step) * MS;
+            path.run(&mut m, now, MS);
+            assert!(
+                m.working() >= LIMITS.floor || m.working() <= m.acked,
+                "at {step} ms: working {} acked {}",
+                m.working(),
+                m.acked
+            );
+            seen_floor |= m.working() == LIMITS.floor;
+        }
+        assert!(seen_floor, "the floor is believed while it is tried");
+        assert!(m.working() <= 1000 && m.working() > 1000 - SEARCH_GRANULARITY);
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_has_hints_taken_down_to_the_floor_only() {
+        let mut path = Path::new(1500);
+        path.answers = false;
+        let mut m = Plpmtud::new(LIMITS);
+        path.run(&mut m, 0, 100 * MS);
+        assert!(!m.peer_answers());
+        m.on_hint(552, 100 * MS);
+        assert_eq!(m.working(), 1280);
+        m.on_hint(1400, 101 * MS);
+        assert_eq!(m.working(), 1280, "never raised by a hint");
+        // Back to the largest size after the interval: a real limit would hint it down again.
+        path.run(&mut m, 101 * MS, RAISE_INTERVAL_NS - 10 * MS);
+        assert_eq!(m.working(), 1280);
+        path.run(&mut m, RAISE_INTERVAL_NS + 91 * MS, 20 * MS);
+        assert_eq!(m.working(), 1448);
+        assert_eq!(m.counts().raised, 1);
+    }
+
+    #[test]
+    fn a_local_limit_is_trusted_at_once_and_raised_again_by_probing() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        m.on_local_limit(1300, 100 * MS);
+        assert_eq!(m.working(), 1300);
+        // The device MTU went back up: the raise probe finds it.
+        path.run(&mut m, 100 * MS, RAISE_INTERVAL_NS + 100 * MS);
+        assert_eq!(m.working(), 1448);
+        assert_eq!(m.counts().raised, 1);
+    }
+
+    #[test]
+    fn a_path_that_grows_back_is_used_again_within_the_raise_interval() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        path.path_mtu = 1400;
+        m.on_hint(1400, 100 * MS);
+        path.run(&mut m, 100 * MS, 10_000 * MS);
+        assert!(m.working() <= 1400);
+        path.path_mtu = 1500;
+        path.run(&mut m, 10_100 * MS, RAISE_INTERVAL_NS + 1000 * MS);
+        assert_eq!(m.working(), 1448);
+    }
+
+    #[test]
+    fn forged_or_stale_acknowledgements_are_ignored() {
+        let mut m = Plpmtud::new(LIMITS);
+        let p = m.poll(0, || 77).unwrap();
+        assert_eq!(p.nonce, 77);
+        m.on_ack(78, MS);
+        assert!(!m.peer_answers());
+        m.on_ack(77, MS);
+        assert!(m.peer_answers());
+        m.on_ack(77, 2 * MS);
+        assert_eq!(m.counts().probes_acked, 1, "once");
+    }
+
+    #[test]
+    fn the_shared_state_carries_hints_acks_and_the_working_size() {
+        let shared = SharedPath::new(1448);
+        let mut m = Plpmtud::new(LIMITS);
+        let p = m.poll(0, || 5).unwrap();
+        shared.post_ack(p.nonce);
+        shared.post_hint(1400);
+        shared.post_hint(1300);
+        shared.run(&mut m, MS);
+        assert!(m.peer_answers());
+        assert_eq!(m.counts().hints, 1, "the smallest hint, once");
+        shared.post_local_limit(1200);
+        shared.run(&mut m, 2 * MS);
+        assert_eq!(shared.working(), 1200);
+    }
+
+    #[test]
+    fn a_loss_small_probes_share_is_not_the_paths_doing() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        // A hint arrives while everything is lost (congestion, or the peer restarting).
+        path.answers = false;
+        m.on_hint(1280, 100 * MS);
+        path.run(&mut m, 100 * MS, 5_000 * MS);
+        assert_eq!(m.working(), 1448, "nothing concluded from a general loss");
+        assert_eq!(m.counts().inconclusive, 1);
+        assert_eq!(m.counts().lowered, 0);
+        // And once packets get through again, a true hint is still acted on.
+        path.answers = true;
+        path.path_mtu = 1400;
+        m.on_hint(1400, 5_100 * MS);
+        path.run(&mut m, 5_100 * MS, 20_000 * MS);
+        assert!(m.working() <= 1400, "{}", m.working());
+    }
+
+    #[test]
+    fn the_egress_devices_mtu_is_taken_at_once_both_ways() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        m.on_egress_mtu(1500, 100 * MS);
+        assert_eq!(m.working(), 1448, "a larger device than the largest size");
+        m.on_egress_mtu(1280, 200 * MS);
+        assert_eq!(m.working(), 1280);
+        assert_eq!(
+            path.run(&mut m, 200 * MS, 1000 * MS),
+            Vec::<usize>::new(),
+            "nothing to probe: the device says so"
+        );
+        m.on_egress_mtu(1500, 1300 * MS);
+        path.run(&mut m, 1300 * MS, 100 * MS);
+        assert_eq!(m.working(), 1448, "raised as soon as the device grew");
+    }
+}
