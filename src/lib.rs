@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod offload;
 pub mod relay;
+pub mod shared;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod stats;

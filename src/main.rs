@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tunfwd::cli::{Account, Accounts, Args, Config};
 use tunfwd::metrics::{self, Published};
+use tunfwd::shared::Shared;
 use tunfwd::notify::{self, Notifier};
 use tunfwd::offload::icmp::SharedBucket;
 use tunfwd::offload::split;
@@ -238,7 +239,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let print_interval = Duration::from_secs(config.stats_interval_secs);
     let snapshots = snapshot_interval(print_interval, config.metrics.is_some());
-    let (snapshot_tx, snapshot_rx) = mpsc::channel::<WorkerStats>();
+    let shared = Arc::new(Shared::new(config.queues, config.peer));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(config.queues);
     let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
@@ -262,7 +263,8 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             offloads,
             marking: config.marking,
             stop: stop.clone(),
-            snapshots: (!snapshots.is_zero()).then(|| (snapshots, snapshot_tx.clone())),
+            snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
+            shared: shared.clone(),
         };
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -272,7 +274,6 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         handles.push(handle);
     }
     drop(ready_tx);
-    drop(snapshot_tx);
 
     if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
         stop_after_setup_failure(&stop, handles);
@@ -305,6 +306,9 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     });
     notifier.ready(&up);
 
+    let printer = Printer::spawn();
+    let mut peer = PeerLookup::new(config);
+    let (mut beats_seen, mut stalled) = (Vec::new(), Vec::new());
     let mut next_report = started + print_interval;
     let idle_wait = if snapshots.is_zero() {
         Duration::from_millis(200)
@@ -320,12 +324,24 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             break;
         }
         let now = Instant::now();
-        notifier.watchdog(now);
+        // WATCHDOG=1 says the workers turn, not only this loop: each must have beaten since.
+        notifier.watchdog(now, || {
+            let alive = shared.all_beat_since(&mut beats_seen, &mut stalled);
+            if !alive {
+                eprintln!(
+                    "tunfwd: queue(s) {stalled:?} did not turn since the last watchdog \
+                     ping; withholding WATCHDOG=1"
+                );
+            }
+            alive
+        });
+        peer.poll(now, &shared);
         let mut fresh = false;
-        while let Ok(snapshot) = snapshot_rx.try_recv() {
-            let queue = snapshot.queue;
-            latest[queue] = snapshot;
-            fresh = true;
+        for (queue, slot) in latest.iter_mut().enumerate() {
+            if let Some(snapshot) = shared.take_snapshot(queue) {
+                *slot = snapshot;
+                fresh = true;
+            }
         }
         if fresh && (published.is_some() || notifier.enabled()) {
             let report = Report::new(started.elapsed(), latest.clone())
@@ -339,7 +355,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             next_report += print_interval;
             let report = Report::new(started.elapsed(), latest.clone())
                 .with_tun_queue_drops(tun_drops.read());
-            publish(&report, config.stats_json.as_deref());
+            publish(&report, config.stats_json.as_deref(), &printer);
         }
     }
 
@@ -351,7 +367,9 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     publish(
         &Report::new(started.elapsed(), finals).with_tun_queue_drops(final_tun_drops),
         config.stats_json.as_deref(),
+        &printer,
     );
+    printer.finish(FINAL_PRINT_WAIT);
     Ok(all_ok)
 }
 
@@ -470,9 +488,9 @@ fn describe(wanted: tunfwd::cli::OffloadSwitches, got: worker::Offloads) -> Stri
     .join(", ")
 }
 
-/// Prints the report and, if asked, writes it as JSON.
-fn publish(report: &Report, json_path: Option<&Path>) {
-    println!("{}", report.to_table());
+/// Prints the report (through the printer thread) and, if asked, writes it as JSON.
+fn publish(report: &Report, json_path: Option<&Path>, printer: &Printer) {
+    printer.print(report.to_table());
     if let Some(path) = json_path
         && let Err(e) = write_json(report, path)
     {
@@ -480,14 +498,197 @@ fn publish(report: &Report, json_path: Option<&Path>) {
     }
 }
 
-/// Writes the report as JSON, atomically: a temporary file beside `path`, then a rename.
+/// Writes the report as JSON, atomically: a temporary file beside `path`, then a rename. The
+/// temporary name has a random part, and the file is created with `O_EXCL | O_NOFOLLOW`
+/// (open(2)): whoever can write to the directory cannot guess the name ahead of time to plant a
+/// symbolic link there, through which tunfwd would write elsewhere.
 fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     let text = report.to_json().to_string();
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    tmp.push(format!(".tmp.{:016x}", sys::random::nonzero_u64()?));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    let result = written.and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// How long the final report may wait for a stdout that nobody reads before tunfwd exits
+/// without it (the JSON, if asked for, is written all the same).
+const FINAL_PRINT_WAIT: Duration = Duration::from_secs(2);
+
+/// Prints reports on a thread of its own, so that a stdout that blocks (a pipe into a pager
+/// that was paused) stalls only that thread: the main loop goes on answering signals, the
+/// watchdog and the metrics. It holds at most one report waiting; a newer one replaces it.
+struct Printer {
+    pending: Arc<(Mutex<PrinterState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct PrinterState {
+    waiting: Option<String>,
+    /// Set by `finish`: print what waits, then end.
+    closing: bool,
+    /// The thread is writing (stdout may block it there).
+    busy: bool,
+}
+
+impl Printer {
+    fn spawn() -> Printer {
+        let pending = Arc::new((Mutex::new(PrinterState::default()), Condvar::new()));
+        let shared = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("tunfwd-print".to_string())
+            .spawn(move || {
+                let (state, wake) = &*shared;
+                loop {
+                    let text = {
+                        let Ok(mut s) = state.lock() else { return };
+                        while s.waiting.is_none() && !s.closing {
+                            s = match wake.wait(s) {
+                                Ok(s) => s,
+                                Err(_) => return,
+                            };
+                        }
+                        match s.waiting.take() {
+                            Some(text) => {
+                                s.busy = true;
+                                text
+                            }
+                            None => return,
+                        }
+                    };
+                    println!("{text}");
+                    if let Ok(mut s) = state.lock() {
+                        s.busy = false;
+                    }
+                    wake.notify_all();
+                }
+            })
+            .ok();
+        Printer { pending, thread }
+    }
+
+    /// Hands `text` to the printer, replacing a report that still waits.
+    fn print(&self, text: String) {
+        if self.thread.is_none() {
+            println!("{text}");
+            return;
+        }
+        let (state, wake) = &*self.pending;
+        if let Ok(mut s) = state.lock() {
+            s.waiting = Some(text);
+        }
+        wake.notify_all();
+    }
+
+    /// Lets what waits be printed, for at most `limit`; then the thread is left behind (the
+    /// process is about to exit).
+    fn finish(mut self, limit: Duration) {
+        let (state, wake) = &*self.pending;
+        let deadline = Instant::now() + limit;
+        if let Ok(mut s) = state.lock() {
+            s.closing = true;
+            wake.notify_all();
+            while (s.waiting.is_some() || s.busy) && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                s = match wake.wait_timeout(s, left) {
+                    Ok((s, _)) => s,
+                    Err(_) => return,
+                };
+            }
+            if s.waiting.is_some() || s.busy {
+                eprintln!("tunfwd: stdout did not take the final report within {limit:?}");
+                return;
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Looks `--peer HOSTNAME` up again every `--peer-refresh`, on a thread of its own (a lookup
+/// can take seconds), and moves the workers to a new address when it changes.
+struct PeerLookup {
+    name: Option<(String, u16)>,
+    every: Option<Duration>,
+    current: std::net::SocketAddr,
+    next: Instant,
+    running: Option<mpsc::Receiver<Result<Vec<std::net::SocketAddr>, String>>>,
+}
+
+impl PeerLookup {
+    fn new(config: &Config) -> PeerLookup {
+        PeerLookup {
+            name: config.peer_name.clone(),
+            every: config.peer_refresh,
+            current: config.peer,
+            next: Instant::now() + config.peer_refresh.unwrap_or(Duration::ZERO),
+            running: None,
+        }
+    }
+
+    fn poll(&mut self, now: Instant, shared: &Shared) {
+        let (Some((host, port)), Some(every)) = (&self.name, self.every) else {
+            return;
+        };
+        if let Some(answer) = &self.running {
+            let found = match answer.try_recv() {
+                Ok(found) => found,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => Err("the lookup ended".to_string()),
+            };
+            self.running = None;
+            match found.map(|found| tunfwd::cli::pick_peer(&found, Some(self.current))) {
+                Ok(Some(moved)) if moved != self.current => {
+                    eprintln!(
+                        "tunfwd: peer {host} moved from {} to {moved}",
+                        self.current
+                    );
+                    self.current = moved;
+                    shared.set_peer(moved);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => eprintln!(
+                    "tunfwd: peer {host} has no address of the family the relay was started with; \
+                     keeping {}",
+                    self.current
+                ),
+                Err(e) => eprintln!(
+                    "tunfwd: cannot look peer {host} up again ({e}); keeping {}",
+                    self.current
+                ),
+            }
+            return;
+        }
+        if now < self.next {
+            return;
+        }
+        self.next = now + every;
+        let (tx, rx) = mpsc::channel();
+        let (host, port) = (host.clone(), *port);
+        let spawned = std::thread::Builder::new()
+            .name("tunfwd-lookup".to_string())
+            .spawn(move || {
+                let found = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|found| found.collect())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(found);
+            });
+        if spawned.is_ok() {
+            self.running = Some(rx);
+        }
+    }
 }

@@ -620,7 +620,7 @@ fn serve(listener: &TcpListener, published: &Published, limits: Limits) -> ! {
             .into_iter()
             .chain(accept_paused_until)
             .min();
-        match poll(&mut fds, poll_timeout(now, wake)) {
+        match crate::sys::poll(&mut fds, poll_timeout(now, wake)) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // ENOMEM, say: don't spin.
@@ -721,22 +721,6 @@ fn poll_timeout(now: Instant, wake: Option<Instant>) -> libc::c_int {
             .div_ceil(1_000_000);
         libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
     })
-}
-
-/// poll(2) over `fds`; returns how many have events.
-///
-/// The one `unsafe` outside `sys`, `ring` and `worker`: nix wraps poll(2) safely, but only with
-/// its `poll` feature, which this crate does not enable (it is a one-word change to Cargo.toml,
-/// after which this function becomes `nix::poll::poll`). No new crate: mio or polling would bring
-/// a reactor for what is one system call over a table of at most 65 fds.
-#[allow(unsafe_code)]
-fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
-    let count = libc::nfds_t::try_from(fds.len())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `fds` is an exclusively borrowed slice of `count` initialised `pollfd`s, valid for
-    // the whole call; poll(2) reads their `fd` and `events` and writes only their `revents`.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
-    usize::try_from(ready).map_err(|_| io::Error::last_os_error())
 }
 
 /// Where the request head ends: after the first empty line (RFC 9112 section 2.2 allows a bare

@@ -212,11 +212,14 @@ impl Notifier {
         self.socket.as_ref().and(self.watchdog.map(|w| w.next))
     }
 
-    /// Sends `WATCHDOG=1` if it is due.
-    pub fn watchdog(&mut self, now: Instant) {
+    /// Sends `WATCHDOG=1` if it is due and `alive` says so (asked only when it is due). A ping
+    /// withheld is not made up for: the next is due an interval later, and if the service
+    /// manager's timeout passes first, it restarts the service, which is the point.
+    pub fn watchdog(&mut self, now: Instant, alive: impl FnOnce() -> bool) {
         if self.socket.is_some()
             && let Some(w) = self.watchdog.as_mut()
             && w.due(now)
+            && alive()
         {
             self.send(&message(&[("WATCHDOG", "1")]));
         }
@@ -350,9 +353,13 @@ mod tests {
         n.ready("up");
         assert_eq!(receive(), "READY=1\nSTATUS=up\n");
         let now = Instant::now();
-        n.watchdog(now);
+        n.watchdog(now, || true);
         assert_eq!(receive(), "WATCHDOG=1\n");
-        n.watchdog(now); // not due again yet: nothing sent
+        n.watchdog(now, || panic!("not due again yet: not even asked"));
+        // Due, but a worker has not turned: withheld, and the next comes an interval later.
+        n.watchdog(now + Duration::from_millis(150), || false);
+        n.watchdog(now + Duration::from_millis(300), || true);
+        assert_eq!(receive(), "WATCHDOG=1\n");
         n.status(now, "first");
         n.status(now + Duration::from_millis(500), "too soon");
         n.status(now + Duration::from_millis(1000), "second");
@@ -368,7 +375,7 @@ mod tests {
         let mut n = Notifier::disabled();
         assert!(!n.enabled());
         n.ready("up");
-        n.watchdog(Instant::now());
+        n.watchdog(Instant::now(), || true);
         assert_eq!(n.watchdog_due(), None);
         n.stopping("bye");
     }

@@ -771,7 +771,7 @@ fn the_systemd_unit_and_example_are_valid() {
         "Restart=on-failure",
         "EnvironmentFile=/etc/tunfwd/%i.env",
         "ExecStart=/usr/local/bin/tunfwd $TUNFWD_ARGS",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SETUID CAP_SETGID",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",

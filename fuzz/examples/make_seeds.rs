@@ -15,11 +15,14 @@ type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, Seeds); 4] = [
+    let targets: [(&str, Seeds); 7] = [
         ("coalesce_round_trip", coalesce_seeds()),
         ("split_vnet", split_seeds()),
         ("steer_cbpf", steer_seeds()),
         ("gro_cmsg", cmsg_seeds()),
+        ("control_messages", control_seeds()),
+        ("error_queue", error_queue_seeds()),
+        ("netlink_answers", netlink_seeds()),
     ];
     for (target, seeds) in targets {
         let dir = root.join(target);
@@ -270,4 +273,93 @@ fn cmsg_seeds() -> Seeds {
             cmsg(20, libc::SOL_IP, libc::UDP_GRO, &1000i32.to_ne_bytes()),
         ),
     ]
+}
+
+/// A probe of 120 bytes, its acknowledgement, and an IPv4 header (not a control message).
+fn control_seeds() -> Seeds {
+    use tunfwd::wire::control::{Control, Kind};
+    let probe = Control {
+        kind: Kind::Probe,
+        nonce: 0x0123_4567_89ab_cdef,
+        size: 148,
+    };
+    let mut probe_bytes = vec![0u8; 120];
+    probe.write(&mut probe_bytes, 120).expect("room");
+    let mut ack = vec![0u8; 16];
+    probe.ack().write(&mut ack, 0).expect("room");
+    vec![
+        ("probe", probe_bytes),
+        ("ack", ack),
+        ("ipv4", vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0]),
+    ]
+}
+
+/// One `IP_RECVERR` message: a `sock_extended_err` (errno, origin, type, code, pad, info, data)
+/// and the offender's address, as `ip_icmp_error` and `ip_local_error` queue them.
+fn extended_error(level: i32, kind: i32, errno: i32, origin: u8, icmp: (u8, u8), info: u32) -> Vec<u8> {
+    let mut value = Vec::new();
+    value.extend_from_slice(&(errno as u32).to_ne_bytes());
+    value.extend_from_slice(&[origin, icmp.0, icmp.1, 0]);
+    value.extend_from_slice(&info.to_ne_bytes());
+    value.extend_from_slice(&0u32.to_ne_bytes());
+    value.extend_from_slice(&[0u8; 16]);
+    let mut m = Vec::new();
+    m.extend_from_slice(&(16 + value.len()).to_ne_bytes());
+    m.extend_from_slice(&level.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&value);
+    m
+}
+
+/// A fragmentation-needed for 1400, a port unreachable, an ICMPv6 packet-too-big, and the local
+/// stack's "message too long" for 1280.
+fn error_queue_seeds() -> Seeds {
+    let (v4, v6) = (
+        (libc::SOL_IP, libc::IP_RECVERR),
+        (libc::SOL_IPV6, libc::IPV6_RECVERR),
+    );
+    vec![
+        (
+            "frag-needed",
+            extended_error(v4.0, v4.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_ICMP, (3, 4), 1400),
+        ),
+        (
+            "port-unreachable",
+            extended_error(v4.0, v4.1, libc::ECONNREFUSED, libc::SO_EE_ORIGIN_ICMP, (3, 3), 0),
+        ),
+        (
+            "packet-too-big",
+            extended_error(v6.0, v6.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_ICMP6, (2, 0), 1280),
+        ),
+        (
+            "local",
+            extended_error(v4.0, v4.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_LOCAL, (0, 0), 1280),
+        ),
+    ]
+}
+
+/// The fuzz input's tuple (sequence, port, dump) as `arbitrary` reads it, then an answer with
+/// that sequence and port: an `RTM_NEWLINK` with an MTU attribute, then an ack.
+fn netlink_seeds() -> Seeds {
+    let message = |kind: u16, payload: &[u8]| {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&7u32.to_ne_bytes());
+        m.extend_from_slice(&99u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m
+    };
+    let mut link = vec![0u8; 16];
+    link.extend_from_slice(&8u16.to_ne_bytes());
+    link.extend_from_slice(&libc::IFLA_MTU.to_ne_bytes());
+    link.extend_from_slice(&1420u32.to_ne_bytes());
+    let mut input = Vec::new();
+    input.extend_from_slice(&7u32.to_le_bytes());
+    input.extend_from_slice(&99u32.to_le_bytes());
+    input.push(1);
+    input.extend_from_slice(&message(libc::RTM_NEWLINK, &link));
+    input.extend_from_slice(&message(libc::NLMSG_ERROR as u16, &0i32.to_ne_bytes()));
+    vec![("link-then-ack", input)]
 }

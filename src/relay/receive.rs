@@ -448,4 +448,69 @@ mod tests {
         assert_eq!(datagram_stride(None, true, &long), long.len());
         assert_eq!(datagram_stride(None, true, &[]), 1);
     }
+
+    /// What a buffer holds, counted from the inputs the test builds: an empty datagram is one
+    /// `empty_datagram`; a stride too short for any packet makes every datagram of the buffer
+    /// one `bad_ip_header`, counted without looking at each; control messages are taken out and
+    /// not counted as drops.
+    #[test]
+    fn empty_absurd_and_control_datagrams_are_counted_as_what_they_are() {
+        let mut stats = WorkerStats::new(0);
+        let mut p = ReceivePlan::default();
+        let mut empty: Vec<u8> = Vec::new();
+        let a = Arrival {
+            payload: 0..0,
+            gro_size: None,
+            control_truncated: false,
+            outer_tos: 0,
+        };
+        plan(&mut empty, &a, Policy::ALL, &mut stats, &mut p);
+        assert_eq!(stats.counters.drops_of(DropReason::EmptyDatagram), 1);
+        assert_eq!(stats.counters.udp_rx_packets, 0);
+
+        // A GSO packet of 65000 one-byte datagrams (what veth hands over whole).
+        let mut ones = vec![0x45u8; 65_000];
+        let a = arrival(&ones, 1);
+        plan(&mut ones, &a, Policy::ALL, &mut stats, &mut p);
+        assert_eq!(stats.counters.drops_of(DropReason::BadIpHeader), 65_000);
+        assert!(p.segments.is_empty());
+
+        // Two probes and a data packet of the same stride (GRO merges datagrams of one size):
+        // the control messages are taken out, the packet goes on.
+        let data = build(&Spec {
+            udp: true,
+            payload_len: 40 - 28,
+            ..Spec::default()
+        });
+        let mut buffer = Vec::new();
+        for nonce in [1u64, 2] {
+            let mut probe = [0u8; 40];
+            let control = Control {
+                kind: control::Kind::Probe,
+                nonce,
+                size: 68,
+            };
+            assert_eq!(control.write(&mut probe, 40), Some(40));
+            buffer.extend_from_slice(&probe);
+        }
+        buffer.extend_from_slice(&data);
+        let mut stats = WorkerStats::new(0);
+        let a = arrival(&buffer, 40);
+        plan(&mut buffer, &a, Policy::ALL, &mut stats, &mut p);
+        assert_eq!(p.controls.len(), 2);
+        assert_eq!(p.controls[1].nonce, 2);
+        assert_eq!(p.segments.len(), 1);
+        assert_eq!(stats.counters.total_drops(), 0);
+        assert_eq!(stats.counters.udp_rx_packets, 1);
+    }
+
+    #[test]
+    fn a_buffer_counts_as_many_datagrams_as_its_stride_cuts() {
+        let one = [0x45u8; 100];
+        assert_eq!(datagram_count(None, false, &one), 1);
+        assert_eq!(datagram_count(Some(30), false, &one), 4, "30 + 30 + 30 + 10");
+        assert_eq!(datagram_count(Some(100), false, &one), 1);
+        assert_eq!(datagram_count(Some(1), false, &one), 100);
+        assert_eq!(datagram_count(Some(30), false, &[]), 1, "an empty one is one");
+    }
 }

@@ -107,7 +107,7 @@ pub fn parse_answers(
                     .ok_or_else(|| malformed("a netlink error without its code"))?;
                 return match errno {
                     0 => Ok(true),
-                    negative => Err(io::Error::from_raw_os_error(-negative)),
+                    negative => Err(io::Error::from_raw_os_error(negative.saturating_neg())),
                 };
             }
             k if k == libc::NLMSG_DONE as u16 => return Ok(true),
@@ -341,6 +341,9 @@ mod tests {
         cut[0..4].copy_from_slice(&64u32.to_ne_bytes());
         assert!(parse_answers(&cut, 3, 55, false, &mut found).is_err());
         assert!(!parse_answers(&[0u8; 10], 3, 55, false, &mut found).unwrap());
+        // Found by the fuzz target: an error code with no negation.
+        let absurd = message(libc::NLMSG_ERROR as u16, 3, 55, &i32::MIN.to_ne_bytes());
+        assert!(parse_answers(&absurd, 3, 55, false, &mut found).is_err());
     }
 
     #[test]

@@ -904,7 +904,7 @@ fn parse_getlink_reply(reply: &[u8]) -> io::Result<Link> {
                 .get(16..20)
                 .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
                 .ok_or_else(short)?;
-            match -errno {
+            match errno.saturating_neg() {
                 libc::ENODEV => Ok(Link::Absent),
                 0 => Err(io::Error::new(
                     io::ErrorKind::InvalidData,

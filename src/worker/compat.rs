@@ -19,7 +19,8 @@
 use super::poll::{READ_BUDGET, read_tun};
 use super::uring::UDP_FILE;
 use super::uring::{
-    RingEngine, build_ring, entry_for, is_interrupted_wait, push_all, register_files,
+    RingEngine, build_ring, enable_restricted, entry_for, is_interrupted_wait, push_all,
+    register_files,
 };
 use super::{IDLE_WAIT, Received, Worker, WorkerConfig, set_nonblocking, setup_faults};
 use crate::ring::{Op, Token};
@@ -65,6 +66,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
     let worker = Worker::new(config, faults, 0)?;
     set_nonblocking(&worker.tun).map_err(|source| sys::Error::IoUring { queue, source })?;
     register_files(&ring, &worker, queue)?;
+    enable_restricted(&ring, queue)?;
     let engine = Compat {
         ring,
         tun_reading: vec![false; worker.tun_read_at_ns.len()].into_boxed_slice(),

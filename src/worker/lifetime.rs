@@ -37,7 +37,8 @@ fn worker() -> Worker {
         },
         marking: crate::offload::ecn::Marking::DEFAULT,
         stop: Arc::new(AtomicBool::new(false)),
-        snapshots: None,
+        snapshot_every: None,
+        shared: Arc::new(crate::shared::Shared::new(1, "127.0.0.1:9".parse().unwrap())),
     };
     Worker::new(&config, Faults::from_env(), 0).unwrap()
 }

@@ -80,6 +80,7 @@ use crate::relay::path::PathMtu;
 use crate::relay::plpmtud::{Limits, Plpmtud, SharedPath};
 use crate::relay::send::{ErrorReports, Route};
 use crate::ring::{BufRing, Op, Token};
+use crate::shared::Shared;
 use crate::stats::{self, WorkerStats};
 use crate::sys;
 use crate::sys::{netlink, random};
@@ -162,8 +163,10 @@ pub struct WorkerConfig {
     /// How the outer TOS / traffic class is made, and whether received ECN marks are applied.
     pub marking: Marking,
     pub stop: Arc<AtomicBool>,
-    /// Where to send a stats snapshot, and how often.
-    pub snapshots: Option<(Duration, Sender<WorkerStats>)>,
+    /// How often to leave a stats snapshot in `shared`, if at all.
+    pub snapshot_every: Option<Duration>,
+    /// What the main thread and the workers share: snapshots, heartbeats, the peer's address.
+    pub shared: Arc<Shared>,
 }
 
 /// How a worker ended.
@@ -339,8 +342,9 @@ struct Worker {
     marking: Marking,
     path: PathMtu,
     shared_path: Arc<SharedPath>,
-    /// The path MTU machine, on the one worker that runs it.
+    /// The path MTU machine, on the one worker that runs it, and its limits.
     plpmtud: Option<Plpmtud>,
+    path_limits: Option<Limits>,
     /// The working size last taken from `shared_path`.
     published_path_mtu: usize,
     /// Probes this worker answers a second, at most: the peer sends one at a time.
@@ -367,6 +371,8 @@ struct Worker {
     next_fragmenting_check: Instant,
     /// When the next stats snapshot is due, if snapshots are sent.
     next_snapshot: Option<Instant>,
+    /// The generation of the peer's address this worker sends to (`Shared::peer_if_moved`).
+    peer_generation: u64,
     stopping: bool,
     fatal: Option<io::Error>,
     /// Test-only refusals (`crate::faults`); a zero-sized no-op in the shipped binary.
@@ -429,6 +435,7 @@ fn drive<D: Driver>(
                 break;
             }
         }
+        config.shared.beat(config.queue);
         worker.tick(&config);
     }
     // A fatal error in one worker stops them all.
@@ -680,6 +687,7 @@ impl Worker {
             path,
             shared_path: config.shared_path.clone(),
             plpmtud: config.path_machine.map(Plpmtud::new),
+            path_limits: config.path_machine,
             ack_bucket: TokenBucket::new(ACKS_PER_SECOND, ACKS_PER_SECOND),
             stats,
             socket_drops_seen: 0,
@@ -697,7 +705,8 @@ impl Worker {
             epoch: now,
             next_egress_check: now,
             next_fragmenting_check: now,
-            next_snapshot: config.snapshots.as_ref().map(|(every, _)| now + *every),
+            next_snapshot: config.snapshot_every.map(|every| now + every),
+            peer_generation: 0,
             stopping: false,
             fatal: None,
             faults,
@@ -762,12 +771,31 @@ impl Worker {
             }
             self.run_path(now_ns);
         }
-        if let (Some(at), Some((every, sender))) = (self.next_snapshot, &config.snapshots)
+        if let (Some(at), Some(every)) = (self.next_snapshot, config.snapshot_every)
             && now >= at
         {
             self.read_kernel_counts();
-            let _ = sender.send(self.stats.clone());
-            self.next_snapshot = Some(at + *every);
+            config.shared.put_snapshot(self.stats.clone());
+            self.next_snapshot = Some(at + every);
+        }
+        if let Some(peer) = config.shared.peer_if_moved(&mut self.peer_generation) {
+            self.follow_peer(peer);
+        }
+    }
+
+    /// Sends to `peer` from now on, and takes datagrams from it alone: the peer's name resolved
+    /// elsewhere (the main thread looked it up again). The path to it is a new one, so its path
+    /// MTU is found anew. The old address stays in memory as long as sends in flight may name it.
+    fn follow_peer(&mut self, peer: SocketAddr) {
+        if peer == self.peer || OuterFamily::of(peer) != self.path.family {
+            return;
+        }
+        self.peer = peer;
+        self.peer_canonical = socket::canonical(peer);
+        self.memory.move_peer(peer);
+        if let Some(limits) = self.path_limits {
+            self.plpmtud = Some(Plpmtud::new(limits));
+            self.shared_path.publish(limits.largest);
         }
     }
 

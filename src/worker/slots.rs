@@ -168,6 +168,9 @@ pub(super) struct Memory {
     /// Read by the kernel through the `msg_name` of every send: the worker's socket and the
     /// fragmenting one are of the same family (both bound to the listen address).
     pub peer_sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// The peer's address before it last moved, kept while sends made before may still name it
+    /// (a move comes at most once per name lookup, seconds apart; sends complete in far less).
+    retired_peer_sockaddr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
 }
 
 pub(super) fn zeroed_msghdr() -> libc::msghdr {
@@ -238,7 +241,18 @@ impl Memory {
             reply_quote: Box::new([0u8; icmp::MAX_REPLY]),
             layout,
             peer_sockaddr,
+            retired_peer_sockaddr: None,
         }
+    }
+}
+
+impl Memory {
+    /// Names `peer` in every send from now on. The sends are pointed at the address when they
+    /// are made (`submit_send`, `ControlSends::point_at_peer`), so the new storage takes over
+    /// at once, and the old one lives on, retired, for those already in flight.
+    pub fn move_peer(&mut self, peer: SocketAddr) {
+        let moved = std::mem::replace(&mut self.peer_sockaddr, Box::new(socket::to_sockaddr(peer)));
+        self.retired_peer_sockaddr = Some(moved);
     }
 }
 

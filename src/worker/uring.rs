@@ -72,6 +72,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
     let mut recv_msg = Box::new(super::slots::zeroed_msghdr());
     recv_msg.msg_namelen = layout.name_len as libc::socklen_t;
     recv_msg.msg_controllen = layout.control_len;
+    enable_restricted(&ring, queue)?;
     let mut engine = Uring {
         ring,
         recv_msg,
@@ -117,6 +118,27 @@ pub(super) fn pin_io_workers(ring: &IoUring, cpu: usize) {
     // SAFETY: `set` is a valid cpu_set_t and CPU_SET bounds-checks `cpu` against its size.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     let _ = ring.submitter().register_iowq_aff(&set);
+}
+
+/// Limits the ring to the operations tunfwd submits and enables it (`ring::restrict`), once the
+/// engine's registrations are done. A kernel that refuses the restrictions gets the ring
+/// unrestricted, said once; one that cannot enable it at all is an error.
+pub(super) fn enable_restricted(ring: &IoUring, queue: usize) -> Result<(), sys::Error> {
+    match ring::restrict(ring) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if queue == 0 {
+                eprintln!("tunfwd: io_uring refused restrictions ({e}); rings run unrestricted");
+            }
+            ring.submitter()
+                .register_enable_rings()
+                .map_err(|source| sys::Error::IoUringFeature {
+                    queue,
+                    feature: "enabling a ring created disabled",
+                    source,
+                })
+        }
+    }
 }
 
 /// Registers the TUN queue, the socket and the fragmenting socket as `TUN_FILE`, `UDP_FILE`
