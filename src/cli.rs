@@ -293,7 +293,11 @@ pub fn pick_peer(found: &[SocketAddr], of: Option<SocketAddr>) -> Option<SocketA
             .iter()
             .find(|a| a.is_ipv4() == current.is_ipv4())
             .copied(),
-        None => found.iter().find(|a| a.is_ipv4()).or(found.first()).copied(),
+        None => found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(found.first())
+            .copied(),
     }
 }
 
@@ -555,7 +559,8 @@ impl Args {
                 let found = resolve(&host, port)
                     .map_err(|why| bad("--peer", format!("cannot resolve '{host}': {why}")))?;
                 // Prefer IPv4, as the default MTU and the examples do; any address will work.
-                let chosen = pick_peer(&found, None).ok_or_else(|| bad("--peer", format!("'{host}' has no addresses")))?;
+                let chosen = pick_peer(&found, None)
+                    .ok_or_else(|| bad("--peer", format!("'{host}' has no addresses")))?;
                 peer_name = Some((host, port));
                 chosen
             }

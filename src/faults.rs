@@ -28,6 +28,8 @@
 
 #[cfg(any(test, feature = "fault-injection"))]
 mod enabled {
+    use super::Call;
+
     /// What to inject, parsed from `TUNFWD_FAULTS`.
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
     pub struct Faults {
@@ -112,6 +114,16 @@ mod enabled {
             self.ring_setup
         }
 
+        /// The error `call` should complete with instead of being made, if any, and whether
+        /// that result is to be held back until the next one (so that two are in flight).
+        pub fn intercept(&mut self, call: Call) -> Option<(i32, bool)> {
+            match call {
+                Call::Send { gso } => self.send_error(gso).map(|e| (e, e == libc::EIO)),
+                Call::MergedWrite if self.tun_write_einval => Some((libc::EINVAL, false)),
+                Call::MergedWrite | Call::Write => None,
+            }
+        }
+
         /// The error a UDP send should complete with instead of being sent, if any.
         pub fn send_error(&mut self, gso: bool) -> Option<i32> {
             self.sends += 1;
@@ -163,7 +175,7 @@ mod enabled {
             None
         }
         #[inline(always)]
-        pub fn send_error(&mut self, _gso: bool) -> Option<i32> {
+        pub fn intercept(&mut self, _call: super::Call) -> Option<(i32, bool)> {
             None
         }
         #[inline(always)]
@@ -174,6 +186,17 @@ mod enabled {
 }
 
 pub use enabled::Faults;
+
+/// What an engine is about to do, as far as faults go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// A UDP send; `gso`: of several datagrams.
+    Send { gso: bool },
+    /// A TUN write of a merged super-packet.
+    MergedWrite,
+    /// Any other TUN write.
+    Write,
+}
 
 #[cfg(test)]
 mod tests {

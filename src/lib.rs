@@ -1,16 +1,19 @@
 //! tunfwd: forwards IP packets between a multiqueue Linux TUN device and a UDP peer.
 //!
-//! The crate is a pure core inside a thin I/O shell. `relay` (what happens to packets), `wire`,
-//! `offload`, `steer`, `engine`, `cli` and `stats` decide things and make no system call.
-//! `unsafe` is fenced into three modules: `sys` (fds, ioctls, socket options), `ring` (io_uring
-//! buffer memory, with the buffer-lifetime contract), and `worker`, whose engines carry out
-//! requests that point into that memory and cite the contract at each `unsafe` block. `worker`
-//! ties one TUN queue and one UDP socket together on one pinned thread, with the I/O engine
-//! `engine` chose: io_uring with multishot operations, io_uring without, or plain `poll`.
+//! The crate is a pure core inside a thin I/O shell. [`relay::Relay`] is one worker's whole
+//! protocol state, sans-IO: buffers in and out, sends and writes in flight, refusals, the path
+//! MTU machine, counters; it takes events and the time and hands out requests that name memory
+//! by slot, never by pointer. `relay`, `wire`, `offload`, `steer`, `engine`, `cli` and `stats`
+//! decide things and make no system call. `worker` is the shell: it owns the buffers and fds,
+//! turns the relay's requests into iovecs and system calls with the I/O engine `engine` chose
+//! (io_uring with multishot operations, io_uring without, or plain `poll`), and feeds the
+//! results back. `unsafe` is fenced into three modules: `sys` (fds, ioctls, socket options),
+//! `ring` (io_uring buffer memory, with the buffer-lifetime contract), and `worker`, whose
+//! engines carry out requests that point into that memory and cite the contract at each
+//! `unsafe` block.
 //!
-//! Dependencies point one way: `worker -> {relay, engine, ring, sys, stats, wire}`,
-//! `relay -> {offload, wire, stats}` (and the plain `sys::socket::OuterFamily` enum), `wire ->
-//! nothing`.
+//! Dependencies point one way: `main -> worker -> {relay, engine, ring, sys, stats}`,
+//! `relay -> {offload, wire, stats}`, `sys -> wire`, `wire -> nothing`.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -20,9 +23,9 @@ pub mod metrics;
 pub mod notify;
 pub mod offload;
 pub mod relay;
-pub mod shared;
 #[allow(unsafe_code)]
 pub mod ring;
+pub mod shared;
 pub mod stats;
 pub mod steer;
 #[allow(unsafe_code)]

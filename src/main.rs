@@ -16,14 +16,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tunfwd::cli::{Account, Accounts, Args, Config};
 use tunfwd::metrics::{self, Published};
-use tunfwd::shared::Shared;
 use tunfwd::notify::{self, Notifier};
 use tunfwd::offload::icmp::SharedBucket;
 use tunfwd::offload::split;
 use tunfwd::relay::plpmtud::{Limits, SharedPath};
-use tunfwd::wire::control;
+use tunfwd::shared::Shared;
 use tunfwd::stats::{Report, WorkerStats};
 use tunfwd::sys::{self, link, privileges, signal::Signals, socket, tun};
+use tunfwd::wire::control;
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
 use tunfwd::{engine, steer};
 
@@ -217,11 +217,8 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     }
     // Always: with one queue too, the group has the fragmenting socket in it, which the
     // kernel's own reuseport hash could pick.
-    socket::attach_reuseport_program(
-        &sockets[0],
-        &steer::reuseport_program(config.queues as u32),
-    )?;
-    let family = socket::OuterFamily::of(config.peer);
+    socket::attach_reuseport_program(&sockets[0], &steer::reuseport_program(config.queues as u32))?;
+    let family = tunfwd::wire::OuterFamily::of(config.peer);
     let largest = config.mtu as usize + family.overhead();
     let shared_path = Arc::new(SharedPath::new(largest));
     let limits = Limits {
@@ -652,10 +649,7 @@ impl PeerLookup {
             self.running = None;
             match found.map(|found| tunfwd::cli::pick_peer(&found, Some(self.current))) {
                 Ok(Some(moved)) if moved != self.current => {
-                    eprintln!(
-                        "tunfwd: peer {host} moved from {} to {moved}",
-                        self.current
-                    );
+                    eprintln!("tunfwd: peer {host} moved from {} to {moved}", self.current);
                     self.current = moved;
                     shared.set_peer(moved);
                 }

@@ -148,7 +148,7 @@ fn receive_until(
                 libc::MSG_DONTWAIT,
             ) {
                 idle = false;
-                let tos = socket::receive_control(&control[..control_len]).tos;
+                let tos = tunfwd::wire::cmsg::receive_control(&control[..control_len]).tos;
                 if take(&data[..n], tos) {
                     return true;
                 }
@@ -733,8 +733,7 @@ fn fitting_packets_still_go_and_a_forged_smaller_mtu_is_refuted(engine: &str) {
     );
     assert!(verdict["received"].as_u64().unwrap() > 0, "{verdict}");
     assert_eq!(
-        report_a["path"]["path_mtu"],
-        1500,
+        report_a["path"]["path_mtu"], 1500,
         "relay A kept its path MTU (the default MTU, 1472, and 28 bytes of headers): {report_a}"
     );
     assert_eq!(path_total(&report_a, "pmtu_lowered"), 0, "{report_a}");

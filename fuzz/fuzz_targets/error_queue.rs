@@ -1,5 +1,5 @@
 //! The control data of an error-queue entry (`MSG_ERRQUEUE`), arbitrary bytes, through
-//! `sys::socket::parse_queued_error`, which reads what ICMP errors (anyone's, spoofed ones too)
+//! `wire::cmsg::parse_queued_error`, which reads what ICMP errors (anyone's, spoofed ones too)
 //! made the kernel queue. No panic, and what it reports is consistent: one entry is one error at
 //! most, of one kind; a path MTU only from an error that says where it came from (an ICMP message,
 //! counted as one, or the local stack, never counted as ICMP), and never both.
@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::sys::socket::parse_queued_error;
+use tunfwd::wire::cmsg::parse_queued_error;
 
 fuzz_target!(|control: &[u8]| {
     let found = parse_queued_error(control);

@@ -1,4 +1,4 @@
-//! The control area of a `recvmsg`, arbitrary bytes, through `sys::socket::gro_segment_size`. No
+//! The control area of a `recvmsg`, arbitrary bytes, through `wire::cmsg::gro_segment_size`. No
 //! panic, and two properties checked against the plain re-implementation below:
 //!
 //! * sound: a segment size only from the first `SOL_UDP`/`UDP_GRO` message, well-formed and
@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::sys::socket::gro_segment_size;
+use tunfwd::wire::cmsg::gro_segment_size;
 
 /// `sizeof(struct cmsghdr)` on 64-bit Linux: `size_t cmsg_len; int cmsg_level; int cmsg_type`
 /// (include/linux/socket.h).

@@ -377,8 +377,8 @@ impl SourceLimiter {
     /// Takes a token of `source`'s bucket if there is one.
     pub fn allow(&mut self, source: [u8; 16], now_ns: u64) -> bool {
         use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
-            .build_hasher();
+        let mut hasher =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
         hasher.write_u64(self.key.0);
         hasher.write(&source);
         hasher.write_u64(self.key.1);

@@ -1,25 +1,622 @@
-//! The relay core: what happens to packets, with no I/O. PURE: no io_uring type, no file
-//! descriptor, no `unsafe` (the crate denies it, and this module does not allow it back).
+//! The relay core: [`Relay`], one worker's whole protocol state, with no I/O. PURE: no io_uring
+//! type, no file descriptor, no clock, no `unsafe` (the crate denies it, and this module does not
+//! allow it back).
 //!
-//! Every I/O engine (`worker::uring`, `worker::compat`, `worker::poll`) reads bytes into buffers
-//! of its own and hands them here; the core says what the bytes are and what to do with them,
-//! and counts what happened. The engine then does it: lays out the sends and writes over its
-//! buffers, submits them however it submits, and reports each result back here to be judged.
+//! A `Relay` owns everything a worker remembers between system calls: which buffers are its to
+//! hand out and which are in the kernel's hands, the GSO batch being gathered, every send and
+//! write in flight and what each carries, refused sends waiting to be judged, the path to the
+//! peer (its MTU machine, `plpmtud`), the ICMP errors it may still write, its counters and
+//! latency samples. It takes events in and hands requests out, as quinn-proto's `Connection`
+//! and boringtun's `Tunn` do:
 //!
-//! * TUN to UDP: [`tun::classify`] validates a TUN read (virtio_net_hdr, checksum completion,
-//!   the split plan of a super-packet, the inner MTU); [`batch::Batcher`] decides which plain
-//!   packets share one GSO send; [`send::judge`] and [`send::after_refusal`] say what a send's
-//!   result means (sent, refused as too big, GSO unusable, dropped and why).
-//! * UDP to TUN: [`receive::plan`] cuts a receive buffer into datagrams, validates each once,
-//!   applies RFC 6040 decapsulation, plans the runs that merge into one TUN write and rewrites
-//!   their heads; [`receive::judge_write`] says what a TUN write's result means.
-//! * [`path::PathMtu`] is a worker's view of the path to the peer.
+//! * in: [`Relay::on_tun_read`] and [`Relay::on_udp_recv`] (a buffer the engine filled),
+//!   [`Relay::complete`] (a request's result), [`Relay::on_read_error`], the answers to the
+//!   system requests ([`Relay::on_errors_drained`], [`Relay::on_socket_drops`],
+//!   [`Relay::on_egress_mtu`]), [`Relay::follow_peer`], and the time with each;
+//! * out: [`Relay::poll_request`] (what to do, naming buffers and slots by index, never by
+//!   pointer), [`Relay::poll_timeout`] (when to call [`Relay::on_timeout`] at the latest), and
+//!   the buffers it gives back ([`Relay::take_free_tun`], [`Relay::take_free_udp`]).
 //!
-//! Counters and latency samples go into [`crate::stats::WorkerStats`], which is pure as well.
+//! The shell (`worker`) turns each request into an iovec over its buffers and a system call, by
+//! whatever engine it runs, and feeds the result back. So the relay's whole bookkeeping runs in
+//! tests with fake buffers and fake results, without a socket (`relay::lifetime`).
+//!
+//! The decisions it makes are functions of their own, each tested alone: [`tun::classify`] (what
+//! a TUN read is), [`batch::Batcher`] (which plain packets share a GSO send), [`send::judge`] and
+//! [`send::after_refusal`] (what a send's result means), [`receive::plan`] (what a receive holds
+//! and how it goes into the TUN), [`receive::judge_write`], [`plpmtud::Plpmtud`] (the path MTU).
 
 pub mod batch;
+#[cfg(test)]
+mod lifetime;
 pub mod path;
+mod path_control;
 pub mod plpmtud;
 pub mod receive;
 pub mod send;
+mod slots;
+pub mod token;
 pub mod tun;
+mod tun_to_udp;
+mod udp_to_tun;
+
+pub use slots::{Base, CONTROL_SLOTS, HEADER_ROOM, Piece, REPLY_BUFFERS, REPLY_LEN};
+pub use token::{Op, SendIndex, Token, WriteIndex};
+
+use crate::offload::coalesce::Policy;
+use crate::offload::ecn::Marking;
+use crate::offload::icmp::{SharedBucket, SourceLimiter, TokenBucket};
+use crate::offload::split::GSO_MAX_SEGMENTS;
+use crate::stats::{self, WorkerStats};
+use crate::wire::OuterFamily;
+use batch::Batcher;
+use path::PathMtu;
+use plpmtud::{Limits, Plpmtud, SharedPath};
+use send::{ErrorReports, Route};
+use slots::{ControlSends, RefusedSend, TooBigReplies, TunSlot, UdpSlot};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+
+pub use tun::MAX_SPLIT_SEGMENTS;
+
+/// GSO sends one buffer may need; per-segment sends use the msghdrs after these.
+pub const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
+// A `SendIndex` packs the msghdr into bits 16..31.
+const _: () = assert!(MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS < 1 << 15);
+// A `WriteIndex` packs a run or segment number into 14 bits.
+const _: () = assert!(receive::MAX_GRO_SEGMENTS < 1 << 14);
+
+/// Path MTU probes a relay answers a second, at most (and as a burst).
+const ACKS_PER_SECOND: u64 = 100;
+/// ICMP too-big errors a relay may write into the TUN for one inner sender: a burst, then this
+/// many a second. One tells a sender its path; more are for the packets it sent before it knew.
+pub const REPLIES_PER_SOURCE_PER_SECOND: u64 = 10;
+pub const REPLY_BURST_PER_SOURCE: u64 = 10;
+/// And for the whole relay, all senders together (the kernel's own limit for the host,
+/// net.ipv4.icmp_msgs_per_sec, is 1000 a second with a burst of 50).
+pub const REPLIES_PER_SECOND: u64 = 200;
+pub const REPLY_BURST: u64 = 100;
+/// How often the fragmenting socket's error queue is read when nothing else made it.
+const FRAGMENTING_ERRORS_EVERY_NS: u64 = 50_000_000;
+/// How often the relay that runs the path MTU machine asks for the egress device's MTU.
+const EGRESS_MTU_EVERY_NS: u64 = 1_000_000_000;
+
+/// Which offloads are in effect (negotiated with the kernel by the caller).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// The TUN hands us TCP super-packets, and we may write merged TCP ones.
+    pub tso: bool,
+    /// Same for UDP (USO, Linux 6.2).
+    pub uso: bool,
+    /// Send several datagrams per `sendmsg` with `UDP_SEGMENT`.
+    pub udp_gso: bool,
+    /// Receive several datagrams per buffer with `UDP_GRO`.
+    pub udp_gro: bool,
+}
+
+impl Offloads {
+    /// Whether TUN reads may carry super-packets or partial checksums (64 KB buffers needed).
+    pub fn tun_offloads(self) -> bool {
+        self.tso || self.uso
+    }
+}
+
+/// What a relay is made with.
+pub struct RelayConfig {
+    pub queue: usize,
+    pub peer: SocketAddr,
+    /// The device MTU.
+    pub mtu: usize,
+    pub offloads: Offloads,
+    pub marking: Marking,
+    /// TUN and UDP buffers the shell has (ids `0..count`).
+    pub tun_buffers: u16,
+    pub udp_buffers: u16,
+    /// Whether the shell has a socket that lets the outer IP layer fragment.
+    pub fragmenting: bool,
+    /// The relay's path MTU state, shared by its workers (`plpmtud`).
+    pub shared_path: Arc<SharedPath>,
+    /// Set for the one worker that runs the path MTU machine, with its limits.
+    pub path_machine: Option<Limits>,
+    /// The relay-wide budget of ICMP errors written into the TUN.
+    pub reply_budget: Arc<SharedBucket>,
+    /// The key of the per-sender ICMP budget's hash (random, from the shell).
+    pub reply_key: (u64, u64),
+    /// Fresh random numbers, for path MTU probe nonces (from the shell).
+    pub nonces: Box<dyn FnMut() -> u64 + Send>,
+    /// The instant the caller's `now_ns` counts from (the relay-wide ICMP budget keeps its own
+    /// clock, shared by all workers).
+    pub epoch: std::time::Instant,
+    /// How often to take a stats snapshot (reading the socket's drop count first), if at all.
+    pub snapshot_every_ns: Option<u64>,
+}
+
+/// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub name: Range<usize>,
+    pub control: Range<usize>,
+    pub payload: Range<usize>,
+    /// The datagram was longer than the buffer (`MSG_TRUNC`).
+    pub payload_truncated: bool,
+    /// The control data was cut (`MSG_CTRUNC`).
+    pub control_truncated: bool,
+}
+
+/// Which of the shell's sockets a system request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// The worker's own.
+    Worker,
+    /// The one that lets the outer IP layer fragment.
+    Fragmenting,
+}
+
+/// What the relay asks of the shell. Sends and writes name their memory by slot; the shell
+/// points an iovec at each [`Piece`] ([`Relay::send_pieces`], [`Relay::write_pieces`]) and must
+/// report each one's result back with its token. The others are answered at once, by calling
+/// the matching `on_*` method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// `sendmsg(MSG_DONTWAIT)` on `route`'s socket: segments `first..first + segments` of TUN
+    /// slot `bid`, with `UDP_SEGMENT` when `segment_size` is given and the slot's outer TOS,
+    /// through the slot's msghdr `msg` (the token's `SendIndex`).
+    Send {
+        token: Token,
+        bid: u16,
+        msg: u16,
+        first: u16,
+        segments: u16,
+        segment_size: Option<u16>,
+        route: Route,
+    },
+    /// `writev` to the TUN of what the token's `WriteIndex` names (`write_pieces`).
+    Write { token: Token },
+    /// `sendmsg` of control buffer `k`'s first `len` bytes on the worker's socket.
+    SendControl { token: Token, k: u16, len: u32 },
+    /// Read (and discard) `socket`'s error queue: `on_errors_drained`.
+    DrainErrors { socket: Socket },
+    /// Read the worker socket's drop count (`SO_MEMINFO`): `on_socket_drops`.
+    ReadSocketDrops,
+    /// Read the egress device's MTU toward the peer: `on_egress_mtu`.
+    ReadEgressMtu,
+}
+
+/// One worker's protocol state. See the module documentation.
+pub struct Relay {
+    queue: usize,
+    peer: SocketAddr,
+    /// The peer as a received datagram's source reads (the canonical address).
+    peer_canonical: SocketAddr,
+    offloads: Offloads,
+    coalesce: Policy,
+    marking: Marking,
+    fragmenting: bool,
+    path: PathMtu,
+    shared_path: Arc<SharedPath>,
+    plpmtud: Option<Plpmtud>,
+    path_limits: Option<Limits>,
+    /// The working size last taken from `shared_path`.
+    published_path_mtu: usize,
+    nonces: Box<dyn FnMut() -> u64 + Send>,
+    epoch: std::time::Instant,
+    ack_bucket: TokenBucket,
+    stats: WorkerStats,
+    /// The socket's drop count (`SO_MEMINFO`) when last read.
+    socket_drops_seen: u32,
+    tun_slots: Box<[TunSlot]>,
+    udp_slots: Box<[UdpSlot]>,
+    replies: TooBigReplies,
+    controls: ControlSends,
+    /// A segment whose send failed as too big, header and payload put together, to quote from.
+    reply_quote: Box<[u8]>,
+    /// When each buffer's packet was read, in the caller's ns; indexed by buffer id.
+    tun_read_at_ns: Box<[u64]>,
+    udp_read_at_ns: Box<[u64]>,
+    /// Buffers back in the relay's hands, for the shell to read into again.
+    tun_free: Vec<u16>,
+    udp_free: Vec<u16>,
+    batcher: Batcher,
+    /// What this batch's completions reported about the path, read at its end.
+    reports: ErrorReports,
+    /// Sends refused in this batch, settled at its end.
+    refused: Vec<RefusedSend>,
+    /// A `DrainErrors` for the worker's socket is out: the refusals and the gathered batch wait
+    /// for its answer.
+    awaiting_errors: bool,
+    requests: VecDeque<Request>,
+    /// Sends and writes handed out whose result has not come back yet.
+    in_flight: usize,
+    snapshot_every_ns: Option<u64>,
+    next_snapshot_ns: Option<u64>,
+    /// A snapshot waits for the socket's drop count (`ReadSocketDrops` is out).
+    snapshot_pending: bool,
+    snapshot: Option<WorkerStats>,
+    next_fragmenting_check_ns: u64,
+    next_egress_check_ns: u64,
+    stopping: bool,
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Relay {
+        let RelayConfig {
+            queue,
+            peer,
+            mtu,
+            offloads,
+            marking,
+            tun_buffers,
+            udp_buffers,
+            fragmenting,
+            shared_path,
+            path_machine,
+            reply_budget,
+            reply_key,
+            nonces,
+            epoch,
+            snapshot_every_ns,
+        } = config;
+        let family = OuterFamily::of(peer);
+        let slot_segments = if offloads.tun_offloads() {
+            MAX_SPLIT_SEGMENTS
+        } else {
+            GSO_MAX_SEGMENTS
+        };
+        let path = PathMtu::new(family, mtu, Some(shared_path.working()));
+        let mut stats = WorkerStats::new(queue);
+        stats.path.path_mtu = path.path_mtu as u64;
+        let limiter = SourceLimiter::new(
+            reply_key,
+            REPLIES_PER_SOURCE_PER_SECOND,
+            REPLY_BURST_PER_SOURCE,
+        );
+        Relay {
+            queue,
+            peer,
+            peer_canonical: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            offloads,
+            coalesce: Policy {
+                tcp: offloads.tso,
+                udp: offloads.uso,
+            },
+            marking,
+            fragmenting,
+            published_path_mtu: path.path_mtu,
+            path,
+            shared_path,
+            plpmtud: path_machine.map(Plpmtud::new),
+            path_limits: path_machine,
+            nonces,
+            epoch,
+            ack_bucket: TokenBucket::new(ACKS_PER_SECOND, ACKS_PER_SECOND),
+            stats,
+            socket_drops_seen: 0,
+            tun_slots: (0..tun_buffers)
+                .map(|_| TunSlot::new(slot_segments))
+                .collect(),
+            udp_slots: (0..udp_buffers).map(|_| UdpSlot::new()).collect(),
+            replies: TooBigReplies::new(limiter, reply_budget),
+            // Only the worker that probes sends anything longer than an acknowledgement.
+            controls: ControlSends::new(if path_machine.is_some() { mtu } else { 0 }),
+            reply_quote: vec![0u8; crate::offload::icmp::MAX_REPLY].into_boxed_slice(),
+            tun_read_at_ns: vec![0; usize::from(tun_buffers)].into_boxed_slice(),
+            udp_read_at_ns: vec![0; usize::from(udp_buffers)].into_boxed_slice(),
+            tun_free: (0..tun_buffers).rev().collect(),
+            udp_free: (0..udp_buffers).rev().collect(),
+            batcher: Batcher::default(),
+            reports: ErrorReports::default(),
+            refused: Vec::with_capacity(MAX_GSO_SENDS),
+            awaiting_errors: false,
+            requests: VecDeque::with_capacity(4 * usize::from(tun_buffers.max(udp_buffers)) + 16),
+            in_flight: 0,
+            snapshot_every_ns,
+            next_snapshot_ns: snapshot_every_ns,
+            snapshot_pending: false,
+            snapshot: None,
+            next_fragmenting_check_ns: 0,
+            next_egress_check_ns: 0,
+            stopping: false,
+        }
+    }
+
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// The next request, in the order they were made (sends of one flow must reach the kernel
+    /// in the order their packets were read).
+    pub fn poll_request(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    /// Whether requests wait to be taken.
+    pub fn has_requests(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Sends and writes handed out whose result has not come back.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The TUN buffers given back since the last call, for the shell to read into again.
+    pub fn take_free_tun(&mut self) -> std::vec::Drain<'_, u16> {
+        self.tun_free.drain(..)
+    }
+
+    pub fn take_free_udp(&mut self) -> std::vec::Drain<'_, u16> {
+        self.udp_free.drain(..)
+    }
+
+    /// One free TUN buffer, for an engine that reads into one at a time.
+    pub fn pop_free_tun(&mut self) -> Option<u16> {
+        self.tun_free.pop()
+    }
+
+    pub fn pop_free_udp(&mut self) -> Option<u16> {
+        self.udp_free.pop()
+    }
+
+    pub fn has_free_tun(&self) -> bool {
+        !self.tun_free.is_empty()
+    }
+
+    pub fn has_free_udp(&self) -> bool {
+        !self.udp_free.is_empty()
+    }
+
+    /// A TUN buffer the shell took but did not fill (the read failed or was not made).
+    pub fn give_back_tun(&mut self, bid: u16) {
+        self.tun_free.push(bid);
+    }
+
+    pub fn give_back_udp(&mut self, bid: u16) {
+        self.udp_free.push(bid);
+    }
+
+    /// The pieces of a `Request::Send`, and the outer TOS its datagrams carry.
+    pub fn send_pieces(&self, bid: u16, first: u16, segments: u16) -> (&[Piece], u8) {
+        let slot = &self.tun_slots[usize::from(bid)];
+        (
+            slot.segment_pieces(usize::from(first), usize::from(segments)),
+            slot.tos,
+        )
+    }
+
+    /// The pieces of a `Request::Write` with token index `index`, and where they start in their
+    /// slot's array of pieces.
+    pub fn write_pieces(&self, index: WriteIndex) -> (usize, &[Piece]) {
+        match index {
+            WriteIndex::Run { bid, run } => {
+                let slot = &self.udp_slots[usize::from(bid)];
+                let r = usize::from(run);
+                let (start, end) = udp_to_tun::run_pieces(&slot.plan, &slot.run_starts, r);
+                (start, &slot.pieces[start..end])
+            }
+            WriteIndex::Segment { bid, segment } => {
+                let s = usize::from(segment);
+                (
+                    2 * s,
+                    &self.udp_slots[usize::from(bid)].fallback_pieces[2 * s..2 * s + 2],
+                )
+            }
+            WriteIndex::Reply { k } => {
+                let k = usize::from(k);
+                (k, &self.replies.pieces[k..k + 1])
+            }
+        }
+    }
+
+    /// The bytes of the relay's own memory that pieces of `base` name: rewritten split headers,
+    /// run headers, control messages, ICMP errors. `None` for the shell's buffers. They stay put
+    /// and unwritten while a request that names them is in flight.
+    pub fn own_bytes(&self, base: Base) -> Option<&[u8]> {
+        match base {
+            Base::SplitHeaders(bid) => Some(&self.tun_slots[usize::from(bid)].headers),
+            Base::RunHeaders(bid) => {
+                Some(self.udp_slots[usize::from(bid)].plan.vnet_header_bytes())
+            }
+            Base::PlainHeader => Some(&receive::PLAIN_HEADER),
+            Base::Control => Some(self.controls.bytes()),
+            Base::Reply => Some(&self.replies.buffers),
+            Base::TunBuffer(_) | Base::UdpBuffer(_) => None,
+        }
+    }
+
+    /// When `on_timeout` must be called at the latest (in the caller's ns), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut at = self.next_snapshot_ns;
+        let mut earliest = |t: Option<u64>| {
+            if let Some(t) = t {
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        };
+        if self.fragmenting {
+            earliest(Some(self.next_fragmenting_check_ns));
+        }
+        if let Some(machine) = &self.plpmtud {
+            earliest(machine.next_deadline_ns());
+            earliest(Some(self.next_egress_check_ns));
+        }
+        at
+    }
+
+    /// Runs what is due by `now_ns`: the path MTU machine's timers, the periodic look at the
+    /// fragmenting socket's errors and at the egress device's MTU, a stats snapshot.
+    pub fn on_timeout(&mut self, now_ns: u64) {
+        if self.fragmenting && now_ns >= self.next_fragmenting_check_ns {
+            self.next_fragmenting_check_ns = now_ns + FRAGMENTING_ERRORS_EVERY_NS;
+            self.requests.push_back(Request::DrainErrors {
+                socket: Socket::Fragmenting,
+            });
+        }
+        if self.plpmtud.is_some() {
+            if now_ns >= self.next_egress_check_ns {
+                self.next_egress_check_ns = now_ns + EGRESS_MTU_EVERY_NS;
+                self.requests.push_back(Request::ReadEgressMtu);
+            }
+            self.run_path(now_ns);
+        }
+        if let (Some(at), Some(every)) = (self.next_snapshot_ns, self.snapshot_every_ns)
+            && now_ns >= at
+        {
+            self.next_snapshot_ns = Some(at.max(now_ns.saturating_sub(every)) + every);
+            self.request_snapshot();
+        }
+    }
+
+    /// Asks for the socket's drop count, after which a snapshot is ready (`take_snapshot`).
+    pub fn request_snapshot(&mut self) {
+        if !self.snapshot_pending {
+            self.snapshot_pending = true;
+            self.requests.push_back(Request::ReadSocketDrops);
+        }
+    }
+
+    /// A snapshot of the counters, once one is ready.
+    pub fn take_snapshot(&mut self) -> Option<WorkerStats> {
+        self.snapshot.take()
+    }
+
+    /// The socket's drop count (`SO_MEMINFO`), or `None` if it could not be read. The kernel's
+    /// count is 32 bits, so it is added up here as it rises.
+    pub fn on_socket_drops(&mut self, dropped: Option<u32>) {
+        if let Some(now) = dropped {
+            self.stats.counters.udp_socket_drops += stats::count_since(self.socket_drops_seen, now);
+            self.socket_drops_seen = now;
+        }
+        if std::mem::take(&mut self.snapshot_pending) {
+            self.snapshot = Some(self.stats.clone());
+        }
+    }
+
+    /// A read or receive failed with `errno`: `Err` with the error once it is the worker's end
+    /// (`failures`, that read's count of failures in a row, reached `MAX_CONSECUTIVE_FAILURES`).
+    pub fn on_read_error(&mut self, tun: bool, errno: i32, failures: &mut u32) -> Result<(), i32> {
+        const MAX_CONSECUTIVE_FAILURES: u32 = 64;
+        match errno {
+            libc::ENOBUFS => self.stats.counters.buffer_stalls += 1,
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+            _ if !tun && self.reports.note_receive_error(errno) => {}
+            _ => {
+                *failures += 1;
+                if *failures >= MAX_CONSECUTIVE_FAILURES {
+                    return Err(errno);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A receive into `bid` whose parts could not be found (a multishot receive's header said
+    /// more than the buffer holds): an oversized datagram, counted, and the buffer goes back.
+    pub fn on_unreadable_receive(&mut self, bid: u16) {
+        self.stats
+            .counters
+            .drop(crate::stats::DropReason::OversizedDatagram);
+        self.udp_free.push(bid);
+    }
+
+    /// The worker's socket has something in its error queue (`POLLERR`), which no receive takes:
+    /// it is read at the end of this batch.
+    pub fn note_error_queue(&mut self) {
+        self.reports.drain_queue = true;
+    }
+
+    /// Counts a multishot operation the kernel ended, unless the relay is stopping.
+    pub fn on_multishot_end(&mut self) {
+        if !self.stopping {
+            self.stats.counters.multishot_restarts += 1;
+        }
+    }
+
+    /// The result of a request the shell carried out (a send or a write).
+    pub fn complete(&mut self, token: Token, result: i32, now_ns: u64, buffers: &impl Buffers) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match token.op {
+            Op::UdpSend => self.on_send_done(SendIndex::unpack(token.index), result, now_ns),
+            Op::TunWrite => {
+                self.on_write_done(WriteIndex::unpack(token.index), result, now_ns, buffers)
+            }
+            Op::ControlSend => self.on_control_sent(token.index as usize, result),
+            _ => {}
+        }
+    }
+
+    /// Closes a batch of completions. If a completion said something is in the error queue,
+    /// or a send was refused, asks for the queues to be read first: the answer
+    /// (`on_errors_drained`) settles the refused sends against what they say, and only then is
+    /// the GSO batch gathered in this batch sent, after the resends, whose packets were read
+    /// before. Takes the path MTU the machine published.
+    pub fn end_batch(&mut self, now_ns: u64, buffers: &impl Buffers) {
+        self.run_path(now_ns);
+        if self.reports.drain_queue || !self.refused.is_empty() {
+            self.awaiting_errors = true;
+            self.requests.push_back(Request::DrainErrors {
+                socket: Socket::Worker,
+            });
+            return;
+        }
+        self.settle_refusals(now_ns, buffers);
+        self.send_batch();
+    }
+
+    /// Stops: sends what was gathered, and arms nothing more (`stopping`).
+    pub fn stop(&mut self) {
+        self.send_batch();
+        self.stopping = true;
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Sends to `peer` from now on, and takes datagrams from it alone: the peer's name resolved
+    /// elsewhere. The path to it is a new one, so its path MTU is found anew.
+    pub fn follow_peer(&mut self, peer: SocketAddr) -> bool {
+        if peer == self.peer || OuterFamily::of(peer) != self.path.family {
+            return false;
+        }
+        self.peer = peer;
+        self.peer_canonical = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        if let Some(limits) = self.path_limits {
+            self.plpmtud = Some(Plpmtud::new(limits));
+            self.shared_path.publish(limits.largest);
+        }
+        true
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The final counters.
+    pub fn into_stats(self) -> WorkerStats {
+        self.stats
+    }
+
+    /// Queues a send or a write, counting it in flight.
+    fn queue_io(&mut self, request: Request) {
+        self.in_flight += 1;
+        self.requests.push_back(request);
+    }
+}
+
+/// What the relay asks of the shell's buffers after a read handed one over: the bytes of a TUN
+/// buffer (some of which sends in flight may be reading, so only a shared view), and a write of
+/// a few bytes into a UDP buffer, leaving its other bytes, which writes in flight may be
+/// reading, alone (never through a slice over the whole buffer).
+pub trait Buffers {
+    fn tun(&self, bid: u16) -> &[u8];
+    fn write_udp(&self, bid: u16, at: usize, bytes: &[u8]);
+}

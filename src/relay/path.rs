@@ -1,6 +1,6 @@
 //! A worker's view of the path MTU to its peer. PURE.
 
-use crate::sys::socket::OuterFamily;
+use crate::wire::OuterFamily;
 
 /// The path MTU, outer headers included, and the inner packets it leaves room for (never more
 /// than the device MTU). Each worker has its own: nothing is shared between workers.

@@ -640,7 +640,10 @@ mod tests {
         let sent = path.run(&mut m, 100 * MS, 20_000 * MS);
         let tries = MAX_PROBES as usize;
         assert_eq!(sent[..tries], [1448; MAX_PROBES as usize]);
-        assert_eq!(sent[tries], LIMITS.hello, "a small probe says the loss counts");
+        assert_eq!(
+            sent[tries], LIMITS.hello,
+            "a small probe says the loss counts"
+        );
         assert_eq!(sent[tries + 1], 1400, "the hint is tried first");
         assert!(
             m.working() <= 1400 && m.working() > 1400 - SEARCH_GRANULARITY,

@@ -69,6 +69,11 @@ impl Default for ReceivePlan {
 }
 
 impl ReceivePlan {
+    /// Every run's virtio header, back to back (`vnet::LEN` apart), as the writes name them.
+    pub fn vnet_header_bytes(&self) -> &[u8] {
+        self.vnet_headers.as_flattened()
+    }
+
     /// The header length of run `r`'s merged packet, as `finish_run` wrote it into its virtio
     /// header: what each later segment of the run leaves out, and what a refused write restores.
     pub fn merged_header_len(&self, r: usize) -> usize {
@@ -89,7 +94,10 @@ impl ReceivePlan {
     pub fn restore_bytes(&self, r: usize) -> (usize, &[u8]) {
         let head_at = self.segments[self.runs[r].first].at;
         let saved = &self.saved_heads[r * HEADER_ROOM..][..HEADER_ROOM];
-        (head_at, &saved[..self.merged_header_len(r).min(saved.len())])
+        (
+            head_at,
+            &saved[..self.merged_header_len(r).min(saved.len())],
+        )
     }
 }
 
@@ -508,9 +516,17 @@ mod tests {
     fn a_buffer_counts_as_many_datagrams_as_its_stride_cuts() {
         let one = [0x45u8; 100];
         assert_eq!(datagram_count(None, false, &one), 1);
-        assert_eq!(datagram_count(Some(30), false, &one), 4, "30 + 30 + 30 + 10");
+        assert_eq!(
+            datagram_count(Some(30), false, &one),
+            4,
+            "30 + 30 + 30 + 10"
+        );
         assert_eq!(datagram_count(Some(100), false, &one), 1);
         assert_eq!(datagram_count(Some(1), false, &one), 100);
-        assert_eq!(datagram_count(Some(30), false, &[]), 1, "an empty one is one");
+        assert_eq!(
+            datagram_count(Some(30), false, &[]),
+            1,
+            "an empty one is one"
+        );
     }
 }

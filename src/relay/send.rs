@@ -50,7 +50,8 @@ pub fn judge(result: i32, gso: bool, route: Route) -> SendResult {
     let direct = route == Route::Direct;
     // Both sockets have IP_RECVERR (the kernel hands an ICMP error to either), so a send on
     // either may take a pending error; only the worker's own socket sends with DF.
-    if is_peer_unreachable(errno) || (direct && (errno == libc::EMSGSIZE || (gso && errno == libc::EINVAL)))
+    if is_peer_unreachable(errno)
+        || (direct && (errno == libc::EMSGSIZE || (gso && errno == libc::EINVAL)))
     {
         SendResult::Refused { errno }
     } else if direct && gso && errno == libc::EIO {
@@ -258,12 +259,12 @@ mod tests {
         r.note_send(SendResult::Dropped(DropReason::UdpSendBufferFull));
         assert_eq!(r, ErrorReports::default());
         r.note_send(SendResult::Refused {
-                errno: libc::EINVAL,
-            });
+            errno: libc::EINVAL,
+        });
         assert!(!r.drain_queue, "a GSO EINVAL queues nothing");
         r.note_send(SendResult::Refused {
-                errno: libc::ECONNREFUSED,
-            });
+            errno: libc::ECONNREFUSED,
+        });
         assert!(r.drain_queue);
         let mut r = ErrorReports::default();
         assert!(!r.note_receive_error(libc::EBADF));
@@ -273,8 +274,8 @@ mod tests {
         assert!(r.drain_queue);
         let mut r = ErrorReports::default();
         r.note_send(SendResult::Refused {
-                errno: libc::EHOSTUNREACH,
-            });
+            errno: libc::EHOSTUNREACH,
+        });
         assert!(r.drain_queue, "a pending ICMP error was queued too");
     }
 
@@ -303,7 +304,14 @@ mod tests {
             (einval, true, 1200, 1252, true, OneByOne),
             (einval, true, 1200, 1252, false, OneByOne),
             // Refused again and again though they fit: not forever.
-            (emsgsize, false, 100, 1372, false, Drop(DropReason::UdpSendError)),
+            (
+                emsgsize,
+                false,
+                100,
+                1372,
+                false,
+                Drop(DropReason::UdpSendError),
+            ),
             // Pending errors about earlier datagrams, whatever the length.
             (libc::ECONNREFUSED, true, 1400, 1252, true, Resend),
             (libc::EHOSTUNREACH, false, 100, 1252, true, Resend),

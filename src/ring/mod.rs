@@ -27,10 +27,8 @@
 //! Every `unsafe` block in this module and in `worker` refers back to this contract.
 
 mod bufring;
-pub mod token;
 
 pub use bufring::BufRing;
-pub use token::{Op, Token};
 
 use io_uring::IoUring;
 use std::io;
@@ -165,10 +163,21 @@ mod tests {
         let Ok(mut ring) = build(8, 16) else {
             return; // io_uring is off here; the test above says whether that is allowed
         };
-        assert!(restrict(&ring).unwrap(), "Linux 5.10 or later creates disabled rings");
-        assert_eq!(nop(&mut ring), -libc::EACCES, "not one of the allowed opcodes");
+        assert!(
+            restrict(&ring).unwrap(),
+            "Linux 5.10 or later creates disabled rings"
+        );
+        assert_eq!(
+            nop(&mut ring),
+            -libc::EACCES,
+            "not one of the allowed opcodes"
+        );
         let e = ring.submitter().register_files(&[0]).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "no registration once enabled");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EACCES),
+            "no registration once enabled"
+        );
         // Without restrictions the same NOP completes.
         let mut open = build(8, 16).unwrap();
         open.submitter().register_enable_rings().unwrap();

@@ -177,7 +177,9 @@ fn parse_ack(reply: &[u8]) -> io::Result<()> {
     }
     match i32::from_ne_bytes(field(16, 4)?.try_into().expect("4 bytes")) {
         0 => Ok(()),
-        negative_errno => Err(io::Error::from_raw_os_error(negative_errno.saturating_neg())),
+        negative_errno => Err(io::Error::from_raw_os_error(
+            negative_errno.saturating_neg(),
+        )),
     }
 }
 

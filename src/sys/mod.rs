@@ -21,8 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 /// poll(2) over `fds`, waiting at most `timeout_ms` (negative: no limit); returns how many have
 /// events. The metrics server's one system call that is not a socket's.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
-    let count =
-        libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let count = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `fds` is an exclusively borrowed slice of `count` initialised `pollfd`s, valid for
     // the whole call; poll(2) reads their `fd` and `events` and writes only their `revents`.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };

@@ -90,7 +90,9 @@ pub fn parse_answers(
         let word = |at: usize| u32::from_ne_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
         let len = word(0) as usize;
         if len < HEADER_LEN || len > rest.len() {
-            return Err(malformed("a netlink message's length runs past its datagram"));
+            return Err(malformed(
+                "a netlink message's length runs past its datagram",
+            ));
         }
         let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
         let (seq, pid) = (word(8), word(12));
@@ -144,14 +146,25 @@ pub fn exchange(request: Request, dump: bool) -> io::Result<Vec<Message>> {
         tv_sec: 5,
         tv_usec: 0,
     };
-    super::socket::set_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
+    super::socket::set_option(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVTIMEO,
+        &timeout,
+    )?;
     // Bind to learn our port id: answers carry it, and anything else is not ours.
     // SAFETY: sockaddr_nl is plain data; all-zero (family set below) asks for any port id.
     let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     let mut len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
     // SAFETY: `address` is a valid sockaddr_nl of `len` bytes.
-    check(unsafe { libc::bind(fd.as_raw_fd(), (&address as *const libc::sockaddr_nl).cast(), len) })?;
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&address as *const libc::sockaddr_nl).cast(),
+            len,
+        )
+    })?;
     // SAFETY: getsockname writes at most `len` bytes into `address`.
     check(unsafe {
         libc::getsockname(
@@ -190,7 +203,13 @@ pub fn exchange(request: Request, dump: bool) -> io::Result<Vec<Message>> {
                 format!("a netlink answer of {got} bytes did not fit"),
             ));
         }
-        if parse_answers(&datagram[..got], sequence, address.nl_pid, dump, &mut answers)? {
+        if parse_answers(
+            &datagram[..got],
+            sequence,
+            address.nl_pid,
+            dump,
+            &mut answers,
+        )? {
             return Ok(answers);
         }
     }
@@ -255,7 +274,10 @@ pub fn link_mtu(answer: &Message) -> Option<u32> {
     if answer.kind != libc::RTM_NEWLINK {
         return None;
     }
-    u32_of(attribute(answer.payload.get(IFINFOMSG_LEN..)?, libc::IFLA_MTU)?)
+    u32_of(attribute(
+        answer.payload.get(IFINFOMSG_LEN..)?,
+        libc::IFLA_MTU,
+    )?)
 }
 
 /// The MTU of the device the route to `destination` leaves by: two questions to the kernel,
@@ -299,7 +321,10 @@ mod tests {
         // header 16 + family header 3 padded to 4 + attribute 4 + 5 padded to 12.
         assert_eq!(bytes.len(), 16 + 4 + 12);
         assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()), 32);
-        assert_eq!(u16::from_ne_bytes(bytes[4..6].try_into().unwrap()), libc::RTM_GETLINK);
+        assert_eq!(
+            u16::from_ne_bytes(bytes[4..6].try_into().unwrap()),
+            libc::RTM_GETLINK
+        );
         assert_eq!(
             u16::from_ne_bytes(bytes[6..8].try_into().unwrap()),
             (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16
@@ -332,10 +357,20 @@ mod tests {
         let mut found = Vec::new();
         let ack = message(libc::NLMSG_ERROR as u16, 3, 0, &0i32.to_ne_bytes());
         assert!(parse_answers(&ack, 3, 55, false, &mut found).unwrap());
-        let refused = message(libc::NLMSG_ERROR as u16, 3, 55, &(-libc::ENODEV).to_ne_bytes());
+        let refused = message(
+            libc::NLMSG_ERROR as u16,
+            3,
+            55,
+            &(-libc::ENODEV).to_ne_bytes(),
+        );
         let e = parse_answers(&refused, 3, 55, false, &mut found).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
-        let stale = message(libc::NLMSG_ERROR as u16, 2, 55, &(-libc::EPERM).to_ne_bytes());
+        let stale = message(
+            libc::NLMSG_ERROR as u16,
+            2,
+            55,
+            &(-libc::EPERM).to_ne_bytes(),
+        );
         assert!(!parse_answers(&stale, 3, 55, false, &mut found).unwrap());
         let mut cut = ack.clone();
         cut[0..4].copy_from_slice(&64u32.to_ne_bytes());

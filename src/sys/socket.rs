@@ -7,7 +7,8 @@
 //! IP layer fragment, for the few inner packets that need it.
 
 use super::{Error, check};
-use crate::wire::icmp::IcmpKind;
+use crate::wire::OuterFamily;
+use crate::wire::cmsg::{self, QueuedErrors};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -77,213 +78,12 @@ pub fn to_sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::sockle
     (storage, len as libc::socklen_t)
 }
 
-/// The address and port in raw `sockaddr_in`/`sockaddr_in6` bytes (as io_uring's recvmsg
-/// returns them). IPv4-mapped IPv6 addresses come back as IPv4, so they compare equal to the
-/// peer's [`canonical`] address.
-pub fn source_address(name: &[u8]) -> Option<SocketAddr> {
-    let family = libc::c_int::from(u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?));
-    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4.
-    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
-    let ip = match family {
-        libc::AF_INET => {
-            let octets: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            IpAddr::V4(Ipv4Addr::from(octets))
-        }
-        libc::AF_INET6 => {
-            let octets: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            IpAddr::V6(Ipv6Addr::from(octets)).to_canonical()
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-/// Room for one `UDP_GRO` control message: `CMSG_SPACE(sizeof(int))` on 64-bit Linux.
-pub const GRO_CONTROL_LEN: usize = 24;
-/// Room for one received TOS or traffic class message: `IP_TOS` carries a byte
-/// (`ip_cmsg_recv_tos` in net/ipv4/ip_sockglue.c), `IPV6_TCLASS` an int
-/// (`ip6_datagram_recv_specific_ctl` in net/ipv6/datagram.c); `CMSG_SPACE` of either is 24.
-pub const TOS_CONTROL_LEN: usize = 24;
-/// `sizeof(struct cmsghdr)` on 64-bit Linux (include/linux/socket.h).
-const CMSG_HEADER: usize = 16;
-
-/// Which IP header the worker's datagrams travel in: decides the level of the TOS control
-/// message and the outer header bytes. A dual-stack IPv6 socket talking to an IPv4-mapped peer
-/// sends IPv4, and `udp_sendmsg` then reads only `SOL_IP` messages (`ip_cmsg_send` in
-/// net/ipv4/ip_sockglue.c), so the family follows the peer's canonical address, not the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OuterFamily {
-    Ipv4,
-    Ipv6,
-}
-
-impl OuterFamily {
-    pub fn of(peer: SocketAddr) -> OuterFamily {
-        if peer.ip().to_canonical().is_ipv4() {
-            OuterFamily::Ipv4
-        } else {
-            OuterFamily::Ipv6
-        }
-    }
-
-    /// The smallest path MTU ever worked to: IPv6's minimum link MTU (RFC 8200), and for IPv4
-    /// the kernel's floor for a learned path MTU (`net.ipv4.route.min_pmtu`, 552 by default).
-    pub fn smallest_path_mtu(self) -> usize {
-        match self {
-            OuterFamily::Ipv4 => 552,
-            OuterFamily::Ipv6 => 1280,
-        }
-    }
-
-    /// Outer IP and UDP header bytes.
-    pub fn overhead(self) -> usize {
-        match self {
-            OuterFamily::Ipv4 => 20 + 8,
-            OuterFamily::Ipv6 => 40 + 8,
-        }
-    }
-}
-
-/// Walks the messages of a control area as the kernel's `CMSG_NXTHDR` does
-/// (include/linux/socket.h), handing `visit` each one's level, type and data (the bytes its
-/// `cmsg_len` covers after the header, which may be fewer than its type needs) until `visit`
-/// returns false. It stops at the first message that is not `CMSG_OK` (its `cmsg_len` shorter
-/// than the header or past the area): when the area was too small the kernel cuts the last
-/// message and shortens its `cmsg_len` (`put_cmsg` in net/core/scm.c, which also sets
-/// `MSG_CTRUNC`), and nothing after a bad length can be trusted.
-fn walk_messages(control: &[u8], mut visit: impl FnMut(i32, i32, &[u8]) -> bool) {
-    let mut at = 0;
-    while control.len() - at >= CMSG_HEADER {
-        let left = control.len() - at;
-        let word = |from: usize, to: usize| &control[at + from..at + to];
-        let len = usize::from_ne_bytes(word(0, 8).try_into().expect("8 bytes"));
-        let level = i32::from_ne_bytes(word(8, 12).try_into().expect("4 bytes"));
-        let kind = i32::from_ne_bytes(word(12, 16).try_into().expect("4 bytes"));
-        if len < CMSG_HEADER || len > left {
-            return;
-        }
-        if !visit(level, kind, &control[at + CMSG_HEADER..at + len]) {
-            return;
-        }
-        // CMSG_ALIGN to sizeof(long); no overflow, since len <= left.
-        let step = len.div_ceil(8) * 8;
-        if step >= left {
-            return;
-        }
-        at += step;
-    }
-}
-
-/// What the data path reads from a receive's control area.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReceiveControl {
-    /// The `UDP_GRO` segment size.
-    pub gro_segment_size: Option<usize>,
-    /// The outer TOS / traffic class (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
-    pub tos: Option<u8>,
-}
-
-/// Reads the `UDP_GRO` segment size and the outer TOS from a recvmsg control area. The first
-/// message of each kind decides; one whose `cmsg_len` cannot hold its value was cut, and ends
-/// the walk (see [`walk_messages`]).
-pub fn receive_control(control: &[u8]) -> ReceiveControl {
-    let mut found = ReceiveControl::default();
-    let (mut gro_seen, mut tos_seen) = (false, false);
-    walk_messages(control, |level, kind, data| {
-        match (level, kind) {
-            (libc::SOL_UDP, libc::UDP_GRO) if !gro_seen => {
-                gro_seen = true;
-                let Some(bytes) = data.get(..4) else {
-                    return false;
-                };
-                let size = i32::from_ne_bytes(bytes.try_into().expect("4 bytes"));
-                found.gro_segment_size = usize::try_from(size).ok().filter(|s| *s > 0);
-            }
-            (libc::SOL_IP, libc::IP_TOS) if !tos_seen => {
-                tos_seen = true;
-                let Some(&tos) = data.first() else {
-                    return false;
-                };
-                found.tos = Some(tos);
-            }
-            (libc::SOL_IPV6, libc::IPV6_TCLASS) if !tos_seen => {
-                tos_seen = true;
-                let Some(bytes) = data.get(..4) else {
-                    return false;
-                };
-                let class = i32::from_ne_bytes(bytes.try_into().expect("4 bytes"));
-                found.tos = u8::try_from(class).ok();
-            }
-            _ => {}
-        }
-        !(gro_seen && tos_seen)
-    });
-    found
-}
-
-/// Reads the `UDP_GRO` segment size from a recvmsg control area, if there is one: the first
-/// `SOL_UDP`/`UDP_GRO` message that is `CMSG_OK` and whose `cmsg_len` holds its `int` decides.
-pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
-    receive_control(control).gro_segment_size
-}
-
-/// Fills a control buffer with one `UDP_SEGMENT` message and returns its length.
-pub fn write_segment_control(control: &mut [u64; 3], segment_size: u16) -> usize {
-    let bytes: &mut [u8; 24] = bytemuck_u64x3(control);
-    let len = size_of::<libc::cmsghdr>() + 2;
-    bytes[0..8].copy_from_slice(&len.to_ne_bytes());
-    bytes[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-    bytes[12..16].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
-    bytes[16..18].copy_from_slice(&segment_size.to_ne_bytes());
-    24 // CMSG_SPACE(sizeof(u16))
-}
-
-/// Words of the control area of one send: a `UDP_SEGMENT` message and a TOS message.
-pub const SEND_CONTROL_WORDS: usize = 6;
-
-/// Fills a send's control area with a `UDP_SEGMENT` message when `segment_size` is given and a
-/// TOS message (`IP_TOS` or `IPV6_TCLASS`, an int; `ip_cmsg_send` and `ip6_datagram_send_ctl`)
-/// when `tos` is not 0, and returns the length used: 0 when neither is needed, so that the send
-/// carries no control data at all.
-pub fn write_send_control(
-    control: &mut [u64; SEND_CONTROL_WORDS],
-    segment_size: Option<u16>,
-    tos: u8,
-    family: OuterFamily,
-) -> usize {
-    let mut len = 0;
-    if let Some(size) = segment_size {
-        let first: &mut [u64; 3] = (&mut control[..3]).try_into().expect("3 words");
-        len += write_segment_control(first, size);
-    }
-    if tos != 0 {
-        let words: &mut [u64; 3] = (&mut control[len / 8..len / 8 + 3])
-            .try_into()
-            .expect("3 words");
-        len += write_tos_control(words, tos, family);
-    }
-    len
-}
-
-/// Fills a control buffer with one TOS / traffic class message and returns its length.
-pub fn write_tos_control(control: &mut [u64; 3], tos: u8, family: OuterFamily) -> usize {
-    let bytes: &mut [u8; 24] = bytemuck_u64x3(control);
-    let (level, kind) = match family {
-        OuterFamily::Ipv4 => (libc::SOL_IP, libc::IP_TOS),
-        OuterFamily::Ipv6 => (libc::SOL_IPV6, libc::IPV6_TCLASS),
-    };
-    let len = CMSG_HEADER + 4;
-    bytes[0..8].copy_from_slice(&len.to_ne_bytes());
-    bytes[8..12].copy_from_slice(&level.to_ne_bytes());
-    bytes[12..16].copy_from_slice(&kind.to_ne_bytes());
-    bytes[16..20].copy_from_slice(&i32::from(tos).to_ne_bytes());
-    bytes[20..24].fill(0);
-    24 // CMSG_SPACE(sizeof(int))
-}
-
-fn bytemuck_u64x3(words: &mut [u64; 3]) -> &mut [u8; 24] {
-    // SAFETY: [u64; 3] and [u8; 24] have the same size, and u8 has no alignment requirement.
-    unsafe { &mut *(words as *mut [u64; 3]).cast::<[u8; 24]>() }
+/// The bytes of `words`: control messages need the 8-byte alignment of a `cmsghdr`
+/// (include/linux/socket.h), which `u64` storage gives and a byte array does not.
+pub fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment requirement and every byte pattern is a valid u64 and u8;
+    // the slice covers exactly the words' memory, borrowed exclusively for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size_of_val(words)) }
 }
 
 /// Creates one worker's socket, bound to `listen` with `SO_REUSEPORT`, with send and receive
@@ -308,8 +108,13 @@ pub fn udp_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Er
     // so it is only a hint here (`relay::plpmtud`); the errors still reach the error queue
     // (`IP_RECVERR`), which is where the hints come from. A send over the egress device's own MTU
     // still fails with EMSGSIZE, and that local limit is believed.
-    set_path_mtu_discovery(raw, listen, libc::IP_PMTUDISC_PROBE, libc::IPV6_PMTUDISC_PROBE)
-        .map_err(err)?;
+    set_path_mtu_discovery(
+        raw,
+        listen,
+        libc::IP_PMTUDISC_PROBE,
+        libc::IPV6_PMTUDISC_PROBE,
+    )
+    .map_err(err)?;
     set_receive_errors(raw, listen).map_err(err)?;
     bind(&fd, listen)?;
     Ok(fd)
@@ -402,8 +207,13 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
     let raw = fd.as_raw_fd();
     let send = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
     set_buffers(raw, 1, send).map_err(err)?;
-    set_path_mtu_discovery(raw, listen, libc::IP_PMTUDISC_WANT, libc::IPV6_PMTUDISC_WANT)
-        .map_err(err)?;
+    set_path_mtu_discovery(
+        raw,
+        listen,
+        libc::IP_PMTUDISC_WANT,
+        libc::IPV6_PMTUDISC_WANT,
+    )
+    .map_err(err)?;
     set_receive_errors(raw, listen).map_err(err)?;
     bind(&fd, listen)?;
     Ok(fd)
@@ -527,49 +337,6 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
     .map_err(Error::ReusePortProgram)
 }
 
-/// What [`drain_error_queue`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueuedErrors {
-    /// Errors read and discarded.
-    pub count: u64,
-    /// Those of them that an ICMP or ICMPv6 message caused (`SO_EE_ORIGIN_ICMP[6]`), by
-    /// [`IcmpKind`] (indexed like `IcmpKind::ALL`), as opposed to the local stack refusing a
-    /// send over the egress device's MTU (`SO_EE_ORIGIN_LOCAL`).
-    pub icmp: [u64; IcmpKind::ALL.len()],
-    /// The smallest path MTU an ICMP fragmentation-needed or packet-too-big claimed: a hint,
-    /// from anyone who knows the 4-tuple (`relay::plpmtud`).
-    pub icmp_path_mtu: Option<u32>,
-    /// The smallest MTU the local stack refused a send over: the egress device's, believed.
-    pub local_path_mtu: Option<u32>,
-}
-
-impl QueuedErrors {
-    /// The ICMP errors among them, of every kind.
-    pub fn from_icmp(&self) -> u64 {
-        self.icmp.iter().sum()
-    }
-
-    /// Adds what one queued error says.
-    fn note(&mut self, error: QueuedError) {
-        match error.origin {
-            libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6 => {
-                let v6 = error.origin == libc::SO_EE_ORIGIN_ICMP6;
-                let kind = IcmpKind::of(v6, error.icmp_type, error.icmp_code);
-                self.icmp[kind as usize] += 1;
-                if let Some(mtu) = error.path_mtu() {
-                    self.icmp_path_mtu = Some(self.icmp_path_mtu.map_or(mtu, |m| m.min(mtu)));
-                }
-            }
-            libc::SO_EE_ORIGIN_LOCAL => {
-                if let Some(mtu) = error.path_mtu() {
-                    self.local_path_mtu = Some(self.local_path_mtu.map_or(mtu, |m| m.min(mtu)));
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Error-queue entries [`drain_error_queue`] reads in one call.
 pub const ERROR_QUEUE_BATCH: usize = 64;
 
@@ -596,67 +363,9 @@ pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
             break;
         };
         found.count += 1;
-        if let Some(error) = queued_error(&control[..control_len.min(control.len())]) {
-            found.note(error);
-        }
-    }
-    found
-}
-
-/// The parts of a `sock_extended_err` (include/uapi/linux/errqueue.h) tunfwd reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct QueuedError {
-    errno: u32,
-    origin: u8,
-    icmp_type: u8,
-    icmp_code: u8,
-    info: u32,
-}
-
-impl QueuedError {
-    /// The path MTU this error reports, if it is one: `ee_errno` EMSGSIZE from an ICMP
-    /// fragmentation-needed, an ICMPv6 packet-too-big, or the local stack refusing a send over
-    /// the MTU it knows (`ip_local_error`, `ipv6_local_error`); `ee_info` is then the MTU
-    /// (`ip_icmp_error` in net/ipv4/ip_sockglue.c, `ipv6_icmp_error` in net/ipv6/datagram.c).
-    fn path_mtu(self) -> Option<u32> {
-        let from_mtu_report = matches!(
-            self.origin,
-            libc::SO_EE_ORIGIN_LOCAL | libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
-        );
-        (self.errno == libc::EMSGSIZE as u32 && from_mtu_report && self.info > 0)
-            .then_some(self.info)
-    }
-}
-
-/// The first `IP_RECVERR` / `IPV6_RECVERR` message of an error-queue entry's control data.
-fn queued_error(control: &[u8]) -> Option<QueuedError> {
-    let mut found = None;
-    walk_messages(control, |level, kind, data| {
-        let is_error = matches!(
-            (level, kind),
-            (libc::SOL_IP, libc::IP_RECVERR) | (libc::SOL_IPV6, libc::IPV6_RECVERR)
-        );
-        if !is_error || data.len() < 16 {
-            return true;
-        }
-        found = Some(QueuedError {
-            errno: u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")),
-            origin: data[4],
-            icmp_type: data[5],
-            icmp_code: data[6],
-            info: u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes")),
-        });
-        false
-    });
-    found
-}
-
-/// What one error-queue entry's control data says, as [`drain_error_queue`] adds it up (for
-/// the fuzz target and the tests).
-pub fn parse_queued_error(control: &[u8]) -> QueuedErrors {
-    let mut found = QueuedErrors::default();
-    if let Some(error) = queued_error(control) {
-        found.note(error);
+        found.add(&cmsg::parse_queued_error(
+            &control[..control_len.min(control.len())],
+        ));
     }
     found
 }
@@ -705,7 +414,8 @@ pub fn send_gathered(
     msg.msg_iov = parts.as_ptr().cast_mut().cast();
     msg.msg_iovlen = parts.len();
     if tos != 0 {
-        msg.msg_controllen = write_tos_control(&mut control, tos, OuterFamily::of(peer));
+        msg.msg_controllen =
+            cmsg::write_tos_control(as_bytes_mut(&mut control), tos, OuterFamily::of(peer));
         msg.msg_control = control.as_mut_ptr().cast();
     }
     // SAFETY: `msg` points at `storage`, `parts` and `control`, all live for the call.
@@ -760,16 +470,20 @@ mod tests {
                     len as usize,
                 )
             };
-            assert_eq!(source_address(bytes), Some(canonical(address)), "{text}");
+            assert_eq!(
+                cmsg::source_address(bytes),
+                Some(canonical(address)),
+                "{text}"
+            );
         }
-        assert_eq!(source_address(&[0u8; 3]), None);
-        assert_eq!(source_address(&[0u8; 28]), None, "AF_UNSPEC");
+        assert_eq!(cmsg::source_address(&[0u8; 3]), None);
+        assert_eq!(cmsg::source_address(&[0u8; 28]), None, "AF_UNSPEC");
         let v4 = to_sockaddr("198.18.0.1:55555".parse().unwrap());
         // SAFETY: reading the bytes of a local, initialised struct.
         let bytes = unsafe {
             std::slice::from_raw_parts((&v4.0 as *const libc::sockaddr_storage).cast::<u8>(), 7)
         };
-        assert_eq!(source_address(bytes), None, "cut inside the address");
+        assert_eq!(cmsg::source_address(bytes), None, "cut inside the address");
     }
 
     #[test]
@@ -823,6 +537,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
             found = drain_error_queue(sender.as_raw_fd());
         }
+        use crate::wire::icmp::IcmpKind;
         let mut icmp = [0; IcmpKind::ALL.len()];
         icmp[IcmpKind::PortUnreachable as usize] = 1;
         assert_eq!(
@@ -835,213 +550,6 @@ mod tests {
             }
         );
         assert_eq!(found.from_icmp(), 1);
-    }
-
-    /// A `UDP_GRO` control message saying 1420, with `cmsg_len` as given.
-    fn gro_message(cmsg_len: usize) -> [u8; GRO_CONTROL_LEN] {
-        let mut control = [0u8; GRO_CONTROL_LEN];
-        control[0..8].copy_from_slice(&cmsg_len.to_ne_bytes());
-        control[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-        control[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
-        control[16..20].copy_from_slice(&1420i32.to_ne_bytes());
-        control
-    }
-
-    #[test]
-    fn gro_control_message_is_found() {
-        let mut control = gro_message(20);
-        assert_eq!(gro_segment_size(&control), Some(1420));
-        control[12..16].copy_from_slice(&99i32.to_ne_bytes());
-        assert_eq!(gro_segment_size(&control), None);
-        assert_eq!(gro_segment_size(&[]), None);
-        control[0..8].copy_from_slice(&0usize.to_ne_bytes());
-        assert_eq!(
-            gro_segment_size(&control),
-            None,
-            "a zero cmsg_len must not loop"
-        );
-    }
-
-    #[test]
-    fn a_cut_gro_message_is_not_read() {
-        // The fuzzer's finding: cmsg_len 17 says the message was cut after one byte of its int
-        // (what put_cmsg does when the area is too small); the bytes after it are not the size.
-        let mut control = gro_message(17);
-        assert_eq!(gro_segment_size(&control), None);
-        // A cmsg_len past the area is not CMSG_OK either.
-        control[0..8].copy_from_slice(&25usize.to_ne_bytes());
-        assert_eq!(gro_segment_size(&control), None);
-        control[0..8].copy_from_slice(&usize::MAX.to_ne_bytes());
-        assert_eq!(gro_segment_size(&control), None);
-        control[0..8].copy_from_slice(&20usize.to_ne_bytes());
-        assert_eq!(gro_segment_size(&control), Some(1420));
-    }
-
-    #[test]
-    fn segment_control_message_layout() {
-        let mut words = [0u64; 3];
-        assert_eq!(write_segment_control(&mut words, 1400), 24);
-        let bytes = bytemuck_u64x3(&mut words);
-        assert_eq!(usize::from_ne_bytes(bytes[0..8].try_into().unwrap()), 18);
-        assert_eq!(
-            i32::from_ne_bytes(bytes[12..16].try_into().unwrap()),
-            libc::UDP_SEGMENT
-        );
-        assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1400);
-    }
-
-    /// One control message: `cmsg_len`, level, type, then `data`, padded to 8 bytes.
-    fn message(level: i32, kind: i32, data: &[u8], len: Option<usize>) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&len.unwrap_or(CMSG_HEADER + data.len()).to_ne_bytes());
-        m.extend_from_slice(&level.to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(data);
-        m.resize(m.len().div_ceil(8) * 8, 0);
-        m
-    }
-
-    #[test]
-    fn gro_size_and_tos_are_read_in_either_order() {
-        let gro = message(libc::SOL_UDP, libc::UDP_GRO, &1400i32.to_ne_bytes(), None);
-        let tos4 = message(libc::SOL_IP, libc::IP_TOS, &[0x03], None);
-        let tos6 = message(
-            libc::SOL_IPV6,
-            libc::IPV6_TCLASS,
-            &0xb9i32.to_ne_bytes(),
-            None,
-        );
-        let both = |a: &[u8], b: &[u8]| [a, b].concat();
-        let expect = |gro_segment_size, tos| ReceiveControl {
-            gro_segment_size,
-            tos,
-        };
-        assert_eq!(
-            receive_control(&both(&gro, &tos4)),
-            expect(Some(1400), Some(3))
-        );
-        assert_eq!(
-            receive_control(&both(&tos4, &gro)),
-            expect(Some(1400), Some(3))
-        );
-        assert_eq!(
-            receive_control(&both(&gro, &tos6)),
-            expect(Some(1400), Some(0xb9))
-        );
-        assert_eq!(receive_control(&tos4), expect(None, Some(3)));
-        assert_eq!(receive_control(&[]), expect(None, None));
-        assert_eq!(gro_segment_size(&both(&tos4, &gro)), Some(1400));
-        // The two areas tunfwd sizes hold both messages as the kernel writes them.
-        assert!(both(&gro, &tos6).len() <= GRO_CONTROL_LEN + TOS_CONTROL_LEN);
-        // A TOS message cut before its byte, or a traffic class cut inside its int, is not read,
-        // and nothing after it is trusted.
-        let cut4 = message(libc::SOL_IP, libc::IP_TOS, &[0x03], Some(CMSG_HEADER));
-        assert_eq!(receive_control(&both(&cut4, &gro)), expect(None, None));
-        let cut6 = message(libc::SOL_IPV6, libc::IPV6_TCLASS, &[2, 0, 0, 0], Some(18));
-        assert_eq!(
-            receive_control(&both(&gro, &cut6)),
-            expect(Some(1400), None)
-        );
-        // A traffic class outside a byte is no TOS.
-        let odd = message(
-            libc::SOL_IPV6,
-            libc::IPV6_TCLASS,
-            &300i32.to_ne_bytes(),
-            None,
-        );
-        assert_eq!(receive_control(&odd), expect(None, None));
-    }
-
-    #[test]
-    fn send_control_holds_segment_size_and_tos_only_when_needed() {
-        let mut words = [0u64; SEND_CONTROL_WORDS];
-        assert_eq!(
-            write_send_control(&mut words, None, 0, OuterFamily::Ipv4),
-            0
-        );
-        assert_eq!(
-            write_send_control(&mut words, Some(1400), 0, OuterFamily::Ipv4),
-            24
-        );
-        for (family, level, kind) in [
-            (OuterFamily::Ipv4, libc::SOL_IP, libc::IP_TOS),
-            (OuterFamily::Ipv6, libc::SOL_IPV6, libc::IPV6_TCLASS),
-        ] {
-            let len = write_send_control(&mut words, Some(1400), 0xb9, family);
-            assert_eq!(len, 48);
-            // SAFETY: reading the bytes of a local array of plain words.
-            let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len) };
-            let mut seen = Vec::new();
-            walk_messages(bytes, |l, k, data| {
-                seen.push((l, k, data.to_vec()));
-                true
-            });
-            assert_eq!(
-                seen,
-                vec![
-                    (
-                        libc::SOL_UDP,
-                        libc::UDP_SEGMENT,
-                        1400u16.to_ne_bytes().to_vec()
-                    ),
-                    (level, kind, 0xb9i32.to_ne_bytes().to_vec()),
-                ]
-            );
-            let len = write_send_control(&mut words, None, 2, family);
-            assert_eq!(len, 24);
-        }
-    }
-
-    /// A `sock_extended_err` as `ip_local_error` / `ip_icmp_error` queue it.
-    fn extended_error(level: i32, kind: i32, errno: i32, origin: u8, info: u32) -> Vec<u8> {
-        let mut e = Vec::new();
-        e.extend_from_slice(&(errno as u32).to_ne_bytes());
-        e.extend_from_slice(&[origin, 3, 4, 0]);
-        e.extend_from_slice(&info.to_ne_bytes());
-        e.extend_from_slice(&0u32.to_ne_bytes());
-        e.extend_from_slice(&[0u8; 16]); // the offender's address
-        message(level, kind, &e, None)
-    }
-
-    #[test]
-    fn queued_errors_are_hints_from_icmp_and_limits_from_the_local_stack() {
-        let v4 = |errno, origin, info| {
-            extended_error(libc::SOL_IP, libc::IP_RECVERR, errno, origin, info)
-        };
-        let v6 = |errno, origin, info| {
-            extended_error(libc::SOL_IPV6, libc::IPV6_RECVERR, errno, origin, info)
-        };
-        use libc::{SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL};
-        let local = parse_queued_error(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280));
-        assert_eq!(
-            (local.local_path_mtu, local.icmp_path_mtu, local.from_icmp()),
-            (Some(1280), None, 0)
-        );
-        // `extended_error` writes type 3 code 4: fragmentation needed.
-        let icmp = parse_queued_error(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP, 1400));
-        assert_eq!((icmp.icmp_path_mtu, icmp.local_path_mtu), (Some(1400), None));
-        assert_eq!(icmp.icmp[IcmpKind::TooBig as usize], 1);
-        let v6_big = parse_queued_error(&v6(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP6, 1280));
-        assert_eq!(v6_big.icmp_path_mtu, Some(1280));
-        assert_eq!(
-            v6_big.icmp[IcmpKind::TimeExceeded as usize],
-            1,
-            "`extended_error` writes type 3, which in ICMPv6 is time exceeded"
-        );
-        for (control, why) in [
-            (v4(libc::ECONNREFUSED, SO_EE_ORIGIN_ICMP, 0), "not EMSGSIZE"),
-            (v4(libc::EMSGSIZE, SO_EE_ORIGIN_ICMP, 0), "no MTU"),
-        ] {
-            let found = parse_queued_error(&control);
-            assert_eq!(found.icmp_path_mtu, None, "{why}");
-            assert_eq!(found.from_icmp(), 1, "{why}");
-        }
-        let unknown = parse_queued_error(&v4(libc::EMSGSIZE, 0, 1280));
-        assert_eq!(unknown, QueuedErrors::default(), "no origin");
-        let mut cut = v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280);
-        cut[0..8].copy_from_slice(&(CMSG_HEADER + 10).to_ne_bytes());
-        assert_eq!(parse_queued_error(&cut), QueuedErrors::default(), "cut short");
-        assert_eq!(parse_queued_error(&[]), QueuedErrors::default());
     }
 
     /// The outer TOS goes out as a control message and comes back as one, over IPv4 and IPv6
@@ -1064,7 +572,7 @@ mod tests {
                     recvmsg_with_control(receiver.as_raw_fd(), &mut data, &mut control, 0).unwrap();
                 assert_eq!(n, 40);
                 assert_eq!(
-                    receive_control(&control[..control_len]).tos,
+                    cmsg::receive_control(&control[..control_len]).tos,
                     Some(tos),
                     "{local} TOS {tos:#x}"
                 );
@@ -1138,7 +646,13 @@ mod tests {
             tv_sec: 2,
             tv_usec: 0,
         };
-        set_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout).unwrap();
+        set_option(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout,
+        )
+        .unwrap();
         let mut iov = libc::iovec {
             iov_base: data.as_mut_ptr().cast(),
             iov_len: data.len(),
@@ -1154,20 +668,8 @@ mod tests {
         assert!(n >= 0, "{}", io::Error::last_os_error());
         (
             n as usize,
-            source_address(&name[..msg.msg_namelen as usize]),
+            cmsg::source_address(&name[..msg.msg_namelen as usize]),
         )
-    }
-
-    #[test]
-    fn outer_family_follows_the_canonical_peer() {
-        assert_eq!(
-            OuterFamily::of("[::ffff:1.2.3.4]:5".parse().unwrap()),
-            OuterFamily::Ipv4
-        );
-        assert_eq!(
-            OuterFamily::of("[2001:2::1]:5".parse().unwrap()),
-            OuterFamily::Ipv6
-        );
     }
 
     /// Socket-level GSO in, GRO out, on loopback (no root): one sendmsg with `UDP_SEGMENT`
@@ -1187,7 +689,7 @@ mod tests {
             .map(|i| (i / segment) as u8)
             .collect();
         let (dest, dest_len) = to_sockaddr(SocketAddr::from(([127, 0, 0, 1], port)));
-        let mut control = [0u64; SEND_CONTROL_WORDS];
+        let mut control = [0u64; cmsg::SEND_CONTROL_LEN / 8];
         let mut iov = libc::iovec {
             iov_base: payload.as_ptr().cast_mut().cast(),
             iov_len: payload.len(),
@@ -1199,8 +701,12 @@ mod tests {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         // ECT(0) on every datagram of the send, and the receive reports it once for the buffer.
-        msg.msg_controllen =
-            write_send_control(&mut control, Some(segment as u16), 0x02, OuterFamily::Ipv4);
+        msg.msg_controllen = cmsg::write_send_control(
+            as_bytes_mut(&mut control),
+            Some(segment as u16),
+            0x02,
+            OuterFamily::Ipv4,
+        );
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: `msg` is fully initialised and its buffers are live.
         let sent = unsafe { libc::sendmsg(sender.as_raw_fd(), &msg, 0) };
@@ -1216,7 +722,7 @@ mod tests {
         let (received, control_len) =
             recvmsg_with_control(receiver.as_raw_fd(), &mut buffer, &mut control_in, 0).unwrap();
         assert_eq!(received, payload.len(), "all 10 datagrams in one receive");
-        let received_control = receive_control(&control_in[..control_len]);
+        let received_control = cmsg::receive_control(&control_in[..control_len]);
         let stride = received_control
             .gro_segment_size
             .expect("a UDP_GRO control message");

@@ -159,7 +159,11 @@ mod tests {
         assert_eq!(Control::parse(&ACK[..15]), None);
         let mut long_ack = ACK.to_vec();
         long_ack.push(0);
-        assert_eq!(Control::parse(&long_ack), None, "an ack is 16 bytes exactly");
+        assert_eq!(
+            Control::parse(&long_ack),
+            None,
+            "an ack is 16 bytes exactly"
+        );
         for (at, value) in [(0, 0x45), (1, b't'), (3, 0), (3, 3), (14, 1), (15, 1)] {
             let mut bad = ACK;
             bad[at] = value;

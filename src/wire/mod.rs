@@ -10,12 +10,15 @@
 //! names in `ip::field` and `transport::field`.
 
 pub mod checksum;
+pub mod cmsg;
 pub mod control;
 pub mod icmp;
 pub mod ip;
+mod outer;
 pub mod transport;
 pub mod vnet;
 
 pub use ip::{IpPacket, IpVersion, Malformed};
+pub use outer::OuterFamily;
 pub use transport::Transport;
 pub use vnet::VnetHeader;

@@ -19,11 +19,13 @@
 use super::poll::{READ_BUDGET, read_tun};
 use super::uring::UDP_FILE;
 use super::uring::{
-    RingEngine, build_ring, enable_restricted, entry_for, is_interrupted_wait, push_all,
-    register_files,
+    RingEngine, build_ring, enable_restricted, is_interrupted_wait, push_all, register_files,
+    take_submissions,
 };
-use super::{IDLE_WAIT, Received, Worker, WorkerConfig, set_nonblocking, setup_faults};
-use crate::ring::{Op, Token};
+use super::{
+    IDLE_WAIT, Injected, Worker, WorkerConfig, received_from_msghdr, set_nonblocking, setup_faults,
+};
+use crate::relay::{Op, Token};
 use crate::sys;
 use io_uring::types::{Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -56,6 +58,8 @@ pub(super) struct Compat {
     in_flight: usize,
     entries: Vec<squeue::Entry>,
     completions: Vec<cqueue::Entry>,
+    /// Results of submissions a test-only fault kept from the ring.
+    injected: Injected,
 }
 
 pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Error> {
@@ -69,8 +73,8 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
     enable_restricted(&ring, queue)?;
     let engine = Compat {
         ring,
-        tun_reading: vec![false; worker.tun_read_at_ns.len()].into_boxed_slice(),
-        udp_reading: vec![false; worker.udp_read_at_ns.len()].into_boxed_slice(),
+        tun_reading: vec![false; usize::from(worker.memory.tun_buffers.count())].into_boxed_slice(),
+        udp_reading: vec![false; usize::from(worker.memory.udp_buffers.count())].into_boxed_slice(),
         tun_armed: 0,
         udp_armed: 0,
         tun_failures: 0,
@@ -84,6 +88,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
         in_flight: 0,
         entries: Vec::with_capacity(4 * depth + 16),
         completions: Vec::with_capacity(4 * sq_entries as usize),
+        injected: Injected::default(),
     };
     Ok((engine, worker))
 }
@@ -93,7 +98,7 @@ impl Compat {
         let tun = Fd(worker.tun.as_raw_fd());
         let tun_len = worker.memory.tun_buffers.buf_len() as u32;
         while self.tun_armed < MAX_ARMED
-            && let Some(bid) = worker.tun_free.pop()
+            && let Some(bid) = worker.relay.pop_free_tun()
         {
             self.tun_armed += 1;
             let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
@@ -105,7 +110,7 @@ impl Compat {
         }
         let layout = worker.memory.layout;
         while self.udp_armed < MAX_ARMED
-            && let Some(bid) = worker.udp_free.pop()
+            && let Some(bid) = worker.relay.pop_free_udp()
         {
             self.udp_armed += 1;
             let slot = &mut worker.memory.udp_slots[usize::from(bid)];
@@ -128,17 +133,20 @@ impl RingEngine for Compat {
         &mut self.completions
     }
 
+    fn injected(&mut self) -> &mut Injected {
+        &mut self.injected
+    }
+
     fn own_in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// Names every free buffer with a read or a receive, then queues the worker's requests.
     fn flush(&mut self, worker: &mut Worker) {
-        if !worker.stopping {
+        if !worker.stopping() {
             self.arm_reads(worker);
         }
-        self.entries
-            .extend(worker.requests.queued.drain(..).map(entry_for));
+        take_submissions(worker, &mut self.injected, &mut self.entries);
         if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
             worker.fatal.get_or_insert(e);
         }
@@ -146,7 +154,7 @@ impl RingEngine for Compat {
 
     /// Arms reads and receives on free buffers, up to `MAX_ARMED` on each file.
     /// Waits for `want` completions, at most `IDLE_WAIT`: arms the TIMEOUT if it is not armed.
-    fn wait(&mut self, want: usize) -> io::Result<()> {
+    fn wait(&mut self, want: usize, _limit: std::time::Duration) -> io::Result<()> {
         if want > 0 && !self.timer_armed {
             self.timer_armed = true;
             let timer = opcode::Timeout::new(&*self.timeout).build();
@@ -180,7 +188,7 @@ impl RingEngine for Compat {
                     // read is armed now, so nothing can overtake these.
                     read_tun(worker, READ_BUDGET - 1, now_ns, &mut self.tun_failures);
                 } else {
-                    worker.return_tun_buffer(bid);
+                    worker.relay.give_back_tun(bid);
                     // A TUN read never returns 0 bytes while the device is there.
                     let errno = if result == 0 { libc::EIO } else { -result };
                     worker.on_read_error(true, errno, &mut self.tun_failures);
@@ -195,16 +203,14 @@ impl RingEngine for Compat {
                     self.udp_failures = 0;
                     let layout = worker.memory.layout;
                     let msg = &worker.memory.udp_slots[usize::from(bid)].recv_msg;
-                    let received = Received::from_msghdr(msg, layout, result as usize);
+                    let received = received_from_msghdr(msg, layout, result as usize);
                     worker.on_udp_recv(bid, received, now_ns);
                 } else {
-                    worker.return_udp_buffer(bid);
+                    worker.relay.give_back_udp(bid);
                     worker.on_read_error(false, -result, &mut self.udp_failures);
                 }
             }
-            Op::UdpSend | Op::TunWrite | Op::ControlSend => {
-                worker.complete(token, result, now_ns)
-            }
+            Op::UdpSend | Op::TunWrite | Op::ControlSend => worker.complete(token, result, now_ns),
             Op::Timer => self.timer_armed = false,
             Op::Cancel => self.in_flight -= 1,
         }

@@ -1,92 +1,49 @@
 //! One worker: a pinned thread that owns one TUN queue and one UDP socket, and moves packets
-//! between them with one of three I/O engines. Nothing is shared with other workers.
+//! between them with one of three I/O engines. Nothing is shared with other workers on the data
+//! path.
 //!
-//! The decisions about packets are the relay core's (`crate::relay`, pure). This module is the
-//! engine-neutral half of the shell around it: the buffer memory and the per-buffer slots of
-//! msghdrs and iovecs that sends and writes are made of ([`slots`]), and what a worker does when
-//! a buffer arrives or an operation completes ([`to_udp`], [`to_tun`], [`path`]). Those queue
-//! [`Request`]s; an engine carries them out and reports each result back through
-//! [`Worker::complete`]:
+//! The protocol state is the relay core's (`crate::relay::Relay`, pure): which buffers are out,
+//! what each send and write carries, what a result means, the path MTU, the counters. This module
+//! is the shell around it, and does only I/O: it owns the buffers and, beside them, the msghdrs,
+//! iovecs and control messages sends and writes are made of ([`memory`]); it turns each of the
+//! relay's requests into those ([`Worker::pump`]) and answers the relay's system requests (the
+//! error queue, `SO_MEMINFO`, the egress MTU) at once; an engine carries out the sends and writes
+//! and reports each result back ([`Worker::complete`]):
 //! * [`uring`]: io_uring with a multishot read on the TUN and a multishot recvmsg, both picking
 //!   buffers from provided-buffer rings (Linux 6.7).
 //! * [`compat`]: io_uring with single-shot reads and receives into buffers it owns (Linux 5.15).
 //! * [`poll`]: no io_uring; `poll`, `read`/`writev` and `recvmmsg`/`sendmmsg`.
 //!
-//! # Data path
-//! * **TUN to UDP.** A read fills a buffer with `[virtio_net_hdr][IP packet]`. A plain packet is
-//!   sent straight out of its buffer; with UDP GSO on, consecutive plain packets of one flow and
-//!   one size are gathered from their buffers into a single GSO `sendmsg`. A TSO/USO
-//!   super-packet is split (`offload::split`): each segment's rewritten headers go into the
-//!   buffer's slot, and the iovec alternates header and payload-in-place, so the payload is never
-//!   copied; up to 64 segments go out per GSO send.
-//! * **UDP to TUN.** A receive fills a buffer with the source address, the control data and the
-//!   payload. With UDP GRO the payload holds several datagrams of one stride; runs of them that
-//!   may merge are written to the TUN as one super-packet with
-//!   `writev([virtio_net_hdr][head][payloads...])`, again without copying. A merged write the
-//!   kernel rejects with EINVAL is redone segment by segment (counted), and merging is switched
-//!   off for this worker.
-//!
-//! Sends use `MSG_DONTWAIT`: a full socket buffer drops the packet (counted), like a full qdisc,
-//! instead of parking the send, where a later send could overtake it and reorder the flow. The
-//! hot path allocates nothing, takes no lock and logs nothing; problems become counted drops.
-//!
-//! # ECN and path MTU
-//! * **ECN** (`offload::ecn`, RFC 6040): each send carries the outer TOS / traffic class made
-//!   from its inner packet's as a control message, only when that byte is not 0; a GSO batch
-//!   holds packets of one outer TOS only, and a split super-packet has one for all its segments.
-//!   Each receive reports its outer TOS (one per buffer: GRO merges only datagrams with equal
-//!   TOS, `udp_gro_receive` in net/ipv4/udp_offload.c), applied to every inner packet before the
-//!   coalescer plans the buffer, so marked and unmarked packets never merge.
-//! * **Path MTU.** The socket sends with DF (`IP_PMTUDISC_DO`). Each worker keeps its own view of
-//!   the path MTU to the peer (`relay::path`). A send refused as too big (EMSGSIZE; a GSO send:
-//!   EINVAL), an EMSGSIZE receive, or an ICMP error about the peer only raises a flag; once per
-//!   batch of completions the worker drains the error queue and rereads the kernel's path MTU
-//!   ([`Worker::end_batch`]). It also rereads it every second, which is how it learns that the
-//!   path grew again. The refused sends wait for that look: with `IP_RECVERR`, an ICMP error
-//!   from a router sets the socket's pending error (`__udp4_lib_err`, `__udp6_lib_err`) and the
-//!   next send fails with it whatever its size (`sock_alloc_send_pskb` checks `sock_error`), so
-//!   datagrams that fit the new MTU are sent again, and only those that do not are answered. An
-//!   inner packet that no longer fits is dropped and answered with ICMP fragmentation-needed /
-//!   packet-too-big written into the TUN (`offload::icmp`, rate-limited), or, if it may not be
-//!   answered so, sent on a second socket that lets the outer IP layer fragment it. Its sends
-//!   are requests like the others, so they leave in order with the packets around them.
+//! Test-only faults (`crate::faults`) are injected by each engine where it would make the system
+//! call, and their results come back through that engine's own completion path.
 //!
 //! All `unsafe` here is about the buffer-lifetime contract stated in `ring`, which every engine
 //! keeps: a buffer named by a request in flight is not written, and memory is freed only after
 //! every operation has completed (or leaked, if the drain at shutdown does not finish).
 
 mod compat;
-#[cfg(test)]
-mod lifetime;
-mod path;
+mod memory;
 mod poll;
 pub mod probe;
-mod slots;
-mod to_tun;
-mod to_udp;
 mod uring;
 
 pub use crate::engine::{Choice, Engine, Features};
-pub use crate::relay::tun::MAX_SPLIT_SEGMENTS;
-pub use slots::{REPLIES_PER_SECOND, REPLY_BURST};
+pub use crate::relay::{MAX_SPLIT_SEGMENTS, Offloads, REPLIES_PER_SECOND, REPLY_BURST};
 
-use crate::faults::Faults;
-use crate::offload::coalesce::Policy;
+use crate::faults::{Call, Faults};
 use crate::offload::ecn::Marking;
+use crate::offload::icmp::SharedBucket;
 use crate::offload::split::GSO_MAX_SEGMENTS;
-use crate::relay::batch::Batcher;
-use crate::offload::icmp::{SharedBucket, SourceLimiter, TokenBucket};
-use crate::relay::path::PathMtu;
-use crate::relay::plpmtud::{Limits, Plpmtud, SharedPath};
-use crate::relay::send::{ErrorReports, Route};
-use crate::ring::{BufRing, Op, Token};
+use crate::relay::plpmtud::{Limits, SharedPath};
+use crate::relay::send::Route;
+use crate::relay::{Received, Relay, RelayConfig, Request, Socket, Token, WriteIndex};
+use crate::ring::BufRing;
 use crate::shared::Shared;
-use crate::stats::{self, WorkerStats};
+use crate::stats::WorkerStats;
 use crate::sys;
-use crate::sys::{netlink, random};
-use crate::sys::socket::{self, OuterFamily};
-use crate::wire::vnet;
-use slots::{Memory, RefusedSend};
+use crate::sys::{netlink, random, socket};
+use crate::wire::{cmsg, vnet};
+use memory::Memory;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -95,46 +52,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker sleeps before it looks at the stop flag and the stats clock.
+/// How long an idle worker sleeps at most before it looks at the stop flag and the timers.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long shutdown waits for cancelled operations to report back before leaking their memory.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
-/// A read that fails this many times in a row, with no data in between, is broken.
-const MAX_CONSECUTIVE_FAILURES: u32 = 64;
-/// How often a worker reads its fragmenting socket's error queue when nothing else made it.
-const FRAGMENTING_ERRORS_CHECK: Duration = Duration::from_millis(50);
-/// How often the worker that runs the path MTU machine reads the egress device's MTU.
-const EGRESS_MTU_RECHECK: Duration = Duration::from_secs(1);
-/// Path MTU probes a worker answers a second, at most (and as a burst).
-const ACKS_PER_SECOND: u64 = 100;
-/// GSO sends one buffer may need; per-segment fallback sends use the msghdrs after these.
-const MAX_GSO_SENDS: usize = MAX_SPLIT_SEGMENTS.div_ceil(GSO_MAX_SEGMENTS) + 2;
-// A `SendIndex` packs the msghdr into bits 16..31.
-const _: () = assert!(MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS < 1 << 15);
-// A `WriteIndex` packs a run or segment number into 14 bits.
-const _: () = assert!(crate::relay::receive::MAX_GRO_SEGMENTS < 1 << 14);
 
-/// Which offloads are in effect for a worker (negotiated with the kernel by the caller).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Offloads {
-    /// The TUN hands us TCP super-packets, and we may write merged TCP ones.
-    pub tso: bool,
-    /// Same for UDP (USO, Linux 6.2).
-    pub uso: bool,
-    /// Send several datagrams per `sendmsg` with `UDP_SEGMENT`.
-    pub udp_gso: bool,
-    /// Receive several datagrams per buffer with `UDP_GRO`.
-    pub udp_gro: bool,
-}
-
-impl Offloads {
-    /// Whether TUN reads may carry super-packets or partial checksums (64 KB buffers needed).
-    fn tun_offloads(self) -> bool {
-        self.tso || self.uso
-    }
-}
-
-/// What one worker needs. The fds are opened (and the socket bound) by the caller.
+/// What one worker needs. The fds are opened (and the sockets bound) by the caller.
 pub struct WorkerConfig {
     pub queue: usize,
     pub cpu: Option<usize>,
@@ -176,209 +99,123 @@ pub struct WorkerExit {
     pub error: Option<io::Error>,
 }
 
-/// What a `UdpSend` token's index names: msghdr `msg` of TUN buffer `bid`'s slot, and the socket
-/// the send went out on. Packed as `bid | msg << 16`, with bit 31 for the fragmenting socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SendIndex {
-    bid: u16,
-    msg: u16,
-    route: Route,
-}
-
-const FRAGMENTING_BIT: u32 = 1 << 31;
-
-impl SendIndex {
-    fn pack(self) -> u32 {
-        let route = match self.route {
-            Route::Direct => 0,
-            Route::Fragmenting => FRAGMENTING_BIT,
-        };
-        u32::from(self.bid) | u32::from(self.msg) << 16 | route
-    }
-
-    fn unpack(index: u32) -> SendIndex {
-        SendIndex {
-            bid: index as u16,
-            msg: ((index & !FRAGMENTING_BIT) >> 16) as u16,
-            route: if index & FRAGMENTING_BIT != 0 {
-                Route::Fragmenting
-            } else {
-                Route::Direct
-            },
-        }
-    }
-}
-
-/// What a `TunWrite` token's index names. Packed as `a | b << 16 | kind << 30`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteIndex {
-    /// Run `run` of UDP buffer `bid`: one merged or plain packet.
-    Run { bid: u16, run: u16 },
-    /// Segment `segment` of UDP buffer `bid`, written alone after the kernel refused its run.
-    Segment { bid: u16, segment: u16 },
-    /// ICMP error `k` that this worker made (`slots::TooBigReplies`).
-    Reply { k: u16 },
-}
-
-impl WriteIndex {
-    fn pack(self) -> u32 {
-        let (kind, a, b) = match self {
-            WriteIndex::Run { bid, run } => (0, bid, run),
-            WriteIndex::Segment { bid, segment } => (1, bid, segment),
-            WriteIndex::Reply { k } => (2, k, 0),
-        };
-        u32::from(a) | u32::from(b & 0x3fff) << 16 | kind << 30
-    }
-
-    fn unpack(index: u32) -> WriteIndex {
-        let (a, b) = (index as u16, ((index >> 16) & 0x3fff) as u16);
-        match index >> 30 {
-            0 => WriteIndex::Run { bid: a, run: b },
-            1 => WriteIndex::Segment { bid: a, segment: b },
-            _ => WriteIndex::Reply { k: a },
-        }
-    }
-}
-
-/// One operation for the engine to carry out, naming memory in `Worker::memory` that stays put
-/// and unwritten until its result is reported back with `token` (the contract in `ring`).
+/// One send or write for the engine to carry out, naming memory in `Worker::memory` (and the
+/// relay's own) that stays put and unwritten until its result is reported back with `token`
+/// (the contract in `ring`).
 #[derive(Debug, Clone, Copy)]
-enum Request {
+enum Submission {
     /// `sendmsg(msg, MSG_DONTWAIT)` on the socket `route` names.
     Send {
         token: Token,
         route: Route,
         msg: *const libc::msghdr,
+        /// It carries several datagrams (`UDP_SEGMENT`).
+        gso: bool,
     },
     /// `writev` on the TUN queue.
     Write {
         token: Token,
         iovs: *const libc::iovec,
         count: u32,
+        /// It writes a merged super-packet.
+        merged: bool,
     },
 }
 
-/// Requests made and not yet handed to the engine, and how many await their result.
+impl Submission {
+    fn token(&self) -> Token {
+        match *self {
+            Submission::Send { token, .. } | Submission::Write { token, .. } => token,
+        }
+    }
+
+    /// What the submission is, for fault injection.
+    fn call(&self) -> Call {
+        match *self {
+            Submission::Send { gso, .. } => Call::Send { gso },
+            Submission::Write { merged: true, .. } => Call::MergedWrite,
+            Submission::Write { .. } => Call::Write,
+        }
+    }
+}
+
+/// Submissions made and not yet handed to the engine, and how many await their result.
 #[derive(Default)]
-struct Requests {
-    queued: Vec<Request>,
-    /// Requests handed over (or injected) whose result has not come back yet.
+struct Submissions {
+    queued: Vec<Submission>,
+    /// Submissions handed over (or injected) whose result has not come back yet.
     in_flight: usize,
-    /// Results made up by fault injection, `(token, result)`, for requests never carried out;
-    /// delivered with the next batch. Always empty in the shipped binary.
-    injected: Vec<(Token, i32)>,
-    /// An injected result held back until the next injection (or the drain), so that two
-    /// refused operations are in flight at once.
+}
+
+/// Results an engine made up for submissions it did not carry out (test-only faults), waiting
+/// to be delivered through its completion path. Always empty in the shipped binary.
+#[derive(Default)]
+struct Injected {
+    ready: Vec<(Token, i32)>,
+    /// One held back until the next injection (or the drain), so that two refused operations
+    /// are in flight at once.
     held: Option<(Token, i32)>,
 }
 
-impl Requests {
-    fn queue(&mut self, request: Request) {
-        self.in_flight += 1;
-        self.queued.push(request);
-    }
-
-    /// Counts a request in flight that completes with `-errno` without being carried out.
-    fn inject(&mut self, token: Token, errno: i32) {
-        self.in_flight += 1;
-        self.injected.push((token, -errno));
-        self.injected.extend(self.held.take());
-    }
-
-    /// Like `inject`, but the first such result waits for the next injection.
-    fn inject_in_pairs(&mut self, token: Token, errno: i32) {
-        if self.held.is_none() && self.injected.is_empty() {
-            self.in_flight += 1;
-            self.held = Some((token, -errno));
+impl Injected {
+    /// Asks the faults whether `submission` is to fail instead of being carried out; if so,
+    /// keeps its result for the engine to deliver and returns true.
+    fn intercept(&mut self, faults: &mut Faults, submission: &Submission) -> bool {
+        let Some((errno, hold)) = faults.intercept(submission.call()) else {
+            return false;
+        };
+        let result = (submission.token(), -errno);
+        if hold && self.held.is_none() && self.ready.is_empty() {
+            self.held = Some(result);
         } else {
-            self.inject(token, errno);
+            self.ready.push(result);
+            self.ready.extend(self.held.take());
         }
+        true
+    }
+
+    /// Lets a held result go (at the drain: no second refusal will come).
+    fn release(&mut self) {
+        self.ready.extend(self.held.take());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty()
     }
 }
 
-/// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
-#[derive(Debug, Clone)]
-struct Received {
-    name: std::ops::Range<usize>,
-    control: std::ops::Range<usize>,
-    payload: std::ops::Range<usize>,
-    /// The datagram was longer than the buffer (`MSG_TRUNC`).
-    payload_truncated: bool,
-    /// The control data was cut (`MSG_CTRUNC`).
-    control_truncated: bool,
-}
-
-impl Received {
-    /// The parts of a single-shot receive of `len` payload bytes into a buffer laid out per
-    /// `layout`, from the msghdr the kernel updated.
-    fn from_msghdr(msg: &libc::msghdr, layout: ReceiveLayout, len: usize) -> Received {
-        let name_len = (msg.msg_namelen as usize).min(layout.name_len);
-        let control_at = layout.head + layout.name_len;
-        let control_len = (msg.msg_controllen as usize).min(layout.control_len);
-        let payload_at = layout.payload_at();
-        Received {
-            name: layout.head..layout.head + name_len,
-            control: control_at..control_at + control_len,
-            payload: payload_at..payload_at + len,
-            payload_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-            control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-        }
+/// Builds the `Received` of a single-shot receive of `len` payload bytes into a buffer laid out
+/// per `layout`, from the msghdr the kernel updated.
+fn received_from_msghdr(msg: &libc::msghdr, layout: ReceiveLayout, len: usize) -> Received {
+    let name_len = (msg.msg_namelen as usize).min(layout.name_len);
+    let control_at = layout.head + layout.name_len;
+    let control_len = (msg.msg_controllen as usize).min(layout.control_len);
+    let payload_at = layout.payload_at();
+    Received {
+        name: layout.head..layout.head + name_len,
+        control: control_at..control_at + control_len,
+        payload: payload_at..payload_at + len,
+        payload_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     }
 }
 
-/// The engine-neutral state of a worker.
+/// The shell of one worker: the relay, and the memory and fds its requests are carried out on.
 struct Worker {
+    relay: Relay,
     memory: Memory,
-    /// For the error queue, and the `poll` engine's system calls.
+    /// For the error queue, `SO_MEMINFO`, and the `poll` engine's system calls.
     socket: OwnedFd,
     tun: OwnedFd,
-    /// Lets the outer IP layer fragment, for `TooBig::Fragment` (see `WorkerConfig`).
     fragmenting: Option<OwnedFd>,
-    peer: SocketAddr,
-    /// The peer as a received datagram's source reads (`socket::source_address`).
-    peer_canonical: SocketAddr,
-    offloads: Offloads,
-    coalesce: Policy,
-    marking: Marking,
-    path: PathMtu,
-    shared_path: Arc<SharedPath>,
-    /// The path MTU machine, on the one worker that runs it, and its limits.
-    plpmtud: Option<Plpmtud>,
-    path_limits: Option<Limits>,
-    /// The working size last taken from `shared_path`.
-    published_path_mtu: usize,
-    /// Probes this worker answers a second, at most: the peer sends one at a time.
-    ack_bucket: TokenBucket,
-    stats: WorkerStats,
-    /// The socket's drop count (`socket::receive_drops`) when last read.
-    socket_drops_seen: u32,
-    /// When each buffer's packet was read, in ns since the worker's epoch; indexed by buffer id.
-    tun_read_at_ns: Box<[u64]>,
-    udp_read_at_ns: Box<[u64]>,
-    /// Buffers back in the worker's hands, for the engine to read into again.
-    tun_free: Vec<u16>,
-    udp_free: Vec<u16>,
-    batcher: Batcher,
-    /// What this batch's completions reported about the path, read at its end.
-    reports: ErrorReports,
-    /// Sends refused as too big in this batch, settled at its end.
-    refused: Vec<RefusedSend>,
-    requests: Requests,
+    submissions: Submissions,
     epoch: Instant,
-    /// When the path MTU machine next reads the egress device's MTU.
-    next_egress_check: Instant,
-    /// When the fragmenting socket's error queue is next read, if nothing reads it before.
-    next_fragmenting_check: Instant,
-    /// When the next stats snapshot is due, if snapshots are sent.
-    next_snapshot: Option<Instant>,
-    /// The generation of the peer's address this worker sends to (`Shared::peer_if_moved`).
+    /// The generation of the peer's address the relay sends to (`Shared::peer_if_moved`).
     peer_generation: u64,
-    stopping: bool,
     fatal: Option<io::Error>,
     /// Test-only refusals (`crate::faults`); a zero-sized no-op in the shipped binary.
     faults: Faults,
 }
-
 /// Runs one worker to completion with its engine. Reports setup success or failure on `ready`
 /// first, and drops `ready` right after: the caller counts the reports and treats a closed
 /// channel with reports missing as a worker that died in setup (a panic unwinds through here
@@ -446,9 +283,11 @@ fn drive<D: Driver>(
         eprintln!(
             "tunfwd: queue {}: {} operations did not finish at shutdown; leaking their buffers",
             config.queue,
-            engine.in_flight() + worker.requests.in_flight
+            engine.in_flight() + worker.submissions.in_flight
         );
+        // The relay's own memory (rewritten headers, control messages) may be named too.
         std::mem::forget(worker.memory);
+        std::mem::forget(worker.relay);
         engine.leak();
     }
     Some(exit)
@@ -594,8 +433,8 @@ impl ReceiveLayout {
 }
 
 impl Worker {
-    /// Builds the engine-neutral half of a worker: buffers, slots, the path view. `head`: the
-    /// bytes the engine's receives put ahead of the source address (see [`ReceiveLayout`]).
+    /// Builds the engine-neutral half of a worker: buffers, slots, the relay. `head`: the bytes
+    /// the engine's receives put ahead of the source address (see [`ReceiveLayout`]).
     fn new(config: &WorkerConfig, faults: Faults, head: usize) -> Result<Worker, sys::Error> {
         let queue = config.queue;
         let offloads = config.offloads;
@@ -610,11 +449,11 @@ impl Worker {
         let udp_payload_room = if offloads.udp_gro { 65535 } else { mtu };
         // The UDP_GRO segment size and, for ECN, the outer TOS: `udp_recvmsg` puts both.
         let control_len = if offloads.udp_gro {
-            socket::GRO_CONTROL_LEN
+            cmsg::GRO_CONTROL_LEN
         } else {
             0
         } + if config.marking.ecn {
-            socket::TOS_CONTROL_LEN
+            cmsg::TOS_CONTROL_LEN
         } else {
             0
         };
@@ -635,205 +474,230 @@ impl Worker {
         } else {
             GSO_MAX_SEGMENTS
         };
-        let mut key = [0u8; 16];
-        random::fill(&mut key).map_err(|source| sys::Error::Socket {
+        let memory = Memory::new(tun_buffers, udp_buffers, slot_segments, layout, config.peer);
+        let random = |source| sys::Error::Socket {
             address: config.peer,
             source,
-        })?;
-        let limiter = SourceLimiter::new(
-            (
-                u64::from_ne_bytes(key[..8].try_into().expect("8 bytes")),
-                u64::from_ne_bytes(key[8..].try_into().expect("8 bytes")),
-            ),
-            slots::REPLIES_PER_SOURCE_PER_SECOND,
-            slots::REPLY_BURST_PER_SOURCE,
+        };
+        let reply_key = (
+            random::nonzero_u64().map_err(random)?,
+            random::nonzero_u64().map_err(random)?,
         );
-        // Only the worker that probes sends anything longer than an acknowledgement.
-        let control_len = if config.path_machine.is_some() { mtu } else { 0 };
-        let memory = Memory::new(
-            tun_buffers,
-            udp_buffers,
-            slot_segments,
-            layout,
-            config.peer,
-            (limiter, config.reply_budget.clone()),
-            control_len,
-        );
-        let family = OuterFamily::of(config.peer);
+        let now = Instant::now();
+        let relay = Relay::new(RelayConfig {
+            queue,
+            peer: config.peer,
+            mtu,
+            offloads,
+            marking: config.marking,
+            tun_buffers: tun_count,
+            udp_buffers: udp_count,
+            fragmenting: config.fragmenting.is_some(),
+            shared_path: config.shared_path.clone(),
+            path_machine: config.path_machine,
+            reply_budget: config.reply_budget.clone(),
+            reply_key,
+            epoch: now,
+            nonces: Box::new(|| random::nonzero_u64().unwrap_or(0x5eed)),
+            snapshot_every_ns: config.snapshot_every.map(|every| every.as_nanos() as u64),
+        });
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| sys::Error::Socket {
                 address: config.peer,
                 source,
             })
         };
-        let mut stats = WorkerStats::new(queue);
-        let path = PathMtu::new(family, mtu, Some(config.shared_path.working()));
-        stats.path.path_mtu = path.path_mtu as u64;
-        let now = Instant::now();
         Ok(Worker {
+            relay,
             memory,
             socket: dup(&config.socket)?,
             tun: dup(&config.tun)?,
             fragmenting: config.fragmenting.as_ref().map(dup).transpose()?,
-            peer: config.peer,
-            peer_canonical: socket::canonical(config.peer),
-            offloads,
-            coalesce: Policy {
-                tcp: offloads.tso,
-                udp: offloads.uso,
-            },
-            marking: config.marking,
-            published_path_mtu: path.path_mtu,
-            path,
-            shared_path: config.shared_path.clone(),
-            plpmtud: config.path_machine.map(Plpmtud::new),
-            path_limits: config.path_machine,
-            ack_bucket: TokenBucket::new(ACKS_PER_SECOND, ACKS_PER_SECOND),
-            stats,
-            socket_drops_seen: 0,
-            tun_read_at_ns: vec![0; usize::from(tun_count)].into_boxed_slice(),
-            udp_read_at_ns: vec![0; usize::from(udp_count)].into_boxed_slice(),
-            tun_free: (0..tun_count).rev().collect(),
-            udp_free: (0..udp_count).rev().collect(),
-            batcher: Batcher::default(),
-            reports: ErrorReports::default(),
-            refused: Vec::with_capacity(MAX_GSO_SENDS),
-            requests: Requests {
+            submissions: Submissions {
                 queued: Vec::with_capacity(4 * depth + 16),
-                ..Requests::default()
+                ..Submissions::default()
             },
             epoch: now,
-            next_egress_check: now,
-            next_fragmenting_check: now,
-            next_snapshot: config.snapshot_every.map(|every| now + every),
             peer_generation: 0,
-            stopping: false,
             fatal: None,
             faults,
         })
     }
 
-    /// Nanoseconds since the worker's epoch: the clock of its latency samples.
+    /// Nanoseconds since the worker's epoch: the relay's clock.
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Reports the result of a request (a send or a TUN write) back to the worker.
-    fn complete(&mut self, token: Token, result: i32, now_ns: u64) {
-        self.requests.in_flight = self.requests.in_flight.saturating_sub(1);
-        match token.op {
-            Op::UdpSend => self.on_send_done(SendIndex::unpack(token.index), result, now_ns),
-            Op::TunWrite => self.on_write_done(WriteIndex::unpack(token.index), result, now_ns),
-            Op::ControlSend => self.on_control_sent(token.index as usize, result),
-            _ => {}
-        }
+    /// A TUN read of `len` bytes filled buffer `bid`, which is now the relay's.
+    fn on_tun_read(&mut self, bid: u16, len: usize, now_ns: u64) {
+        // SAFETY: the read handed `bid` to the worker: no request names it until the relay names
+        // it in one or gives it back (the contract in `ring`), and this slice ends before then.
+        let buffer = unsafe { self.memory.tun_buffers.buffer_mut(bid) };
+        self.relay.on_tun_read(bid, buffer, len, now_ns);
     }
 
-    /// Delivers the results injected since the last batch (test-only faults).
-    fn deliver_injected(&mut self, now_ns: u64) {
-        if !self.requests.injected.is_empty() {
-            for (token, result) in std::mem::take(&mut self.requests.injected) {
-                self.complete(token, result, now_ns);
-            }
-        }
+    /// A receive filled UDP buffer `bid`, which is now the relay's, as `received` says.
+    fn on_udp_recv(&mut self, bid: u16, received: Received, now_ns: u64) {
+        // SAFETY: as for `on_tun_read`: no request names `bid` yet.
+        let buffer = unsafe { self.memory.udp_buffers.buffer_mut(bid) };
+        self.relay.on_udp_recv(bid, buffer, received, now_ns);
     }
 
-    /// Closes a batch of completions: looks at the path once if a completion asked for it,
-    /// settles the sends refused as too big, sends what was gathered.
-    fn end_batch(&mut self, now_ns: u64) {
-        self.deliver_injected(now_ns);
-        self.read_error_reports();
-        self.run_path(now_ns);
-        // Before the GSO batch gathered in this batch, whose packets were read later. Splits and
-        // sends without GSO made during this batch are already queued, so a resent packet can
-        // leave after newer ones of its flow: a refusal and resend reorders, as a GSO fallback
-        // does.
-        self.settle_refusals(now_ns);
-        self.send_batch();
-    }
-
-    /// Between batches: runs the path MTU machine's timers and sends a stats snapshot when one
-    /// is due.
-    fn tick(&mut self, config: &WorkerConfig) {
-        let now = Instant::now();
-        if now >= self.next_fragmenting_check {
-            self.read_fragmenting_errors();
-            self.next_fragmenting_check = now + FRAGMENTING_ERRORS_CHECK;
-        }
-        if let Some(machine) = &mut self.plpmtud {
-            let now_ns = self.epoch.elapsed().as_nanos() as u64;
-            if now >= self.next_egress_check {
-                // The egress device's own MTU: local, so trusted (two netlink questions).
-                if let Ok(mtu) = netlink::egress_mtu(self.peer.ip()) {
-                    machine.on_egress_mtu(mtu as usize, now_ns);
-                }
-                self.next_egress_check = now + EGRESS_MTU_RECHECK;
-            }
-            self.run_path(now_ns);
-        }
-        if let (Some(at), Some(every)) = (self.next_snapshot, config.snapshot_every)
-            && now >= at
-        {
-            self.read_kernel_counts();
-            config.shared.put_snapshot(self.stats.clone());
-            self.next_snapshot = Some(at + every);
-        }
-        if let Some(peer) = config.shared.peer_if_moved(&mut self.peer_generation) {
-            self.follow_peer(peer);
-        }
-    }
-
-    /// Sends to `peer` from now on, and takes datagrams from it alone: the peer's name resolved
-    /// elsewhere (the main thread looked it up again). The path to it is a new one, so its path
-    /// MTU is found anew. The old address stays in memory as long as sends in flight may name it.
-    fn follow_peer(&mut self, peer: SocketAddr) {
-        if peer == self.peer || OuterFamily::of(peer) != self.path.family {
-            return;
-        }
-        self.peer = peer;
-        self.peer_canonical = socket::canonical(peer);
-        self.memory.move_peer(peer);
-        if let Some(limits) = self.path_limits {
-            self.plpmtud = Some(Plpmtud::new(limits));
-            self.shared_path.publish(limits.largest);
-        }
-    }
-
-    /// A read that failed with `errno`: counted, tolerated, or after
-    /// `MAX_CONSECUTIVE_FAILURES` in a row the worker's end. `failures` is that read's count.
+    /// A read or receive failed; after too many in a row, the worker's end.
     fn on_read_error(&mut self, tun: bool, errno: i32, failures: &mut u32) {
-        match errno {
-            libc::ENOBUFS => self.stats.counters.buffer_stalls += 1,
-            libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
-            _ if !tun && self.reports.note_receive_error(errno) => {}
-            _ => {
-                *failures += 1;
-                if *failures >= MAX_CONSECUTIVE_FAILURES {
-                    let what = if tun { "TUN read" } else { "UDP receive" };
-                    let e = io::Error::from_raw_os_error(errno);
-                    self.fatal.get_or_insert(io::Error::new(
-                        e.kind(),
-                        format!("{what} keeps failing: {e}"),
-                    ));
+        if self.relay.on_read_error(tun, errno, failures).is_err() {
+            let what = if tun { "TUN read" } else { "UDP receive" };
+            let e = io::Error::from_raw_os_error(errno);
+            self.fatal.get_or_insert(io::Error::new(
+                e.kind(),
+                format!("{what} keeps failing: {e}"),
+            ));
+        }
+    }
+
+    /// Reports the result of a submission (a send or a TUN write) back to the relay.
+    fn complete(&mut self, token: Token, result: i32, now_ns: u64) {
+        self.submissions.in_flight = self.submissions.in_flight.saturating_sub(1);
+        let view = self.memory.view();
+        self.relay.complete(token, result, now_ns, &view);
+    }
+
+    /// Delivers results an engine made up (test-only faults).
+    fn deliver(&mut self, injected: &mut Injected, now_ns: u64) {
+        for (token, result) in std::mem::take(&mut injected.ready) {
+            self.complete(token, result, now_ns);
+        }
+    }
+
+    /// Closes a batch of completions, and turns what the relay asked for into submissions.
+    fn end_batch(&mut self, now_ns: u64) {
+        let view = self.memory.view();
+        self.relay.end_batch(now_ns, &view);
+        self.pump(now_ns);
+    }
+
+    /// Takes the relay's requests: each send or write is laid out over the memory and queued
+    /// for the engine; each system request is carried out here and answered at once (which may
+    /// make more requests, taken in turn).
+    fn pump(&mut self, now_ns: u64) {
+        while let Some(request) = self.relay.poll_request() {
+            let submission = match request {
+                Request::Send {
+                    token,
+                    bid,
+                    msg,
+                    first,
+                    segments,
+                    segment_size,
+                    route,
+                } => Submission::Send {
+                    token,
+                    route,
+                    msg: self.memory.lay_out_send(
+                        &self.relay,
+                        bid,
+                        msg,
+                        first,
+                        segments,
+                        segment_size,
+                    ),
+                    gso: segment_size.is_some(),
+                },
+                Request::Write { token } => {
+                    let index = WriteIndex::unpack(token.index);
+                    let (iovs, count, merged) = self.memory.lay_out_write(&self.relay, index);
+                    Submission::Write {
+                        token,
+                        iovs,
+                        count,
+                        merged,
+                    }
                 }
-            }
+                Request::SendControl { token, k, len } => Submission::Send {
+                    token,
+                    route: Route::Direct,
+                    msg: self.memory.lay_out_control(&self.relay, k, len),
+                    gso: false,
+                },
+                Request::DrainErrors { socket } => {
+                    let fd = match socket {
+                        Socket::Worker => Some(self.socket.as_raw_fd()),
+                        Socket::Fragmenting => self.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
+                    };
+                    let queued = fd.map(socket::drain_error_queue).unwrap_or_default();
+                    let view = self.memory.view();
+                    self.relay.on_errors_drained(socket, queued, now_ns, &view);
+                    continue;
+                }
+                Request::ReadSocketDrops => {
+                    self.relay
+                        .on_socket_drops(socket::receive_drops(&self.socket).ok());
+                    continue;
+                }
+                Request::ReadEgressMtu => {
+                    let mtu = netlink::egress_mtu(self.relay.peer().ip()).ok();
+                    self.relay.on_egress_mtu(mtu, now_ns);
+                    continue;
+                }
+            };
+            self.submissions.in_flight += 1;
+            self.submissions.queued.push(submission);
         }
     }
 
-    /// What only the kernel counts: the datagrams its socket dropped before the worker saw them.
-    /// One system call; between batches, with each snapshot and at exit. The kernel's count is
-    /// 32 bits, so it is added up here as it rises (at least every second with `--metrics`).
-    fn read_kernel_counts(&mut self) {
-        if let Ok(now) = socket::receive_drops(&self.socket) {
-            self.stats.counters.udp_socket_drops += stats::count_since(self.socket_drops_seen, now);
-            self.socket_drops_seen = now;
+    /// Between batches: runs the relay's timers when due, leaves a snapshot for the main thread
+    /// when one is ready, and follows the peer when its name moved.
+    fn tick(&mut self, config: &WorkerConfig) {
+        let now_ns = self.now_ns();
+        if self.relay.poll_timeout().is_some_and(|at| now_ns >= at) {
+            self.relay.on_timeout(now_ns);
+            self.pump(now_ns);
+        }
+        if let Some(snapshot) = self.relay.take_snapshot() {
+            config.shared.put_snapshot(snapshot);
+        }
+        if let Some(peer) = config.shared.peer_if_moved(&mut self.peer_generation)
+            && self.relay.follow_peer(peer)
+        {
+            self.memory.move_peer(peer);
         }
     }
 
+    /// How long an engine may wait for something to happen: until the relay's next timer, at
+    /// most `IDLE_WAIT`.
+    fn wait_limit(&self) -> Duration {
+        let now_ns = self.now_ns();
+        self.relay
+            .poll_timeout()
+            .map_or(IDLE_WAIT, |at| {
+                Duration::from_nanos(at.saturating_sub(now_ns))
+            })
+            .min(IDLE_WAIT)
+    }
+
+    /// Stops: sends what was gathered, arms nothing more.
+    fn stop(&mut self) {
+        self.relay.stop();
+        let now_ns = self.now_ns();
+        self.pump(now_ns);
+    }
+
+    fn stopping(&self) -> bool {
+        self.relay.stopping()
+    }
+
+    /// The final counters, the socket's drops read once more.
     fn exit(&mut self) -> WorkerExit {
-        self.read_kernel_counts();
+        self.relay.request_snapshot();
+        let now_ns = self.now_ns();
+        self.pump(now_ns);
+        let stats = self
+            .relay
+            .take_snapshot()
+            .unwrap_or_else(|| self.relay.stats().clone());
         WorkerExit {
-            stats: self.stats.clone(),
+            stats,
             error: self.fatal.take(),
         }
     }
@@ -910,47 +774,6 @@ mod tests {
         tx.send(Ok(())).unwrap();
         tx.send(Ok(())).unwrap();
         assert!(await_ready(&rx, 2).is_ok());
-    }
-
-    #[test]
-    fn send_indexes_round_trip_through_the_token() {
-        for route in [Route::Direct, Route::Fragmenting] {
-            for bid in [0, 1, 255, u16::MAX] {
-                for msg in [
-                    0,
-                    1,
-                    MAX_GSO_SENDS as u16,
-                    (MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS) as u16,
-                ] {
-                    let index = SendIndex { bid, msg, route };
-                    let token = Token::new(Op::UdpSend, index.pack());
-                    let back = Token::from_user_data(token.user_data()).unwrap();
-                    assert_eq!(back.op, Op::UdpSend);
-                    assert_eq!(SendIndex::unpack(back.index), index);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn write_indexes_round_trip_through_the_token() {
-        let mut seen = std::collections::HashSet::new();
-        for bid in [0, 1, 255, u16::MAX] {
-            for n in [0u16, 1, 127, 0x3fff] {
-                for index in [
-                    WriteIndex::Run { bid, run: n },
-                    WriteIndex::Segment { bid, segment: n },
-                    WriteIndex::Reply { k: bid },
-                ] {
-                    let token = Token::new(Op::TunWrite, index.pack());
-                    let back = Token::from_user_data(token.user_data()).unwrap();
-                    assert_eq!(WriteIndex::unpack(back.index), index);
-                    seen.insert(index.pack());
-                }
-            }
-        }
-        // Runs, segments and replies never share an index.
-        assert_eq!(seen.len(), 4 * 4 * 2 + 4);
     }
 
     #[test]

@@ -10,11 +10,11 @@
 
 use super::uring::begin_drain;
 use super::{
-    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Request, Worker, WorkerConfig, pin,
+    DRAIN_DEADLINE, Driver, Injected, Submission, Worker, WorkerConfig, pin, received_from_msghdr,
     set_nonblocking, setup_faults,
 };
+use crate::relay::Token;
 use crate::relay::send::Route;
-use crate::ring::Token;
 use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -38,7 +38,9 @@ pub(super) struct Poll {
     tokens: Vec<Token>,
     received: Vec<u16>,
     results: Vec<(Token, i32)>,
-    requests: Vec<Request>,
+    requests: Vec<Submission>,
+    /// Results of submissions a test-only fault kept from their system call.
+    injected: Injected,
     tun_failures: u32,
     udp_failures: u32,
 }
@@ -64,6 +66,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error>
         received: Vec::with_capacity(MMSG_BATCH),
         results: Vec::with_capacity(4 * config.ring_depth + 16),
         requests: Vec::with_capacity(4 * config.ring_depth + 16),
+        injected: Injected::default(),
         tun_failures: 0,
         udp_failures: 0,
     };
@@ -109,7 +112,7 @@ impl Poll {
     fn wait(&self, worker: &mut Worker, spinning: bool) -> io::Result<(bool, bool)> {
         let mut fds = [
             libc::pollfd {
-                fd: if worker.tun_free.is_empty() {
+                fd: if !worker.relay.has_free_tun() {
                     -1
                 } else {
                     self.tun
@@ -118,7 +121,7 @@ impl Poll {
                 revents: 0,
             },
             libc::pollfd {
-                fd: if worker.udp_free.is_empty() {
+                fd: if !worker.relay.has_free_udp() {
                     -1
                 } else {
                     self.socket
@@ -128,14 +131,12 @@ impl Poll {
             },
         ];
         // Requests left over (`MAX_ROUNDS` ran out) are carried out at once, not after a sleep.
-        let timeout = if worker.requests.injected.is_empty()
-            && worker.requests.queued.is_empty()
-            && !spinning
-        {
-            IDLE_WAIT.as_millis() as i32
-        } else {
-            0
-        };
+        let timeout =
+            if self.injected.is_empty() && worker.submissions.queued.is_empty() && !spinning {
+                worker.wait_limit().as_millis() as i32
+            } else {
+                0
+            };
         // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if n < 0 {
@@ -150,7 +151,7 @@ impl Poll {
         // can also mean only that its error queue holds something (`IP_RECVERR`), which no
         // receive takes: drain it at the end of this batch, or every poll would return at once.
         if fds[1].revents & libc::POLLERR != 0 {
-            worker.reports.drain_queue = true;
+            worker.relay.note_error_queue();
         }
         let ready = |p: &libc::pollfd| p.revents != 0;
         Ok((ready(&fds[0]), ready(&fds[1])))
@@ -167,7 +168,7 @@ impl Poll {
         let layout = worker.memory.layout;
         self.received.clear();
         while self.received.len() < MMSG_BATCH {
-            let Some(bid) = worker.udp_free.pop() else {
+            let Some(bid) = worker.relay.pop_free_udp() else {
                 break;
             };
             let slot = &mut worker.memory.udp_slots[usize::from(bid)];
@@ -206,10 +207,10 @@ impl Poll {
             let bid = self.received[k];
             if k < got {
                 let m = &self.mmsgs[k];
-                let received = Received::from_msghdr(&m.msg_hdr, layout, m.msg_len as usize);
+                let received = received_from_msghdr(&m.msg_hdr, layout, m.msg_len as usize);
                 worker.on_udp_recv(bid, received, now_ns);
             } else {
-                worker.return_udp_buffer(bid);
+                worker.relay.give_back_udp(bid);
             }
         }
         got
@@ -219,15 +220,24 @@ impl Poll {
     /// request is left (or `MAX_ROUNDS`).
     fn carry_out(&mut self, worker: &mut Worker) {
         for _ in 0..MAX_ROUNDS {
-            if worker.requests.queued.is_empty() && worker.requests.injected.is_empty() {
+            if worker.submissions.queued.is_empty() && self.injected.is_empty() {
                 return;
             }
-            std::mem::swap(&mut self.requests, &mut worker.requests.queued);
+            // At the system-call boundary: what a test-only fault refuses is not carried out,
+            // and its result comes back with the others'.
+            self.requests.clear();
+            for submission in worker.submissions.queued.drain(..) {
+                if !self.injected.intercept(&mut worker.faults, &submission) {
+                    self.requests.push(submission);
+                }
+            }
             let mut i = 0;
             while i < self.requests.len() {
                 i += match self.requests[i] {
-                    Request::Send { route, .. } => self.send_run(i, route),
-                    Request::Write { token, iovs, count } => {
+                    Submission::Send { route, .. } => self.send_run(i, route),
+                    Submission::Write {
+                        token, iovs, count, ..
+                    } => {
                         // SAFETY: the iovecs name the worker's memory, which no one writes until
                         // this result is reported (the contract in `ring`).
                         let n = unsafe { libc::writev(self.tun, iovs, count as i32) };
@@ -242,6 +252,7 @@ impl Poll {
             for (token, result) in self.results.drain(..) {
                 worker.complete(token, result, now);
             }
+            worker.deliver(&mut self.injected, now);
             worker.end_batch(now);
         }
     }
@@ -253,10 +264,11 @@ impl Poll {
         self.tokens.clear();
         for request in &self.requests[start..] {
             match *request {
-                Request::Send {
+                Submission::Send {
                     token,
                     route: r,
                     msg,
+                    ..
                 } if r == route && self.tokens.len() < MMSG_BATCH => {
                     // SAFETY: `msg` points at a msghdr in the worker's slots, complete and
                     // unchanged until its result is reported.
@@ -299,19 +311,18 @@ impl Poll {
     /// Carries out what is left and settles what was refused. False if something did not
     /// report back in time (the caller must then leak the memory).
     fn drain(&mut self, worker: &mut Worker) -> bool {
-        worker.send_batch();
-        worker.stopping = true;
-        begin_drain(worker);
+        worker.stop();
+        begin_drain(worker, &mut self.injected);
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        while worker.requests.in_flight > 0 && Instant::now() < deadline {
+        while worker.submissions.in_flight > 0 && Instant::now() < deadline {
             self.carry_out(worker);
             let now = worker.now_ns();
             worker.end_batch(now);
-            if worker.requests.in_flight > 0 {
+            if worker.submissions.in_flight > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        worker.requests.in_flight == 0
+        worker.submissions.in_flight == 0
     }
 }
 
@@ -327,7 +338,7 @@ pub(super) fn read_tun(
     let tun = worker.tun.as_raw_fd();
     let len = worker.memory.tun_buffers.buf_len();
     for read in 0..budget {
-        let Some(bid) = worker.tun_free.pop() else {
+        let Some(bid) = worker.relay.pop_free_tun() else {
             return read;
         };
         let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
@@ -338,7 +349,7 @@ pub(super) fn read_tun(
             worker.on_tun_read(bid, n as usize, now_ns);
             continue;
         }
-        worker.return_tun_buffer(bid);
+        worker.relay.give_back_tun(bid);
         // A TUN read never returns 0 bytes while the device is there.
         let e = if n == 0 { libc::EIO } else { errno() };
         if e != libc::EAGAIN {

@@ -5,12 +5,12 @@
 //! published with one store per batch.
 
 use super::{
-    DRAIN_DEADLINE, Driver, IDLE_WAIT, Received, Request, Worker, WorkerConfig, pin, setup_faults,
+    DRAIN_DEADLINE, Driver, Injected, Received, Submission, Worker, WorkerConfig, pin, setup_faults,
 };
 use crate::faults::Faults;
 use crate::relay::send::Route;
-use crate::ring::{self, Op, Token};
-use crate::stats::DropReason;
+use crate::relay::{Op, Token};
+use crate::ring;
 use crate::sys;
 use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -44,6 +44,8 @@ pub(super) struct Uring {
     in_flight: usize,
     entries: Vec<squeue::Entry>,
     completions: Vec<cqueue::Entry>,
+    /// Results of submissions a test-only fault kept from the ring.
+    injected: Injected,
 }
 
 pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error> {
@@ -69,7 +71,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
             .map_err(alloc)?;
     }
     let layout = worker.memory.layout;
-    let mut recv_msg = Box::new(super::slots::zeroed_msghdr());
+    let mut recv_msg = Box::new(super::memory::zeroed_msghdr());
     recv_msg.msg_namelen = layout.name_len as libc::socklen_t;
     recv_msg.msg_controllen = layout.control_len;
     enable_restricted(&ring, queue)?;
@@ -85,6 +87,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
         in_flight: 0,
         entries: Vec::with_capacity(4 * depth + 16),
         completions: Vec::with_capacity(4 * sq_entries as usize),
+        injected: Injected::default(),
     };
     engine.give_back(&mut worker);
     Ok((engine, worker))
@@ -160,10 +163,12 @@ pub(super) fn register_files(
         })
 }
 
-/// The submission that carries out `request`.
-pub(super) fn entry_for(request: Request) -> squeue::Entry {
-    match request {
-        Request::Send { token, route, msg } => {
+/// The ring entry that carries out `submission`.
+pub(super) fn entry_for(submission: Submission) -> squeue::Entry {
+    match submission {
+        Submission::Send {
+            token, route, msg, ..
+        } => {
             let file = match route {
                 Route::Direct => UDP_FILE,
                 Route::Fragmenting => FRAGMENTING_FILE,
@@ -173,9 +178,31 @@ pub(super) fn entry_for(request: Request) -> squeue::Entry {
                 .build()
                 .user_data(token.user_data())
         }
-        Request::Write { token, iovs, count } => opcode::Writev::new(TUN_FILE, iovs, count)
+        Submission::Write {
+            token, iovs, count, ..
+        } => opcode::Writev::new(TUN_FILE, iovs, count)
             .build()
             .user_data(token.user_data()),
+    }
+}
+
+/// Turns the worker's submissions into ring entries, except those a test-only fault refuses:
+/// their results wait in `injected`, delivered with the next batch of completions. This is the
+/// engine's system-call boundary: what the ring would have been handed.
+pub(super) fn take_submissions(
+    worker: &mut Worker,
+    injected: &mut Injected,
+    entries: &mut Vec<squeue::Entry>,
+) {
+    let Worker {
+        submissions,
+        faults,
+        ..
+    } = worker;
+    for submission in submissions.queued.drain(..) {
+        if !injected.intercept(faults, &submission) {
+            entries.push(entry_for(submission));
+        }
     }
 }
 
@@ -255,12 +282,14 @@ pub(super) trait RingEngine: Sized {
     fn ring(&mut self) -> &mut IoUring;
     /// The vector completions are gathered in, kept between batches.
     fn completions(&mut self) -> &mut Vec<cqueue::Entry>;
+    /// Results a test-only fault made up, to deliver with the next batch.
+    fn injected(&mut self) -> &mut Injected;
     /// The engine's own operations (reads, receives, cancels) awaiting their final completion.
     fn own_in_flight(&self) -> usize;
     /// Queues the worker's requests and the engine's own submissions into the ring.
     fn flush(&mut self, worker: &mut Worker);
-    /// Waits for `want` completions, at most `IDLE_WAIT`, handing queued submissions over.
-    fn wait(&mut self, want: usize) -> io::Result<()>;
+    /// Waits for `want` completions, at most `limit`, handing queued submissions over.
+    fn wait(&mut self, want: usize, limit: Duration) -> io::Result<()>;
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64);
     /// Queues the cancellation of every read and receive in flight.
     fn cancel_reads(&mut self);
@@ -272,11 +301,11 @@ impl<E: RingEngine> Driver for E {
     fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
         self.flush(worker);
         // Injected completions are ready now: don't sleep waiting for a real one.
-        let want = usize::from(worker.requests.injected.is_empty());
+        let want = usize::from(self.injected().is_empty());
         if spinning {
             get_events(self.ring())?;
         } else {
-            self.wait(want)?;
+            self.wait(want, worker.wait_limit())?;
         }
         Ok(reap(self, worker))
     }
@@ -284,20 +313,20 @@ impl<E: RingEngine> Driver for E {
     /// Cancels every read and receive and waits for the last completions. False if they did not
     /// all arrive in time (the caller must then leak the memory).
     fn drain(&mut self, worker: &mut Worker) -> bool {
-        worker.send_batch();
-        worker.stopping = true;
+        worker.stop();
         self.cancel_reads();
-        begin_drain(worker);
+        begin_drain(worker, self.injected());
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        while self.own_in_flight() + worker.requests.in_flight > 0 && Instant::now() < deadline {
+        while self.own_in_flight() + worker.submissions.in_flight > 0 && Instant::now() < deadline {
             self.flush(worker);
-            if self.wait(1).is_err() {
+            let want = usize::from(self.injected().is_empty());
+            if self.wait(want, super::IDLE_WAIT).is_err() {
                 break;
             }
             reap(self, worker);
         }
         self.flush(worker);
-        self.own_in_flight() + worker.requests.in_flight == 0
+        self.own_in_flight() + worker.submissions.in_flight == 0
     }
 
     fn in_flight(&self) -> usize {
@@ -319,13 +348,15 @@ fn reap<E: RingEngine>(engine: &mut E, worker: &mut Worker) -> usize {
     for cqe in &completions {
         engine.complete(worker, cqe, now);
     }
+    let injected = !engine.injected().is_empty();
+    worker.deliver(engine.injected(), now);
     let handled = completions
         .iter()
         .filter(|c| Token::from_user_data(c.user_data()).is_some_and(|t| t.op != Op::Timer))
         .count();
     *engine.completions() = completions;
     worker.end_batch(now);
-    handled
+    handled + usize::from(injected)
 }
 
 impl RingEngine for Uring {
@@ -337,6 +368,10 @@ impl RingEngine for Uring {
         &mut self.completions
     }
 
+    fn injected(&mut self) -> &mut Injected {
+        &mut self.injected
+    }
+
     fn own_in_flight(&self) -> usize {
         self.in_flight
     }
@@ -344,16 +379,15 @@ impl RingEngine for Uring {
     /// Also gives returned buffers back and re-arms the multishot operations (not yet to the
     /// kernel: the next wait does that).
     fn flush(&mut self, worker: &mut Worker) {
-        self.entries
-            .extend(worker.requests.queued.drain(..).map(entry_for));
+        take_submissions(worker, &mut self.injected, &mut self.entries);
         self.give_back(worker);
         if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
             worker.fatal.get_or_insert(e);
         }
     }
 
-    fn wait(&mut self, want: usize) -> io::Result<()> {
-        wait(&self.ring, want, IDLE_WAIT)
+    fn wait(&mut self, want: usize, limit: Duration) -> io::Result<()> {
+        wait(&self.ring, want, limit)
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
@@ -375,7 +409,7 @@ impl RingEngine for Uring {
                 if !more {
                     self.in_flight -= 1;
                     self.tun_read_armed = false;
-                    count_multishot_end(worker);
+                    worker.relay.on_multishot_end();
                 }
                 match bid {
                     Some(bid) if result >= 0 => {
@@ -390,7 +424,7 @@ impl RingEngine for Uring {
                 if !more {
                     self.in_flight -= 1;
                     self.udp_recv_armed = false;
-                    count_multishot_end(worker);
+                    worker.relay.on_multishot_end();
                 }
                 match bid {
                     Some(bid) if result >= 0 => {
@@ -401,9 +435,7 @@ impl RingEngine for Uring {
                     _ => worker.on_read_error(false, -result, &mut self.udp_failures),
                 }
             }
-            Op::UdpSend | Op::TunWrite | Op::ControlSend => {
-                worker.complete(token, result, now_ns)
-            }
+            Op::UdpSend | Op::TunWrite | Op::ControlSend => worker.complete(token, result, now_ns),
             Op::Cancel | Op::Timer => self.in_flight -= 1,
         }
     }
@@ -426,17 +458,17 @@ impl Uring {
     /// multishot operations that ended, if they have buffers to use.
     fn give_back(&mut self, worker: &mut Worker) {
         let memory = &mut worker.memory;
-        for bid in worker.tun_free.drain(..) {
+        for bid in worker.relay.take_free_tun() {
             memory.tun_buffers.provide(bid);
             self.tun_in_kernel += 1;
         }
-        for bid in worker.udp_free.drain(..) {
+        for bid in worker.relay.take_free_udp() {
             memory.udp_buffers.provide(bid);
             self.udp_in_kernel += 1;
         }
         memory.tun_buffers.publish();
         memory.udp_buffers.publish();
-        if worker.stopping {
+        if worker.stopping() {
             return;
         }
         if !self.tun_read_armed && self.tun_in_kernel > 0 {
@@ -465,8 +497,7 @@ impl Uring {
         let buffer = unsafe { worker.memory.udp_buffers.buffer_mut(bid) };
         let Ok(message) = RecvMsgOut::parse(&buffer[..len.min(buffer.len())], &self.recv_msg)
         else {
-            worker.stats.counters.drop(DropReason::OversizedDatagram);
-            return worker.return_udp_buffer(bid);
+            return worker.relay.on_unreadable_receive(bid);
         };
         let range = |part: &[u8]| {
             let at = part.as_ptr() as usize - base;
@@ -483,19 +514,11 @@ impl Uring {
     }
 }
 
-/// A multishot operation ended; unless the worker is stopping, it is started again.
-fn count_multishot_end(worker: &mut Worker) {
-    if !worker.stopping {
-        worker.stats.counters.multishot_restarts += 1;
-    }
-}
-
-/// What every engine's drain does first: held injected results are delivered, and the
+/// What every engine's drain does first: held injected results are let go, and the
 /// `drain-stuck` fault makes one operation that never reports back.
-pub(super) fn begin_drain(worker: &mut Worker) {
-    let held = worker.requests.held.take();
-    worker.requests.injected.extend(held);
+pub(super) fn begin_drain(worker: &mut Worker, injected: &mut Injected) {
+    injected.release();
     if worker.faults.drain_stuck() {
-        worker.requests.in_flight += 1;
+        worker.submissions.in_flight += 1;
     }
 }

@@ -1,0 +1,313 @@
+//! The relay driven by a fake engine, with no socket, no ring and no kernel: buffers are plain
+//! vectors, and every request gets a random result (sent, refused as too big, GSO unusable, a
+//! full buffer, an error about an earlier datagram, a refused merged write). Whatever the
+//! results, every buffer comes back exactly once, nothing stays in flight, and every packet the
+//! test fed in is counted once, as sent or as dropped: the test counts what it fed, and the
+//! relay's counters must agree with that count, not only with themselves.
+
+use super::*;
+use crate::offload::test_packets::{Spec, build};
+use crate::stats::DropReason;
+use crate::wire::cmsg::QueuedErrors;
+use crate::wire::vnet;
+use std::cell::RefCell;
+
+const BUFFERS: u16 = 16;
+const PEER: &str = "198.18.0.2:55555";
+
+/// Buffers as plain memory.
+struct FakeBuffers {
+    tun: Vec<Vec<u8>>,
+    udp: RefCell<Vec<Vec<u8>>>,
+}
+
+impl FakeBuffers {
+    fn new() -> FakeBuffers {
+        FakeBuffers {
+            tun: vec![vec![0u8; 65600]; usize::from(BUFFERS)],
+            udp: RefCell::new(vec![vec![0u8; 65600]; usize::from(BUFFERS)]),
+        }
+    }
+}
+
+impl Buffers for FakeBuffers {
+    fn tun(&self, bid: u16) -> &[u8] {
+        &self.tun[usize::from(bid)]
+    }
+
+    fn write_udp(&self, bid: u16, at: usize, bytes: &[u8]) {
+        self.udp.borrow_mut()[usize::from(bid)][at..at + bytes.len()].copy_from_slice(bytes);
+    }
+}
+
+fn relay() -> Relay {
+    let mut nonce = 0u64;
+    Relay::new(RelayConfig {
+        queue: 0,
+        peer: PEER.parse().unwrap(),
+        mtu: 1420,
+        offloads: Offloads {
+            tso: true,
+            uso: true,
+            udp_gso: true,
+            udp_gro: true,
+        },
+        marking: crate::offload::ecn::Marking::DEFAULT,
+        tun_buffers: BUFFERS,
+        udp_buffers: BUFFERS,
+        fragmenting: true,
+        shared_path: Arc::new(SharedPath::new(1448)),
+        path_machine: None,
+        reply_budget: Arc::new(SharedBucket::new(std::time::Instant::now(), 200, 100)),
+        reply_key: (1, 2),
+        nonces: Box::new(move || {
+            nonce += 1;
+            nonce
+        }),
+        epoch: std::time::Instant::now(),
+        snapshot_every_ns: None,
+    })
+}
+
+/// xorshift64: reproducible, and enough to mix the results.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Closes batches, answers every system request and gives every send and write a result, until
+/// no request is left. `failures` in 16ths: how often a send or write fails, and then with which
+/// error is random.
+fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Rng, failures: u64, now: &mut u64) {
+    for _ in 0..1000 {
+        *now += 1000;
+        r.end_batch(*now, b);
+        let mut answered = 0;
+        while let Some(request) = r.poll_request() {
+            answered += 1;
+            let fail = rng.below(16) < failures;
+            let (token, result) = match request {
+                Request::Send { token, .. } | Request::SendControl { token, .. } => {
+                    let errors = [
+                        libc::EMSGSIZE,
+                        libc::EINVAL,
+                        libc::EIO,
+                        libc::ENOBUFS,
+                        libc::ECONNREFUSED,
+                        libc::EHOSTUNREACH,
+                    ];
+                    let e = errors[rng.below(errors.len() as u64) as usize];
+                    (token, if fail { -e } else { 1400 })
+                }
+                Request::Write { token } => {
+                    let e = [libc::EINVAL, libc::EIO][rng.below(2) as usize];
+                    (token, if fail { -e } else { 1400 })
+                }
+                Request::DrainErrors { socket } => {
+                    r.on_errors_drained(socket, QueuedErrors::default(), *now, b);
+                    continue;
+                }
+                Request::ReadSocketDrops => {
+                    r.on_socket_drops(Some(0));
+                    continue;
+                }
+                Request::ReadEgressMtu => {
+                    r.on_egress_mtu(None, *now);
+                    continue;
+                }
+            };
+            r.complete(token, result, *now, b);
+        }
+        if answered == 0 {
+            return;
+        }
+    }
+    panic!("requests kept coming after 1000 rounds");
+}
+
+fn all_back(free: Vec<u16>) {
+    let mut free = free;
+    free.sort_unstable();
+    assert_eq!(
+        free,
+        (0..BUFFERS).collect::<Vec<_>>(),
+        "every buffer back, once"
+    );
+}
+
+fn tso_header(gso_size: u16) -> [u8; vnet::LEN] {
+    let mut h = [0u8; vnet::LEN];
+    h[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    h[2..4].copy_from_slice(&40u16.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h
+}
+
+#[test]
+fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends_return() {
+    for seed in 1..=40u64 {
+        let mut r = relay();
+        let mut b = FakeBuffers::new();
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut now = 0u64;
+        let mut fed = 0u64;
+        for round in 0..30u32 {
+            // A burst: plain packets of a few flows and sizes (GSO batches and their ends), and
+            // super-packets that split.
+            for k in 0..rng.below(12) + 1 {
+                let Some(bid) = r.pop_free_tun() else {
+                    break;
+                };
+                let (header, packet, packets) = if rng.below(4) == 0 {
+                    let payload = 1000 * (rng.below(60) as usize + 2);
+                    let big = build(&Spec {
+                        payload_len: payload,
+                        ..Spec::default()
+                    });
+                    (tso_header(1000), big, payload.div_ceil(1000) as u64)
+                } else {
+                    let small = build(&Spec {
+                        payload_len: [1380, 1380, 1380, 600][rng.below(4) as usize],
+                        sport: 40000 + rng.below(3) as u16,
+                        seq: round * 100_000 + k as u32 * 1380,
+                        ..Spec::default()
+                    });
+                    ([0; vnet::LEN], small, 1)
+                };
+                let buffer = &mut b.tun[usize::from(bid)];
+                buffer[..vnet::LEN].copy_from_slice(&header);
+                buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
+                r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), now);
+                fed += packets;
+            }
+            let failures = rng.below(17);
+            settle(&mut r, &b, &mut rng, failures, &mut now);
+        }
+        settle(&mut r, &b, &mut rng, 0, &mut now);
+        all_back(r.take_free_tun().collect());
+        assert_eq!(r.in_flight(), 0);
+        let c = &r.stats().counters;
+        assert_eq!(
+            c.tun_rx_packets, fed,
+            "seed {seed}: every packet fed was read once"
+        );
+        assert_eq!(
+            c.udp_tx_packets + c.total_drops(),
+            fed,
+            "seed {seed}: every packet sent or dropped, once: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_writes_return() {
+    // The `sockaddr_in` of the peer, as a receive puts it in the buffer.
+    let mut name = vec![0u8; 16];
+    name[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    name[2..4].copy_from_slice(&55555u16.to_be_bytes());
+    name[4..8].copy_from_slice(&[198, 18, 0, 2]);
+    for seed in 1..=40u64 {
+        let mut r = relay();
+        let b = FakeBuffers::new();
+        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut now = 0u64;
+        let mut fed = 0u64;
+        let mut merged = 0;
+        for round in 0..30u32 {
+            for _ in 0..rng.below(6) + 1 {
+                let Some(bid) = r.pop_free_udp() else {
+                    break;
+                };
+                // A GRO buffer: runs of consecutive segments of two flows, which merge, and the
+                // kernel may refuse the merged writes.
+                let mut payload = Vec::new();
+                let segments = rng.below(20) as u32 + 1;
+                for s in 0..segments {
+                    payload.extend(build(&Spec {
+                        payload_len: 1000,
+                        sport: 40000 + (s / 7) as u16,
+                        seq: round * 1_000_000 + s * 1000,
+                        id: s as u16,
+                        ..Spec::default()
+                    }));
+                }
+                fed += u64::from(segments);
+                let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
+                buffer[..name.len()].copy_from_slice(&name);
+                let at = 64;
+                buffer[at..at + payload.len()].copy_from_slice(&payload);
+                let received = Received {
+                    name: 0..name.len(),
+                    control: 64..64,
+                    payload: at..at + payload.len(),
+                    payload_truncated: false,
+                    // No UDP_GRO message: the first datagram's IP length is the stride.
+                    control_truncated: true,
+                };
+                r.on_udp_recv(bid, &mut buffer, received, now);
+                b.udp.borrow_mut()[usize::from(bid)] = buffer;
+                merged += 1;
+            }
+            let failures = rng.below(17);
+            settle(&mut r, &b, &mut rng, failures, &mut now);
+        }
+        settle(&mut r, &b, &mut rng, 0, &mut now);
+        all_back(r.take_free_udp().collect());
+        assert_eq!(r.in_flight(), 0);
+        let c = &r.stats().counters;
+        assert_eq!(
+            c.udp_rx_packets, fed,
+            "seed {seed}: every datagram fed was received"
+        );
+        assert_eq!(
+            c.tun_tx_packets + c.drops_of(DropReason::TunWriteError),
+            fed,
+            "seed {seed}: every datagram written or dropped, once: {c:?}"
+        );
+        assert!(
+            merged > 0 && c.coalesced_writes > 0,
+            "seed {seed}: runs merged"
+        );
+    }
+}
+
+#[test]
+fn a_request_names_what_the_relay_completes() {
+    let mut r = relay();
+    let mut b = FakeBuffers::new();
+    let packet = build(&Spec::default());
+    let bid = r.pop_free_tun().unwrap();
+    let buffer = &mut b.tun[usize::from(bid)];
+    buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
+    r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 0);
+    r.end_batch(0, &b);
+    let Some(Request::Send {
+        token,
+        bid: sent,
+        first: 0,
+        segments: 1,
+        segment_size: None,
+        ..
+    }) = r.poll_request()
+    else {
+        panic!("one packet, one send");
+    };
+    assert_eq!(sent, bid);
+    assert_eq!(token.op, Op::UdpSend);
+    let (pieces, _) = r.send_pieces(bid, 0, 1);
+    assert_eq!(
+        pieces,
+        &[Piece::new(Base::TunBuffer(bid), vnet::LEN, packet.len())],
+        "the packet, in place after its virtio header"
+    );
+    assert_eq!(r.poll_request(), None);
+    r.complete(token, packet.len() as i32, 1, &b);
+    assert_eq!(r.in_flight(), 0);
+    assert_eq!(r.take_free_tun().count(), usize::from(BUFFERS));
+}

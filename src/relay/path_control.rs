@@ -1,0 +1,217 @@
+//! The path to the peer: what the error queues report, the path MTU machine, the control
+//! messages between relays, and the ICMP errors written into the TUN. PURE.
+
+use super::plpmtud::Probe;
+use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
+use super::{Buffers, Relay, Request, Socket, Token, WriteIndex};
+use crate::offload::icmp;
+use crate::relay::receive::PLAIN_HEADER;
+use crate::wire::cmsg::QueuedErrors;
+use crate::wire::control::{self, Control};
+use crate::wire::icmp::IcmpKind;
+use crate::wire::vnet;
+
+impl Relay {
+    /// What reading `socket`'s error queue found (`Request::DrainErrors`). Counts the ICMP
+    /// errors about the peer by kind (at least as many, on the worker's socket, as surfaced on
+    /// receives). An ICMP message's path MTU is a hint, for the path MTU machine to confirm (it
+    /// may come from anyone who knows the 4-tuple); the local stack's "message too long" names
+    /// the egress device's own MTU, and is believed at once, here and by the machine. The answer
+    /// for the worker's socket settles the refused sends, then sends the gathered batch.
+    pub fn on_errors_drained(
+        &mut self,
+        socket: Socket,
+        queued: QueuedErrors,
+        now_ns: u64,
+        buffers: &impl Buffers,
+    ) {
+        let mut icmp_errors = queued.from_icmp();
+        if socket == Socket::Worker {
+            let reports = std::mem::take(&mut self.reports);
+            icmp_errors = icmp_errors.max(reports.surfaced_icmp_errors);
+        }
+        self.stats.counters.icmp_errors += icmp_errors;
+        for kind in IcmpKind::ALL {
+            *self.stats.path.icmp_mut(kind) += queued.icmp[kind as usize];
+        }
+        if let Some(mtu) = queued.icmp_path_mtu {
+            self.shared_path.post_hint(mtu);
+        }
+        if let Some(mtu) = queued.local_path_mtu {
+            self.shared_path.post_local_limit(mtu);
+            let mtu = (mtu as usize).max(self.path.family.smallest_path_mtu());
+            if mtu < self.path.path_mtu {
+                self.set_path_mtu(mtu);
+            }
+        }
+        if socket == Socket::Worker && std::mem::take(&mut self.awaiting_errors) {
+            // The fragmenting socket may hold the ICMP errors about the relay's 4-tuple too
+            // (see `socket::fragmenting_socket`): read with every batch that read this one.
+            if self.fragmenting {
+                self.requests.push_back(Request::DrainErrors {
+                    socket: Socket::Fragmenting,
+                });
+            }
+            self.settle_refusals(now_ns, buffers);
+            self.send_batch();
+        }
+    }
+
+    /// The egress device's MTU toward the peer (`Request::ReadEgressMtu`), or `None` if it could
+    /// not be read.
+    pub fn on_egress_mtu(&mut self, mtu: Option<u32>, now_ns: u64) {
+        if let (Some(machine), Some(mtu)) = (&mut self.plpmtud, mtu) {
+            machine.on_egress_mtu(mtu as usize, now_ns);
+        }
+    }
+
+    /// Runs the path MTU machine, on the relay that has it: hands it what every worker posted,
+    /// sends the probe it asks for, and publishes its working size. Then, on every relay, takes
+    /// a newly published working size. A few relaxed atomic loads when nothing happens.
+    pub(super) fn run_path(&mut self, now_ns: u64) {
+        if let Some(machine) = &mut self.plpmtud {
+            self.shared_path.run(machine, now_ns);
+            let nonces = &mut self.nonces;
+            let probe = machine.poll(now_ns, || nonces());
+            let counts = machine.counts();
+            self.stats.path.take_probe_counts(&counts);
+            if let Some(probe) = probe {
+                self.send_probe(probe);
+            }
+        }
+        let published = self.shared_path.working();
+        if published != self.published_path_mtu {
+            self.published_path_mtu = published;
+            self.set_path_mtu(published);
+        }
+    }
+
+    /// Works to `path_mtu` from now on. Returns whether it changed.
+    fn set_path_mtu(&mut self, path_mtu: usize) -> bool {
+        let changed = self.path.set(path_mtu);
+        if changed {
+            eprintln!(
+                "tunfwd: queue {}: path MTU to {} is {path_mtu}; inner packets up to {} bytes",
+                self.queue,
+                self.peer.ip(),
+                self.path.inner_mtu
+            );
+        }
+        self.stats.path.path_mtu = path_mtu as u64;
+        changed
+    }
+
+    /// Sends a path MTU probe of `probe.size` bytes (outer headers included) to the peer, if a
+    /// control slot is free (a probe that cannot go is a probe lost: the machine tries again).
+    fn send_probe(&mut self, probe: Probe) {
+        let message = Control {
+            kind: control::Kind::Probe,
+            nonce: probe.nonce,
+            size: u16::try_from(probe.size).unwrap_or(u16::MAX),
+        };
+        let payload_len = probe.size.saturating_sub(self.path.family.overhead());
+        self.queue_control(message, payload_len);
+    }
+
+    /// Acts on the control messages a receive into `bid` brought: answers probes (at most
+    /// `ACKS_PER_SECOND`), and posts acknowledgements for the path MTU machine, wherever it runs.
+    pub(super) fn on_control_messages(&mut self, bid: u16, now_ns: u64) {
+        let count = self.udp_slots[usize::from(bid)].plan.controls.len();
+        for i in 0..count {
+            let message = self.udp_slots[usize::from(bid)].plan.controls[i];
+            match message.kind {
+                control::Kind::Probe => {
+                    if self.ack_bucket.allow(now_ns) && self.queue_control(message.ack(), 0) {
+                        self.stats.path.pmtu_probes_answered += 1;
+                    }
+                }
+                control::Kind::Ack => self.shared_path.post_ack(message.nonce),
+            }
+        }
+    }
+
+    /// Writes `message` (a probe padded to `payload_len` bytes, or an acknowledgement) into a
+    /// free control slot and queues its send. False if every slot is in flight, or the slot is
+    /// too short for the probe.
+    fn queue_control(&mut self, message: Control, payload_len: usize) -> bool {
+        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
+            return false;
+        };
+        let Some(len) = message.write(self.controls.buffer_mut(k), payload_len) else {
+            return false;
+        };
+        self.controls.busy[k] = true;
+        debug_assert!(k < CONTROL_SLOTS);
+        self.queue_io(Request::SendControl {
+            token: Token::new(super::Op::ControlSend, k as u32),
+            k: k as u16,
+            len: len as u32,
+        });
+        true
+    }
+
+    /// The piece a `Request::SendControl` sends.
+    pub fn control_piece(&self, k: u16, len: u32) -> Piece {
+        Piece::new(
+            Base::Control,
+            usize::from(k) * self.controls.len,
+            len as usize,
+        )
+    }
+
+    /// A control message's send completed. A refusal is not judged: a probe over the egress
+    /// device's MTU queued that MTU (read with the next batch), and the machine counts the
+    /// probe as lost; an acknowledgement lost is a probe the peer sends again.
+    pub(super) fn on_control_sent(&mut self, k: usize, result: i32) {
+        if let Some(busy) = self.controls.busy.get_mut(k) {
+            *busy = false;
+        }
+        if result < 0 {
+            self.reports.drain_queue |= -result != libc::EINVAL;
+        }
+    }
+
+    /// Builds the ICMP error telling `packet`'s sender that the path takes `mtu` bytes, into a
+    /// free reply buffer, and queues its write into the TUN; nothing when the sender's or the
+    /// relay's budget is spent or every reply buffer is in flight (the packet is dropped all the
+    /// same, counted as `too_big`). The rules were checked before (`icmp::too_big_action` says
+    /// `Reply` only when an answer may be sent), so `too_big_reply` refuses nothing here.
+    pub(super) fn queue_reply(&mut self, packet: &[u8], mtu: usize, now_ns: u64) {
+        let replies = &mut self.replies;
+        let Some(k) = replies.busy.iter().position(|busy| !busy) else {
+            return;
+        };
+        let Some(source) = icmp::reply_destination(packet) else {
+            return;
+        };
+        let at = k * REPLY_LEN;
+        let error = &mut replies.buffers[at + vnet::LEN..at + REPLY_LEN];
+        let Some(len) = icmp::too_big_reply(packet, mtu, error) else {
+            return;
+        };
+        // The sender's own budget first: a flooding sender then never reaches the shared one.
+        let now = self.epoch + std::time::Duration::from_nanos(now_ns);
+        if !replies.per_source.allow(source, now_ns) || !replies.relay_wide.allow(now) {
+            return;
+        }
+        replies.buffers[at..at + vnet::LEN].copy_from_slice(&PLAIN_HEADER);
+        replies.busy[k] = true;
+        replies.pieces[k] = Piece::new(Base::Reply, k * REPLY_LEN, vnet::LEN + len);
+        self.queue_io(Request::Write {
+            token: Token::new(
+                super::Op::TunWrite,
+                WriteIndex::Reply { k: k as u16 }.pack(),
+            ),
+        });
+    }
+
+    /// A TUN write of one of this relay's ICMP errors completed.
+    pub(super) fn on_reply_written(&mut self, k: usize, result: i32) {
+        if let Some(busy) = self.replies.busy.get_mut(k) {
+            *busy = false;
+        }
+        if result >= 0 {
+            self.stats.path.too_big_replies += 1;
+        }
+    }
+}
