@@ -4,7 +4,9 @@
 //! This is a custom harness (`harness = false`) rather than criterion groups, for one reason: on a
 //! 2-vCPU VM absolute numbers swing by tens of percent from minute to minute, so only ratios taken
 //! in one sitting mean anything. The systems are therefore **interleaved**: each round runs every
-//! scenario on every system in turn, and the reported figure is the median over rounds. Criterion
+//! scenario on every system in turn. Each row of the report is one real round, the median round by
+//! the row's primary figure, with that round's other figures beside it: medians taken column by
+//! column would put figures side by side that never occurred together. Criterion
 //! runs one benchmark to completion before the next, which would compare systems measured minutes
 //! apart. (The pure code is benched with criterion in `benches/micro.rs`.)
 //!
@@ -1348,19 +1350,67 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
+/// The sample key that holds the round a sample was taken in (0-based).
+const ROUND: &str = "round";
+
+/// Every round's sample of every system, by system key, and the rows the report takes from them.
+struct Results {
+    samples: BTreeMap<String, Vec<Sample>>,
+}
+
+/// One round of one system, as a report row shows it: all of its figures are from that round.
+#[derive(Clone, Copy)]
+struct Row<'a>(Option<&'a Sample>);
+
+impl Row<'_> {
+    /// A figure of the row's round; NaN (shown as "-") when that round did not measure it.
+    fn get(&self, key: &str) -> f64 {
+        self.0.and_then(|s| s.get(key).copied()).unwrap_or(f64::NAN)
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+
+    /// The row's round, 1-based as the log counts them, or "-".
+    fn round(&self) -> String {
+        let round = self.get(ROUND);
+        if round.is_finite() {
+            format!("{}", round as usize + 1)
+        } else {
+            "-".into()
+        }
     }
 }
+
+impl Results {
+    /// The row for `system`: its median round by the first of `primaries` that any of its rounds
+    /// measured (`testbed::median_round`).
+    fn row(&self, system: &str, primaries: &[&str]) -> Row<'_> {
+        let rounds = self.samples.get(system).map(Vec::as_slice).unwrap_or(&[]);
+        let primary = primaries.iter().find(|p| {
+            rounds
+                .iter()
+                .any(|s| s.get(**p).is_some_and(|v| v.is_finite()))
+        });
+        Row(primary.and_then(|p| testbed::median_round(rounds, |s| s.get(*p).copied())))
+    }
+
+    /// `system`'s sample of round `round`, if it ran then.
+    fn of_round(&self, system: &str, round: f64) -> Option<&Sample> {
+        self.samples
+            .get(system)?
+            .iter()
+            .find(|s| s.get(ROUND) == Some(&round))
+    }
+}
+
+/// The primary figures of the main table's rows (and of the tunload columns beside iperf3), in
+/// order of preference: the first one a system measured picks its row's round.
+const MAIN_PRIMARY: [&str; 6] = [
+    "tcp1_gbit_s",
+    "tcp4_gbit_s",
+    "udp64_rx_pps",
+    "udp1400_rx_pps",
+    "idle_rtt_p50_us",
+    "iperf_tcp1_gbit_s",
+];
 
 fn command_output(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
@@ -1584,8 +1634,9 @@ fn main() {
         for system in &systems {
             eprintln!("round {}/{rounds}: {}", round + 1, system.name());
             match runner.round(system, &bins, round, &scenarios) {
-                Ok(s) => {
+                Ok(mut s) => {
                     eprintln!("  {s:?}");
+                    s.insert(ROUND, round as f64);
                     samples.entry(system.key()).or_default().push(s);
                 }
                 Err(e) => {
@@ -1619,15 +1670,9 @@ fn main() {
         }
     }
 
-    let metric = |key: &str, m: &str| -> f64 {
-        let v: Vec<f64> = samples
-            .get(key)
-            .map(|ss| ss.iter().filter_map(|s| s.get(m).copied()).collect())
-            .unwrap_or_default();
-        median(&v)
-    };
+    let results = Results { samples };
     write_results(
-        &out, &stamp, &commit, &systems, &scenarios, &metric, rounds, seconds, &notes,
+        &out, &stamp, &commit, &systems, &scenarios, &results, rounds, seconds, &notes,
     );
 }
 
@@ -1683,7 +1728,7 @@ fn write_results(
     commit: &str,
     systems: &[System],
     scenarios: &[Scenario],
-    metric: &dyn Fn(&str, &str) -> f64,
+    results: &Results,
     rounds: usize,
     seconds: u64,
     notes: &[String],
@@ -1707,7 +1752,7 @@ fn write_results(
     let _ = writeln!(md, "- command: `{command}`");
     let _ = writeln!(
         md,
-        "- method: {rounds} interleaved rounds, {seconds} s per traffic run, medians shown; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth, relay A pinned from the first CPU and relay B from the last (two machines would not share a core); TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
+        "- method: {rounds} interleaved rounds, {seconds} s per traffic run; each row of a table is one real round, not medians taken column by column: the median round by the row's primary figure (the lower middle one when the rounds are even), with all of that round's figures, so the figures in a row occurred together; the row's last column names the round; the primary figure of the main table and of the tunload columns beside iperf3 is the first of TCP 1 stream, TCP 4 streams, UDP 64 B rx, UDP 1400 B rx and idle RTT p50 that the system measured, and the other tables name theirs; overlay MTU {OVERLAY_MTU} for every tunnel; two namespaces joined by a veth, relay A pinned from the first CPU and relay B from the last (two machines would not share a core); TCP load counted but not checked (`tunload tcp-send --unchecked`, as iperf3), since the tests check every byte"
     );
     let selected = |scenario: Scenario| scenarios.contains(&scenario);
     if systems.contains(&System::TunfwdDefaults) {
@@ -1742,15 +1787,15 @@ fn write_results(
     if scenarios.iter().any(|s| s.in_main_table()) {
         let _ = writeln!(
             md,
-            "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB |"
+            "| system | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B rx pps (sent, loss) | UDP 1400 B rx pps (sent, loss) | RTT idle p50/p99 µs | RTT under TCP load p50/p99 µs | CPU s/GB | round |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for s in systems {
-            let k = s.key();
-            let m = |name: &str| metric(&k, name);
+            let row = results.row(&s.key(), &MAIN_PRIMARY);
+            let m = |name: &str| row.get(name);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} ({}, {}%) | {} ({}, {}%) | {}/{} | {}/{} | {} |",
+                "| {} | {} | {} | {} ({}, {}%) | {} ({}, {}%) | {}/{} | {}/{} | {} | {} |",
                 s.name(),
                 fmt(m("tcp1_gbit_s"), 2),
                 fmt(m("tcp4_gbit_s"), 2),
@@ -1765,15 +1810,22 @@ fn write_results(
                 fmt(m("loaded_rtt_p50_us"), 0),
                 fmt(m("loaded_rtt_p99_us"), 0),
                 fmt(m("cpu_s_per_gb"), 2),
+                row.round(),
             );
         }
         let _ = writeln!(md, "\n## Ratios (same run)\n");
         let _ = writeln!(
             md,
+            "Each ratio divides two figures of the table above, each from its row's round.\n"
+        );
+        let _ = writeln!(
+            md,
             "| system | TCP 1: ×VXLAN | ×veth | ×simpletun | ×own no-offload | TCP 4: ×VXLAN | UDP 64 B rx: ×VXLAN | ×veth | ×simpletun |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-        let ratio = |k: &str, base: &str, m: &str| metric(k, m) / metric(base, m);
+        let ratio = |k: &str, base: &str, m: &str| {
+            results.row(k, &MAIN_PRIMARY).get(m) / results.row(base, &MAIN_PRIMARY).get(m)
+        };
         for s in systems {
             let k = s.key();
             // The same tunfwd configuration with offloads off, when this one has them on.
@@ -1803,20 +1855,20 @@ fn write_results(
         }
     }
     if selected(Scenario::InnerMss) {
-        write_mss_section(&mut md, systems, metric);
+        write_mss_section(&mut md, systems, results, rounds);
     }
     if selected(Scenario::IdleCpu) {
-        write_idle_cpu_section(&mut md, systems, metric);
+        write_idle_cpu_section(&mut md, systems, results);
     }
     if load_tools {
-        write_load_tools_section(&mut md, systems, metric);
+        write_load_tools_section(&mut md, systems, results);
     }
     if selected(Scenario::Tcp1) {
         let _ = writeln!(
             md,
             "\nLatency percentile files (`.hgrm`, µs, ping under single-stream TCP load, round 1): `{stamp}-<system>-loaded-rtt-us.hgrm`. Plot: `{stamp}-e2e.svg`."
         );
-        std::fs::write(out.join(format!("{stamp}-e2e.svg")), svg(systems, metric))
+        std::fs::write(out.join(format!("{stamp}-e2e.svg")), svg(systems, results))
             .expect("write plot");
     }
     let md_path = out.join(format!("{stamp}-e2e.md"));
@@ -1837,8 +1889,10 @@ fn write_results(
 }
 
 /// The inner-MSS table: a row per MSS, a Gbit/s column per system that ran it, and each other
-/// system against the kernel's VXLAN.
-fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, &str) -> f64) {
+/// system against the kernel's VXLAN. A row is one round of the interleaved run, every system's
+/// figure from it: the median round by the first system's ratio to VXLAN (by the first system's
+/// Gbit/s without VXLAN).
+fn write_mss_section(md: &mut String, systems: &[System], results: &Results, rounds: usize) {
     let ran: Vec<&System> = systems
         .iter()
         .filter(|s| Scenario::InnerMss.applies_to(s))
@@ -1855,6 +1909,19 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
         md,
         "## Inner MSS: single-stream TCP, MSS clamped on both ends (same run)\n"
     );
+    let primary = match (
+        ran.iter().any(|s| **s == System::Vxlan),
+        against_vxlan.first(),
+    ) {
+        (true, Some(first)) => format!("{} ×VXLAN", first.name()),
+        _ => ran
+            .first()
+            .map_or("-".into(), |s| format!("{} Gbit/s", s.name())),
+    };
+    let _ = writeln!(
+        md,
+        "Each row is one round, every figure in it from that round: the median round by {primary}.\n"
+    );
     let mut header = String::from("| inner MSS (in effect) |");
     for s in &ran {
         let _ = write!(header, " {} Gbit/s |", s.name());
@@ -1862,16 +1929,39 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
     for s in &against_vxlan {
         let _ = write!(header, " {} ×VXLAN |", s.name());
     }
+    header.push_str(" round |");
     let _ = writeln!(md, "{header}");
     let _ = writeln!(
         md,
         "|---|{}",
-        "---|".repeat(ran.len() + against_vxlan.len())
+        "---|".repeat(ran.len() + against_vxlan.len() + 1)
     );
     for case in &MSS_CASES {
+        // A round's figure for `system`, NaN where it did not run or measure.
+        let at = |system: &System, round: usize, key: &str| {
+            results
+                .of_round(&system.key(), round as f64)
+                .and_then(|s| s.get(key).copied())
+                .unwrap_or(f64::NAN)
+        };
+        let vs_vxlan = |system: &System, round: usize| {
+            at(system, round, case.gbit_key) / at(&System::Vxlan, round, case.gbit_key)
+        };
+        let by: Box<dyn Fn(usize) -> f64> = match against_vxlan.first() {
+            Some(first) if ran.iter().any(|s| **s == System::Vxlan) => {
+                Box::new(move |round| vs_vxlan(first, round))
+            }
+            _ => Box::new(|round| {
+                ran.first()
+                    .map_or(f64::NAN, |s| at(s, round, case.gbit_key))
+            }),
+        };
+        let all: Vec<usize> = (0..rounds).collect();
+        let round = testbed::median_round(&all, |r| Some(by(*r))).copied();
+        let figure = |system: &System, key: &str| round.map_or(f64::NAN, |r| at(system, r, key));
         let mut in_effect: Vec<String> = ran
             .iter()
-            .map(|s| metric(&s.key(), case.in_effect_key))
+            .map(|s| figure(s, case.in_effect_key))
             .filter(|v| v.is_finite())
             .map(|v| fmt(v, 0))
             .collect();
@@ -1886,12 +1976,17 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
             }
         );
         for s in &ran {
-            let _ = write!(row, " {} |", fmt(metric(&s.key(), case.gbit_key), 2));
+            let _ = write!(row, " {} |", fmt(figure(s, case.gbit_key), 2));
         }
         for s in &against_vxlan {
-            let ratio = metric(&s.key(), case.gbit_key) / metric("vxlan", case.gbit_key);
+            let ratio = figure(s, case.gbit_key) / figure(&System::Vxlan, case.gbit_key);
             let _ = write!(row, " {} |", fmt(ratio, 2));
         }
+        let _ = write!(
+            row,
+            " {} |",
+            round.map_or("-".into(), |r| (r + 1).to_string())
+        );
         let _ = writeln!(md, "{row}");
     }
     let _ = writeln!(
@@ -1901,13 +1996,11 @@ fn write_mss_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, 
 }
 
 /// The relays' CPU while nothing flows (`idle-cpu`).
-fn write_idle_cpu_section(md: &mut String, systems: &[System], metric: &dyn Fn(&str, &str) -> f64) {
+fn write_idle_cpu_section(md: &mut String, systems: &[System], results: &Results) {
+    const PRIMARY: [&str; 2] = ["idle_cpu_pct", "ping_idle_relay_cpu_pct"];
     let idle: Vec<&System> = systems
         .iter()
-        .filter(|s| {
-            !metric(&s.key(), "idle_cpu_pct").is_nan()
-                || !metric(&s.key(), "ping_idle_relay_cpu_pct").is_nan()
-        })
+        .filter(|s| results.row(&s.key(), &PRIMARY).0.is_some())
         .collect();
     if idle.is_empty() {
         return;
@@ -1917,27 +2010,32 @@ fn write_idle_cpu_section(md: &mut String, systems: &[System], metric: &dyn Fn(&
     }
     let _ = writeln!(
         md,
-        "## Idle CPU\n\n| system | % of one core per relay, {IDLE_CPU_SECONDS} s without traffic | during `ping-idle` ({} echoes a second) |\n|---|---|---|",
+        "## Idle CPU\n\nEach row is the median round by the CPU without traffic.\n\n| system | % of one core per relay, {IDLE_CPU_SECONDS} s without traffic | during `ping-idle` ({} echoes a second) | round |\n|---|---|---|---|",
         1000 / PING_INTERVAL_MS
     );
     for s in idle {
+        let row = results.row(&s.key(), &PRIMARY);
         let _ = writeln!(
             md,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             s.name(),
-            fmt(metric(&s.key(), "idle_cpu_pct"), 2),
-            fmt(metric(&s.key(), "ping_idle_relay_cpu_pct"), 1)
+            fmt(row.get("idle_cpu_pct"), 2),
+            fmt(row.get("ping_idle_relay_cpu_pct"), 1),
+            row.round()
         );
     }
 }
 
 /// tunload's figures beside iperf3's and ping's for the same shapes, on the systems that ran both,
 /// then each against the kernel's VXLAN. A figure from one tool only is the tool to suspect.
-fn write_load_tools_section(
-    md: &mut String,
-    systems: &[System],
-    metric: &dyn Fn(&str, &str) -> f64,
-) {
+fn write_load_tools_section(md: &mut String, systems: &[System], results: &Results) {
+    /// The RTT table's rows: the median round by tunload's idle p50, else ping's.
+    const RTT_PRIMARY: [&str; 4] = [
+        "idle_rtt_p50_us",
+        PING_IDLE.p50_us,
+        "loaded_rtt_p50_us",
+        PING_LOADED.p50_us,
+    ];
     let ran: Vec<&System> = systems.iter().filter(|s| s.compares_load_tools()).collect();
     if !md.ends_with("\n\n") {
         md.push('\n');
@@ -1948,22 +2046,26 @@ fn write_load_tools_section(
     );
     let _ = writeln!(
         md,
-        "| system | TCP 1 stream Gbit/s: tunload | iperf3 | TCP 4 streams: tunload | iperf3 | TCP 64 streams: iperf3 | TCP 1 stream B to A: iperf3 | UDP 64 B rx pps (loss): tunload | iperf3 1 flow | iperf3 8 flows |"
+        "The rows are the main table's rounds (the median round by tunload's TCP 1 stream), each figure from the row's round.\n"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    let pps_loss = |k: &str, pps: &str, loss: &str| {
+    let _ = writeln!(
+        md,
+        "| system | TCP 1 stream Gbit/s: tunload | iperf3 | TCP 4 streams: tunload | iperf3 | TCP 64 streams: iperf3 | TCP 1 stream B to A: iperf3 | UDP 64 B rx pps (loss): tunload | iperf3 1 flow | iperf3 8 flows | round |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let pps_loss = |row: Row, pps: &str, loss: &str| {
         format!(
             "{} ({}%)",
-            fmt(metric(k, pps), 0),
-            fmt(100.0 * metric(k, loss), 1)
+            fmt(row.get(pps), 0),
+            fmt(100.0 * row.get(loss), 1)
         )
     };
     for s in &ran {
-        let k = s.key();
-        let m = |name: &str| metric(&k, name);
+        let row = results.row(&s.key(), &MAIN_PRIMARY);
+        let m = |name: &str| row.get(name);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name(),
             fmt(m("tcp1_gbit_s"), 2),
             fmt(m("iperf_tcp1_gbit_s"), 2),
@@ -1971,42 +2073,48 @@ fn write_load_tools_section(
             fmt(m("iperf_tcp4_gbit_s"), 2),
             fmt(m("iperf_tcp64_gbit_s"), 2),
             fmt(m("iperf_tcp1_reverse_gbit_s"), 2),
-            pps_loss(&k, "udp64_rx_pps", "udp64_loss"),
-            pps_loss(&k, IPERF_UDP64_ONE_FLOW.rx_pps, IPERF_UDP64_ONE_FLOW.loss),
+            pps_loss(row, "udp64_rx_pps", "udp64_loss"),
+            pps_loss(row, IPERF_UDP64_ONE_FLOW.rx_pps, IPERF_UDP64_ONE_FLOW.loss),
             pps_loss(
-                &k,
+                row,
                 IPERF_UDP64_EIGHT_FLOWS.rx_pps,
                 IPERF_UDP64_EIGHT_FLOWS.loss
             ),
+            row.round(),
         );
     }
     let _ = writeln!(
         md,
-        "\n| system | RTT idle µs: tunload p50/p99 | ping p50/p99 (avg) | RTT under 1 TCP stream µs: tunload p50/p99 | ping p50/p99 (avg) | iperf3 stream under that ping Gbit/s |"
+        "\nEach row of the round-trip table is the median round by tunload's idle p50 (by ping's without tunload).\n"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    let ping = |k: &str, keys: &PingKeys| {
+    let _ = writeln!(
+        md,
+        "| system | RTT idle µs: tunload p50/p99 | ping p50/p99 (avg) | RTT under 1 TCP stream µs: tunload p50/p99 | ping p50/p99 (avg) | iperf3 stream under that ping Gbit/s | round |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let ping = |row: Row, keys: &PingKeys| {
         format!(
             "{}/{} ({})",
-            fmt(metric(k, keys.p50_us), 0),
-            fmt(metric(k, keys.p99_us), 0),
-            fmt(metric(k, keys.avg_us), 0)
+            fmt(row.get(keys.p50_us), 0),
+            fmt(row.get(keys.p99_us), 0),
+            fmt(row.get(keys.avg_us), 0)
         )
     };
     for s in &ran {
-        let k = s.key();
-        let m = |name: &str| metric(&k, name);
+        let row = results.row(&s.key(), &RTT_PRIMARY);
+        let m = |name: &str| row.get(name);
         let _ = writeln!(
             md,
-            "| {} | {}/{} | {} | {}/{} | {} | {} |",
+            "| {} | {}/{} | {} | {}/{} | {} | {} | {} |",
             s.name(),
             fmt(m("idle_rtt_p50_us"), 0),
             fmt(m("idle_rtt_p99_us"), 0),
-            ping(&k, &PING_IDLE),
+            ping(row, &PING_IDLE),
             fmt(m("loaded_rtt_p50_us"), 0),
             fmt(m("loaded_rtt_p99_us"), 0),
-            ping(&k, &PING_LOADED),
+            ping(row, &PING_LOADED),
             fmt(m("ping_loaded_load_gbit_s"), 2),
+            row.round(),
         );
     }
     let _ = writeln!(
@@ -2014,9 +2122,11 @@ fn write_load_tools_section(
         "\n| system | TCP 1: tunload ×VXLAN | iperf3 ×VXLAN | TCP 4: tunload ×VXLAN | iperf3 ×VXLAN | TCP 64: iperf3 ×VXLAN | TCP 1 B to A: iperf3 ×VXLAN | UDP 64 B rx: tunload ×VXLAN | iperf3 1 flow ×VXLAN | iperf3 8 flows ×VXLAN |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    // Ratios of the figures in the first table of this section, each from its row's round.
+    let vxlan = results.row("vxlan", &MAIN_PRIMARY);
     for s in ran.iter().filter(|s| ***s != System::Vxlan) {
-        let k = s.key();
-        let ratio = |m: &str| fmt(metric(&k, m) / metric("vxlan", m), 2);
+        let row = results.row(&s.key(), &MAIN_PRIMARY);
+        let ratio = |m: &str| fmt(row.get(m) / vxlan.get(m), 2);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -2039,7 +2149,8 @@ fn write_load_tools_section(
 }
 
 /// A two-panel bar chart: single-stream TCP Gbit/s, and RTT under load (p50 and p99).
-fn svg(systems: &[System], metric: &dyn Fn(&str, &str) -> f64) -> String {
+fn svg(systems: &[System], results: &Results) -> String {
+    let metric = |system: &str, key: &str| results.row(system, &MAIN_PRIMARY).get(key);
     let (w, row, left) = (900.0, 28.0, 190.0);
     let panel_h = row * systems.len() as f64 + 50.0;
     let h = 2.0 * panel_h + 20.0;
@@ -2048,7 +2159,7 @@ fn svg(systems: &[System], metric: &dyn Fn(&str, &str) -> f64) -> String {
     );
     let panels: [(&str, [&str; 2], [&str; 2]); 2] = [
         (
-            "Single-stream TCP (Gbit/s, median)",
+            "Single-stream TCP (Gbit/s, median round)",
             ["tcp1_gbit_s", ""],
             ["#3a7", ""],
         ),

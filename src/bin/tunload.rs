@@ -9,16 +9,24 @@
 //!   that a 2-core benchmark would take away from the system under test.
 //!   `--mss` clamps the streams' MSS on both ends (`TCP_MAXSEG` before connect(2) and on the
 //!   listener before listen(2)), so a tunnel can be driven with many small segments; both modes
-//!   report the MSS in effect.
-//! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss;
+//!   report the MSS in effect. `tcp-send --bytes 0` sends for `--seconds` instead of a count.
+//! * `udp-sink` / `udp-flood`: sequence-numbered datagrams for packet rate and loss (the sink
+//!   also reports what the kernel dropped at its socket, `SO_MEMINFO`);
 //!   `udp-flood --tos` sets the datagrams' TOS / traffic class (ECN bits included), to drive a
 //!   tunnel's ECN handling.
 //! * `ping`: ICMP/ICMPv6 echo over a raw socket (root), for overlay reachability and RTT.
-//! * `garbage`: malformed datagrams aimed at a tunnel's UDP port.
+//! * `udp-echo` / `udp-ping`: one request and its reply at a time over UDP, from a chosen source
+//!   port, so a test knows exactly how many packets each flow put through a tunnel each way.
+//! * `garbage`: malformed datagrams aimed at a tunnel's UDP port, of five kinds, each counted
+//!   with the drop reason tunfwd must give it; `--interval-ms` spreads them out in time, and
+//!   `--from` sends them from a relay's own address and port (raw IPv4, root).
+//!
+//! `tcp-send`, `udp-ping` and `garbage` report when they sent, in ns on `CLOCK_MONOTONIC`, which
+//! every namespace shares, so a test can prove that two tools' traffic overlapped.
 
 use clap::{Parser, Subcommand};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -117,6 +125,45 @@ enum Mode {
         /// Datagrams of each kind.
         #[arg(long, default_value_t = 100)]
         count: u32,
+        /// Pause after each round of one datagram of every kind (0: a short pause every 64
+        /// datagrams), to spread the garbage over `count` times this long.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Send from this IPv4 address and port, which a relay may hold, in raw IPv4 packets
+        /// (needs root) instead of from a socket of its own on any port.
+        #[arg(long)]
+        from: Option<SocketAddr>,
+    },
+    /// Echo every datagram back to its sender.
+    UdpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Stop after echoing this many datagrams.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Stop after this long in all.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Request and reply over UDP, one at a time: a sequence-numbered datagram to an echo
+    /// (`udp-echo`), then wait for it to come back before sending the next.
+    UdpPing {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Source port (0: any), to make the flow distinct.
+        #[arg(long, default_value_t = 0)]
+        from_port: u16,
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Payload bytes per datagram (at least 8).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// How long to wait for each reply.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Stop after this long in all.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
 }
 
@@ -172,7 +219,32 @@ fn main() {
             Duration::from_millis(timeout_ms),
             hgrm.as_deref(),
         ),
-        Mode::Garbage { to, count } => garbage(to, count),
+        Mode::Garbage {
+            to,
+            count,
+            interval_ms,
+            from,
+        } => garbage(to, from, count, Duration::from_millis(interval_ms)),
+        Mode::UdpEcho {
+            listen,
+            count,
+            seconds,
+        } => udp_echo(listen, count, Duration::from_secs(seconds)),
+        Mode::UdpPing {
+            to,
+            from_port,
+            count,
+            size,
+            timeout_ms,
+            seconds,
+        } => udp_ping(
+            to,
+            from_port,
+            count,
+            size,
+            Duration::from_millis(timeout_ms),
+            Duration::from_secs(seconds),
+        ),
     };
     if let Err(e) = result {
         eprintln!("tunload: {e}");
@@ -406,12 +478,17 @@ fn tcp_send(
         .collect();
     let mut total = 0;
     let mut mss_in_use = None::<u32>;
+    // The window in which every stream was sending: the last stream's start to the first
+    // stream's end.
+    let (mut sending_from_ns, mut sending_until_ns) = (0u64, u64::MAX);
     let mut failure = None;
     for h in handles {
         match h.join().expect("sender thread") {
             Ok(sent) => {
                 total += sent.bytes;
                 mss_in_use = Some(mss_in_use.map_or(sent.mss, |m| m.min(sent.mss)));
+                sending_from_ns = sending_from_ns.max(sent.sending_from_ns);
+                sending_until_ns = sending_until_ns.min(sent.sending_until_ns);
             }
             Err(e) => {
                 failure.get_or_insert(e);
@@ -423,7 +500,7 @@ fn tcp_send(
         return Err(e);
     }
     println!(
-        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"checked\":{},\"verified\":true,\"mss\":{}}}",
+        "{{\"mode\":\"tcp-send\",\"streams\":{streams},\"bytes\":{total},\"seconds\":{seconds:.3},\"gbit_per_s\":{:.3},\"checked\":{},\"verified\":true,\"mss\":{},\"sending_from_ns\":{sending_from_ns},\"sending_until_ns\":{sending_until_ns}}}",
         total as f64 * 8.0 / seconds / 1e9,
         !unchecked,
         json_number(mss_in_use)
@@ -431,11 +508,30 @@ fn tcp_send(
     Ok(())
 }
 
-/// What one stream sent, and the MSS it sent with.
+/// What one stream sent, the MSS it sent with, and when it sent: from just before its first
+/// byte of pattern was handed to the socket to just after its last, on [`monotonic_ns`]'s clock.
+/// A blocking write returns only once the send buffer has room (send(2)), so once that buffer is
+/// full the stream's bytes cross the path throughout the window, not only at its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sent {
     bytes: u64,
     mss: u32,
+    sending_from_ns: u64,
+    sending_until_ns: u64,
+}
+
+/// Now on `CLOCK_MONOTONIC`, in ns. One clock for every process on the machine (clock_gettime(2);
+/// network namespaces do not change it, only a time namespace would, time_namespaces(7)), so the
+/// windows that tools in different namespaces report can be compared.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec that lives across the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0, "CLOCK_MONOTONIC is always there on Linux");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Sends one stream: `bytes` bytes, or for `limit` when `bytes` is 0. A byte count must also
@@ -472,6 +568,7 @@ fn send_one(
         fill_pattern(seed, 0, &mut buf);
     }
     let mut sent = 0u64;
+    let sending_from_ns = monotonic_ns();
     loop {
         let in_time = started.elapsed() < limit;
         let more = if bytes > 0 { sent < bytes } else { in_time };
@@ -492,6 +589,7 @@ fn send_one(
         stream.write_all(&buf[..n])?;
         sent += n as u64;
     }
+    let sending_until_ns = monotonic_ns();
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut reply = [0u8; 9];
     stream.read_exact(&mut reply)?;
@@ -507,7 +605,12 @@ fn send_one(
             reply[8]
         )));
     }
-    Ok(Sent { bytes: sent, mss })
+    Ok(Sent {
+        bytes: sent,
+        mss,
+        sending_from_ns,
+        sending_until_ns,
+    })
 }
 
 /// What the kernel accepts for `TCP_MAXSEG`: `TCP_MIN_MSS` (88) to `MAX_TCP_WINDOW` (65535), with
@@ -729,6 +832,8 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
         }
     }
     let sent = max_seq.map_or(0, |m| m + 1);
+    // What the kernel dropped at this socket instead of queueing it: a full receive buffer.
+    let socket_drops = tunfwd::sys::socket::receive_drops(&OwnedFd::from(socket.try_clone()?))?;
     let seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
     let pps = if seconds > 0.0 {
         received as f64 / seconds
@@ -736,7 +841,7 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
         0.0
     };
     println!(
-        "{{\"mode\":\"udp-sink\",\"received\":{received},\"bytes\":{bytes},\"highest_sent\":{sent},\"lost\":{},\"seconds\":{seconds:.3},\"packets_per_s\":{pps:.0}}}",
+        "{{\"mode\":\"udp-sink\",\"received\":{received},\"bytes\":{bytes},\"highest_sent\":{sent},\"lost\":{},\"socket_drops\":{socket_drops},\"seconds\":{seconds:.3},\"packets_per_s\":{pps:.0}}}",
         sent.saturating_sub(received)
     );
     Ok(())
@@ -963,7 +1068,19 @@ fn ping(
     }
 }
 
-/// The malformed datagrams `garbage` sends, `count` of each of five kinds.
+/// The kinds of malformed datagram `garbage` sends, in the order it sends them, each with the
+/// drop reason tunfwd must count it under (`stats::DropReason`'s names; the unit tests check each
+/// against tunfwd's validation).
+const GARBAGE_KINDS: [(&str, &str); 5] = [
+    ("random", "bad_ip_version"),
+    ("truncated", "ip_length_mismatch"),
+    ("oversized", "ip_length_mismatch"),
+    ("bad_version", "bad_ip_version"),
+    ("too_short", "bad_ip_header"),
+];
+
+/// The malformed datagrams `garbage` sends: `count` rounds of one of each of [`GARBAGE_KINDS`],
+/// in that order, so datagram `i` is of kind `i % 5`.
 fn garbage_datagrams(count: u32) -> Vec<Vec<u8>> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut random = move || {
@@ -982,8 +1099,12 @@ fn garbage_datagrams(count: u32) -> Vec<Vec<u8>> {
     valid[16..20].copy_from_slice(&[198, 19, 0, 1]);
     let mut out = Vec::new();
     for _ in 0..count {
-        // Random bytes whose first nibble is never 4 or 6, so they cannot pass as IP by chance.
-        let mut junk: Vec<u8> = (0..(random() % 1400 + 1)).map(|_| random() as u8).collect();
+        // Random bytes whose first nibble is never 4 or 6, so they cannot pass as IP by chance,
+        // and at least as long as an IPv4 header, so that only their version is wrong (a relay
+        // may judge a shorter datagram by its length alone).
+        let mut junk: Vec<u8> = (0..(random() % 1381 + 20))
+            .map(|_| random() as u8)
+            .collect();
         junk[0] = (junk[0] & 0x0f) | [0x00, 0x10, 0x50, 0x70, 0xf0][(random() % 5) as usize];
         out.push(junk);
         out.push(valid[..40].to_vec()); // truncated: the header still says 60
@@ -998,20 +1119,233 @@ fn garbage_datagrams(count: u32) -> Vec<Vec<u8>> {
     out
 }
 
-fn garbage(to: SocketAddr, count: u32) -> io::Result<()> {
-    let socket = UdpSocket::bind(wildcard_for(to, 0))?;
-    let mut sent = 0;
-    for datagram in garbage_datagrams(count) {
-        if socket.send_to(&datagram, to).is_ok() {
-            sent += 1;
+/// An IPv4 packet carrying `payload` in a UDP datagram from `from` to `to`, both checksums set.
+fn udp_in_ipv4(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    const UDP: u8 = 17;
+    let udp_len = 8 + payload.len();
+    let total_len = 20 + udp_len;
+    let mut packet = vec![0u8; total_len];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
+    packet[8] = 64;
+    packet[9] = UDP;
+    packet[12..16].copy_from_slice(&from.ip().octets());
+    packet[16..20].copy_from_slice(&to.ip().octets());
+    let checksum = icmp_checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet[20..22].copy_from_slice(&from.port().to_be_bytes());
+    packet[22..24].copy_from_slice(&to.port().to_be_bytes());
+    packet[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    packet[28..].copy_from_slice(payload);
+    // Over the pseudo-header (addresses, protocol, UDP length) and the datagram (RFC 768); a sum
+    // of zero goes as all ones, as zero means "no checksum".
+    let mut summed = Vec::with_capacity(12 + udp_len);
+    summed.extend_from_slice(&packet[12..20]);
+    summed.extend_from_slice(&[0, UDP]);
+    summed.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    summed.extend_from_slice(&packet[20..]);
+    let checksum = match icmp_checksum(&summed) {
+        0 => 0xffff,
+        sum => sum,
+    };
+    packet[26..28].copy_from_slice(&checksum.to_be_bytes());
+    packet
+}
+
+/// Sends datagrams to one destination: from a socket of its own, or in raw IPv4 packets from a
+/// given address and port.
+enum DatagramSender {
+    Bound {
+        socket: UdpSocket,
+        to: SocketAddr,
+    },
+    /// A raw socket (`IPPROTO_RAW`, which implies `IP_HDRINCL`, raw(7)): the packets it sends
+    /// carry their own IPv4 header, so their source is whatever the header says.
+    Raw {
+        socket: UdpSocket,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+    },
+}
+
+impl DatagramSender {
+    fn new(to: SocketAddr, from: Option<SocketAddr>) -> io::Result<DatagramSender> {
+        let Some(from) = from else {
+            let socket = UdpSocket::bind(wildcard_for(to, 0))?;
+            return Ok(DatagramSender::Bound { socket, to });
+        };
+        let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+            return Err(io::Error::other("--from takes IPv4 only, to an IPv4 --to"));
+        };
+        // SAFETY: plain socket(2); owned right after the check.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(with_context(
+                io::Error::last_os_error(),
+                "raw IPv4 socket for --from (needs root)",
+            ));
         }
-        if sent % 64 == 0 {
+        // SAFETY: `fd` is fresh and owned by nobody else. The raw socket is driven through
+        // UdpSocket's safe send_to, which works on any datagram fd.
+        let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(DatagramSender::Raw { socket, from, to })
+    }
+
+    fn send(&self, payload: &[u8]) -> io::Result<()> {
+        match self {
+            DatagramSender::Bound { socket, to } => socket.send_to(payload, to).map(drop),
+            // The destination port is in the packet; a raw socket's own port is unused.
+            DatagramSender::Raw { socket, from, to } => socket
+                .send_to(
+                    &udp_in_ipv4(*from, *to, payload),
+                    SocketAddr::new((*to.ip()).into(), 0),
+                )
+                .map(drop),
+        }
+    }
+}
+
+/// Sends [`garbage_datagrams`] to `to`, from `from` when given (see [`DatagramSender`]), pausing
+/// `interval` after each round (or briefly every 64 datagrams when it is zero). Reports how many
+/// of each kind the kernel accepted for sending, and when the first and the last went
+/// ([`monotonic_ns`]).
+fn garbage(
+    to: SocketAddr,
+    from: Option<SocketAddr>,
+    count: u32,
+    interval: Duration,
+) -> io::Result<()> {
+    let sender = DatagramSender::new(to, from)?;
+    let mut sent_by_kind = [0u64; GARBAGE_KINDS.len()];
+    let started_ns = monotonic_ns();
+    for (i, datagram) in garbage_datagrams(count).iter().enumerate() {
+        let kind = i % GARBAGE_KINDS.len();
+        if sender.send(datagram).is_ok() {
+            sent_by_kind[kind] += 1;
+        }
+        if !interval.is_zero() {
+            if kind == GARBAGE_KINDS.len() - 1 {
+                std::thread::sleep(interval);
+            }
+        } else if (i + 1) % 64 == 0 {
             // Stay a nuisance, not a flood: the point is validation, not overload.
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    println!("{{\"mode\":\"garbage\",\"sent\":{sent},\"kinds\":5,\"per_kind\":{count}}}");
+    let ended_ns = monotonic_ns();
+    let sent: u64 = sent_by_kind.iter().sum();
+    let by_kind = |value: &dyn Fn(usize) -> String| {
+        GARBAGE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(k, (name, _))| format!("\"{name}\":{}", value(k)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let from = from.map_or_else(|| "null".to_string(), |f| format!("\"{f}\""));
+    println!(
+        "{{\"mode\":\"garbage\",\"from\":{from},\"sent\":{sent},\"kinds\":{},\"per_kind\":{count},\"sent_by_kind\":{{{}}},\"drop_reason_by_kind\":{{{}}},\"started_ns\":{started_ns},\"ended_ns\":{ended_ns}}}",
+        GARBAGE_KINDS.len(),
+        by_kind(&|k| sent_by_kind[k].to_string()),
+        by_kind(&|k| format!("\"{}\"", GARBAGE_KINDS[k].1)),
+    );
     Ok(())
+}
+
+/// Echoes datagrams back to their senders until `count` have been echoed or `limit` has passed.
+/// Says on stderr when it listens, so that a caller can wait for that before sending.
+fn udp_echo(listen: SocketAddr, count: u64, limit: Duration) -> io::Result<()> {
+    let socket = UdpSocket::bind(listen)?;
+    eprintln!("tunload: udp-echo listening on {}", socket.local_addr()?);
+    let (received, echoed) = echo_on(&socket, count, Instant::now() + limit)?;
+    println!("{{\"mode\":\"udp-echo\",\"received\":{received},\"echoed\":{echoed}}}");
+    Ok(())
+}
+
+/// The loop of [`udp_echo`] on a bound socket: the datagrams received and echoed.
+fn echo_on(socket: &UdpSocket, count: u64, deadline: Instant) -> io::Result<(u64, u64)> {
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut buf = [0u8; 65536];
+    let (mut received, mut echoed) = (0u64, 0u64);
+    while echoed < count && Instant::now() < deadline {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                received += 1;
+                if socket.send_to(&buf[..n], from).is_ok() {
+                    echoed += 1;
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((received, echoed))
+}
+
+/// Sends `count` sequence-numbered datagrams of `size` bytes to an echo, each only once the one
+/// before came back or `timeout` passed, within `limit` in all. An error unless every one came
+/// back. Reports when the first went and the last came back ([`monotonic_ns`]).
+fn udp_ping(
+    to: SocketAddr,
+    from_port: u16,
+    count: u64,
+    size: usize,
+    timeout: Duration,
+    limit: Duration,
+) -> io::Result<()> {
+    let socket = UdpSocket::bind(wildcard_for(to, from_port))?;
+    socket.connect(to)?;
+    let deadline = Instant::now() + limit;
+    let mut request = vec![0u8; size.max(8)];
+    let mut reply = vec![0u8; 65536];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let started_ns = monotonic_ns();
+    while sent < count && Instant::now() < deadline {
+        request[..8].copy_from_slice(&sent.to_le_bytes());
+        // A connected UDP socket reports an ICMP port unreachable that came back for an earlier
+        // request as ECONNREFUSED on its next call (udp(7), ERRORS), and sends nothing then: the
+        // earlier request is lost, not the run; this one goes again.
+        match socket.send(&request) {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        }
+        let wait_until = (Instant::now() + timeout).min(deadline);
+        loop {
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            socket.set_read_timeout(Some(left))?;
+            match socket.recv(&mut reply) {
+                // Only the echo of this request counts; a late echo of an earlier one does not.
+                Ok(n) if n == request.len() && reply[..n] == request[..] => {
+                    received += 1;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::ConnectionRefused => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let ended_ns = monotonic_ns();
+    println!(
+        "{{\"mode\":\"udp-ping\",\"sent\":{sent},\"received\":{received},\"started_ns\":{started_ns},\"ended_ns\":{ended_ns}}}"
+    );
+    if received == count {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{received} of {count} requests came back ({sent} sent)"
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -1044,13 +1378,58 @@ mod tests {
     }
 
     #[test]
-    fn every_garbage_datagram_is_rejected_by_tunfwds_validation() {
-        let datagrams = garbage_datagrams(50);
-        assert_eq!(datagrams.len(), 250);
-        for d in &datagrams {
-            assert!(
-                tunfwd::wire::IpPacket::new_checked(&d[..]).is_err(),
-                "{d:02x?}"
+    fn raw_garbage_is_a_valid_ipv4_udp_packet_around_it() {
+        let (from, to) = (
+            "198.18.0.1:55555".parse().unwrap(),
+            "198.18.0.2:55555".parse().unwrap(),
+        );
+        for payload in garbage_datagrams(2) {
+            let packet = udp_in_ipv4(from, to, &payload);
+            let parsed = etherparse::SlicedPacket::from_ip(&packet).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &parsed.net else {
+                panic!("not IPv4: {packet:02x?}");
+            };
+            assert_eq!(
+                ip.header().to_header().calc_header_checksum(),
+                ip.header().header_checksum()
+            );
+            assert_eq!(ip.header().source(), [198, 18, 0, 1]);
+            let Some(etherparse::TransportSlice::Udp(udp)) = &parsed.transport else {
+                panic!("not UDP: {packet:02x?}");
+            };
+            assert_eq!((udp.source_port(), udp.destination_port()), (55555, 55555));
+            assert_eq!(udp.payload(), &payload[..]);
+            let expected = udp
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
+                .unwrap();
+            assert_eq!(udp.checksum(), expected);
+        }
+    }
+
+    /// Each datagram fails tunfwd's validation for the reason `garbage` reports for its kind,
+    /// which is what a test compares the relay's drop counters with.
+    #[test]
+    fn every_garbage_datagram_is_rejected_for_the_reason_of_its_kind() {
+        let datagrams = garbage_datagrams(1000);
+        assert_eq!(datagrams.len(), 5000);
+        for (i, d) in datagrams.iter().enumerate() {
+            let (kind, reason) = GARBAGE_KINDS[i % GARBAGE_KINDS.len()];
+            // Nor is any of them a relay-to-relay control message, which is not validated; and
+            // only the short kind is shorter than an IPv4 header.
+            assert_eq!(
+                tunfwd::wire::control::Control::parse(d),
+                None,
+                "{kind}: {d:02x?}"
+            );
+            assert_eq!(d.len() < 20, kind == "too_short", "{kind}: {d:02x?}");
+            let error = tunfwd::wire::IpPacket::new_checked(&d[..])
+                .err()
+                .unwrap_or_else(|| panic!("{kind} passed: {d:02x?}"));
+            assert_eq!(
+                tunfwd::stats::DropReason::from(error).name(),
+                reason,
+                "{kind}: {d:02x?}"
             );
         }
     }
@@ -1093,6 +1472,32 @@ mod tests {
         let (sent, sunk) = loopback_stream(UNCHECKED_SEED, bytes);
         assert_eq!(sent.unwrap().bytes, bytes);
         assert_eq!(sunk.unwrap(), (bytes, false), "counted, not checked");
+    }
+
+    #[test]
+    fn a_stream_reports_a_sending_window_on_the_monotonic_clock() {
+        let before = monotonic_ns();
+        let (sent, _) = loopback_stream(0x5eed_0005, 1 << 20);
+        let sent = sent.unwrap();
+        assert!(before <= sent.sending_from_ns, "{before} {sent:?}");
+        assert!(sent.sending_from_ns < sent.sending_until_ns, "{sent:?}");
+        assert!(sent.sending_until_ns <= monotonic_ns(), "{sent:?}");
+    }
+
+    #[test]
+    fn udp_ping_waits_for_each_echo_and_fails_when_one_does_not_come() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            echo_on(&socket, 20, Instant::now() + Duration::from_secs(10))
+        });
+        let timeout = Duration::from_secs(5);
+        udp_ping(to, 0, 20, 100, timeout, Duration::from_secs(10)).unwrap();
+        assert_eq!(echo.join().unwrap().unwrap(), (20, 20));
+        // Nobody echoes any more: the first request goes unanswered.
+        let short = Duration::from_millis(50);
+        let err = udp_ping(to, 0, 1, 8, short, Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("0 of 1"), "{err}");
     }
 
     #[test]

@@ -177,6 +177,9 @@ fn set_buffers(raw: RawFd, receive: libc::c_int, send: libc::c_int) -> io::Resul
     Ok(())
 }
 
+/// The fragmenting socket's receive buffer: room for a few hundred queued ICMP errors.
+const FRAGMENTING_RECEIVE_BYTES: libc::c_int = 256 << 10;
+
 /// A socket whose datagrams the outer IP layer may fragment (`IP_PMTUDISC_WANT`: DF only on
 /// datagrams that fit the path, ip(7)), for the inner packets that must cross a path too small
 /// for them whole (`offload::icmp::TooBig::Fragment`); the worker sends on it through its ring.
@@ -190,9 +193,8 @@ fn set_buffers(raw: RawFd, receive: libc::c_int, send: libc::c_int) -> io::Resul
 /// matter: the kernel finds the socket for it with no datagram to run the program on, by the
 /// 4-tuple's hash over the whole group (`__udp4_lib_err` looks up with no skb, and
 /// `reuseport_select_sock` then picks by hash), so it may land here. This socket therefore has
-/// `IP_RECVERR` too, and the worker reads its error queue. Its receive buffer is as small as the
-/// kernel allows; its send buffer is the workers', so a burst of such packets is not refused
-/// sooner.
+/// `IP_RECVERR` too, and the worker reads its error queue. Its send buffer is the workers', so a
+/// burst of such packets is not refused sooner.
 pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Error> {
     let family = if listen.is_ipv4() {
         libc::AF_INET
@@ -206,7 +208,9 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
     let fd = reuseport_socket(family).map_err(err)?;
     let raw = fd.as_raw_fd();
     let send = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
-    set_buffers(raw, 1, send).map_err(err)?;
+    // It receives no datagram, but the ICMP errors the kernel hands it are queued against its
+    // receive buffer (`sock_queue_err_skb` refuses one that does not fit), so it needs room.
+    set_buffers(raw, FRAGMENTING_RECEIVE_BYTES, send).map_err(err)?;
     set_path_mtu_discovery(
         raw,
         listen,
