@@ -7,10 +7,11 @@
 //! decide things and make no system call. `worker` is the shell: it owns the buffers and fds,
 //! turns the relay's requests into iovecs and system calls with the I/O engine `engine` chose
 //! (io_uring with multishot operations, io_uring without, or plain `poll`), and feeds the
-//! results back. `unsafe` is fenced into three modules: `sys` (fds, ioctls, socket options),
-//! `ring` (io_uring buffer memory, with the buffer-lifetime contract), and `worker`, whose
-//! engines carry out requests that point into that memory and cite the contract at each
-//! `unsafe` block.
+//! results back; `operate` is what the main thread runs beside the workers (the printer, the
+//! JSON report, the peer lookups). `unsafe` is fenced into three modules: `sys` (fds, ioctls,
+//! socket options), `ring` (io_uring buffer memory, with the buffer-lifetime contract), and
+//! `worker`, whose engines carry out requests that point into that memory and cite the contract
+//! at each `unsafe` block.
 //!
 //! Dependencies point one way: `main -> worker -> {relay, engine, ring, sys, stats}`,
 //! `relay -> {offload, wire, stats}`, `sys -> wire`, `wire -> nothing`.
@@ -22,6 +23,7 @@ pub mod faults;
 pub mod metrics;
 pub mod notify;
 pub mod offload;
+pub mod operate;
 pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;

@@ -11,14 +11,15 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tunfwd::cli::{Account, Accounts, Args, Config};
+use tunfwd::cli::{self, Account, Accounts, Args, Config};
 use tunfwd::metrics::{self, Published};
 use tunfwd::notify::{self, Notifier};
 use tunfwd::offload::icmp::SharedBucket;
 use tunfwd::offload::split;
+use tunfwd::operate::{PeerLookup, Printer, TunQueueDrops, describe, write_json};
 use tunfwd::relay::plpmtud::{Limits, SharedPath};
 use tunfwd::shared::Shared;
 use tunfwd::stats::{Report, WorkerStats};
@@ -28,7 +29,18 @@ use tunfwd::worker::{self, WorkerConfig, WorkerExit};
 use tunfwd::{engine, steer};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // A value clap refuses is one line naming its option, exit status 2, like what `validate`
+    // refuses; help, version and the other usage errors are clap's own to print.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => match cli::value_error(&e) {
+            Some(refusal) => {
+                eprintln!("tunfwd: {refusal}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let online: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .unwrap_or_default();
@@ -154,10 +166,19 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             )?;
         }
     }
-    link::set_mtu(&config.device_name, config.mtu)?;
-    link::set_tx_queue_len(&config.device_name, config.tx_queue_len)?;
+    // One RTM_NEWLINK for the MTU, the queue length and IFF_UP, then the addresses: a TUN is
+    // point-to-point without ARP, so an IPv6 address on a link that is up is usable at once
+    // (no duplicate address detection, `addrconf_dad_begin` in net/ipv6/addrconf.c).
+    link::configure(
+        &config.device_name,
+        link::LinkChange {
+            mtu: Some(config.mtu),
+            tx_queue_len: Some(config.tx_queue_len),
+            up: true,
+            ..link::LinkChange::default()
+        },
+    )?;
     link::add_addresses(&config.device_name, &config.addresses)?;
-    link::set_up(&config.device_name)?;
 
     let mut listen = config.listen;
     let mut sockets = Vec::with_capacity(config.queues);
@@ -304,7 +325,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     notifier.ready(&up);
 
     let printer = Printer::spawn();
-    let mut peer = PeerLookup::new(config);
+    let mut peer = PeerLookup::new(config.peer_name.clone(), config.peer_refresh, config.peer);
     let (mut beats_seen, mut stalled) = (Vec::new(), Vec::new());
     let mut next_report = started + print_interval;
     let idle_wait = if snapshots.is_zero() {
@@ -368,39 +389,6 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     );
     printer.finish(FINAL_PRINT_WAIT);
     Ok(all_ok)
-}
-
-/// The TUN device's transmit drops since tunfwd opened its queues (`link::tx_dropped`): packets
-/// that found a queue's ring full before a worker read them. A device attached to may have counted
-/// some before; those are not reported. `None` throughout if the count cannot be read at the
-/// start: a report then says "unknown" rather than a zero it does not know.
-struct TunQueueDrops {
-    device: String,
-    at_start: Option<u64>,
-    last: Option<u64>,
-}
-
-impl TunQueueDrops {
-    fn start(device: &str) -> TunQueueDrops {
-        let at_start = link::tx_dropped(device)
-            .inspect_err(|e| {
-                eprintln!("tunfwd: warning: the TUN queue drops will not be reported: {e}")
-            })
-            .ok();
-        TunQueueDrops {
-            device: device.to_string(),
-            at_start,
-            last: at_start.map(|_| 0),
-        }
-    }
-
-    /// Drops since the start; the last count read if the device cannot be read now.
-    fn read(&mut self) -> Option<u64> {
-        if let (Some(at_start), Ok(now)) = (self.at_start, link::tx_dropped(&self.device)) {
-            self.last = Some(now.saturating_sub(at_start));
-        }
-        self.last
-    }
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to
@@ -469,22 +457,6 @@ fn stop_and_join(
     (all_ok, finals)
 }
 
-/// One line on which offloads are on, and why any that were asked for are off.
-fn describe(wanted: tunfwd::cli::OffloadSwitches, got: worker::Offloads) -> String {
-    let one = |name: &str, asked: bool, on: bool| match (asked, on) {
-        (_, true) => format!("{name} on"),
-        (true, false) => format!("{name} off (kernel refused)"),
-        (false, false) => format!("{name} off"),
-    };
-    [
-        one("tso", wanted.tso, got.tso),
-        one("uso", wanted.uso, got.uso),
-        one("udp-gso", wanted.udp_gso, got.udp_gso),
-        one("udp-gro", wanted.udp_gro, got.udp_gro),
-    ]
-    .join(", ")
-}
-
 /// Prints the report (through the printer thread) and, if asked, writes it as JSON.
 fn publish(report: &Report, json_path: Option<&Path>, printer: &Printer) {
     printer.print(report.to_table());
@@ -495,194 +467,6 @@ fn publish(report: &Report, json_path: Option<&Path>, printer: &Printer) {
     }
 }
 
-/// Writes the report as JSON, atomically: a temporary file beside `path`, then a rename. The
-/// temporary name has a random part, and the file is created with `O_EXCL | O_NOFOLLOW`
-/// (open(2)): whoever can write to the directory cannot guess the name ahead of time to plant a
-/// symbolic link there, through which tunfwd would write elsewhere.
-fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = report.to_json().to_string();
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{:016x}", sys::random::nonzero_u64()?));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(text.as_bytes()));
-    let result = written.and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// How long the final report may wait for a stdout that nobody reads before tunfwd exits
 /// without it (the JSON, if asked for, is written all the same).
 const FINAL_PRINT_WAIT: Duration = Duration::from_secs(2);
-
-/// Prints reports on a thread of its own, so that a stdout that blocks (a pipe into a pager
-/// that was paused) stalls only that thread: the main loop goes on answering signals, the
-/// watchdog and the metrics. It holds at most one report waiting; a newer one replaces it.
-struct Printer {
-    pending: Arc<(Mutex<PrinterState>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct PrinterState {
-    waiting: Option<String>,
-    /// Set by `finish`: print what waits, then end.
-    closing: bool,
-    /// The thread is writing (stdout may block it there).
-    busy: bool,
-}
-
-impl Printer {
-    fn spawn() -> Printer {
-        let pending = Arc::new((Mutex::new(PrinterState::default()), Condvar::new()));
-        let shared = pending.clone();
-        let thread = std::thread::Builder::new()
-            .name("tunfwd-print".to_string())
-            .spawn(move || {
-                let (state, wake) = &*shared;
-                loop {
-                    let text = {
-                        let Ok(mut s) = state.lock() else { return };
-                        while s.waiting.is_none() && !s.closing {
-                            s = match wake.wait(s) {
-                                Ok(s) => s,
-                                Err(_) => return,
-                            };
-                        }
-                        match s.waiting.take() {
-                            Some(text) => {
-                                s.busy = true;
-                                text
-                            }
-                            None => return,
-                        }
-                    };
-                    println!("{text}");
-                    if let Ok(mut s) = state.lock() {
-                        s.busy = false;
-                    }
-                    wake.notify_all();
-                }
-            })
-            .ok();
-        Printer { pending, thread }
-    }
-
-    /// Hands `text` to the printer, replacing a report that still waits.
-    fn print(&self, text: String) {
-        if self.thread.is_none() {
-            println!("{text}");
-            return;
-        }
-        let (state, wake) = &*self.pending;
-        if let Ok(mut s) = state.lock() {
-            s.waiting = Some(text);
-        }
-        wake.notify_all();
-    }
-
-    /// Lets what waits be printed, for at most `limit`; then the thread is left behind (the
-    /// process is about to exit).
-    fn finish(mut self, limit: Duration) {
-        let (state, wake) = &*self.pending;
-        let deadline = Instant::now() + limit;
-        if let Ok(mut s) = state.lock() {
-            s.closing = true;
-            wake.notify_all();
-            while (s.waiting.is_some() || s.busy) && Instant::now() < deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                s = match wake.wait_timeout(s, left) {
-                    Ok((s, _)) => s,
-                    Err(_) => return,
-                };
-            }
-            if s.waiting.is_some() || s.busy {
-                eprintln!("tunfwd: stdout did not take the final report within {limit:?}");
-                return;
-            }
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Looks `--peer HOSTNAME` up again every `--peer-refresh`, on a thread of its own (a lookup
-/// can take seconds), and moves the workers to a new address when it changes.
-struct PeerLookup {
-    name: Option<(String, u16)>,
-    every: Option<Duration>,
-    current: std::net::SocketAddr,
-    next: Instant,
-    running: Option<mpsc::Receiver<Result<Vec<std::net::SocketAddr>, String>>>,
-}
-
-impl PeerLookup {
-    fn new(config: &Config) -> PeerLookup {
-        PeerLookup {
-            name: config.peer_name.clone(),
-            every: config.peer_refresh,
-            current: config.peer,
-            next: Instant::now() + config.peer_refresh.unwrap_or(Duration::ZERO),
-            running: None,
-        }
-    }
-
-    fn poll(&mut self, now: Instant, shared: &Shared) {
-        let (Some((host, port)), Some(every)) = (&self.name, self.every) else {
-            return;
-        };
-        if let Some(answer) = &self.running {
-            let found = match answer.try_recv() {
-                Ok(found) => found,
-                Err(mpsc::TryRecvError::Empty) => return,
-                Err(mpsc::TryRecvError::Disconnected) => Err("the lookup ended".to_string()),
-            };
-            self.running = None;
-            match found.map(|found| tunfwd::cli::pick_peer(&found, Some(self.current))) {
-                Ok(Some(moved)) if moved != self.current => {
-                    eprintln!("tunfwd: peer {host} moved from {} to {moved}", self.current);
-                    self.current = moved;
-                    shared.set_peer(moved);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => eprintln!(
-                    "tunfwd: peer {host} has no address of the family the relay was started with; \
-                     keeping {}",
-                    self.current
-                ),
-                Err(e) => eprintln!(
-                    "tunfwd: cannot look peer {host} up again ({e}); keeping {}",
-                    self.current
-                ),
-            }
-            return;
-        }
-        if now < self.next {
-            return;
-        }
-        self.next = now + every;
-        let (tx, rx) = mpsc::channel();
-        let (host, port) = (host.clone(), *port);
-        let spawned = std::thread::Builder::new()
-            .name("tunfwd-lookup".to_string())
-            .spawn(move || {
-                let found = (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map(|found| found.collect())
-                    .map_err(|e| e.to_string());
-                let _ = tx.send(found);
-            });
-        if spawned.is_ok() {
-            self.running = Some(rx);
-        }
-    }
-}

@@ -1,28 +1,117 @@
-//! Interface configuration without shelling out to `ip`: MTU, addresses and link state through the
-//! classic `SIOC*` ioctls on a throwaway datagram socket; the GSO size limit, which has no ioctl,
-//! through one rtnetlink request.
+//! Interface configuration without shelling out to `ip`, all through rtnetlink (`sys::netlink`,
+//! which checks that every answer carries its request's sequence number and our port id):
 //!
-//! IPv4: `SIOCSIFADDR` replaces the interface's primary address, so the first IPv4 address goes on
-//! the device itself and further ones on alias labels `dev:1`, `dev:2`... (net/ipv4/devinet.c).
-//! IPv6: `SIOCSIFADDR` on an AF_INET6 socket takes a `struct in6_ifreq` and adds (net/ipv6/addrconf.c).
+//! - one `RTM_NEWLINK` for what a device's setup changes together ([`configure`]: MTU, transmit
+//!   queue length, `IFF_UP`; `ip link set DEV mtu M txqueuelen N up`). The GSO caps are separate
+//!   requests of the same kind ([`set_gso_max_segments`], [`set_gso_max_size`]), since a kernel may
+//!   refuse one of them while it accepts the rest, and the caller degrades rather than fails then;
+//! - one `RTM_NEWADDR` per address ([`add_addresses`]; `ip addr add ADDR/PREFIX dev DEV`), so a
+//!   device takes any number of IPv4 addresses with no alias labels (whose `DEV:N` names the old
+//!   `SIOCSIFADDR` way needed, and which do not fit IFNAMSIZ past 15 bytes).
+//!
+//! The requests are built by pure functions, tested on their bytes; only `netlink::exchange`
+//! makes system calls. The interface index comes from if_nametoindex(3). Also here: the device's
+//! transmit drops, read from /proc/net/dev ([`tx_dropped`]).
 
-use super::{Error, check, ifreq_named};
+use super::{Error, netlink};
+use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
 
-fn control_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is owned immediately after the check.
-    let fd = check(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `sizeof(struct ifaddrmsg)` (include/uapi/linux/if_addr.h).
+const IFADDRMSG_LEN: usize = 8;
+
+/// What one `RTM_NEWLINK` changes on a device: each attribute that is `Some`, and `IFF_UP` when
+/// `up`. Everything else is left as it is (`ifi_change` names `IFF_UP` alone, or no flag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    /// `IFLA_MTU`, in bytes.
+    pub mtu: Option<u32>,
+    /// `IFLA_TXQLEN`, in packets (for a TUN: packets waiting to be read).
+    pub tx_queue_len: Option<u32>,
+    /// `IFLA_GSO_MAX_SIZE`, in bytes.
+    pub gso_max_size: Option<u32>,
+    /// `IFLA_GSO_MAX_SEGS`.
+    pub gso_max_segments: Option<u32>,
+    /// Set `IFF_UP`.
+    pub up: bool,
 }
 
-fn ioctl(fd: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every SIOC* request used here reads or writes one `struct ifreq`.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) }).map(drop)
+/// `MTU 1472, transmit queue length 2000, up`: what the change sets, for a message.
+impl fmt::Display for LinkChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = [
+            self.mtu.map(|mtu| format!("MTU {mtu}")),
+            self.tx_queue_len
+                .map(|packets| format!("transmit queue length {packets}")),
+            self.gso_max_size
+                .map(|bytes| format!("GSO size cap {bytes} bytes")),
+            self.gso_max_segments
+                .map(|segments| format!("GSO segment cap {segments}")),
+            self.up.then(|| "up".to_string()),
+        ];
+        let parts: Vec<String> = parts.into_iter().flatten().collect();
+        f.write_str(&parts.join(", "))
+    }
 }
 
+/// The `RTM_NEWLINK` that makes `change` on interface `index`, asking for an ack and creating
+/// nothing (no `NLM_F_CREATE`: `rtnl_newlink` in net/core/rtnetlink.c then only calls
+/// `do_setlink` on the existing device). PURE.
+pub fn link_change_request(index: u32, change: &LinkChange) -> netlink::Request {
+    let up = if change.up { libc::IFF_UP as u32 } else { 0 };
+    let mut request = netlink::Request::new(
+        libc::RTM_NEWLINK,
+        libc::NLM_F_ACK as u16,
+        &netlink::ifinfomsg(index, up, up),
+    );
+    for (kind, value) in [
+        (libc::IFLA_MTU, change.mtu),
+        (libc::IFLA_TXQLEN, change.tx_queue_len),
+        (libc::IFLA_GSO_MAX_SIZE, change.gso_max_size),
+        (libc::IFLA_GSO_MAX_SEGS, change.gso_max_segments),
+    ] {
+        if let Some(value) = value {
+            request = request.attribute(kind, &value.to_ne_bytes());
+        }
+    }
+    request
+}
+
+/// The `RTM_NEWADDR` that adds `address/prefix` to interface `index` the way `ip addr add` does
+/// (ip-address(8)): `NLM_F_CREATE | NLM_F_EXCL`, so an address the device has already
+/// is EEXIST; `IFA_LOCAL` and `IFA_ADDRESS` both the address (no peer); host scope for 127/8 and
+/// global otherwise; no `IFA_BROADCAST`, which `ip` adds only when told (`brd +`) and which a TUN,
+/// being point-to-point without `IFF_BROADCAST`, never had from the `SIOCSIFNETMASK` this
+/// replaces either (`devinet_ioctl` in net/ipv4/devinet.c). PURE.
+pub fn address_request(index: u32, address: IpAddr, prefix: u8) -> netlink::Request {
+    let (family, octets, scope) = match address {
+        IpAddr::V4(a) => {
+            let scope = if a.is_loopback() {
+                libc::RT_SCOPE_HOST
+            } else {
+                libc::RT_SCOPE_UNIVERSE
+            };
+            (libc::AF_INET, a.octets().to_vec(), scope)
+        }
+        IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec(), libc::RT_SCOPE_UNIVERSE),
+    };
+    let mut header = [0u8; IFADDRMSG_LEN];
+    header[0] = family as u8; // ifa_family
+    header[1] = prefix; // ifa_prefixlen
+    header[2] = 0; // ifa_flags
+    header[3] = scope; // ifa_scope
+    header[4..8].copy_from_slice(&index.to_ne_bytes()); // ifa_index
+    netlink::Request::new(
+        libc::RTM_NEWADDR,
+        (libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16,
+        &header,
+    )
+    .attribute(libc::IFA_LOCAL, &octets)
+    .attribute(libc::IFA_ADDRESS, &octets)
+}
+
+/// The interface index of `device` (if_nametoindex(3)).
 pub fn interface_index(device: &str) -> Result<u32, Error> {
     let name = std::ffi::CString::new(device).map_err(|_| Error::InterfaceIndex {
         device: device.to_string(),
@@ -38,29 +127,120 @@ pub fn interface_index(device: &str) -> Result<u32, Error> {
     }
 }
 
+/// Makes `change` on `device` in one `RTM_NEWLINK`, failing with `error` and the kernel's reason.
+fn change_link(
+    device: &str,
+    change: &LinkChange,
+    error: impl FnOnce(io::Error) -> Error,
+) -> Result<(), Error> {
+    let index = interface_index(device)?;
+    netlink::exchange(link_change_request(index, change), false)
+        .map(drop)
+        .map_err(error)
+}
+
+/// Sets up `device` with one `RTM_NEWLINK`: what `change` says, typically its MTU, its
+/// transmit queue length and `IFF_UP` together.
+pub fn configure(device: &str, change: LinkChange) -> Result<(), Error> {
+    change_link(device, &change, |source| Error::ConfigureLink {
+        device: device.to_string(),
+        change,
+        source,
+    })
+}
+
+/// Sets the device's MTU.
 pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
-    let err = |source| Error::SetMtu {
+    let change = LinkChange {
+        mtu: Some(mtu),
+        ..LinkChange::default()
+    };
+    change_link(device, &change, |source| Error::SetMtu {
         device: device.to_string(),
         mtu,
         source,
-    };
-    let sock = control_socket(libc::AF_INET).map_err(err)?;
-    let mut req = ifreq_named(device);
-    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-    ioctl(&sock, libc::SIOCSIFMTU, &mut req).map_err(err)
+    })
 }
 
 /// Sets the device's transmit queue length in packets (for a TUN: packets waiting to be read).
 pub fn set_tx_queue_len(device: &str, packets: u32) -> Result<(), Error> {
-    let err = |source| Error::SetTxQueueLen {
+    let change = LinkChange {
+        tx_queue_len: Some(packets),
+        ..LinkChange::default()
+    };
+    change_link(device, &change, |source| Error::SetTxQueueLen {
         device: device.to_string(),
         packets,
         source,
+    })
+}
+
+/// Brings the device up (`IFF_UP`).
+pub fn set_up(device: &str) -> Result<(), Error> {
+    let change = LinkChange {
+        up: true,
+        ..LinkChange::default()
     };
-    let sock = control_socket(libc::AF_INET).map_err(err)?;
-    let mut req = ifreq_named(device);
-    req.ifr_ifru.ifru_metric = packets as libc::c_int; // ifr_qlen shares the union's int slot
-    ioctl(&sock, libc::SIOCSIFTXQLEN, &mut req).map_err(err)
+    change_link(device, &change, |source| Error::SetLinkUp {
+        device: device.to_string(),
+        source,
+    })
+}
+
+/// Caps how many segments a GSO super-packet for the device may hold (`ip link set DEV
+/// gso_max_segs N`). `gso_max_size` bounds bytes only: an inner TCP sender with a small MSS (88
+/// bytes is the kernel's floor, `TCP_MIN_MSS`) otherwise hands over super-packets of hundreds of
+/// segments. TCP sizes its super-packets from it (`sk_gso_max_segs`, set when a connection is
+/// established), and `netif_skb_features` in net/core/dev.c segments in software any other
+/// super-packet with more (forwarded GRO packets, UDP GSO sends). `do_setlink` in
+/// net/core/rtnetlink.c accepts it on an existing device.
+pub fn set_gso_max_segments(device: &str, segments: u32) -> Result<(), Error> {
+    let change = LinkChange {
+        gso_max_segments: Some(segments),
+        ..LinkChange::default()
+    };
+    change_link(device, &change, |source| Error::SetGsoMaxSegments {
+        device: device.to_string(),
+        segments,
+        source,
+    })
+}
+
+/// Caps the size of the GSO super-packets the stack builds for the device (`ip link set DEV
+/// gso_max_size N`). New TCP connections size their super-packets from it.
+pub fn set_gso_max_size(device: &str, bytes: u32) -> Result<(), Error> {
+    let change = LinkChange {
+        gso_max_size: Some(bytes),
+        ..LinkChange::default()
+    };
+    change_link(device, &change, |source| Error::SetGsoMaxSize {
+        device: device.to_string(),
+        bytes,
+        source,
+    })
+}
+
+/// Adds addresses, one `RTM_NEWADDR` each ([`address_request`]); an address the device already
+/// has is not an error (restarts are idempotent).
+pub fn add_addresses(device: &str, addresses: &[(IpAddr, u8)]) -> Result<(), Error> {
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let index = interface_index(device)?;
+    for &(address, prefix) in addresses {
+        match netlink::exchange(address_request(index, address, prefix), false) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(source) => {
+                return Err(Error::AddAddress {
+                    device: device.to_string(),
+                    address,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The device's transmit drops as the kernel counts them, since it was created: `tx_dropped`
@@ -88,209 +268,6 @@ pub fn parse_tx_dropped(table: &str, device: &str) -> Option<u64> {
         }
         counters.split_whitespace().nth(8 + 3)?.parse().ok()
     })
-}
-
-pub fn set_up(device: &str) -> Result<(), Error> {
-    let err = |source| Error::SetLinkUp {
-        device: device.to_string(),
-        source,
-    };
-    let sock = control_socket(libc::AF_INET).map_err(err)?;
-    let mut req = ifreq_named(device);
-    ioctl(&sock, libc::SIOCGIFFLAGS, &mut req).map_err(err)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(err)
-}
-
-/// `IFLA_GSO_MAX_SEGS` and `IFLA_GSO_MAX_SIZE` in include/uapi/linux/if_link.h; the libc crate
-/// lacks them. `do_setlink` in net/core/rtnetlink.c accepts both on an existing device.
-const IFLA_GSO_MAX_SEGS: u16 = 40;
-const IFLA_GSO_MAX_SIZE: u16 = 41;
-
-/// Caps how many segments a GSO super-packet for the device may hold (`ip link set DEV
-/// gso_max_segs N`). `gso_max_size` bounds bytes only: an inner TCP sender with a small MSS (88
-/// bytes is the kernel's floor, `TCP_MIN_MSS`) otherwise hands over super-packets of hundreds of
-/// segments. TCP sizes its super-packets from it (`sk_gso_max_segs`, set when a connection is
-/// established), and `netif_skb_features` in net/core/dev.c segments in software any other
-/// super-packet with more (forwarded GRO packets, UDP GSO sends).
-pub fn set_gso_max_segments(device: &str, segments: u32) -> Result<(), Error> {
-    let err = |source| Error::SetGsoMaxSegments {
-        device: device.to_string(),
-        segments,
-        source,
-    };
-    let index = interface_index(device)?;
-    let request = setlink_u32_request(index, IFLA_GSO_MAX_SEGS, segments);
-    rtnetlink_exchange(&request).map_err(err)
-}
-
-/// Caps the size of the GSO super-packets the stack builds for the device (`ip link set DEV
-/// gso_max_size N`). New TCP connections size their super-packets from it.
-pub fn set_gso_max_size(device: &str, bytes: u32) -> Result<(), Error> {
-    let err = |source| Error::SetGsoMaxSize {
-        device: device.to_string(),
-        bytes,
-        source,
-    };
-    let index = interface_index(device)?;
-    let request = setlink_u32_request(index, IFLA_GSO_MAX_SIZE, bytes);
-    rtnetlink_exchange(&request).map_err(err)
-}
-
-/// An `RTM_NEWLINK` request (asking for an ack) that sets one u32 attribute on interface `index`:
-/// nlmsghdr, ifinfomsg, then one rtattr with its value, all in native byte order.
-fn setlink_u32_request(index: u32, attribute: u16, value: u32) -> Vec<u8> {
-    const LEN: u32 = 16 + 16 + 4 + 4;
-    let mut m = Vec::with_capacity(LEN as usize);
-    m.extend_from_slice(&LEN.to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
-    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    m.push(libc::AF_UNSPEC as u8); // ifi_family
-    m.push(0); // padding
-    m.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
-    m.extend_from_slice(&(index as i32).to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes()); // ifi_flags
-    m.extend_from_slice(&0u32.to_ne_bytes()); // ifi_change: change no flags
-    m.extend_from_slice(&8u16.to_ne_bytes()); // rta_len
-    m.extend_from_slice(&attribute.to_ne_bytes());
-    m.extend_from_slice(&value.to_ne_bytes());
-    debug_assert_eq!(m.len(), LEN as usize);
-    m
-}
-
-/// The kernel's verdict in an `NLMSG_ERROR` ack: `Ok` for error 0, the errno otherwise.
-fn parse_ack(reply: &[u8]) -> io::Result<()> {
-    let field = |at: usize, len: usize| {
-        reply
-            .get(at..at + len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short netlink reply"))
-    };
-    let kind = u16::from_ne_bytes(field(4, 2)?.try_into().expect("2 bytes"));
-    if kind != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected netlink reply type {kind}"),
-        ));
-    }
-    match i32::from_ne_bytes(field(16, 4)?.try_into().expect("4 bytes")) {
-        0 => Ok(()),
-        negative_errno => Err(io::Error::from_raw_os_error(
-            negative_errno.saturating_neg(),
-        )),
-    }
-}
-
-/// Sends one request to the kernel's rtnetlink and waits for its ack.
-fn rtnetlink_exchange(request: &[u8]) -> io::Result<()> {
-    // SAFETY: plain socket(2); the result is owned immediately after the check.
-    let fd = check(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    })?;
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    super::socket::set_option(
-        sock.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_RCVTIMEO,
-        &timeout,
-    )?;
-    // An unconnected, unbound netlink socket sends to the kernel.
-    // SAFETY: `request` is valid for reads of its length.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut reply = [0u8; 1024];
-    // SAFETY: `reply` is valid for writes of its length.
-    let got = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_ack(&reply[..got as usize])
-}
-
-fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size; this is how the ifreq API takes it.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-/// Adds addresses; an address the device already has is not an error (restarts are idempotent).
-pub fn add_addresses(device: &str, addresses: &[(IpAddr, u8)]) -> Result<(), Error> {
-    let mut ipv4_count = 0;
-    for &(address, prefix) in addresses {
-        let err = |source| Error::AddAddress {
-            device: device.to_string(),
-            address,
-            source,
-        };
-        let ignore_exists = |r: io::Result<()>| match r {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            other => other,
-        };
-        match address {
-            IpAddr::V4(v4) => {
-                let label = if ipv4_count == 0 {
-                    device.to_string()
-                } else {
-                    format!("{device}:{ipv4_count}")
-                };
-                if label.len() > 15 {
-                    return Err(err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "too many IPv4 addresses for this device name's length",
-                    )));
-                }
-                ipv4_count += 1;
-                let sock = control_socket(libc::AF_INET).map_err(err)?;
-                let mut req = ifreq_named(&label);
-                req.ifr_ifru.ifru_addr = sockaddr_in(v4);
-                ignore_exists(ioctl(&sock, libc::SIOCSIFADDR, &mut req)).map_err(err)?;
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(prefix))
-                };
-                let mut req = ifreq_named(&label);
-                req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-                ioctl(&sock, libc::SIOCSIFNETMASK, &mut req).map_err(err)?;
-            }
-            IpAddr::V6(v6) => {
-                let sock = control_socket(libc::AF_INET6).map_err(err)?;
-                let mut req = libc::in6_ifreq {
-                    ifr6_addr: libc::in6_addr {
-                        s6_addr: v6.octets(),
-                    },
-                    ifr6_prefixlen: u32::from(prefix),
-                    ifr6_ifindex: interface_index(device)? as libc::c_int,
-                };
-                // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one `struct in6_ifreq`.
-                let r = check(unsafe {
-                    libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR as _, &mut req)
-                });
-                ignore_exists(r.map(drop)).map_err(err)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -336,38 +313,133 @@ tunfwd01:       1       2    3    4    5     6          7         8        9    
         assert!(tx_dropped("no-such-device-here").is_err());
     }
 
-    #[test]
-    fn setlink_request_has_the_rtnetlink_layout() {
-        let m = setlink_u32_request(7, IFLA_GSO_MAX_SIZE, 62080);
-        let u16_at = |at: usize| u16::from_ne_bytes(m[at..at + 2].try_into().unwrap());
-        let u32_at = |at: usize| u32::from_ne_bytes(m[at..at + 4].try_into().unwrap());
-        assert_eq!(u32_at(0) as usize, m.len());
-        assert_eq!(u16_at(4), libc::RTM_NEWLINK);
-        assert_eq!(
-            u16_at(6),
-            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            "an ack is asked for, and nothing is created"
-        );
-        assert_eq!(u32_at(20), 7, "ifi_index");
-        assert_eq!(u32_at(28), 0, "ifi_change: no flags touched");
-        assert_eq!((u16_at(32), u16_at(34)), (8, 41));
-        assert_eq!(u32_at(36), 62080);
+    fn u16_at(bytes: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes(bytes[at..at + 2].try_into().unwrap())
+    }
+
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap())
     }
 
     #[test]
-    fn acks_are_read_as_success_or_errno() {
-        let ack = |error: i32| {
-            let mut m = vec![0u8; 36];
-            m[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-            m[16..20].copy_from_slice(&error.to_ne_bytes());
-            m
+    fn one_newlink_sets_mtu_queue_length_and_up() {
+        let change = LinkChange {
+            mtu: Some(1472),
+            tx_queue_len: Some(2000),
+            up: true,
+            ..LinkChange::default()
         };
-        assert!(parse_ack(&ack(0)).is_ok());
-        let e = parse_ack(&ack(-libc::EINVAL)).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
-        assert!(parse_ack(&ack(0)[..10]).is_err(), "short reply");
-        let mut other = ack(0);
-        other[4..6].copy_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
-        assert!(parse_ack(&other).is_err());
+        let m = link_change_request(7, &change).finish(42);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(u16_at(&m, 4), libc::RTM_NEWLINK);
+        assert_eq!(
+            u16_at(&m, 6),
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            "an ack is asked for, and nothing is created"
+        );
+        assert_eq!(u32_at(&m, 8), 42, "the sequence number");
+        assert_eq!(u32_at(&m, 20), 7, "ifi_index");
+        assert_eq!(u32_at(&m, 24), libc::IFF_UP as u32, "ifi_flags");
+        assert_eq!(
+            u32_at(&m, 28),
+            libc::IFF_UP as u32,
+            "ifi_change: IFF_UP alone"
+        );
+        let attributes: Vec<_> = netlink::attributes(&m[32..]).collect();
+        assert_eq!(
+            attributes,
+            vec![
+                (libc::IFLA_MTU, &1472u32.to_ne_bytes()[..]),
+                (libc::IFLA_TXQLEN, &2000u32.to_ne_bytes()[..]),
+            ]
+        );
+        assert_eq!(
+            change.to_string(),
+            "MTU 1472, transmit queue length 2000, up"
+        );
+    }
+
+    #[test]
+    fn a_gso_cap_alone_changes_no_flag() {
+        let change = LinkChange {
+            gso_max_size: Some(62080),
+            ..LinkChange::default()
+        };
+        let m = link_change_request(3, &change).finish(1);
+        assert_eq!(m.len(), 16 + 16 + 8);
+        assert_eq!(u32_at(&m, 28), 0, "ifi_change: no flags touched");
+        assert_eq!(
+            (u16_at(&m, 32), u16_at(&m, 34)),
+            (8, libc::IFLA_GSO_MAX_SIZE)
+        );
+        assert_eq!(u32_at(&m, 36), 62080);
+        let segments = LinkChange {
+            gso_max_segments: Some(64),
+            ..LinkChange::default()
+        };
+        let m = link_change_request(3, &segments).finish(1);
+        assert_eq!(u16_at(&m, 34), libc::IFLA_GSO_MAX_SEGS);
+        assert_eq!(segments.to_string(), "GSO segment cap 64");
+    }
+
+    #[test]
+    fn addresses_are_added_as_ip_addr_add_does() {
+        let m = address_request(5, "198.19.0.1".parse().unwrap(), 24).finish(9);
+        assert_eq!(u16_at(&m, 4), libc::RTM_NEWADDR);
+        assert_eq!(
+            u16_at(&m, 6),
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16
+        );
+        // ifaddrmsg: family, prefix length, flags, scope, index.
+        assert_eq!(
+            &m[16..20],
+            &[libc::AF_INET as u8, 24, 0, libc::RT_SCOPE_UNIVERSE]
+        );
+        assert_eq!(u32_at(&m, 20), 5);
+        let attributes: Vec<_> = netlink::attributes(&m[24..]).collect();
+        assert_eq!(
+            attributes,
+            vec![
+                (libc::IFA_LOCAL, &[198u8, 19, 0, 1][..]),
+                (libc::IFA_ADDRESS, &[198u8, 19, 0, 1][..]),
+            ],
+            "no broadcast, as `ip addr add` without `brd`"
+        );
+        let m = address_request(5, "127.0.0.2".parse().unwrap(), 8).finish(9);
+        assert_eq!(
+            m[19],
+            libc::RT_SCOPE_HOST,
+            "loopback addresses are host scope"
+        );
+        let v6: std::net::Ipv6Addr = "2001:2::1".parse().unwrap();
+        let m = address_request(6, IpAddr::V6(v6), 64).finish(9);
+        assert_eq!(
+            &m[16..20],
+            &[libc::AF_INET6 as u8, 64, 0, libc::RT_SCOPE_UNIVERSE]
+        );
+        assert_eq!(u32_at(&m, 20), 6);
+        assert_eq!(
+            netlink::attribute(&m[24..], libc::IFA_LOCAL),
+            Some(&v6.octets()[..])
+        );
+        assert_eq!(m.len(), 16 + 8 + 2 * (4 + 16));
+    }
+
+    /// What an unprivileged process gets back for a change to loopback: the kernel's refusal,
+    /// matched to our request (or, as root, the change is made: the MTU loopback has already).
+    #[test]
+    fn the_kernel_answers_a_link_change_with_its_verdict() {
+        let mtu = netlink::egress_mtu("127.0.0.1".parse().unwrap()).unwrap();
+        match set_mtu("lo", mtu) {
+            Ok(()) => {}
+            Err(Error::SetMtu { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EPERM), "{source}")
+            }
+            Err(other) => panic!("{other}"),
+        }
+        assert!(matches!(
+            set_up("no-such-device0"),
+            Err(Error::InterfaceIndex { .. })
+        ));
     }
 }

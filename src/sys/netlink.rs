@@ -8,9 +8,14 @@
 //! tested on byte arrays; only `exchange` makes system calls.
 
 use super::check;
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// How long [`exchange`] waits for each datagram of an answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `sizeof(struct nlmsghdr)`.
 pub const HEADER_LEN: usize = 16;
@@ -132,43 +137,24 @@ pub fn parse_answers(
 /// (the ack); for a `GET`, its data messages (`dump`: all of a dump, else the one answer). At
 /// most 5 s: a kernel that does not answer is an error, not a hang.
 pub fn exchange(request: Request, dump: bool) -> io::Result<Vec<Message>> {
-    // SAFETY: plain socket(2); owned right after the check.
-    let raw = check(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    })?;
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let timeout = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    super::socket::set_option(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_RCVTIMEO,
-        &timeout,
+    let socket = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
     )?;
+    socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let fd = socket.as_raw_fd();
     // Bind to learn our port id: answers carry it, and anything else is not ours.
     // SAFETY: sockaddr_nl is plain data; all-zero (family set below) asks for any port id.
     let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     let mut len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
     // SAFETY: `address` is a valid sockaddr_nl of `len` bytes.
-    check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&address as *const libc::sockaddr_nl).cast(),
-            len,
-        )
-    })?;
+    check(unsafe { libc::bind(fd, (&address as *const libc::sockaddr_nl).cast(), len) })?;
     // SAFETY: getsockname writes at most `len` bytes into `address`.
     check(unsafe {
         libc::getsockname(
-            fd.as_raw_fd(),
+            fd,
             (&mut address as *mut libc::sockaddr_nl).cast(),
             &mut len,
         )
@@ -176,10 +162,7 @@ pub fn exchange(request: Request, dump: bool) -> io::Result<Vec<Message>> {
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let bytes = request.finish(sequence);
     // An unconnected netlink socket sends to the kernel.
-    // SAFETY: `bytes` is valid for reads of its length.
-    if unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    socket.send(&bytes)?;
     let mut answers = Vec::new();
     let mut datagram = vec![0u8; 64 << 10];
     loop {
@@ -187,7 +170,7 @@ pub fn exchange(request: Request, dump: bool) -> io::Result<Vec<Message>> {
         // SAFETY: `datagram` is valid for writes of its length.
         let got = unsafe {
             libc::recv(
-                fd.as_raw_fd(),
+                fd,
                 datagram.as_mut_ptr().cast(),
                 datagram.len(),
                 libc::MSG_TRUNC,
@@ -240,7 +223,27 @@ pub fn u32_of(payload: &[u8]) -> Option<u32> {
 
 /// `sizeof(struct rtmsg)` (include/uapi/linux/rtnetlink.h) and `sizeof(struct ifinfomsg)`.
 const RTMSG_LEN: usize = 12;
-const IFINFOMSG_LEN: usize = 16;
+pub const IFINFOMSG_LEN: usize = 16;
+
+/// A `struct ifinfomsg` (include/uapi/linux/rtnetlink.h), native byte order: family
+/// `AF_UNSPEC`, interface `index` (0: by the `IFLA_IFNAME` attribute), and the device flags in
+/// `change` set to their values in `flags`. PURE.
+pub fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG_LEN] {
+    let mut header = [0u8; IFINFOMSG_LEN];
+    header[0] = libc::AF_UNSPEC as u8; // ifi_family; a pad byte and ifi_type follow
+    header[4..8].copy_from_slice(&(index as i32).to_ne_bytes()); // ifi_index
+    header[8..12].copy_from_slice(&flags.to_ne_bytes()); // ifi_flags
+    header[12..16].copy_from_slice(&change.to_ne_bytes()); // ifi_change
+    header
+}
+
+/// An `RTM_GETLINK` for the device named `name` in the calling thread's network namespace
+/// (`ip link show NAME`): index 0, and the name as `IFLA_IFNAME`, NUL-terminated. PURE.
+pub fn link_by_name_request(name: &str) -> Request {
+    let mut value = name.as_bytes().to_vec();
+    value.push(0);
+    Request::new(libc::RTM_GETLINK, 0, &ifinfomsg(0, 0, 0)).attribute(libc::IFLA_IFNAME, &value)
+}
 
 /// An `RTM_GETROUTE` for the route to `destination` (`ip route get`). PURE.
 pub fn route_request(destination: std::net::IpAddr) -> Request {
@@ -256,9 +259,7 @@ pub fn route_request(destination: std::net::IpAddr) -> Request {
 
 /// An `RTM_GETLINK` for interface `index`. PURE.
 pub fn link_request(index: u32) -> Request {
-    let mut header = [0u8; IFINFOMSG_LEN];
-    header[4..8].copy_from_slice(&(index as i32).to_ne_bytes()); // ifi_index
-    Request::new(libc::RTM_GETLINK, 0, &header)
+    Request::new(libc::RTM_GETLINK, 0, &ifinfomsg(index, 0, 0))
 }
 
 /// The output interface of an `RTM_NEWROUTE` answer (`RTA_OIF`). PURE.

@@ -1,17 +1,27 @@
-//! The UDP socket of one worker: `SO_REUSEPORT` on the shared listen address, MiB-sized buffers,
-//! `IP_RECVERR` so ICMP errors about the peer are reported (an unconnected socket ignores them
-//! otherwise), DF on every datagram without obeying the route's path MTU (`IP_PMTUDISC_PROBE`:
-//! the relay confirms path MTU hints itself, `relay::plpmtud`), and the reuseport steering
-//! program (see `steer`). Also the control messages the data path reads and writes (`UDP_GRO`,
-//! `UDP_SEGMENT`, the TOS / traffic class), the error queue, and the socket that lets the outer
-//! IP layer fragment, for the few inner packets that need it.
+//! Creating and configuring the relay's UDP sockets: one per worker, `SO_REUSEPORT` on the shared
+//! listen address, MiB-sized buffers, `IP_RECVERR` so ICMP errors about the peer are reported (an
+//! unconnected socket ignores them otherwise), DF on every datagram without obeying the route's
+//! path MTU (`IP_PMTUDISC_PROBE`: the relay confirms path MTU hints itself, `relay::plpmtud`), and
+//! the reuseport steering program (see `steer`). Also the socket that lets the outer IP layer
+//! fragment, for the few inner packets that need it, and the plain helper sockets that send
+//! one datagram at a time (`send_gathered`).
+//!
+//! Sockets are made, bound and read back through `socket2`, and so are the options it has
+//! (`SO_REUSEPORT`, `SO_RCVBUF`/`SO_SNDBUF`, `IP_RECVTOS`, `IPV6_RECVTCLASS`); the options it
+//! lacks are set with setsockopt(2) here (`set_option`): `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`,
+//! `IP_MTU_DISCOVER`/`IPV6_MTU_DISCOVER` values, `IP_RECVERR`/`IPV6_RECVERR`, `UDP_GRO`, the
+//! `UDP_SEGMENT` probe, `SO_ATTACH_REUSEPORT_CBPF` and `SO_MEMINFO`. Reading the error queue
+//! is `sys::errqueue`'s (re-exported here); the control messages themselves are
+//! `wire::cmsg`'s, which makes no system call.
 
-use super::{Error, check};
+use super::Error;
+pub use super::errqueue::{ERROR_QUEUE_BATCH, drain_error_queue, recvmsg_with_control};
 use crate::wire::OuterFamily;
-use crate::wire::cmsg::{self, QueuedErrors};
+use crate::wire::cmsg;
+use socket2::{Domain, MsgHdr, SockAddr, SockRef, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Socket buffer size relays use: several MiB, so bursts are absorbed by the kernel, not dropped.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
@@ -20,17 +30,12 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
     set_option(fd, level, name, &value)
 }
 
-/// `setsockopt` with `value` as the option's bytes. The kernel copies `size_of::<T>()` bytes from
-/// `value` and checks any pointers inside it itself, so no type can make this unsound; the wrong
-/// type just gets an error.
-pub(crate) fn set_option<T>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
+/// `setsockopt` with `value` as the option's bytes, for the options `socket2` does not have. The
+/// kernel copies `size_of::<T>()` bytes from `value` and checks any pointers inside it itself, so
+/// no type can make this unsound; the wrong type just gets an error.
+fn set_option<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` is valid for reads of size_of::<T>() bytes for the duration of the call.
-    check(unsafe {
+    super::check(unsafe {
         libc::setsockopt(
             fd,
             level,
@@ -42,7 +47,8 @@ pub(crate) fn set_option<T>(
     .map(drop)
 }
 
-/// A `sockaddr_in`/`sockaddr_in6` for `address`, in storage that outlives any syscall using it.
+/// A `sockaddr_in`/`sockaddr_in6` for `address`, in storage that outlives any syscall using it
+/// (the workers keep the peer's in their ring memory, where `socket2::SockAddr` cannot go).
 pub fn to_sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all-zero is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -90,18 +96,13 @@ pub fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
 /// buffers of `buffer_bytes` each.
 pub fn udp_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Error> {
     let buffer_bytes = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
-    let family = if listen.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
     let err = |source| Error::Socket {
         address: listen,
         source,
     };
-    let fd = reuseport_socket(family).map_err(err)?;
-    let raw = fd.as_raw_fd();
-    set_buffers(raw, buffer_bytes, buffer_bytes).map_err(err)?;
+    let socket = reuseport_socket(listen).map_err(err)?;
+    let raw = socket.as_raw_fd();
+    set_buffers(&socket, buffer_bytes, buffer_bytes).map_err(err)?;
     // DF on every datagram, never fragmented, but sent whatever path MTU the route learned:
     // `IP_PMTUDISC_PROBE` (ip(7); `ip_sk_use_pmtu` and `ip6_skb_dst_mtu` then take the device's
     // MTU). The route's path MTU is lowered by any ICMP error that quotes our public 4-tuple,
@@ -116,13 +117,12 @@ pub fn udp_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Er
     )
     .map_err(err)?;
     set_receive_errors(raw, listen).map_err(err)?;
-    bind(&fd, listen)?;
-    Ok(fd)
+    bind(socket, listen)
 }
 
 /// Sets how a socket bound to `listen` treats DF and the path MTU: `v4` for IPv4 (and an
 /// IPv6 socket's IPv4-mapped peers, reached through the IPv4 code, which reads the IPv4
-/// options), `v6` for IPv6.
+/// options), `v6` for IPv6. `socket2` has no `IP_MTU_DISCOVER`.
 fn set_path_mtu_discovery(
     raw: RawFd,
     listen: SocketAddr,
@@ -135,44 +135,47 @@ fn set_path_mtu_discovery(
     set_int(raw, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4)
 }
 
-/// Binds `fd` to `listen`.
-fn bind(fd: &OwnedFd, listen: SocketAddr) -> Result<(), Error> {
-    let (storage, len) = to_sockaddr(listen);
-    // SAFETY: `storage` holds a sockaddr of length `len`.
-    check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })
-    .map(drop)
-    .map_err(|source| Error::Bind {
-        address: listen,
-        source,
-    })
+/// Binds `socket` to `listen`, and hands it over as a plain fd.
+fn bind(socket: Socket, listen: SocketAddr) -> Result<OwnedFd, Error> {
+    socket
+        .bind(&SockAddr::from(listen))
+        .map_err(|source| Error::Bind {
+            address: listen,
+            source,
+        })?;
+    Ok(socket.into())
 }
 
-/// A UDP socket of `family` with `SO_REUSEPORT`, not bound yet.
-fn reuseport_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); owned right after the check.
-    let raw = check(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    Ok(fd)
+/// A close-on-exec UDP socket of `listen`'s family with `SO_REUSEPORT`, not bound yet.
+fn reuseport_socket(listen: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, None)?;
+    socket.set_reuse_port(true)?;
+    Ok(socket)
 }
 
 /// Sets the receive and send buffer sizes.
-fn set_buffers(raw: RawFd, receive: libc::c_int, send: libc::c_int) -> io::Result<()> {
-    for (force, plain, bytes) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, receive),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, send),
-    ] {
-        // FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; fall back to the capped one.
-        if set_int(raw, libc::SOL_SOCKET, force, bytes).is_err() {
-            set_int(raw, libc::SOL_SOCKET, plain, bytes)?;
-        }
+fn set_buffers(socket: &Socket, receive: libc::c_int, send: libc::c_int) -> io::Result<()> {
+    // FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN (socket(7)); fall back to the
+    // capped one. `socket2` has only the capped one.
+    if set_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        receive,
+    )
+    .is_err()
+    {
+        socket.set_recv_buffer_size(receive as usize)?;
+    }
+    if set_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        send,
+    )
+    .is_err()
+    {
+        socket.set_send_buffer_size(send as usize)?;
     }
     Ok(())
 }
@@ -196,21 +199,16 @@ const FRAGMENTING_RECEIVE_BYTES: libc::c_int = 256 << 10;
 /// `IP_RECVERR` too, and the worker reads its error queue. Its send buffer is the workers', so a
 /// burst of such packets is not refused sooner.
 pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Error> {
-    let family = if listen.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
     let err = |source| Error::Socket {
         address: listen,
         source,
     };
-    let fd = reuseport_socket(family).map_err(err)?;
-    let raw = fd.as_raw_fd();
+    let socket = reuseport_socket(listen).map_err(err)?;
+    let raw = socket.as_raw_fd();
     let send = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
     // It receives no datagram, but the ICMP errors the kernel hands it are queued against its
     // receive buffer (`sock_queue_err_skb` refuses one that does not fit), so it needs room.
-    set_buffers(raw, FRAGMENTING_RECEIVE_BYTES, send).map_err(err)?;
+    set_buffers(&socket, FRAGMENTING_RECEIVE_BYTES, send).map_err(err)?;
     set_path_mtu_discovery(
         raw,
         listen,
@@ -219,12 +217,11 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
     )
     .map_err(err)?;
     set_receive_errors(raw, listen).map_err(err)?;
-    bind(&fd, listen)?;
-    Ok(fd)
+    bind(socket, listen)
 }
 
 /// `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): ICMP errors about the peer are queued
-/// for the socket to read, and set its pending error (ip(7), ipv6(7)).
+/// for the socket to read, and set its pending error (ip(7), ipv6(7)). `socket2` has neither.
 fn set_receive_errors(raw: RawFd, listen: SocketAddr) -> io::Result<()> {
     if listen.is_ipv6() {
         set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1)?;
@@ -236,16 +233,15 @@ fn set_receive_errors(raw: RawFd, listen: SocketAddr) -> io::Result<()> {
 /// ECN decapsulation. An IPv6 socket asks for both: datagrams from an IPv4-mapped peer carry
 /// `IP_TOS` (`udpv6_recvmsg` hands IPv4 datagrams to `ip_cmsg_recv_offset`).
 pub fn enable_receive_tos(fd: &OwnedFd, listen: SocketAddr) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    if listen.is_ipv4() {
-        set_int(raw, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
-    } else {
-        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
-        set_int(raw, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+    let socket = SockRef::from(fd);
+    if listen.is_ipv6() {
+        socket.set_recv_tclass_v6(true)?;
     }
+    socket.set_recv_tos_v4(true)
 }
 
-/// Turns on `UDP_GRO` (receive several datagrams per buffer). False if the kernel refuses.
+/// Turns on `UDP_GRO` (receive several datagrams per buffer, Linux 5.0). False if the kernel
+/// refuses.
 pub fn enable_gro(fd: &OwnedFd) -> bool {
     set_int(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
@@ -260,7 +256,7 @@ pub fn receive_drops(fd: &OwnedFd) -> io::Result<u32> {
     let mut meminfo = [0u32; 16];
     let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `meminfo` and stores the length it wrote.
-    check(unsafe {
+    super::check(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -289,43 +285,17 @@ pub fn local_port(fd: &OwnedFd) -> io::Result<u16> {
     local_address(fd).map(|address| address.port())
 }
 
-/// The local address and port `fd` is bound to (getsockname(2)).
+/// The local address and port `fd` is bound to (getsockname(2)). The address keeps its family
+/// (no IPv4-mapped folding): the caller decides what to do with it.
 pub fn local_address(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; getsockname writes at most `len` bytes into it.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above.
-    check(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    })?;
-    let filled = (len as usize).min(size_of::<libc::sockaddr_storage>());
-    // SAFETY: reading the bytes getsockname initialised, within the local struct.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&storage as *const libc::sockaddr_storage).cast::<u8>(),
-            filled,
-        )
-    };
-    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4. The address
-    // keeps its family here (no IPv4-mapped folding): the caller decides what to do with it.
-    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
-    let ip = match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET if filled >= 8 => IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(&bytes[4..8]).expect("4 bytes"),
-        )),
-        libc::AF_INET6 if filled >= 24 => IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&bytes[8..24]).expect("16 bytes"),
-        )),
-        _ => return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
-    };
-    Ok(SocketAddr::new(ip, port))
+    SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
 }
 
-/// Attaches the steering program to the reuseport group `fd` belongs to.
+/// Attaches the steering program to the reuseport group `fd` belongs to
+/// (`SO_ATTACH_REUSEPORT_CBPF`, socket(7); `socket2` has only `SO_ATTACH_FILTER`).
 pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> Result<(), Error> {
     let fprog = libc::sock_fprog {
         len: program.len() as libc::c_ushort,
@@ -341,62 +311,21 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
     .map_err(Error::ReusePortProgram)
 }
 
-/// Error-queue entries [`drain_error_queue`] reads in one call.
-pub const ERROR_QUEUE_BATCH: usize = 64;
-
-/// Reads and discards queued errors (`MSG_ERRQUEUE`): ICMP errors about the peer, and the
-/// local "message too long" errors of sends over the egress device's MTU.
-///
-/// With `IP_RECVERR` each error is queued and charged to the receive buffer, so the queue must be
-/// drained or it would crowd out real datagrams. Called only when an error has been reported: a
-/// cold path. At most [`ERROR_QUEUE_BATCH`] entries a call, so that a flood of ICMP errors cannot
-/// hold up the worker's loop; what is left keeps the socket's error set, is reported again, and
-/// is read on a later call. (Reading an entry sets the socket's pending error to the next one's,
-/// `sock_dequeue_err_skb` in net/core/skbuff.c; a send that takes it is sent again.)
-pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
-    let mut found = QueuedErrors::default();
-    let mut data = [0u8; 64];
-    let mut control = [0u8; 256];
-    for _ in 0..ERROR_QUEUE_BATCH {
-        let Ok((_, control_len)) = recvmsg_with_control(
-            fd,
-            &mut data,
-            &mut control,
-            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        ) else {
-            break;
-        };
-        found.count += 1;
-        found.add(&cmsg::parse_queued_error(
-            &control[..control_len.min(control.len())],
-        ));
-    }
-    found
-}
-
 /// The peer as the path MTU helpers address it: an IPv4-mapped address as plain IPv4, so that
 /// their socket family is the family of the outer header.
 pub fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
-/// A plain UDP socket of the peer's canonical family, not bound: the kernel picks a port at the
-/// first connect or send.
-fn helper_socket(peer: SocketAddr) -> io::Result<OwnedFd> {
-    let family = match OuterFamily::of(peer) {
-        OuterFamily::Ipv4 => libc::AF_INET,
-        OuterFamily::Ipv6 => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2); owned right after the check.
-    let raw = check(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A plain UDP socket of `peer`'s canonical family that sends from any address and a port the
-/// kernel picks (tests use it as a stranger or a router would).
+/// A plain close-on-exec UDP socket of `peer`'s canonical family that sends from any address
+/// and a port the kernel picks at the first send (tests use it as a stranger or a router
+/// would).
 pub fn plain_sender(peer: SocketAddr) -> io::Result<OwnedFd> {
-    helper_socket(peer)
+    let domain = match OuterFamily::of(peer) {
+        OuterFamily::Ipv4 => Domain::IPV4,
+        OuterFamily::Ipv6 => Domain::IPV6,
+    };
+    Socket::new(domain, Type::DGRAM, None).map(OwnedFd::from)
 }
 
 /// Sends one datagram gathered from `parts` to `peer` on `fd`,
@@ -407,55 +336,18 @@ pub fn send_gathered(
     parts: &[io::IoSlice<'_>],
     tos: u8,
 ) -> io::Result<usize> {
-    let (mut storage, len) = to_sockaddr(canonical(peer));
-    let mut control = [0u64; 3];
-    // SAFETY: msghdr is plain data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = len;
-    // IoSlice is ABI-compatible with iovec (std's documented guarantee on Unix); the kernel
-    // only reads through it.
-    msg.msg_iov = parts.as_ptr().cast_mut().cast();
-    msg.msg_iovlen = parts.len();
-    if tos != 0 {
-        msg.msg_controllen =
-            cmsg::write_tos_control(as_bytes_mut(&mut control), tos, OuterFamily::of(peer));
-        msg.msg_control = control.as_mut_ptr().cast();
-    }
-    // SAFETY: `msg` points at `storage`, `parts` and `control`, all live for the call.
-    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
-}
-
-/// One `recvmsg` into `data` with a control area; returns the bytes received and the length of
-/// the control data the kernel filled in.
-pub fn recvmsg_with_control(
-    fd: RawFd,
-    data: &mut [u8],
-    control: &mut [u8],
-    flags: libc::c_int,
-) -> io::Result<(usize, usize)> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
+    let to = SockAddr::from(canonical(peer));
+    let mut words = [0u64; 3];
+    let control = as_bytes_mut(&mut words);
+    let control_len = match tos {
+        0 => 0,
+        tos => cmsg::write_tos_control(control, tos, OuterFamily::of(peer)),
     };
-    // SAFETY: msghdr is plain data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len();
-    // SAFETY: `msg` points at `data` and `control`, live for the call, with their lengths.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok((n as usize, msg.msg_controllen))
+    let mut message = MsgHdr::new().with_addr(&to).with_buffers(parts);
+    if control_len > 0 {
+        message = message.with_control(&control[..control_len]);
     }
+    SockRef::from(fd).sendmsg(&message, libc::MSG_DONTWAIT)
 }
 
 #[cfg(test)]
@@ -524,38 +416,6 @@ mod tests {
         assert_eq!(drain_error_queue(first.as_raw_fd()).count, 0);
     }
 
-    /// A datagram to a closed port on loopback comes back as an ICMP port unreachable on the
-    /// error queue (`IP_RECVERR`), counted as from ICMP and reporting no path MTU.
-    #[test]
-    fn the_error_queue_counts_icmp_errors() {
-        let closed =
-            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        let to = local_address(&closed).unwrap();
-        drop(closed);
-        let sender =
-            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        send_gathered(&sender, to, &[io::IoSlice::new(b"anyone?")], 0).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut found = QueuedErrors::default();
-        while found.count == 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            found = drain_error_queue(sender.as_raw_fd());
-        }
-        use crate::wire::icmp::IcmpKind;
-        let mut icmp = [0; IcmpKind::ALL.len()];
-        icmp[IcmpKind::PortUnreachable as usize] = 1;
-        assert_eq!(
-            found,
-            QueuedErrors {
-                count: 1,
-                icmp,
-                icmp_path_mtu: None,
-                local_path_mtu: None,
-            }
-        );
-        assert_eq!(found.from_icmp(), 1);
-    }
-
     /// The outer TOS goes out as a control message and comes back as one, over IPv4 and IPv6
     /// loopback (no root): what ECN encapsulation and decapsulation rely on.
     #[test]
@@ -596,19 +456,7 @@ mod tests {
             let fragmenting = fragmenting_socket(listen, SOCKET_BUFFER_BYTES as usize).unwrap();
             attach_reuseport_program(&worker, &crate::steer::reuseport_program(1)).unwrap();
             assert_eq!(local_address(&fragmenting).unwrap(), listen);
-            let mut sndbuf: libc::c_int = 0;
-            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: `sndbuf` is valid for writes of `len` bytes for the duration of the call.
-            let got = unsafe {
-                libc::getsockopt(
-                    fragmenting.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&mut sndbuf as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(got, 0);
+            let sndbuf = SockRef::from(&fragmenting).send_buffer_size().unwrap();
             // The kernel doubles what it was given (socket(7)); capped by wmem_max without
             // CAP_NET_ADMIN, but never below the default of 212992.
             assert!(sndbuf >= 212_992, "SO_SNDBUF {sndbuf}");
@@ -646,17 +494,9 @@ mod tests {
 
     /// One blocking receive (at most 2 s): its length and source.
     fn receive_from(fd: &OwnedFd, data: &mut [u8], name: &mut [u8]) -> (usize, Option<SocketAddr>) {
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        set_option(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout,
-        )
-        .unwrap();
+        SockRef::from(fd)
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
         let mut iov = libc::iovec {
             iov_base: data.as_mut_ptr().cast(),
             iov_len: data.len(),

@@ -393,12 +393,10 @@ fn setup_faults(queue: usize) -> Faults {
     faults
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu`; the error says why the kernel refused
+/// (`sys::affinity::pin_current_thread`).
 fn pin(queue: usize, cpu: usize) -> Result<(), sys::Error> {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-        return Err(sys::Error::Pin { queue, cpu });
-    }
-    Ok(())
+    sys::affinity::pin_current_thread(cpu).map_err(|source| sys::Error::Pin { queue, cpu, source })
 }
 
 /// Buffers for a ring of `buf_len`-byte buffers: about `budget` bytes' worth (rounding up, so
@@ -764,11 +762,20 @@ mod tests {
     fn setup_errors_are_reported_and_success_needs_every_worker() {
         let (tx, rx) = mpsc::channel();
         tx.send(Ok(())).unwrap();
-        tx.send(Err(sys::Error::Pin { queue: 1, cpu: 9 })).unwrap();
+        tx.send(Err(sys::Error::Pin {
+            queue: 1,
+            cpu: 9,
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        }))
+        .unwrap();
         drop(tx);
         assert!(matches!(
             await_ready(&rx, 2),
-            Err(sys::Error::Pin { queue: 1, cpu: 9 })
+            Err(sys::Error::Pin {
+                queue: 1,
+                cpu: 9,
+                ..
+            })
         ));
         let (tx, rx) = mpsc::channel();
         tx.send(Ok(())).unwrap();

@@ -1,188 +1,19 @@
-//! Command line: clap's derive for the syntax, then [`Args::validate`] for the meaning. PURE.
-//!
-//! Validation needs two facts from the machine (the online CPUs and, for a hostname peer, DNS);
-//! the caller passes those in, so every rule here is unit-tested without root or network.
+//! The rules between options, and the [`Config`] they make: [`Args::validate`]. Each option's
+//! own form was checked as clap parsed it (`parse`); what is left needs several options together
+//! or facts from the machine, which the caller passes in (the online CPUs, a resolver for the
+//! peer's name, the user database). PURE.
 
+use super::parse::{CpuList, PeerSpec};
+use super::{
+    Args, ConfigError, DEFAULT_PMTU_FLOOR, DEFAULT_PORT, MAX_QUEUES, OVERHEAD_V4, OVERHEAD_V6, bad,
+};
 use crate::engine::Engine;
-use crate::offload::ecn::{ECN_MASK, Marking, OuterDscp};
-use clap::Parser;
-use std::fmt;
+use crate::offload::ecn::{Marking, OuterDscp};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-/// The UDP port tunfwd listens on by default.
-pub const DEFAULT_PORT: u16 = 55555;
-/// Linux's limit on queues of one TUN device (`MAX_TAP_QUEUES` in drivers/net/tun.c).
-pub const MAX_QUEUES: usize = 256;
-/// `IFNAMSIZ - 1`: an interface name's bytes, without the terminating NUL.
-pub const MAX_DEVICE_NAME: usize = 15;
-/// The TUN transmit queue length tunfwd sets unless told otherwise. The kernel's is 500, which a
-/// flow of small packets fills in 3 ms at 166k packets a second: a worker that waits that long
-/// for a CPU loses packets. 2000 lost none at that rate where 500 lost 4 to 5%
-/// (bench-results/2026-11-30T160000Z-traffic-shapes.md). It counts packets, not bytes, and one
-/// TCP flow's window (its sender's send buffer, 4 MB by default) fills about 60 of them.
-pub const DEFAULT_TX_QUEUE_LEN: u32 = 2000;
-/// Outer IPv4 + UDP header bytes, and outer IPv6 + UDP.
-pub const OVERHEAD_V4: u32 = 20 + 8;
-pub const OVERHEAD_V6: u32 = 40 + 8;
+/// The underlay MTU the default device MTU is made to fit.
 const UNDERLAY_MTU: u32 = 1500;
-
-/// The path MTU below which only an acknowledged size is used, unless `--pmtu-floor` says
-/// otherwise: IPv6's minimum link MTU, which an IPv4 path is as likely to carry.
-pub const DEFAULT_PMTU_FLOOR: u32 = 1280;
-
-/// The longest `--busy-poll`: 10 ms of spinning after each burst is already most of a core.
-const MAX_BUSY_POLL_US: u64 = 10_000;
-
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "tunfwd",
-    version,
-    about = "Forward IP packets between a multiqueue TUN device and a UDP peer",
-    long_about = "Forward IP packets between a multiqueue TUN device and a UDP peer.\n\n\
-        Run it on both ends of a link, each pointing --peer at the other; the two TUN devices are \
-        then joined. Each inner IP packet travels as one UDP payload with no extra header."
-)]
-pub struct Args {
-    /// The other relay, as IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub peer: String,
-
-    /// Local UDP address to receive on. [default: the wildcard address of the peer's family, port 55555]
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-
-    /// TUN device to create, or to attach to if it already exists as a persistent device.
-    #[arg(long, value_name = "NAME", default_value = "tunfwd0")]
-    pub dev: String,
-
-    /// Number of TUN queues, one worker thread each (1 to 256). [default: the number of online CPUs]
-    #[arg(long, value_name = "N")]
-    pub queues: Option<usize>,
-
-    /// CPUs to pin workers to, round-robin, e.g. 0-3,6. [default: all online CPUs]
-    #[arg(long, value_name = "LIST", conflicts_with = "no_pin")]
-    pub cpus: Option<String>,
-
-    /// Do not pin workers to CPUs.
-    #[arg(long)]
-    pub no_pin: bool,
-
-    /// Address to assign to the device, as ADDR/PREFIX (IPv4 or IPv6). Repeatable. The link is
-    /// brought up when any address is given.
-    #[arg(long = "address", value_name = "CIDR")]
-    pub addresses: Vec<String>,
-
-    /// Device MTU in bytes. [default: 1500 minus the outer headers: 1472 for an IPv4 peer, 1452 for IPv6]
-    #[arg(long, value_name = "BYTES")]
-    pub mtu: Option<u32>,
-
-    /// Print the stats report every SECS seconds; 0 prints it only at exit.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
-    pub stats_interval: u64,
-
-    /// Also write the stats report as JSON to PATH, at each interval and at exit (atomically).
-    #[arg(long, value_name = "PATH")]
-    pub stats_json: Option<PathBuf>,
-
-    /// Packets the TUN device may queue for tunfwd to read (its txqueuelen); the kernel drops
-    /// what finds the queue full (reported as `kernel drops: tun_queue`).
-    #[arg(long, value_name = "PACKETS", default_value_t = DEFAULT_TX_QUEUE_LEN)]
-    pub tx_queue_len: u32,
-
-    /// io_uring operations each worker keeps in flight per direction (1 to 4096, a power of two).
-    /// 1 turns batching off, for measuring what batching is worth.
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pub ring_depth: usize,
-
-    /// The I/O engine: `uring` (Linux 6.7), `uring-compat` (io_uring without multishot, Linux
-    /// 5.15), `poll` (no io_uring: what a default container seccomp profile allows), or `auto`,
-    /// the fastest this kernel and this process's seccomp profile allow.
-    #[arg(
-        long,
-        value_name = "auto|uring|uring-compat|poll",
-        default_value = "auto"
-    )]
-    pub engine: String,
-
-    /// After handling packets, keep looking for more for USECS microseconds (0 to 10000) before
-    /// going to sleep: round trips through an otherwise idle tunnel skip a thread wake-up, at
-    /// the price of that much CPU after each burst. 0 (the default) never spins.
-    #[arg(long, value_name = "USECS", default_value_t = 0)]
-    pub busy_poll: u64,
-
-    /// Receive-buffer memory per direction per worker, e.g. 512K, 1M, 16M. Buffers are 64 KiB
-    /// with offloads (so 1M makes 16) and MTU-sized without; at least 8, at most --ring-depth.
-    /// Small keeps the buffers in cache, which moves bulk traffic faster.
-    #[arg(long, value_name = "BYTES", default_value = "1M")]
-    pub buffer_memory: String,
-
-    /// Send and receive buffer of each worker's UDP socket, e.g. 256K, 8M: what the kernel holds
-    /// for a worker that falls behind. Large absorbs bursts of small packets; small keeps the
-    /// queue, and the latency of everything behind it, short under sustained load.
-    #[arg(long, value_name = "BYTES", default_value = "8M")]
-    pub socket_buffer: String,
-
-    /// Do not negotiate TCP segmentation offload with the TUN (no TCP super-packets either way).
-    #[arg(long)]
-    pub no_tso: bool,
-
-    /// Do not negotiate UDP segmentation offload with the TUN (Linux 6.2+; no UDP super-packets).
-    #[arg(long)]
-    pub no_uso: bool,
-
-    /// Do not send several datagrams per sendmsg (UDP_SEGMENT).
-    #[arg(long)]
-    pub no_udp_gso: bool,
-
-    /// Do not receive several datagrams per buffer (UDP_GRO).
-    #[arg(long)]
-    pub no_udp_gro: bool,
-
-    /// All of --no-tso, --no-uso, --no-udp-gso and --no-udp-gro.
-    #[arg(long)]
-    pub no_offload: bool,
-
-    /// The DSCP of the outer header: N is a TOS / traffic class byte (0-255, decimal or 0x hex)
-    /// whose low two bits, the ECN field, must be 0 (0xb8 is EF); `inherit` copies the inner
-    /// packet's DSCP. The outer ECN field is the inner one either way, unless --no-ecn.
-    /// [default: 0]
-    #[arg(long, value_name = "N|inherit")]
-    pub tos: Option<String>,
-
-    /// Do not propagate ECN (RFC 6040): the outer ECN field is always Not-ECT, and marks on
-    /// received outer headers are ignored.
-    #[arg(long)]
-    pub no_ecn: bool,
-
-    /// Below this path MTU (outer headers included, 552 or more; 1280 or more to an IPv6 peer),
-    /// tunfwd works only to sizes the peer relay acknowledged: an ICMP message that claims a
-    /// smaller path is a hint, confirmed by probing before it is believed. [default: 1280, or
-    /// the MTU plus the outer headers if that is smaller]
-    #[arg(long, value_name = "BYTES")]
-    pub pmtu_floor: Option<u32>,
-
-    /// With a HOSTNAME in --peer: look the name up again every SECS seconds, and follow the peer
-    /// to a new address (logged). 0 looks it up once, at startup.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub peer_refresh: u64,
-
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address and a port, e.g.
-    /// 127.0.0.1:9101). Bound at startup; counters are at most a second old.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics: Option<String>,
-
-    /// After setup (device, sockets, rings, CPU pinning), switch every thread to this user, keeping
-    /// no capabilities: nothing after setup needs privilege. tunfwd must start as root (leaving uid
-    /// 0 is what clears the capabilities). The --stats-json directory must be writable by the user;
-    /// tunfwd writes a first report there right after switching, and exits if it cannot.
-    #[arg(long, value_name = "NAME")]
-    pub user: Option<String>,
-
-    /// The group to switch to with --user. [default: the user's primary group]
-    #[arg(long, value_name = "NAME", requires = "user")]
-    pub group: Option<String>,
-}
 
 /// Offloads the operator allows; the kernel may still refuse some (probed at startup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,13 +48,6 @@ pub struct RunAs {
     /// `--group`, or `None` for the user's primary group.
     pub group: Option<String>,
     pub gid: u32,
-}
-
-/// Where the peer is, before name resolution.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerSpec {
-    Address(SocketAddr),
-    Name { host: String, port: u16 },
 }
 
 /// A validated configuration. Every field is in range; the device does not exist yet.
@@ -263,28 +87,6 @@ pub struct Config {
     pub run_as: Option<RunAs>,
 }
 
-/// Bad input: which option, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub option: &'static str,
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.option, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        option,
-        problem: problem.into(),
-    }
-}
-
 /// The address to use of those a peer's name resolved to: one of the family `of` (the socket's,
 /// once it exists), or the first IPv4 one, else the first, when there is no socket yet.
 pub fn pick_peer(found: &[SocketAddr], of: Option<SocketAddr>) -> Option<SocketAddr> {
@@ -299,192 +101,6 @@ pub fn pick_peer(found: &[SocketAddr], of: Option<SocketAddr>) -> Option<SocketA
             .or(found.first())
             .copied(),
     }
-}
-
-/// Parses `--peer` without resolving names.
-pub fn parse_peer(text: &str) -> Result<PeerSpec, ConfigError> {
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(PeerSpec::Address(address));
-    }
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| bad("--peer", format!("'{text}' is not HOST:PORT")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad("--peer", format!("'{port}' is not a port number")))?;
-    if host.is_empty() || host.contains(':') || host.contains(char::is_whitespace) {
-        return Err(bad(
-            "--peer",
-            format!("'{text}' is not HOST:PORT (write IPv6 as [ADDR]:PORT)"),
-        ));
-    }
-    if port == 0 {
-        return Err(bad("--peer", "port 0 is not a destination"));
-    }
-    Ok(PeerSpec::Name {
-        host: host.to_string(),
-        port,
-    })
-}
-
-const MIN_BUFFER_MEMORY: usize = 64 << 10;
-const MAX_BUFFER_MEMORY: usize = 1 << 30;
-
-/// Parses a byte size: digits, optionally followed by K, M or G (powers of 1024).
-pub fn parse_size(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last()? {
-        (at, 'K' | 'k') => (&text[..at], 10),
-        (at, 'M' | 'm') => (&text[..at], 20),
-        (at, 'G' | 'g') => (&text[..at], 30),
-        _ => (text, 0),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: usize = digits.parse().ok()?;
-    n.checked_mul(1 << shift)
-}
-
-/// The most CPUs a `cpu_set_t` can name (`CPU_SETSIZE` in glibc's <sched.h>); a CPU number at or
-/// above it cannot be pinned to, so a list is refused before it is expanded (a range such as
-/// `0-18446744073709551615` would otherwise allocate without bound).
-pub const MAX_CPUS: usize = 1024;
-
-/// Parses a CPU list such as `0-3,6`. A CPU named twice keeps its first place (`2,0-3` is
-/// `2,0,1,3`), so round-robin pinning never puts two workers on one core by accident.
-pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
-    let mut cpus = Vec::new();
-    let mut seen = [false; MAX_CPUS];
-    let number = |s: &str| {
-        let n = s
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| bad("--cpus", format!("'{s}' is not a CPU number")))?;
-        if n >= MAX_CPUS {
-            return Err(bad(
-                "--cpus",
-                format!("CPU {n} is out of range (at most {})", MAX_CPUS - 1),
-            ));
-        }
-        Ok(n)
-    };
-    for part in text.split(',') {
-        let part = part.trim();
-        let (lo, hi) = match part.split_once('-') {
-            Some((lo, hi)) => (number(lo)?, number(hi)?),
-            None => {
-                let n = number(part)?;
-                (n, n)
-            }
-        };
-        if lo > hi {
-            return Err(bad("--cpus", format!("range '{part}' runs backwards")));
-        }
-        for (cpu, seen) in seen.iter_mut().enumerate().take(hi + 1).skip(lo) {
-            if !std::mem::replace(seen, true) {
-                cpus.push(cpu);
-            }
-        }
-    }
-    Ok(cpus)
-}
-
-/// Parses an `--address` such as `198.19.0.1/24` or `2001:2::1/64`.
-pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), ConfigError> {
-    let (addr, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| bad("--address", format!("'{text}' has no /PREFIX")))?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| bad("--address", format!("'{addr}' is not an IP address")))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= max)
-        .ok_or_else(|| bad("--address", format!("prefix '{prefix}' is not 0..={max}")))?;
-    Ok((addr, prefix))
-}
-
-fn validate_device_name(name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() {
-        return Err(bad("--dev", "empty device name"));
-    }
-    if name.len() > MAX_DEVICE_NAME {
-        return Err(bad(
-            "--dev",
-            format!(
-                "'{name}' is {} bytes; Linux allows at most {MAX_DEVICE_NAME}",
-                name.len()
-            ),
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name.contains(['/', ':', '%'])
-        || name.contains(char::is_whitespace)
-    {
-        return Err(bad(
-            "--dev",
-            format!("'{name}' is not a valid interface name"),
-        ));
-    }
-    Ok(())
-}
-
-/// Parses a byte, decimal or hex with a `0x` or `0X` prefix: the TOS values of `--tos` here
-/// and of `tunload udp-flood --tos`, which takes whole bytes, ECN bits included.
-pub fn parse_byte(text: &str) -> Option<u8> {
-    let text = text.trim();
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u8::from_str_radix(hex, 16).ok(),
-        None => text.parse::<u8>().ok(),
-    }
-}
-
-/// Parses `--tos`: `inherit`, or a TOS byte (decimal or `0x` hex) with its ECN bits clear, since
-/// those come from the inner packet.
-pub fn parse_tos(text: &str) -> Result<OuterDscp, ConfigError> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("inherit") {
-        return Ok(OuterDscp::Inherit);
-    }
-    let value = parse_byte(text).ok_or_else(|| {
-        bad(
-            "--tos",
-            format!("'{text}' is neither 'inherit' nor a byte (0-255, or 0x00-0xff)"),
-        )
-    })?;
-    if value & ECN_MASK != 0 {
-        return Err(bad(
-            "--tos",
-            format!(
-                "{value:#04x} sets the ECN bits (the low two), which come from the inner packet; \
-                 the DSCP alone is {:#04x}",
-                value & !ECN_MASK
-            ),
-        ));
-    }
-    Ok(OuterDscp::Fixed(value))
-}
-
-/// Parses `--metrics`: an IP address and a non-zero port. No hostnames: the listener is bound
-/// before anything else, and a name that resolves to several addresses would have to pick one.
-pub fn parse_metrics_address(text: &str) -> Result<SocketAddr, ConfigError> {
-    let address: SocketAddr = text.parse().map_err(|_| {
-        bad(
-            "--metrics",
-            format!("'{text}' is not ADDR:PORT (an IP address and a port, e.g. 127.0.0.1:9101)"),
-        )
-    })?;
-    if address.port() == 0 {
-        return Err(bad(
-            "--metrics",
-            "port 0 would be a random port that no scraper knows; choose one",
-        ));
-    }
-    Ok(address)
 }
 
 /// Resolves `--user` and `--group`. Refuses uid 0 and gid 0: switching to root keeps everything,
@@ -553,7 +169,7 @@ impl Args {
         accounts: &impl Accounts,
     ) -> Result<Config, ConfigError> {
         let mut peer_name = None;
-        let peer = match parse_peer(&self.peer)? {
+        let peer = match self.peer.clone() {
             PeerSpec::Address(address) => address,
             PeerSpec::Name { host, port } => {
                 let found = resolve(&host, port)
@@ -575,11 +191,8 @@ impl Args {
             ));
         }
 
-        let listen = match &self.listen {
-            Some(text) => {
-                let listen: SocketAddr = text
-                    .parse()
-                    .map_err(|_| bad("--listen", format!("'{text}' is not ADDR:PORT")))?;
+        let listen = match self.listen {
+            Some(listen) => {
                 if listen.is_ipv4() != peer.is_ipv4() {
                     return Err(bad("--listen", "must be the same IP family as --peer"));
                 }
@@ -588,8 +201,6 @@ impl Args {
             None if peer.is_ipv4() => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_PORT),
             None => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_PORT),
         };
-
-        validate_device_name(&self.dev)?;
 
         let queues = self.queues.unwrap_or(online_cpus.len().max(1));
         if !(1..=MAX_QUEUES).contains(&queues) {
@@ -603,15 +214,14 @@ impl Args {
             None
         } else {
             let pool = match &self.cpus {
-                Some(text) => {
-                    let cpus = parse_cpu_list(text)?;
+                Some(CpuList(cpus)) => {
                     if let Some(unknown) = cpus.iter().find(|c| !online_cpus.contains(c)) {
                         return Err(bad(
                             "--cpus",
                             format!("CPU {unknown} is not online (online: {online_cpus:?})"),
                         ));
                     }
-                    cpus
+                    cpus.clone()
                 }
                 None => online_cpus.to_vec(),
             };
@@ -621,11 +231,7 @@ impl Args {
             Some((0..queues).map(|q| pool[q % pool.len()]).collect())
         };
 
-        let addresses = self
-            .addresses
-            .iter()
-            .map(|a| parse_cidr(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let addresses = self.addresses.clone();
 
         let overhead = if peer.is_ipv4() {
             OVERHEAD_V4
@@ -647,64 +253,6 @@ impl Args {
             ));
         }
 
-        if !(1..=4096).contains(&self.ring_depth) || !self.ring_depth.is_power_of_two() {
-            return Err(bad(
-                "--ring-depth",
-                format!("{} is not a power of two in 1..=4096", self.ring_depth),
-            ));
-        }
-
-        let engine = match self.engine.as_str() {
-            "auto" => None,
-            name => Some(Engine::from_name(name).ok_or_else(|| {
-                bad(
-                    "--engine",
-                    format!("'{name}' is not one of auto, uring, uring-compat, poll"),
-                )
-            })?),
-        };
-
-        if self.busy_poll > MAX_BUSY_POLL_US {
-            return Err(bad(
-                "--busy-poll",
-                format!(
-                    "{} is not between 0 and {MAX_BUSY_POLL_US} microseconds",
-                    self.busy_poll
-                ),
-            ));
-        }
-
-        let socket_buffer = parse_size(&self.socket_buffer)
-            .filter(|b| (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(b))
-            .ok_or_else(|| {
-                bad(
-                    "--socket-buffer",
-                    format!(
-                        "'{}' is not a size between 64K and 1G (bytes, or with K, M or G)",
-                        self.socket_buffer
-                    ),
-                )
-            })?;
-
-        let buffer_memory = parse_size(&self.buffer_memory)
-            .filter(|b| (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(b))
-            .ok_or_else(|| {
-                bad(
-                    "--buffer-memory",
-                    format!(
-                        "'{}' is not a size between 64K and 1G (bytes, or with K, M or G)",
-                        self.buffer_memory
-                    ),
-                )
-            })?;
-
-        if !(1..=1_000_000).contains(&self.tx_queue_len) {
-            return Err(bad(
-                "--tx-queue-len",
-                format!("{} is not between 1 and 1000000", self.tx_queue_len),
-            ));
-        }
-
         let smallest = if peer.is_ipv4() { 552 } else { 1280 };
         let largest = mtu + overhead;
         let pmtu_floor = self
@@ -719,24 +267,7 @@ impl Args {
                 ),
             ));
         }
-        if self.peer_refresh > 86_400 {
-            return Err(bad(
-                "--peer-refresh",
-                format!("{} is not between 0 and 86400 seconds", self.peer_refresh),
-            ));
-        }
-
-        let dscp = self
-            .tos
-            .as_deref()
-            .map(parse_tos)
-            .transpose()?
-            .unwrap_or(OuterDscp::Fixed(0));
-        let metrics = self
-            .metrics
-            .as_deref()
-            .map(parse_metrics_address)
-            .transpose()?;
+        let dscp = self.tos.unwrap_or(OuterDscp::Fixed(0));
         let run_as = self
             .user
             .as_deref()
@@ -754,10 +285,10 @@ impl Args {
             stats_interval_secs: self.stats_interval,
             stats_json: self.stats_json.clone(),
             ring_depth: self.ring_depth,
-            engine,
+            engine: self.engine.engine(),
             busy_poll: std::time::Duration::from_micros(self.busy_poll),
-            buffer_memory,
-            socket_buffer,
+            buffer_memory: self.buffer_memory,
+            socket_buffer: self.socket_buffer,
             tx_queue_len: self.tx_queue_len,
             offloads: OffloadSwitches {
                 tso: !(self.no_offload || self.no_tso),
@@ -773,7 +304,7 @@ impl Args {
             peer_refresh: (peer_name.is_some() && self.peer_refresh > 0)
                 .then(|| std::time::Duration::from_secs(self.peer_refresh)),
             peer_name,
-            metrics,
+            metrics: self.metrics,
             run_as,
         })
     }
@@ -782,13 +313,9 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{parse_cpu_list, parse_size, value_error};
+    use clap::Parser;
     use std::time::Duration;
-
-    fn args(extra: &[&str]) -> Args {
-        let mut argv = vec!["tunfwd", "--peer", "198.18.0.2:55555"];
-        argv.extend_from_slice(extra);
-        Args::try_parse_from(argv).expect("clap accepts")
-    }
 
     fn no_dns(_: &str, _: u16) -> Result<Vec<SocketAddr>, String> {
         Err("no DNS in tests".into())
@@ -821,8 +348,18 @@ mod tests {
         }
     }
 
+    /// Parses and validates as the binary does: a value clap refuses is an error that names its
+    /// option too ([`value_error`]); any other refusal of clap's fails the test.
+    fn check_argv(argv: &[&str], online: &[usize]) -> Result<Config, ConfigError> {
+        let args = Args::try_parse_from(argv)
+            .map_err(|e| value_error(&e).unwrap_or_else(|| panic!("{argv:?}: {e}")))?;
+        args.validate(online, no_dns, &FakeAccounts)
+    }
+
     fn check(extra: &[&str]) -> Result<Config, ConfigError> {
-        args(extra).validate(&[0, 1, 2, 3], no_dns, &FakeAccounts)
+        let mut argv = vec!["tunfwd", "--peer", "198.18.0.2:55555"];
+        argv.extend_from_slice(extra);
+        check_argv(&argv, &[0, 1, 2, 3])
     }
 
     #[test]
@@ -930,10 +467,7 @@ mod tests {
             "198.18.0.2:0",
             "a b:1",
         ] {
-            let e = Args::try_parse_from(["tunfwd", "--peer", peer])
-                .unwrap()
-                .validate(&[0], no_dns, &FakeAccounts)
-                .expect_err(peer);
+            let e = check_argv(&["tunfwd", "--peer", peer], &[0]).expect_err(peer);
             assert_eq!(e.option, "--peer", "{peer}");
         }
     }
@@ -978,28 +512,6 @@ mod tests {
             let e = check(&["--tos", text]).unwrap_err();
             assert_eq!(e.option, "--tos", "{text}");
             assert!(e.problem.contains(says), "{text}: {e}");
-        }
-    }
-
-    /// The byte parser `--tos` and `tunload udp-flood --tos` share: ECN bits are the caller's
-    /// business here, and either spelling of the hex prefix works.
-    #[test]
-    fn bytes_parse_in_decimal_and_either_hex_prefix() {
-        for (text, byte) in [
-            ("0", Some(0)),
-            ("255", Some(255)),
-            ("0xb9", Some(0xb9)),
-            ("0XB9", Some(0xb9)),
-            (" 0x03 ", Some(3)),
-            ("3", Some(3)),
-            ("256", None),
-            ("0x100", None),
-            ("0x", None),
-            ("b9", None),
-            ("-1", None),
-            ("", None),
-        ] {
-            assert_eq!(parse_byte(text), byte, "{text:?}");
         }
     }
 

@@ -1,0 +1,218 @@
+//! The command line's syntax: clap's derive, with a value parser for every option whose value has
+//! a form (`parse`), so that a malformed value is refused as clap parses, naming its option.
+//! What depends on several options or on the machine is `validate`'s.
+
+use super::parse::{self, CpuList, PeerSpec};
+use super::{DEFAULT_TX_QUEUE_LEN, MAX_BUSY_POLL_US, MAX_PEER_REFRESH_SECS, MAX_QUEUES};
+use crate::engine::Engine;
+use crate::offload::ecn::OuterDscp;
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// `--engine`: one of the engines, or `auto` for the fastest this kernel allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineChoice {
+    Auto,
+    Uring,
+    UringCompat,
+    Poll,
+}
+
+impl EngineChoice {
+    /// The engine forced, or `None` for `auto`.
+    pub fn engine(self) -> Option<Engine> {
+        match self {
+            EngineChoice::Auto => None,
+            EngineChoice::Uring => Some(Engine::Uring),
+            EngineChoice::UringCompat => Some(Engine::UringCompat),
+            EngineChoice::Poll => Some(Engine::Poll),
+        }
+    }
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tunfwd",
+    version,
+    about = "Forward IP packets between a multiqueue TUN device and a UDP peer",
+    long_about = "Forward IP packets between a multiqueue TUN device and a UDP peer.\n\n\
+        Run it on both ends of a link, each pointing --peer at the other; the two TUN devices are \
+        then joined. Each inner IP packet travels as one UDP payload with no extra header."
+)]
+pub struct Args {
+    /// The other relay, as IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse::peer)]
+    pub peer: PeerSpec,
+
+    /// Local UDP address to receive on. [default: the wildcard address of the peer's family, port 55555]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse::listen)]
+    pub listen: Option<SocketAddr>,
+
+    /// TUN device to create, or to attach to if it already exists as a persistent device.
+    #[arg(long, value_name = "NAME", default_value = "tunfwd0", value_parser = parse::device_name)]
+    pub dev: String,
+
+    /// Number of TUN queues, one worker thread each (1 to 256). [default: the number of online CPUs]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_QUEUES as u64)
+    )]
+    pub queues: Option<usize>,
+
+    /// CPUs to pin workers to, round-robin, e.g. 0-3,6. [default: all online CPUs]
+    #[arg(
+        long,
+        value_name = "LIST",
+        conflicts_with = "no_pin",
+        value_parser = parse::cpu_list
+    )]
+    pub cpus: Option<CpuList>,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Address to assign to the device, as ADDR/PREFIX (IPv4 or IPv6). Repeatable. The link is
+    /// brought up when any address is given.
+    #[arg(long = "address", value_name = "CIDR", value_parser = parse::cidr)]
+    pub addresses: Vec<(IpAddr, u8)>,
+
+    /// Device MTU in bytes. [default: 1500 minus the outer headers: 1472 for an IPv4 peer, 1452 for IPv6]
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+
+    /// Print the stats report every SECS seconds; 0 prints it only at exit.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
+    /// Also write the stats report as JSON to PATH, at each interval and at exit (atomically).
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+
+    /// Packets the TUN device may queue for tunfwd to read (its txqueuelen); the kernel drops
+    /// what finds the queue full (reported as `kernel drops: tun_queue`).
+    #[arg(
+        long,
+        value_name = "PACKETS",
+        default_value_t = DEFAULT_TX_QUEUE_LEN,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub tx_queue_len: u32,
+
+    /// io_uring operations each worker keeps in flight per direction (1 to 4096, a power of two).
+    /// 1 turns batching off, for measuring what batching is worth.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = parse::ring_depth)]
+    pub ring_depth: usize,
+
+    /// The I/O engine: `uring` (Linux 6.7), `uring-compat` (io_uring without multishot, Linux
+    /// 5.15), `poll` (no io_uring: what a default container seccomp profile allows), or `auto`,
+    /// the fastest this kernel and this process's seccomp profile allow.
+    #[arg(
+        long,
+        value_name = "auto|uring|uring-compat|poll",
+        default_value = "auto",
+        hide_possible_values = true
+    )]
+    pub engine: EngineChoice,
+
+    /// After handling packets, keep looking for more for USECS microseconds (0 to 10000) before
+    /// going to sleep: round trips through an otherwise idle tunnel skip a thread wake-up, at
+    /// the price of that much CPU after each burst. 0 (the default) never spins.
+    #[arg(
+        long,
+        value_name = "USECS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_BUSY_POLL_US)
+    )]
+    pub busy_poll: u64,
+
+    /// Receive-buffer memory per direction per worker, e.g. 512K, 1M, 16M. Buffers are 64 KiB
+    /// with offloads (so 1M makes 16) and MTU-sized without; at least 8, at most --ring-depth.
+    /// Small keeps the buffers in cache, which moves bulk traffic faster.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "1M",
+        value_parser = parse::buffer_size
+    )]
+    pub buffer_memory: usize,
+
+    /// Send and receive buffer of each worker's UDP socket, e.g. 256K, 8M: what the kernel holds
+    /// for a worker that falls behind. Large absorbs bursts of small packets; small keeps the
+    /// queue, and the latency of everything behind it, short under sustained load.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "8M",
+        value_parser = parse::buffer_size
+    )]
+    pub socket_buffer: usize,
+
+    /// Do not negotiate TCP segmentation offload with the TUN (no TCP super-packets either way).
+    #[arg(long)]
+    pub no_tso: bool,
+
+    /// Do not negotiate UDP segmentation offload with the TUN (Linux 6.2+; no UDP super-packets).
+    #[arg(long)]
+    pub no_uso: bool,
+
+    /// Do not send several datagrams per sendmsg (UDP_SEGMENT).
+    #[arg(long)]
+    pub no_udp_gso: bool,
+
+    /// Do not receive several datagrams per buffer (UDP_GRO).
+    #[arg(long)]
+    pub no_udp_gro: bool,
+
+    /// All of --no-tso, --no-uso, --no-udp-gso and --no-udp-gro.
+    #[arg(long)]
+    pub no_offload: bool,
+
+    /// The DSCP of the outer header: N is a TOS / traffic class byte (0-255, decimal or 0x hex)
+    /// whose low two bits, the ECN field, must be 0 (0xb8 is EF); `inherit` copies the inner
+    /// packet's DSCP. The outer ECN field is the inner one either way, unless --no-ecn.
+    /// [default: 0]
+    #[arg(long, value_name = "N|inherit", value_parser = parse::tos)]
+    pub tos: Option<OuterDscp>,
+
+    /// Do not propagate ECN (RFC 6040): the outer ECN field is always Not-ECT, and marks on
+    /// received outer headers are ignored.
+    #[arg(long)]
+    pub no_ecn: bool,
+
+    /// Below this path MTU (outer headers included, 552 or more; 1280 or more to an IPv6 peer),
+    /// tunfwd works only to sizes the peer relay acknowledged: an ICMP message that claims a
+    /// smaller path is a hint, confirmed by probing before it is believed. [default: 1280, or
+    /// the MTU plus the outer headers if that is smaller]
+    #[arg(long, value_name = "BYTES")]
+    pub pmtu_floor: Option<u32>,
+
+    /// With a HOSTNAME in --peer: look the name up again every SECS seconds, and follow the peer
+    /// to a new address (logged). 0 looks it up once, at startup.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_PEER_REFRESH_SECS)
+    )]
+    pub peer_refresh: u64,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address and a port, e.g.
+    /// 127.0.0.1:9101). Bound at startup; counters are at most a second old.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse::metrics_address)]
+    pub metrics: Option<SocketAddr>,
+
+    /// After setup (device, sockets, rings, CPU pinning), switch every thread to this user, keeping
+    /// no capabilities: nothing after setup needs privilege. tunfwd must start as root (leaving uid
+    /// 0 is what clears the capabilities). The --stats-json directory must be writable by the user;
+    /// tunfwd writes a first report there right after switching, and exits if it cannot.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// The group to switch to with --user. [default: the user's primary group]
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
+}
