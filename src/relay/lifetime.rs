@@ -41,8 +41,12 @@ impl Buffers for FakeBuffers {
 }
 
 fn relay() -> Relay {
+    Relay::new(config())
+}
+
+fn config() -> RelayConfig {
     let mut nonce = 0u64;
-    Relay::new(RelayConfig {
+    RelayConfig {
         queue: 0,
         peer: PEER.parse().unwrap(),
         mtu: 1420,
@@ -66,7 +70,7 @@ fn relay() -> Relay {
         }),
         epoch: std::time::Instant::now(),
         snapshot_every_ns: None,
-    })
+    }
 }
 
 /// xorshift64: reproducible, and enough to mix the results.
@@ -310,4 +314,54 @@ fn a_request_names_what_the_relay_completes() {
     r.complete(token, packet.len() as i32, 1, &b);
     assert_eq!(r.in_flight(), 0);
     assert_eq!(r.take_free_tun().count(), usize::from(BUFFERS));
+}
+
+/// A probe refused with what may be the socket's pending error (with `IP_RECVERR` a forged
+/// ICMP error fails the next send, whatever it is) is sent again as it was, so that forged
+/// errors cannot make probes look lost and confirm a forged hint; a slot whose resends are
+/// spent comes free.
+#[test]
+fn a_probe_refused_by_a_pending_error_is_sent_again() {
+    let mut r = Relay::new(RelayConfig {
+        path_machine: Some(crate::relay::plpmtud::Limits {
+            largest: 1448,
+            floor: 1280,
+            smallest: 552,
+            hello: 28 + crate::wire::control::HEADER_LEN,
+        }),
+        ..config()
+    });
+    let b = FakeBuffers::new();
+    let mut now = 1_000_000u64;
+    r.on_timeout(now);
+    let first = std::iter::from_fn(|| r.poll_request())
+        .find_map(|q| match q {
+            Request::SendControl { token, k, len } => Some((token, k, len)),
+            _ => None,
+        })
+        .expect("the machine asks the peer whether it answers probes");
+    let mut sends = vec![first];
+    for errno in [libc::EMSGSIZE, libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::EMSGSIZE] {
+        let (token, _, _) = *sends.last().unwrap();
+        now += 1000;
+        r.complete(token, -errno, now, &b);
+        let again: Vec<_> = std::iter::from_fn(|| r.poll_request())
+            .filter_map(|q| match q {
+                Request::SendControl { token, k, len } => Some((token, k, len)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(again.len(), 1, "refused with errno {errno}, sent again once");
+        assert_eq!((again[0].1, again[0].2), (first.1, first.2), "the same message");
+        sends.push(again[0]);
+    }
+    assert_eq!(r.stats.counters.send_retries, send::RESENDS_PER_SLOT as u64);
+    let (token, _, _) = *sends.last().unwrap();
+    r.complete(token, -libc::EMSGSIZE, now, &b);
+    assert!(
+        std::iter::from_fn(|| r.poll_request())
+            .all(|q| !matches!(q, Request::SendControl { .. })),
+        "the resends are spent"
+    );
+    assert!(r.controls.busy.iter().all(|busy| !busy), "the slot came free");
 }

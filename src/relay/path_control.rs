@@ -2,6 +2,7 @@
 //! messages between relays, and the ICMP errors written into the TUN. PURE.
 
 use super::plpmtud::Probe;
+use super::send;
 use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
 use super::{Buffers, Relay, Request, Socket, Token, WriteIndex};
 use crate::offload::icmp;
@@ -141,13 +142,20 @@ impl Relay {
             return false;
         };
         self.controls.busy[k] = true;
-        debug_assert!(k < CONTROL_SLOTS);
+        self.controls.message_len[k] = len as u32;
+        self.controls.resends[k] = 0;
+        self.send_control(k);
+        true
+    }
+
+    /// Queues the send of busy control slot `k`'s message.
+    fn send_control(&mut self, k: usize) {
+        debug_assert!(k < CONTROL_SLOTS && self.controls.busy[k]);
         self.queue_io(Request::SendControl {
             token: Token::new(super::Op::ControlSend, k as u32),
             k: k as u16,
-            len: len as u32,
+            len: self.controls.message_len[k],
         });
-        true
     }
 
     /// The piece a `Request::SendControl` sends.
@@ -159,16 +167,30 @@ impl Relay {
         )
     }
 
-    /// A control message's send completed. A refusal is not judged: a probe over the egress
-    /// device's MTU queued that MTU (read with the next batch), and the machine counts the
-    /// probe as lost; an acknowledgement lost is a probe the peer sends again.
+    /// A control message's send completed. A refusal that may be the socket's pending error
+    /// (`send::is_peer_unreachable`, or EMSGSIZE: with `IP_RECVERR` any ICMP error about an
+    /// earlier datagram, a forged fragmentation-needed too, fails the next send, whatever its
+    /// size, and that send clears it) is sent again, up to `RESENDS_PER_SLOT` times: a probe
+    /// lost that way would count against the path and could confirm a forged hint. Other
+    /// refusals are not judged: a probe over the egress device's MTU queued that MTU (read with
+    /// the next batch) and fails again, and the machine counts it as lost; an acknowledgement
+    /// lost is a probe the peer sends again.
     pub(super) fn on_control_sent(&mut self, k: usize, result: i32) {
-        if let Some(busy) = self.controls.busy.get_mut(k) {
-            *busy = false;
+        if k >= CONTROL_SLOTS || !self.controls.busy[k] {
+            return;
         }
         if result < 0 {
-            self.reports.drain_queue |= -result != libc::EINVAL;
+            let errno = -result;
+            self.reports.drain_queue |= errno != libc::EINVAL;
+            let maybe_pending = send::is_peer_unreachable(errno) || errno == libc::EMSGSIZE;
+            if maybe_pending && self.controls.resends[k] < send::RESENDS_PER_SLOT {
+                self.controls.resends[k] += 1;
+                self.stats.counters.send_retries += 1;
+                self.send_control(k);
+                return;
+            }
         }
+        self.controls.busy[k] = false;
     }
 
     /// Builds the ICMP error telling `packet`'s sender that the path takes `mtu` bytes, into a

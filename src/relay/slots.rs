@@ -192,6 +192,10 @@ pub struct ControlSends {
     /// Bytes of each buffer.
     pub len: usize,
     pub busy: [bool; CONTROL_SLOTS],
+    /// Bytes of the message in each busy slot, to send it again as it was.
+    pub message_len: [u32; CONTROL_SLOTS],
+    /// Times each busy slot's message was sent again after a refusal.
+    pub resends: [u8; CONTROL_SLOTS],
 }
 
 impl ControlSends {
@@ -201,6 +205,8 @@ impl ControlSends {
             buffers: vec![0u8; CONTROL_SLOTS * len].into_boxed_slice(),
             len,
             busy: [false; CONTROL_SLOTS],
+            message_len: [0; CONTROL_SLOTS],
+            resends: [0; CONTROL_SLOTS],
         }
     }
 
