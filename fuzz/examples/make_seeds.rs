@@ -24,6 +24,16 @@ fn main() {
         ("error_queue", error_queue_seeds()),
         ("netlink_answers", netlink_seeds()),
     ];
+    // tunfwd-wireguard's targets take the messages its fixed test devices really exchange.
+    let wireguard = tunfwd_wireguard::fuzzing::seeds();
+    for (target, _, _) in &wireguard {
+        let _ = fs::remove_dir_all(root.join(target));
+    }
+    for (target, name, bytes) in wireguard {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("create the seed directory");
+        fs::write(dir.join(name), bytes).expect("write a seed");
+    }
     for (target, seeds) in targets {
         let dir = root.join(target);
         let _ = fs::remove_dir_all(&dir);

@@ -110,9 +110,114 @@ pub fn parse_configuration(text: &str) {
     let _ = crate::config::parse_config_file(text);
 }
 
+/// Seed inputs for the fuzz targets, as (target, name, bytes): messages the fixed devices and
+/// keypair really exchange, so that the fuzzer starts past the MACs and the AEAD tag, which it
+/// could never forge, and configurations that parse.
+pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let source: SocketAddr = SOURCE.parse().expect("a literal address");
+    let (mut initiator, peer) = device([2; 32], [1; 32], 2);
+    initiator.set_endpoint(peer, source);
+    if let Some(shared) = initiator.peer(peer) {
+        shared.activity().request_handshake(0);
+    }
+    let mut seeds = Vec::new();
+    let initiation = initiator
+        .poll(0)
+        .into_iter()
+        .find_map(|action| match action {
+            crate::device::Action::SendInitiation { transmit, .. } => Some(transmit.datagram),
+            _ => None,
+        });
+    if let Some(initiation) = initiation {
+        let (mut responder, _) = device([1; 32], [2; 32], 1);
+        if let Ok(Outcome::Responded { response, .. }) =
+            responder.on_handshake_message(&initiation, source, 1)
+        {
+            seeds.push(("wg_initiator", "response", response.datagram));
+        }
+        responder.set_under_load(true);
+        if let Ok(Outcome::CookieReplied { reply }) =
+            responder.on_handshake_message(&initiation, source, 1)
+        {
+            seeds.push(("wg_initiator", "cookie_reply", reply.datagram));
+        }
+        seeds.push(("wg_responder", "initiation", initiation));
+    }
+    // The keypair `open_transport` opens with, seen from the other end.
+    let sender = Keypair::from_raw_keys(2, 1, [4; 32], [3; 32], 0);
+    for (counter, (name, len)) in [("keepalive", 0usize), ("packet", 60)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut out =
+            vec![0u8; TRANSPORT_HEADER_LEN + len.next_multiple_of(16) + TRANSPORT_TAG_LEN];
+        if let Ok(n) = sender.seal(counter as u64, &vec![0x45; len], &mut out) {
+            out.truncate(n);
+            seeds.push(("wg_transport", name, out));
+        }
+    }
+    let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    seeds.push((
+        "wg_configuration",
+        "setconf",
+        format!(
+            "[Interface]\nPrivateKey = {key}\nListenPort = 51820\n\n[Peer]\nPublicKey = {key}\n\
+             AllowedIPs = 198.19.0.0/24, 2001:2::/64\nEndpoint = 198.18.0.2:51820\n\
+             PersistentKeepalive = 25\n"
+        )
+        .into_bytes(),
+    ));
+    seeds.push((
+        "wg_configuration",
+        "uapi_set",
+        "private_key=0101010101010101010101010101010101010101010101010101010101010101\n\
+         listen_port=51820\nreplace_peers=true\n\
+         public_key=0202020202020202020202020202020202020202020202020202020202020202\n\
+         endpoint=198.18.0.2:51820\nreplace_allowed_ips=true\nallowed_ip=198.19.0.0/24\n\
+         persistent_keepalive_interval=25\n"
+            .as_bytes()
+            .to_vec(),
+    ));
+    seeds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The seeds reach past what the fuzzer cannot forge: a real initiation is answered, a real
+    /// response starts the session, a sealed datagram opens, and the configurations parse.
+    #[test]
+    fn seeds_are_real_messages_and_configurations() {
+        let seeds = seeds();
+        let find = |target: &str, name: &str| {
+            seeds
+                .iter()
+                .find(|(t, n, _)| *t == target && *n == name)
+                .map(|(_, _, bytes)| bytes.clone())
+                .unwrap_or_else(|| panic!("no seed {target}/{name}"))
+        };
+        let source: SocketAddr = SOURCE.parse().unwrap();
+        let (mut responder, _) = device([1; 32], [2; 32], 1);
+        assert!(matches!(
+            responder.on_handshake_message(&find("wg_responder", "initiation"), source, 1),
+            Ok(Outcome::Responded { .. })
+        ));
+        let keypair = Keypair::from_raw_keys(1, 2, [3; 32], [4; 32], 0);
+        for name in ["keepalive", "packet"] {
+            let mut datagram = find("wg_transport", name);
+            assert!(keypair.open(&mut datagram).is_ok(), "{name}");
+        }
+        let setconf = String::from_utf8(find("wg_configuration", "setconf")).unwrap();
+        assert!(
+            crate::config::parse_config_file(&setconf).is_ok(),
+            "{setconf}"
+        );
+        let uapi = String::from_utf8(find("wg_configuration", "uapi_set")).unwrap();
+        assert!(crate::uapi::parse_set(&uapi).is_ok(), "{uapi}");
+        find("wg_initiator", "response");
+        find("wg_initiator", "cookie_reply");
+    }
 
     #[test]
     fn entry_points_accept_garbage_and_real_messages() {
