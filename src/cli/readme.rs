@@ -44,7 +44,9 @@ fn table_under(document: &str, heading: &str) -> Vec<Vec<String>> {
         .collect();
     assert!(rows.len() > 2, "no table under '{heading}'");
     assert!(
-        rows[1].iter().all(|c| c.chars().all(|c| c == '-' || c == ':')),
+        rows[1]
+            .iter()
+            .all(|c| c.chars().all(|c| c == '-' || c == ':')),
         "'{heading}': the table's second row is not its separator"
     );
     rows.drain(..2);
@@ -72,9 +74,9 @@ fn options_table() -> Vec<OptionRow> {
         .map(|row| {
             assert_eq!(row.len(), 4, "options table row {row:?}: want 4 cells");
             let spans = code_spans(&row[0]);
-            let syntax = spans
-                .first()
-                .unwrap_or_else(|| panic!("options table row {row:?}: no `--option` in its first cell"));
+            let syntax = spans.first().unwrap_or_else(|| {
+                panic!("options table row {row:?}: no `--option` in its first cell")
+            });
             let syntax = syntax
                 .strip_prefix("--")
                 .unwrap_or_else(|| panic!("options table row {row:?}: '{syntax}' is not --option"));
@@ -158,12 +160,16 @@ fn options_table_matches_clap() {
         });
         if takes_value {
             assert_eq!(
-                row.value_name, clap_value_name,
+                row.value_name,
+                clap_value_name,
                 "--{long}: the table names its value differently from clap (`--{long} <{}>`)",
                 clap_value_name.as_deref().unwrap_or("?")
             );
         } else {
-            assert_eq!(row.value_name, None, "--{long} is a flag and takes no value");
+            assert_eq!(
+                row.value_name, None,
+                "--{long} is a flag and takes no value"
+            );
             assert!(
                 row.default.starts_with("off"),
                 "--{long} is a flag: its default is 'off', not '{}'",
@@ -265,10 +271,7 @@ fn counter_lists_match_the_code() {
     let reasons: Vec<(&str, Option<&str>)> =
         DropReason::ALL.iter().map(|r| (r.name(), None)).collect();
     let problems: Vec<String> = [
-        (
-            "### Per queue",
-            with_help(Counters::NAMES, Counters::HELP),
-        ),
+        ("### Per queue", with_help(Counters::NAMES, Counters::HELP)),
         ("### Path", with_help(PathStats::NAMES, PathStats::HELP)),
         ("### Drops", reasons),
     ]
@@ -291,7 +294,9 @@ fn table_rows_split_on_unescaped_pipes() {
     );
     let doc = "# T\n## A\ntext\n\n| a | b |\n|---|---|\n| `x` | 1 |\n| `y` | 2 |\n\n| c |\n|---|\n\
                | `w` |\n## B\n| b |\n|---|\n| `z` |\n";
-    assert_eq!(table_under(doc, "## A"), [vec!["`x`", "1"], vec!["`y`", "2"]]);
+    assert_eq!(
+        table_under(doc, "## A"),
+        [vec!["`x`", "1"], vec!["`y`", "2"]]
+    );
     assert_eq!(table_under(doc, "## B"), [vec!["`z`"]]);
 }
-
