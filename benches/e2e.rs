@@ -1874,7 +1874,7 @@ fn write_results(
     let md_path = out.join(format!("{stamp}-e2e.md"));
     std::fs::write(&md_path, &md).expect("write results");
     let readme = format!(
-        "# Bench results\n\nEach run of `sudo cargo bench --bench e2e` writes `<UTC time>-e2e.md` (machine, commit, command, \
+        "# Latest end-to-end bench\n\nWritten by every run of `cargo bench --bench e2e`; the notebook is README.md. Each run of `sudo cargo bench --bench e2e` writes `<UTC time>-e2e.md` (machine, commit, command, \
          table, ratios), a plot `<time>-e2e.svg`, and `.hgrm` latency percentile files here. Reproduce with the command in the file; \
          only ratios from one run mean anything on a noisy VM. `cargo bench --bench micro` (criterion) covers the pure code; \
          recorded runs are `<time>-micro.txt`. One-off before/after measurements are `<time>-<topic>.md`, each with its \
@@ -1884,7 +1884,8 @@ fn write_results(
          ## Latest: {stamp}\n\n{}",
         md.split_once('\n').map(|x| x.1).unwrap_or("")
     );
-    std::fs::write(out.join("README.md"), readme).expect("write README");
+    // latest.md, not README.md: the README is the benchmark notebook, written by hand.
+    std::fs::write(out.join("latest.md"), readme).expect("write latest.md");
     println!("{md}\nwritten to {}", md_path.display());
 }
 

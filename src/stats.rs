@@ -103,8 +103,8 @@ pub enum Direction {
 /// Declares a struct of `u64` counters from one list, each with the one-line help that reports
 /// print, and derives from the same list what every report needs: the names ([`Listed::NAMES`]),
 /// the help, the values in order, and adding one worker's counts to another's. The JSON, the
-/// Prometheus families and the README's table of counters all come from (or are checked against)
-/// these lists, so a counter cannot be added to one of them and forgotten in another.
+/// Prometheus families and docs/stats.md's counter lists (checked by `cli::readme`) all come
+/// from these lists, so a counter cannot be added to one of them and forgotten in another.
 macro_rules! counters {
     (
         $(#[doc = $struct_doc:literal])*

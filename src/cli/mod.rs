@@ -14,6 +14,8 @@
 
 mod args;
 mod parse;
+#[cfg(test)]
+mod readme;
 mod validate;
 
 pub use args::{Args, EngineChoice};
