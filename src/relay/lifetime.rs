@@ -341,12 +341,12 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
         })
         .expect("the machine asks the peer whether it answers probes");
     let mut sends = vec![first];
-    for errno in [
-        libc::EMSGSIZE,
-        libc::ECONNREFUSED,
-        libc::EHOSTUNREACH,
-        libc::EMSGSIZE,
-    ] {
+    let errnos = [libc::EMSGSIZE, libc::ECONNREFUSED, libc::EHOSTUNREACH];
+    for errno in errnos
+        .into_iter()
+        .cycle()
+        .take(send::RESENDS_PER_SLOT.into())
+    {
         let (token, _, _) = *sends.last().unwrap();
         now += 1000;
         r.complete(token, -errno, now, &b);
@@ -379,4 +379,66 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
         r.controls.busy.iter().all(|busy| !busy),
         "the slot came free"
     );
+}
+
+/// Every probe from the peer is answered, however many come: a budget of answers would be one
+/// that forged probes could spend, leaving the peer's real probes unanswered and its path MTU
+/// machine to take them as lost. Answers wait only for a free control buffer.
+#[test]
+fn every_probe_from_the_peer_is_answered() {
+    let mut name = vec![0u8; 16];
+    name[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    name[2..4].copy_from_slice(&55555u16.to_be_bytes());
+    name[4..8].copy_from_slice(&[198, 18, 0, 2]);
+    let mut r = relay();
+    let b = FakeBuffers::new();
+    let mut rng = Rng(7);
+    let mut now = 0u64;
+    let probes = 500u64;
+    let mut acks = 0u64;
+    for nonce in 1..=probes {
+        let bid = r.pop_free_udp().expect("buffers come back");
+        let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
+        buffer[..name.len()].copy_from_slice(&name);
+        let at = 64;
+        let probe = crate::wire::control::Control {
+            kind: crate::wire::control::Kind::Probe,
+            nonce,
+            size: 1400,
+        };
+        let len = probe.write(&mut buffer[at..], 100).unwrap();
+        let received = Received {
+            name: 0..name.len(),
+            control: 64..64,
+            payload: at..at + len,
+            payload_truncated: false,
+            control_truncated: true,
+        };
+        r.on_udp_recv(bid, &mut buffer, received, now);
+        b.udp.borrow_mut()[usize::from(bid)] = buffer;
+        // All within one second.
+        now += 1_000_000;
+        r.end_batch(now, &b);
+        while let Some(request) = r.poll_request() {
+            match request {
+                Request::SendControl { token, .. } => {
+                    acks += 1;
+                    r.complete(token, 16, now, &b);
+                }
+                Request::DrainErrors { socket } => {
+                    r.on_errors_drained(socket, QueuedErrors::default(), now, &b);
+                }
+                Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
+                Request::ReadEgressMtu => r.on_egress_mtu(None, now),
+                Request::Send { token, .. } | Request::Write { token } => {
+                    r.complete(token, 1400, now, &b)
+                }
+            }
+        }
+        settle(&mut r, &b, &mut rng, 0, &mut now);
+    }
+    assert_eq!(acks, probes, "every probe answered");
+    assert_eq!(r.stats().counters.control_received, probes);
+    assert_eq!(r.stats().path.pmtu_probes_answered, probes);
+    assert_eq!(r.stats().counters.control_unanswered, 0);
 }

@@ -45,7 +45,7 @@ pub use token::{Op, SendIndex, Token, WriteIndex};
 
 use crate::offload::coalesce::Policy;
 use crate::offload::ecn::Marking;
-use crate::offload::icmp::{SharedBucket, SourceLimiter, TokenBucket};
+use crate::offload::icmp::{SharedBucket, SourceLimiter};
 use crate::offload::split::GSO_MAX_SEGMENTS;
 use crate::stats::{self, WorkerStats};
 use crate::wire::OuterFamily;
@@ -68,8 +68,6 @@ const _: () = assert!(MAX_GSO_SENDS + MAX_SPLIT_SEGMENTS < 1 << 15);
 // A `WriteIndex` packs a run or segment number into 14 bits.
 const _: () = assert!(receive::MAX_GRO_SEGMENTS < 1 << 14);
 
-/// Path MTU probes a relay answers a second, at most (and as a burst).
-const ACKS_PER_SECOND: u64 = 100;
 /// ICMP too-big errors a relay may write into the TUN for one inner sender: a burst, then this
 /// many a second. One tells a sender its path; more are for the packets it sent before it knew.
 pub const REPLIES_PER_SOURCE_PER_SECOND: u64 = 10;
@@ -202,7 +200,6 @@ pub struct Relay {
     published_path_mtu: usize,
     nonces: Box<dyn FnMut() -> u64 + Send>,
     epoch: std::time::Instant,
-    ack_bucket: TokenBucket,
     stats: WorkerStats,
     /// The socket's drop count (`SO_MEMINFO`) when last read.
     socket_drops_seen: u32,
@@ -290,7 +287,6 @@ impl Relay {
             path_limits: path_machine,
             nonces,
             epoch,
-            ack_bucket: TokenBucket::new(ACKS_PER_SECOND, ACKS_PER_SECOND),
             stats,
             socket_drops_seen: 0,
             tun_slots: (0..tun_buffers)

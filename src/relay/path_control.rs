@@ -74,6 +74,7 @@ impl Relay {
             self.shared_path.run(machine, now_ns);
             let nonces = &mut self.nonces;
             let probe = machine.poll(now_ns, || nonces());
+            self.shared_path.expect(machine);
             let counts = machine.counts();
             self.stats.path.take_probe_counts(&counts);
             if let Some(probe) = probe {
@@ -114,16 +115,21 @@ impl Relay {
         self.queue_control(message, payload_len);
     }
 
-    /// Acts on the control messages a receive into `bid` brought: answers probes (at most
-    /// `ACKS_PER_SECOND`), and posts acknowledgements for the path MTU machine, wherever it runs.
-    pub(super) fn on_control_messages(&mut self, bid: u16, now_ns: u64) {
+    /// Acts on the control messages a receive into `bid` brought: answers every probe (they
+    /// passed the exact source check; an answer goes only to the peer and is no larger than the
+    /// probe, so there is nothing to amplify, and a budget of answers would be one that forged
+    /// probes could spend, making the peer's real probes look lost), and posts acknowledgements
+    /// for the path MTU machine, wherever it runs.
+    pub(super) fn on_control_messages(&mut self, bid: u16) {
         let count = self.udp_slots[usize::from(bid)].plan.controls.len();
         for i in 0..count {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
                 control::Kind::Probe => {
-                    if self.ack_bucket.allow(now_ns) && self.queue_control(message.ack(), 0) {
+                    if self.queue_control(message.ack(), 0) {
                         self.stats.path.pmtu_probes_answered += 1;
+                    } else {
+                        self.stats.counters.control_unanswered += 1;
                     }
                 }
                 control::Kind::Ack => self.shared_path.post_ack(message.nonce),

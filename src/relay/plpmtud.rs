@@ -47,6 +47,11 @@ pub const PROBE_TIMEOUT_MIN_NS: u64 = 100_000_000;
 pub const PROBE_TIMEOUT_MAX_NS: u64 = 1_000_000_000;
 /// The search stops when the largest acknowledged and the smallest failed size are this close.
 pub const SEARCH_GRANULARITY: usize = 8;
+/// A size at or below the floor counts as not getting through only when it failed twice, the
+/// second time at least this long after the first (plus up to as much again, at random): an
+/// attacker who can make a few probes look lost at the right moments must then do it twice,
+/// seconds apart, at moments it cannot predict.
+pub const BELOW_FLOOR_RECHECK_NS: u64 = 1_000_000_000;
 
 /// The sizes the search works within, outer headers included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +139,17 @@ pub struct Plpmtud {
     searching: bool,
     /// The working size needs confirming at the next chance (a hint, or the start).
     confirm: bool,
-    /// A probe just lost, for a small probe to say whether it counts.
+    /// A probe just lost, for a small probe to say whether it counts, and when to send that.
     baseline: Option<FailedProbe>,
+    baseline_at_ns: u64,
+    /// A failure at or below the floor seen once, to be tried again at the time given before it
+    /// is believed ([`BELOW_FLOOR_RECHECK_NS`]).
+    recheck: Option<(FailedProbe, u64)>,
+    /// When the first failure at or below the floor of the current search was seen.
+    floor_strike_ns: Option<u64>,
+    /// The state of the timers' jitter ([`Plpmtud::jitter_ns`]), reseeded with the random nonce
+    /// of each new probe.
+    jitter_seed: u64,
     outstanding: Option<Outstanding>,
     /// The egress device's MTU as last read (`on_egress_mtu`).
     egress_mtu: Option<usize>,
@@ -158,6 +172,10 @@ impl Plpmtud {
             searching: false,
             confirm: true,
             baseline: None,
+            baseline_at_ns: 0,
+            recheck: None,
+            floor_strike_ns: None,
+            jitter_seed: 0,
             outstanding: None,
             egress_mtu: None,
             next_hello_ns: 0,
@@ -284,15 +302,18 @@ impl Plpmtud {
             self.set_working(self.largest_now());
             self.counts.raised += 1;
         }
-        let timeout_ns = self.timeout_ns();
-        if let Some(out) = &mut self.outstanding {
+        if let Some(out) = self.outstanding {
             if now_ns < out.deadline_ns {
                 return None;
             }
+        }
+        let timeout_ns = self.timeout_ns();
+        let jitter_ns = self.jitter_ns(timeout_ns / 2);
+        if let Some(out) = &mut self.outstanding {
             if out.tries < MAX_PROBES {
                 out.tries += 1;
                 out.sent_ns = now_ns;
-                out.deadline_ns = now_ns + timeout_ns;
+                out.deadline_ns = now_ns + timeout_ns + jitter_ns;
                 self.counts.probes_sent += 1;
                 return Some(out.probe);
             }
@@ -304,12 +325,14 @@ impl Plpmtud {
             nonce: nonce(),
             size,
         };
+        self.jitter_seed = probe.nonce;
+        let timeout_ns = self.timeout_ns();
         self.outstanding = Some(Outstanding {
             probe,
             purpose,
             tries: 1,
             sent_ns: now_ns,
-            deadline_ns: now_ns + self.timeout_ns(),
+            deadline_ns: now_ns + timeout_ns + self.jitter_ns(timeout_ns / 2),
         });
         self.counts.probes_sent += 1;
         Some(probe)
@@ -324,10 +347,30 @@ impl Plpmtud {
             let raise = self.raise_at_ns.unwrap_or(u64::MAX);
             return Some(self.next_hello_ns.min(raise));
         }
-        if self.confirm || self.searching || self.baseline.is_some() {
+        if self.baseline.is_some() {
+            return Some(self.baseline_at_ns);
+        }
+        if let Some((_, at)) = self.recheck {
+            return Some(at);
+        }
+        if self.confirm || self.searching {
             return Some(0);
         }
         self.raise_at_ns
+    }
+
+    /// A pseudo-random delay below `range_ns`, different at each call, from the random nonce of
+    /// the latest new probe: an attacker off the path sees neither, so cannot time its forgeries
+    /// to the machine's timers (RFC 8899 section 4.6.1 asks a sender to make PTB-driven changes
+    /// hard to induce).
+    fn jitter_ns(&mut self, range_ns: u64) -> u64 {
+        // SplitMix64's step: every call moves the seed and mixes all its bits.
+        self.jitter_seed = self.jitter_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.jitter_seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if range_ns == 0 { 0 } else { z % range_ns }
     }
 
     /// The largest size worth trying: the configured one, or the egress device's MTU if that is
@@ -351,8 +394,24 @@ impl Plpmtud {
             self.next_hello_ns = now_ns + HELLO_INTERVAL_NS;
             return Some((Purpose::Hello, self.limits.hello));
         }
-        if let Some(failed) = self.baseline.take() {
+        if let Some(failed) = self.baseline {
+            if now_ns < self.baseline_at_ns {
+                return None;
+            }
+            self.baseline = None;
             return Some((Purpose::Baseline { failed }, self.limits.hello));
+        }
+        if let Some((failed, at)) = self.recheck {
+            if now_ns < at {
+                return None;
+            }
+            self.recheck = None;
+            let purpose = if failed.confirming {
+                Purpose::Confirm
+            } else {
+                Purpose::Search
+            };
+            return Some((purpose, failed.size));
         }
         if self.searching {
             return self.search_candidate().map(|size| (Purpose::Search, size));
@@ -378,16 +437,21 @@ impl Plpmtud {
             Purpose::Hello | Purpose::Raise => {}
             Purpose::Confirm | Purpose::Search => {
                 // Does a small probe get through? Asked next (`next_probe`), before anything
-                // is concluded.
+                // is concluded, after a random part of a probe timeout: not at a moment that
+                // follows from when the larger probe went.
                 self.baseline = Some(FailedProbe {
                     size,
                     confirming: out.purpose == Purpose::Confirm,
                 });
+                let timeout_ns = self.timeout_ns();
+                self.baseline_at_ns = now_ns + self.jitter_ns(timeout_ns);
             }
             Purpose::Baseline { .. } => {
                 // Small probes are lost too: the loss says nothing about the path MTU.
                 self.counts.inconclusive += 1;
                 self.confirm = false;
+                self.recheck = None;
+                self.floor_strike_ns = None;
                 if self.searching {
                     self.searching = false;
                     if self.working < self.limits.largest {
@@ -402,6 +466,19 @@ impl Plpmtud {
     /// A probe of `failed.size` was lost while a small probe got through: the path does not
     /// take that size.
     fn take_failure(&mut self, failed: FailedProbe, now_ns: u64) {
+        if failed.size <= self.limits.floor {
+            match self.floor_strike_ns {
+                Some(first) if now_ns >= first + BELOW_FLOOR_RECHECK_NS => {}
+                Some(_) => return,
+                None => {
+                    // Seen once: tried again later before anything goes below the floor.
+                    self.floor_strike_ns = Some(now_ns);
+                    let at = now_ns + BELOW_FLOOR_RECHECK_NS;
+                    self.recheck = Some((failed, at + self.jitter_ns(BELOW_FLOOR_RECHECK_NS)));
+                    return;
+                }
+            }
+        }
         self.failed = self.failed.min(failed.size);
         if failed.confirming {
             self.confirm = false;
@@ -435,6 +512,7 @@ impl Plpmtud {
         }
         self.searching = false;
         self.hint = None;
+        self.floor_strike_ns = None;
         let settled = self.acked.max(self.limits.smallest);
         if settled != self.working {
             self.set_working(settled);
@@ -481,8 +559,11 @@ pub struct SharedPath {
     hint: AtomicU32,
     /// The smallest local limit not yet taken; `u32::MAX` for none.
     local_limit: AtomicU32,
-    /// The nonce of the latest acknowledgement (0: none yet).
+    /// The nonce of the latest acknowledgement of the outstanding probe (0: none yet).
     acked_nonce: AtomicU64,
+    /// The nonce of the probe the machine waits for (0: none): only its acknowledgement is
+    /// kept, so a forged one cannot overwrite a real one before the machine reads it.
+    expected_nonce: AtomicU64,
     /// The working size the machine published.
     working: AtomicU32,
 }
@@ -493,6 +574,7 @@ impl SharedPath {
             hint: AtomicU32::new(u32::MAX),
             local_limit: AtomicU32::new(u32::MAX),
             acked_nonce: AtomicU64::new(0),
+            expected_nonce: AtomicU64::new(0),
             working: AtomicU32::new(working as u32),
         }
     }
@@ -505,8 +587,17 @@ impl SharedPath {
         self.local_limit.fetch_min(size, Ordering::Relaxed);
     }
 
+    /// An acknowledgement arrived: kept only if it is the outstanding probe's.
     pub fn post_ack(&self, nonce: u64) {
-        self.acked_nonce.store(nonce, Ordering::Relaxed);
+        if nonce != 0 && nonce == self.expected_nonce.load(Ordering::Relaxed) {
+            self.acked_nonce.store(nonce, Ordering::Relaxed);
+        }
+    }
+
+    /// Says which probe's acknowledgement to keep (the machine's outstanding one, after `poll`).
+    pub fn expect(&self, machine: &Plpmtud) {
+        let nonce = machine.outstanding.map_or(0, |out| out.probe.nonce);
+        self.expected_nonce.store(nonce, Ordering::Relaxed);
     }
 
     /// Hands what the workers posted to the machine, and publishes its working size.
@@ -555,6 +646,9 @@ mod tests {
         rtt_ns: u64,
         in_flight: Vec<(u64, u64)>,
         nonce: u64,
+        /// Until then, every probe larger than a hello goes unanswered (an attacker draining
+        /// the peer's answers, or dropping them, at the moments that matter).
+        suppress_until_ns: u64,
     }
 
     impl Path {
@@ -565,6 +659,7 @@ mod tests {
                 rtt_ns: MS,
                 in_flight: Vec::new(),
                 nonce: 0,
+                suppress_until_ns: 0,
             }
         }
 
@@ -587,7 +682,8 @@ mod tests {
                 let fresh = self.nonce;
                 if let Some(p) = m.poll(now, || fresh) {
                     sent.push(p.size);
-                    if self.answers && p.size <= self.path_mtu {
+                    let suppressed = p.size > LIMITS.hello && now < self.suppress_until_ns;
+                    if self.answers && p.size <= self.path_mtu && !suppressed {
                         self.in_flight.push((now + self.rtt_ns, p.nonce));
                     }
                 }
@@ -677,6 +773,48 @@ mod tests {
         assert!(m.working() <= 1000 && m.working() > 1000 - SEARCH_GRANULARITY);
     }
 
+    /// One forged hint far below the floor, and every larger probe unanswered for 1.5 s after
+    /// it while small ones get through: what the attack on a drainable answer budget looked like.
+    /// The working size may drop to the floor, but never below it: the failure under the floor
+    /// must repeat at least a second later, by when the attack has to be still going.
+    #[test]
+    fn a_burst_of_lost_probes_after_a_forged_hint_never_takes_it_below_the_floor() {
+        let mut path = Path::new(1500);
+        let mut m = settled(&mut path);
+        m.on_hint(552, 100 * MS);
+        path.suppress_until_ns = 1600 * MS;
+        let mut lowest = m.working();
+        for step in 0..5000 {
+            path.run(&mut m, (100 + step) * MS, MS);
+            lowest = lowest.min(m.working());
+        }
+        assert!(lowest >= LIMITS.floor, "went down to {lowest}");
+        assert!(m.counts().probes_sent > 8, "{:?}", m.counts());
+        // A path that really stopped taking them is still found, only later.
+        path.path_mtu = 1000;
+        m.on_hint(1000, 5_100 * MS);
+        path.run(&mut m, 5_100 * MS, 10_000 * MS);
+        assert!(m.working() <= 1000, "{}", m.working());
+    }
+
+    /// Probe timers are not a fixed function of when the previous probe went: retries and the
+    /// small probe after a loss come after random delays.
+    #[test]
+    fn probe_timers_are_jittered() {
+        let mut gaps = std::collections::BTreeSet::new();
+        for seed in 1..20u64 {
+            let mut m = Plpmtud::new(LIMITS);
+            let first = m.poll(0, || seed * 7919).unwrap();
+            assert_eq!(first.size, LIMITS.hello);
+            let mut now = 0;
+            while m.poll(now, || 1).is_none() {
+                now += MS;
+            }
+            gaps.insert(now);
+        }
+        assert!(gaps.len() > 5, "retry times {gaps:?}");
+    }
+
     #[test]
     fn a_peer_that_never_answers_has_hints_taken_down_to_the_floor_only() {
         let mut path = Path::new(1500);
@@ -740,6 +878,14 @@ mod tests {
         let mut m = Plpmtud::new(LIMITS);
         let p = m.poll(0, || 5).unwrap();
         shared.post_ack(p.nonce);
+        shared.run(&mut m, 0);
+        assert!(
+            !m.peer_answers(),
+            "an acknowledgement of no probe expected is not kept"
+        );
+        shared.expect(&m);
+        shared.post_ack(p.nonce);
+        shared.post_ack(p.nonce + 1);
         shared.post_hint(1400);
         shared.post_hint(1300);
         shared.run(&mut m, MS);

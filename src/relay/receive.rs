@@ -146,6 +146,7 @@ pub fn plan(
         if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
             if let Some(message) = Control::parse(datagram) {
                 plan.controls.push(message);
+                stats.counters.control_received += 1;
                 continue;
             }
         }
@@ -507,6 +508,7 @@ mod tests {
         plan(&mut buffer, &a, Policy::ALL, &mut stats, &mut p);
         assert_eq!(p.controls.len(), 2);
         assert_eq!(p.controls[1].nonce, 2);
+        assert_eq!(stats.counters.control_received, 2);
         assert_eq!(p.segments.len(), 1);
         assert_eq!(stats.counters.total_drops(), 0);
         assert_eq!(stats.counters.udp_rx_packets, 1);

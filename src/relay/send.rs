@@ -4,8 +4,12 @@ use crate::stats::DropReason;
 
 /// Refused sends of one slot that may be sent again (see [`AfterRefusal::Resend`]). A bound, so
 /// that a kernel that keeps refusing them cannot keep a buffer out of the ring forever; one is
-/// what an ICMP error about an earlier datagram costs.
-pub const RESENDS_PER_SLOT: u8 = 4;
+/// what an ICMP error about an earlier datagram costs. Each refusal takes one pending error, so
+/// only a new ICMP error arriving between two tries fails the next: with 4, a flood of about
+/// 50,000 forged port-unreachables a second (which anyone may send: they quote the relay's
+/// public 4-tuple) still cost a few batches; 16 consecutive ones would take such errors
+/// arriving faster than the worker resends.
+pub const RESENDS_PER_SLOT: u8 = 16;
 
 /// Which socket a send goes out on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,7 +61,7 @@ impl Relay {
             &mut slot.plan,
         );
         if !slot.plan.controls.is_empty() {
-            self.on_control_messages(bid, now_ns);
+            self.on_control_messages(bid);
         }
         let slot = &mut self.udp_slots[usize::from(bid)];
         if slot.plan.segments.is_empty() {
