@@ -87,10 +87,13 @@ pub struct Config {
     pub run_as: Option<RunAs>,
 }
 
-/// The address to use of those a peer's name resolved to: one of the family `of` (the socket's,
-/// once it exists), or the first IPv4 one, else the first, when there is no socket yet.
+/// The address to use of those a peer's name resolved to. Once the relay runs (`of`, the
+/// address in use): that one while the answer still holds it, so that a name with several
+/// addresses does not move the tunnel at every lookup, else the first of its family. Before:
+/// the first IPv4 one, else the first.
 pub fn pick_peer(found: &[SocketAddr], of: Option<SocketAddr>) -> Option<SocketAddr> {
     match of {
+        Some(current) if found.contains(&current) => Some(current),
         Some(current) => found
             .iter()
             .find(|a| a.is_ipv4() == current.is_ipv4())
@@ -312,6 +315,29 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
+
+    /// A name with several addresses keeps the one in use while it is in the answer, and moves
+    /// only when it is gone, to the first of the same family.
+    #[test]
+    fn a_peer_keeps_its_address_while_the_name_still_has_it() {
+        let a: SocketAddr = "198.18.0.2:55555".parse().unwrap();
+        let b: SocketAddr = "198.18.0.3:55555".parse().unwrap();
+        let v6: SocketAddr = "[2001:2::2]:55555".parse().unwrap();
+        assert_eq!(
+            pick_peer(&[v6, a, b], None),
+            Some(a),
+            "IPv4 first at the start"
+        );
+        assert_eq!(pick_peer(&[a, b], Some(b)), Some(b), "still answered: kept");
+        assert_eq!(pick_peer(&[v6, b, a], Some(a)), Some(a));
+        assert_eq!(
+            pick_peer(&[v6, b], Some(a)),
+            Some(b),
+            "gone: the first IPv4 one"
+        );
+        assert_eq!(pick_peer(&[v6], Some(a)), None, "never another family");
+    }
+
     use super::*;
     use crate::cli::{parse_cpu_list, parse_size, value_error};
     use clap::Parser;
