@@ -2,10 +2,10 @@
 //! listener and every open connection, bounded whatever its clients do (see the module above).
 //! What a connection waits for, when it expires and whom to evict is the pure table
 //! [`Connections`], tested on fake time; the thread around it only turns its decisions into
-//! system calls. Every answer is rendered from the latest [`Published`] report, outside its lock.
+//! system calls. Every answer comes from the latest [`Published`] report, rendered once per report.
 
 use super::Published;
-use super::render::{CONTENT_TYPE, render};
+use super::render::CONTENT_TYPE;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -432,7 +432,9 @@ fn advance(connections: &mut Connections<TcpStream>, slot: usize, published: &Pu
             Next::Read => match (&*stream).read(&mut chunk) {
                 // The client went away before finishing its request.
                 Ok(0) => Ok(Next::Close),
-                Ok(n) => Ok(connections.receive(slot, &chunk[..n], || render(&published.latest()))),
+                Ok(n) => {
+                    Ok(connections.receive(slot, &chunk[..n], || published.rendered().to_string()))
+                }
                 Err(e) => Err(e),
             },
             Next::Write => match (&*stream).write(connections.unsent(slot)) {
