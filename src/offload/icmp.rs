@@ -347,15 +347,31 @@ pub fn reply_destination(packet: &[u8]) -> Option<[u8; 16]> {
     }
 }
 
+/// The sender `source` (an IPv6 address, IPv4 ones mapped) counts as: its /24 if IPv4, its /64
+/// if IPv6.
+fn sender_prefix(mut source: [u8; 16]) -> [u8; 16] {
+    let mapped = std::net::Ipv6Addr::from(source).to_ipv4_mapped().is_some();
+    if mapped {
+        source[15] = 0;
+    } else {
+        source[8..].fill(0);
+    }
+    source
+}
+
 /// Slots of a [`SourceLimiter`]: the senders one worker keeps a budget for at once.
 pub const LIMITED_SOURCES: usize = 64;
 
-/// ICMP errors per inner sender: a token bucket per source address, so that one sender that
+/// ICMP errors per inner sender: a token bucket per source prefix, so that one sender that
 /// floods oversized packets spends its own budget and no one else's (the kernel rate-limits
-/// its own ICMP errors per destination the same way, `icmpv4_xrlim_allow`). Direct-mapped by a
-/// keyed hash of the address (the key is random per worker, so a sender cannot choose addresses
-/// that share another's slot); a slot taken over by another address starts full for it. PURE
-/// but for the key, which the caller draws.
+/// its own ICMP errors per destination the same way, `icmpv4_xrlim_allow`). A sender is its
+/// /24 (IPv4) or /64 (IPv6), the unit one host or subnet can change its address within at
+/// will (an IPv6 host's temporary addresses, RFC 8981), so rotating addresses there buys no
+/// budget. Direct-mapped by a keyed hash of the prefix (the key is random per worker, so a
+/// sender cannot choose prefixes that share another's slot); a slot taken over by another
+/// prefix keeps the tokens it had, so rotating prefixes buys no fresh bursts either, only the
+/// slots' refill. What a sender rotating over many prefixes still gets is bounded by the
+/// relay-wide [`SharedBucket`]. PURE but for the key, which the caller draws.
 #[derive(Debug, Clone)]
 pub struct SourceLimiter {
     key: (u64, u64),
@@ -374,9 +390,10 @@ impl SourceLimiter {
         }
     }
 
-    /// Takes a token of `source`'s bucket if there is one.
+    /// Takes a token of the bucket of `source`'s prefix if there is one.
     pub fn allow(&mut self, source: [u8; 16], now_ns: u64) -> bool {
         use std::hash::{BuildHasher, Hasher};
+        let source = sender_prefix(source);
         let mut hasher =
             std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
         hasher.write_u64(self.key.0);
@@ -385,7 +402,11 @@ impl SourceLimiter {
         let slot = &mut self.slots[hasher.finish() as usize % LIMITED_SOURCES];
         match slot {
             Some((owner, bucket)) if *owner == source => bucket.allow(now_ns),
-            _ => {
+            Some((owner, bucket)) => {
+                *owner = source;
+                bucket.allow(now_ns)
+            }
+            None => {
                 let mut bucket = TokenBucket::new(self.per_second, self.burst);
                 bucket.last_refill_ns = now_ns;
                 let allowed = bucket.allow(now_ns);
@@ -743,6 +764,41 @@ mod tests {
             "the flooder gets its burst and rate: {flooder_allowed}"
         );
         assert_eq!(other_allowed, 5, "the other sender is answered every time");
+    }
+
+    /// Rotating addresses within a /64 (IPv6) or a /24 (IPv4) is one sender; and a sender that
+    /// rotates over many prefixes takes over slots with the tokens they have, not fresh bursts.
+    #[test]
+    fn rotating_addresses_buys_no_budget() {
+        let v6 = |last: u64| {
+            let mut a = [0x20, 0x01, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0];
+            a[8..].copy_from_slice(&last.to_be_bytes());
+            a
+        };
+        let v4 = |host: u8| {
+            std::net::Ipv4Addr::new(198, 18, 5, host)
+                .to_ipv6_mapped()
+                .octets()
+        };
+        for address in [&v6 as &dyn Fn(u64) -> [u8; 16], &|n| v4(n as u8)] {
+            let mut limiter = SourceLimiter::new((5, 6), 10, 10);
+            let allowed = (0..1000u64)
+                .filter(|n| limiter.allow(address(*n), 1_000))
+                .count();
+            assert_eq!(allowed, 10, "one burst for the whole prefix");
+        }
+        // 1000 different /64s in a millisecond: at most one burst per slot, then only what the
+        // slots refill.
+        let mut limiter = SourceLimiter::new((5, 6), 10, 10);
+        let mut allowed = 0;
+        for n in 0..1000u64 {
+            let mut a = v6(1);
+            a[..8].copy_from_slice(&(0x2001_0002_0000_0000 + n).to_be_bytes());
+            for _ in 0..3 {
+                allowed += usize::from(limiter.allow(a, 1_000 + n));
+            }
+        }
+        assert!(allowed <= LIMITED_SOURCES * 10 + 1, "{allowed}");
     }
 
     #[test]
