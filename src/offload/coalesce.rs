@@ -645,8 +645,7 @@ mod tests {
         let t = Transport::parse(&ack).unwrap();
         let c = {
             ack[36..38].fill(0);
-            t.pseudo_header(&ack, ack.len() - 20)
-                .add(crate::wire::checksum::Sum::of(&ack[20..]))
+            (t.pseudo_header(&ack, ack.len() - 20) + crate::wire::checksum::Sum::of(&ack[20..]))
                 .finish()
         };
         ack[36..38].copy_from_slice(&c.to_be_bytes());

@@ -241,9 +241,9 @@ fn packet_too_big(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
     rest[icmp_field::CHECKSUM].fill(0);
     rest[icmp_field::MTU].copy_from_slice(&(mtu as u32).to_be_bytes());
     rest[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quote]);
-    let checksum = pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
-        .add(Sum::of(rest))
-        .finish();
+    let checksum = (pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
+        + Sum::of(rest))
+    .finish();
     rest[icmp_field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     Some(total)
 }
@@ -361,8 +361,11 @@ pub struct SourceLimiter {
     key: (u64, u64),
     per_second: u64,
     burst: u64,
-    slots: Box<[Option<([u8; 16], TokenBucket)>]>,
+    slots: Box<[Option<SourceBudget>]>,
 }
+
+/// A slot of a [`SourceLimiter`]: the sender's address (16 bytes, IPv4 mapped) and its bucket.
+type SourceBudget = ([u8; 16], TokenBucket);
 
 impl SourceLimiter {
     pub fn new(key: (u64, u64), per_second: u64, burst: u64) -> SourceLimiter {

@@ -221,7 +221,7 @@ pub(crate) mod test_packets {
             let dst: [u8; 4] = p[16..20].try_into().unwrap();
             pseudo_header_v4(src.into(), dst.into(), protocol, l4_total as u16)
         };
-        let mut c = pseudo.add(Sum::of(&p[l4..])).finish();
+        let mut c = (pseudo + Sum::of(&p[l4..])).finish();
         if spec.udp && c == 0 {
             c = 0xffff;
         }
@@ -235,10 +235,7 @@ pub(crate) mod test_packets {
         let field = t.ip_header_len + t.checksum_offset();
         p[field..field + 2].fill(0);
         let l4_len = p.len() - t.ip_header_len;
-        let mut c = t
-            .pseudo_header(p, l4_len)
-            .add(Sum::of(&p[t.ip_header_len..]))
-            .finish();
+        let mut c = (t.pseudo_header(p, l4_len) + Sum::of(&p[t.ip_header_len..])).finish();
         if t.protocol == PROTO_UDP && c == 0 {
             c = 0xffff;
         }

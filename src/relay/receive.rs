@@ -143,11 +143,12 @@ pub fn plan(
         let at = payload_at + offset;
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
-        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
-            if let Some(message) = Control::parse(datagram) {
-                plan.controls.push(message);
-                continue;
-            }
+        if control::is_control(datagram)
+            && plan.controls.len() < MAX_CONTROLS
+            && let Some(message) = Control::parse(datagram)
+        {
+            plan.controls.push(message);
+            continue;
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header

@@ -241,7 +241,7 @@ pub fn checksum_is_valid(packet: &[u8], t: &Transport) -> bool {
     if t.protocol == PROTO_UDP && !t.ipv6 && be16(l4, field::UDP_CHECKSUM.start) == 0 {
         return true;
     }
-    t.pseudo_header(packet, l4.len()).add(Sum::of(l4)).0 == 0xffff
+    (t.pseudo_header(packet, l4.len()) + Sum::of(l4)).0 == 0xffff
 }
 
 #[cfg(test)]
