@@ -6,12 +6,14 @@
 //!
 //! An IP header is parsed by one set of rules, here: [`ip`] says where the fixed header is in
 //! bounds and checks a datagram's length field; [`transport`] says where the TCP or UDP header
-//! starts behind options and extension headers. The offload code reads fields through their
+//! starts behind options and extension headers, which [`extension`] walks, one header at a
+//! time, for it and for every other reader of them. The offload code reads fields through their
 //! names in `ip::field` and `transport::field`.
 
 pub mod checksum;
 pub mod cmsg;
 pub mod control;
+pub mod extension;
 pub mod icmp;
 pub mod ip;
 mod outer;
