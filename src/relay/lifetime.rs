@@ -341,7 +341,12 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
         })
         .expect("the machine asks the peer whether it answers probes");
     let mut sends = vec![first];
-    for errno in [libc::EMSGSIZE, libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::EMSGSIZE] {
+    for errno in [
+        libc::EMSGSIZE,
+        libc::ECONNREFUSED,
+        libc::EHOSTUNREACH,
+        libc::EMSGSIZE,
+    ] {
         let (token, _, _) = *sends.last().unwrap();
         now += 1000;
         r.complete(token, -errno, now, &b);
@@ -351,17 +356,27 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
                 _ => None,
             })
             .collect();
-        assert_eq!(again.len(), 1, "refused with errno {errno}, sent again once");
-        assert_eq!((again[0].1, again[0].2), (first.1, first.2), "the same message");
+        assert_eq!(
+            again.len(),
+            1,
+            "refused with errno {errno}, sent again once"
+        );
+        assert_eq!(
+            (again[0].1, again[0].2),
+            (first.1, first.2),
+            "the same message"
+        );
         sends.push(again[0]);
     }
     assert_eq!(r.stats.counters.send_retries, send::RESENDS_PER_SLOT as u64);
     let (token, _, _) = *sends.last().unwrap();
     r.complete(token, -libc::EMSGSIZE, now, &b);
     assert!(
-        std::iter::from_fn(|| r.poll_request())
-            .all(|q| !matches!(q, Request::SendControl { .. })),
+        std::iter::from_fn(|| r.poll_request()).all(|q| !matches!(q, Request::SendControl { .. })),
         "the resends are spent"
     );
-    assert!(r.controls.busy.iter().all(|busy| !busy), "the slot came free");
+    assert!(
+        r.controls.busy.iter().all(|busy| !busy),
+        "the slot came free"
+    );
 }
