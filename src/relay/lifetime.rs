@@ -212,10 +212,8 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
 #[test]
 fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_writes_return() {
     // The `sockaddr_in` of the peer, as a receive puts it in the buffer.
-    let mut name = vec![0u8; 16];
-    name[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    name[2..4].copy_from_slice(&55555u16.to_be_bytes());
-    name[4..8].copy_from_slice(&[198, 18, 0, 2]);
+    let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(PEER.parse().unwrap());
+    let name = &name[..name_len];
     for seed in 1..=40u64 {
         let mut r = relay();
         let b = FakeBuffers::new();
@@ -243,7 +241,7 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
                 }
                 fed += u64::from(segments);
                 let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
-                buffer[..name.len()].copy_from_slice(&name);
+                buffer[..name.len()].copy_from_slice(name);
                 let at = 64;
                 buffer[at..at + payload.len()].copy_from_slice(&payload);
                 let received = Received {
