@@ -156,10 +156,11 @@ impl Split {
         let sum = t.pseudo_header(header, l4_len)
             + Sum::of(&header[l4..])
             + Sum::of(&packet[payload.clone()]);
-        let mut c = sum.finish();
-        if t.protocol == PROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
+        let c = if t.protocol == PROTO_UDP {
+            sum.finish_udp()
+        } else {
+            sum.finish()
+        };
         header[field..field + 2].copy_from_slice(&c.to_be_bytes());
         payload
     }

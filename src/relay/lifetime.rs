@@ -6,7 +6,7 @@
 //! relay's counters must agree with that count, not only with themselves.
 
 use super::*;
-use crate::offload::test_packets::{Spec, build};
+use crate::offload::test_packets::{Spec, Xorshift, build};
 use crate::stats::DropReason;
 use crate::wire::cmsg::QueuedErrors;
 use crate::wire::vnet;
@@ -73,22 +73,10 @@ fn config() -> RelayConfig {
     }
 }
 
-/// xorshift64: reproducible, and enough to mix the results.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Closes batches, answers every system request and gives every send and write a result, until
 /// no request is left. `failures` in 16ths: how often a send or write fails, and then with which
 /// error is random.
-fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Rng, failures: u64, now: &mut u64) {
+fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now: &mut u64) {
     for _ in 0..1000 {
         *now += 1000;
         r.end_batch(*now, b);
@@ -158,7 +146,7 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
     for seed in 1..=40u64 {
         let mut r = relay();
         let mut b = FakeBuffers::new();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut now = 0u64;
         let mut fed = 0u64;
         for round in 0..30u32 {
@@ -217,7 +205,7 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
     for seed in 1..=40u64 {
         let mut r = relay();
         let b = FakeBuffers::new();
-        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut rng = Xorshift(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
         let mut now = 0u64;
         let mut fed = 0u64;
         let mut merged = 0;

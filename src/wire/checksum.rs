@@ -52,6 +52,15 @@ impl Sum {
     pub fn finish(self) -> u16 {
         !self.0
     }
+
+    /// The checksum to store in a UDP header: as [`Sum::finish`], but a computed 0 goes out as
+    /// 0xffff, because 0 there means "no checksum" (RFC 768; RFC 8200 section 8.1 for IPv6).
+    pub fn finish_udp(self) -> u16 {
+        match self.finish() {
+            0 => 0xffff,
+            checksum => checksum,
+        }
+    }
 }
 
 /// One's-complement addition of two sums.
@@ -124,6 +133,15 @@ mod tests {
                 (Sum::of(&data[..split]) + Sum::of(&data[split..])).finish(),
                 Sum::of(&data).finish()
             );
+        }
+    }
+
+    #[test]
+    fn a_udp_checksum_is_never_0() {
+        assert_eq!(Sum(0xffff).finish(), 0);
+        assert_eq!(Sum(0xffff).finish_udp(), 0xffff);
+        for sum in [0u16, 1, 0x1234, 0xfffe] {
+            assert_eq!(Sum(sum).finish_udp(), Sum(sum).finish(), "{sum:#x}");
         }
     }
 
