@@ -141,28 +141,22 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     // Before the link is up, so that every drop from then on is counted as tunfwd's.
     let mut tun_drops = TunQueueDrops::start(&config.device_name);
     let wanted = config.offloads;
-    let mut tun_offloads = tun::negotiate_offloads(
-        &config.device_name,
-        &tun_fds[0],
-        tun::Offloads {
-            checksum: false,
-            tso4: wanted.tso,
-            tso6: wanted.tso,
-            uso4: wanted.uso,
-            uso6: wanted.uso,
-        },
-    )?;
-    if tun_offloads.tso4 || tun_offloads.tso6 || tun_offloads.uso4 || tun_offloads.uso6 {
+    let mut offloads = tun::negotiate_offloads(&config.device_name, &tun_fds[0], wanted)?;
+    if offloads.tun_offloads() {
         // Bound the segments per super-packet, not only the bytes: at the kernel's smallest
         // MSS (88) a 64 KB super-packet is 862 segments, more than one split takes. A kernel
         // that refuses the cap could hand those over, so it gets no TSO/USO.
         let cap = worker::MAX_SPLIT_SEGMENTS as u32;
         if let Err(e) = link::set_gso_max_segments(&config.device_name, cap) {
             eprintln!("tunfwd: warning: {e}; turning TSO and USO off");
-            tun_offloads = tun::negotiate_offloads(
+            offloads = tun::negotiate_offloads(
                 &config.device_name,
                 &tun_fds[0],
-                tun::Offloads::default(),
+                worker::Offloads {
+                    tso: false,
+                    uso: false,
+                    ..offloads
+                },
             )?;
         }
     }
@@ -200,12 +194,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         }
         sockets.push(fd);
     }
-    let mut offloads = worker::Offloads {
-        tso: tun_offloads.tso4 && tun_offloads.tso6,
-        uso: tun_offloads.uso4 && tun_offloads.uso6,
-        udp_gso: wanted.udp_gso && sockets.iter().all(socket::supports_gso),
-        udp_gro: wanted.udp_gro,
-    };
+    offloads.udp_gso = wanted.udp_gso && sockets.iter().all(socket::supports_gso);
     if offloads.udp_gro {
         offloads.udp_gro = sockets.iter().all(socket::enable_gro);
     }

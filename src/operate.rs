@@ -7,11 +7,11 @@
 //! stdout that blocks or a lookup that takes seconds stalls only that thread, never the loop
 //! that answers signals, the watchdog and the metrics.
 
-use crate::cli::{OffloadSwitches, pick_peer};
-use crate::relay::Offloads;
+use crate::cli::pick_peer;
 use crate::shared::Shared;
 use crate::stats::Report;
 use crate::sys::{link, random};
+use crate::wire::Offloads;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -53,7 +53,7 @@ impl TunQueueDrops {
 }
 
 /// One line on which offloads are on, and why any that were asked for are off.
-pub fn describe(wanted: OffloadSwitches, got: Offloads) -> String {
+pub fn describe(wanted: Offloads, got: Offloads) -> String {
     let one = |name: &str, asked: bool, on: bool| match (asked, on) {
         (_, true) => format!("{name} on"),
         (true, false) => format!("{name} off (kernel refused)"),
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn the_offload_line_says_what_is_on_and_why_the_rest_is_off() {
-        let all = OffloadSwitches {
+        let all = Offloads {
             tso: true,
             uso: true,
             udp_gso: true,
@@ -292,7 +292,7 @@ mod tests {
             describe(all, got),
             "tso on, uso off (kernel refused), udp-gso on, udp-gro off (kernel refused)"
         );
-        let none = OffloadSwitches {
+        let none = Offloads {
             tso: false,
             uso: false,
             udp_gso: false,

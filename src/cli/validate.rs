@@ -9,20 +9,12 @@ use super::{
 };
 use crate::engine::Engine;
 use crate::offload::ecn::{Marking, OuterDscp};
+use crate::wire::Offloads;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// The underlay MTU the default device MTU is made to fit.
 const UNDERLAY_MTU: u32 = 1500;
-
-/// Offloads the operator allows; the kernel may still refuse some (probed at startup).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OffloadSwitches {
-    pub tso: bool,
-    pub uso: bool,
-    pub udp_gso: bool,
-    pub udp_gro: bool,
-}
 
 /// A user account, as the system's user database has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +64,8 @@ pub struct Config {
     /// `--socket-buffer`, in bytes.
     pub socket_buffer: usize,
     pub tx_queue_len: u32,
-    pub offloads: OffloadSwitches,
+    /// The offloads the operator allows; the kernel may still refuse some (probed at startup).
+    pub offloads: Offloads,
     /// How the outer TOS / traffic class is made (`--tos`, `--no-ecn`).
     pub marking: Marking,
     /// The path MTU floor (`--pmtu-floor`), outer headers included.
@@ -293,7 +286,7 @@ impl Args {
             buffer_memory: self.buffer_memory,
             socket_buffer: self.socket_buffer,
             tx_queue_len: self.tx_queue_len,
-            offloads: OffloadSwitches {
+            offloads: Offloads {
                 tso: !(self.no_offload || self.no_tso),
                 uso: !(self.no_offload || self.no_uso),
                 udp_gso: !(self.no_offload || self.no_udp_gso),
@@ -655,14 +648,14 @@ mod tests {
 
     #[test]
     fn offload_switches() {
-        let all = OffloadSwitches {
+        let all = Offloads {
             tso: true,
             uso: true,
             udp_gso: true,
             udp_gro: true,
         };
         assert_eq!(check(&[]).unwrap().offloads, all);
-        let none = OffloadSwitches {
+        let none = Offloads {
             tso: false,
             uso: false,
             udp_gso: false,
@@ -671,7 +664,7 @@ mod tests {
         assert_eq!(check(&["--no-offload"]).unwrap().offloads, none);
         assert_eq!(
             check(&["--no-tso", "--no-udp-gro"]).unwrap().offloads,
-            OffloadSwitches {
+            Offloads {
                 tso: false,
                 udp_gro: false,
                 ..all
@@ -679,7 +672,7 @@ mod tests {
         );
         assert_eq!(
             check(&["--no-uso", "--no-udp-gso"]).unwrap().offloads,
-            OffloadSwitches {
+            Offloads {
                 uso: false,
                 udp_gso: false,
                 ..all

@@ -397,7 +397,9 @@ fn finish(
 mod tests {
     use super::super::OffloadError;
     use super::super::split::Split;
-    use super::super::test_packets::{Spec, assert_valid, build, gro_buffer, merged};
+    use super::super::test_packets::{
+        Spec, Xorshift, assert_valid, build, fix_l4_checksum, gro_buffer, merged,
+    };
     use super::*;
     use crate::wire::vnet::{GsoType, VnetHeader};
 
@@ -642,14 +644,7 @@ mod tests {
             ..Spec::default()
         });
         ack[20 + 11] = 99;
-        let t = Transport::parse(&ack).unwrap();
-        let c = {
-            ack[36..38].fill(0);
-            t.pseudo_header(&ack, ack.len() - 20)
-                .add(crate::wire::checksum::Sum::of(&ack[20..]))
-                .finish()
-        };
-        ack[36..38].copy_from_slice(&c.to_be_bytes());
+        fix_l4_checksum(&mut ack);
         assert_eq!(
             runs_of(&[first.clone(), ack]),
             vec![(0, 1), (1, 1)],
@@ -896,13 +891,8 @@ mod tests {
     /// per flow must equal what was sent in the order sent.
     #[test]
     fn random_streams_survive_split_and_coalesce() {
-        let mut state = 0xdead_beef_cafe_f00du64;
-        let mut rnd = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n.max(1)
-        };
+        let mut rng = Xorshift(0xdead_beef_cafe_f00d);
+        let mut rnd = move |n: u64| rng.below(n);
         for _ in 0..300 {
             let mut packets = Vec::new();
             let ipv6 = rnd(2) == 0;
@@ -977,13 +967,8 @@ mod tests {
     fn validate_is_new_checked_then_parse_with_etherparse_as_judge() {
         use crate::wire::ip::field::{V4_TOTAL_LEN, V6_PAYLOAD_LEN};
         use etherparse::{IpSlice, TcpSlice};
-        let mut state = 0x5eed_0f0e_ba55_1234u64;
-        let mut rnd = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n.max(1)
-        };
+        let mut rng = Xorshift(0x5eed_0f0e_ba55_1234);
+        let mut rnd = move |n: u64| rng.below(n);
         let pad = || vec![1, 4, 0, 0, 0, 0];
         let (mut accepted, mut with_transport, mut with_options) = (0, 0, 0);
         for _ in 0..30_000 {

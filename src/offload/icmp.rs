@@ -33,14 +33,13 @@
 //! [`TokenBucket`] rate-limits the answers per worker, as `icmp_ratelimit` does for the kernel's.
 
 use crate::wire::checksum::{Sum, pseudo_header_v6};
+use crate::wire::extension::{ExtensionHeaders, Header};
 use crate::wire::ip::field::{
-    EXTENSION_LEN, EXTENSION_NEXT_HEADER, FRAGMENT_OFFSET, V4_CHECKSUM, V4_DST, V4_FRAGMENT, V4_ID,
-    V4_PROTOCOL, V4_SRC, V4_TOS, V4_TOTAL_LEN, V4_TTL, V4_VERSION_IHL, V6_DST, V6_HOP_LIMIT,
-    V6_NEXT_HEADER, V6_PAYLOAD_LEN, V6_SRC, V6_VERSION_CLASS_FLOW,
+    FRAGMENT_OFFSET, V4_CHECKSUM, V4_DST, V4_FRAGMENT, V4_ID, V4_PROTOCOL, V4_SRC, V4_TOS,
+    V4_TOTAL_LEN, V4_TTL, V4_VERSION_IHL, V6_DST, V6_HOP_LIMIT, V6_NEXT_HEADER, V6_PAYLOAD_LEN,
+    V6_SRC, V6_VERSION_CLASS_FLOW,
 };
-use crate::wire::ip::next_header::{
-    AUTHENTICATION, DESTINATION_OPTIONS, FRAGMENT, HOP_BY_HOP, ROUTING,
-};
+use crate::wire::ip::next_header::FRAGMENT;
 use crate::wire::ip::{IPV4_DF, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
 use std::net::Ipv6Addr;
 
@@ -241,9 +240,9 @@ fn packet_too_big(packet: &[u8], mtu: usize, out: &mut [u8]) -> Option<usize> {
     rest[icmp_field::CHECKSUM].fill(0);
     rest[icmp_field::MTU].copy_from_slice(&(mtu as u32).to_be_bytes());
     rest[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quote]);
-    let checksum = pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
-        .add(Sum::of(rest))
-        .finish();
+    let checksum = (pseudo_header_v6(destination, source, PROTO_ICMPV6, u32::from(payload_len))
+        + Sum::of(rest))
+    .finish();
     rest[icmp_field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     Some(total)
 }
@@ -258,26 +257,17 @@ enum UpperLayer {
 }
 
 /// Skips IPv6 extension headers as `ipv6_skip_exthdr` does (net/ipv6/exthdrs_core.c):
-/// Hop-by-Hop, Routing and Destination Options in 8-byte units, Authentication in 4-byte units,
-/// Fragment headers of 8 bytes (a non-zero offset ends the walk).
+/// Hop-by-Hop, Routing, Destination Options, Authentication and Fragment headers, wherever they
+/// stand (a non-zero fragment offset ends the walk).
 ///
-/// A walk of its own on purpose, not `Transport::parse`'s: that one refuses what tunfwd does not
-/// segment or merge (a Fragment or AH header, a Routing header with segments left), where this
-/// one must see behind all of them whether the packet is an ICMPv6 error, as
-/// `iptunnel_pmtud_check_icmpv6` does.
+/// The same walk as `Transport::parse`'s ([`ExtensionHeaders`]), with a policy of its own: that
+/// one refuses what tunfwd does not segment or merge (a Fragment or AH header, a Routing header
+/// with segments left), where this one must see behind all of them whether the packet is an
+/// ICMPv6 error, as `iptunnel_pmtud_check_icmpv6` does.
 fn upper_layer(packet: &[u8]) -> UpperLayer {
-    let mut next = packet[V6_NEXT_HEADER];
-    let mut at = IPV6_HEADER_LEN;
-    loop {
-        let Some(header) = packet.get(at..at + 2) else {
-            return UpperLayer::Unknown;
-        };
-        let len = match next {
-            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
-                (usize::from(header[EXTENSION_LEN]) + 1) * 8
-            }
-            AUTHENTICATION => (usize::from(header[EXTENSION_LEN]) + 2) * 4,
-            FRAGMENT => {
+    for header in ExtensionHeaders::new(packet) {
+        match header {
+            Header::Extension { kind: FRAGMENT, at } => {
                 let Some(offset) = packet.get(at + FRAGMENT_OFFSET.start..at + FRAGMENT_OFFSET.end)
                 else {
                     return UpperLayer::Unknown;
@@ -285,13 +275,13 @@ fn upper_layer(packet: &[u8]) -> UpperLayer {
                 if u16::from_be_bytes([offset[0], offset[1]]) & 0xfff8 != 0 {
                     return UpperLayer::NonFirstFragment;
                 }
-                8
             }
-            protocol => return UpperLayer::Protocol(protocol, at),
-        };
-        next = header[EXTENSION_NEXT_HEADER];
-        at += len;
+            Header::Extension { .. } => {}
+            Header::UpperLayer { protocol, at } => return UpperLayer::Protocol(protocol, at),
+            Header::Truncated { .. } => return UpperLayer::Unknown,
+        }
     }
+    UpperLayer::Unknown
 }
 
 /// A token bucket: `burst` answers at once, then `per_second` a second. Time is the caller's
@@ -377,8 +367,11 @@ pub struct SourceLimiter {
     key: (u64, u64),
     per_second: u64,
     burst: u64,
-    slots: Box<[Option<([u8; 16], TokenBucket)>]>,
+    slots: Box<[Option<SourceBudget>]>,
 }
+
+/// A slot of a [`SourceLimiter`]: the sender's address (16 bytes, IPv4 mapped) and its bucket.
+type SourceBudget = ([u8; 16], TokenBucket);
 
 impl SourceLimiter {
     pub fn new(key: (u64, u64), per_second: u64, burst: u64) -> SourceLimiter {

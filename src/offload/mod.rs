@@ -65,11 +65,12 @@ pub fn complete_checksum(
     if field + 2 > packet.len() || start > packet.len() {
         return Err(OffloadError::BadChecksumOffset);
     }
-    let mut c = Sum::of(&packet[start..]).finish();
-    // A UDP checksum of 0 means "none"; a computed 0 is sent as 0xffff (RFC 768).
-    if offset == UDP_CHECKSUM.start && c == 0 {
-        c = 0xffff;
-    }
+    let sum = Sum::of(&packet[start..]);
+    let c = if offset == UDP_CHECKSUM.start {
+        sum.finish_udp()
+    } else {
+        sum.finish()
+    };
     packet[field..field + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -221,10 +222,12 @@ pub(crate) mod test_packets {
             let dst: [u8; 4] = p[16..20].try_into().unwrap();
             pseudo_header_v4(src.into(), dst.into(), protocol, l4_total as u16)
         };
-        let mut c = pseudo.add(Sum::of(&p[l4..])).finish();
-        if spec.udp && c == 0 {
-            c = 0xffff;
-        }
+        let sum = pseudo + Sum::of(&p[l4..]);
+        let c = if spec.udp {
+            sum.finish_udp()
+        } else {
+            sum.finish()
+        };
         p[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
         p
     }
@@ -235,14 +238,26 @@ pub(crate) mod test_packets {
         let field = t.ip_header_len + t.checksum_offset();
         p[field..field + 2].fill(0);
         let l4_len = p.len() - t.ip_header_len;
-        let mut c = t
-            .pseudo_header(p, l4_len)
-            .add(Sum::of(&p[t.ip_header_len..]))
-            .finish();
-        if t.protocol == PROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
+        let sum = t.pseudo_header(p, l4_len) + Sum::of(&p[t.ip_header_len..]);
+        let c = if t.protocol == PROTO_UDP {
+            sum.finish_udp()
+        } else {
+            sum.finish()
+        };
         p[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// xorshift64: reproducible numbers for the randomised tests, enough to mix their cases.
+    pub struct Xorshift(pub u64);
+
+    impl Xorshift {
+        /// A number in `0..n` (0 when `n` is 0). The seed must not be 0.
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
     }
 
     /// Lays packets out back to back, as a GRO buffer holds them, each with what
@@ -475,13 +490,8 @@ mod tests {
         use super::coalesce::{Policy, Segment, finish_segments, plan_segments, validate};
         use super::split::Split;
         use crate::wire::vnet::GsoType;
-        let mut state = 0x0123_4567_89ab_cdefu64;
-        let mut rnd = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n.max(1)
-        };
+        let mut rng = Xorshift(0x0123_4567_89ab_cdef);
+        let mut rnd = move |n: u64| rng.below(n);
         let mut runs = Vec::new();
         for round in 0..20_000 {
             let ipv6 = rnd(2) == 0;

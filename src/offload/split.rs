@@ -153,14 +153,14 @@ impl Split {
         }
         let field = l4 + t.checksum_offset();
         header[field..field + 2].fill(0);
-        let sum = t
-            .pseudo_header(header, l4_len)
-            .add(Sum::of(&header[l4..]))
-            .add(Sum::of(&packet[payload.clone()]));
-        let mut c = sum.finish();
-        if t.protocol == PROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
+        let sum = t.pseudo_header(header, l4_len)
+            + Sum::of(&header[l4..])
+            + Sum::of(&packet[payload.clone()]);
+        let c = if t.protocol == PROTO_UDP {
+            sum.finish_udp()
+        } else {
+            sum.finish()
+        };
         header[field..field + 2].copy_from_slice(&c.to_be_bytes());
         payload
     }

@@ -6,7 +6,7 @@
 //! relay's counters must agree with that count, not only with themselves.
 
 use super::*;
-use crate::offload::test_packets::{Spec, build};
+use crate::offload::test_packets::{Spec, Xorshift, build};
 use crate::stats::DropReason;
 use crate::wire::cmsg::QueuedErrors;
 use crate::wire::vnet;
@@ -73,22 +73,10 @@ fn config() -> RelayConfig {
     }
 }
 
-/// xorshift64: reproducible, and enough to mix the results.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Closes batches, answers every system request and gives every send and write a result, until
 /// no request is left. `failures` in 16ths: how often a send or write fails, and then with which
 /// error is random.
-fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Rng, failures: u64, now: &mut u64) {
+fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now: &mut u64) {
     for _ in 0..1000 {
         *now += 1000;
         r.end_batch(*now, b);
@@ -158,7 +146,7 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
     for seed in 1..=40u64 {
         let mut r = relay();
         let mut b = FakeBuffers::new();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut now = 0u64;
         let mut fed = 0u64;
         for round in 0..30u32 {
@@ -212,14 +200,12 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
 #[test]
 fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_writes_return() {
     // The `sockaddr_in` of the peer, as a receive puts it in the buffer.
-    let mut name = vec![0u8; 16];
-    name[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    name[2..4].copy_from_slice(&55555u16.to_be_bytes());
-    name[4..8].copy_from_slice(&[198, 18, 0, 2]);
+    let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(PEER.parse().unwrap());
+    let name = &name[..name_len];
     for seed in 1..=40u64 {
         let mut r = relay();
         let b = FakeBuffers::new();
-        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut rng = Xorshift(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
         let mut now = 0u64;
         let mut fed = 0u64;
         let mut merged = 0;
@@ -243,7 +229,7 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
                 }
                 fed += u64::from(segments);
                 let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
-                buffer[..name.len()].copy_from_slice(&name);
+                buffer[..name.len()].copy_from_slice(name);
                 let at = 64;
                 buffer[at..at + payload.len()].copy_from_slice(&payload);
                 let received = Received {
@@ -386,13 +372,11 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
 /// machine to take them as lost. Answers wait only for a free control buffer.
 #[test]
 fn every_probe_from_the_peer_is_answered() {
-    let mut name = vec![0u8; 16];
-    name[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    name[2..4].copy_from_slice(&55555u16.to_be_bytes());
-    name[4..8].copy_from_slice(&[198, 18, 0, 2]);
+    let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(PEER.parse().unwrap());
+    let name = &name[..name_len];
     let mut r = relay();
     let b = FakeBuffers::new();
-    let mut rng = Rng(7);
+    let mut rng = Xorshift(7);
     let mut now = 0u64;
     let probes = 500u64;
     let mut acks = 0u64;

@@ -82,24 +82,7 @@ const FRAGMENTING_ERRORS_EVERY_NS: u64 = 50_000_000;
 const EGRESS_MTU_EVERY_NS: u64 = 1_000_000_000;
 
 /// Which offloads are in effect (negotiated with the kernel by the caller).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Offloads {
-    /// The TUN hands us TCP super-packets, and we may write merged TCP ones.
-    pub tso: bool,
-    /// Same for UDP (USO, Linux 6.2).
-    pub uso: bool,
-    /// Send several datagrams per `sendmsg` with `UDP_SEGMENT`.
-    pub udp_gso: bool,
-    /// Receive several datagrams per buffer with `UDP_GRO`.
-    pub udp_gro: bool,
-}
-
-impl Offloads {
-    /// Whether TUN reads may carry super-packets or partial checksums (64 KB buffers needed).
-    pub fn tun_offloads(self) -> bool {
-        self.tso || self.uso
-    }
-}
+pub use crate::wire::Offloads;
 
 /// What a relay is made with.
 pub struct RelayConfig {

@@ -72,8 +72,7 @@ impl Relay {
     pub(super) fn run_path(&mut self, now_ns: u64) {
         if let Some(machine) = &mut self.plpmtud {
             self.shared_path.run(machine, now_ns);
-            let nonces = &mut self.nonces;
-            let probe = machine.poll(now_ns, || nonces());
+            let probe = machine.poll(now_ns, &mut self.nonces);
             self.shared_path.expect(machine);
             let counts = machine.counts();
             self.stats.path.take_probe_counts(&counts);

@@ -143,12 +143,13 @@ pub fn plan(
         let at = payload_at + offset;
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
-        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
-            if let Some(message) = Control::parse(datagram) {
-                plan.controls.push(message);
-                stats.counters.control_received += 1;
-                continue;
-            }
+        if control::is_control(datagram)
+            && plan.controls.len() < MAX_CONTROLS
+            && let Some(message) = Control::parse(datagram)
+        {
+            plan.controls.push(message);
+            stats.counters.control_received += 1;
+            continue;
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header

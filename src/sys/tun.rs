@@ -5,40 +5,24 @@
 //! that name exists; a device created with other flags makes `TUNSETIFF` fail with EINVAL.
 
 use super::{Error, check, ifreq_named};
-use crate::wire::vnet;
+use crate::wire::{Offloads, vnet};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Which offloads the kernel may hand us, as a `TUNSETOFFLOAD` mask.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Offloads {
-    pub checksum: bool,
-    pub tso4: bool,
-    pub tso6: bool,
-    pub uso4: bool,
-    pub uso6: bool,
-}
-
-impl Offloads {
-    fn mask(self) -> libc::c_uint {
-        let mut mask = 0;
-        if self.checksum {
-            mask |= libc::TUN_F_CSUM;
-        }
-        if self.tso4 {
-            mask |= libc::TUN_F_TSO4;
-        }
-        if self.tso6 {
-            mask |= libc::TUN_F_TSO6;
-        }
-        if self.uso4 {
-            mask |= libc::TUN_F_USO4;
-        }
-        if self.uso6 {
-            mask |= libc::TUN_F_USO6;
-        }
-        mask
+/// The `TUNSETOFFLOAD` mask for the TUN's part of `offloads`: TSO and USO for both IP versions,
+/// and the partial checksums that any of them needs (`TUN_F_CSUM`).
+fn tun_offload_mask(offloads: Offloads) -> libc::c_uint {
+    let mut mask = 0;
+    if offloads.tun_offloads() {
+        mask |= libc::TUN_F_CSUM;
     }
+    if offloads.tso {
+        mask |= libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    }
+    if offloads.uso {
+        mask |= libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    }
+    mask
 }
 
 /// Opens /dev/net/tun and attaches it to `device` with `flags` (`TUNSETIFF`): a new device, one
@@ -69,29 +53,33 @@ pub fn open_plain(device: &str) -> Result<OwnedFd, Error> {
     attach(device, libc::IFF_TUN | libc::IFF_NO_PI, 0)
 }
 
-/// Sets the offload mask, asking for `wanted` and settling for less: USO needs Linux 6.2, so a
-/// kernel that refuses it (EINVAL) gets TSO alone, and one that refuses that gets nothing. The mask
-/// belongs to the device and survives on a persistent one, so it is always set, even to nothing.
+/// Sets the offload mask, asking for `wanted`'s TSO and USO and settling for less: USO needs
+/// Linux 6.2, so a kernel that refuses it (EINVAL) gets TSO alone, and one that refuses that gets
+/// nothing. The mask belongs to the device and survives on a persistent one, so it is always
+/// set, even to nothing. Returns `wanted` with TSO and USO as the TUN took them; UDP GSO and GRO
+/// are the sockets' business and pass through as they are.
 pub fn negotiate_offloads(device: &str, fd: &OwnedFd, wanted: Offloads) -> Result<Offloads, Error> {
     let without_uso = Offloads {
-        uso4: false,
-        uso6: false,
+        uso: false,
         ..wanted
     };
     let mut attempts = vec![wanted];
     if without_uso != wanted {
         attempts.push(without_uso);
     }
-    attempts.push(Offloads::default());
+    attempts.push(Offloads {
+        tso: false,
+        uso: false,
+        ..wanted
+    });
     let mut last = None;
-    for mut attempt in attempts {
-        attempt.checksum = attempt.tso4 || attempt.tso6 || attempt.uso4 || attempt.uso6;
+    for attempt in attempts {
         // SAFETY: TUNSETOFFLOAD takes the mask by value.
         match check(unsafe {
             libc::ioctl(
                 fd.as_raw_fd(),
                 libc::TUNSETOFFLOAD,
-                attempt.mask() as libc::c_ulong,
+                tun_offload_mask(attempt) as libc::c_ulong,
             )
         }) {
             Ok(_) => return Ok(attempt),
@@ -130,4 +118,39 @@ pub fn open_queues(device: &str, queues: usize) -> Result<Vec<OwnedFd>, Error> {
         fds.push(fd);
     }
     Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_asks_for_both_ip_versions_and_the_checksums_they_need() {
+        let none = Offloads::default();
+        assert_eq!(tun_offload_mask(none), 0);
+        let sockets_only = Offloads {
+            udp_gso: true,
+            udp_gro: true,
+            ..none
+        };
+        assert_eq!(tun_offload_mask(sockets_only), 0, "not the TUN's");
+        let tso = Offloads { tso: true, ..none };
+        assert_eq!(
+            tun_offload_mask(tso),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+        let uso = Offloads { uso: true, ..none };
+        assert_eq!(
+            tun_offload_mask(uso),
+            libc::TUN_F_CSUM | libc::TUN_F_USO4 | libc::TUN_F_USO6
+        );
+        assert_eq!(
+            tun_offload_mask(Offloads {
+                tso: true,
+                uso: true,
+                ..sockets_only
+            }),
+            tun_offload_mask(tso) | tun_offload_mask(uso)
+        );
+    }
 }

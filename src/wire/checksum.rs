@@ -2,7 +2,7 @@
 //!
 //! Sums are kept as a folded, *uncomplemented* 16-bit one's-complement value in network order
 //! ([`Sum`]), so partial sums over a header, a payload and a pseudo-header combine with
-//! [`Sum::add`] and are complemented once, by [`Sum::finish`]. The summing loop reads native
+//! `+` and are complemented once, by [`Sum::finish`]. The summing loop reads native
 //! 32-bit words into a 64-bit accumulator and byte-swaps once at the end: one's-complement
 //! addition is byte-order independent up to that final swap (RFC 1071 section 2(B)).
 
@@ -38,39 +38,50 @@ impl Sum {
         Sum(u16::from_be(fold(acc)))
     }
 
-    /// One's-complement addition of two sums.
-    pub fn add(self, other: Sum) -> Sum {
-        Sum(fold(u64::from(self.0) + u64::from(other.0)))
-    }
-
     /// Adds a 16-bit value.
     pub fn add_u16(self, value: u16) -> Sum {
-        self.add(Sum(value))
+        self + Sum(value)
     }
 
     /// One's-complement subtraction (RFC 1624): removes `value` from the sum.
     pub fn sub_u16(self, value: u16) -> Sum {
-        self.add(Sum(!value))
+        self + Sum(!value)
     }
 
     /// The checksum to store: the complement of the sum.
     pub fn finish(self) -> u16 {
         !self.0
     }
+
+    /// The checksum to store in a UDP header: as [`Sum::finish`], but a computed 0 goes out as
+    /// 0xffff, because 0 there means "no checksum" (RFC 768; RFC 8200 section 8.1 for IPv6).
+    pub fn finish_udp(self) -> u16 {
+        match self.finish() {
+            0 => 0xffff,
+            checksum => checksum,
+        }
+    }
+}
+
+/// One's-complement addition of two sums.
+impl std::ops::Add for Sum {
+    type Output = Sum;
+
+    fn add(self, other: Sum) -> Sum {
+        Sum(fold(u64::from(self.0) + u64::from(other.0)))
+    }
 }
 
 /// The TCP/UDP pseudo-header over IPv4 (RFC 793, RFC 768).
 pub fn pseudo_header_v4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, l4_len: u16) -> Sum {
-    Sum::of(&source.octets())
-        .add(Sum::of(&destination.octets()))
+    (Sum::of(&source.octets()) + Sum::of(&destination.octets()))
         .add_u16(u16::from(protocol))
         .add_u16(l4_len)
 }
 
 /// The TCP/UDP pseudo-header over IPv6 (RFC 8200 section 8.1).
 pub fn pseudo_header_v6(source: Ipv6Addr, destination: Ipv6Addr, protocol: u8, l4_len: u32) -> Sum {
-    Sum::of(&source.octets())
-        .add(Sum::of(&destination.octets()))
+    (Sum::of(&source.octets()) + Sum::of(&destination.octets()))
         .add_u16((l4_len >> 16) as u16)
         .add_u16(l4_len as u16)
         .add_u16(u16::from(protocol))
@@ -119,11 +130,18 @@ mod tests {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
         for split in (0..1000).step_by(2) {
             assert_eq!(
-                Sum::of(&data[..split])
-                    .add(Sum::of(&data[split..]))
-                    .finish(),
+                (Sum::of(&data[..split]) + Sum::of(&data[split..])).finish(),
                 Sum::of(&data).finish()
             );
+        }
+    }
+
+    #[test]
+    fn a_udp_checksum_is_never_0() {
+        assert_eq!(Sum(0xffff).finish(), 0);
+        assert_eq!(Sum(0xffff).finish_udp(), 0xffff);
+        for sum in [0u16, 1, 0x1234, 0xfffe] {
+            assert_eq!(Sum(sum).finish_udp(), Sum(sum).finish(), "{sum:#x}");
         }
     }
 

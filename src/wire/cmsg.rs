@@ -1,8 +1,9 @@
 //! Control messages (cmsg(3)) and the other bytes the kernel hands a UDP socket besides the
 //! payload: what a receive's control area says (`UDP_GRO`, the outer TOS), what a send's
 //! carries (`UDP_SEGMENT`, the TOS), what an error-queue entry reports (`sock_extended_err`), and
-//! the source address of a datagram. PURE: bytes in, values out, no system call and no `unsafe`;
-//! the caller provides the 8-byte alignment the kernel's messages need.
+//! a datagram's address as a `sockaddr_in`/`sockaddr_in6` (read and written). PURE: bytes in,
+//! values out, no system call and no `unsafe`; the caller provides the 8-byte alignment the
+//! kernel's messages need.
 //!
 //! The layout is the one of 64-bit Linux (include/linux/socket.h: `cmsg_len` is a `size_t`, and
 //! `CMSG_ALIGN` rounds to `sizeof(long)`), checked at compile time below.
@@ -11,25 +12,83 @@ use super::OuterFamily;
 use super::icmp::IcmpKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// Where a `sockaddr_in` and a `sockaddr_in6` keep their fields (include/uapi/linux/in.h and
+/// in6.h), as bytes: the layout io_uring's recvmsg leaves in a buffer and sendmsg reads.
+mod sockaddr {
+    use core::ops::Range;
+    /// Both start with the family, in host order, and the port, big-endian.
+    pub const FAMILY: Range<usize> = 0..2;
+    pub const PORT: Range<usize> = 2..4;
+    pub const V4_ADDRESS: Range<usize> = 4..8;
+    pub const V4_LEN: usize = 16;
+    /// The flow information and scope id are in host order, as `SocketAddrV6` keeps them.
+    pub const V6_FLOWINFO: Range<usize> = 4..8;
+    pub const V6_ADDRESS: Range<usize> = 8..24;
+    pub const V6_SCOPE_ID: Range<usize> = 24..28;
+    pub const V6_LEN: usize = 28;
+}
+
+// The byte layout above is libc's.
+const _: () = {
+    use core::mem::offset_of;
+    use libc::{sockaddr_in, sockaddr_in6};
+    assert!(offset_of!(sockaddr_in, sin_family) == sockaddr::FAMILY.start);
+    assert!(offset_of!(sockaddr_in, sin_port) == sockaddr::PORT.start);
+    assert!(offset_of!(sockaddr_in, sin_addr) == sockaddr::V4_ADDRESS.start);
+    assert!(size_of::<sockaddr_in>() == sockaddr::V4_LEN);
+    assert!(offset_of!(sockaddr_in6, sin6_family) == sockaddr::FAMILY.start);
+    assert!(offset_of!(sockaddr_in6, sin6_port) == sockaddr::PORT.start);
+    assert!(offset_of!(sockaddr_in6, sin6_flowinfo) == sockaddr::V6_FLOWINFO.start);
+    assert!(offset_of!(sockaddr_in6, sin6_addr) == sockaddr::V6_ADDRESS.start);
+    assert!(offset_of!(sockaddr_in6, sin6_scope_id) == sockaddr::V6_SCOPE_ID.start);
+    assert!(size_of::<sockaddr_in6>() == sockaddr::V6_LEN);
+};
+
+/// Room for the bytes of either `sockaddr`.
+pub const SOCKADDR_MAX_LEN: usize = sockaddr::V6_LEN;
+
 /// The address and port in raw `sockaddr_in`/`sockaddr_in6` bytes (as io_uring's recvmsg
 /// returns them). IPv4-mapped IPv6 addresses come back as IPv4, so they compare equal to the
 /// peer's [`canonical`] address.
 pub fn source_address(name: &[u8]) -> Option<SocketAddr> {
-    let family = libc::c_int::from(u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?));
-    // Both sockaddr_in and sockaddr_in6 keep the port, big-endian, at bytes 2..4.
-    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    use sockaddr::*;
+    let family = libc::c_int::from(u16::from_ne_bytes(name.get(FAMILY)?.try_into().ok()?));
+    let port = u16::from_be_bytes(name.get(PORT)?.try_into().ok()?);
     let ip = match family {
         libc::AF_INET => {
-            let octets: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            let octets: [u8; 4] = name.get(V4_ADDRESS)?.try_into().ok()?;
             IpAddr::V4(Ipv4Addr::from(octets))
         }
         libc::AF_INET6 => {
-            let octets: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let octets: [u8; 16] = name.get(V6_ADDRESS)?.try_into().ok()?;
             IpAddr::V6(Ipv6Addr::from(octets)).to_canonical()
         }
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))
+}
+
+/// The `sockaddr_in` (IPv4) or `sockaddr_in6` (IPv6) of `address`, as bytes, and how many of
+/// them it takes: what sendmsg(2) and connect(2) read as a name. The inverse of
+/// [`source_address`], but for the IPv4-mapped folding: an IPv6 address stays IPv6.
+pub fn sockaddr_bytes(address: SocketAddr) -> ([u8; SOCKADDR_MAX_LEN], usize) {
+    use sockaddr::*;
+    let mut bytes = [0u8; SOCKADDR_MAX_LEN];
+    bytes[PORT].copy_from_slice(&address.port().to_be_bytes());
+    let (family, len) = match address {
+        SocketAddr::V4(a) => {
+            bytes[V4_ADDRESS].copy_from_slice(&a.ip().octets());
+            (libc::AF_INET, V4_LEN)
+        }
+        SocketAddr::V6(a) => {
+            bytes[V6_FLOWINFO].copy_from_slice(&a.flowinfo().to_ne_bytes());
+            bytes[V6_ADDRESS].copy_from_slice(&a.ip().octets());
+            bytes[V6_SCOPE_ID].copy_from_slice(&a.scope_id().to_ne_bytes());
+            (libc::AF_INET6, V6_LEN)
+        }
+    };
+    bytes[FAMILY].copy_from_slice(&(family as libc::sa_family_t).to_ne_bytes());
+    (bytes, len)
 }
 
 /// Room for one `UDP_GRO` control message: `CMSG_SPACE(sizeof(int))` on 64-bit Linux.
@@ -520,6 +579,7 @@ mod tests {
 
     #[test]
     fn a_source_address_is_read_from_sockaddr_bytes() {
+        // Written by hand, as the kernel lays them out.
         let mut v4 = vec![0u8; 16];
         v4[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         v4[2..4].copy_from_slice(&55555u16.to_be_bytes());
@@ -537,5 +597,31 @@ mod tests {
         assert_eq!(source_address(&v4[..7]), None, "cut inside the address");
         assert_eq!(source_address(&[0u8; 3]), None);
         assert_eq!(source_address(&[0u8; 28]), None, "AF_UNSPEC");
+
+        // And written by `sockaddr_bytes`: the same bytes.
+        let (bytes, len) = sockaddr_bytes("198.18.0.1:55555".parse().unwrap());
+        assert_eq!(&bytes[..len], &v4[..]);
+        let (bytes, len) = sockaddr_bytes("[::ffff:198.18.0.1]:7".parse().unwrap());
+        assert_eq!(&bytes[..len], &v6[..]);
+    }
+
+    #[test]
+    fn sockaddr_bytes_keep_the_flow_information_and_scope_of_ipv6() {
+        let address = SocketAddr::V6(std::net::SocketAddrV6::new(
+            "fe80::1".parse().unwrap(),
+            4789,
+            0x000a_bcde,
+            3,
+        ));
+        let (bytes, len) = sockaddr_bytes(address);
+        assert_eq!(len, size_of::<libc::sockaddr_in6>());
+        assert_eq!(bytes[0..2], (libc::AF_INET6 as u16).to_ne_bytes());
+        assert_eq!(bytes[2..4], 4789u16.to_be_bytes());
+        assert_eq!(bytes[4..8], 0x000a_bcdeu32.to_ne_bytes());
+        assert_eq!(
+            bytes[8..24],
+            "fe80::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(bytes[24..28], 3u32.to_ne_bytes());
     }
 }

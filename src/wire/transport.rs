@@ -211,28 +211,28 @@ impl Transport {
 
 /// Walks the IPv6 extension headers of `packet` (an IPv6 packet of at least 40 bytes) that
 /// [`Transport::parse`] accepts. Returns where the upper-layer header starts and its protocol
-/// number; `None` for a header out of bounds or one that is refused. Each step moves at least 8
-/// bytes on, and a header must end inside the packet, so the walk ends.
+/// number; `None` for a header out of bounds or one that is refused.
 fn ipv6_upper_layer(packet: &[u8]) -> Option<(usize, u8)> {
-    use ip::field::{EXTENSION_LEN, EXTENSION_NEXT_HEADER, ROUTING_SEGMENTS_LEFT, V6_NEXT_HEADER};
+    use super::extension::{ExtensionHeaders, Header};
+    use ip::field::ROUTING_SEGMENTS_LEFT;
     use next_header::{DESTINATION_OPTIONS, HOP_BY_HOP, ROUTING};
-    let mut next = packet[V6_NEXT_HEADER];
-    let mut at = IPV6_HEADER_LEN;
-    loop {
-        match next {
-            HOP_BY_HOP if at == IPV6_HEADER_LEN => {}
-            DESTINATION_OPTIONS => {}
-            ROUTING if *packet.get(at + ROUTING_SEGMENTS_LEFT)? == 0 => {}
-            ROUTING => return None,
-            _ => return Some((at, next)),
-        }
-        let header = packet.get(at..at + 2)?;
-        next = header[EXTENSION_NEXT_HEADER];
-        at += (usize::from(header[EXTENSION_LEN]) + 1) * 8;
-        if at > packet.len() {
-            return None;
+    for header in ExtensionHeaders::new(packet) {
+        match header {
+            Header::Extension {
+                kind: HOP_BY_HOP,
+                at: IPV6_HEADER_LEN,
+            }
+            | Header::Extension {
+                kind: DESTINATION_OPTIONS,
+                ..
+            } => {}
+            Header::Extension { kind: ROUTING, at }
+                if *packet.get(at + ROUTING_SEGMENTS_LEFT)? == 0 => {}
+            Header::Extension { .. } | Header::Truncated { .. } => return None,
+            Header::UpperLayer { protocol, at } => return Some((at, protocol)),
         }
     }
+    None
 }
 
 /// Checks a TCP or UDP checksum. An IPv4 UDP checksum of zero means "not computed" and passes.
@@ -241,7 +241,7 @@ pub fn checksum_is_valid(packet: &[u8], t: &Transport) -> bool {
     if t.protocol == PROTO_UDP && !t.ipv6 && be16(l4, field::UDP_CHECKSUM.start) == 0 {
         return true;
     }
-    t.pseudo_header(packet, l4.len()).add(Sum::of(l4)).0 == 0xffff
+    (t.pseudo_header(packet, l4.len()) + Sum::of(l4)).0 == 0xffff
 }
 
 #[cfg(test)]

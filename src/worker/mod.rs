@@ -189,7 +189,7 @@ impl Injected {
 fn received_from_msghdr(msg: &libc::msghdr, layout: ReceiveLayout, len: usize) -> Received {
     let name_len = (msg.msg_namelen as usize).min(layout.name_len);
     let control_at = layout.head + layout.name_len;
-    let control_len = (msg.msg_controllen as usize).min(layout.control_len);
+    let control_len = msg.msg_controllen.min(layout.control_len);
     let payload_at = layout.payload_at();
     Received {
         name: layout.head..layout.head + name_len,
