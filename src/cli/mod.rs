@@ -38,7 +38,7 @@ pub const DEFAULT_TX_QUEUE_LEN: u32 = 2000;
 
 /// The path MTU below which only an acknowledged size is used, unless `--pmtu-floor` says
 /// otherwise: IPv6's minimum link MTU, which an IPv4 path is as likely to carry.
-pub const DEFAULT_PMTU_FLOOR: u32 = 1280;
+pub const DEFAULT_PMTU_FLOOR: u32 = crate::wire::ip::IPV6_MIN_MTU as u32;
 
 /// The longest `--busy-poll`: 10 ms of spinning after each burst is already most of a core.
 const MAX_BUSY_POLL_US: u64 = 10_000;
