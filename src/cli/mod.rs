@@ -37,13 +37,10 @@ pub const MAX_QUEUES: usize = 256;
 /// (bench-results/2026-11-30T160000Z-traffic-shapes.md). It counts packets, not bytes, and one
 /// TCP flow's window (its sender's send buffer, 4 MB by default) fills about 60 of them.
 pub const DEFAULT_TX_QUEUE_LEN: u32 = 2000;
-/// Outer IPv4 + UDP header bytes, and outer IPv6 + UDP.
-pub const OVERHEAD_V4: u32 = 20 + 8;
-pub const OVERHEAD_V6: u32 = 40 + 8;
 
 /// The path MTU below which only an acknowledged size is used, unless `--pmtu-floor` says
 /// otherwise: IPv6's minimum link MTU, which an IPv4 path is as likely to carry.
-pub const DEFAULT_PMTU_FLOOR: u32 = 1280;
+pub const DEFAULT_PMTU_FLOOR: u32 = crate::wire::ip::IPV6_MIN_MTU as u32;
 
 /// The longest `--busy-poll`: 10 ms of spinning after each burst is already most of a core.
 const MAX_BUSY_POLL_US: u64 = 10_000;

@@ -4,12 +4,10 @@
 //! peer's name, the user database). PURE.
 
 use super::parse::{CpuList, PeerSpec};
-use super::{
-    Args, ConfigError, DEFAULT_PMTU_FLOOR, DEFAULT_PORT, MAX_QUEUES, OVERHEAD_V4, OVERHEAD_V6, bad,
-};
+use super::{Args, ConfigError, DEFAULT_PMTU_FLOOR, DEFAULT_PORT, MAX_QUEUES, bad};
 use crate::engine::Engine;
 use crate::offload::ecn::{Marking, OuterDscp};
-use crate::wire::Offloads;
+use crate::wire::{Offloads, OuterFamily};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -229,11 +227,15 @@ impl Args {
 
         let addresses = self.addresses.clone();
 
-        let overhead = if peer.is_ipv4() {
-            OVERHEAD_V4
+        // The outer headers as the peer is written: an IPv4-mapped peer counts as IPv6 here
+        // (more overhead, a higher smallest path MTU), though its datagrams travel in IPv4
+        // (`OuterFamily::of`).
+        let family = if peer.is_ipv4() {
+            OuterFamily::Ipv4
         } else {
-            OVERHEAD_V6
+            OuterFamily::Ipv6
         };
+        let overhead = family.overhead() as u32;
         let mtu = self.mtu.unwrap_or(UNDERLAY_MTU - overhead);
         let has_ipv6 = addresses.iter().any(|(a, _)| a.is_ipv6());
         let min_mtu = if has_ipv6 { 1280 } else { 576 };
@@ -249,7 +251,7 @@ impl Args {
             ));
         }
 
-        let smallest = if peer.is_ipv4() { 552 } else { 1280 };
+        let smallest = family.smallest_path_mtu() as u32;
         let largest = mtu + overhead;
         let pmtu_floor = self
             .pmtu_floor
@@ -402,6 +404,27 @@ mod tests {
         assert_eq!(c.listen, "[::]:55555".parse().unwrap());
         assert_eq!(c.mtu, 1452);
         assert_eq!(c.queues, 1);
+    }
+
+    /// `--pmtu-floor` lies between the outer family's smallest path MTU and the MTU plus the
+    /// outer headers; an IPv4-mapped peer is held to IPv6's numbers (see `validate`).
+    #[test]
+    fn the_pmtu_floor_is_bounded_by_the_outer_family() {
+        for (peer, smallest, largest) in [
+            ("198.18.0.2:55555", 552, 1500),
+            ("[2001:2::2]:7000", 1280, 1500),
+            ("[::ffff:198.18.0.2]:7000", 1280, 1500),
+        ] {
+            let floor = |floor: u32| {
+                let floor = floor.to_string();
+                check_argv(&["tunfwd", "--peer", peer, "--pmtu-floor", &floor], &[0])
+                    .map(|c| c.pmtu_floor)
+            };
+            assert_eq!(floor(smallest).ok(), Some(smallest), "{peer}");
+            assert_eq!(floor(largest).ok(), Some(largest), "{peer}");
+            assert!(floor(smallest - 1).is_err(), "{peer}");
+            assert!(floor(largest + 1).is_err(), "{peer}");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ use std::net::Ipv6Addr;
 /// The largest ICMPv4 error tunfwd builds, its IP header included (RFC 1812 section 4.3.2.3).
 pub const IPV4_ERROR_MAX: usize = 576;
 /// The IPv6 minimum MTU, which is also the largest ICMPv6 error (RFC 4443 section 2.4(c)).
-pub const IPV6_MIN_MTU: usize = 1280;
+pub use crate::wire::ip::IPV6_MIN_MTU;
 /// The smallest next-hop MTU tunfwd reports for IPv4: the kernel neither sends nor honours less
 /// (`iptunnel_pmtud_check_icmp`; net.ipv4.route.min_pmtu is 552).
 pub const IPV4_MIN_REPORTED_MTU: usize = 576;

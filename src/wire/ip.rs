@@ -20,6 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
 pub const IPV6_HEADER_LEN: usize = 40;
+/// The smallest MTU of any IPv6 link (RFC 8200 section 5).
+pub const IPV6_MIN_MTU: usize = 1280;
 
 /// The flags and fragment offset word of IPv4: Don't Fragment.
 pub const IPV4_DF: u16 = 0x4000;

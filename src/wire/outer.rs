@@ -26,7 +26,7 @@ impl OuterFamily {
     pub fn smallest_path_mtu(self) -> usize {
         match self {
             OuterFamily::Ipv4 => 552,
-            OuterFamily::Ipv6 => 1280,
+            OuterFamily::Ipv6 => super::ip::IPV6_MIN_MTU,
         }
     }
 
