@@ -10,14 +10,22 @@
 //! A third test calls `owner::claim` itself, inside a testbed namespace, on TUN devices it opens:
 //! one held by a live program that is not a relay, one held by no process, one persistent.
 //!
+//! Two more are the security review's (issue 18): a local user (uid 65534) holding whatever it can
+//! create, the abstract names tunfwd once locked with included, must not keep a root relay from
+//! starting; and a second relay whose /proc hides the first (`hidepid=invisible`, the unit's
+//! capabilities, so no `CAP_SYS_PTRACE`) must still name it at once, not wait out the claim.
+//!
 //! They need root and fail at once without it, never skipping silently, as in tests/netns.rs.
 //! Every wait is bounded; every relay is one this test started, and the testbed kills it and
 //! deletes its namespaces on every path, failure included.
 
+use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -363,4 +371,311 @@ fn claims_refuse_a_tun_held_by_a_program_wait_out_one_held_by_none_and_take_a_pe
         Ok(())
     })
     .expect("the claims on a persistent TUN");
+}
+
+/// Where tunfwd keeps its lock files, as the squatter below knows from the documentation.
+const RUNTIME_DIR: &str = "/run/tunfwd";
+
+/// The environment variable that makes [`squat_as_an_unprivileged_user`] squat, on this port.
+const SQUAT: &str = "TUNFWD_TEST_SQUAT_PORT";
+
+/// The user the squatter runs as: `nobody`, as the review's did.
+const NOBODY: &str = "65534";
+
+/// Not a test of its own: the process [`an_unprivileged_user_cannot_keep_a_root_relay_from_its_device_or_port`]
+/// runs as uid 65534 in namespace A. Without `SQUAT` it does nothing. It takes every lock on
+/// `tunfwd0` and the port that a local user might: the abstract names tunfwd once locked with
+/// (`@tunfwd/dev/tunfwd0`, `@tunfwd/udp/PORT`, which no permission guards), the directory and the
+/// lock files of today, by creating them or by opening and flock(2)ing what exists. It prints what
+/// it got, then `squatting`, and holds all of it until killed (at most 60 s).
+#[test]
+#[ignore = "a helper process for another test"]
+fn squat_as_an_unprivileged_user() {
+    let Ok(port) = std::env::var(SQUAT) else {
+        return;
+    };
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    println!("uid {uid}");
+    assert_ne!(uid, 0, "the squatter must not be root");
+    let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for name in [
+        "tunfwd/dev/tunfwd0".to_string(),
+        format!("tunfwd/udp/{port}"),
+    ] {
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        match UnixListener::bind_addr(&address) {
+            Ok(socket) => {
+                println!("bound @{name}");
+                kept.push(Box::new(socket));
+            }
+            Err(e) => println!("cannot bind @{name}: {e}"),
+        }
+    }
+    let dir = Path::new(RUNTIME_DIR);
+    match fs::create_dir(dir) {
+        Ok(()) => println!("created {RUNTIME_DIR}"),
+        Err(e) => println!("cannot create {RUNTIME_DIR}: {e}"),
+    }
+    // The lock files tunfwd would use in this namespace, and every file already there.
+    let namespace = fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+    let mut paths: Vec<_> = [
+        format!("net-{namespace}.dev-tunfwd0.lock"),
+        format!("net-{namespace}.udp-{port}.lock"),
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        paths.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+    }
+    for path in paths {
+        let shown = path.display();
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| fs::File::open(&path));
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                println!("cannot open {shown}: {e}");
+                continue;
+            }
+        };
+        // SAFETY: flock(2) on a descriptor `file` owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            println!("locked {shown}");
+        } else {
+            println!(
+                "opened but cannot lock {shown}: {}",
+                io::Error::last_os_error()
+            );
+        }
+        kept.push(Box::new(file));
+    }
+    println!("squatting");
+    // Bounded: the test kills it long before.
+    std::thread::sleep(Duration::from_secs(60));
+    drop(kept);
+}
+
+/// Waits (at most 10 s) for `process` to print `line` on its standard output; its output so far.
+fn wait_for_line(process: &mut Process, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let said = process.stdout();
+        if said.lines().any(|l| l.trim_end().ends_with(line)) {
+            return said;
+        }
+        let exited = process.try_status().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            panic!(
+                "no `{line}` from it ({exited:?}): {said}{}",
+                process.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_unprivileged_user_cannot_keep_a_root_relay_from_its_device_or_port() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    let _b = relay(&bed, Host::B, "tunfwd-b");
+    // A first relay on A comes and goes, so its lock files are there for the squatter to try.
+    let mut first = relay(&bed, Host::A, "tunfwd-a-first");
+    let status = first
+        .terminate(Duration::from_secs(10))
+        .expect("the first relay A stops on SIGTERM");
+    assert!(status.success(), "{status}: {}", first.stderr());
+
+    let helper = std::env::current_exe().unwrap();
+    let args: Vec<String> = [
+        "--reuid",
+        NOBODY,
+        "--regid",
+        NOBODY,
+        "--clear-groups",
+        "env",
+        &format!("{SQUAT}={}", testbed::TUNNEL_PORT),
+        helper.to_str().unwrap(),
+        "--exact",
+        "squat_as_an_unprivileged_user",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut squatter = bed
+        .spawn(Host::A, "squatter", Path::new("setpriv"), &args)
+        .expect("starting the squatter");
+    let said = wait_for_line(&mut squatter, "squatting");
+    eprintln!("the squatter, as uid {NOBODY}:\n{said}");
+    assert!(said.contains(&format!("uid {NOBODY}")), "{said}");
+    // The review's attack is on: the old locks are the squatter's.
+    for name in [
+        "tunfwd/dev/tunfwd0".to_string(),
+        format!("tunfwd/udp/{}", testbed::TUNNEL_PORT),
+    ] {
+        assert!(
+            said.contains(&format!("bound @{name}")),
+            "the squatter could not even bind @{name}, so this test proves nothing: {said}"
+        );
+    }
+
+    // A root relay on the same device and port starts regardless, and relays.
+    let started = Instant::now();
+    let _a = bed
+        .start_tunfwd(Host::A, "tunfwd-a", &options())
+        .unwrap_or_else(|e| {
+            panic!(
+                "uid {NOBODY} kept root tunfwd from its device or port: {e}\nthe squatter \
+                 holds:\n{said}"
+            )
+        });
+    eprintln!(
+        "relay A came up in {:?} beside the squatter",
+        started.elapsed()
+    );
+    transfers_verify(&bed, 1_000_000, "with the squatter holding what it could");
+
+    // Nothing of today's locks was the squatter's to take or make, and they are root's alone.
+    assert!(
+        !said.contains("\nlocked ") && !said.contains("\ncreated "),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("cannot create {RUNTIME_DIR}")),
+        "{said}"
+    );
+    let locks: Vec<_> = fs::read_dir(RUNTIME_DIR)
+        .expect("the lock directory")
+        .filter_map(|e| e.ok())
+        .collect();
+    let dir = fs::symlink_metadata(RUNTIME_DIR).unwrap();
+    assert!(dir.is_dir() && dir.uid() == 0, "{dir:?}");
+    assert_eq!(dir.permissions().mode() & 0o022, 0, "{dir:?}");
+    for lock in &locks {
+        let meta = lock.metadata().unwrap();
+        if meta.is_file() {
+            assert_eq!(meta.uid(), 0, "{:?}", lock.path());
+            assert_eq!(meta.permissions().mode() & 0o077, 0, "{:?}", lock.path());
+        }
+    }
+    for tried in said.lines().filter(|l| l.contains(".lock")) {
+        assert!(tried.starts_with("cannot open "), "{tried}");
+    }
+    assert!(
+        said.lines().any(|l| l.contains(".dev-tunfwd0.lock")),
+        "the squatter tried no lock file: {said}"
+    );
+}
+
+/// Runs its arguments (a program, then its own) in a mount namespace of its own with /proc
+/// mounted with `$1` as options, as root with only the unit's capabilities: no `CAP_SYS_PTRACE`
+/// (to see through `hidepid` or read another user's fd links), no `CAP_KILL`, no
+/// `CAP_DAC_OVERRIDE`. It first checks (`$2`) that relay `$3` is hidden as asked, and exits 3 if
+/// not, so that a test of a hidden relay cannot pass on a visible one:
+/// - `fds`: /proc shows the relay but not where its fds lead (systemd's `ProtectProc=invisible`
+///   mounts /proc `hidepid=invisible`, and a process in group 0, as root is, still sees every
+///   /proc/PID there: proc(5), "gid=");
+/// - `pid`: /proc/PID is not there at all.
+const HIDDEN: &str = r#"mount -t proc -o "$1" proc /proc || exit 3
+check=$2; first=$3; shift 3
+exec setpriv --bounding-set -all,+net_admin,+net_bind_service,+setuid,+setgid sh -c '
+check=$1; first=$2; shift 2
+case $check in
+fds) if readlink /proc/$first/fd/0 >/dev/null 2>&1; then
+    echo "the fds of PID $first are readable here: nothing is hidden" >&2; exit 3; fi ;;
+pid) if [ -e /proc/$first ]; then
+    echo "PID $first is visible here: nothing is hidden" >&2; exit 3; fi ;;
+esac
+exec "$@"' sh "$check" "$first" "$@""#;
+
+#[test]
+fn a_second_relay_is_named_at_once_where_proc_hides_the_first() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    // The first relay switches to uid 65534 once set up, as the unit's do with --user.
+    let mut with_user: Vec<&str> = options().to_vec();
+    with_user.extend(["--user", "nobody"]);
+    let mut first = bed
+        .start_tunfwd(Host::A, "tunfwd-a", &with_user)
+        .unwrap_or_else(|e| panic!("relay A: {e}"));
+    let _b = relay(&bed, Host::B, "tunfwd-b");
+    let first_pid = first.pid().expect("relay A runs");
+    transfers_verify(&bed, 1_000_000, "before the second relay");
+
+    for (proc_options, hidden) in [
+        // As the unit's ProtectProc=invisible: the relay is there, its fds are not readable.
+        ("hidepid=invisible", "fds"),
+        // Stricter: only members of a group nobody here is in would see other users' PIDs.
+        ("hidepid=invisible,gid=65533", "pid"),
+    ] {
+        let mut args: Vec<String> = [
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            HIDDEN,
+            "sh",
+            proc_options,
+            hidden,
+            &first_pid.to_string(),
+            env!("CARGO_BIN_EXE_tunfwd"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(relay_a_arguments());
+        args.extend(["--user".to_string(), "nobody".to_string()]);
+        let started = Instant::now();
+        let mut second = bed
+            .spawn(
+                Host::A,
+                &format!("tunfwd-a-second-{hidden}"),
+                Path::new("unshare"),
+                &args,
+            )
+            .expect("starting the second relay");
+        let status = second.wait_for(Duration::from_secs(5)).unwrap_or_else(|e| {
+            panic!(
+                "{proc_options}: the second relay, whose /proc hides the first's {hidden}, did \
+                 not exit within 5 s: it waited for a live relay as if it were exiting ({e})"
+            )
+        });
+        let took = started.elapsed();
+        let stderr = second.stderr();
+        assert_eq!(status.code(), Some(1), "{proc_options}: {stderr}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{proc_options}: took {took:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "device tunfwd0 is already served by PID {first_pid} ("
+            )) && stderr.contains("tunfwd --peer"),
+            "{proc_options}: the second relay's error does not name the first (PID \
+             {first_pid}): {stderr}"
+        );
+        eprintln!(
+            "{proc_options}: the second relay exited 1 after {took:?}: {}",
+            stderr.trim()
+        );
+    }
+
+    assert!(
+        first.try_status().unwrap().is_none(),
+        "relay A died: {}",
+        first.stderr()
+    );
+    assert_eq!(tun_queues(&bed, Host::A), Some(4));
+    transfers_verify(&bed, 1_000_000, "after the second relays");
 }

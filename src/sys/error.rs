@@ -149,14 +149,27 @@ pub enum Error {
     /// No engine that was asked for can run here (`crate::engine::choose` says why).
     #[error("{0}")]
     Engine(String),
-    /// Creating or binding the abstract unix socket that marks a device or port as this relay's,
-    /// for a reason other than another holding it (`owner::claim`).
+    /// The directory of the lock files (`owner::RUNTIME_DIR`) cannot be created or opened.
     #[error(
-        "cannot claim {resource} (binding the abstract unix socket @{}): {source}",
-        .resource.lock_name()
+        "cannot keep the device and port locks in {}: {source}{hint}",
+        .path.display(),
+        hint = lock_directory_hint(.source)
     )]
+    LockDirectory { path: PathBuf, source: io::Error },
+    /// The directory of the lock files is one that someone other than root could change.
+    #[error(
+        "refusing to keep the device and port locks in {}: {problem}. It must be a directory \
+         that root owns and only root can write (`install -d -m 0755 -o root -g root {}`)",
+        .path.display(),
+        .path.display()
+    )]
+    UnsafeLockDirectory { path: PathBuf, problem: String },
+    /// Opening, checking, locking or writing the lock file of a device or port, for a reason
+    /// other than another process holding it (`owner::claim`).
+    #[error("cannot claim {resource} ({}): {source}", .path.display())]
     ClaimLock {
         resource: owner::Resource,
+        path: PathBuf,
         source: io::Error,
     },
     /// Another tunfwd, alive, holds the lock on the device or port.
@@ -168,7 +181,24 @@ pub enum Error {
     AlreadyServed {
         resource: owner::Resource,
         holders: Vec<owner::Holder>,
-        source: io::Error,
+        /// The lock file it holds.
+        lock: PathBuf,
+    },
+    /// The lock is held, but its file names no process that exists here (held by something
+    /// other than a tunfwd, or by one in another PID namespace).
+    #[error(
+        "{resource} is locked by a process this one cannot name: its lock file {} {}. Stop \
+         what holds it (`fuser -v {}`), or choose another {}",
+        .path.display(),
+        LockFileSays(.record),
+        .path.display(),
+        .resource.option()
+    )]
+    LockHeld {
+        resource: owner::Resource,
+        path: PathBuf,
+        /// The file's first line, printable.
+        record: String,
     },
     /// Live processes hold sockets bound to the listen address's port (found by a test bind).
     #[error(
@@ -332,6 +362,28 @@ fn stats_file_hint(source: &io::Error) -> &'static str {
 }
 
 /// ` (the error)`, or nothing.
+/// What a lock file's first line says, for [`Error::LockHeld`].
+struct LockFileSays<'a>(&'a str);
+
+impl fmt::Display for LockFileSays<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("is empty")
+        } else {
+            write!(f, "says \"{}\"", self.0)
+        }
+    }
+}
+
+fn lock_directory_hint(e: &io::Error) -> &'static str {
+    if is_permission(e) || e.raw_os_error() == Some(libc::EROFS) {
+        " (only root can create it; under systemd, RuntimeDirectory=tunfwd or \
+         contrib/systemd/tunfwd.tmpfiles makes it)"
+    } else {
+        ""
+    }
+}
+
 struct InParentheses<'a>(Option<&'a io::Error>);
 
 impl fmt::Display for InParentheses<'_> {
@@ -501,7 +553,7 @@ mod tests {
         let still = |source| Error::StillHeld {
             resource: owner::Resource::Port(1),
             waited: Duration::from_millis(1500),
-            remains: owner::Remains::Unseen,
+            remains: owner::Remains::Sockets { count: 1 },
             source,
         };
         assert!(still(None).source().is_none());

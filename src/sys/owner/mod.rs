@@ -6,21 +6,24 @@
 //! steering program sends flows to sockets and queues nobody reads. [`claim`] makes that a clear
 //! failure at startup instead, and waits out what a `kill -9`'d relay leaves behind.
 //!
-//! The locks are abstract unix-domain sockets (unix(7), "Abstract sockets"), `@tunfwd/dev/NAME`
-//! and `@tunfwd/udp/PORT`, bound and never listened on. Abstract names live in the network
-//! namespace, as device names and ports do. A bind of a name that a live socket holds fails with
-//! EADDRINUSE, and the name is freed when the socket's last file reference goes:
-//! net/unix/af_unix.c `unix_release_sock` starts with `unix_remove_socket`, and it runs from the
-//! socket file's release. Exit closes a process's files (kernel/exit.c `do_exit` calls
-//! `exit_files`, then `exit_task_work` runs the final `__fput`s), so a `kill -9`'d holder frees
-//! its names before it even becomes a zombie. Measured on Linux 6.18: 20 of 20 holders killed with
-//! SIGKILL had freed the name by the time they were zombies (at most 4.6 ms after the kill), and a
-//! bind right after `waitpid` always succeeded. A relay's io_uring worker threads share its fd
-//! table, which goes with the last of them: in 1 of 20 kill-and-restart cycles of
-//! tests/ownership.rs the lock was still bound 24 ms after the kill, by a process whose fds /proc
-//! no longer showed, and was waited for like any leftover. The lock fds are never handed to io_uring, so no
-//! ring keeps them alive; they are `SOCK_CLOEXEC`; and being plain fds they survive the switch to
-//! `--user`. tunfwd never forks, so nothing inherits them.
+//! The locks are `flock(2)` locks on files in `/run/tunfwd`, a directory only root can write
+//! (`locks` says why not abstract unix sockets, which any local user could bind first, and what is
+//! checked): `net-INODE.dev-NAME.lock` and `net-INODE.udp-PORT.lock`, keyed by the inode of the
+//! claiming thread's network namespace, since device names and ports are per namespace. The kernel
+//! drops a flock when the last descriptor of its open file goes, so a relay that exits or is
+//! killed frees its locks with its files (kernel/exit.c `do_exit` calls `exit_files`). A relay's
+//! io_uring worker threads share its descriptor table, which goes with the last of them (with the
+//! abstract-socket locks used before, 1 of 20 kill-and-restart cycles of tests/ownership.rs found
+//! a lock still held 24 ms after the kill); its holder is then exiting, and is waited for like any
+//! leftover. The lock files are only as shared as /run: relays in mount namespaces with /run
+//! apart do not see each other's locks (the device and port checks below still do). The lock fds
+//! are never handed to io_uring, so no ring keeps them alive; they are close-on-exec; and being
+//! plain fds they survive the switch to `--user`. tunfwd never forks, so nothing inherits them.
+//!
+//! The holder writes its PID and command line into the file after it takes the lock, so a second
+//! tunfwd names it even where /proc does not show it (systemd's `ProtectProc=invisible` hides a
+//! relay that switched to `--user` from a root without `CAP_SYS_PTRACE`). A held lock means a live
+//! holder: one /proc does not show is named at once from its file, never waited for.
 //!
 //! The port lock is keyed by the port number alone. Whether two UDP sockets on one port conflict
 //! depends on their addresses and on `IPV6_V6ONLY` (an IPv6 socket on `::` is dual-stack by default,
@@ -37,12 +40,13 @@
 //!   rather than /sys/class/net: sysfs shows the namespace of whoever mounted it, which is not this
 //!   one after a bare setns(2), and tun_flags does not say whether queues are attached.
 //!
-//! Who holds it is found through /proc: the socket's inode (from /proc/net/unix for a lock,
-//! /proc/net/udp{,6} for the port) against the `socket:[INODE]` links in /proc/PID/fd; a TUN
-//! queue through the `iff:\tNAME` line drivers/net/tun.c `tun_chr_show_fdinfo` writes in
-//! /proc/PID/fdinfo/FD, from a process with a thread in this network namespace. The command comes from
-//! /proc/PID/cmdline. Reading another user's /proc/PID/fd needs root (proc(5), ptrace access
-//! mode); tunfwd claims while still root.
+//! Who holds a lock is what its file says, checked against /proc when /proc shows that PID. Who
+//! holds the port or the device is found through /proc: the socket's inode (from /proc/net/udp{,6})
+//! against the `socket:[INODE]` links in /proc/PID/fd; a TUN queue through the `iff:\tNAME` line
+//! drivers/net/tun.c `tun_chr_show_fdinfo` writes in /proc/PID/fdinfo/FD, from a process with a
+//! thread in this network namespace. The command comes from /proc/PID/cmdline, made printable
+//! (control characters escaped) before any message quotes it. Reading another user's /proc/PID/fd
+//! needs root with `CAP_SYS_PTRACE` (proc(5), ptrace access mode); tunfwd claims while still root.
 //!
 //! What is busy but held by no live process is what a killed relay leaves: after `kill -9`, its
 //! io_uring instances are torn down asynchronously (io_uring/io_uring.c `io_ring_exit_work`), and
@@ -50,14 +54,17 @@
 //! here (Linux 6.18, a 2-queue relay on the uring engine, 10 kills): the relay was reaped 1.5 to
 //! 2.6 ms after SIGKILL, its device went 32 to 51 ms after the kill and its UDP sockets 52 to 77
 //! ms after. With 4 queues (tests/ownership.rs, 20 restarts started at once after the kill), the
-//! new relay waited 47 to 50 ms for the old queues and 70 to 99 ms for the last old socket. A holder that is exiting (SIGKILL pending, `PF_EXITING`, or a zombie) counts as
-//! leaving. [`claim`] waits for such leftovers, looking again every 20 ms, for at most its `wait`;
-//! a live holder fails at once, named.
+//! new relay waited 47 to 50 ms for the old queues and 70 to 99 ms for the last old socket. A
+//! holder that is exiting (SIGKILL pending, `PF_EXITING`, or a zombie) counts as leaving. [`claim`]
+//! waits for such leftovers, looking again every 20 ms, for at most its `wait`; a live holder fails
+//! at once, named. A holder that /proc does not show cannot be seen exiting, so a restart by hand
+//! in such a /proc right after `kill -9` can fail once, naming the dying relay; systemd restarts a
+//! unit only once its cgroup is empty.
 //!
 //! Never: this module opens no TUN queue and binds no relay socket; it only looks. Its decisions
 //! (what a /proc line says, whether two addresses overlap, whether to wait) are pure functions
-//! with table tests; the system calls are the thin layer around them. `locks` takes the abstract
-//! sockets, `device` asks rtnetlink about the device (through `sys::netlink`), `procfs` reads
+//! with table tests; the system calls are the thin layer around them. `locks` takes the lock
+//! files, `device` asks rtnetlink about the device (through `sys::netlink`), `procfs` reads
 //! /proc for the holders; this file decides, waits, and tests the whole on loopback.
 
 mod device;
@@ -66,13 +73,19 @@ mod procfs;
 
 use super::Error;
 use device::look_at_device;
-use locks::look_at_lock;
-use procfs::{overlaps, parse_udp_row, processes_with_sockets, read_net_table};
+use locks::{LockDir, look_at_lock};
+use procfs::{
+    NETWORK_NAMESPACE, network_namespace, overlaps, parse_udp_row, printable,
+    processes_with_sockets, read_net_table,
+};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+pub use locks::RUNTIME_DIR;
 
 /// How often a busy resource is looked at again while what holds it goes away.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -85,14 +98,6 @@ pub enum Resource {
 }
 
 impl Resource {
-    /// The abstract socket name that marks this resource as a tunfwd's (without the leading NUL).
-    pub(crate) fn lock_name(&self) -> String {
-        match self {
-            Resource::Device(name) => format!("tunfwd/dev/{name}"),
-            Resource::Port(port) => format!("tunfwd/udp/{port}"),
-        }
-    }
-
     /// The option an operator changes to avoid the conflict.
     pub(crate) fn option(&self) -> &'static str {
         match self {
@@ -115,7 +120,8 @@ impl fmt::Display for Resource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub pid: u32,
-    /// Its command line, arguments joined by spaces (or `[comm]` when it has none).
+    /// Its command line, arguments joined by spaces (or `[comm]` when it has none), from /proc or
+    /// from its lock file: text another process chose, shown escaped (`Display`).
     pub command: String,
     /// Killed or exiting: what it holds is about to go.
     pub exiting: bool,
@@ -123,7 +129,14 @@ pub struct Holder {
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PID {} ({})", self.pid, self.command)
+        // Escaped here too, whoever built the holder: a newline or an ESC in a command line
+        // would forge log lines or drive the terminal that shows the message.
+        write!(
+            f,
+            "PID {} ({})",
+            self.pid,
+            printable(self.command.as_bytes())
+        )
     }
 }
 
@@ -151,9 +164,6 @@ pub enum Remains {
     Sockets { count: usize },
     /// A TUN device that no process has open; `queues` attached, when the kernel says.
     Queues { queues: Option<u32> },
-    /// A holder that /proc does not show: one far enough into its exit that its fd table is
-    /// gone, or, when tunfwd is not root, another user's process.
-    Unseen,
 }
 
 const TORN_DOWN: &str = "a killed relay's, which the kernel has not released yet";
@@ -174,10 +184,6 @@ impl fmt::Display for Remains {
             Remains::Queues { queues: None } => {
                 write!(f, "it is open in no process ({TORN_DOWN})")
             }
-            Remains::Unseen => f.write_str(
-                "no process that /proc shows holds it (its holder is exiting, or belongs to \
-                 another user and tunfwd is not root)",
-            ),
         }
     }
 }
@@ -201,13 +207,31 @@ impl Ownership {
     }
 }
 
-/// Claims `device` and `listen`'s port for this process, before either is opened.
+/// Claims `device` and `listen`'s port for this process, before either is opened, with the lock
+/// files in [`RUNTIME_DIR`] (created if missing; refused unless only root can write it).
 ///
 /// Fails at once, naming the process, if another tunfwd serves either, if another live process
 /// holds the port, or if a live process holds queues of the device. What is busy with no live
 /// process behind it (a killed relay's device and sockets, which the kernel releases shortly) is
 /// waited for, for at most `wait` in all, then reported. Port 0 (an ephemeral port) claims no port.
+/// The device and port are those of the calling thread's network namespace.
 pub fn claim(device: &str, listen: SocketAddr, wait: Duration) -> Result<Ownership, Error> {
+    claim_in(Path::new(RUNTIME_DIR), device, listen, wait)
+}
+
+/// The lock file that marks `resource` in the calling thread's network namespace as a tunfwd's,
+/// in [`RUNTIME_DIR`]: for an operator's `cat`, and for tests.
+pub fn lock_path(resource: &Resource) -> io::Result<PathBuf> {
+    Ok(Path::new(RUNTIME_DIR).join(locks::lock_file_name(resource, network_namespace()?)))
+}
+
+/// [`claim`], with the lock files in `dir`.
+fn claim_in(
+    dir: &Path,
+    device: &str,
+    listen: SocketAddr,
+    wait: Duration,
+) -> Result<Ownership, Error> {
     let started = Instant::now();
     let mut clock = Clock {
         started,
@@ -215,14 +239,22 @@ pub fn claim(device: &str, listen: SocketAddr, wait: Duration) -> Result<Ownersh
         waited: false,
     };
     let device_resource = Resource::Device(device.to_string());
+    let locks = LockDir::open(dir)?;
+    let namespace = network_namespace().map_err(|source| Error::ClaimLock {
+        resource: device_resource.clone(),
+        path: PathBuf::from(NETWORK_NAMESPACE),
+        source,
+    })?;
     let device_lock = settle(&device_resource, &mut clock, || {
-        look_at_lock(&device_resource)
+        look_at_lock(&locks, &device_resource, namespace)
     })?;
     let port_lock = match listen.port() {
         0 => None,
         port => {
             let resource = Resource::Port(port);
-            Some(settle(&resource, &mut clock, || look_at_lock(&resource))?)
+            Some(settle(&resource, &mut clock, || {
+                look_at_lock(&locks, &resource, namespace)
+            })?)
         }
     };
     settle(&device_resource, &mut clock, || look_at_device(device))?;
@@ -263,11 +295,8 @@ pub(super) struct Busy {
 /// How a resource was found busy, and so which error a live holder makes.
 #[derive(Debug)]
 pub(super) enum Conflict {
-    /// Binding the lock's abstract name failed with EADDRINUSE.
-    Lock {
-        resource: Resource,
-        source: io::Error,
-    },
+    /// Another process holds the lock file `lock`.
+    Lock { resource: Resource, lock: PathBuf },
     /// The test bind of the listen address failed with EADDRINUSE.
     Port {
         address: SocketAddr,
@@ -280,10 +309,10 @@ pub(super) enum Conflict {
 impl Conflict {
     fn in_use(self, holders: Vec<Holder>) -> Error {
         match self {
-            Conflict::Lock { resource, source } => Error::AlreadyServed {
+            Conflict::Lock { resource, lock } => Error::AlreadyServed {
                 resource,
                 holders,
-                source,
+                lock,
             },
             Conflict::Port { address, source } => Error::PortInUse {
                 address,
@@ -296,8 +325,8 @@ impl Conflict {
 
     fn into_source(self) -> Option<io::Error> {
         match self {
-            Conflict::Lock { source, .. } | Conflict::Port { source, .. } => Some(source),
-            Conflict::Device { .. } => None,
+            Conflict::Port { source, .. } => Some(source),
+            Conflict::Lock { .. } | Conflict::Device { .. } => None,
         }
     }
 }
@@ -406,6 +435,7 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::net::Ipv4Addr;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::net::UnixStream;
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -432,6 +462,47 @@ mod tests {
 
     fn me() -> u32 {
         std::process::id()
+    }
+
+    /// A lock directory of this test's own, standing in for /run/tunfwd (which only root may
+    /// create): made 0755 here, owned by whoever runs the tests, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "tunfwd-owner-{}-{}",
+                me(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            Scratch(dir)
+        }
+
+        fn claim(
+            &self,
+            device: &str,
+            listen: SocketAddr,
+            wait: Duration,
+        ) -> Result<Ownership, Error> {
+            claim_in(&self.0, device, listen, wait)
+        }
+
+        /// The lock file of `resource` in this thread's network namespace.
+        fn lock_file(&self, resource: &Resource) -> PathBuf {
+            self.0.join(locks::lock_file_name(
+                resource,
+                network_namespace().unwrap(),
+            ))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn holder(pid: u32, exiting: bool) -> Holder {
@@ -490,7 +561,7 @@ mod tests {
                 Error::AlreadyServed {
                     resource: Resource::Device("tunfwd0".into()),
                     holders: vec![tunfwd.clone()],
-                    source: in_use(),
+                    lock: "/run/tunfwd/net-1.dev-tunfwd0.lock".into(),
                 },
                 "device tunfwd0 is already served by PID 1234 (tunfwd --dev tunfwd0 --peer \
                  198.18.0.2:55555). Stop that relay first, or choose another --dev",
@@ -499,7 +570,7 @@ mod tests {
                 Error::AlreadyServed {
                     resource: Resource::Port(55555),
                     holders: vec![tunfwd.clone()],
-                    source: in_use(),
+                    lock: "/run/tunfwd/net-1.udp-55555.lock".into(),
                 },
                 "UDP port 55555 is already served by PID 1234 (tunfwd --dev tunfwd0 --peer \
                  198.18.0.2:55555). Stop that relay first, or choose another --listen",
@@ -556,36 +627,70 @@ mod tests {
         for (error, want) in cases {
             assert_eq!(error.to_string(), want);
         }
-        let served = Error::AlreadyServed {
-            resource: Resource::Port(1),
-            holders: vec![tunfwd],
-            source: in_use(),
+        let lock = Error::LockHeld {
+            resource: Resource::Device("tunfwd0".into()),
+            path: "/run/tunfwd/net-1.dev-tunfwd0.lock".into(),
+            record: "77 tunfwd".into(),
         };
-        let source = std::error::Error::source(&served).expect("the bind's error is kept");
-        assert!(source.to_string().contains("os error 98"), "{source}");
+        assert_eq!(
+            lock.to_string(),
+            "device tunfwd0 is locked by a process this one cannot name: its lock file \
+             /run/tunfwd/net-1.dev-tunfwd0.lock says \"77 tunfwd\". Stop what holds it (`fuser \
+             -v /run/tunfwd/net-1.dev-tunfwd0.lock`), or choose another --dev"
+        );
+        let empty = Error::LockHeld {
+            resource: Resource::Port(1),
+            path: "/run/tunfwd/net-1.udp-1.lock".into(),
+            record: String::new(),
+        };
+        assert!(
+            empty
+                .to_string()
+                .contains("its lock file /run/tunfwd/net-1.udp-1.lock is empty."),
+            "{empty}"
+        );
+        // A command line is shown escaped whoever built the holder: one line, no terminal codes.
+        let forged = Error::AlreadyServed {
+            resource: Resource::Device("tunfwd0".into()),
+            holders: vec![Holder {
+                pid: 66,
+                command: "squat.py\ntunfwd: tunfwd0 up: \x1b[2J".into(),
+                exiting: false,
+            }],
+            lock: "/run/tunfwd/net-1.dev-tunfwd0.lock".into(),
+        }
+        .to_string();
+        assert_eq!(
+            forged,
+            "device tunfwd0 is already served by PID 66 (squat.py\\ntunfwd: tunfwd0 up: \
+             \\u{1b}[2J). Stop that relay first, or choose another --dev"
+        );
     }
 
     // --- the kernel, on loopback, without root ---
 
     #[test]
     fn a_second_claim_in_this_process_fails_naming_this_pid() {
+        let locks = Scratch::new();
         let device = fresh_device();
         let listen = free_port();
-        let first = claim(&device, listen, Duration::from_secs(1)).expect("the first claim");
+        let first = locks
+            .claim(&device, listen, Duration::from_secs(1))
+            .expect("the first claim");
         let started = Instant::now();
-        match claim(&device, listen, Duration::from_secs(5)) {
+        match locks.claim(&device, listen, Duration::from_secs(5)) {
             Err(Error::AlreadyServed {
                 resource: Resource::Device(d),
                 holders,
-                source,
+                lock,
             }) => {
                 assert_eq!(d, device);
                 assert_eq!(holders.iter().map(|h| h.pid).collect::<Vec<_>>(), [me()]);
-                assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+                assert_eq!(lock, locks.lock_file(&Resource::Device(device.clone())));
                 let message = Error::AlreadyServed {
                     resource: Resource::Device(d),
                     holders,
-                    source,
+                    lock,
                 }
                 .to_string();
                 assert!(
@@ -603,7 +708,7 @@ mod tests {
             "a live holder is not waited for"
         );
         // Another device on the same port: the port lock says no.
-        match claim(&fresh_device(), listen, Duration::from_secs(5)) {
+        match locks.claim(&fresh_device(), listen, Duration::from_secs(5)) {
             Err(Error::AlreadyServed {
                 resource: Resource::Port(port),
                 holders,
@@ -617,7 +722,7 @@ mod tests {
         // The same port number on another address is refused too: the lock is the port alone.
         let elsewhere = SocketAddr::new("127.0.0.2".parse().unwrap(), listen.port());
         assert!(matches!(
-            claim(&fresh_device(), elsewhere, Duration::ZERO),
+            locks.claim(&fresh_device(), elsewhere, Duration::ZERO),
             Err(Error::AlreadyServed {
                 resource: Resource::Port(_),
                 ..
@@ -625,47 +730,268 @@ mod tests {
         ));
         assert_eq!(first.waited(), Duration::ZERO, "nothing was in the way");
         drop(first);
-        claim(&device, listen, Duration::ZERO).expect("free again once the first is dropped");
+        locks
+            .claim(&device, listen, Duration::ZERO)
+            .expect("free again once the first is dropped");
     }
 
     #[test]
-    fn the_lock_sockets_are_close_on_exec_and_refuse_connections() {
+    fn lock_files_are_private_close_on_exec_and_name_their_holder() {
+        let locks = Scratch::new();
         let device = fresh_device();
-        let ownership = claim(&device, free_port(), Duration::ZERO).unwrap();
-        for fd in [&ownership._device, ownership._port.as_ref().unwrap()] {
+        let listen = free_port();
+        let ownership = locks.claim(&device, listen, Duration::ZERO).unwrap();
+        let files = [
+            (
+                &ownership._device,
+                locks.lock_file(&Resource::Device(device.clone())),
+            ),
+            (
+                ownership._port.as_ref().unwrap(),
+                locks.lock_file(&Resource::Port(listen.port())),
+            ),
+        ];
+        for (fd, path) in files {
             // SAFETY: F_GETFD on an fd this test owns.
             let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
             assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.is_file());
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+                0o600,
+                "{}: a lock file others can open is a lock they can take",
+                path.display()
+            );
+            let record = std::fs::read_to_string(&path).unwrap();
+            let (pid, command) = record.trim_end().split_once(' ').unwrap();
+            assert_eq!(pid, me().to_string(), "{record:?}");
+            assert!(command.contains("owner"), "{record:?}");
+            assert_eq!(record.lines().count(), 1, "{record:?}");
         }
-        let name = Resource::Device(device).lock_name();
-        let address =
-            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
-                name.as_bytes(),
+        // The lock is the open file's: another open of it (in this process, too) cannot take it.
+        let again = std::fs::File::open(locks.lock_file(&Resource::Device(device))).unwrap();
+        // SAFETY: flock(2) on a descriptor `again` owns.
+        let taken = unsafe { libc::flock(again.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(taken, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EWOULDBLOCK)
+        );
+    }
+
+    #[test]
+    fn the_lock_directory_is_made_0755_and_refused_when_others_could_change_it() {
+        let locks = Scratch::new();
+        let dir = locks.0.join("run");
+        let mode = |path: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::symlink_metadata(path).unwrap().permissions(),
+            ) & 0o7777
+        };
+        let set = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap()
+        };
+        // Missing: made, 0755 whatever the umask.
+        claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO).unwrap();
+        assert_eq!(mode(&dir), 0o755);
+        for (unsafe_mode, says) in [
+            (0o775, "its mode is 0775: its group may write it"),
+            (
+                0o1777,
+                "its mode is 1777: its group and others may write it",
+            ),
+        ] {
+            set(&dir, unsafe_mode);
+            match claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO) {
+                Err(e @ Error::UnsafeLockDirectory { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains(says), "{message}");
+                    assert!(
+                        message.starts_with(&format!(
+                            "refusing to keep the device and port locks in {}: ",
+                            dir.display()
+                        )),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected UnsafeLockDirectory for {unsafe_mode:o}, got {other:?}"),
+            }
+        }
+        set(&dir, 0o755);
+        // A symlink to a good directory is not followed.
+        let link = locks.0.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            claim_in(&link, &fresh_device(), free_port(), Duration::ZERO),
+            Err(Error::UnsafeLockDirectory { .. })
+        ));
+        // Another user's directory: only root can make one, so only root tests it.
+        if effective_uid_is_root() {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            match claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO) {
+                Err(e @ Error::UnsafeLockDirectory { .. }) => {
+                    assert!(
+                        e.to_string().contains("owned by uid 65534, not root"),
+                        "{e}"
+                    )
+                }
+                other => panic!("expected UnsafeLockDirectory for uid 65534, got {other:?}"),
+            }
+        }
+    }
+
+    fn effective_uid_is_root() -> bool {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_symlink_or_a_readable_file_in_place_of_a_lock_file_is_refused_never_followed() {
+        let locks = Scratch::new();
+        let device = fresh_device();
+        let path = locks.lock_file(&Resource::Device(device.clone()));
+        let target = locks.0.join("precious");
+        std::fs::write(&target, "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        match locks.claim(&device, free_port(), Duration::ZERO) {
+            Err(e @ Error::ClaimLock { .. }) => {
+                assert!(e.to_string().contains("symbolic link"), "{e}")
+            }
+            other => panic!("expected ClaimLock for a symlink, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        match locks.claim(&device, free_port(), Duration::ZERO) {
+            Err(e @ Error::ClaimLock { .. }) => assert!(
+                e.to_string()
+                    .contains("its mode is 0644: its group and others may read or write it"),
+                "{e}"
+            ),
+            other => panic!("expected ClaimLock for a 0644 lock file, got {other:?}"),
+        }
+    }
+
+    /// Takes `resource`'s lock file by hand, as some other process would, and writes `record`.
+    fn hold_by_hand(locks: &Scratch, resource: &Resource, record: &str) -> std::fs::File {
+        let path = locks.lock_file(resource);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        // SAFETY: flock(2) on a descriptor `file` owns.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(taken, 0, "{}", io::Error::last_os_error());
+        std::io::Write::write_all(&mut &file, record.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_held_lock_is_named_as_its_file_says_and_only_a_nameless_one_is_looked_at_again() {
+        let locks = Scratch::new();
+        let device = fresh_device();
+        let resource = Resource::Device(device.clone());
+        let no_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // Held, and its file names a process that exists (this one, which /proc shows): failed at
+        // once, named by /proc, with a wait far longer than the look.
+        let held = hold_by_hand(&locks, &resource, &format!("{} whatever\n", me()));
+        let started = Instant::now();
+        match locks.claim(&device, no_port, Duration::from_secs(5)) {
+            Err(Error::AlreadyServed { holders, .. }) => {
+                assert_eq!(holders.len(), 1);
+                assert_eq!(holders[0].pid, me());
+                assert!(!holders[0].exiting);
+                assert!(holders[0].command.contains("owner"), "{holders:?}");
+            }
+            other => panic!("expected AlreadyServed, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(held);
+        // Held, and its file names no process that exists (a PID above pid_max): looked at again
+        // for IDENTIFY_WAIT, not for the whole wait, then reported as it reads.
+        let nameless = (1u32 << 22) + 1;
+        let forged = format!("{nameless} fake\x1b[2J\ntunfwd: forged line\n");
+        let held = hold_by_hand(&locks, &resource, &forged);
+        let started = Instant::now();
+        let result = locks.claim(&device, no_port, Duration::from_secs(5));
+        let took = started.elapsed();
+        match result {
+            Err(e @ Error::LockHeld { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&format!("says \"{nameless} fake\\u{{1b}}[2J\"")),
+                    "{message}"
+                );
+                assert!(
+                    !message.contains('\n') && !message.contains('\x1b'),
+                    "{message}"
+                );
+            }
+            other => panic!("expected LockHeld, got {other:?}"),
+        }
+        assert!(
+            took >= locks::IDENTIFY_WAIT && took < Duration::from_secs(2),
+            "took {took:?}"
+        );
+        // A holder that has just taken the lock and not yet written its name (an empty file)
+        // writes it meanwhile: then it is named.
+        held.set_len(0).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::os::unix::fs::FileExt::write_all_at(
+                &held,
+                format!("{} late\n", me()).as_bytes(),
+                0,
             )
             .unwrap();
-        let refused = UnixStream::connect_addr(&address).unwrap_err();
-        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+            held
+        });
+        let started = Instant::now();
+        let result = locks.claim(&device, no_port, Duration::from_secs(5));
+        let held = writer.join().unwrap();
+        let took = started.elapsed();
+        match result {
+            Err(Error::AlreadyServed { holders, .. }) => assert_eq!(holders[0].pid, me()),
+            other => panic!("expected AlreadyServed once named, got {other:?}"),
+        }
+        assert!(took < locks::IDENTIFY_WAIT, "took {took:?}");
+        drop(held);
+        locks
+            .claim(&device, no_port, Duration::ZERO)
+            .expect("free once the hand-held lock is closed");
     }
 
     #[test]
     fn port_zero_claims_no_port() {
-        let first = claim(
-            &fresh_device(),
-            "127.0.0.1:0".parse().unwrap(),
-            Duration::ZERO,
-        )
-        .unwrap();
+        let locks = Scratch::new();
+        let first = locks
+            .claim(
+                &fresh_device(),
+                "127.0.0.1:0".parse().unwrap(),
+                Duration::ZERO,
+            )
+            .unwrap();
         assert!(first._port.is_none());
-        claim(
-            &fresh_device(),
-            "127.0.0.1:0".parse().unwrap(),
-            Duration::ZERO,
-        )
-        .unwrap();
+        locks
+            .claim(
+                &fresh_device(),
+                "127.0.0.1:0".parse().unwrap(),
+                Duration::ZERO,
+            )
+            .unwrap();
     }
 
     #[test]
     fn a_port_held_by_a_plain_udp_socket_is_reported_with_this_pid() {
+        let locks = Scratch::new();
         let held = UdpSocket::bind("127.0.0.1:0").unwrap();
         let listen = held.local_addr().unwrap();
         for asked in [
@@ -673,7 +999,7 @@ mod tests {
             SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), listen.port()),
         ] {
             let started = Instant::now();
-            match claim(&fresh_device(), asked, Duration::from_secs(5)) {
+            match locks.claim(&fresh_device(), asked, Duration::from_secs(5)) {
                 Err(Error::PortInUse {
                     address,
                     holders,
@@ -691,7 +1017,9 @@ mod tests {
         }
         // The lock of a failed claim is released: once the socket goes, the port can be claimed.
         drop(held);
-        claim(&fresh_device(), listen, Duration::ZERO).expect("free once the socket is closed");
+        locks
+            .claim(&fresh_device(), listen, Duration::ZERO)
+            .expect("free once the socket is closed");
     }
 
     /// Sends `fd` over a fresh unix socket pair and closes it here: the file is then held only by
@@ -737,6 +1065,7 @@ mod tests {
 
     #[test]
     fn a_leftover_socket_that_goes_within_the_wait_is_waited_for() {
+        let locks = Scratch::new();
         let (listen, pair) = leftover_socket();
         assert!(
             UdpSocket::bind(listen).is_err(),
@@ -747,7 +1076,7 @@ mod tests {
             drop(pair);
         });
         let started = Instant::now();
-        let ownership = claim(&fresh_device(), listen, Duration::from_secs(5));
+        let ownership = locks.claim(&fresh_device(), listen, Duration::from_secs(5));
         let took = started.elapsed();
         closer.join().unwrap();
         let ownership = ownership.expect("the leftover went within the wait");
@@ -758,10 +1087,11 @@ mod tests {
 
     #[test]
     fn a_leftover_socket_that_stays_is_reported_after_the_wait() {
+        let locks = Scratch::new();
         let (listen, _pair) = leftover_socket();
         let wait = Duration::from_millis(300);
         let started = Instant::now();
-        let result = claim(&fresh_device(), listen, wait);
+        let result = locks.claim(&fresh_device(), listen, wait);
         let took = started.elapsed();
         match result {
             Err(Error::StillHeld {
@@ -781,17 +1111,20 @@ mod tests {
 
     #[test]
     fn a_wait_of_zero_looks_once() {
+        let locks = Scratch::new();
         let (listen, _pair) = leftover_socket();
         let started = Instant::now();
         assert!(matches!(
-            claim(&fresh_device(), listen, Duration::ZERO),
+            locks.claim(&fresh_device(), listen, Duration::ZERO),
             Err(Error::StillHeld { .. })
         ));
         assert!(started.elapsed() < Duration::from_millis(500));
     }
 
-    /// The environment variable that makes [`hold_a_lock_until_killed`] hold a lock.
+    /// The environment variables that make [`hold_a_lock_until_killed`] hold a device's lock, and
+    /// say in which directory.
     const HOLD: &str = "TUNFWD_TEST_HOLD_LOCK";
+    const HOLD_IN: &str = "TUNFWD_TEST_HOLD_LOCK_IN";
 
     /// Not a test of its own: the child process of
     /// [`a_lock_held_by_a_killed_process_is_free_once_it_has_exited`]. Without `HOLD` it does
@@ -799,10 +1132,11 @@ mod tests {
     #[test]
     #[ignore = "a helper process for another test"]
     fn hold_a_lock_until_killed() {
-        let Ok(device) = std::env::var(HOLD) else {
+        let (Ok(device), Some(dir)) = (std::env::var(HOLD), std::env::var_os(HOLD_IN)) else {
             return;
         };
-        let _held = claim(&device, "127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
+        let no_port = "127.0.0.1:0".parse().unwrap();
+        let _held = claim_in(Path::new(&dir), &device, no_port, Duration::ZERO).unwrap();
         println!("holding");
         // Bounded: the parent kills it long before.
         std::thread::sleep(Duration::from_secs(30));
@@ -810,6 +1144,7 @@ mod tests {
 
     #[test]
     fn a_lock_held_by_a_killed_process_is_free_once_it_has_exited() {
+        let locks = Scratch::new();
         let device = fresh_device();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -820,6 +1155,7 @@ mod tests {
                 "--test-threads=1",
             ])
             .env(HOLD, &device)
+            .env(HOLD_IN, &locks.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -837,7 +1173,7 @@ mod tests {
             panic!("the helper never held the lock");
         }
         // Held by a live process: named, at once.
-        match claim(
+        match locks.claim(
             &device,
             "127.0.0.1:0".parse().unwrap(),
             Duration::from_secs(5),
@@ -856,11 +1192,11 @@ mod tests {
             }
         }
         // SIGKILL, and claim at once without reaping it: an exiting holder is waited for, and
-        // the kernel frees the name as the process's files close, before it is even reaped.
+        // the kernel drops the lock as the process's files close, before it is even reaped.
         // SAFETY: kill(2) of the child this test started and has not reaped.
         unsafe { libc::kill(child_pid as libc::pid_t, libc::SIGKILL) };
         let started = Instant::now();
-        let claimed = claim(
+        let claimed = locks.claim(
             &device,
             "127.0.0.1:0".parse().unwrap(),
             Duration::from_secs(5),

@@ -1,17 +1,24 @@
-//! Who holds a socket or a TUN queue, as /proc shows it: the tables of /proc/net (`unix`, `udp`,
-//! `udp6`) name sockets by inode, /proc/PID/fd links name the sockets a process has open, and
+//! Who holds a socket or a TUN queue, as /proc shows it: the tables of /proc/net (`udp`, `udp6`)
+//! name sockets by inode, /proc/PID/fd links name the sockets a process has open, and
 //! /proc/PID/fdinfo names the device of a TUN fd. Reading another user's /proc/PID/fd needs root
-//! (proc(5), ptrace access mode). The parsers are PURE and tested on the text the kernel writes;
-//! the rest walks /proc and skips whatever vanishes meanwhile.
+//! with CAP_SYS_PTRACE (proc(5), ptrace access mode), and under `hidepid=invisible` (systemd's
+//! `ProtectProc=invisible`) another user's /proc/PID is not there at all; the lock files
+//! (`locks`) name their holders without /proc. The parsers are PURE and tested on the text the
+//! kernel writes; the rest walks /proc and skips whatever vanishes meanwhile.
+//!
+//! Whatever is read here is written by other processes (a command line is anything its owner
+//! chose), so every string taken from it for a message goes through [`printable`] first.
 
 use super::{Holder, Resource};
 use crate::sys::Error;
 use std::fs;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The longest command line quoted in a message; a longer one is cut there.
-const COMMAND_CHARS: usize = 160;
+pub(super) const COMMAND_CHARS: usize = 160;
 
 /// `PF_EXITING` in include/linux/sched.h: the task is in `do_exit`. /proc/PID/stat field 9 is the
 /// task's flags word (proc(5)).
@@ -28,21 +35,50 @@ pub(super) fn read_net_table(resource: &Resource, name: &str) -> Result<String, 
     })
 }
 
-/// The inodes of the sockets bound to the abstract `name` in the text of /proc/net/unix. PURE.
-///
-/// net/unix/af_unix.c `unix_seq_show`: `Num RefCount Protocol Flags Type St Inode Path`, with an
-/// abstract path shown as `@` and then the name, NUL bytes also as `@`.
-pub(super) fn abstract_socket_inodes(table: &str, name: &str) -> Vec<u64> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let inode = fields.nth(6)?.parse().ok()?;
-            let path = fields.next()?;
-            (path.strip_prefix('@') == Some(name) && fields.next().is_none()).then_some(inode)
-        })
-        .collect()
+/// Where this thread's network namespace is named: its inode tells namespaces apart while they
+/// live (namespaces(7), "The /proc/[pid]/ns/ directory").
+pub(super) const NETWORK_NAMESPACE: &str = "/proc/thread-self/ns/net";
+
+/// The inode of this thread's network namespace.
+pub(super) fn network_namespace() -> io::Result<u64> {
+    Ok(fs::metadata(NETWORK_NAMESPACE)?.ino())
+}
+
+/// `text` fit for one line of a message or a log: valid UTF-8 is kept, but control characters
+/// (C0, DEL, C1: a newline, an ESC that starts a terminal sequence) and the invisible characters
+/// that reorder or hide text (bidirectional overrides and isolates, zero-width marks) become
+/// escapes (`\n`, `\t`, `\r`, `\u{1b}`), and bytes that are not UTF-8 become `\xNN`. A backslash is
+/// kept as it is, so escaping twice changes nothing. PURE.
+pub(crate) fn printable(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() || hides_text(c) => out.extend(c.escape_unicode()),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Format characters that change how the text around them shows: bidirectional embeddings,
+/// overrides, isolates and marks, zero-width characters, the BOM.
+fn hides_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// One row of /proc/net/udp or /proc/net/udp6.
@@ -140,19 +176,28 @@ pub(super) fn tun_fdinfo_device(fdinfo: &str) -> Option<&str> {
 }
 
 /// A command from /proc/PID/cmdline (arguments, each ended by a NUL) and /proc/PID/comm, for a
-/// message: the arguments joined by spaces, cut at `COMMAND_CHARS`; `[comm]` when there are none
-/// (a kernel thread, or a process that has exited). PURE.
-pub(super) fn command_line(cmdline: &[u8], comm: &str) -> String {
+/// message: the arguments joined by spaces, made [`printable`], cut at `COMMAND_CHARS`; `[comm]`
+/// when there are none (a kernel thread, or a process that has exited). PURE.
+pub(super) fn command_line(cmdline: &[u8], comm: &[u8]) -> String {
     let cmdline = cmdline.strip_suffix(b"\0").unwrap_or(cmdline);
     if cmdline.is_empty() {
-        return format!("[{}]", comm.trim());
+        let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
+        return format!("[{}]", cut(printable(comm)));
     }
-    let joined: String = String::from_utf8_lossy(cmdline).replace('\0', " ");
-    if joined.chars().count() > COMMAND_CHARS {
-        let cut: String = joined.chars().take(COMMAND_CHARS).collect();
+    let joined: Vec<u8> = cmdline
+        .iter()
+        .map(|&b| if b == 0 { b' ' } else { b })
+        .collect();
+    cut(printable(&joined))
+}
+
+/// `text` cut at `COMMAND_CHARS` characters, with `...` when it was longer. PURE.
+pub(super) fn cut(text: String) -> String {
+    if text.chars().count() > COMMAND_CHARS {
+        let cut: String = text.chars().take(COMMAND_CHARS).collect();
         format!("{cut}...")
     } else {
-        joined
+        text
     }
 }
 
@@ -184,9 +229,16 @@ pub(super) fn holder(pid: u32) -> Holder {
     let text = |name: &str| String::from_utf8_lossy(&read(name)).into_owned();
     Holder {
         pid,
-        command: command_line(&read("cmdline"), &text("comm")),
+        command: command_line(&read("cmdline"), &read("comm")),
         exiting: exiting(&text("stat"), &text("status")),
     }
+}
+
+/// The process `pid` if /proc shows it here: `None` when it has no /proc/PID/stat that this
+/// process may read (it is gone, in another PID namespace, or hidden by `hidepid`).
+pub(super) fn visible_holder(pid: u32) -> Option<Holder> {
+    fs::metadata(format!("/proc/{pid}/stat")).ok()?;
+    Some(holder(pid))
 }
 
 /// The processes with an open fd whose link `matches` (given the pid, the fd's name and the link),
@@ -266,30 +318,6 @@ pub(super) fn has_thread_in_namespace(pid: u32, namespace: &Path) -> bool {
 mod tests {
     use super::*;
     use std::net::UdpSocket;
-
-    #[test]
-    fn abstract_names_are_found_in_proc_net_unix() {
-        let table = "\
-Num       RefCount Protocol Flags    Type St Inode Path
-0000000000000000: 00000002 00000000 00010000 0001 01 20817 /run/systemd/notify
-0000000000000000: 00000002 00000000 00000000 0001 07 901 @tunfwd/dev/tunfwd0
-0000000000000000: 00000003 00000000 00000000 0001 03 31337
-0000000000000000: 00000002 00000000 00000000 0001 07 902 @tunfwd/dev/tunfwd01
-0000000000000000: 00000002 00000000 00000000 0001 07 903 tunfwd/dev/tunfwd0
-0000000000000000: 00000002 00000000 00000000 0001 07 904 @tunfwd/udp/55555
-0000000000000000: 00000002 00000000 00000000 0002 07  77 @tunfwd/dev/tunfwd0
-0000000000000000: 00000002 00000000 00000000 0001 07 905 @tunfwd/dev/tunfwd0 trailing
-";
-        assert_eq!(
-            abstract_socket_inodes(table, "tunfwd/dev/tunfwd0"),
-            [901, 77]
-        );
-        assert_eq!(abstract_socket_inodes(table, "tunfwd/udp/55555"), [904]);
-        assert!(abstract_socket_inodes(table, "tunfwd/udp/5555").is_empty());
-        assert!(abstract_socket_inodes("", "x").is_empty());
-        // The header is skipped even if a name looks like it.
-        assert!(abstract_socket_inodes(table, "Path").is_empty());
-    }
 
     #[test]
     fn udp_rows_parse_with_native_endian_addresses() {
@@ -444,16 +472,43 @@ Num       RefCount Protocol Flags    Type St Inode Path
         assert_eq!(
             command_line(
                 b"tunfwd\0--dev\0tunfwd0\0--peer\x00198.18.0.2:55555\0",
-                "tunfwd\n"
+                b"tunfwd\n"
             ),
             "tunfwd --dev tunfwd0 --peer 198.18.0.2:55555"
         );
-        assert_eq!(command_line(b"", "kworker/0:1\n"), "[kworker/0:1]");
-        assert_eq!(command_line(b"a\0\0b\0", "x"), "a  b");
+        assert_eq!(command_line(b"", b"kworker/0:1\n"), "[kworker/0:1]");
+        assert_eq!(command_line(b"a\0\0b\0", b"x"), "a  b");
         let long = [b'x'; COMMAND_CHARS + 10];
-        let cut = command_line(&long, "x");
+        let cut = command_line(&long, b"x");
         assert_eq!(cut.len(), COMMAND_CHARS + 3);
         assert!(cut.ends_with("..."));
+    }
+
+    /// The review's squatter: a command line that ends a fake log line and starts a forged one,
+    /// with terminal escapes, bytes that are not UTF-8 and a right-to-left override. One line
+    /// comes out, with nothing a terminal acts on.
+    #[test]
+    fn command_lines_from_proc_cannot_forge_log_lines_or_drive_a_terminal() {
+        let cmdline = b"/usr/bin/python3\0squat.py\nnobody\0\ntunfwd: tunfwd0 up: 4 queues\x1b[2K\r\x1b]0;x\x07\0\xff\xfe\0\xe2\x80\xae\x7f\xc2\x9b\0";
+        let shown = command_line(cmdline, b"python3\n");
+        assert_eq!(
+            shown,
+            "/usr/bin/python3 squat.py\\nnobody \\ntunfwd: tunfwd0 up: 4 queues\\u{1b}[2K\\r\\u{1b}]0;x\\u{7} \\xff\\xfe \\u{202e}\\u{7f}\\u{9b}"
+        );
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        // A command name is escaped the same way (comm is up to 15 bytes of anything).
+        assert_eq!(command_line(b"", b"a\x1b[31m\nb\n"), "[a\\u{1b}[31m\\nb]");
+        // Escaping is idempotent, and leaves ordinary text, backslashes and non-ASCII alone.
+        for text in [
+            shown.as_str(),
+            "tunfwd --dev t\\0 --peer relais-b.exemple.fr:55555 ü",
+        ] {
+            assert_eq!(printable(text.as_bytes()), text);
+        }
+        // The cut counts escaped characters, and still cuts.
+        let long = [b'\n'; COMMAND_CHARS];
+        let cut = command_line(&long, b"x");
+        assert_eq!(cut, format!("{}...", "\\n".repeat(COMMAND_CHARS / 2)));
     }
 
     #[test]
