@@ -219,12 +219,6 @@ pub fn claim(device: &str, listen: SocketAddr, wait: Duration) -> Result<Ownersh
     claim_in(Path::new(RUNTIME_DIR), device, listen, wait)
 }
 
-/// The lock file that marks `resource` in the calling thread's network namespace as a tunfwd's,
-/// in [`RUNTIME_DIR`]: for an operator's `cat`, and for tests.
-pub fn lock_path(resource: &Resource) -> io::Result<PathBuf> {
-    Ok(Path::new(RUNTIME_DIR).join(locks::lock_file_name(resource, network_namespace()?)))
-}
-
 /// [`claim`], with the lock files in `dir`.
 fn claim_in(
     dir: &Path,
