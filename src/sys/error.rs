@@ -166,7 +166,11 @@ pub enum Error {
     UnsafeLockDirectory { path: PathBuf, problem: String },
     /// Opening, checking, locking or writing the lock file of a device or port, for a reason
     /// other than another process holding it (`owner::claim`).
-    #[error("cannot claim {resource} ({}): {source}", .path.display())]
+    #[error(
+        "cannot claim {resource} ({}): {source}{hint}",
+        .path.display(),
+        hint = claim_lock_hint(.source)
+    )]
     ClaimLock {
         resource: owner::Resource,
         path: PathBuf,
@@ -377,8 +381,17 @@ impl fmt::Display for LockFileSays<'_> {
 
 fn lock_directory_hint(e: &io::Error) -> &'static str {
     if is_permission(e) || e.raw_os_error() == Some(libc::EROFS) {
-        " (only root can create it; under systemd, RuntimeDirectory=tunfwd or \
-         contrib/systemd/tunfwd.tmpfiles makes it)"
+        ". Run tunfwd as root, or make the directory, owned by the user tunfwd runs as and \
+         writable by no one else (the unit's RuntimeDirectory=tunfwd and \
+         contrib/systemd/tunfwd.tmpfiles make it for root)"
+    } else {
+        ""
+    }
+}
+
+fn claim_lock_hint(e: &io::Error) -> &'static str {
+    if is_permission(e) {
+        ". The lock files are their directory owner's: run tunfwd as root (or as that user)"
     } else {
         ""
     }

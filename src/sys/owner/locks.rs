@@ -229,6 +229,11 @@ pub(super) fn name_holder(
 ) -> Option<Holder> {
     let record = record?;
     match seen {
+        // /proc may show the process but not its command line or name (an exiting one).
+        Some(holder) if holder.command == "[]" => Some(Holder {
+            command: record.command,
+            ..holder
+        }),
         Some(holder) => Some(holder),
         None if exists => Some(Holder {
             pid: record.pid,
@@ -458,6 +463,19 @@ mod tests {
             (record.clone(), Some(seen.clone()), true, Some(seen.clone())),
             // Hidden from /proc but there: live, as the file says.
             (record.clone(), None, true, Some(from_file)),
+            // Shown, but with no command: the file's.
+            (
+                record.clone(),
+                Some(Holder {
+                    command: "[]".into(),
+                    ..seen.clone()
+                }),
+                true,
+                Some(Holder {
+                    command: "tunfwd --dev t0".into(),
+                    ..seen.clone()
+                }),
+            ),
             // Not there at all, or no record: unknown.
             (record, None, false, None),
             (None, None, true, None),

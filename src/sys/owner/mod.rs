@@ -219,12 +219,6 @@ pub fn claim(device: &str, listen: SocketAddr, wait: Duration) -> Result<Ownersh
     claim_in(Path::new(RUNTIME_DIR), device, listen, wait)
 }
 
-/// The lock file that marks `resource` in the calling thread's network namespace as a tunfwd's,
-/// in [`RUNTIME_DIR`]: for an operator's `cat`, and for tests.
-pub fn lock_path(resource: &Resource) -> io::Result<PathBuf> {
-    Ok(Path::new(RUNTIME_DIR).join(locks::lock_file_name(resource, network_namespace()?)))
-}
-
 /// [`claim`], with the lock files in `dir`.
 fn claim_in(
     dir: &Path,
@@ -637,6 +631,29 @@ mod tests {
             "device tunfwd0 is locked by a process this one cannot name: its lock file \
              /run/tunfwd/net-1.dev-tunfwd0.lock says \"77 tunfwd\". Stop what holds it (`fuser \
              -v /run/tunfwd/net-1.dev-tunfwd0.lock`), or choose another --dev"
+        );
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(
+            Error::LockDirectory {
+                path: "/run/tunfwd".into(),
+                source: denied(),
+            }
+            .to_string(),
+            "cannot keep the device and port locks in /run/tunfwd: Permission denied (os error \
+             13). Run tunfwd as root, or make the directory, owned by the user tunfwd runs as and \
+             writable by no one else (the unit's RuntimeDirectory=tunfwd and \
+             contrib/systemd/tunfwd.tmpfiles make it for root)"
+        );
+        assert_eq!(
+            Error::ClaimLock {
+                resource: Resource::Port(55555),
+                path: "/run/tunfwd/net-1.udp-55555.lock".into(),
+                source: denied(),
+            }
+            .to_string(),
+            "cannot claim UDP port 55555 (/run/tunfwd/net-1.udp-55555.lock): Permission denied \
+             (os error 13). The lock files are their directory owner's: run tunfwd as root (or \
+             as that user)"
         );
         let empty = Error::LockHeld {
             resource: Resource::Port(1),
