@@ -833,7 +833,7 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
     }
     let sent = max_seq.map_or(0, |m| m + 1);
     // What the kernel dropped at this socket instead of queueing it: a full receive buffer.
-    let socket_drops = tunfwd::sys::socket::receive_drops(&OwnedFd::from(socket.try_clone()?))?;
+    let socket_drops = tunfwd::testing::socket::receive_drops(&OwnedFd::from(socket.try_clone()?))?;
     let seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
     let pps = if seconds > 0.0 {
         received as f64 / seconds
@@ -850,7 +850,7 @@ fn udp_sink(listen: SocketAddr, idle: Duration, limit: Duration) -> io::Result<(
 /// Parses `--tos`: a whole byte, ECN bits included, decimal or `0x`/`0X` hex, as tunfwd's
 /// own `--tos` reads its bytes.
 fn parse_tos(text: &str) -> Result<u8, String> {
-    tunfwd::cli::parse_byte(text)
+    tunfwd::testing::parse_byte(text)
         .ok_or_else(|| format!("'{text}' is not a byte (0-255 or 0x00-0xff)"))
 }
 
@@ -1417,17 +1417,13 @@ mod tests {
             let (kind, reason) = GARBAGE_KINDS[i % GARBAGE_KINDS.len()];
             // Nor is any of them a relay-to-relay control message, which is not validated; and
             // only the short kind is shorter than an IPv4 header.
-            assert_eq!(
-                tunfwd::wire::control::Control::parse(d),
-                None,
-                "{kind}: {d:02x?}"
-            );
+            assert_eq!(tunfwd::testing::Control::parse(d), None, "{kind}: {d:02x?}");
             assert_eq!(d.len() < 20, kind == "too_short", "{kind}: {d:02x?}");
-            let error = tunfwd::wire::IpPacket::new_checked(&d[..])
+            let error = tunfwd::testing::IpPacket::new_checked(&d[..])
                 .err()
                 .unwrap_or_else(|| panic!("{kind} passed: {d:02x?}"));
             assert_eq!(
-                tunfwd::stats::DropReason::from(error).name(),
+                tunfwd::DropReason::from(error).name(),
                 reason,
                 "{kind}: {d:02x?}"
             );
