@@ -30,10 +30,9 @@ use crate::wire::transport::field::UDP_CHECKSUM;
 
 // The parser and the header layout live in `wire`; these names stay here so that
 // `offload::Transport` and friends keep working.
+#[cfg(test)]
 pub use crate::wire::ip::set_ipv4_header_checksum;
-pub use crate::wire::transport::{
-    PROTO_TCP, PROTO_UDP, TCP_MIN_HEADER, Transport, UDP_HEADER, checksum_is_valid, tcp_flags,
-};
+pub use crate::wire::transport::{PROTO_TCP, PROTO_UDP, Transport, checksum_is_valid, tcp_flags};
 
 /// Why an offloaded packet could not be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

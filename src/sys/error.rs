@@ -32,12 +32,6 @@ pub enum Error {
     SetOffload { device: String, source: io::Error },
     #[error("cannot find interface {device}: {source}")]
     InterfaceIndex { device: String, source: io::Error },
-    #[error("cannot set the transmit queue length of {device} to {packets}: {source}")]
-    SetTxQueueLen {
-        device: String,
-        packets: u32,
-        source: io::Error,
-    },
     #[error("cannot cap the GSO size of {device} at {bytes} bytes: {source}")]
     SetGsoMaxSize {
         device: String,

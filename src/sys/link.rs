@@ -150,6 +150,7 @@ pub fn configure(device: &str, change: LinkChange) -> Result<(), Error> {
 }
 
 /// Sets the device's MTU.
+#[cfg(test)]
 pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
     let change = LinkChange {
         mtu: Some(mtu),
@@ -162,20 +163,8 @@ pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
     })
 }
 
-/// Sets the device's transmit queue length in packets (for a TUN: packets waiting to be read).
-pub fn set_tx_queue_len(device: &str, packets: u32) -> Result<(), Error> {
-    let change = LinkChange {
-        tx_queue_len: Some(packets),
-        ..LinkChange::default()
-    };
-    change_link(device, &change, |source| Error::SetTxQueueLen {
-        device: device.to_string(),
-        packets,
-        source,
-    })
-}
-
 /// Brings the device up (`IFF_UP`).
+#[cfg(test)]
 pub fn set_up(device: &str) -> Result<(), Error> {
     let change = LinkChange {
         up: true,

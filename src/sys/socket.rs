@@ -14,7 +14,7 @@
 //! `wire::cmsg`'s, which makes no system call.
 
 use super::Error;
-pub use super::errqueue::{ERROR_QUEUE_BATCH, drain_error_queue, recvmsg_with_control};
+pub use super::errqueue::{drain_error_queue, recvmsg_with_control};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -308,8 +308,9 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
     .map_err(Error::ReusePortProgram)
 }
 
-/// The peer as the path MTU helpers address it: an IPv4-mapped address as plain IPv4, so that
-/// their socket family is the family of the outer header.
+/// The peer as a plain socket addresses it: an IPv4-mapped address as plain IPv4, so that the
+/// socket's family is the family of the outer header.
+#[cfg(test)]
 pub fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }

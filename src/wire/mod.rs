@@ -20,5 +20,4 @@ pub mod vnet;
 
 pub use ip::{IpPacket, IpVersion, Malformed};
 pub use outer::OuterFamily;
-pub use transport::Transport;
 pub use vnet::VnetHeader;
