@@ -4,34 +4,20 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use tunfwd::offload::coalesce::{self, Policy, Run, Segment};
-use tunfwd::offload::split::Split;
-use tunfwd::steer;
-use tunfwd::wire::IpPacket;
-use tunfwd::wire::checksum::Sum;
-use tunfwd::wire::vnet::GsoType;
+use tunfwd::bench::{
+    GsoType, IpPacket, Policy, Run, Segment, Split, Sum, finish_segments, flow_index,
+    plan_segments, validate,
+};
+use tunfwd_testkit::packets;
 
 const MSS: u16 = 1380;
 
-/// An IPv4/TCP super-packet of `payload` bytes (headers only need to parse; split fixes checksums).
+/// An IPv4/TCP super-packet of `payload` bytes, from the test kit's builder.
 fn super_packet(payload: usize) -> Vec<u8> {
-    let total = 40 + payload;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&[198, 19, 0, 1]);
-    p[16..20].copy_from_slice(&[198, 19, 0, 2]);
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5201u16.to_be_bytes());
-    p[32] = 5 << 4;
-    p[33] = 0x10;
-    for (i, b) in p[40..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
+    packets::build(&packets::Spec {
+        payload_len: payload,
+        ..packets::Spec::default()
+    })
 }
 
 fn checksum(c: &mut Criterion) {
@@ -55,10 +41,10 @@ fn parse_and_steer(c: &mut Criterion) {
     });
     // What the worker does per received datagram: validation and the transport, in one pass.
     group.bench_function("ip_validate_and_transport", |b| {
-        b.iter(|| coalesce::validate(black_box(&packet[..])))
+        b.iter(|| validate(black_box(&packet[..])))
     });
     group.bench_function("flow_index_4_workers", |b| {
-        b.iter(|| steer::flow_index(black_box(&packet), 4))
+        b.iter(|| flow_index(black_box(&packet), 4))
     });
     group.finish();
 }
@@ -103,7 +89,7 @@ fn split_and_coalesce(c: &mut Criterion) {
         segments.push(Segment {
             at: buffer.len(),
             len: one.len(),
-            transport: coalesce::validate(&one).unwrap(),
+            transport: validate(&one).unwrap(),
         });
         buffer.extend_from_slice(&one);
     }
@@ -115,10 +101,10 @@ fn split_and_coalesce(c: &mut Criterion) {
     // The segments validated once, on arrival, as the worker keeps them: plan and finish only.
     group.bench_function("plan_and_finish_47_segments", |b| {
         b.iter(|| {
-            coalesce::plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
+            plan_segments(&buffer, &segments, Policy::ALL, &mut runs);
             assert_eq!(runs.len(), 1);
             for run in &runs {
-                black_box(coalesce::finish_segments(&mut buffer, &segments, *run));
+                black_box(finish_segments(&mut buffer, &segments, *run));
             }
             buffer[..head.len()].copy_from_slice(&head);
         })
@@ -129,13 +115,13 @@ fn split_and_coalesce(c: &mut Criterion) {
         b.iter(|| {
             validated.clear();
             for s in &segments {
-                let transport = coalesce::validate(black_box(&buffer[s.range()])).unwrap();
+                let transport = validate(black_box(&buffer[s.range()])).unwrap();
                 validated.push(Segment { transport, ..*s });
             }
-            coalesce::plan_segments(&buffer, &validated, Policy::ALL, &mut runs);
+            plan_segments(&buffer, &validated, Policy::ALL, &mut runs);
             assert_eq!(runs.len(), 1);
             for run in &runs {
-                black_box(coalesce::finish_segments(&mut buffer, &validated, *run));
+                black_box(finish_segments(&mut buffer, &validated, *run));
             }
             buffer[..head.len()].copy_from_slice(&head);
         })

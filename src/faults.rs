@@ -97,10 +97,6 @@ mod enabled {
             self.setup_panic_queue == Some(queue)
         }
 
-        pub fn tun_write_einval(&self) -> bool {
-            self.tun_write_einval
-        }
-
         pub fn ctrunc(&self) -> bool {
             self.ctrunc
         }
@@ -156,10 +152,6 @@ mod enabled {
         }
         #[inline(always)]
         pub fn setup_panic(&self, _queue: usize) -> bool {
-            false
-        }
-        #[inline(always)]
-        pub fn tun_write_einval(&self) -> bool {
             false
         }
         #[inline(always)]

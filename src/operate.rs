@@ -213,6 +213,7 @@ impl PeerLookup {
     }
 
     /// The address the workers are sending to.
+    #[cfg(test)]
     pub fn current(&self) -> SocketAddr {
         self.current
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use tunfwd::testbed::run_to_exit;
+use tunfwd_testkit::testbed::run_to_exit;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
     run_to_exit(Path::new(env!("CARGO_BIN_EXE_tunfwd")), args)

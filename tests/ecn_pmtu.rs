@@ -29,13 +29,13 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tunfwd::offload::ecn::{Ecn, decapsulated_ecn};
-use tunfwd::sys::socket;
-use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd::testing::{Ecn, decapsulated_ecn, socket};
+use tunfwd_testkit::sockets;
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-tunfwd::per_engine!(
+tunfwd_testkit::per_engine!(
     outer_headers_carry_the_inner_ecn_and_the_chosen_dscp,
     outer_marks_reach_the_inner_packets_by_rfc_6040,
     a_transfer_survives_the_path_mtu_dropping_and_senders_are_told,
@@ -57,7 +57,7 @@ fn testbed() -> Testbed {
     }
     Testbed::new(
         Path::new(env!("CARGO_BIN_EXE_tunfwd")),
-        Path::new(env!("CARGO_BIN_EXE_tunload")),
+        &tunfwd_testkit::binaries::tool("tunload"),
     )
     .expect("building the namespace testbed")
 }
@@ -148,7 +148,7 @@ fn receive_until(
                 libc::MSG_DONTWAIT,
             ) {
                 idle = false;
-                let tos = tunfwd::wire::cmsg::receive_control(&control[..control_len]).tos;
+                let tos = tunfwd::testing::receive_control(&control[..control_len]).tos;
                 if take(&data[..n], tos) {
                     return true;
                 }
@@ -163,7 +163,7 @@ fn receive_until(
 
 /// A UDP socket that sends to `to` from any address (the route picks it), with a port of its own.
 fn sender_to(to: SocketAddr) -> io::Result<OwnedFd> {
-    socket::plain_sender(to)
+    sockets::plain_sender(to)
 }
 
 /// A UDP socket bound to `address` that reports each datagram's TOS.
@@ -177,7 +177,7 @@ fn tos_receiver(address: &str) -> io::Result<OwnedFd> {
 
 /// Sends `payload` to `to` with the TOS / traffic class `tos` on the datagram.
 fn send_with_tos(fd: &OwnedFd, to: SocketAddr, payload: &[u8], tos: u8) {
-    socket::send_gathered(fd, to, &[io::IoSlice::new(payload)], tos)
+    sockets::send_with_tos(fd, to, payload, tos)
         .unwrap_or_else(|e| panic!("send to {to} with TOS {tos:#x}: {e}"));
 }
 
@@ -493,7 +493,7 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
     let payload = vec![0x5a; size];
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        socket::send_gathered(&probe, to, &[io::IoSlice::new(&payload)], 0)
+        sockets::send_with_tos(&probe, to, &payload, 0)
             .unwrap_or_else(|e| panic!("sending {size} bytes to {to}: {e}"));
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(10));

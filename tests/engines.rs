@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use tunfwd::testbed::{self, Host, Process, Testbed, engine_lines, parse_json};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, engine_lines, parse_json};
 
 /// Held by every test that starts tunfwd far enough to probe io_uring.
 static IO_URING: Mutex<()> = Mutex::new(());
@@ -38,7 +38,7 @@ fn testbed() -> Testbed {
     }
     Testbed::new(
         Path::new(env!("CARGO_BIN_EXE_tunfwd")),
-        Path::new(env!("CARGO_BIN_EXE_tunload")),
+        &tunfwd_testkit::binaries::tool("tunload"),
     )
     .expect("building the namespace testbed")
 }

@@ -14,11 +14,11 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-tunfwd::per_engine!(
+tunfwd_testkit::per_engine!(
     overlay_ping_both_ways_over_ipv4_and_ipv6,
     tcp_transfers_of_100_mb_verify_in_both_directions,
     one_flow_at_a_time_keeps_to_one_queue_at_every_stage_and_flows_spread_over_queues,
@@ -57,7 +57,7 @@ fn testbed() -> Testbed {
     quiet(
         Testbed::new(
             Path::new(env!("CARGO_BIN_EXE_tunfwd")),
-            Path::new(env!("CARGO_BIN_EXE_tunload")),
+            &tunfwd_testkit::binaries::tool("tunload"),
         )
         .expect("building the namespace testbed"),
     )
@@ -403,7 +403,7 @@ fn flows_one_per_queue_and_family() -> Vec<(bool, u16, usize)> {
         for queue in 0..QUEUES {
             let port = (20000..30000u16)
                 .find(|&port| {
-                    tunfwd::steer::flow_index(&first_packet(ipv6, port), QUEUES as u32)
+                    tunfwd::testing::flow_index(&first_packet(ipv6, port), QUEUES as u32)
                         == queue as u32
                 })
                 .expect("a port for every queue");
@@ -966,7 +966,7 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6(engine: &
             .and_then(|m| m.parse::<usize>().ok())
             .expect("mtu in ip link output");
         let cap = if offload {
-            tunfwd::offload::split::tun_gso_max_size(mtu).unwrap()
+            tunfwd::testing::tun_gso_max_size(mtu).unwrap()
         } else {
             65536
         };
@@ -1040,7 +1040,7 @@ fn small_mss_transfers_verify_both_ways_without_bad_offload(engine: &str) {
     let bed = testbed();
     let (a, b) = relays(&bed, engine, &[]);
     let details = tun_details(&bed, Host::A);
-    let cap = tunfwd::worker::MAX_SPLIT_SEGMENTS;
+    let cap = tunfwd::testing::MAX_SPLIT_SEGMENTS;
     assert!(
         details.contains(&format!("gso_max_segs {cap} ")),
         "expected gso_max_segs {cap}: {details}"
@@ -1128,7 +1128,7 @@ fn faulty_testbed(faults: &str) -> Testbed {
         panic!("the network tests need root");
     }
     quiet(
-        Testbed::new(&wrapper, Path::new(env!("CARGO_BIN_EXE_tunload")))
+        Testbed::new(&wrapper, &tunfwd_testkit::binaries::tool("tunload"))
             .expect("building the namespace testbed"),
     )
 }

@@ -19,9 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tunfwd::cli::{Account, Accounts, Args};
-use tunfwd::stats::DropReason;
-use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd::{Account, Accounts, Args, DropReason};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -39,7 +38,7 @@ fn require_root() {
 
 fn testbed_running(tunfwd: &Path) -> Testbed {
     require_root();
-    Testbed::new(tunfwd, Path::new(env!("CARGO_BIN_EXE_tunload")))
+    Testbed::new(tunfwd, &tunfwd_testkit::binaries::tool("tunload"))
         .expect("building the namespace testbed")
 }
 
@@ -920,10 +919,7 @@ fn drops_in_the_kernel_before_tunfwd_reads_are_reported() {
         link[0]["txqlen"].as_u64().unwrap()
     };
     assert_eq!(txqlen(Host::A), 8);
-    assert_eq!(
-        txqlen(Host::B),
-        u64::from(tunfwd::cli::DEFAULT_TX_QUEUE_LEN)
-    );
+    assert_eq!(txqlen(Host::B), u64::from(tunfwd::DEFAULT_TX_QUEUE_LEN));
     let flood = |name: &str| {
         let target = endpoint(testbed::B_TUNNEL4, 7000);
         let out = bed

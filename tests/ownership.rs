@@ -29,8 +29,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tunfwd::sys::{Error, owner, tun};
-use tunfwd::testbed::{self, Host, Process, Signal, Testbed};
+use tunfwd::Error;
+use tunfwd::testing::{owner, tun};
+use tunfwd_testkit::testbed::{self, Host, Process, Signal, Testbed};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -47,7 +48,7 @@ fn testbed() -> Testbed {
     }
     Testbed::new(
         Path::new(env!("CARGO_BIN_EXE_tunfwd")),
-        Path::new(env!("CARGO_BIN_EXE_tunload")),
+        &tunfwd_testkit::binaries::tool("tunload"),
     )
     .expect("building the namespace testbed")
 }

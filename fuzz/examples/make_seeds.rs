@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 use tunfwd_fuzz::gro::{self, MUTATE, PERSIST, kind};
-use tunfwd_fuzz::{Fields, tcp_options};
+use tunfwd_fuzz::{Fields, ipv6_extension, tcp_options};
 
 /// Named inputs for one target.
 type Seeds = Vec<(&'static str, Vec<u8>)>;
@@ -132,23 +132,27 @@ fn coalesce_seeds() -> Seeds {
     ]
 }
 
-/// A virtio_net_hdr (include/uapi/linux/virtio_net.h), host byte order, and the packet.
-fn with_vnet(flags: u8, gso_type: u8, gso_size: u16, csum: (u16, u16), packet: &[u8]) -> Vec<u8> {
+/// A virtio_net_hdr (include/uapi/linux/virtio_net.h), host byte order, with `hdr_len` the
+/// packet's IP and transport headers, and the packet.
+fn with_vnet(flags: u8, gso_type: u8, gso_size: u16, csum: (u16, u16), packet: &Fields) -> Vec<u8> {
     let mut v = vec![flags, gso_type];
-    let header_len = tunfwd::offload::Transport::parse(packet).map_or(0, |t| t.header_len());
-    v.extend_from_slice(&(header_len as u16).to_ne_bytes());
+    v.extend_from_slice(&(packet.header_len() as u16).to_ne_bytes());
     v.extend_from_slice(&gso_size.to_ne_bytes());
     v.extend_from_slice(&csum.0.to_ne_bytes());
     v.extend_from_slice(&csum.1.to_ne_bytes());
-    v.extend_from_slice(packet);
+    v.extend_from_slice(&packet.build());
     v
 }
 
-fn packet(ipv6: bool, udp: bool, payload_len: usize, change: impl Fn(&mut Fields)) -> Vec<u8> {
+fn fields(ipv6: bool, udp: bool, payload_len: usize, change: impl Fn(&mut Fields)) -> Fields {
     let mut f = Fields::new(ipv6, udp);
     f.payload = (0..payload_len).map(|i| (i * 31 + 7) as u8).collect();
     change(&mut f);
-    f.build()
+    f
+}
+
+fn packet(ipv6: bool, udp: bool, payload_len: usize, change: impl Fn(&mut Fields)) -> Vec<u8> {
+    fields(ipv6, udp, payload_len, change).build()
 }
 
 fn split_seeds() -> Seeds {
@@ -162,7 +166,7 @@ fn split_seeds() -> Seeds {
                 tcp4,
                 500,
                 (20, 16),
-                &packet(false, false, 1200, |_| {}),
+                &fields(false, false, 1200, |_| {}),
             ),
         ),
         (
@@ -172,7 +176,7 @@ fn split_seeds() -> Seeds {
                 tcp6 | ecn,
                 400,
                 (40, 16),
-                &packet(true, false, 900, |f| {
+                &fields(true, false, 900, |f| {
                     f.tcp_options = tcp_options(12, 99);
                     f.flags = 0x80 | 0x10 | 0x08 | 0x01;
                 }),
@@ -185,7 +189,9 @@ fn split_seeds() -> Seeds {
                 tcp6,
                 300,
                 (64, 16),
-                &packet(true, false, 700, |f| f.ipv6_extensions = vec![0, 43, 60]),
+                &fields(true, false, 700, |f| {
+                    f.ipv6_extensions = [0, 43, 60].map(ipv6_extension).to_vec()
+                }),
             ),
         ),
         (
@@ -195,7 +201,7 @@ fn split_seeds() -> Seeds {
                 udp_l4,
                 300,
                 (20, 6),
-                &packet(false, true, 700, |_| {}),
+                &fields(false, true, 700, |_| {}),
             ),
         ),
         (
@@ -205,7 +211,7 @@ fn split_seeds() -> Seeds {
                 udp_l4,
                 100,
                 (40, 6),
-                &packet(true, true, 333, |_| {}),
+                &fields(true, true, 333, |_| {}),
             ),
         ),
         (
@@ -215,7 +221,7 @@ fn split_seeds() -> Seeds {
                 0,
                 0,
                 (20, 16),
-                &packet(false, false, 50, |_| {}),
+                &fields(false, false, 50, |_| {}),
             ),
         ),
         (
@@ -225,7 +231,7 @@ fn split_seeds() -> Seeds {
                 tcp4,
                 1,
                 (0, 0),
-                &packet(false, false, 0, |f| f.ipv4_options = vec![1; 12]),
+                &fields(false, false, 0, |f| f.ipv4_options = vec![1; 12]),
             ),
         ),
     ]
@@ -287,7 +293,7 @@ fn cmsg_seeds() -> Seeds {
 
 /// A probe of 120 bytes, its acknowledgement, and an IPv4 header (not a control message).
 fn control_seeds() -> Seeds {
-    use tunfwd::wire::control::{Control, Kind};
+    use tunfwd::fuzzing::control::{Control, Kind};
     let probe = Control {
         kind: Kind::Probe,
         nonce: 0x0123_4567_89ab_cdef,

@@ -11,12 +11,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tunfwd::offload::coalesce::{
-    MAX_RUN_SEGMENTS, Policy, Segment, finish_segments, plan_segments, validate,
+use tunfwd::fuzzing::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
+use tunfwd::fuzzing::{
+    MAX_RUN_SEGMENTS, Policy, Segment, Split, complete_checksum, finish_segments, plan_segments,
+    validate,
 };
-use tunfwd::offload::complete_checksum;
-use tunfwd::offload::split::Split;
-use tunfwd::wire::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
 use tunfwd_fuzz::{assert_valid, gro, stats_enabled};
 
 static INPUTS: AtomicU64 = AtomicU64::new(0);

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::wire::control::{self, Control, Kind};
+use tunfwd::fuzzing::control::{self, Control, Kind};
 
 fuzz_target!(|datagram: &[u8]| {
     let Some(message) = Control::parse(datagram) else {

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::wire::cmsg::parse_queued_error;
+use tunfwd::fuzzing::parse_queued_error;
 
 fuzz_target!(|control: &[u8]| {
     let found = parse_queued_error(control);

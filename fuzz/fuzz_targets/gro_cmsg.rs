@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::wire::cmsg::gro_segment_size;
+use tunfwd::fuzzing::gro_segment_size;
 
 /// `sizeof(struct cmsghdr)` on 64-bit Linux: `size_t cmsg_len; int cmsg_level; int cmsg_type`
 /// (include/linux/socket.h).

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::sys::netlink::{self, HEADER_LEN};
+use tunfwd::fuzzing::netlink::{self, HEADER_LEN};
 
 fuzz_target!(|input: (u32, u32, bool, &[u8])| {
     let (sequence, port, dump, datagram) = input;

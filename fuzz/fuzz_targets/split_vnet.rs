@@ -10,10 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::offload::complete_checksum;
-use tunfwd::offload::split::{MAX_HEADER_LEN, Split};
-use tunfwd::wire::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
-use tunfwd::worker::MAX_SPLIT_SEGMENTS as MAX_SEGMENTS;
+use tunfwd::fuzzing::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
+use tunfwd::fuzzing::{MAX_HEADER_LEN, MAX_SPLIT_SEGMENTS as MAX_SEGMENTS, Split, complete_checksum};
 use tunfwd_fuzz::assert_valid;
 
 fuzz_target!(|data: &[u8]| {

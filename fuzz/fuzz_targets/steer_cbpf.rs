@@ -1,7 +1,7 @@
 //! A datagram from the peer: its validation (`IpPacket::new_checked`, whose accessors promise not
 //! to panic afterwards) and its steering. `flow_index` is the reference for the classic BPF
 //! program the kernel runs on the reuseport group (net/core/sock_reuseport.c,
-//! `run_bpf_filter`), so the program, run by the interpreter in `steer::cbpf` over the same bytes
+//! `run_bpf_filter`), so the program, run by the test kit's interpreter (`cbpf`) over the same bytes
 //! and worker count, must give the same worker, for every byte string, valid or not. And for a
 //! valid packet the key is symmetric: with addresses and ports swapped it is unchanged.
 //!
@@ -10,8 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::steer::{cbpf, flow_index, flow_key, reuseport_program};
-use tunfwd::wire::{IpPacket, IpVersion};
+use tunfwd::fuzzing::{IpPacket, IpVersion, flow_index, flow_key, reuseport_program};
+use tunfwd_testkit::cbpf;
 
 fuzz_target!(|data: &[u8]| {
     let (workers, datagram) = match data {

@@ -1,12 +1,13 @@
-//! What the fuzz targets share: a reader that turns fuzz bytes into choices, a packet builder with
-//! its own checksum code (RFC 1071, written apart from tunfwd's `wire::checksum` so that a mistake
-//! there is not repeated here), etherparse as the independent judge of a packet's lengths and
-//! checksums, and the decoder that turns fuzz bytes into a UDP GRO buffer.
+//! What the fuzz targets share: a reader that turns fuzz bytes into choices, and the decoder that
+//! turns fuzz bytes into a UDP GRO buffer. The packets are built, and judged, by the test kit's
+//! `packets` (its own RFC 1071 checksum code, etherparse as the judge), the same builders tunfwd's
+//! unit tests and micro benches use.
 //!
 //! Nothing here may call into the code under test to decide what the right answer is: the targets
 //! compare tunfwd against these, so they must stay independent of it.
 
 use std::sync::OnceLock;
+pub use tunfwd_testkit::packets::{Fields, assert_valid, ipv6_extension, tcp_options};
 
 /// Fuzz bytes read front to back. Past the end every read gives zeros, so a short input is a
 /// valid input that takes the default choice at every later step.
@@ -40,309 +41,6 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// The internet checksum (RFC 1071): the one's-complement sum of big-endian 16-bit words, an odd
-/// last byte padded with zero. Deliberately the plain textbook loop.
-pub fn ones_complement_sum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in data.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// One's-complement addition of two folded sums.
-pub fn add_sums(a: u16, b: u16) -> u16 {
-    let sum = u32::from(a) + u32::from(b);
-    ((sum & 0xffff) + (sum >> 16)) as u16
-}
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-
-/// Every header field of one IPv4 or IPv6 packet carrying TCP or UDP, plus deliberate damage.
-/// [`Fields::build`] writes them out with correct lengths and checksums unless told otherwise.
-#[derive(Debug, Clone)]
-pub struct Fields {
-    pub ipv6: bool,
-    pub udp: bool,
-    /// IPv4 uses the first four bytes.
-    pub source: [u8; 16],
-    pub destination: [u8; 16],
-    /// IPv4 type of service, or IPv6 traffic class.
-    pub tos: u8,
-    /// IPv6 flow label (20 bits).
-    pub flow_label: u32,
-    pub id: u16,
-    /// The IPv4 flags and fragment offset word: 0x4000 is DF, 0x8000 the reserved bit (RFC 791).
-    pub fragment_word: u16,
-    /// IPv4 TTL or IPv6 hop limit.
-    pub ttl: u8,
-    pub ipv4_options: Vec<u8>,
-    /// IPv6 extension headers, in order, by type (RFC 8200 section 4): 0 Hop-by-Hop Options and
-    /// 60 Destination Options (8 bytes, one PadN option), 43 Routing (8 bytes, Segments Left 0).
-    pub ipv6_extensions: Vec<u8>,
-    pub source_port: u16,
-    pub destination_port: u16,
-    pub seq: u32,
-    pub ack: u32,
-    /// The low nibble of TCP byte 12: reserved bits and AE (RFC 9293 section 3.1).
-    pub tcp_reserved: u8,
-    pub flags: u8,
-    pub window: u16,
-    pub urgent: u16,
-    pub tcp_options: Vec<u8>,
-    pub payload: Vec<u8>,
-    /// Added to the IP length field (IPv4 total length or IPv6 payload length).
-    pub ip_len_error: u16,
-    /// Added to the UDP length field; the checksum is computed over the wrong value.
-    pub udp_len_error: u16,
-    /// XOR-ed into the TCP/UDP checksum after it is computed.
-    pub l4_checksum_error: u16,
-    /// XOR-ed into the IPv4 header checksum after it is computed.
-    pub ip_checksum_error: u16,
-    /// Send UDP with a zero checksum ("none" for IPv4, RFC 768; invalid for IPv6, RFC 8200).
-    pub udp_zero_checksum: bool,
-}
-
-impl Fields {
-    /// A TCP ACK or a UDP datagram from 198.19.0.1 / 2001:2:1::1, port 40000 to 5201.
-    pub fn new(ipv6: bool, udp: bool) -> Fields {
-        let mut source = [0u8; 16];
-        let mut destination = [0u8; 16];
-        if ipv6 {
-            source[..6].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 1]);
-            destination[..6].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 1]);
-            source[15] = 1;
-            destination[15] = 2;
-        } else {
-            source[..4].copy_from_slice(&[198, 19, 0, 1]);
-            destination[..4].copy_from_slice(&[198, 19, 0, 2]);
-        }
-        Fields {
-            ipv6,
-            udp,
-            source,
-            destination,
-            tos: 0,
-            flow_label: 0,
-            id: 1,
-            fragment_word: 0x4000,
-            ttl: 64,
-            ipv4_options: Vec::new(),
-            ipv6_extensions: Vec::new(),
-            source_port: 40000,
-            destination_port: 5201,
-            seq: 1,
-            ack: 77,
-            tcp_reserved: 0,
-            flags: 0x10,
-            window: 64000,
-            urgent: 0,
-            tcp_options: Vec::new(),
-            payload: Vec::new(),
-            ip_len_error: 0,
-            udp_len_error: 0,
-            l4_checksum_error: 0,
-            ip_checksum_error: 0,
-            udp_zero_checksum: false,
-        }
-    }
-
-    pub fn ip_header_len(&self) -> usize {
-        if self.ipv6 {
-            40 + 8 * self.ipv6_extensions.len()
-        } else {
-            20 + self.ipv4_options.len()
-        }
-    }
-
-    pub fn l4_header_len(&self) -> usize {
-        if self.udp {
-            8
-        } else {
-            20 + self.tcp_options.len()
-        }
-    }
-
-    pub fn header_len(&self) -> usize {
-        self.ip_header_len() + self.l4_header_len()
-    }
-
-    /// The packet's bytes. Option lengths must be multiples of 4 and at most 40 bytes.
-    pub fn build(&self) -> Vec<u8> {
-        let ip_len = self.ip_header_len();
-        let l4_len = self.l4_header_len() + self.payload.len();
-        let mut p = vec![0u8; ip_len + l4_len];
-        let protocol = if self.udp { PROTO_UDP } else { PROTO_TCP };
-        if self.ipv6 {
-            let word = 6 << 28 | u32::from(self.tos) << 20 | (self.flow_label & 0xf_ffff);
-            p[0..4].copy_from_slice(&word.to_be_bytes());
-            let len = ((ip_len - 40 + l4_len) as u16).wrapping_add(self.ip_len_error);
-            p[4..6].copy_from_slice(&len.to_be_bytes());
-            p[6] = self.ipv6_extensions.first().copied().unwrap_or(protocol);
-            p[7] = self.ttl;
-            p[8..24].copy_from_slice(&self.source);
-            p[24..40].copy_from_slice(&self.destination);
-            for (i, kind) in self.ipv6_extensions.iter().enumerate() {
-                let next = self.ipv6_extensions.get(i + 1).copied().unwrap_or(protocol);
-                let at = 40 + 8 * i;
-                p[at..at + 8].copy_from_slice(&match kind {
-                    43 => [next, 0, 4, 0, 0, 0, 0, 0],
-                    _ => [next, 0, 1, 4, 0, 0, 0, 0],
-                });
-            }
-        } else {
-            p[0] = 0x40 | (ip_len / 4) as u8;
-            p[1] = self.tos;
-            let total = ((ip_len + l4_len) as u16).wrapping_add(self.ip_len_error);
-            p[2..4].copy_from_slice(&total.to_be_bytes());
-            p[4..6].copy_from_slice(&self.id.to_be_bytes());
-            p[6..8].copy_from_slice(&self.fragment_word.to_be_bytes());
-            p[8] = self.ttl;
-            p[9] = protocol;
-            p[12..16].copy_from_slice(&self.source[..4]);
-            p[16..20].copy_from_slice(&self.destination[..4]);
-            p[20..ip_len].copy_from_slice(&self.ipv4_options);
-            let c = !ones_complement_sum(&p[..ip_len]) ^ self.ip_checksum_error;
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-        }
-        let l4 = ip_len;
-        p[l4..l4 + 2].copy_from_slice(&self.source_port.to_be_bytes());
-        p[l4 + 2..l4 + 4].copy_from_slice(&self.destination_port.to_be_bytes());
-        let payload_at = l4 + self.l4_header_len();
-        p[payload_at..].copy_from_slice(&self.payload);
-        let checksum_at = if self.udp {
-            let len = (l4_len as u16).wrapping_add(self.udp_len_error);
-            p[l4 + 4..l4 + 6].copy_from_slice(&len.to_be_bytes());
-            l4 + 6
-        } else {
-            p[l4 + 4..l4 + 8].copy_from_slice(&self.seq.to_be_bytes());
-            p[l4 + 8..l4 + 12].copy_from_slice(&self.ack.to_be_bytes());
-            p[l4 + 12] = ((self.l4_header_len() / 4) as u8) << 4 | (self.tcp_reserved & 0x0f);
-            p[l4 + 13] = self.flags;
-            p[l4 + 14..l4 + 16].copy_from_slice(&self.window.to_be_bytes());
-            p[l4 + 18..l4 + 20].copy_from_slice(&self.urgent.to_be_bytes());
-            p[l4 + 20..payload_at].copy_from_slice(&self.tcp_options);
-            l4 + 16
-        };
-        let mut c = !add_sums(
-            self.pseudo_header_sum(l4_len),
-            ones_complement_sum(&p[l4..]),
-        );
-        if self.udp && c == 0 {
-            c = 0xffff; // RFC 768: a computed zero is sent as all ones
-        }
-        if self.udp && self.udp_zero_checksum {
-            c = 0;
-        }
-        c ^= self.l4_checksum_error;
-        p[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
-        p
-    }
-
-    /// The pseudo-header sum: RFC 793 section 3.1 for IPv4, RFC 8200 section 8.1 for IPv6.
-    fn pseudo_header_sum(&self, l4_len: usize) -> u16 {
-        let protocol = if self.udp { PROTO_UDP } else { PROTO_TCP };
-        let mut pseudo = Vec::with_capacity(40);
-        if self.ipv6 {
-            pseudo.extend_from_slice(&self.source);
-            pseudo.extend_from_slice(&self.destination);
-            pseudo.extend_from_slice(&(l4_len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
-        } else {
-            pseudo.extend_from_slice(&self.source[..4]);
-            pseudo.extend_from_slice(&self.destination[..4]);
-            pseudo.extend_from_slice(&[0, protocol]);
-            pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
-        }
-        ones_complement_sum(&pseudo)
-    }
-}
-
-/// TCP options of `len` bytes (0, 4, 12 or 40 are the useful ones): timestamps (RFC 7323) when
-/// there is room, padded with NOPs.
-pub fn tcp_options(len: usize, stamp: u32) -> Vec<u8> {
-    let mut options = vec![1u8; len];
-    if len >= 12 {
-        options[2..4].copy_from_slice(&[8, 10]);
-        options[4..8].copy_from_slice(&stamp.to_be_bytes());
-        options[8..12].copy_from_slice(&stamp.wrapping_mul(3).to_be_bytes());
-    }
-    options
-}
-
-/// Asserts, with etherparse as the judge, that `p` is an IPv4 or IPv6 packet carrying TCP or UDP
-/// whose length fields match its bytes and whose checksums are right.
-pub fn assert_valid(p: &[u8]) {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let sliced = SlicedPacket::from_ip(p)
-        .unwrap_or_else(|e| panic!("etherparse rejects the packet: {e:?}: {p:02x?}"));
-    let (addresses, ip_payload) = match &sliced.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            let h = ip.header();
-            assert_eq!(
-                usize::from(h.total_len()),
-                p.len(),
-                "IPv4 total length: {p:02x?}"
-            );
-            // By our own sum: etherparse's `Ipv4Header` has no field for the reserved flag bit
-            // (RFC 791), so its `calc_header_checksum` is wrong for a header that sets it.
-            assert_eq!(
-                ones_complement_sum(h.slice()),
-                0xffff,
-                "IPv4 header checksum: {p:02x?}"
-            );
-            let mut source = [0u8; 16];
-            let mut destination = [0u8; 16];
-            source[..4].copy_from_slice(&h.source());
-            destination[..4].copy_from_slice(&h.destination());
-            ((false, source, destination), ip.payload())
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header();
-            assert_eq!(
-                usize::from(h.payload_length()) + 40,
-                p.len(),
-                "IPv6 payload length: {p:02x?}"
-            );
-            ((true, h.source(), h.destination()), ip.payload())
-        }
-        other => panic!("not IP: {other:?}"),
-    };
-    assert!(!ip_payload.fragmented, "a fragment");
-    let (ipv6, source, destination) = addresses;
-    let v4 = |a: [u8; 16]| -> [u8; 4] { a[..4].try_into().expect("4 bytes") };
-    match &sliced.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            let expected = if ipv6 {
-                tcp.calc_checksum_ipv6(source, destination)
-            } else {
-                tcp.calc_checksum_ipv4(v4(source), v4(destination))
-            }
-            .expect("TCP length fits");
-            assert_eq!(tcp.checksum(), expected, "TCP checksum: {p:02x?}");
-        }
-        Some(TransportSlice::Udp(udp)) => {
-            assert_eq!(
-                usize::from(udp.length()),
-                ip_payload.payload.len(),
-                "UDP length"
-            );
-            let header = udp.to_header();
-            let expected = if ipv6 {
-                header.calc_checksum_ipv6_raw(source, destination, udp.payload())
-            } else {
-                header.calc_checksum_ipv4_raw(v4(source), v4(destination), udp.payload())
-            }
-            .expect("UDP length fits");
-            assert_eq!(udp.checksum(), expected, "UDP checksum: {p:02x?}");
-        }
-        other => panic!("no TCP or UDP: {other:?}"),
-    }
-}
-
 /// True when the environment asks the targets to print their counters (`TUNFWD_FUZZ_STATS=1`),
 /// which scripts/fuzz uses to measure how often a target reaches the code it is aimed at.
 pub fn stats_enabled() -> bool {
@@ -354,7 +52,7 @@ pub fn stats_enabled() -> bool {
 /// `udp_gro_receive_segment`): datagrams of exactly `stride` bytes laid back to back, the last one
 /// possibly shorter, each datagram one inner IP packet.
 pub mod gro {
-    use super::{Bytes, Fields, tcp_options};
+    use super::{Bytes, Fields, ipv6_extension, tcp_options};
 
     /// One buffer and the segment size its `UDP_GRO` control message would carry.
     pub struct Case {
@@ -533,12 +231,13 @@ pub mod gro {
             kind::ADDRESS => flow.destination[3] ^= value,
             kind::IP_LEN => flow.ip_len_error = wide | 1,
             kind::IPV6_EXTENSIONS if flow.ipv6 => {
-                flow.ipv6_extensions = match value % 4 {
-                    0 => vec![],
-                    1 => vec![0],
-                    2 => vec![60],
-                    _ => vec![0, 43, 60],
-                }
+                let kinds: &[u8] = match value % 4 {
+                    0 => &[],
+                    1 => &[0],
+                    2 => &[60],
+                    _ => &[0, 43, 60],
+                };
+                flow.ipv6_extensions = kinds.iter().copied().map(ipv6_extension).collect();
             }
             _ => {}
         }

@@ -18,12 +18,11 @@ mod parse;
 mod readme;
 mod validate;
 
-pub use args::{Args, EngineChoice};
-pub use parse::{
-    CpuList, MAX_CPUS, MAX_DEVICE_NAME, PeerSpec, parse_byte, parse_cidr, parse_cpu_list,
-    parse_metrics_address, parse_peer, parse_size, parse_tos,
-};
-pub use validate::{Account, Accounts, Config, RunAs, pick_peer};
+pub use args::Args;
+pub use parse::parse_byte;
+#[cfg(test)]
+pub use parse::{parse_cpu_list, parse_size};
+pub use validate::{Account, Accounts, Config, pick_peer};
 
 use std::fmt;
 

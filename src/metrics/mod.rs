@@ -36,10 +36,7 @@
 mod render;
 mod server;
 
-pub use render::{CONTENT_TYPE, LATENCY_BUCKETS_NS, render};
-pub use server::{
-    MAX_CONNECTIONS, MAX_REQUEST_HEAD, REQUEST_DEADLINE, Route, bind, response, route, spawn_server,
-};
+pub use server::{bind, spawn_server};
 
 use crate::stats::Report;
 use std::sync::{Arc, Mutex};

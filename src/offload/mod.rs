@@ -30,10 +30,9 @@ use crate::wire::transport::field::UDP_CHECKSUM;
 
 // The parser and the header layout live in `wire`; these names stay here so that
 // `offload::Transport` and friends keep working.
+#[cfg(test)]
 pub use crate::wire::ip::set_ipv4_header_checksum;
-pub use crate::wire::transport::{
-    PROTO_TCP, PROTO_UDP, TCP_MIN_HEADER, Transport, UDP_HEADER, checksum_is_valid, tcp_flags,
-};
+pub use crate::wire::transport::{PROTO_TCP, PROTO_UDP, Transport, checksum_is_valid, tcp_flags};
 
 /// Why an offloaded packet could not be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,175 +76,14 @@ pub fn complete_checksum(
 
 #[cfg(test)]
 pub(crate) mod test_packets {
-    //! Packet builders shared by the split and coalesce tests, checked by etherparse.
+    //! The test kit's packet builders (`tunfwd_testkit::packets`, with their own checksum code),
+    //! and what ties them to this crate's types: the oracle's verdict compared with
+    //! [`Transport::parse`], and GRO buffers laid out as [`coalesce::Segment`]s.
     use super::coalesce::{Run, Segment, validate};
     use super::*;
-    use crate::wire::checksum::{pseudo_header_v4, pseudo_header_v6};
-    use std::net::Ipv6Addr;
+    pub use tunfwd_testkit::packets::{Spec, build, fix_l4_checksum};
 
-    /// One packet's headers. Every field has a plain default, so a table row names only what it
-    /// changes.
-    #[derive(Clone)]
-    pub struct Spec {
-        pub ipv6: bool,
-        pub udp: bool,
-        pub payload_len: usize,
-        pub seq: u32,
-        pub ack: u32,
-        pub flags: u8,
-        /// The low nibble of TCP byte 12: three reserved bits and AE (RFC 9293 section 3.1).
-        pub tcp_reserved: u8,
-        pub window: u16,
-        pub urgent: u16,
-        pub tcp_options: Vec<u8>,
-        pub sport: u16,
-        /// Bytes of IPv4 options, all NOP.
-        pub ipv4_options: usize,
-        /// IPv6 extension headers in order: (header type, bytes after the next-header and length
-        /// bytes). `2 + bytes.len()` must be a multiple of 8.
-        pub ipv6_extensions: Vec<(u8, Vec<u8>)>,
-        /// IPv4 TOS or IPv6 traffic class, ECN bits included.
-        pub tos: u8,
-        pub flow_label: u32,
-        pub df: bool,
-        /// TTL or hop limit.
-        pub ttl: u8,
-        pub id: u16,
-    }
 
-    impl Default for Spec {
-        fn default() -> Spec {
-            Spec {
-                ipv6: false,
-                udp: false,
-                payload_len: 100,
-                seq: 1000,
-                ack: 77,
-                flags: tcp_flags::ACK,
-                tcp_reserved: 0,
-                window: 64000,
-                urgent: 0,
-                tcp_options: Vec::new(),
-                sport: 40000,
-                ipv4_options: 0,
-                ipv6_extensions: Vec::new(),
-                tos: 0,
-                flow_label: 0,
-                df: true,
-                ttl: 64,
-                id: 7,
-            }
-        }
-    }
-
-    /// A valid packet (checksums correct) whose payload byte `i` is `(seq + i) as u8`. Built
-    /// without [`Transport::parse`], so it can make packets the parser refuses.
-    pub fn build(spec: &Spec) -> Vec<u8> {
-        let extensions_len: usize = spec.ipv6_extensions.iter().map(|(_, b)| 2 + b.len()).sum();
-        let ip_len = if spec.ipv6 {
-            40 + extensions_len
-        } else {
-            20 + spec.ipv4_options
-        };
-        let protocol = if spec.udp { PROTO_UDP } else { PROTO_TCP };
-        let l4_len = if spec.udp {
-            8
-        } else {
-            20 + spec.tcp_options.len()
-        };
-        let total = ip_len + l4_len + spec.payload_len;
-        let mut p = vec![0u8; total];
-        if spec.ipv6 {
-            let flow = spec.flow_label & 0xf_ffff;
-            p[0] = 0x60 | spec.tos >> 4;
-            p[1] = spec.tos << 4 | (flow >> 16) as u8;
-            p[2..4].copy_from_slice(&(flow as u16).to_be_bytes());
-            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-            p[6] = spec
-                .ipv6_extensions
-                .first()
-                .map_or(protocol, |(kind, _)| *kind);
-            p[7] = spec.ttl;
-            p[8..24].copy_from_slice(&"2001:2:1::1".parse::<Ipv6Addr>().unwrap().octets());
-            p[24..40].copy_from_slice(&"2001:2:1::2".parse::<Ipv6Addr>().unwrap().octets());
-            let mut at = 40;
-            for (i, (_, bytes)) in spec.ipv6_extensions.iter().enumerate() {
-                let len = 2 + bytes.len();
-                assert_eq!(len % 8, 0, "extension headers are multiples of 8 bytes");
-                p[at] = spec
-                    .ipv6_extensions
-                    .get(i + 1)
-                    .map_or(protocol, |(kind, _)| *kind);
-                p[at + 1] = (len / 8 - 1) as u8;
-                p[at + 2..at + len].copy_from_slice(bytes);
-                at += len;
-            }
-        } else {
-            p[0] = 0x40 | (ip_len / 4) as u8;
-            p[1] = spec.tos;
-            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            p[4..6].copy_from_slice(&spec.id.to_be_bytes());
-            p[6] = if spec.df { 0x40 } else { 0 };
-            p[8] = spec.ttl;
-            p[9] = protocol;
-            p[12..16].copy_from_slice(&[198, 19, 0, 1]);
-            p[16..20].copy_from_slice(&[198, 19, 0, 2]);
-            p[20..ip_len].fill(1); // NOP options
-            set_ipv4_header_checksum(&mut p[..ip_len]);
-        }
-        let l4 = ip_len;
-        p[l4..l4 + 2].copy_from_slice(&spec.sport.to_be_bytes());
-        p[l4 + 2..l4 + 4].copy_from_slice(&5201u16.to_be_bytes());
-        let checksum_at = if spec.udp {
-            p[l4 + 4..l4 + 6].copy_from_slice(&((8 + spec.payload_len) as u16).to_be_bytes());
-            l4 + 6
-        } else {
-            p[l4 + 4..l4 + 8].copy_from_slice(&spec.seq.to_be_bytes());
-            p[l4 + 8..l4 + 12].copy_from_slice(&spec.ack.to_be_bytes());
-            p[l4 + 12] = ((l4_len / 4) as u8) << 4 | spec.tcp_reserved & 0x0f;
-            p[l4 + 13] = spec.flags;
-            p[l4 + 14..l4 + 16].copy_from_slice(&spec.window.to_be_bytes());
-            p[l4 + 18..l4 + 20].copy_from_slice(&spec.urgent.to_be_bytes());
-            p[l4 + 20..l4 + l4_len].copy_from_slice(&spec.tcp_options);
-            l4 + 16
-        };
-        for i in 0..spec.payload_len {
-            p[l4 + l4_len + i] = (spec.seq as usize + i) as u8;
-        }
-        let l4_total = total - l4;
-        let pseudo = if spec.ipv6 {
-            let src: [u8; 16] = p[8..24].try_into().unwrap();
-            let dst: [u8; 16] = p[24..40].try_into().unwrap();
-            pseudo_header_v6(src.into(), dst.into(), protocol, l4_total as u32)
-        } else {
-            let src: [u8; 4] = p[12..16].try_into().unwrap();
-            let dst: [u8; 4] = p[16..20].try_into().unwrap();
-            pseudo_header_v4(src.into(), dst.into(), protocol, l4_total as u16)
-        };
-        let sum = pseudo + Sum::of(&p[l4..]);
-        let c = if spec.udp {
-            sum.finish_udp()
-        } else {
-            sum.finish()
-        };
-        p[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
-        p
-    }
-
-    /// Rewrites the TCP or UDP checksum of `p` (after a test edited it) to be correct again.
-    pub fn fix_l4_checksum(p: &mut [u8]) {
-        let t = Transport::parse(p).expect("a packet the parser takes");
-        let field = t.ip_header_len + t.checksum_offset();
-        p[field..field + 2].fill(0);
-        let l4_len = p.len() - t.ip_header_len;
-        let sum = t.pseudo_header(p, l4_len) + Sum::of(&p[t.ip_header_len..]);
-        let c = if t.protocol == PROTO_UDP {
-            sum.finish_udp()
-        } else {
-            sum.finish()
-        };
-        p[field..field + 2].copy_from_slice(&c.to_be_bytes());
-    }
 
     /// xorshift64: reproducible numbers for the randomised tests, enough to mix their cases.
     pub struct Xorshift(pub u64);
@@ -299,70 +137,16 @@ pub(crate) mod test_packets {
         out
     }
 
-    /// Asserts, with etherparse as the independent oracle, that `p` is a well-formed packet with
-    /// correct lengths and checksums.
+    /// Asserts, with etherparse as the independent oracle (`packets::assert_valid`), that `p` is
+    /// a well-formed packet with correct lengths and checksums, and that [`Transport::parse`]
+    /// agrees with the oracle on where its transport header starts.
     pub fn assert_valid(p: &[u8]) {
-        let sliced = etherparse::SlicedPacket::from_ip(p)
-            .unwrap_or_else(|e| panic!("oracle rejects {e:?}: {p:02x?}"));
-        let payload_len;
-        match &sliced.net {
-            Some(etherparse::NetSlice::Ipv4(ip)) => {
-                let h = ip.header().to_header();
-                assert_eq!(h.total_len as usize, p.len(), "IPv4 total length");
-                assert_eq!(
-                    h.header_checksum,
-                    h.calc_header_checksum(),
-                    "IPv4 header checksum"
-                );
-                payload_len = ip.payload().payload.len();
-                assert_eq!(payload_len, p.len() - h.header_len());
-            }
-            Some(etherparse::NetSlice::Ipv6(ip)) => {
-                assert_eq!(
-                    ip.header().payload_length() as usize + 40,
-                    p.len(),
-                    "IPv6 payload length"
-                );
-                payload_len = ip.payload().payload.len();
-            }
-            _ => panic!("not IP"),
-        }
+        let ip_header_len = tunfwd_testkit::packets::assert_valid(p);
         let t = Transport::parse(p).unwrap();
         assert_eq!(
-            t.ip_header_len,
-            p.len() - payload_len,
+            t.ip_header_len, ip_header_len,
             "the parser and the oracle agree on where L4 starts"
         );
-        match &sliced.transport {
-            Some(etherparse::TransportSlice::Tcp(tcp)) => {
-                let expected = match &sliced.net {
-                    Some(etherparse::NetSlice::Ipv4(ip)) => {
-                        tcp.calc_checksum_ipv4(ip.header().source(), ip.header().destination())
-                    }
-                    Some(etherparse::NetSlice::Ipv6(ip)) => {
-                        tcp.calc_checksum_ipv6(ip.header().source(), ip.header().destination())
-                    }
-                    _ => unreachable!(),
-                }
-                .unwrap();
-                assert_eq!(tcp.checksum(), expected, "TCP checksum");
-            }
-            Some(etherparse::TransportSlice::Udp(udp)) => {
-                assert_eq!(udp.length() as usize, payload_len, "UDP length");
-                let expected = match &sliced.net {
-                    Some(etherparse::NetSlice::Ipv4(ip)) => udp
-                        .to_header()
-                        .calc_checksum_ipv4(&ip.header().to_header(), udp.payload()),
-                    Some(etherparse::NetSlice::Ipv6(ip)) => udp
-                        .to_header()
-                        .calc_checksum_ipv6(&ip.header().to_header(), udp.payload()),
-                    _ => unreachable!(),
-                }
-                .unwrap();
-                assert_eq!(udp.checksum(), expected, "UDP checksum");
-            }
-            other => panic!("no transport: {other:?}"),
-        }
         assert!(checksum_is_valid(p, &t));
     }
 }

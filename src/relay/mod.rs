@@ -40,7 +40,7 @@ pub mod tun;
 mod tun_to_udp;
 mod udp_to_tun;
 
-pub use slots::{Base, CONTROL_SLOTS, HEADER_ROOM, Piece, REPLY_BUFFERS, REPLY_LEN};
+pub use slots::{Base, CONTROL_SLOTS, HEADER_ROOM, Piece, REPLY_BUFFERS};
 pub use token::{Op, SendIndex, Token, WriteIndex};
 
 use crate::offload::coalesce::Policy;
@@ -300,16 +300,8 @@ impl Relay {
         }
     }
 
-    pub fn queue(&self) -> usize {
-        self.queue
-    }
-
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
-    }
-
-    pub fn offloads(&self) -> Offloads {
-        self.offloads
     }
 
     /// The next request, in the order they were made (sends of one flow must reach the kernel
@@ -318,12 +310,8 @@ impl Relay {
         self.requests.pop_front()
     }
 
-    /// Whether requests wait to be taken.
-    pub fn has_requests(&self) -> bool {
-        !self.requests.is_empty()
-    }
-
     /// Sends and writes handed out whose result has not come back.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -577,11 +565,6 @@ impl Relay {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
-    }
-
-    /// The final counters.
-    pub fn into_stats(self) -> WorkerStats {
-        self.stats
     }
 
     /// Queues a send or a write, counting it in flight.

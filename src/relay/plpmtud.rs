@@ -194,6 +194,7 @@ impl Plpmtud {
     }
 
     /// Whether the peer has ever acknowledged a probe.
+    #[cfg(test)]
     pub fn peer_answers(&self) -> bool {
         self.peer_answers
     }

@@ -83,6 +83,7 @@ impl ReceivePlan {
     /// Puts run `r`'s head back as it was, after the kernel refused its merged write: exactly
     /// the bytes `finish_run` rewrote, so that the next run's rewritten head, maybe still in
     /// flight, is left alone.
+    #[cfg(test)]
     pub fn restore_run(&self, buffer: &mut [u8], r: usize) {
         let (head_at, saved) = self.restore_bytes(r);
         buffer[head_at..head_at + saved.len()].copy_from_slice(saved);
@@ -243,6 +244,7 @@ pub fn save_head(buffer: &[u8], (head_at, head_len): (usize, usize), saved: &mut
 
 /// Puts back the `rewritten` bytes of a head segment that [`save_head`] kept: only those, so
 /// that nothing past this run's headers changes.
+#[cfg(test)]
 pub fn restore_head(buffer: &mut [u8], head_at: usize, saved: &[u8], rewritten: usize) {
     let n = rewritten.min(saved.len());
     buffer[head_at..head_at + n].copy_from_slice(&saved[..n]);

@@ -60,10 +60,6 @@ impl BufRing {
         })
     }
 
-    pub fn group(&self) -> u16 {
-        self.group
-    }
-
     pub fn count(&self) -> u16 {
         self.count
     }

@@ -58,23 +58,27 @@ pub fn build(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
 /// [`build`], trying no model better than `best`: what a kernel without the better ones gets
 /// (the fault-injection build's `ring-setup`, to measure them on this one).
 pub fn build_from(sq_entries: u32, cq_entries: u32, best: Completion) -> io::Result<IoUring> {
-    let attempts: [fn(&mut io_uring::Builder); 3] = [
-        |b| {
-            b.setup_single_issuer().setup_defer_taskrun();
-        },
-        |b| {
-            b.setup_coop_taskrun();
-        },
-        |_| {},
+    let models = [
+        Completion::DeferTaskrun,
+        Completion::CoopTaskrun,
+        Completion::Plain,
     ];
     let mut last = io::Error::from_raw_os_error(libc::EINVAL);
-    for configure in &attempts[best as usize..] {
+    for model in models.into_iter().skip(best as usize) {
         // Created disabled where the kernel can (5.10), so that `restrict` can limit it before
         // its first submission; a kernel that refuses that gets the ring without it.
         for disabled in [true, false] {
             let mut builder = IoUring::builder();
             builder.setup_cqsize(cq_entries).setup_clamp();
-            configure(&mut builder);
+            match model {
+                Completion::DeferTaskrun => {
+                    builder.setup_single_issuer().setup_defer_taskrun();
+                }
+                Completion::CoopTaskrun => {
+                    builder.setup_coop_taskrun();
+                }
+                Completion::Plain => {}
+            }
             if disabled {
                 builder.setup_r_disabled();
             }

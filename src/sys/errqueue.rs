@@ -73,7 +73,7 @@ pub fn recvmsg_with_control(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::socket::{SOCKET_BUFFER_BYTES, local_address, send_gathered, udp_socket};
+    use crate::sys::socket::{SOCKET_BUFFER_BYTES, local_address, udp_socket};
     use std::os::fd::AsRawFd;
 
     /// A datagram to a closed port on loopback comes back as an ICMP port unreachable on the
@@ -86,7 +86,7 @@ mod tests {
         drop(closed);
         let sender =
             udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        send_gathered(&sender, to, &[io::IoSlice::new(b"anyone?")], 0).unwrap();
+        tunfwd_testkit::sockets::send_with_tos(&sender, to, b"anyone?", 0).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let mut found = QueuedErrors::default();
         while found.count == 0 && std::time::Instant::now() < deadline {

@@ -150,6 +150,7 @@ pub fn configure(device: &str, change: LinkChange) -> Result<(), Error> {
 }
 
 /// Sets the device's MTU.
+#[cfg(test)]
 pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
     let change = LinkChange {
         mtu: Some(mtu),
@@ -163,6 +164,7 @@ pub fn set_mtu(device: &str, mtu: u32) -> Result<(), Error> {
 }
 
 /// Brings the device up (`IFF_UP`).
+#[cfg(test)]
 pub fn set_up(device: &str) -> Result<(), Error> {
     let change = LinkChange {
         up: true,

@@ -3,8 +3,7 @@
 //! unconnected socket ignores them otherwise), DF on every datagram without obeying the route's
 //! path MTU (`IP_PMTUDISC_PROBE`: the relay confirms path MTU hints itself, `relay::plpmtud`), and
 //! the reuseport steering program (see `steer`). Also the socket that lets the outer IP layer
-//! fragment, for the few inner packets that need it, and the plain helper sockets that send
-//! one datagram at a time (`send_gathered`).
+//! fragment, for the few inner packets that need it.
 //!
 //! Sockets are made, bound and read back through `socket2`, and so are the options it has
 //! (`SO_REUSEPORT`, `SO_RCVBUF`/`SO_SNDBUF`, `IP_RECVTOS`, `IPV6_RECVTCLASS`); the options it
@@ -15,10 +14,8 @@
 //! `wire::cmsg`'s, which makes no system call.
 
 use super::Error;
-pub use super::errqueue::{ERROR_QUEUE_BATCH, drain_error_queue, recvmsg_with_control};
-use crate::wire::OuterFamily;
-use crate::wire::cmsg;
-use socket2::{Domain, MsgHdr, SockAddr, SockRef, Socket, Type};
+pub use super::errqueue::{drain_error_queue, recvmsg_with_control};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -295,48 +292,42 @@ pub fn attach_reuseport_program(fd: &OwnedFd, program: &[libc::sock_filter]) -> 
     .map_err(Error::ReusePortProgram)
 }
 
-/// The peer as the path MTU helpers address it: an IPv4-mapped address as plain IPv4, so that
-/// their socket family is the family of the outer header.
+/// The peer as a plain socket addresses it: an IPv4-mapped address as plain IPv4, so that the
+/// socket's family is the family of the outer header.
+#[cfg(test)]
 pub fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
-}
-
-/// A plain close-on-exec UDP socket of `peer`'s canonical family that sends from any address
-/// and a port the kernel picks at the first send (tests use it as a stranger or a router
-/// would).
-pub fn plain_sender(peer: SocketAddr) -> io::Result<OwnedFd> {
-    let domain = match OuterFamily::of(peer) {
-        OuterFamily::Ipv4 => Domain::IPV4,
-        OuterFamily::Ipv6 => Domain::IPV6,
-    };
-    Socket::new(domain, Type::DGRAM, None).map(OwnedFd::from)
-}
-
-/// Sends one datagram gathered from `parts` to `peer` on `fd`,
-/// without blocking, with the outer TOS when it is not 0. Returns the bytes sent.
-pub fn send_gathered(
-    fd: &OwnedFd,
-    peer: SocketAddr,
-    parts: &[io::IoSlice<'_>],
-    tos: u8,
-) -> io::Result<usize> {
-    let to = SockAddr::from(canonical(peer));
-    let mut words = [0u64; 3];
-    let control = as_bytes_mut(&mut words);
-    let control_len = match tos {
-        0 => 0,
-        tos => cmsg::write_tos_control(control, tos, OuterFamily::of(peer)),
-    };
-    let mut message = MsgHdr::new().with_addr(&to).with_buffers(parts);
-    if control_len > 0 {
-        message = message.with_control(&control[..control_len]);
-    }
-    SockRef::from(fd).sendmsg(&message, libc::MSG_DONTWAIT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::OuterFamily;
+    use crate::wire::cmsg;
+    use socket2::MsgHdr;
+
+    /// Sends one datagram gathered from `parts` to `peer` on `fd`, without blocking, with the outer
+    /// TOS when it is not 0, written by `cmsg::write_tos_control` as the workers write it. Returns the
+    /// bytes sent. The relay sends through its engines.
+    fn send_gathered(
+        fd: &OwnedFd,
+        peer: SocketAddr,
+        parts: &[io::IoSlice<'_>],
+        tos: u8,
+    ) -> io::Result<usize> {
+        let to = SockAddr::from(canonical(peer));
+        let mut words = [0u64; 3];
+        let control = as_bytes_mut(&mut words);
+        let control_len = match tos {
+            0 => 0,
+            tos => cmsg::write_tos_control(control, tos, OuterFamily::of(peer)),
+        };
+        let mut message = MsgHdr::new().with_addr(&to).with_buffers(parts);
+        if control_len > 0 {
+            message = message.with_control(&control[..control_len]);
+        }
+        SockRef::from(fd).sendmsg(&message, libc::MSG_DONTWAIT)
+    }
 
     #[test]
     fn sockaddr_round_trip() {
@@ -407,7 +398,7 @@ mod tests {
             let receiver = udp_socket(listen, SOCKET_BUFFER_BYTES as usize).unwrap();
             enable_receive_tos(&receiver, listen).unwrap();
             let to = SocketAddr::new(listen.ip(), local_port(&receiver).unwrap());
-            let sender = plain_sender(to).unwrap();
+            let sender = tunfwd_testkit::sockets::plain_sender(to).unwrap();
             for tos in [0x02u8, 0x03, 0xb8 | 0x01, 0] {
                 let payload = [tos; 40];
                 let sent = send_gathered(&sender, to, &[io::IoSlice::new(&payload)], tos).unwrap();
@@ -452,7 +443,7 @@ mod tests {
             assert_eq!(n, 13);
             assert_eq!(from, Some(canonical(listen)), "{local}");
             // What arrives at the port goes to the worker, every time.
-            let stranger = plain_sender(listen).unwrap();
+            let stranger = tunfwd_testkit::sockets::plain_sender(listen).unwrap();
             for _ in 0..20 {
                 send_gathered(&stranger, listen, &[io::IoSlice::new(b"hello")], 0).unwrap();
             }

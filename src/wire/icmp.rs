@@ -29,6 +29,7 @@ impl IcmpKind {
     ];
 
     /// The name in reports.
+    #[cfg(test)]
     pub fn name(self) -> &'static str {
         match self {
             IcmpKind::PortUnreachable => "port_unreachable",

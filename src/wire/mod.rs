@@ -27,5 +27,4 @@ pub mod vnet;
 pub use ip::{IpPacket, IpVersion, Malformed};
 pub use offloads::Offloads;
 pub use outer::OuterFamily;
-pub use transport::Transport;
 pub use vnet::VnetHeader;

@@ -22,8 +22,10 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const PSH: u8 = 0x08;
+    #[cfg(test)]
     pub const ACK: u8 = 0x10;
     pub const URG: u8 = 0x20;
+    #[cfg(test)]
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
 }

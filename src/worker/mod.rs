@@ -27,7 +27,7 @@ mod poll;
 pub mod probe;
 mod uring;
 
-pub use crate::engine::{Choice, Engine, Features};
+pub use crate::engine::Engine;
 pub use crate::relay::{MAX_SPLIT_SEGMENTS, Offloads, REPLIES_PER_SECOND, REPLY_BURST};
 
 use crate::faults::{Call, Faults};

@@ -1,4 +1,4 @@
-//! The namespace testbed shared by the demo, the integration tests and the benches.
+//! The namespace testbed shared by the demo, the integration tests and the e2e benches.
 //!
 //! Three network namespaces: `a` and `b` are the two relay hosts, joined by a veth (the underlay);
 //! `c` is a stranger with its own veth to `b`, for traffic from an address that is not the peer.
@@ -564,29 +564,6 @@ pub fn run_to_exit(program: &Path, args: &[&str]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// For each test body `fn name(engine: &str)` in the calling test file, a module `name` holding
-/// one test per I/O engine: `name::uring`, `name::uring_compat` and `name::poll`. Each calls the
-/// file's `serially(body, engine)`, which holds the file's lock around the body.
-#[macro_export]
-macro_rules! per_engine {
-    ($($body:ident),+ $(,)?) => {$(
-        mod $body {
-            #[test]
-            fn uring() {
-                super::serially(super::$body, "uring");
-            }
-            #[test]
-            fn uring_compat() {
-                super::serially(super::$body, "uring-compat");
-            }
-            #[test]
-            fn poll() {
-                super::serially(super::$body, "poll");
-            }
-        }
-    )+};
 }
 
 /// Asserts that `relay` runs the engine it was forced to with `--engine`: its stderr names that

@@ -10,8 +10,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use tunfwd::cli::parse_cidr;
-use tunfwd::sys::{link, tun};
+use tunfwd::testing::tun;
+use tunfwd_testkit::testbed::ip;
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,7 @@ struct Args {
     /// TUN device name.
     #[arg(long, default_value = "stun0")]
     dev: String,
-    /// Address for the device, ADDR/PREFIX. Repeatable.
+    /// Address for the device, ADDR/PREFIX (as `ip address add` takes it). Repeatable.
     #[arg(long = "address")]
     addresses: Vec<String>,
     #[arg(long, default_value_t = 1420)]
@@ -43,16 +43,20 @@ fn main() {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    let addresses = args
-        .addresses
-        .iter()
-        .map(|a| parse_cidr(a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let fd = tun::open_plain(&args.dev).map_err(io::Error::other)?;
-    link::set_mtu(&args.dev, args.mtu).map_err(io::Error::other)?;
-    link::add_addresses(&args.dev, &addresses).map_err(io::Error::other)?;
-    link::set_up(&args.dev).map_err(io::Error::other)?;
+    // Configured the tutorial's way, with iproute2: setup is not what the baseline measures.
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        &args.dev,
+        "mtu",
+        &args.mtu.to_string(),
+    ])?;
+    for address in &args.addresses {
+        ip(&["address", "add", address, "dev", &args.dev])?;
+    }
+    ip(&["link", "set", "dev", &args.dev, "up"])?;
     let mut tun = File::from(fd);
     let mut net = match (args.listen, args.connect) {
         (Some(listen), None) => {

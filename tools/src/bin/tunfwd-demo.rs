@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 /// The VXLAN reference's overlay MTU, the benches' overlay MTU.
 const VXLAN_MTU: u32 = 1420;

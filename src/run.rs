@@ -1,0 +1,400 @@
+//! What `tunfwd` does once its options are valid: claims the device and the port, sets up the
+//! TUN queues, the link and one UDP socket per queue, starts one worker per queue, and then, on
+//! the main thread, merges the workers' stats snapshots, prints and publishes them, answers the
+//! service manager, follows the peer's name, and stops everything on SIGINT or SIGTERM. Workers
+//! never wait on it.
+
+use crate::cli::Config;
+use crate::metrics::{self, Published};
+use crate::notify::{self, Notifier};
+use crate::offload::icmp::SharedBucket;
+use crate::offload::split;
+use crate::operate::{PeerLookup, Printer, TunQueueDrops, describe, write_json};
+use crate::relay::plpmtud::{Limits, SharedPath};
+use crate::shared::Shared;
+use crate::stats::{Report, WorkerStats};
+use crate::sys::{self, link, privileges, signal::Signals, socket, tun};
+use crate::wire::control;
+use crate::worker::{self, WorkerConfig, WorkerExit};
+use crate::{engine, steer};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a starting relay waits for a killed one's device and sockets to be released by the
+/// kernel (tens of ms here; see `sys::owner`), before it gives up and says what is left.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+/// How fresh `--metrics` keeps the counters: workers send a snapshot at least this often.
+const METRICS_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often workers send snapshots: at the print interval, and at least every second when
+/// metrics are served. Zero means never (only the final report at exit).
+fn snapshot_interval(print: Duration, metrics: bool) -> Duration {
+    match (metrics, print.is_zero()) {
+        (false, _) => print,
+        (true, true) => METRICS_SNAPSHOT_INTERVAL,
+        (true, false) => print.min(METRICS_SNAPSHOT_INTERVAL),
+    }
+}
+
+/// Sets up the device, the sockets and one worker per queue as `config` says, and runs until
+/// SIGINT or SIGTERM: then stops the workers, prints the final report (and writes it as JSON when
+/// asked) and returns. `Ok(false)` means a worker failed while running; an error, that setup
+/// failed, with what to do about it. Tells the service manager (`NOTIFY_SOCKET`) when it is ready,
+/// how it is doing, and when it stops.
+pub fn run(config: &Config) -> Result<bool, sys::Error> {
+    let notifier = &mut Notifier::from_env();
+    // Before any thread exists, so that every worker inherits the blocked mask.
+    let signals = Signals::block()?;
+    // The device and the port are this relay's alone: a second relay on either exits naming the
+    // first, and a restart waits (at most `CLAIM_WAIT`) for a killed relay's leftovers to go
+    // rather than join its reuseport group or its queues. Held until exit.
+    let ownership = sys::owner::claim(&config.device_name, config.listen, CLAIM_WAIT)?;
+    if !ownership.waited().is_zero() {
+        eprintln!(
+            "tunfwd: waited {:.0?} for the previous relay's device and sockets to go",
+            ownership.waited()
+        );
+    }
+    // Bound first: a bad address is one clear message before any device exists, and binding
+    // happens while still privileged (a port below 1024 with --user).
+    let metrics_listener = match config.metrics {
+        Some(address) => Some(
+            metrics::bind(address)
+                .map_err(|source| sys::Error::MetricsListen { address, source })?,
+        ),
+        None => None,
+    };
+    // Probe io_uring once up front so that "disabled" is one clear message, not one per queue.
+    // The engine, from what this kernel and this process's seccomp profile allow; a forced one
+    // that cannot run here is an error before anything is set up.
+    let choice =
+        engine::choose(config.engine, &worker::probe::probe()).map_err(sys::Error::Engine)?;
+    eprintln!("tunfwd: engine {}: {}", choice.engine, choice.reason);
+
+    let tun_fds = tun::open_queues(&config.device_name, config.queues)?;
+    // Before the link is up, so that every drop from then on is counted as tunfwd's.
+    let mut tun_drops = TunQueueDrops::start(&config.device_name);
+    let wanted = config.offloads;
+    let mut offloads = tun::negotiate_offloads(&config.device_name, &tun_fds[0], wanted)?;
+    if offloads.tun_offloads() {
+        // Bound the segments per super-packet, not only the bytes: at the kernel's smallest
+        // MSS (88) a 64 KB super-packet is 862 segments, more than one split takes. A kernel
+        // that refuses the cap could hand those over, so it gets no TSO/USO.
+        let cap = worker::MAX_SPLIT_SEGMENTS as u32;
+        if let Err(e) = link::set_gso_max_segments(&config.device_name, cap) {
+            eprintln!("tunfwd: warning: {e}; turning TSO and USO off");
+            offloads = tun::negotiate_offloads(
+                &config.device_name,
+                &tun_fds[0],
+                worker::Offloads {
+                    tso: false,
+                    uso: false,
+                    ..offloads
+                },
+            )?;
+        }
+    }
+    // One RTM_NEWLINK for the MTU, the queue length and IFF_UP, then the addresses: a TUN is
+    // point-to-point without ARP, so an IPv6 address on a link that is up is usable at once
+    // (no duplicate address detection, `addrconf_dad_begin` in net/ipv6/addrconf.c).
+    link::configure(
+        &config.device_name,
+        link::LinkChange {
+            mtu: Some(config.mtu),
+            tx_queue_len: Some(config.tx_queue_len),
+            up: true,
+            ..link::LinkChange::default()
+        },
+    )?;
+    link::add_addresses(&config.device_name, &config.addresses)?;
+
+    let mut listen = config.listen;
+    let mut sockets = Vec::with_capacity(config.queues);
+    for _ in 0..config.queues {
+        let fd = socket::udp_socket(listen, config.socket_buffer)?;
+        if listen.port() == 0 {
+            // An ephemeral port: the rest of the group must join the port the first one got.
+            listen.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
+                address: listen,
+                source,
+            })?);
+        }
+        if config.marking.ecn {
+            // The outer TOS of each receive, for RFC 6040 decapsulation.
+            socket::enable_receive_tos(&fd, listen).map_err(|source| sys::Error::Socket {
+                address: listen,
+                source,
+            })?;
+        }
+        sockets.push(fd);
+    }
+    offloads.udp_gso = wanted.udp_gso && sockets.iter().all(socket::supports_gso);
+    if offloads.udp_gro {
+        offloads.udp_gro = sockets.iter().all(socket::enable_gro);
+    }
+    // Super-packets sized to fit one UDP GSO send each. Only an optimization: a kernel that
+    // refuses gets a warning, and super-packets then cost two sends.
+    let mut gso_cap = None;
+    if (offloads.tso || offloads.uso)
+        && offloads.udp_gso
+        && let Some(bytes) = split::tun_gso_max_size(config.mtu as usize)
+    {
+        match link::set_gso_max_size(&config.device_name, bytes) {
+            Ok(()) => gso_cap = Some(bytes),
+            Err(e) => eprintln!("tunfwd: warning: {e}"),
+        }
+    }
+    // After every worker's socket, so that they come first in the reuseport group and the
+    // steering program never picks one of these (see `socket::fragmenting_socket`).
+    let mut fragmenting: Vec<Option<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
+    for queue in 0..config.queues {
+        fragmenting.push(
+            socket::fragmenting_socket(listen, config.socket_buffer)
+                .inspect_err(|e| {
+                    eprintln!(
+                        "tunfwd: queue {queue}: no socket for outer fragmentation ({e}); inner \
+                         packets that would need it are dropped as too_big"
+                    )
+                })
+                .ok(),
+        );
+    }
+    // Always: with one queue too, the group has the fragmenting socket in it, which the
+    // kernel's own reuseport hash could pick.
+    socket::attach_reuseport_program(&sockets[0], &steer::reuseport_program(config.queues as u32))?;
+    let family = crate::wire::OuterFamily::of(config.peer);
+    let largest = config.mtu as usize + family.overhead();
+    let shared_path = Arc::new(SharedPath::new(largest));
+    let limits = Limits {
+        largest,
+        floor: config.pmtu_floor as usize,
+        smallest: family.smallest_path_mtu(),
+        hello: family.overhead() + control::HEADER_LEN,
+    };
+    let reply_budget = Arc::new(SharedBucket::new(
+        Instant::now(),
+        worker::REPLIES_PER_SECOND,
+        worker::REPLY_BURST,
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let print_interval = Duration::from_secs(config.stats_interval_secs);
+    let snapshots = snapshot_interval(print_interval, config.metrics.is_some());
+    let shared = Arc::new(Shared::new(config.queues, config.peer));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(config.queues);
+    let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
+    for (queue, ((tun, socket), fragmenting)) in queues.enumerate() {
+        let worker_config = WorkerConfig {
+            queue,
+            cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
+            engine: choice.engine,
+            busy_poll: config.busy_poll,
+            tun,
+            socket,
+            fragmenting,
+            peer: config.peer,
+            shared_path: shared_path.clone(),
+            // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
+            path_machine: (queue == 0).then_some(limits),
+            reply_budget: reply_budget.clone(),
+            mtu: config.mtu,
+            ring_depth: config.ring_depth,
+            buffer_memory: config.buffer_memory,
+            offloads,
+            marking: config.marking,
+            stop: stop.clone(),
+            snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
+            shared: shared.clone(),
+        };
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tunfwd-q{queue}"))
+            .spawn(move || worker::run(worker_config, ready))
+            .expect("spawning a worker thread");
+        handles.push(handle);
+    }
+    drop(ready_tx);
+
+    if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
+        stop_after_setup_failure(&stop, handles);
+        return Err(e);
+    }
+
+    let started = Instant::now();
+    // Every queue from the start, zeros until its first snapshot.
+    let mut latest: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
+    if let Err(e) = drop_privileges_and_check_output(config, &latest) {
+        stop_after_setup_failure(&stop, handles);
+        return Err(e);
+    }
+    let up = format!(
+        "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
+        config.device_name, config.queues, config.mtu, listen, config.peer
+    );
+    eprintln!(
+        "tunfwd: {up}, offloads: {}{}",
+        describe(wanted, offloads),
+        gso_cap.map_or(String::new(), |b| format!(
+            "; super-packets up to {b} bytes (one GSO send each)"
+        ))
+    );
+
+    let published = metrics_listener.map(|listener| {
+        let published = Published::new(Report::new(Duration::ZERO, latest.clone()));
+        metrics::spawn_server(listener, published.clone()).expect("spawning the metrics thread");
+        published
+    });
+    notifier.ready(&up);
+
+    let printer = Printer::spawn();
+    let mut peer = PeerLookup::new(config.peer_name.clone(), config.peer_refresh, config.peer);
+    let (mut beats_seen, mut stalled) = (Vec::new(), Vec::new());
+    let mut next_report = started + print_interval;
+    let idle_wait = if snapshots.is_zero() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(100)
+    };
+    loop {
+        let mut wait = idle_wait;
+        if let Some(due) = notifier.watchdog_due() {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        if signals.wait(wait).is_some() || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        // WATCHDOG=1 says the workers turn, not only this loop: each must have beaten since.
+        notifier.watchdog(now, || {
+            let alive = shared.all_beat_since(&mut beats_seen, &mut stalled);
+            if !alive {
+                eprintln!(
+                    "tunfwd: queue(s) {stalled:?} did not turn since the last watchdog \
+                     ping; withholding WATCHDOG=1"
+                );
+            }
+            alive
+        });
+        peer.poll(now, &shared);
+        let mut fresh = false;
+        for (queue, slot) in latest.iter_mut().enumerate() {
+            if let Some(snapshot) = shared.take_snapshot(queue) {
+                *slot = snapshot;
+                fresh = true;
+            }
+        }
+        if fresh && (published.is_some() || notifier.enabled()) {
+            let report = Report::new(started.elapsed(), latest.clone())
+                .with_tun_queue_drops(tun_drops.read());
+            notifier.status(now, &notify::status_line(&report));
+            if let Some(published) = &published {
+                published.publish(report);
+            }
+        }
+        if !print_interval.is_zero() && now >= next_report {
+            next_report += print_interval;
+            let report = Report::new(started.elapsed(), latest.clone())
+                .with_tun_queue_drops(tun_drops.read());
+            publish(&report, config.stats_json.as_deref(), &printer);
+        }
+    }
+
+    notifier.stopping(&format!("{} stopping", config.device_name));
+    // Read while the queues are open: a device tunfwd created goes with its last queue. (A
+    // persistent one stays, but what it drops once no worker reads is not tunfwd's to report.)
+    let final_tun_drops = tun_drops.read();
+    let (all_ok, finals) = stop_and_join(&stop, handles);
+    publish(
+        &Report::new(started.elapsed(), finals).with_tun_queue_drops(final_tun_drops),
+        config.stats_json.as_deref(),
+        &printer,
+    );
+    printer.finish(FINAL_PRINT_WAIT);
+    Ok(all_ok)
+}
+
+/// After setup: switches to `--user` if asked, then writes a first (all-zero) report to
+/// `--stats-json`, which proves that the user tunfwd now is can write there, at startup rather
+/// than at exit.
+fn drop_privileges_and_check_output(
+    config: &Config,
+    latest: &[WorkerStats],
+) -> Result<(), sys::Error> {
+    if let Some(run_as) = &config.run_as {
+        privileges::switch_to(&run_as.user, run_as.uid, run_as.gid)?;
+        eprintln!(
+            "tunfwd: switched every thread to user {} (uid {}), {} (gid {}); no capabilities kept",
+            run_as.user,
+            run_as.uid,
+            run_as
+                .group
+                .as_deref()
+                .map_or("its primary group".to_string(), |g| format!("group {g}")),
+            run_as.gid
+        );
+    }
+    if let Some(path) = &config.stats_json {
+        write_json(&Report::new(Duration::ZERO, latest.to_vec()), path).map_err(|source| {
+            sys::Error::StatsFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Stops every worker after setup failed; the setup error is what gets reported, not their stats.
+fn stop_after_setup_failure(stop: &AtomicBool, handles: Vec<JoinHandle<Option<WorkerExit>>>) {
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        let _ = handle.join();
+    }
+}
+
+/// Stops every worker and waits for it. Returns whether all ended well, and their final stats.
+fn stop_and_join(
+    stop: &AtomicBool,
+    handles: Vec<JoinHandle<Option<WorkerExit>>>,
+) -> (bool, Vec<WorkerStats>) {
+    stop.store(true, Ordering::Relaxed);
+    let mut all_ok = true;
+    let mut finals = Vec::with_capacity(handles.len());
+    for handle in handles {
+        match handle.join() {
+            Ok(Some(WorkerExit { stats, error })) => {
+                if let Some(e) = error {
+                    eprintln!("tunfwd: queue {} failed: {e}", stats.queue);
+                    all_ok = false;
+                }
+                finals.push(stats);
+            }
+            Ok(None) => all_ok = false,
+            Err(_) => {
+                eprintln!("tunfwd: a worker panicked");
+                all_ok = false;
+            }
+        }
+    }
+    (all_ok, finals)
+}
+
+/// Prints the report (through the printer thread) and, if asked, writes it as JSON.
+fn publish(report: &Report, json_path: Option<&Path>, printer: &Printer) {
+    printer.print(report.to_table());
+    if let Some(path) = json_path
+        && let Err(e) = write_json(report, path)
+    {
+        eprintln!("tunfwd: cannot write stats to {}: {e}", path.display());
+    }
+}
+
+/// How long the final report may wait for a stdout that nobody reads before tunfwd exits
+/// without it (the JSON, if asked for, is written all the same).
+const FINAL_PRINT_WAIT: Duration = Duration::from_secs(2);
