@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tunfwd::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -48,7 +48,7 @@ fn testbed() -> Testbed {
     }
     Testbed::new(
         Path::new(env!("CARGO_BIN_EXE_tunfwd")),
-        Path::new(env!("CARGO_BIN_EXE_tunload")),
+        &tunfwd_testkit::binaries::tool("tunload"),
     )
     .expect("building the namespace testbed")
 }
@@ -386,7 +386,7 @@ fn client_port_for(queue: u32, from: u16) -> u16 {
             .tcp(port, IPERF_PORT, 0, 65535);
             let mut packet = Vec::with_capacity(builder.size(0));
             builder.write(&mut packet, &[]).unwrap();
-            tunfwd::steer::flow_index(&packet, FLOOD_QUEUES) == queue
+            tunfwd::testing::flow_index(&packet, FLOOD_QUEUES) == queue
         })
         .expect("a client port for every queue")
 }

@@ -36,6 +36,7 @@
 mod render;
 mod server;
 
+pub use render::render;
 pub use server::{bind, spawn_server};
 
 use crate::stats::Report;

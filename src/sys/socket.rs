@@ -15,6 +15,7 @@
 
 use super::Error;
 pub use super::errqueue::{drain_error_queue, recvmsg_with_control};
+use crate::wire::cmsg;
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
