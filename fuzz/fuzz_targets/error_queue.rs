@@ -12,14 +12,14 @@ use tunfwd::fuzzing::parse_queued_error;
 fuzz_target!(|control: &[u8]| {
     let found = parse_queued_error(control);
     assert_eq!(found.count, 0, "parsing one entry reads nothing from a socket");
-    assert!(found.from_icmp() <= 1, "{found:?}");
+    assert!(found.icmp_count() <= 1, "{found:?}");
     assert!(found.icmp.iter().filter(|n| **n > 0).count() <= 1);
     if found.icmp_path_mtu.is_some() {
-        assert_eq!(found.from_icmp(), 1, "an ICMP path MTU from no ICMP error: {found:?}");
+        assert_eq!(found.icmp_count(), 1, "an ICMP path MTU from no ICMP error: {found:?}");
         assert!(found.local_path_mtu.is_none());
     }
     if found.local_path_mtu.is_some() {
-        assert_eq!(found.from_icmp(), 0, "a local limit counted as ICMP: {found:?}");
+        assert_eq!(found.icmp_count(), 0, "a local limit counted as ICMP: {found:?}");
     }
     for mtu in [found.icmp_path_mtu, found.local_path_mtu].into_iter().flatten() {
         assert!(mtu > 0);

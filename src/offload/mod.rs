@@ -83,8 +83,6 @@ pub(crate) mod test_packets {
     use super::*;
     pub use tunfwd_testkit::packets::{Spec, build, fix_l4_checksum};
 
-
-
     /// xorshift64: reproducible numbers for the randomised tests, enough to mix their cases.
     pub struct Xorshift(pub u64);
 

@@ -383,7 +383,7 @@ fn every_probe_from_the_peer_is_answered() {
     for nonce in 1..=probes {
         let bid = r.pop_free_udp().expect("buffers come back");
         let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
-        buffer[..name.len()].copy_from_slice(&name);
+        buffer[..name.len()].copy_from_slice(name);
         let at = 64;
         let probe = crate::wire::control::Control {
             kind: crate::wire::control::Kind::Probe,

@@ -26,7 +26,7 @@ impl Relay {
         now_ns: u64,
         buffers: &impl Buffers,
     ) {
-        let mut icmp_errors = queued.from_icmp();
+        let mut icmp_errors = queued.icmp_count();
         if socket == Socket::Worker {
             let reports = std::mem::take(&mut self.reports);
             icmp_errors = icmp_errors.max(reports.surfaced_icmp_errors);

@@ -303,10 +303,10 @@ impl Plpmtud {
             self.set_working(self.largest_now());
             self.counts.raised += 1;
         }
-        if let Some(out) = self.outstanding {
-            if now_ns < out.deadline_ns {
-                return None;
-            }
+        if let Some(out) = self.outstanding
+            && now_ns < out.deadline_ns
+        {
+            return None;
         }
         let timeout_ns = self.timeout_ns();
         let jitter_ns = self.jitter_ns(timeout_ns / 2);

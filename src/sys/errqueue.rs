@@ -105,6 +105,6 @@ mod tests {
                 local_path_mtu: None,
             }
         );
-        assert_eq!(found.from_icmp(), 1);
+        assert_eq!(found.icmp_count(), 1);
     }
 }

@@ -264,7 +264,7 @@ pub struct QueuedErrors {
 
 impl QueuedErrors {
     /// The ICMP errors among them, of every kind.
-    pub fn from_icmp(&self) -> u64 {
+    pub fn icmp_count(&self) -> u64 {
         self.icmp.iter().sum()
     }
 
@@ -540,7 +540,11 @@ mod tests {
         use libc::{SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL};
         let local = parse_queued_error(&v4(libc::EMSGSIZE, SO_EE_ORIGIN_LOCAL, 1280));
         assert_eq!(
-            (local.local_path_mtu, local.icmp_path_mtu, local.from_icmp()),
+            (
+                local.local_path_mtu,
+                local.icmp_path_mtu,
+                local.icmp_count()
+            ),
             (Some(1280), None, 0)
         );
         // `extended_error` writes type 3 code 4: fragmentation needed.
@@ -563,7 +567,7 @@ mod tests {
         ] {
             let found = parse_queued_error(&control);
             assert_eq!(found.icmp_path_mtu, None, "{why}");
-            assert_eq!(found.from_icmp(), 1, "{why}");
+            assert_eq!(found.icmp_count(), 1, "{why}");
         }
         let unknown = parse_queued_error(&v4(libc::EMSGSIZE, 0, 1280));
         assert_eq!(unknown, QueuedErrors::default(), "no origin");

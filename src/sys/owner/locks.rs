@@ -419,7 +419,8 @@ mod tests {
         );
         // One line, whatever the command holds.
         assert_eq!(format_record(7, "a\nb\x1b"), "7 a\\nb\\u{1b}\n");
-        let cases: [(&[u8], Option<(u32, &str)>); 9] = [
+        type Case<'a> = (&'a [u8], Option<(u32, &'a str)>);
+        let cases: [Case; 9] = [
             (b"", None),
             (b"\n", None),
             (b"x 1\n", None),
