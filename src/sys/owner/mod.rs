@@ -458,6 +458,17 @@ mod tests {
         std::process::id()
     }
 
+    /// The test binary's file name, which its command line starts with (whatever test filter
+    /// it was run with).
+    fn this_program() -> String {
+        std::env::current_exe()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// A lock directory of this test's own, standing in for /run/tunfwd (which only root may
     /// create): made 0755 here, owned by whoever runs the tests, removed when dropped.
     struct Scratch(PathBuf);
@@ -783,7 +794,7 @@ mod tests {
             let record = std::fs::read_to_string(&path).unwrap();
             let (pid, command) = record.trim_end().split_once(' ').unwrap();
             assert_eq!(pid, me().to_string(), "{record:?}");
-            assert!(command.contains("owner"), "{record:?}");
+            assert!(command.contains(&this_program()), "{record:?}");
             assert_eq!(record.lines().count(), 1, "{record:?}");
         }
         // The lock is the open file's: another open of it (in this process, too) cannot take it.
@@ -926,7 +937,7 @@ mod tests {
                 assert_eq!(holders.len(), 1);
                 assert_eq!(holders[0].pid, me());
                 assert!(!holders[0].exiting);
-                assert!(holders[0].command.contains("owner"), "{holders:?}");
+                assert!(holders[0].command.contains(&this_program()), "{holders:?}");
             }
             other => panic!("expected AlreadyServed, got {other:?}"),
         }
