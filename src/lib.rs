@@ -106,6 +106,9 @@ pub mod fuzzing {
         pub use crate::wire::vnet::{FLAG_NEEDS_CSUM, GsoType, LEN, VnetHeader};
     }
 
+    /// The metrics server's request parser, over one connection's exchange.
+    pub use crate::metrics::fuzz_request;
+
     /// Relay-to-relay control messages.
     pub mod control {
         pub use crate::wire::control::{Control, HEADER_LEN, Kind, is_control};

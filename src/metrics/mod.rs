@@ -37,7 +37,7 @@ mod render;
 mod server;
 
 pub use render::render;
-pub use server::{bind, spawn_server};
+pub use server::{bind, fuzz_request, spawn_server};
 
 use crate::stats::Report;
 use std::sync::{Arc, Mutex};

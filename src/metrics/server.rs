@@ -57,6 +57,39 @@ pub fn route(head: &[u8]) -> Route {
     }
 }
 
+/// A request arriving in pieces, as any client may send it, through one connection's exchange:
+/// `input`'s first byte sets the piece length (1 to 256), the rest is the bytes. For the fuzz
+/// target of the request parser (network input): whatever the bytes, the head kept never
+/// exceeds [`MAX_REQUEST_HEAD`], an answer is a whole HTTP/1.1 response, and a scrape's is
+/// rendered only for `GET /metrics`. Panics when one of those breaks.
+pub fn fuzz_request(input: &[u8]) {
+    let Some((&piece, bytes)) = input.split_first() else {
+        return;
+    };
+    let mut exchange = Exchange::Head(Vec::new());
+    let mut rendered = false;
+    for chunk in bytes.chunks(usize::from(piece) + 1) {
+        let next = exchange.receive(chunk, || {
+            rendered = true;
+            "tunfwd_up 1\n".to_string()
+        });
+        match &exchange {
+            Exchange::Head(head) => {
+                assert!(head.len() <= MAX_REQUEST_HEAD);
+                assert_eq!(next, Next::Read);
+            }
+            Exchange::Answer { bytes, sent } => {
+                assert_eq!(*sent, 0);
+                assert!(bytes.starts_with(b"HTTP/1.1 "), "{bytes:?}");
+                assert!(bytes.windows(4).any(|w| w == b"\r\n\r\n"));
+                let is_scrape = bytes.starts_with(b"HTTP/1.1 200 OK\r\n");
+                assert_eq!(is_scrape, rendered, "rendered only for a scrape");
+                assert_eq!(next, Next::Write);
+            }
+        }
+    }
+}
+
 /// The whole HTTP/1.1 response for `route`; `render` is called only for [`Route::Metrics`].
 pub fn response(route: Route, render: impl FnOnce() -> String) -> Vec<u8> {
     let (status, extra, content_type, body) = match route {
@@ -524,6 +557,26 @@ mod tests {
         assert!(not_allowed.contains("Allow: GET\r\n"));
         let not_found = String::from_utf8(response(Route::NotFound, String::new)).unwrap();
         assert!(not_found.starts_with("HTTP/1.1 404 "));
+    }
+
+    /// The fuzz target's entry point holds its invariants on a scrape, a refused method, a head
+    /// too large and garbage, in pieces of every size.
+    #[test]
+    fn the_request_fuzz_entry_point_holds_on_plain_inputs() {
+        let mut too_large = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        too_large.resize(MAX_REQUEST_HEAD + 100, b'a');
+        for body in [
+            &b"GET /metrics HTTP/1.1\r\n\r\n"[..],
+            b"POST / HTTP/1.0\r\n\r\n",
+            b"\xff\xfe\r\n\r\n",
+            &too_large,
+        ] {
+            for piece in [0u8, 1, 7, 255] {
+                let mut input = vec![piece];
+                input.extend_from_slice(body);
+                fuzz_request(&input);
+            }
+        }
     }
 
     #[test]
