@@ -14,16 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tunfwd::cli::{self, Account, Accounts, Args, Config};
+use tunfwd::cli::{self, Account, Accounts, Args, Config, Entropy};
 use tunfwd::metrics::{self, Published};
 use tunfwd::notify::{self, Notifier};
 use tunfwd::offload::icmp::SharedBucket;
 use tunfwd::offload::split;
 use tunfwd::operate::{PeerLookup, Printer, TunQueueDrops, describe, write_json};
+use tunfwd::relay::entropy::{self, SourcePorts};
 use tunfwd::relay::plpmtud::{Limits, SharedPath};
 use tunfwd::shared::Shared;
 use tunfwd::stats::{Report, WorkerStats};
-use tunfwd::sys::{self, link, privileges, signal::Signals, socket, tun};
+use tunfwd::sys::{self, link, privileges, random, signal::Signals, socket, tun};
 use tunfwd::wire::control;
 use tunfwd::worker::{self, WorkerConfig, WorkerExit};
 use tunfwd::{engine, steer};
@@ -200,10 +201,38 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         }
         sockets.push(fd);
     }
+    // Outer flow entropy: each worker's extra sockets, on ports of their own (`relay::entropy`).
+    let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
+    let mut own_ports = Vec::new();
+    for queue in 0..config.queues {
+        let ports = match config.entropy {
+            Entropy::Off => Vec::new(),
+            Entropy::Ephemeral => vec![0; entropy::sockets_per_worker(config.queues)],
+            Entropy::Range(min, max) => entropy::ports_of_worker((min, max), config.queues, queue),
+        };
+        let mut mine = Vec::with_capacity(ports.len());
+        for port in ports {
+            let local = std::net::SocketAddr::new(listen.ip(), port);
+            let fd = socket::extra_socket(local, config.peer, config.socket_buffer)?;
+            own_ports.push(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
+                address: local,
+                source,
+            })?);
+            mine.push(fd);
+        }
+        extra_sockets.push(mine);
+    }
+    let session = random::nonzero_u64().map_err(|source| sys::Error::Socket {
+        address: listen,
+        source,
+    })?;
+    let source_ports = Arc::new(SourcePorts::new(&own_ports, session));
     let mut offloads = worker::Offloads {
         tso: tun_offloads.tso4 && tun_offloads.tso6,
         uso: tun_offloads.uso4 && tun_offloads.uso6,
-        udp_gso: wanted.udp_gso && sockets.iter().all(socket::supports_gso),
+        udp_gso: wanted.udp_gso
+            && sockets.iter().all(socket::supports_gso)
+            && extra_sockets.iter().flatten().all(socket::supports_gso),
         udp_gro: wanted.udp_gro,
     };
     if offloads.udp_gro {
@@ -260,8 +289,15 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     let shared = Arc::new(Shared::new(config.queues, config.peer));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(config.queues);
-    let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
-    for (queue, ((tun, socket), fragmenting)) in queues.enumerate() {
+    let queues = tun_fds
+        .into_iter()
+        .zip(sockets)
+        .zip(fragmenting)
+        .zip(extra_sockets);
+    let mut first_extra = 0;
+    for (queue, (((tun, socket), fragmenting), extra_sockets)) in queues.enumerate() {
+        let first = first_extra;
+        first_extra += extra_sockets.len();
         let worker_config = WorkerConfig {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
@@ -270,6 +306,12 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             tun,
             socket,
             fragmenting,
+            extra_sockets,
+            source_ports: source_ports.clone(),
+            first_extra: first,
+            // The relay's one advertiser, beside its path MTU machine.
+            advertise: queue == 0,
+            tuple_limits: Some(limits),
             peer: config.peer,
             shared_path: shared_path.clone(),
             // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
@@ -306,8 +348,13 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         return Err(e);
     }
     let up = format!(
-        "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
-        config.device_name, config.queues, config.mtu, listen, config.peer
+        "{} up: {} queue(s), MTU {}, listening on {}, peer {}, {}",
+        config.device_name,
+        config.queues,
+        config.mtu,
+        listen,
+        config.peer,
+        describe_entropy(source_ports.own())
     );
     eprintln!(
         "tunfwd: {up}, offloads: {}{}",
@@ -389,6 +436,25 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
     );
     printer.finish(FINAL_PRINT_WAIT);
     Ok(all_ok)
+}
+
+/// The startup line's words on outer entropy: the extra source ports, in use once the peer
+/// acknowledges them.
+fn describe_entropy(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "outer entropy off (every datagram from the listen port)".to_string();
+    }
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    let list = if sorted.len() <= 8 {
+        format!("{sorted:?}")
+    } else {
+        format!("{}..={}", sorted[0], sorted[sorted.len() - 1])
+    };
+    format!(
+        "outer entropy: {} extra source port(s) {list}, used once the peer acknowledges them",
+        ports.len()
+    )
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to

@@ -179,6 +179,13 @@ counters! {
         /// (`socket::receive_drops`) with each snapshot; one per buffer, which under UDP GRO may
         /// hold several datagrams.
         udp_socket_drops => "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before tunfwd read them.",
+        /// Outer flow entropy (`relay::entropy`): the rest of `udp_tx_packets` left from the
+        /// listen port.
+        entropy_tx_packets => "Datagrams sent from one of the extra source ports (outer flow entropy) rather than the listen port.",
+        /// On the one worker that advertises.
+        ports_advertised => "Advertisements of this relay's extra source ports sent to the peer.",
+        ports_acknowledged => "Advertisements of this relay's extra source ports the peer acknowledged.",
+        peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
     }
     extra {
         /// Packets dropped, by [`DropReason`].

@@ -16,12 +16,12 @@ mod args;
 mod parse;
 mod validate;
 
-pub use args::{Args, EngineChoice};
+pub use args::{Args, EngineChoice, EntropyChoice};
 pub use parse::{
     CpuList, MAX_CPUS, MAX_DEVICE_NAME, PeerSpec, parse_byte, parse_cidr, parse_cpu_list,
     parse_metrics_address, parse_peer, parse_size, parse_tos,
 };
-pub use validate::{Account, Accounts, Config, OffloadSwitches, RunAs, pick_peer};
+pub use validate::{Account, Accounts, Config, Entropy, OffloadSwitches, RunAs, pick_peer};
 
 use std::fmt;
 

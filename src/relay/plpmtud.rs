@@ -34,6 +34,10 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// Acknowledgements [`SharedPath`] keeps for the machines to look through: more than the
+/// machines that may have a probe out at once in any one worker's batch.
+const ACKED_NONCES: usize = 64;
+
 /// Tries of one probe size before it counts as not getting through (RFC 8899's MAX_PROBES).
 pub const MAX_PROBES: u8 = 3;
 /// How often a working size below the largest is tested again against the largest.
@@ -85,6 +89,19 @@ pub struct Counts {
     /// Probe losses that small probes shared (congestion, or the peer away): not taken as the
     /// path's doing.
     pub inconclusive: u64,
+}
+
+impl Counts {
+    /// Adds another machine's counts (a relay reports its machines' together).
+    pub fn add(&mut self, other: &Counts) {
+        self.probes_sent += other.probes_sent;
+        self.probes_acked += other.probes_acked;
+        self.hints += other.hints;
+        self.hints_refuted += other.hints_refuted;
+        self.lowered += other.lowered;
+        self.raised += other.raised;
+        self.inconclusive += other.inconclusive;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,8 +498,11 @@ pub struct SharedPath {
     hint: AtomicU32,
     /// The smallest local limit not yet taken; `u32::MAX` for none.
     local_limit: AtomicU32,
-    /// The nonce of the latest acknowledgement (0: none yet).
-    acked_nonce: AtomicU64,
+    /// The nonces of the latest acknowledgements (0: none), written round-robin: a relay runs a
+    /// machine for its listen tuple and one per extra tuple in use (`relay::entropy`), and any
+    /// worker may see any of their acknowledgements.
+    acked_nonces: [AtomicU64; ACKED_NONCES],
+    next_acked: AtomicU32,
     /// The working size the machine published.
     working: AtomicU32,
 }
@@ -492,7 +512,8 @@ impl SharedPath {
         SharedPath {
             hint: AtomicU32::new(u32::MAX),
             local_limit: AtomicU32::new(u32::MAX),
-            acked_nonce: AtomicU64::new(0),
+            acked_nonces: std::array::from_fn(|_| AtomicU64::new(0)),
+            next_acked: AtomicU32::new(0),
             working: AtomicU32::new(working as u32),
         }
     }
@@ -506,7 +527,19 @@ impl SharedPath {
     }
 
     pub fn post_ack(&self, nonce: u64) {
-        self.acked_nonce.store(nonce, Ordering::Relaxed);
+        let at = self.next_acked.fetch_add(1, Ordering::Relaxed) as usize % ACKED_NONCES;
+        self.acked_nonces[at].store(nonce, Ordering::Relaxed);
+    }
+
+    /// Hands `machine` every acknowledgement posted lately; it takes the one of its own
+    /// outstanding probe, if there, and ignores the rest.
+    pub fn feed_acks(&self, machine: &mut Plpmtud, now_ns: u64) {
+        for slot in &self.acked_nonces {
+            let nonce = slot.load(Ordering::Relaxed);
+            if nonce != 0 {
+                machine.on_ack(nonce, now_ns);
+            }
+        }
     }
 
     /// Hands what the workers posted to the machine, and publishes its working size.
@@ -519,10 +552,7 @@ impl SharedPath {
         if local != u32::MAX {
             machine.on_local_limit(local as usize, now_ns);
         }
-        let nonce = self.acked_nonce.load(Ordering::Relaxed);
-        if nonce != 0 {
-            machine.on_ack(nonce, now_ns);
-        }
+        self.feed_acks(machine, now_ns);
         self.publish(machine.working());
     }
 

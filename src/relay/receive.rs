@@ -10,7 +10,7 @@ use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
 use crate::stats::{DropReason, WorkerStats};
-use crate::wire::control::{self, Control};
+use crate::wire::control::{self, Advertisement, Control};
 use crate::wire::vnet::{self, VnetHeader};
 use std::ops::Range;
 
@@ -54,6 +54,9 @@ pub struct ReceivePlan {
     /// The relay-to-relay control messages among the datagrams (`wire::control`): where each
     /// is in the buffer. Not written to the TUN: the worker acts on them.
     pub controls: Vec<Control>,
+    /// The one advertisement of the peer's source ports among them (`control::Kind::Ports`),
+    /// whole; a second in one buffer is not a relay's doing, and is dropped as `bad_ip_version`.
+    pub advertisement: Option<Advertisement>,
 }
 
 impl Default for ReceivePlan {
@@ -64,6 +67,7 @@ impl Default for ReceivePlan {
             vnet_headers: vec![[0u8; vnet::LEN]; MAX_GRO_SEGMENTS].into_boxed_slice(),
             saved_heads: vec![0u8; MAX_GRO_SEGMENTS * HEADER_ROOM].into_boxed_slice(),
             controls: Vec::with_capacity(MAX_CONTROLS),
+            advertisement: None,
         }
     }
 }
@@ -125,6 +129,7 @@ pub fn plan(
     plan.segments.clear();
     plan.runs.clear();
     plan.controls.clear();
+    plan.advertisement = None;
     if payload_len == 0 {
         stats.counters.drop(DropReason::EmptyDatagram);
         return;
@@ -144,9 +149,17 @@ pub fn plan(
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
         if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
-            if let Some(message) = Control::parse(datagram) {
-                plan.controls.push(message);
-                continue;
+            match Control::parse(datagram) {
+                Some(message) if message.kind != control::Kind::Ports => {
+                    plan.controls.push(message);
+                    continue;
+                }
+                Some(message) if plan.advertisement.is_none() => {
+                    plan.advertisement = Advertisement::parse(datagram);
+                    plan.controls.push(message);
+                    continue;
+                }
+                _ => {}
             }
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN

@@ -1,5 +1,6 @@
 //! Relay-to-relay control messages: the path MTU probes and their acknowledgements
-//! (`relay::plpmtud`, RFC 8899's datagram PLPMTUD). PURE.
+//! (`relay::plpmtud`, RFC 8899's datagram PLPMTUD), and the source ports a relay advertises for
+//! outer flow entropy with theirs (`relay::entropy`). PURE.
 //!
 //! In the raw wire format every UDP payload is one inner IP packet, whose first nibble is 4 or
 //! 6. A control message starts with a zero byte, so no IP packet is ever taken for one and no
@@ -19,9 +20,29 @@
 //! that makes an outer IP packet of `size` bytes; the acknowledgement is the 16-byte header
 //! alone, echoing the probe's nonce and size. The nonce is random, so an acknowledgement cannot
 //! be forged by anyone who did not see the probe.
+//!
+//! `kind` 3 is an advertisement: the source ports its sender sends from besides its listen
+//! port. `size` is their number N (at most [`MAX_PORTS`]), and the header is followed by the
+//! sender's session (a random u64 it keeps while it runs, so that a restart shows) and N ports,
+//! big-endian, none of them 0; the datagram is exactly `16 + 8 + 2N` bytes:
+//!
+//! ```text
+//!  0 .. 15          16 ........ 23    24 25   26 27   ...
+//! +----------------+----------------+-------+-------+-----
+//! | header, kind 3 | session u64 BE | port  | port  | ...
+//! +----------------+----------------+-------+-------+-----
+//! ```
+//! `kind` 4 acknowledges one: the 16-byte header alone, echoing its nonce and N. Only a relay
+//! whose advertisement was acknowledged sends from those ports, and its peer accepts datagrams
+//! from exactly those (see `relay::entropy`).
 
 /// Bytes of a control message's header; an acknowledgement is exactly this long.
 pub const HEADER_LEN: usize = 16;
+/// Source ports one advertisement names, at most: one per worker at 256 queues, or four per
+/// worker at 64 (its datagram is then 536 bytes, which every IPv4 path carries).
+pub const MAX_PORTS: usize = 256;
+/// Bytes of an advertisement's session field, after the header.
+pub const SESSION_LEN: usize = 8;
 
 mod field {
     use core::ops::Range;
@@ -41,6 +62,11 @@ pub enum Kind {
     Probe,
     /// The acknowledgement of a probe.
     Ack,
+    /// The source ports the sender sends from besides its listen port ([`Advertisement`]);
+    /// `size` is their number.
+    Ports,
+    /// The acknowledgement of an advertisement, echoing its nonce and number of ports.
+    PortsAck,
 }
 
 impl Kind {
@@ -48,6 +74,8 @@ impl Kind {
         match self {
             Kind::Probe => 1,
             Kind::Ack => 2,
+            Kind::Ports => 3,
+            Kind::PortsAck => 4,
         }
     }
 }
@@ -71,31 +99,37 @@ impl Control {
     /// Parses a datagram as a control message. `None` for anything else: a wrong magic or kind,
     /// a nonzero reserved field, an acknowledgement of any length but [`HEADER_LEN`], a probe
     /// shorter than its header or with nonzero padding (the padding is all a probe carries, and
-    /// a probe with content is not one of ours).
+    /// a probe with content is not one of ours), an advertisement that is not exactly as
+    /// [`Advertisement::parse`] takes it.
     pub fn parse(datagram: &[u8]) -> Option<Control> {
         let header = datagram.get(..HEADER_LEN)?;
         if header[field::MAGIC] != MAGIC || header[field::RESERVED] != [0, 0] {
             return None;
         }
+        let size = u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes"));
         let kind = match header[field::KIND] {
             1 if datagram[HEADER_LEN..].iter().all(|b| *b == 0) => Kind::Probe,
             2 if datagram.len() == HEADER_LEN => Kind::Ack,
+            3 if ports_body(datagram, size).is_some() => Kind::Ports,
+            4 if datagram.len() == HEADER_LEN && usize::from(size) <= MAX_PORTS => Kind::PortsAck,
             _ => return None,
         };
         Some(Control {
             kind,
             nonce: u64::from_be_bytes(header[field::NONCE].try_into().expect("8 bytes")),
-            size: u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes")),
+            size,
         })
     }
 
     /// Writes this message's header into `out` and, for a probe, zeros up to `payload_len`
     /// bytes. Returns the datagram's length: [`HEADER_LEN`] for an acknowledgement,
-    /// `payload_len` (at least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short.
+    /// `payload_len` (at least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or
+    /// for an advertisement, whose ports only [`Advertisement::write`] has.
     pub fn write(&self, out: &mut [u8], payload_len: usize) -> Option<usize> {
         let len = match self.kind {
             Kind::Probe => payload_len.max(HEADER_LEN),
-            Kind::Ack => HEADER_LEN,
+            Kind::Ack | Kind::PortsAck => HEADER_LEN,
+            Kind::Ports => return None,
         };
         let out = out.get_mut(..len)?;
         out[field::MAGIC].copy_from_slice(&MAGIC);
@@ -107,11 +141,122 @@ impl Control {
         Some(len)
     }
 
-    /// The acknowledgement that answers this probe.
+    /// The acknowledgement that answers this probe (or this advertisement).
     pub fn ack(&self) -> Control {
         Control {
-            kind: Kind::Ack,
+            kind: if self.kind == Kind::Ports {
+                Kind::PortsAck
+            } else {
+                Kind::Ack
+            },
             ..*self
+        }
+    }
+}
+
+/// The body of an advertisement of `count` ports (the session and the ports), if `datagram` is
+/// exactly that long and names no port 0.
+fn ports_body(datagram: &[u8], count: u16) -> Option<&[u8]> {
+    let count = usize::from(count);
+    if count > MAX_PORTS || datagram.len() != HEADER_LEN + SESSION_LEN + 2 * count {
+        return None;
+    }
+    let body = &datagram[HEADER_LEN..];
+    body[SESSION_LEN..]
+        .chunks_exact(2)
+        .all(|port| port != [0, 0])
+        .then_some(body)
+}
+
+/// An advertisement (kind 3): the source ports its sender sends from besides its listen port,
+/// and the session that says whether the sender restarted. Fixed size, no allocation: a worker
+/// keeps one per receive buffer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    pub nonce: u64,
+    pub session: u64,
+    len: u16,
+    ports: [u16; MAX_PORTS],
+}
+
+impl std::fmt::Debug for Advertisement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Advertisement")
+            .field("nonce", &self.nonce)
+            .field("session", &self.session)
+            .field("ports", &self.ports())
+            .finish()
+    }
+}
+
+impl Advertisement {
+    /// An advertisement of `ports`; `None` if there are more than [`MAX_PORTS`] or one is 0.
+    pub fn new(nonce: u64, session: u64, ports: &[u16]) -> Option<Advertisement> {
+        if ports.len() > MAX_PORTS || ports.contains(&0) {
+            return None;
+        }
+        let mut all = [0u16; MAX_PORTS];
+        all[..ports.len()].copy_from_slice(ports);
+        Some(Advertisement {
+            nonce,
+            session,
+            len: ports.len() as u16,
+            ports: all,
+        })
+    }
+
+    /// The ports advertised, in the order they were written.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports[..usize::from(self.len)]
+    }
+
+    /// Parses a datagram as an advertisement: exactly what [`Control::parse`] takes as
+    /// [`Kind::Ports`], and nothing else.
+    pub fn parse(datagram: &[u8]) -> Option<Advertisement> {
+        let header = Control::parse(datagram).filter(|c| c.kind == Kind::Ports)?;
+        let body = ports_body(datagram, header.size)?;
+        let mut ports = [0u16; MAX_PORTS];
+        for (port, bytes) in ports.iter_mut().zip(body[SESSION_LEN..].chunks_exact(2)) {
+            *port = u16::from_be_bytes([bytes[0], bytes[1]]);
+        }
+        Some(Advertisement {
+            nonce: header.nonce,
+            session: u64::from_be_bytes(body[..SESSION_LEN].try_into().expect("8 bytes")),
+            len: header.size,
+            ports,
+        })
+    }
+
+    /// The datagram's length: `16 + 8 + 2N`.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + SESSION_LEN + 2 * usize::from(self.len)
+    }
+
+    /// Writes the datagram into `out`; its length, or `None` if `out` is too short.
+    pub fn write(&self, out: &mut [u8]) -> Option<usize> {
+        let len = self.wire_len();
+        let out = out.get_mut(..len)?;
+        out[field::MAGIC].copy_from_slice(&MAGIC);
+        out[field::KIND] = Kind::Ports.to_raw();
+        out[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
+        out[field::SIZE].copy_from_slice(&self.len.to_be_bytes());
+        out[field::RESERVED].fill(0);
+        out[HEADER_LEN..HEADER_LEN + SESSION_LEN].copy_from_slice(&self.session.to_be_bytes());
+        for (bytes, port) in out[HEADER_LEN + SESSION_LEN..]
+            .chunks_exact_mut(2)
+            .zip(self.ports())
+        {
+            bytes.copy_from_slice(&port.to_be_bytes());
+        }
+        Some(len)
+    }
+
+    /// Its header as a [`Control`] (kind [`Kind::Ports`], `size` the number of ports).
+    pub fn header(&self) -> Control {
+        Control {
+            kind: Kind::Ports,
+            nonce: self.nonce,
+            size: self.len,
         }
     }
 }
@@ -184,5 +329,79 @@ mod tests {
         assert!(!is_control(&[0x45, 0, 0, 20]));
         assert!(!is_control(&[0x60]));
         assert!(!is_control(&[]));
+    }
+
+    /// An advertisement of two ports, byte by byte.
+    static PORTS: [u8; 28] = [
+        0x00, b'T', b'F', 3, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 0, 0, // header: nonce 9, 2 ports
+        0, 0, 0, 0, 0, 0, 0x12, 0x34, // session 0x1234
+        0xc0, 0x00, 0xff, 0xff, // 49152, 65535
+    ];
+
+    #[test]
+    fn advertisements_deconstruct_construct_and_round_trip() {
+        let a = Advertisement::parse(&PORTS).unwrap();
+        assert_eq!((a.nonce, a.session), (9, 0x1234));
+        assert_eq!(a.ports(), &[49152, 65535]);
+        assert_eq!(
+            Control::parse(&PORTS),
+            Some(Control {
+                kind: Kind::Ports,
+                nonce: 9,
+                size: 2
+            })
+        );
+        let mut out = [0xaau8; 600];
+        assert_eq!(a.write(&mut out), Some(28));
+        assert_eq!(out[..28], PORTS);
+        assert_eq!(a.header().ack().kind, Kind::PortsAck);
+        let ack_len = a.header().ack().write(&mut out, 0).unwrap();
+        assert_eq!(ack_len, HEADER_LEN);
+        assert_eq!(Control::parse(&out[..ack_len]), Some(a.header().ack()));
+        assert_eq!(a.header().write(&mut out, 0), None, "needs the ports");
+        // The most, and none.
+        let many: Vec<u16> = (1..=MAX_PORTS as u16).collect();
+        let full = Advertisement::new(u64::MAX, 7, &many).unwrap();
+        let len = full.write(&mut out).unwrap();
+        assert_eq!(len, 24 + 2 * MAX_PORTS);
+        assert_eq!(Advertisement::parse(&out[..len]).unwrap(), full);
+        let none = Advertisement::new(1, 2, &[]).unwrap();
+        let len = none.write(&mut out).unwrap();
+        assert_eq!(len, 24);
+        assert_eq!(
+            Advertisement::parse(&out[..len]).unwrap().ports(),
+            &[] as &[u16]
+        );
+        assert_eq!(full.write(&mut out[..100]), None, "too short");
+    }
+
+    #[test]
+    fn advertisements_of_impossible_lengths_or_ports_are_refused() {
+        let too_many: Vec<u16> = (1..=MAX_PORTS as u16 + 1).collect();
+        assert!(Advertisement::new(1, 1, &too_many).is_none());
+        assert!(Advertisement::new(1, 1, &[5, 0]).is_none(), "port 0");
+        assert!(Advertisement::parse(&PORTS[..27]).is_none(), "cut");
+        let mut long = PORTS.to_vec();
+        long.extend_from_slice(&[0, 1]);
+        assert!(
+            Advertisement::parse(&long).is_none(),
+            "a port more than it says"
+        );
+        assert!(Control::parse(&long).is_none());
+        let mut zero = PORTS;
+        zero[26..28].fill(0);
+        assert!(Control::parse(&zero).is_none(), "port 0");
+        let mut count = PORTS;
+        count[12..14].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
+        assert!(Control::parse(&count).is_none());
+        // An acknowledgement of an advertisement: 16 bytes, and no more ports than there can be.
+        let mut ack = ACK;
+        ack[3] = 4;
+        ack[12..14].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(Control::parse(&ack).unwrap().kind, Kind::PortsAck);
+        ack[12..14].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
+        assert!(Control::parse(&ack).is_none());
+        let probe = Advertisement::parse(&ACK);
+        assert!(probe.is_none(), "an ack is no advertisement");
     }
 }
