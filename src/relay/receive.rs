@@ -23,10 +23,11 @@ pub static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
 /// Control messages taken from one buffer, at most; more are dropped as `bad_ip_version`. The
 /// peer sends a probe and waits for its answer, so a buffer of many is not a relay's doing.
 pub const MAX_CONTROLS: usize = 8;
-/// The shortest datagram worth looking at one by one: a control message's header. A stride
-/// below it (a GSO packet the peer sent with an absurd `gso_size`, which veth delivers whole)
-/// makes every datagram of the buffer malformed, and they are counted at once.
-pub const MIN_STRIDE: usize = control::HEADER_LEN;
+/// The shortest datagram worth looking at one by one (shorter than any IP header, or control
+/// message). A stride below it (a GSO packet the peer sent with an absurd `gso_size`, which
+/// veth delivers whole) makes every datagram of the buffer malformed, and they are counted at
+/// once.
+pub const MIN_STRIDE: usize = 16;
 
 /// One receive, as the engine found it.
 #[derive(Debug, Clone)]
