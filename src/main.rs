@@ -201,26 +201,30 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         }
         sockets.push(fd);
     }
-    // Outer flow entropy: each worker's extra sockets, on ports of their own (`relay::entropy`).
-    let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
-    let mut own_ports = Vec::new();
-    for queue in 0..config.queues {
-        let ports = match config.entropy {
-            Entropy::Off => Vec::new(),
-            Entropy::Ephemeral => vec![0; entropy::sockets_per_worker(config.queues)],
-            Entropy::Range(min, max) => entropy::ports_of_worker((min, max), config.queues, queue),
-        };
-        let mut mine = Vec::with_capacity(ports.len());
-        for port in ports {
-            let local = std::net::SocketAddr::new(listen.ip(), port);
+    // Outer flow entropy: the relay's extra ports, and every worker's own socket on each
+    // (`relay::entropy`).
+    let wanted_ports = match config.entropy {
+        Entropy::Off => Vec::new(),
+        Entropy::Ephemeral => vec![0; entropy::tuples(config.queues)],
+        Entropy::Range(min, max) => entropy::ports_in_range((min, max), config.queues),
+    };
+    let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> =
+        (0..config.queues).map(|_| Vec::new()).collect();
+    let mut own_ports = Vec::with_capacity(wanted_ports.len());
+    for port in wanted_ports {
+        let mut local = std::net::SocketAddr::new(listen.ip(), port);
+        for sockets in extra_sockets.iter_mut() {
             let fd = socket::extra_socket(local, config.peer, config.socket_buffer)?;
-            own_ports.push(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
-                address: local,
-                source,
-            })?);
-            mine.push(fd);
+            if local.port() == 0 {
+                // The kernel's pick: the other workers join it.
+                local.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
+                    address: local,
+                    source,
+                })?);
+            }
+            sockets.push(fd);
         }
-        extra_sockets.push(mine);
+        own_ports.push(local.port());
     }
     let session = random::nonzero_u64().map_err(|source| sys::Error::Socket {
         address: listen,
@@ -294,10 +298,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         .zip(sockets)
         .zip(fragmenting)
         .zip(extra_sockets);
-    let mut first_extra = 0;
     for (queue, (((tun, socket), fragmenting), extra_sockets)) in queues.enumerate() {
-        let first = first_extra;
-        first_extra += extra_sockets.len();
         let worker_config = WorkerConfig {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
@@ -308,7 +309,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             fragmenting,
             extra_sockets,
             source_ports: source_ports.clone(),
-            first_extra: first,
+            workers: config.queues,
             // The relay's one advertiser, beside its path MTU machine.
             advertise: queue == 0,
             tuple_limits: Some(limits),
@@ -446,7 +447,7 @@ fn describe_entropy(ports: &[u16]) -> String {
     }
     let mut sorted = ports.to_vec();
     sorted.sort_unstable();
-    let list = if sorted.len() <= 8 {
+    let list = if sorted.len() <= 64 {
         format!("{sorted:?}")
     } else {
         format!("{}..={}", sorted[0], sorted[sorted.len() - 1])

@@ -182,10 +182,6 @@ counters! {
         /// Outer flow entropy (`relay::entropy`): the rest of `udp_tx_packets` left from the
         /// listen port.
         entropy_tx_packets => "Datagrams sent from one of the extra source ports (outer flow entropy) rather than the listen port.",
-        /// On the one worker that advertises.
-        ports_advertised => "Advertisements of this relay's extra source ports sent to the peer.",
-        ports_acknowledged => "Advertisements of this relay's extra source ports the peer acknowledged.",
-        peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
     }
     extra {
         /// Packets dropped, by [`DropReason`].
@@ -219,6 +215,11 @@ counters! {
         pmtu_hints_refuted => "Path MTU hints that a probe of the working size proved false.",
         pmtu_lowered => "Times the working path MTU went down.",
         pmtu_raised => "Times the working path MTU went back up.",
+        /// Outer flow entropy (`relay::entropy`), on the one worker that advertises; sent every
+        /// 2 s once acknowledged, like the path MTU probes a relay-to-relay exchange.
+        ports_advertised => "Advertisements of this relay's extra source ports sent to the peer.",
+        ports_acknowledged => "Advertisements of this relay's extra source ports the peer acknowledged.",
+        peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
     }
     extra {
         /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker

@@ -9,12 +9,15 @@
 //! with `encap-sport auto`; RFC 8086 asks the same of GRE-in-UDP).
 //!
 //! # How
-//! Each worker owns a few extra sockets bound to the relay's local address and other ports (the
-//! kernel's ephemeral ones, or `--srcport MIN MAX` split among the workers), and sends each flow
-//! from one of them, chosen by [`tuple_for`], a hash of the inner flow key that is independent of
-//! `steer::flow_index`'s choice of worker (so the flows of one worker spread over its sockets
-//! too). Datagrams still go to the peer's listen port, where its reuseport program steers them by
-//! the inner flow, so a flow stays on one worker at both ends as before, and on one tuple.
+//! A relay sends from a few extra ports besides its listen port ([`tuples`]: the kernel's
+//! ephemeral ones, or `--srcport MIN MAX`), and each flow from one of them, chosen by
+//! [`tuple_for`], a hash of the inner flow key that is independent of `steer::flow_index`'s
+//! choice of worker (so the flows of one worker spread over the tuples too). Every worker holds a
+//! socket of its own on each of those ports (`SO_REUSEPORT`, send-only, connected to the peer):
+//! nothing is shared, and a flow keeps its tuple even when it moves to another worker, as a flow
+//! does once, when the first reply teaches the TUN's flow table where it belongs (see `steer`).
+//! Datagrams still go to the peer's listen port, where its reuseport program steers them by the
+//! inner flow, so a flow stays on one worker at both ends as before, and on one tuple.
 //!
 //! The receiver accepts datagrams only from the peer's address and its listen port, or one of
 //! the exact ports the peer advertised ([`SourcePorts::accepts`]). So a relay sends from its extra
@@ -44,43 +47,35 @@ pub const IN_USE_FOR_NS: u64 = 3 * REFRESH_INTERVAL_NS;
 /// How long the peer's advertised ports are accepted without a fresh advertisement: four of its
 /// refreshes. A port the peer no longer holds could be bound by anyone on its host.
 pub const PEER_PORTS_FOR_NS: u64 = 4 * REFRESH_INTERVAL_NS;
-/// Extra sockets per worker: enough for flows to spread, few enough that a relay of 64 workers
-/// fits one advertisement.
-pub const SOCKETS_PER_WORKER: usize = 4;
+/// Extra outer tuples a relay sends from, at most: as many receive queues as a NIC's RSS
+/// commonly has, few enough that every worker can hold a socket for each.
+pub const MAX_TUPLES: usize = 16;
+/// Extra sockets all workers together may hold (each worker holds one per tuple).
+const SOCKET_BUDGET: usize = 512;
 
-/// Extra sockets each of `queues` workers has: [`SOCKETS_PER_WORKER`], fewer when so many
-/// workers would not fit one advertisement (at most [`MAX_PORTS`] in all).
-pub fn sockets_per_worker(queues: usize) -> usize {
-    SOCKETS_PER_WORKER.min(MAX_PORTS / queues.max(1))
+/// Extra tuples a relay of `queues` workers sends from: [`MAX_TUPLES`], fewer when each of that
+/// many workers holding a socket per tuple would pass [`SOCKET_BUDGET`] (8 at 64 queues, 2 at
+/// 256).
+pub fn tuples(queues: usize) -> usize {
+    (SOCKET_BUDGET / queues.max(1)).clamp(1, MAX_TUPLES)
 }
 
-/// The ports of `--srcport MIN MAX` worker `worker` of `queues` sends from: the range is split
-/// into one share per worker, and each worker takes the first [`sockets_per_worker`] ports of
-/// its share. A range with fewer ports than workers gives the first workers one port each and
-/// the rest none (their flows leave from the listen port).
-pub fn ports_of_worker(range: (u16, u16), queues: usize, worker: usize) -> Vec<u16> {
+/// The ports of `--srcport MIN MAX` a relay of `queues` workers sends from: [`tuples`] of them,
+/// spread evenly over the range (all of it, if it is smaller).
+pub fn ports_in_range(range: (u16, u16), queues: usize) -> Vec<u16> {
     let (min, max) = (usize::from(range.0), usize::from(range.1.max(range.0)));
-    let total = max - min + 1;
-    let queues = queues.max(1);
-    let share = total / queues;
-    if share == 0 {
-        return if worker < total {
-            vec![(min + worker) as u16]
-        } else {
-            Vec::new()
-        };
-    }
-    let start = min + worker * share;
-    (start..start + share.min(sockets_per_worker(queues)))
-        .map(|port| port as u16)
+    let size = max - min + 1;
+    let count = tuples(queues).min(size);
+    (0..count)
+        .map(|i| (min + i * size / count) as u16)
         .collect()
 }
 
-/// Which of a worker's `sockets` extra sockets the flow with `flow_key` leaves from (0-based), or
-/// `None` when it has none. A murmur3 finalizer of the key, reduced by multiply-high: a different
-/// function of the key than `steer::flow_index`'s `(key * GOLDEN) >> 16 % workers`, so the flows
-/// one worker owns spread over all its sockets. Anything without a flow key (not IPv4 or IPv6)
-/// takes socket 0.
+/// Which of the relay's `sockets` extra tuples the flow with `flow_key` leaves from (0-based),
+/// on whichever worker sends it, or `None` when there are none. A murmur3 finalizer of the key,
+/// reduced by multiply-high: a different function of the key than `steer::flow_index`'s
+/// `(key * GOLDEN) >> 16 % workers`, so the flows one worker owns spread over all the tuples.
+/// Anything without a flow key (not IPv4 or IPv6) takes tuple 0.
 pub fn tuple_for(flow_key: Option<u32>, sockets: usize) -> Option<usize> {
     if sockets == 0 {
         return None;
@@ -122,6 +117,9 @@ pub struct SourcePorts {
     peer_restarted: AtomicBool,
     /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while not in use.
     tuple_working: Box<[AtomicU32]>,
+    /// Per extra tuple, the smallest ICMP hint any worker's socket on it reported, for the
+    /// worker that runs the tuple's machine; `u32::MAX` for none.
+    tuple_hints: Box<[AtomicU32]>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +134,7 @@ impl SourcePorts {
         let own: Box<[u16]> = own.iter().copied().take(MAX_PORTS).collect();
         SourcePorts {
             tuple_working: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            tuple_hints: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
             own,
             session,
             in_use: AtomicBool::new(false),
@@ -232,6 +231,23 @@ impl SourcePorts {
     /// The peer acknowledged the advertisement with `nonce` (any worker may see it).
     pub fn post_ack(&self, nonce: u64) {
         self.acked_nonce.store(nonce, Ordering::Relaxed);
+    }
+
+    /// An ICMP error about extra tuple `index` claims the path takes `mtu` bytes (any worker's
+    /// socket on the tuple may hold it: the kernel picks one).
+    pub fn post_tuple_hint(&self, index: usize, mtu: u32) {
+        if let Some(slot) = self.tuple_hints.get(index) {
+            slot.fetch_min(mtu, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the smallest hint posted about tuple `index` since the last take.
+    pub fn take_tuple_hint(&self, index: usize) -> Option<u32> {
+        let hint = self
+            .tuple_hints
+            .get(index)?
+            .swap(u32::MAX, Ordering::Relaxed);
+        (hint != u32::MAX).then_some(hint)
     }
 
     /// Publishes extra tuple `index`'s working path MTU (`None`: not in use).
@@ -397,51 +413,38 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     #[test]
-    fn a_port_range_is_split_among_the_workers_without_overlap() {
-        assert_eq!(sockets_per_worker(1), 4);
-        assert_eq!(sockets_per_worker(64), 4);
-        assert_eq!(sockets_per_worker(65), 3);
-        assert_eq!(sockets_per_worker(256), 1);
+    fn tuples_fit_the_socket_budget_and_a_port_range_is_spread_over() {
+        assert_eq!(tuples(1), 16);
+        assert_eq!(tuples(32), 16);
+        assert_eq!(tuples(64), 8);
+        assert_eq!(tuples(256), 2);
+        for queues in [1, 4, 33, 64, 256] {
+            assert!(tuples(queues) * queues <= SOCKET_BUDGET.max(queues));
+        }
         assert_eq!(
-            ports_of_worker((40000, 40099), 4, 0),
-            vec![40000, 40001, 40002, 40003]
+            ports_in_range((40000, 40159), 4),
+            (0..16).map(|i| 40000 + 10 * i).collect::<Vec<u16>>()
         );
-        assert_eq!(
-            ports_of_worker((40000, 40099), 4, 3),
-            vec![40075, 40076, 40077, 40078]
-        );
-        assert_eq!(
-            ports_of_worker((40000, 40005), 4, 1),
-            vec![40001],
-            "a share of one"
-        );
-        assert_eq!(ports_of_worker((40000, 40001), 4, 1), vec![40001]);
-        assert_eq!(ports_of_worker((40000, 40001), 4, 2), Vec::<u16>::new());
-        assert_eq!(ports_of_worker((65535, 65535), 1, 0), vec![65535]);
-        assert_eq!(ports_of_worker((1, 65535), 256, 255).len(), 1);
-        for queues in [1, 2, 3, 4, 7, 64, 100, 256] {
+        assert_eq!(ports_in_range((40000, 40002), 4), vec![40000, 40001, 40002]);
+        assert_eq!(ports_in_range((65535, 65535), 1), vec![65535]);
+        for queues in [1, 2, 4, 64, 256] {
             for range in [
                 (1u16, 65535u16),
                 (40000, 40010),
                 (50000, 50000),
                 (60000, 60300),
             ] {
-                let all: Vec<u16> = (0..queues)
-                    .flat_map(|w| ports_of_worker(range, queues, w))
-                    .collect();
-                let mut unique = all.clone();
+                let ports = ports_in_range(range, queues);
+                let mut unique = ports.clone();
                 unique.sort_unstable();
                 unique.dedup();
                 assert_eq!(
                     unique.len(),
-                    all.len(),
+                    ports.len(),
                     "{range:?} at {queues}: no port twice"
                 );
-                assert!(
-                    all.len() <= MAX_PORTS,
-                    "{range:?} at {queues}: one advertisement"
-                );
-                assert!(all.iter().all(|p| (range.0..=range.1).contains(p)));
+                assert!(ports.len() <= MAX_PORTS && !ports.is_empty());
+                assert!(ports.iter().all(|p| (range.0..=range.1).contains(p)));
             }
         }
     }
@@ -459,7 +462,7 @@ mod tests {
         // all on one.
         for workers in [2u32, 4, 8] {
             for worker in 0..workers {
-                let mut per_socket = [0u32; SOCKETS_PER_WORKER];
+                let mut per_socket = [0u32; 4];
                 let mut keys = 0;
                 for n in 0..200_000u32 {
                     let key = n.wrapping_mul(2_654_435_761) ^ (n >> 3);
@@ -469,7 +472,7 @@ mod tests {
                     keys += 1;
                     per_socket[tuple_for(steer::flow_key(&ipv4_key_packet(key)), 4).unwrap()] += 1;
                 }
-                let even = keys / SOCKETS_PER_WORKER as u32;
+                let even = keys / 4;
                 for (socket, n) in per_socket.iter().enumerate() {
                     assert!(
                         n.abs_diff(even) < even / 10,
@@ -638,6 +641,19 @@ mod tests {
         a.reset(&shared, 10);
         assert!(!shared.in_use() && !shared.accepts(41000));
         assert!(a.poll(&shared, 10, || 7).0.is_some(), "advertised at once");
+    }
+
+    #[test]
+    fn tuple_hints_keep_the_smallest_until_taken() {
+        let shared = SourcePorts::new(&[1, 2], 1);
+        assert_eq!(shared.take_tuple_hint(1), None);
+        shared.post_tuple_hint(1, 1400);
+        shared.post_tuple_hint(1, 1300);
+        shared.post_tuple_hint(1, 1350);
+        shared.post_tuple_hint(7, 1);
+        assert_eq!(shared.take_tuple_hint(0), None);
+        assert_eq!(shared.take_tuple_hint(1), Some(1300));
+        assert_eq!(shared.take_tuple_hint(1), None, "taken");
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
         entropy: EntropyConfig {
             source_ports: shared.clone(),
             sockets: OWN.len() as u8,
-            first: 0,
+            workers: 1,
             advertise: true,
             limits: Some(limits()),
         },
@@ -194,7 +194,7 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
     let used: HashSet<_> = tuple_of.values().collect();
     assert_eq!(used.len(), OWN.len(), "64 flows over 4 sockets: {used:?}");
     assert_eq!(r.stats().counters.entropy_tx_packets, 3 * 64);
-    assert_eq!(r.stats().counters.ports_acknowledged, 1);
+    assert_eq!(r.stats().path.ports_acknowledged, 1);
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
         .filter_map(|(bytes, socket)| Some((Control::parse(bytes)?, *socket)))
         .collect();
     assert_eq!(acks, vec![(ad.header().ack(), Socket::Worker)]);
-    assert_eq!(r.stats().counters.peer_ports_accepted, 1);
+    assert_eq!(r.stats().path.peer_ports_accepted, 1);
     let received = |r: &Relay| r.stats().counters.udp_rx_packets;
     for port in [55555, 40000, 40001] {
         let before = received(&r);

@@ -141,12 +141,13 @@ pub struct RelayConfig {
 
 /// A worker's part in outer flow entropy (`entropy`).
 pub struct EntropyConfig {
-    /// What the relay's workers share: every worker's extra ports, the peer's.
+    /// What the relay's workers share: the relay's extra ports, the peer's.
     pub source_ports: Arc<SourcePorts>,
-    /// This worker's extra sockets (`Socket::Extra(0..sockets)`).
+    /// The extra tuples: this worker has a socket on each (`Socket::Extra(0..sockets)`).
     pub sockets: u8,
-    /// The index of this worker's first extra socket among the relay's (`SourcePorts::own`).
-    pub first: usize,
+    /// The relay's workers: this one runs the path MTU machine of every extra tuple `k` with
+    /// `k % workers == queue`.
+    pub workers: usize,
     /// Run the advertiser (one worker per relay).
     pub advertise: bool,
     /// The path MTU limits, for a machine per extra tuple.
@@ -159,19 +160,20 @@ impl EntropyConfig {
         EntropyConfig {
             source_ports: Arc::new(SourcePorts::new(&[], 0)),
             sockets: 0,
-            first: 0,
+            workers: 1,
             advertise: false,
             limits: None,
         }
     }
 }
 
-/// The path MTU machine of one extra tuple: probes sent from that tuple's socket, hints from its
-/// error queue, and its working size published for every worker (`SourcePorts`).
+/// The path MTU machine of one extra tuple, in the one worker that runs it: probes sent from
+/// that worker's socket on the tuple, hints from every worker's (`SourcePorts::post_tuple_hint`),
+/// its working size published for every worker.
 struct TuplePath {
+    /// The tuple: `Socket::Extra(index)`.
+    index: u8,
     machine: Plpmtud,
-    /// The smallest hint its error queue reported since the machine last ran.
-    hint: Option<u32>,
 }
 
 /// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
@@ -293,7 +295,7 @@ pub struct Relay {
     /// use as of this batch, and a path MTU machine per extra tuple while they are.
     source_ports: Arc<SourcePorts>,
     extra_sockets: u8,
-    first_tuple: usize,
+    workers: usize,
     advertiser: Option<Advertiser>,
     entropy_in_use: bool,
     tuple_limits: Option<Limits>,
@@ -393,7 +395,7 @@ impl Relay {
             advertiser: entropy.advertise.then(Advertiser::new),
             source_ports: entropy.source_ports,
             extra_sockets: entropy.sockets,
-            first_tuple: entropy.first,
+            workers: entropy.workers.max(1),
             entropy_in_use: false,
             tuple_limits: entropy.limits,
             tuple_paths: Vec::new(),

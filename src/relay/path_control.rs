@@ -40,11 +40,7 @@ impl Relay {
             match socket {
                 // A hint about an extra tuple is confirmed by probing that tuple (its path may
                 // differ under ECMP), by the machine of the worker that owns it.
-                Socket::Extra(k) => {
-                    if let Some(tuple) = self.tuple_paths.get_mut(usize::from(k)) {
-                        tuple.hint = Some(tuple.hint.map_or(mtu, |h| h.min(mtu)));
-                    }
-                }
+                Socket::Extra(k) => self.source_ports.post_tuple_hint(usize::from(k), mtu),
                 // The listen tuple's (the worker's and the fragmenting socket's).
                 Socket::Worker | Socket::Fragmenting => self.shared_path.post_hint(mtu),
             }
@@ -92,21 +88,22 @@ impl Relay {
                 self.send_probe(probe, Socket::Worker);
             }
         }
-        for k in 0..self.tuple_paths.len() {
-            let tuple = &mut self.tuple_paths[k];
-            if let Some(hint) = tuple.hint.take() {
+        let mut probes = [None; 64];
+        for (slot, tuple) in probes.iter_mut().zip(&mut self.tuple_paths) {
+            let index = usize::from(tuple.index);
+            if let Some(hint) = self.source_ports.take_tuple_hint(index) {
                 tuple.machine.on_hint(hint as usize, now_ns);
             }
             self.shared_path.feed_acks(&mut tuple.machine, now_ns);
             let nonces = &mut self.nonces;
             let probe = tuple.machine.poll(now_ns, || nonces());
             counts.add(&tuple.machine.counts());
-            let working = tuple.machine.working();
             self.source_ports
-                .publish_tuple_working(self.first_tuple + k, Some(working));
-            if let Some(probe) = probe {
-                self.send_probe(probe, Socket::Extra(k as u8));
-            }
+                .publish_tuple_working(index, Some(tuple.machine.working()));
+            *slot = probe.map(|probe| (probe, Socket::Extra(tuple.index)));
+        }
+        for (probe, socket) in probes.into_iter().flatten() {
+            self.send_probe(probe, socket);
         }
         if self.plpmtud.is_some() || !self.tuple_paths.is_empty() || counts != Counts::default() {
             self.stats.path.take_probe_counts(&counts);
@@ -131,8 +128,8 @@ impl Relay {
         if let Some(advertiser) = &mut self.advertiser {
             let nonces = &mut self.nonces;
             let (advertisement, event) = advertiser.poll(&self.source_ports, now_ns, || nonces());
-            self.stats.counters.ports_advertised = advertiser.sent;
-            self.stats.counters.ports_acknowledged = advertiser.acked;
+            self.stats.path.ports_advertised = advertiser.sent;
+            self.stats.path.ports_acknowledged = advertiser.acked;
             if let AdvertiserEvent::InUse(in_use) = event {
                 eprintln!(
                     "tunfwd: {} extra source port(s) {} toward {}",
@@ -156,16 +153,18 @@ impl Relay {
         self.entropy_in_use = in_use;
         // A tuple that comes into use is a path not yet known; one that goes out of use keeps
         // nothing. Counts carry over.
-        for (k, tuple) in self.tuple_paths.drain(..).enumerate() {
+        for tuple in self.tuple_paths.drain(..) {
             self.retired_tuple_counts.add(&tuple.machine.counts());
             self.source_ports
-                .publish_tuple_working(self.first_tuple + k, None);
+                .publish_tuple_working(usize::from(tuple.index), None);
         }
         if let (true, Some(limits)) = (in_use, self.tuple_limits) {
+            let (queue, workers) = (self.queue, self.workers);
             self.tuple_paths = (0..self.extra_sockets)
-                .map(|_| TuplePath {
+                .filter(|k| usize::from(*k) % workers == queue % workers)
+                .map(|index| TuplePath {
+                    index,
                     machine: Plpmtud::new(limits),
-                    hint: None,
                 })
                 .collect();
         }
@@ -227,7 +226,7 @@ impl Relay {
                         continue;
                     };
                     self.source_ports.accept_peer(advertisement);
-                    self.stats.counters.peer_ports_accepted += 1;
+                    self.stats.path.peer_ports_accepted += 1;
                     if self.ack_bucket.allow(now_ns) {
                         self.queue_control(message.ack(), 0, Socket::Worker);
                     }

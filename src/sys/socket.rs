@@ -221,14 +221,17 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
 }
 
 /// An extra socket of a worker, for outer flow entropy (`relay::entropy`): bound to `local`
-/// (the listen address, and a port of its own: 0 for one the kernel picks), connected to
-/// `peer`, with the options of the worker's socket that matter for sending: DF without obeying
-/// the route's path MTU (`IP_PMTUDISC_PROBE`), `IP_RECVERR` (its tuple's ICMP errors are
-/// queued here, and read by the worker), the send buffer. Not in the reuseport group: nothing is
-/// sent to it, and being connected it takes no datagram from anyone but the peer
-/// (`__udp4_lib_lookup` scores a connected socket's remote address), so its small receive
-/// buffer holds the errors the worker has not read yet. The per-send outer TOS and
-/// `UDP_SEGMENT` are control messages, as on the worker's socket.
+/// (the listen address, and one of the relay's extra ports: 0 for one the kernel picks, which
+/// the other workers' sockets then join) with `SO_REUSEPORT`, so that every worker has its own
+/// socket on each extra port; connected to `peer`; with the options of the worker's socket
+/// that matter for sending: DF without obeying the route's path MTU (`IP_PMTUDISC_PROBE`),
+/// `IP_RECVERR` (the tuple's ICMP errors are queued on one of the group's sockets, which the
+/// kernel picks: `__udp4_lib_err` looks up with no datagram, and a connected socket is chosen
+/// by its score, not by the reuseport hash; every worker reads its own), the send buffer.
+/// Nothing is sent to these ports, and a connected socket takes no datagram from anyone but
+/// the peer (`compute_score` in net/ipv4/udp.c), so its small receive buffer holds only the
+/// errors the worker has not read yet. The per-send outer TOS and `UDP_SEGMENT` are control
+/// messages, as on the worker's socket.
 pub fn extra_socket(
     local: SocketAddr,
     peer: SocketAddr,
@@ -238,7 +241,7 @@ pub fn extra_socket(
         address: local,
         source,
     };
-    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, None).map_err(err)?;
+    let socket = reuseport_socket(local).map_err(err)?;
     let raw = socket.as_raw_fd();
     let send = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
     set_buffers(&socket, FRAGMENTING_RECEIVE_BYTES, send).map_err(err)?;

@@ -72,13 +72,13 @@ pub struct WorkerConfig {
     /// `TooBig::Fragment`. `None` if it could not be made: such packets are then dropped as
     /// `too_big`.
     pub fragmenting: Option<OwnedFd>,
-    /// Extra sockets for outer flow entropy (`relay::entropy`), bound to ports of their own and
-    /// connected to the peer; sent from once the peer acknowledged them.
+    /// Extra sockets for outer flow entropy (`relay::entropy`): this worker's own on each of the
+    /// relay's extra ports, connected to the peer; sent from once the peer acknowledged them.
     pub extra_sockets: Vec<OwnedFd>,
     /// What the relay's workers share about outer entropy.
     pub source_ports: Arc<SourcePorts>,
-    /// Where this worker's extra sockets start among the relay's (`SourcePorts::own`).
-    pub first_extra: usize,
+    /// The relay's workers (which of them probes which extra tuple).
+    pub workers: usize,
     /// Run the advertiser of the relay's extra ports (one worker).
     pub advertise: bool,
     /// Path MTU limits, for the extra tuples' machines.
@@ -516,7 +516,7 @@ impl Worker {
             entropy: EntropyConfig {
                 source_ports: config.source_ports.clone(),
                 sockets: config.extra_sockets.len() as u8,
-                first: config.first_extra,
+                workers: config.workers,
                 advertise: config.advertise,
                 limits: config.tuple_limits,
             },
