@@ -280,3 +280,69 @@ fn a_relay_whose_peer_never_answers_sends_only_from_the_listen_tuple() {
     assert_eq!(advertisements, 10, "one a second for ten seconds");
     assert_eq!(r.stats().counters.entropy_tx_packets, 0);
 }
+
+/// An ICMP hint about an extra tuple, found on any worker's socket on it, goes to that tuple's
+/// path MTU machine, which confirms it by probing from that tuple: acknowledged, the hint was
+/// false and nothing changes. The listen tuple's machine is not asked.
+#[test]
+fn a_hint_about_an_extra_tuple_is_probed_on_that_tuple() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let advertisement = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .unwrap();
+    let mut ack = [0u8; control::HEADER_LEN];
+    advertisement.header().ack().write(&mut ack, 0).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
+    // Every tuple's machine asks the peer, and is answered, until all settle at 1448.
+    let answer_probes = |r: &mut Relay, controls: &[(Vec<u8>, Socket)], now: u64| {
+        let mut sockets = Vec::new();
+        for (bytes, socket) in controls {
+            if let Some(probe) = Control::parse(bytes).filter(|c| c.kind == control::Kind::Probe) {
+                let mut reply = [0u8; control::HEADER_LEN];
+                probe.ack().write(&mut reply, 0).unwrap();
+                udp_receive(r, &b, PEER.parse().unwrap(), &reply, now);
+                sockets.push((*socket, probe.size));
+            }
+        }
+        sockets
+    };
+    for _ in 0..10 {
+        now += 2_000_000;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        answer_probes(&mut r, &controls, now);
+    }
+    assert_eq!(r.path.path_mtu, 1448);
+    // Tuple 2's socket reports a fragmentation-needed for 1300.
+    let mut queued = crate::wire::cmsg::QueuedErrors {
+        count: 1,
+        icmp_path_mtu: Some(1300),
+        ..Default::default()
+    };
+    queued.icmp[crate::wire::icmp::IcmpKind::TooBig as usize] = 1;
+    r.on_errors_drained(Socket::Extra(2), queued, now, &b);
+    assert_eq!(r.stats().path.icmp_too_big, 1, "counted by kind");
+    now += 1_000_000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let probed = answer_probes(&mut r, &controls, now);
+    assert_eq!(
+        probed,
+        vec![(Socket::Extra(2), 1448)],
+        "the working size, probed on the tuple the hint named"
+    );
+    for _ in 0..5 {
+        now += 2_000_000;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        answer_probes(&mut r, &controls, now);
+    }
+    assert_eq!(r.path.path_mtu, 1448, "refuted: nothing changed");
+    assert_eq!(r.stats().path.pmtu_hints_refuted, 1);
+}
