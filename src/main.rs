@@ -310,8 +310,9 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             extra_sockets,
             source_ports: source_ports.clone(),
             workers: config.queues,
-            // The relay's one advertiser, beside its path MTU machine.
-            advertise: queue == 0,
+            // The relay's one advertiser, beside its path MTU machine; none with `--entropy
+            // off`, which sends as before outer entropy existed (it still takes the peer's).
+            advertise: queue == 0 && config.entropy != Entropy::Off,
             tuple_limits: Some(limits),
             peer: config.peer,
             shared_path: shared_path.clone(),

@@ -38,8 +38,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// How often an acknowledged advertisement is sent again (the peer's view expires without it).
 pub const REFRESH_INTERVAL_NS: u64 = 2_000_000_000;
-/// How often an unacknowledged one is tried again.
+/// How soon an unacknowledged one is tried again: this, doubling with each try up to
+/// [`MAX_RETRY_INTERVAL_NS`], so that a peer that is down or does not know advertisements gets
+/// one every ten seconds, as it gets the path MTU machine's hellos.
 pub const RETRY_INTERVAL_NS: u64 = 1_000_000_000;
+pub const MAX_RETRY_INTERVAL_NS: u64 = 10_000_000_000;
 /// How long an acknowledgement keeps the extra ports in use: three refreshes. A peer that stops
 /// answering (it went away, or was replaced by one that does not know advertisements) gets the
 /// listen tuple alone again after this.
@@ -291,6 +294,8 @@ pub struct Advertiser {
     /// The one before, whose acknowledgement may still be on its way.
     previous_nonce: u64,
     next_send_ns: u64,
+    /// The wait before the next try while unacknowledged.
+    retry_ns: u64,
     acked_at_ns: Option<u64>,
     /// The peer's accept count when last looked at, and when it changed.
     peer_accepts_seen: u64,
@@ -313,6 +318,7 @@ impl Advertiser {
             nonce: 0,
             previous_nonce: 0,
             next_send_ns: 0,
+            retry_ns: RETRY_INTERVAL_NS,
             acked_at_ns: None,
             peer_accepts_seen: 0,
             peer_accepted_at_ns: None,
@@ -335,6 +341,7 @@ impl Advertiser {
         if acked != 0 && (acked == self.nonce || acked == self.previous_nonce) {
             self.acked += 1;
             self.acked_at_ns = Some(now_ns);
+            self.retry_ns = RETRY_INTERVAL_NS;
         }
         let accepts = shared.peer_accepts.load(Ordering::Relaxed);
         if accepts != self.peer_accepts_seen {
@@ -352,6 +359,7 @@ impl Advertiser {
             // The peer knows nothing of ours: stop using them until it does, and tell it now.
             self.acked_at_ns = None;
             self.next_send_ns = now_ns;
+            self.retry_ns = RETRY_INTERVAL_NS;
         }
         let in_use = !shared.own().is_empty()
             && self
@@ -374,7 +382,9 @@ impl Advertiser {
             + if self.acked_at_ns.is_some() {
                 REFRESH_INTERVAL_NS
             } else {
-                RETRY_INTERVAL_NS
+                let wait = self.retry_ns;
+                self.retry_ns = (wait * 2).min(MAX_RETRY_INTERVAL_NS);
+                wait
             };
         let advertisement = Advertisement::new(self.nonce, shared.session(), shared.own());
         (advertisement, event)
@@ -591,7 +601,8 @@ mod tests {
             assert_eq!(event, AdvertiserEvent::None);
         }
         assert!(!shared.in_use());
-        assert_eq!(sent, 60, "one a second for a minute");
+        // At 0, 1, 3, 7 and 15 s, then every 10 s.
+        assert_eq!(sent, 9, "backing off to one every ten seconds");
     }
 
     #[test]
