@@ -134,9 +134,8 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
     let advertisement = controls
         .iter()
         .find_map(|(bytes, socket)| {
-            Advertisement::parse(bytes).map(|a| {
+            Advertisement::parse(bytes).inspect(|_| {
                 assert_eq!(*socket, Socket::Worker, "advertised from the listen tuple");
-                a
             })
         })
         .expect("an advertisement at the start");

@@ -82,7 +82,7 @@ impl Relay {
         if let Some(machine) = &mut self.plpmtud {
             self.shared_path.run(machine, now_ns);
             let nonces = &mut self.nonces;
-            let probe = machine.poll(now_ns, || nonces());
+            let probe = machine.poll(now_ns, nonces);
             counts.add(&machine.counts());
             if let Some(probe) = probe {
                 self.send_probe(probe, Socket::Worker);
@@ -96,7 +96,7 @@ impl Relay {
             }
             self.shared_path.feed_acks(&mut tuple.machine, now_ns);
             let nonces = &mut self.nonces;
-            let probe = tuple.machine.poll(now_ns, || nonces());
+            let probe = tuple.machine.poll(now_ns, nonces);
             counts.add(&tuple.machine.counts());
             self.source_ports
                 .publish_tuple_working(index, Some(tuple.machine.working()));
@@ -127,7 +127,7 @@ impl Relay {
     fn run_entropy(&mut self, now_ns: u64) {
         if let Some(advertiser) = &mut self.advertiser {
             let nonces = &mut self.nonces;
-            let (advertisement, event) = advertiser.poll(&self.source_ports, now_ns, || nonces());
+            let (advertisement, event) = advertiser.poll(&self.source_ports, now_ns, nonces);
             self.stats.path.ports_advertised = advertiser.sent;
             self.stats.path.ports_acknowledged = advertiser.acked;
             if let AdvertiserEvent::InUse(in_use) = event {

@@ -138,10 +138,9 @@ pub struct ErrorReports {
 impl ErrorReports {
     /// Notes what a send's result says about the path.
     pub fn note_send(&mut self, result: SendResult) {
-        match result {
-            // A GSO EINVAL queues nothing; the others were, or came from, a queued error.
-            SendResult::Refused { errno } => self.drain_queue |= errno != libc::EINVAL,
-            _ => {}
+        // A GSO EINVAL queues nothing; the others were, or came from, a queued error.
+        if let SendResult::Refused { errno } = result {
+            self.drain_queue |= errno != libc::EINVAL;
         }
     }
 

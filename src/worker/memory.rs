@@ -137,15 +137,14 @@ impl Memory {
     }
 
     /// Lays out msghdr `msg` of TUN slot `bid` for a `Request::Send` of segments
-    /// `first..first + segments`, and returns it. `named`: with the peer's address (for a
-    /// socket that is not connected to it).
+    /// `first..first + segments` (`span`), and returns it. `named`: with the peer's address (for
+    /// a socket that is not connected to it).
     pub fn lay_out_send(
         &mut self,
         relay: &Relay,
         bid: u16,
         msg: u16,
-        first: u16,
-        segments: u16,
+        (first, segments): (u16, u16),
         segment_size: Option<u16>,
         named: bool,
     ) -> *const libc::msghdr {

@@ -202,7 +202,7 @@ impl Injected {
 fn received_from_msghdr(msg: &libc::msghdr, layout: ReceiveLayout, len: usize) -> Received {
     let name_len = (msg.msg_namelen as usize).min(layout.name_len);
     let control_at = layout.head + layout.name_len;
-    let control_len = (msg.msg_controllen as usize).min(layout.control_len);
+    let control_len = msg.msg_controllen.min(layout.control_len);
     let payload_at = layout.payload_at();
     Received {
         name: layout.head..layout.head + name_len,
@@ -624,8 +624,7 @@ impl Worker {
                         &self.relay,
                         bid,
                         msg,
-                        first,
-                        segments,
+                        (first, segments),
                         segment_size,
                         // An extra socket is connected to the peer: no address, so that the
                         // kernel takes its cached route (`udp_sendmsg`).
