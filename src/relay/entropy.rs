@@ -102,7 +102,7 @@ const PORT_WORDS: usize = 65536 / 64;
 /// tuple works to. Atomics only on the paths workers read.
 #[derive(Debug)]
 pub struct SourcePorts {
-    /// Every worker's extra ports, worker by worker (a worker's are `first..first + count`).
+    /// The relay's extra ports: tuple `k` (`Socket::Extra(k)` in every worker) is `own[k]`.
     own: Box<[u16]>,
     /// Random, for this run: it tells the peer that a restart happened.
     session: u64,
