@@ -198,6 +198,13 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
                 source,
             })?;
         }
+        if config.aqm.timed() {
+            // When the kernel took each datagram in: the wait in the socket, for the AQM.
+            socket::enable_receive_timestamps(&fd).map_err(|source| sys::Error::Socket {
+                address: listen,
+                source,
+            })?;
+        }
         sockets.push(fd);
     }
     let mut offloads = worker::Offloads {
@@ -280,6 +287,7 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
             buffer_memory: config.buffer_memory,
             offloads,
             marking: config.marking,
+            aqm: config.aqm,
             stop: stop.clone(),
             snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
             shared: shared.clone(),
@@ -310,11 +318,12 @@ fn run(config: &Config, notifier: &mut Notifier) -> Result<bool, sys::Error> {
         config.device_name, config.queues, config.mtu, listen, config.peer
     );
     eprintln!(
-        "tunfwd: {up}, offloads: {}{}",
+        "tunfwd: {up}, offloads: {}{}; {}",
         describe(wanted, offloads),
         gso_cap.map_or(String::new(), |b| format!(
             "; super-packets up to {b} bytes (one GSO send each)"
-        ))
+        )),
+        tunfwd::relay::aqm::describe(config.aqm)
     );
 
     let published = metrics_listener.map(|listener| {

@@ -16,10 +16,10 @@ mod args;
 mod parse;
 mod validate;
 
-pub use args::{Args, EngineChoice};
+pub use args::{AqmChoice, Args, EngineChoice};
 pub use parse::{
     CpuList, MAX_CPUS, MAX_DEVICE_NAME, PeerSpec, parse_byte, parse_cidr, parse_cpu_list,
-    parse_metrics_address, parse_peer, parse_size, parse_tos,
+    parse_metrics_address, parse_peer, parse_size, parse_time_ns, parse_tos,
 };
 pub use validate::{Account, Accounts, Config, OffloadSwitches, RunAs, pick_peer};
 

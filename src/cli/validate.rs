@@ -9,6 +9,7 @@ use super::{
 };
 use crate::engine::Engine;
 use crate::offload::ecn::{Marking, OuterDscp};
+use crate::relay::aqm;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -85,6 +86,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The user to switch to after setup.
     pub run_as: Option<RunAs>,
+    /// `--aqm`, `--aqm-target`, `--aqm-interval`.
+    pub aqm: aqm::Settings,
 }
 
 /// The address to use of those a peer's name resolved to: one of the family `of` (the socket's,
@@ -267,6 +270,7 @@ impl Args {
                 ),
             ));
         }
+        let aqm = self.validate_aqm()?;
         let dscp = self.tos.unwrap_or(OuterDscp::Fixed(0));
         let run_as = self
             .user
@@ -306,7 +310,43 @@ impl Args {
             peer_name,
             metrics: self.metrics,
             run_as,
+            aqm,
         })
+    }
+
+    /// `--aqm` with its times: the target below the interval, as CoDel needs (RFC 8289 section
+    /// 4.4 puts it at 5 to 10% of it), and no times for an AQM that is off.
+    fn validate_aqm(&self) -> Result<aqm::Settings, ConfigError> {
+        let mode = self.aqm.mode();
+        if mode == aqm::Mode::Off {
+            for (given, option) in [
+                (self.aqm_target, "--aqm-target"),
+                (self.aqm_interval, "--aqm-interval"),
+            ] {
+                if given.is_some() {
+                    return Err(bad(option, "has no effect with --aqm off"));
+                }
+            }
+        }
+        let params = aqm::Params {
+            target_ns: self.aqm_target.unwrap_or(aqm::DEFAULT_TARGET_NS),
+            interval_ns: self.aqm_interval.unwrap_or(aqm::DEFAULT_INTERVAL_NS),
+        };
+        if params.target_ns >= params.interval_ns {
+            let option = if self.aqm_target.is_some() {
+                "--aqm-target"
+            } else {
+                "--aqm-interval"
+            };
+            return Err(bad(
+                option,
+                format!(
+                    "the target ({} ns) must be shorter than the interval ({} ns)",
+                    params.target_ns, params.interval_ns
+                ),
+            ));
+        }
+        Ok(aqm::Settings { mode, params })
     }
 }
 

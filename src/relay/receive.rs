@@ -6,6 +6,7 @@
 //! their head rewritten into one super-packet's headers, so that the engine can write each run
 //! with one `writev([virtio_net_hdr][head][payloads...])`, without copying.
 
+use super::aqm::Gate;
 use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
@@ -112,6 +113,20 @@ pub fn plan(
     stats: &mut WorkerStats,
     plan: &mut ReceivePlan,
 ) {
+    plan_gated(buffer, arrival, policy, stats, plan, None);
+}
+
+/// [`plan`], with the AQM's `gate` (`relay::aqm`) judging each datagram after RFC 6040 and
+/// before the coalescer: a datagram it marks CE merges only with other marked ones, and one it
+/// drops is counted as received and dropped.
+pub fn plan_gated(
+    buffer: &mut [u8],
+    arrival: &Arrival,
+    policy: Policy,
+    stats: &mut WorkerStats,
+    plan: &mut ReceivePlan,
+    mut gate: Option<Gate<'_>>,
+) {
     if arrival.control_truncated {
         stats.counters.control_truncated += 1;
     }
@@ -138,16 +153,18 @@ pub fn plan(
     let mut offset = 0;
     let mut accepted_bytes = 0u64;
     let mut ecn_drops = 0u64;
+    let mut aqm_drops = 0u64;
     while offset < payload_len {
         let seg_len = stride.min(payload_len - offset);
         let at = payload_at + offset;
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
-        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
-            if let Some(message) = Control::parse(datagram) {
-                plan.controls.push(message);
-                continue;
-            }
+        if control::is_control(datagram)
+            && plan.controls.len() < MAX_CONTROLS
+            && let Some(message) = Control::parse(datagram)
+        {
+            plan.controls.push(message);
+            continue;
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header
@@ -164,6 +181,12 @@ pub fn plan(
                     Decapsulated::Marked(Ecn::Ce) => stats.path.ecn_ce_marked += 1,
                     Decapsulated::Marked(_) | Decapsulated::Unchanged => {}
                 }
+                if let Some(gate) = gate.as_mut()
+                    && super::queue::count_admitted(gate.admit(&mut buffer[at..at + seg_len]), stats)
+                {
+                    aqm_drops += 1;
+                    continue;
+                }
                 plan.segments.push(Segment {
                     at,
                     len: seg_len,
@@ -174,9 +197,10 @@ pub fn plan(
             Err(malformed) => stats.counters.drop(malformed.into()),
         }
     }
-    // Dropped for ECN, but received from the peer: counted as both.
+    // Dropped for ECN or by the AQM (counted there), but received from the peer: counted as
+    // both.
     stats.counters.drop_n(DropReason::EcnNotEct, ecn_drops);
-    stats.counters.udp_rx_packets += plan.segments.len() as u64 + ecn_drops;
+    stats.counters.udp_rx_packets += plan.segments.len() as u64 + ecn_drops + aqm_drops;
     stats.counters.udp_rx_bytes += accepted_bytes;
     if plan.segments.is_empty() {
         return;
