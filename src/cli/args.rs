@@ -215,15 +215,25 @@ pub struct Args {
     )]
     pub aqm: AqmChoice,
 
-    /// The wait the AQM lets a queue keep standing, with its unit (10us to 1s). [default: 5ms]
+    /// The wait the AQM lets a queue keep standing before it marks ECN-capable packets CE, with
+    /// its unit (10us to 1s). [default: 50us]
     #[arg(long, value_name = "TIME", value_parser = parse::aqm_target)]
     pub aqm_target: Option<u64>,
 
-    /// How long a queue must stand above --aqm-target before the AQM acts, and the base of its
+    /// How long a queue must stand above --aqm-target before the AQM marks, and the base of its
     /// spacing: about the round trip of the flows through the tunnel (10us to 10s, above
-    /// --aqm-target). [default: 100ms]
+    /// --aqm-target). [default: 1ms]
     #[arg(long, value_name = "TIME", value_parser = parse::aqm_interval)]
     pub aqm_interval: Option<u64>,
+
+    /// The same for dropping Not-ECT packets, which costs their flows a retransmission: at least
+    /// --aqm-target. [default: 250us]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_target)]
+    pub aqm_drop_target: Option<u64>,
+
+    /// The interval for drops, above --aqm-drop-target. [default: 5ms]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_interval)]
+    pub aqm_drop_interval: Option<u64>,
 
     /// Below this path MTU (outer headers included, 552 or more; 1280 or more to an IPv6 peer),
     /// tunfwd works only to sizes the peer relay acknowledged: an ICMP message that claims a

@@ -50,14 +50,17 @@ fn relay_with_eager_aqm() -> Relay {
     Relay::new(RelayConfig {
         aqm: aqm::Settings {
             mode: aqm::Mode::Codel,
-            params: aqm::Params {
-                target_ns: 1_000,
-                interval_ns: 10_000,
-            },
+            mark: EAGER,
+            drop: EAGER,
         },
         ..config()
     })
 }
+
+const EAGER: aqm::Params = aqm::Params {
+    target_ns: 1_000,
+    interval_ns: 10_000,
+};
 
 /// The wall clock the fake engine reports: a second ahead of the relay's.
 const WALL_AHEAD_NS: u64 = 1_000_000_000;

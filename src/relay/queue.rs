@@ -23,7 +23,7 @@
 //! dropped one packet of the burst would; its whole self if its last segment carries FIN, which
 //! no other segment may take over.
 
-use super::aqm::{self, Admitted, Codel, Gate, Mode, Settings, Verdict};
+use super::aqm::{self, Admitted, Gate, Mode, Settings, Verdict};
 use super::tun::FromTun;
 use super::{Relay, Request};
 use crate::stats::{Direction, DropReason};
@@ -34,8 +34,8 @@ use crate::wire::vnet;
 #[derive(Debug, Clone)]
 pub(super) struct Queues {
     settings: Settings,
-    tun: Codel,
-    udp: Codel,
+    tun: aqm::Queue,
+    udp: aqm::Queue,
     /// The first of an unbroken run of looks that found the TUN's ring holding packets; `None`
     /// when the last look found it empty.
     tun_backlog_since_ns: Option<u64>,
@@ -49,8 +49,8 @@ impl Queues {
     pub(super) fn new(settings: Settings) -> Queues {
         Queues {
             settings,
-            tun: Codel::default(),
-            udp: Codel::default(),
+            tun: aqm::Queue::default(),
+            udp: aqm::Queue::default(),
             tun_backlog_since_ns: None,
             tun_read_in_batch: false,
             wall_offset_ns: None,
@@ -136,10 +136,11 @@ impl Relay {
             return verdict;
         }
         let bulk = segments > 1 || aqm::eligible(len);
-        if queues.tun.judge(queues.settings.params, now_ns, wait, bulk) == Verdict::Pass {
+        let packet = &mut buffer[vnet::LEN..vnet::LEN + len];
+        let ect = aqm::is_ect(packet);
+        if queues.tun.judge(queues.settings, now_ns, wait, ect, bulk) == Verdict::Pass {
             return verdict;
         }
-        let packet = &mut buffer[vnet::LEN..vnet::LEN + len];
         let counters = &mut self.stats.counters;
         match (aqm::signal(packet), verdict) {
             (aqm::Signalled::Marked, _) => {
@@ -178,8 +179,8 @@ pub(super) fn socket_gate<'a>(
     let wait = queues.socket_wait_ns(received_at_ns, now_ns)?;
     stats.record_queue_delay_n(Direction::UdpToTun, wait, datagrams);
     (queues.settings.mode == Mode::Codel).then_some(Gate {
-        codel: &mut queues.udp,
-        params: queues.settings.params,
+        queue: &mut queues.udp,
+        settings: queues.settings,
         now_ns,
         sojourn_ns: wait,
     })
