@@ -161,6 +161,9 @@ counters! {
         /// Each ICMP error about the peer is counted once, from the error queue, by kind too
         /// (`PathStats`).
         icmp_errors => "ICMP errors about the peer that the socket reported.",
+        /// The sockets are not connected, so an ICMP error quoting any datagram from their port
+        /// reaches them (`sys::errqueue::drain_error_queue`); these quoted another destination.
+        icmp_elsewhere => "ICMP errors about a datagram to another address than the peer's (forged, or about an address the peer left), ignored.",
         /// With `IP_RECVERR`, an ICMP error about an earlier datagram fails the next send, of any
         /// flow, which is then sent again (`relay::send::AfterRefusal::Resend`).
         send_retries => "Sends redone because an error about an earlier datagram failed them.",

@@ -497,7 +497,7 @@ fn too_big_answer(bed: &Testbed, to: &str, size: usize) -> Option<u32> {
             .unwrap_or_else(|e| panic!("sending {size} bytes to {to}: {e}"));
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(10));
-            if let Some(mtu) = socket::drain_error_queue(probe.as_raw_fd()).icmp_path_mtu {
+            if let Some(mtu) = socket::drain_error_queue(probe.as_raw_fd(), None).icmp_path_mtu {
                 return Some(mtu);
             }
         }

@@ -28,10 +28,16 @@ impl Relay {
     ) {
         let mut icmp_errors = queued.icmp_count();
         if socket == Socket::Worker {
+            // A receive surfaces the pending error whatever it is about: those set apart here
+            // are not about the peer.
             let reports = std::mem::take(&mut self.reports);
-            icmp_errors = icmp_errors.max(reports.surfaced_icmp_errors);
+            let surfaced = reports
+                .surfaced_icmp_errors
+                .saturating_sub(queued.elsewhere);
+            icmp_errors = icmp_errors.max(surfaced);
         }
         self.stats.counters.icmp_errors += icmp_errors;
+        self.stats.counters.icmp_elsewhere += queued.elsewhere;
         for kind in IcmpKind::ALL {
             *self.stats.path.icmp_mut(kind) += queued.icmp[kind as usize];
         }

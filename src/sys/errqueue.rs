@@ -8,6 +8,7 @@
 
 use crate::wire::cmsg::{self, QueuedErrors};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 /// Error-queue entries [`drain_error_queue`] reads in one call.
@@ -22,25 +23,42 @@ pub const ERROR_QUEUE_BATCH: usize = 64;
 /// hold up the worker's loop; what is left keeps the socket's error set, is reported again, and
 /// is read on a later call. (Reading an entry sets the socket's pending error to the next one's,
 /// `sock_dequeue_err_skb` in net/core/skbuff.c; a send that takes it is sent again.)
-pub fn drain_error_queue(fd: RawFd) -> QueuedErrors {
+///
+/// The relay's sockets are not connected, so the kernel queues an ICMP error quoting any
+/// datagram from their port, to any address (`__udp4_lib_err` looks the socket up by the
+/// quoted 4-tuple). Each entry's name is the quoted datagram's destination (ip(7),
+/// `IP_RECVERR`); with `peer` given, an ICMP error about a datagram to another address is
+/// counted as [`QueuedErrors::elsewhere`] and says nothing about the path.
+pub fn drain_error_queue(fd: RawFd, peer: Option<IpAddr>) -> QueuedErrors {
     let mut found = QueuedErrors::default();
     let mut data = [0u8; 64];
     let mut control = [0u8; 256];
+    let mut name = [0u8; cmsg::SOCKADDR_MAX_LEN];
     for _ in 0..ERROR_QUEUE_BATCH {
-        let Ok((_, control_len)) = recvmsg_with_control(
+        let Ok(received) = recvmsg_named(
             fd,
             &mut data,
             &mut control,
+            &mut name,
             libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
         ) else {
             break;
         };
         found.count += 1;
-        found.add(&cmsg::parse_queued_error(
-            &control[..control_len.min(control.len())],
+        found.add(&cmsg::parse_queued_error_about(
+            &control[..received.control_len.min(control.len())],
+            &name[..received.name_len.min(name.len())],
+            peer,
         ));
     }
     found
+}
+
+/// What one `recvmsg` filled in.
+struct Received {
+    control_len: usize,
+    name_len: usize,
+    bytes: usize,
 }
 
 /// One `recvmsg` into `data` with a control area; returns the bytes received and the length of
@@ -51,6 +69,17 @@ pub fn recvmsg_with_control(
     control: &mut [u8],
     flags: libc::c_int,
 ) -> io::Result<(usize, usize)> {
+    recvmsg_named(fd, data, control, &mut [], flags).map(|r| (r.bytes, r.control_len))
+}
+
+/// One `recvmsg` into `data`, with a control area and room for the name.
+fn recvmsg_named(
+    fd: RawFd,
+    data: &mut [u8],
+    control: &mut [u8],
+    name: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Received> {
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
@@ -61,12 +90,21 @@ pub fn recvmsg_with_control(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control.len();
-    // SAFETY: `msg` points at `data` and `control`, live for the call, with their lengths.
+    if !name.is_empty() {
+        msg.msg_name = name.as_mut_ptr().cast();
+        msg.msg_namelen = name.len() as libc::socklen_t;
+    }
+    // SAFETY: `msg` points at `data`, `control` and `name` (or no name), live for the call, with
+    // their lengths.
     let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok((n as usize, msg.msg_controllen))
+        Ok(Received {
+            bytes: n as usize,
+            control_len: msg.msg_controllen,
+            name_len: msg.msg_namelen as usize,
+        })
     }
 }
 
@@ -91,7 +129,7 @@ mod tests {
         let mut found = QueuedErrors::default();
         while found.count == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            found = drain_error_queue(sender.as_raw_fd());
+            found = drain_error_queue(sender.as_raw_fd(), Some(to.ip()));
         }
         use crate::wire::icmp::IcmpKind;
         let mut icmp = [0; IcmpKind::ALL.len()];
@@ -103,8 +141,39 @@ mod tests {
                 icmp,
                 icmp_path_mtu: None,
                 local_path_mtu: None,
+                elsewhere: 0,
             }
         );
         assert_eq!(found.icmp_count(), 1);
+    }
+
+    /// The same error, drained for a peer at another address: counted as about somewhere else,
+    /// of no kind. Then once more for the right peer, to show the error was really there.
+    #[test]
+    fn an_icmp_error_about_another_address_than_the_peers_is_set_apart() {
+        let closed =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
+        let to = local_address(&closed).unwrap();
+        drop(closed);
+        let sender =
+            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
+        let elsewhere: IpAddr = "127.0.0.9".parse().unwrap();
+        let mut drain = |peer: IpAddr| {
+            tunfwd_testkit::sockets::send_with_tos(&sender, to, b"anyone?", 0).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut found = QueuedErrors::default();
+            while found.count == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                found = drain_error_queue(sender.as_raw_fd(), Some(peer));
+            }
+            found
+        };
+        let other = drain(elsewhere);
+        assert_eq!(
+            (other.count, other.elsewhere, other.icmp_count()),
+            (1, 1, 0)
+        );
+        let peer = drain(to.ip());
+        assert_eq!((peer.count, peer.elsewhere, peer.icmp_count()), (1, 0, 1));
     }
 }

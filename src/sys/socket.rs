@@ -387,7 +387,7 @@ mod tests {
         )
         .unwrap();
         attach_reuseport_program(&second, &crate::steer::reuseport_program(2)).unwrap();
-        assert_eq!(drain_error_queue(first.as_raw_fd()).count, 0);
+        assert_eq!(drain_error_queue(first.as_raw_fd(), None).count, 0);
     }
 
     /// The outer TOS goes out as a control message and comes back as one, over IPv4 and IPv6

@@ -260,6 +260,10 @@ pub struct QueuedErrors {
     pub icmp_path_mtu: Option<u32>,
     /// The smallest MTU the local stack refused a send over: the egress device's, believed.
     pub local_path_mtu: Option<u32>,
+    /// ICMP errors about a datagram to another address than the peer's: forged (the socket is
+    /// not connected, so any quote of its port reaches it), or about an address the peer has
+    /// left. Counted here only; not by kind, and their MTU is no hint.
+    pub elsewhere: u64,
 }
 
 impl QueuedErrors {
@@ -271,6 +275,7 @@ impl QueuedErrors {
     /// Adds what another drain found.
     pub fn add(&mut self, other: &QueuedErrors) {
         self.count += other.count;
+        self.elsewhere += other.elsewhere;
         for (mine, theirs) in self.icmp.iter_mut().zip(other.icmp) {
             *mine += theirs;
         }
@@ -357,6 +362,29 @@ pub fn parse_queued_error(control: &[u8]) -> QueuedErrors {
     let mut found = QueuedErrors::default();
     if let Some(error) = queued_error(control) {
         found.note(error);
+    }
+    found
+}
+
+/// What one error-queue entry says, given its name (the destination of the datagram the error
+/// is about: ip(7), `IP_RECVERR`) and the peer's address: an ICMP error about a datagram to
+/// anyone else is counted as [`QueuedErrors::elsewhere`] and nothing more. With no peer, or a
+/// name that does not parse, every entry is taken as about the peer.
+pub fn parse_queued_error_about(control: &[u8], name: &[u8], peer: Option<IpAddr>) -> QueuedErrors {
+    let mut found = QueuedErrors::default();
+    let Some(error) = queued_error(control) else {
+        return found;
+    };
+    let from_icmp = matches!(
+        error.origin,
+        libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+    );
+    let about = source_address(name).map(|to| to.ip());
+    match (peer, about) {
+        (Some(peer), Some(about)) if from_icmp && about != peer.to_canonical() => {
+            found.elsewhere += 1;
+        }
+        _ => found.note(error),
     }
     found
 }
@@ -579,6 +607,59 @@ mod tests {
             "cut short"
         );
         assert_eq!(parse_queued_error(&[]), QueuedErrors::default());
+    }
+
+    #[test]
+    fn an_icmp_error_about_another_destination_is_no_hint() {
+        let big = extended_error(
+            libc::SOL_IP,
+            libc::IP_RECVERR,
+            libc::EMSGSIZE,
+            libc::SO_EE_ORIGIN_ICMP,
+            552,
+        );
+        let local = extended_error(
+            libc::SOL_IP,
+            libc::IP_RECVERR,
+            libc::EMSGSIZE,
+            libc::SO_EE_ORIGIN_LOCAL,
+            1280,
+        );
+        let name = |to: &str| {
+            let (bytes, len) = sockaddr_bytes(to.parse().unwrap());
+            bytes[..len].to_vec()
+        };
+        let peer: Option<IpAddr> = "198.18.0.2".parse().ok();
+        let about_peer = parse_queued_error_about(&big, &name("198.18.0.2:55555"), peer);
+        assert_eq!(about_peer, parse_queued_error(&big), "the peer's, any port");
+        let other_port = parse_queued_error_about(&big, &name("198.18.0.2:9"), peer);
+        assert_eq!(other_port.icmp_path_mtu, Some(552), "ports are not checked");
+        let forged = parse_queued_error_about(&big, &name("203.0.113.7:55555"), peer);
+        assert_eq!(
+            forged,
+            QueuedErrors {
+                elsewhere: 1,
+                ..QueuedErrors::default()
+            }
+        );
+        let mapped = parse_queued_error_about(&big, &name("[::ffff:198.18.0.2]:55555"), peer);
+        assert_eq!(mapped.icmp_path_mtu, Some(552), "IPv4-mapped is the peer");
+        let mapped_peer = "::ffff:198.18.0.2".parse().ok();
+        let plain = parse_queued_error_about(&big, &name("198.18.0.2:55555"), mapped_peer);
+        assert_eq!(plain.elsewhere, 0, "a mapped peer matches its IPv4 form");
+        let own_limit = parse_queued_error_about(&local, &name("203.0.113.7:1"), peer);
+        assert_eq!(
+            own_limit.local_path_mtu,
+            Some(1280),
+            "the local stack's limit is believed"
+        );
+        for (name, peer) in [(name("203.0.113.7:1"), None), (vec![1, 2, 3], peer)] {
+            assert_eq!(
+                parse_queued_error_about(&big, &name, peer),
+                parse_queued_error(&big),
+                "no peer, or no name: taken as about the peer"
+            );
+        }
     }
 
     #[test]

@@ -623,7 +623,10 @@ impl Worker {
                         Socket::Worker => Some(self.socket.as_raw_fd()),
                         Socket::Fragmenting => self.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
                     };
-                    let queued = fd.map(socket::drain_error_queue).unwrap_or_default();
+                    let peer = Some(self.relay.peer().ip());
+                    let queued = fd
+                        .map(|fd| socket::drain_error_queue(fd, peer))
+                        .unwrap_or_default();
                     let view = self.memory.view();
                     self.relay.on_errors_drained(socket, queued, now_ns, &view);
                     continue;
