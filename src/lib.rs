@@ -95,7 +95,11 @@ pub mod fuzzing {
         MAX_RUN_SEGMENTS, Policy, Segment, finish_segments, plan_segments, validate,
     };
     pub use crate::offload::complete_checksum;
+    pub use crate::offload::icmp::{
+        IPV4_ERROR_MAX, IPV6_MIN_MTU, MAX_REPLY, TooBig, may_answer, too_big_action, too_big_reply,
+    };
     pub use crate::offload::split::{MAX_HEADER_LEN, Split};
+    pub use crate::relay::fuzz::receive_plan;
     pub use crate::steer::{flow_index, flow_key, reuseport_program};
     pub use crate::wire::cmsg::{
         QueuedErrors, gro_segment_size, parse_queued_error, parse_queued_error_about,

@@ -15,7 +15,7 @@ type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, Seeds); 7] = [
+    let targets: [(&str, Seeds); 9] = [
         ("coalesce_round_trip", coalesce_seeds()),
         ("split_vnet", split_seeds()),
         ("steer_cbpf", steer_seeds()),
@@ -23,6 +23,8 @@ fn main() {
         ("control_messages", control_seeds()),
         ("error_queue", error_queue_seeds()),
         ("netlink_answers", netlink_seeds()),
+        ("receive_plan", receive_plan_seeds()),
+        ("icmp_too_big", icmp_too_big_seeds()),
     ];
     // tunfwd-wireguard's targets take the messages its fixed test devices really exchange.
     let wireguard = tunfwd_wireguard::fuzzing::seeds();
@@ -312,7 +314,14 @@ fn control_seeds() -> Seeds {
 
 /// One `IP_RECVERR` message: a `sock_extended_err` (errno, origin, type, code, pad, info, data)
 /// and the offender's address, as `ip_icmp_error` and `ip_local_error` queue them.
-fn extended_error(level: i32, kind: i32, errno: i32, origin: u8, icmp: (u8, u8), info: u32) -> Vec<u8> {
+fn extended_error(
+    level: i32,
+    kind: i32,
+    errno: i32,
+    origin: u8,
+    icmp: (u8, u8),
+    info: u32,
+) -> Vec<u8> {
     let mut value = Vec::new();
     value.extend_from_slice(&(errno as u32).to_ne_bytes());
     value.extend_from_slice(&[origin, icmp.0, icmp.1, 0]);
@@ -328,29 +337,111 @@ fn extended_error(level: i32, kind: i32, errno: i32, origin: u8, icmp: (u8, u8),
 }
 
 /// A fragmentation-needed for 1400, a port unreachable, an ICMPv6 packet-too-big, and the local
-/// stack's "message too long" for 1280.
+/// stack's "message too long" for 1280; each after the input's first byte, which cuts a name of
+/// that many bytes (modulo 29) off the end: here a `sockaddr_in` of the target's peer, or of
+/// another address for the frag-needed.
 fn error_queue_seeds() -> Seeds {
     let (v4, v6) = (
         (libc::SOL_IP, libc::IP_RECVERR),
         (libc::SOL_IPV6, libc::IPV6_RECVERR),
     );
+    let named = |control: Vec<u8>, to: [u8; 4]| {
+        let mut input = vec![16];
+        input.extend_from_slice(&control);
+        input.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        input.extend_from_slice(&55555u16.to_be_bytes());
+        input.extend_from_slice(&to);
+        input.extend_from_slice(&[0; 8]);
+        input
+    };
+    let (peer, elsewhere) = ([198, 18, 0, 2], [203, 0, 113, 7]);
+    let frag_needed = || {
+        extended_error(
+            v4.0,
+            v4.1,
+            libc::EMSGSIZE,
+            libc::SO_EE_ORIGIN_ICMP,
+            (3, 4),
+            1400,
+        )
+    };
     vec![
-        (
-            "frag-needed",
-            extended_error(v4.0, v4.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_ICMP, (3, 4), 1400),
-        ),
+        ("frag-needed", named(frag_needed(), peer)),
+        ("frag-needed-elsewhere", named(frag_needed(), elsewhere)),
         (
             "port-unreachable",
-            extended_error(v4.0, v4.1, libc::ECONNREFUSED, libc::SO_EE_ORIGIN_ICMP, (3, 3), 0),
+            named(
+                extended_error(
+                    v4.0,
+                    v4.1,
+                    libc::ECONNREFUSED,
+                    libc::SO_EE_ORIGIN_ICMP,
+                    (3, 3),
+                    0,
+                ),
+                peer,
+            ),
         ),
         (
             "packet-too-big",
-            extended_error(v6.0, v6.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_ICMP6, (2, 0), 1280),
+            named(
+                extended_error(
+                    v6.0,
+                    v6.1,
+                    libc::EMSGSIZE,
+                    libc::SO_EE_ORIGIN_ICMP6,
+                    (2, 0),
+                    1280,
+                ),
+                peer,
+            ),
         ),
         (
             "local",
-            extended_error(v4.0, v4.1, libc::EMSGSIZE, libc::SO_EE_ORIGIN_LOCAL, (0, 0), 1280),
+            named(
+                extended_error(
+                    v4.0,
+                    v4.1,
+                    libc::EMSGSIZE,
+                    libc::SO_EE_ORIGIN_LOCAL,
+                    (0, 0),
+                    1280,
+                ),
+                peer,
+            ),
         ),
+    ]
+}
+
+/// Receives as `receive_plan` reads them (flags, GRO size, outer TOS, payload): two TCP segments
+/// of one flow that merge under a GRO size, a UDP datagram marked CE outside, and a cut control
+/// area over an IPv6 packet.
+fn receive_plan_seeds() -> Seeds {
+    let tcp = |seq: u32| packet(false, false, 100, |f| f.seq = seq);
+    let mut merge = vec![0b0110];
+    merge.extend_from_slice(&(tcp(0).len() as u16).to_be_bytes());
+    merge.push(0);
+    merge.extend_from_slice(&tcp(0));
+    merge.extend_from_slice(&tcp(100));
+    let mut ce = vec![0b1000, 0, 0, 0x03];
+    ce.extend_from_slice(&packet(false, true, 64, |_| {}));
+    let mut cut = vec![0b0001, 0, 0, 0];
+    cut.extend_from_slice(&packet(true, false, 40, |_| {}));
+    vec![("tcp-merge", merge), ("udp-ce", ce), ("cut-v6", cut)]
+}
+
+/// An MTU, then a packet: a full-sized IPv4 TCP segment (with DF) to be told 1252, an IPv6 one
+/// to be told 1280, and a short IPv4 one under the 576 floor (no answer).
+fn icmp_too_big_seeds() -> Seeds {
+    let with_mtu = |mtu: u16, packet: Vec<u8>| {
+        let mut input = mtu.to_be_bytes().to_vec();
+        input.extend_from_slice(&packet);
+        input
+    };
+    vec![
+        ("v4-1252", with_mtu(1252, packet(false, false, 1432, |_| {}))),
+        ("v6-1280", with_mtu(1280, packet(true, false, 1400, |_| {}))),
+        ("v4-floor", with_mtu(500, packet(false, false, 10, |_| {}))),
     ]
 }
 

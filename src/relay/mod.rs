@@ -27,6 +27,8 @@
 //! and how it goes into the TUN), [`receive::judge_write`], [`plpmtud::Plpmtud`] (the path MTU).
 
 pub mod batch;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(test)]
 mod lifetime;
 pub mod path;

@@ -273,7 +273,8 @@ pub fn datagram_stride(gro_size: Option<usize>, control_truncated: bool, payload
         _ => None,
     };
     let stride = match gro_size {
-        Some(size) => size,
+        // Never 0 (`wire::cmsg` reads none), but a stride of 0 would cut nothing.
+        Some(size) => size.max(1),
         None if control_truncated => ip_len()
             .filter(|len| *len > 0 && *len <= payload.len())
             .unwrap_or(payload.len()),

@@ -158,7 +158,7 @@ mod tests {
         let sender =
             udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         let elsewhere: IpAddr = "127.0.0.9".parse().unwrap();
-        let mut drain = |peer: IpAddr| {
+        let drain = |peer: IpAddr| {
             tunfwd_testkit::sockets::send_with_tos(&sender, to, b"anyone?", 0).unwrap();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             let mut found = QueuedErrors::default();
