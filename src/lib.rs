@@ -101,6 +101,7 @@ pub mod fuzzing {
     pub use crate::offload::split::{MAX_HEADER_LEN, Split};
     pub use crate::relay::fuzz::receive_plan;
     pub use crate::steer::{flow_index, flow_key, reuseport_program};
+    pub use crate::sys::owner::fuzz_proc_text;
     pub use crate::wire::cmsg::{
         QueuedErrors, gro_segment_size, parse_queued_error, parse_queued_error_about,
     };

@@ -70,6 +70,8 @@
 mod device;
 mod locks;
 mod procfs;
+#[doc(hidden)]
+pub use procfs::fuzz_proc_text;
 
 use super::Error;
 use device::look_at_device;

@@ -314,6 +314,45 @@ pub(super) fn has_thread_in_namespace(pid: u32, namespace: &Path) -> bool {
     !readable
 }
 
+/// Text from /proc that other processes write (a command line and `comm` are anything their
+/// owner chose), through every parser here, for the fuzz target: `input` is cut in two at its
+/// first byte's value. Panics unless: [`printable`] leaves no control or text-hiding character
+/// and escaping its output again changes nothing; a command is at most `COMMAND_CHARS`
+/// characters plus its brackets or `...`, and printable too; a TUN device name is a trimmed,
+/// non-empty piece of the text; the rest does not panic.
+pub fn fuzz_proc_text(input: &[u8]) {
+    let Some((&at, rest)) = input.split_first() else {
+        return;
+    };
+    let (first, second) = rest.split_at(usize::from(at).min(rest.len()));
+    let shown = printable(rest);
+    assert!(
+        !shown.chars().any(|c| c.is_control() || hides_text(c)),
+        "{shown:?}"
+    );
+    assert_eq!(
+        printable(shown.as_bytes()),
+        shown,
+        "escaping twice changes nothing"
+    );
+    let command = command_line(first, second);
+    // Cut at `COMMAND_CHARS`, then `...`, then the brackets of a `comm`.
+    assert!(command.chars().count() <= COMMAND_CHARS + 5, "{command:?}");
+    assert_eq!(printable(command.as_bytes()), command);
+    let (first, second) = (
+        String::from_utf8_lossy(first),
+        String::from_utf8_lossy(second),
+    );
+    for line in first.lines() {
+        let _ = parse_udp_row(line, false);
+        let _ = parse_udp_row(line, true);
+    }
+    if let Some(name) = tun_fdinfo_device(&first) {
+        assert!(!name.is_empty() && name.trim() == name && first.contains(name));
+    }
+    let _ = exiting(&first, &second);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
