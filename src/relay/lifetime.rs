@@ -426,3 +426,41 @@ fn every_probe_from_the_peer_is_answered() {
     assert_eq!(r.stats().path.pmtu_probes_answered, probes);
     assert_eq!(r.stats().counters.control_unanswered, 0);
 }
+
+/// A read that fails ends the worker only after 64 failures in a row in its direction. A read
+/// that brings something starts that direction's count again; a stall (ENOBUFS) or an
+/// interrupted read is no failure; one direction's failures do not count for the other's.
+#[test]
+fn only_a_run_of_read_failures_ends_the_worker() {
+    let fail = |r: &mut Relay, tun: bool, times: usize| {
+        (0..times).all(|_| r.on_read_error(tun, libc::EIO).is_ok())
+    };
+    let mut r = relay();
+    assert!(fail(&mut r, true, 63));
+    assert!(fail(&mut r, false, 63), "the UDP side counts apart");
+    for errno in [libc::ENOBUFS, libc::EINTR, libc::EAGAIN, libc::ECANCELED] {
+        assert!(r.on_read_error(true, errno).is_ok());
+    }
+    assert_eq!(r.on_read_error(true, libc::EIO), Err(libc::EIO), "the 64th");
+
+    let mut r = relay();
+    assert!(fail(&mut r, true, 63));
+    let bid = r.pop_free_tun().unwrap();
+    let mut short = [0u8; 4];
+    r.on_tun_read(bid, &mut short, 4, 0);
+    assert!(
+        fail(&mut r, true, 63),
+        "a read that brought bytes starts again"
+    );
+    assert!(r.on_read_error(true, libc::EIO).is_err());
+
+    let mut r = relay();
+    assert!(fail(&mut r, false, 63));
+    let bid = r.pop_free_udp().unwrap();
+    r.on_unreadable_receive(bid);
+    assert!(
+        fail(&mut r, false, 63),
+        "so does a receive, even an unreadable one"
+    );
+    assert!(r.on_read_error(false, libc::EIO).is_err());
+}

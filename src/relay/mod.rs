@@ -211,6 +211,9 @@ pub struct Relay {
     requests: VecDeque<Request>,
     /// Sends and writes handed out whose result has not come back yet.
     in_flight: usize,
+    /// Failed TUN reads and UDP receives in a row (`on_read_error`), each set back to 0 by a
+    /// read that brought something.
+    read_failures: ReadFailures,
     snapshot_every_ns: Option<u64>,
     next_snapshot_ns: Option<u64>,
     /// A snapshot waits for the socket's drop count (`ReadSocketDrops` is out).
@@ -292,6 +295,7 @@ impl Relay {
             awaiting_errors: false,
             requests: VecDeque::with_capacity(4 * usize::from(tun_buffers.max(udp_buffers)) + 16),
             in_flight: 0,
+            read_failures: ReadFailures::default(),
             snapshot_every_ns,
             next_snapshot_ns: snapshot_every_ns,
             snapshot_pending: false,
@@ -312,8 +316,7 @@ impl Relay {
         self.requests.pop_front()
     }
 
-    /// Sends and writes handed out whose result has not come back.
-    #[cfg(test)]
+    /// Sends and writes handed out whose result has not come back: what a shutdown waits for.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -470,9 +473,15 @@ impl Relay {
     }
 
     /// A read or receive failed with `errno`: `Err` with the error once it is the worker's end
-    /// (`failures`, that read's count of failures in a row, reached `MAX_CONSECUTIVE_FAILURES`).
-    pub fn on_read_error(&mut self, tun: bool, errno: i32, failures: &mut u32) -> Result<(), i32> {
+    /// (that read's failures in a row reached `MAX_CONSECUTIVE_FAILURES`; a TUN read or a UDP
+    /// receive that brings something starts the count again).
+    pub fn on_read_error(&mut self, tun: bool, errno: i32) -> Result<(), i32> {
         const MAX_CONSECUTIVE_FAILURES: u32 = 64;
+        let failures = if tun {
+            &mut self.read_failures.tun
+        } else {
+            &mut self.read_failures.udp
+        };
         match errno {
             libc::ENOBUFS => self.stats.counters.buffer_stalls += 1,
             libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
@@ -490,6 +499,7 @@ impl Relay {
     /// A receive into `bid` whose parts could not be found (a multishot receive's header said
     /// more than the buffer holds): an oversized datagram, counted, and the buffer goes back.
     pub fn on_unreadable_receive(&mut self, bid: u16) {
+        self.read_failures.udp = 0;
         self.stats
             .counters
             .drop(crate::stats::DropReason::OversizedDatagram);
@@ -574,6 +584,13 @@ impl Relay {
         self.in_flight += 1;
         self.requests.push_back(request);
     }
+}
+
+/// Failed reads in a row, per direction.
+#[derive(Debug, Default)]
+struct ReadFailures {
+    tun: u32,
+    udp: u32,
 }
 
 /// What the relay asks of the shell's buffers after a read handed one over: the bytes of a TUN

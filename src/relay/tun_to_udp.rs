@@ -16,6 +16,7 @@ impl Relay {
     /// A TUN read of `len` bytes filled buffer `bid` (`buffer`, which the relay now owns and no
     /// request names).
     pub fn on_tun_read(&mut self, bid: u16, buffer: &mut [u8], len: usize, now_ns: u64) {
+        self.read_failures.tun = 0;
         let verdict = tun::classify(
             buffer,
             len,

@@ -18,6 +18,7 @@ impl Relay {
     /// A receive filled UDP buffer `bid` (`buffer`, which the relay now owns and no request
     /// names), as `received` says.
     pub fn on_udp_recv(&mut self, bid: u16, buffer: &mut [u8], received: Received, now_ns: u64) {
+        self.read_failures.udp = 0;
         let in_bounds = received.payload.end <= buffer.len();
         let control = cmsg::receive_control(buffer.get(received.control.clone()).unwrap_or(&[]));
         let payload = buffer.get(received.payload.clone()).unwrap_or_default();

@@ -47,8 +47,6 @@ pub(super) struct Compat {
     /// Reads and receives armed now (at most `MAX_ARMED` each).
     tun_armed: usize,
     udp_armed: usize,
-    tun_failures: u32,
-    udp_failures: u32,
     /// The wait bound. The kernel copies it when it takes the TIMEOUT (`io_timeout_prep`), so
     /// an armed timer pins no memory and is not counted in `in_flight`: it may be left armed at
     /// shutdown, and goes with the ring.
@@ -77,8 +75,6 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Compat, Worker), sys::Erro
         udp_reading: vec![false; usize::from(worker.memory.udp_buffers.count())].into_boxed_slice(),
         tun_armed: 0,
         udp_armed: 0,
-        tun_failures: 0,
-        udp_failures: 0,
         timeout: Box::new(
             Timespec::new()
                 .sec(IDLE_WAIT.as_secs())
@@ -181,17 +177,16 @@ impl RingEngine for Compat {
                 self.tun_reading[usize::from(bid)] = false;
                 self.tun_armed -= 1;
                 if result > 0 {
-                    self.tun_failures = 0;
                     worker.on_tun_read(bid, result as usize, now_ns);
                     // What else the queue holds, read at once with plain reads, so that plain
                     // packets can share GSO sends and the one armed read is not a bottleneck. No
                     // read is armed now, so nothing can overtake these.
-                    read_tun(worker, READ_BUDGET - 1, now_ns, &mut self.tun_failures);
+                    read_tun(worker, READ_BUDGET - 1, now_ns);
                 } else {
                     worker.relay.give_back_tun(bid);
                     // A TUN read never returns 0 bytes while the device is there.
                     let errno = if result == 0 { libc::EIO } else { -result };
-                    worker.on_read_error(true, errno, &mut self.tun_failures);
+                    worker.on_read_error(true, errno);
                 }
             }
             Op::UdpRecv => {
@@ -200,14 +195,13 @@ impl RingEngine for Compat {
                 self.udp_reading[usize::from(bid)] = false;
                 self.udp_armed -= 1;
                 if result >= 0 {
-                    self.udp_failures = 0;
                     let layout = worker.memory.layout;
                     let msg = &worker.memory.udp_slots[usize::from(bid)].recv_msg;
                     let received = received_from_msghdr(msg, layout, result as usize);
                     worker.on_udp_recv(bid, received, now_ns);
                 } else {
                     worker.relay.give_back_udp(bid);
-                    worker.on_read_error(false, -result, &mut self.udp_failures);
+                    worker.on_read_error(false, -result);
                 }
             }
             Op::UdpSend | Op::TunWrite | Op::ControlSend => worker.complete(token, result, now_ns),

@@ -139,12 +139,13 @@ impl Submission {
     }
 }
 
-/// Submissions made and not yet handed to the engine, and how many await their result.
+/// Submissions made and not yet handed to the engine. How many await their result is the
+/// relay's count ([`Relay::in_flight`]); `stuck` adds the operations the `drain-stuck` fault
+/// makes up, which never report back.
 #[derive(Default)]
 struct Submissions {
     queued: Vec<Submission>,
-    /// Submissions handed over (or injected) whose result has not come back yet.
-    in_flight: usize,
+    stuck: usize,
 }
 
 /// Results an engine made up for submissions it did not carry out (test-only faults), waiting
@@ -283,7 +284,7 @@ fn drive<D: Driver>(
         eprintln!(
             "tunfwd: queue {}: {} operations did not finish at shutdown; leaking their buffers",
             config.queue,
-            engine.in_flight() + worker.submissions.in_flight
+            engine.in_flight() + worker.in_flight()
         );
         // The relay's own memory (rewritten headers, control messages) may be named too.
         std::mem::forget(worker.memory);
@@ -543,8 +544,8 @@ impl Worker {
     }
 
     /// A read or receive failed; after too many in a row, the worker's end.
-    fn on_read_error(&mut self, tun: bool, errno: i32, failures: &mut u32) {
-        if self.relay.on_read_error(tun, errno, failures).is_err() {
+    fn on_read_error(&mut self, tun: bool, errno: i32) {
+        if self.relay.on_read_error(tun, errno).is_err() {
             let what = if tun { "TUN read" } else { "UDP receive" };
             let e = io::Error::from_raw_os_error(errno);
             self.fatal.get_or_insert(io::Error::new(
@@ -554,9 +555,14 @@ impl Worker {
         }
     }
 
+    /// Submissions whose result has not come back: the relay's sends and writes, and what the
+    /// `drain-stuck` fault made up.
+    fn in_flight(&self) -> usize {
+        self.relay.in_flight() + self.submissions.stuck
+    }
+
     /// Reports the result of a submission (a send or a TUN write) back to the relay.
     fn complete(&mut self, token: Token, result: i32, now_ns: u64) {
-        self.submissions.in_flight = self.submissions.in_flight.saturating_sub(1);
         let view = self.memory.view();
         self.relay.complete(token, result, now_ns, &view);
     }
@@ -642,7 +648,6 @@ impl Worker {
                     continue;
                 }
             };
-            self.submissions.in_flight += 1;
             self.submissions.queued.push(submission);
         }
     }

@@ -41,8 +41,6 @@ pub(super) struct Poll {
     requests: Vec<Submission>,
     /// Results of submissions a test-only fault kept from their system call.
     injected: Injected,
-    tun_failures: u32,
-    udp_failures: u32,
 }
 
 pub(super) fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error> {
@@ -67,8 +65,6 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error>
         results: Vec::with_capacity(4 * config.ring_depth + 16),
         requests: Vec::with_capacity(4 * config.ring_depth + 16),
         injected: Injected::default(),
-        tun_failures: 0,
-        udp_failures: 0,
     };
     Ok((engine, worker))
 }
@@ -160,7 +156,7 @@ impl Poll {
     /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free. Returns
     /// how many reads brought a packet.
     fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) -> usize {
-        read_tun(worker, READ_BUDGET, now_ns, &mut self.tun_failures)
+        read_tun(worker, READ_BUDGET, now_ns)
     }
 
     /// One `recvmmsg` into as many free buffers as it may fill. Returns how many it filled.
@@ -196,11 +192,10 @@ impl Poll {
         let got = if n < 0 {
             let e = errno();
             if e != libc::EAGAIN {
-                worker.on_read_error(false, e, &mut self.udp_failures);
+                worker.on_read_error(false, e);
             }
             0
         } else {
-            self.udp_failures = 0;
             n as usize
         };
         for k in 0..self.received.len() {
@@ -314,27 +309,22 @@ impl Poll {
         worker.stop();
         begin_drain(worker, &mut self.injected);
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        while worker.submissions.in_flight > 0 && Instant::now() < deadline {
+        while worker.in_flight() > 0 && Instant::now() < deadline {
             self.carry_out(worker);
             let now = worker.now_ns();
             worker.end_batch(now);
-            if worker.submissions.in_flight > 0 {
+            if worker.in_flight() > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        worker.submissions.in_flight == 0
+        worker.in_flight() == 0
     }
 }
 
 /// Reads the worker's (non-blocking) TUN queue until it is empty, `budget` reads brought a
 /// packet or no buffer is free, handing each packet to the worker. Returns how many reads
-/// brought a packet. `failures` counts failed reads in a row (`Worker::on_read_error`).
-pub(super) fn read_tun(
-    worker: &mut Worker,
-    budget: usize,
-    now_ns: u64,
-    failures: &mut u32,
-) -> usize {
+/// brought a packet.
+pub(super) fn read_tun(worker: &mut Worker, budget: usize, now_ns: u64) -> usize {
     let tun = worker.tun.as_raw_fd();
     let len = worker.memory.tun_buffers.buf_len();
     for read in 0..budget {
@@ -345,7 +335,6 @@ pub(super) fn read_tun(
         // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
         let n = unsafe { libc::read(tun, buffer.cast(), len) };
         if n > 0 {
-            *failures = 0;
             worker.on_tun_read(bid, n as usize, now_ns);
             continue;
         }
@@ -353,7 +342,7 @@ pub(super) fn read_tun(
         // A TUN read never returns 0 bytes while the device is there.
         let e = if n == 0 { libc::EIO } else { errno() };
         if e != libc::EAGAIN {
-            worker.on_read_error(true, e, failures);
+            worker.on_read_error(true, e);
         }
         return read;
     }

@@ -38,8 +38,6 @@ pub(super) struct Uring {
     udp_in_kernel: usize,
     tun_read_armed: bool,
     udp_recv_armed: bool,
-    tun_failures: u32,
-    udp_failures: u32,
     /// This engine's own operations (reads, cancels) awaiting their final completion.
     in_flight: usize,
     entries: Vec<squeue::Entry>,
@@ -82,8 +80,6 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
         udp_in_kernel: 0,
         tun_read_armed: false,
         udp_recv_armed: false,
-        tun_failures: 0,
-        udp_failures: 0,
         in_flight: 0,
         entries: Vec::with_capacity(4 * depth + 16),
         completions: Vec::with_capacity(4 * sq_entries as usize),
@@ -317,7 +313,7 @@ impl<E: RingEngine> Driver for E {
         self.cancel_reads();
         begin_drain(worker, self.injected());
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        while self.own_in_flight() + worker.submissions.in_flight > 0 && Instant::now() < deadline {
+        while self.own_in_flight() + worker.in_flight() > 0 && Instant::now() < deadline {
             self.flush(worker);
             let want = usize::from(self.injected().is_empty());
             if self.wait(want, super::IDLE_WAIT).is_err() {
@@ -326,7 +322,7 @@ impl<E: RingEngine> Driver for E {
             reap(self, worker);
         }
         self.flush(worker);
-        self.own_in_flight() + worker.submissions.in_flight == 0
+        self.own_in_flight() + worker.in_flight() == 0
     }
 
     fn in_flight(&self) -> usize {
@@ -414,10 +410,9 @@ impl RingEngine for Uring {
                 match bid {
                     Some(bid) if result >= 0 => {
                         self.tun_in_kernel -= 1;
-                        self.tun_failures = 0;
                         worker.on_tun_read(bid, result as usize, now_ns);
                     }
-                    _ => worker.on_read_error(true, -result, &mut self.tun_failures),
+                    _ => worker.on_read_error(true, -result),
                 }
             }
             Op::UdpRecv => {
@@ -429,10 +424,9 @@ impl RingEngine for Uring {
                 match bid {
                     Some(bid) if result >= 0 => {
                         self.udp_in_kernel -= 1;
-                        self.udp_failures = 0;
                         self.on_udp_recv(worker, bid, result as usize, now_ns);
                     }
-                    _ => worker.on_read_error(false, -result, &mut self.udp_failures),
+                    _ => worker.on_read_error(false, -result),
                 }
             }
             Op::UdpSend | Op::TunWrite | Op::ControlSend => worker.complete(token, result, now_ns),
@@ -519,6 +513,6 @@ impl Uring {
 pub(super) fn begin_drain(worker: &mut Worker, injected: &mut Injected) {
     injected.release();
     if worker.faults.drain_stuck() {
-        worker.submissions.in_flight += 1;
+        worker.submissions.stuck += 1;
     }
 }
