@@ -13,8 +13,9 @@
 //! buffer-lifetime contract), and `worker`, whose engines carry out requests that point into
 //! that memory and cite the contract at each `unsafe` block.
 //!
-//! Dependencies point one way: `main -> run -> worker -> {relay, engine, ring, sys, stats}`,
-//! `relay -> {offload, wire, stats}`, `sys -> wire`, `wire -> nothing`.
+//! Dependencies point one way: `main -> run -> worker -> {relay, engine, ring, sys, stats,
+//! offload, faults, shared}`, `relay -> {offload, steer, wire, stats}`, `stats -> wire`,
+//! `offload -> wire`, `steer -> wire`, `sys -> wire`, `wire -> nothing`.
 //!
 //! # API
 //!

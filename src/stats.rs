@@ -5,7 +5,6 @@
 //! (a snapshot sent at an interval, or the final one at exit) and merges histograms with
 //! `Histogram::add` there, once.
 
-use crate::relay::plpmtud::Counts;
 use crate::wire::icmp::IcmpKind;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
@@ -147,6 +146,9 @@ pub trait Listed {
     fn add_listed(&mut self, other: &Self);
 }
 
+/// How many of [`Counters`]' first counters the stats table shows as its columns.
+const TABLE_COLUMNS: usize = 8;
+
 counters! {
     /// Counters of one queue. All counts are since the worker started.
     pub struct Counters {
@@ -193,6 +195,25 @@ counters! {
         /// Packets dropped, by [`DropReason`].
         pub drops: [u64; DropReason::ALL.len()],
     }
+}
+
+/// What the path MTU machine (`relay::plpmtud`) counts, reported per worker in [`PathStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlpmtudCounts {
+    pub probes_sent: u64,
+    pub probes_acked: u64,
+    /// ICMP hints of a smaller path MTU.
+    pub hints: u64,
+    /// Hints a probe of the working size showed to be false.
+    pub hints_refuted: u64,
+    /// Times the working size went down (a confirmed hint, a local limit, an unconfirmable
+    /// hint taken down to the floor).
+    pub lowered: u64,
+    /// Times the working size went back up.
+    pub raised: u64,
+    /// Probe losses that small probes shared (congestion, or the peer away): not taken as the
+    /// path's doing.
+    pub inconclusive: u64,
 }
 
 counters! {
@@ -252,7 +273,7 @@ impl PathStats {
     }
 
     /// Takes the path MTU machine's counts (cumulative, so assigned, not added).
-    pub fn take_probe_counts(&mut self, counts: &Counts) {
+    pub fn take_probe_counts(&mut self, counts: &PlpmtudCounts) {
         self.pmtu_probes_sent = counts.probes_sent;
         self.pmtu_probes_acked = counts.probes_acked;
         self.pmtu_hints = counts.hints;
@@ -494,35 +515,24 @@ impl Report {
             "tunfwd stats after {:.1} s",
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(
-            out,
-            "{:>5} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>8}",
-            "queue",
-            "tun_rx_pkts",
-            "tun_rx_bytes",
-            "udp_tx_pkts",
-            "udp_tx_bytes",
-            "udp_rx_pkts",
-            "udp_rx_bytes",
-            "tun_tx_pkts",
-            "tun_tx_bytes",
-            "drops"
-        );
+        // The first `TABLE_COLUMNS` counters of the list (packets and bytes, each way) are the
+        // columns, a count 12 wide and bytes 14, so the list's order decides them.
+        let width = |i: usize| if i % 2 == 0 { 12 } else { 14 };
+        let header: String = Counters::NAMES[..TABLE_COLUMNS]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!(" {:>w$}", name.replace("_packets", "_pkts"), w = width(i)))
+            .collect();
+        let _ = writeln!(out, "{:>5}{header} {:>8}", "queue", "drops");
         let row = |out: &mut String, label: &str, c: &Counters| {
-            let _ = writeln!(
-                out,
-                "{:>5} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>12} {:>14} {:>8}",
-                label,
-                c.tun_rx_packets,
-                c.tun_rx_bytes,
-                c.udp_tx_packets,
-                c.udp_tx_bytes,
-                c.udp_rx_packets,
-                c.udp_rx_bytes,
-                c.tun_tx_packets,
-                c.tun_tx_bytes,
-                c.total_drops()
-            );
+            let cells: String = c
+                .values()
+                .into_iter()
+                .take(TABLE_COLUMNS)
+                .enumerate()
+                .map(|(i, value)| format!(" {value:>w$}", w = width(i)))
+                .collect();
+            let _ = writeln!(out, "{label:>5}{cells} {:>8}", c.total_drops());
         };
         for q in &self.queues {
             row(&mut out, &q.queue.to_string(), &q.counters);
@@ -547,7 +557,7 @@ impl Report {
         );
         // Every other counter that is not zero, by its listed name: the columns above and the
         // kernel's drops below are left out.
-        let columns = &Counters::NAMES[..8];
+        let columns = &Counters::NAMES[..TABLE_COLUMNS];
         let others: Vec<String> = Counters::NAMES
             .iter()
             .zip(total.values())
@@ -719,6 +729,32 @@ mod tests {
         assert!(t.contains("tun_to_udp"));
         assert!(t.contains("p99.9"));
         assert_eq!(t.lines().count(), 1 + 1 + 2 + 1 + 3 + 1 + 2);
+        let header: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "queue",
+                "tun_rx_pkts",
+                "tun_rx_bytes",
+                "udp_tx_pkts",
+                "udp_tx_bytes",
+                "udp_rx_pkts",
+                "udp_rx_bytes",
+                "tun_tx_pkts",
+                "tun_tx_bytes",
+                "drops"
+            ]
+        );
+        let total: Vec<&str> = t.lines().nth(4).unwrap().split_whitespace().collect();
+        assert_eq!(
+            total,
+            ["total", "7", "700", "7", "0", "0", "0", "0", "0", "2"]
+        );
+        assert_eq!(
+            t.lines().nth(1).unwrap().len(),
+            t.lines().nth(4).unwrap().len(),
+            "header and rows line up"
+        );
     }
 
     #[test]

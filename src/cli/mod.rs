@@ -24,8 +24,6 @@ pub use parse::parse_byte;
 pub use parse::{parse_cpu_list, parse_size};
 pub use validate::{Account, Accounts, Config, pick_peer};
 
-use std::fmt;
-
 /// The UDP port tunfwd listens on by default.
 pub const DEFAULT_PORT: u16 = 55555;
 /// Linux's limit on queues of one TUN device (`MAX_TAP_QUEUES` in drivers/net/tun.c).
@@ -48,7 +46,8 @@ const MAX_BUSY_POLL_US: u64 = 10_000;
 const MAX_PEER_REFRESH_SECS: u64 = 86_400;
 
 /// Bad input: which option, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{option}: {problem}")]
 pub struct ConfigError {
     /// The option as typed, `--queues`.
     pub option: String,
@@ -61,14 +60,6 @@ impl ConfigError {
         self.problem
     }
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.option, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn bad(option: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {

@@ -244,11 +244,7 @@ impl Relay {
             snapshot_every_ns,
         } = config;
         let family = OuterFamily::of(peer);
-        let slot_segments = if offloads.tun_offloads() {
-            MAX_SPLIT_SEGMENTS
-        } else {
-            GSO_MAX_SEGMENTS
-        };
+        let slot_segments = slot_segments(offloads);
         let path = PathMtu::new(family, mtu, Some(shared_path.working()));
         let mut stats = WorkerStats::new(queue);
         stats.path.path_mtu = path.path_mtu as u64;
@@ -583,6 +579,17 @@ impl Relay {
     fn queue_io(&mut self, request: Request) {
         self.in_flight += 1;
         self.requests.push_back(request);
+    }
+}
+
+/// The segments one TUN buffer's slot must have room for: a super-packet's, split, when the
+/// TUN hands them over (`MAX_SPLIT_SEGMENTS`), else one GSO send's worth of plain packets. The
+/// relay's slots and the worker's memory are both sized by it.
+pub fn slot_segments(offloads: Offloads) -> usize {
+    if offloads.tun_offloads() {
+        MAX_SPLIT_SEGMENTS
+    } else {
+        GSO_MAX_SEGMENTS
     }
 }
 

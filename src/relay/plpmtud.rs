@@ -73,24 +73,8 @@ pub struct Probe {
     pub size: usize,
 }
 
-/// What the machine counts (reported per worker in `PathStats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub probes_sent: u64,
-    pub probes_acked: u64,
-    /// ICMP hints of a smaller path MTU.
-    pub hints: u64,
-    /// Hints a probe of the working size showed to be false.
-    pub hints_refuted: u64,
-    /// Times the working size went down (a confirmed hint, a local limit, an unconfirmable
-    /// hint taken down to the floor).
-    pub lowered: u64,
-    /// Times the working size went back up.
-    pub raised: u64,
-    /// Probe losses that small probes shared (congestion, or the peer away): not taken as the
-    /// path's doing.
-    pub inconclusive: u64,
-}
+/// What the machine counts: kept in `stats`, which reports it per worker in `PathStats`.
+pub use crate::stats::PlpmtudCounts as Counts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {

@@ -11,6 +11,15 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
+// `wire::cmsg` is pure and lays control areas out by its own `CMSG_SPACE` arithmetic; libc's
+// (the C macro's) must agree for each length it uses.
+const _: () = {
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it reads no memory.
+    let (two, four) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_SPACE(4)) };
+    assert!(two as usize == cmsg::SEGMENT_CONTROL_LEN && four as usize == cmsg::GRO_CONTROL_LEN);
+    assert!(four as usize == cmsg::TOS_CONTROL_LEN && four as usize == cmsg::TOS_SEND_CONTROL_LEN);
+};
+
 /// Error-queue entries [`drain_error_queue`] reads in one call.
 pub const ERROR_QUEUE_BATCH: usize = 64;
 

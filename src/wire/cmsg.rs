@@ -91,18 +91,24 @@ pub fn sockaddr_bytes(address: SocketAddr) -> ([u8; SOCKADDR_MAX_LEN], usize) {
     (bytes, len)
 }
 
-/// Room for one `UDP_GRO` control message: `CMSG_SPACE(sizeof(int))` on 64-bit Linux.
-pub const GRO_CONTROL_LEN: usize = 24;
+/// `CMSG_SPACE(len)` on 64-bit Linux: the header, then `len` bytes rounded up to the 8-byte
+/// alignment of `long` (include/linux/socket.h).
+const fn cmsg_space(len: usize) -> usize {
+    CMSG_HEADER + len.next_multiple_of(8)
+}
+
+/// Room for one `UDP_GRO` control message: `CMSG_SPACE(sizeof(int))`.
+pub const GRO_CONTROL_LEN: usize = cmsg_space(size_of::<libc::c_int>());
 /// Room for one received TOS or traffic class message: `IP_TOS` carries a byte
 /// (`ip_cmsg_recv_tos` in net/ipv4/ip_sockglue.c), `IPV6_TCLASS` an int
-/// (`ip6_datagram_recv_specific_ctl` in net/ipv6/datagram.c); `CMSG_SPACE` of either is 24.
-pub const TOS_CONTROL_LEN: usize = 24;
+/// (`ip6_datagram_recv_specific_ctl` in net/ipv6/datagram.c): `CMSG_SPACE` of the larger.
+pub const TOS_CONTROL_LEN: usize = cmsg_space(size_of::<libc::c_int>());
 /// `sizeof(struct cmsghdr)` on 64-bit Linux (include/linux/socket.h): a `size_t` and two ints.
 pub const CMSG_HEADER: usize = 16;
 /// `CMSG_SPACE(sizeof(u16))`: a `UDP_SEGMENT` message.
-pub const SEGMENT_CONTROL_LEN: usize = 24;
+pub const SEGMENT_CONTROL_LEN: usize = cmsg_space(size_of::<u16>());
 /// `CMSG_SPACE(sizeof(int))`: an `IP_TOS` or `IPV6_TCLASS` message as a send carries it.
-pub const TOS_SEND_CONTROL_LEN: usize = 24;
+pub const TOS_SEND_CONTROL_LEN: usize = cmsg_space(size_of::<libc::c_int>());
 /// The control area of one send: a `UDP_SEGMENT` message and a TOS message.
 pub const SEND_CONTROL_LEN: usize = SEGMENT_CONTROL_LEN + TOS_SEND_CONTROL_LEN;
 

@@ -33,7 +33,6 @@ pub use crate::relay::{MAX_SPLIT_SEGMENTS, Offloads, REPLIES_PER_SECOND, REPLY_B
 use crate::faults::{Call, Faults};
 use crate::offload::ecn::Marking;
 use crate::offload::icmp::SharedBucket;
-use crate::offload::split::GSO_MAX_SEGMENTS;
 use crate::relay::plpmtud::{Limits, SharedPath};
 use crate::relay::send::Route;
 use crate::relay::{Received, Relay, RelayConfig, Request, Socket, Token, WriteIndex};
@@ -468,11 +467,7 @@ impl Worker {
         let udp_len = round(layout.payload_at() + udp_payload_room);
         let udp_count = buffer_count(depth, config.buffer_memory, udp_len);
         let udp_buffers = BufRing::new(1, udp_count, udp_len).map_err(alloc)?;
-        let slot_segments = if offloads.tun_offloads() {
-            MAX_SPLIT_SEGMENTS
-        } else {
-            GSO_MAX_SEGMENTS
-        };
+        let slot_segments = crate::relay::slot_segments(offloads);
         let memory = Memory::new(tun_buffers, udp_buffers, slot_segments, layout, config.peer);
         let random = |source| sys::Error::Socket {
             address: config.peer,
