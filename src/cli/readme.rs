@@ -121,7 +121,9 @@ fn bound(text: &str) -> u64 {
 /// Every long option of `Args` has a row in README.md's options table and every row is an
 /// option, each once; the value's name is clap's; a clap default is the table's; a flag's
 /// default is "off", the required option's "required"; and every range written `lo..=hi` in the
-/// values cell is the one clap enforces: both ends accepted, one past either end refused.
+/// values cell is the one clap enforces: both ends accepted, one past either end refused. An
+/// option with a numeric default and no range in the table must take 0 and 2^32 - 1 (or the
+/// table hides a range clap enforces), and a value name listing choices lists clap's.
 #[test]
 fn options_table_matches_clap() {
     let rows = options_table();
@@ -187,6 +189,34 @@ fn options_table_matches_clap() {
                     "--{long}: clap's default is {default}, the table's default cell says '{}' \
                      (write it as `{default}`)",
                     row.default
+                );
+            }
+        }
+        let choices: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        if takes_value && !choices.is_empty() {
+            assert_eq!(
+                clap_value_name.as_deref(),
+                Some(choices.join("|").as_str()),
+                "--{long}: the value name must list clap's choices, in order"
+            );
+        }
+        let states_range = code_spans(&row.values).iter().any(|s| s.contains("..="));
+        let numeric = row
+            .default
+            .trim_matches('`')
+            .split_whitespace()
+            .next()
+            .is_some_and(|d| d.parse::<u64>().is_ok());
+        if numeric && !states_range {
+            for value in ["0", "4294967295"] {
+                assert!(
+                    clap_accepts(long, value),
+                    "--{long}: clap refuses {value}, so it enforces a range the table does not \
+                     state (write it as `lo..=hi` in the values cell)"
                 );
             }
         }
