@@ -108,8 +108,13 @@ pub struct SourcePorts {
     session: u64,
     /// The peer acknowledged an advertisement of `own`: workers send from them.
     in_use: AtomicBool,
-    /// The nonce of the latest advertisement acknowledgement (0: none yet).
+    /// The nonce of the latest acknowledgement of an advertisement the advertiser waits for
+    /// (0: none yet).
     acked_nonce: AtomicU64,
+    /// The nonces of the advertiser's latest two advertisements (0: none): only their
+    /// acknowledgements are kept, so a forged one cannot overwrite a real one before the
+    /// advertiser reads it (as `plpmtud::SharedPath` does for probes).
+    expected_nonces: [AtomicU64; 2],
     /// The peer's advertised ports, one bit per port number.
     peer_bits: Box<[AtomicU64]>,
     /// Writers only: the ports `peer_bits` holds, and the peer's session.
@@ -142,6 +147,7 @@ impl SourcePorts {
             session,
             in_use: AtomicBool::new(false),
             acked_nonce: AtomicU64::new(0),
+            expected_nonces: [AtomicU64::new(0), AtomicU64::new(0)],
             peer_bits: (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect(),
             peer: Mutex::new(PeerPorts::default()),
             peer_accepts: AtomicU64::new(0),
@@ -231,9 +237,17 @@ impl SourcePorts {
         }
     }
 
-    /// The peer acknowledged the advertisement with `nonce` (any worker may see it).
+    /// The peer acknowledged the advertisement with `nonce` (any worker may see it): kept only
+    /// if it is one of the two the advertiser waits for.
     pub fn post_ack(&self, nonce: u64) {
-        self.acked_nonce.store(nonce, Ordering::Relaxed);
+        if nonce != 0
+            && self
+                .expected_nonces
+                .iter()
+                .any(|expected| expected.load(Ordering::Relaxed) == nonce)
+        {
+            self.acked_nonce.store(nonce, Ordering::Relaxed);
+        }
     }
 
     /// An ICMP error about extra tuple `index` claims the path takes `mtu` bytes (any worker's
@@ -377,6 +391,8 @@ impl Advertiser {
         }
         self.previous_nonce = self.nonce;
         self.nonce = nonce();
+        shared.expected_nonces[0].store(self.nonce, Ordering::Relaxed);
+        shared.expected_nonces[1].store(self.previous_nonce, Ordering::Relaxed);
         self.sent += 1;
         self.next_send_ns = now_ns
             + if self.acked_at_ns.is_some() {
@@ -588,6 +604,21 @@ mod tests {
         let out = out.expect("out of use");
         assert!(out > acked_at + IN_USE_FOR_NS && out <= acked_at + IN_USE_FOR_NS + S);
         assert!(!shared.in_use());
+    }
+
+    /// Only the acknowledgement of an advertisement the advertiser waits for is kept, so
+    /// forged ones (from the peer's address and port, spoofed) cannot push a real one out
+    /// before the advertiser reads it and so take the ports out of use.
+    #[test]
+    fn forged_acknowledgements_cannot_overwrite_a_real_one() {
+        let shared = SourcePorts::new(&[40000], 5);
+        let mut a = Advertiser::new();
+        let sent = a.poll(&shared, 0, || 9).0.unwrap();
+        shared.post_ack(sent.nonce);
+        for forged in 1000..2000 {
+            shared.post_ack(forged);
+        }
+        assert_eq!(a.poll(&shared, 1, || 10).1, AdvertiserEvent::InUse(true));
     }
 
     #[test]
