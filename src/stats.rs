@@ -164,9 +164,9 @@ counters! {
         /// With `IP_RECVERR`, an ICMP error about an earlier datagram fails the next send, of any
         /// flow, which is then sent again (`relay::send::AfterRefusal::Resend`).
         send_retries => "Sends redone because an error about an earlier datagram failed them.",
-        /// Path MTU probes, port advertisements and their acknowledgements from the peer's exact
-        /// address and ports (each answered probe is also in `PathStats::pmtu_probes_answered`).
-        control_received => "Control messages (path MTU probes, port advertisements and their acknowledgements) received from the peer.",
+        /// Path MTU probes and acknowledgements from the peer's exact address and ports (each
+        /// answered probe is also in `PathStats::pmtu_probes_answered`).
+        control_received => "Control messages (path MTU probes and acknowledgements) received from the peer.",
         /// Every probe from the peer is answered while a control buffer is free; these found
         /// every one in flight.
         control_unanswered => "Path MTU probes from the peer left unanswered: every control buffer was in flight.",

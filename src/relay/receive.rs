@@ -154,13 +154,18 @@ pub fn plan(
             match Control::parse(datagram) {
                 Some(message) if message.kind != control::Kind::Ports => {
                     plan.controls.push(message);
-                    stats.counters.control_received += 1;
+                    // Path MTU messages only: the advertisements and their acknowledgements,
+                    // every 2 s for as long as the relays run, have counters of their own
+                    // (`peer_ports_accepted`, `ports_acknowledged`), and in the per-queue
+                    // counters they would keep a quiet tunnel's counts moving.
+                    if message.kind != control::Kind::PortsAck {
+                        stats.counters.control_received += 1;
+                    }
                     continue;
                 }
                 Some(message) if plan.advertisement.is_none() => {
                     plan.advertisement = Advertisement::parse(datagram);
                     plan.controls.push(message);
-                    stats.counters.control_received += 1;
                     continue;
                 }
                 _ => {}
