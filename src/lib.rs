@@ -64,7 +64,7 @@ pub mod testing {
     pub use crate::steer::flow_index;
     pub use crate::wire::IpPacket;
     pub use crate::wire::cmsg::receive_control;
-    pub use crate::wire::control::Control;
+    pub use crate::wire::control::{Control, is_control};
     pub use crate::worker::MAX_SPLIT_SEGMENTS;
 
     /// One relay per device and port (`tests/ownership.rs`).
@@ -119,7 +119,12 @@ pub mod fuzzing {
 
     /// Relay-to-relay control messages.
     pub mod control {
-        pub use crate::wire::control::{Control, HEADER_LEN, Kind, is_control};
+        pub use crate::wire::control::{Advertisement, Control, HEADER_LEN, Kind, is_control};
+    }
+
+    /// The set of source ports a relay accepts from its peer, as advertisements make it.
+    pub mod entropy {
+        pub use crate::relay::entropy::SourcePorts;
     }
 
     /// rtnetlink answers.

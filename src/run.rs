@@ -4,16 +4,17 @@
 //! service manager, follows the peer's name, and stops everything on SIGINT or SIGTERM. Workers
 //! never wait on it.
 
-use crate::cli::Config;
+use crate::cli::{Config, Entropy};
 use crate::metrics::{self, Published};
 use crate::notify::{self, Notifier};
 use crate::offload::icmp::SharedBucket;
 use crate::offload::split;
 use crate::operate::{PeerLookup, Printer, TunQueueDrops, describe, write_json};
+use crate::relay::entropy::{self, SourcePorts};
 use crate::relay::plpmtud::{Limits, SharedPath};
 use crate::shared::Shared;
 use crate::stats::{Report, WorkerStats};
-use crate::sys::{self, link, privileges, signal::Signals, socket, tun};
+use crate::sys::{self, link, privileges, random, signal::Signals, socket, tun};
 use crate::wire::control;
 use crate::worker::{self, WorkerConfig, WorkerExit};
 use crate::{engine, steer};
@@ -133,7 +134,39 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         }
         sockets.push(fd);
     }
-    offloads.udp_gso = wanted.udp_gso && sockets.iter().all(socket::supports_gso);
+    // Outer flow entropy: the relay's extra ports, and every worker's own socket on each
+    // (`relay::entropy`).
+    let wanted_ports = match config.entropy {
+        Entropy::Off => Vec::new(),
+        Entropy::Ephemeral => vec![0; entropy::tuples(config.queues)],
+        Entropy::Range(min, max) => entropy::ports_in_range((min, max), config.queues),
+    };
+    let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> =
+        (0..config.queues).map(|_| Vec::new()).collect();
+    let mut own_ports = Vec::with_capacity(wanted_ports.len());
+    for port in wanted_ports {
+        let mut local = std::net::SocketAddr::new(listen.ip(), port);
+        for sockets in extra_sockets.iter_mut() {
+            let fd = socket::extra_socket(local, config.peer, config.socket_buffer)?;
+            if local.port() == 0 {
+                // The kernel's pick: the other workers join it.
+                local.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
+                    address: local,
+                    source,
+                })?);
+            }
+            sockets.push(fd);
+        }
+        own_ports.push(local.port());
+    }
+    let session = random::nonzero_u64().map_err(|source| sys::Error::Socket {
+        address: listen,
+        source,
+    })?;
+    let source_ports = Arc::new(SourcePorts::new(&own_ports, session));
+    offloads.udp_gso = wanted.udp_gso
+        && sockets.iter().all(socket::supports_gso)
+        && extra_sockets.iter().flatten().all(socket::supports_gso);
     if offloads.udp_gro {
         offloads.udp_gro = sockets.iter().all(socket::enable_gro);
     }
@@ -188,8 +221,12 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     let shared = Arc::new(Shared::new(config.queues, config.peer));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(config.queues);
-    let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
-    for (queue, ((tun, socket), fragmenting)) in queues.enumerate() {
+    let queues = tun_fds
+        .into_iter()
+        .zip(sockets)
+        .zip(fragmenting)
+        .zip(extra_sockets);
+    for (queue, (((tun, socket), fragmenting), extra_sockets)) in queues.enumerate() {
         let worker_config = WorkerConfig {
             queue,
             cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
@@ -198,6 +235,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             tun,
             socket,
             fragmenting,
+            extra_sockets,
+            source_ports: source_ports.clone(),
+            workers: config.queues,
+            // The relay's one advertiser, beside its path MTU machine; none with `--entropy
+            // off`, which sends as before outer entropy existed (it still takes the peer's).
+            advertise: queue == 0 && config.entropy != Entropy::Off,
+            tuple_limits: Some(limits),
             peer: config.peer,
             shared_path: shared_path.clone(),
             // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
@@ -234,8 +278,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         return Err(e);
     }
     let up = format!(
-        "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
-        config.device_name, config.queues, config.mtu, listen, config.peer
+        "{} up: {} queue(s), MTU {}, listening on {}, peer {}, {}",
+        config.device_name,
+        config.queues,
+        config.mtu,
+        listen,
+        config.peer,
+        describe_entropy(source_ports.own())
     );
     eprintln!(
         "tunfwd: {up}, offloads: {}{}",
@@ -317,6 +366,25 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     );
     printer.finish(FINAL_PRINT_WAIT);
     Ok(all_ok)
+}
+
+/// The startup line's words on outer entropy: the extra source ports, in use once the peer
+/// acknowledges them.
+fn describe_entropy(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "outer entropy off (every datagram from the listen port)".to_string();
+    }
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    let list = if sorted.len() <= 64 {
+        format!("{sorted:?}")
+    } else {
+        format!("{}..={}", sorted[0], sorted[sorted.len() - 1])
+    };
+    format!(
+        "outer entropy: {} extra source port(s) {list}, used once the peer acknowledges them",
+        ports.len()
+    )
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to

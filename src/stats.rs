@@ -169,7 +169,7 @@ counters! {
         /// With `IP_RECVERR`, an ICMP error about an earlier datagram fails the next send, of any
         /// flow, which is then sent again (`relay::send::AfterRefusal::Resend`).
         send_retries => "Sends redone because an error about an earlier datagram failed them.",
-        /// Path MTU probes and acknowledgements from the peer's exact address and port (each
+        /// Path MTU probes and acknowledgements from the peer's exact address and ports (each
         /// answered probe is also in `PathStats::pmtu_probes_answered`).
         control_received => "Control messages (path MTU probes and acknowledgements) received from the peer.",
         /// Every probe from the peer is answered while a control buffer is free; these found
@@ -190,6 +190,9 @@ counters! {
         /// (`socket::receive_drops`) with each snapshot; one per buffer, which under UDP GRO may
         /// hold several datagrams.
         udp_socket_drops => "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before tunfwd read them.",
+        /// Outer flow entropy (`relay::entropy`): the rest of `udp_tx_packets` left from the
+        /// listen port.
+        entropy_tx_packets => "Datagrams sent from one of the extra source ports (outer flow entropy) rather than the listen port.",
     }
     extra {
         /// Packets dropped, by [`DropReason`].
@@ -242,6 +245,11 @@ counters! {
         pmtu_hints_refuted => "Path MTU hints that a probe of the working size proved false.",
         pmtu_lowered => "Times the working path MTU went down.",
         pmtu_raised => "Times the working path MTU went back up.",
+        /// Outer flow entropy (`relay::entropy`), on the one worker that advertises; sent every
+        /// 2 s once acknowledged, like the path MTU probes a relay-to-relay exchange.
+        ports_advertised => "Advertisements of this relay's extra source ports sent to the peer.",
+        ports_acknowledged => "Advertisements of this relay's extra source ports the peer acknowledged.",
+        peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
     }
     extra {
         /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker
@@ -517,7 +525,7 @@ impl Report {
         );
         // The first `TABLE_COLUMNS` counters of the list (packets and bytes, each way) are the
         // columns, a count 12 wide and bytes 14, so the list's order decides them.
-        let width = |i: usize| if i % 2 == 0 { 12 } else { 14 };
+        let width = |i: usize| if i.is_multiple_of(2) { 12 } else { 14 };
         let header: String = Counters::NAMES[..TABLE_COLUMNS]
             .iter()
             .enumerate()

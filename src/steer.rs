@@ -7,9 +7,11 @@
 //! * **TUN to UDP.** The TUN device picks the queue a packet is read from with its automq flow
 //!   table, which is *learned from writes*: the queue on which userspace last wrote a flow is the
 //!   queue the kernel hands that flow's next packets to. On a miss it hashes the flow.
-//! * **UDP to TUN.** Every worker's socket is bound to the same port with `SO_REUSEPORT`, and every
-//!   datagram between two relays has the same outer 4-tuple, so the default reuseport hash would
-//!   put all flows on one socket. Instead we attach a classic BPF program to the reuseport group
+//! * **UDP to TUN.** Every worker's socket is bound to the same port with `SO_REUSEPORT`. The
+//!   default reuseport hash of the outer 4-tuple would put all flows on one socket (without outer
+//!   entropy every datagram between two relays has one 4-tuple), and with entropy it would not
+//!   follow the worker the TUN's flow table chose. Instead we attach a classic BPF program to the
+//!   reuseport group
 //!   (`SO_ATTACH_REUSEPORT_CBPF`). For UDP it runs with the packet pointer at the UDP payload, which
 //!   is the inner IP header, and returns the index of the socket to deliver to.
 //!

@@ -429,11 +429,22 @@ fn testbed_where_errors_fail_a_workers_sends() -> FloodBed {
         let bed = testbed();
         // B first: relay A's first datagrams would otherwise meet a closed port, and B's host
         // would answer with real port unreachables, counted with the forged ones.
-        let b = relay(&bed, Host::B, &["--queues", &queues]);
+        // One outer tuple (`--entropy off`): the flood quotes the listen tuple, which with outer
+        // entropy carries no flow's data (each flow leaves from an extra port of its own, whose
+        // ICMP errors its own tuple's path MTU machine confirms by probing that tuple:
+        // `a_hint_about_an_extra_tuple_is_probed_on_that_tuple` in src/relay/entropy_tests.rs).
+        let b = relay(&bed, Host::B, &["--queues", &queues, "--entropy", "off"]);
         let a = relay(
             &bed,
             Host::A,
-            &["--queues", &queues, "--stats-interval", "1"],
+            &[
+                "--queues",
+                &queues,
+                "--stats-interval",
+                "1",
+                "--entropy",
+                "off",
+            ],
         );
         let server = iperf3_server(&bed);
         // The first report with the path MTU settled.

@@ -15,7 +15,8 @@ type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, Seeds); 9] = [
+    let targets: [(&str, Seeds); 10] = [
+        ("source_ports", source_port_seeds()),
         ("coalesce_round_trip", coalesce_seeds()),
         ("split_vnet", split_seeds()),
         ("steer_cbpf", steer_seeds()),
@@ -303,12 +304,49 @@ fn control_seeds() -> Seeds {
     };
     let mut probe_bytes = vec![0u8; 120];
     probe.write(&mut probe_bytes, 120).expect("room");
-    let mut ack = vec![0u8; 16];
+    let mut ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
     probe.ack().write(&mut ack, 0).expect("room");
+    let advertisement = advertisement(7, &[40000, 40001, 65535]);
+    let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
+    Control::parse(&advertisement)
+        .expect("an advertisement")
+        .ack()
+        .write(&mut ports_ack, 0)
+        .expect("room");
     vec![
         ("probe", probe_bytes),
         ("ack", ack),
+        ("ports", advertisement),
+        ("ports-ack", ports_ack),
         ("ipv4", vec![0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0]),
+    ]
+}
+
+/// An advertisement of `ports` (`wire::control`, kind 3) with nonce `nonce`.
+fn advertisement(nonce: u64, ports: &[u16]) -> Vec<u8> {
+    let a = tunfwd::fuzzing::control::Advertisement::new(nonce, 0x5e55, ports).expect("ports");
+    let mut bytes = vec![0u8; a.wire_len()];
+    a.write(&mut bytes).expect("room");
+    bytes
+}
+
+/// Two advertisements in turn (the first byte says where the second starts): one that replaces
+/// the other's ports in part, one of none, one of many.
+fn source_port_seeds() -> Seeds {
+    let pair = |first: Vec<u8>, second: Vec<u8>| {
+        let mut input = vec![first.len() as u8];
+        input.extend(first);
+        input.extend(second);
+        input
+    };
+    let many: Vec<u16> = (1..=100).map(|i| 30000 + 7 * i).collect();
+    vec![
+        (
+            "replace",
+            pair(advertisement(1, &[40000, 40001]), advertisement(2, &[40001, 50000])),
+        ),
+        ("none-after-some", pair(advertisement(1, &[9]), advertisement(2, &[]))),
+        ("many", pair(advertisement(3, &many[..100]), Vec::new())),
     ]
 }
 

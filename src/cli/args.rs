@@ -32,6 +32,16 @@ impl EngineChoice {
     }
 }
 
+/// `--entropy`: whether different inner flows leave from different outer source ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntropyChoice {
+    /// Once the peer acknowledged them (a tunfwd that knows outer entropy); the listen port
+    /// alone toward any other peer.
+    Auto,
+    /// The listen port alone, always: one outer 4-tuple for the whole tunnel.
+    Off,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "tunfwd",
@@ -215,4 +225,28 @@ pub struct Args {
     /// The group to switch to with --user. [default: the user's primary group]
     #[arg(long, value_name = "NAME", requires = "user")]
     pub group: Option<String>,
+
+    /// Outer flow entropy: `auto` sends each inner flow from one of a few extra source ports
+    /// (a hash of the flow picks it, as VXLAN does), so that a receiver's RSS and the underlay's
+    /// ECMP spread the tunnel, once the peer relay acknowledged those ports (a peer that does
+    /// not answer, such as socat, gets the listen port alone); `off` sends everything from the
+    /// listen port.
+    #[arg(
+        long,
+        value_name = "auto|off",
+        default_value = "auto",
+        hide_possible_values = true
+    )]
+    pub entropy: EntropyChoice,
+
+    /// The source ports outer entropy sends from, as `ip link ... vxlan srcport MIN MAX` names
+    /// them (1-65535, not the listen port): split among the workers, each binding up to four of
+    /// its share. [default: ports the kernel picks, four per worker]
+    #[arg(
+        long,
+        num_args = 2,
+        value_names = ["MIN", "MAX"],
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub srcport: Option<Vec<u16>>,
 }

@@ -3,6 +3,7 @@
 //! or facts from the machine, which the caller passes in (the online CPUs, a resolver for the
 //! peer's name, the user database). PURE.
 
+use super::args::EntropyChoice;
 use super::parse::{CpuList, PeerSpec};
 use super::{Args, ConfigError, DEFAULT_PMTU_FLOOR, DEFAULT_PORT, MAX_QUEUES, bad};
 use crate::engine::Engine;
@@ -76,6 +77,19 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The user to switch to after setup.
     pub run_as: Option<RunAs>,
+    /// Outer flow entropy (`--entropy`, `--srcport`).
+    pub entropy: Entropy,
+}
+
+/// Where a relay's outer flow entropy sends from (`relay::entropy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entropy {
+    /// `--entropy off`: the listen port alone.
+    Off,
+    /// Ports the kernel picks, a few per worker.
+    Ephemeral,
+    /// `--srcport MIN MAX`.
+    Range(u16, u16),
 }
 
 /// The address to use of those a peer's name resolved to. Once the relay runs (`of`, the
@@ -271,6 +285,34 @@ impl Args {
             .as_deref()
             .map(|user| validate_run_as(user, self.group.as_deref(), accounts))
             .transpose()?;
+        let entropy = match (self.entropy, self.srcport.as_deref()) {
+            (EntropyChoice::Off, Some(_)) => {
+                return Err(bad(
+                    "--srcport",
+                    "names ports to send from, but --entropy is off",
+                ));
+            }
+            (EntropyChoice::Off, None) => Entropy::Off,
+            (EntropyChoice::Auto, None) => Entropy::Ephemeral,
+            (EntropyChoice::Auto, Some(&[min, max])) => {
+                if min > max {
+                    return Err(bad("--srcport", format!("{min} {max}: MIN is above MAX")));
+                }
+                if (min..=max).contains(&listen.port()) {
+                    return Err(bad(
+                        "--srcport",
+                        format!(
+                            "{min}-{max} holds the listen port {}; the extra ports must be others",
+                            listen.port()
+                        ),
+                    ));
+                }
+                Entropy::Range(min, max)
+            }
+            (EntropyChoice::Auto, Some(other)) => {
+                return Err(bad("--srcport", format!("takes MIN MAX, not {other:?}")));
+            }
+        };
 
         Ok(Config {
             peer,
@@ -304,6 +346,7 @@ impl Args {
             peer_name,
             metrics: self.metrics,
             run_as,
+            entropy,
         })
     }
 }
@@ -611,6 +654,50 @@ mod tests {
             check(&["--socket-buffer", "1M"]).unwrap().socket_buffer,
             1 << 20
         );
+    }
+
+    #[test]
+    fn entropy_and_source_ports() {
+        assert_eq!(check(&[]).unwrap().entropy, Entropy::Ephemeral);
+        assert_eq!(
+            check(&["--entropy", "auto"]).unwrap().entropy,
+            Entropy::Ephemeral
+        );
+        assert_eq!(check(&["--entropy", "off"]).unwrap().entropy, Entropy::Off);
+        assert_eq!(
+            check(&["--srcport", "40000", "40099"]).unwrap().entropy,
+            Entropy::Range(40000, 40099)
+        );
+        assert_eq!(
+            check(&["--srcport", "9", "9"]).unwrap().entropy,
+            Entropy::Range(9, 9)
+        );
+        for (extra, says) in [
+            (&["--srcport", "40099", "40000"][..], "MIN is above MAX"),
+            (&["--srcport", "55000", "56000"], "listen port 55555"),
+            (
+                &["--listen", "0.0.0.0:40050", "--srcport", "40000", "40099"],
+                "listen port",
+            ),
+            (&["--srcport", "0", "10"], "0 is not in 1..=65535"),
+            (&["--srcport", "1", "65536"], "65536"),
+            (&["--srcport", "x", "10"], "invalid digit"),
+            (
+                &["--entropy", "off", "--srcport", "1", "2"],
+                "--entropy is off",
+            ),
+        ] {
+            let e = check(extra).expect_err(&format!("{extra:?}"));
+            assert_eq!(e.option, "--srcport", "{extra:?}: {e}");
+            assert!(e.problem.contains(says), "{extra:?}: {e}");
+        }
+        let e = check(&["--entropy", "sometimes"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--entropy: 'sometimes' is not one of auto, off"
+        );
+        let one = Args::try_parse_from(["tunfwd", "--peer", "198.18.0.2:1", "--srcport", "5"]);
+        assert!(one.is_err(), "two values");
     }
 
     #[test]

@@ -16,13 +16,13 @@ const BUFFERS: u16 = 16;
 const PEER: &str = "198.18.0.2:55555";
 
 /// Buffers as plain memory.
-struct FakeBuffers {
-    tun: Vec<Vec<u8>>,
-    udp: RefCell<Vec<Vec<u8>>>,
+pub(super) struct FakeBuffers {
+    pub(super) tun: Vec<Vec<u8>>,
+    pub(super) udp: RefCell<Vec<Vec<u8>>>,
 }
 
 impl FakeBuffers {
-    fn new() -> FakeBuffers {
+    pub(super) fn new() -> FakeBuffers {
         FakeBuffers {
             tun: vec![vec![0u8; 65600]; usize::from(BUFFERS)],
             udp: RefCell::new(vec![vec![0u8; 65600]; usize::from(BUFFERS)]),
@@ -44,7 +44,7 @@ fn relay() -> Relay {
     Relay::new(config())
 }
 
-fn config() -> RelayConfig {
+pub(super) fn config() -> RelayConfig {
     let mut nonce = 0u64;
     RelayConfig {
         queue: 0,
@@ -70,6 +70,7 @@ fn config() -> RelayConfig {
         }),
         epoch: std::time::Instant::now(),
         snapshot_every_ns: None,
+        entropy: crate::relay::EntropyConfig::none(),
     }
 }
 
@@ -322,7 +323,7 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
     r.on_timeout(now);
     let first = std::iter::from_fn(|| r.poll_request())
         .find_map(|q| match q {
-            Request::SendControl { token, k, len } => Some((token, k, len)),
+            Request::SendControl { token, k, len, .. } => Some((token, k, len)),
             _ => None,
         })
         .expect("the machine asks the peer whether it answers probes");
@@ -338,7 +339,7 @@ fn a_probe_refused_by_a_pending_error_is_sent_again() {
         r.complete(token, -errno, now, &b);
         let again: Vec<_> = std::iter::from_fn(|| r.poll_request())
             .filter_map(|q| match q {
-                Request::SendControl { token, k, len } => Some((token, k, len)),
+                Request::SendControl { token, k, len, .. } => Some((token, k, len)),
                 _ => None,
             })
             .collect();

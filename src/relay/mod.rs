@@ -27,6 +27,9 @@
 //! and how it goes into the TUN), [`receive::judge_write`], [`plpmtud::Plpmtud`] (the path MTU).
 
 pub mod batch;
+pub mod entropy;
+#[cfg(test)]
+mod entropy_tests;
 #[doc(hidden)]
 pub mod fuzz;
 #[cfg(test)]
@@ -52,6 +55,7 @@ use crate::offload::split::GSO_MAX_SEGMENTS;
 use crate::stats::{self, WorkerStats};
 use crate::wire::OuterFamily;
 use batch::Batcher;
+use entropy::{Advertiser, SourcePorts};
 use path::PathMtu;
 use plpmtud::{Limits, Plpmtud, SharedPath};
 use send::{ErrorReports, Route};
@@ -114,6 +118,46 @@ pub struct RelayConfig {
     pub epoch: std::time::Instant,
     /// How often to take a stats snapshot (reading the socket's drop count first), if at all.
     pub snapshot_every_ns: Option<u64>,
+    /// Outer flow entropy: this worker's extra sockets and what the relay's workers share.
+    pub entropy: EntropyConfig,
+}
+
+/// A worker's part in outer flow entropy (`entropy`).
+pub struct EntropyConfig {
+    /// What the relay's workers share: the relay's extra ports, the peer's.
+    pub source_ports: Arc<SourcePorts>,
+    /// The extra tuples: this worker has a socket on each (`Socket::Extra(0..sockets)`).
+    pub sockets: u8,
+    /// The relay's workers: this one runs the path MTU machine of every extra tuple `k` with
+    /// `k % workers == queue`.
+    pub workers: usize,
+    /// Run the advertiser (one worker per relay).
+    pub advertise: bool,
+    /// The path MTU limits, for a machine per extra tuple.
+    pub limits: Option<Limits>,
+}
+
+impl EntropyConfig {
+    /// No extra sockets and no advertiser (what a test relay without entropy has).
+    #[cfg(test)]
+    pub fn none() -> EntropyConfig {
+        EntropyConfig {
+            source_ports: Arc::new(SourcePorts::new(&[], 0)),
+            sockets: 0,
+            workers: 1,
+            advertise: false,
+            limits: None,
+        }
+    }
+}
+
+/// The path MTU machine of one extra tuple, in the one worker that runs it: probes sent from
+/// that worker's socket on the tuple, hints from every worker's (`SourcePorts::post_tuple_hint`),
+/// its working size published for every worker.
+struct TuplePath {
+    /// The tuple: `Socket::Extra(index)`.
+    index: u8,
+    machine: Plpmtud,
 }
 
 /// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
@@ -128,13 +172,15 @@ pub struct Received {
     pub control_truncated: bool,
 }
 
-/// Which of the shell's sockets a system request is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which of the shell's sockets a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Socket {
-    /// The worker's own.
+    /// The worker's own, on the listen port.
     Worker,
-    /// The one that lets the outer IP layer fragment.
+    /// The one that lets the outer IP layer fragment (also on the listen port).
     Fragmenting,
+    /// Extra socket `k` of the worker, on a port of its own (outer flow entropy, `entropy`).
+    Extra(u8),
 }
 
 /// What the relay asks of the shell. Sends and writes name their memory by slot; the shell
@@ -143,9 +189,10 @@ pub enum Socket {
 /// the matching `on_*` method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// `sendmsg(MSG_DONTWAIT)` on `route`'s socket: segments `first..first + segments` of TUN
-    /// slot `bid`, with `UDP_SEGMENT` when `segment_size` is given and the slot's outer TOS,
-    /// through the slot's msghdr `msg` (the token's `SendIndex`).
+    /// `sendmsg(MSG_DONTWAIT)` on `socket` (`route`'s: the fragmenting one, or the one of the
+    /// slot's tuple): segments `first..first + segments` of TUN slot `bid`, with `UDP_SEGMENT`
+    /// when `segment_size` is given and the slot's outer TOS, through the slot's msghdr `msg`
+    /// (the token's `SendIndex`).
     Send {
         token: Token,
         bid: u16,
@@ -154,11 +201,18 @@ pub enum Request {
         segments: u16,
         segment_size: Option<u16>,
         route: Route,
+        socket: Socket,
     },
     /// `writev` to the TUN of what the token's `WriteIndex` names (`write_pieces`).
     Write { token: Token },
-    /// `sendmsg` of control buffer `k`'s first `len` bytes on the worker's socket.
-    SendControl { token: Token, k: u16, len: u32 },
+    /// `sendmsg` of control buffer `k`'s first `len` bytes on `socket` (the worker's, or an
+    /// extra socket for its tuple's path MTU probes).
+    SendControl {
+        token: Token,
+        k: u16,
+        len: u32,
+        socket: Socket,
+    },
     /// Read (and discard) `socket`'s error queue: `on_errors_drained`.
     DrainErrors { socket: Socket },
     /// Read the worker socket's drop count (`SO_MEMINFO`): `on_socket_drops`.
@@ -222,6 +276,18 @@ pub struct Relay {
     next_fragmenting_check_ns: u64,
     next_egress_check_ns: u64,
     stopping: bool,
+    /// Outer flow entropy: the shared state, this worker's extra sockets and where they start
+    /// among the relay's, the advertiser (one worker per relay), whether the extra ports are in
+    /// use as of this batch, and a path MTU machine per extra tuple while they are.
+    source_ports: Arc<SourcePorts>,
+    extra_sockets: u8,
+    workers: usize,
+    advertiser: Option<Advertiser>,
+    entropy_in_use: bool,
+    tuple_limits: Option<Limits>,
+    tuple_paths: Vec<TuplePath>,
+    /// What retired tuple machines counted, so the report keeps it.
+    retired_tuple_counts: plpmtud::Counts,
 }
 
 impl Relay {
@@ -242,6 +308,7 @@ impl Relay {
             nonces,
             epoch,
             snapshot_every_ns,
+            entropy,
         } = config;
         let family = OuterFamily::of(peer);
         let slot_segments = slot_segments(offloads);
@@ -278,8 +345,16 @@ impl Relay {
                 .collect(),
             udp_slots: (0..udp_buffers).map(|_| UdpSlot::new()).collect(),
             replies: TooBigReplies::new(limiter, reply_budget),
-            // Only the worker that probes sends anything longer than an acknowledgement.
-            controls: ControlSends::new(if path_machine.is_some() { mtu } else { 0 }),
+            // Only the workers that probe send anything longer than an acknowledgement or an
+            // advertisement.
+            controls: ControlSends::new(
+                if path_machine.is_some() || (entropy.sockets > 0 && entropy.limits.is_some()) {
+                    mtu
+                } else {
+                    0
+                }
+                .max(entropy.source_ports.advertisement_len()),
+            ),
             reply_quote: vec![0u8; crate::offload::icmp::MAX_REPLY].into_boxed_slice(),
             tun_read_at_ns: vec![0; usize::from(tun_buffers)].into_boxed_slice(),
             udp_read_at_ns: vec![0; usize::from(udp_buffers)].into_boxed_slice(),
@@ -299,6 +374,14 @@ impl Relay {
             next_fragmenting_check_ns: 0,
             next_egress_check_ns: 0,
             stopping: false,
+            advertiser: entropy.advertise.then(Advertiser::new),
+            source_ports: entropy.source_ports,
+            extra_sockets: entropy.sockets,
+            workers: entropy.workers.max(1),
+            entropy_in_use: false,
+            tuple_limits: entropy.limits,
+            tuple_paths: Vec::new(),
+            retired_tuple_counts: plpmtud::Counts::default(),
         }
     }
 
@@ -416,23 +499,43 @@ impl Relay {
             earliest(machine.next_deadline_ns());
             earliest(Some(self.next_egress_check_ns));
         }
+        if let Some(advertiser) = &self.advertiser {
+            earliest(Some(advertiser.next_deadline_ns()));
+        }
+        for tuple in &self.tuple_paths {
+            earliest(tuple.machine.next_deadline_ns());
+        }
+        if self.extra_sockets > 0 {
+            // Their error queues, read now and then as the fragmenting socket's are; and
+            // whether the extra ports went into use.
+            earliest(Some(self.next_fragmenting_check_ns));
+        }
         at
     }
 
     /// Runs what is due by `now_ns`: the path MTU machine's timers, the periodic look at the
     /// fragmenting socket's errors and at the egress device's MTU, a stats snapshot.
     pub fn on_timeout(&mut self, now_ns: u64) {
-        if self.fragmenting && now_ns >= self.next_fragmenting_check_ns {
+        if (self.fragmenting || self.extra_sockets > 0) && now_ns >= self.next_fragmenting_check_ns
+        {
             self.next_fragmenting_check_ns = now_ns + FRAGMENTING_ERRORS_EVERY_NS;
-            self.requests.push_back(Request::DrainErrors {
-                socket: Socket::Fragmenting,
-            });
-        }
-        if self.plpmtud.is_some() {
-            if now_ns >= self.next_egress_check_ns {
-                self.next_egress_check_ns = now_ns + EGRESS_MTU_EVERY_NS;
-                self.requests.push_back(Request::ReadEgressMtu);
+            if self.fragmenting {
+                self.requests.push_back(Request::DrainErrors {
+                    socket: Socket::Fragmenting,
+                });
             }
+            // An extra socket receives nothing, so only this and a refused send read its queue.
+            for k in 0..self.extra_sockets {
+                self.requests.push_back(Request::DrainErrors {
+                    socket: Socket::Extra(k),
+                });
+            }
+        }
+        if self.plpmtud.is_some() && now_ns >= self.next_egress_check_ns {
+            self.next_egress_check_ns = now_ns + EGRESS_MTU_EVERY_NS;
+            self.requests.push_back(Request::ReadEgressMtu);
+        }
+        if self.plpmtud.is_some() || self.advertiser.is_some() || self.extra_sockets > 0 {
             self.run_path(now_ns);
         }
         if let (Some(at), Some(every)) = (self.next_snapshot_ns, self.snapshot_every_ns)
@@ -537,6 +640,16 @@ impl Relay {
         self.run_path(now_ns);
         if self.reports.drain_queue || !self.refused.is_empty() {
             self.awaiting_errors = true;
+            // The extra sockets' first: the worker socket's answer settles the refusals, which
+            // must know what every queue said.
+            let extras = std::mem::take(&mut self.reports.drain_extra);
+            for k in 0..self.extra_sockets {
+                if extras & (1 << k) != 0 {
+                    self.requests.push_back(Request::DrainErrors {
+                        socket: Socket::Extra(k),
+                    });
+                }
+            }
             self.requests.push_back(Request::DrainErrors {
                 socket: Socket::Worker,
             });
@@ -567,6 +680,10 @@ impl Relay {
         if let Some(limits) = self.path_limits {
             self.plpmtud = Some(Plpmtud::new(limits));
             self.shared_path.publish(limits.largest);
+        }
+        // A new peer knows nothing of this relay's ports, nor this relay of its.
+        if let Some(advertiser) = &mut self.advertiser {
+            advertiser.reset(&self.source_ports, 0);
         }
         true
     }

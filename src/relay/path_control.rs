@@ -1,14 +1,15 @@
 //! The path to the peer: what the error queues report, the path MTU machine, the control
 //! messages between relays, and the ICMP errors written into the TUN. PURE.
 
-use super::plpmtud::Probe;
+use super::entropy::AdvertiserEvent;
+use super::plpmtud::{Counts, Plpmtud, Probe};
 use super::send;
 use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
-use super::{Buffers, Relay, Request, Socket, Token, WriteIndex};
+use super::{Buffers, Relay, Request, Socket, Token, TuplePath, WriteIndex};
 use crate::offload::icmp;
 use crate::relay::receive::PLAIN_HEADER;
 use crate::wire::cmsg::QueuedErrors;
-use crate::wire::control::{self, Control};
+use crate::wire::control::{self, Advertisement, Control};
 use crate::wire::icmp::IcmpKind;
 use crate::wire::vnet;
 
@@ -42,7 +43,13 @@ impl Relay {
             *self.stats.path.icmp_mut(kind) += queued.icmp[kind as usize];
         }
         if let Some(mtu) = queued.icmp_path_mtu {
-            self.shared_path.post_hint(mtu);
+            match socket {
+                // A hint about an extra tuple is confirmed by probing that tuple (its path may
+                // differ under ECMP), by the machine of the worker that owns it.
+                Socket::Extra(k) => self.source_ports.post_tuple_hint(usize::from(k), mtu),
+                // The listen tuple's (the worker's and the fragmenting socket's).
+                Socket::Worker | Socket::Fragmenting => self.shared_path.post_hint(mtu),
+            }
         }
         if let Some(mtu) = queued.local_path_mtu {
             self.shared_path.post_local_limit(mtu);
@@ -76,20 +83,99 @@ impl Relay {
     /// sends the probe it asks for, and publishes its working size. Then, on every relay, takes
     /// a newly published working size. A few relaxed atomic loads when nothing happens.
     pub(super) fn run_path(&mut self, now_ns: u64) {
+        self.run_entropy(now_ns);
+        let mut counts = self.retired_tuple_counts;
         if let Some(machine) = &mut self.plpmtud {
             self.shared_path.run(machine, now_ns);
             let probe = machine.poll(now_ns, &mut self.nonces);
             self.shared_path.expect(machine);
-            let counts = machine.counts();
-            self.stats.path.take_probe_counts(&counts);
+            counts.add(&machine.counts());
             if let Some(probe) = probe {
-                self.send_probe(probe);
+                self.send_probe(probe, Socket::Worker);
             }
         }
-        let published = self.shared_path.working();
+        let mut probes = [None; 64];
+        for (slot, tuple) in probes.iter_mut().zip(&mut self.tuple_paths) {
+            let index = usize::from(tuple.index);
+            if let Some(hint) = self.source_ports.take_tuple_hint(index) {
+                tuple.machine.on_hint(hint as usize, now_ns);
+            }
+            self.shared_path
+                .feed_tuple_acks(index, &mut tuple.machine, now_ns);
+            let probe = tuple.machine.poll(now_ns, &mut self.nonces);
+            self.shared_path
+                .expect_on_tuple(index, Some(&tuple.machine));
+            counts.add(&tuple.machine.counts());
+            self.source_ports
+                .publish_tuple_working(index, Some(tuple.machine.working()));
+            *slot = probe.map(|probe| (probe, Socket::Extra(tuple.index)));
+        }
+        for (probe, socket) in probes.into_iter().flatten() {
+            self.send_probe(probe, socket);
+        }
+        if self.plpmtud.is_some() || !self.tuple_paths.is_empty() || counts != Counts::default() {
+            self.stats.path.take_probe_counts(&counts);
+        }
+        // Every flow works to the smallest path any tuple in use was shown to take.
+        let mut published = self.shared_path.working();
+        if self.entropy_in_use
+            && let Some(tuples) = self.source_ports.smallest_tuple_working()
+        {
+            published = published.min(tuples);
+        }
         if published != self.published_path_mtu {
             self.published_path_mtu = published;
             self.set_path_mtu(published);
+        }
+    }
+
+    /// Outer flow entropy, once per batch: the advertiser's timers and messages (on the worker
+    /// that has it), and whether this relay's extra ports are in use, which starts or retires the
+    /// extra tuples' path MTU machines.
+    fn run_entropy(&mut self, now_ns: u64) {
+        if let Some(advertiser) = &mut self.advertiser {
+            let nonces = &mut self.nonces;
+            let (advertisement, event) = advertiser.poll(&self.source_ports, now_ns, nonces);
+            self.stats.path.ports_advertised = advertiser.sent;
+            self.stats.path.ports_acknowledged = advertiser.acked;
+            if let AdvertiserEvent::InUse(in_use) = event {
+                eprintln!(
+                    "tunfwd: {} extra source port(s) {} toward {}",
+                    self.source_ports.own().len(),
+                    if in_use {
+                        "in use: the peer acknowledged them"
+                    } else {
+                        "out of use: the peer stopped acknowledging them"
+                    },
+                    self.peer
+                );
+            }
+            if let Some(advertisement) = advertisement {
+                self.queue_advertisement(&advertisement);
+            }
+        }
+        let in_use = self.extra_sockets > 0 && self.source_ports.in_use();
+        if in_use == self.entropy_in_use {
+            return;
+        }
+        self.entropy_in_use = in_use;
+        // A tuple that comes into use is a path not yet known; one that goes out of use keeps
+        // nothing. Counts carry over.
+        for tuple in self.tuple_paths.drain(..) {
+            self.retired_tuple_counts.add(&tuple.machine.counts());
+            let index = usize::from(tuple.index);
+            self.source_ports.publish_tuple_working(index, None);
+            self.shared_path.expect_on_tuple(index, None);
+        }
+        if let (true, Some(limits)) = (in_use, self.tuple_limits) {
+            let (queue, workers) = (self.queue, self.workers);
+            self.tuple_paths = (0..self.extra_sockets)
+                .filter(|k| usize::from(*k) % workers == queue % workers)
+                .map(|index| TuplePath {
+                    index,
+                    machine: Plpmtud::new(limits),
+                })
+                .collect();
         }
     }
 
@@ -108,55 +194,91 @@ impl Relay {
         changed
     }
 
-    /// Sends a path MTU probe of `probe.size` bytes (outer headers included) to the peer, if a
-    /// control slot is free (a probe that cannot go is a probe lost: the machine tries again).
-    fn send_probe(&mut self, probe: Probe) {
+    /// Sends a path MTU probe of `probe.size` bytes (outer headers included) to the peer from
+    /// `socket`'s tuple, if a control slot is free (a probe that cannot go is a probe lost: the
+    /// machine tries again).
+    fn send_probe(&mut self, probe: Probe, socket: Socket) {
         let message = Control {
             kind: control::Kind::Probe,
             nonce: probe.nonce,
             size: u16::try_from(probe.size).unwrap_or(u16::MAX),
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
-        self.queue_control(message, payload_len);
+        self.queue_control(message, payload_len, socket);
     }
 
-    /// Acts on the control messages a receive into `bid` brought: answers every probe (they
-    /// passed the exact source check; an answer goes only to the peer and is no larger than the
-    /// probe, so there is nothing to amplify, and a budget of answers would be one that forged
-    /// probes could spend, making the peer's real probes look lost), and posts acknowledgements
-    /// for the path MTU machine, wherever it runs.
-    pub(super) fn on_control_messages(&mut self, bid: u16) {
-        let count = self.udp_slots[usize::from(bid)].plan.controls.len();
+    /// Acts on the control messages a receive into `bid` brought, which came from the peer's
+    /// listen port if `from_listen` (else from a port it advertised): answers every probe and
+    /// every advertisement (they passed the exact source check; an answer goes only to the peer
+    /// and is no larger than what it answers, so there is nothing to amplify, and a budget of
+    /// answers would be one that forged probes could spend, making the peer's real probes look
+    /// lost), posts acknowledgements for the path MTU machines and the advertiser, wherever they
+    /// run, and takes the peer's advertisement of its ports, but only from its listen port.
+    pub(super) fn on_control_messages(&mut self, bid: u16, from_listen: bool) {
+        let slot = &mut self.udp_slots[usize::from(bid)];
+        let count = slot.plan.controls.len();
+        let advertisement = slot.plan.advertisement.take();
         for i in 0..count {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
                 control::Kind::Probe => {
-                    if self.queue_control(message.ack(), 0) {
+                    if self.queue_control(message.ack(), 0, Socket::Worker) {
                         self.stats.path.pmtu_probes_answered += 1;
                     } else {
                         self.stats.counters.control_unanswered += 1;
                     }
                 }
                 control::Kind::Ack => self.shared_path.post_ack(message.nonce),
+                control::Kind::Ports => {
+                    let Some(advertisement) = advertisement.as_ref().filter(|_| from_listen) else {
+                        self.stats
+                            .counters
+                            .drop(crate::stats::DropReason::ForeignSource);
+                        continue;
+                    };
+                    self.source_ports.accept_peer(advertisement);
+                    self.stats.path.peer_ports_accepted += 1;
+                    // Unanswered when every control buffer is in flight: the peer advertises
+                    // again within a second.
+                    self.queue_control(message.ack(), 0, Socket::Worker);
+                }
+                control::Kind::PortsAck => self.source_ports.post_ack(message.nonce),
             }
         }
     }
 
     /// Writes `message` (a probe padded to `payload_len` bytes, or an acknowledgement) into a
-    /// free control slot and queues its send. False if every slot is in flight, or the slot is
-    /// too short for the probe.
-    fn queue_control(&mut self, message: Control, payload_len: usize) -> bool {
+    /// free control slot and queues its send on `socket`. False if every slot is in flight, or
+    /// the slot is too short for the probe.
+    fn queue_control(&mut self, message: Control, payload_len: usize, socket: Socket) -> bool {
         let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
             return false;
         };
         let Some(len) = message.write(self.controls.buffer_mut(k), payload_len) else {
             return false;
         };
+        self.occupy_control(k, len, socket);
+        true
+    }
+
+    /// Writes this relay's advertisement into a free control slot and queues its send from the
+    /// listen tuple (the peer takes advertisements from there alone). Nothing if every slot is
+    /// in flight: the advertiser sends another soon.
+    fn queue_advertisement(&mut self, advertisement: &Advertisement) {
+        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
+            return;
+        };
+        if let Some(len) = advertisement.write(self.controls.buffer_mut(k)) {
+            self.occupy_control(k, len, Socket::Worker);
+        }
+    }
+
+    fn occupy_control(&mut self, k: usize, len: usize, socket: Socket) {
         self.controls.busy[k] = true;
         self.controls.message_len[k] = len as u32;
         self.controls.resends[k] = 0;
+        self.controls.socket[k] = socket;
         self.send_control(k);
-        true
     }
 
     /// Queues the send of busy control slot `k`'s message.
@@ -166,6 +288,7 @@ impl Relay {
             token: Token::new(super::Op::ControlSend, k as u32),
             k: k as u16,
             len: self.controls.message_len[k],
+            socket: self.controls.socket[k],
         });
     }
 
@@ -193,6 +316,9 @@ impl Relay {
         if result < 0 {
             let errno = -result;
             self.reports.drain_queue |= errno != libc::EINVAL;
+            if let Socket::Extra(socket) = self.controls.socket[k] {
+                self.reports.drain_extra |= 1 << socket;
+            }
             let maybe_pending = send::is_peer_unreachable(errno) || errno == libc::EMSGSIZE;
             if maybe_pending && self.controls.resends[k] < send::RESENDS_PER_SLOT {
                 self.controls.resends[k] += 1;

@@ -34,6 +34,10 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// The path MTU machines one [`SharedPath`] keeps acknowledgements for: the listen tuple's
+/// (slot 0) and one per extra outer tuple (`relay::entropy`), each with a slot of its own.
+const MACHINES: usize = 1 + super::entropy::MAX_TUPLES;
+
 /// Tries of one probe size before it counts as not getting through (RFC 8899's MAX_PROBES).
 pub const MAX_PROBES: u8 = 3;
 /// How often a working size below the largest is tested again against the largest.
@@ -75,6 +79,19 @@ pub struct Probe {
 
 /// What the machine counts: kept in `stats`, which reports it per worker in `PathStats`.
 pub use crate::stats::PlpmtudCounts as Counts;
+
+impl Counts {
+    /// Adds another machine's counts (a relay reports its machines' together).
+    pub fn add(&mut self, other: &Counts) {
+        self.probes_sent += other.probes_sent;
+        self.probes_acked += other.probes_acked;
+        self.hints += other.hints;
+        self.hints_refuted += other.hints_refuted;
+        self.lowered += other.lowered;
+        self.raised += other.raised;
+        self.inconclusive += other.inconclusive;
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
@@ -544,11 +561,13 @@ pub struct SharedPath {
     hint: AtomicU32,
     /// The smallest local limit not yet taken; `u32::MAX` for none.
     local_limit: AtomicU32,
-    /// The nonce of the latest acknowledgement of the outstanding probe (0: none yet).
-    acked_nonce: AtomicU64,
-    /// The nonce of the probe the machine waits for (0: none): only its acknowledgement is
-    /// kept, so a forged one cannot overwrite a real one before the machine reads it.
-    expected_nonce: AtomicU64,
+    /// Per machine (slot 0: the listen tuple's; slot `1 + k`: extra tuple `k`'s), the nonce of
+    /// the latest acknowledgement of its outstanding probe (0: none yet).
+    acked_nonces: [AtomicU64; MACHINES],
+    /// Per machine, the nonce of the probe it waits for (0: none): only that probe's
+    /// acknowledgement is kept, in that machine's slot alone, so a forged one can neither
+    /// overwrite a real one before the machine reads it nor reach another tuple's machine.
+    expected_nonces: [AtomicU64; MACHINES],
     /// The working size the machine published.
     working: AtomicU32,
 }
@@ -558,8 +577,8 @@ impl SharedPath {
         SharedPath {
             hint: AtomicU32::new(u32::MAX),
             local_limit: AtomicU32::new(u32::MAX),
-            acked_nonce: AtomicU64::new(0),
-            expected_nonce: AtomicU64::new(0),
+            acked_nonces: std::array::from_fn(|_| AtomicU64::new(0)),
+            expected_nonces: std::array::from_fn(|_| AtomicU64::new(0)),
             working: AtomicU32::new(working as u32),
         }
     }
@@ -572,17 +591,58 @@ impl SharedPath {
         self.local_limit.fetch_min(size, Ordering::Relaxed);
     }
 
-    /// An acknowledgement arrived: kept only if it is the outstanding probe's.
+    /// An acknowledgement arrived (any worker may see the one of any machine's probe): kept
+    /// only in the slot of the machine whose outstanding probe it answers, if any.
     pub fn post_ack(&self, nonce: u64) {
-        if nonce != 0 && nonce == self.expected_nonce.load(Ordering::Relaxed) {
-            self.acked_nonce.store(nonce, Ordering::Relaxed);
+        if nonce == 0 {
+            return;
+        }
+        for (expected, acked) in self.expected_nonces.iter().zip(&self.acked_nonces) {
+            if expected.load(Ordering::Relaxed) == nonce {
+                acked.store(nonce, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Says which probe's acknowledgement to keep (the machine's outstanding one, after `poll`).
+    /// Says which probe's acknowledgement to keep for the listen tuple's machine (its
+    /// outstanding one, after `poll`).
     pub fn expect(&self, machine: &Plpmtud) {
+        self.expect_in(0, machine);
+    }
+
+    /// Says which probe's acknowledgement to keep for extra tuple `index`'s machine (its
+    /// outstanding one, after `poll`; none once `machine` is `None`, the tuple out of use).
+    /// A tuple past the slots keeps none, so its probes look lost: safe, never in use since
+    /// `relay::entropy::tuples` caps them.
+    pub fn expect_on_tuple(&self, index: usize, machine: Option<&Plpmtud>) {
+        if index + 1 < MACHINES {
+            match machine {
+                Some(machine) => self.expect_in(index + 1, machine),
+                None => {
+                    self.expected_nonces[index + 1].store(0, Ordering::Relaxed);
+                    self.acked_nonces[index + 1].store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn expect_in(&self, slot: usize, machine: &Plpmtud) {
         let nonce = machine.outstanding.map_or(0, |out| out.probe.nonce);
-        self.expected_nonce.store(nonce, Ordering::Relaxed);
+        self.expected_nonces[slot].store(nonce, Ordering::Relaxed);
+    }
+
+    /// Hands extra tuple `index`'s machine the acknowledgement kept for it, if any.
+    pub fn feed_tuple_acks(&self, index: usize, machine: &mut Plpmtud, now_ns: u64) {
+        if index + 1 < MACHINES {
+            self.feed_acks_in(index + 1, machine, now_ns);
+        }
+    }
+
+    fn feed_acks_in(&self, slot: usize, machine: &mut Plpmtud, now_ns: u64) {
+        let nonce = self.acked_nonces[slot].load(Ordering::Relaxed);
+        if nonce != 0 {
+            machine.on_ack(nonce, now_ns);
+        }
     }
 
     /// Hands what the workers posted to the machine, and publishes its working size.
@@ -595,10 +655,7 @@ impl SharedPath {
         if local != u32::MAX {
             machine.on_local_limit(local as usize, now_ns);
         }
-        let nonce = self.acked_nonce.load(Ordering::Relaxed);
-        if nonce != 0 {
-            machine.on_ack(nonce, now_ns);
-        }
+        self.feed_acks_in(0, machine, now_ns);
         self.publish(machine.working());
     }
 
@@ -798,6 +855,46 @@ mod tests {
             gaps.insert(now);
         }
         assert!(gaps.len() > 5, "retry times {gaps:?}");
+    }
+
+    /// With a machine per outer tuple, an acknowledgement is kept only in the slot of the
+    /// machine whose outstanding probe it names: one for another tuple's probe, or for none,
+    /// changes nothing there, a flood of them cannot push a real one out before its machine
+    /// reads it, and a tuple out of use (or past the slots) keeps none.
+    #[test]
+    fn acknowledgements_reach_only_the_machine_whose_probe_they_name() {
+        let shared = SharedPath::new(1448);
+        let mut listen = Plpmtud::new(LIMITS);
+        let mut zero = Plpmtud::new(LIMITS);
+        let mut one = Plpmtud::new(LIMITS);
+        listen.poll(0, || 11).unwrap();
+        let p0 = zero.poll(0, || 22).unwrap();
+        let p1 = one.poll(0, || 33).unwrap();
+        shared.expect(&listen);
+        shared.expect_on_tuple(0, Some(&zero));
+        shared.expect_on_tuple(1, Some(&one));
+        shared.post_ack(p0.nonce);
+        for forged in 100..1000 {
+            shared.post_ack(forged);
+        }
+        shared.run(&mut listen, MS);
+        shared.feed_tuple_acks(1, &mut one, MS);
+        assert!(
+            !listen.peer_answers() && !one.peer_answers(),
+            "tuple 0's acknowledgement moved no other machine"
+        );
+        shared.feed_tuple_acks(0, &mut zero, MS);
+        assert!(zero.peer_answers(), "kept through the flood");
+        shared.expect_on_tuple(1, None);
+        shared.post_ack(p1.nonce);
+        shared.feed_tuple_acks(1, &mut one, 2 * MS);
+        assert!(!one.peer_answers(), "a tuple out of use keeps nothing");
+        let mut far = Plpmtud::new(LIMITS);
+        let pf = far.poll(0, || 44).unwrap();
+        shared.expect_on_tuple(MACHINES, Some(&far));
+        shared.post_ack(pf.nonce);
+        shared.feed_tuple_acks(MACHINES, &mut far, MS);
+        assert!(!far.peer_answers(), "no slot, nothing kept");
     }
 
     #[test]

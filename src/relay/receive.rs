@@ -10,7 +10,7 @@ use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
 use crate::stats::{DropReason, WorkerStats};
-use crate::wire::control::{self, Control};
+use crate::wire::control::{self, Advertisement, Control};
 use crate::wire::vnet::{self, VnetHeader};
 use std::ops::Range;
 
@@ -23,10 +23,11 @@ pub static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
 /// Control messages taken from one buffer, at most; more are dropped as `bad_ip_version`. The
 /// peer sends a probe and waits for its answer, so a buffer of many is not a relay's doing.
 pub const MAX_CONTROLS: usize = 8;
-/// The shortest datagram worth looking at one by one: a control message's header. A stride
-/// below it (a GSO packet the peer sent with an absurd `gso_size`, which veth delivers whole)
-/// makes every datagram of the buffer malformed, and they are counted at once.
-pub const MIN_STRIDE: usize = control::HEADER_LEN;
+/// The shortest datagram worth looking at one by one (shorter than any IP header, or control
+/// message). A stride below it (a GSO packet the peer sent with an absurd `gso_size`, which
+/// veth delivers whole) makes every datagram of the buffer malformed, and they are counted at
+/// once.
+pub const MIN_STRIDE: usize = 16;
 
 /// One receive, as the engine found it.
 #[derive(Debug, Clone)]
@@ -54,6 +55,9 @@ pub struct ReceivePlan {
     /// The relay-to-relay control messages among the datagrams (`wire::control`): where each
     /// is in the buffer. Not written to the TUN: the worker acts on them.
     pub controls: Vec<Control>,
+    /// The one advertisement of the peer's source ports among them (`control::Kind::Ports`),
+    /// whole; a second in one buffer is not a relay's doing, and is dropped as `bad_ip_version`.
+    pub advertisement: Option<Advertisement>,
 }
 
 impl Default for ReceivePlan {
@@ -64,6 +68,7 @@ impl Default for ReceivePlan {
             vnet_headers: vec![[0u8; vnet::LEN]; MAX_GRO_SEGMENTS].into_boxed_slice(),
             saved_heads: vec![0u8; MAX_GRO_SEGMENTS * HEADER_ROOM].into_boxed_slice(),
             controls: Vec::with_capacity(MAX_CONTROLS),
+            advertisement: None,
         }
     }
 }
@@ -126,6 +131,7 @@ pub fn plan(
     plan.segments.clear();
     plan.runs.clear();
     plan.controls.clear();
+    plan.advertisement = None;
     if payload_len == 0 {
         stats.counters.drop(DropReason::EmptyDatagram);
         return;
@@ -144,13 +150,26 @@ pub fn plan(
         let at = payload_at + offset;
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
-        if control::is_control(datagram)
-            && plan.controls.len() < MAX_CONTROLS
-            && let Some(message) = Control::parse(datagram)
-        {
-            plan.controls.push(message);
-            stats.counters.control_received += 1;
-            continue;
+        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
+            match Control::parse(datagram) {
+                Some(message) if message.kind != control::Kind::Ports => {
+                    plan.controls.push(message);
+                    // Path MTU messages only: the advertisements and their acknowledgements,
+                    // every 2 s for as long as the relays run, have counters of their own
+                    // (`peer_ports_accepted`, `ports_acknowledged`), and in the per-queue
+                    // counters they would keep a quiet tunnel's counts moving.
+                    if message.kind != control::Kind::PortsAck {
+                        stats.counters.control_received += 1;
+                    }
+                    continue;
+                }
+                Some(message) if plan.advertisement.is_none() => {
+                    plan.advertisement = Advertisement::parse(datagram);
+                    plan.controls.push(message);
+                    continue;
+                }
+                _ => {}
+            }
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header

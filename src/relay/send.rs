@@ -135,6 +135,8 @@ pub struct ErrorReports {
     pub drain_queue: bool,
     /// ICMP errors that surfaced as a receive's error (each also queued, unless drained before).
     pub surfaced_icmp_errors: u64,
+    /// Extra sockets (bit `k` for `Socket::Extra(k)`) whose queue a refusal put something in.
+    pub drain_extra: u64,
 }
 
 impl ErrorReports {

@@ -3,6 +3,7 @@
 //! them again. PURE: pieces name memory by [`Base`] and offset, never by pointer; the shell turns
 //! them into iovecs when it hands a request to the kernel.
 
+use super::Socket;
 use super::receive::{MAX_GRO_SEGMENTS, ReceivePlan};
 use super::send::Route;
 use crate::offload::icmp::{self, SharedBucket, SourceLimiter};
@@ -83,6 +84,9 @@ pub struct TunSlot {
     pub too_big_answered: bool,
     /// Refused sends of this slot sent again (`send::RESENDS_PER_SLOT`).
     pub resends: u8,
+    /// The outer tuple its direct sends leave from: 0 for the listen tuple, `k + 1` for extra
+    /// socket `k` (`entropy::tuple_for`). One flow per slot, so one tuple.
+    pub tuple: u8,
     /// Other buffers whose packets this slot's batch send carries.
     pub followers: Vec<u16>,
     /// Sends in flight, or refused and waiting to be settled; the buffer (and followers) go back
@@ -101,14 +105,17 @@ impl TunSlot {
             tos: 0,
             too_big_answered: false,
             resends: 0,
+            tuple: 0,
             followers: Vec::with_capacity(GSO_MAX_SEGMENTS),
             sends_pending: 0,
         }
     }
 
-    /// Prepares a slot whose sends are about to begin (none of its earlier ones is in flight).
-    pub fn begin_sends(&mut self, tos: u8, pieces_per_segment: u8) {
+    /// Prepares a slot whose sends are about to begin (none of its earlier ones is in flight),
+    /// from outer tuple `tuple`.
+    pub fn begin_sends(&mut self, tos: u8, pieces_per_segment: u8, tuple: u8) {
         self.tos = tos;
+        self.tuple = tuple;
         self.too_big_answered = false;
         self.resends = 0;
         self.pieces_per_segment = pieces_per_segment;
@@ -196,6 +203,8 @@ pub struct ControlSends {
     pub message_len: [u32; CONTROL_SLOTS],
     /// Times each busy slot's message was sent again after a refusal.
     pub resends: [u8; CONTROL_SLOTS],
+    /// The socket each busy slot's message goes out on.
+    pub socket: [Socket; CONTROL_SLOTS],
 }
 
 impl ControlSends {
@@ -207,6 +216,7 @@ impl ControlSends {
             busy: [false; CONTROL_SLOTS],
             message_len: [0; CONTROL_SLOTS],
             resends: [0; CONTROL_SLOTS],
+            socket: [Socket::Worker; CONTROL_SLOTS],
         }
     }
 

@@ -1,10 +1,11 @@
 //! TUN to UDP: what the relay does with a TUN read, and with the results of its sends. PURE.
 
 use super::batch::{self, Offer};
+use super::entropy;
 use super::send::{self, AfterRefusal, RESENDS_PER_SLOT, Route, SendResult};
 use super::slots::{Base, Piece, RefusedSend};
 use super::tun::{self, FromTun};
-use super::{Buffers, MAX_GSO_SENDS, Relay, Request, SendIndex};
+use super::{Buffers, MAX_GSO_SENDS, Relay, Request, SendIndex, Socket};
 use crate::offload::icmp::{self, TooBig};
 use crate::offload::split::{self, Split};
 use crate::stats::{Direction, DropReason};
@@ -47,11 +48,12 @@ impl Relay {
     fn add_to_batch(&mut self, bid: u16, packet: &[u8]) {
         let tos = self.outer_tos(packet);
         let piece = Piece::new(Base::TunBuffer(bid), vnet::LEN, packet.len());
+        let flow = steer::flow_key(packet);
         if !self.offloads.udp_gso {
-            self.lay_out_one(bid, piece, tos);
+            let tuple = self.tuple_for(flow);
+            self.lay_out_one(bid, piece, tos, tuple);
             return self.submit_send(bid, 0, 0, 1, None, Route::Direct);
         }
-        let flow = steer::flow_key(packet);
         match self.batcher.offer(bid, packet.len(), flow, tos) {
             Offer::Joined { position } => {
                 let leader = self
@@ -83,10 +85,20 @@ impl Relay {
         }
     }
 
-    /// Prepares `bid`'s slot to send one plain packet, `piece`.
-    fn lay_out_one(&mut self, bid: u16, piece: Piece, tos: u8) {
+    /// The outer tuple a flow with `flow` as its key leaves from now: the listen tuple (0) until
+    /// the peer acknowledged this relay's extra ports, then extra socket `k` as `k + 1`
+    /// (`entropy::tuple_for`).
+    fn tuple_for(&self, flow: Option<u32>) -> u8 {
+        if !self.entropy_in_use {
+            return 0;
+        }
+        entropy::tuple_for(flow, usize::from(self.extra_sockets)).map_or(0, |k| k as u8 + 1)
+    }
+
+    /// Prepares `bid`'s slot to send one plain packet, `piece`, from outer tuple `tuple`.
+    fn lay_out_one(&mut self, bid: u16, piece: Piece, tos: u8, tuple: u8) {
         let slot = &mut self.tun_slots[usize::from(bid)];
-        slot.begin_sends(tos, 1);
+        slot.begin_sends(tos, 1, tuple);
         slot.followers.clear();
         slot.pieces[0] = piece;
     }
@@ -100,8 +112,9 @@ impl Relay {
 
     /// Sends a batch: one GSO send for several packets, a plain send for one.
     fn submit_batch(&mut self, batch: batch::Batch) {
+        let tuple = self.tuple_for(batch.flow);
         let slot = &mut self.tun_slots[usize::from(batch.leader)];
-        slot.begin_sends(batch.tos, 1);
+        slot.begin_sends(batch.tos, 1, tuple);
         let segment_size = (batch.count > 1).then_some(batch.segment_size as u16);
         if batch.count > 1 {
             self.stats.counters.gso_sends += 1;
@@ -125,6 +138,12 @@ impl Relay {
         let slot = &mut self.tun_slots[usize::from(bid)];
         slot.msg_segments[msg] = (segments as u16, first as u16);
         slot.sends_pending += 1;
+        // The fragmenting path leaves from the listen tuple (it is the listen port's socket).
+        let socket = match (route, slot.tuple) {
+            (Route::Fragmenting, _) => Socket::Fragmenting,
+            (Route::Direct, 0) => Socket::Worker,
+            (Route::Direct, tuple) => Socket::Extra(tuple - 1),
+        };
         let index = SendIndex {
             bid,
             msg: msg as u16,
@@ -138,6 +157,7 @@ impl Relay {
             segments: segments as u16,
             segment_size,
             route,
+            socket,
         });
     }
 
@@ -172,10 +192,12 @@ impl Relay {
     fn lay_out_split(&mut self, bid: u16, buffer: &[u8], plan: &Split) {
         let packet = &buffer[vnet::LEN..];
         let header_len = plan.transport.header_len();
-        // The segments' IP headers are copies of the super-packet's: one TOS for all.
+        // The segments' IP headers are copies of the super-packet's: one TOS for all, and one
+        // flow, so one tuple.
         let tos = self.outer_tos(packet);
+        let tuple = self.tuple_for(steer::flow_key(packet));
         let slot = &mut self.tun_slots[usize::from(bid)];
-        slot.begin_sends(tos, 2);
+        slot.begin_sends(tos, 2, tuple);
         slot.followers.clear();
         for i in 0..plan.count {
             let at = i * super::HEADER_ROOM;
@@ -199,8 +221,13 @@ impl Relay {
         let gso = msg < MAX_GSO_SENDS && segments > 1;
         let verdict = send::judge(result, gso, route);
         self.reports.note_send(verdict);
+        let extra = (route == Route::Direct && slot.tuple > 0).then(|| slot.tuple - 1);
         match verdict {
             SendResult::Refused { errno } => {
+                // The error is on the queue of the socket that sent it.
+                if let Some(k) = extra {
+                    self.reports.drain_extra |= 1 << k;
+                }
                 // Settled once the batch has read the error queue: until then the send stays
                 // counted in `sends_pending`, so its slot keeps its buffers.
                 self.refused.push(RefusedSend {
@@ -219,6 +246,9 @@ impl Relay {
                 self.stats.counters.udp_tx_bytes += bytes as u64;
                 if route == Route::Fragmenting {
                     self.stats.path.fragmented_sends += segments as u64;
+                }
+                if extra.is_some() {
+                    self.stats.counters.entropy_tx_packets += segments as u64;
                 }
                 self.time_sent(bid, first, segments, now_ns);
             }
@@ -359,7 +389,8 @@ impl Relay {
                     None => {
                         let tos = self.outer_tos(packet);
                         let piece = Piece::new(Base::TunBuffer(bid), vnet::LEN, packet_len);
-                        self.lay_out_one(bid, piece, tos);
+                        // Sent in outer fragments from the listen tuple (the fragmenting socket's).
+                        self.lay_out_one(bid, piece, tos, 0);
                     }
                 }
                 self.send_fragmenting(bid, 0, count);

@@ -34,9 +34,15 @@ impl Relay {
                 .drop_n(DropReason::OversizedDatagram, datagrams);
             return self.udp_free.push(bid);
         }
-        // Exactly the peer's address and port: its fragmenting socket sends from its port too.
+        // Exactly the peer's address, and its listen port (its fragmenting socket sends from
+        // there too) or a port it advertised and we accepted (`entropy`).
         let source = cmsg::source_address(buffer.get(received.name.clone()).unwrap_or(&[]));
-        if source != Some(self.peer_canonical) {
+        let from_listen = source == Some(self.peer_canonical);
+        let from_peer = from_listen
+            || source.is_some_and(|s| {
+                s.ip() == self.peer_canonical.ip() && self.source_ports.accepts(s.port())
+            });
+        if !from_peer {
             self.stats
                 .counters
                 .drop_n(DropReason::ForeignSource, datagrams);
@@ -62,7 +68,7 @@ impl Relay {
             &mut slot.plan,
         );
         if !slot.plan.controls.is_empty() {
-            self.on_control_messages(bid);
+            self.on_control_messages(bid, from_listen);
         }
         let slot = &mut self.udp_slots[usize::from(bid)];
         if slot.plan.segments.is_empty() {

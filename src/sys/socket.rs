@@ -202,6 +202,59 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
     bind(socket, listen)
 }
 
+/// An extra socket of a worker, for outer flow entropy (`relay::entropy`): bound to `local`
+/// (the listen address, and one of the relay's extra ports: 0 for one the kernel picks, which
+/// the other workers' sockets then join) with `SO_REUSEPORT`, so that every worker has its own
+/// socket on each extra port; connected to `peer`; with the options of the worker's socket
+/// that matter for sending: DF without obeying the route's path MTU (`IP_PMTUDISC_PROBE`),
+/// `IP_RECVERR` (the tuple's ICMP errors are queued on one of the group's sockets, which the
+/// kernel picks: `__udp4_lib_err` looks up with no datagram, and a connected socket is chosen
+/// by its score, not by the reuseport hash; every worker reads its own), the send buffer.
+/// Nothing is sent to these ports, and a connected socket takes no datagram from anyone but
+/// the peer (`compute_score` in net/ipv4/udp.c), so its small receive buffer holds only the
+/// errors the worker has not read yet. The per-send outer TOS and `UDP_SEGMENT` are control
+/// messages, as on the worker's socket.
+pub fn extra_socket(
+    local: SocketAddr,
+    peer: SocketAddr,
+    buffer_bytes: usize,
+) -> Result<OwnedFd, Error> {
+    let err = |source| Error::Socket {
+        address: local,
+        source,
+    };
+    let socket = reuseport_socket(local).map_err(err)?;
+    let raw = socket.as_raw_fd();
+    let send = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
+    set_buffers(&socket, FRAGMENTING_RECEIVE_BYTES, send).map_err(err)?;
+    set_path_mtu_discovery(
+        raw,
+        local,
+        libc::IP_PMTUDISC_PROBE,
+        libc::IPV6_PMTUDISC_PROBE,
+    )
+    .map_err(err)?;
+    set_receive_errors(raw, local).map_err(err)?;
+    let fd = bind(socket, local)?;
+    connect(&fd, peer).map_err(|source| Error::Socket {
+        address: peer,
+        source,
+    })?;
+    Ok(fd)
+}
+
+/// Connects a UDP socket to `peer` (again, when the peer moved): connect(2).
+pub fn connect(fd: &OwnedFd, peer: SocketAddr) -> io::Result<()> {
+    let to = match (local_address(fd)?, peer) {
+        // An IPv6 socket reaches an IPv4 peer by its mapped address.
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        _ => peer,
+    };
+    SockRef::from(fd).connect(&SockAddr::from(to))
+}
+
 /// `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): ICMP errors about the peer are queued
 /// for the socket to read, and set its pending error (ip(7), ipv6(7)). `socket2` has neither.
 fn set_receive_errors(raw: RawFd, listen: SocketAddr) -> io::Result<()> {

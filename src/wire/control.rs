@@ -1,35 +1,82 @@
 //! Relay-to-relay control messages: the path MTU probes and their acknowledgements
-//! (`relay::plpmtud`, RFC 8899's datagram PLPMTUD). PURE.
+//! (`relay::plpmtud`, RFC 8899's datagram PLPMTUD), and the source ports a relay advertises for
+//! outer flow entropy with theirs (`relay::entropy`). PURE.
 //!
-//! In the raw wire format every UDP payload is one inner IP packet, whose first nibble is 4 or
-//! 6. A control message starts with a zero byte, so no IP packet is ever taken for one and no
-//! control message for an IP packet. A relay that does not know them (an older tunfwd, socat's
-//! TUN-to-UDP relay) drops them: tunfwd counts `bad_ip_version`, and a TUN refuses a write whose
-//! first nibble is neither 4 nor 6 (`tun_get_user` in drivers/net/tun.c). Such a peer never
+//! In the raw wire format every UDP payload is one inner IP packet. A control message is one
+//! too, as far as a relay that does not know them can tell: an IPv4 header (RFC 791) from and
+//! to 0.0.0.0 with protocol 253 (RFC 3692: for experiments) and TTL 1, exactly as long as the
+//! datagram and with a valid checksum, and the message after it. Such a relay (an older
+//! tunfwd, socat's TUN-to-UDP relay) writes it into its TUN like any packet, and its IP stack
+//! drops it without a word: 0.0.0.0 is no destination (RFC 1122 section 3.2.1.3;
+//! `ip_route_input_slow` in net/ipv4/route.c counts a martian destination). It must be an IP
+//! packet: a TUN refuses a write whose first nibble is neither 4 nor 6 (`tun_get_user` in
+//! drivers/net/tun.c), and socat exits on the first write refused. No real traffic goes to
+//! 0.0.0.0, so nothing a host sends is taken for a control message. Such a peer never
 //! acknowledges a probe, and the prober then knows it cannot confirm anything (see
-//! `relay::plpmtud`).
+//! `relay::plpmtud`); nor an advertisement, so the advertiser keeps to the listen tuple
+//! (`relay::entropy`).
 //!
 //! ```text
-//!  0      1      2      3      4 ........... 11   12 .. 13   14 .. 15   16 ...
-//! +------+------+------+------+----------------+----------+----------+---------------+
-//! | 0x00 | 'T'  | 'F'  | kind | nonce (u64 BE) | size BE  | 0 0      | zeros (probe)  |
-//! +------+------+------+------+----------------+----------+----------+---------------+
+//!  0 ..... 19      20     21     22     23     24 ........ 31   32 .. 33   34 .. 35   36 ...
+//! +--------------+------+------+------+------+----------------+----------+--------+-------+
+//! | IPv4, 0 -> 0 | 0x00 | 'T'  | 'F'  | kind | nonce (u64 BE) | size BE  | 0 0    | zeros |
+//! +--------------+------+------+------+------+----------------+----------+--------+-------+
 //! ```
 //! `kind` 1 is a probe, 2 its acknowledgement. A probe is padded with zeros to the UDP payload
-//! that makes an outer IP packet of `size` bytes; the acknowledgement is the 16-byte header
+//! that makes an outer IP packet of `size` bytes; the acknowledgement is the 36-byte header
 //! alone, echoing the probe's nonce and size. The nonce is random, so an acknowledgement cannot
 //! be forged by anyone who did not see the probe.
+//!
+//! `kind` 3 is an advertisement: the source ports its sender sends from besides its listen
+//! port. `size` is their number N (at most [`MAX_PORTS`]), and the header is followed by the
+//! sender's session (a random u64 it keeps while it runs, so that a restart shows) and N ports,
+//! big-endian, none of them 0; the datagram is exactly `36 + 8 + 2N` bytes:
+//!
+//! ```text
+//!  0 .. 35          36 ........ 43    44 45   46 47   ...
+//! +----------------+----------------+-------+-------+-----
+//! | header, kind 3 | session u64 BE | port  | port  | ...
+//! +----------------+----------------+-------+-------+-----
+//! ```
+//! `kind` 4 acknowledges one: the 36-byte header alone, echoing its nonce and N. Only a relay
+//! whose advertisement was acknowledged sends from those ports, and its peer accepts datagrams
+//! from exactly those (see `relay::entropy`).
 
-/// Bytes of a control message's header; an acknowledgement is exactly this long.
-pub const HEADER_LEN: usize = 16;
+/// Bytes of the IPv4 header a control message starts with.
+pub const WRAP_LEN: usize = 20;
+/// Bytes of a control message's header, that IPv4 header included; an acknowledgement is
+/// exactly this long.
+pub const HEADER_LEN: usize = WRAP_LEN + 16;
+/// The IPv4 protocol number of a control message's header (RFC 3692).
+const WRAP_PROTOCOL: u8 = 253;
+/// Source ports one advertisement names, at most: one per worker at 256 queues, or four per
+/// worker at 64 (its datagram is then 556 bytes, which every IPv4 path carries).
+pub const MAX_PORTS: usize = 256;
+/// Bytes of an advertisement's session field, after the header.
+pub const SESSION_LEN: usize = 8;
 
 mod field {
+    use super::WRAP_LEN as W;
     use core::ops::Range;
-    pub const MAGIC: Range<usize> = 0..3;
-    pub const KIND: usize = 3;
-    pub const NONCE: Range<usize> = 4..12;
-    pub const SIZE: Range<usize> = 12..14;
-    pub const RESERVED: Range<usize> = 14..16;
+    pub const MAGIC: Range<usize> = W..W + 3;
+    pub const KIND: usize = W + 3;
+    pub const NONCE: Range<usize> = W + 4..W + 12;
+    pub const SIZE: Range<usize> = W + 12..W + 14;
+    pub const RESERVED: Range<usize> = W + 14..W + 16;
+}
+
+/// The IPv4 header a control message of `total_len` bytes starts with; `None` past 65535.
+fn wrapper(total_len: usize) -> Option<[u8; WRAP_LEN]> {
+    let total = u16::try_from(total_len).ok()?;
+    let mut h = [0u8; WRAP_LEN];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[8] = 1; // TTL
+    h[9] = WRAP_PROTOCOL;
+    // Addresses 0.0.0.0; the header checksum last.
+    let checksum = crate::wire::checksum::Sum::of(&h).finish();
+    h[10..12].copy_from_slice(&checksum.to_be_bytes());
+    Some(h)
 }
 
 const MAGIC: [u8; 3] = [0x00, b'T', b'F'];
@@ -41,6 +88,11 @@ pub enum Kind {
     Probe,
     /// The acknowledgement of a probe.
     Ack,
+    /// The source ports the sender sends from besides its listen port ([`Advertisement`]);
+    /// `size` is their number.
+    Ports,
+    /// The acknowledgement of an advertisement, echoing its nonce and number of ports.
+    PortsAck,
 }
 
 impl Kind {
@@ -48,6 +100,8 @@ impl Kind {
         match self {
             Kind::Probe => 1,
             Kind::Ack => 2,
+            Kind::Ports => 3,
+            Kind::PortsAck => 4,
         }
     }
 }
@@ -61,43 +115,56 @@ pub struct Control {
     pub size: u16,
 }
 
-/// Whether a datagram may be a control message: its first byte is not an IP version. Cheap
-/// enough to ask of every datagram; [`Control::parse`] says whether it is one.
+/// Whether a datagram may be a control message: IPv4 with protocol 253 from and to 0.0.0.0.
+/// Cheap enough to ask of every datagram; [`Control::parse`] says whether it is one.
 pub fn is_control(datagram: &[u8]) -> bool {
-    datagram.first() == Some(&0)
+    datagram.len() >= HEADER_LEN
+        && datagram[0] == 0x45
+        && datagram[9] == WRAP_PROTOCOL
+        && datagram[12..WRAP_LEN] == [0; 8]
 }
 
 impl Control {
     /// Parses a datagram as a control message. `None` for anything else: a wrong magic or kind,
     /// a nonzero reserved field, an acknowledgement of any length but [`HEADER_LEN`], a probe
     /// shorter than its header or with nonzero padding (the padding is all a probe carries, and
-    /// a probe with content is not one of ours).
+    /// a probe with content is not one of ours), an advertisement that is not exactly as
+    /// [`Advertisement::parse`] takes it.
     pub fn parse(datagram: &[u8]) -> Option<Control> {
         let header = datagram.get(..HEADER_LEN)?;
-        if header[field::MAGIC] != MAGIC || header[field::RESERVED] != [0, 0] {
+        if header[..WRAP_LEN] != wrapper(datagram.len())?
+            || header[field::MAGIC] != MAGIC
+            || header[field::RESERVED] != [0, 0]
+        {
             return None;
         }
+        let size = u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes"));
         let kind = match header[field::KIND] {
             1 if datagram[HEADER_LEN..].iter().all(|b| *b == 0) => Kind::Probe,
             2 if datagram.len() == HEADER_LEN => Kind::Ack,
+            3 if ports_body(datagram, size).is_some() => Kind::Ports,
+            4 if datagram.len() == HEADER_LEN && usize::from(size) <= MAX_PORTS => Kind::PortsAck,
             _ => return None,
         };
         Some(Control {
             kind,
             nonce: u64::from_be_bytes(header[field::NONCE].try_into().expect("8 bytes")),
-            size: u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes")),
+            size,
         })
     }
 
     /// Writes this message's header into `out` and, for a probe, zeros up to `payload_len`
     /// bytes. Returns the datagram's length: [`HEADER_LEN`] for an acknowledgement,
-    /// `payload_len` (at least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short.
+    /// `payload_len` (at least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or
+    /// for an advertisement, whose ports only [`Advertisement::write`] has.
     pub fn write(&self, out: &mut [u8], payload_len: usize) -> Option<usize> {
         let len = match self.kind {
             Kind::Probe => payload_len.max(HEADER_LEN),
-            Kind::Ack => HEADER_LEN,
+            Kind::Ack | Kind::PortsAck => HEADER_LEN,
+            Kind::Ports => return None,
         };
         let out = out.get_mut(..len)?;
+        out[..WRAP_LEN].copy_from_slice(&wrapper(len)?);
         out[field::MAGIC].copy_from_slice(&MAGIC);
         out[field::KIND] = self.kind.to_raw();
         out[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
@@ -107,11 +174,123 @@ impl Control {
         Some(len)
     }
 
-    /// The acknowledgement that answers this probe.
+    /// The acknowledgement that answers this probe (or this advertisement).
     pub fn ack(&self) -> Control {
         Control {
-            kind: Kind::Ack,
+            kind: if self.kind == Kind::Ports {
+                Kind::PortsAck
+            } else {
+                Kind::Ack
+            },
             ..*self
+        }
+    }
+}
+
+/// The body of an advertisement of `count` ports (the session and the ports), if `datagram` is
+/// exactly that long and names no port 0.
+fn ports_body(datagram: &[u8], count: u16) -> Option<&[u8]> {
+    let count = usize::from(count);
+    if count > MAX_PORTS || datagram.len() != HEADER_LEN + SESSION_LEN + 2 * count {
+        return None;
+    }
+    let body = &datagram[HEADER_LEN..];
+    body[SESSION_LEN..]
+        .chunks_exact(2)
+        .all(|port| port != [0, 0])
+        .then_some(body)
+}
+
+/// An advertisement (kind 3): the source ports its sender sends from besides its listen port,
+/// and the session that says whether the sender restarted. Fixed size, no allocation: a worker
+/// keeps one per receive buffer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    pub nonce: u64,
+    pub session: u64,
+    len: u16,
+    ports: [u16; MAX_PORTS],
+}
+
+impl std::fmt::Debug for Advertisement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Advertisement")
+            .field("nonce", &self.nonce)
+            .field("session", &self.session)
+            .field("ports", &self.ports())
+            .finish()
+    }
+}
+
+impl Advertisement {
+    /// An advertisement of `ports`; `None` if there are more than [`MAX_PORTS`] or one is 0.
+    pub fn new(nonce: u64, session: u64, ports: &[u16]) -> Option<Advertisement> {
+        if ports.len() > MAX_PORTS || ports.contains(&0) {
+            return None;
+        }
+        let mut all = [0u16; MAX_PORTS];
+        all[..ports.len()].copy_from_slice(ports);
+        Some(Advertisement {
+            nonce,
+            session,
+            len: ports.len() as u16,
+            ports: all,
+        })
+    }
+
+    /// The ports advertised, in the order they were written.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports[..usize::from(self.len)]
+    }
+
+    /// Parses a datagram as an advertisement: exactly what [`Control::parse`] takes as
+    /// [`Kind::Ports`], and nothing else.
+    pub fn parse(datagram: &[u8]) -> Option<Advertisement> {
+        let header = Control::parse(datagram).filter(|c| c.kind == Kind::Ports)?;
+        let body = ports_body(datagram, header.size)?;
+        let mut ports = [0u16; MAX_PORTS];
+        for (port, bytes) in ports.iter_mut().zip(body[SESSION_LEN..].chunks_exact(2)) {
+            *port = u16::from_be_bytes([bytes[0], bytes[1]]);
+        }
+        Some(Advertisement {
+            nonce: header.nonce,
+            session: u64::from_be_bytes(body[..SESSION_LEN].try_into().expect("8 bytes")),
+            len: header.size,
+            ports,
+        })
+    }
+
+    /// The datagram's length: `36 + 8 + 2N`.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + SESSION_LEN + 2 * usize::from(self.len)
+    }
+
+    /// Writes the datagram into `out`; its length, or `None` if `out` is too short.
+    pub fn write(&self, out: &mut [u8]) -> Option<usize> {
+        let len = self.wire_len();
+        let out = out.get_mut(..len)?;
+        out[..WRAP_LEN].copy_from_slice(&wrapper(len)?);
+        out[field::MAGIC].copy_from_slice(&MAGIC);
+        out[field::KIND] = Kind::Ports.to_raw();
+        out[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
+        out[field::SIZE].copy_from_slice(&self.len.to_be_bytes());
+        out[field::RESERVED].fill(0);
+        out[HEADER_LEN..HEADER_LEN + SESSION_LEN].copy_from_slice(&self.session.to_be_bytes());
+        for (bytes, port) in out[HEADER_LEN + SESSION_LEN..]
+            .chunks_exact_mut(2)
+            .zip(self.ports())
+        {
+            bytes.copy_from_slice(&port.to_be_bytes());
+        }
+        Some(len)
+    }
+
+    /// Its header as a [`Control`] (kind [`Kind::Ports`], `size` the number of ports).
+    pub fn header(&self) -> Control {
+        Control {
+            kind: Kind::Ports,
+            nonce: self.nonce,
+            size: self.len,
         }
     }
 }
@@ -120,21 +299,37 @@ impl Control {
 mod tests {
     use super::*;
 
-    static ACK: [u8; 16] = [
-        0x00, b'T', b'F', 2, 1, 2, 3, 4, 5, 6, 7, 8, 0x05, 0xa8, 0, 0,
-    ];
+    /// `body` after the IPv4 header of a control message as long as both.
+    fn wrapped(body: &[u8]) -> Vec<u8> {
+        let mut datagram = wrapper(WRAP_LEN + body.len()).unwrap().to_vec();
+        datagram.extend_from_slice(body);
+        datagram
+    }
+
+    fn ack() -> Vec<u8> {
+        wrapped(&[
+            0x00, b'T', b'F', 2, 1, 2, 3, 4, 5, 6, 7, 8, 0x05, 0xa8, 0, 0,
+        ])
+    }
 
     #[test]
     fn deconstruct() {
         assert_eq!(
-            Control::parse(&ACK),
+            Control::parse(&ack()),
             Some(Control {
                 kind: Kind::Ack,
                 nonce: 0x0102_0304_0506_0708,
                 size: 1448,
             })
         );
-        assert!(is_control(&ACK));
+        assert!(is_control(&ack()));
+        // The header is a valid IPv4 header, by an independent parser.
+        let bytes = ack();
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&bytes).unwrap();
+        assert_eq!(ip.total_len(), 36);
+        assert_eq!(ip.protocol(), etherparse::IpNumber(253));
+        assert_eq!(ip.destination(), [0, 0, 0, 0]);
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
     }
 
     #[test]
@@ -156,16 +351,29 @@ mod tests {
 
     #[test]
     fn impossible_len_and_foreign_bytes_are_not_control() {
-        assert_eq!(Control::parse(&ACK[..15]), None);
-        let mut long_ack = ACK.to_vec();
+        let ack = ack();
+        assert_eq!(Control::parse(&ack[..HEADER_LEN - 1]), None);
+        let mut long_ack = ack.clone();
         long_ack.push(0);
         assert_eq!(
             Control::parse(&long_ack),
             None,
             "an ack is 16 bytes exactly"
         );
-        for (at, value) in [(0, 0x45), (1, b't'), (3, 0), (3, 3), (14, 1), (15, 1)] {
-            let mut bad = ACK;
+        for (at, value) in [
+            (20, 0x45),
+            (21, b't'),
+            (23, 0),
+            (23, 5),
+            (34, 1),
+            (35, 1),
+            (0, 0x46),
+            (8, 2),
+            (9, 17),
+            (11, 0),
+            (19, 1),
+        ] {
+            let mut bad = ack.clone();
             bad[at] = value;
             assert_eq!(Control::parse(&bad), None, "byte {at} = {value}");
         }
@@ -184,5 +392,88 @@ mod tests {
         assert!(!is_control(&[0x45, 0, 0, 20]));
         assert!(!is_control(&[0x60]));
         assert!(!is_control(&[]));
+    }
+
+    /// An advertisement of two ports, byte by byte.
+    fn ports() -> Vec<u8> {
+        wrapped(&[
+            0x00, b'T', b'F', 3, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 0,
+            0, // header: nonce 9, 2 ports
+            0, 0, 0, 0, 0, 0, 0x12, 0x34, // session 0x1234
+            0xc0, 0x00, 0xff, 0xff, // 49152, 65535
+        ])
+    }
+
+    #[test]
+    fn advertisements_deconstruct_construct_and_round_trip() {
+        let ports = ports();
+        let a = Advertisement::parse(&ports).unwrap();
+        assert_eq!((a.nonce, a.session), (9, 0x1234));
+        assert_eq!(a.ports(), &[49152, 65535]);
+        assert_eq!(
+            Control::parse(&ports),
+            Some(Control {
+                kind: Kind::Ports,
+                nonce: 9,
+                size: 2
+            })
+        );
+        let mut out = [0xaau8; 600];
+        assert_eq!(a.write(&mut out), Some(48));
+        assert_eq!(out[..48], ports[..]);
+        assert_eq!(a.header().ack().kind, Kind::PortsAck);
+        let ack_len = a.header().ack().write(&mut out, 0).unwrap();
+        assert_eq!(ack_len, HEADER_LEN);
+        assert_eq!(Control::parse(&out[..ack_len]), Some(a.header().ack()));
+        assert_eq!(a.header().write(&mut out, 0), None, "needs the ports");
+        // The most, and none.
+        let many: Vec<u16> = (1..=MAX_PORTS as u16).collect();
+        let full = Advertisement::new(u64::MAX, 7, &many).unwrap();
+        let len = full.write(&mut out).unwrap();
+        assert_eq!(len, 44 + 2 * MAX_PORTS);
+        assert_eq!(Advertisement::parse(&out[..len]).unwrap(), full);
+        let none = Advertisement::new(1, 2, &[]).unwrap();
+        let len = none.write(&mut out).unwrap();
+        assert_eq!(len, 44);
+        assert_eq!(
+            Advertisement::parse(&out[..len]).unwrap().ports(),
+            &[] as &[u16]
+        );
+        assert_eq!(full.write(&mut out[..100]), None, "too short");
+    }
+
+    #[test]
+    fn advertisements_of_impossible_lengths_or_ports_are_refused() {
+        let too_many: Vec<u16> = (1..=MAX_PORTS as u16 + 1).collect();
+        assert!(Advertisement::new(1, 1, &too_many).is_none());
+        assert!(Advertisement::new(1, 1, &[5, 0]).is_none(), "port 0");
+        let ports = ports();
+        assert!(Advertisement::parse(&ports[..47]).is_none(), "cut");
+        let mut long = ports[WRAP_LEN..].to_vec();
+        long.extend_from_slice(&[0, 1]);
+        let long = wrapped(&long);
+        assert!(
+            Advertisement::parse(&long).is_none(),
+            "a port more than it says"
+        );
+        assert!(Control::parse(&long).is_none());
+        let mut zero = ports.clone();
+        zero[46..48].fill(0);
+        assert!(Control::parse(&zero).is_none(), "port 0");
+        let mut count = ports.clone();
+        count[32..34].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
+        assert!(Control::parse(&count).is_none());
+        // An acknowledgement of an advertisement: the header alone, and no more ports than there
+        // can be.
+        let mut ack = ack();
+        ack[23] = 4;
+        ack[32..34].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(Control::parse(&ack).unwrap().kind, Kind::PortsAck);
+        assert!(
+            Advertisement::parse(&ack).is_none(),
+            "an ack is no advertisement"
+        );
+        ack[32..34].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
+        assert!(Control::parse(&ack).is_none());
     }
 }

@@ -137,15 +137,16 @@ impl Memory {
     }
 
     /// Lays out msghdr `msg` of TUN slot `bid` for a `Request::Send` of segments
-    /// `first..first + segments`, and returns it.
+    /// `first..first + segments` (`span`), and returns it. `named`: with the peer's address (for
+    /// a socket that is not connected to it).
     pub fn lay_out_send(
         &mut self,
         relay: &Relay,
         bid: u16,
         msg: u16,
-        first: u16,
-        segments: u16,
+        (first, segments): (u16, u16),
         segment_size: Option<u16>,
+        named: bool,
     ) -> *const libc::msghdr {
         let (pieces, tos) = relay.send_pieces(bid, first, segments);
         let per = if segments == 0 {
@@ -183,8 +184,13 @@ impl Memory {
             )
         };
         let m = &mut slot.msgs[msg];
-        m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
-        m.msg_namelen = name.1;
+        if named {
+            m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
+            m.msg_namelen = name.1;
+        } else {
+            m.msg_name = std::ptr::null_mut();
+            m.msg_namelen = 0;
+        }
         m.msg_iov = slot.iovs[iov_start..].as_mut_ptr();
         m.msg_iovlen = pieces.len();
         m.msg_control = if control_len > 0 {

@@ -33,9 +33,11 @@ pub use crate::relay::{MAX_SPLIT_SEGMENTS, Offloads, REPLIES_PER_SECOND, REPLY_B
 use crate::faults::{Call, Faults};
 use crate::offload::ecn::Marking;
 use crate::offload::icmp::SharedBucket;
+use crate::relay::entropy::SourcePorts;
 use crate::relay::plpmtud::{Limits, SharedPath};
-use crate::relay::send::Route;
-use crate::relay::{Received, Relay, RelayConfig, Request, Socket, Token, WriteIndex};
+use crate::relay::{
+    EntropyConfig, Received, Relay, RelayConfig, Request, Socket, Token, WriteIndex,
+};
 use crate::ring::BufRing;
 use crate::shared::Shared;
 use crate::stats::WorkerStats;
@@ -69,6 +71,17 @@ pub struct WorkerConfig {
     /// `TooBig::Fragment`. `None` if it could not be made: such packets are then dropped as
     /// `too_big`.
     pub fragmenting: Option<OwnedFd>,
+    /// Extra sockets for outer flow entropy (`relay::entropy`): this worker's own on each of the
+    /// relay's extra ports, connected to the peer; sent from once the peer acknowledged them.
+    pub extra_sockets: Vec<OwnedFd>,
+    /// What the relay's workers share about outer entropy.
+    pub source_ports: Arc<SourcePorts>,
+    /// The relay's workers (which of them probes which extra tuple).
+    pub workers: usize,
+    /// Run the advertiser of the relay's extra ports (one worker).
+    pub advertise: bool,
+    /// Path MTU limits, for the extra tuples' machines.
+    pub tuple_limits: Option<Limits>,
     pub peer: SocketAddr,
     /// The relay's path MTU state, shared by its workers (`relay::plpmtud`).
     pub shared_path: Arc<SharedPath>,
@@ -103,10 +116,10 @@ pub struct WorkerExit {
 /// (the contract in `ring`).
 #[derive(Debug, Clone, Copy)]
 enum Submission {
-    /// `sendmsg(msg, MSG_DONTWAIT)` on the socket `route` names.
+    /// `sendmsg(msg, MSG_DONTWAIT)` on `socket`.
     Send {
         token: Token,
-        route: Route,
+        socket: Socket,
         msg: *const libc::msghdr,
         /// It carries several datagrams (`UDP_SEGMENT`).
         gso: bool,
@@ -208,6 +221,8 @@ struct Worker {
     socket: OwnedFd,
     tun: OwnedFd,
     fragmenting: Option<OwnedFd>,
+    /// Extra sockets for outer flow entropy, `Socket::Extra(k)`.
+    extras: Vec<OwnedFd>,
     submissions: Submissions,
     epoch: Instant,
     /// The generation of the peer's address the relay sends to (`Shared::peer_if_moved`).
@@ -494,6 +509,13 @@ impl Worker {
             epoch: now,
             nonces: Box::new(|| random::nonzero_u64().unwrap_or(0x5eed)),
             snapshot_every_ns: config.snapshot_every.map(|every| every.as_nanos() as u64),
+            entropy: EntropyConfig {
+                source_ports: config.source_ports.clone(),
+                sockets: config.extra_sockets.len() as u8,
+                workers: config.workers,
+                advertise: config.advertise,
+                limits: config.tuple_limits,
+            },
         });
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| sys::Error::Socket {
@@ -507,6 +529,11 @@ impl Worker {
             socket: dup(&config.socket)?,
             tun: dup(&config.tun)?,
             fragmenting: config.fragmenting.as_ref().map(dup).transpose()?,
+            extras: config
+                .extra_sockets
+                .iter()
+                .map(dup)
+                .collect::<Result<_, _>>()?,
             submissions: Submissions {
                 queued: Vec::with_capacity(4 * depth + 16),
                 ..Submissions::default()
@@ -589,17 +616,20 @@ impl Worker {
                     first,
                     segments,
                     segment_size,
-                    route,
+                    socket,
+                    ..
                 } => Submission::Send {
                     token,
-                    route,
+                    socket,
                     msg: self.memory.lay_out_send(
                         &self.relay,
                         bid,
                         msg,
-                        first,
-                        segments,
+                        (first, segments),
                         segment_size,
+                        // An extra socket is connected to the peer: no address, so that the
+                        // kernel takes its cached route (`udp_sendmsg`).
+                        !matches!(socket, Socket::Extra(_)),
                     ),
                     gso: segment_size.is_some(),
                 },
@@ -613,17 +643,19 @@ impl Worker {
                         merged,
                     }
                 }
-                Request::SendControl { token, k, len } => Submission::Send {
+                Request::SendControl {
                     token,
-                    route: Route::Direct,
+                    k,
+                    len,
+                    socket,
+                } => Submission::Send {
+                    token,
+                    socket,
                     msg: self.memory.lay_out_control(&self.relay, k, len),
                     gso: false,
                 },
                 Request::DrainErrors { socket } => {
-                    let fd = match socket {
-                        Socket::Worker => Some(self.socket.as_raw_fd()),
-                        Socket::Fragmenting => self.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
-                    };
+                    let fd = self.socket_fd(socket);
                     let peer = Some(self.relay.peer().ip());
                     let queued = fd
                         .map(|fd| socket::drain_error_queue(fd, peer))
@@ -662,6 +694,23 @@ impl Worker {
             && self.relay.follow_peer(peer)
         {
             self.memory.move_peer(peer);
+            for fd in &self.extras {
+                if let Err(e) = socket::connect(fd, peer) {
+                    eprintln!(
+                        "tunfwd: queue {}: cannot point an extra socket at {peer}: {e}",
+                        config.queue
+                    );
+                }
+            }
+        }
+    }
+
+    /// The fd of `socket`, if the worker has it.
+    fn socket_fd(&self, socket: Socket) -> Option<std::os::fd::RawFd> {
+        match socket {
+            Socket::Worker => Some(self.socket.as_raw_fd()),
+            Socket::Fragmenting => self.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
+            Socket::Extra(k) => self.extras.get(usize::from(k)).map(|fd| fd.as_raw_fd()),
         }
     }
 

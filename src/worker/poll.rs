@@ -13,8 +13,7 @@ use super::{
     DRAIN_DEADLINE, Driver, Injected, Submission, Worker, WorkerConfig, pin, received_from_msghdr,
     set_nonblocking, setup_faults,
 };
-use crate::relay::Token;
-use crate::relay::send::Route;
+use crate::relay::{Socket, Token};
 use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,6 +33,7 @@ pub(super) struct Poll {
     tun: RawFd,
     socket: RawFd,
     fragmenting: Option<RawFd>,
+    extras: Vec<RawFd>,
     mmsgs: Vec<libc::mmsghdr>,
     tokens: Vec<Token>,
     received: Vec<u16>,
@@ -58,6 +58,7 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Poll, Worker), sys::Error>
         tun: worker.tun.as_raw_fd(),
         socket: worker.socket.as_raw_fd(),
         fragmenting: worker.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
+        extras: worker.extras.iter().map(|fd| fd.as_raw_fd()).collect(),
         // SAFETY: mmsghdr is plain data; all-zero is valid.
         mmsgs: vec![unsafe { std::mem::zeroed() }; MMSG_BATCH],
         tokens: Vec::with_capacity(MMSG_BATCH),
@@ -229,7 +230,7 @@ impl Poll {
             let mut i = 0;
             while i < self.requests.len() {
                 i += match self.requests[i] {
-                    Submission::Send { route, .. } => self.send_run(i, route),
+                    Submission::Send { socket, .. } => self.send_run(i, socket),
                     Submission::Write {
                         token, iovs, count, ..
                     } => {
@@ -252,19 +253,19 @@ impl Poll {
         }
     }
 
-    /// Sends the run of consecutive sends on `route` that starts at request `start` with one
+    /// Sends the run of consecutive sends on `socket` that starts at request `start` with one
     /// `sendmmsg`. Returns how many requests it settled: those sent, or the first alone if it
     /// failed (a later one's error would be lost: `sendmmsg` reports only the count sent).
-    fn send_run(&mut self, start: usize, route: Route) -> usize {
+    fn send_run(&mut self, start: usize, socket: Socket) -> usize {
         self.tokens.clear();
         for request in &self.requests[start..] {
             match *request {
                 Submission::Send {
                     token,
-                    route: r,
+                    socket: s,
                     msg,
                     ..
-                } if r == route && self.tokens.len() < MMSG_BATCH => {
+                } if s == socket && self.tokens.len() < MMSG_BATCH => {
                     // SAFETY: `msg` points at a msghdr in the worker's slots, complete and
                     // unchanged until its result is reported.
                     let msg_hdr = unsafe { *msg };
@@ -277,9 +278,10 @@ impl Poll {
                 _ => break,
             }
         }
-        let fd = match route {
-            Route::Direct => self.socket,
-            Route::Fragmenting => self.fragmenting.unwrap_or(-1),
+        let fd = match socket {
+            Socket::Worker => self.socket,
+            Socket::Fragmenting => self.fragmenting.unwrap_or(-1),
+            Socket::Extra(k) => self.extras.get(usize::from(k)).copied().unwrap_or(-1),
         };
         // SAFETY: the mmsghdrs name the worker's memory, unchanged during the call.
         let n = unsafe {

@@ -8,8 +8,7 @@ use super::{
     DRAIN_DEADLINE, Driver, Injected, Received, Submission, Worker, WorkerConfig, pin, setup_faults,
 };
 use crate::faults::Faults;
-use crate::relay::send::Route;
-use crate::relay::{Op, Token};
+use crate::relay::{Op, Socket, Token};
 use crate::ring;
 use crate::sys;
 use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
@@ -24,8 +23,9 @@ const UDP_GROUP: u16 = 1;
 /// Indexes in the ring's registered-file table.
 pub(super) const TUN_FILE: Fixed = Fixed(0);
 pub(super) const UDP_FILE: Fixed = Fixed(1);
-/// The socket that lets the outer IP layer fragment, when there is one.
-pub(super) const FRAGMENTING_FILE: Fixed = Fixed(2);
+/// The extra sockets (`Socket::Extra(k)`) from this index on, then the socket that lets the
+/// outer IP layer fragment, when there is one.
+const FIRST_EXTRA_FILE: u32 = 2;
 /// `struct io_uring_recvmsg_out`: four u32 fields ahead of the name in a multishot recvmsg buffer.
 const RECVMSG_OUT_LEN: usize = 16;
 
@@ -140,15 +140,16 @@ pub(super) fn enable_restricted(ring: &IoUring, queue: usize) -> Result<(), sys:
     }
 }
 
-/// Registers the TUN queue, the socket and the fragmenting socket as `TUN_FILE`, `UDP_FILE`
-/// and `FRAGMENTING_FILE`: registered files spare an operation the file-table lookup and
-/// reference count.
+/// Registers the TUN queue, the socket, the extra sockets and the fragmenting socket, in that
+/// order ([`file_of`]): registered files spare an operation the file-table lookup and reference
+/// count.
 pub(super) fn register_files(
     ring: &IoUring,
     worker: &Worker,
     queue: usize,
 ) -> Result<(), sys::Error> {
     let mut files = vec![worker.tun.as_raw_fd(), worker.socket.as_raw_fd()];
+    files.extend(worker.extras.iter().map(|fd| fd.as_raw_fd()));
     files.extend(worker.fragmenting.as_ref().map(|fd| fd.as_raw_fd()));
     ring.submitter()
         .register_files(&files)
@@ -159,16 +160,22 @@ pub(super) fn register_files(
         })
 }
 
-/// The ring entry that carries out `submission`.
-pub(super) fn entry_for(submission: Submission) -> squeue::Entry {
+/// The registered file of `socket`, for a worker with `extras` extra sockets.
+fn file_of(socket: Socket, extras: usize) -> Fixed {
+    match socket {
+        Socket::Worker => UDP_FILE,
+        Socket::Extra(k) => Fixed(FIRST_EXTRA_FILE + u32::from(k)),
+        Socket::Fragmenting => Fixed(FIRST_EXTRA_FILE + extras as u32),
+    }
+}
+
+/// The ring entry that carries out `submission`, for a worker with `extras` extra sockets.
+pub(super) fn entry_for(submission: Submission, extras: usize) -> squeue::Entry {
     match submission {
         Submission::Send {
-            token, route, msg, ..
+            token, socket, msg, ..
         } => {
-            let file = match route {
-                Route::Direct => UDP_FILE,
-                Route::Fragmenting => FRAGMENTING_FILE,
-            };
+            let file = file_of(socket, extras);
             opcode::SendMsg::new(file, msg)
                 .flags(libc::MSG_DONTWAIT as u32)
                 .build()
@@ -193,11 +200,12 @@ pub(super) fn take_submissions(
     let Worker {
         submissions,
         faults,
+        extras,
         ..
     } = worker;
     for submission in submissions.queued.drain(..) {
         if !injected.intercept(faults, &submission) {
-            entries.push(entry_for(submission));
+            entries.push(entry_for(submission, extras.len()));
         }
     }
 }

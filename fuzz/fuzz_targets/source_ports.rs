@@ -1,0 +1,61 @@
+//! Two datagrams, as a peer's advertisements of its source ports (`wire::control`, kind 3),
+//! through `Advertisement::parse` and into the set of ports a relay accepts datagrams from
+//! (`relay::entropy::SourcePorts`). The input is split at its first byte's position: the two
+//! halves are the two datagrams, taken in turn. No panic; what parses writes back byte for byte;
+//! and after each advertisement taken, the set holds exactly its ports: every one of them, none
+//! of the one before that it does not name, and no port the input names otherwise (the exact
+//! source check may never accept more than the peer advertised last).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tunfwd::fuzzing::control::Advertisement;
+use tunfwd::fuzzing::entropy::SourcePorts;
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&split, rest)) = input.split_first() else {
+        return;
+    };
+    let at = usize::from(split).min(rest.len());
+    let (first, second) = rest.split_at(at);
+    let shared = SourcePorts::new(&[], 1);
+    // Ports the input mentions anywhere: the candidates a wrong set would accept.
+    let mentioned: Vec<u16> = rest
+        .windows(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect();
+    let mut accepted: Vec<u16> = Vec::new();
+    for datagram in [first, second] {
+        let Some(advertisement) = Advertisement::parse(datagram) else {
+            continue;
+        };
+        let mut out = vec![0u8; datagram.len()];
+        let len = advertisement.write(&mut out).expect("room for what was parsed");
+        assert_eq!(&out[..len], datagram);
+        shared.accept_peer(&advertisement);
+        accepted = advertisement.ports().to_vec();
+        for port in &accepted {
+            assert!(shared.accepts(*port), "advertised port {port} not accepted");
+        }
+        for port in &mentioned {
+            assert_eq!(
+                shared.accepts(*port),
+                accepted.contains(port),
+                "port {port}: accepted {:?}",
+                accepted
+            );
+        }
+        assert!(!shared.accepts(0));
+        let mut listed = shared.peer_ports();
+        listed.sort_unstable();
+        listed.dedup();
+        let mut want = accepted.clone();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(listed, want);
+    }
+    shared.forget_peer();
+    for port in accepted.iter().chain(&mentioned) {
+        assert!(!shared.accepts(*port), "port {port} after forgetting");
+    }
+});

@@ -1,0 +1,713 @@
+//! Outer flow entropy: which outer 4-tuple an inner flow leaves with, and the exchange that makes
+//! it safe for the peer's exact source check. PURE: no fd, no clock of its own.
+//!
+//! # Why
+//! Every datagram between two relays used to carry one outer 4-tuple, so a receiving NIC's RSS
+//! (and the underlay's ECMP, and any flow table keyed on it) put the whole tunnel on one queue,
+//! one core and one path. The kernel's own UDP tunnels take the outer source port from a hash of
+//! the inner flow (VXLAN, RFC 7348 section 5, `ip link ... vxlan srcport MIN MAX`; GUE and FOU
+//! with `encap-sport auto`; RFC 8086 asks the same of GRE-in-UDP).
+//!
+//! # How
+//! A relay sends from a few extra ports besides its listen port ([`tuples`]: the kernel's
+//! ephemeral ones, or `--srcport MIN MAX`), and each flow from one of them, chosen by
+//! [`tuple_for`], a hash of the inner flow key that is independent of `steer::flow_index`'s
+//! choice of worker (so the flows of one worker spread over the tuples too). Every worker holds a
+//! socket of its own on each of those ports (`SO_REUSEPORT`, send-only, connected to the peer):
+//! nothing is shared, and a flow keeps its tuple even when it moves to another worker, as a flow
+//! does once, when the first reply teaches the TUN's flow table where it belongs (see `steer`).
+//! Datagrams still go to the peer's listen port, where its reuseport program steers them by the
+//! inner flow, so a flow stays on one worker at both ends as before, and on one tuple.
+//!
+//! The receiver accepts datagrams only from the peer's address and its listen port, or one of
+//! the exact ports the peer advertised ([`SourcePorts::accepts`]). So a relay sends from its extra
+//! ports only once the peer acknowledged an advertisement of them (`wire::control`, kind 3), sent
+//! from the listen tuple ([`Advertiser`]); until then, and always toward a peer that never
+//! answers (an older tunfwd, socat's TUN-to-UDP relay), it sends from the listen tuple alone.
+//! An advertisement is accepted only from the peer's listen port, and replaces what the peer
+//! advertised before; it expires unless refreshed, and the sender's session shows a restart, so
+//! a relay that restarted is told the ports again at once.
+//!
+//! The peer's ports are published in a bitmap of atomics that every worker reads without a lock
+//! (one load per receive); whichever worker takes an advertisement writes it, under a lock that
+//! only writers take (a control message, a few a minute).
+
+use crate::wire::control::{Advertisement, MAX_PORTS};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// How often an acknowledged advertisement is sent again (the peer's view expires without it).
+pub const REFRESH_INTERVAL_NS: u64 = 2_000_000_000;
+/// How soon an unacknowledged one is tried again: this, doubling with each try up to
+/// [`MAX_RETRY_INTERVAL_NS`], so that a peer that is down or does not know advertisements gets
+/// one every ten seconds, as it gets the path MTU machine's hellos.
+pub const RETRY_INTERVAL_NS: u64 = 1_000_000_000;
+pub const MAX_RETRY_INTERVAL_NS: u64 = 10_000_000_000;
+/// How long an acknowledgement keeps the extra ports in use: three refreshes. A peer that stops
+/// answering (it went away, or was replaced by one that does not know advertisements) gets the
+/// listen tuple alone again after this.
+pub const IN_USE_FOR_NS: u64 = 3 * REFRESH_INTERVAL_NS;
+/// How long the peer's advertised ports are accepted without a fresh advertisement: four of its
+/// refreshes. A port the peer no longer holds could be bound by anyone on its host.
+pub const PEER_PORTS_FOR_NS: u64 = 4 * REFRESH_INTERVAL_NS;
+/// Extra outer tuples a relay sends from, at most: as many receive queues as a NIC's RSS
+/// commonly has, few enough that every worker can hold a socket for each.
+pub const MAX_TUPLES: usize = 16;
+/// Extra sockets all workers together may hold (each worker holds one per tuple).
+const SOCKET_BUDGET: usize = 512;
+
+/// Extra tuples a relay of `queues` workers sends from: [`MAX_TUPLES`], fewer when each of that
+/// many workers holding a socket per tuple would pass [`SOCKET_BUDGET`] (8 at 64 queues, 2 at
+/// 256).
+pub fn tuples(queues: usize) -> usize {
+    (SOCKET_BUDGET / queues.max(1)).clamp(1, MAX_TUPLES)
+}
+
+/// The ports of `--srcport MIN MAX` a relay of `queues` workers sends from: [`tuples`] of them,
+/// spread evenly over the range (all of it, if it is smaller).
+pub fn ports_in_range(range: (u16, u16), queues: usize) -> Vec<u16> {
+    let (min, max) = (usize::from(range.0), usize::from(range.1.max(range.0)));
+    let size = max - min + 1;
+    let count = tuples(queues).min(size);
+    (0..count)
+        .map(|i| (min + i * size / count) as u16)
+        .collect()
+}
+
+/// Which of the relay's `sockets` extra tuples the flow with `flow_key` leaves from (0-based),
+/// on whichever worker sends it, or `None` when there are none. A murmur3 finalizer of the key,
+/// reduced by multiply-high: a different function of the key than `steer::flow_index`'s
+/// `(key * GOLDEN) >> 16 % workers`, so the flows one worker owns spread over all the tuples.
+/// Anything without a flow key (not IPv4 or IPv6) takes tuple 0.
+pub fn tuple_for(flow_key: Option<u32>, sockets: usize) -> Option<usize> {
+    if sockets == 0 {
+        return None;
+    }
+    let Some(mut h) = flow_key else {
+        return Some(0);
+    };
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    Some(((u64::from(h) * sockets as u64) >> 32) as usize)
+}
+
+/// Bits in [`SourcePorts`]' bitmap of the peer's ports: one per port number.
+const PORT_WORDS: usize = 65536 / 64;
+
+/// What one relay's workers share about outer entropy: its own extra ports (fixed at setup),
+/// whether the peer acknowledged them, the ports the peer advertised, and the path MTU each extra
+/// tuple works to. Atomics only on the paths workers read.
+#[derive(Debug)]
+pub struct SourcePorts {
+    /// The relay's extra ports: tuple `k` (`Socket::Extra(k)` in every worker) is `own[k]`.
+    own: Box<[u16]>,
+    /// Random, for this run: it tells the peer that a restart happened.
+    session: u64,
+    /// The peer acknowledged an advertisement of `own`: workers send from them.
+    in_use: AtomicBool,
+    /// The nonce of the latest acknowledgement of an advertisement the advertiser waits for
+    /// (0: none yet).
+    acked_nonce: AtomicU64,
+    /// The nonces of the advertiser's latest two advertisements (0: none): only their
+    /// acknowledgements are kept, so a forged one cannot overwrite a real one before the
+    /// advertiser reads it (as `plpmtud::SharedPath` does for probes).
+    expected_nonces: [AtomicU64; 2],
+    /// The peer's advertised ports, one bit per port number.
+    peer_bits: Box<[AtomicU64]>,
+    /// Writers only: the ports `peer_bits` holds, and the peer's session.
+    peer: Mutex<PeerPorts>,
+    /// Advertisements taken from the peer: the advertiser notes a change to time them out.
+    peer_accepts: AtomicU64,
+    /// The peer's session changed (it restarted): advertise again now. Taken by the advertiser.
+    peer_restarted: AtomicBool,
+    /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while not in use.
+    tuple_working: Box<[AtomicU32]>,
+    /// Per extra tuple, the smallest ICMP hint any worker's socket on it reported, for the
+    /// worker that runs the tuple's machine; `u32::MAX` for none.
+    tuple_hints: Box<[AtomicU32]>,
+}
+
+#[derive(Debug, Default)]
+struct PeerPorts {
+    ports: Vec<u16>,
+    session: Option<u64>,
+}
+
+impl SourcePorts {
+    /// `own` are this relay's extra ports (at most [`MAX_PORTS`]: more are left out).
+    pub fn new(own: &[u16], session: u64) -> SourcePorts {
+        let own: Box<[u16]> = own.iter().copied().take(MAX_PORTS).collect();
+        SourcePorts {
+            tuple_working: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            tuple_hints: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            own,
+            session,
+            in_use: AtomicBool::new(false),
+            acked_nonce: AtomicU64::new(0),
+            expected_nonces: [AtomicU64::new(0), AtomicU64::new(0)],
+            peer_bits: (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect(),
+            peer: Mutex::new(PeerPorts::default()),
+            peer_accepts: AtomicU64::new(0),
+            peer_restarted: AtomicBool::new(false),
+        }
+    }
+
+    /// This relay's extra ports.
+    pub fn own(&self) -> &[u16] {
+        &self.own
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// The length of this relay's advertisement datagram.
+    pub fn advertisement_len(&self) -> usize {
+        crate::wire::control::HEADER_LEN + crate::wire::control::SESSION_LEN + 2 * self.own.len()
+    }
+
+    /// Whether the peer acknowledged this relay's ports, so that workers send from them.
+    pub fn in_use(&self) -> bool {
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    fn set_in_use(&self, in_use: bool) {
+        self.in_use.store(in_use, Ordering::Release);
+    }
+
+    /// Whether a datagram from the peer's address and source port `port` comes from a port the
+    /// peer advertised (its listen port is checked by the caller).
+    pub fn accepts(&self, port: u16) -> bool {
+        let word = self.peer_bits[usize::from(port) / 64].load(Ordering::Acquire);
+        port != 0 && word & (1 << (port % 64)) != 0
+    }
+
+    /// Takes the peer's advertisement: its ports replace those it advertised before. Returns
+    /// whether the peer's session changed (it restarted: the first one seen is no restart).
+    pub fn accept_peer(&self, advertisement: &Advertisement) -> bool {
+        let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        let new: &[u16] = advertisement.ports();
+        // New bits first, then the old ones that went: a port in both is never unset.
+        for port in new {
+            self.set_bit(*port, true);
+        }
+        for port in std::mem::take(&mut peer.ports) {
+            if !new.contains(&port) {
+                self.set_bit(port, false);
+            }
+        }
+        peer.ports = new.to_vec();
+        let restarted = peer
+            .session
+            .replace(advertisement.session)
+            .is_some_and(|before| before != advertisement.session);
+        drop(peer);
+        self.peer_accepts.fetch_add(1, Ordering::Relaxed);
+        if restarted {
+            self.peer_restarted.store(true, Ordering::Relaxed);
+        }
+        restarted
+    }
+
+    /// Forgets the peer's ports (they expired, or the peer moved).
+    pub fn forget_peer(&self) {
+        let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        for port in std::mem::take(&mut peer.ports) {
+            self.set_bit(port, false);
+        }
+        peer.session = None;
+    }
+
+    /// The ports the peer advertised, as accepted now.
+    pub fn peer_ports(&self) -> Vec<u16> {
+        let peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        peer.ports.clone()
+    }
+
+    fn set_bit(&self, port: u16, on: bool) {
+        let bit = 1u64 << (port % 64);
+        let word = &self.peer_bits[usize::from(port) / 64];
+        if on {
+            word.fetch_or(bit, Ordering::Release);
+        } else {
+            word.fetch_and(!bit, Ordering::Release);
+        }
+    }
+
+    /// The peer acknowledged the advertisement with `nonce` (any worker may see it): kept only
+    /// if it is one of the two the advertiser waits for.
+    pub fn post_ack(&self, nonce: u64) {
+        if nonce != 0
+            && self
+                .expected_nonces
+                .iter()
+                .any(|expected| expected.load(Ordering::Relaxed) == nonce)
+        {
+            self.acked_nonce.store(nonce, Ordering::Relaxed);
+        }
+    }
+
+    /// An ICMP error about extra tuple `index` claims the path takes `mtu` bytes (any worker's
+    /// socket on the tuple may hold it: the kernel picks one).
+    pub fn post_tuple_hint(&self, index: usize, mtu: u32) {
+        if let Some(slot) = self.tuple_hints.get(index) {
+            slot.fetch_min(mtu, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the smallest hint posted about tuple `index` since the last take.
+    pub fn take_tuple_hint(&self, index: usize) -> Option<u32> {
+        let hint = self
+            .tuple_hints
+            .get(index)?
+            .swap(u32::MAX, Ordering::Relaxed);
+        (hint != u32::MAX).then_some(hint)
+    }
+
+    /// Publishes extra tuple `index`'s working path MTU (`None`: not in use).
+    pub fn publish_tuple_working(&self, index: usize, working: Option<usize>) {
+        if let Some(slot) = self.tuple_working.get(index) {
+            let value = working.map_or(u32::MAX, |w| w as u32);
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The smallest working size of the extra tuples in use, if any: every flow works to the
+    /// smallest path any tuple was shown to take, since a flow's tuple is not known when its
+    /// packets are read and measured against the inner MTU.
+    pub fn smallest_tuple_working(&self) -> Option<usize> {
+        self.tuple_working
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .min()
+            .filter(|w| *w != u32::MAX)
+            .map(|w| w as usize)
+    }
+}
+
+/// What the advertiser asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdvertiserEvent {
+    /// Nothing changed.
+    None,
+    /// The extra ports went into use (the peer acknowledged them) or out of it.
+    InUse(bool),
+}
+
+/// The one advertiser of a relay (it runs in one worker): sends the relay's ports to the peer,
+/// from the listen tuple, until acknowledged and then every [`REFRESH_INTERVAL_NS`]; puts them
+/// in use when acknowledged and out of use when acknowledgements stop; and lets the peer's
+/// ports expire when the peer stops refreshing them.
+#[derive(Debug, Clone)]
+pub struct Advertiser {
+    /// The latest advertisement's nonce (0: none sent yet).
+    nonce: u64,
+    /// The one before, whose acknowledgement may still be on its way.
+    previous_nonce: u64,
+    next_send_ns: u64,
+    /// The wait before the next try while unacknowledged.
+    retry_ns: u64,
+    acked_at_ns: Option<u64>,
+    /// The peer's accept count when last looked at, and when it changed.
+    peer_accepts_seen: u64,
+    peer_accepted_at_ns: Option<u64>,
+    in_use: bool,
+    /// Advertisements sent, and acknowledged.
+    pub sent: u64,
+    pub acked: u64,
+}
+
+impl Default for Advertiser {
+    fn default() -> Self {
+        Advertiser::new()
+    }
+}
+
+impl Advertiser {
+    pub fn new() -> Advertiser {
+        Advertiser {
+            nonce: 0,
+            previous_nonce: 0,
+            next_send_ns: 0,
+            retry_ns: RETRY_INTERVAL_NS,
+            acked_at_ns: None,
+            peer_accepts_seen: 0,
+            peer_accepted_at_ns: None,
+            in_use: false,
+            sent: 0,
+            acked: 0,
+        }
+    }
+
+    /// Runs what is due at `now_ns` against the shared state: takes an acknowledgement, expires
+    /// the ports in use or the peer's, and returns the advertisement to send now, if one is due
+    /// (`nonce` is asked for a fresh random number). Also says when the ports in use changed.
+    pub fn poll(
+        &mut self,
+        shared: &SourcePorts,
+        now_ns: u64,
+        nonce: impl FnOnce() -> u64,
+    ) -> (Option<Advertisement>, AdvertiserEvent) {
+        let acked = shared.acked_nonce.swap(0, Ordering::Relaxed);
+        if acked != 0 && (acked == self.nonce || acked == self.previous_nonce) {
+            self.acked += 1;
+            self.acked_at_ns = Some(now_ns);
+            self.retry_ns = RETRY_INTERVAL_NS;
+        }
+        let accepts = shared.peer_accepts.load(Ordering::Relaxed);
+        if accepts != self.peer_accepts_seen {
+            self.peer_accepts_seen = accepts;
+            self.peer_accepted_at_ns = Some(now_ns);
+        }
+        if self
+            .peer_accepted_at_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) > PEER_PORTS_FOR_NS)
+        {
+            self.peer_accepted_at_ns = None;
+            shared.forget_peer();
+        }
+        if shared.peer_restarted.swap(false, Ordering::Relaxed) {
+            // The peer knows nothing of ours: stop using them until it does, and tell it now.
+            self.acked_at_ns = None;
+            self.next_send_ns = now_ns;
+            self.retry_ns = RETRY_INTERVAL_NS;
+        }
+        let in_use = !shared.own().is_empty()
+            && self
+                .acked_at_ns
+                .is_some_and(|at| now_ns.saturating_sub(at) <= IN_USE_FOR_NS);
+        let event = if in_use != self.in_use {
+            self.in_use = in_use;
+            shared.set_in_use(in_use);
+            AdvertiserEvent::InUse(in_use)
+        } else {
+            AdvertiserEvent::None
+        };
+        if now_ns < self.next_send_ns {
+            return (None, event);
+        }
+        self.previous_nonce = self.nonce;
+        self.nonce = nonce();
+        shared.expected_nonces[0].store(self.nonce, Ordering::Relaxed);
+        shared.expected_nonces[1].store(self.previous_nonce, Ordering::Relaxed);
+        self.sent += 1;
+        self.next_send_ns = now_ns
+            + if self.acked_at_ns.is_some() {
+                REFRESH_INTERVAL_NS
+            } else {
+                let wait = self.retry_ns;
+                self.retry_ns = (wait * 2).min(MAX_RETRY_INTERVAL_NS);
+                wait
+            };
+        let advertisement = Advertisement::new(self.nonce, shared.session(), shared.own());
+        (advertisement, event)
+    }
+
+    /// When `poll` must run next at the latest.
+    pub fn next_deadline_ns(&self) -> u64 {
+        let mut at = self.next_send_ns;
+        if let Some(acked) = self.acked_at_ns {
+            at = at.min(acked + IN_USE_FOR_NS + 1);
+        }
+        if let Some(accepted) = self.peer_accepted_at_ns {
+            at = at.min(accepted + PEER_PORTS_FOR_NS + 1);
+        }
+        at
+    }
+
+    /// The peer moved to another address: nothing it acknowledged or advertised holds.
+    pub fn reset(&mut self, shared: &SourcePorts, now_ns: u64) {
+        *self = Advertiser {
+            sent: self.sent,
+            acked: self.acked,
+            next_send_ns: now_ns,
+            ..Advertiser::new()
+        };
+        shared.set_in_use(false);
+        shared.forget_peer();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steer;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn tuples_fit_the_socket_budget_and_a_port_range_is_spread_over() {
+        assert_eq!(tuples(1), 16);
+        assert_eq!(tuples(32), 16);
+        assert_eq!(tuples(64), 8);
+        assert_eq!(tuples(256), 2);
+        for queues in [1, 4, 33, 64, 256] {
+            assert!(tuples(queues) * queues <= SOCKET_BUDGET.max(queues));
+        }
+        assert_eq!(
+            ports_in_range((40000, 40159), 4),
+            (0..16).map(|i| 40000 + 10 * i).collect::<Vec<u16>>()
+        );
+        assert_eq!(ports_in_range((40000, 40002), 4), vec![40000, 40001, 40002]);
+        assert_eq!(ports_in_range((65535, 65535), 1), vec![65535]);
+        for queues in [1, 2, 4, 64, 256] {
+            for range in [
+                (1u16, 65535u16),
+                (40000, 40010),
+                (50000, 50000),
+                (60000, 60300),
+            ] {
+                let ports = ports_in_range(range, queues);
+                let mut unique = ports.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(
+                    unique.len(),
+                    ports.len(),
+                    "{range:?} at {queues}: no port twice"
+                );
+                assert!(ports.len() <= MAX_PORTS && !ports.is_empty());
+                assert!(ports.iter().all(|p| (range.0..=range.1).contains(p)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_flow_keeps_its_tuple_and_flows_on_one_worker_spread_over_its_sockets() {
+        assert_eq!(tuple_for(Some(7), 0), None);
+        assert_eq!(tuple_for(None, 4), Some(0));
+        for key in 0..1000u32 {
+            assert_eq!(tuple_for(Some(key), 4), tuple_for(Some(key), 4), "stable");
+            assert!(tuple_for(Some(key), 4).unwrap() < 4);
+        }
+        // Keys of one worker out of four (as the steering program picks): every socket of that
+        // worker gets about a quarter of them. A choice that repeated steer's would put them
+        // all on one.
+        for workers in [2u32, 4, 8] {
+            for worker in 0..workers {
+                let mut per_socket = [0u32; 4];
+                let mut keys = 0;
+                for n in 0..200_000u32 {
+                    let key = n.wrapping_mul(2_654_435_761) ^ (n >> 3);
+                    if steer::flow_index(&ipv4_key_packet(key), workers) != worker {
+                        continue;
+                    }
+                    keys += 1;
+                    per_socket[tuple_for(steer::flow_key(&ipv4_key_packet(key)), 4).unwrap()] += 1;
+                }
+                let even = keys / 4;
+                for (socket, n) in per_socket.iter().enumerate() {
+                    assert!(
+                        n.abs_diff(even) < even / 10,
+                        "workers {workers}, worker {worker}: socket {socket} took {n} of {keys}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An IPv4 packet (not TCP or UDP) whose flow key is `key`: source `key`, destination 0.
+    fn ipv4_key_packet(key: u32) -> [u8; 20] {
+        let mut p = [0u8; 20];
+        p[0] = 0x45;
+        p[9] = 47;
+        p[12..16].copy_from_slice(&key.to_be_bytes());
+        p
+    }
+
+    fn advertisement(ports: &[u16], session: u64) -> Advertisement {
+        Advertisement::new(1, session, ports).unwrap()
+    }
+
+    #[test]
+    fn the_accepted_set_is_exactly_the_latest_advertisement() {
+        let shared = SourcePorts::new(&[], 1);
+        assert!(!shared.accepts(40000));
+        assert!(
+            !shared.accept_peer(&advertisement(&[40000, 40001, 65535], 9)),
+            "the first"
+        );
+        for port in [40000, 40001, 65535] {
+            assert!(shared.accepts(port), "{port}");
+        }
+        for port in [0, 1, 39999, 40002, 55555, 65534] {
+            assert!(!shared.accepts(port), "{port}");
+        }
+        // The same session again: no restart. A new list replaces the old one.
+        assert!(!shared.accept_peer(&advertisement(&[40001, 50000], 9)));
+        assert!(!shared.accepts(40000) && !shared.accepts(65535));
+        assert!(shared.accepts(40001) && shared.accepts(50000));
+        assert_eq!(shared.peer_ports(), vec![40001, 50000]);
+        assert!(shared.accept_peer(&advertisement(&[50000], 10)), "restart");
+        assert!(!shared.accepts(40001) && shared.accepts(50000));
+        shared.forget_peer();
+        assert!(!shared.accepts(50000));
+        assert!(shared.peer_ports().is_empty());
+        // An empty advertisement leaves nothing but the listen port (checked elsewhere).
+        shared.accept_peer(&advertisement(&[1, 2], 11));
+        shared.accept_peer(&advertisement(&[], 11));
+        assert!(!shared.accepts(1) && !shared.accepts(2));
+    }
+
+    #[test]
+    fn ports_go_into_use_only_when_acknowledged_and_out_when_acks_stop() {
+        let shared = SourcePorts::new(&[40000, 40001], 77);
+        let mut a = Advertiser::new();
+        let mut nonce = 100;
+        let mut fresh = || {
+            nonce += 1;
+            nonce
+        };
+        let (sent, event) = a.poll(&shared, 0, &mut fresh);
+        let sent = sent.unwrap();
+        assert_eq!((sent.session, sent.ports()), (77, &[40000u16, 40001][..]));
+        assert_eq!(event, AdvertiserEvent::None);
+        assert!(!shared.in_use());
+        // A forged or stale acknowledgement is nothing.
+        shared.post_ack(sent.nonce + 1000);
+        assert_eq!(a.poll(&shared, S / 10, &mut fresh).1, AdvertiserEvent::None);
+        // Not acknowledged: sent again after the retry interval.
+        assert!(
+            a.poll(&shared, RETRY_INTERVAL_NS - 1, &mut fresh)
+                .0
+                .is_none()
+        );
+        let again = a.poll(&shared, RETRY_INTERVAL_NS, &mut fresh).0.unwrap();
+        assert_ne!(again.nonce, sent.nonce);
+        // Acknowledged (the one before still counts, its answer may be late).
+        shared.post_ack(sent.nonce);
+        let (_, event) = a.poll(&shared, RETRY_INTERVAL_NS + 1, &mut fresh);
+        assert_eq!(event, AdvertiserEvent::InUse(true));
+        assert!(shared.in_use());
+        // Refreshed every REFRESH_INTERVAL_NS; each acknowledged keeps them in use.
+        let mut now = RETRY_INTERVAL_NS + 1;
+        for _ in 0..5 {
+            now += REFRESH_INTERVAL_NS;
+            let (ad, event) = a.poll(&shared, now, &mut fresh);
+            assert_eq!(event, AdvertiserEvent::None);
+            shared.post_ack(ad.expect("a refresh").nonce);
+        }
+        // The peer stops answering: out of use after IN_USE_FOR_NS.
+        let acked_at = now + 1;
+        a.poll(&shared, acked_at, &mut fresh);
+        let mut out = None;
+        while now < acked_at + IN_USE_FOR_NS + 2 * S {
+            now += S / 10;
+            if let (_, AdvertiserEvent::InUse(false)) = a.poll(&shared, now, &mut fresh) {
+                out = Some(now);
+                break;
+            }
+        }
+        let out = out.expect("out of use");
+        assert!(out > acked_at + IN_USE_FOR_NS && out <= acked_at + IN_USE_FOR_NS + S);
+        assert!(!shared.in_use());
+    }
+
+    /// Only the acknowledgement of an advertisement the advertiser waits for is kept, so
+    /// forged ones (from the peer's address and port, spoofed) cannot push a real one out
+    /// before the advertiser reads it and so take the ports out of use.
+    #[test]
+    fn forged_acknowledgements_cannot_overwrite_a_real_one() {
+        let shared = SourcePorts::new(&[40000], 5);
+        let mut a = Advertiser::new();
+        let sent = a.poll(&shared, 0, || 9).0.unwrap();
+        shared.post_ack(sent.nonce);
+        for forged in 1000..2000 {
+            shared.post_ack(forged);
+        }
+        assert_eq!(a.poll(&shared, 1, || 10).1, AdvertiserEvent::InUse(true));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_never_gets_the_extra_ports() {
+        let shared = SourcePorts::new(&[40000], 1);
+        let mut a = Advertiser::new();
+        let mut sent = 0;
+        for step in 0..600u64 {
+            let (ad, event) = a.poll(&shared, step * S / 10, || step + 1);
+            sent += u64::from(ad.is_some());
+            assert_eq!(event, AdvertiserEvent::None);
+        }
+        assert!(!shared.in_use());
+        // At 0, 1, 3, 7 and 15 s, then every 10 s.
+        assert_eq!(sent, 9, "backing off to one every ten seconds");
+    }
+
+    #[test]
+    fn a_relay_without_extra_ports_advertises_none_and_never_uses_any() {
+        let shared = SourcePorts::new(&[], 5);
+        let mut a = Advertiser::new();
+        let ad = a.poll(&shared, 0, || 3).0.unwrap();
+        assert!(ad.ports().is_empty());
+        shared.post_ack(3);
+        assert_eq!(a.poll(&shared, 1, || 4).1, AdvertiserEvent::None);
+        assert!(!shared.in_use());
+    }
+
+    #[test]
+    fn the_peers_ports_expire_and_a_restart_is_answered_at_once() {
+        let shared = SourcePorts::new(&[40000], 1);
+        let mut a = Advertiser::new();
+        let first = a.poll(&shared, 0, || 5).0.unwrap();
+        shared.post_ack(first.nonce);
+        a.poll(&shared, 1, || 6);
+        assert!(shared.in_use());
+        shared.accept_peer(&advertisement(&[41000], 50));
+        a.poll(&shared, 2, || 7);
+        // The peer restarted: a new session. Ours go out of use and are advertised at once.
+        shared.accept_peer(&advertisement(&[42000], 51));
+        let (ad, event) = a.poll(&shared, 3, || 8);
+        assert_eq!(event, AdvertiserEvent::InUse(false));
+        assert_eq!(ad.map(|a| a.nonce), Some(8));
+        assert!(shared.accepts(42000) && !shared.accepts(41000));
+        // No refresh from the peer: its ports expire.
+        a.poll(&shared, 3 + PEER_PORTS_FOR_NS, || 9);
+        assert!(shared.accepts(42000), "not yet");
+        a.poll(&shared, 4 + PEER_PORTS_FOR_NS, || 10);
+        assert!(!shared.accepts(42000), "expired");
+        assert!(a.next_deadline_ns() > 4 + PEER_PORTS_FOR_NS);
+    }
+
+    #[test]
+    fn a_moved_peer_starts_over() {
+        let shared = SourcePorts::new(&[40000], 1);
+        let mut a = Advertiser::new();
+        let ad = a.poll(&shared, 0, || 5).0.unwrap();
+        shared.post_ack(ad.nonce);
+        a.poll(&shared, 1, || 6);
+        shared.accept_peer(&advertisement(&[41000], 50));
+        assert!(shared.in_use());
+        a.reset(&shared, 10);
+        assert!(!shared.in_use() && !shared.accepts(41000));
+        assert!(a.poll(&shared, 10, || 7).0.is_some(), "advertised at once");
+    }
+
+    #[test]
+    fn tuple_hints_keep_the_smallest_until_taken() {
+        let shared = SourcePorts::new(&[1, 2], 1);
+        assert_eq!(shared.take_tuple_hint(1), None);
+        shared.post_tuple_hint(1, 1400);
+        shared.post_tuple_hint(1, 1300);
+        shared.post_tuple_hint(1, 1350);
+        shared.post_tuple_hint(7, 1);
+        assert_eq!(shared.take_tuple_hint(0), None);
+        assert_eq!(shared.take_tuple_hint(1), Some(1300));
+        assert_eq!(shared.take_tuple_hint(1), None, "taken");
+    }
+
+    #[test]
+    fn tuple_paths_publish_their_smallest_working_size() {
+        let shared = SourcePorts::new(&[1, 2, 3], 1);
+        assert_eq!(shared.smallest_tuple_working(), None);
+        shared.publish_tuple_working(0, Some(1448));
+        shared.publish_tuple_working(2, Some(1300));
+        assert_eq!(shared.smallest_tuple_working(), Some(1300));
+        shared.publish_tuple_working(2, None);
+        assert_eq!(shared.smallest_tuple_working(), Some(1448));
+        shared.publish_tuple_working(9, Some(10));
+        assert_eq!(shared.smallest_tuple_working(), Some(1448), "no such tuple");
+    }
+}

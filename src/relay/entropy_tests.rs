@@ -1,0 +1,355 @@
+//! Outer flow entropy through the whole relay core, sans-IO: which socket each send names before
+//! and after the peer acknowledges the relay's ports, and what the receiving relay accepts from
+//! which source port. No socket: requests are read off the relay and answered by hand.
+
+use super::entropy::SourcePorts;
+use super::lifetime::{FakeBuffers, config};
+use super::*;
+use crate::offload::test_packets::{Spec, build};
+use crate::stats::DropReason;
+use crate::wire::control::{self, Advertisement, Control};
+use crate::wire::vnet;
+use std::collections::{HashMap, HashSet};
+
+const PEER: &str = "198.18.0.2:55555";
+const OWN: [u16; 4] = [40000, 40001, 40002, 40003];
+
+fn limits() -> plpmtud::Limits {
+    plpmtud::Limits {
+        largest: 1448,
+        floor: 1280,
+        smallest: 552,
+        hello: 28 + control::HEADER_LEN,
+    }
+}
+
+/// A relay with four extra sockets that advertises them, as queue 0 of a relay does.
+fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
+    Relay::new(RelayConfig {
+        entropy: EntropyConfig {
+            source_ports: shared.clone(),
+            sockets: OWN.len() as u8,
+            workers: 1,
+            advertise: true,
+            limits: Some(limits()),
+        },
+        ..config()
+    })
+}
+
+/// Answers every request: sends and writes succeed, system requests find nothing. Returns the
+/// sends' sockets in order, and the control messages sent (their bytes and socket).
+fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> (Vec<Socket>, Vec<(Vec<u8>, Socket)>) {
+    let mut sends = Vec::new();
+    let mut controls = Vec::new();
+    for _ in 0..100 {
+        r.end_batch(now, b);
+        let mut any = false;
+        while let Some(request) = r.poll_request() {
+            any = true;
+            match request {
+                Request::Send { token, socket, .. } => {
+                    sends.push(socket);
+                    r.complete(token, 100, now, b);
+                }
+                Request::SendControl {
+                    token,
+                    k,
+                    len,
+                    socket,
+                } => {
+                    let piece = r.control_piece(k, len);
+                    let bytes = r.own_bytes(piece.base).unwrap();
+                    let at = piece.offset as usize;
+                    controls.push((bytes[at..at + piece.len as usize].to_vec(), socket));
+                    r.complete(token, len as i32, now, b);
+                }
+                Request::Write { token } => r.complete(token, 100, now, b),
+                Request::DrainErrors { socket } => {
+                    r.on_errors_drained(socket, Default::default(), now, b)
+                }
+                Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
+                Request::ReadEgressMtu => r.on_egress_mtu(None, now),
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    (sends, controls)
+}
+
+/// A plain UDP packet of the flow with source port `sport`, read from the TUN.
+fn tun_read(r: &mut Relay, b: &mut FakeBuffers, sport: u16, now: u64) {
+    let packet = build(&Spec {
+        udp: true,
+        payload_len: 100,
+        sport,
+        ..Spec::default()
+    });
+    let bid = r.pop_free_tun().expect("a free TUN buffer");
+    let buffer = &mut b.tun[usize::from(bid)];
+    buffer[..vnet::LEN].fill(0);
+    buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
+    r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), now);
+}
+
+/// A receive of `payload` from `from`.
+fn udp_receive(r: &mut Relay, b: &FakeBuffers, from: SocketAddr, payload: &[u8], now: u64) {
+    let bid = r.pop_free_udp().expect("a free UDP buffer");
+    // A sockaddr_in, as the kernel fills a receive's name (ip(7)).
+    let SocketAddr::V4(v4) = from else {
+        panic!("IPv4 only here");
+    };
+    let mut name = [0u8; 16];
+    name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    name[2..4].copy_from_slice(&v4.port().to_be_bytes());
+    name[4..8].copy_from_slice(&v4.ip().octets());
+    let mut udp = b.udp.borrow_mut();
+    let buffer = &mut udp[usize::from(bid)];
+    buffer[..name.len()].copy_from_slice(&name);
+    buffer[128..128 + payload.len()].copy_from_slice(payload);
+    let received = Received {
+        name: 0..name.len(),
+        control: 0..0,
+        payload: 128..128 + payload.len(),
+        payload_truncated: false,
+        control_truncated: false,
+    };
+    r.on_udp_recv(bid, buffer, received, now);
+}
+
+fn from_port(port: u16) -> SocketAddr {
+    SocketAddr::new(PEER.parse::<SocketAddr>().unwrap().ip(), port)
+}
+
+#[test]
+fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra_socket() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7));
+    let mut r = entropy_relay(&shared);
+    let mut b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let advertisement = controls
+        .iter()
+        .find_map(|(bytes, socket)| {
+            Advertisement::parse(bytes).inspect(|_| {
+                assert_eq!(*socket, Socket::Worker, "advertised from the listen tuple");
+            })
+        })
+        .expect("an advertisement at the start");
+    assert_eq!(
+        (advertisement.session, advertisement.ports()),
+        (7, &OWN[..])
+    );
+    // Not acknowledged yet: everything leaves from the listen tuple.
+    for sport in 1000..1016 {
+        now += 1000;
+        tun_read(&mut r, &mut b, sport, now);
+        let (sends, _) = answer(&mut r, &b, now);
+        assert_eq!(
+            sends,
+            vec![Socket::Worker],
+            "flow {sport} before the acknowledgement"
+        );
+    }
+    // The acknowledgement, from the peer's listen tuple.
+    let mut ack = [0u8; control::HEADER_LEN];
+    advertisement.header().ack().write(&mut ack, 0).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
+    now += 1000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    assert!(shared.in_use());
+    // The extra tuples' path MTU machines ask the peer, each from its own socket.
+    let probed: HashSet<Socket> = controls
+        .iter()
+        .filter(|(bytes, _)| Control::parse(bytes).is_some_and(|c| c.kind == control::Kind::Probe))
+        .map(|(_, socket)| *socket)
+        .collect();
+    for k in 0..OWN.len() as u8 {
+        assert!(
+            probed.contains(&Socket::Extra(k)),
+            "tuple {k} probed: {probed:?}"
+        );
+    }
+    // Now each flow leaves from one extra socket, always the same, and the flows spread.
+    let mut tuple_of = HashMap::new();
+    for round in 0..3 {
+        for sport in 1000..1064 {
+            now += 1000;
+            tun_read(&mut r, &mut b, sport, now);
+            let (sends, _) = answer(&mut r, &b, now);
+            assert_eq!(sends.len(), 1);
+            assert!(matches!(sends[0], Socket::Extra(_)), "{sends:?}");
+            let first = *tuple_of.entry(sport).or_insert(sends[0]);
+            assert_eq!(
+                first, sends[0],
+                "flow {sport} moved tuples in round {round}"
+            );
+        }
+    }
+    let used: HashSet<_> = tuple_of.values().collect();
+    assert_eq!(used.len(), OWN.len(), "64 flows over 4 sockets: {used:?}");
+    assert_eq!(r.stats().counters.entropy_tx_packets, 3 * 64);
+    assert_eq!(r.stats().path.ports_acknowledged, 1);
+}
+
+#[test]
+fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
+    let shared = Arc::new(SourcePorts::new(&[], 9));
+    let mut r = Relay::new(RelayConfig {
+        entropy: EntropyConfig {
+            source_ports: shared.clone(),
+            ..EntropyConfig::none()
+        },
+        ..config()
+    });
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let packet = build(&Spec {
+        udp: true,
+        payload_len: 40,
+        ..Spec::default()
+    });
+    let foreign = |r: &Relay| r.stats().counters.drops_of(DropReason::ForeignSource);
+    udp_receive(&mut r, &b, from_port(40000), &packet, now);
+    assert_eq!(foreign(&r), 1, "not advertised yet");
+    // An advertisement from an extra port is not taken.
+    let ad = Advertisement::new(77, 5, &[40000, 40001]).unwrap();
+    let mut bytes = vec![0u8; ad.wire_len()];
+    ad.write(&mut bytes).unwrap();
+    udp_receive(&mut r, &b, from_port(40001), &bytes, now);
+    assert_eq!(foreign(&r), 2);
+    assert!(!shared.accepts(40001));
+    // From the listen port it is, and acknowledged from the listen tuple.
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &bytes, now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let acks: Vec<_> = controls
+        .iter()
+        .filter_map(|(bytes, socket)| Some((Control::parse(bytes)?, *socket)))
+        .collect();
+    assert_eq!(acks, vec![(ad.header().ack(), Socket::Worker)]);
+    assert_eq!(r.stats().path.peer_ports_accepted, 1);
+    let received = |r: &Relay| r.stats().counters.udp_rx_packets;
+    for port in [55555, 40000, 40001] {
+        let before = received(&r);
+        udp_receive(&mut r, &b, from_port(port), &packet, now);
+        answer(&mut r, &b, now);
+        assert_eq!(received(&r), before + 1, "from port {port}");
+    }
+    for port in [40002, 39999, 55556, 1] {
+        let before = foreign(&r);
+        udp_receive(&mut r, &b, from_port(port), &packet, now);
+        assert_eq!(foreign(&r), before + 1, "from port {port}");
+    }
+    // Another address with an advertised port is foreign too.
+    let before = foreign(&r);
+    udp_receive(
+        &mut r,
+        &b,
+        "198.18.0.9:40000".parse().unwrap(),
+        &packet,
+        now,
+    );
+    assert_eq!(foreign(&r), before + 1);
+}
+
+#[test]
+fn a_relay_whose_peer_never_answers_sends_only_from_the_listen_tuple() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7));
+    let mut r = entropy_relay(&shared);
+    let mut b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    let mut advertisements = 0;
+    for step in 0..200u64 {
+        now += 50_000_000;
+        r.on_timeout(now);
+        tun_read(&mut r, &mut b, 1000 + (step % 50) as u16, now);
+        let (sends, controls) = answer(&mut r, &b, now);
+        assert!(sends.iter().all(|s| *s == Socket::Worker), "{sends:?}");
+        assert!(controls.iter().all(|(_, s)| *s == Socket::Worker));
+        advertisements += controls
+            .iter()
+            .filter(|(bytes, _)| Advertisement::parse(bytes).is_some())
+            .count();
+    }
+    assert!(!shared.in_use());
+    assert_eq!(advertisements, 4, "at 1, 2, 4 and 8 s: backing off");
+    assert_eq!(r.stats().counters.entropy_tx_packets, 0);
+}
+
+/// An ICMP hint about an extra tuple, found on any worker's socket on it, goes to that tuple's
+/// path MTU machine, which confirms it by probing from that tuple: acknowledged, the hint was
+/// false and nothing changes. The listen tuple's machine is not asked.
+#[test]
+fn a_hint_about_an_extra_tuple_is_probed_on_that_tuple() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let advertisement = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .unwrap();
+    let mut ack = [0u8; control::HEADER_LEN];
+    advertisement.header().ack().write(&mut ack, 0).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
+    // Every tuple's machine asks the peer, and is answered, until all settle at 1448.
+    let answer_probes = |r: &mut Relay, controls: &[(Vec<u8>, Socket)], now: u64| {
+        let mut sockets = Vec::new();
+        for (bytes, socket) in controls {
+            if let Some(probe) = Control::parse(bytes).filter(|c| c.kind == control::Kind::Probe) {
+                let mut reply = [0u8; control::HEADER_LEN];
+                probe.ack().write(&mut reply, 0).unwrap();
+                udp_receive(r, &b, PEER.parse().unwrap(), &reply, now);
+                sockets.push((*socket, probe.size));
+            }
+        }
+        sockets
+    };
+    for _ in 0..10 {
+        now += 2_000_000;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        answer_probes(&mut r, &controls, now);
+    }
+    assert_eq!(r.path.path_mtu, 1448);
+    // Tuple 2's socket reports a fragmentation-needed for 1300.
+    let mut queued = crate::wire::cmsg::QueuedErrors {
+        count: 1,
+        icmp_path_mtu: Some(1300),
+        ..Default::default()
+    };
+    queued.icmp[crate::wire::icmp::IcmpKind::TooBig as usize] = 1;
+    r.on_errors_drained(Socket::Extra(2), queued, now, &b);
+    assert_eq!(r.stats().path.icmp_too_big, 1, "counted by kind");
+    now += 1_000_000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let probed = answer_probes(&mut r, &controls, now);
+    assert_eq!(
+        probed,
+        vec![(Socket::Extra(2), 1448)],
+        "the working size, probed on the tuple the hint named"
+    );
+    for tuple in &r.tuple_paths {
+        assert_eq!(
+            tuple.machine.counts().hints,
+            u64::from(tuple.index == 2),
+            "tuple {}: only the named tuple's machine hears the hint",
+            tuple.index
+        );
+    }
+    for _ in 0..5 {
+        now += 2_000_000;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        answer_probes(&mut r, &controls, now);
+    }
+    assert_eq!(r.path.path_mtu, 1448, "refuted: nothing changed");
+    assert_eq!(r.stats().path.pmtu_hints_refuted, 1);
+}
