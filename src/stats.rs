@@ -250,6 +250,8 @@ counters! {
         ports_advertised => "Advertisements of this relay's extra source ports sent to the peer.",
         ports_acknowledged => "Advertisements of this relay's extra source ports the peer acknowledged.",
         peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
+        /// With `--entropy off` nothing would expire the peer's ports, so none are taken.
+        peer_ports_ignored => "Advertisements of the peer's source ports not taken: this relay runs with --entropy off.",
     }
     extra {
         /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker

@@ -550,7 +550,7 @@ fn eight_flows_at_four_queues_take_four_tuples_or_more_one_each_and_receive_work
 {
     let _serial = serially();
     let bed = testbed();
-    let (a, b) = relays_with_rps(&bed, &[], true);
+    let (a, b) = relays_with_rps(&bed, &["--entropy", "auto"], true);
     let a_ports = advertised_ports(&a);
     let b_ports = advertised_ports(&b);
     assert_eq!(
@@ -656,7 +656,7 @@ fn inner_udp(port: u16, payload: &[u8]) -> Vec<u8> {
 fn a_datagram_from_the_peers_address_but_a_port_it_did_not_advertise_is_foreign() {
     let _serial = serially();
     let bed = testbed();
-    let (a, b) = relays_with_rps(&bed, &[], true);
+    let (a, b) = relays_with_rps(&bed, &["--entropy", "auto"], true);
     let advertised = advertised_ports(&a);
     let sink = bed
         .in_namespace(Host::B, || {
@@ -717,7 +717,7 @@ fn socat_as_the_peer_gets_the_listen_tuple_alone_and_traffic_passes_both_ways() 
         panic!("socat is needed for the interoperability test: apt-get install socat");
     };
     let bed = testbed();
-    let a = relay(&bed, Host::A, &[]);
+    let a = relay(&bed, Host::A, &["--entropy", "auto"]);
     let args: Vec<String> = [
         format!(
             "UDP-DATAGRAM:{}:{},bind={}:{}",

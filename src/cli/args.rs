@@ -230,14 +230,12 @@ pub struct Args {
     /// (a hash of the flow picks it, as VXLAN does), so that a receiver's RSS and the underlay's
     /// ECMP spread the tunnel, once the peer relay acknowledged those ports (a peer that does
     /// not answer, such as socat, gets the listen port alone); `off` sends everything from the
-    /// listen port.
-    #[arg(
-        long,
-        value_name = "auto|off",
-        default_value = "auto",
-        hide_possible_values = true
-    )]
-    pub entropy: EntropyChoice,
+    /// listen port and takes no advertisement of the peer's. [default: off, or auto with
+    /// --srcport] Off by default because nothing yet checks that datagrams from the extra ports
+    /// arrive: a NAT that rewrites source ports before the peer would lose the flows sent from
+    /// them.
+    #[arg(long, value_name = "auto|off", hide_possible_values = true)]
+    pub entropy: Option<EntropyChoice>,
 
     /// The source ports outer entropy sends from, as `ip link ... vxlan srcport MIN MAX` names
     /// them (1-65535, not the listen port): split among the workers, each binding up to four of

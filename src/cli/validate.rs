@@ -286,15 +286,15 @@ impl Args {
             .map(|user| validate_run_as(user, self.group.as_deref(), accounts))
             .transpose()?;
         let entropy = match (self.entropy, self.srcport.as_deref()) {
-            (EntropyChoice::Off, Some(_)) => {
+            (Some(EntropyChoice::Off), Some(_)) => {
                 return Err(bad(
                     "--srcport",
                     "names ports to send from, but --entropy is off",
                 ));
             }
-            (EntropyChoice::Off, None) => Entropy::Off,
-            (EntropyChoice::Auto, None) => Entropy::Ephemeral,
-            (EntropyChoice::Auto, Some(&[min, max])) => {
+            (None | Some(EntropyChoice::Off), None) => Entropy::Off,
+            (Some(EntropyChoice::Auto), None) => Entropy::Ephemeral,
+            (None | Some(EntropyChoice::Auto), Some(&[min, max])) => {
                 if min > max {
                     return Err(bad("--srcport", format!("{min} {max}: MIN is above MAX")));
                 }
@@ -309,7 +309,7 @@ impl Args {
                 }
                 Entropy::Range(min, max)
             }
-            (EntropyChoice::Auto, Some(other)) => {
+            (None | Some(EntropyChoice::Auto), Some(other)) => {
                 return Err(bad("--srcport", format!("takes MIN MAX, not {other:?}")));
             }
         };
@@ -658,7 +658,11 @@ mod tests {
 
     #[test]
     fn entropy_and_source_ports() {
-        assert_eq!(check(&[]).unwrap().entropy, Entropy::Ephemeral);
+        assert_eq!(
+            check(&[]).unwrap().entropy,
+            Entropy::Off,
+            "off unless asked for"
+        );
         assert_eq!(
             check(&["--entropy", "auto"]).unwrap().entropy,
             Entropy::Ephemeral

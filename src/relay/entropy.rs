@@ -375,10 +375,15 @@ impl Advertiser {
             self.next_send_ns = now_ns;
             self.retry_ns = RETRY_INTERVAL_NS;
         }
-        let in_use = !shared.own().is_empty()
-            && self
-                .acked_at_ns
-                .is_some_and(|at| now_ns.saturating_sub(at) <= IN_USE_FOR_NS);
+        if self
+            .acked_at_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) > IN_USE_FOR_NS)
+        {
+            // Expired: it sets no deadline any more (one in the past would wake the worker at
+            // once, again and again), and unanswered advertisements back off again.
+            self.acked_at_ns = None;
+        }
+        let in_use = !shared.own().is_empty() && self.acked_at_ns.is_some();
         let event = if in_use != self.in_use {
             self.in_use = in_use;
             shared.set_in_use(in_use);
@@ -604,6 +609,18 @@ mod tests {
         let out = out.expect("out of use");
         assert!(out > acked_at + IN_USE_FOR_NS && out <= acked_at + IN_USE_FOR_NS + S);
         assert!(!shared.in_use());
+        // With nothing acknowledged, the next wake-up is ahead, never behind (a deadline in the
+        // past would spin the worker), and the advertisements back off to MAX_RETRY_INTERVAL_NS.
+        let mut sends = Vec::new();
+        for _ in 0..2000 {
+            now += S / 10;
+            if a.poll(&shared, now, &mut fresh).0.is_some() {
+                sends.push(now);
+            }
+            assert!(a.next_deadline_ns() > now, "a deadline behind now: {now}");
+        }
+        let gaps: Vec<u64> = sends.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.ends_with(&[MAX_RETRY_INTERVAL_NS; 3]), "{gaps:?}");
     }
 
     /// Only the acknowledgement of an advertisement the advertiser waits for is kept, so

@@ -198,7 +198,8 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
 
 #[test]
 fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
-    let shared = Arc::new(SourcePorts::new(&[], 9));
+    // A worker of a relay with entropy on (it has ports of its own), not the one advertising.
+    let shared = Arc::new(SourcePorts::new(&[41000], 9));
     let mut r = Relay::new(RelayConfig {
         entropy: EntropyConfig {
             source_ports: shared.clone(),
@@ -254,6 +255,39 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
         now,
     );
     assert_eq!(foreign(&r), before + 1);
+}
+
+/// With `--entropy off` (no ports of its own, no advertiser to expire the peer's) the peer's
+/// advertisements are counted and not taken: its extra ports stay foreign, and no
+/// acknowledgement goes back, so the peer keeps to its listen tuple.
+#[test]
+fn a_relay_with_entropy_off_takes_no_advertisement() {
+    let shared = Arc::new(SourcePorts::new(&[], 9));
+    let mut r = Relay::new(RelayConfig {
+        entropy: EntropyConfig {
+            source_ports: shared.clone(),
+            ..EntropyConfig::none()
+        },
+        ..config()
+    });
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let ad = Advertisement::new(77, 5, &[40000, 40001]).unwrap();
+    let mut bytes = vec![0u8; ad.wire_len()];
+    ad.write(&mut bytes).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &bytes, now);
+    let (_, controls) = answer(&mut r, &b, now);
+    assert!(controls.is_empty(), "acknowledged: {controls:?}");
+    assert!(!shared.accepts(40000));
+    assert_eq!(r.stats().path.peer_ports_ignored, 1);
+    assert_eq!(r.stats().path.peer_ports_accepted, 0);
+    let packet = build(&Spec {
+        udp: true,
+        payload_len: 40,
+        ..Spec::default()
+    });
+    udp_receive(&mut r, &b, from_port(40000), &packet, now);
+    assert_eq!(r.stats().counters.drops_of(DropReason::ForeignSource), 1);
 }
 
 #[test]

@@ -236,6 +236,13 @@ impl Relay {
                             .drop(crate::stats::DropReason::ForeignSource);
                         continue;
                     };
+                    if self.source_ports.own().is_empty() {
+                        // `--entropy off`: no advertiser runs here to expire the peer's ports
+                        // (or forget them when the peer moves), so taking them would keep them
+                        // open for good. Unacknowledged, the peer keeps to its listen tuple.
+                        self.stats.path.peer_ports_ignored += 1;
+                        continue;
+                    }
                     self.source_ports.accept_peer(advertisement);
                     self.stats.path.peer_ports_accepted += 1;
                     // Unanswered when every control buffer is in flight: the peer advertises
