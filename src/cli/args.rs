@@ -216,13 +216,13 @@ pub struct Args {
     pub aqm: AqmChoice,
 
     /// The wait the AQM lets a queue keep standing before it marks ECN-capable packets CE, with
-    /// its unit (10us to 1s). [default: 50us]
+    /// its unit (10us to 1s). [default: 100us]
     #[arg(long, value_name = "TIME", value_parser = parse::aqm_target)]
     pub aqm_target: Option<u64>,
 
     /// How long a queue must stand above --aqm-target before the AQM marks, and the base of its
     /// spacing: about the round trip of the flows through the tunnel (10us to 10s, above
-    /// --aqm-target). [default: 1ms]
+    /// --aqm-target). [default: 2ms]
     #[arg(long, value_name = "TIME", value_parser = parse::aqm_interval)]
     pub aqm_interval: Option<u64>,
 

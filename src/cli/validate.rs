@@ -775,9 +775,9 @@ mod tests {
                 "--aqm-drop-interval: has no effect unless --aqm codel",
             ),
             (
-                &["--aqm-target", "2ms"],
-                "--aqm-target: the target (2000000 ns) must be shorter than the interval \
-                 (1000000 ns)",
+                &["--aqm-target", "3ms"],
+                "--aqm-target: the target (3000000 ns) must be shorter than the interval \
+                 (2000000 ns)",
             ),
             (
                 &["--aqm-drop-interval", "100us"],
@@ -790,7 +790,7 @@ mod tests {
             ),
             (
                 &["--aqm-drop-target", "20us"],
-                "--aqm-drop-target: drops (20000 ns) must not come before marks (50000 ns)",
+                "--aqm-drop-target: drops (20000 ns) must not come before marks (100000 ns)",
             ),
             (&["--aqm", "red"], "--aqm: 'red' is not one of codel, observe, off"),
             (

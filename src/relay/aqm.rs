@@ -59,22 +59,25 @@ impl Params {
         interval_ns: 100_000_000,
     };
 
-    /// Marks by default: 50 µs over 1 ms. A mark costs an ECN-capable flow no packet, and its
-    /// sender halves its pace at most once a round trip whatever the marks (RFC 3168 section
-    /// 6.1.2), so marking early is cheap. Measured against 100 µs / 2 ms and 250 µs / 5 ms in the
-    /// bottleneck bench: one ECN-capable cubic stream's loaded ping fell from 2.8-5.7 ms (p50)
-    /// and 18-20 ms (p99) with the AQM off to 0.39 ms and 1.1-1.4 ms, at no loss of throughput.
+    /// Marks by default: 100 µs over 2 ms. A mark costs an ECN-capable flow no packet, and its
+    /// sender slows down at most once a round trip whatever the marks (RFC 3168 section 6.1.2),
+    /// so marking early is cheap for it; but a queue kept shorter than a relay's batch starves
+    /// the relay of the batches that make it fast. In the bottleneck bench (one and four
+    /// ECN-capable cubic streams) 100 µs / 2 ms cut the loaded ping from 2.2 and 15 ms (p50) to
+    /// 0.8 and 1.1 ms at 1.08x and 1.02x the throughput; 50 µs / 1 ms to 0.37 and 0.58 ms but
+    /// at 0.92x and 0.79x; 200 µs / 4 ms to 1.2 and 1.8 ms at 1.12x.
     pub const MARK: Params = Params {
-        target_ns: 50_000,
-        interval_ns: 1_000_000,
+        target_ns: 100_000,
+        interval_ns: 2_000_000,
     };
 
     /// Drops by default: 250 µs over 5 ms. A drop costs its flow a retransmission, and a flow
     /// that does not slow down for drops (BBR paces at its bandwidth estimate and keeps about
     /// its own round trip of queue, some 0.3 ms here) is only made to retransmit: at 100 µs /
     /// 2 ms one BBR stream was dropped 750-1,400 times in 6 s and lost 10-25% of its rate; at
-    /// 250 µs / 5 ms, 40-75 times and nothing measurable, while a Not-ECT cubic stream's
-    /// loaded ping still fell three- to fivefold (p50 0.96 against 2.8-5.4 ms).
+    /// 250 µs / 5 ms it kept its rate (1.02x, 1.01x for four streams), while one and four
+    /// Not-ECT cubic streams' loaded ping fell from 2.2 and 13.7 ms (p50) to 1.4 and 2.3 ms at
+    /// 1.09x and 1.10x the throughput.
     pub const DROP: Params = Params {
         target_ns: 250_000,
         interval_ns: 5_000_000,
