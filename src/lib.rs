@@ -97,7 +97,7 @@ pub mod fuzzing {
     pub use crate::offload::complete_checksum;
     pub use crate::offload::split::{MAX_HEADER_LEN, Split};
     pub use crate::steer::{flow_index, flow_key, reuseport_program};
-    pub use crate::wire::cmsg::{gro_segment_size, parse_queued_error};
+    pub use crate::wire::cmsg::{gro_segment_size, parse_queued_error, receive_control};
     pub use crate::wire::{IpPacket, IpVersion};
     pub use crate::worker::MAX_SPLIT_SEGMENTS;
 

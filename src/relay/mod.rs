@@ -26,12 +26,14 @@
 //! [`send::after_refusal`] (what a send's result means), [`receive::plan`] (what a receive holds
 //! and how it goes into the TUN), [`receive::judge_write`], [`plpmtud::Plpmtud`] (the path MTU).
 
+pub mod aqm;
 pub mod batch;
 #[cfg(test)]
 mod lifetime;
 pub mod path;
 mod path_control;
 pub mod plpmtud;
+mod queue;
 pub mod receive;
 pub mod send;
 mod slots;
@@ -112,6 +114,8 @@ pub struct RelayConfig {
     pub epoch: std::time::Instant,
     /// How often to take a stats snapshot (reading the socket's drop count first), if at all.
     pub snapshot_every_ns: Option<u64>,
+    /// Whether the queues in front of the worker are timed, and what the AQM does (`--aqm`).
+    pub aqm: aqm::Settings,
 }
 
 /// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
@@ -163,6 +167,9 @@ pub enum Request {
     ReadSocketDrops,
     /// Read the egress device's MTU toward the peer: `on_egress_mtu`.
     ReadEgressMtu,
+    /// Look whether packets wait in the TUN queue's ring (`poll` for `POLLIN`, no timeout):
+    /// `on_tun_backlog`.
+    ProbeTunBacklog,
 }
 
 /// One worker's protocol state. See the module documentation.
@@ -217,6 +224,8 @@ pub struct Relay {
     next_fragmenting_check_ns: u64,
     next_egress_check_ns: u64,
     stopping: bool,
+    /// The queues in front of the worker, timed, and their AQM (`queue`).
+    queues: queue::Queues,
 }
 
 impl Relay {
@@ -237,6 +246,7 @@ impl Relay {
             nonces,
             epoch,
             snapshot_every_ns,
+            aqm,
         } = config;
         let family = OuterFamily::of(peer);
         let slot_segments = if offloads.tun_offloads() {
@@ -297,6 +307,7 @@ impl Relay {
             next_fragmenting_check_ns: 0,
             next_egress_check_ns: 0,
             stopping: false,
+            queues: queue::Queues::new(aqm),
         }
     }
 
@@ -526,6 +537,7 @@ impl Relay {
     /// the GSO batch gathered in this batch sent, after the resends, whose packets were read
     /// before. Takes the path MTU the machine published.
     pub fn end_batch(&mut self, now_ns: u64, buffers: &impl Buffers) {
+        self.probe_tun_backlog();
         self.run_path(now_ns);
         if self.reports.drain_queue || !self.refused.is_empty() {
             self.awaiting_errors = true;
