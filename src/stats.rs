@@ -329,6 +329,14 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static histogram bounds are valid")
 }
 
+/// A queue-delay histogram: the same range to two significant digits (1%), which is what an
+/// operator reads a standing queue to, in a seventh of the memory (3,840 counts against 27,648: about 31 KB against 221 KB).
+/// Every worker sends its histograms with each snapshot, and the main thread keeps and merges
+/// them, so a relay of many queues would otherwise carry megabytes more for them.
+fn new_queue_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 2).expect("static histogram bounds are valid")
+}
+
 /// Everything one worker counts. Owned by that worker alone.
 #[derive(Debug, Clone)]
 pub struct WorkerStats {
@@ -352,8 +360,8 @@ impl WorkerStats {
             path: PathStats::default(),
             tun_to_udp_ns: new_histogram(),
             udp_to_tun_ns: new_histogram(),
-            queue_delay_tun_ns: new_histogram(),
-            queue_delay_udp_ns: new_histogram(),
+            queue_delay_tun_ns: new_queue_histogram(),
+            queue_delay_udp_ns: new_queue_histogram(),
         }
     }
 
@@ -481,7 +489,7 @@ impl Report {
 
     /// All workers' queue-delay histograms of one direction, merged.
     pub fn queue_delay(&self, direction: Direction) -> Histogram<u64> {
-        let mut merged = new_histogram();
+        let mut merged = new_queue_histogram();
         for q in &self.queues {
             let h = match direction {
                 Direction::TunToUdp => &q.queue_delay_tun_ns,
