@@ -105,6 +105,7 @@ pub mod fuzzing {
     pub use crate::sys::owner::fuzz_proc_text;
     pub use crate::wire::cmsg::{
         QueuedErrors, gro_segment_size, parse_queued_error, parse_queued_error_about,
+        receive_control,
     };
     pub use crate::wire::{IpPacket, IpVersion};
     pub use crate::worker::MAX_SPLIT_SEGMENTS;

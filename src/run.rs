@@ -132,6 +132,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
                 source,
             })?;
         }
+        if config.aqm.timed() {
+            // When the kernel took each datagram in: the wait in the socket, for the AQM.
+            socket::enable_receive_timestamps(&fd).map_err(|source| sys::Error::Socket {
+                address: listen,
+                source,
+            })?;
+        }
         sockets.push(fd);
     }
     // Outer flow entropy: the relay's extra ports, and every worker's own socket on each
@@ -252,6 +259,7 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             buffer_memory: config.buffer_memory,
             offloads,
             marking: config.marking,
+            aqm: config.aqm,
             stop: stop.clone(),
             snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
             shared: shared.clone(),
@@ -287,11 +295,12 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         describe_entropy(source_ports.own())
     );
     eprintln!(
-        "tunfwd: {up}, offloads: {}{}",
+        "tunfwd: {up}, offloads: {}{}; {}",
         describe(wanted, offloads),
         gso_cap.map_or(String::new(), |b| format!(
             "; super-packets up to {b} bytes (one GSO send each)"
-        ))
+        )),
+        crate::relay::aqm::describe(config.aqm)
     );
 
     let published = metrics_listener.map(|listener| {

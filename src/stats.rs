@@ -71,6 +71,13 @@ drop_reasons! {
     /// An inner packet (or a super-packet's segment) longer than the path to the peer takes; its
     /// sender is told with ICMP fragmentation-needed or packet-too-big where the rules allow.
     TooBig => "too_big",
+    /// A Not-ECT packet read from the TUN that the AQM dropped, the queue in the TUN's ring
+    /// having stood above `--aqm-target` for `--aqm-interval` (`relay::aqm`, RFC 8289). An
+    /// ECN-capable one would have been marked CE instead (`aqm_marked_tun_ring`).
+    AqmTunRing => "aqm_tun_ring",
+    /// A Not-ECT packet received from the peer that the AQM dropped, the queue in the UDP
+    /// socket's receive buffer having stood above target (`aqm_marked_udp_socket` otherwise).
+    AqmUdpSocket => "aqm_udp_socket",
 }
 
 impl DropReason {
@@ -92,11 +99,24 @@ impl From<crate::wire::Malformed> for DropReason {
     }
 }
 
-/// The direction a latency sample belongs to.
+/// The direction a latency or queue-delay sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     TunToUdp,
     UdpToTun,
+}
+
+impl Direction {
+    /// Both, in the order every report lists them.
+    pub const ALL: [Direction; 2] = [Direction::TunToUdp, Direction::UdpToTun];
+
+    /// The name reports use: the JSON key, the metrics' `direction` label, the table's row.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::TunToUdp => "tun_to_udp",
+            Direction::UdpToTun => "udp_to_tun",
+        }
+    }
 }
 
 /// Declares a struct of `u64` counters from one list, each with the one-line help that reports
@@ -193,6 +213,11 @@ counters! {
         /// Outer flow entropy (`relay::entropy`): the rest of `udp_tx_packets` left from the
         /// listen port.
         entropy_tx_packets => "Datagrams sent from one of the extra source ports (outer flow entropy) rather than the listen port.",
+        /// `relay::aqm`: the TUN ring's queue stood above target; the Not-ECT ones are the
+        /// `aqm_tun_ring` drops.
+        aqm_marked_tun_ring => "ECN-capable packets read from the TUN that the AQM marked CE, its ring's queue standing above target (RFC 8289, RFC 3168).",
+        /// The same for the UDP socket's receive buffer; `aqm_udp_socket` drops otherwise.
+        aqm_marked_udp_socket => "ECN-capable packets received from the peer that the AQM marked CE, the socket's queue standing above target (RFC 8289, RFC 3168).",
     }
     extra {
         /// Packets dropped, by [`DropReason`].
@@ -338,6 +363,14 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static histogram bounds are valid")
 }
 
+/// A queue-delay histogram: the same range to two significant digits (1%), which is what an
+/// operator reads a standing queue to, in a seventh of the memory (3,840 counts against 27,648: about 31 KB against 221 KB).
+/// Every worker sends its histograms with each snapshot, and the main thread keeps and merges
+/// them, so a relay of many queues would otherwise carry megabytes more for them.
+fn new_queue_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 2).expect("static histogram bounds are valid")
+}
+
 /// Everything one worker counts. Owned by that worker alone.
 #[derive(Debug, Clone)]
 pub struct WorkerStats {
@@ -346,6 +379,11 @@ pub struct WorkerStats {
     pub path: PathStats,
     pub tun_to_udp_ns: Histogram<u64>,
     pub udp_to_tun_ns: Histogram<u64>,
+    /// How long packets waited in the kernel's queue in front of the worker before it took them
+    /// (`relay::queue`), per direction: `tun_to_udp` in the TUN's ring, `udp_to_tun` in the UDP
+    /// socket's receive buffer. What the AQM judges. Empty with `--aqm off`.
+    pub queue_delay_tun_ns: Histogram<u64>,
+    pub queue_delay_udp_ns: Histogram<u64>,
 }
 
 impl WorkerStats {
@@ -356,7 +394,19 @@ impl WorkerStats {
             path: PathStats::default(),
             tun_to_udp_ns: new_histogram(),
             udp_to_tun_ns: new_histogram(),
+            queue_delay_tun_ns: new_queue_histogram(),
+            queue_delay_udp_ns: new_queue_histogram(),
         }
+    }
+
+    /// Records how long `packets` packets waited in the kernel's queue in front of the worker in
+    /// `direction`; values past the histogram's range are clamped, not lost.
+    pub fn record_queue_delay_n(&mut self, direction: Direction, ns: u64, packets: u64) {
+        let h = match direction {
+            Direction::TunToUdp => &mut self.queue_delay_tun_ns,
+            Direction::UdpToTun => &mut self.queue_delay_udp_ns,
+        };
+        let _ = h.record_n(ns.clamp(1, LATENCY_MAX_NS), packets);
     }
 
     /// Records one packet's latency; values past the histogram's range are clamped, not lost.
@@ -471,6 +521,19 @@ impl Report {
         merged
     }
 
+    /// All workers' queue-delay histograms of one direction, merged.
+    pub fn queue_delay(&self, direction: Direction) -> Histogram<u64> {
+        let mut merged = new_queue_histogram();
+        for q in &self.queues {
+            let h = match direction {
+                Direction::TunToUdp => &q.queue_delay_tun_ns,
+                Direction::UdpToTun => &q.queue_delay_udp_ns,
+            };
+            merged.add(h).expect("histograms share bounds");
+        }
+        merged
+    }
+
     pub fn to_json(&self) -> Value {
         let queues: Vec<Value> = self
             .queues
@@ -510,11 +573,22 @@ impl Report {
                 "path_mtu": self.path_totals().path_mtu,
                 "queues": paths,
             },
-            "latency_ns": {
-                "tun_to_udp": LatencySummary::of(&self.latency(Direction::TunToUdp)).to_json(),
-                "udp_to_tun": LatencySummary::of(&self.latency(Direction::UdpToTun)).to_json(),
-            }
+            "latency_ns": self.histograms_json(Report::latency),
+            "queue_delay_ns": self.histograms_json(Report::queue_delay),
         })
+    }
+
+    /// `{tun_to_udp: {count, p50, ...}, udp_to_tun: {...}}` of one kind of histogram.
+    fn histograms_json(&self, merged: fn(&Report, Direction) -> Histogram<u64>) -> Value {
+        Value::Object(
+            Direction::ALL
+                .iter()
+                .map(|d| {
+                    let summary = LatencySummary::of(&merged(self, *d));
+                    (d.name().to_string(), summary.to_json())
+                })
+                .collect(),
+        )
     }
 
     /// The human-readable report.
@@ -597,16 +671,36 @@ impl Report {
             "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "latency (ns)", "count", "p50", "p90", "p99", "p99.9", "max"
         );
-        for (name, direction) in [
-            ("tun_to_udp", Direction::TunToUdp),
-            ("udp_to_tun", Direction::UdpToTun),
-        ] {
+        for direction in Direction::ALL {
             let s = LatencySummary::of(&self.latency(direction));
             let _ = writeln!(
                 out,
                 "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                name, s.count, s.p50, s.p90, s.p99, s.p999, s.max
+                direction.name(),
+                s.count,
+                s.p50,
+                s.p90,
+                s.p99,
+                s.p999,
+                s.max
             );
+        }
+        // The wait in the kernel's queue in front of the worker, when it is timed (`--aqm`).
+        for direction in Direction::ALL {
+            let s = LatencySummary::of(&self.queue_delay(direction));
+            if s.count > 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    format!("queue {}", direction.name()),
+                    s.count,
+                    s.p50,
+                    s.p90,
+                    s.p99,
+                    s.p999,
+                    s.max
+                );
+            }
         }
         out
     }

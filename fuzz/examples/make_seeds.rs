@@ -15,7 +15,7 @@ type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, Seeds); 10] = [
+    let targets: [(&str, Seeds); 11] = [
         ("source_ports", source_port_seeds()),
         ("coalesce_round_trip", coalesce_seeds()),
         ("split_vnet", split_seeds()),
@@ -26,6 +26,7 @@ fn main() {
         ("netlink_answers", netlink_seeds()),
         ("receive_plan", receive_plan_seeds()),
         ("icmp_too_big", icmp_too_big_seeds()),
+        ("receive_control", receive_control_seeds()),
     ];
     // tunfwd-wireguard's targets take the messages its fixed test devices really exchange.
     let wireguard = tunfwd_wireguard::fuzzing::seeds();
@@ -291,6 +292,24 @@ fn cmsg_seeds() -> Seeds {
             "other-level",
             cmsg(20, libc::SOL_IP, libc::UDP_GRO, &1000i32.to_ne_bytes()),
         ),
+    ]
+}
+
+/// What `udp_recvmsg` writes with `SO_TIMESTAMPNS`, `UDP_GRO` and `IP_RECVTOS` on: the time
+/// (`sock_recv_cmsgs`) first, then the segment size, then the TOS; and the same cut inside the
+/// timespec, and with an IPv6 traffic class.
+fn receive_control_seeds() -> Seeds {
+    let mut timespec = 1_700_000_000i64.to_ne_bytes().to_vec();
+    timespec.extend_from_slice(&123_456_789i64.to_ne_bytes());
+    let time = cmsg(32, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &timespec);
+    let gro = cmsg(20, libc::SOL_UDP, libc::UDP_GRO, &1380i32.to_ne_bytes());
+    let tos = cmsg(17, libc::SOL_IP, libc::IP_TOS, &[0x02]);
+    let tclass = cmsg(20, libc::SOL_IPV6, libc::IPV6_TCLASS, &0x03i32.to_ne_bytes());
+    let cut = cmsg(28, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &timespec[..12]);
+    vec![
+        ("time-gro-tos", [time.clone(), gro.clone(), tos].concat()),
+        ("time-tclass", [time, tclass].concat()),
+        ("gro-then-cut-time", [gro, cut].concat()),
     ]
 }
 

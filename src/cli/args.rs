@@ -42,6 +42,25 @@ pub enum EntropyChoice {
     Off,
 }
 
+/// `--aqm`: what tunfwd does about the queues in front of its workers (`relay::aqm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AqmChoice {
+    Codel,
+    Observe,
+    Off,
+}
+
+impl AqmChoice {
+    pub fn mode(self) -> crate::relay::aqm::Mode {
+        use crate::relay::aqm::Mode;
+        match self {
+            AqmChoice::Codel => Mode::Codel,
+            AqmChoice::Observe => Mode::Observe,
+            AqmChoice::Off => Mode::Off,
+        }
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "tunfwd",
@@ -192,6 +211,39 @@ pub struct Args {
     /// received outer headers are ignored.
     #[arg(long)]
     pub no_ecn: bool,
+
+    /// What to do about the queues in front of each worker (the TUN's ring, the UDP socket's
+    /// receive buffer): `codel` times how long packets wait there and, when that wait stands
+    /// above --aqm-target for --aqm-interval, marks ECN-capable packets CE and drops others, ever
+    /// more often until it falls (RFC 8289, RFC 3168); `observe` only times them (the stats'
+    /// queue delay); `off` does neither.
+    #[arg(
+        long,
+        value_name = "codel|observe|off",
+        default_value = "codel",
+        hide_possible_values = true
+    )]
+    pub aqm: AqmChoice,
+
+    /// The wait the AQM lets a queue keep standing before it marks ECN-capable packets CE, with
+    /// its unit (10us to 1s). [default: 100us]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_target)]
+    pub aqm_target: Option<u64>,
+
+    /// How long a queue must stand above --aqm-target before the AQM marks, and the base of its
+    /// spacing: about the round trip of the flows through the tunnel (10us to 10s, above
+    /// --aqm-target). [default: 2ms]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_interval)]
+    pub aqm_interval: Option<u64>,
+
+    /// The same for dropping Not-ECT packets, which costs their flows a retransmission: at least
+    /// --aqm-target. [default: 250us]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_target)]
+    pub aqm_drop_target: Option<u64>,
+
+    /// The interval for drops, above --aqm-drop-target. [default: 5ms]
+    #[arg(long, value_name = "TIME", value_parser = parse::aqm_interval)]
+    pub aqm_drop_interval: Option<u64>,
 
     /// Below this path MTU (outer headers included, 552 or more; 1280 or more to an IPv6 peer),
     /// tunfwd works only to sizes the peer relay acknowledged: an ICMP message that claims a

@@ -257,6 +257,56 @@ pub(super) fn buffer_size(text: &str) -> Result<usize, String> {
         })
 }
 
+/// The shortest `--aqm-target` and `--aqm-interval`: a wait of a few microseconds is a wake-up,
+/// not a queue. The longest: a second and ten, past any round trip a tunnel carries.
+pub const MIN_AQM_TIME_NS: u64 = 10_000;
+pub const MAX_AQM_TARGET_NS: u64 = 1_000_000_000;
+pub const MAX_AQM_INTERVAL_NS: u64 = 10_000_000_000;
+
+/// A time with its unit, `ns`, `us` (or `µs`), `ms` or `s`, as nanoseconds: `5ms`, `500us`,
+/// `1.5ms`. `None` for anything else, a number without a unit included.
+pub fn parse_time_ns(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    let ns = (value * scale).round();
+    (ns.is_finite() && ns <= u64::MAX as f64).then_some(ns as u64)
+}
+
+/// `--aqm-target` and `--aqm-interval`: a time from [`MIN_AQM_TIME_NS`] to `max_ns`.
+fn aqm_time(text: &str, max_ns: u64) -> Result<u64, String> {
+    let show = |ns: u64| match ns {
+        ns if ns >= 1_000_000_000 => format!("{}s", ns / 1_000_000_000),
+        ns if ns >= 1_000_000 => format!("{}ms", ns / 1_000_000),
+        ns => format!("{}us", ns / 1_000),
+    };
+    parse_time_ns(text)
+        .filter(|ns| (MIN_AQM_TIME_NS..=max_ns).contains(ns))
+        .ok_or_else(|| {
+            format!(
+                "'{text}' is not a time between {} and {} (with ns, us, ms or s)",
+                show(MIN_AQM_TIME_NS),
+                show(max_ns)
+            )
+        })
+}
+
+pub(super) fn aqm_target(text: &str) -> Result<u64, String> {
+    aqm_time(text, MAX_AQM_TARGET_NS)
+}
+
+pub(super) fn aqm_interval(text: &str) -> Result<u64, String> {
+    aqm_time(text, MAX_AQM_INTERVAL_NS)
+}
+
 pub(super) fn tos(text: &str) -> Result<OuterDscp, String> {
     parse_tos(text).map_err(ConfigError::into_problem)
 }
@@ -303,6 +353,29 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn times_need_a_unit_and_aqm_times_a_range() {
+        assert_eq!(parse_time_ns("5ms"), Some(5_000_000));
+        assert_eq!(parse_time_ns("500us"), Some(500_000));
+        assert_eq!(parse_time_ns("500µs"), Some(500_000));
+        assert_eq!(parse_time_ns("1.5ms"), Some(1_500_000));
+        assert_eq!(parse_time_ns("2s"), Some(2_000_000_000));
+        assert_eq!(parse_time_ns("750ns"), Some(750));
+        for text in ["5", "ms", "5 m", "-5ms", "5ms5", "1e3us", "", "1..5ms"] {
+            assert_eq!(parse_time_ns(text), None, "{text:?}");
+        }
+        assert_eq!(aqm_target("10us"), Ok(10_000));
+        assert_eq!(aqm_target("1s"), Ok(1_000_000_000));
+        assert_eq!(aqm_interval("10s"), Ok(10_000_000_000));
+        assert_eq!(
+            aqm_target("9us").unwrap_err(),
+            "'9us' is not a time between 10us and 1s (with ns, us, ms or s)"
+        );
+        assert!(aqm_target("2s").is_err());
+        assert!(aqm_interval("11s").is_err());
+        assert!(aqm_interval("5").is_err(), "a unit is needed");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::parse::{CpuList, PeerSpec};
 use super::{Args, ConfigError, DEFAULT_PMTU_FLOOR, DEFAULT_PORT, MAX_QUEUES, bad};
 use crate::engine::Engine;
 use crate::offload::ecn::{Marking, OuterDscp};
+use crate::relay::aqm;
 use crate::wire::{Offloads, OuterFamily};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The user to switch to after setup.
     pub run_as: Option<RunAs>,
+    /// `--aqm`, `--aqm-target`, `--aqm-interval`.
+    pub aqm: aqm::Settings,
     /// Outer flow entropy (`--entropy`, `--srcport`).
     pub entropy: Entropy,
 }
@@ -279,6 +282,7 @@ impl Args {
                 ),
             ));
         }
+        let aqm = self.validate_aqm()?;
         let dscp = self.tos.unwrap_or(OuterDscp::Fixed(0));
         let run_as = self
             .user
@@ -347,7 +351,74 @@ impl Args {
             metrics: self.metrics,
             run_as,
             entropy,
+            aqm,
         })
+    }
+
+    /// `--aqm` with its times: each target below its interval, as CoDel needs (RFC 8289 section
+    /// 4.4 puts it at 5 to 10% of it), drops no sooner than marks, and no times for an AQM that
+    /// signals nothing.
+    fn validate_aqm(&self) -> Result<aqm::Settings, ConfigError> {
+        let mode = self.aqm.mode();
+        let times = [
+            (self.aqm_target, "--aqm-target"),
+            (self.aqm_interval, "--aqm-interval"),
+            (self.aqm_drop_target, "--aqm-drop-target"),
+            (self.aqm_drop_interval, "--aqm-drop-interval"),
+        ];
+        if mode != aqm::Mode::Codel
+            && let Some((_, option)) = times.iter().find(|(given, _)| given.is_some())
+        {
+            return Err(bad(option, "has no effect unless --aqm codel"));
+        }
+        let pair = |target: Option<u64>,
+                    interval: Option<u64>,
+                    default: aqm::Params,
+                    names: (&str, &str)| {
+            let params = aqm::Params {
+                target_ns: target.unwrap_or(default.target_ns),
+                interval_ns: interval.unwrap_or(default.interval_ns),
+            };
+            if params.target_ns >= params.interval_ns {
+                let option = if target.is_some() { names.0 } else { names.1 };
+                return Err(bad(
+                    option,
+                    format!(
+                        "the target ({} ns) must be shorter than the interval ({} ns)",
+                        params.target_ns, params.interval_ns
+                    ),
+                ));
+            }
+            Ok(params)
+        };
+        let mark = pair(
+            self.aqm_target,
+            self.aqm_interval,
+            aqm::Settings::DEFAULT.mark,
+            ("--aqm-target", "--aqm-interval"),
+        )?;
+        let drop = pair(
+            self.aqm_drop_target,
+            self.aqm_drop_interval,
+            aqm::Settings::DEFAULT.drop,
+            ("--aqm-drop-target", "--aqm-drop-interval"),
+        )?;
+        if drop.target_ns < mark.target_ns {
+            let option = if self.aqm_drop_target.is_some() {
+                "--aqm-drop-target"
+            } else {
+                "--aqm-target"
+            };
+            return Err(bad(
+                option,
+                format!(
+                    "drops ({} ns) must not come before marks ({} ns): marking first costs \
+                     an ECN-capable flow no packet",
+                    drop.target_ns, mark.target_ns
+                ),
+            ));
+        }
+        Ok(aqm::Settings { mode, mark, drop })
     }
 }
 
@@ -792,6 +863,80 @@ mod tests {
                 ..all
             }
         );
+    }
+
+    #[test]
+    fn the_aqm_marks_before_it_drops_and_each_target_is_below_its_interval() {
+        let c = check(&[]).unwrap();
+        assert_eq!(c.aqm, aqm::Settings::DEFAULT);
+        assert_eq!(c.aqm.mode, aqm::Mode::Codel);
+        assert!(c.aqm.mark.target_ns <= c.aqm.drop.target_ns);
+        let c = check(&[
+            "--aqm-target",
+            "200us",
+            "--aqm-interval",
+            "4ms",
+            "--aqm-drop-target",
+            "5ms",
+            "--aqm-drop-interval",
+            "100ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.aqm.mark, c.aqm.drop),
+            (
+                aqm::Params {
+                    target_ns: 200_000,
+                    interval_ns: 4_000_000
+                },
+                aqm::Params::RFC_8289
+            )
+        );
+        assert_eq!(check(&["--aqm", "off"]).unwrap().aqm.mode, aqm::Mode::Off);
+        assert_eq!(
+            check(&["--aqm", "observe"]).unwrap().aqm.mode,
+            aqm::Mode::Observe
+        );
+        let refused = |extra: &[&str]| check(extra).unwrap_err().to_string();
+        for (extra, says) in [
+            (
+                &["--aqm", "off", "--aqm-target", "1ms"][..],
+                "--aqm-target: has no effect unless --aqm codel",
+            ),
+            (
+                &["--aqm", "observe", "--aqm-drop-interval", "9ms"],
+                "--aqm-drop-interval: has no effect unless --aqm codel",
+            ),
+            (
+                &["--aqm-target", "3ms"],
+                "--aqm-target: the target (3000000 ns) must be shorter than the interval \
+                 (2000000 ns)",
+            ),
+            (
+                &["--aqm-drop-interval", "100us"],
+                "--aqm-drop-interval: the target (250000 ns) must be shorter than the interval \
+                 (100000 ns)",
+            ),
+            (
+                &["--aqm-target", "300us"],
+                "--aqm-target: drops (250000 ns) must not come before marks (300000 ns)",
+            ),
+            (
+                &["--aqm-drop-target", "20us"],
+                "--aqm-drop-target: drops (20000 ns) must not come before marks (100000 ns)",
+            ),
+            (
+                &["--aqm", "red"],
+                "--aqm: 'red' is not one of codel, observe, off",
+            ),
+            (
+                &["--aqm-target", "5"],
+                "--aqm-target: '5' is not a time between 10us and 1s",
+            ),
+        ] {
+            let text = refused(extra);
+            assert!(text.starts_with(says), "{extra:?}: {text}");
+        }
     }
 
     #[test]

@@ -174,40 +174,53 @@ pub fn render(report: &Report) -> String {
         }
     }
 
-    header(
+    histogram_family(
         &mut out,
         "tunfwd_latency_seconds",
-        "histogram",
         "From the completion of the read that brought a packet in to the completion of the send \
          or write that took it out, per packet (a super-packet counts as its segments).",
+        |direction| report.latency(direction),
     );
-    for (label, direction) in [
-        ("tun_to_udp", Direction::TunToUdp),
-        ("udp_to_tun", Direction::UdpToTun),
-    ] {
-        let (counts, total, sum_ns) = buckets(&report.latency(direction));
+    histogram_family(
+        &mut out,
+        "tunfwd_queue_delay_seconds",
+        "How long packets waited in the kernel's queue in front of a worker before it took them: \
+         the TUN's ring (tun_to_udp) and the UDP socket's receive buffer (udp_to_tun); what the \
+         AQM judges. Empty with --aqm off.",
+        |direction| report.queue_delay(direction),
+    );
+    out
+}
+
+/// One histogram family with a series per direction: cumulative buckets, `+Inf`, sum, count.
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    merged: impl Fn(Direction) -> Histogram<u64>,
+) {
+    header(out, name, "histogram", help);
+    for direction in Direction::ALL {
+        let label = direction.name();
+        let (counts, total, sum_ns) = buckets(&merged(direction));
         for (le, count) in LATENCY_BUCKETS_NS.iter().zip(counts) {
             let _ = writeln!(
                 out,
-                "tunfwd_latency_seconds_bucket{{direction=\"{label}\",le=\"{}\"}} {count}",
+                "{name}_bucket{{direction=\"{label}\",le=\"{}\"}} {count}",
                 seconds(*le)
             );
         }
         let _ = writeln!(
             out,
-            "tunfwd_latency_seconds_bucket{{direction=\"{label}\",le=\"+Inf\"}} {total}"
+            "{name}_bucket{{direction=\"{label}\",le=\"+Inf\"}} {total}"
         );
         let _ = writeln!(
             out,
-            "tunfwd_latency_seconds_sum{{direction=\"{label}\"}} {}",
+            "{name}_sum{{direction=\"{label}\"}} {}",
             sum_ns as f64 / 1e9
         );
-        let _ = writeln!(
-            out,
-            "tunfwd_latency_seconds_count{{direction=\"{label}\"}} {total}"
-        );
+        let _ = writeln!(out, "{name}_count{{direction=\"{label}\"}} {total}");
     }
-    out
 }
 
 #[cfg(test)]
@@ -390,6 +403,56 @@ pub(super) mod tests {
         .parse()
         .unwrap();
         assert!((sum - 180e-6).abs() < 180e-6 * 1e-3, "{sum}");
+    }
+
+    /// The queue delay is a histogram family of its own, by direction, from the same
+    /// HdrHistograms as the JSON's `queue_delay_ns`; the AQM's marks are counters and its drops
+    /// reasons like any other, from the same lists.
+    #[test]
+    fn queue_delays_marks_and_aqm_drops_are_exposed() {
+        let mut q = WorkerStats::new(0);
+        q.record_queue_delay_n(Direction::UdpToTun, 3_000_000, 40);
+        q.record_queue_delay_n(Direction::TunToUdp, 200_000, 7);
+        q.counters.aqm_marked_udp_socket = 5;
+        q.counters.drop_n(DropReason::AqmTunRing, 2);
+        let report = Report::new(Duration::from_secs(1), vec![q]);
+        let text = render(&report);
+        let series = |name: &str| {
+            sample(&text, name)
+                .unwrap_or_else(|| panic!("{name} in\n{text}"))
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert!(text.contains("# TYPE tunfwd_queue_delay_seconds histogram\n"));
+        let bucket = |dir: &str, le: &str| {
+            series(&format!(
+                "tunfwd_queue_delay_seconds_bucket{{direction=\"{dir}\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("udp_to_tun", "0.0025"), 0);
+        assert_eq!(bucket("udp_to_tun", "0.005"), 40);
+        assert_eq!(bucket("tun_to_udp", "0.00025"), 7);
+        assert_eq!(
+            series("tunfwd_queue_delay_seconds_count{direction=\"udp_to_tun\"}"),
+            40
+        );
+        let json = report.to_json();
+        assert_eq!(json["queue_delay_ns"]["udp_to_tun"]["count"], 40);
+        assert_eq!(json["queue_delay_ns"]["tun_to_udp"]["count"], 7);
+        assert_eq!(series("tunfwd_aqm_marked_udp_socket_total{queue=\"0\"}"), 5);
+        assert_eq!(series("tunfwd_aqm_marked_tun_ring_total{queue=\"0\"}"), 0);
+        assert_eq!(
+            series("tunfwd_drops_total{queue=\"0\",reason=\"aqm_tun_ring\"}"),
+            2
+        );
+        assert_eq!(
+            series("tunfwd_drops_total{queue=\"0\",reason=\"aqm_udp_socket\"}"),
+            0
+        );
+        let table = report.to_table();
+        assert!(table.contains("aqm_tun_ring=2"), "{table}");
+        assert!(table.contains("aqm_marked_udp_socket=5"), "{table}");
+        assert!(table.contains("queue udp_to_tun"), "{table}");
     }
 
     #[test]

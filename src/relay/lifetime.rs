@@ -44,6 +44,27 @@ fn relay() -> Relay {
     Relay::new(config())
 }
 
+/// A relay whose AQM signals nearly every bulk packet that waited at all: CoDel with a 1 µs
+/// target over 10 µs, so that the drops and marks it makes land in the tests' sums.
+fn relay_with_eager_aqm() -> Relay {
+    Relay::new(RelayConfig {
+        aqm: aqm::Settings {
+            mode: aqm::Mode::Codel,
+            mark: EAGER,
+            drop: EAGER,
+        },
+        ..config()
+    })
+}
+
+const EAGER: aqm::Params = aqm::Params {
+    target_ns: 1_000,
+    interval_ns: 10_000,
+};
+
+/// The wall clock the fake engine reports: a second ahead of the relay's.
+const WALL_AHEAD_NS: u64 = 1_000_000_000;
+
 pub(super) fn config() -> RelayConfig {
     let mut nonce = 0u64;
     RelayConfig {
@@ -71,6 +92,7 @@ pub(super) fn config() -> RelayConfig {
         epoch: std::time::Instant::now(),
         snapshot_every_ns: None,
         entropy: crate::relay::EntropyConfig::none(),
+        aqm: aqm::Settings::OFF,
     }
 }
 
@@ -80,6 +102,7 @@ pub(super) fn config() -> RelayConfig {
 fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now: &mut u64) {
     for _ in 0..1000 {
         *now += 1000;
+        r.on_wall_clock(*now, *now + WALL_AHEAD_NS);
         r.end_batch(*now, b);
         let mut answered = 0;
         while let Some(request) = r.poll_request() {
@@ -114,6 +137,10 @@ fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now
                     r.on_egress_mtu(None, *now);
                     continue;
                 }
+                Request::ProbeTunBacklog => {
+                    r.on_tun_backlog(rng.below(4) != 0, *now);
+                    continue;
+                }
             };
             r.complete(token, result, *now, b);
         }
@@ -144,31 +171,48 @@ fn tso_header(gso_size: u16) -> [u8; vnet::LEN] {
 
 #[test]
 fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends_return() {
+    let mut aqm_acted = 0;
     for seed in 1..=40u64 {
-        let mut r = relay();
+        // Every other seed with an AQM that drops and marks: a super-packet that loses its last
+        // segment must still count every segment once.
+        let eager = seed % 2 == 0;
+        let mut r = if eager {
+            relay_with_eager_aqm()
+        } else {
+            relay()
+        };
         let mut b = FakeBuffers::new();
         let mut rng = Xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut now = 0u64;
         let mut fed = 0u64;
         for round in 0..30u32 {
+            if eager {
+                // The ring has held packets for 50 µs when the burst is read.
+                r.on_tun_backlog(true, now);
+                now += 50_000;
+            }
             // A burst: plain packets of a few flows and sizes (GSO batches and their ends), and
             // super-packets that split.
             for k in 0..rng.below(12) + 1 {
                 let Some(bid) = r.pop_free_tun() else {
                     break;
                 };
+                // ECT(0) or Not-ECT, so that the AQM marks some and drops others.
+                let tos = [0, 2][rng.below(2) as usize];
                 let (header, packet, packets) = if rng.below(4) == 0 {
                     let payload = 1000 * (rng.below(60) as usize + 2);
                     let big = build(&Spec {
                         payload_len: payload,
+                        tos,
                         ..Spec::default()
                     });
                     (tso_header(1000), big, payload.div_ceil(1000) as u64)
                 } else {
                     let small = build(&Spec {
-                        payload_len: [1380, 1380, 1380, 600][rng.below(4) as usize],
+                        payload_len: [1380, 1380, 1380, 600, 40][rng.below(5) as usize],
                         sport: 40000 + rng.below(3) as u16,
                         seq: round * 100_000 + k as u32 * 1380,
+                        tos,
                         ..Spec::default()
                     });
                     ([0; vnet::LEN], small, 1)
@@ -195,7 +239,11 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
             fed,
             "seed {seed}: every packet sent or dropped, once: {c:?}"
         );
+        let acted = c.drops_of(DropReason::AqmTunRing) + c.aqm_marked_tun_ring;
+        assert!(eager || acted == 0, "seed {seed}: the AQM is off");
+        aqm_acted += acted;
     }
+    assert!(aqm_acted > 0, "the eager AQM dropped or marked something");
 }
 
 #[test]
@@ -203,11 +251,20 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
     // The `sockaddr_in` of the peer, as a receive puts it in the buffer.
     let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(PEER.parse().unwrap());
     let name = &name[..name_len];
+    let mut aqm_acted = 0;
     for seed in 1..=40u64 {
-        let mut r = relay();
+        // Every other seed with an AQM, the datagrams stamped as having waited a millisecond.
+        let eager = seed % 2 == 0;
+        let mut r = if eager {
+            relay_with_eager_aqm()
+        } else {
+            relay()
+        };
         let b = FakeBuffers::new();
         let mut rng = Xorshift(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
         let mut now = 0u64;
+        // As the worker does when it starts.
+        r.on_wall_clock(now, now + WALL_AHEAD_NS);
         let mut fed = 0u64;
         let mut merged = 0;
         for round in 0..30u32 {
@@ -225,17 +282,30 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
                         sport: 40000 + (s / 7) as u16,
                         seq: round * 1_000_000 + s * 1000,
                         id: s as u16,
+                        tos: [0, 2][rng.below(2) as usize],
                         ..Spec::default()
                     }));
                 }
                 fed += u64::from(segments);
                 let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
                 buffer[..name.len()].copy_from_slice(name);
+                // SCM_TIMESTAMPNS: taken in by the kernel a millisecond before `now`.
+                let stamp = now + WALL_AHEAD_NS - 1_000_000;
+                let control = name.len()..name.len() + crate::wire::cmsg::TIMESTAMP_CONTROL_LEN;
+                buffer[control.start..control.start + 8].copy_from_slice(&32usize.to_ne_bytes());
+                buffer[control.start + 8..control.start + 12]
+                    .copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+                buffer[control.start + 12..control.start + 16]
+                    .copy_from_slice(&libc::SCM_TIMESTAMPNS.to_ne_bytes());
+                buffer[control.start + 16..control.start + 24]
+                    .copy_from_slice(&((stamp / 1_000_000_000) as i64).to_ne_bytes());
+                buffer[control.start + 24..control.start + 32]
+                    .copy_from_slice(&((stamp % 1_000_000_000) as i64).to_ne_bytes());
                 let at = 64;
                 buffer[at..at + payload.len()].copy_from_slice(&payload);
                 let received = Received {
                     name: 0..name.len(),
-                    control: 64..64,
+                    control,
                     payload: at..at + payload.len(),
                     payload_truncated: false,
                     // No UDP_GRO message: the first datagram's IP length is the stride.
@@ -257,7 +327,9 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
             "seed {seed}: every datagram fed was received"
         );
         assert_eq!(
-            c.tun_tx_packets + c.drops_of(DropReason::TunWriteError),
+            c.tun_tx_packets
+                + c.drops_of(DropReason::TunWriteError)
+                + c.drops_of(DropReason::AqmUdpSocket),
             fed,
             "seed {seed}: every datagram written or dropped, once: {c:?}"
         );
@@ -265,7 +337,14 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
             merged > 0 && c.coalesced_writes > 0,
             "seed {seed}: runs merged"
         );
+        let acted = c.drops_of(DropReason::AqmUdpSocket) + c.aqm_marked_udp_socket;
+        assert!(eager || acted == 0, "seed {seed}: the AQM is off");
+        aqm_acted += acted;
+        // Every datagram was timed, at the millisecond it waited (as the relay saw it).
+        let timed = r.stats().queue_delay_udp_ns.len();
+        assert_eq!(timed, if eager { fed } else { 0 }, "seed {seed}");
     }
+    assert!(aqm_acted > 0, "the eager AQM dropped or marked something");
 }
 
 #[test]
@@ -415,6 +494,7 @@ fn every_probe_from_the_peer_is_answered() {
                 }
                 Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
                 Request::ReadEgressMtu => r.on_egress_mtu(None, now),
+                Request::ProbeTunBacklog => r.on_tun_backlog(false, now),
                 Request::Send { token, .. } | Request::Write { token } => {
                     r.complete(token, 1400, now, &b)
                 }

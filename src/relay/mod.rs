@@ -26,6 +26,7 @@
 //! [`send::after_refusal`] (what a send's result means), [`receive::plan`] (what a receive holds
 //! and how it goes into the TUN), [`receive::judge_write`], [`plpmtud::Plpmtud`] (the path MTU).
 
+pub mod aqm;
 pub mod batch;
 pub mod entropy;
 #[cfg(test)]
@@ -37,6 +38,7 @@ mod lifetime;
 pub mod path;
 mod path_control;
 pub mod plpmtud;
+mod queue;
 pub mod receive;
 pub mod send;
 mod slots;
@@ -118,6 +120,8 @@ pub struct RelayConfig {
     pub epoch: std::time::Instant,
     /// How often to take a stats snapshot (reading the socket's drop count first), if at all.
     pub snapshot_every_ns: Option<u64>,
+    /// Whether the queues in front of the worker are timed, and what the AQM does (`--aqm`).
+    pub aqm: aqm::Settings,
     /// Outer flow entropy: this worker's extra sockets and what the relay's workers share.
     pub entropy: EntropyConfig,
 }
@@ -219,6 +223,9 @@ pub enum Request {
     ReadSocketDrops,
     /// Read the egress device's MTU toward the peer: `on_egress_mtu`.
     ReadEgressMtu,
+    /// Look whether packets wait in the TUN queue's ring (`poll` for `POLLIN`, no timeout):
+    /// `on_tun_backlog`.
+    ProbeTunBacklog,
 }
 
 /// One worker's protocol state. See the module documentation.
@@ -288,6 +295,8 @@ pub struct Relay {
     tuple_paths: Vec<TuplePath>,
     /// What retired tuple machines counted, so the report keeps it.
     retired_tuple_counts: plpmtud::Counts,
+    /// The queues in front of the worker, timed, and their AQM (`queue`).
+    queues: queue::Queues,
 }
 
 impl Relay {
@@ -309,6 +318,7 @@ impl Relay {
             epoch,
             snapshot_every_ns,
             entropy,
+            aqm,
         } = config;
         let family = OuterFamily::of(peer);
         let slot_segments = slot_segments(offloads);
@@ -382,6 +392,7 @@ impl Relay {
             tuple_limits: entropy.limits,
             tuple_paths: Vec::new(),
             retired_tuple_counts: plpmtud::Counts::default(),
+            queues: queue::Queues::new(aqm),
         }
     }
 
@@ -637,6 +648,7 @@ impl Relay {
     /// the GSO batch gathered in this batch sent, after the resends, whose packets were read
     /// before. Takes the path MTU the machine published.
     pub fn end_batch(&mut self, now_ns: u64, buffers: &impl Buffers) {
+        self.probe_tun_backlog();
         self.run_path(now_ns);
         if self.reports.drain_queue || !self.refused.is_empty() {
             self.awaiting_errors = true;

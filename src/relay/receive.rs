@@ -6,6 +6,7 @@
 //! their head rewritten into one super-packet's headers, so that the engine can write each run
 //! with one `writev([virtio_net_hdr][head][payloads...])`, without copying.
 
+use super::aqm::Gate;
 use crate::offload::coalesce::{self, Policy, Run, Segment};
 use crate::offload::ecn::{self, Decapsulated, Ecn};
 use crate::offload::split::MAX_HEADER_LEN;
@@ -110,13 +111,28 @@ impl ReceivePlan {
 /// Plans the receive `arrival` in `buffer`: validates every datagram (counted drops for bad
 /// ones), applies the outer ECN mark, plans the runs (`policy` says which may merge) and rewrites
 /// each merged run's head. Counts the datagrams received. An empty `plan.segments` afterwards
-/// means nothing is to be written.
+/// means nothing is to be written. The tests' and the fuzz target's entry; the worker calls
+/// [`plan_gated`].
 pub fn plan(
     buffer: &mut [u8],
     arrival: &Arrival,
     policy: Policy,
     stats: &mut WorkerStats,
     plan: &mut ReceivePlan,
+) {
+    plan_gated(buffer, arrival, policy, stats, plan, None);
+}
+
+/// [`plan`], with the AQM's `gate` (`relay::aqm`) judging each datagram after RFC 6040 and
+/// before the coalescer: a datagram it marks CE merges only with other marked ones, and one it
+/// drops is counted as received and dropped.
+pub fn plan_gated(
+    buffer: &mut [u8],
+    arrival: &Arrival,
+    policy: Policy,
+    stats: &mut WorkerStats,
+    plan: &mut ReceivePlan,
+    mut gate: Option<Gate<'_>>,
 ) {
     if arrival.control_truncated {
         stats.counters.control_truncated += 1;
@@ -145,6 +161,7 @@ pub fn plan(
     let mut offset = 0;
     let mut accepted_bytes = 0u64;
     let mut ecn_drops = 0u64;
+    let mut aqm_drops = 0u64;
     while offset < payload_len {
         let seg_len = stride.min(payload_len - offset);
         let at = payload_at + offset;
@@ -186,6 +203,15 @@ pub fn plan(
                     Decapsulated::Marked(Ecn::Ce) => stats.path.ecn_ce_marked += 1,
                     Decapsulated::Marked(_) | Decapsulated::Unchanged => {}
                 }
+                if let Some(gate) = gate.as_mut()
+                    && super::queue::count_admitted(
+                        gate.admit(&mut buffer[at..at + seg_len]),
+                        stats,
+                    )
+                {
+                    aqm_drops += 1;
+                    continue;
+                }
                 plan.segments.push(Segment {
                     at,
                     len: seg_len,
@@ -196,9 +222,10 @@ pub fn plan(
             Err(malformed) => stats.counters.drop(malformed.into()),
         }
     }
-    // Dropped for ECN, but received from the peer: counted as both.
+    // Dropped for ECN or by the AQM (counted there), but received from the peer: counted as
+    // both.
     stats.counters.drop_n(DropReason::EcnNotEct, ecn_drops);
-    stats.counters.udp_rx_packets += plan.segments.len() as u64 + ecn_drops;
+    stats.counters.udp_rx_packets += plan.segments.len() as u64 + ecn_drops + aqm_drops;
     stats.counters.udp_rx_bytes += accepted_bytes;
     if plan.segments.is_empty() {
         return;

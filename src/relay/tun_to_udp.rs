@@ -26,6 +26,7 @@ impl Relay {
             &mut self.stats.counters,
         );
         self.tun_read_at_ns[usize::from(bid)] = now_ns;
+        let verdict = self.gate_tun_read(buffer, len, verdict, now_ns);
         match verdict {
             FromTun::Dropped => self.tun_free.push(bid),
             FromTun::Plain { len } => self.add_to_batch(bid, &buffer[vnet::LEN..vnet::LEN + len]),

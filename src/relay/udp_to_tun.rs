@@ -60,12 +60,20 @@ impl Relay {
             },
         };
         let slot = &mut self.udp_slots[usize::from(bid)];
-        receive::plan(
+        let gate = super::queue::socket_gate(
+            &mut self.queues,
+            &mut self.stats,
+            control.received_at_ns,
+            datagrams,
+            now_ns,
+        );
+        receive::plan_gated(
             buffer,
             &arrival,
             self.coalesce,
             &mut self.stats,
             &mut slot.plan,
+            gate,
         );
         if !slot.plan.controls.is_empty() {
             self.on_control_messages(bid, from_listen);

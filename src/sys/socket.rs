@@ -275,6 +275,13 @@ pub fn enable_receive_tos(fd: &OwnedFd, listen: SocketAddr) -> io::Result<()> {
     socket.set_recv_tos_v4(true)
 }
 
+/// Asks for the time the kernel took each datagram in (`SO_TIMESTAMPNS`, socket(7): an
+/// `SCM_TIMESTAMPNS` control message, `CLOCK_REALTIME`), so that the wait in the socket's
+/// receive buffer can be told (`relay::queue`).
+pub fn enable_receive_timestamps(fd: &OwnedFd) -> io::Result<()> {
+    set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
 /// Turns on `UDP_GRO` (receive several datagrams per buffer, Linux 5.0). False if the kernel
 /// refuses.
 pub fn enable_gro(fd: &OwnedFd) -> bool {

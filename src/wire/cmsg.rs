@@ -103,6 +103,9 @@ pub const GRO_CONTROL_LEN: usize = cmsg_space(size_of::<libc::c_int>());
 /// (`ip_cmsg_recv_tos` in net/ipv4/ip_sockglue.c), `IPV6_TCLASS` an int
 /// (`ip6_datagram_recv_specific_ctl` in net/ipv6/datagram.c): `CMSG_SPACE` of the larger.
 pub const TOS_CONTROL_LEN: usize = cmsg_space(size_of::<libc::c_int>());
+/// Room for one `SCM_TIMESTAMPNS` message: `CMSG_SPACE(sizeof(struct timespec))`, a 64-bit
+/// `tv_sec` and `tv_nsec` on 64-bit Linux (`__sock_recv_timestamp` in net/socket.c).
+pub const TIMESTAMP_CONTROL_LEN: usize = cmsg_space(size_of::<libc::timespec>());
 /// `sizeof(struct cmsghdr)` on 64-bit Linux (include/linux/socket.h): a `size_t` and two ints.
 pub const CMSG_HEADER: usize = 16;
 /// `CMSG_SPACE(sizeof(u16))`: a `UDP_SEGMENT` message.
@@ -157,16 +160,31 @@ pub struct ReceiveControl {
     pub gro_segment_size: Option<usize>,
     /// The outer TOS / traffic class (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
     pub tos: Option<u8>,
+    /// When the kernel received the datagram, in ns since the Unix epoch (`SO_TIMESTAMPNS`,
+    /// `CLOCK_REALTIME`; socket(7)). Under `UDP_GRO` the first datagram's.
+    pub received_at_ns: Option<u64>,
 }
 
-/// Reads the `UDP_GRO` segment size and the outer TOS from a recvmsg control area. The first
-/// message of each kind decides; one whose `cmsg_len` cannot hold its value was cut, and ends
-/// the walk (see [`walk_messages`]).
+/// Reads the `UDP_GRO` segment size, the outer TOS and the receive timestamp from a recvmsg
+/// control area. The first message of each kind decides; one whose `cmsg_len` cannot hold its
+/// value was cut, and ends the walk (see [`walk_messages`]).
 pub fn receive_control(control: &[u8]) -> ReceiveControl {
     let mut found = ReceiveControl::default();
-    let (mut gro_seen, mut tos_seen) = (false, false);
+    let (mut gro_seen, mut tos_seen, mut time_seen) = (false, false, false);
     walk_messages(control, |level, kind, data| {
         match (level, kind) {
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if !time_seen => {
+                time_seen = true;
+                let Some(bytes) = data.get(..16) else {
+                    return false;
+                };
+                let seconds = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+                found.received_at_ns = u64::try_from(seconds)
+                    .ok()
+                    .zip(u64::try_from(nanos).ok().filter(|n| *n < 1_000_000_000))
+                    .and_then(|(s, n)| s.checked_mul(1_000_000_000)?.checked_add(n));
+            }
             (libc::SOL_UDP, libc::UDP_GRO) if !gro_seen => {
                 gro_seen = true;
                 let Some(bytes) = data.get(..4) else {
@@ -192,7 +210,7 @@ pub fn receive_control(control: &[u8]) -> ReceiveControl {
             }
             _ => {}
         }
-        !(gro_seen && tos_seen)
+        !(gro_seen && tos_seen && time_seen)
     });
     found
 }
@@ -462,6 +480,44 @@ mod tests {
         m
     }
 
+    /// An `SCM_TIMESTAMPNS` message as `put_cmsg` writes it: a `struct timespec`.
+    fn timestamp(seconds: i64, nanos: i64, len: Option<usize>) -> Vec<u8> {
+        let mut data = seconds.to_ne_bytes().to_vec();
+        data.extend_from_slice(&nanos.to_ne_bytes());
+        message(libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &data, len)
+    }
+
+    #[test]
+    fn the_receive_timestamp_is_read_beside_the_gro_size_and_tos() {
+        let gro = message(libc::SOL_UDP, libc::UDP_GRO, &1400i32.to_ne_bytes(), None);
+        let tos = message(libc::SOL_IP, libc::IP_TOS, &[0x02], None);
+        let stamp = timestamp(1_700_000_000, 123_456_789, None);
+        // udp_recvmsg writes the timestamp first (`sock_recv_cmsgs`), then GRO, then the TOS.
+        let all = [stamp.clone(), gro.clone(), tos.clone()].concat();
+        assert!(all.len() <= TIMESTAMP_CONTROL_LEN + GRO_CONTROL_LEN + TOS_CONTROL_LEN);
+        let found = receive_control(&all);
+        assert_eq!(found.received_at_ns, Some(1_700_000_000_123_456_789));
+        assert_eq!(found.gro_segment_size, Some(1400));
+        assert_eq!(found.tos, Some(2));
+        let reordered = receive_control(&[gro.clone(), tos.clone(), stamp].concat());
+        assert_eq!(reordered, found);
+        // Cut inside the timespec: not read, and nothing after it either.
+        let cut = timestamp(1, 2, Some(CMSG_HEADER + 12));
+        assert_eq!(
+            receive_control(&[cut, gro.clone()].concat()),
+            ReceiveControl::default()
+        );
+        // A time before the epoch, nanoseconds out of range, or past u64 ns: no time.
+        for (seconds, nanos) in [(-1, 0), (5, 1_000_000_000), (5, -1), (i64::MAX, 0)] {
+            let odd = timestamp(seconds, nanos, None);
+            assert_eq!(
+                receive_control(&odd).received_at_ns,
+                None,
+                "{seconds} {nanos}"
+            );
+        }
+    }
+
     #[test]
     fn gro_size_and_tos_are_read_in_either_order() {
         let gro = message(libc::SOL_UDP, libc::UDP_GRO, &1400i32.to_ne_bytes(), None);
@@ -476,6 +532,7 @@ mod tests {
         let expect = |gro_segment_size, tos| ReceiveControl {
             gro_segment_size,
             tos,
+            received_at_ns: None,
         };
         assert_eq!(
             receive_control(&both(&gro, &tos4)),

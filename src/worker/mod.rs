@@ -97,6 +97,9 @@ pub struct WorkerConfig {
     pub offloads: Offloads,
     /// How the outer TOS / traffic class is made, and whether received ECN marks are applied.
     pub marking: Marking,
+    /// Whether the queues in front of the worker are timed, and what the AQM does (`--aqm`);
+    /// when timed, the socket has `SO_TIMESTAMPNS` on.
+    pub aqm: crate::relay::aqm::Settings,
     pub stop: Arc<AtomicBool>,
     /// How often to leave a stats snapshot in `shared`, if at all.
     pub snapshot_every: Option<Duration>,
@@ -469,6 +472,10 @@ impl Worker {
             cmsg::TOS_CONTROL_LEN
         } else {
             0
+        } + if config.aqm.timed() {
+            cmsg::TIMESTAMP_CONTROL_LEN
+        } else {
+            0
         };
         let layout = ReceiveLayout {
             head,
@@ -516,6 +523,7 @@ impl Worker {
                 advertise: config.advertise,
                 limits: config.tuple_limits,
             },
+            aqm: config.aqm,
         });
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| sys::Error::Socket {
@@ -523,7 +531,7 @@ impl Worker {
                 source,
             })
         };
-        Ok(Worker {
+        let mut worker = Worker {
             relay,
             memory,
             socket: dup(&config.socket)?,
@@ -542,7 +550,9 @@ impl Worker {
             peer_generation: 0,
             fatal: None,
             faults,
-        })
+        };
+        worker.report_wall_clock(worker.now_ns());
+        Ok(worker)
     }
 
     /// Nanoseconds since the worker's epoch: the relay's clock.
@@ -674,6 +684,13 @@ impl Worker {
                     self.relay.on_egress_mtu(mtu, now_ns);
                     continue;
                 }
+                Request::ProbeTunBacklog => {
+                    // An error says nothing waits; the next look will tell.
+                    let waiting = sys::tun::has_packets(&self.tun).unwrap_or(false);
+                    let now_ns = self.now_ns();
+                    self.relay.on_tun_backlog(waiting, now_ns);
+                    continue;
+                }
             };
             self.submissions.queued.push(submission);
         }
@@ -683,6 +700,7 @@ impl Worker {
     /// when one is ready, and follows the peer when its name moved.
     fn tick(&mut self, config: &WorkerConfig) {
         let now_ns = self.now_ns();
+        self.report_wall_clock(now_ns);
         if self.relay.poll_timeout().is_some_and(|at| now_ns >= at) {
             self.relay.on_timeout(now_ns);
             self.pump(now_ns);
@@ -711,6 +729,17 @@ impl Worker {
             Socket::Worker => Some(self.socket.as_raw_fd()),
             Socket::Fragmenting => self.fragmenting.as_ref().map(|fd| fd.as_raw_fd()),
             Socket::Extra(k) => self.extras.get(usize::from(k)).map(|fd| fd.as_raw_fd()),
+        }
+    }
+
+    /// Tells the relay the wall clock at its `now_ns`, for the socket's receive timestamps,
+    /// when it times its queues.
+    fn report_wall_clock(&mut self, now_ns: u64) {
+        if self.relay.times_queues() {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.relay.on_wall_clock(now_ns, wall);
         }
     }
 

@@ -1,0 +1,343 @@
+//! The queues in front of the relays under a bulk stream (issue 21): timed, kept short by the
+//! AQM, and every packet it drops counted. On the namespace testbed with the real binary.
+//!
+//! They need root and fail at once without it, never skipping silently, as in tests/netns.rs.
+//! They run one at a time: each loads both CPUs of the machine.
+//!
+//! * Under a verified TCP stream whose endpoints negotiate ECN, the relays time both queues (the
+//!   TUN's ring and the UDP socket), the AQM marks CE, and every packet each relay read is sent,
+//!   written or counted as dropped under a reason. Once per I/O engine: the receive timestamps
+//!   come through each engine's own receive (multishot `recvmsg`, single-shot `RECVMSG`,
+//!   `recvmmsg`).
+//! * Under a Not-ECT stream the AQM drops instead, the drops are counted, and TCP still delivers
+//!   every byte.
+//! * With the relays as the bottleneck (both pinned to one CPU, the endpoints to the other), a
+//!   ping beside a bulk stream comes back sooner with the AQM than with `--aqm off`, measured in
+//!   alternating rounds.
+//!
+//! The AQM's times here are shorter than its defaults, so that it acts within a short transfer
+//! whatever the machine's load: what is tested is that it acts and counts, not where its
+//! defaults put the queue (that is bench-results' business).
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+tunfwd_testkit::per_engine!(an_ecn_stream_is_timed_and_marked_and_every_packet_is_counted);
+
+/// An AQM that acts within a second of any standing queue.
+const EAGER_AQM: [&str; 6] = [
+    "--aqm",
+    "codel",
+    "--aqm-target",
+    "100us",
+    "--aqm-interval",
+    "2ms",
+];
+
+/// Runs one test body for `engine`, holding the suite's lock.
+fn serially(body: fn(&str), engine: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    body(engine);
+}
+
+fn testbed() -> Testbed {
+    if !testbed::is_root() {
+        panic!(
+            "the queue tests need root (namespaces, veth, TUN): run them as root, e.g. \
+             `sudo -E cargo test --test queue`"
+        );
+    }
+    let bed = Testbed::new(
+        Path::new(env!("CARGO_BIN_EXE_tunfwd")),
+        &tunfwd_testkit::binaries::tool("tunload"),
+    )
+    .expect("building the namespace testbed");
+    bed.silence_router_solicitations()
+        .expect("turning off router solicitations in the testbed");
+    bed
+}
+
+/// Sets a sysctl in both relays' namespaces.
+fn sysctl(bed: &Testbed, setting: &str) {
+    for host in [Host::A, Host::B] {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &bed.namespace(host),
+                "sysctl",
+                "-qw",
+                setting,
+            ])
+            .output()
+            .expect("running sysctl");
+        assert!(out.status.success(), "sysctl {setting}: {out:?}");
+    }
+}
+
+/// Sets `net.ipv4.tcp_ecn` in both relays' namespaces: 1 asks for ECN on every connection, 0
+/// never uses it (the kernel's default, 2, accepts it but never asks).
+fn tcp_ecn(bed: &Testbed, value: &str) {
+    sysctl(bed, &format!("net.ipv4.tcp_ecn={value}"));
+}
+
+/// The host's list of congestion controls a namespace other than the first may make its default
+/// (`tcp_set_default_congestion_control` in net/ipv4/tcp_cong.c refuses the others), with cubic
+/// added for as long as this lives, and put back as it was when it is dropped, on failure too.
+struct AllowCubic {
+    before: Option<String>,
+}
+
+const ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+impl AllowCubic {
+    fn new() -> AllowCubic {
+        let before = std::fs::read_to_string(ALLOWED).expect("reading the allowed list");
+        let list: Vec<&str> = before.split_whitespace().collect();
+        if list.contains(&"cubic") {
+            return AllowCubic { before: None };
+        }
+        let with = format!("{} cubic", list.join(" "));
+        std::fs::write(ALLOWED, with).expect("allowing cubic");
+        AllowCubic {
+            before: Some(before.trim().to_string()),
+        }
+    }
+}
+
+impl Drop for AllowCubic {
+    fn drop(&mut self) {
+        if let Some(before) = self.before.take() {
+            let _ = std::fs::write(ALLOWED, before);
+        }
+    }
+}
+
+/// A relay with one queue and a stats file named after the host, started with `extra`.
+fn relay(bed: &Testbed, host: Host, extra: &[&str]) -> Process {
+    let json = bed.path(&format!("{host:?}.json"));
+    let mut args = vec!["--queues", "1", "--stats-json", json.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    bed.start_tunfwd(host, &format!("tunfwd-{host:?}"), &args)
+        .unwrap_or_else(|e| panic!("tunfwd on {host:?}: {e}"))
+}
+
+/// Stops a relay with SIGTERM, checks it exits 0, and returns its final JSON report.
+fn stop(bed: &Testbed, mut relay: Process, host: Host) -> Value {
+    relay
+        .stop_for_report(&bed.path(&format!("{host:?}.json")))
+        .unwrap_or_else(|e| panic!("stopping tunfwd on {host:?}: {e}"))
+}
+
+fn total(report: &Value, field: &str) -> u64 {
+    testbed::report_sum(&report["queues"], field)
+}
+
+fn drops(report: &Value, reason: &str) -> u64 {
+    testbed::report_drops(report, reason)
+}
+
+fn all_drops(report: &Value) -> u64 {
+    report["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|q| q["drops"].as_object().unwrap().values())
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
+fn delay_count(report: &Value, direction: &str) -> u64 {
+    report["queue_delay_ns"][direction]["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no queue_delay_ns.{direction}: {report}"))
+}
+
+/// The bookkeeping that must hold whatever the AQM did, with nothing in flight: each packet
+/// relay A read from its TUN it sent or counted as dropped (the AQM's drops among them), each
+/// datagram relay B received it wrote or counted as dropped, and B received what A sent unless
+/// B's kernel dropped it first.
+fn assert_every_packet_counted(a: &Value, b: &Value) {
+    let (a_read, a_sent) = (total(a, "tun_rx_packets"), total(a, "udp_tx_packets"));
+    assert_eq!(a_read, a_sent + all_drops(a), "A: {a}");
+    let (b_received, b_written) = (total(b, "udp_rx_packets"), total(b, "tun_tx_packets"));
+    assert_eq!(b_received, b_written + all_drops(b), "B: {b}");
+    if b["kernel_drops"]["udp_socket"] == 0 {
+        assert_eq!(a_sent, b_received, "A sent, B received:\nA: {a}\nB: {b}");
+    } else {
+        assert!(b_received < a_sent, "A: {a}\nB: {b}");
+    }
+}
+
+/// 300 MB from A to B over one ECN-capable TCP stream, verified, through relays with an eager
+/// AQM: both queues in the data's path are timed (A's TUN ring, B's socket), the AQM marked
+/// some of the stream's packets CE, and every packet is accounted for.
+fn an_ecn_stream_is_timed_and_marked_and_every_packet_is_counted(engine: &str) {
+    let bed = testbed();
+    tcp_ecn(&bed, "1");
+    let mut extra = vec!["--engine", engine];
+    extra.extend_from_slice(&EAGER_AQM);
+    let a = relay(&bed, Host::A, &extra);
+    let b = relay(&bed, Host::B, &extra);
+    testbed::assert_runs(&a, engine);
+    testbed::assert_runs(&b, engine);
+    bed.verified_transfer(Host::A, Host::B, testbed::B_TUNNEL4, 300_000_000, 1, &[])
+        .unwrap_or_else(|e| panic!("{engine}: {e}"));
+    let report_a = stop(&bed, a, Host::A);
+    let report_b = stop(&bed, b, Host::B);
+    // Timed: every segment A read, every datagram B received (the path MTU machine's probes
+    // and acknowledgements among them, which are not data), and the acknowledgements' way back
+    // the same.
+    assert_eq!(
+        delay_count(&report_a, "tun_to_udp"),
+        total(&report_a, "tun_rx_packets"),
+        "{report_a}"
+    );
+    let control = |r: &Value| {
+        testbed::report_sum(&r["path"]["queues"], "pmtu_probes_answered")
+            + testbed::report_sum(&r["path"]["queues"], "pmtu_probes_acked")
+    };
+    assert_eq!(
+        delay_count(&report_b, "udp_to_tun"),
+        total(&report_b, "udp_rx_packets") + control(&report_b),
+        "{report_b}"
+    );
+    assert!(delay_count(&report_b, "tun_to_udp") > 0, "{report_b}");
+    assert!(delay_count(&report_a, "udp_to_tun") > 0, "{report_a}");
+    // Marked: the stream's data is ECT(0), so the AQM marks it; a mark reaches the receiver
+    // whichever relay made it.
+    let marks = total(&report_a, "aqm_marked_tun_ring") + total(&report_b, "aqm_marked_udp_socket");
+    assert!(marks > 0, "no CE marks:\nA: {report_a}\nB: {report_b}");
+    // Drops only of what may not be marked: retransmissions, which RFC 3168 section 6.1.5
+    // sends Not-ECT, and so few of them.
+    let aqm_drops = drops(&report_a, "aqm_tun_ring") + drops(&report_b, "aqm_udp_socket");
+    assert!(aqm_drops <= marks, "A: {report_a}\nB: {report_b}");
+    assert_every_packet_counted(&report_a, &report_b);
+}
+
+/// The same stream without ECN: the AQM drops, counts each drop under its reason, and TCP still
+/// delivers every byte, verified.
+#[test]
+fn a_not_ect_stream_loses_only_counted_packets_and_arrives_whole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bed = testbed();
+    tcp_ecn(&bed, "0");
+    let a = relay(&bed, Host::A, &EAGER_AQM);
+    let b = relay(&bed, Host::B, &EAGER_AQM);
+    bed.verified_transfer(Host::A, Host::B, testbed::B_TUNNEL4, 300_000_000, 1, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report_a = stop(&bed, a, Host::A);
+    let report_b = stop(&bed, b, Host::B);
+    let aqm_drops = drops(&report_a, "aqm_tun_ring") + drops(&report_b, "aqm_udp_socket");
+    assert!(aqm_drops > 0, "no AQM drops:\nA: {report_a}\nB: {report_b}");
+    let marks = total(&report_a, "aqm_marked_tun_ring") + total(&report_b, "aqm_marked_udp_socket");
+    assert_eq!(marks, 0, "a Not-ECT stream has nothing to mark");
+    assert_every_packet_counted(&report_a, &report_b);
+}
+
+/// A program in `host`'s namespace pinned to `cpu` (`taskset`), its output kept under `name`.
+fn pinned(bed: &Testbed, host: Host, name: &str, cpu: usize, args: &[String]) -> Process {
+    let mut all = vec![cpu.to_string()];
+    all.extend_from_slice(args);
+    let mut with_flag = vec!["-c".to_string()];
+    with_flag.extend(all);
+    bed.spawn(host, name, Path::new("/usr/bin/taskset"), &with_flag)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One round: relays with `aqm`, both pinned to CPU 1, a bulk TCP stream from A to B and a ping
+/// beside it, both pinned to CPU 0. Returns the ping's p50 and p99, in µs.
+fn loaded_ping(bed: &Testbed, aqm: &[&str]) -> (u64, u64) {
+    let tunload = tunfwd_testkit::binaries::tool("tunload")
+        .display()
+        .to_string();
+    let mut extra = vec!["--cpus", "1"];
+    extra.extend_from_slice(aqm);
+    let a = relay(bed, Host::A, &extra);
+    let b = relay(bed, Host::B, &extra);
+    let strings = |args: &[&str]| -> Vec<String> {
+        std::iter::once(tunload.clone())
+            .chain(args.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let mut sink = pinned(
+        bed,
+        Host::B,
+        "sink",
+        0,
+        &strings(&["tcp-sink", "--listen", "0.0.0.0:5201", "--seconds", "30"]),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let target = endpoint(testbed::B_TUNNEL4, 5201);
+    let mut sender = pinned(
+        bed,
+        Host::A,
+        "sender",
+        0,
+        &strings(&["tcp-send", "--to", &target, "--seconds", "6", "--unchecked"]),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut ping = pinned(
+        bed,
+        Host::A,
+        "ping",
+        0,
+        &strings(&[
+            "ping",
+            "--to",
+            testbed::B_TUNNEL4,
+            "--count",
+            "300",
+            "--interval-ms",
+            "10",
+        ]),
+    );
+    assert!(ping.wait_for(Duration::from_secs(20)).unwrap().success());
+    assert!(sender.wait_for(Duration::from_secs(20)).unwrap().success());
+    assert!(sink.wait_for(Duration::from_secs(30)).unwrap().success());
+    stop(bed, a, Host::A);
+    stop(bed, b, Host::B);
+    let v = parse_json(&ping.stdout()).unwrap();
+    let at = |q: &str| v["rtt_us"][q].as_u64().unwrap();
+    (at("p50"), at("p99"))
+}
+
+/// With the relays as the bottleneck, the AQM at its defaults makes a ping beside a bulk
+/// ECN-capable cubic stream come back sooner than the same relays with `--aqm off`: over three
+/// alternating rounds, the median p50 and p99 fall by at least a third. (In the bench they fall
+/// five- to tenfold; a third leaves room for a machine that others share.)
+#[test]
+fn loaded_ping_is_shorter_with_the_aqm_than_without() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _cubic = AllowCubic::new();
+    let bed = testbed();
+    tcp_ecn(&bed, "1");
+    sysctl(&bed, "net.ipv4.tcp_congestion_control=cubic");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "the bottleneck setup needs two CPUs");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        off.push(loaded_ping(&bed, &["--aqm", "off"]));
+        on.push(loaded_ping(&bed, &["--aqm", "codel"]));
+    }
+    let median = |rounds: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
+        let mut v: Vec<u64> = rounds.iter().map(pick).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (off50, off99) = (median(&off, |r| r.0), median(&off, |r| r.1));
+    let (on50, on99) = (median(&on, |r| r.0), median(&on, |r| r.1));
+    eprintln!(
+        "loaded ping p50/p99 µs: off {off:?} -> {off50}/{off99}; codel {on:?} -> {on50}/{on99}"
+    );
+    assert!(
+        on50 * 3 <= off50 * 2 && on99 * 3 <= off99 * 2,
+        "the AQM did not shorten the loaded ping by a third: off {off:?}, codel {on:?}"
+    );
+}
