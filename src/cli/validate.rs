@@ -867,11 +867,18 @@ mod tests {
 
     #[test]
     fn the_aqm_marks_before_it_drops_and_each_target_is_below_its_interval() {
-        let c = check(&[]).unwrap();
+        assert_eq!(
+            check(&[]).unwrap().aqm.mode,
+            aqm::Mode::Off,
+            "off unless asked for"
+        );
+        let c = check(&["--aqm", "codel"]).unwrap();
         assert_eq!(c.aqm, aqm::Settings::DEFAULT);
         assert_eq!(c.aqm.mode, aqm::Mode::Codel);
         assert!(c.aqm.mark.target_ns <= c.aqm.drop.target_ns);
         let c = check(&[
+            "--aqm",
+            "codel",
             "--aqm-target",
             "200us",
             "--aqm-interval",
@@ -900,7 +907,7 @@ mod tests {
         let refused = |extra: &[&str]| check(extra).unwrap_err().to_string();
         for (extra, says) in [
             (
-                &["--aqm", "off", "--aqm-target", "1ms"][..],
+                &["--aqm-target", "1ms"][..],
                 "--aqm-target: has no effect unless --aqm codel",
             ),
             (
@@ -908,21 +915,21 @@ mod tests {
                 "--aqm-drop-interval: has no effect unless --aqm codel",
             ),
             (
-                &["--aqm-target", "3ms"],
+                &["--aqm", "codel", "--aqm-target", "3ms"],
                 "--aqm-target: the target (3000000 ns) must be shorter than the interval \
                  (2000000 ns)",
             ),
             (
-                &["--aqm-drop-interval", "100us"],
+                &["--aqm", "codel", "--aqm-drop-interval", "100us"],
                 "--aqm-drop-interval: the target (250000 ns) must be shorter than the interval \
                  (100000 ns)",
             ),
             (
-                &["--aqm-target", "300us"],
+                &["--aqm", "codel", "--aqm-target", "300us"],
                 "--aqm-target: drops (250000 ns) must not come before marks (300000 ns)",
             ),
             (
-                &["--aqm-drop-target", "20us"],
+                &["--aqm", "codel", "--aqm-drop-target", "20us"],
                 "--aqm-drop-target: drops (20000 ns) must not come before marks (100000 ns)",
             ),
             (
