@@ -22,9 +22,12 @@ const ALIGN: usize = 8;
 /// The bytes of value a message of this level and type carries when the kernel writes it whole,
 /// for the types a relay's socket receives: `UDP_GRO` an `int` (`udp_cmsg_recv`,
 /// include/net/udp.h), `IP_TOS` one byte (`ip_cmsg_recv_tos`, net/ipv4/ip_sockglue.c),
-/// `IPV6_TCLASS` an `int` (`ip6_datagram_recv_specific_ctl`, net/ipv6/datagram.c).
+/// `IPV6_TCLASS` an `int` (`ip6_datagram_recv_specific_ctl`, net/ipv6/datagram.c),
+/// `SCM_TIMESTAMPNS` a 16-byte `struct timespec` (`__sock_recv_timestamp`, net/socket.c; the
+/// relay asks for it since the AQM times the socket's queue).
 fn value_len(level: i32, kind: i32) -> Option<usize> {
     match (level, kind) {
+        (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => Some(16),
         (libc::SOL_UDP, libc::UDP_GRO) => Some(4),
         (libc::SOL_IP, libc::IP_TOS) => Some(1),
         (libc::SOL_IPV6, libc::IPV6_TCLASS) => Some(4),
