@@ -510,26 +510,28 @@ impl Report {
 
     /// All workers' histograms of one direction, merged.
     pub fn latency(&self, direction: Direction) -> Histogram<u64> {
-        let mut merged = new_histogram();
-        for q in &self.queues {
-            let h = match direction {
-                Direction::TunToUdp => &q.tun_to_udp_ns,
-                Direction::UdpToTun => &q.udp_to_tun_ns,
-            };
-            merged.add(h).expect("histograms share bounds");
-        }
-        merged
+        self.merged(new_histogram(), |q| match direction {
+            Direction::TunToUdp => &q.tun_to_udp_ns,
+            Direction::UdpToTun => &q.udp_to_tun_ns,
+        })
     }
 
     /// All workers' queue-delay histograms of one direction, merged.
     pub fn queue_delay(&self, direction: Direction) -> Histogram<u64> {
-        let mut merged = new_queue_histogram();
+        self.merged(new_queue_histogram(), |q| match direction {
+            Direction::TunToUdp => &q.queue_delay_tun_ns,
+            Direction::UdpToTun => &q.queue_delay_udp_ns,
+        })
+    }
+
+    /// The histogram `pick` takes from each worker, added into `merged`.
+    fn merged(
+        &self,
+        mut merged: Histogram<u64>,
+        pick: impl Fn(&WorkerStats) -> &Histogram<u64>,
+    ) -> Histogram<u64> {
         for q in &self.queues {
-            let h = match direction {
-                Direction::TunToUdp => &q.queue_delay_tun_ns,
-                Direction::UdpToTun => &q.queue_delay_udp_ns,
-            };
-            merged.add(h).expect("histograms share bounds");
+            merged.add(pick(q)).expect("histograms share bounds");
         }
         merged
     }

@@ -197,17 +197,29 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
     assert_eq!(r.stats().path.ports_acknowledged, 1);
 }
 
-#[test]
-fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
-    // A worker of a relay with entropy on (it has ports of its own), not the one advertising.
-    let shared = Arc::new(SourcePorts::new(&[41000], 9));
-    let mut r = Relay::new(RelayConfig {
+/// A worker that does not advertise, sharing `shared` (ports of its own or none).
+fn receiving_relay(shared: &Arc<SourcePorts>) -> Relay {
+    Relay::new(RelayConfig {
         entropy: EntropyConfig {
             source_ports: shared.clone(),
             ..EntropyConfig::none()
         },
         ..config()
-    });
+    })
+}
+
+/// An advertisement as the wire carries it.
+fn wire_bytes(ad: &Advertisement) -> Vec<u8> {
+    let mut bytes = vec![0u8; ad.wire_len()];
+    ad.write(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
+    // A worker of a relay with entropy on (it has ports of its own), not the one advertising.
+    let shared = Arc::new(SourcePorts::new(&[41000], 9));
+    let mut r = receiving_relay(&shared);
     let b = FakeBuffers::new();
     let now = 1_000_000;
     let packet = build(&Spec {
@@ -220,8 +232,7 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
     assert_eq!(foreign(&r), 1, "not advertised yet");
     // An advertisement from an extra port is not taken.
     let ad = Advertisement::new(77, 5, &[40000, 40001]).unwrap();
-    let mut bytes = vec![0u8; ad.wire_len()];
-    ad.write(&mut bytes).unwrap();
+    let bytes = wire_bytes(&ad);
     udp_receive(&mut r, &b, from_port(40001), &bytes, now);
     assert_eq!(foreign(&r), 2);
     assert!(!shared.accepts(40001));
@@ -264,18 +275,11 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
 #[test]
 fn a_relay_with_entropy_off_takes_no_advertisement() {
     let shared = Arc::new(SourcePorts::new(&[], 9));
-    let mut r = Relay::new(RelayConfig {
-        entropy: EntropyConfig {
-            source_ports: shared.clone(),
-            ..EntropyConfig::none()
-        },
-        ..config()
-    });
+    let mut r = receiving_relay(&shared);
     let b = FakeBuffers::new();
     let now = 1_000_000;
     let ad = Advertisement::new(77, 5, &[40000, 40001]).unwrap();
-    let mut bytes = vec![0u8; ad.wire_len()];
-    ad.write(&mut bytes).unwrap();
+    let bytes = wire_bytes(&ad);
     udp_receive(&mut r, &b, PEER.parse().unwrap(), &bytes, now);
     let (_, controls) = answer(&mut r, &b, now);
     assert!(controls.is_empty(), "acknowledged: {controls:?}");

@@ -121,25 +121,39 @@ fn recvmsg_named(
 mod tests {
     use super::*;
     use crate::sys::socket::{SOCKET_BUFFER_BYTES, local_address, udp_socket};
-    use std::os::fd::AsRawFd;
+    use std::net::SocketAddr;
+    use std::os::fd::{AsRawFd, OwnedFd};
 
-    /// A datagram to a closed port on loopback comes back as an ICMP port unreachable on the
-    /// error queue (`IP_RECVERR`), counted as from ICMP and reporting no path MTU.
-    #[test]
-    fn the_error_queue_counts_icmp_errors() {
+    /// A socket and a closed port on loopback: each datagram the socket sends there comes back
+    /// as an ICMP port unreachable on its error queue (`IP_RECVERR`).
+    fn sender_and_closed_port() -> (OwnedFd, SocketAddr) {
         let closed =
             udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
         let to = local_address(&closed).unwrap();
         drop(closed);
         let sender =
             udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        tunfwd_testkit::sockets::send_with_tos(&sender, to, b"anyone?", 0).unwrap();
+        (sender, to)
+    }
+
+    /// Sends one datagram to `to` and drains the error queue for `peer` until its error came
+    /// back (2 s at most).
+    fn send_and_drain(sender: &OwnedFd, to: SocketAddr, peer: IpAddr) -> QueuedErrors {
+        tunfwd_testkit::sockets::send_with_tos(sender, to, b"anyone?", 0).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let mut found = QueuedErrors::default();
         while found.count == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            found = drain_error_queue(sender.as_raw_fd(), Some(to.ip()));
+            found = drain_error_queue(sender.as_raw_fd(), Some(peer));
         }
+        found
+    }
+
+    /// The port unreachable is counted as from ICMP, of its kind, reporting no path MTU.
+    #[test]
+    fn the_error_queue_counts_icmp_errors() {
+        let (sender, to) = sender_and_closed_port();
+        let found = send_and_drain(&sender, to, to.ip());
         use crate::wire::icmp::IcmpKind;
         let mut icmp = [0; IcmpKind::ALL.len()];
         icmp[IcmpKind::PortUnreachable as usize] = 1;
@@ -160,29 +174,13 @@ mod tests {
     /// of no kind. Then once more for the right peer, to show the error was really there.
     #[test]
     fn an_icmp_error_about_another_address_than_the_peers_is_set_apart() {
-        let closed =
-            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        let to = local_address(&closed).unwrap();
-        drop(closed);
-        let sender =
-            udp_socket("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER_BYTES as usize).unwrap();
-        let elsewhere: IpAddr = "127.0.0.9".parse().unwrap();
-        let drain = |peer: IpAddr| {
-            tunfwd_testkit::sockets::send_with_tos(&sender, to, b"anyone?", 0).unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            let mut found = QueuedErrors::default();
-            while found.count == 0 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                found = drain_error_queue(sender.as_raw_fd(), Some(peer));
-            }
-            found
-        };
-        let other = drain(elsewhere);
+        let (sender, to) = sender_and_closed_port();
+        let other = send_and_drain(&sender, to, "127.0.0.9".parse().unwrap());
         assert_eq!(
             (other.count, other.elsewhere, other.icmp_count()),
             (1, 1, 0)
         );
-        let peer = drain(to.ip());
+        let peer = send_and_drain(&sender, to, to.ip());
         assert_eq!((peer.count, peer.elsewhere, peer.icmp_count()), (1, 0, 1));
     }
 }
