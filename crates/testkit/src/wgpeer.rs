@@ -43,6 +43,9 @@ pub enum Implementation {
     WireguardGoDebian,
     /// Cloudflare's boringtun-cli from crates.io.
     Boringtun,
+    /// tunfwd itself in `--wireguard` mode (the binary given with [`Peers::with_tunfwd`]). Not in
+    /// [`Implementation::ALL`], which lists the peers it is tested against.
+    Tunfwd,
 }
 
 impl Implementation {
@@ -58,15 +61,27 @@ impl Implementation {
             Implementation::WireguardGoUpstream => "wggo-upstream",
             Implementation::WireguardGoDebian => "wggo-debian",
             Implementation::Boringtun => "boringtun",
+            Implementation::Tunfwd => "tunfwd",
         }
     }
 
-    /// The environment variable that names its binary.
+    /// A name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Implementation::WireguardGoUpstream => "wireguard-go (upstream)",
+            Implementation::WireguardGoDebian => "wireguard-go (Debian)",
+            Implementation::Boringtun => "boringtun",
+            Implementation::Tunfwd => "tunfwd --wireguard",
+        }
+    }
+
+    /// The environment variable that names its binary (none for tunfwd, which the caller gives).
     pub fn env_var(self) -> &'static str {
         match self {
             Implementation::WireguardGoUpstream => "TUNFWD_WIREGUARD_GO_UPSTREAM",
             Implementation::WireguardGoDebian => "TUNFWD_WIREGUARD_GO_DEBIAN",
             Implementation::Boringtun => "TUNFWD_BORINGTUN",
+            Implementation::Tunfwd => "(none: Peers::with_tunfwd)",
         }
     }
 
@@ -83,21 +98,56 @@ impl Implementation {
         }
     }
 
-    /// The arguments that run it in the foreground on `interface`, keeping root (the testbed's
-    /// processes are stopped by the test, and boringtun otherwise drops to `SUDO_UID`, which
-    /// would lose it the right to its socket directory).
-    fn arguments(self, interface: &str) -> Vec<String> {
-        let mut args: Vec<String> = match self {
+    /// The arguments that run it in the foreground on `interface` with `config`'s MTU and
+    /// addresses, keeping root (the testbed's processes are stopped by the test, and boringtun
+    /// otherwise drops to `SUDO_UID`, which would lose it the right to its socket directory).
+    /// tunfwd takes the MTU and addresses as options (the interface contract of issue 20); the
+    /// others get them from `ip` once they run.
+    fn arguments(self, interface: &str, config: &Interface) -> Vec<String> {
+        match self {
             Implementation::WireguardGoUpstream | Implementation::WireguardGoDebian => {
-                vec!["-f".into()]
+                vec!["-f".into(), interface.into()]
             }
-            Implementation::Boringtun => {
-                vec!["--foreground".into(), "--disable-drop-privileges".into()]
+            Implementation::Boringtun => vec![
+                "--foreground".into(),
+                "--disable-drop-privileges".into(),
+                interface.into(),
+            ],
+            Implementation::Tunfwd => {
+                let mut args = vec![
+                    "--wireguard".to_string(),
+                    "--dev".into(),
+                    interface.into(),
+                    "--mtu".into(),
+                    config.mtu.to_string(),
+                ];
+                for address in &config.addresses {
+                    args.extend(["--address".to_string(), address.clone()]);
+                }
+                args
             }
-        };
-        args.push(interface.into());
-        args
+        }
     }
+}
+
+/// Whether `tunfwd` has the WireGuard mode: `tunfwd --wireguard --help` exits 0 where it does,
+/// and 2 with clap's "unexpected argument" where it does not. The error says which, with
+/// tunfwd's first line.
+pub fn tunfwd_wireguard_support(tunfwd: &Path) -> Result<(), String> {
+    let out = Command::new(tunfwd)
+        .args(["--wireguard", "--help"])
+        .output()
+        .map_err(|e| format!("running {}: {e}", tunfwd.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "{} refuses --wireguard ({}): {}",
+        tunfwd.display(),
+        out.status,
+        stderr.lines().next().unwrap_or("").trim()
+    ))
 }
 
 /// The binaries: `wg` and the three implementations.
@@ -107,6 +157,7 @@ pub struct Peers {
     wireguard_go_upstream: PathBuf,
     wireguard_go_debian: PathBuf,
     boringtun: PathBuf,
+    tunfwd: Option<PathBuf>,
 }
 
 /// The workspace's root, from this crate's place in it (`crates/testkit`).
@@ -138,7 +189,14 @@ impl Peers {
                 Implementation::Boringtun.env_var(),
                 target.join("peers/bin/boringtun-cli"),
             ),
+            tunfwd: None,
         }
+    }
+
+    /// The same, with `tunfwd` as the binary of [`Implementation::Tunfwd`].
+    pub fn with_tunfwd(mut self, tunfwd: &Path) -> Peers {
+        self.tunfwd = Some(tunfwd.to_path_buf());
+        self
     }
 
     pub fn program(&self, implementation: Implementation) -> &Path {
@@ -146,6 +204,10 @@ impl Peers {
             Implementation::WireguardGoUpstream => &self.wireguard_go_upstream,
             Implementation::WireguardGoDebian => &self.wireguard_go_debian,
             Implementation::Boringtun => &self.boringtun,
+            Implementation::Tunfwd => self
+                .tunfwd
+                .as_deref()
+                .unwrap_or(Path::new("tunfwd (not given: Peers::with_tunfwd)")),
         }
     }
 
@@ -166,6 +228,9 @@ impl Peers {
                 )
             })?;
         let program = self.program(implementation);
+        if implementation == Implementation::Tunfwd {
+            return tunfwd_wireguard_support(program).map_err(io::Error::other);
+        }
         let executable = fs::metadata(program)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false);
@@ -249,11 +314,9 @@ fn run_wg(wg: &Path, args: &[&str], input: Option<&str>) -> io::Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("running {}: {e}", wg.display())))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Some(input) = input {
-            stdin.write_all(input.as_bytes())?;
-            stdin.write_all(b"\n")?;
-        }
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        stdin.write_all(input.as_bytes())?;
+        stdin.write_all(b"\n")?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -406,10 +469,10 @@ pub fn dump_when(
     let deadline = Instant::now() + limit;
     loop {
         let last = show_dump(wg, interface);
-        if let Ok(dump) = &last {
-            if done(dump) {
-                return Ok(dump.clone());
-            }
+        if let Ok(dump) = &last
+            && done(dump)
+        {
+            return Ok(dump.clone());
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
@@ -420,6 +483,32 @@ pub fn dump_when(
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `text` appears in `process`'s stderr, while it runs, for up to `limit`.
+fn wait_for_stderr(process: &mut Process, text: &str, limit: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if process.stderr().contains(text) {
+            return Ok(());
+        }
+        if let Some(status) = process.try_status()? {
+            return Err(io::Error::other(format!(
+                "it exited ({status}) before saying {text:?}: {}",
+                process.stderr()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "it did not say {text:?} within {limit:?}: {}",
+                    process.stderr()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -523,16 +612,45 @@ impl Device {
         interface: &str,
         config: &Interface,
     ) -> io::Result<Device> {
+        Device::start_with(bed, peers, implementation, host, interface, config, &[])
+    }
+
+    /// [`Device::start`] with `extra` arguments for the program, such as tunfwd's `--queues 1`
+    /// or `--stats-json PATH`. tunfwd on B is pinned from the last CPU down unless `extra`
+    /// chooses (as `Testbed::start_tunfwd` does), and is waited for until it reports that it is
+    /// up, the readiness signal of both of its modes.
+    pub fn start_with(
+        bed: &Testbed,
+        peers: &Peers,
+        implementation: Implementation,
+        host: Host,
+        interface: &str,
+        config: &Interface,
+        extra: &[&str],
+    ) -> io::Result<Device> {
         peers.check(implementation)?;
+        let mut args = implementation.arguments(interface, config);
+        let chose = extra
+            .iter()
+            .any(|a| *a == "--no-pin" || *a == "--cpus" || a.starts_with("--cpus="));
+        if implementation == Implementation::Tunfwd && host == Host::B && !chose {
+            args.extend(["--cpus".to_string(), crate::testbed::reversed_cpu_list()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut process = bed.spawn(
             host,
             &format!("{}-{interface}", implementation.key()),
             peers.program(implementation),
-            &implementation.arguments(interface),
+            &args,
         )?;
         // wireguard-go prints a page-long warning on Linux unless told it runs in the foreground
         // on purpose; the flag does that. Nothing else is needed in the environment.
-        let waited = wait_for_socket(&mut process, interface, START_LIMIT);
+        let waited = if implementation == Implementation::Tunfwd {
+            wait_for_stderr(&mut process, " up: ", START_LIMIT)
+                .and_then(|()| wait_for_socket(&mut process, interface, START_LIMIT))
+        } else {
+            wait_for_socket(&mut process, interface, START_LIMIT)
+        };
         let device = Device {
             implementation,
             host,
@@ -696,11 +814,11 @@ pub fn json_counter(value: &serde_json::Value, name: &str) -> Option<u64> {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, v) in map {
-                    if key == name {
-                        if let Some(n) = v.as_u64() {
-                            *sum = Some(sum.unwrap_or(0) + n);
-                            continue;
-                        }
+                    if key == name
+                        && let Some(n) = v.as_u64()
+                    {
+                        *sum = Some(sum.unwrap_or(0) + n);
+                        continue;
                     }
                     walk(v, name, sum);
                 }
@@ -716,6 +834,100 @@ pub fn json_counter(value: &serde_json::Value, name: &str) -> Option<u64> {
     let mut sum = None;
     walk(value, name, &mut sum);
     sum
+}
+
+/// The UDP datagrams to one IPv4 address and port that a namespace's interfaces carry, taken
+/// off the wire with a packet socket (packet(7), `SOCK_DGRAM`: from the IP header on), as a
+/// capture tool would: for replaying them later. Each datagram is checked to be whole (the UDP
+/// length agrees with the IP length), so a GSO super-packet that crosses a veth whole is left
+/// out rather than cut wrong.
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<io::Result<Vec<Vec<u8>>>>>,
+}
+
+impl Capture {
+    /// Starts capturing in `host`'s namespace the payloads of UDP datagrams to `to`.
+    pub fn start(bed: &Testbed, host: Host, to: std::net::SocketAddrV4) -> io::Result<Capture> {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockProtocol, SockType, setsockopt, socket, sockopt,
+        };
+        let fd = bed.in_namespace(host, || {
+            let fd = socket(
+                AddressFamily::Packet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::EthAll,
+            )
+            .map_err(io::Error::from)?;
+            let timeout = nix::sys::time::TimeVal::new(0, 100_000);
+            setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(io::Error::from)?;
+            Ok(fd)
+        })?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut payloads = Vec::new();
+            let mut packet = vec![0u8; 65536];
+            while !stopping.load(Ordering::Relaxed) {
+                match nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &mut packet,
+                    nix::sys::socket::MsgFlags::empty(),
+                ) {
+                    Ok(n) => {
+                        if let Some(payload) = udp_payload_to(&packet[..n], to) {
+                            payloads.push(payload.to_vec());
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(io::Error::from(e)),
+                }
+            }
+            Ok(payloads)
+        });
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the payloads captured, in the order they crossed.
+    pub fn stop(mut self) -> io::Result<Vec<Vec<u8>>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .map_err(|_| io::Error::other("the capture thread panicked"))?
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The payload of `packet` (an IPv4 packet from its header on) if it is one whole UDP datagram
+/// to `to`.
+fn udp_payload_to(packet: &[u8], to: std::net::SocketAddrV4) -> Option<&[u8]> {
+    if packet.len() < 28 || packet[0] >> 4 != 4 || packet[9] != 17 {
+        return None;
+    }
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    if header < 20 || total > packet.len() || total < header + 8 {
+        return None;
+    }
+    let destination = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let udp = &packet[header..total];
+    let port = u16::from_be_bytes([udp[2], udp[3]]);
+    let length = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    (destination == *to.ip() && port == to.port() && length == udp.len()).then(|| &udp[8..])
 }
 
 #[cfg(test)]
@@ -749,6 +961,42 @@ mod tests {
         );
         assert_eq!(Dump::parse("too\tfew\n"), None);
         assert_eq!(Dump::parse("a\tb\t1\toff\nshort\tline\n"), None);
+    }
+
+    #[test]
+    fn only_whole_udp_datagrams_to_the_address_are_captured() {
+        let to: std::net::SocketAddrV4 = "198.18.0.2:51820".parse().unwrap();
+        let datagram = |destination: [u8; 4], port: u16, payload: &[u8], udp_extra: u16| {
+            let total = (20 + 8 + payload.len()) as u16;
+            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 1];
+            p[2..4].copy_from_slice(&total.to_be_bytes());
+            p.extend_from_slice(&destination);
+            p.extend_from_slice(&4000u16.to_be_bytes());
+            p.extend_from_slice(&port.to_be_bytes());
+            p.extend_from_slice(&(8 + payload.len() as u16 + udp_extra).to_be_bytes());
+            p.extend_from_slice(&[0, 0]);
+            p.extend_from_slice(payload);
+            p
+        };
+        let good = datagram([198, 18, 0, 2], 51820, b"\x04\0\0\0data", 0);
+        assert_eq!(udp_payload_to(&good, to), Some(&b"\x04\0\0\0data"[..]));
+        assert_eq!(
+            udp_payload_to(&datagram([198, 18, 0, 9], 51820, b"x", 0), to),
+            None
+        );
+        assert_eq!(
+            udp_payload_to(&datagram([198, 18, 0, 2], 51821, b"x", 0), to),
+            None
+        );
+        // A super-packet's UDP length is one segment's, not the whole's.
+        assert_eq!(
+            udp_payload_to(&datagram([198, 18, 0, 2], 51820, b"xy", 1), to),
+            None
+        );
+        let mut tcp = good.clone();
+        tcp[9] = 6;
+        assert_eq!(udp_payload_to(&tcp, to), None);
+        assert_eq!(udp_payload_to(&good[..27], to), None);
     }
 
     #[test]
