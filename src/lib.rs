@@ -44,6 +44,7 @@ mod steer;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
+mod wireguard;
 #[allow(unsafe_code)]
 mod worker;
 

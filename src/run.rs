@@ -50,10 +50,20 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     let notifier = &mut Notifier::from_env();
     // Before any thread exists, so that every worker inherits the blocked mask.
     let signals = Signals::block()?;
+    // WireGuard mode: the device, configured from --config, before the port it names is bound.
+    let mut prepared = config
+        .wireguard
+        .as_ref()
+        .map(crate::wireguard::prepare)
+        .transpose()?;
+    let mut listen = config.listen;
+    if let Some(prepared) = &prepared {
+        listen.set_port(prepared.device.listen_port());
+    }
     // The device and the port are this relay's alone: a second relay on either exits naming the
     // first, and a restart waits (at most `CLAIM_WAIT`) for a killed relay's leftovers to go
     // rather than join its reuseport group or its queues. Held until exit.
-    let ownership = sys::owner::claim(&config.device_name, config.listen, CLAIM_WAIT)?;
+    let ownership = sys::owner::claim(&config.device_name, listen, CLAIM_WAIT)?;
     if !ownership.waited().is_zero() {
         eprintln!(
             "tunfwd: waited {:.0?} for the previous relay's device and sockets to go",
@@ -113,7 +123,6 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     )?;
     link::add_addresses(&config.device_name, &config.addresses)?;
 
-    let mut listen = config.listen;
     let mut sockets = Vec::with_capacity(config.queues);
     for _ in 0..config.queues {
         let fd = socket::udp_socket(listen, config.socket_buffer)?;
@@ -152,7 +161,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // After every worker's socket, so that they come first in the reuseport group and the
     // steering program never picks one of these (see `socket::fragmenting_socket`).
     let mut fragmenting: Vec<Option<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
+    // WireGuard peers do not take outer fragments of its datagrams any better than whole ones;
+    // that mode sends whole datagrams only.
     for queue in 0..config.queues {
+        if prepared.is_some() {
+            fragmenting.push(None);
+            continue;
+        }
         fragmenting.push(
             socket::fragmenting_socket(listen, config.socket_buffer)
                 .inspect_err(|e| {
@@ -166,7 +181,26 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     }
     // Always: with one queue too, the group has the fragmenting socket in it, which the
     // kernel's own reuseport hash could pick.
-    socket::attach_reuseport_program(&sockets[0], &steer::reuseport_program(config.queues as u32))?;
+    let program = if prepared.is_some() {
+        crate::wireguard::steering_program(config.queues as u32)
+    } else {
+        steer::reuseport_program(config.queues as u32)
+    };
+    socket::attach_reuseport_program(&sockets[0], &program)?;
+    // WireGuard mode: the control thread, with its socket after the workers' in the group, and
+    // the API socket, served before the relay says it is ready.
+    let wireguard = match prepared.take() {
+        Some(prepared) => {
+            let sending = socket::sending_socket(listen)?;
+            Some(crate::wireguard::start(
+                prepared,
+                &config.device_name,
+                sending,
+                listen.port(),
+            )?)
+        }
+        None => None,
+    };
     let family = crate::wire::OuterFamily::of(config.peer);
     let largest = config.mtu as usize + family.overhead();
     let shared_path = Arc::new(SharedPath::new(largest));
@@ -201,7 +235,7 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             peer: config.peer,
             shared_path: shared_path.clone(),
             // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
-            path_machine: (queue == 0).then_some(limits),
+            path_machine: (queue == 0 && wireguard.is_none()).then_some(limits),
             reply_budget: reply_budget.clone(),
             mtu: config.mtu,
             ring_depth: config.ring_depth,
@@ -211,6 +245,15 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             stop: stop.clone(),
             snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
             shared: shared.clone(),
+            wireguard: wireguard
+                .as_ref()
+                .map(|(_, links)| worker::WorkerWireguard {
+                    data_plane: links.data_plane.clone(),
+                    to_control: links.to_control.clone(),
+                    pending: links.pending.clone(),
+                    control_counters: (queue == 0).then(|| links.counters.clone()),
+                    epoch: links.epoch,
+                }),
         };
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -233,10 +276,20 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         stop_after_setup_failure(&stop, handles);
         return Err(e);
     }
-    let up = format!(
-        "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
-        config.device_name, config.queues, config.mtu, listen, config.peer
-    );
+    let up = match &wireguard {
+        Some(_) => format!(
+            "{} up: WireGuard, {} queue(s), MTU {}, listening on {}, API socket {}",
+            config.device_name,
+            config.queues,
+            config.mtu,
+            listen,
+            crate::wireguard::socket_path(&config.device_name).display()
+        ),
+        None => format!(
+            "{} up: {} queue(s), MTU {}, listening on {}, peer {}",
+            config.device_name, config.queues, config.mtu, listen, config.peer
+        ),
+    };
     eprintln!(
         "tunfwd: {up}, offloads: {}{}",
         describe(wanted, offloads),
@@ -310,6 +363,8 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // persistent one stays, but what it drops once no worker reads is not tunfwd's to report.)
     let final_tun_drops = tun_drops.read();
     let (all_ok, finals) = stop_and_join(&stop, handles);
+    // Stops the control thread and removes the API socket.
+    drop(wireguard);
     publish(
         &Report::new(started.elapsed(), finals).with_tun_queue_drops(final_tun_drops),
         config.stats_json.as_deref(),

@@ -72,6 +72,26 @@ drop_reasons! {
     /// An inner packet (or a super-packet's segment) longer than the path to the peer takes; its
     /// sender is told with ICMP fragmentation-needed or packet-too-big where the rules allow.
     TooBig => "too_big",
+    /// WireGuard mode: a transport datagram whose receiver index names no current keypair.
+    WgUnknownReceiver => "wg_unknown_receiver",
+    /// WireGuard mode: an authentic transport datagram whose counter was seen or is too old.
+    WgReplay => "wg_replay",
+    /// WireGuard mode: a transport datagram whose tag did not verify (forged, corrupted, or
+    /// sealed with another key), or whose keypair has expired.
+    WgBadTag => "wg_bad_tag",
+    /// WireGuard mode: an authentic packet whose inner source is outside its peer's AllowedIPs.
+    WgSourceNotAllowed => "wg_source_not_allowed",
+    /// WireGuard mode: a TUN packet whose destination is in no peer's AllowedIPs.
+    WgNoRoute => "wg_no_route",
+    /// WireGuard mode: a TUN packet for a peer with no session yet (a handshake is requested).
+    WgNoSession => "wg_no_session",
+    /// WireGuard mode: a handshake message or cookie reply the control thread refused.
+    WgBadHandshake => "wg_bad_handshake",
+    /// WireGuard mode: a handshake message dropped because the control thread's queue was full
+    /// (a flood of initiations never stalls a worker).
+    WgHandshakeQueueFull => "wg_handshake_queue_full",
+    /// WireGuard mode: a datagram that is no WireGuard message (unknown type or length).
+    WgMalformed => "wg_malformed",
 }
 
 impl DropReason {
@@ -185,6 +205,10 @@ counters! {
         /// (`socket::receive_drops`) with each snapshot; one per buffer, which under UDP GRO may
         /// hold several datagrams.
         udp_socket_drops => "Receive buffers the kernel dropped at the queue's UDP socket, its buffer full, before tunfwd read them.",
+        /// Counted by the control thread and reported with queue 0's counters.
+        wg_handshakes => "WireGuard mode: handshakes completed (as initiator or responder).",
+        /// Counted by the control thread and reported with queue 0's counters.
+        wg_cookie_replies => "WireGuard mode: cookie replies sent to handshake messages under load.",
     }
     extra {
         /// Packets dropped, by [`DropReason`].

@@ -22,7 +22,7 @@ pub use args::Args;
 pub use parse::parse_byte;
 #[cfg(test)]
 pub use parse::{parse_cpu_list, parse_size};
-pub use validate::{Account, Accounts, Config, pick_peer};
+pub use validate::{Account, Accounts, Config, WireguardOptions, pick_peer};
 
 use std::fmt;
 

@@ -70,6 +70,7 @@ fn config() -> RelayConfig {
         }),
         epoch: std::time::Instant::now(),
         snapshot_every_ns: None,
+        wireguard: None,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod token;
 pub mod tun;
 mod tun_to_udp;
 mod udp_to_tun;
+pub mod wireguard;
 
 pub use slots::{Base, CONTROL_SLOTS, HEADER_ROOM, Piece, REPLY_BUFFERS};
 pub use token::{Op, SendIndex, Token, WriteIndex};
@@ -112,6 +113,8 @@ pub struct RelayConfig {
     pub epoch: std::time::Instant,
     /// How often to take a stats snapshot (reading the socket's drop count first), if at all.
     pub snapshot_every_ns: Option<u64>,
+    /// WireGuard mode (`relay::wireguard`); `None` in raw mode.
+    pub wireguard: Option<wireguard::WireguardConfig>,
 }
 
 /// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.
@@ -217,6 +220,8 @@ pub struct Relay {
     next_fragmenting_check_ns: u64,
     next_egress_check_ns: u64,
     stopping: bool,
+    /// WireGuard mode's state; `None` in raw mode.
+    wireguard: Option<wireguard::Wireguard>,
 }
 
 impl Relay {
@@ -237,6 +242,7 @@ impl Relay {
             nonces,
             epoch,
             snapshot_every_ns,
+            wireguard,
         } = config;
         let family = OuterFamily::of(peer);
         let slot_segments = if offloads.tun_offloads() {
@@ -297,6 +303,9 @@ impl Relay {
             next_fragmenting_check_ns: 0,
             next_egress_check_ns: 0,
             stopping: false,
+            wireguard: wireguard.map(|config| {
+                wireguard::Wireguard::new(config, tun_buffers, mtu, offloads.tun_offloads())
+            }),
         }
     }
 
@@ -396,6 +405,7 @@ impl Relay {
             Base::PlainHeader => Some(&receive::PLAIN_HEADER),
             Base::Control => Some(self.controls.bytes()),
             Base::Reply => Some(&self.replies.buffers),
+            Base::Sealed(bid) => self.wireguard.as_ref().map(|wg| wg.sealed(bid)),
             Base::TunBuffer(_) | Base::UdpBuffer(_) => None,
         }
     }
@@ -463,6 +473,9 @@ impl Relay {
             self.socket_drops_seen = now;
         }
         if std::mem::take(&mut self.snapshot_pending) {
+            if let Some(wg) = &self.wireguard {
+                wg.report_control(&mut self.stats);
+            }
             self.snapshot = Some(self.stats.clone());
         }
     }

@@ -35,6 +35,9 @@ impl Relay {
         }
         // Exactly the peer's address and port: its fragmenting socket sends from its port too.
         let source = cmsg::source_address(buffer.get(received.name.clone()).unwrap_or(&[]));
+        if self.wireguard.is_some() {
+            return self.wireguard_receive(bid, buffer, received, source, &control, now_ns);
+        }
         if source != Some(self.peer_canonical) {
             self.stats
                 .counters
@@ -63,6 +66,12 @@ impl Relay {
         if !slot.plan.controls.is_empty() {
             self.on_control_messages(bid);
         }
+        self.write_planned(bid, now_ns);
+    }
+
+    /// Writes what `bid`'s plan holds into the TUN, run by run, or gives the buffer back if it
+    /// holds nothing to write.
+    pub(super) fn write_planned(&mut self, bid: u16, now_ns: u64) {
         let slot = &mut self.udp_slots[usize::from(bid)];
         if slot.plan.segments.is_empty() {
             return self.udp_free.push(bid);
