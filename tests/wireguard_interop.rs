@@ -814,3 +814,35 @@ fn a_flood_of_initiations_engages_cookies_and_the_transfer_completes() {
     // The flood cost no handshake with the real peer beyond the first ones.
     assert!(counter(&report, "wg_handshakes") <= 3, "{report}");
 }
+
+/// `wg set NAME listen-port P` on a running tunfwd rebinds it (the contract): `wg show` reports
+/// the new port, and a peer that moves its endpoint there is answered from it.
+#[test]
+fn setting_the_listen_port_while_running_rebinds() {
+    let _serial = serially();
+    let (bed, peers) = setup();
+    let Pair { tunfwd, peer } = pair(&bed, &peers, Implementation::WireguardGoUpstream, false);
+    ping(&bed, Host::A, testbed::B_TUNNEL4, 3);
+    let moved = TUNFWD_PORT + 7;
+    tunfwd
+        .set(&["listen-port", &moved.to_string()])
+        .expect("wg set listen-port on tunfwd");
+    let dump = tunfwd.dump().unwrap();
+    assert_eq!(dump.listen_port, moved, "wg show after the move: {dump:?}");
+    peer.set(&[
+        "peer",
+        &tunfwd.keys.public,
+        "endpoint",
+        &endpoint(testbed::B_UNDERLAY, moved),
+    ])
+    .unwrap();
+    ping(&bed, Host::A, testbed::B_TUNNEL4, 5);
+    let theirs = peer.dump().unwrap();
+    assert_eq!(
+        theirs.peer(&tunfwd.keys.public).unwrap().endpoint,
+        Some(socket(testbed::B_UNDERLAY, moved)),
+        "{theirs:?}"
+    );
+    drop(peer);
+    stop_tunfwd(&bed, tunfwd);
+}

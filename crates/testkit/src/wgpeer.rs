@@ -630,6 +630,20 @@ impl Device {
     ) -> io::Result<Device> {
         peers.check(implementation)?;
         let mut args = implementation.arguments(interface, config);
+        let scratch = bed.path(&format!("{interface}.key"));
+        if implementation == Implementation::Tunfwd {
+            // tunfwd takes its key and port at startup from a `wg setconf` file (`--config`),
+            // so that it binds its port once; `wg set` then adds the peers.
+            let file = bed.path(&format!("{interface}.conf"));
+            write_key_file(
+                &file,
+                &format!(
+                    "[Interface]\nPrivateKey = {}\nListenPort = {}",
+                    config.keys.private, config.listen_port
+                ),
+            )?;
+            args.extend(["--config".to_string(), file.to_string_lossy().into_owned()]);
+        }
         let chose = extra
             .iter()
             .any(|a| *a == "--no-pin" || *a == "--cpus" || a.starts_with("--cpus="));
@@ -658,7 +672,7 @@ impl Device {
             keys: config.keys.clone(),
             wg: peers.wg.clone(),
             namespace: bed.namespace(host),
-            scratch: bed.path(&format!("{interface}.key")),
+            scratch,
             process: Some(process),
         };
         waited.map_err(|e| device.failed("start", e))?;
