@@ -216,58 +216,87 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         worker::REPLY_BURST,
     ));
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let mut stop = Arc::new(AtomicBool::new(false));
     let print_interval = Duration::from_secs(config.stats_interval_secs);
     let snapshots = snapshot_interval(print_interval, config.metrics.is_some());
     let shared = Arc::new(Shared::new(config.queues, config.peer));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mut handles = Vec::with_capacity(config.queues);
-    let queues = tun_fds.into_iter().zip(sockets).zip(fragmenting);
-    for (queue, ((tun, socket), fragmenting)) in queues.enumerate() {
-        let worker_config = WorkerConfig {
-            queue,
-            cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
-            engine: choice.engine,
-            busy_poll: config.busy_poll,
-            tun,
-            socket,
-            fragmenting,
-            peer: config.peer,
-            shared_path: shared_path.clone(),
-            // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
-            path_machine: (queue == 0 && wireguard.is_none()).then_some(limits),
-            reply_budget: reply_budget.clone(),
-            mtu: config.mtu,
-            ring_depth: config.ring_depth,
-            buffer_memory: config.buffer_memory,
-            offloads,
-            marking: config.marking,
-            stop: stop.clone(),
-            snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
-            shared: shared.clone(),
-            wireguard: wireguard
-                .as_ref()
-                .map(|(_, links)| worker::WorkerWireguard {
-                    data_plane: links.data_plane.clone(),
-                    to_control: links.to_control.clone(),
-                    pending: links.pending.clone(),
-                    control_counters: (queue == 0).then(|| links.counters.clone()),
-                    epoch: links.epoch,
-                }),
-        };
-        let ready = ready_tx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("tunfwd-q{queue}"))
-            .spawn(move || worker::run(worker_config, ready))
-            .expect("spawning a worker thread");
-        handles.push(handle);
-    }
-    drop(ready_tx);
-
-    if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
-        stop_after_setup_failure(&stop, handles);
-        return Err(e);
-    }
+    // WireGuard mode: copies of the TUN queues, to start the workers again on a new port.
+    let kept_tun = match wireguard {
+        Some(_) => tun_fds
+            .iter()
+            .enumerate()
+            .map(|(queue, fd)| {
+                fd.try_clone().map_err(|source| sys::Error::CreateQueue {
+                    device: config.device_name.clone(),
+                    queue,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    // Starts one worker per queue on these fds, and waits for each to report itself ready.
+    let spawn_workers = |stop: &Arc<AtomicBool>,
+                         fds: Vec<(
+        (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+        Option<std::os::fd::OwnedFd>,
+    )>|
+     -> Result<Vec<JoinHandle<Option<WorkerExit>>>, sys::Error> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut handles = Vec::with_capacity(config.queues);
+        for (queue, ((tun, socket), fragmenting)) in fds.into_iter().enumerate() {
+            let worker_config = WorkerConfig {
+                queue,
+                cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
+                engine: choice.engine,
+                busy_poll: config.busy_poll,
+                tun,
+                socket,
+                fragmenting,
+                peer: config.peer,
+                shared_path: shared_path.clone(),
+                // One machine for the relay: every worker's datagrams share one 4-tuple, so one
+                // path.
+                path_machine: (queue == 0 && wireguard.is_none()).then_some(limits),
+                reply_budget: reply_budget.clone(),
+                mtu: config.mtu,
+                ring_depth: config.ring_depth,
+                buffer_memory: config.buffer_memory,
+                offloads,
+                marking: config.marking,
+                stop: stop.clone(),
+                snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
+                shared: shared.clone(),
+                wireguard: wireguard
+                    .as_ref()
+                    .map(|(_, links)| worker::WorkerWireguard {
+                        data_plane: links.data_plane.clone(),
+                        to_control: links.to_control.clone(),
+                        pending: links.pending.clone(),
+                        control_counters: (queue == 0).then(|| links.counters.clone()),
+                        epoch: links.epoch,
+                    }),
+            };
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tunfwd-q{queue}"))
+                .spawn(move || worker::run(worker_config, ready))
+                .expect("spawning a worker thread");
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
+            stop_after_setup_failure(stop, handles);
+            return Err(e);
+        }
+        Ok(handles)
+    };
+    let mut handles = spawn_workers(
+        &stop,
+        tun_fds.into_iter().zip(sockets).zip(fragmenting).collect(),
+    )?;
+    // WireGuard mode: what workers stopped for a new port had counted.
+    let mut carried: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
 
     let started = Instant::now();
     // Every queue from the start, zeros until its first snapshot.
@@ -335,9 +364,37 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             alive
         });
         peer.poll(now, &shared);
+        // WireGuard mode: `wg set ... listen-port P` moves the relay to port P.
+        if let Some((control, _)) = &wireguard
+            && let Some(port) = control.rebind_wanted()
+        {
+            let (_, finals) = stop_and_join(&stop, std::mem::take(&mut handles));
+            for stats in finals {
+                carried[stats.queue].absorb(&stats);
+            }
+            latest = (0..config.queues).map(WorkerStats::new).collect();
+            stop = Arc::new(AtomicBool::new(false));
+            listen.set_port(port);
+            let restarted =
+                rebind_wireguard(config, listen, offloads, &kept_tun).and_then(|(fds, sending)| {
+                    control.replace_socket(sending, port);
+                    spawn_workers(&stop, fds)
+                });
+            match restarted {
+                Ok(started) => {
+                    handles = started;
+                    eprintln!("tunfwd: {} moved to port {port}", config.device_name);
+                }
+                Err(e) => {
+                    eprintln!("tunfwd: cannot move to port {port}: {e}");
+                    break;
+                }
+            }
+        }
         let mut fresh = false;
         for (queue, slot) in latest.iter_mut().enumerate() {
-            if let Some(snapshot) = shared.take_snapshot(queue) {
+            if let Some(mut snapshot) = shared.take_snapshot(queue) {
+                snapshot.absorb(&carried[queue]);
                 *slot = snapshot;
                 fresh = true;
             }
@@ -362,7 +419,10 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // Read while the queues are open: a device tunfwd created goes with its last queue. (A
     // persistent one stays, but what it drops once no worker reads is not tunfwd's to report.)
     let final_tun_drops = tun_drops.read();
-    let (all_ok, finals) = stop_and_join(&stop, handles);
+    let (all_ok, mut finals) = stop_and_join(&stop, handles);
+    for stats in &mut finals {
+        stats.absorb(&carried[stats.queue]);
+    }
     // Stops the control thread and removes the API socket.
     drop(wireguard);
     publish(
@@ -372,6 +432,47 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     );
     printer.finish(FINAL_PRINT_WAIT);
     Ok(all_ok)
+}
+
+/// WireGuard mode, moving to another port: binds one socket per queue on `listen`, as at
+/// startup, with the steering program, then the control thread's socket after them; pairs the
+/// worker sockets with copies of the TUN queues.
+#[allow(clippy::type_complexity)]
+fn rebind_wireguard(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    offloads: worker::Offloads,
+    kept_tun: &[std::os::fd::OwnedFd],
+) -> Result<
+    (
+        Vec<(
+            (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+            Option<std::os::fd::OwnedFd>,
+        )>,
+        std::os::fd::OwnedFd,
+    ),
+    sys::Error,
+> {
+    let mut fds = Vec::with_capacity(config.queues);
+    for (queue, tun) in kept_tun.iter().enumerate() {
+        let socket = socket::udp_socket(listen, config.socket_buffer)?;
+        if offloads.udp_gro && !socket::enable_gro(&socket) {
+            eprintln!("tunfwd: queue {queue}: UDP GRO refused on the new socket");
+        }
+        let tun = tun.try_clone().map_err(|source| sys::Error::CreateQueue {
+            device: config.device_name.clone(),
+            queue,
+            source,
+        })?;
+        fds.push(((tun, socket), None));
+    }
+    if let Some(((_, first), _)) = fds.first() {
+        socket::attach_reuseport_program(
+            first,
+            &crate::wireguard::steering_program(config.queues as u32),
+        )?;
+    }
+    Ok((fds, socket::sending_socket(listen)?))
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to

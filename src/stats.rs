@@ -349,6 +349,18 @@ impl WorkerStats {
         }
     }
 
+    /// Adds what `other` (an earlier worker of the same queue) counted and measured.
+    pub fn absorb(&mut self, other: &WorkerStats) {
+        self.counters.add(&other.counters);
+        self.path.add(&other.path);
+        self.tun_to_udp_ns
+            .add(&other.tun_to_udp_ns)
+            .expect("histograms share bounds");
+        self.udp_to_tun_ns
+            .add(&other.udp_to_tun_ns)
+            .expect("histograms share bounds");
+    }
+
     /// Records one packet's latency; values past the histogram's range are clamped, not lost.
     pub fn record_latency(&mut self, direction: Direction, ns: u64) {
         self.record_latency_n(direction, ns, 1);

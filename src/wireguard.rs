@@ -23,9 +23,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tunfwd_wireguard::config::{Endpoint, Operation, PeerChange, parse_config_file};
@@ -132,6 +132,37 @@ pub struct Control {
     thread: Option<JoinHandle<()>>,
     socket_path: PathBuf,
     wake: SyncSender<ToControl>,
+    port: Arc<Port>,
+}
+
+/// The port the relay is bound to, the one `set=1` asked for, and the control thread's socket.
+struct Port {
+    bound: AtomicU16,
+    /// A port to move to (0: none), set by `set=1`, taken by the main thread.
+    wanted: AtomicU16,
+    socket: Mutex<UdpSocket>,
+}
+
+impl Control {
+    /// A port `wg set ... listen-port` asked for, once: the main thread then binds the workers
+    /// there ([`Self::replace_socket`]).
+    pub fn rebind_wanted(&self) -> Option<u16> {
+        match self.port.wanted.swap(0, Ordering::Relaxed) {
+            0 => None,
+            port if port == self.port.bound.load(Ordering::Relaxed) => None,
+            port => Some(port),
+        }
+    }
+
+    /// The relay moved to `port`: the control thread sends from `socket`, bound there, from now.
+    pub fn replace_socket(&self, socket: OwnedFd, port: u16) {
+        *self
+            .port
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = UdpSocket::from(socket);
+        self.port.bound.store(port, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Control {
@@ -172,6 +203,11 @@ pub fn start(
         epoch,
     };
     let wake = to_control.clone();
+    let port = Arc::new(Port {
+        bound: AtomicU16::new(listen_port),
+        wanted: AtomicU16::new(0),
+        socket: Mutex::new(UdpSocket::from(socket)),
+    });
     std::thread::Builder::new()
         .name("tunfwd-wg-api".into())
         .spawn(move || accept(listener, clients_tx, wake))
@@ -179,8 +215,7 @@ pub fn start(
     let mut thread = ControlThread {
         device,
         epoch,
-        socket: UdpSocket::from(socket),
-        listen_port,
+        port: port.clone(),
         from_workers,
         clients,
         pending,
@@ -197,6 +232,7 @@ pub fn start(
             thread: Some(handle),
             socket_path: path,
             wake: to_control,
+            port,
         },
         links,
     ))
@@ -237,8 +273,7 @@ fn accept(listener: UnixListener, clients: mpsc::Sender<UnixStream>, wake: SyncS
 struct ControlThread {
     device: Device,
     epoch: Instant,
-    socket: UdpSocket,
-    listen_port: u16,
+    port: Arc<Port>,
     from_workers: Receiver<ToControl>,
     clients: Receiver<UnixStream>,
     pending: Arc<AtomicUsize>,
@@ -252,7 +287,6 @@ impl ControlThread {
     }
 
     fn run(&mut self) {
-        let mut warned_port = false;
         while !self.stop.load(Ordering::Relaxed) {
             let now_ns = self.now_ns();
             let wait = self
@@ -275,15 +309,6 @@ impl ControlThread {
             }
             while let Ok(client) = self.clients.try_recv() {
                 self.serve(client);
-            }
-            let wanted = self.device.listen_port();
-            if wanted != 0 && wanted != self.listen_port && !warned_port {
-                warned_port = true;
-                eprintln!(
-                    "tunfwd: listen port {wanted} set, but this relay stays on port {} until \
-                     it restarts (changing the port of a running relay is not supported yet)",
-                    self.listen_port
-                );
             }
             let actions = self.device.poll(self.now_ns());
             for action in actions {
@@ -332,7 +357,12 @@ impl ControlThread {
             v6 => v6,
         };
         // Lost like any datagram if the socket refuses; the timers send again.
-        let _ = self.socket.send_to(&transmit.datagram, to);
+        let socket = self
+            .port
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = socket.send_to(&transmit.datagram, to);
     }
 
     /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes.
@@ -359,7 +389,11 @@ impl ControlThread {
             let answer = match command.trim_end_matches('\n') {
                 "get=1" => {
                     let mut view = self.device.view();
-                    view.listen_port = self.listen_port;
+                    // The port set (which the relay moves to within a moment), or the one an
+                    // unset port got.
+                    if view.listen_port == 0 {
+                        view.listen_port = self.port.bound.load(Ordering::Relaxed);
+                    }
                     uapi::format_get(&view)
                 }
                 "set=1" => {
@@ -371,6 +405,10 @@ impl ControlThread {
                     });
                     if let Err(error) = &result {
                         eprintln!("tunfwd: WireGuard API: {error}");
+                    }
+                    let wanted = self.device.listen_port();
+                    if wanted != 0 && wanted != self.port.bound.load(Ordering::Relaxed) {
+                        self.port.wanted.store(wanted, Ordering::Relaxed);
                     }
                     uapi::format_errno(&result)
                 }
