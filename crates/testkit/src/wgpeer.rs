@@ -683,6 +683,11 @@ impl Device {
     }
 
     fn configure(&self, config: &Interface) -> io::Result<()> {
+        if self.implementation == Implementation::Tunfwd {
+            // Its key and port came from `--config`; it made its TUN with the MTU and addresses
+            // it was given, and brought it up.
+            return Ok(());
+        }
         write_key_file(&self.scratch, &config.keys.private)?;
         let key = self.scratch.to_string_lossy().into_owned();
         let port = config.listen_port.to_string();
