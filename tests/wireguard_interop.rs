@@ -203,6 +203,24 @@ fn ping(bed: &Testbed, from: Host, to: &str, count: u32) {
     );
 }
 
+/// `ping`, but one echo may go unanswered when `may_lose_first` (see `interop`).
+fn first_ping(bed: &Testbed, from: Host, to: &str, may_lose_first: bool) {
+    let out = bed
+        .tunload(
+            from,
+            &format!("first-ping-{to}"),
+            &["ping", "--to", to, "--count", "10", "--interval-ms", "20"],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("first ping {to} from {from:?}: {e}"));
+    let result = parse_json(&out).unwrap();
+    let lost = result["sent"].as_u64().unwrap() - result["received"].as_u64().unwrap();
+    assert!(
+        lost <= u64::from(may_lose_first),
+        "first ping {to} from {from:?}: {result}"
+    );
+}
+
 /// iputils ping from `from` with `options` (a source address, say), up to `count` echoes 50 ms
 /// apart, each waited for 1 s at most: (transmitted, received) from its summary.
 fn iputils_ping(bed: &Testbed, from: Host, options: &[&str], to: &str, count: u32) -> (u64, u64) {
@@ -358,7 +376,10 @@ fn interop(implementation: Implementation, tunfwd_initiates: bool) {
             testbed::A_TUNNEL4,
         )
     };
-    ping(&bed, initiator, responder_v4, 10);
+    // The first echo starts the handshake. wireguard-go and boringtun hold a packet that has no
+    // session yet and send it once the handshake completes; tunfwd drops it (`wg_no_session`),
+    // so when tunfwd initiates, the first echo may be lost.
+    first_ping(&bed, initiator, responder_v4, tunfwd_initiates);
     ping(&bed, initiator, responder_v6, 10);
     ping(&bed, responder, initiator_v4, 10);
     transfer(&bed, Host::A, Host::B, testbed::B_TUNNEL4, TRANSFER_BYTES);
@@ -398,16 +419,21 @@ fn interop(implementation: Implementation, tunfwd_initiates: bool) {
         "{}: {seen_by_peer:?}",
         implementation.key()
     );
-    // What tunfwd counts and what the peer counts of one tunnel agree to within the few
-    // keepalives and handshakes that may cross between the two reads.
-    let slack = 64 * 1024;
-    assert!(
-        seen.rx_bytes.abs_diff(seen_by_peer.tx_bytes) < slack
-            && seen.tx_bytes.abs_diff(seen_by_peer.rx_bytes) < slack,
-        "tunfwd {seen:?} and {} {seen_by_peer:?} disagree on the bytes",
-        implementation.key()
-    );
-
+    // wireguard-go counts what crosses the wire, as tunfwd does: nothing arrives that was not
+    // sent, so tunfwd's rx is at most the peer's tx and the peer's rx at most tunfwd's tx, to
+    // within the keepalives that may cross between the two reads. (Not equal: a slow peer's
+    // socket drops what tunfwd sent faster than it reads, and TCP sends it again.) boringtun
+    // 0.7.1 counts otherwise (its tx is below what tunfwd receives from it), so it is not held
+    // to this.
+    if implementation != Implementation::Boringtun {
+        let slack = 4096;
+        assert!(
+            seen.rx_bytes <= seen_by_peer.tx_bytes + slack
+                && seen_by_peer.rx_bytes <= seen.tx_bytes + slack,
+            "tunfwd {seen:?} and {} {seen_by_peer:?} disagree on the bytes",
+            implementation.key()
+        );
+    }
     drop(peer);
     let report = stop_tunfwd(&bed, tunfwd);
     for name in WIREGUARD_COUNTERS {
@@ -567,9 +593,10 @@ fn a_hub_with_two_peers_routes_by_allowed_ips() {
     ping(&bed, Host::B, testbed::A_TUNNEL4, 20);
     ping(&bed, Host::B, C_TUNNEL6, 20);
     let (a_got, c_got) = (received(&a) - a_before, received(&c) - c_before);
-    // 20 requests of at least 84 bytes, 32 more of WireGuard each, to each spoke.
+    // 20 requests each, every one at least an IP and ICMP header (28 bytes for IPv4, 48 for
+    // IPv6, padded to 16) and WireGuard's 32; a misroute would leave a spoke without them.
     assert!(
-        a_got >= 20 * (84 + 32) && c_got >= 20 * (104 + 32),
+        a_got >= 20 * (32 + 32) && c_got >= 20 * (48 + 32),
         "the hub's echoes reached A with {a_got} bytes and C with {c_got}: each should get its own 20"
     );
     // Between the spokes, through the hub.
@@ -598,7 +625,13 @@ fn a_hub_with_two_peers_routes_by_allowed_ips() {
     drop(a);
     drop(c);
     let report = stop_tunfwd(&bed, tunfwd);
-    assert_eq!(counter(&report, "wg_no_route"), sent, "{report}");
+    // At least those echoes; B's kernel sends a few packets of its own to the interface's
+    // multicast addresses, which no peer holds either (13 against 10 echoes, in one run).
+    let no_route = counter(&report, "wg_no_route");
+    assert!(
+        no_route >= sent,
+        "{no_route} no-route drops for {sent} echoes: {report}"
+    );
     assert_eq!(counter(&report, "wg_source_not_allowed"), 0, "{report}");
 }
 
@@ -836,6 +869,36 @@ fn setting_the_listen_port_while_running_rebinds() {
         &endpoint(testbed::B_UNDERLAY, moved),
     ])
     .unwrap();
+    // The relay moves "within a moment" (its workers stop and start again on the new port):
+    // echoes are answered from there within 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = bed
+            .tunload(
+                Host::A,
+                "ping-moved",
+                &[
+                    "ping",
+                    "--to",
+                    testbed::B_TUNNEL4,
+                    "--count",
+                    "3",
+                    "--interval-ms",
+                    "20",
+                ],
+                Duration::from_secs(10),
+            )
+            .ok()
+            .and_then(|o| parse_json(&o).ok());
+        if out.as_ref().is_some_and(|r| r["received"] == r["sent"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo through port {moved} within 5 s of the move: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     ping(&bed, Host::A, testbed::B_TUNNEL4, 5);
     let theirs = peer.dump().unwrap();
     assert_eq!(
