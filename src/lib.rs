@@ -110,6 +110,12 @@ pub mod fuzzing {
     /// The metrics server's request parser, over one connection's exchange.
     pub use crate::metrics::fuzz_request;
 
+    /// WireGuard mode: the inner headers of an opened datagram, and the steering program.
+    pub mod wireguard {
+        pub use crate::relay::wireguard::{destination, source_and_len};
+        pub use crate::wireguard::{steering_index, steering_program};
+    }
+
     /// Relay-to-relay control messages.
     pub mod control {
         pub use crate::wire::control::{Control, HEADER_LEN, Kind, is_control};

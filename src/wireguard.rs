@@ -452,8 +452,8 @@ pub fn steering_program(workers: u32) -> Vec<libc::sock_filter> {
 /// Fibonacci hashing's multiplier, as `steer` uses it.
 const GOLDEN: u32 = 0x9E37_79B1;
 
-/// What [`steering_program`] computes, for tests: the worker of a datagram.
-#[cfg(test)]
+/// What [`steering_program`] computes: the worker of a datagram (its reference, for the tests
+/// and the `wg_inner` fuzz target).
 pub fn steering_index(datagram: &[u8], workers: u32) -> u32 {
     let Some(word) = datagram.get(4..8) else {
         return 0;

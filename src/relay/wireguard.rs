@@ -547,6 +547,242 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::icmp::SharedBucket;
+    use crate::offload::test_packets::{Spec, build};
+    use crate::relay::plpmtud::SharedPath;
+    use crate::relay::{Buffers, Offloads, RelayConfig, Request, WriteIndex};
+    use tunfwd_wireguard::device::{Action, Outcome};
+    use tunfwd_wireguard::{Device, IpPrefix, PrivateKey};
+
+    const A: &str = "198.18.0.1:51820";
+    const B: &str = "198.18.0.2:51821";
+
+    struct Memory {
+        tun: Vec<Vec<u8>>,
+        udp: std::cell::RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Buffers for Memory {
+        fn tun(&self, bid: u16) -> &[u8] {
+            &self.tun[usize::from(bid)]
+        }
+
+        fn write_udp(&self, bid: u16, at: usize, bytes: &[u8]) {
+            self.udp.borrow_mut()[usize::from(bid)][at..at + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    fn memory() -> Memory {
+        Memory {
+            tun: vec![vec![0u8; 2048]; 4],
+            udp: std::cell::RefCell::new(vec![vec![0u8; 2048]; 4]),
+        }
+    }
+
+    /// Two devices, each the other's peer, A routing 198.19.0.2 to B and B 198.19.0.1 to A,
+    /// after a completed handshake.
+    fn devices() -> (Device, Device) {
+        let (a_key, b_key) = (
+            PrivateKey::generate(&mut rand_core::OsRng),
+            PrivateKey::generate(&mut rand_core::OsRng),
+        );
+        let (a_public, b_public) = (a_key.public_key(), b_key.public_key());
+        let mut a = Device::new(Some(a_key), 0, Box::new(rand_core::OsRng));
+        let mut b = Device::new(Some(b_key), 0, Box::new(rand_core::OsRng));
+        let b_in_a = a.add_peer(b_public).unwrap();
+        let a_in_b = b.add_peer(a_public).unwrap();
+        a.set_endpoint(b_in_a, B.parse().unwrap());
+        a.add_allowed_ip(b_in_a, "198.19.0.2/32".parse::<IpPrefix>().unwrap());
+        b.add_allowed_ip(a_in_b, "198.19.0.1/32".parse::<IpPrefix>().unwrap());
+        a.peer(b_in_a).unwrap().activity().request_handshake(1);
+        let initiation = a
+            .poll(1)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::SendInitiation { transmit, .. } => Some(transmit),
+                _ => None,
+            })
+            .expect("an initiation");
+        let Ok(Outcome::Responded { response, .. }) =
+            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 2)
+        else {
+            panic!("B answers");
+        };
+        let Ok(Outcome::SessionStarted { .. }) =
+            a.on_handshake_message(&response.datagram, B.parse().unwrap(), 3)
+        else {
+            panic!("A's session starts");
+        };
+        (a, b)
+    }
+
+    fn relay(device: &Device) -> Relay {
+        Relay::new(RelayConfig {
+            queue: 0,
+            peer: "[::]:0".parse().unwrap(),
+            mtu: 1420,
+            offloads: Offloads {
+                tso: false,
+                uso: false,
+                udp_gso: false,
+                udp_gro: false,
+            },
+            marking: crate::offload::ecn::Marking::DEFAULT,
+            tun_buffers: 4,
+            udp_buffers: 4,
+            fragmenting: false,
+            shared_path: Arc::new(SharedPath::new(1468)),
+            path_machine: None,
+            reply_budget: Arc::new(SharedBucket::new(std::time::Instant::now(), 200, 100)),
+            reply_key: (1, 2),
+            nonces: Box::new(|| 1),
+            epoch: std::time::Instant::now(),
+            snapshot_every_ns: None,
+            wireguard: Some(WireguardConfig {
+                data_plane: device.data_plane(),
+                to_control: Box::new(|_| true),
+                control_counters: None,
+                clock_offset_ns: 10,
+            }),
+        })
+    }
+
+    /// The datagram relay `r` sends for the TUN packet `packet`, and where to.
+    fn seal_through(r: &mut Relay, m: &mut Memory, packet: &[u8]) -> (Vec<u8>, SocketAddr) {
+        let bid = r.pop_free_tun().expect("a TUN buffer");
+        let buffer = &mut m.tun[usize::from(bid)];
+        buffer[..vnet::LEN].fill(0);
+        buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(packet);
+        r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 100);
+        r.end_batch(100, m);
+        let Some(Request::Send {
+            token,
+            bid,
+            first,
+            segments,
+            ..
+        }) = r.poll_request()
+        else {
+            panic!("a send");
+        };
+        let (pieces, _) = r.send_pieces(bid, first, segments);
+        let mut datagram = Vec::new();
+        for piece in pieces {
+            let bytes = r
+                .own_bytes(piece.base)
+                .expect("sealed in the relay's memory");
+            datagram.extend_from_slice(&bytes[piece.offset as usize..][..piece.len as usize]);
+        }
+        let to = r.send_destination(bid).expect("a destination");
+        r.complete(token, datagram.len() as i32, 200, m);
+        (datagram, to)
+    }
+
+    /// What relay `r` writes into its TUN for `datagram` from `source`.
+    fn open_through(
+        r: &mut Relay,
+        m: &mut Memory,
+        datagram: &[u8],
+        source: SocketAddr,
+    ) -> Option<Vec<u8>> {
+        let bid = r.pop_free_udp().expect("a UDP buffer");
+        let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(source);
+        let at = 64;
+        let mut buffer = std::mem::take(&mut m.udp.borrow_mut()[usize::from(bid)]);
+        buffer[..name_len].copy_from_slice(&name[..name_len]);
+        buffer[at..at + datagram.len()].copy_from_slice(datagram);
+        let received = Received {
+            name: 0..name_len,
+            control: at..at,
+            payload: at..at + datagram.len(),
+            payload_truncated: false,
+            control_truncated: false,
+        };
+        r.on_udp_recv(bid, &mut buffer, received, 300);
+        m.udp.borrow_mut()[usize::from(bid)] = buffer;
+        r.end_batch(300, m);
+        let Some(Request::Write { token }) = r.poll_request() else {
+            return None;
+        };
+        let (_, pieces) = r.write_pieces(WriteIndex::unpack(token.index));
+        let mut written = Vec::new();
+        for piece in pieces {
+            let udp = m.udp.borrow();
+            let bytes = match piece.base {
+                Base::UdpBuffer(b) => &udp[usize::from(b)][..],
+                base => r.own_bytes(base).expect("the relay's memory"),
+            };
+            written.extend_from_slice(&bytes[piece.offset as usize..][..piece.len as usize]);
+        }
+        r.complete(token, written.len() as i32, 400, m);
+        Some(written[vnet::LEN..].to_vec())
+    }
+
+    /// A packet read from A's TUN is sealed to B's endpoint, and B's relay writes exactly that
+    /// packet into its TUN; the same datagram again is a replay, a flipped bit a bad tag, and a
+    /// packet from a source outside the sender's AllowedIPs is refused.
+    #[test]
+    fn a_packet_goes_through_sealed_and_comes_out_whole_once() {
+        let (a, b) = devices();
+        let (mut relay_a, mut relay_b) = (relay(&a), relay(&b));
+        let (mut ma, mut mb) = (memory(), memory());
+        let packet = build(&Spec {
+            udp: true,
+            payload_len: 100,
+            ..Spec::default()
+        });
+        let (datagram, to) = seal_through(&mut relay_a, &mut ma, &packet);
+        assert_eq!(to, B.parse().unwrap());
+        assert_eq!(datagram.len(), 16 + padded_len(packet.len()) + 16);
+        assert_ne!(&datagram[16..16 + packet.len()], &packet[..], "encrypted");
+
+        let a_address: SocketAddr = A.parse().unwrap();
+        let written = open_through(&mut relay_b, &mut mb, &datagram, a_address);
+        assert_eq!(written.as_deref(), Some(&packet[..]));
+        assert_eq!(relay_b.stats().counters.tun_tx_packets, 1);
+
+        assert_eq!(
+            open_through(&mut relay_b, &mut mb, &datagram, a_address),
+            None
+        );
+        assert_eq!(relay_b.stats().counters.drops_of(DropReason::WgReplay), 1);
+
+        let (mut tampered, _) = seal_through(&mut relay_a, &mut ma, &packet);
+        tampered[40] ^= 1;
+        assert_eq!(
+            open_through(&mut relay_b, &mut mb, &tampered, a_address),
+            None
+        );
+        assert_eq!(relay_b.stats().counters.drops_of(DropReason::WgBadTag), 1);
+
+        // B allows only 198.19.0.1 from A: a packet of A's from 198.19.0.9 is refused.
+        let mut spoofed = packet.clone();
+        spoofed[15] = 9;
+        spoofed[10..12].fill(0);
+        let sum = crate::wire::checksum::Sum::of(&spoofed[..20]).finish();
+        spoofed[10..12].copy_from_slice(&sum.to_be_bytes());
+        let (datagram, _) = seal_through(&mut relay_a, &mut ma, &spoofed);
+        assert_eq!(
+            open_through(&mut relay_b, &mut mb, &datagram, a_address),
+            None
+        );
+        assert_eq!(
+            relay_b
+                .stats()
+                .counters
+                .drops_of(DropReason::WgSourceNotAllowed),
+            1
+        );
+
+        // No route: a destination no peer of A's has.
+        let mut stray = packet.clone();
+        stray[19] = 7;
+        let bid = relay_a.pop_free_tun().unwrap();
+        let buffer = &mut ma.tun[usize::from(bid)];
+        buffer[vnet::LEN..vnet::LEN + stray.len()].copy_from_slice(&stray);
+        relay_a.on_tun_read(bid, buffer, vnet::LEN + stray.len(), 500);
+        assert_eq!(relay_a.stats().counters.drops_of(DropReason::WgNoRoute), 1);
+    }
 
     #[test]
     fn padding_goes_to_16_but_never_past_the_mtu() {
