@@ -343,6 +343,21 @@ impl Args {
                 return Err(bad("--srcport", format!("takes MIN MAX, not {other:?}")));
             }
         };
+        // A WireGuard peer answers the endpoint its last authenticated datagram came from, so
+        // datagrams from extra source ports would move its endpoint off the listen port.
+        if self.wireguard && entropy != Entropy::Off {
+            let option = if self.srcport.is_some() {
+                "--srcport"
+            } else {
+                "--entropy"
+            };
+            return Err(bad(
+                option,
+                "WireGuard mode sends from its listen port only (a WireGuard peer roams to \
+                 the source of each datagram)",
+            ));
+        }
+
         Ok(Config {
             peer,
             listen,
@@ -802,6 +817,28 @@ mod tests {
         );
         let one = Args::try_parse_from(["tunfwd", "--peer", "198.18.0.2:1", "--srcport", "5"]);
         assert!(one.is_err(), "two values");
+    }
+
+    #[test]
+    fn wireguard_mode_sends_from_its_listen_port_only() {
+        let wireguard = |extra: &[&str]| {
+            let mut argv = vec!["tunfwd", "--wireguard"];
+            argv.extend_from_slice(extra);
+            check_argv(&argv, &[0, 1])
+        };
+        assert_eq!(wireguard(&[]).unwrap().entropy, Entropy::Off);
+        assert_eq!(
+            wireguard(&["--entropy", "off"]).unwrap().entropy,
+            Entropy::Off
+        );
+        for (extra, option) in [
+            (&["--entropy", "auto"][..], "--entropy"),
+            (&["--srcport", "40000", "40099"], "--srcport"),
+        ] {
+            let e = wireguard(extra).expect_err(&format!("{extra:?}"));
+            assert_eq!(e.option, option, "{extra:?}: {e}");
+            assert!(e.problem.contains("listen port only"), "{extra:?}: {e}");
+        }
     }
 
     #[test]
