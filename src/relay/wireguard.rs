@@ -20,7 +20,11 @@
 //!   activity and endpoint (roaming) are reported once per peer per buffer.
 //!
 //! WireGuard peers speak neither tunfwd's control messages nor its path MTU probing, so neither
-//! runs in this mode; outer ECN is not applied either.
+//! runs in this mode; outer ECN is not applied either, and outer flow entropy is refused at
+//! startup (a WireGuard peer roams to the source of each datagram): every datagram leaves from
+//! the listen tuple (tuple 0). The AQM (`relay::queue`) does apply: on a TUN read it judges the
+//! inner packet before it is sealed, and on a receive each inner packet once opened, with the
+//! wait of the buffer it came in.
 
 use super::receive::{self, ReceivePlan};
 use super::slots::{Base, Piece};
@@ -222,6 +226,8 @@ impl Relay {
             &mut self.stats.counters,
         );
         self.tun_read_at_ns[usize::from(bid)] = now_ns;
+        // The AQM judges the inner packet before it is sealed, as in raw mode.
+        let verdict = self.gate_tun_read(buffer, len, verdict, now_ns);
         match verdict {
             FromTun::Dropped => self.tun_free.push(bid),
             FromTun::Plain { len } => self.wireguard_send_plain(bid, buffer, len, now_ns),
@@ -419,6 +425,7 @@ impl Relay {
             wireguard,
             stats,
             udp_slots,
+            queues,
             ..
         } = self;
         let Some(wg) = wireguard.as_mut() else {
@@ -432,7 +439,7 @@ impl Relay {
         let Some(source) = source else {
             stats.counters.drop_n(
                 DropReason::ForeignSource,
-                payload_len.div_ceil(stride).max(1) as u64,
+                payload_len.div_ceil(stride.max(1)).max(1) as u64,
             );
             return self.udp_free.push(bid);
         };
@@ -440,6 +447,15 @@ impl Relay {
             stats.counters.drop(DropReason::EmptyDatagram);
             return self.udp_free.push(bid);
         }
+        // The AQM judges the inner packets once opened, as raw mode's receive judges its
+        // datagrams: the wait is the whole buffer's.
+        let mut gate = super::queue::socket_gate(
+            queues,
+            stats,
+            control.received_at_ns,
+            payload_len.div_ceil(stride) as u64,
+            now_ns,
+        );
         let device_now_ns = now_ns + wg.clock_offset_ns;
         let receivers = wg.data_plane.receivers();
         let routes = wg.data_plane.routes();
@@ -525,6 +541,14 @@ impl Relay {
             }
             match coalesce::validate(&buffer[inner_at..inner_at + inner_len]) {
                 Ok(transport) if plan.segments.len() < receive::MAX_GRO_SEGMENTS => {
+                    if let Some(gate) = gate.as_mut()
+                        && super::queue::count_admitted(
+                            gate.admit(&mut buffer[inner_at..inner_at + inner_len]),
+                            stats,
+                        )
+                    {
+                        continue;
+                    }
                     plan.segments.push(Segment {
                         at: inner_at,
                         len: inner_len,
@@ -618,7 +642,11 @@ mod tests {
     }
 
     fn relay(device: &Device) -> Relay {
-        Relay::new(RelayConfig {
+        Relay::new(config(device))
+    }
+
+    fn config(device: &Device) -> RelayConfig {
+        RelayConfig {
             queue: 0,
             peer: "[::]:0".parse().unwrap(),
             mtu: 1420,
@@ -647,7 +675,7 @@ mod tests {
                 control_counters: None,
                 clock_offset_ns: 10,
             }),
-        })
+        }
     }
 
     /// The datagram relay `r` sends for the TUN packet `packet`, and where to.
@@ -688,22 +716,52 @@ mod tests {
         datagram: &[u8],
         source: SocketAddr,
     ) -> Option<Vec<u8>> {
+        open_through_at(r, m, datagram, source, 300, None)
+    }
+
+    /// [`open_through`] at `now_ns`, with the kernel's receive timestamp (`SCM_TIMESTAMPNS`,
+    /// wall clock) `stamp_ns` if given.
+    fn open_through_at(
+        r: &mut Relay,
+        m: &mut Memory,
+        datagram: &[u8],
+        source: SocketAddr,
+        now_ns: u64,
+        stamp_ns: Option<u64>,
+    ) -> Option<Vec<u8>> {
         let bid = r.pop_free_udp().expect("a UDP buffer");
         let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(source);
-        let at = 64;
         let mut buffer = std::mem::take(&mut m.udp.borrow_mut()[usize::from(bid)]);
         buffer[..name_len].copy_from_slice(&name[..name_len]);
+        let control_at = name_len;
+        let mut control = control_at..control_at;
+        if let Some(stamp) = stamp_ns {
+            control.end += crate::wire::cmsg::TIMESTAMP_CONTROL_LEN;
+            let fields: [&[u8]; 5] = [
+                &32usize.to_ne_bytes(),
+                &libc::SOL_SOCKET.to_ne_bytes(),
+                &libc::SCM_TIMESTAMPNS.to_ne_bytes(),
+                &((stamp / 1_000_000_000) as i64).to_ne_bytes(),
+                &((stamp % 1_000_000_000) as i64).to_ne_bytes(),
+            ];
+            let mut at = control_at;
+            for field in fields {
+                buffer[at..at + field.len()].copy_from_slice(field);
+                at += field.len();
+            }
+        }
+        let at = 64;
         buffer[at..at + datagram.len()].copy_from_slice(datagram);
         let received = Received {
             name: 0..name_len,
-            control: at..at,
+            control,
             payload: at..at + datagram.len(),
             payload_truncated: false,
             control_truncated: false,
         };
-        r.on_udp_recv(bid, &mut buffer, received, 300);
+        r.on_udp_recv(bid, &mut buffer, received, now_ns);
         m.udp.borrow_mut()[usize::from(bid)] = buffer;
-        r.end_batch(300, m);
+        r.end_batch(now_ns, m);
         let Some(Request::Write { token }) = r.poll_request() else {
             return None;
         };
@@ -717,7 +775,7 @@ mod tests {
             };
             written.extend_from_slice(&bytes[piece.offset as usize..][..piece.len as usize]);
         }
-        r.complete(token, written.len() as i32, 400, m);
+        r.complete(token, written.len() as i32, now_ns + 100, m);
         Some(written[vnet::LEN..].to_vec())
     }
 
@@ -785,6 +843,74 @@ mod tests {
         buffer[vnet::LEN..vnet::LEN + stray.len()].copy_from_slice(&stray);
         relay_a.on_tun_read(bid, buffer, vnet::LEN + stray.len(), 500);
         assert_eq!(relay_a.stats().counters.drops_of(DropReason::WgNoRoute), 1);
+    }
+
+    /// The AQM judges WireGuard mode's inner packets once opened: with the socket's queue
+    /// standing above target for an interval, an ECN-capable packet comes out marked CE (its
+    /// checksum still right) and a Not-ECT one is dropped, both counted.
+    #[test]
+    fn the_aqm_marks_and_drops_opened_packets() {
+        let (a, b) = devices();
+        let mut relay_a = relay(&a);
+        let eager = crate::relay::aqm::Params {
+            target_ns: 1_000,
+            interval_ns: 10_000,
+        };
+        let mut relay_b = Relay::new(RelayConfig {
+            aqm: crate::relay::aqm::Settings {
+                mode: crate::relay::aqm::Mode::Codel,
+                mark: eager,
+                drop: eager,
+            },
+            ..config(&b)
+        });
+        const WALL_AHEAD_NS: u64 = 1_000_000_000;
+        relay_b.on_wall_clock(0, WALL_AHEAD_NS);
+        let (mut ma, mut mb) = (memory(), memory());
+        let a_address: SocketAddr = A.parse().unwrap();
+        let mut outcomes = Vec::new();
+        for (k, tos) in [2u8, 2, 2, 2, 0, 0, 0, 0].into_iter().enumerate() {
+            let packet = build(&Spec {
+                udp: true,
+                payload_len: 1000,
+                tos,
+                id: k as u16,
+                ..Spec::default()
+            });
+            let (datagram, _) = seal_through(&mut relay_a, &mut ma, &packet);
+            let now = 1_000 + k as u64 * 20_000;
+            // Each taken in by the kernel a millisecond before the relay reads it.
+            let stamp = now + WALL_AHEAD_NS - 1_000_000;
+            let written = open_through_at(
+                &mut relay_b,
+                &mut mb,
+                &datagram,
+                a_address,
+                now,
+                Some(stamp),
+            );
+            outcomes.push((tos, written));
+        }
+        let c = &relay_b.stats().counters;
+        assert!(c.aqm_marked_udp_socket > 0, "{c:?}");
+        assert!(c.drops_of(DropReason::AqmUdpSocket) > 0, "{c:?}");
+        assert_eq!(
+            c.udp_rx_packets, 8,
+            "every datagram authenticated and counted"
+        );
+        let mut ce = 0;
+        for (tos, written) in outcomes {
+            if let Some(packet) = written {
+                crate::offload::test_packets::assert_valid(&packet);
+                if tos == 0 {
+                    assert_eq!(packet[1] & 3, 0, "Not-ECT is never marked");
+                }
+                ce += u64::from(packet[1] & 3 == 3);
+            } else {
+                assert_eq!(tos, 0, "an ECN-capable packet is marked, not dropped");
+            }
+        }
+        assert_eq!(ce, c.aqm_marked_udp_socket, "each mark is a CE in the TUN");
     }
 
     #[test]
