@@ -45,6 +45,7 @@ mod steer;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
+mod wireguard;
 #[allow(unsafe_code)]
 mod worker;
 
@@ -117,6 +118,12 @@ pub mod fuzzing {
 
     /// The metrics server's request parser, over one connection's exchange.
     pub use crate::metrics::fuzz_request;
+
+    /// WireGuard mode: the inner headers of an opened datagram, and the steering program.
+    pub mod wireguard {
+        pub use crate::relay::wireguard::{destination, source_and_len};
+        pub use crate::wireguard::{steering_index, steering_program};
+    }
 
     /// Relay-to-relay control messages.
     pub mod control {

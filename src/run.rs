@@ -18,6 +18,8 @@ use crate::sys::{self, link, privileges, random, signal::Signals, socket, tun};
 use crate::wire::control;
 use crate::worker::{self, WorkerConfig, WorkerExit};
 use crate::{engine, steer};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,10 +53,20 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     let notifier = &mut Notifier::from_env();
     // Before any thread exists, so that every worker inherits the blocked mask.
     let signals = Signals::block()?;
+    // WireGuard mode: the device, configured from --config, before the port it names is bound.
+    let mut prepared = config
+        .wireguard
+        .as_ref()
+        .map(crate::wireguard::prepare)
+        .transpose()?;
+    let mut listen = config.listen;
+    if let Some(prepared) = &prepared {
+        listen.set_port(prepared.device.listen_port());
+    }
     // The device and the port are this relay's alone: a second relay on either exits naming the
     // first, and a restart waits (at most `CLAIM_WAIT`) for a killed relay's leftovers to go
     // rather than join its reuseport group or its queues. Held until exit.
-    let ownership = sys::owner::claim(&config.device_name, config.listen, CLAIM_WAIT)?;
+    let ownership = sys::owner::claim(&config.device_name, listen, CLAIM_WAIT)?;
     if !ownership.waited().is_zero() {
         eprintln!(
             "tunfwd: waited {:.0?} for the previous relay's device and sockets to go",
@@ -114,7 +126,6 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     )?;
     link::add_addresses(&config.device_name, &config.addresses)?;
 
-    let mut listen = config.listen;
     let mut sockets = Vec::with_capacity(config.queues);
     for _ in 0..config.queues {
         let fd = socket::udp_socket(listen, config.socket_buffer)?;
@@ -125,20 +136,7 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
                 source,
             })?);
         }
-        if config.marking.ecn {
-            // The outer TOS of each receive, for RFC 6040 decapsulation.
-            socket::enable_receive_tos(&fd, listen).map_err(|source| sys::Error::Socket {
-                address: listen,
-                source,
-            })?;
-        }
-        if config.aqm.timed() {
-            // When the kernel took each datagram in: the wait in the socket, for the AQM.
-            socket::enable_receive_timestamps(&fd).map_err(|source| sys::Error::Socket {
-                address: listen,
-                source,
-            })?;
-        }
+        set_receive_options(&fd, listen, config)?;
         sockets.push(fd);
     }
     // Outer flow entropy: the relay's extra ports, and every worker's own socket on each
@@ -192,7 +190,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // After every worker's socket, so that they come first in the reuseport group and the
     // steering program never picks one of these (see `socket::fragmenting_socket`).
     let mut fragmenting: Vec<Option<std::os::fd::OwnedFd>> = Vec::with_capacity(config.queues);
+    // WireGuard peers do not take outer fragments of its datagrams any better than whole ones;
+    // that mode sends whole datagrams only.
     for queue in 0..config.queues {
+        if prepared.is_some() {
+            fragmenting.push(None);
+            continue;
+        }
         fragmenting.push(
             socket::fragmenting_socket(listen, config.socket_buffer)
                 .inspect_err(|e| {
@@ -206,7 +210,26 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     }
     // Always: with one queue too, the group has the fragmenting socket in it, which the
     // kernel's own reuseport hash could pick.
-    socket::attach_reuseport_program(&sockets[0], &steer::reuseport_program(config.queues as u32))?;
+    let program = if prepared.is_some() {
+        crate::wireguard::steering_program(config.queues as u32)
+    } else {
+        steer::reuseport_program(config.queues as u32)
+    };
+    socket::attach_reuseport_program(&sockets[0], &program)?;
+    // WireGuard mode: the control thread, with its socket after the workers' in the group, and
+    // the API socket, served before the relay says it is ready.
+    let wireguard = match prepared.take() {
+        Some(prepared) => {
+            let sending = socket::sending_socket(listen)?;
+            Some(crate::wireguard::start(
+                prepared,
+                &config.device_name,
+                sending,
+                listen.port(),
+            )?)
+        }
+        None => None,
+    };
     let family = crate::wire::OuterFamily::of(config.peer);
     let largest = config.mtu as usize + family.overhead();
     let shared_path = Arc::new(SharedPath::new(largest));
@@ -222,61 +245,103 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         worker::REPLY_BURST,
     ));
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let mut stop = Arc::new(AtomicBool::new(false));
     let print_interval = Duration::from_secs(config.stats_interval_secs);
     let snapshots = snapshot_interval(print_interval, config.metrics.is_some());
     let shared = Arc::new(Shared::new(config.queues, config.peer));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mut handles = Vec::with_capacity(config.queues);
+    // WireGuard mode: copies of the TUN queues, to start the workers again on a new port.
+    let kept_tun = match wireguard {
+        Some(_) => tun_fds
+            .iter()
+            .enumerate()
+            .map(|(queue, fd)| {
+                fd.try_clone().map_err(|source| sys::Error::CreateQueue {
+                    device: config.device_name.clone(),
+                    queue,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    // Starts one worker per queue on these fds, and waits for each to report itself ready.
+    let spawn_workers = |stop: &Arc<AtomicBool>,
+                         fds: Vec<QueueFds>|
+     -> Result<Vec<JoinHandle<Option<WorkerExit>>>, sys::Error> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut handles = Vec::with_capacity(config.queues);
+        for (queue, fds) in fds.into_iter().enumerate() {
+            let worker_config = WorkerConfig {
+                queue,
+                cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
+                engine: choice.engine,
+                busy_poll: config.busy_poll,
+                tun: fds.tun,
+                socket: fds.socket,
+                fragmenting: fds.fragmenting,
+                extra_sockets: fds.extra_sockets,
+                source_ports: source_ports.clone(),
+                workers: config.queues,
+                // The relay's one advertiser, beside its path MTU machine; none with `--entropy
+                // off`, which sends as before outer entropy existed (it still takes the peer's).
+                // WireGuard mode has entropy off (`cli`): its peers roam to each datagram's
+                // source.
+                advertise: queue == 0 && config.entropy != Entropy::Off,
+                tuple_limits: Some(limits),
+                peer: config.peer,
+                shared_path: shared_path.clone(),
+                // One machine for the relay: every worker's datagrams share one 4-tuple, so one
+                // path. None in WireGuard mode, whose peers do not answer its probes.
+                path_machine: (queue == 0 && wireguard.is_none()).then_some(limits),
+                reply_budget: reply_budget.clone(),
+                mtu: config.mtu,
+                ring_depth: config.ring_depth,
+                buffer_memory: config.buffer_memory,
+                offloads,
+                marking: config.marking,
+                aqm: config.aqm,
+                stop: stop.clone(),
+                snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
+                shared: shared.clone(),
+                wireguard: wireguard
+                    .as_ref()
+                    .map(|(_, links)| worker::WorkerWireguard {
+                        data_plane: links.data_plane.clone(),
+                        to_control: links.to_control.clone(),
+                        pending: links.pending.clone(),
+                        control_counters: (queue == 0).then(|| links.counters.clone()),
+                        epoch: links.epoch,
+                    }),
+            };
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tunfwd-q{queue}"))
+                .spawn(move || worker::run(worker_config, ready))
+                .expect("spawning a worker thread");
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
+            stop_after_setup_failure(stop, handles);
+            return Err(e);
+        }
+        Ok(handles)
+    };
     let queues = tun_fds
         .into_iter()
         .zip(sockets)
         .zip(fragmenting)
-        .zip(extra_sockets);
-    for (queue, (((tun, socket), fragmenting), extra_sockets)) in queues.enumerate() {
-        let worker_config = WorkerConfig {
-            queue,
-            cpu: config.worker_cpus.as_ref().map(|cpus| cpus[queue]),
-            engine: choice.engine,
-            busy_poll: config.busy_poll,
+        .zip(extra_sockets)
+        .map(|(((tun, socket), fragmenting), extra_sockets)| QueueFds {
             tun,
             socket,
             fragmenting,
             extra_sockets,
-            source_ports: source_ports.clone(),
-            workers: config.queues,
-            // The relay's one advertiser, beside its path MTU machine; none with `--entropy
-            // off`, which sends as before outer entropy existed (it still takes the peer's).
-            advertise: queue == 0 && config.entropy != Entropy::Off,
-            tuple_limits: Some(limits),
-            peer: config.peer,
-            shared_path: shared_path.clone(),
-            // One machine for the relay: every worker's datagrams share one 4-tuple, so one path.
-            path_machine: (queue == 0).then_some(limits),
-            reply_budget: reply_budget.clone(),
-            mtu: config.mtu,
-            ring_depth: config.ring_depth,
-            buffer_memory: config.buffer_memory,
-            offloads,
-            marking: config.marking,
-            aqm: config.aqm,
-            stop: stop.clone(),
-            snapshot_every: (!snapshots.is_zero()).then_some(snapshots),
-            shared: shared.clone(),
-        };
-        let ready = ready_tx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("tunfwd-q{queue}"))
-            .spawn(move || worker::run(worker_config, ready))
-            .expect("spawning a worker thread");
-        handles.push(handle);
-    }
-    drop(ready_tx);
-
-    if let Err(e) = worker::await_ready(&ready_rx, config.queues) {
-        stop_after_setup_failure(&stop, handles);
-        return Err(e);
-    }
+        })
+        .collect();
+    let mut handles = spawn_workers(&stop, queues)?;
+    // WireGuard mode: what workers stopped for a new port had counted.
+    let mut carried: Vec<WorkerStats> = (0..config.queues).map(WorkerStats::new).collect();
 
     let started = Instant::now();
     // Every queue from the start, zeros until its first snapshot.
@@ -285,15 +350,25 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         stop_after_setup_failure(&stop, handles);
         return Err(e);
     }
-    let up = format!(
-        "{} up: {} queue(s), MTU {}, listening on {}, peer {}, {}",
-        config.device_name,
-        config.queues,
-        config.mtu,
-        listen,
-        config.peer,
-        describe_entropy(source_ports.own())
-    );
+    let up = match &wireguard {
+        Some(_) => format!(
+            "{} up: WireGuard, {} queue(s), MTU {}, listening on {}, API socket {}",
+            config.device_name,
+            config.queues,
+            config.mtu,
+            listen,
+            crate::wireguard::socket_path(&config.device_name).display()
+        ),
+        None => format!(
+            "{} up: {} queue(s), MTU {}, listening on {}, peer {}, {}",
+            config.device_name,
+            config.queues,
+            config.mtu,
+            listen,
+            config.peer,
+            describe_entropy(source_ports.own())
+        ),
+    };
     eprintln!(
         "tunfwd: {up}, offloads: {}{}; {}",
         describe(wanted, offloads),
@@ -340,9 +415,37 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             alive
         });
         peer.poll(now, &shared);
+        // WireGuard mode: `wg set ... listen-port P` moves the relay to port P.
+        if let Some((control, _)) = &wireguard
+            && let Some(port) = control.rebind_wanted()
+        {
+            let (_, finals) = stop_and_join(&stop, std::mem::take(&mut handles));
+            for stats in finals {
+                carried[stats.queue].absorb(&stats);
+            }
+            latest = (0..config.queues).map(WorkerStats::new).collect();
+            stop = Arc::new(AtomicBool::new(false));
+            listen.set_port(port);
+            let restarted =
+                rebind_wireguard(config, listen, offloads, &kept_tun).and_then(|(fds, sending)| {
+                    control.replace_socket(sending, port);
+                    spawn_workers(&stop, fds)
+                });
+            match restarted {
+                Ok(started) => {
+                    handles = started;
+                    eprintln!("tunfwd: {} moved to port {port}", config.device_name);
+                }
+                Err(e) => {
+                    eprintln!("tunfwd: cannot move to port {port}: {e}");
+                    break;
+                }
+            }
+        }
         let mut fresh = false;
         for (queue, slot) in latest.iter_mut().enumerate() {
-            if let Some(snapshot) = shared.take_snapshot(queue) {
+            if let Some(mut snapshot) = shared.take_snapshot(queue) {
+                snapshot.absorb(&carried[queue]);
                 *slot = snapshot;
                 fresh = true;
             }
@@ -367,7 +470,12 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // Read while the queues are open: a device tunfwd created goes with its last queue. (A
     // persistent one stays, but what it drops once no worker reads is not tunfwd's to report.)
     let final_tun_drops = tun_drops.read();
-    let (all_ok, finals) = stop_and_join(&stop, handles);
+    let (all_ok, mut finals) = stop_and_join(&stop, handles);
+    for stats in &mut finals {
+        stats.absorb(&carried[stats.queue]);
+    }
+    // Stops the control thread and removes the API socket.
+    drop(wireguard);
     publish(
         &Report::new(started.elapsed(), finals).with_tun_queue_drops(final_tun_drops),
         config.stats_json.as_deref(),
@@ -394,6 +502,74 @@ fn describe_entropy(ports: &[u16]) -> String {
         "outer entropy: {} extra source port(s) {list}, used once the peer acknowledges them",
         ports.len()
     )
+}
+
+/// What one worker is started with: its TUN queue, its socket, its socket for outer
+/// fragmentation and its extra sockets for outer flow entropy.
+struct QueueFds {
+    tun: OwnedFd,
+    socket: OwnedFd,
+    fragmenting: Option<OwnedFd>,
+    extra_sockets: Vec<OwnedFd>,
+}
+
+/// The receive options of a worker's socket on `listen`: the outer TOS of each receive, for
+/// RFC 6040 decapsulation; when the AQM times the queues, when the kernel took each datagram in
+/// (the wait in the socket).
+fn set_receive_options(
+    fd: &OwnedFd,
+    listen: SocketAddr,
+    config: &Config,
+) -> Result<(), sys::Error> {
+    let error = |source| sys::Error::Socket {
+        address: listen,
+        source,
+    };
+    if config.marking.ecn {
+        socket::enable_receive_tos(fd, listen).map_err(error)?;
+    }
+    if config.aqm.timed() {
+        socket::enable_receive_timestamps(fd).map_err(error)?;
+    }
+    Ok(())
+}
+
+/// WireGuard mode, moving to another port: binds one socket per queue on `listen`, as at
+/// startup, with the steering program, then the control thread's socket after them; pairs the
+/// worker sockets with copies of the TUN queues. No fragmenting and no extra sockets: WireGuard
+/// mode has neither.
+fn rebind_wireguard(
+    config: &Config,
+    listen: SocketAddr,
+    offloads: worker::Offloads,
+    kept_tun: &[OwnedFd],
+) -> Result<(Vec<QueueFds>, OwnedFd), sys::Error> {
+    let mut fds = Vec::with_capacity(config.queues);
+    for (queue, tun) in kept_tun.iter().enumerate() {
+        let socket = socket::udp_socket(listen, config.socket_buffer)?;
+        set_receive_options(&socket, listen, config)?;
+        if offloads.udp_gro && !socket::enable_gro(&socket) {
+            eprintln!("tunfwd: queue {queue}: UDP GRO refused on the new socket");
+        }
+        let tun = tun.try_clone().map_err(|source| sys::Error::CreateQueue {
+            device: config.device_name.clone(),
+            queue,
+            source,
+        })?;
+        fds.push(QueueFds {
+            tun,
+            socket,
+            fragmenting: None,
+            extra_sockets: Vec::new(),
+        });
+    }
+    if let Some(first) = fds.first() {
+        socket::attach_reuseport_program(
+            &first.socket,
+            &crate::wireguard::steering_program(config.queues as u32),
+        )?;
+    }
+    Ok((fds, socket::sending_socket(listen)?))
 }
 
 /// After setup: switches to `--user` if asked, then writes a first (all-zero) report to

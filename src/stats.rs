@@ -78,6 +78,26 @@ drop_reasons! {
     /// A Not-ECT packet received from the peer that the AQM dropped, the queue in the UDP
     /// socket's receive buffer having stood above target (`aqm_marked_udp_socket` otherwise).
     AqmUdpSocket => "aqm_udp_socket",
+    /// WireGuard mode: a transport datagram whose receiver index names no current keypair.
+    WgUnknownReceiver => "wg_unknown_receiver",
+    /// WireGuard mode: an authentic transport datagram whose counter was seen or is too old.
+    WgReplay => "wg_replay",
+    /// WireGuard mode: a transport datagram whose tag did not verify (forged, corrupted, or
+    /// sealed with another key), or whose keypair has expired.
+    WgBadTag => "wg_bad_tag",
+    /// WireGuard mode: an authentic packet whose inner source is outside its peer's AllowedIPs.
+    WgSourceNotAllowed => "wg_source_not_allowed",
+    /// WireGuard mode: a TUN packet whose destination is in no peer's AllowedIPs.
+    WgNoRoute => "wg_no_route",
+    /// WireGuard mode: a TUN packet for a peer with no session yet (a handshake is requested).
+    WgNoSession => "wg_no_session",
+    /// WireGuard mode: a handshake message or cookie reply the control thread refused.
+    WgBadHandshake => "wg_bad_handshake",
+    /// WireGuard mode: a handshake message dropped because the control thread's queue was full
+    /// (a flood of initiations never stalls a worker).
+    WgHandshakeQueueFull => "wg_handshake_queue_full",
+    /// WireGuard mode: a datagram that is no WireGuard message (unknown type or length).
+    WgMalformed => "wg_malformed",
 }
 
 impl DropReason {
@@ -218,6 +238,10 @@ counters! {
         aqm_marked_tun_ring => "ECN-capable packets read from the TUN that the AQM marked CE, its ring's queue standing above target (RFC 8289, RFC 3168).",
         /// The same for the UDP socket's receive buffer; `aqm_udp_socket` drops otherwise.
         aqm_marked_udp_socket => "ECN-capable packets received from the peer that the AQM marked CE, the socket's queue standing above target (RFC 8289, RFC 3168).",
+        /// Counted by the control thread and reported with queue 0's counters.
+        wg_handshakes => "WireGuard mode: handshakes completed (as initiator or responder).",
+        /// Counted by the control thread and reported with queue 0's counters.
+        wg_cookie_replies => "WireGuard mode: cookie replies sent to handshake messages under load.",
     }
     extra {
         /// Packets dropped, by [`DropReason`].
@@ -407,6 +431,18 @@ impl WorkerStats {
             Direction::UdpToTun => &mut self.queue_delay_udp_ns,
         };
         let _ = h.record_n(ns.clamp(1, LATENCY_MAX_NS), packets);
+    }
+
+    /// Adds what `other` (an earlier worker of the same queue) counted and measured.
+    pub fn absorb(&mut self, other: &WorkerStats) {
+        self.counters.add(&other.counters);
+        self.path.add(&other.path);
+        self.tun_to_udp_ns
+            .add(&other.tun_to_udp_ns)
+            .expect("histograms share bounds");
+        self.udp_to_tun_ns
+            .add(&other.udp_to_tun_ns)
+            .expect("histograms share bounds");
     }
 
     /// Records one packet's latency; values past the histogram's range are clamped, not lost.

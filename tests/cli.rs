@@ -83,3 +83,29 @@ fn syntax_errors_exit_2_and_help_documents_defaults() {
         .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("tunfwd "));
 }
+
+/// WireGuard mode takes its peers from WireGuard's configuration: `--peer` with it is refused,
+/// as is `--config` without it, and outer flow entropy with it, all with exit status 2.
+#[test]
+fn wireguard_mode_refuses_peer_and_config_needs_it() {
+    let (status, stderr) = run(&["--wireguard", "--peer", "198.18.0.2:51820"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--peer") && stderr.contains("--wireguard"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&["--config", "/nonexistent.conf", "--dev", "wg0"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("--wireguard"), "{stderr}");
+    let (status, stderr) = run(&["--dev", "wg0"]);
+    assert_eq!(status, Some(2), "no --peer and no --wireguard: {stderr}");
+    // A WireGuard peer roams to each datagram's source: no extra source ports in this mode.
+    for (args, option) in [
+        (&["--wireguard", "--entropy", "auto"][..], "--entropy"),
+        (&["--wireguard", "--srcport", "40000", "40099"], "--srcport"),
+    ] {
+        let (status, stderr) = run(args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(option), "{args:?}: {stderr}");
+    }
+}

@@ -71,9 +71,26 @@ impl AqmChoice {
         then joined. Each inner IP packet travels as one UDP payload with no extra header."
 )]
 pub struct Args {
-    /// The other relay, as IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse::peer)]
-    pub peer: PeerSpec,
+    /// The other relay, as IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT. Required, except with
+    /// --wireguard, which takes its peers from the WireGuard configuration instead.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_parser = parse::peer,
+        required_unless_present = "wireguard",
+        conflicts_with = "wireguard"
+    )]
+    pub peer: Option<PeerSpec>,
+
+    /// WireGuard mode: speak the WireGuard protocol to WireGuard peers, configured through the
+    /// userspace API socket /var/run/wireguard/DEV.sock (`wg set`, `wg setconf`, `wg show`).
+    #[arg(long)]
+    pub wireguard: bool,
+
+    /// WireGuard mode: a `wg setconf` file (the format `wg showconf` prints) applied at startup.
+    /// Refused if its group or others may read it.
+    #[arg(long, value_name = "FILE", requires = "wireguard")]
+    pub config: Option<PathBuf>,
 
     /// Local UDP address to receive on. [default: the wildcard address of the peer's family, port 55555]
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse::listen)]
@@ -109,7 +126,7 @@ pub struct Args {
     #[arg(long = "address", value_name = "CIDR", value_parser = parse::cidr)]
     pub addresses: Vec<(IpAddr, u8)>,
 
-    /// Device MTU in bytes. [default: 1500 minus the outer headers: 1472 for an IPv4 peer, 1452 for IPv6]
+    /// Device MTU in bytes. [default: 1500 minus the outer headers: 1472 for an IPv4 peer, 1452 for IPv6; 1420 with --wireguard]
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
 

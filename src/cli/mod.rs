@@ -22,7 +22,7 @@ pub use args::Args;
 pub use parse::parse_byte;
 #[cfg(test)]
 pub use parse::{parse_cpu_list, parse_size};
-pub use validate::{Account, Accounts, Config, Entropy, pick_peer};
+pub use validate::{Account, Accounts, Config, Entropy, WireguardOptions, pick_peer};
 
 /// The UDP port tunfwd listens on by default.
 pub const DEFAULT_PORT: u16 = 55555;

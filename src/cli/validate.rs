@@ -82,6 +82,8 @@ pub struct Config {
     pub aqm: aqm::Settings,
     /// Outer flow entropy (`--entropy`, `--srcport`).
     pub entropy: Entropy,
+    /// Set in WireGuard mode (`--wireguard`).
+    pub wireguard: Option<WireguardOptions>,
 }
 
 /// Where a relay's outer flow entropy sends from (`relay::entropy`).
@@ -94,6 +96,17 @@ pub enum Entropy {
     /// `--srcport MIN MAX`.
     Range(u16, u16),
 }
+
+/// What `--wireguard` mode is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardOptions {
+    /// `--config`: a `wg setconf` file to apply at startup.
+    pub config_file: Option<PathBuf>,
+}
+
+/// What WireGuard adds to each datagram: its 16-byte header and 16-byte tag. The default MTU in
+/// WireGuard mode leaves room for it (1500 - 48 - 32 = 1420, WireGuard's usual MTU).
+pub const WIREGUARD_OVERHEAD: u32 = 32;
 
 /// The address to use of those a peer's name resolved to. Once the relay runs (`of`, the
 /// address in use): that one while the answer still holds it, so that a name with several
@@ -181,8 +194,12 @@ impl Args {
     ) -> Result<Config, ConfigError> {
         let mut peer_name = None;
         let peer = match self.peer.clone() {
-            PeerSpec::Address(address) => address,
-            PeerSpec::Name { host, port } => {
+            // WireGuard mode has peers of its own; the relay's one peer is the unspecified
+            // address, never sent to, and the outer family is IPv6 (its sockets are dual-stack).
+            None if self.wireguard => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+            None => return Err(bad("--peer", "required (or --wireguard)")),
+            Some(PeerSpec::Address(address)) => address,
+            Some(PeerSpec::Name { host, port }) => {
                 let found = resolve(&host, port)
                     .map_err(|why| bad("--peer", format!("cannot resolve '{host}': {why}")))?;
                 // Prefer IPv4, as the default MTU and the examples do; any address will work.
@@ -192,10 +209,10 @@ impl Args {
                 chosen
             }
         };
-        if peer.port() == 0 {
+        if peer.port() == 0 && !self.wireguard {
             return Err(bad("--peer", "port 0 is not a destination"));
         }
-        if peer.ip().is_unspecified() || peer.ip().is_multicast() {
+        if !self.wireguard && (peer.ip().is_unspecified() || peer.ip().is_multicast()) {
             return Err(bad(
                 "--peer",
                 format!("{} is not a unicast address", peer.ip()),
@@ -209,6 +226,8 @@ impl Args {
                 }
                 listen
             }
+            // WireGuard mode: the port is the configuration's ListenPort (0: any), bound later.
+            None if self.wireguard => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
             None if peer.is_ipv4() => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_PORT),
             None => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_PORT),
         };
@@ -253,7 +272,14 @@ impl Args {
             OuterFamily::Ipv6
         };
         let overhead = family.overhead() as u32;
-        let mtu = self.mtu.unwrap_or(UNDERLAY_MTU - overhead);
+        let wireguard_overhead = if self.wireguard {
+            WIREGUARD_OVERHEAD
+        } else {
+            0
+        };
+        let mtu = self
+            .mtu
+            .unwrap_or(UNDERLAY_MTU - overhead - wireguard_overhead);
         let has_ipv6 = addresses.iter().any(|(a, _)| a.is_ipv6());
         let min_mtu = if has_ipv6 { 1280 } else { 576 };
         if !(min_mtu..=65535).contains(&mtu) {
@@ -317,6 +343,20 @@ impl Args {
                 return Err(bad("--srcport", format!("takes MIN MAX, not {other:?}")));
             }
         };
+        // A WireGuard peer answers the endpoint its last authenticated datagram came from, so
+        // datagrams from extra source ports would move its endpoint off the listen port.
+        if self.wireguard && entropy != Entropy::Off {
+            let option = if self.srcport.is_some() {
+                "--srcport"
+            } else {
+                "--entropy"
+            };
+            return Err(bad(
+                option,
+                "WireGuard mode sends from its listen port only (a WireGuard peer roams to \
+                 the source of each datagram)",
+            ));
+        }
 
         Ok(Config {
             peer,
@@ -342,7 +382,8 @@ impl Args {
             },
             marking: Marking {
                 dscp,
-                ecn: !self.no_ecn,
+                // WireGuard peers neither set nor read the outer ECN bits as tunfwd does.
+                ecn: !self.no_ecn && !self.wireguard,
             },
             pmtu_floor,
             peer_refresh: (peer_name.is_some() && self.peer_refresh > 0)
@@ -352,6 +393,9 @@ impl Args {
             run_as,
             entropy,
             aqm,
+            wireguard: self.wireguard.then(|| WireguardOptions {
+                config_file: self.config.clone(),
+            }),
         })
     }
 
@@ -773,6 +817,28 @@ mod tests {
         );
         let one = Args::try_parse_from(["tunfwd", "--peer", "198.18.0.2:1", "--srcport", "5"]);
         assert!(one.is_err(), "two values");
+    }
+
+    #[test]
+    fn wireguard_mode_sends_from_its_listen_port_only() {
+        let wireguard = |extra: &[&str]| {
+            let mut argv = vec!["tunfwd", "--wireguard"];
+            argv.extend_from_slice(extra);
+            check_argv(&argv, &[0, 1])
+        };
+        assert_eq!(wireguard(&[]).unwrap().entropy, Entropy::Off);
+        assert_eq!(
+            wireguard(&["--entropy", "off"]).unwrap().entropy,
+            Entropy::Off
+        );
+        for (extra, option) in [
+            (&["--entropy", "auto"][..], "--entropy"),
+            (&["--srcport", "40000", "40099"], "--srcport"),
+        ] {
+            let e = wireguard(extra).expect_err(&format!("{extra:?}"));
+            assert_eq!(e.option, option, "{extra:?}: {e}");
+            assert!(e.problem.contains("listen port only"), "{extra:?}: {e}");
+        }
     }
 
     #[test]

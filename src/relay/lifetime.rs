@@ -93,6 +93,7 @@ pub(super) fn config() -> RelayConfig {
         snapshot_every_ns: None,
         entropy: crate::relay::EntropyConfig::none(),
         aqm: aqm::Settings::OFF,
+        wireguard: None,
     }
 }
 

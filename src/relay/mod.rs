@@ -46,6 +46,7 @@ pub mod token;
 pub mod tun;
 mod tun_to_udp;
 mod udp_to_tun;
+pub mod wireguard;
 
 pub use slots::{Base, CONTROL_SLOTS, HEADER_ROOM, Piece, REPLY_BUFFERS};
 pub use token::{Op, SendIndex, Token, WriteIndex};
@@ -124,6 +125,8 @@ pub struct RelayConfig {
     pub aqm: aqm::Settings,
     /// Outer flow entropy: this worker's extra sockets and what the relay's workers share.
     pub entropy: EntropyConfig,
+    /// WireGuard mode (`relay::wireguard`); `None` in raw mode.
+    pub wireguard: Option<wireguard::WireguardConfig>,
 }
 
 /// A worker's part in outer flow entropy (`entropy`).
@@ -297,6 +300,8 @@ pub struct Relay {
     retired_tuple_counts: plpmtud::Counts,
     /// The queues in front of the worker, timed, and their AQM (`queue`).
     queues: queue::Queues,
+    /// WireGuard mode's state; `None` in raw mode.
+    wireguard: Option<wireguard::Wireguard>,
 }
 
 impl Relay {
@@ -319,6 +324,7 @@ impl Relay {
             snapshot_every_ns,
             entropy,
             aqm,
+            wireguard,
         } = config;
         let family = OuterFamily::of(peer);
         let slot_segments = slot_segments(offloads);
@@ -393,6 +399,9 @@ impl Relay {
             tuple_paths: Vec::new(),
             retired_tuple_counts: plpmtud::Counts::default(),
             queues: queue::Queues::new(aqm),
+            wireguard: wireguard.map(|config| {
+                wireguard::Wireguard::new(config, tun_buffers, mtu, offloads.tun_offloads())
+            }),
         }
     }
 
@@ -491,6 +500,7 @@ impl Relay {
             Base::PlainHeader => Some(&receive::PLAIN_HEADER),
             Base::Control => Some(self.controls.bytes()),
             Base::Reply => Some(&self.replies.buffers),
+            Base::Sealed(bid) => self.wireguard.as_ref().map(|wg| wg.sealed(bid)),
             Base::TunBuffer(_) | Base::UdpBuffer(_) => None,
         }
     }
@@ -578,6 +588,9 @@ impl Relay {
             self.socket_drops_seen = now;
         }
         if std::mem::take(&mut self.snapshot_pending) {
+            if let Some(wg) = &self.wireguard {
+                wg.report_control(&mut self.stats);
+            }
             self.snapshot = Some(self.stats.clone());
         }
     }

@@ -227,6 +227,18 @@ pub fn plan_gated(
     stats.counters.drop_n(DropReason::EcnNotEct, ecn_drops);
     stats.counters.udp_rx_packets += plan.segments.len() as u64 + ecn_drops + aqm_drops;
     stats.counters.udp_rx_bytes += accepted_bytes;
+    plan_runs(buffer, policy, stats, plan);
+}
+
+/// Plans the runs of the segments in `plan` (`policy` says which may merge) and rewrites each
+/// merged run's head: the second half of [`plan`], also used by WireGuard mode once it has
+/// opened the datagrams (`relay::wireguard`).
+pub fn plan_runs(
+    buffer: &mut [u8],
+    policy: Policy,
+    stats: &mut WorkerStats,
+    plan: &mut ReceivePlan,
+) {
     if plan.segments.is_empty() {
         return;
     }

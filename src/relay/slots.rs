@@ -37,6 +37,8 @@ pub enum Base {
     Control,
     /// The relay's ICMP error buffers.
     Reply,
+    /// The datagrams WireGuard mode sealed from TUN slot `bid`'s packet (`relay::wireguard`).
+    Sealed(u16),
 }
 
 /// One iovec's worth of a send or a write: `len` bytes at `offset` in `base`.

@@ -18,6 +18,9 @@ impl Relay {
     /// request names).
     pub fn on_tun_read(&mut self, bid: u16, buffer: &mut [u8], len: usize, now_ns: u64) {
         self.read_failures.tun = 0;
+        if self.wireguard.is_some() {
+            return self.wireguard_send(bid, buffer, len, now_ns);
+        }
         let verdict = tun::classify(
             buffer,
             len,
@@ -77,7 +80,7 @@ impl Relay {
     }
 
     /// The outer TOS / traffic class for an inner packet (see `offload::ecn`).
-    fn outer_tos(&self, packet: &[u8]) -> u8 {
+    pub(super) fn outer_tos(&self, packet: &[u8]) -> u8 {
         if self.marking.always_zero() {
             0
         } else {
@@ -97,7 +100,7 @@ impl Relay {
     }
 
     /// Prepares `bid`'s slot to send one plain packet, `piece`, from outer tuple `tuple`.
-    fn lay_out_one(&mut self, bid: u16, piece: Piece, tos: u8, tuple: u8) {
+    pub(super) fn lay_out_one(&mut self, bid: u16, piece: Piece, tos: u8, tuple: u8) {
         let slot = &mut self.tun_slots[usize::from(bid)];
         slot.begin_sends(tos, 1, tuple);
         slot.followers.clear();
@@ -112,7 +115,7 @@ impl Relay {
     }
 
     /// Sends a batch: one GSO send for several packets, a plain send for one.
-    fn submit_batch(&mut self, batch: batch::Batch) {
+    pub(super) fn submit_batch(&mut self, batch: batch::Batch) {
         let tuple = self.tuple_for(batch.flow);
         let slot = &mut self.tun_slots[usize::from(batch.leader)];
         slot.begin_sends(batch.tos, 1, tuple);
@@ -362,7 +365,7 @@ impl Relay {
     /// A packet just read is longer than the inner MTU (a super-packet: its segments are, per
     /// `plan`). Answers its sender, or sends it for the outer IP layer to fragment. Returns
     /// whether sends of its buffer were queued; if not, the caller gives the buffer back.
-    fn too_big_on_read(
+    pub(super) fn too_big_on_read(
         &mut self,
         bid: u16,
         buffer: &[u8],

@@ -34,9 +34,13 @@ impl Relay {
                 .drop_n(DropReason::OversizedDatagram, datagrams);
             return self.udp_free.push(bid);
         }
+        let source = cmsg::source_address(buffer.get(received.name.clone()).unwrap_or(&[]));
+        // WireGuard mode authenticates each datagram instead, and takes it from any source.
+        if self.wireguard.is_some() {
+            return self.wireguard_receive(bid, buffer, received, source, &control, now_ns);
+        }
         // Exactly the peer's address, and its listen port (its fragmenting socket sends from
         // there too) or a port it advertised and we accepted (`entropy`).
-        let source = cmsg::source_address(buffer.get(received.name.clone()).unwrap_or(&[]));
         let from_listen = source == Some(self.peer_canonical);
         let from_peer = from_listen
             || source.is_some_and(|s| {
@@ -78,6 +82,12 @@ impl Relay {
         if !slot.plan.controls.is_empty() {
             self.on_control_messages(bid, from_listen);
         }
+        self.write_planned(bid, now_ns);
+    }
+
+    /// Writes what `bid`'s plan holds into the TUN, run by run, or gives the buffer back if it
+    /// holds nothing to write.
+    pub(super) fn write_planned(&mut self, bid: u16, now_ns: u64) {
         let slot = &mut self.udp_slots[usize::from(bid)];
         if slot.plan.segments.is_empty() {
             return self.udp_free.push(bid);

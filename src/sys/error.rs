@@ -146,6 +146,32 @@ pub enum Error {
         hint = stats_file_hint(.source)
     )]
     StatsFile { path: PathBuf, source: io::Error },
+    /// WireGuard mode: the `--config` file cannot be read.
+    #[error("cannot read the WireGuard configuration {}: {source}", .path.display())]
+    WireguardConfigRead { path: PathBuf, source: io::Error },
+    /// WireGuard mode: the `--config` file (which holds the private key) is readable by others.
+    #[error(
+        "the WireGuard configuration {} may be read by its group or others (mode {mode:03o}); \
+         it holds the private key: chmod 600 it",
+        .path.display()
+    )]
+    WireguardConfigMode { path: PathBuf, mode: u32 },
+    /// WireGuard mode: the `--config` file does not parse.
+    #[error("WireGuard configuration {}: {source}", .path.display())]
+    WireguardConfigParse {
+        path: PathBuf,
+        source: tunfwd_wireguard::config::ConfigError,
+    },
+    /// WireGuard mode: a peer's endpoint host name does not resolve.
+    #[error("WireGuard configuration {}: cannot resolve endpoint {host}: {source}", .path.display())]
+    WireguardResolve {
+        path: PathBuf,
+        host: String,
+        source: io::Error,
+    },
+    /// WireGuard mode: the userspace API socket cannot be made.
+    #[error("cannot serve the WireGuard API socket {}: {source}", .path.display())]
+    UapiSocket { path: PathBuf, source: io::Error },
     /// No engine that was asked for can run here (`crate::engine::choose` says why).
     #[error("{0}")]
     Engine(String),

@@ -255,6 +255,17 @@ pub fn connect(fd: &OwnedFd, peer: SocketAddr) -> io::Result<()> {
     SockRef::from(fd).connect(&SockAddr::from(to))
 }
 
+/// A socket bound to `listen` in the workers' reuseport group, after them, that only sends:
+/// WireGuard mode's control thread sends its handshake messages and keepalives from it (the
+/// steering program never picks it, so it receives nothing).
+pub fn sending_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
+    let socket = reuseport_socket(listen).map_err(|source| Error::Socket {
+        address: listen,
+        source,
+    })?;
+    bind(socket, listen)
+}
+
 /// `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): ICMP errors about the peer are queued
 /// for the socket to read, and set its pending error (ip(7), ipv6(7)). `socket2` has neither.
 fn set_receive_errors(raw: RawFd, listen: SocketAddr) -> io::Result<()> {

@@ -27,6 +27,10 @@ pub(super) struct TunSlotIo {
     tos_control: [u64; TOS_CONTROL_WORDS],
     tos_control_for: Option<u8>,
     iovs: Box<[libc::iovec]>,
+    /// WireGuard mode: where this slot's sends go (its peer's endpoint), and the address it
+    /// holds. Rewritten only when it changes, which is never while a send of the slot is out.
+    name: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    name_for: Option<SocketAddr>,
 }
 
 /// Per UDP buffer: the iovecs of its writes, and the msghdr of a single-shot receive into it.
@@ -86,6 +90,8 @@ impl Memory {
                 tos_control: [0; TOS_CONTROL_WORDS],
                 tos_control_for: None,
                 iovs: vec![EMPTY_IOV; 2 * segments].into_boxed_slice(),
+                name: Box::new(socket::to_sockaddr(peer)),
+                name_for: None,
             })
             .collect();
         let udp_len = udp_buffers.buf_len();
@@ -160,8 +166,19 @@ impl Memory {
             self.tun_slots[usize::from(bid)].iovs[iov_start + k] = iov;
         }
         let family = self.family;
-        let name = &*self.peer_sockaddr;
+        let destination = relay.send_destination(bid);
         let slot = &mut self.tun_slots[usize::from(bid)];
+        if let Some(to) = destination
+            && slot.name_for != Some(to)
+        {
+            *slot.name = socket::to_sockaddr(dual_stack(to));
+            slot.name_for = Some(to);
+        }
+        let name = match destination {
+            Some(_) => &*slot.name,
+            None => &*self.peer_sockaddr,
+        };
+        let name = (&name.0 as *const libc::sockaddr_storage, name.1);
         let msg = usize::from(msg);
         let (control, control_len): (*mut libc::c_void, usize) = if msg < MAX_GSO_SENDS {
             // Its own control area: UDP_SEGMENT and the TOS, either, both or neither.
@@ -185,7 +202,7 @@ impl Memory {
         };
         let m = &mut slot.msgs[msg];
         if named {
-            m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
+            m.msg_name = name.0.cast_mut().cast();
             m.msg_namelen = name.1;
         } else {
             m.msg_name = std::ptr::null_mut();
@@ -237,6 +254,15 @@ impl Memory {
         m.msg_iov = &mut self.control_iovs[k];
         m.msg_iovlen = 1;
         &self.control_msgs[k]
+    }
+}
+
+/// `to` as a dual-stack IPv6 socket names it: an IPv4 address IPv4-mapped. WireGuard mode's
+/// sockets are such (bound to `[::]`), and its peers may be of either family.
+fn dual_stack(to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
     }
 }
 

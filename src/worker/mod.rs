@@ -35,6 +35,7 @@ use crate::offload::ecn::Marking;
 use crate::offload::icmp::SharedBucket;
 use crate::relay::entropy::SourcePorts;
 use crate::relay::plpmtud::{Limits, SharedPath};
+use crate::relay::wireguard::{ControlCounters, ToControl, WireguardConfig};
 use crate::relay::{
     EntropyConfig, Received, Relay, RelayConfig, Request, Socket, Token, WriteIndex,
 };
@@ -105,6 +106,47 @@ pub struct WorkerConfig {
     pub snapshot_every: Option<Duration>,
     /// What the main thread and the workers share: snapshots, heartbeats, the peer's address.
     pub shared: Arc<Shared>,
+    /// WireGuard mode: what the worker shares with the control thread; `None` in raw mode.
+    pub wireguard: Option<WorkerWireguard>,
+}
+
+/// What a worker in WireGuard mode shares with the control thread (`crate::wireguard`).
+#[derive(Clone)]
+pub struct WorkerWireguard {
+    /// The tables the control thread publishes.
+    pub data_plane: Arc<tunfwd_wireguard::DataPlane>,
+    /// The control thread's bounded queue; a worker never waits on it.
+    pub to_control: std::sync::mpsc::SyncSender<ToControl>,
+    /// Handshake messages queued and not yet taken: the control thread's measure of load.
+    pub pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// The control thread's counters, given to queue 0 only, which reports them.
+    pub control_counters: Option<Arc<ControlCounters>>,
+    /// The origin of the device's clock.
+    pub epoch: Instant,
+}
+
+impl WorkerWireguard {
+    /// The relay's half: `now` is the worker's epoch.
+    fn relay_config(&self, now: Instant) -> WireguardConfig {
+        let to_control = self.to_control.clone();
+        let pending = self.pending.clone();
+        WireguardConfig {
+            data_plane: self.data_plane.clone(),
+            to_control: Box::new(move |message| {
+                let handshake = matches!(message, ToControl::Handshake { .. });
+                if handshake {
+                    pending.fetch_add(1, Ordering::Relaxed);
+                }
+                let sent = to_control.try_send(message).is_ok();
+                if handshake && !sent {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                sent
+            }),
+            control_counters: self.control_counters.clone(),
+            clock_offset_ns: now.saturating_duration_since(self.epoch).as_nanos() as u64,
+        }
+    }
 }
 
 /// How a worker ended.
@@ -524,6 +566,7 @@ impl Worker {
                 limits: config.tuple_limits,
             },
             aqm: config.aqm,
+            wireguard: config.wireguard.as_ref().map(|wg| wg.relay_config(now)),
         });
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| sys::Error::Socket {

@@ -13,6 +13,8 @@
 //!   that marks its datagrams' TOS.
 //! * [`binaries`]: the tools crate's binaries (`tunload`, `simpletun`, `e2e`), built on first
 //!   use, for suites and benches of other packages, which cargo builds no binary for.
+//! * [`wgpeer`]: the WireGuard peers (upstream and Debian's wireguard-go, boringtun) started in
+//!   the testbed's namespaces and configured with `wg`, and `wg show`'s dump parsed.
 //!
 //! It must never depend on `tunfwd`: the product's own unit tests use it as a dev-dependency,
 //! and a test kit that depended on the product would hand them a second, incompatible copy of
@@ -23,6 +25,7 @@ pub mod cbpf;
 pub mod packets;
 pub mod sockets;
 pub mod testbed;
+pub mod wgpeer;
 
 /// For each test body `fn name(engine: &str)` in the calling test file, a module `name` holding
 /// one test per I/O engine: `name::uring`, `name::uring_compat` and `name::poll`. Each calls the

@@ -604,7 +604,7 @@ pub fn parse_json(text: &str) -> io::Result<serde_json::Value> {
 }
 
 /// This machine's CPUs as a `--cpus` list, last first (e.g. `1,0`).
-fn reversed_cpu_list() -> String {
+pub fn reversed_cpu_list() -> String {
     let mut ids: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .iter()

@@ -46,7 +46,13 @@
 //! `tunfwd-q4` and their variations (`tunfwd-q1-nooffload`, `tunfwd-q1-d1`, ...: the key names
 //! what differs from q1's defaults); `tunfwd-poll-q1` and `tunfwd-compat-q1` (`--engine poll` and
 //! `--engine uring-compat`); `tunfwd-q1-bp10000` and `tunfwd-q2-bp10000` (`--busy-poll 10000`); `tunfwd-q2-txq500` (the
-//! kernel's TUN queue length). A tunfwd that does not start (an option this build lacks, say) is
+//! kernel's TUN queue length); the WireGuards of issue 20, each on both ends and configured with
+//! `wg` (`tunfwd_testkit::wgpeer`): `wggo-upstream` (../shared/peers/wireguard-go),
+//! `wggo-debian` (Debian's package), `boringtun` (boringtun-cli from crates.io), and tunfwd's
+//! own WireGuard mode, `tunfwd-wireguard` (its defaults) and `tunfwd-wireguard-q1`, which are
+//! skipped with the reason in the log and the report when this tunfwd refuses `--wireguard`.
+//! A missing peer is installed with `scripts/wireguard-peers`, or skipped the same way; each
+//! binary's path can be given in the environment (`wgpeer::Peers::from_env`). A tunfwd that does not start (an option this build lacks, say) is
 //! reported as not started, in the log and in the report, and the rest of the run goes on.
 //!
 //! Needs root; without it, prints that and exits 0. Knobs (environment): `BENCH_ROUNDS` (3),
@@ -63,10 +69,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tunfwd_testkit::testbed::{self, Host, Process, Testbed, endpoint, parse_json};
+use tunfwd_testkit::wgpeer::{self, Device, Implementation, Peers};
 
 const OVERLAY_MTU: u32 = 1420;
 const SIMPLETUN_A: &str = "198.19.2.1";
@@ -195,6 +203,12 @@ enum System {
     /// pins every value, this row follows tunfwd when its defaults change.
     TunfwdDefaults,
     Tunfwd(TunfwdSetup),
+    /// The same WireGuard implementation on A and B (`wgpeer`): upstream wireguard-go, Debian's
+    /// or boringtun, configured with `wg`, overlay MTU as every tunnel here.
+    WireGuard(Implementation),
+    /// tunfwd in WireGuard mode on A and B (`--wireguard`, configured with `wg`): at its
+    /// defaults (`None`: one queue per CPU) or with `--queues N`.
+    TunfwdWireGuard(Option<usize>),
 }
 
 impl System {
@@ -204,6 +218,9 @@ impl System {
             System::Vxlan => "kernel VXLAN".into(),
             System::Simpletun => "simpletun-style".into(),
             System::TunfwdDefaults => "tunfwd defaults".into(),
+            System::WireGuard(implementation) => implementation.name().into(),
+            System::TunfwdWireGuard(None) => "tunfwd --wireguard defaults".into(),
+            System::TunfwdWireGuard(Some(queues)) => format!("tunfwd --wireguard q{queues}"),
             System::Tunfwd(t) => {
                 format!(
                     "tunfwd {}q{}{}",
@@ -226,6 +243,9 @@ impl System {
             System::Vxlan => "vxlan".into(),
             System::Simpletun => "simpletun".into(),
             System::TunfwdDefaults => "tunfwd-default".into(),
+            System::WireGuard(implementation) => implementation.key().into(),
+            System::TunfwdWireGuard(None) => "tunfwd-wireguard".into(),
+            System::TunfwdWireGuard(Some(queues)) => format!("tunfwd-wireguard-q{queues}"),
             System::Tunfwd(t) => {
                 format!(
                     "tunfwd-{}q{}{}",
@@ -248,7 +268,10 @@ impl System {
             System::Veth => testbed::B_UNDERLAY,
             System::Vxlan => testbed::B_VXLAN4,
             System::Simpletun => SIMPLETUN_B,
-            System::TunfwdDefaults | System::Tunfwd(_) => testbed::B_TUNNEL4,
+            System::TunfwdDefaults
+            | System::Tunfwd(_)
+            | System::WireGuard(_)
+            | System::TunfwdWireGuard(_) => testbed::B_TUNNEL4,
         }
     }
 
@@ -259,6 +282,8 @@ impl System {
     fn compares_load_tools(&self) -> bool {
         match self {
             System::Veth | System::Vxlan | System::TunfwdDefaults => true,
+            // Issue 20 compares the WireGuards on every shape.
+            System::WireGuard(_) | System::TunfwdWireGuard(_) => true,
             System::Simpletun => false,
             // Busy polling is the latency option: ping, above all, measures what it does. The
             // TUN queue's length is what small packets and many flows test.
@@ -272,9 +297,33 @@ impl System {
 
     /// Starts the system's processes (none for the kernel's own paths). On an error, whatever did
     /// start has been stopped again.
-    fn start(&self, bed: &Testbed, bins: &Bins) -> io::Result<Vec<Process>> {
+    fn start(&self, bed: &Testbed, bins: &Bins) -> io::Result<Vec<Running>> {
+        match self {
+            System::WireGuard(implementation) => {
+                start_wireguard(bed, &bins.peers, *implementation, &[])
+            }
+            System::TunfwdWireGuard(queues) => {
+                let queues = queues.map(|q| q.to_string());
+                let mut extra = Vec::new();
+                if let Some(q) = &queues {
+                    extra.extend(["--queues", q.as_str()]);
+                }
+                start_wireguard(bed, &bins.peers, Implementation::Tunfwd, &extra)
+            }
+            _ => Ok(self
+                .start_processes(bed, bins)?
+                .into_iter()
+                .map(Running::Process)
+                .collect()),
+        }
+    }
+
+    fn start_processes(&self, bed: &Testbed, bins: &Bins) -> io::Result<Vec<Process>> {
         match self {
             System::Veth | System::Vxlan => Ok(Vec::new()),
+            System::WireGuard(_) | System::TunfwdWireGuard(_) => {
+                unreachable!("started by System::start")
+            }
             System::TunfwdDefaults => {
                 let mtu = OVERLAY_MTU.to_string();
                 let args = ["--mtu", mtu.as_str()];
@@ -362,6 +411,101 @@ impl System {
             }
         }
     }
+}
+
+/// A system's running part: a process, or a WireGuard device (a process with its API socket and
+/// key file, cleaned up on drop).
+enum Running {
+    Process(Process),
+    Device(Device),
+}
+
+impl Running {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Process(p) => p.pid(),
+            Running::Device(d) => d.process().pid(),
+        }
+    }
+}
+
+/// The WireGuard port on A and on B.
+const WIREGUARD_PORT: u16 = 51820;
+
+/// `implementation` on A and on B with the testbed's overlay addresses at `OVERLAY_MTU`, each the
+/// other's peer with an endpoint (so either may initiate), `extra` given to each program; then
+/// a first exchange of pings, and a wait until both report a handshake, so that no scenario
+/// measures the handshake.
+fn start_wireguard(
+    bed: &Testbed,
+    peers: &Peers,
+    implementation: Implementation,
+    extra: &[&str],
+) -> io::Result<Vec<Running>> {
+    let mut devices = Vec::new();
+    for (host, v4, v6, tag) in [
+        (Host::A, testbed::A_TUNNEL4, testbed::A_TUNNEL6, "bwa"),
+        (Host::B, testbed::B_TUNNEL4, testbed::B_TUNNEL6, "bwb"),
+    ] {
+        let config = wgpeer::Interface {
+            keys: wgpeer::generate_keys(&peers.wg)?,
+            listen_port: WIREGUARD_PORT,
+            addresses: vec![format!("{v4}/24"), format!("{v6}/64")],
+            mtu: OVERLAY_MTU,
+        };
+        let interface = wgpeer::interface_name(tag);
+        devices.push(Device::start_with(
+            bed,
+            peers,
+            implementation,
+            host,
+            &interface,
+            &config,
+            extra,
+        )?);
+    }
+    let underlay = |address: &str| -> SocketAddr {
+        format!("{address}:{WIREGUARD_PORT}")
+            .parse()
+            .expect("an underlay endpoint")
+    };
+    let (a, b) = (&devices[0], &devices[1]);
+    wgpeer::join(
+        a,
+        &[
+            &format!("{}/32", testbed::A_TUNNEL4),
+            &format!("{}/128", testbed::A_TUNNEL6),
+        ],
+        Some(underlay(testbed::A_UNDERLAY)),
+        b,
+        &[
+            &format!("{}/32", testbed::B_TUNNEL4),
+            &format!("{}/128", testbed::B_TUNNEL6),
+        ],
+        Some(underlay(testbed::B_UNDERLAY)),
+    )?;
+    // The first echo waits for the handshake; the result does not matter, the handshake does.
+    let _ = bed.tunload(
+        Host::A,
+        "bench-wireguard-warmup",
+        &[
+            "ping",
+            "--to",
+            testbed::B_TUNNEL4,
+            "--count",
+            "5",
+            "--interval-ms",
+            "200",
+        ],
+        Duration::from_secs(20),
+    );
+    for (device, other) in [(a, b), (b, a)] {
+        wgpeer::dump_when(&peers.wg, &device.interface, Duration::from_secs(10), |d| {
+            d.peer(&other.keys.public)
+                .is_some_and(|p| p.latest_handshake != 0)
+        })?;
+    }
+    Ok(devices.into_iter().map(Running::Device).collect())
 }
 
 /// Sets `net.ipv4.tcp_ecn` in both relay namespaces: "1" asks for ECN on every connection, "2"
@@ -452,7 +596,13 @@ impl Scenario {
             }
             _ if !self.tools().is_empty() => system.compares_load_tools(),
             // The kernel's own tunnels have no process of their own to measure.
-            Scenario::IdleCpu => matches!(system, System::TunfwdDefaults | System::Tunfwd(_)),
+            Scenario::IdleCpu => matches!(
+                system,
+                System::TunfwdDefaults
+                    | System::Tunfwd(_)
+                    | System::WireGuard(_)
+                    | System::TunfwdWireGuard(_)
+            ),
             _ => true,
         }
     }
@@ -639,6 +789,8 @@ struct Bins {
     tunfwd: PathBuf,
     tunload: PathBuf,
     simpletun: PathBuf,
+    /// `wg`, the WireGuard peers and this tunfwd for its WireGuard mode.
+    peers: Peers,
 }
 
 /// The workspace this tool was built in: where `bench-results/` and `scripts/` are.
@@ -1200,7 +1352,7 @@ impl Runner<'_> {
         system: &System,
         round: usize,
         scenarios: &[Scenario],
-        processes: &[Process],
+        processes: &[Running],
     ) -> Sample {
         let mut sample = Sample::new();
         for scenario in scenarios.iter().filter(|s| s.applies_to(system)) {
@@ -1275,7 +1427,7 @@ const IDLE_CPU_SECONDS: u64 = 10;
 
 /// The CPU time the relays in `processes` took, all threads, while no traffic flowed for
 /// `IDLE_CPU_SECONDS`, as a percentage of one core per relay. `None` without a process to watch.
-fn idle_cpu_percent(processes: &[Process]) -> Option<f64> {
+fn idle_cpu_percent(processes: &[Running]) -> Option<f64> {
     // Let the relays settle after starting (and after the previous scenario's traffic).
     std::thread::sleep(Duration::from_secs(1));
     let meter = CpuMeter::start(processes)?;
@@ -1293,8 +1445,8 @@ struct CpuMeter {
 
 impl CpuMeter {
     /// `None` without a process to watch, or if one has gone.
-    fn start(processes: &[Process]) -> Option<CpuMeter> {
-        let pids: Vec<u32> = processes.iter().filter_map(Process::pid).collect();
+    fn start(processes: &[Running]) -> Option<CpuMeter> {
+        let pids: Vec<u32> = processes.iter().filter_map(Running::pid).collect();
         if pids.is_empty() {
             return None;
         }
@@ -1568,6 +1720,13 @@ fn main() {
             busy_poll_us: 10_000,
             ..TunfwdSetup::DEFAULT
         }),
+        // The userspace WireGuards of issue 20, and tunfwd's WireGuard mode at its defaults and
+        // at one queue.
+        System::WireGuard(Implementation::WireguardGoUpstream),
+        System::WireGuard(Implementation::WireguardGoDebian),
+        System::WireGuard(Implementation::Boringtun),
+        System::TunfwdWireGuard(None),
+        System::TunfwdWireGuard(Some(1)),
     ];
     let listed = |var: &str, name: &str| {
         std::env::var(var)
@@ -1605,11 +1764,18 @@ fn main() {
         !systems.is_empty(),
         "BENCH_SYSTEMS and BENCH_SCENARIOS leave nothing to run (`mss` runs on vxlan and tunfwd-q1 only; iperf3 and ping on veth, vxlan, tunfwd-default, tunfwd-q1, tunfwd-q4 and the engine rows)"
     );
+    let tunfwd = sibling("tunfwd");
     let bins = Bins {
-        tunfwd: sibling("tunfwd"),
+        peers: Peers::from_env().with_tunfwd(&tunfwd),
+        tunfwd,
         tunload: sibling("tunload"),
         simpletun: sibling("simpletun"),
     };
+    let systems = wireguard_systems_available(systems, &bins.peers, &mut notes);
+    if systems.is_empty() {
+        println!("e2e benches: nothing left to run");
+        return;
+    }
     let stamp = command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
     // The commit is read now, before the run: the binaries were built from this tree.
     let commit = command_output(
@@ -1697,6 +1863,72 @@ fn main() {
     write_results(
         &out, &stamp, &commit, &systems, &scenarios, &results, rounds, seconds, &notes,
     );
+}
+
+/// Leaves out the WireGuard systems that cannot run here, each with a line for the report saying
+/// why: a peer that is not installed (`scripts/wireguard-peers` installs them, as root), or a
+/// tunfwd without `--wireguard`. For those that can, the report names the peer's version.
+fn wireguard_systems_available(
+    systems: Vec<System>,
+    peers: &Peers,
+    notes: &mut Vec<String>,
+) -> Vec<System> {
+    let wanted: Vec<Implementation> = systems
+        .iter()
+        .filter_map(|s| match s {
+            System::WireGuard(implementation) => Some(*implementation),
+            System::TunfwdWireGuard(_) => Some(Implementation::Tunfwd),
+            _ => None,
+        })
+        .collect();
+    if wanted
+        .iter()
+        .any(|i| *i != Implementation::Tunfwd && peers.check(*i).is_err())
+    {
+        let script = workspace_root().join("scripts/wireguard-peers");
+        eprintln!(
+            "e2e: a WireGuard peer is missing; running {}",
+            script.display()
+        );
+        if let Err(e) = Command::new(script).status() {
+            eprintln!("e2e: scripts/wireguard-peers did not run: {e}");
+        }
+    }
+    let mut unavailable: BTreeMap<String, String> = BTreeMap::new();
+    for implementation in wanted {
+        match peers.check(implementation) {
+            Ok(()) if implementation == Implementation::Tunfwd => {}
+            Ok(()) => notes.push(format!(
+                "{}: {}",
+                implementation.name(),
+                peers
+                    .version(implementation)
+                    .unwrap_or_else(|| "version unknown".into())
+            )),
+            Err(e) => {
+                unavailable.insert(implementation.key().to_string(), e.to_string());
+            }
+        }
+    }
+    systems
+        .into_iter()
+        .filter(|system| {
+            let implementation = match system {
+                System::WireGuard(implementation) => *implementation,
+                System::TunfwdWireGuard(_) => Implementation::Tunfwd,
+                _ => return true,
+            };
+            match unavailable.get(implementation.key()) {
+                None => true,
+                Some(why) => {
+                    let line = format!("skipped {}: {why}", system.name());
+                    println!("e2e: {line}");
+                    notes.push(line);
+                    false
+                }
+            }
+        })
+        .collect()
 }
 
 /// Makes sure iperf3 and ping are there for the chosen scenarios that need them: when one is

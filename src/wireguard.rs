@@ -1,0 +1,514 @@
+//! WireGuard mode's control thread (`tunfwd --wireguard`): the one owner of the
+//! [`Device`], and the userspace API socket `wg` talks to.
+//!
+//! The control thread runs every handshake (the only X25519 in the process), every timer and
+//! every configuration change; the workers' relays (`relay::wireguard`) never wait on it. Its
+//! inputs come through one bounded queue: handshake messages and cookie replies the workers
+//! received, and wake-ups (a worker has a packet for a peer with no session, or a `wg` client
+//! connected). It sends what the device returns (initiations, responses, cookie replies,
+//! keepalives) from a socket of its own, bound to the workers' port in their `SO_REUSEPORT`
+//! group after them, so the steering program never hands it a datagram.
+//!
+//! The API socket is the cross-platform userspace API (wireguard.com/xplatform), as
+//! wireguard-go and boringtun serve it: `/var/run/wireguard/DEV.sock`, mode 0600 in a 0755
+//! directory, `get=1` and `set=1` (the text is `tunfwd_wireguard::uapi`'s). A small thread
+//! accepts connections and hands each to the control thread, which answers it.
+
+use crate::cli::WireguardOptions;
+use crate::relay::wireguard::{ControlCounters, ToControl};
+use crate::sys;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tunfwd_wireguard::config::{Endpoint, Operation, PeerChange, parse_config_file};
+use tunfwd_wireguard::device::{Action, Outcome, Transmit};
+use tunfwd_wireguard::uapi::{self, UapiError, UapiErrorKind};
+use tunfwd_wireguard::{DataPlane, Device};
+
+/// Where the API sockets live (wireguard-go's `ipc/uapi_unix.go`).
+pub const SOCKET_DIRECTORY: &str = "/var/run/wireguard";
+/// Messages the control thread's queue holds: a flood beyond it is dropped (and counted) by the
+/// workers, never waited for.
+pub const QUEUE_LEN: usize = 1024;
+/// Under load (cookies required) when more than this many handshake messages wait: an eighth of
+/// the queue, as the Linux module judges its own (`wg_packet_receive`).
+const UNDER_LOAD: usize = QUEUE_LEN / 8;
+/// The longest the control thread sleeps between looks at the stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long a `wg` client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The device, configured from `--config` if given, and the origin of its clock.
+pub struct Prepared {
+    pub device: Device,
+    pub epoch: Instant,
+}
+
+/// Makes the device and applies `--config`: refused if the file may be read by anyone but its
+/// owner (it holds the private key), does not parse, or names an endpoint that does not resolve.
+pub fn prepare(options: &WireguardOptions) -> Result<Prepared, sys::Error> {
+    let epoch = Instant::now();
+    let unix_now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut device = Device::new(None, unix_now_ns, Box::new(rand_core::OsRng));
+    if let Some(path) = &options.config_file {
+        let operations = read_config(path)?;
+        device
+            .apply(&operations)
+            .expect("every host name was resolved");
+    }
+    Ok(Prepared { device, epoch })
+}
+
+/// Reads, checks and parses a `wg setconf` file, resolving its host-name endpoints.
+fn read_config(path: &Path) -> Result<Vec<Operation>, sys::Error> {
+    let read = |source| sys::Error::WireguardConfigRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mode = file.metadata().map_err(read)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(sys::Error::WireguardConfigMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = io::read_to_string(file).map_err(read)?;
+    let mut operations =
+        parse_config_file(&text).map_err(|source| sys::Error::WireguardConfigParse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    for operation in &mut operations {
+        let Operation::UpdatePeer(update) = operation else {
+            continue;
+        };
+        for change in &mut update.changes {
+            if let PeerChange::Endpoint(Endpoint::Host { host, port }) = change {
+                let resolve = |source| sys::Error::WireguardResolve {
+                    path: path.to_path_buf(),
+                    host: host.clone(),
+                    source,
+                };
+                let found = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(resolve)?
+                    .next()
+                    .ok_or_else(|| resolve(io::Error::from(io::ErrorKind::NotFound)))?;
+                *change = PeerChange::Endpoint(Endpoint::Socket(found));
+            }
+        }
+    }
+    Ok(operations)
+}
+
+/// The API socket's path for device `name`.
+pub fn socket_path(name: &str) -> PathBuf {
+    Path::new(SOCKET_DIRECTORY).join(format!("{name}.sock"))
+}
+
+/// What the workers are given to reach the control thread.
+pub struct Links {
+    pub data_plane: Arc<DataPlane>,
+    pub to_control: SyncSender<ToControl>,
+    pub pending: Arc<AtomicUsize>,
+    pub counters: Arc<ControlCounters>,
+    pub epoch: Instant,
+}
+
+/// The running control thread; dropping it stops it and removes the API socket.
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    socket_path: PathBuf,
+    wake: SyncSender<ToControl>,
+    port: Arc<Port>,
+}
+
+/// The port the relay is bound to, the one `set=1` asked for, and the control thread's socket.
+struct Port {
+    bound: AtomicU16,
+    /// A port to move to (0: none), set by `set=1`, taken by the main thread.
+    wanted: AtomicU16,
+    socket: Mutex<UdpSocket>,
+}
+
+impl Control {
+    /// A port `wg set ... listen-port` asked for, once: the main thread then binds the workers
+    /// there ([`Self::replace_socket`]).
+    pub fn rebind_wanted(&self) -> Option<u16> {
+        match self.port.wanted.swap(0, Ordering::Relaxed) {
+            0 => None,
+            port if port == self.port.bound.load(Ordering::Relaxed) => None,
+            port => Some(port),
+        }
+    }
+
+    /// The relay moved to `port`: the control thread sends from `socket`, bound there, from now.
+    pub fn replace_socket(&self, socket: OwnedFd, port: u16) {
+        *self
+            .port
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = UdpSocket::from(socket);
+        self.port.bound.store(port, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.try_send(ToControl::Wake);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+/// Serves the API socket of device `name` and starts the control thread, which owns `device`
+/// and sends from `socket` (bound to `listen_port`). Returns it and what workers need.
+pub fn start(
+    prepared: Prepared,
+    name: &str,
+    socket: OwnedFd,
+    listen_port: u16,
+) -> Result<(Control, Links), sys::Error> {
+    let Prepared { device, epoch } = prepared;
+    let path = socket_path(name);
+    let listener = listen(&path).map_err(|source| sys::Error::UapiSocket {
+        path: path.clone(),
+        source,
+    })?;
+    let (to_control, from_workers) = mpsc::sync_channel(QUEUE_LEN);
+    let (clients_tx, clients) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pending = Arc::new(AtomicUsize::new(0));
+    let counters = Arc::new(ControlCounters::default());
+    let links = Links {
+        data_plane: device.data_plane(),
+        to_control: to_control.clone(),
+        pending: pending.clone(),
+        counters: counters.clone(),
+        epoch,
+    };
+    let wake = to_control.clone();
+    let port = Arc::new(Port {
+        bound: AtomicU16::new(listen_port),
+        wanted: AtomicU16::new(0),
+        socket: Mutex::new(UdpSocket::from(socket)),
+    });
+    std::thread::Builder::new()
+        .name("tunfwd-wg-api".into())
+        .spawn(move || accept(listener, clients_tx, wake))
+        .expect("spawning the WireGuard API thread");
+    let mut thread = ControlThread {
+        device,
+        epoch,
+        port: port.clone(),
+        from_workers,
+        clients,
+        pending,
+        counters,
+        stop: stop.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("tunfwd-wg".into())
+        .spawn(move || thread.run())
+        .expect("spawning the WireGuard control thread");
+    Ok((
+        Control {
+            stop,
+            thread: Some(handle),
+            socket_path: path,
+            wake: to_control,
+            port,
+        },
+        links,
+    ))
+}
+
+/// Binds the API socket: the directory 0755, the socket 0600. A socket file left by a relay
+/// that is gone is replaced (the device's lock, `sys::owner`, says no other relay serves it).
+fn listen(path: &Path) -> io::Result<UnixListener> {
+    if let Some(directory) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(directory)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Hands each client to the control thread, and wakes it.
+fn accept(listener: UnixListener, clients: mpsc::Sender<UnixStream>, wake: SyncSender<ToControl>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if clients.send(stream).is_err() {
+            return;
+        }
+        // Waits if a flood fills the queue: a client may, a worker never does.
+        if wake.send(ToControl::Wake).is_err() {
+            return;
+        }
+    }
+}
+
+struct ControlThread {
+    device: Device,
+    epoch: Instant,
+    port: Arc<Port>,
+    from_workers: Receiver<ToControl>,
+    clients: Receiver<UnixStream>,
+    pending: Arc<AtomicUsize>,
+    counters: Arc<ControlCounters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ControlThread {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn run(&mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let now_ns = self.now_ns();
+            let wait = self
+                .device
+                .next_timeout()
+                .map_or(IDLE_WAIT, |at| {
+                    Duration::from_nanos(at.saturating_sub(now_ns))
+                })
+                .min(IDLE_WAIT);
+            match self.from_workers.recv_timeout(wait) {
+                Ok(message) => {
+                    self.take(message);
+                    // Everything else queued, without waiting.
+                    while let Ok(message) = self.from_workers.try_recv() {
+                        self.take(message);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while let Ok(client) = self.clients.try_recv() {
+                self.serve(client);
+            }
+            let actions = self.device.poll(self.now_ns());
+            for action in actions {
+                match action {
+                    Action::SendInitiation { transmit, .. }
+                    | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
+                    Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, message: ToControl) {
+        let ToControl::Handshake { datagram, source } = message else {
+            return;
+        };
+        let waiting = self
+            .pending
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        self.device.set_under_load(waiting > UNDER_LOAD);
+        let now_ns = self.now_ns();
+        match self.device.on_handshake_message(&datagram, source, now_ns) {
+            Ok(Outcome::Responded { response, .. }) => {
+                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                self.send(&response);
+            }
+            Ok(Outcome::SessionStarted { keepalive, .. }) => {
+                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                self.send(&keepalive);
+            }
+            Ok(Outcome::CookieReplied { reply }) => {
+                self.counters.cookie_replies.fetch_add(1, Ordering::Relaxed);
+                self.send(&reply);
+            }
+            Ok(Outcome::CookieStored { .. }) => {}
+            Err(_) => {
+                self.counters.bad_handshakes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn send(&self, transmit: &Transmit) {
+        let to = match transmit.to {
+            SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            v6 => v6,
+        };
+        // Lost like any datagram if the socket refuses; the timers send again.
+        let socket = self
+            .port
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = socket.send_to(&transmit.datagram, to);
+    }
+
+    /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes.
+    fn serve(&mut self, stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+        let mut reader = BufReader::new(&stream);
+        let mut writer = &stream;
+        loop {
+            let mut command = String::new();
+            match reader.read_line(&mut command) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let mut body = String::new();
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\n" => break,
+                    Ok(_) => body.push_str(&line),
+                }
+            }
+            let answer = match command.trim_end_matches('\n') {
+                "get=1" => {
+                    let mut view = self.device.view();
+                    // The port set (which the relay moves to within a moment), or the one an
+                    // unset port got.
+                    if view.listen_port == 0 {
+                        view.listen_port = self.port.bound.load(Ordering::Relaxed);
+                    }
+                    uapi::format_get(&view)
+                }
+                "set=1" => {
+                    let result = uapi::parse_set(&body).and_then(|operations| {
+                        self.device.apply(&operations).map_err(|_| UapiError {
+                            line: 0,
+                            kind: UapiErrorKind::BadEndpoint,
+                        })
+                    });
+                    if let Err(error) = &result {
+                        eprintln!("tunfwd: WireGuard API: {error}");
+                    }
+                    let wanted = self.device.listen_port();
+                    if wanted != 0 && wanted != self.port.bound.load(Ordering::Relaxed) {
+                        self.port.wanted.store(wanted, Ordering::Relaxed);
+                    }
+                    uapi::format_errno(&result)
+                }
+                _ => {
+                    let _ = writer.write_all(b"errno=-71\n\n");
+                    return;
+                }
+            };
+            if writer.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The reuseport steering program of WireGuard mode: a datagram's worker from its bytes 4..8
+/// (a transport message's receiver index, a handshake message's sender index), spread by a
+/// multiplicative hash and reduced modulo the number of workers. The inner flow is encrypted,
+/// so a peer's datagrams under one keypair all go to one worker (as wireguard-go's and the
+/// Linux module's receive path keep one peer's packets together); different peers, and one
+/// peer's successive keypairs, spread. Only worker sockets, which come first in the group, are
+/// ever picked: the control socket after them never receives.
+pub fn steering_program(workers: u32) -> Vec<libc::sock_filter> {
+    use libc::{BPF_A, BPF_ABS, BPF_ALU, BPF_K, BPF_LD, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_W};
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    vec![
+        // A short datagram makes the load fail, which ends the program with 0: worker 0.
+        op(BPF_LD | BPF_W | BPF_ABS, 4),
+        op(BPF_ALU | BPF_MUL | BPF_K, GOLDEN),
+        op(BPF_ALU | BPF_RSH | BPF_K, 16),
+        op(BPF_ALU | BPF_MOD | BPF_K, workers.max(1)),
+        op(BPF_RET | BPF_A, 0),
+    ]
+}
+
+/// Fibonacci hashing's multiplier, as `steer` uses it.
+const GOLDEN: u32 = 0x9E37_79B1;
+
+/// What [`steering_program`] computes: the worker of a datagram (its reference, for the tests
+/// and the `wg_inner` fuzz target).
+pub fn steering_index(datagram: &[u8], workers: u32) -> u32 {
+    let Some(word) = datagram.get(4..8) else {
+        return 0;
+    };
+    // cBPF loads words in network byte order.
+    let word = u32::from_be_bytes(word.try_into().expect("four bytes"));
+    (word.wrapping_mul(GOLDEN) >> 16) % workers.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_is_what_the_reference_computes() {
+        let program = steering_program(3);
+        assert_eq!(program.len(), 5);
+        assert_eq!(program[3].k, 3);
+        let mut spread = [0u32; 3];
+        for index in 0..3000u32 {
+            let mut datagram = [4u8, 0, 0, 0, 0, 0, 0, 0];
+            datagram[4..8].copy_from_slice(&index.wrapping_mul(0x2545_f491).to_le_bytes());
+            spread[steering_index(&datagram, 3) as usize] += 1;
+        }
+        assert!(spread.iter().all(|n| *n > 800), "{spread:?}");
+        assert_eq!(steering_index(&[1, 0, 0], 3), 0);
+    }
+
+    #[test]
+    fn a_config_readable_by_others_is_refused_and_one_of_its_owner_applies() {
+        let dir = std::env::temp_dir().join(format!("tunfwd-wg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wg0.conf");
+        std::fs::write(
+            &path,
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nListenPort = 51820\n\n\
+             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 198.18.2.0/24\n\
+             Endpoint = 127.0.0.1:51821\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let options = WireguardOptions {
+            config_file: Some(path.clone()),
+        };
+        let refused = prepare(&options).err().expect("mode 644 is refused");
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let prepared = prepare(&options).expect("mode 600 is taken");
+        assert_eq!(prepared.device.listen_port(), 51820);
+        let view = prepared.device.view();
+        assert_eq!(view.peers.len(), 1);
+        assert_eq!(
+            view.peers[0].endpoint,
+            Some("127.0.0.1:51821".parse().unwrap())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
