@@ -723,6 +723,9 @@ const PHASES: [(&str, (f64, f64), usize); 3] = [
 const DURING_AT_LEAST: f64 = 0.5;
 const AFTER_AT_LEAST: f64 = 0.7;
 
+/// Attempts of the flood test at most, when only a throughput bound is missed (see the test).
+const FLOOD_ATTEMPTS: usize = 3;
+
 /// The verified transfer that crosses a second flood.
 const FLOOD_TRANSFER_BYTES: u64 = 256 << 20;
 
@@ -1126,12 +1129,14 @@ fn flood_attempt() -> Attempt {
 /// of the same mix.
 ///
 /// The machine is shared, and one TCP stream's rate over three seconds moves with whatever else
-/// runs: without any flood, "after" came out at 0.83x to 1.45x of "before" in five runs. So an
-/// attempt that misses only a throughput bound is made once more, from scratch in a new testbed
-/// (the first flood's cached path MTU would spoil the second's baseline in the same one), and
-/// the second decides; every other check must hold in both. A relay the flood hurts misses both
-/// by far: the one before 8a61002 ran at 0.11x to 0.14x during the flood and 0.10x to 0.18x
-/// after, in three runs.
+/// runs: without any flood, "after" came out at 0.83x to 1.45x of "before" in five runs, and
+/// with four other builds beside it one attempt lost an iperf3 interval and the next came in at
+/// 0.50x and 0.57x. So an attempt that misses only a throughput bound is made again (at most
+/// [`FLOOD_ATTEMPTS`] in all), each from scratch in a new testbed (a flood's cached path MTU
+/// would spoil the next baseline in the same one), and the last decides; every other check
+/// must hold in all of them. A relay the flood hurts misses every attempt by far: the one
+/// before 8a61002 ran at 0.11x to 0.14x during the flood and 0.10x to 0.18x after, in three
+/// runs.
 ///
 /// The figures go to the test's output and to `bench-results/icmp-flood-latest.md`, written
 /// before the verdict so that a failing run's figures are there too.
@@ -1140,10 +1145,10 @@ fn forged_icmp_errors_at_1000_a_second_leave_throughput_and_path_mtu_alone() {
     let _serial = serially();
     let started = Instant::now();
     let mut attempts = vec![flood_attempt()];
-    if attempts[0].only_throughput_missed() {
+    while attempts.len() < FLOOD_ATTEMPTS && attempts.last().unwrap().only_throughput_missed() {
         eprintln!(
             "{}\nonly a throughput bound was missed: once more",
-            attempts[0].markdown
+            attempts.last().unwrap().markdown
         );
         attempts.push(flood_attempt());
     }
