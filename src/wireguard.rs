@@ -315,6 +315,15 @@ impl ControlThread {
                 match action {
                     Action::SendInitiation { transmit, .. }
                     | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
+                    Action::SendStaged { transmit, .. } => {
+                        self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
+                        self.send(&transmit);
+                    }
+                    Action::StagedPurged { packets, .. } => {
+                        self.counters
+                            .staged_purged
+                            .fetch_add(packets, Ordering::Relaxed);
+                    }
                     Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
                 }
             }
@@ -336,9 +345,17 @@ impl ControlThread {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 self.send(&response);
             }
-            Ok(Outcome::SessionStarted { keepalive, .. }) => {
+            Ok(Outcome::SessionStarted {
+                keepalive, staged, ..
+            }) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 self.send(&keepalive);
+                self.counters
+                    .staged_sent
+                    .fetch_add(staged.len() as u64, Ordering::Relaxed);
+                for transmit in &staged {
+                    self.send(transmit);
+                }
             }
             Ok(Outcome::CookieReplied { reply }) => {
                 self.counters.cookie_replies.fetch_add(1, Ordering::Relaxed);

@@ -9,8 +9,10 @@
 //!   operation; each packet, or each segment of a super-packet (its rewritten header and its
 //!   payload gathered from where they are), is sealed straight into its datagram in the slot's
 //!   sealed area. The seal is the copy. Datagrams of one peer leave in UDP GSO sends to the
-//!   peer's current endpoint ([`Relay::send_destination`]). With no session, the packet is
-//!   dropped as `wg_no_session` and the control thread is asked for a handshake (woken once).
+//!   peer's current endpoint ([`Relay::send_destination`]). With no session, the packet (each
+//!   segment of a super-packet) is copied into the peer's staged queue (`wg_staged`, bounded by
+//!   `tunfwd_wireguard::staged`) and the control thread is asked for a handshake (woken once);
+//!   it sends what was staged once the session is up.
 //! * **UDP to TUN** ([`Relay::wireguard_receive`]): each datagram of a GRO buffer is classified;
 //!   transport data is opened in place under its keypair (the receiver table loaded once per
 //!   buffer, each keypair's replay window locked once per run of its datagrams), its inner source
@@ -66,6 +68,8 @@ pub struct ControlCounters {
     pub handshakes: AtomicU64,
     pub cookie_replies: AtomicU64,
     pub bad_handshakes: AtomicU64,
+    pub staged_sent: AtomicU64,
+    pub staged_purged: AtomicU64,
 }
 
 /// What a relay in WireGuard mode is made with.
@@ -137,6 +141,9 @@ impl Wireguard {
             stats.counters.wg_cookie_replies = counters.cookie_replies.load(Ordering::Relaxed);
             stats.counters.drops[DropReason::WgBadHandshake as usize] =
                 counters.bad_handshakes.load(Ordering::Relaxed);
+            stats.counters.wg_staged_sent = counters.staged_sent.load(Ordering::Relaxed);
+            stats.counters.drops[DropReason::WgStagedPurged as usize] =
+                counters.staged_purged.load(Ordering::Relaxed);
         }
     }
 }
@@ -191,22 +198,26 @@ pub fn open_drop(error: OpenError) -> DropReason {
     }
 }
 
-/// The keypair and endpoint a packet for `peer` is sealed with, if it has a session; otherwise
-/// `None`, after asking for a handshake (waking the control thread the first time).
-fn session(
+/// The keypair and endpoint a packet for `peer` is sealed with, if it has a session.
+fn session(peer: &PeerShared) -> Option<(Arc<Keypair>, SocketAddr)> {
+    let keypair = peer.send_keypair().filter(|k| k.is_valid())?;
+    Some((keypair, peer.endpoint()?))
+}
+
+/// No session for `peer`: `packets` (each given as its pieces and the most its padded plaintext
+/// may be) were staged; count them and what they pushed out, then ask for a handshake, waking
+/// the control thread the first time. Staged first, so the woken control thread finds them.
+fn staged(
+    stats: &mut WorkerStats,
     peer: &PeerShared,
     to_control: &mut (dyn FnMut(ToControl) -> bool + Send),
     device_now_ns: u64,
-) -> Option<(Arc<Keypair>, SocketAddr)> {
-    let keypair = peer.send_keypair().filter(|k| k.is_valid());
-    match (keypair, peer.endpoint()) {
-        (Some(keypair), Some(endpoint)) => Some((keypair, endpoint)),
-        _ => {
-            if peer.activity().request_handshake(device_now_ns) {
-                to_control(ToControl::Wake);
-            }
-            None
-        }
+    (packets, dropped): (u64, u64),
+) {
+    stats.counters.wg_staged += packets;
+    stats.counters.drop_n(DropReason::WgStagedOverflow, dropped);
+    if peer.activity().request_handshake(device_now_ns) {
+        to_control(ToControl::Wake);
     }
 }
 
@@ -257,13 +268,20 @@ impl Relay {
             self.stats.counters.drop(DropReason::WgNoRoute);
             return self.tun_free.push(bid);
         };
-        let Some((keypair, endpoint)) = session(peer, &mut *wg.to_control, device_now_ns) else {
-            self.stats.counters.drop(DropReason::WgNoSession);
-            return self.tun_free.push(bid);
-        };
-        let Some(counters) = keypair.reserve_counters(1) else {
-            peer.activity().request_handshake(device_now_ns);
-            self.stats.counters.drop(DropReason::WgNoSession);
+        let reserved = session(peer).and_then(|(keypair, endpoint)| {
+            let counters = keypair.reserve_counters(1)?;
+            Some((keypair, endpoint, counters))
+        });
+        let Some((keypair, endpoint, counters)) = reserved else {
+            let dropped = peer.stage(&[packet], padded_to(len, mtu));
+            let to_control = &mut *wg.to_control;
+            staged(
+                &mut self.stats,
+                peer,
+                to_control,
+                device_now_ns,
+                (1, dropped),
+            );
             return self.tun_free.push(bid);
         };
         let out = &mut wg.sealed[usize::from(bid)];
@@ -327,19 +345,33 @@ impl Relay {
                 .drop_n(DropReason::WgNoRoute, plan.count as u64);
             return self.tun_free.push(bid);
         };
-        let reserved =
-            session(peer, &mut *wg.to_control, device_now_ns).and_then(|(keypair, endpoint)| {
-                let counters = keypair.reserve_counters(plan.count as u64)?;
-                Some((keypair, endpoint, counters))
-            });
+        let reserved = session(peer).and_then(|(keypair, endpoint)| {
+            let counters = keypair.reserve_counters(plan.count as u64)?;
+            Some((keypair, endpoint, counters))
+        });
+        let header_len = plan.transport.header_len();
         let Some((keypair, endpoint, counters)) = reserved else {
-            self.stats
-                .counters
-                .drop_n(DropReason::WgNoSession, plan.count as u64);
+            // Each segment staged whole, as the Linux module stages a GSO packet's segments.
+            let mut queue = peer.staged();
+            let mut header = [0u8; MAX_HEADER_LEN];
+            let mut dropped = 0;
+            for i in 0..plan.count {
+                let payload = plan.segment(packet, i, &mut header);
+                let room = padded_to(header_len + payload.len(), mtu);
+                dropped += queue.push(&[&header[..header_len], &packet[payload]], room);
+            }
+            drop(queue);
+            let counts = (plan.count as u64, dropped);
+            staged(
+                &mut self.stats,
+                peer,
+                &mut *wg.to_control,
+                device_now_ns,
+                counts,
+            );
             return self.tun_free.push(bid);
         };
         let count = (counters.end - counters.start) as usize;
-        let header_len = plan.transport.header_len();
         let slot = &mut self.tun_slots[usize::from(bid)];
         slot.begin_sends(0, 1, 0);
         slot.followers.clear();
