@@ -19,7 +19,7 @@ use crate::wire::control;
 use crate::worker::{self, WorkerConfig, WorkerExit};
 use crate::{engine, steer};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,6 +225,7 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
                 prepared,
                 &config.device_name,
                 sending,
+                copies(&sockets, listen)?,
                 listen.port(),
             )?)
         }
@@ -428,7 +429,8 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             listen.set_port(port);
             let restarted =
                 rebind_wireguard(config, listen, offloads, &kept_tun).and_then(|(fds, sending)| {
-                    control.replace_socket(sending, port);
+                    let workers = fds.iter().map(|q| &q.socket).collect::<Vec<_>>();
+                    control.replace_sockets(sending, copies(&workers, listen)?, port);
                     spawn_workers(&stop, fds)
                 });
             match restarted {
@@ -532,6 +534,21 @@ fn set_receive_options(
         socket::enable_receive_timestamps(fd).map_err(error)?;
     }
     Ok(())
+}
+
+/// Copies of `sockets` (the same sockets), for the WireGuard control thread to set the fwmark on.
+fn copies<S: AsFd>(sockets: &[S], listen: SocketAddr) -> Result<Vec<OwnedFd>, sys::Error> {
+    sockets
+        .iter()
+        .map(|fd| {
+            fd.as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| sys::Error::Socket {
+                    address: listen,
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// WireGuard mode, moving to another port: binds one socket per queue on `listen`, as at
