@@ -635,10 +635,16 @@ fn stop_and_join(
 ) -> (bool, Vec<WorkerStats>) {
     stop.store(true, Ordering::Relaxed);
     let mut all_ok = true;
+    let mut device_gone = false;
     let mut finals = Vec::with_capacity(handles.len());
     for handle in handles {
         match handle.join() {
-            Ok(Some(WorkerExit { stats, error })) => {
+            Ok(Some(WorkerExit {
+                stats,
+                error,
+                device_gone: gone,
+            })) => {
+                device_gone |= gone;
                 if let Some(e) = error {
                     eprintln!("tunfwd: queue {} failed: {e}", stats.queue);
                     all_ok = false;
@@ -651,6 +657,9 @@ fn stop_and_join(
                 all_ok = false;
             }
         }
+    }
+    if device_gone {
+        eprintln!("tunfwd: the device was deleted; stopping");
     }
     (all_ok, finals)
 }
