@@ -239,8 +239,8 @@ fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Pings `to` from `host` until one answer (the first packet starts the handshake and may be
-/// dropped as `wg_no_session`), within 10 s; then 3 more must all be answered.
+/// Pings `to` from `host` until one answer (the first packet starts the handshake; a relay
+/// moving to another port may lose one), within 10 s; then 3 more must all be answered.
 fn ping(bed: &Testbed, host: Host, to: &str) {
     let ns = bed.namespace(host);
     let once = |count: &str| {
