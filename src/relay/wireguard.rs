@@ -639,6 +639,36 @@ mod tests {
     /// Two devices, each the other's peer, A routing 198.19.0.2 to B and B 198.19.0.1 to A,
     /// after a completed handshake.
     fn devices() -> (Device, Device) {
+        let (mut a, mut b) = strangers();
+        let initiation = initiation(&mut a, 1);
+        let Ok(Outcome::Responded { response, .. }) =
+            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 2)
+        else {
+            panic!("B answers");
+        };
+        let Ok(Outcome::SessionStarted { .. }) =
+            a.on_handshake_message(&response.datagram, B.parse().unwrap(), 3)
+        else {
+            panic!("A's session starts");
+        };
+        (a, b)
+    }
+
+    /// The initiation A's timers send to B once a handshake is asked for at `now_ns`.
+    fn initiation(a: &mut Device, now_ns: u64) -> tunfwd_wireguard::Transmit {
+        let b_in_a = a.data_plane().routes().peers().next().unwrap().id();
+        a.peer(b_in_a).unwrap().activity().request_handshake(now_ns);
+        a.poll(now_ns)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::SendInitiation { transmit, .. } => Some(transmit),
+                _ => None,
+            })
+            .expect("an initiation")
+    }
+
+    /// [`devices`] before any handshake.
+    fn strangers() -> (Device, Device) {
         let (a_key, b_key) = (
             PrivateKey::generate(&mut rand_core::OsRng),
             PrivateKey::generate(&mut rand_core::OsRng),
@@ -651,25 +681,8 @@ mod tests {
         a.set_endpoint(b_in_a, B.parse().unwrap());
         a.add_allowed_ip(b_in_a, "198.19.0.2/32".parse::<IpPrefix>().unwrap());
         b.add_allowed_ip(a_in_b, "198.19.0.1/32".parse::<IpPrefix>().unwrap());
-        a.peer(b_in_a).unwrap().activity().request_handshake(1);
-        let initiation = a
-            .poll(1)
-            .into_iter()
-            .find_map(|action| match action {
-                Action::SendInitiation { transmit, .. } => Some(transmit),
-                _ => None,
-            })
-            .expect("an initiation");
-        let Ok(Outcome::Responded { response, .. }) =
-            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 2)
-        else {
-            panic!("B answers");
-        };
-        let Ok(Outcome::SessionStarted { .. }) =
-            a.on_handshake_message(&response.datagram, B.parse().unwrap(), 3)
-        else {
-            panic!("A's session starts");
-        };
+        a.poll(0);
+        b.poll(0);
         (a, b)
     }
 
@@ -943,6 +956,92 @@ mod tests {
             }
         }
         assert_eq!(ce, c.aqm_marked_udp_socket, "each mark is a CE in the TUN");
+    }
+
+    /// Packets read while A has no session are staged, not sent nor dropped, and the control
+    /// thread is woken once; when the handshake completes they go out sealed, in order, and B's
+    /// relay writes exactly them into its TUN. Then A sends directly.
+    #[test]
+    fn packets_without_a_session_are_staged_then_sent_whole() {
+        let (mut a, mut b) = strangers();
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counted = wakes.clone();
+        let mut relay_a = Relay::new(RelayConfig {
+            wireguard: Some(WireguardConfig {
+                data_plane: a.data_plane(),
+                to_control: Box::new(move |message| {
+                    if matches!(message, ToControl::Wake) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    true
+                }),
+                control_counters: None,
+                clock_offset_ns: 10,
+            }),
+            ..config(&a)
+        });
+        let mut relay_b = relay(&b);
+        let (mut ma, mut mb) = (memory(), memory());
+        let packets: Vec<Vec<u8>> = [100, 1392]
+            .into_iter()
+            .map(|payload_len| {
+                build(&Spec {
+                    udp: true,
+                    payload_len,
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        for (k, packet) in packets.iter().enumerate() {
+            let bid = relay_a.pop_free_tun().expect("a TUN buffer");
+            let buffer = &mut ma.tun[usize::from(bid)];
+            buffer[..vnet::LEN].fill(0);
+            buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(packet);
+            relay_a.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 100 + k as u64);
+            relay_a.end_batch(100 + k as u64, &ma);
+            assert_eq!(relay_a.poll_request(), None, "no session: nothing to send");
+        }
+        let c = &relay_a.stats().counters;
+        assert_eq!(c.wg_staged, 2);
+        assert_eq!(c.drops_of(DropReason::WgNoSession), 0);
+        assert_eq!(c.udp_tx_packets, 0);
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "woken once");
+
+        let initiation = initiation(&mut a, 200);
+        let Ok(Outcome::Responded { response, .. }) =
+            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 201)
+        else {
+            panic!("B answers");
+        };
+        let Ok(Outcome::SessionStarted {
+            keepalive, staged, ..
+        }) = a.on_handshake_message(&response.datagram, B.parse().unwrap(), 202)
+        else {
+            panic!("A's session starts");
+        };
+        let a_address: SocketAddr = A.parse().unwrap();
+        assert_eq!(
+            open_through(&mut relay_b, &mut mb, &keepalive.datagram, a_address),
+            None
+        );
+        assert_eq!(staged.len(), 2);
+        for (transmit, packet) in staged.iter().zip(&packets) {
+            assert_eq!(transmit.to, B.parse().unwrap());
+            assert!(
+                transmit.datagram.len() <= 1420 + OVERHEAD,
+                "padded to the MTU at most"
+            );
+            let written = open_through(&mut relay_b, &mut mb, &transmit.datagram, a_address);
+            assert_eq!(written.as_deref(), Some(&packet[..]));
+        }
+        let (datagram, _) = seal_through(&mut relay_a, &mut ma, &packets[0]);
+        let written = open_through(&mut relay_b, &mut mb, &datagram, a_address);
+        assert_eq!(
+            written.as_deref(),
+            Some(&packets[0][..]),
+            "then sent directly"
+        );
+        assert_eq!(relay_a.stats().counters.wg_staged, 2);
     }
 
     #[test]
