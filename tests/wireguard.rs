@@ -1,5 +1,6 @@
 //! WireGuard mode on the namespace testbed, with the real binary: tunfwd against upstream
-//! wireguard-go, tunfwd against itself, and a peer with the wrong key.
+//! wireguard-go, tunfwd against itself, a peer with the wrong key, the first packets staged
+//! while a handshake runs, fwmark, and wg-quick with `scripts/tunfwd-wg-quick`.
 //!
 //! The relays are configured as WireGuard users do: a `wg setconf` file for tunfwd's
 //! `--config` or for `wg setconf` on wireguard-go's API socket, and `wg show` read back from
@@ -7,7 +8,8 @@
 //! process is the test's own and is stopped when it is dropped (also on a failed assertion), and
 //! the testbed deletes its namespaces.
 //!
-//! They need root, `wg` (Debian's wireguard-tools) and upstream wireguard-go at
+//! They need root, `wg` and `wg-quick` (Debian's wireguard-tools; wg-quick without the
+//! WireGuard kernel module loaded, or it would not run tunfwd) and upstream wireguard-go at
 //! `../shared/peers/wireguard-go` (present on CI), and fail at once without them, never
 //! skipping silently. They run one at a time: two WireGuard relays and a transfer already fill
 //! the machine's two cores.
