@@ -19,7 +19,7 @@ use crate::wire::control;
 use crate::worker::{self, WorkerConfig, WorkerExit};
 use crate::{engine, steer};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,6 +225,7 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
                 prepared,
                 &config.device_name,
                 sending,
+                copies(&sockets, listen)?,
                 listen.port(),
             )?)
         }
@@ -428,7 +429,8 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             listen.set_port(port);
             let restarted =
                 rebind_wireguard(config, listen, offloads, &kept_tun).and_then(|(fds, sending)| {
-                    control.replace_socket(sending, port);
+                    let workers = fds.iter().map(|q| &q.socket).collect::<Vec<_>>();
+                    control.replace_sockets(sending, copies(&workers, listen)?, port);
                     spawn_workers(&stop, fds)
                 });
             match restarted {
@@ -534,6 +536,21 @@ fn set_receive_options(
     Ok(())
 }
 
+/// Copies of `sockets` (the same sockets), for the WireGuard control thread to set the fwmark on.
+fn copies<S: AsFd>(sockets: &[S], listen: SocketAddr) -> Result<Vec<OwnedFd>, sys::Error> {
+    sockets
+        .iter()
+        .map(|fd| {
+            fd.as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| sys::Error::Socket {
+                    address: listen,
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// WireGuard mode, moving to another port: binds one socket per queue on `listen`, as at
 /// startup, with the steering program, then the control thread's socket after them; pairs the
 /// worker sockets with copies of the TUN queues. No fragmenting and no extra sockets: WireGuard
@@ -618,10 +635,16 @@ fn stop_and_join(
 ) -> (bool, Vec<WorkerStats>) {
     stop.store(true, Ordering::Relaxed);
     let mut all_ok = true;
+    let mut device_gone = false;
     let mut finals = Vec::with_capacity(handles.len());
     for handle in handles {
         match handle.join() {
-            Ok(Some(WorkerExit { stats, error })) => {
+            Ok(Some(WorkerExit {
+                stats,
+                error,
+                device_gone: gone,
+            })) => {
+                device_gone |= gone;
                 if let Some(e) = error {
                     eprintln!("tunfwd: queue {} failed: {e}", stats.queue);
                     all_ok = false;
@@ -634,6 +657,9 @@ fn stop_and_join(
                 all_ok = false;
             }
         }
+    }
+    if device_gone {
+        eprintln!("tunfwd: the device was deleted; stopping");
     }
     (all_ok, finals)
 }

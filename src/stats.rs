@@ -89,7 +89,8 @@ drop_reasons! {
     WgSourceNotAllowed => "wg_source_not_allowed",
     /// WireGuard mode: a TUN packet whose destination is in no peer's AllowedIPs.
     WgNoRoute => "wg_no_route",
-    /// WireGuard mode: a TUN packet for a peer with no session yet (a handshake is requested).
+    /// WireGuard mode: a TUN packet whose keypair expired or ran out of counters between its
+    /// lookup and its seal (a packet for a peer without a session is staged, `wg_staged`).
     WgNoSession => "wg_no_session",
     /// WireGuard mode: a handshake message or cookie reply the control thread refused.
     WgBadHandshake => "wg_bad_handshake",
@@ -98,6 +99,13 @@ drop_reasons! {
     WgHandshakeQueueFull => "wg_handshake_queue_full",
     /// WireGuard mode: a datagram that is no WireGuard message (unknown type or length).
     WgMalformed => "wg_malformed",
+    /// WireGuard mode: a packet staged for a peer without a session, dropped (the oldest first,
+    /// as the Linux module does) to make room: more than 128 packets or 256 KiB were waiting.
+    WgStagedOverflow => "wg_staged_overflow",
+    /// WireGuard mode: a staged packet dropped unsent because its peer's handshake gave up
+    /// (REKEY_ATTEMPT_TIME, 90 s) or the peer was removed. Counted by the control thread and
+    /// reported with queue 0's.
+    WgStagedPurged => "wg_staged_purged",
 }
 
 impl DropReason {
@@ -242,6 +250,12 @@ counters! {
         wg_handshakes => "WireGuard mode: handshakes completed (as initiator or responder).",
         /// Counted by the control thread and reported with queue 0's counters.
         wg_cookie_replies => "WireGuard mode: cookie replies sent to handshake messages under load.",
+        /// Each is in `tun_rx_packets`, and later in `wg_staged_sent` or a drop
+        /// (`wg_staged_overflow`, `wg_staged_purged`).
+        wg_staged => "WireGuard mode: TUN packets (or segments of a super-packet) staged for a peer without a session while its handshake runs.",
+        /// Sent from the control thread's socket, so not in `udp_tx_packets`. Counted by the
+        /// control thread and reported with queue 0's counters.
+        wg_staged_sent => "WireGuard mode: staged packets sent once their peer's session was up.",
     }
     extra {
         /// Packets dropped, by [`DropReason`].

@@ -6,8 +6,11 @@
 //! inputs come through one bounded queue: handshake messages and cookie replies the workers
 //! received, and wake-ups (a worker has a packet for a peer with no session, or a `wg` client
 //! connected). It sends what the device returns (initiations, responses, cookie replies,
-//! keepalives) from a socket of its own, bound to the workers' port in their `SO_REUSEPORT`
-//! group after them, so the steering program never hands it a datagram.
+//! keepalives, and the packets workers staged for a peer while its handshake ran) from a socket
+//! of its own, bound to the workers' port in their `SO_REUSEPORT` group after them, so the
+//! steering program never hands it a datagram. It also keeps copies of the workers' sockets, to
+//! set the configuration's `fwmark` (`SO_MARK`) on every socket that sends, at startup and
+//! whenever `wg set ... fwmark` changes it.
 //!
 //! The API socket is the cross-platform userspace API (wireguard.com/xplatform), as
 //! wireguard-go and boringtun serve it: `/var/run/wireguard/DEV.sock`, mode 0600 in a 0755
@@ -135,12 +138,34 @@ pub struct Control {
     port: Arc<Port>,
 }
 
-/// The port the relay is bound to, the one `set=1` asked for, and the control thread's socket.
+/// The port the relay is bound to, the one `set=1` asked for, and the sockets.
 struct Port {
     bound: AtomicU16,
     /// A port to move to (0: none), set by `set=1`, taken by the main thread.
     wanted: AtomicU16,
-    socket: Mutex<UdpSocket>,
+    sockets: Mutex<Sockets>,
+}
+
+/// Every socket that sends WireGuard datagrams, and the mark they carry.
+struct Sockets {
+    /// The control thread's.
+    control: UdpSocket,
+    /// Copies of the workers' (the same sockets: a copy shares its socket's options).
+    workers: Vec<OwnedFd>,
+    /// The `SO_MARK` they have (0: none).
+    mark: u32,
+}
+
+impl Sockets {
+    /// Sets `mark` on every socket (0 takes the mark off).
+    fn set_mark(&mut self, mark: u32) -> io::Result<()> {
+        sys::socket::set_mark(&self.control, mark)?;
+        for worker in &self.workers {
+            sys::socket::set_mark(worker, mark)?;
+        }
+        self.mark = mark;
+        Ok(())
+    }
 }
 
 impl Control {
@@ -154,13 +179,25 @@ impl Control {
         }
     }
 
-    /// The relay moved to `port`: the control thread sends from `socket`, bound there, from now.
-    pub fn replace_socket(&self, socket: OwnedFd, port: u16) {
-        *self
+    /// The relay moved to `port`: the control thread sends from `socket`, bound there, from now,
+    /// and the workers (started after this) from `workers`. The fwmark is set on them first.
+    pub fn replace_sockets(&self, socket: OwnedFd, workers: Vec<OwnedFd>, port: u16) {
+        let mut sockets = self
             .port
-            .socket
+            .sockets
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = UdpSocket::from(socket);
+            .unwrap_or_else(PoisonError::into_inner);
+        let mark = sockets.mark;
+        *sockets = Sockets {
+            control: UdpSocket::from(socket),
+            workers,
+            mark: 0,
+        };
+        if mark != 0
+            && let Err(e) = sockets.set_mark(mark)
+        {
+            eprintln!("tunfwd: cannot set fwmark {mark:#x} on the sockets of port {port}: {e}");
+        }
         self.port.bound.store(port, Ordering::Relaxed);
     }
 }
@@ -177,14 +214,28 @@ impl Drop for Control {
 }
 
 /// Serves the API socket of device `name` and starts the control thread, which owns `device`
-/// and sends from `socket` (bound to `listen_port`). Returns it and what workers need.
+/// and sends from `socket` (bound to `listen_port`); `workers` are copies of the workers'
+/// sockets. Sets the configuration's fwmark on all of them first. Returns the control thread
+/// and what workers need.
 pub fn start(
     prepared: Prepared,
     name: &str,
     socket: OwnedFd,
+    workers: Vec<OwnedFd>,
     listen_port: u16,
 ) -> Result<(Control, Links), sys::Error> {
     let Prepared { device, epoch } = prepared;
+    let mut sockets = Sockets {
+        control: UdpSocket::from(socket),
+        workers,
+        mark: 0,
+    };
+    let mark = device.fwmark();
+    if mark != 0 {
+        sockets
+            .set_mark(mark)
+            .map_err(|source| sys::Error::WireguardFwmark { mark, source })?;
+    }
     let path = socket_path(name);
     let listener = listen(&path).map_err(|source| sys::Error::UapiSocket {
         path: path.clone(),
@@ -206,7 +257,7 @@ pub fn start(
     let port = Arc::new(Port {
         bound: AtomicU16::new(listen_port),
         wanted: AtomicU16::new(0),
-        socket: Mutex::new(UdpSocket::from(socket)),
+        sockets: Mutex::new(sockets),
     });
     std::thread::Builder::new()
         .name("tunfwd-wg-api".into())
@@ -315,6 +366,15 @@ impl ControlThread {
                 match action {
                     Action::SendInitiation { transmit, .. }
                     | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
+                    Action::SendStaged { transmit, .. } => {
+                        self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
+                        self.send(&transmit);
+                    }
+                    Action::StagedPurged { packets, .. } => {
+                        self.counters
+                            .staged_purged
+                            .fetch_add(packets, Ordering::Relaxed);
+                    }
                     Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
                 }
             }
@@ -336,9 +396,17 @@ impl ControlThread {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 self.send(&response);
             }
-            Ok(Outcome::SessionStarted { keepalive, .. }) => {
+            Ok(Outcome::SessionStarted {
+                keepalive, staged, ..
+            }) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 self.send(&keepalive);
+                self.counters
+                    .staged_sent
+                    .fetch_add(staged.len() as u64, Ordering::Relaxed);
+                for transmit in &staged {
+                    self.send(transmit);
+                }
             }
             Ok(Outcome::CookieReplied { reply }) => {
                 self.counters.cookie_replies.fetch_add(1, Ordering::Relaxed);
@@ -357,12 +425,28 @@ impl ControlThread {
             v6 => v6,
         };
         // Lost like any datagram if the socket refuses; the timers send again.
-        let socket = self
+        let sockets = self
             .port
-            .socket
+            .sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let _ = socket.send_to(&transmit.datagram, to);
+        let _ = sockets.control.send_to(&transmit.datagram, to);
+    }
+
+    /// Sets the device's fwmark on every socket if it changed (`wg set ... fwmark`).
+    fn apply_fwmark(&self) -> io::Result<()> {
+        let mark = self.device.fwmark();
+        let mut sockets = self
+            .port
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sockets.mark == mark {
+            return Ok(());
+        }
+        sockets.set_mark(mark).inspect_err(|e| {
+            eprintln!("tunfwd: WireGuard API: cannot set fwmark {mark:#x}: {e}");
+        })
     }
 
     /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes.
@@ -410,7 +494,13 @@ impl ControlThread {
                     if wanted != 0 && wanted != self.port.bound.load(Ordering::Relaxed) {
                         self.port.wanted.store(wanted, Ordering::Relaxed);
                     }
-                    uapi::format_errno(&result)
+                    match self.apply_fwmark() {
+                        // As wireguard-go answers a mark it cannot set: the error's errno.
+                        Err(e) if result.is_ok() => {
+                            format!("errno=-{}\n\n", e.raw_os_error().unwrap_or(libc::EIO))
+                        }
+                        _ => uapi::format_errno(&result),
+                    }
                 }
                 _ => {
                     let _ = writer.write_all(b"errno=-71\n\n");

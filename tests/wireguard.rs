@@ -1,5 +1,6 @@
 //! WireGuard mode on the namespace testbed, with the real binary: tunfwd against upstream
-//! wireguard-go, tunfwd against itself, and a peer with the wrong key.
+//! wireguard-go, tunfwd against itself, a peer with the wrong key, the first packets staged
+//! while a handshake runs, fwmark, and wg-quick with `scripts/tunfwd-wg-quick`.
 //!
 //! The relays are configured as WireGuard users do: a `wg setconf` file for tunfwd's
 //! `--config` or for `wg setconf` on wireguard-go's API socket, and `wg show` read back from
@@ -7,7 +8,8 @@
 //! process is the test's own and is stopped when it is dropped (also on a failed assertion), and
 //! the testbed deletes its namespaces.
 //!
-//! They need root, `wg` (Debian's wireguard-tools) and upstream wireguard-go at
+//! They need root, `wg` and `wg-quick` (Debian's wireguard-tools; wg-quick without the
+//! WireGuard kernel module loaded, or it would not run tunfwd) and upstream wireguard-go at
 //! `../shared/peers/wireguard-go` (present on CI), and fail at once without them, never
 //! skipping silently. They run one at a time: two WireGuard relays and a transfer already fill
 //! the machine's two cores.
@@ -239,8 +241,8 @@ fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Pings `to` from `host` until one answer (the first packet starts the handshake and may be
-/// dropped as `wg_no_session`), within 10 s; then 3 more must all be answered.
+/// Pings `to` from `host` until one answer (the first packet starts the handshake; a relay
+/// moving to another port may lose one), within 10 s; then 3 more must all be answered.
 fn ping(bed: &Testbed, host: Host, to: &str) {
     let ns = bed.namespace(host);
     let once = |count: &str| {
@@ -475,4 +477,300 @@ fn a_peer_with_the_wrong_key_gets_nothing_in() {
     );
     assert_eq!(report_sum(&report["queues"], "tun_tx_packets"), 0);
     assert_eq!(report_sum(&report["queues"], "wg_handshakes"), 0);
+}
+
+/// The two configurations of A (tunfwd) and B, each with the other as its peer; A's with `FwMark
+/// = fwmark` when given, and B's with A's endpoint.
+fn pair_configs(bed: &Testbed, a: &Keys, b: &Keys, fwmark: Option<&str>) -> (PathBuf, PathBuf) {
+    let a_config = config(
+        bed,
+        "a.conf",
+        a,
+        A_PORT,
+        &PeerSpec {
+            public: &b.public,
+            tunnel4: B_TUNNEL4,
+            tunnel6: B_TUNNEL6,
+            endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
+        },
+    );
+    if let Some(mark) = fwmark {
+        let text = fs::read_to_string(&a_config).unwrap().replacen(
+            "[Interface]\n",
+            &format!("[Interface]\nFwMark = {mark}\n"),
+            1,
+        );
+        fs::write(&a_config, text).unwrap();
+    }
+    let b_config = config(
+        bed,
+        "b.conf",
+        b,
+        B_PORT,
+        &PeerSpec {
+            public: &a.public,
+            tunnel4: A_TUNNEL4,
+            tunnel6: A_TUNNEL6,
+            endpoint: Some(format!("{A_UNDERLAY}:{A_PORT}")),
+        },
+    );
+    (a_config, b_config)
+}
+
+/// `ping -c COUNT -W 2 TO` from `host`, once: whether every echo was answered.
+fn ping_once(bed: &Testbed, host: Host, to: &str, count: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.namespace(host),
+            "ping",
+            "-c",
+            count,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            to,
+        ])
+        .output()
+        .expect("running ping")
+        .status
+        .success()
+}
+
+/// The very first packets to a peer without a session are staged while the handshake runs and
+/// sent once it completes (the whitepaper's section 6.2), not dropped: the first ping from a
+/// fresh tunfwd to wireguard-go is answered, on each family, and the counters say so.
+#[test]
+fn the_first_ping_to_a_peer_without_a_session_is_answered() {
+    let _serial = serially();
+    let bed = testbed();
+    let (a, b) = (keys(), keys());
+    let (a_config, b_config) = pair_configs(&bed, &a, &b, None);
+    let _peer = start_wireguard_go(&bed, Host::B, &b_config);
+    let relay = start_tunfwd(&bed, Host::A, &a_config, &[]);
+    assert!(
+        ping_once(&bed, Host::A, B_TUNNEL4, "1"),
+        "the first ping, sent without a session, was not answered"
+    );
+    let report = stop(&bed, relay, Host::A);
+    assert_eq!(report_drops(&report, "wg_no_session"), 0, "{report}");
+    assert_eq!(report_drops(&report, "wg_staged_overflow"), 0, "{report}");
+    assert!(report_sum(&report["queues"], "wg_staged") >= 1, "{report}");
+    assert!(
+        report_sum(&report["queues"], "wg_staged_sent") >= 1,
+        "{report}"
+    );
+}
+
+/// The first ping from a fresh tunfwd to another fresh tunfwd, over IPv6 this time, and a
+/// burst of 20 pings sent at once before any session: every one answered.
+#[test]
+fn a_burst_before_the_session_arrives_whole_between_two_tunfwds() {
+    let _serial = serially();
+    let bed = testbed();
+    let (a, b) = (keys(), keys());
+    let (a_config, b_config) = pair_configs(&bed, &a, &b, None);
+    let relay_b = start_tunfwd(&bed, Host::B, &b_config, &[]);
+    let relay_a = start_tunfwd(&bed, Host::A, &a_config, &[]);
+    let ns = bed.namespace(Host::A);
+    // 20 echoes 10 ms apart: the first ones leave before the handshake completes.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "ping", "-c", "20", "-i", "0.01", "-W", "2", B_TUNNEL6,
+        ])
+        .output()
+        .expect("running ping");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" 0% packet loss"),
+        "{stdout}"
+    );
+    let report = stop(&bed, relay_a, Host::A);
+    assert_eq!(report_drops(&report, "wg_no_session"), 0, "{report}");
+    let staged = report_sum(&report["queues"], "wg_staged");
+    assert!(staged >= 1, "{report}");
+    assert_eq!(
+        report_sum(&report["queues"], "wg_staged_sent"),
+        staged,
+        "{report}"
+    );
+    drop(relay_b);
+}
+
+/// `fwmark` is set on every socket that sends (the control thread's handshakes and the workers'
+/// data), from the configuration at startup, at run time through `wg set`, and on the sockets of
+/// a new listen port: A reaches B's underlay only through a routing table that `ip rule`
+/// selects by that mark.
+#[test]
+fn fwmark_marks_every_datagram_tunfwd_sends() {
+    let _serial = serially();
+    let bed = testbed();
+    let (a, b) = (keys(), keys());
+    let (a_config, b_config) = pair_configs(&bed, &a, &b, Some("0x1234"));
+    let ns = bed.namespace(Host::A);
+    // A's route to the underlay leaves the main table for table 100, which only packets marked
+    // 0x1234 look up.
+    for args in [
+        vec!["-n", &ns, "route", "del", "198.18.0.0/30", "dev", "ab"],
+        vec![
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "198.18.0.0/30",
+            "dev",
+            "ab",
+            "table",
+            "100",
+        ],
+        vec!["-n", &ns, "rule", "add", "fwmark", "0x1234", "table", "100"],
+    ] {
+        testbed::ip(&args).expect("routing A's underlay by mark");
+    }
+    let _peer = start_wireguard_go(&bed, Host::B, &b_config);
+    let relay = start_tunfwd(&bed, Host::A, &a_config, &[]);
+    let name = interface(&bed, Host::A);
+    assert!(
+        ping_once(&bed, Host::A, B_TUNNEL4, "2"),
+        "with the configuration's fwmark, A's handshake and pings reach B"
+    );
+    wg(Some(&ns), &["set", &name, "fwmark", "0"], None);
+    assert!(
+        !ping_once(&bed, Host::A, B_TUNNEL4, "2"),
+        "without a mark, A's datagrams find no route (so the mark is what carried them)"
+    );
+    wg(Some(&ns), &["set", &name, "fwmark", "0x1234"], None);
+    assert!(
+        ping_once(&bed, Host::A, B_TUNNEL4, "2"),
+        "the mark set at run time"
+    );
+    wg(Some(&ns), &["set", &name, "listen-port", "51830"], None);
+    wait_until(Duration::from_secs(10), "the move to port 51830", || {
+        relay.stderr().contains("moved to port 51830")
+    });
+    assert!(
+        ping_once(&bed, Host::A, B_TUNNEL4, "2"),
+        "the sockets of the new port are marked too"
+    );
+    assert_eq!(wg(Some(&ns), &["show", &name, "fwmark"], None), "0x1234");
+}
+
+/// wg-quick, with tunfwd as its userspace implementation (`scripts/tunfwd-wg-quick`): `up`
+/// brings the interface up with its addresses and routes, pings cross to a tunfwd peer, and
+/// `down` (which deletes the interface) makes tunfwd exit cleanly, leaving no process and no
+/// API socket behind.
+#[test]
+fn wg_quick_runs_tunfwd_up_and_down() {
+    let _serial = serially();
+    assert!(
+        !Path::new("/sys/module/wireguard").exists(),
+        "the WireGuard kernel module is loaded: wg-quick would use it rather than tunfwd"
+    );
+    let bed = testbed();
+    let (a, b) = (keys(), keys());
+    let (_, b_config) = pair_configs(&bed, &a, &b, None);
+    let relay_b = start_tunfwd(&bed, Host::B, &b_config, &[]);
+    let name = interface(&bed, Host::A);
+    // What wg-quick reads: specific prefixes only, so it adds no default route, and no DNS.
+    let quick = bed.path(&format!("{name}.conf"));
+    fs::write(
+        &quick,
+        format!(
+            "[Interface]\nAddress = {A_TUNNEL4}/24, {A_TUNNEL6}/64\nPrivateKey = {}\n\
+             ListenPort = {A_PORT}\n\n[Peer]\nPublicKey = {}\n\
+             AllowedIPs = {B_TUNNEL4}/32, {B_TUNNEL6}/128\nEndpoint = {B_UNDERLAY}:{B_PORT}\n",
+            a.private, b.public
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&quick, fs::Permissions::from_mode(0o600)).unwrap();
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tunfwd-wg-quick");
+    let wg_quick = |action: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &bed.namespace(Host::A), "wg-quick", action])
+            .arg(&quick)
+            .env("WG_QUICK_USERSPACE_IMPLEMENTATION", &wrapper)
+            .env("TUNFWD", env!("CARGO_BIN_EXE_tunfwd"))
+            .env("TUNFWD_WG_QUICK_DIR", bed.path("wg-quick"))
+            .output()
+            .expect("running wg-quick (Debian's wireguard-tools)")
+    };
+    let pidfile = bed.path(&format!("wg-quick/{name}.pid"));
+    let log = bed.path(&format!("wg-quick/{name}.log"));
+    // However the test ends, the tunfwd the wrapper started (and only it) is stopped.
+    let _cleanup = KillOnDrop(pidfile.clone());
+    let up = wg_quick("up");
+    assert!(
+        up.status.success(),
+        "wg-quick up: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .expect("the wrapper's PID file")
+        .trim()
+        .parse()
+        .unwrap();
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "tunfwd", "the wrapper's PID is tunfwd's");
+    ping(&bed, Host::A, B_TUNNEL4);
+    ping(&bed, Host::A, B_TUNNEL6);
+    ping(&bed, Host::B, A_TUNNEL4);
+    let down = wg_quick("down");
+    assert!(
+        down.status.success(),
+        "wg-quick down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    wait_until(Duration::from_secs(10), "tunfwd to exit", || !running(pid));
+    let output = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        output.contains("the device was deleted") && !output.contains("failed"),
+        "tunfwd's output: {output}"
+    );
+    assert!(
+        !Path::new(&format!("/var/run/wireguard/{name}.sock")).exists(),
+        "the API socket is removed"
+    );
+    drop(relay_b);
+}
+
+/// Whether process `pid` is a tunfwd that runs (not a zombie, which its reaper may not have
+/// reaped yet).
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (name, rest) = stat.rsplit_once(") ")?;
+            let state = rest.chars().next()?;
+            Some(name.ends_with("(tunfwd") && state != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Stops the process whose PID the file names, if it still runs (SIGTERM, then SIGKILL).
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(pid) = fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        for signal in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGKILL,
+        ] {
+            if !running(pid.as_raw()) {
+                return;
+            }
+            let _ = nix::sys::signal::kill(pid, signal);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
 }

@@ -9,8 +9,10 @@
 //!   operation; each packet, or each segment of a super-packet (its rewritten header and its
 //!   payload gathered from where they are), is sealed straight into its datagram in the slot's
 //!   sealed area. The seal is the copy. Datagrams of one peer leave in UDP GSO sends to the
-//!   peer's current endpoint ([`Relay::send_destination`]). With no session, the packet is
-//!   dropped as `wg_no_session` and the control thread is asked for a handshake (woken once).
+//!   peer's current endpoint ([`Relay::send_destination`]). With no session, the packet (each
+//!   segment of a super-packet) is copied into the peer's staged queue (`wg_staged`, bounded by
+//!   `tunfwd_wireguard::staged`) and the control thread is asked for a handshake (woken once);
+//!   it sends what was staged once the session is up.
 //! * **UDP to TUN** ([`Relay::wireguard_receive`]): each datagram of a GRO buffer is classified;
 //!   transport data is opened in place under its keypair (the receiver table loaded once per
 //!   buffer, each keypair's replay window locked once per run of its datagrams), its inner source
@@ -66,6 +68,8 @@ pub struct ControlCounters {
     pub handshakes: AtomicU64,
     pub cookie_replies: AtomicU64,
     pub bad_handshakes: AtomicU64,
+    pub staged_sent: AtomicU64,
+    pub staged_purged: AtomicU64,
 }
 
 /// What a relay in WireGuard mode is made with.
@@ -137,6 +141,9 @@ impl Wireguard {
             stats.counters.wg_cookie_replies = counters.cookie_replies.load(Ordering::Relaxed);
             stats.counters.drops[DropReason::WgBadHandshake as usize] =
                 counters.bad_handshakes.load(Ordering::Relaxed);
+            stats.counters.wg_staged_sent = counters.staged_sent.load(Ordering::Relaxed);
+            stats.counters.drops[DropReason::WgStagedPurged as usize] =
+                counters.staged_purged.load(Ordering::Relaxed);
         }
     }
 }
@@ -191,22 +198,26 @@ pub fn open_drop(error: OpenError) -> DropReason {
     }
 }
 
-/// The keypair and endpoint a packet for `peer` is sealed with, if it has a session; otherwise
-/// `None`, after asking for a handshake (waking the control thread the first time).
-fn session(
+/// The keypair and endpoint a packet for `peer` is sealed with, if it has a session.
+fn session(peer: &PeerShared) -> Option<(Arc<Keypair>, SocketAddr)> {
+    let keypair = peer.send_keypair().filter(|k| k.is_valid())?;
+    Some((keypair, peer.endpoint()?))
+}
+
+/// No session for `peer`: `packets` (each given as its pieces and the most its padded plaintext
+/// may be) were staged; count them and what they pushed out, then ask for a handshake, waking
+/// the control thread the first time. Staged first, so the woken control thread finds them.
+fn staged(
+    stats: &mut WorkerStats,
     peer: &PeerShared,
     to_control: &mut (dyn FnMut(ToControl) -> bool + Send),
     device_now_ns: u64,
-) -> Option<(Arc<Keypair>, SocketAddr)> {
-    let keypair = peer.send_keypair().filter(|k| k.is_valid());
-    match (keypair, peer.endpoint()) {
-        (Some(keypair), Some(endpoint)) => Some((keypair, endpoint)),
-        _ => {
-            if peer.activity().request_handshake(device_now_ns) {
-                to_control(ToControl::Wake);
-            }
-            None
-        }
+    (packets, dropped): (u64, u64),
+) {
+    stats.counters.wg_staged += packets;
+    stats.counters.drop_n(DropReason::WgStagedOverflow, dropped);
+    if peer.activity().request_handshake(device_now_ns) {
+        to_control(ToControl::Wake);
     }
 }
 
@@ -257,13 +268,20 @@ impl Relay {
             self.stats.counters.drop(DropReason::WgNoRoute);
             return self.tun_free.push(bid);
         };
-        let Some((keypair, endpoint)) = session(peer, &mut *wg.to_control, device_now_ns) else {
-            self.stats.counters.drop(DropReason::WgNoSession);
-            return self.tun_free.push(bid);
-        };
-        let Some(counters) = keypair.reserve_counters(1) else {
-            peer.activity().request_handshake(device_now_ns);
-            self.stats.counters.drop(DropReason::WgNoSession);
+        let reserved = session(peer).and_then(|(keypair, endpoint)| {
+            let counters = keypair.reserve_counters(1)?;
+            Some((keypair, endpoint, counters))
+        });
+        let Some((keypair, endpoint, counters)) = reserved else {
+            let dropped = peer.stage(&[packet], padded_to(len, mtu));
+            let to_control = &mut *wg.to_control;
+            staged(
+                &mut self.stats,
+                peer,
+                to_control,
+                device_now_ns,
+                (1, dropped),
+            );
             return self.tun_free.push(bid);
         };
         let out = &mut wg.sealed[usize::from(bid)];
@@ -327,19 +345,33 @@ impl Relay {
                 .drop_n(DropReason::WgNoRoute, plan.count as u64);
             return self.tun_free.push(bid);
         };
-        let reserved =
-            session(peer, &mut *wg.to_control, device_now_ns).and_then(|(keypair, endpoint)| {
-                let counters = keypair.reserve_counters(plan.count as u64)?;
-                Some((keypair, endpoint, counters))
-            });
+        let reserved = session(peer).and_then(|(keypair, endpoint)| {
+            let counters = keypair.reserve_counters(plan.count as u64)?;
+            Some((keypair, endpoint, counters))
+        });
+        let header_len = plan.transport.header_len();
         let Some((keypair, endpoint, counters)) = reserved else {
-            self.stats
-                .counters
-                .drop_n(DropReason::WgNoSession, plan.count as u64);
+            // Each segment staged whole, as the Linux module stages a GSO packet's segments.
+            let mut queue = peer.staged();
+            let mut header = [0u8; MAX_HEADER_LEN];
+            let mut dropped = 0;
+            for i in 0..plan.count {
+                let payload = plan.segment(packet, i, &mut header);
+                let room = padded_to(header_len + payload.len(), mtu);
+                dropped += queue.push(&[&header[..header_len], &packet[payload]], room);
+            }
+            drop(queue);
+            let counts = (plan.count as u64, dropped);
+            staged(
+                &mut self.stats,
+                peer,
+                &mut *wg.to_control,
+                device_now_ns,
+                counts,
+            );
             return self.tun_free.push(bid);
         };
         let count = (counters.end - counters.start) as usize;
-        let header_len = plan.transport.header_len();
         let slot = &mut self.tun_slots[usize::from(bid)];
         slot.begin_sends(0, 1, 0);
         slot.followers.clear();
@@ -607,6 +639,36 @@ mod tests {
     /// Two devices, each the other's peer, A routing 198.19.0.2 to B and B 198.19.0.1 to A,
     /// after a completed handshake.
     fn devices() -> (Device, Device) {
+        let (mut a, mut b) = strangers();
+        let initiation = initiation(&mut a, 1);
+        let Ok(Outcome::Responded { response, .. }) =
+            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 2)
+        else {
+            panic!("B answers");
+        };
+        let Ok(Outcome::SessionStarted { .. }) =
+            a.on_handshake_message(&response.datagram, B.parse().unwrap(), 3)
+        else {
+            panic!("A's session starts");
+        };
+        (a, b)
+    }
+
+    /// The initiation A's timers send to B once a handshake is asked for at `now_ns`.
+    fn initiation(a: &mut Device, now_ns: u64) -> tunfwd_wireguard::Transmit {
+        let b_in_a = a.data_plane().routes().peers().next().unwrap().id();
+        a.peer(b_in_a).unwrap().activity().request_handshake(now_ns);
+        a.poll(now_ns)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::SendInitiation { transmit, .. } => Some(transmit),
+                _ => None,
+            })
+            .expect("an initiation")
+    }
+
+    /// [`devices`] before any handshake.
+    fn strangers() -> (Device, Device) {
         let (a_key, b_key) = (
             PrivateKey::generate(&mut rand_core::OsRng),
             PrivateKey::generate(&mut rand_core::OsRng),
@@ -619,25 +681,8 @@ mod tests {
         a.set_endpoint(b_in_a, B.parse().unwrap());
         a.add_allowed_ip(b_in_a, "198.19.0.2/32".parse::<IpPrefix>().unwrap());
         b.add_allowed_ip(a_in_b, "198.19.0.1/32".parse::<IpPrefix>().unwrap());
-        a.peer(b_in_a).unwrap().activity().request_handshake(1);
-        let initiation = a
-            .poll(1)
-            .into_iter()
-            .find_map(|action| match action {
-                Action::SendInitiation { transmit, .. } => Some(transmit),
-                _ => None,
-            })
-            .expect("an initiation");
-        let Ok(Outcome::Responded { response, .. }) =
-            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 2)
-        else {
-            panic!("B answers");
-        };
-        let Ok(Outcome::SessionStarted { .. }) =
-            a.on_handshake_message(&response.datagram, B.parse().unwrap(), 3)
-        else {
-            panic!("A's session starts");
-        };
+        a.poll(0);
+        b.poll(0);
         (a, b)
     }
 
@@ -911,6 +956,92 @@ mod tests {
             }
         }
         assert_eq!(ce, c.aqm_marked_udp_socket, "each mark is a CE in the TUN");
+    }
+
+    /// Packets read while A has no session are staged, not sent nor dropped, and the control
+    /// thread is woken once; when the handshake completes they go out sealed, in order, and B's
+    /// relay writes exactly them into its TUN. Then A sends directly.
+    #[test]
+    fn packets_without_a_session_are_staged_then_sent_whole() {
+        let (mut a, mut b) = strangers();
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counted = wakes.clone();
+        let mut relay_a = Relay::new(RelayConfig {
+            wireguard: Some(WireguardConfig {
+                data_plane: a.data_plane(),
+                to_control: Box::new(move |message| {
+                    if matches!(message, ToControl::Wake) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    true
+                }),
+                control_counters: None,
+                clock_offset_ns: 10,
+            }),
+            ..config(&a)
+        });
+        let mut relay_b = relay(&b);
+        let (mut ma, mut mb) = (memory(), memory());
+        let packets: Vec<Vec<u8>> = [100, 1392]
+            .into_iter()
+            .map(|payload_len| {
+                build(&Spec {
+                    udp: true,
+                    payload_len,
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        for (k, packet) in packets.iter().enumerate() {
+            let bid = relay_a.pop_free_tun().expect("a TUN buffer");
+            let buffer = &mut ma.tun[usize::from(bid)];
+            buffer[..vnet::LEN].fill(0);
+            buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(packet);
+            relay_a.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 100 + k as u64);
+            relay_a.end_batch(100 + k as u64, &ma);
+            assert_eq!(relay_a.poll_request(), None, "no session: nothing to send");
+        }
+        let c = &relay_a.stats().counters;
+        assert_eq!(c.wg_staged, 2);
+        assert_eq!(c.drops_of(DropReason::WgNoSession), 0);
+        assert_eq!(c.udp_tx_packets, 0);
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "woken once");
+
+        let initiation = initiation(&mut a, 200);
+        let Ok(Outcome::Responded { response, .. }) =
+            b.on_handshake_message(&initiation.datagram, A.parse().unwrap(), 201)
+        else {
+            panic!("B answers");
+        };
+        let Ok(Outcome::SessionStarted {
+            keepalive, staged, ..
+        }) = a.on_handshake_message(&response.datagram, B.parse().unwrap(), 202)
+        else {
+            panic!("A's session starts");
+        };
+        let a_address: SocketAddr = A.parse().unwrap();
+        assert_eq!(
+            open_through(&mut relay_b, &mut mb, &keepalive.datagram, a_address),
+            None
+        );
+        assert_eq!(staged.len(), 2);
+        for (transmit, packet) in staged.iter().zip(&packets) {
+            assert_eq!(transmit.to, B.parse().unwrap());
+            assert!(
+                transmit.datagram.len() <= 1420 + OVERHEAD,
+                "padded to the MTU at most"
+            );
+            let written = open_through(&mut relay_b, &mut mb, &transmit.datagram, a_address);
+            assert_eq!(written.as_deref(), Some(&packet[..]));
+        }
+        let (datagram, _) = seal_through(&mut relay_a, &mut ma, &packets[0]);
+        let written = open_through(&mut relay_b, &mut mb, &datagram, a_address);
+        assert_eq!(
+            written.as_deref(),
+            Some(&packets[0][..]),
+            "then sent directly"
+        );
+        assert_eq!(relay_a.stats().counters.wg_staged, 2);
     }
 
     #[test]

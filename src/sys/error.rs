@@ -172,6 +172,11 @@ pub enum Error {
     /// WireGuard mode: the userspace API socket cannot be made.
     #[error("cannot serve the WireGuard API socket {}: {source}", .path.display())]
     UapiSocket { path: PathBuf, source: io::Error },
+    /// WireGuard mode: the configuration's fwmark cannot be set on the sockets (`SO_MARK`).
+    #[error(
+        "cannot set fwmark {mark:#x} on the WireGuard sockets: {source} (it needs CAP_NET_ADMIN)"
+    )]
+    WireguardFwmark { mark: u32, source: io::Error },
     /// No engine that was asked for can run here (`crate::engine::choose` says why).
     #[error("{0}")]
     Engine(String),

@@ -19,7 +19,7 @@ use crate::wire::cmsg;
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// Socket buffer size relays use: several MiB, so bursts are absorbed by the kernel, not dropped.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
@@ -264,6 +264,12 @@ pub fn sending_socket(listen: SocketAddr) -> Result<OwnedFd, Error> {
         source,
     })?;
     bind(socket, listen)
+}
+
+/// Marks every packet `fd` sends with `mark` (`SO_MARK`, socket(7); 0 is no mark), for policy
+/// routing and firewall rules: WireGuard's `fwmark`. Needs `CAP_NET_ADMIN` (or `CAP_NET_RAW`).
+pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
+    SockRef::from(fd).set_mark(mark)
 }
 
 /// `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): ICMP errors about the peer are queued

@@ -154,6 +154,8 @@ pub struct WorkerExit {
     pub stats: WorkerStats,
     /// Set when the worker stopped because its data path broke, not because it was asked to.
     pub error: Option<io::Error>,
+    /// Set when the worker stopped because its TUN device was deleted.
+    pub device_gone: bool,
 }
 
 /// One send or write for the engine to carry out, naming memory in `Worker::memory` (and the
@@ -273,6 +275,8 @@ struct Worker {
     /// The generation of the peer's address the relay sends to (`Shared::peer_if_moved`).
     peer_generation: u64,
     fatal: Option<io::Error>,
+    /// The TUN device was deleted: stop.
+    device_gone: bool,
     /// Test-only refusals (`crate::faults`); a zero-sized no-op in the shipped binary.
     faults: Faults,
 }
@@ -324,7 +328,7 @@ fn drive<D: Driver>(
     let (mut engine, mut worker) = report_setup(setup, ready)?;
     let mut spin = Spin::new(config.busy_poll);
     let mut spinning = false;
-    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() {
+    while !config.stop.load(Ordering::Relaxed) && worker.fatal.is_none() && !worker.device_gone {
         match engine.turn(&mut worker, spinning) {
             Ok(handled) => spinning = spin.after_batch(handled > 0),
             Err(e) => {
@@ -592,6 +596,7 @@ impl Worker {
             epoch: now,
             peer_generation: 0,
             fatal: None,
+            device_gone: false,
             faults,
         };
         worker.report_wall_clock(worker.now_ns());
@@ -620,6 +625,13 @@ impl Worker {
 
     /// A read or receive failed; after too many in a row, the worker's end.
     fn on_read_error(&mut self, tun: bool, errno: i32) {
+        // A queue whose device was deleted (`ip link delete`, which `wg-quick down` runs)
+        // answers every read with EBADFD (`tun_chr_read_iter`, drivers/net/tun.c): the relay's
+        // end, not a fault.
+        if tun && errno == libc::EBADFD {
+            self.device_gone = true;
+            return;
+        }
         if self.relay.on_read_error(tun, errno).is_err() {
             let what = if tun { "TUN read" } else { "UDP receive" };
             let e = io::Error::from_raw_os_error(errno);
@@ -821,6 +833,7 @@ impl Worker {
         WorkerExit {
             stats,
             error: self.fatal.take(),
+            device_gone: self.device_gone,
         }
     }
 }

@@ -36,3 +36,9 @@ pub const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME_NS / REKEY_TIMEOUT_NS)
 pub const INITIATIONS_PER_SECOND: u64 = 50;
 /// Transport plaintexts are padded with zeros to a multiple of this.
 pub const PADDING_MULTIPLE: usize = 16;
+/// Packets staged for a peer without a session, at most (the Linux module's
+/// `MAX_STAGED_PACKETS`, `drivers/net/wireguard/device.h`).
+pub const MAX_STAGED_PACKETS: usize = 128;
+/// Bytes staged for a peer without a session, at most: 128 packets of a 1420-byte MTU fit, and
+/// a larger MTU stages fewer.
+pub const MAX_STAGED_BYTES: usize = 256 * 1024;

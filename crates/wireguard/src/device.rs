@@ -243,12 +243,16 @@ pub enum Outcome {
         response: Transmit,
     },
     /// Initiator: the session is up and is the peer's send keypair. Send `keepalive` (already
-    /// counted as sent) so the responder can use the session at once.
+    /// counted as sent) so the responder can use the session at once, then `staged`.
     SessionStarted {
         /// The responding peer.
         peer: PeerId,
         /// A sealed empty transport message.
         keepalive: Transmit,
+        /// The packets staged while the handshake ran, sealed in the order they were staged
+        /// (already counted as sent). Sealed before workers could see the new keypair, so no
+        /// packet read after them is sealed before them.
+        staged: Vec<Transmit>,
     },
     /// Under load and without a valid `mac2`: send this cookie reply instead of answering.
     CookieReplied {
@@ -281,10 +285,25 @@ pub enum Action {
         /// The message.
         transmit: Transmit,
     },
-    /// The handshake with `peer` did not complete in time: drop packets queued for it.
+    /// The handshake with `peer` did not complete in time (its staged packets are purged:
+    /// [`Action::StagedPurged`]).
     HandshakeGaveUp {
         /// Which peer.
         peer: PeerId,
+    },
+    /// Send a packet that was staged for `peer` while it had no session, now sealed.
+    SendStaged {
+        /// To whom.
+        peer: PeerId,
+        /// The transport message.
+        transmit: Transmit,
+    },
+    /// Packets staged for `peer` were dropped unsent: its handshake gave up, or it was removed.
+    StagedPurged {
+        /// Which peer.
+        peer: PeerId,
+        /// How many packets.
+        packets: u64,
     },
     /// Every key of `peer` was wiped after 3 * REJECT_AFTER_TIME without a new session.
     KeysZeroed {
@@ -338,6 +357,8 @@ pub struct Device {
     receivers_changed: bool,
     routes_changed: bool,
     last_poll_ns: u64,
+    /// Staged packets of removed peers, reported by the next [`Device::poll`].
+    purged_on_removal: Vec<(PeerId, u64)>,
 }
 
 impl std::fmt::Debug for Device {
@@ -382,6 +403,7 @@ impl Device {
             receivers_changed: false,
             routes_changed: false,
             last_poll_ns: 0,
+            purged_on_removal: Vec::new(),
         };
         device.set_private_key(private_key);
         device
@@ -483,6 +505,10 @@ impl Device {
         self.zero_peer(id.slot());
         if let Some(peer) = self.peers[id.slot()].take() {
             self.by_public_key.remove(peer.public_key());
+            let packets = peer.shared.staged().purge();
+            if packets > 0 {
+                self.purged_on_removal.push((id, packets));
+            }
         }
         self.generations[id.slot()] = self.generations[id.slot()].wrapping_add(1);
         self.allowed_ips.remove_peer(id);
@@ -823,16 +849,20 @@ impl Device {
         peer.last_handshake_ns = Some(now_ns);
         let keypair = Arc::new(Keypair::new(&session, now_ns));
         let dropped = peer.keypairs.install(keypair.clone());
+        let keepalive = seal_keepalive(&keypair, &peer.shared, source, now_ns)
+            .ok_or(HandshakeError::UnknownIndex)?;
+        // What waited for this session goes first: sealed before the keypair is published, so
+        // that no packet a worker reads from now on can be sealed ahead of them.
+        let staged = seal_staged(&keypair, &peer.shared, source, now_ns);
         peer.shared.publish_send_keypair(Some(keypair.clone()));
         let shared = peer.shared.clone();
         self.handshakes.remove(&session.local_index);
         self.retire(dropped);
-        self.add_receiver(keypair.clone(), shared.clone());
-        let keepalive = seal_keepalive(&keypair, &shared, source, now_ns)
-            .ok_or(HandshakeError::UnknownIndex)?;
+        self.add_receiver(keypair, shared);
         Ok(Outcome::SessionStarted {
             peer: id,
             keepalive,
+            staged,
         })
     }
 
@@ -920,7 +950,11 @@ impl Device {
     /// what to send and what happened. Call it at [`Self::next_timeout`].
     pub fn poll(&mut self, now_ns: u64) -> Vec<Action> {
         self.last_poll_ns = self.last_poll_ns.max(now_ns);
-        let mut actions = Vec::new();
+        let mut actions: Vec<Action> = self
+            .purged_on_removal
+            .drain(..)
+            .map(|(peer, packets)| Action::StagedPurged { peer, packets })
+            .collect();
         for slot in 0..self.peers.len() {
             if self.peers[slot].is_some() {
                 self.poll_peer(slot, now_ns, &mut actions);
@@ -977,6 +1011,10 @@ impl Device {
                 self.handshakes.remove(&sent.sender_index);
             }
             actions.push(Action::HandshakeGaveUp { peer: id });
+            let packets = peer.shared.staged().purge();
+            if packets > 0 {
+                actions.push(Action::StagedPurged { peer: id, packets });
+            }
         }
         if let Some(reason) = due.initiate
             && let Some(transmit) = self.send_initiation(slot, now_ns)
@@ -986,6 +1024,16 @@ impl Device {
                 reason,
                 transmit,
             });
+        }
+        // Packets staged while a session was being confirmed (a responder's, once the
+        // initiator's first datagram arrived), or by a worker that just missed the new keypair.
+        if let Some(peer) = self.peers[slot].as_ref()
+            && let Some(keypair) = peer.shared.send_keypair().filter(|k| k.is_valid())
+            && let Some(endpoint) = peer.shared.endpoint()
+        {
+            for transmit in seal_staged(&keypair, &peer.shared, endpoint, now_ns) {
+                actions.push(Action::SendStaged { peer: id, transmit });
+            }
         }
         if due.keepalive
             && let Some(peer) = self.peers[slot].as_ref()
@@ -1063,7 +1111,13 @@ impl Device {
                 earliest = Some(earliest.map_or(time, |e| e.min(time)));
             }
         };
+        if !self.purged_on_removal.is_empty() {
+            consider(Some(now));
+        }
         for peer in self.peers.iter().flatten() {
+            if peer.shared.has_sendable_staged() {
+                consider(Some(now));
+            }
             let wanted = peer.shared.activity().has_handshake_request();
             let observed = self.observe(peer, now, wanted);
             consider(peer.timers.next_deadline(&observed));
@@ -1098,6 +1152,36 @@ impl Device {
             }));
         }
     }
+}
+
+/// Take everything staged for `peer` and seal it with `keypair`, in order, to `to`; counted as
+/// sent. What cannot be sealed (the keypair ran out of counters, or was retired meanwhile) is
+/// dropped: a new handshake is due and the sender retries, as after any loss.
+fn seal_staged(keypair: &Keypair, peer: &PeerShared, to: SocketAddr, now_ns: u64) -> Vec<Transmit> {
+    // Taken under the lock, sealed outside it: a worker staging meanwhile never waits long.
+    let packets = peer.staged().take();
+    let Some(counters) = keypair.reserve_counters(packets.len() as u64) else {
+        return Vec::new();
+    };
+    let mut transmits = Vec::with_capacity(packets.len());
+    let mut bytes = 0;
+    for (counter, staged) in counters.zip(packets) {
+        let mut datagram = vec![0u8; TRANSPORT_MIN_LEN + staged.plaintext_room];
+        let Ok(len) = keypair.seal(counter, &staged.packet, &mut datagram) else {
+            break;
+        };
+        datagram.truncate(len);
+        bytes += len as u64;
+        transmits.push(Transmit {
+            peer: Some(peer.id()),
+            to,
+            datagram,
+        });
+    }
+    if !transmits.is_empty() {
+        peer.activity().on_sent(now_ns, bytes, true);
+    }
+    transmits
 }
 
 /// Seal an empty transport message with `keypair` and count it as sent.

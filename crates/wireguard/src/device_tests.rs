@@ -136,7 +136,10 @@ fn complete(pair: &mut Pair, initiation: &Transmit, now_ns: u64) {
         .a
         .on_handshake_message(&response.datagram, pair.b_address, now_ns)
         .unwrap();
-    let Outcome::SessionStarted { peer, keepalive } = outcome else {
+    let Outcome::SessionStarted {
+        peer, keepalive, ..
+    } = outcome
+    else {
         panic!("{outcome:?}")
     };
     assert_eq!(peer, pair.b_in_a);
@@ -519,6 +522,9 @@ fn initiations_retransmit_then_give_up_then_keys_are_zeroed() {
                 Action::HandshakeGaveUp { .. } => gave_up = Some(now),
                 Action::KeysZeroed { .. } => zeroed = Some(now),
                 Action::SendKeepalive { .. } => {}
+                Action::SendStaged { .. } | Action::StagedPurged { .. } => {
+                    panic!("nothing was staged: {action:?}")
+                }
             }
         }
         if zeroed.is_some() {
@@ -797,4 +803,191 @@ fn a_persistent_keepalive_without_an_endpoint_does_not_spin() {
         polls += 1;
         assert!(polls < 1000, "{polls} polls by {now} ns");
     }
+}
+
+/// The initiation A's poll sends at `now_ns`.
+fn poll_initiation(pair: &mut Pair, now_ns: u64) -> Transmit {
+    pair.a
+        .poll(now_ns)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::SendInitiation { transmit, .. } => Some(transmit),
+            _ => None,
+        })
+        .expect("an initiation")
+}
+
+/// What A's worker does with a packet for B while there is no session: stage it, then ask for
+/// a handshake.
+fn stage_at_a(pair: &Pair, packet: &[u8], now_ns: u64) -> u64 {
+    let shared = pair.a.peer(pair.b_in_a).unwrap();
+    assert!(shared.send_keypair().is_none(), "no session yet");
+    let dropped = shared.stage(&[packet], packet.len().next_multiple_of(16));
+    shared.activity().request_handshake(now_ns);
+    dropped
+}
+
+#[test]
+fn packets_staged_without_a_session_go_out_in_order_once_it_starts() {
+    let mut pair = pair(None);
+    let packets: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k; 40 + usize::from(k)]).collect();
+    for packet in &packets {
+        assert_eq!(stage_at_a(&pair, packet, S), 0);
+    }
+    let initiation = poll_initiation(&mut pair, S);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.b
+            .on_handshake_message(&initiation.datagram, pair.a_address, S + 1)
+    else {
+        panic!("B answers")
+    };
+    let outcome = pair
+        .a
+        .on_handshake_message(&response.datagram, pair.b_address, S + 2)
+        .unwrap();
+    let Outcome::SessionStarted {
+        keepalive, staged, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        pair.a.peer(pair.b_in_a).unwrap().staged().is_empty(),
+        "taken"
+    );
+    // The keepalive confirms B's keypair; then the staged packets arrive whole, in order,
+    // under the next counters.
+    assert_eq!(
+        open(&pair.b, keepalive.datagram, pair.a_address, S + 3),
+        Ok(vec![])
+    );
+    for (k, (transmit, packet)) in staged.iter().zip(&packets).enumerate() {
+        assert_eq!(transmit.to, pair.b_address);
+        let counter = u64::from_le_bytes(transmit.datagram[8..16].try_into().unwrap());
+        assert_eq!(counter, 1 + k as u64);
+        let opened = open(&pair.b, transmit.datagram.clone(), pair.a_address, S + 3).unwrap();
+        assert_eq!(opened, padded(packet));
+    }
+    assert_eq!(staged.len(), 3);
+    let sent = pair
+        .a
+        .peer(pair.b_in_a)
+        .unwrap()
+        .activity()
+        .last_data_sent_ns();
+    assert_eq!(sent, Some(S + 2), "counted as data sent, for the timers");
+    // Nothing is left for a poll to send.
+    assert!(
+        !pair
+            .a
+            .poll(S + 4)
+            .iter()
+            .any(|action| matches!(action, Action::SendStaged { .. }))
+    );
+}
+
+#[test]
+fn staged_packets_are_purged_when_the_handshake_gives_up() {
+    let mut pair = pair(None);
+    for k in 0..5u8 {
+        stage_at_a(&pair, &[k; 60], S);
+    }
+    let _ = poll_initiation(&mut pair, S);
+    // B never answers: A retries until REKEY_ATTEMPT_TIME, then gives up and purges.
+    let mut purged = None;
+    for _ in 0..10_000 {
+        let Some(now) = pair.a.next_timeout() else {
+            break;
+        };
+        for action in pair.a.poll(now) {
+            match action {
+                Action::StagedPurged { peer, packets } => {
+                    assert_eq!(peer, pair.b_in_a);
+                    purged = Some((packets, now));
+                }
+                Action::SendStaged { .. } => panic!("no session: nothing may be sent"),
+                _ => {}
+            }
+        }
+        if purged.is_some() {
+            break;
+        }
+    }
+    let (packets, at) = purged.expect("purged on giving up");
+    assert_eq!(packets, 5);
+    assert!(at - S >= REKEY_ATTEMPT_TIME_NS, "{at}");
+    assert!(pair.a.peer(pair.b_in_a).unwrap().staged().is_empty());
+}
+
+#[test]
+fn packets_staged_while_a_session_was_confirmed_go_at_the_next_poll() {
+    let mut pair = pair(None);
+    // B has A's endpoint only once A initiated; A's initiation makes B the responder, whose
+    // keypair may not send until A's first datagram confirms it.
+    let initiation = poll_initiation_after_request(&mut pair, S);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.b
+            .on_handshake_message(&initiation.datagram, pair.a_address, S + 1)
+    else {
+        panic!("B answers")
+    };
+    let a_in_b = pair.b.peer(pair.a_in_b).unwrap().clone();
+    assert!(a_in_b.send_keypair().is_none(), "unconfirmed");
+    a_in_b.stage(&[b"reply to a".as_slice()], 16);
+    assert!(pair.b.poll(S + 2).is_empty(), "still unconfirmed");
+    let Ok(Outcome::SessionStarted { keepalive, .. }) =
+        pair.a
+            .on_handshake_message(&response.datagram, pair.b_address, S + 3)
+    else {
+        panic!("A's session starts")
+    };
+    // B's worker opens A's keepalive, which confirms the keypair: the poll sends what waited.
+    open(&pair.b, keepalive.datagram, pair.a_address, S + 4).unwrap();
+    assert!(
+        pair.b.next_timeout().is_some_and(|at| at <= S + 4),
+        "due at once"
+    );
+    let sent: Vec<Transmit> = pair
+        .b
+        .poll(S + 4)
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::SendStaged { transmit, .. } => Some(transmit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].to, pair.a_address);
+    let opened = open(&pair.a, sent[0].datagram.clone(), pair.b_address, S + 5).unwrap();
+    assert_eq!(opened, padded(b"reply to a"));
+}
+
+#[test]
+fn a_removed_peers_staged_packets_are_counted_at_the_next_poll() {
+    let mut pair = pair(None);
+    stage_at_a(&pair, &[1; 20], S);
+    stage_at_a(&pair, &[2; 20], S);
+    pair.a.remove_peer(pair.b_in_a);
+    assert!(
+        pair.a.next_timeout().is_some_and(|at| at <= S),
+        "due at once"
+    );
+    let actions = pair.a.poll(S);
+    assert!(
+        actions.contains(&Action::StagedPurged {
+            peer: pair.b_in_a,
+            packets: 2
+        }),
+        "{actions:?}"
+    );
+    assert!(pair.a.poll(S + 1).is_empty());
+}
+
+fn poll_initiation_after_request(pair: &mut Pair, now_ns: u64) -> Transmit {
+    pair.a
+        .peer(pair.b_in_a)
+        .unwrap()
+        .activity()
+        .request_handshake(now_ns);
+    poll_initiation(pair, now_ns)
 }

@@ -9,7 +9,7 @@
 //!   ([`replay`]);
 //! - the timer rules of the whitepaper's section 6 as a pure state machine per peer
 //!   ([`timers`]), keypair rotation and roaming ([`peer`]), the device that ties them together
-//!   ([`device`]);
+//!   ([`device`]), and the packets staged while a handshake runs ([`staged`]);
 //! - cryptokey routing ([`allowed_ips`]);
 //! - configuration: the `wg setconf` file format ([`config`]) and the cross-platform UAPI text
 //!   protocol ([`uapi`]), both parsed into one list of operations;
@@ -54,7 +54,9 @@
 //!   whole batch with [`transport::Keypair::reserve_counters`] (one atomic operation), and
 //!   [`transport::Keypair::seal_gather`] each packet straight from its pieces into the
 //!   datagram; then [`peer::PeerActivity::on_sent`]. With no keypair (or no counters left),
-//!   [`peer::PeerActivity::request_handshake`], and wake the control thread if it returns true.
+//!   [`peer::PeerShared::stage`] the packet, then [`peer::PeerActivity::request_handshake`],
+//!   and wake the control thread if it returns true. The control thread sends what was staged
+//!   once the session is up ([`device::Outcome::SessionStarted`], [`device::Action::SendStaged`]).
 //!
 //! Fuzz targets call the plain functions in [`fuzzing`].
 
@@ -73,6 +75,7 @@ pub mod messages;
 pub mod noise;
 pub mod peer;
 pub mod replay;
+pub mod staged;
 pub mod tai64n;
 pub mod timers;
 pub mod transport;

@@ -16,8 +16,8 @@
 //! on its next look.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
@@ -25,6 +25,7 @@ use crate::cookie::CookieJar;
 use crate::device::PeerId;
 use crate::keys::{PresharedKey, PublicKey};
 use crate::noise::{InitiationSent, PeerSecrets};
+use crate::staged::StagedPackets;
 use crate::tai64n::Tai64N;
 use crate::timers::PeerTimers;
 use crate::transport::Keypair;
@@ -213,7 +214,7 @@ impl PeerActivity {
     }
 }
 
-/// The part of a peer that workers read and write, without locks.
+/// The part of a peer that workers read and write, without locks while it has a session.
 #[derive(Debug)]
 pub struct PeerShared {
     id: PeerId,
@@ -221,6 +222,8 @@ pub struct PeerShared {
     send_keypair: ArcSwapOption<Keypair>,
     endpoint: ArcSwapOption<SocketAddr>,
     activity: PeerActivity,
+    /// Packets waiting for a session (`crate::staged`); locked only without one.
+    staged: Mutex<StagedPackets>,
 }
 
 impl PeerShared {
@@ -231,7 +234,31 @@ impl PeerShared {
             send_keypair: ArcSwapOption::empty(),
             endpoint: ArcSwapOption::empty(),
             activity: PeerActivity::default(),
+            staged: Mutex::new(StagedPackets::default()),
         }
+    }
+
+    /// No session to send `parts` (one packet, in pieces) with: copy it into the peer's staged
+    /// queue, padded later to at most `plaintext_room` bytes. Returns the packets dropped to
+    /// make room (`crate::staged`). Call it before `activity().request_handshake`, so that the
+    /// control thread, once woken, finds the packet.
+    pub fn stage(&self, parts: &[&[u8]], plaintext_room: usize) -> u64 {
+        self.staged().push(parts, plaintext_room)
+    }
+
+    /// Whether packets are staged and a valid keypair and an endpoint are there to send them.
+    pub(crate) fn has_sendable_staged(&self) -> bool {
+        !self.staged().is_empty()
+            && self.endpoint().is_some()
+            && self
+                .send_keypair()
+                .is_some_and(|keypair| keypair.is_valid())
+    }
+
+    /// The staged queue, locked: for staging several packets (a split super-packet's segments)
+    /// under one lock, and for the control thread.
+    pub fn staged(&self) -> MutexGuard<'_, StagedPackets> {
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The peer's handle in its device.
