@@ -561,9 +561,7 @@ impl Relay {
         }
         drop(locked);
         report(activity);
-        if plan.segments.len() > 1 {
-            stats.counters.gro_receives += 1;
-        }
+        // `plan_runs` counts the GRO receive.
         receive::plan_runs(buffer, self.coalesce, stats, plan);
         self.write_planned(bid, now_ns);
     }
@@ -911,6 +909,70 @@ mod tests {
             }
         }
         assert_eq!(ce, c.aqm_marked_udp_socket, "each mark is a CE in the TUN");
+    }
+
+    /// Two datagrams in one GRO receive (a `UDP_GRO` control message giving their size) are
+    /// both opened and written, and counted as one GRO receive, not two.
+    #[test]
+    fn a_gro_receive_of_two_datagrams_is_counted_once() {
+        let (a, b) = devices();
+        let (mut relay_a, mut relay_b) = (relay(&a), relay(&b));
+        let (mut ma, mut mb) = (memory(), memory());
+        let packets: Vec<Vec<u8>> = (0..2)
+            .map(|id| {
+                build(&Spec {
+                    udp: true,
+                    payload_len: 100,
+                    id,
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        let datagrams: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|packet| seal_through(&mut relay_a, &mut ma, packet).0)
+            .collect();
+        let stride = datagrams[0].len();
+        assert_eq!(datagrams[1].len(), stride);
+
+        let bid = relay_b.pop_free_udp().expect("a UDP buffer");
+        let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(A.parse().unwrap());
+        let mut buffer = std::mem::take(&mut mb.udp.borrow_mut()[usize::from(bid)]);
+        buffer[..name_len].copy_from_slice(&name[..name_len]);
+        // One `SOL_UDP`/`UDP_GRO` message: cmsg_len = CMSG_LEN(sizeof(int)), then the size.
+        let control = name_len..name_len + crate::wire::cmsg::GRO_CONTROL_LEN;
+        let fields: [&[u8]; 4] = [
+            &(size_of::<libc::cmsghdr>() + 4).to_ne_bytes(),
+            &libc::SOL_UDP.to_ne_bytes(),
+            &libc::UDP_GRO.to_ne_bytes(),
+            &(stride as libc::c_int).to_ne_bytes(),
+        ];
+        let mut at = control.start;
+        for field in fields {
+            buffer[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        }
+        let payload = 128..128 + 2 * stride;
+        buffer[payload.start..payload.start + stride].copy_from_slice(&datagrams[0]);
+        buffer[payload.start + stride..payload.end].copy_from_slice(&datagrams[1]);
+        let received = Received {
+            name: 0..name_len,
+            control,
+            payload,
+            payload_truncated: false,
+            control_truncated: false,
+        };
+        relay_b.on_udp_recv(bid, &mut buffer, received, 300);
+        mb.udp.borrow_mut()[usize::from(bid)] = buffer;
+        relay_b.end_batch(300, &mb);
+        while let Some(Request::Write { token }) = relay_b.poll_request() {
+            let (_, pieces) = relay_b.write_pieces(WriteIndex::unpack(token.index));
+            let len: u32 = pieces.iter().map(|piece| piece.len).sum();
+            relay_b.complete(token, len as i32, 400, &mb);
+        }
+        let c = &relay_b.stats().counters;
+        assert_eq!((c.udp_rx_packets, c.tun_tx_packets), (2, 2), "{c:?}");
+        assert_eq!(c.gro_receives, 1, "{c:?}");
     }
 
     #[test]
