@@ -180,6 +180,14 @@ pub fn padded_to(len: usize, mtu: usize) -> usize {
     padded_len(len).min(mtu.max(len))
 }
 
+/// Whether a segment's rewritten header (`header_len` bytes) may go into a super-packet just
+/// before the segment's payload at `payload_start`: only past the original header, which the
+/// later segments' headers are still built from. The bytes it covers belong to the payload of
+/// an earlier segment, sealed before this one.
+pub fn header_fits_before(payload_start: usize, header_len: usize) -> bool {
+    payload_start >= 2 * header_len
+}
+
 /// Why an open failed, as the counter it goes to.
 pub fn open_drop(error: OpenError) -> DropReason {
     match error {
@@ -312,10 +320,13 @@ impl Relay {
 
     /// Splits a super-packet and seals each segment (its rewritten header and its payload, in
     /// place in the TUN buffer) into the slot's sealed area; then sends them, up to 64 per GSO
-    /// send.
-    fn wireguard_send_split(&mut self, bid: u16, buffer: &[u8], plan: &Split, now_ns: u64) {
+    /// send. From the second segment on, the rewritten header goes into the TUN buffer just
+    /// before its payload (over the tail of a payload already sealed, never over the original
+    /// header that every segment's is built from: [`header_fits_before`]), so that the AEAD
+    /// seals each segment straight from there, without copying it.
+    fn wireguard_send_split(&mut self, bid: u16, buffer: &mut [u8], plan: &Split, now_ns: u64) {
         let mtu = self.path.inner_mtu;
-        let packet = &buffer[vnet::LEN..];
+        let packet = &mut buffer[vnet::LEN..];
         let Some(wg) = self.wireguard.as_mut() else {
             return self.tun_free.push(bid);
         };
@@ -355,8 +366,16 @@ impl Relay {
             let Some(target) = out.get_mut(at..at + room) else {
                 break;
             };
-            let parts: [&[u8]; 2] = [&header[..header_len], &packet[payload]];
-            let Ok(sealed) = keypair.seal_gather(counters.start + i as u64, &parts, target) else {
+            let counter = counters.start + i as u64;
+            let result = if header_fits_before(payload.start, header_len) {
+                let segment = payload.start - header_len..payload.end;
+                packet[segment.start..payload.start].copy_from_slice(&header[..header_len]);
+                keypair.seal_gather(counter, &[&packet[segment]], target)
+            } else {
+                let parts: [&[u8]; 2] = [&header[..header_len], &packet[payload]];
+                keypair.seal_gather(counter, &parts, target)
+            };
+            let Ok(sealed) = result else {
                 break;
             };
             slot.pieces[i] = Piece::new(Base::Sealed(bid), at, sealed);
@@ -973,6 +992,93 @@ mod tests {
         let c = &relay_b.stats().counters;
         assert_eq!((c.udp_rx_packets, c.tun_tx_packets), (2, 2), "{c:?}");
         assert_eq!(c.gro_receives, 1, "{c:?}");
+    }
+
+    /// A TCP super-packet read from A's TUN (TSO) is sealed segment by segment into one GSO
+    /// send, each segment's header written into the TUN buffer before its payload where that
+    /// fits (from the second segment on, and not when the segment size is under the header's);
+    /// B opens every datagram into exactly the segment the splitter makes of the original.
+    #[test]
+    fn a_super_packet_is_sealed_segment_by_segment() {
+        for (payload_len, gso_size) in [(5 * 1000 + 300, 1000u16), (200, 30), (1380 * 3, 1380)] {
+            let (a, b) = devices();
+            let mut relay_a = Relay::new(RelayConfig {
+                offloads: Offloads {
+                    tso: true,
+                    uso: false,
+                    udp_gso: true,
+                    udp_gro: false,
+                },
+                ..config(&a)
+            });
+            let mut relay_b = relay(&b);
+            let mut ma = memory();
+            ma.tun = vec![vec![0u8; 70_000]; 4];
+            let mut mb = memory();
+            let packet = build(&Spec {
+                payload_len,
+                ..Spec::default()
+            });
+            let plan = Split::plan(&packet, vnet::GsoType::TcpV4, gso_size, 64).unwrap();
+            let segments: Vec<Vec<u8>> = (0..plan.count)
+                .map(|i| {
+                    let mut segment = Vec::new();
+                    plan.segment_into(&packet, i, &mut segment);
+                    segment
+                })
+                .collect();
+
+            let bid = relay_a.pop_free_tun().expect("a TUN buffer");
+            let buffer = &mut ma.tun[usize::from(bid)];
+            buffer[..vnet::LEN].fill(0);
+            buffer[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+            buffer[2..4].copy_from_slice(&40u16.to_le_bytes());
+            buffer[4..6].copy_from_slice(&gso_size.to_le_bytes());
+            buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
+            relay_a.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 100);
+            relay_a.end_batch(100, &ma);
+            let mut datagrams = Vec::new();
+            let mut sends = 0;
+            while let Some(Request::Send {
+                token,
+                bid,
+                first,
+                segments,
+                ..
+            }) = relay_a.poll_request()
+            {
+                sends += 1;
+                let (pieces, _) = relay_a.send_pieces(bid, first, segments);
+                let mut sent = 0;
+                for piece in pieces {
+                    let bytes = relay_a.own_bytes(piece.base).expect("sealed");
+                    datagrams.push(bytes[piece.offset as usize..][..piece.len as usize].to_vec());
+                    sent += piece.len;
+                }
+                relay_a.complete(token, sent as i32, 200, &ma);
+            }
+            assert_eq!(sends, 1, "{} segments in one GSO send", plan.count);
+            assert_eq!(datagrams.len(), plan.count);
+            let a_address: SocketAddr = A.parse().unwrap();
+            for (datagram, segment) in datagrams.iter().zip(&segments) {
+                let written = open_through(&mut relay_b, &mut mb, datagram, a_address);
+                assert_eq!(written.as_deref(), Some(&segment[..]), "gso {gso_size}");
+            }
+        }
+    }
+
+    #[test]
+    fn header_goes_before_a_payload_only_past_the_original_header() {
+        assert!(
+            !header_fits_before(40, 40),
+            "the first segment's is the original"
+        );
+        assert!(
+            !header_fits_before(70, 40),
+            "would cover the original's last 10 bytes"
+        );
+        assert!(header_fits_before(80, 40));
+        assert!(header_fits_before(1040, 40));
     }
 
     #[test]
