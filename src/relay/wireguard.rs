@@ -936,7 +936,7 @@ mod tests {
     fn a_gro_receive_of_two_datagrams_is_counted_once() {
         let (a, b) = devices();
         let (mut relay_a, mut relay_b) = (relay(&a), relay(&b));
-        let (mut ma, mut mb) = (memory(), memory());
+        let (mut ma, mb) = (memory(), memory());
         let packets: Vec<Vec<u8>> = (0..2)
             .map(|id| {
                 build(&Spec {
