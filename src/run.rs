@@ -178,9 +178,15 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // Super-packets sized to fit one UDP GSO send each. Only an optimization: a kernel that
     // refuses gets a warning, and super-packets then cost two sends.
     let mut gso_cap = None;
+    // WireGuard's datagrams are longer than the segments they seal: fewer fit one send.
+    let growth = if prepared.is_some() {
+        crate::relay::wireguard::OVERHEAD
+    } else {
+        0
+    };
     if (offloads.tso || offloads.uso)
         && offloads.udp_gso
-        && let Some(bytes) = split::tun_gso_max_size(config.mtu as usize)
+        && let Some(bytes) = split::tun_gso_max_size_growing(config.mtu as usize, growth)
     {
         match link::set_gso_max_size(&config.device_name, bytes) {
             Ok(()) => gso_cap = Some(bytes),

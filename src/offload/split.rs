@@ -48,7 +48,14 @@ const CAP_HEADERS: usize = 72;
 /// (IPv4, or no timestamps). `None`: no cap helps, because the default 64 KiB limit already fits,
 /// or because a send holds one segment anyway (MTUs over 32 KB).
 pub fn tun_gso_max_size(mtu: usize) -> Option<u32> {
-    let per_send = segments_per_send(mtu);
+    tun_gso_max_size_growing(mtu, 0)
+}
+
+/// [`tun_gso_max_size`] for a relay whose datagrams are up to `growth` bytes longer than the
+/// segments they carry (WireGuard's header, tag and padding): a send then holds
+/// `segments_per_send(mtu + growth)` of them, and the cap counts that many segments.
+pub fn tun_gso_max_size_growing(mtu: usize, growth: usize) -> Option<u32> {
+    let per_send = segments_per_send(mtu + growth);
     if mtu <= CAP_HEADERS || per_send < 2 {
         return None;
     }
@@ -207,6 +214,26 @@ mod tests {
             Some(62080),
             "46 segments of 1348 + 72"
         );
+    }
+
+    /// Datagrams that grow by WireGuard's 32 bytes (a full segment is never padded past the
+    /// MTU): the cap counts the segments whose datagrams fit one send, one fewer at 1420 than
+    /// the plain cap (45 datagrams of 1452 bytes against 46 of 1420).
+    #[test]
+    fn capped_super_packets_of_grown_datagrams_fit_one_gso_send() {
+        for mtu in [576, 1280, 1420, 1500, 9000] {
+            let cap = tun_gso_max_size_growing(mtu, 32).unwrap() as usize;
+            let per_send = segments_per_send(mtu + 32);
+            assert!(per_send * (mtu + 32) <= GSO_MAX_BYTES);
+            for headers in [28, 40, 52, 72] {
+                let segments = (cap - headers).div_ceil(mtu - headers);
+                assert!(segments <= per_send, "MTU {mtu}: {segments} > {per_send}");
+            }
+            assert!((cap + 1 - CAP_HEADERS).div_ceil(mtu - CAP_HEADERS) > per_send);
+            assert_eq!(tun_gso_max_size_growing(mtu, 0), tun_gso_max_size(mtu));
+        }
+        assert_eq!(segments_per_send(1420 + 32), 45);
+        assert_eq!(tun_gso_max_size_growing(1420, 32), Some(72 + 45 * 1348));
     }
 
     #[test]

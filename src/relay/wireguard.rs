@@ -187,6 +187,14 @@ pub fn padded_to(len: usize, mtu: usize) -> usize {
     padded_len(len).min(mtu.max(len))
 }
 
+/// Whether a segment's rewritten header (`header_len` bytes) may go into a super-packet just
+/// before the segment's payload at `payload_start`: only past the original header, which the
+/// later segments' headers are still built from. The bytes it covers belong to the payload of
+/// an earlier segment, sealed before this one.
+pub fn header_fits_before(payload_start: usize, header_len: usize) -> bool {
+    payload_start >= 2 * header_len
+}
+
 /// Why an open failed, as the counter it goes to.
 pub fn open_drop(error: OpenError) -> DropReason {
     match error {
@@ -330,10 +338,13 @@ impl Relay {
 
     /// Splits a super-packet and seals each segment (its rewritten header and its payload, in
     /// place in the TUN buffer) into the slot's sealed area; then sends them, up to 64 per GSO
-    /// send.
-    fn wireguard_send_split(&mut self, bid: u16, buffer: &[u8], plan: &Split, now_ns: u64) {
+    /// send. From the second segment on, the rewritten header goes into the TUN buffer just
+    /// before its payload (over the tail of a payload already sealed, never over the original
+    /// header that every segment's is built from: [`header_fits_before`]), so that the AEAD
+    /// seals each segment straight from there, without copying it.
+    fn wireguard_send_split(&mut self, bid: u16, buffer: &mut [u8], plan: &Split, now_ns: u64) {
         let mtu = self.path.inner_mtu;
-        let packet = &buffer[vnet::LEN..];
+        let packet = &mut buffer[vnet::LEN..];
         let Some(wg) = self.wireguard.as_mut() else {
             return self.tun_free.push(bid);
         };
@@ -387,8 +398,16 @@ impl Relay {
             let Some(target) = out.get_mut(at..at + room) else {
                 break;
             };
-            let parts: [&[u8]; 2] = [&header[..header_len], &packet[payload]];
-            let Ok(sealed) = keypair.seal_gather(counters.start + i as u64, &parts, target) else {
+            let counter = counters.start + i as u64;
+            let result = if header_fits_before(payload.start, header_len) {
+                let segment = payload.start - header_len..payload.end;
+                packet[segment.start..payload.start].copy_from_slice(&header[..header_len]);
+                keypair.seal_gather(counter, &[&packet[segment]], target)
+            } else {
+                let parts: [&[u8]; 2] = [&header[..header_len], &packet[payload]];
+                keypair.seal_gather(counter, &parts, target)
+            };
+            let Ok(sealed) = result else {
                 break;
             };
             slot.pieces[i] = Piece::new(Base::Sealed(bid), at, sealed);
@@ -593,9 +612,7 @@ impl Relay {
         }
         drop(locked);
         report(activity);
-        if plan.segments.len() > 1 {
-            stats.counters.gro_receives += 1;
-        }
+        // `plan_runs` counts the GRO receive.
         receive::plan_runs(buffer, self.coalesce, stats, plan);
         self.write_planned(bid, now_ns);
     }
@@ -1042,6 +1059,157 @@ mod tests {
             "then sent directly"
         );
         assert_eq!(relay_a.stats().counters.wg_staged, 2);
+    }
+
+    /// Two datagrams in one GRO receive (a `UDP_GRO` control message giving their size) are
+    /// both opened and written, and counted as one GRO receive, not two.
+    #[test]
+    fn a_gro_receive_of_two_datagrams_is_counted_once() {
+        let (a, b) = devices();
+        let (mut relay_a, mut relay_b) = (relay(&a), relay(&b));
+        let (mut ma, mb) = (memory(), memory());
+        let packets: Vec<Vec<u8>> = (0..2)
+            .map(|id| {
+                build(&Spec {
+                    udp: true,
+                    payload_len: 100,
+                    id,
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        let datagrams: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|packet| seal_through(&mut relay_a, &mut ma, packet).0)
+            .collect();
+        let stride = datagrams[0].len();
+        assert_eq!(datagrams[1].len(), stride);
+
+        let bid = relay_b.pop_free_udp().expect("a UDP buffer");
+        let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(A.parse().unwrap());
+        let mut buffer = std::mem::take(&mut mb.udp.borrow_mut()[usize::from(bid)]);
+        buffer[..name_len].copy_from_slice(&name[..name_len]);
+        // One `SOL_UDP`/`UDP_GRO` message: cmsg_len = CMSG_LEN(sizeof(int)), then the size.
+        let control = name_len..name_len + crate::wire::cmsg::GRO_CONTROL_LEN;
+        let fields: [&[u8]; 4] = [
+            &(size_of::<libc::cmsghdr>() + 4).to_ne_bytes(),
+            &libc::SOL_UDP.to_ne_bytes(),
+            &libc::UDP_GRO.to_ne_bytes(),
+            &(stride as libc::c_int).to_ne_bytes(),
+        ];
+        let mut at = control.start;
+        for field in fields {
+            buffer[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        }
+        let payload = 128..128 + 2 * stride;
+        buffer[payload.start..payload.start + stride].copy_from_slice(&datagrams[0]);
+        buffer[payload.start + stride..payload.end].copy_from_slice(&datagrams[1]);
+        let received = Received {
+            name: 0..name_len,
+            control,
+            payload,
+            payload_truncated: false,
+            control_truncated: false,
+        };
+        relay_b.on_udp_recv(bid, &mut buffer, received, 300);
+        mb.udp.borrow_mut()[usize::from(bid)] = buffer;
+        relay_b.end_batch(300, &mb);
+        while let Some(Request::Write { token }) = relay_b.poll_request() {
+            let (_, pieces) = relay_b.write_pieces(WriteIndex::unpack(token.index));
+            let len: u32 = pieces.iter().map(|piece| piece.len).sum();
+            relay_b.complete(token, len as i32, 400, &mb);
+        }
+        let c = &relay_b.stats().counters;
+        assert_eq!((c.udp_rx_packets, c.tun_tx_packets), (2, 2), "{c:?}");
+        assert_eq!(c.gro_receives, 1, "{c:?}");
+    }
+
+    /// A TCP super-packet read from A's TUN (TSO) is sealed segment by segment into one GSO
+    /// send, each segment's header written into the TUN buffer before its payload where that
+    /// fits (from the second segment on, and not when the segment size is under the header's);
+    /// B opens every datagram into exactly the segment the splitter makes of the original.
+    #[test]
+    fn a_super_packet_is_sealed_segment_by_segment() {
+        for (payload_len, gso_size) in [(5 * 1000 + 300, 1000u16), (200, 30), (1380 * 3, 1380)] {
+            let (a, b) = devices();
+            let mut relay_a = Relay::new(RelayConfig {
+                offloads: Offloads {
+                    tso: true,
+                    uso: false,
+                    udp_gso: true,
+                    udp_gro: false,
+                },
+                ..config(&a)
+            });
+            let mut relay_b = relay(&b);
+            let mut ma = memory();
+            ma.tun = vec![vec![0u8; 70_000]; 4];
+            let mut mb = memory();
+            let packet = build(&Spec {
+                payload_len,
+                ..Spec::default()
+            });
+            let plan = Split::plan(&packet, vnet::GsoType::TcpV4, gso_size, 64).unwrap();
+            let segments: Vec<Vec<u8>> = (0..plan.count)
+                .map(|i| {
+                    let mut segment = Vec::new();
+                    plan.segment_into(&packet, i, &mut segment);
+                    segment
+                })
+                .collect();
+
+            let bid = relay_a.pop_free_tun().expect("a TUN buffer");
+            let buffer = &mut ma.tun[usize::from(bid)];
+            buffer[..vnet::LEN].fill(0);
+            buffer[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+            buffer[2..4].copy_from_slice(&40u16.to_le_bytes());
+            buffer[4..6].copy_from_slice(&gso_size.to_le_bytes());
+            buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
+            relay_a.on_tun_read(bid, buffer, vnet::LEN + packet.len(), 100);
+            relay_a.end_batch(100, &ma);
+            let mut datagrams = Vec::new();
+            let mut sends = 0;
+            while let Some(Request::Send {
+                token,
+                bid,
+                first,
+                segments,
+                ..
+            }) = relay_a.poll_request()
+            {
+                sends += 1;
+                let (pieces, _) = relay_a.send_pieces(bid, first, segments);
+                let mut sent = 0;
+                for piece in pieces {
+                    let bytes = relay_a.own_bytes(piece.base).expect("sealed");
+                    datagrams.push(bytes[piece.offset as usize..][..piece.len as usize].to_vec());
+                    sent += piece.len;
+                }
+                relay_a.complete(token, sent as i32, 200, &ma);
+            }
+            assert_eq!(sends, 1, "{} segments in one GSO send", plan.count);
+            assert_eq!(datagrams.len(), plan.count);
+            let a_address: SocketAddr = A.parse().unwrap();
+            for (datagram, segment) in datagrams.iter().zip(&segments) {
+                let written = open_through(&mut relay_b, &mut mb, datagram, a_address);
+                assert_eq!(written.as_deref(), Some(&segment[..]), "gso {gso_size}");
+            }
+        }
+    }
+
+    #[test]
+    fn header_goes_before_a_payload_only_past_the_original_header() {
+        assert!(
+            !header_fits_before(40, 40),
+            "the first segment's is the original"
+        );
+        assert!(
+            !header_fits_before(70, 40),
+            "would cover the original's last 10 bytes"
+        );
+        assert!(header_fits_before(80, 40));
+        assert!(header_fits_before(1040, 40));
     }
 
     #[test]

@@ -240,8 +240,9 @@ impl Keypair {
     /// stays where it is) straight into `out` as a type-4 datagram: header, ciphertext of the
     /// plaintext zero-padded to a multiple of 16, tag. Returns the datagram's length.
     ///
-    /// The parts are copied once, into `out`, and encrypted there in place: that copy is the
-    /// only one between the caller's buffers and the datagram. Padding never goes past the end
+    /// One part is sealed straight from where it is into `out` (the AEAD reads it and writes
+    /// the ciphertext, its padding sealed as extra plaintext): no copy. Several parts are copied
+    /// once, into `out`, and encrypted there in place. Padding never goes past the end
     /// of `out`, so a caller that wants the Linux module's padding (at most up to the MTU) passes
     /// an `out` of `MTU + 32` bytes. `counter` must come from [`Self::reserve_counters`]; a
     /// counter used twice would reuse a nonce.
@@ -271,6 +272,25 @@ impl Keypair {
         header[..4].copy_from_slice(&TYPE_TRANSPORT.to_le_bytes());
         header[4..8].copy_from_slice(&self.remote_index.to_le_bytes());
         header[8..16].copy_from_slice(&counter.to_le_bytes());
+        let nonce = Nonce::assume_unique_for_key(counter_nonce(counter));
+        if let [plaintext] = parts {
+            // `body_len - plaintext_len` is under 16: the padding's zeros are the AEAD's extra
+            // plaintext, sealed just before the tag.
+            const ZEROS: [u8; PADDING_MULTIPLE] = [0; PADDING_MULTIPLE];
+            let (ciphertext, rest) = rest.split_at_mut(plaintext_len);
+            let padding = &ZEROS[..body_len - plaintext_len];
+            self.send_key
+                .seal_out_of_place_scatter(
+                    nonce,
+                    Aad::empty(),
+                    plaintext,
+                    ciphertext,
+                    padding,
+                    &mut rest[..padding.len() + TRANSPORT_TAG_LEN],
+                )
+                .map_err(|_| SealError::BufferTooSmall)?;
+            return Ok(datagram_len);
+        }
         let (body, rest) = rest.split_at_mut(body_len);
         let mut filled = 0;
         for part in parts {
@@ -280,11 +300,7 @@ impl Keypair {
         body[filled..].fill(0);
         let tag = self
             .send_key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(counter_nonce(counter)),
-                Aad::empty(),
-                body,
-            )
+            .seal_in_place_separate_tag(nonce, Aad::empty(), body)
             .map_err(|_| SealError::BufferTooSmall)?;
         rest[..TRANSPORT_TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(datagram_len)
@@ -399,6 +415,35 @@ pub(crate) mod tests {
                     .iter()
                     .all(|&b| b == 0)
             );
+        }
+    }
+
+    /// A single part (sealed out of place, its padding as extra plaintext) and the same bytes
+    /// in two parts (copied, sealed in place) make the same datagram, at every padding length
+    /// and with the padding cut short by a small `out`; and the single part is left as it was.
+    #[test]
+    fn one_part_seals_out_of_place_like_parts_copied_in() {
+        let (ours, theirs) = linked_pair();
+        for len in (0..=80).chain([1419, 1420]) {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            for out_len in [sealed_len(len), len + 32, len + 33] {
+                let mut one = vec![0xa5u8; out_len];
+                let mut two = vec![0x5au8; out_len];
+                let (head, tail) = plaintext.split_at(len / 3);
+                let n = ours.seal(9, &plaintext, &mut one).unwrap();
+                let m = ours.seal_gather(9, &[head, tail], &mut two).unwrap();
+                assert_eq!(n, m, "len {len}, out {out_len}");
+                assert_eq!(n, 32 + padded_len(len).min(out_len - 32));
+                assert_eq!(one[..n], two[..n], "len {len}, out {out_len}");
+                assert_eq!(
+                    plaintext,
+                    (0..len).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>()
+                );
+                // The same counter each time: decrypted past the replay window.
+                assert_eq!(theirs.decrypt(&mut one[..n]), Ok(9));
+                assert_eq!(&one[16..16 + len], &plaintext[..]);
+                assert!(one[16 + len..n - 16].iter().all(|&b| b == 0));
+            }
         }
     }
 
