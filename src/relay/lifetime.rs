@@ -138,10 +138,6 @@ fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now
                     r.on_egress_mtu(None, *now);
                     continue;
                 }
-                Request::ProbeTunBacklog => {
-                    r.on_tun_backlog(rng.below(4) != 0, *now);
-                    continue;
-                }
             };
             r.complete(token, result, *now, b);
         }
@@ -188,9 +184,11 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
         let mut fed = 0u64;
         for round in 0..30u32 {
             if eager {
-                // The ring has held packets for 50 µs when the burst is read.
-                r.on_tun_backlog(true, now);
+                // The ring was last found empty 50 µs before the burst is read, and the drain
+                // since left packets behind.
+                r.on_tun_drained(true, now);
                 now += 50_000;
+                r.on_tun_drained(false, now);
             }
             // A burst: plain packets of a few flows and sizes (GSO batches and their ends), and
             // super-packets that split.
@@ -495,7 +493,6 @@ fn every_probe_from_the_peer_is_answered() {
                 }
                 Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
                 Request::ReadEgressMtu => r.on_egress_mtu(None, now),
-                Request::ProbeTunBacklog => r.on_tun_backlog(false, now),
                 Request::Send { token, .. } | Request::Write { token } => {
                     r.complete(token, 1400, now, &b)
                 }
