@@ -233,13 +233,11 @@ pub struct Args {
     /// receive buffer): `codel` times how long packets wait there and, when that wait stands
     /// above --aqm-target for --aqm-interval, marks ECN-capable packets CE and drops others, ever
     /// more often until it falls (RFC 8289, RFC 3168); `observe` only times them (the stats'
-    /// queue delay); `off` does neither. Off by default: the TUN ring's wait is read from polls
-    /// at each batch's end, which under steady load can find it never empty while each packet
-    /// waits only microseconds, and CoDel would then signal on a relay that keeps up.
+    /// queue delay); `off` does neither.
     #[arg(
         long,
         value_name = "codel|observe|off",
-        default_value = "off",
+        default_value = "codel",
         hide_possible_values = true
     )]
     pub aqm: AqmChoice,

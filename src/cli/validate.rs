@@ -935,8 +935,8 @@ mod tests {
     fn the_aqm_marks_before_it_drops_and_each_target_is_below_its_interval() {
         assert_eq!(
             check(&[]).unwrap().aqm.mode,
-            aqm::Mode::Off,
-            "off unless asked for"
+            aqm::Mode::Codel,
+            "codel unless asked otherwise"
         );
         let c = check(&["--aqm", "codel"]).unwrap();
         assert_eq!(c.aqm, aqm::Settings::DEFAULT);
@@ -973,7 +973,7 @@ mod tests {
         let refused = |extra: &[&str]| check(extra).unwrap_err().to_string();
         for (extra, says) in [
             (
-                &["--aqm-target", "1ms"][..],
+                &["--aqm", "off", "--aqm-target", "1ms"][..],
                 "--aqm-target: has no effect unless --aqm codel",
             ),
             (

@@ -50,9 +50,9 @@ pub struct Params {
 impl Params {
     /// RFC 8289 section 4.2's values: a standing queue of 5 ms, judged over 100 ms, for round
     /// trips up to about that long on the Internet. A relay that is itself the bottleneck sees
-    /// flows whose round trip is a fraction of a millisecond through it, and these let its queue
-    /// stand for milliseconds (they signalled nothing in the bottleneck bench, where the queue
-    /// stood at 1 to 20 ms: bench-results/2026-12-04T160000Z-aqm.md).
+    /// flows whose round trip is a fraction of a millisecond through it (0.2 ms idle in the
+    /// bottleneck bench, bench-results/2026-12-04T162617Z-bufferbloat.md), and these would let
+    /// its queue stand for milliseconds, many of those round trips, before signalling.
     pub const RFC_8289: Params = Params {
         target_ns: 5_000_000,
         interval_ns: 100_000_000,
@@ -173,6 +173,10 @@ pub struct Codel {
     /// The signalling state: the queue stood above target for an interval, and has not yet
     /// gone below.
     signalling: bool,
+    /// A signal fell due and no packet that may take it came for an interval: the packets in
+    /// the queue are another CoDel's (a `Queue`'s other class) or sparse. The schedule is
+    /// stale, and the standing queue is timed again from the next packet that may be signalled.
+    dormant: bool,
 }
 
 impl Codel {
@@ -187,18 +191,39 @@ impl Codel {
         sojourn_ns: u64,
         eligible: bool,
     ) -> Verdict {
-        let standing = self.standing(params, now_ns, sojourn_ns);
+        let standing = self.standing(params, now_ns, sojourn_ns, eligible);
         if self.signalling {
             if !standing {
                 self.signalling = false;
-            } else if now_ns >= self.signal_next_ns && eligible {
-                self.count = self.count.saturating_add(1);
-                self.signal_next_ns = control_law(self.signal_next_ns, params, self.count);
-                return Verdict::Signal;
+            } else if now_ns >= self.signal_next_ns {
+                if eligible {
+                    self.count = self.count.saturating_add(1);
+                    self.signal_next_ns = control_law(self.signal_next_ns, params, self.count);
+                    return Verdict::Signal;
+                }
+                if now_ns.saturating_sub(self.signal_next_ns) >= params.interval_ns {
+                    // RFC 8289 section 5's schedule counts the packets this CoDel dequeues and
+                    // may signal; none came for an interval, so the schedule is stale: the
+                    // state ends, as if the queue had gone below target for this class, and
+                    // its count is kept for the re-entry rule.
+                    self.signalling = false;
+                    self.go_dormant();
+                }
             }
             return Verdict::Pass;
         }
-        if !standing || !eligible {
+        if !standing {
+            return Verdict::Pass;
+        }
+        if !eligible {
+            // Due since `first_above_ns`; stale once no packet that may take it came for an
+            // interval.
+            if self
+                .first_above_ns
+                .is_some_and(|due| now_ns.saturating_sub(due) >= params.interval_ns)
+            {
+                self.go_dormant();
+            }
             return Verdict::Pass;
         }
         self.signalling = true;
@@ -213,10 +238,19 @@ impl Codel {
     }
 
     /// Whether the queue has stood above target for an interval (`codel_should_drop`, less its
-    /// backlog condition: see the module documentation).
-    fn standing(&mut self, params: Params, now_ns: u64, sojourn_ns: u64) -> bool {
+    /// backlog condition: see the module documentation). While dormant, only a packet that may
+    /// be signalled starts the interval.
+    fn standing(&mut self, params: Params, now_ns: u64, sojourn_ns: u64, eligible: bool) -> bool {
         if sojourn_ns < params.target_ns {
             self.first_above_ns = None;
+            self.dormant = false;
+            return false;
+        }
+        if self.dormant {
+            if eligible {
+                self.dormant = false;
+                self.first_above_ns = Some(now_ns.saturating_add(params.interval_ns));
+            }
             return false;
         }
         match self.first_above_ns {
@@ -226,6 +260,13 @@ impl Codel {
             }
             Some(at) => now_ns >= at,
         }
+    }
+
+    /// Leaves a stale schedule: nothing is due until a packet that may be signalled has found
+    /// the queue standing for an interval.
+    fn go_dormant(&mut self) {
+        self.dormant = true;
+        self.first_above_ns = None;
     }
 
     /// Whether signals are being sent (the queue has stood for an interval).
@@ -479,6 +520,56 @@ mod tests {
                 Verdict::Pass
             );
         }
+    }
+
+    /// A drop CoDel that sees only ECN-capable packets for a while (an ECN flow, marked by the
+    /// other CoDel) keeps no schedule for them: the first Not-ECT packet afterwards is not
+    /// dropped at once, whether the drop CoDel had never signalled or was signalling when the
+    /// ECN flow began. Drops come again once Not-ECT packets have found the queue standing for
+    /// a drop interval, and near the old rate (RFC 8289 section 5.4's re-entry).
+    #[test]
+    fn an_ecn_flow_leaves_no_stale_drop_schedule_behind() {
+        let settings = Settings {
+            mode: Mode::Codel,
+            mark: Params {
+                target_ns: MS,
+                interval_ns: 10 * MS,
+            },
+            drop: Params {
+                target_ns: 5 * MS,
+                interval_ns: 100 * MS,
+            },
+        };
+        let judge = |q: &mut Queue, t: u64, ect: bool| q.judge(settings, t, 6 * MS, ect, true);
+        // Never signalled: 500 ms of an ECN flow (marked), then Not-ECT packets.
+        let mut q = Queue::default();
+        let marks = (0..500).filter(|&k| judge(&mut q, k * MS, true) == Verdict::Signal);
+        assert!(marks.count() > 10, "the ECN flow is marked");
+        let first_drop = (500..1_000)
+            .map(|k| k * MS)
+            .find(|&t| judge(&mut q, t, false) == Verdict::Signal);
+        assert_eq!(
+            first_drop,
+            Some(600 * MS),
+            "one drop interval after the first Not-ECT packet, not at once"
+        );
+        // Signalling: Not-ECT packets dropped for a while, then 500 ms of an ECN flow, then
+        // Not-ECT packets again.
+        let mut q = Queue::default();
+        let drops = (0..600).filter(|&k| judge(&mut q, k * MS, false) == Verdict::Signal);
+        assert!(drops.count() >= 4, "the Not-ECT flow is dropped");
+        for k in 600..1_100 {
+            judge(&mut q, k * MS, true);
+        }
+        let drops: Vec<u64> = (1_100..1_500)
+            .map(|k| k * MS)
+            .filter(|&t| judge(&mut q, t, false) == Verdict::Signal)
+            .collect();
+        assert_eq!(drops.first(), Some(&(1_200 * MS)), "{drops:?}");
+        assert!(
+            drops[1] - drops[0] < 60 * MS,
+            "near the old rate: {drops:?}"
+        );
     }
 
     #[test]

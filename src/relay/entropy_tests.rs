@@ -70,7 +70,6 @@ fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> (Vec<Socket>, Vec<(Vec<u8
                 }
                 Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
                 Request::ReadEgressMtu => r.on_egress_mtu(None, now),
-                Request::ProbeTunBacklog => r.on_tun_backlog(false, now),
             }
         }
         if !any {

@@ -6,9 +6,11 @@
 //! relay's counters must agree with that count, not only with themselves.
 
 use super::*;
+use crate::offload::ecn::Ecn;
 use crate::offload::test_packets::{Spec, Xorshift, build};
 use crate::stats::DropReason;
 use crate::wire::cmsg::QueuedErrors;
+use crate::wire::transport::tcp_flags;
 use crate::wire::vnet;
 use std::cell::RefCell;
 
@@ -138,10 +140,6 @@ fn settle(r: &mut Relay, b: &FakeBuffers, rng: &mut Xorshift, failures: u64, now
                     r.on_egress_mtu(None, *now);
                     continue;
                 }
-                Request::ProbeTunBacklog => {
-                    r.on_tun_backlog(rng.below(4) != 0, *now);
-                    continue;
-                }
             };
             r.complete(token, result, *now, b);
         }
@@ -188,9 +186,11 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
         let mut fed = 0u64;
         for round in 0..30u32 {
             if eager {
-                // The ring has held packets for 50 µs when the burst is read.
-                r.on_tun_backlog(true, now);
+                // The ring was last found empty 50 µs before the burst is read, and the drain
+                // since left packets behind.
+                r.on_tun_drained(true, now);
                 now += 50_000;
+                r.on_tun_drained(false, now);
             }
             // A burst: plain packets of a few flows and sizes (GSO batches and their ends), and
             // super-packets that split.
@@ -247,11 +247,303 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
     assert!(aqm_acted > 0, "the eager AQM dropped or marked something");
 }
 
-#[test]
-fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_writes_return() {
+/// The packets of a `Request::Send` as they leave: its pieces, read from the shell's TUN
+/// buffers or the relay's own memory, laid end to end and cut at each IP packet's length.
+fn sent_packets(r: &Relay, b: &FakeBuffers, bid: u16, first: u16, segments: u16) -> Vec<Vec<u8>> {
+    let (pieces, _) = r.send_pieces(bid, first, segments);
+    let mut bytes = Vec::new();
+    for piece in pieces {
+        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+        match piece.base {
+            Base::TunBuffer(bid) => bytes.extend_from_slice(&b.tun[usize::from(bid)][range]),
+            base => bytes.extend_from_slice(&r.own_bytes(base).expect("the relay's bytes")[range]),
+        }
+    }
+    let mut packets = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let len = match rest[0] >> 4 {
+            4 => usize::from(u16::from_be_bytes([rest[2], rest[3]])),
+            _ => 40 + usize::from(u16::from_be_bytes([rest[4], rest[5]])),
+        };
+        packets.push(rest[..len].to_vec());
+        rest = &rest[len..];
+    }
+    packets
+}
+
+/// Closes batches and completes every request with success until none is left, and returns
+/// the packets the sends carried.
+fn settle_and_collect(r: &mut Relay, b: &FakeBuffers, now: &mut u64) -> Vec<Vec<u8>> {
+    let mut sent = Vec::new();
+    for _ in 0..1000 {
+        *now += 1000;
+        r.end_batch(*now, b);
+        let mut answered = 0;
+        while let Some(request) = r.poll_request() {
+            answered += 1;
+            match request {
+                Request::Send {
+                    token,
+                    bid,
+                    first,
+                    segments,
+                    ..
+                } => {
+                    sent.extend(sent_packets(r, b, bid, first, segments));
+                    r.complete(token, 1400, *now, b);
+                }
+                Request::SendControl { token, .. } | Request::Write { token } => {
+                    r.complete(token, 1400, *now, b)
+                }
+                Request::DrainErrors { socket } => {
+                    r.on_errors_drained(socket, QueuedErrors::default(), *now, b)
+                }
+                Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
+                Request::ReadEgressMtu => r.on_egress_mtu(None, *now),
+            }
+        }
+        if answered == 0 {
+            return sent;
+        }
+    }
+    panic!("requests kept coming after 1000 rounds");
+}
+
+/// Reads `packet` from the TUN into a free buffer, behind `header` (a virtio header).
+fn read_tun(r: &mut Relay, b: &mut FakeBuffers, header: [u8; vnet::LEN], packet: &[u8], now: u64) {
+    let bid = r.pop_free_tun().expect("a free TUN buffer");
+    let buffer = &mut b.tun[usize::from(bid)];
+    buffer[..vnet::LEN].copy_from_slice(&header);
+    buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(packet);
+    r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), now);
+}
+
+/// Tells the relay the TUN's ring has stood for `ns`: emptied then, and not since.
+fn ring_stood(r: &mut Relay, now: &mut u64, ns: u64) {
+    r.on_tun_drained(true, *now);
+    *now += ns;
+    r.on_tun_drained(false, *now);
+}
+
+/// Receives `payload` (a GRO buffer's datagrams, all of one stride) from the peer into UDP
+/// buffer `bid`, stamped (`SCM_TIMESTAMPNS`) as taken in by the kernel `waited_ns` before `now`
+/// (on the wall clock the fake engine reports, `WALL_AHEAD_NS` ahead).
+fn receive_stamped(
+    r: &mut Relay,
+    b: &FakeBuffers,
+    bid: u16,
+    payload: &[u8],
+    now: u64,
+    waited_ns: u64,
+) {
     // The `sockaddr_in` of the peer, as a receive puts it in the buffer.
     let (name, name_len) = crate::wire::cmsg::sockaddr_bytes(PEER.parse().unwrap());
     let name = &name[..name_len];
+    let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
+    buffer[..name.len()].copy_from_slice(name);
+    let stamp = now + WALL_AHEAD_NS - waited_ns;
+    let control = name.len()..name.len() + crate::wire::cmsg::TIMESTAMP_CONTROL_LEN;
+    buffer[control.start..control.start + 8].copy_from_slice(&32usize.to_ne_bytes());
+    buffer[control.start + 8..control.start + 12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+    buffer[control.start + 12..control.start + 16]
+        .copy_from_slice(&libc::SCM_TIMESTAMPNS.to_ne_bytes());
+    buffer[control.start + 16..control.start + 24]
+        .copy_from_slice(&((stamp / 1_000_000_000) as i64).to_ne_bytes());
+    buffer[control.start + 24..control.start + 32]
+        .copy_from_slice(&((stamp % 1_000_000_000) as i64).to_ne_bytes());
+    let at = 64;
+    buffer[at..at + payload.len()].copy_from_slice(payload);
+    let received = Received {
+        name: 0..name.len(),
+        control,
+        payload: at..at + payload.len(),
+        payload_truncated: false,
+        // No UDP_GRO message: the first datagram's IP length is the stride.
+        control_truncated: true,
+    };
+    r.on_udp_recv(bid, &mut buffer, received, now);
+    b.udp.borrow_mut()[usize::from(bid)] = buffer;
+}
+
+/// `--aqm observe` times both queues as `codel` does, and signals nothing: under the eager
+/// AQM's times, a ring that stands for 50 µs and datagrams that waited a millisecond in the
+/// socket, ECT and Not-ECT, every packet is timed at its wait, none is marked or dropped, and
+/// every one leaves as it came.
+#[test]
+fn observe_times_the_queues_and_never_marks_or_drops() {
+    let mut r = Relay::new(RelayConfig {
+        aqm: aqm::Settings {
+            mode: aqm::Mode::Observe,
+            mark: EAGER,
+            drop: EAGER,
+        },
+        ..config()
+    });
+    let mut b = FakeBuffers::new();
+    let mut now = 0u64;
+    r.on_wall_clock(now, now + WALL_AHEAD_NS);
+    let (mut fed, mut sent, mut datagrams) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..30u32 {
+        ring_stood(&mut r, &mut now, 50_000);
+        for k in 0..4u32 {
+            let packet = build(&Spec {
+                payload_len: 1200,
+                tos: [0, Ecn::Ect0.bits()][(k % 2) as usize],
+                seq: round * 100_000 + k * 1200,
+                ..Spec::default()
+            });
+            read_tun(&mut r, &mut b, [0; vnet::LEN], &packet, now);
+            fed.push(packet);
+        }
+        let bid = r.pop_free_udp().expect("a free UDP buffer");
+        let payload: Vec<u8> = (0..4u32)
+            .flat_map(|s| {
+                build(&Spec {
+                    payload_len: 1000,
+                    seq: round * 100_000 + s * 1000,
+                    tos: [0, Ecn::Ect0.bits()][(s % 2) as usize],
+                    ..Spec::default()
+                })
+            })
+            .collect();
+        receive_stamped(&mut r, &b, bid, &payload, now, 1_000_000);
+        datagrams += 4;
+        r.on_wall_clock(now, now + WALL_AHEAD_NS);
+        sent.extend(settle_and_collect(&mut r, &b, &mut now));
+    }
+    let stats = r.stats();
+    let c = &stats.counters;
+    let changed = sent.iter().zip(&fed).filter(|(s, f)| s != f).count();
+    assert!(
+        sent.len() == fed.len() && changed == 0,
+        "every TUN packet left as it came: {} of {} sent, {changed} changed",
+        sent.len(),
+        fed.len()
+    );
+    assert_eq!(c.tun_tx_packets, datagrams, "every datagram written");
+    assert_eq!(c.total_drops(), 0, "{c:?}");
+    assert_eq!(c.aqm_marked_tun_ring + c.aqm_marked_udp_socket, 0);
+    let (ring, socket) = (&stats.queue_delay_tun_ns, &stats.queue_delay_udp_ns);
+    assert_eq!(ring.len(), fed.len() as u64, "every TUN packet timed");
+    assert_eq!(socket.len(), datagrams, "every datagram timed");
+    assert!(
+        ring.equivalent(ring.value_at_quantile(0.5), 50_000),
+        "the ring's 50 µs: {}",
+        ring.value_at_quantile(0.5)
+    );
+    assert!(
+        socket.equivalent(socket.value_at_quantile(0.5), 1_000_000),
+        "the socket's millisecond: {}",
+        socket.value_at_quantile(0.5)
+    );
+}
+
+/// Under the eager AQM and a standing ring, plain packets and super-packets, ECT(0) and
+/// Not-ECT, IPv4 and IPv6: every ECN-capable packet leaves (marked CE or not), none is dropped,
+/// and every one marked CE leaves with valid checksums (the IPv4 header's updated); the
+/// Not-ECT ones are sent or counted as the AQM's drops.
+#[test]
+fn the_eager_aqm_never_drops_an_ect_packet_and_marks_with_valid_checksums() {
+    let mut r = relay_with_eager_aqm();
+    let mut b = FakeBuffers::new();
+    let mut rng = Xorshift(0x5eed);
+    let mut now = 0u64;
+    let (mut ect_fed, mut not_ect_fed) = (0u64, 0u64);
+    let mut sent = Vec::new();
+    for round in 0..40u32 {
+        ring_stood(&mut r, &mut now, 50_000);
+        for k in 0..6u32 {
+            let ect = rng.below(2) == 0;
+            let ipv6 = rng.below(2) == 0;
+            let spec = |payload_len| Spec {
+                ipv6,
+                payload_len,
+                tos: if ect { Ecn::Ect0.bits() } else { 0 },
+                sport: 40000 + (k % 3) as u16,
+                seq: round * 1_000_000 + k * 10_000,
+                ..Spec::default()
+            };
+            let segments = if !ipv6 && rng.below(3) == 0 {
+                let big = build(&spec(4000));
+                read_tun(&mut r, &mut b, tso_header(1000), &big, now);
+                4
+            } else {
+                read_tun(&mut r, &mut b, [0; vnet::LEN], &build(&spec(1200)), now);
+                1
+            };
+            *if ect { &mut ect_fed } else { &mut not_ect_fed } += segments;
+        }
+        sent.extend(settle_and_collect(&mut r, &b, &mut now));
+    }
+    let c = &r.stats().counters;
+    let ecn = |p: &Vec<u8>| Ecn::of(crate::offload::ecn::inner_tos(p));
+    let ce: Vec<_> = sent.iter().filter(|p| ecn(p) == Ecn::Ce).collect();
+    let ect_sent = sent.iter().filter(|p| ecn(p) != Ecn::NotEct).count() as u64;
+    assert_eq!(ect_sent, ect_fed, "no ECN-capable packet dropped: {c:?}");
+    assert_eq!(ce.len() as u64, c.aqm_marked_tun_ring, "every mark counted");
+    assert!(!ce.is_empty(), "the eager AQM marked");
+    for p in ce {
+        crate::offload::test_packets::assert_valid(p);
+    }
+    let not_ect_sent = sent.len() as u64 - ect_sent;
+    let dropped = c.drops_of(DropReason::AqmTunRing);
+    assert!(dropped > 0, "the eager AQM dropped");
+    assert_eq!(not_ect_sent + dropped, not_ect_fed, "{c:?}");
+}
+
+/// A Not-ECT super-packet the AQM drops loses its last segment, as a router that dropped one
+/// packet of the burst would; one whose last segment carries FIN loses all of them, since no
+/// other segment may take the FIN over.
+#[test]
+fn a_dropped_super_packet_loses_its_last_segment_or_all_of_it_with_fin() {
+    for fin in [false, true] {
+        let mut r = relay_with_eager_aqm();
+        let mut b = FakeBuffers::new();
+        let mut now = 0u64;
+        // The ring stands, and a first packet starts CoDel's interval without being signalled.
+        ring_stood(&mut r, &mut now, 50_000);
+        read_tun(
+            &mut r,
+            &mut b,
+            [0; vnet::LEN],
+            &build(&Spec::default()),
+            now,
+        );
+        let mut sent = settle_and_collect(&mut r, &b, &mut now);
+        assert_eq!(sent.len(), 1, "not yet signalled");
+        // An interval later: the super-packet of 5 segments is.
+        now += 50_000;
+        let flags = tcp_flags::ACK | if fin { tcp_flags::FIN } else { 0 };
+        let big = build(&Spec {
+            payload_len: 5000,
+            flags,
+            ..Spec::default()
+        });
+        read_tun(&mut r, &mut b, tso_header(1000), &big, now);
+        sent.extend(settle_and_collect(&mut r, &b, &mut now));
+        let c = &r.stats().counters;
+        let (expect_sent, expect_dropped) = if fin { (1, 5) } else { (5, 1) };
+        assert_eq!(sent.len(), expect_sent, "fin={fin}: {c:?}");
+        assert_eq!(
+            c.drops_of(DropReason::AqmTunRing),
+            expect_dropped,
+            "fin={fin}"
+        );
+        assert_eq!(c.tun_rx_packets, 6);
+        if !fin {
+            // The four left are the first four, in order, and none carries FIN.
+            let seqs: Vec<u32> = sent[1..]
+                .iter()
+                .map(|p| u32::from_be_bytes([p[24], p[25], p[26], p[27]]))
+                .collect();
+            assert_eq!(seqs, [1000, 2000, 3000, 4000]);
+        }
+    }
+}
+
+#[test]
+fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_writes_return() {
     let mut aqm_acted = 0;
     for seed in 1..=40u64 {
         // Every other seed with an AQM, the datagrams stamped as having waited a millisecond.
@@ -288,32 +580,7 @@ fn udp_buffers_all_come_back_and_every_datagram_is_counted_once_whatever_the_wri
                     }));
                 }
                 fed += u64::from(segments);
-                let mut buffer = std::mem::take(&mut b.udp.borrow_mut()[usize::from(bid)]);
-                buffer[..name.len()].copy_from_slice(name);
-                // SCM_TIMESTAMPNS: taken in by the kernel a millisecond before `now`.
-                let stamp = now + WALL_AHEAD_NS - 1_000_000;
-                let control = name.len()..name.len() + crate::wire::cmsg::TIMESTAMP_CONTROL_LEN;
-                buffer[control.start..control.start + 8].copy_from_slice(&32usize.to_ne_bytes());
-                buffer[control.start + 8..control.start + 12]
-                    .copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-                buffer[control.start + 12..control.start + 16]
-                    .copy_from_slice(&libc::SCM_TIMESTAMPNS.to_ne_bytes());
-                buffer[control.start + 16..control.start + 24]
-                    .copy_from_slice(&((stamp / 1_000_000_000) as i64).to_ne_bytes());
-                buffer[control.start + 24..control.start + 32]
-                    .copy_from_slice(&((stamp % 1_000_000_000) as i64).to_ne_bytes());
-                let at = 64;
-                buffer[at..at + payload.len()].copy_from_slice(&payload);
-                let received = Received {
-                    name: 0..name.len(),
-                    control,
-                    payload: at..at + payload.len(),
-                    payload_truncated: false,
-                    // No UDP_GRO message: the first datagram's IP length is the stride.
-                    control_truncated: true,
-                };
-                r.on_udp_recv(bid, &mut buffer, received, now);
-                b.udp.borrow_mut()[usize::from(bid)] = buffer;
+                receive_stamped(&mut r, &b, bid, &payload, now, 1_000_000);
                 merged += 1;
             }
             let failures = rng.below(17);
@@ -495,7 +762,6 @@ fn every_probe_from_the_peer_is_answered() {
                 }
                 Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
                 Request::ReadEgressMtu => r.on_egress_mtu(None, now),
-                Request::ProbeTunBacklog => r.on_tun_backlog(false, now),
                 Request::Send { token, .. } | Request::Write { token } => {
                     r.complete(token, 1400, now, &b)
                 }

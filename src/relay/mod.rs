@@ -226,9 +226,6 @@ pub enum Request {
     ReadSocketDrops,
     /// Read the egress device's MTU toward the peer: `on_egress_mtu`.
     ReadEgressMtu,
-    /// Look whether packets wait in the TUN queue's ring (`poll` for `POLLIN`, no timeout):
-    /// `on_tun_backlog`.
-    ProbeTunBacklog,
 }
 
 /// One worker's protocol state. See the module documentation.
@@ -661,7 +658,6 @@ impl Relay {
     /// the GSO batch gathered in this batch sent, after the resends, whose packets were read
     /// before. Takes the path MTU the machine published.
     pub fn end_batch(&mut self, now_ns: u64, buffers: &impl Buffers) {
-        self.probe_tun_backlog();
         self.run_path(now_ns);
         if self.reports.drain_queue || !self.refused.is_empty() {
             self.awaiting_errors = true;

@@ -120,21 +120,6 @@ pub fn open_queues(device: &str, queues: usize) -> Result<Vec<OwnedFd>, Error> {
     Ok(fds)
 }
 
-/// Whether packets wait in the ring of the TUN queue `fd` (`poll(2)` for `POLLIN`, no timeout;
-/// `tun_chr_poll` in drivers/net/tun.c reports `POLLIN` while the queue's ring is not empty).
-/// The ring counts no bytes and a read carries no time, so this is how the AQM learns that a
-/// queue stands there (`relay::queue`).
-pub fn has_packets(fd: &OwnedFd) -> std::io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd that lives across the call, and a count of 1.
-    check(unsafe { libc::poll(&mut poll, 1, 0) })?;
-    Ok(poll.revents & libc::POLLIN != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

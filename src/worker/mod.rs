@@ -739,13 +739,6 @@ impl Worker {
                     self.relay.on_egress_mtu(mtu, now_ns);
                     continue;
                 }
-                Request::ProbeTunBacklog => {
-                    // An error says nothing waits; the next look will tell.
-                    let waiting = sys::tun::has_packets(&self.tun).unwrap_or(false);
-                    let now_ns = self.now_ns();
-                    self.relay.on_tun_backlog(waiting, now_ns);
-                    continue;
-                }
             };
             self.submissions.queued.push(submission);
         }

@@ -324,13 +324,18 @@ impl Poll {
 }
 
 /// Reads the worker's (non-blocking) TUN queue until it is empty, `budget` reads brought a
-/// packet or no buffer is free, handing each packet to the worker. Returns how many reads
-/// brought a packet.
+/// packet or no buffer is free, handing each packet to the worker, and then tells the relay
+/// whether the ring was left empty (`Relay::on_tun_drained`). Returns how many reads brought a
+/// packet.
 pub(super) fn read_tun(worker: &mut Worker, budget: usize, now_ns: u64) -> usize {
     let tun = worker.tun.as_raw_fd();
     let len = worker.memory.tun_buffers.buf_len();
     for read in 0..budget {
         let Some(bid) = worker.relay.pop_free_tun() else {
+            // Packets may be left in the ring; with none read, the last drain's word stands.
+            if read > 0 {
+                worker.relay.on_tun_drained(false, now_ns);
+            }
             return read;
         };
         let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
@@ -343,10 +348,14 @@ pub(super) fn read_tun(worker: &mut Worker, budget: usize, now_ns: u64) -> usize
         worker.relay.give_back_tun(bid);
         // A TUN read never returns 0 bytes while the device is there.
         let e = if n == 0 { libc::EIO } else { errno() };
-        if e != libc::EAGAIN {
+        if e == libc::EAGAIN {
+            worker.relay.on_tun_drained(true, now_ns);
+        } else {
             worker.on_read_error(true, e);
         }
         return read;
     }
+    // The budget is spent: packets may be left in the ring.
+    worker.relay.on_tun_drained(false, now_ns);
     budget
 }

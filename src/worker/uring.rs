@@ -38,6 +38,10 @@ pub(super) struct Uring {
     udp_in_kernel: usize,
     tun_read_armed: bool,
     udp_recv_armed: bool,
+    /// Whether the multishot read was armed when the ring was last entered, and whether it
+    /// ended since: what the TUN's ring was left as (`report_tun_drain`).
+    tun_read_armed_at_wait: bool,
+    tun_read_ended: bool,
     /// This engine's own operations (reads, cancels) awaiting their final completion.
     in_flight: usize,
     entries: Vec<squeue::Entry>,
@@ -80,6 +84,8 @@ pub(super) fn setup(config: &WorkerConfig) -> Result<(Uring, Worker), sys::Error
         udp_in_kernel: 0,
         tun_read_armed: false,
         udp_recv_armed: false,
+        tun_read_armed_at_wait: false,
+        tun_read_ended: false,
         in_flight: 0,
         entries: Vec::with_capacity(4 * depth + 16),
         completions: Vec::with_capacity(4 * sq_entries as usize),
@@ -295,6 +301,9 @@ pub(super) trait RingEngine: Sized {
     /// Waits for `want` completions, at most `limit`, handing queued submissions over.
     fn wait(&mut self, want: usize, limit: Duration) -> io::Result<()>;
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64);
+    /// After a batch's completions: tells the relay what the TUN's ring was left as, if the
+    /// engine drains it in the kernel (`Relay::on_tun_drained`).
+    fn report_tun_drain(&mut self, _worker: &mut Worker, _now_ns: u64) {}
     /// Queues the cancellation of every read and receive in flight.
     fn cancel_reads(&mut self);
     /// The ring, the rest of the engine dropped.
@@ -359,6 +368,7 @@ fn reap<E: RingEngine>(engine: &mut E, worker: &mut Worker) -> usize {
         .filter(|c| Token::from_user_data(c.user_data()).is_some_and(|t| t.op != Op::Timer))
         .count();
     *engine.completions() = completions;
+    engine.report_tun_drain(worker, now);
     worker.end_batch(now);
     handled + usize::from(injected)
 }
@@ -385,6 +395,7 @@ impl RingEngine for Uring {
     fn flush(&mut self, worker: &mut Worker) {
         take_submissions(worker, &mut self.injected, &mut self.entries);
         self.give_back(worker);
+        self.tun_read_armed_at_wait = self.tun_read_armed;
         if let Err(e) = push_all(&mut self.ring, &mut self.entries) {
             worker.fatal.get_or_insert(e);
         }
@@ -392,6 +403,17 @@ impl RingEngine for Uring {
 
     fn wait(&mut self, want: usize, limit: Duration) -> io::Result<()> {
         wait(&self.ring, want, limit)
+    }
+
+    /// The multishot read runs in the kernel's task work, which `io_uring_enter` runs before it
+    /// returns (with `DEFER_TASKRUN`, `io_cqring_wait` runs the ring's local work first): it
+    /// reads until a read finds the ring empty and then waits on the file's poll queue again,
+    /// posting nothing for that. So a read that was armed when the ring was entered and did not
+    /// end (for want of a buffer, `ENOBUFS`) left the ring empty; one that ended, or was not
+    /// armed, may have left packets behind.
+    fn report_tun_drain(&mut self, worker: &mut Worker, now_ns: u64) {
+        let emptied = self.tun_read_armed_at_wait && !std::mem::take(&mut self.tun_read_ended);
+        worker.relay.on_tun_drained(emptied, now_ns);
     }
 
     fn complete(&mut self, worker: &mut Worker, cqe: &cqueue::Entry, now_ns: u64) {
@@ -413,6 +435,7 @@ impl RingEngine for Uring {
                 if !more {
                     self.in_flight -= 1;
                     self.tun_read_armed = false;
+                    self.tun_read_ended = true;
                     worker.relay.on_multishot_end();
                 }
                 match bid {
