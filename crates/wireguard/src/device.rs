@@ -117,16 +117,18 @@ impl Receiver {
         &self.peer
     }
 
-    /// Open a datagram with the keypair's replay window locked by `replay` (from
-    /// `keypair().lock_replay()`, once per batch). The first datagram under a responder's new
-    /// keypair also makes it the peer's send keypair. The caller then checks the inner source
-    /// against [`RouteTable::allows`] and reports the batch to `peer().activity()`.
+    /// Open a datagram at `now_ns` (the device's clock) with the keypair's replay window
+    /// locked by `replay` (from `keypair().lock_replay()`, once per batch). The first datagram
+    /// under a responder's new keypair also makes it the peer's send keypair. The caller then
+    /// checks the inner source against [`RouteTable::allows`] and reports the batch to
+    /// `peer().activity()`.
     pub fn open_locked(
         &self,
         replay: &mut ReplayGuard<'_>,
         datagram: &mut [u8],
+        now_ns: u64,
     ) -> Result<Range<usize>, OpenError> {
-        let (range, confirmed_now) = self.keypair.open_confirming(replay, datagram)?;
+        let (range, confirmed_now) = self.keypair.open_confirming(replay, datagram, now_ns)?;
         if confirmed_now {
             self.peer.confirm(&self.keypair);
         }
@@ -134,9 +136,9 @@ impl Receiver {
     }
 
     /// [`Self::open_locked`] with a lock of its own.
-    pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, OpenError> {
+    pub fn open(&self, datagram: &mut [u8], now_ns: u64) -> Result<Range<usize>, OpenError> {
         let mut replay = self.keypair.lock_replay();
-        self.open_locked(&mut replay, datagram)
+        self.open_locked(&mut replay, datagram, now_ns)
     }
 }
 
@@ -1160,7 +1162,7 @@ impl Device {
 fn seal_staged(keypair: &Keypair, peer: &PeerShared, to: SocketAddr, now_ns: u64) -> Vec<Transmit> {
     // Taken under the lock, sealed outside it: a worker staging meanwhile never waits long.
     let packets = peer.staged().take();
-    let Some(counters) = keypair.reserve_counters(packets.len() as u64) else {
+    let Some(counters) = keypair.reserve_counters(packets.len() as u64, now_ns) else {
         return Vec::new();
     };
     let mut transmits = Vec::with_capacity(packets.len());
@@ -1191,7 +1193,7 @@ fn seal_keepalive(
     to: SocketAddr,
     now_ns: u64,
 ) -> Option<Transmit> {
-    let counter = keypair.reserve_counters(1)?.start;
+    let counter = keypair.reserve_counters(1, now_ns)?.start;
     let mut datagram = vec![0u8; TRANSPORT_MIN_LEN];
     let len = keypair.seal(counter, &[], &mut datagram).ok()?;
     datagram.truncate(len);

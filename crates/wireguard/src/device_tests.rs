@@ -66,7 +66,7 @@ fn seal(device: &Device, peer: PeerId, payload: &[u8], now_ns: u64) -> Option<Ve
     let routes = plane.routes();
     let shared = routes.peer(peer)?;
     let keypair = shared.send_keypair()?;
-    let counter = keypair.reserve_counters(1)?.start;
+    let counter = keypair.reserve_counters(1, now_ns)?.start;
     let mut datagram = vec![0u8; payload.len() + 64];
     let len = keypair.seal(counter, payload, &mut datagram).ok()?;
     datagram.truncate(len);
@@ -88,7 +88,7 @@ fn open(
     let index = u32::from_le_bytes(datagram[4..8].try_into().unwrap());
     let receiver = receivers.get(index).ok_or(OpenError::WrongIndex)?;
     let mut replay = receiver.keypair().lock_replay();
-    let range = receiver.open_locked(&mut replay, &mut datagram)?;
+    let range = receiver.open_locked(&mut replay, &mut datagram, now_ns)?;
     let activity = receiver.peer().activity();
     activity.on_received(now_ns, datagram.len() as u64, !range.is_empty());
     receiver.peer().update_endpoint(source);
@@ -990,4 +990,25 @@ fn poll_initiation_after_request(pair: &mut Pair, now_ns: u64) -> Transmit {
         .activity()
         .request_handshake(now_ns);
     poll_initiation(pair, now_ns)
+}
+
+#[test]
+fn without_a_poll_a_session_still_stops_at_reject_after_time() {
+    // The control thread is busy (a handshake flood) and never looks at the keypairs: the
+    // workers refuse them on their own once REJECT_AFTER_TIME has passed.
+    let mut pair = pair(None);
+    handshake(&mut pair, 0);
+    round_trip(&mut pair, 1);
+    let last = REJECT_AFTER_TIME_NS - 1;
+    let datagram = seal(&pair.a, pair.b_in_a, b"in time", last).expect("still in time");
+    assert!(open(&pair.b, datagram.clone(), pair.a_address, last).is_ok());
+    assert_eq!(
+        seal(&pair.a, pair.b_in_a, b"late", REJECT_AFTER_TIME_NS),
+        None
+    );
+    let late = seal(&pair.b, pair.a_in_b, b"late", last).unwrap();
+    assert_eq!(
+        open(&pair.a, late, pair.b_address, REJECT_AFTER_TIME_NS),
+        Err(OpenError::Expired)
+    );
 }
