@@ -803,6 +803,7 @@ impl Device {
         peer.timers.on_session_derived(now_ns);
         let keypair = Arc::new(Keypair::new(&session, now_ns));
         let dropped = peer.keypairs.install(keypair.clone());
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         let shared = peer.shared.clone();
         if let Some(index) = superseded {
             self.handshakes.remove(&index);
@@ -851,6 +852,7 @@ impl Device {
         peer.last_handshake_ns = Some(now_ns);
         let keypair = Arc::new(Keypair::new(&session, now_ns));
         let dropped = peer.keypairs.install(keypair.clone());
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         let keepalive = seal_keepalive(&keypair, &peer.shared, source, now_ns)
             .ok_or(HandshakeError::UnknownIndex)?;
         // What waited for this session goes first: sealed before the keypair is published, so
@@ -913,6 +915,7 @@ impl Device {
         let dropped = peer.keypairs.retain(|_| false);
         let pending = peer.handshake.take().map(|sent| sent.sender_index);
         peer.shared.publish_send_keypair(None);
+        peer.shared.publish_next_keypair(None);
         peer.shared.activity().forget_pending();
         peer.timers.on_keys_zeroed();
         if let Some(index) = pending {
@@ -981,6 +984,7 @@ impl Device {
         }));
         let current = peer.keypairs.current.clone();
         peer.shared.publish_send_keypair(current);
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         self.retire(dropped);
 
         let Some(peer) = self.peers[slot].as_ref() else {
@@ -1065,6 +1069,7 @@ impl Device {
             peer.last_handshake_ns = Some(now_ns);
             let current = peer.keypairs.current.clone();
             peer.shared.publish_send_keypair(current);
+            peer.shared.publish_next_keypair(None);
             self.retire(dropped.into_iter().collect());
         }
     }

@@ -1012,3 +1012,76 @@ fn without_a_poll_a_session_still_stops_at_reject_after_time() {
         Err(OpenError::Expired)
     );
 }
+
+#[test]
+fn a_datagram_under_an_older_unconfirmed_keypair_does_not_make_it_the_send_keypair() {
+    let mut pair = pair(None);
+    let now = 10 * S;
+    // A initiates and B responds: B's K1 waits in `next`; A's session starts on K1, and A's
+    // keepalive is lost.
+    let first = initiation_from_a(&mut pair, now);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.b
+            .on_handshake_message(&first.datagram, pair.a_address, now)
+    else {
+        panic!("B responds")
+    };
+    let Ok(Outcome::SessionStarted { .. }) =
+        pair.a
+            .on_handshake_message(&response.datagram, pair.b_address, now)
+    else {
+        panic!("A's session starts")
+    };
+    // B has data and nothing to send it with: it initiates, and its own session K2 starts;
+    // the unconfirmed K1 moves to `previous`.
+    pair.b
+        .peer(pair.a_in_b)
+        .unwrap()
+        .activity()
+        .request_handshake(now);
+    let second = poll_initiation_b(&mut pair, now);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.a
+            .on_handshake_message(&second.datagram, pair.b_address, now + 1)
+    else {
+        panic!("A responds")
+    };
+    let Ok(Outcome::SessionStarted { .. }) =
+        pair.b
+            .on_handshake_message(&response.datagram, pair.a_address, now + 1)
+    else {
+        panic!("B's session starts")
+    };
+    let k2 = send_index(&pair.b, pair.a_in_b);
+    // A still sends under K1 (its K2 waits for B's first datagram); B opens it under K1.
+    let data = seal(&pair.a, pair.b_in_a, b"x", now + 2).unwrap();
+    open(&pair.b, data, pair.a_address, now + 2).unwrap();
+    assert_eq!(
+        send_index(&pair.b, pair.a_in_b),
+        k2,
+        "B went back to sending under the older K1"
+    );
+    pair.b.poll(now + 3);
+    assert_eq!(send_index(&pair.b, pair.a_in_b), k2);
+}
+
+/// The initiation B's timers send once a handshake was asked for.
+fn poll_initiation_b(pair: &mut Pair, now_ns: u64) -> Transmit {
+    pair.b
+        .poll(now_ns)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::SendInitiation { transmit, .. } => Some(transmit),
+            _ => None,
+        })
+        .expect("B initiates")
+}
+
+/// The local index of `peer`'s send keypair in `device`.
+fn send_index(device: &Device, peer: PeerId) -> u32 {
+    device
+        .peer(peer)
+        .and_then(|shared| shared.send_keypair())
+        .expect("a send keypair")
+        .local_index()
+}
