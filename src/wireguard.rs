@@ -42,8 +42,14 @@ pub const SOCKET_DIRECTORY: &str = "/var/run/wireguard";
 /// workers, never waited for.
 pub const QUEUE_LEN: usize = 1024;
 /// Under load (cookies required) when more than this many handshake messages wait: an eighth of
-/// the queue, as the Linux module judges its own (`wg_packet_receive`).
+/// the queue, as the Linux module judges its own (`wg_packet_receive`). The device then stays
+/// under load for a second after the queue was last this deep (`Device::judge_load`).
 const UNDER_LOAD: usize = QUEUE_LEN / 8;
+/// The most queued messages the control thread takes between two runs of the timers and the
+/// API socket. A flood above the thread's handshake rate keeps the queue full; without a cap
+/// the timers (initiations, retransmissions, keepalives, rekeys, key expiry) and `wg` would
+/// wait for it to end. 64 initiations are a few milliseconds of X25519.
+const DRAIN_LIMIT: usize = 64;
 /// The longest the control thread sleeps between looks at the stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long a `wg` client may take to send its request.
@@ -338,45 +344,61 @@ impl ControlThread {
     }
 
     fn run(&mut self) {
-        while !self.stop.load(Ordering::Relaxed) {
-            let now_ns = self.now_ns();
-            let wait = self
-                .device
-                .next_timeout()
-                .map_or(IDLE_WAIT, |at| {
-                    Duration::from_nanos(at.saturating_sub(now_ns))
-                })
-                .min(IDLE_WAIT);
-            match self.from_workers.recv_timeout(wait) {
-                Ok(message) => {
+        while !self.stop.load(Ordering::Relaxed) && self.turn() {}
+    }
+
+    /// One turn of the loop: wait for a message or the next timer, take at most
+    /// [`DRAIN_LIMIT`] queued messages (fewer if a timer falls due meanwhile), then answer `wg`
+    /// clients and run the timers, whatever is still queued. False once the workers are gone.
+    fn turn(&mut self) -> bool {
+        let now_ns = self.now_ns();
+        let next_timeout = self.device.next_timeout();
+        let wait = next_timeout
+            .map_or(IDLE_WAIT, |at| {
+                Duration::from_nanos(at.saturating_sub(now_ns))
+            })
+            .min(IDLE_WAIT);
+        match self.from_workers.recv_timeout(wait) {
+            Ok(message) => {
+                self.take(message);
+                // More of what is queued, without waiting, until the cap or a timer is due.
+                for _ in 1..DRAIN_LIMIT {
+                    if next_timeout.is_some_and(|at| self.now_ns() >= at) {
+                        break;
+                    }
+                    let Ok(message) = self.from_workers.try_recv() else {
+                        break;
+                    };
                     self.take(message);
-                    // Everything else queued, without waiting.
-                    while let Ok(message) = self.from_workers.try_recv() {
-                        self.take(message);
-                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
             }
-            while let Ok(client) = self.clients.try_recv() {
-                self.serve(client);
-            }
-            let actions = self.device.poll(self.now_ns());
-            for action in actions {
-                match action {
-                    Action::SendInitiation { transmit, .. }
-                    | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
-                    Action::SendStaged { transmit, .. } => {
-                        self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
-                        self.send(&transmit);
-                    }
-                    Action::StagedPurged { packets, .. } => {
-                        self.counters
-                            .staged_purged
-                            .fetch_add(packets, Ordering::Relaxed);
-                    }
-                    Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        while let Ok(client) = self.clients.try_recv() {
+            self.serve(client);
+        }
+        self.poll();
+        true
+    }
+
+    /// Runs the device's timers and sends what they return.
+    fn poll(&mut self) {
+        let actions = self.device.poll(self.now_ns());
+        for action in actions {
+            match action {
+                Action::SendInitiation { transmit, .. }
+                | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
+                Action::SendStaged { transmit, .. } => {
+                    self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
+                    self.send(&transmit);
                 }
+                Action::StagedPurged { packets, .. } => {
+                    self.counters
+                        .staged_purged
+                        .fetch_add(packets, Ordering::Relaxed);
+                }
+                Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
             }
         }
     }
@@ -389,8 +411,8 @@ impl ControlThread {
             .pending
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
-        self.device.set_under_load(waiting > UNDER_LOAD);
         let now_ns = self.now_ns();
+        self.device.judge_load(waiting > UNDER_LOAD, now_ns);
         match self.device.on_handshake_message(&datagram, source, now_ns) {
             Ok(Outcome::Responded { response, .. }) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -556,6 +578,114 @@ pub fn steering_index(datagram: &[u8], workers: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tunfwd_wireguard::PrivateKey;
+
+    /// A control thread for `device`, sending from a loopback socket, with `workers` as the
+    /// workers' sockets; and the workers' end of its queue.
+    fn control_thread(
+        device: Device,
+        workers: Vec<OwnedFd>,
+    ) -> (ControlThread, SyncSender<ToControl>) {
+        let (to_control, from_workers) = mpsc::sync_channel(QUEUE_LEN);
+        let (_clients, clients) = mpsc::channel();
+        let thread = ControlThread {
+            device,
+            epoch: Instant::now(),
+            port: Arc::new(Port {
+                bound: AtomicU16::new(0),
+                wanted: AtomicU16::new(0),
+                sockets: Mutex::new(Sockets {
+                    // Dual-stack, as the relay's: `send` maps IPv4 destinations to IPv6.
+                    control: UdpSocket::bind("[::]:0").unwrap(),
+                    workers,
+                    mark: 0,
+                }),
+            }),
+            from_workers,
+            clients,
+            pending: Arc::new(AtomicUsize::new(0)),
+            counters: Arc::new(ControlCounters::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (thread, to_control)
+    }
+
+    fn device() -> Device {
+        Device::new(
+            Some(PrivateKey::generate(&mut rand_core::OsRng)),
+            0,
+            Box::new(rand_core::OsRng),
+        )
+    }
+
+    /// An initiation to `to` from a device `to` has never heard of: its mac1 is valid (it takes
+    /// only the public key), so only X25519 or a cookie tells it apart.
+    fn stranger_initiation(to: tunfwd_wireguard::PublicKey) -> Vec<u8> {
+        let mut stranger = device();
+        let id = stranger.add_peer(to).unwrap();
+        stranger.set_endpoint(id, "127.0.0.1:9".parse().unwrap());
+        stranger.peer(id).unwrap().activity().request_handshake(1);
+        stranger
+            .poll(1)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::SendInitiation { transmit, .. } => Some(transmit.datagram),
+                _ => None,
+            })
+            .expect("an initiation")
+    }
+
+    #[test]
+    fn a_handshake_flood_does_not_stop_the_timers() {
+        let device = device();
+        let public = device.public_key().unwrap();
+        let (mut thread, to_control) = control_thread(device, Vec::new());
+        // A real peer, whose endpoint is this socket.
+        let observer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        observer.set_nonblocking(true).unwrap();
+        let peer = thread
+            .device
+            .add_peer(PrivateKey::generate(&mut rand_core::OsRng).public_key())
+            .unwrap();
+        thread
+            .device
+            .set_endpoint(peer, observer.local_addr().unwrap());
+        // The workers filled the queue with a flood: more than one turn may take.
+        let flood = stranger_initiation(public);
+        let source: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        while to_control
+            .try_send(ToControl::Handshake {
+                datagram: flood.clone(),
+                source,
+            })
+            .is_ok()
+        {
+            thread.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(thread.pending.load(Ordering::Relaxed), QUEUE_LEN);
+        // A worker has a packet for the peer and no session.
+        let now_ns = thread.now_ns();
+        assert!(
+            thread
+                .device
+                .peer(peer)
+                .unwrap()
+                .activity()
+                .request_handshake(now_ns)
+        );
+        assert!(thread.turn());
+        let mut initiation = [0u8; 256];
+        let len = observer
+            .recv(&mut initiation)
+            .expect("the peer's initiation went out during the flood");
+        assert_eq!((len, initiation[0]), (148, 1));
+        let left = thread.pending.load(Ordering::Relaxed);
+        assert!(
+            (QUEUE_LEN - DRAIN_LIMIT..QUEUE_LEN).contains(&left),
+            "{left} messages left after one turn"
+        );
+        assert!(thread.device.is_under_load());
+    }
 
     #[test]
     fn the_program_is_what_the_reference_computes() {

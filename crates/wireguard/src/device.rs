@@ -56,6 +56,10 @@ use crate::uapi::{DeviceView, PeerView};
 /// often (100 ms): the most a keepalive or a rekey can be late by.
 pub const ACTIVITY_POLL_INTERVAL_NS: u64 = NANOS_PER_SECOND / 10;
 
+/// How long the device stays under load after its handshake queue was last deep: one second,
+/// as the Linux module holds `last_under_load` (`drivers/net/wireguard/receive.c`).
+pub const UNDER_LOAD_HOLD_NS: u64 = NANOS_PER_SECOND;
+
 /// A peer's handle within its device. Stale handles (of a removed peer whose slot was reused)
 /// never match the new peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -348,6 +352,8 @@ pub struct Device {
     unix_time_at_origin_ns: u64,
     rng: Box<dyn CryptoRngCore + Send>,
     under_load: bool,
+    /// When the handshake queue was last found deep ([`Device::judge_load`]).
+    last_under_load_ns: Option<u64>,
     peers: Vec<Option<Peer>>,
     generations: Vec<u32>,
     by_public_key: HashMap<PublicKey, PeerId>,
@@ -395,6 +401,7 @@ impl Device {
             unix_time_at_origin_ns,
             rng,
             under_load: false,
+            last_under_load_ns: None,
             peers: Vec::new(),
             generations: Vec::new(),
             by_public_key: HashMap::new(),
@@ -436,6 +443,26 @@ impl Device {
     /// depth of its handshake queue (the Linux module: more than an eighth of it full).
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
+    }
+
+    /// Decide whether the device is under load from the depth of the caller's handshake queue
+    /// at `now_ns`: `deep` puts it under load, and it stays there until the queue has not been
+    /// deep for [`UNDER_LOAD_HOLD_NS`]. The Linux module does the same
+    /// (`wg_receive_handshake_packet`, `last_under_load`): without the hold, a queue that dips
+    /// below the threshold between bursts would let a flood's unproven initiations through to
+    /// X25519 again.
+    pub fn judge_load(&mut self, deep: bool, now_ns: u64) {
+        if deep {
+            self.last_under_load_ns = Some(now_ns);
+        }
+        self.under_load = self
+            .last_under_load_ns
+            .is_some_and(|at| now_ns < at.saturating_add(UNDER_LOAD_HOLD_NS));
+    }
+
+    /// Whether handshake messages currently need a valid `mac2`.
+    pub fn is_under_load(&self) -> bool {
+        self.under_load
     }
 
     /// Change (or remove) the private key. Every session ends; peers whose public key is the

@@ -1085,3 +1085,32 @@ fn send_index(device: &Device, peer: PeerId) -> u32 {
         .expect("a send keypair")
         .local_index()
 }
+
+#[test]
+fn under_load_holds_for_a_second_after_the_queue_was_last_deep() {
+    let mut pair = pair(None);
+    let t = 50 * S;
+    pair.b.judge_load(false, t);
+    assert!(!pair.b.is_under_load());
+    pair.b.judge_load(true, t);
+    assert!(pair.b.is_under_load());
+    // The queue dips below the threshold: still under load for the rest of the second, so an
+    // initiation without mac2 gets a cookie reply, not X25519.
+    pair.b.judge_load(false, t + UNDER_LOAD_HOLD_NS - 1);
+    assert!(pair.b.is_under_load());
+    let initiation = initiation_from_a(&mut pair, t + UNDER_LOAD_HOLD_NS - 1);
+    assert!(matches!(
+        pair.b.on_handshake_message(
+            &initiation.datagram,
+            pair.a_address,
+            t + UNDER_LOAD_HOLD_NS - 1
+        ),
+        Ok(Outcome::CookieReplied { .. })
+    ));
+    // Deep again restarts the second; a second after the last deep look, the load is over.
+    pair.b.judge_load(true, t + 2 * S);
+    pair.b.judge_load(false, t + 3 * S - 1);
+    assert!(pair.b.is_under_load());
+    pair.b.judge_load(false, t + 3 * S);
+    assert!(!pair.b.is_under_load());
+}
