@@ -35,6 +35,7 @@ use tunfwd_wireguard::config::{Endpoint, Operation, PeerChange, parse_config_fil
 use tunfwd_wireguard::device::{Action, Outcome, Transmit};
 use tunfwd_wireguard::uapi::{self, UapiError, UapiErrorKind};
 use tunfwd_wireguard::{DataPlane, Device};
+use zeroize::Zeroizing;
 
 /// Where the API sockets live (wireguard-go's `ipc/uapi_unix.go`).
 pub const SOCKET_DIRECTORY: &str = "/var/run/wireguard";
@@ -54,6 +55,12 @@ const DRAIN_LIMIT: usize = 64;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long a `wg` client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest API line taken, newline included. The longest valid ones (a key's 64 hex digits,
+/// an IPv6 endpoint or prefix) are under 100 bytes; a longer line is a protocol error.
+const MAX_LINE: usize = 4096;
+/// What `wg` is told for a request that is not the protocol (cut off, too long, not UTF-8, an
+/// unknown command), as wireguard-go answers it: -EPROTO.
+const PROTOCOL_ERROR: &str = "errno=-71\n\n";
 
 /// The device, configured from `--config` if given, and the origin of its clock.
 pub struct Prepared {
@@ -455,8 +462,10 @@ impl ControlThread {
         let _ = sockets.control.send_to(&transmit.datagram, to);
     }
 
-    /// Sets the device's fwmark on every socket if it changed (`wg set ... fwmark`).
-    fn apply_fwmark(&self) -> io::Result<()> {
+    /// Sets the device's fwmark on every socket if it changed (`wg set ... fwmark`). If a
+    /// socket refuses it, the sockets go back to their mark and so does the device, so that
+    /// `get=1` reports the mark the sockets carry.
+    fn apply_fwmark(&mut self) -> io::Result<()> {
         let mark = self.device.fwmark();
         let mut sockets = self
             .port
@@ -466,33 +475,56 @@ impl ControlThread {
         if sockets.mark == mark {
             return Ok(());
         }
-        sockets.set_mark(mark).inspect_err(|e| {
+        let result = sockets.set_mark(mark);
+        if let Err(e) = &result {
             eprintln!("tunfwd: WireGuard API: cannot set fwmark {mark:#x}: {e}");
-        })
+            let previous = sockets.mark;
+            let _ = sockets.set_mark(previous);
+            self.device
+                .apply(&[Operation::SetFwmark(previous)])
+                .expect("a mark needs no resolving");
+        }
+        result
     }
 
-    /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes.
+    /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes. A
+    /// request counts only whole, ended by its blank line: one cut off (the client closed or
+    /// timed out), with a line longer than [`MAX_LINE`] or not UTF-8 changes nothing and is
+    /// answered with [`PROTOCOL_ERROR`], and the connection closes.
     fn serve(&mut self, stream: UnixStream) {
         let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
         let mut reader = BufReader::new(&stream);
         let mut writer = &stream;
+        let mut line = Zeroizing::new(Vec::with_capacity(MAX_LINE));
         loop {
-            let mut command = String::new();
-            match reader.read_line(&mut command) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let mut body = String::new();
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if line == "\n" => break,
-                    Ok(_) => body.push_str(&line),
+            let command = match read_line(&mut reader, &mut line) {
+                Line::Text(command) => command.to_owned(),
+                Line::End => return,
+                Line::Broken => {
+                    let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
+                    return;
                 }
+            };
+            let mut body = Zeroizing::new(String::new());
+            let whole = loop {
+                match read_line(&mut reader, &mut line) {
+                    Line::Text("") => break true,
+                    Line::Text(text) => {
+                        push_secret(&mut body, text);
+                        push_secret(&mut body, "\n");
+                    }
+                    Line::End | Line::Broken => break false,
+                }
+            };
+            if !whole {
+                eprintln!(
+                    "tunfwd: WireGuard API: a {command} request was cut off; nothing applied"
+                );
+                let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
+                return;
             }
-            let answer = match command.trim_end_matches('\n') {
+            let answer = match command.as_str() {
                 "get=1" => {
                     let mut view = self.device.view();
                     // The port set (which the relay moves to within a moment), or the one an
@@ -500,7 +532,7 @@ impl ControlThread {
                     if view.listen_port == 0 {
                         view.listen_port = self.port.bound.load(Ordering::Relaxed);
                     }
-                    uapi::format_get(&view)
+                    Zeroizing::new(uapi::format_get(&view))
                 }
                 "set=1" => {
                     let result = uapi::parse_set(&body).and_then(|operations| {
@@ -516,16 +548,16 @@ impl ControlThread {
                     if wanted != 0 && wanted != self.port.bound.load(Ordering::Relaxed) {
                         self.port.wanted.store(wanted, Ordering::Relaxed);
                     }
-                    match self.apply_fwmark() {
+                    Zeroizing::new(match self.apply_fwmark() {
                         // As wireguard-go answers a mark it cannot set: the error's errno.
                         Err(e) if result.is_ok() => {
                             format!("errno=-{}\n\n", e.raw_os_error().unwrap_or(libc::EIO))
                         }
                         _ => uapi::format_errno(&result),
-                    }
+                    })
                 }
                 _ => {
-                    let _ = writer.write_all(b"errno=-71\n\n");
+                    let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
                     return;
                 }
             };
@@ -534,6 +566,44 @@ impl ControlThread {
             }
         }
     }
+}
+
+/// One line of an API request.
+enum Line<'a> {
+    /// A whole line, without its newline.
+    Text(&'a str),
+    /// The client closed before the line began.
+    End,
+    /// Cut off (closed or timed out mid-line), longer than [`MAX_LINE`], or not UTF-8.
+    Broken,
+}
+
+/// Reads one line into `buffer` (its capacity, [`MAX_LINE`], is never exceeded, so a key in it
+/// is never left behind by a reallocation).
+fn read_line<'a>(reader: &mut impl BufRead, buffer: &'a mut Zeroizing<Vec<u8>>) -> Line<'a> {
+    buffer.clear();
+    match io::Read::take(&mut *reader, MAX_LINE as u64).read_until(b'\n', buffer) {
+        Ok(0) => Line::End,
+        Ok(_) if buffer.last() == Some(&b'\n') => {
+            match std::str::from_utf8(&buffer[..buffer.len() - 1]) {
+                Ok(text) => Line::Text(text),
+                Err(_) => Line::Broken,
+            }
+        }
+        Ok(_) | Err(_) => Line::Broken,
+    }
+}
+
+/// Appends `text` to `secret`, moving it to a larger buffer itself when full, so that the
+/// buffer left behind is wiped rather than freed with keys in it.
+fn push_secret(secret: &mut Zeroizing<String>, text: &str) {
+    if secret.capacity() - secret.len() < text.len() {
+        let wanted = (secret.len() + text.len()).max(secret.capacity() * 2);
+        let mut grown = Zeroizing::new(String::with_capacity(wanted));
+        grown.push_str(secret);
+        *secret = grown;
+    }
+    secret.push_str(text);
 }
 
 /// The reuseport steering program of WireGuard mode: a datagram's worker from its bytes 4..8
@@ -685,6 +755,59 @@ mod tests {
             "{left} messages left after one turn"
         );
         assert!(thread.device.is_under_load());
+    }
+
+    /// `request` sent by a client that then closes its end; the answer.
+    fn ask(thread: &mut ControlThread, request: &[u8]) -> String {
+        use std::io::Read;
+        let (server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(request).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        thread.serve(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn a_set_request_cut_off_changes_nothing() {
+        let mut device = device();
+        device
+            .add_peer(PrivateKey::generate(&mut rand_core::OsRng).public_key())
+            .unwrap();
+        let (mut thread, _) = control_thread(device, Vec::new());
+        let long = format!("set=1\nfwmark=1{}\n\n", "0".repeat(MAX_LINE));
+        for request in [
+            &b"set=1\nreplace_peers=true\n\xff\xfe\n\n"[..],
+            b"set=1\nreplace_peers=true\n",
+            b"set=1\nreplace_peers=true",
+            long.as_bytes(),
+        ] {
+            assert_eq!(ask(&mut thread, request), PROTOCOL_ERROR, "{request:?}");
+            assert_eq!(thread.device.view().peers.len(), 1, "{request:?}");
+            assert_eq!(thread.device.fwmark(), 0);
+        }
+        // Whole, the same request applies.
+        assert_eq!(
+            ask(&mut thread, b"set=1\nreplace_peers=true\n\n"),
+            "errno=0\n\n"
+        );
+        assert!(thread.device.view().peers.is_empty());
+    }
+
+    #[test]
+    fn a_fwmark_the_sockets_refuse_is_not_kept() {
+        // A "worker socket" that is no socket: setting a mark on it fails (ENOTSOCK), as it
+        // would without CAP_NET_ADMIN.
+        let not_a_socket = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let (mut thread, _) = control_thread(device(), vec![not_a_socket]);
+        let answer = ask(&mut thread, b"set=1\nfwmark=42\n\n");
+        assert_ne!(answer, "errno=0\n\n");
+        assert!(answer.starts_with("errno=-"), "{answer}");
+        assert_eq!(thread.device.fwmark(), 0);
+        let get = ask(&mut thread, b"get=1\n\n");
+        assert!(!get.contains("fwmark="), "{get}");
+        assert!(get.ends_with("errno=0\n\n"), "{get}");
     }
 
     #[test]
