@@ -304,20 +304,47 @@ pub fn start(
 
 /// Binds the API socket: the directory 0755, the socket 0600. A socket file left by a relay
 /// that is gone is replaced (the device's lock, `sys::owner`, says no other relay serves it).
+///
+/// `bind` makes the socket file 0777 less the umask (unix(7)), and connecting needs only write
+/// permission on it; so it is bound in a fresh 0700 directory beside its place, made 0600 there
+/// and only then renamed into place. It is never where anyone but root can reach it with a
+/// wider mode, whatever the umask, and no process-wide umask is changed under running threads.
 fn listen(path: &Path) -> io::Result<UnixListener> {
-    if let Some(directory) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(directory)?;
-    }
+    listen_observed(path, |_| {})
+}
+
+/// [`listen`], calling `bound` with the socket's path right after `bind` (for the tests).
+fn listen_observed(path: &Path, bound: impl FnOnce(&Path)) -> io::Result<UnixListener> {
+    let (Some(directory), Some(file_name)) = (path.parent(), path.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(directory)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let mut staging_name = std::ffi::OsString::from(".");
+    staging_name.push(file_name);
+    staging_name.push(format!(".{}", std::process::id()));
+    let staging = directory.join(staging_name);
+    // Left by a relay of this pid that died here (remove_dir_all follows no symlink).
+    match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join(file_name);
+    let listener = UnixListener::bind(&staged).and_then(|listener| {
+        bound(&staged);
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    listener
 }
 
 /// Hands each client to the control thread, and wakes it.
@@ -808,6 +835,35 @@ mod tests {
         let get = ask(&mut thread, b"get=1\n\n");
         assert!(!get.contains("fwmark="), "{get}");
         assert!(get.ends_with("errno=0\n\n"), "{get}");
+    }
+
+    #[test]
+    fn the_api_socket_is_never_reachable_by_others() {
+        use nix::sys::stat::{Mode, umask};
+        let directory = std::env::temp_dir().join(format!("tunfwd-wg-api-{}", std::process::id()));
+        let path = directory.join("wgtest.sock");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // The most open umask: bind alone would make the socket 0777.
+        let previous = umask(Mode::empty());
+        let mut seen = None;
+        let listener = listen_observed(&path, |bound| {
+            seen = Some((mode(bound), mode(bound.parent().unwrap())));
+        });
+        umask(previous);
+        let (socket, parent) = seen.expect("bound");
+        // Connecting takes write permission on the socket and search on its directory.
+        assert!(
+            socket & 0o022 == 0 || parent & 0o011 == 0,
+            "bound {socket:o} in a directory of {parent:o}"
+        );
+        let _listener = listener.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&directory), 0o755);
+        // Only the socket is left beside it.
+        let entries: Vec<_> = std::fs::read_dir(&directory).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        assert!(UnixStream::connect(&path).is_ok());
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]
