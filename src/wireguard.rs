@@ -35,6 +35,7 @@ use tunfwd_wireguard::config::{Endpoint, Operation, PeerChange, parse_config_fil
 use tunfwd_wireguard::device::{Action, Outcome, Transmit};
 use tunfwd_wireguard::uapi::{self, UapiError, UapiErrorKind};
 use tunfwd_wireguard::{DataPlane, Device};
+use zeroize::Zeroizing;
 
 /// Where the API sockets live (wireguard-go's `ipc/uapi_unix.go`).
 pub const SOCKET_DIRECTORY: &str = "/var/run/wireguard";
@@ -42,12 +43,24 @@ pub const SOCKET_DIRECTORY: &str = "/var/run/wireguard";
 /// workers, never waited for.
 pub const QUEUE_LEN: usize = 1024;
 /// Under load (cookies required) when more than this many handshake messages wait: an eighth of
-/// the queue, as the Linux module judges its own (`wg_packet_receive`).
+/// the queue, as the Linux module judges its own (`wg_packet_receive`). The device then stays
+/// under load for a second after the queue was last this deep (`Device::judge_load`).
 const UNDER_LOAD: usize = QUEUE_LEN / 8;
+/// The most queued messages the control thread takes between two runs of the timers and the
+/// API socket. A flood above the thread's handshake rate keeps the queue full; without a cap
+/// the timers (initiations, retransmissions, keepalives, rekeys, key expiry) and `wg` would
+/// wait for it to end. 64 initiations are a few milliseconds of X25519.
+const DRAIN_LIMIT: usize = 64;
 /// The longest the control thread sleeps between looks at the stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long a `wg` client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest API line taken, newline included. The longest valid ones (a key's 64 hex digits,
+/// an IPv6 endpoint or prefix) are under 100 bytes; a longer line is a protocol error.
+const MAX_LINE: usize = 4096;
+/// What `wg` is told for a request that is not the protocol (cut off, too long, not UTF-8, an
+/// unknown command), as wireguard-go answers it: -EPROTO.
+const PROTOCOL_ERROR: &str = "errno=-71\n\n";
 
 /// The device, configured from `--config` if given, and the origin of its clock.
 pub struct Prepared {
@@ -291,20 +304,47 @@ pub fn start(
 
 /// Binds the API socket: the directory 0755, the socket 0600. A socket file left by a relay
 /// that is gone is replaced (the device's lock, `sys::owner`, says no other relay serves it).
+///
+/// `bind` makes the socket file 0777 less the umask (unix(7)), and connecting needs only write
+/// permission on it; so it is bound in a fresh 0700 directory beside its place, made 0600 there
+/// and only then renamed into place. It is never where anyone but root can reach it with a
+/// wider mode, whatever the umask, and no process-wide umask is changed under running threads.
 fn listen(path: &Path) -> io::Result<UnixListener> {
-    if let Some(directory) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(directory)?;
-    }
+    listen_observed(path, |_| {})
+}
+
+/// [`listen`], calling `bound` with the socket's path right after `bind` (for the tests).
+fn listen_observed(path: &Path, bound: impl FnOnce(&Path)) -> io::Result<UnixListener> {
+    let (Some(directory), Some(file_name)) = (path.parent(), path.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(directory)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let mut staging_name = std::ffi::OsString::from(".");
+    staging_name.push(file_name);
+    staging_name.push(format!(".{}", std::process::id()));
+    let staging = directory.join(staging_name);
+    // Left by a relay of this pid that died here (remove_dir_all follows no symlink).
+    match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join(file_name);
+    let listener = UnixListener::bind(&staged).and_then(|listener| {
+        bound(&staged);
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    listener
 }
 
 /// Hands each client to the control thread, and wakes it.
@@ -338,45 +378,61 @@ impl ControlThread {
     }
 
     fn run(&mut self) {
-        while !self.stop.load(Ordering::Relaxed) {
-            let now_ns = self.now_ns();
-            let wait = self
-                .device
-                .next_timeout()
-                .map_or(IDLE_WAIT, |at| {
-                    Duration::from_nanos(at.saturating_sub(now_ns))
-                })
-                .min(IDLE_WAIT);
-            match self.from_workers.recv_timeout(wait) {
-                Ok(message) => {
+        while !self.stop.load(Ordering::Relaxed) && self.turn() {}
+    }
+
+    /// One turn of the loop: wait for a message or the next timer, take at most
+    /// [`DRAIN_LIMIT`] queued messages (fewer if a timer falls due meanwhile), then answer `wg`
+    /// clients and run the timers, whatever is still queued. False once the workers are gone.
+    fn turn(&mut self) -> bool {
+        let now_ns = self.now_ns();
+        let next_timeout = self.device.next_timeout();
+        let wait = next_timeout
+            .map_or(IDLE_WAIT, |at| {
+                Duration::from_nanos(at.saturating_sub(now_ns))
+            })
+            .min(IDLE_WAIT);
+        match self.from_workers.recv_timeout(wait) {
+            Ok(message) => {
+                self.take(message);
+                // More of what is queued, without waiting, until the cap or a timer is due.
+                for _ in 1..DRAIN_LIMIT {
+                    if next_timeout.is_some_and(|at| self.now_ns() >= at) {
+                        break;
+                    }
+                    let Ok(message) = self.from_workers.try_recv() else {
+                        break;
+                    };
                     self.take(message);
-                    // Everything else queued, without waiting.
-                    while let Ok(message) = self.from_workers.try_recv() {
-                        self.take(message);
-                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
             }
-            while let Ok(client) = self.clients.try_recv() {
-                self.serve(client);
-            }
-            let actions = self.device.poll(self.now_ns());
-            for action in actions {
-                match action {
-                    Action::SendInitiation { transmit, .. }
-                    | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
-                    Action::SendStaged { transmit, .. } => {
-                        self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
-                        self.send(&transmit);
-                    }
-                    Action::StagedPurged { packets, .. } => {
-                        self.counters
-                            .staged_purged
-                            .fetch_add(packets, Ordering::Relaxed);
-                    }
-                    Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        while let Ok(client) = self.clients.try_recv() {
+            self.serve(client);
+        }
+        self.poll();
+        true
+    }
+
+    /// Runs the device's timers and sends what they return.
+    fn poll(&mut self) {
+        let actions = self.device.poll(self.now_ns());
+        for action in actions {
+            match action {
+                Action::SendInitiation { transmit, .. }
+                | Action::SendKeepalive { transmit, .. } => self.send(&transmit),
+                Action::SendStaged { transmit, .. } => {
+                    self.counters.staged_sent.fetch_add(1, Ordering::Relaxed);
+                    self.send(&transmit);
                 }
+                Action::StagedPurged { packets, .. } => {
+                    self.counters
+                        .staged_purged
+                        .fetch_add(packets, Ordering::Relaxed);
+                }
+                Action::HandshakeGaveUp { .. } | Action::KeysZeroed { .. } => {}
             }
         }
     }
@@ -389,8 +445,8 @@ impl ControlThread {
             .pending
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
-        self.device.set_under_load(waiting > UNDER_LOAD);
         let now_ns = self.now_ns();
+        self.device.judge_load(waiting > UNDER_LOAD, now_ns);
         match self.device.on_handshake_message(&datagram, source, now_ns) {
             Ok(Outcome::Responded { response, .. }) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -433,8 +489,10 @@ impl ControlThread {
         let _ = sockets.control.send_to(&transmit.datagram, to);
     }
 
-    /// Sets the device's fwmark on every socket if it changed (`wg set ... fwmark`).
-    fn apply_fwmark(&self) -> io::Result<()> {
+    /// Sets the device's fwmark on every socket if it changed (`wg set ... fwmark`). If a
+    /// socket refuses it, the sockets go back to their mark and so does the device, so that
+    /// `get=1` reports the mark the sockets carry.
+    fn apply_fwmark(&mut self) -> io::Result<()> {
         let mark = self.device.fwmark();
         let mut sockets = self
             .port
@@ -444,33 +502,56 @@ impl ControlThread {
         if sockets.mark == mark {
             return Ok(());
         }
-        sockets.set_mark(mark).inspect_err(|e| {
+        let result = sockets.set_mark(mark);
+        if let Err(e) = &result {
             eprintln!("tunfwd: WireGuard API: cannot set fwmark {mark:#x}: {e}");
-        })
+            let previous = sockets.mark;
+            let _ = sockets.set_mark(previous);
+            self.device
+                .apply(&[Operation::SetFwmark(previous)])
+                .expect("a mark needs no resolving");
+        }
+        result
     }
 
-    /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes.
+    /// Answers one `wg` client: any number of `get=1` / `set=1` requests until it closes. A
+    /// request counts only whole, ended by its blank line: one cut off (the client closed or
+    /// timed out), with a line longer than [`MAX_LINE`] or not UTF-8 changes nothing and is
+    /// answered with [`PROTOCOL_ERROR`], and the connection closes.
     fn serve(&mut self, stream: UnixStream) {
         let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
         let mut reader = BufReader::new(&stream);
         let mut writer = &stream;
+        let mut line = Zeroizing::new(Vec::with_capacity(MAX_LINE));
         loop {
-            let mut command = String::new();
-            match reader.read_line(&mut command) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let mut body = String::new();
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if line == "\n" => break,
-                    Ok(_) => body.push_str(&line),
+            let command = match read_line(&mut reader, &mut line) {
+                Line::Text(command) => command.to_owned(),
+                Line::End => return,
+                Line::Broken => {
+                    let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
+                    return;
                 }
+            };
+            let mut body = Zeroizing::new(String::new());
+            let whole = loop {
+                match read_line(&mut reader, &mut line) {
+                    Line::Text("") => break true,
+                    Line::Text(text) => {
+                        push_secret(&mut body, text);
+                        push_secret(&mut body, "\n");
+                    }
+                    Line::End | Line::Broken => break false,
+                }
+            };
+            if !whole {
+                eprintln!(
+                    "tunfwd: WireGuard API: a {command} request was cut off; nothing applied"
+                );
+                let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
+                return;
             }
-            let answer = match command.trim_end_matches('\n') {
+            let answer = match command.as_str() {
                 "get=1" => {
                     let mut view = self.device.view();
                     // The port set (which the relay moves to within a moment), or the one an
@@ -478,7 +559,7 @@ impl ControlThread {
                     if view.listen_port == 0 {
                         view.listen_port = self.port.bound.load(Ordering::Relaxed);
                     }
-                    uapi::format_get(&view)
+                    Zeroizing::new(uapi::format_get(&view))
                 }
                 "set=1" => {
                     let result = uapi::parse_set(&body).and_then(|operations| {
@@ -494,16 +575,16 @@ impl ControlThread {
                     if wanted != 0 && wanted != self.port.bound.load(Ordering::Relaxed) {
                         self.port.wanted.store(wanted, Ordering::Relaxed);
                     }
-                    match self.apply_fwmark() {
+                    Zeroizing::new(match self.apply_fwmark() {
                         // As wireguard-go answers a mark it cannot set: the error's errno.
                         Err(e) if result.is_ok() => {
                             format!("errno=-{}\n\n", e.raw_os_error().unwrap_or(libc::EIO))
                         }
                         _ => uapi::format_errno(&result),
-                    }
+                    })
                 }
                 _ => {
-                    let _ = writer.write_all(b"errno=-71\n\n");
+                    let _ = writer.write_all(PROTOCOL_ERROR.as_bytes());
                     return;
                 }
             };
@@ -512,6 +593,44 @@ impl ControlThread {
             }
         }
     }
+}
+
+/// One line of an API request.
+enum Line<'a> {
+    /// A whole line, without its newline.
+    Text(&'a str),
+    /// The client closed before the line began.
+    End,
+    /// Cut off (closed or timed out mid-line), longer than [`MAX_LINE`], or not UTF-8.
+    Broken,
+}
+
+/// Reads one line into `buffer` (its capacity, [`MAX_LINE`], is never exceeded, so a key in it
+/// is never left behind by a reallocation).
+fn read_line<'a>(reader: &mut impl BufRead, buffer: &'a mut Zeroizing<Vec<u8>>) -> Line<'a> {
+    buffer.clear();
+    match io::Read::take(&mut *reader, MAX_LINE as u64).read_until(b'\n', buffer) {
+        Ok(0) => Line::End,
+        Ok(_) if buffer.last() == Some(&b'\n') => {
+            match std::str::from_utf8(&buffer[..buffer.len() - 1]) {
+                Ok(text) => Line::Text(text),
+                Err(_) => Line::Broken,
+            }
+        }
+        Ok(_) | Err(_) => Line::Broken,
+    }
+}
+
+/// Appends `text` to `secret`, moving it to a larger buffer itself when full, so that the
+/// buffer left behind is wiped rather than freed with keys in it.
+fn push_secret(secret: &mut Zeroizing<String>, text: &str) {
+    if secret.capacity() - secret.len() < text.len() {
+        let wanted = (secret.len() + text.len()).max(secret.capacity() * 2);
+        let mut grown = Zeroizing::new(String::with_capacity(wanted));
+        grown.push_str(secret);
+        *secret = grown;
+    }
+    secret.push_str(text);
 }
 
 /// The reuseport steering program of WireGuard mode: a datagram's worker from its bytes 4..8
@@ -556,6 +675,196 @@ pub fn steering_index(datagram: &[u8], workers: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tunfwd_wireguard::PrivateKey;
+
+    /// A control thread for `device`, sending from a loopback socket, with `workers` as the
+    /// workers' sockets; and the workers' end of its queue.
+    fn control_thread(
+        device: Device,
+        workers: Vec<OwnedFd>,
+    ) -> (ControlThread, SyncSender<ToControl>) {
+        let (to_control, from_workers) = mpsc::sync_channel(QUEUE_LEN);
+        let (_clients, clients) = mpsc::channel();
+        let thread = ControlThread {
+            device,
+            epoch: Instant::now(),
+            port: Arc::new(Port {
+                bound: AtomicU16::new(0),
+                wanted: AtomicU16::new(0),
+                sockets: Mutex::new(Sockets {
+                    // Dual-stack, as the relay's: `send` maps IPv4 destinations to IPv6.
+                    control: UdpSocket::bind("[::]:0").unwrap(),
+                    workers,
+                    mark: 0,
+                }),
+            }),
+            from_workers,
+            clients,
+            pending: Arc::new(AtomicUsize::new(0)),
+            counters: Arc::new(ControlCounters::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (thread, to_control)
+    }
+
+    fn device() -> Device {
+        Device::new(
+            Some(PrivateKey::generate(&mut rand_core::OsRng)),
+            0,
+            Box::new(rand_core::OsRng),
+        )
+    }
+
+    /// An initiation to `to` from a device `to` has never heard of: its mac1 is valid (it takes
+    /// only the public key), so only X25519 or a cookie tells it apart.
+    fn stranger_initiation(to: tunfwd_wireguard::PublicKey) -> Vec<u8> {
+        let mut stranger = device();
+        let id = stranger.add_peer(to).unwrap();
+        stranger.set_endpoint(id, "127.0.0.1:9".parse().unwrap());
+        stranger.peer(id).unwrap().activity().request_handshake(1);
+        stranger
+            .poll(1)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::SendInitiation { transmit, .. } => Some(transmit.datagram),
+                _ => None,
+            })
+            .expect("an initiation")
+    }
+
+    #[test]
+    fn a_handshake_flood_does_not_stop_the_timers() {
+        let device = device();
+        let public = device.public_key().unwrap();
+        let (mut thread, to_control) = control_thread(device, Vec::new());
+        // A real peer, whose endpoint is this socket.
+        let observer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        observer.set_nonblocking(true).unwrap();
+        let peer = thread
+            .device
+            .add_peer(PrivateKey::generate(&mut rand_core::OsRng).public_key())
+            .unwrap();
+        thread
+            .device
+            .set_endpoint(peer, observer.local_addr().unwrap());
+        // The workers filled the queue with a flood: more than one turn may take.
+        let flood = stranger_initiation(public);
+        let source: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        while to_control
+            .try_send(ToControl::Handshake {
+                datagram: flood.clone(),
+                source,
+            })
+            .is_ok()
+        {
+            thread.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(thread.pending.load(Ordering::Relaxed), QUEUE_LEN);
+        // A worker has a packet for the peer and no session.
+        let now_ns = thread.now_ns();
+        assert!(
+            thread
+                .device
+                .peer(peer)
+                .unwrap()
+                .activity()
+                .request_handshake(now_ns)
+        );
+        assert!(thread.turn());
+        let mut initiation = [0u8; 256];
+        let len = observer
+            .recv(&mut initiation)
+            .expect("the peer's initiation went out during the flood");
+        assert_eq!((len, initiation[0]), (148, 1));
+        let left = thread.pending.load(Ordering::Relaxed);
+        assert!(
+            (QUEUE_LEN - DRAIN_LIMIT..QUEUE_LEN).contains(&left),
+            "{left} messages left after one turn"
+        );
+        assert!(thread.device.is_under_load());
+    }
+
+    /// `request` sent by a client that then closes its end; the answer.
+    fn ask(thread: &mut ControlThread, request: &[u8]) -> String {
+        use std::io::Read;
+        let (server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(request).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        thread.serve(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn a_set_request_cut_off_changes_nothing() {
+        let mut device = device();
+        device
+            .add_peer(PrivateKey::generate(&mut rand_core::OsRng).public_key())
+            .unwrap();
+        let (mut thread, _) = control_thread(device, Vec::new());
+        let long = format!("set=1\nfwmark=1{}\n\n", "0".repeat(MAX_LINE));
+        for request in [
+            &b"set=1\nreplace_peers=true\n\xff\xfe\n\n"[..],
+            b"set=1\nreplace_peers=true\n",
+            b"set=1\nreplace_peers=true",
+            long.as_bytes(),
+        ] {
+            assert_eq!(ask(&mut thread, request), PROTOCOL_ERROR, "{request:?}");
+            assert_eq!(thread.device.view().peers.len(), 1, "{request:?}");
+            assert_eq!(thread.device.fwmark(), 0);
+        }
+        // Whole, the same request applies.
+        assert_eq!(
+            ask(&mut thread, b"set=1\nreplace_peers=true\n\n"),
+            "errno=0\n\n"
+        );
+        assert!(thread.device.view().peers.is_empty());
+    }
+
+    #[test]
+    fn a_fwmark_the_sockets_refuse_is_not_kept() {
+        // A "worker socket" that is no socket: setting a mark on it fails (ENOTSOCK), as it
+        // would without CAP_NET_ADMIN.
+        let not_a_socket = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let (mut thread, _) = control_thread(device(), vec![not_a_socket]);
+        let answer = ask(&mut thread, b"set=1\nfwmark=42\n\n");
+        assert_ne!(answer, "errno=0\n\n");
+        assert!(answer.starts_with("errno=-"), "{answer}");
+        assert_eq!(thread.device.fwmark(), 0);
+        let get = ask(&mut thread, b"get=1\n\n");
+        assert!(!get.contains("fwmark="), "{get}");
+        assert!(get.ends_with("errno=0\n\n"), "{get}");
+    }
+
+    #[test]
+    fn the_api_socket_is_never_reachable_by_others() {
+        use nix::sys::stat::{Mode, umask};
+        let directory = std::env::temp_dir().join(format!("tunfwd-wg-api-{}", std::process::id()));
+        let path = directory.join("wgtest.sock");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // The most open umask: bind alone would make the socket 0777.
+        let previous = umask(Mode::empty());
+        let mut seen = None;
+        let listener = listen_observed(&path, |bound| {
+            seen = Some((mode(bound), mode(bound.parent().unwrap())));
+        });
+        umask(previous);
+        let (socket, parent) = seen.expect("bound");
+        // Connecting takes write permission on the socket and search on its directory.
+        assert!(
+            socket & 0o022 == 0 || parent & 0o011 == 0,
+            "bound {socket:o} in a directory of {parent:o}"
+        );
+        let _listener = listener.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&directory), 0o755);
+        // Only the socket is left beside it.
+        let entries: Vec<_> = std::fs::read_dir(&directory).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        assert!(UnixStream::connect(&path).is_ok());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
 
     #[test]
     fn the_program_is_what_the_reference_computes() {

@@ -657,6 +657,45 @@ fn fwmark_marks_every_datagram_tunfwd_sends() {
     assert_eq!(wg(Some(&ns), &["show", &name, "fwmark"], None), "0x1234");
 }
 
+/// `scripts/tunfwd-wg-quick` writes its log and PID file as root: it refuses a
+/// `TUNFWD_WG_QUICK_DIR` others may write, and a log that is a symbolic link, writing nothing.
+#[test]
+fn wg_quick_wrapper_refuses_a_directory_others_may_write_and_links() {
+    let root = std::env::temp_dir().join(format!("tunfwd-wg-quick-dir-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tunfwd-wg-quick");
+    let run = |dir: &Path| {
+        let output = Command::new(&wrapper)
+            .arg("wgdir0")
+            // Never reached when refused; otherwise exits at once, which the wrapper reports.
+            .env("TUNFWD", "/bin/true")
+            .env("TUNFWD_WG_QUICK_DIR", dir)
+            .output()
+            .expect("running scripts/tunfwd-wg-quick");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let open = root.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let said = run(&open);
+    assert!(said.contains("written by group or others"), "{said}");
+    assert_eq!(fs::read_dir(&open).unwrap().count(), 0, "nothing written");
+
+    let private = root.join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let target = root.join("target");
+    fs::write(&target, "untouched").unwrap();
+    std::os::unix::fs::symlink(&target, private.join("wgdir0.log")).unwrap();
+    let said = run(&private);
+    assert!(said.contains("symbolic link"), "{said}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+    assert!(!private.join("wgdir0.pid").exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
 /// wg-quick, with tunfwd as its userspace implementation (`scripts/tunfwd-wg-quick`): `up`
 /// brings the interface up with its addresses and routes, pings cross to a tunfwd peer, and
 /// `down` (which deletes the interface) makes tunfwd exit cleanly, leaving no process and no

@@ -277,7 +277,7 @@ impl Relay {
             return self.tun_free.push(bid);
         };
         let reserved = session(peer).and_then(|(keypair, endpoint)| {
-            let counters = keypair.reserve_counters(1)?;
+            let counters = keypair.reserve_counters(1, device_now_ns)?;
             Some((keypair, endpoint, counters))
         });
         let Some((keypair, endpoint, counters)) = reserved else {
@@ -357,7 +357,7 @@ impl Relay {
             return self.tun_free.push(bid);
         };
         let reserved = session(peer).and_then(|(keypair, endpoint)| {
-            let counters = keypair.reserve_counters(plan.count as u64)?;
+            let counters = keypair.reserve_counters(plan.count as u64, device_now_ns)?;
             Some((keypair, endpoint, counters))
         });
         let header_len = plan.transport.header_len();
@@ -556,7 +556,7 @@ impl Relay {
             let Some((_, guard)) = locked.as_mut() else {
                 continue;
             };
-            let opened = match receiver.open_locked(guard, datagram) {
+            let opened = match receiver.open_locked(guard, datagram, device_now_ns) {
                 Ok(range) => range,
                 Err(error) => {
                     stats.counters.drop(open_drop(error));

@@ -56,6 +56,10 @@ use crate::uapi::{DeviceView, PeerView};
 /// often (100 ms): the most a keepalive or a rekey can be late by.
 pub const ACTIVITY_POLL_INTERVAL_NS: u64 = NANOS_PER_SECOND / 10;
 
+/// How long the device stays under load after its handshake queue was last deep: one second,
+/// as the Linux module holds `last_under_load` (`drivers/net/wireguard/receive.c`).
+pub const UNDER_LOAD_HOLD_NS: u64 = NANOS_PER_SECOND;
+
 /// A peer's handle within its device. Stale handles (of a removed peer whose slot was reused)
 /// never match the new peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,16 +121,18 @@ impl Receiver {
         &self.peer
     }
 
-    /// Open a datagram with the keypair's replay window locked by `replay` (from
-    /// `keypair().lock_replay()`, once per batch). The first datagram under a responder's new
-    /// keypair also makes it the peer's send keypair. The caller then checks the inner source
-    /// against [`RouteTable::allows`] and reports the batch to `peer().activity()`.
+    /// Open a datagram at `now_ns` (the device's clock) with the keypair's replay window
+    /// locked by `replay` (from `keypair().lock_replay()`, once per batch). The first datagram
+    /// under a responder's new keypair also makes it the peer's send keypair. The caller then
+    /// checks the inner source against [`RouteTable::allows`] and reports the batch to
+    /// `peer().activity()`.
     pub fn open_locked(
         &self,
         replay: &mut ReplayGuard<'_>,
         datagram: &mut [u8],
+        now_ns: u64,
     ) -> Result<Range<usize>, OpenError> {
-        let (range, confirmed_now) = self.keypair.open_confirming(replay, datagram)?;
+        let (range, confirmed_now) = self.keypair.open_confirming(replay, datagram, now_ns)?;
         if confirmed_now {
             self.peer.confirm(&self.keypair);
         }
@@ -134,9 +140,9 @@ impl Receiver {
     }
 
     /// [`Self::open_locked`] with a lock of its own.
-    pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, OpenError> {
+    pub fn open(&self, datagram: &mut [u8], now_ns: u64) -> Result<Range<usize>, OpenError> {
         let mut replay = self.keypair.lock_replay();
-        self.open_locked(&mut replay, datagram)
+        self.open_locked(&mut replay, datagram, now_ns)
     }
 }
 
@@ -346,6 +352,8 @@ pub struct Device {
     unix_time_at_origin_ns: u64,
     rng: Box<dyn CryptoRngCore + Send>,
     under_load: bool,
+    /// When the handshake queue was last found deep ([`Device::judge_load`]).
+    last_under_load_ns: Option<u64>,
     peers: Vec<Option<Peer>>,
     generations: Vec<u32>,
     by_public_key: HashMap<PublicKey, PeerId>,
@@ -393,6 +401,7 @@ impl Device {
             unix_time_at_origin_ns,
             rng,
             under_load: false,
+            last_under_load_ns: None,
             peers: Vec::new(),
             generations: Vec::new(),
             by_public_key: HashMap::new(),
@@ -434,6 +443,26 @@ impl Device {
     /// depth of its handshake queue (the Linux module: more than an eighth of it full).
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
+    }
+
+    /// Decide whether the device is under load from the depth of the caller's handshake queue
+    /// at `now_ns`: `deep` puts it under load, and it stays there until the queue has not been
+    /// deep for [`UNDER_LOAD_HOLD_NS`]. The Linux module does the same
+    /// (`wg_receive_handshake_packet`, `last_under_load`): without the hold, a queue that dips
+    /// below the threshold between bursts would let a flood's unproven initiations through to
+    /// X25519 again.
+    pub fn judge_load(&mut self, deep: bool, now_ns: u64) {
+        if deep {
+            self.last_under_load_ns = Some(now_ns);
+        }
+        self.under_load = self
+            .last_under_load_ns
+            .is_some_and(|at| now_ns < at.saturating_add(UNDER_LOAD_HOLD_NS));
+    }
+
+    /// Whether handshake messages currently need a valid `mac2`.
+    pub fn is_under_load(&self) -> bool {
+        self.under_load
     }
 
     /// Change (or remove) the private key. Every session ends; peers whose public key is the
@@ -801,6 +830,7 @@ impl Device {
         peer.timers.on_session_derived(now_ns);
         let keypair = Arc::new(Keypair::new(&session, now_ns));
         let dropped = peer.keypairs.install(keypair.clone());
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         let shared = peer.shared.clone();
         if let Some(index) = superseded {
             self.handshakes.remove(&index);
@@ -849,6 +879,7 @@ impl Device {
         peer.last_handshake_ns = Some(now_ns);
         let keypair = Arc::new(Keypair::new(&session, now_ns));
         let dropped = peer.keypairs.install(keypair.clone());
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         let keepalive = seal_keepalive(&keypair, &peer.shared, source, now_ns)
             .ok_or(HandshakeError::UnknownIndex)?;
         // What waited for this session goes first: sealed before the keypair is published, so
@@ -911,6 +942,7 @@ impl Device {
         let dropped = peer.keypairs.retain(|_| false);
         let pending = peer.handshake.take().map(|sent| sent.sender_index);
         peer.shared.publish_send_keypair(None);
+        peer.shared.publish_next_keypair(None);
         peer.shared.activity().forget_pending();
         peer.timers.on_keys_zeroed();
         if let Some(index) = pending {
@@ -979,6 +1011,7 @@ impl Device {
         }));
         let current = peer.keypairs.current.clone();
         peer.shared.publish_send_keypair(current);
+        peer.shared.publish_next_keypair(peer.keypairs.next.clone());
         self.retire(dropped);
 
         let Some(peer) = self.peers[slot].as_ref() else {
@@ -1063,6 +1096,7 @@ impl Device {
             peer.last_handshake_ns = Some(now_ns);
             let current = peer.keypairs.current.clone();
             peer.shared.publish_send_keypair(current);
+            peer.shared.publish_next_keypair(None);
             self.retire(dropped.into_iter().collect());
         }
     }
@@ -1160,7 +1194,7 @@ impl Device {
 fn seal_staged(keypair: &Keypair, peer: &PeerShared, to: SocketAddr, now_ns: u64) -> Vec<Transmit> {
     // Taken under the lock, sealed outside it: a worker staging meanwhile never waits long.
     let packets = peer.staged().take();
-    let Some(counters) = keypair.reserve_counters(packets.len() as u64) else {
+    let Some(counters) = keypair.reserve_counters(packets.len() as u64, now_ns) else {
         return Vec::new();
     };
     let mut transmits = Vec::with_capacity(packets.len());
@@ -1191,7 +1225,7 @@ fn seal_keepalive(
     to: SocketAddr,
     now_ns: u64,
 ) -> Option<Transmit> {
-    let counter = keypair.reserve_counters(1)?.start;
+    let counter = keypair.reserve_counters(1, now_ns)?.start;
     let mut datagram = vec![0u8; TRANSPORT_MIN_LEN];
     let len = keypair.seal(counter, &[], &mut datagram).ok()?;
     datagram.truncate(len);

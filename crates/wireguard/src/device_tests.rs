@@ -66,7 +66,7 @@ fn seal(device: &Device, peer: PeerId, payload: &[u8], now_ns: u64) -> Option<Ve
     let routes = plane.routes();
     let shared = routes.peer(peer)?;
     let keypair = shared.send_keypair()?;
-    let counter = keypair.reserve_counters(1)?.start;
+    let counter = keypair.reserve_counters(1, now_ns)?.start;
     let mut datagram = vec![0u8; payload.len() + 64];
     let len = keypair.seal(counter, payload, &mut datagram).ok()?;
     datagram.truncate(len);
@@ -88,7 +88,7 @@ fn open(
     let index = u32::from_le_bytes(datagram[4..8].try_into().unwrap());
     let receiver = receivers.get(index).ok_or(OpenError::WrongIndex)?;
     let mut replay = receiver.keypair().lock_replay();
-    let range = receiver.open_locked(&mut replay, &mut datagram)?;
+    let range = receiver.open_locked(&mut replay, &mut datagram, now_ns)?;
     let activity = receiver.peer().activity();
     activity.on_received(now_ns, datagram.len() as u64, !range.is_empty());
     receiver.peer().update_endpoint(source);
@@ -990,4 +990,127 @@ fn poll_initiation_after_request(pair: &mut Pair, now_ns: u64) -> Transmit {
         .activity()
         .request_handshake(now_ns);
     poll_initiation(pair, now_ns)
+}
+
+#[test]
+fn without_a_poll_a_session_still_stops_at_reject_after_time() {
+    // The control thread is busy (a handshake flood) and never looks at the keypairs: the
+    // workers refuse them on their own once REJECT_AFTER_TIME has passed.
+    let mut pair = pair(None);
+    handshake(&mut pair, 0);
+    round_trip(&mut pair, 1);
+    let last = REJECT_AFTER_TIME_NS - 1;
+    let datagram = seal(&pair.a, pair.b_in_a, b"in time", last).expect("still in time");
+    assert!(open(&pair.b, datagram.clone(), pair.a_address, last).is_ok());
+    assert_eq!(
+        seal(&pair.a, pair.b_in_a, b"late", REJECT_AFTER_TIME_NS),
+        None
+    );
+    let late = seal(&pair.b, pair.a_in_b, b"late", last).unwrap();
+    assert_eq!(
+        open(&pair.a, late, pair.b_address, REJECT_AFTER_TIME_NS),
+        Err(OpenError::Expired)
+    );
+}
+
+#[test]
+fn a_datagram_under_an_older_unconfirmed_keypair_does_not_make_it_the_send_keypair() {
+    let mut pair = pair(None);
+    let now = 10 * S;
+    // A initiates and B responds: B's K1 waits in `next`; A's session starts on K1, and A's
+    // keepalive is lost.
+    let first = initiation_from_a(&mut pair, now);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.b
+            .on_handshake_message(&first.datagram, pair.a_address, now)
+    else {
+        panic!("B responds")
+    };
+    let Ok(Outcome::SessionStarted { .. }) =
+        pair.a
+            .on_handshake_message(&response.datagram, pair.b_address, now)
+    else {
+        panic!("A's session starts")
+    };
+    // B has data and nothing to send it with: it initiates, and its own session K2 starts;
+    // the unconfirmed K1 moves to `previous`.
+    pair.b
+        .peer(pair.a_in_b)
+        .unwrap()
+        .activity()
+        .request_handshake(now);
+    let second = poll_initiation_b(&mut pair, now);
+    let Ok(Outcome::Responded { response, .. }) =
+        pair.a
+            .on_handshake_message(&second.datagram, pair.b_address, now + 1)
+    else {
+        panic!("A responds")
+    };
+    let Ok(Outcome::SessionStarted { .. }) =
+        pair.b
+            .on_handshake_message(&response.datagram, pair.a_address, now + 1)
+    else {
+        panic!("B's session starts")
+    };
+    let k2 = send_index(&pair.b, pair.a_in_b);
+    // A still sends under K1 (its K2 waits for B's first datagram); B opens it under K1.
+    let data = seal(&pair.a, pair.b_in_a, b"x", now + 2).unwrap();
+    open(&pair.b, data, pair.a_address, now + 2).unwrap();
+    assert_eq!(
+        send_index(&pair.b, pair.a_in_b),
+        k2,
+        "B went back to sending under the older K1"
+    );
+    pair.b.poll(now + 3);
+    assert_eq!(send_index(&pair.b, pair.a_in_b), k2);
+}
+
+/// The initiation B's timers send once a handshake was asked for.
+fn poll_initiation_b(pair: &mut Pair, now_ns: u64) -> Transmit {
+    pair.b
+        .poll(now_ns)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::SendInitiation { transmit, .. } => Some(transmit),
+            _ => None,
+        })
+        .expect("B initiates")
+}
+
+/// The local index of `peer`'s send keypair in `device`.
+fn send_index(device: &Device, peer: PeerId) -> u32 {
+    device
+        .peer(peer)
+        .and_then(|shared| shared.send_keypair())
+        .expect("a send keypair")
+        .local_index()
+}
+
+#[test]
+fn under_load_holds_for_a_second_after_the_queue_was_last_deep() {
+    let mut pair = pair(None);
+    let t = 50 * S;
+    pair.b.judge_load(false, t);
+    assert!(!pair.b.is_under_load());
+    pair.b.judge_load(true, t);
+    assert!(pair.b.is_under_load());
+    // The queue dips below the threshold: still under load for the rest of the second, so an
+    // initiation without mac2 gets a cookie reply, not X25519.
+    pair.b.judge_load(false, t + UNDER_LOAD_HOLD_NS - 1);
+    assert!(pair.b.is_under_load());
+    let initiation = initiation_from_a(&mut pair, t + UNDER_LOAD_HOLD_NS - 1);
+    assert!(matches!(
+        pair.b.on_handshake_message(
+            &initiation.datagram,
+            pair.a_address,
+            t + UNDER_LOAD_HOLD_NS - 1
+        ),
+        Ok(Outcome::CookieReplied { .. })
+    ));
+    // Deep again restarts the second; a second after the last deep look, the load is over.
+    pair.b.judge_load(true, t + 2 * S);
+    pair.b.judge_load(false, t + 3 * S - 1);
+    assert!(pair.b.is_under_load());
+    pair.b.judge_load(false, t + 3 * S);
+    assert!(!pair.b.is_under_load());
 }

@@ -98,7 +98,7 @@ pub fn initiator_consume(datagram: &[u8]) {
 pub fn open_transport(datagram: &[u8]) {
     let keypair = Arc::new(Keypair::from_raw_keys(1, 2, [3; 32], [4; 32], 0));
     let mut buffer = datagram.to_vec();
-    if let Ok(range) = keypair.open(&mut buffer) {
+    if let Ok(range) = keypair.open(&mut buffer, 0) {
         assert_eq!(range.start, TRANSPORT_HEADER_LEN);
         assert_eq!(range.end, buffer.len() - TRANSPORT_TAG_LEN);
     }
@@ -206,7 +206,7 @@ mod tests {
         let keypair = Keypair::from_raw_keys(1, 2, [3; 32], [4; 32], 0);
         for name in ["keepalive", "packet"] {
             let mut datagram = find("wg_transport", name);
-            assert!(keypair.open(&mut datagram).is_ok(), "{name}");
+            assert!(keypair.open(&mut datagram, 0).is_ok(), "{name}");
         }
         let setconf = String::from_utf8(find("wg_configuration", "setconf")).unwrap();
         assert!(

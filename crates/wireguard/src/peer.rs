@@ -220,6 +220,8 @@ pub struct PeerShared {
     id: PeerId,
     public_key: PublicKey,
     send_keypair: ArcSwapOption<Keypair>,
+    /// The control thread's `next` slot, as published: the one keypair a worker may confirm.
+    next_keypair: ArcSwapOption<Keypair>,
     endpoint: ArcSwapOption<SocketAddr>,
     activity: PeerActivity,
     /// Packets waiting for a session (`crate::staged`); locked only without one.
@@ -232,6 +234,7 @@ impl PeerShared {
             id,
             public_key,
             send_keypair: ArcSwapOption::empty(),
+            next_keypair: ArcSwapOption::empty(),
             endpoint: ArcSwapOption::empty(),
             activity: PeerActivity::default(),
             staged: Mutex::new(StagedPackets::default()),
@@ -307,10 +310,30 @@ impl PeerShared {
         }
     }
 
-    /// A worker's datagram just confirmed `keypair` (the responder's new one): send with it
-    /// from now on (see the module docs). The control thread rotates its slots on its next look.
+    /// The control thread's `next` slot changed: publish it for [`Self::confirm`].
+    pub(crate) fn publish_next_keypair(&self, keypair: Option<Arc<Keypair>>) {
+        let unchanged = match (&*self.next_keypair.load(), &keypair) {
+            (Some(published), Some(new)) => Arc::ptr_eq(published, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            self.next_keypair.store(keypair);
+        }
+    }
+
+    /// A worker's datagram just confirmed `keypair`, a responder's keypair: if it is still the
+    /// `next` one, send with it from now on (see the module docs); the control thread rotates
+    /// its slots on its next look. One that left `next` unconfirmed (a newer session of this
+    /// side's own initiation replaced it) is never made the send keypair again, as the Linux
+    /// module's `wg_noise_received_with_keypair` only rotates in `next_keypair`.
     pub(crate) fn confirm(&self, keypair: &Arc<Keypair>) {
-        if keypair.is_valid() {
+        let is_next = self
+            .next_keypair
+            .load()
+            .as_ref()
+            .is_some_and(|next| Arc::ptr_eq(next, keypair));
+        if is_next && keypair.is_valid() {
             self.send_keypair.store(Some(keypair.clone()));
         }
     }

@@ -19,16 +19,19 @@
 //! as aws-lc has them.
 //!
 //! The control thread retires a keypair by marking it invalid ([`Keypair::invalidate`]); workers
-//! that still hold it then get [`SealError::Invalid`] / [`OpenError::Expired`]. Time-based expiry
-//! is the control thread's job (its deadlines include every keypair's `REJECT_AFTER_TIME`), so
-//! the per-packet path reads no clock.
+//! that still hold it then get [`SealError::Invalid`] / [`OpenError::Expired`]. The control
+//! thread also retires keypairs when they reach `REJECT_AFTER_TIME`, but it may be late (busy
+//! with a flood of handshakes), so the data path enforces that limit itself (whitepaper 6.2:
+//! no message is sent or accepted under a keypair older than REJECT_AFTER_TIME): counter
+//! reservation and opening take the caller's `now_ns` of the batch and compare it with the
+//! keypair's age. One comparison per batch or datagram; the per-packet path reads no clock.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
-use crate::constants::{PADDING_MULTIPLE, REJECT_AFTER_MESSAGES};
+use crate::constants::{PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME_NS};
 use crate::crypto::counter_nonce;
 use crate::messages::{TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN, TRANSPORT_TAG_LEN, TYPE_TRANSPORT};
 use crate::noise::SessionKeys;
@@ -41,7 +44,7 @@ pub enum SealError {
     BufferTooSmall,
     /// The counter is at or beyond `REJECT_AFTER_MESSAGES`.
     CounterExhausted,
-    /// The control thread has retired this keypair.
+    /// The control thread has retired this keypair, or it is older than REJECT_AFTER_TIME.
     Invalid,
 }
 
@@ -52,7 +55,8 @@ pub enum OpenError {
     Malformed,
     /// The receiver index is not this keypair's.
     WrongIndex,
-    /// The keypair has been retired (expired, replaced, or its peer's keys zeroed).
+    /// The keypair has been retired (expired, replaced, or its peer's keys zeroed), or is
+    /// older than REJECT_AFTER_TIME.
     Expired,
     /// The counter is at or beyond `REJECT_AFTER_MESSAGES`.
     CounterRejected,
@@ -189,6 +193,12 @@ impl Keypair {
         self.valid.load(Ordering::Relaxed)
     }
 
+    /// Whether the keypair is REJECT_AFTER_TIME old or older at `now_ns` (the clock its
+    /// `created_ns` is on): then nothing may be sent or accepted under it (whitepaper 6.2).
+    pub fn is_expired_at(&self, now_ns: u64) -> bool {
+        now_ns >= self.created_ns.saturating_add(REJECT_AFTER_TIME_NS)
+    }
+
     /// Retire the keypair: every later seal and open fails.
     pub(crate) fn invalidate(&self) {
         self.valid.store(false, Ordering::Relaxed);
@@ -211,12 +221,12 @@ impl Keypair {
         Self::new(&session, 0)
     }
 
-    /// Reserve `count` consecutive send counters for one batch: one atomic read-modify-write,
-    /// however many datagrams. Returns fewer than asked for near `REJECT_AFTER_MESSAGES`, and
-    /// `None` once the counters are used up or the keypair is retired; then a new handshake is
-    /// needed.
-    pub fn reserve_counters(&self, count: u64) -> Option<Range<u64>> {
-        if !self.is_valid() || count == 0 {
+    /// Reserve `count` consecutive send counters for one batch at `now_ns`: one atomic
+    /// read-modify-write, however many datagrams. Returns fewer than asked for near
+    /// `REJECT_AFTER_MESSAGES`, and `None` once the counters are used up, the keypair is
+    /// retired or it is REJECT_AFTER_TIME old; then a new handshake is needed.
+    pub fn reserve_counters(&self, count: u64, now_ns: u64) -> Option<Range<u64>> {
+        if !self.is_valid() || count == 0 || self.is_expired_at(now_ns) {
             return None;
         }
         // A compare-and-swap loop rather than `fetch_add`, so that refused reservations never
@@ -311,24 +321,26 @@ impl Keypair {
         self.replay.lock()
     }
 
-    /// Open one datagram, locking the replay window for it alone. Batches should prefer
-    /// [`Self::open_locked`].
-    pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, OpenError> {
+    /// Open one datagram at `now_ns`, locking the replay window for it alone. Batches should
+    /// prefer [`Self::open_locked`].
+    pub fn open(&self, datagram: &mut [u8], now_ns: u64) -> Result<Range<usize>, OpenError> {
         let mut guard = self.replay.lock();
-        self.open_locked(&mut guard, datagram)
+        self.open_locked(&mut guard, datagram, now_ns)
     }
 
     /// Open a type-4 datagram in place with the replay window already locked. On success the
     /// returned range of `datagram` holds the plaintext, still padded (the relay trims it by the
     /// inner IP header's length); an empty range is a keepalive. The counter enters the window
     /// only after the tag has verified. A `replay` guard of another keypair is not used: this
-    /// keypair's own window is locked instead.
+    /// keypair's own window is locked instead. A keypair REJECT_AFTER_TIME old at `now_ns`
+    /// opens nothing.
     pub fn open_locked(
         &self,
         replay: &mut ReplayGuard<'_>,
         datagram: &mut [u8],
+        now_ns: u64,
     ) -> Result<Range<usize>, OpenError> {
-        self.open_confirming(replay, datagram)
+        self.open_confirming(replay, datagram, now_ns)
             .map(|(range, _)| range)
     }
 
@@ -338,8 +350,9 @@ impl Keypair {
         &self,
         replay: &mut ReplayGuard<'_>,
         datagram: &mut [u8],
+        now_ns: u64,
     ) -> Result<(Range<usize>, bool), OpenError> {
-        let counter = self.decrypt(datagram)?;
+        let counter = self.decrypt(datagram, now_ns)?;
         let fresh = if replay.guards(&self.replay) {
             replay.check_and_set(counter)
         } else {
@@ -358,7 +371,7 @@ impl Keypair {
     }
 
     /// Authenticate and decrypt in place, without the replay window; returns the counter.
-    fn decrypt(&self, datagram: &mut [u8]) -> Result<u64, OpenError> {
+    fn decrypt(&self, datagram: &mut [u8], now_ns: u64) -> Result<u64, OpenError> {
         if datagram.len() < TRANSPORT_MIN_LEN || datagram[..4] != TYPE_TRANSPORT.to_le_bytes() {
             return Err(OpenError::Malformed);
         }
@@ -367,7 +380,7 @@ impl Keypair {
         if receiver_index != self.local_index {
             return Err(OpenError::WrongIndex);
         }
-        if !self.is_valid() {
+        if !self.is_valid() || self.is_expired_at(now_ns) {
             return Err(OpenError::Expired);
         }
         let mut counter_bytes = [0u8; 8];
@@ -407,7 +420,7 @@ pub(crate) mod tests {
             let written = ours.seal(len as u64, &plaintext, &mut datagram).unwrap();
             assert_eq!(written, sealed_len(len));
             assert_eq!((written - 32) % 16, 0, "len {len}");
-            let range = theirs.open(&mut datagram[..written]).unwrap();
+            let range = theirs.open(&mut datagram[..written], 0).unwrap();
             assert_eq!(range.len(), padded_len(len));
             assert_eq!(&datagram[range.start..range.start + len], &plaintext[..]);
             assert!(
@@ -452,7 +465,7 @@ pub(crate) mod tests {
         let (ours, theirs) = linked_pair();
         let mut datagram = [0u8; 32];
         assert_eq!(ours.seal(0, &[], &mut datagram), Ok(32));
-        assert_eq!(theirs.open(&mut datagram), Ok(16..16));
+        assert_eq!(theirs.open(&mut datagram, 0), Ok(16..16));
     }
 
     #[test]
@@ -468,7 +481,7 @@ pub(crate) mod tests {
         let joined: Vec<u8> = header.iter().chain(payload.iter()).copied().collect();
         let m = ours.seal(5, &joined, &mut whole).unwrap();
         assert_eq!(gathered[..n], whole[..m]);
-        let range = theirs.open(&mut gathered[..n]).unwrap();
+        let range = theirs.open(&mut gathered[..n], 0).unwrap();
         assert_eq!(&gathered[range.start..range.start + 1020], &joined[..]);
     }
 
@@ -479,7 +492,7 @@ pub(crate) mod tests {
         let plaintext = [7u8; 1420];
         let mut datagram = [0u8; 1420 + 32];
         assert_eq!(ours.seal(0, &plaintext, &mut datagram), Ok(1452));
-        assert_eq!(theirs.open(&mut datagram), Ok(16..1436));
+        assert_eq!(theirs.open(&mut datagram, 0), Ok(16..1436));
         let mut short = [0u8; 1420 + 31];
         assert_eq!(
             ours.seal(1, &plaintext, &mut short),
@@ -497,7 +510,7 @@ pub(crate) mod tests {
         for byte in 0..n {
             let mut tampered = sealed;
             tampered[byte] ^= 0x04;
-            let result = theirs.open(&mut tampered[..n]);
+            let result = theirs.open(&mut tampered[..n], 0);
             let expected = match byte {
                 0..4 => OpenError::Malformed,
                 4..8 => OpenError::WrongIndex,
@@ -509,16 +522,19 @@ pub(crate) mod tests {
         // overwrite the buffer).
         let mut truncated = sealed;
         assert_eq!(
-            theirs.open(&mut truncated[..n - 1]),
+            theirs.open(&mut truncated[..n - 1], 0),
             Err(OpenError::AuthenticationFailed)
         );
-        assert_eq!(theirs.open(&mut truncated[..31]), Err(OpenError::Malformed));
+        assert_eq!(
+            theirs.open(&mut truncated[..31], 0),
+            Err(OpenError::Malformed)
+        );
         // The failures did not touch the window: the genuine datagram still opens once.
-        assert!(theirs.open(&mut sealed[..n]).is_ok());
+        assert!(theirs.open(&mut sealed[..n], 0).is_ok());
         let mut again = sealed;
         ours.seal(3, b"a payload of some length", &mut again)
             .unwrap();
-        assert_eq!(theirs.open(&mut again[..n]), Err(OpenError::Replayed));
+        assert_eq!(theirs.open(&mut again[..n], 0), Err(OpenError::Replayed));
     }
 
     #[test]
@@ -536,11 +552,11 @@ pub(crate) mod tests {
         let n = ours
             .seal(REJECT_AFTER_MESSAGES - 1, b"x", &mut datagram)
             .unwrap();
-        assert!(theirs.open(&mut datagram[..n]).is_ok());
+        assert!(theirs.open(&mut datagram[..n], 0).is_ok());
         // A forged header counter at the limit is refused before any decryption.
         datagram[8..16].copy_from_slice(&REJECT_AFTER_MESSAGES.to_le_bytes());
         assert_eq!(
-            theirs.open(&mut datagram[..n]),
+            theirs.open(&mut datagram[..n], 0),
             Err(OpenError::CounterRejected)
         );
     }
@@ -548,16 +564,16 @@ pub(crate) mod tests {
     #[test]
     fn reservations_stop_at_the_limit_and_never_wrap() {
         let (ours, _) = linked_pair();
-        assert_eq!(ours.reserve_counters(64), Some(0..64));
-        assert_eq!(ours.reserve_counters(1), Some(64..65));
+        assert_eq!(ours.reserve_counters(64, 0), Some(0..64));
+        assert_eq!(ours.reserve_counters(1, 0), Some(64..65));
         ours.send_counter
             .store(REJECT_AFTER_MESSAGES - 10, Ordering::Relaxed);
         assert_eq!(
-            ours.reserve_counters(64),
+            ours.reserve_counters(64, 0),
             Some(REJECT_AFTER_MESSAGES - 10..REJECT_AFTER_MESSAGES)
         );
         for _ in 0..10_000 {
-            assert_eq!(ours.reserve_counters(64), None);
+            assert_eq!(ours.reserve_counters(64, 0), None);
         }
         assert_eq!(ours.send_counter(), REJECT_AFTER_MESSAGES);
     }
@@ -570,7 +586,7 @@ pub(crate) mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..1000 {
-                        let range = ours.reserve_counters(7).unwrap();
+                        let range = ours.reserve_counters(7, 0).unwrap();
                         ranges.lock().unwrap().push(range);
                     }
                 });
@@ -590,10 +606,34 @@ pub(crate) mod tests {
         let mut datagram = [0u8; 48];
         let n = ours.seal(0, b"x", &mut datagram).unwrap();
         theirs.invalidate();
-        assert_eq!(theirs.open(&mut datagram[..n]), Err(OpenError::Expired));
+        assert_eq!(theirs.open(&mut datagram[..n], 0), Err(OpenError::Expired));
         ours.invalidate();
         assert_eq!(ours.seal(1, b"x", &mut datagram), Err(SealError::Invalid));
-        assert_eq!(ours.reserve_counters(1), None);
+        assert_eq!(ours.reserve_counters(1, 0), None);
+    }
+
+    #[test]
+    fn a_keypair_reject_after_time_old_neither_opens_nor_seals() {
+        // Made at 5 s; the control thread has not retired them (it may be late).
+        let created_ns = 5_000_000_000;
+        let ours = Keypair::from_raw_keys(1, 2, [0x11; 32], [0x22; 32], created_ns);
+        let theirs = Keypair::from_raw_keys(2, 1, [0x22; 32], [0x11; 32], created_ns);
+        let last_ns = created_ns + REJECT_AFTER_TIME_NS - 1;
+        let mut datagram = [0u8; 48];
+        let counter = ours.reserve_counters(1, last_ns).unwrap().start;
+        let n = ours.seal(counter, b"x", &mut datagram).unwrap();
+        let mut late = datagram;
+        assert!(theirs.open(&mut datagram[..n], last_ns).is_ok());
+        assert_eq!(ours.reserve_counters(1, last_ns + 1), None);
+        assert_eq!(
+            theirs.open(&mut late[..n], last_ns + 1),
+            Err(OpenError::Expired)
+        );
+        assert_eq!(
+            ours.send_counter(),
+            1,
+            "a refused reservation takes nothing"
+        );
     }
 
     #[test]
@@ -604,13 +644,17 @@ pub(crate) mod tests {
         let n = ours.seal(9, b"x", &mut datagram).unwrap();
         let copy = datagram;
         let mut guard = theirs.lock_replay();
-        assert!(theirs.open_locked(&mut guard, &mut datagram[..n]).is_ok());
+        assert!(
+            theirs
+                .open_locked(&mut guard, &mut datagram[..n], 0)
+                .is_ok()
+        );
         drop(guard);
         if cfg!(not(debug_assertions)) {
             let mut foreign = other.lock_replay();
             let mut replayed = copy;
             assert_eq!(
-                theirs.open_locked(&mut foreign, &mut replayed[..n]),
+                theirs.open_locked(&mut foreign, &mut replayed[..n], 0),
                 Err(OpenError::Replayed)
             );
         }

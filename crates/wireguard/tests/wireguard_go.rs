@@ -336,7 +336,7 @@ fn a_handshake_and_an_echo_through_wireguard_go() {
                 let receivers = responder_plane.receivers();
                 if let Some(receiver) = receivers.get(index) {
                     receiver
-                        .open(datagram)
+                        .open(datagram, now())
                         .expect("wireguard-go's datagram opens");
                     confirmed = receiver.peer().send_keypair().is_some();
                 }
@@ -380,7 +380,10 @@ fn echo(device: &Device, socket: &UdpSocket, go_endpoint: SocketAddr, source: [u
     while Instant::now() < deadline && sequence < 20 {
         sequence += 1;
         let request = echo_request(source, 0x7777, sequence);
-        let counter = keypair.reserve_counters(1).unwrap().start;
+        let counter = keypair
+            .reserve_counters(1, keypair.created_ns())
+            .unwrap()
+            .start;
         let mut datagram = [0u8; 1500];
         let len = keypair.seal(counter, &request, &mut datagram).unwrap();
         socket.send_to(&datagram[..len], go_endpoint).unwrap();
@@ -395,8 +398,9 @@ fn echo(device: &Device, socket: &UdpSocket, go_endpoint: SocketAddr, source: [u
             let index = u32::from_le_bytes(datagram[4..8].try_into().unwrap());
             let receivers = plane.receivers();
             let receiver = receivers.get(index).expect("a known receiver index");
+            // Within REJECT_AFTER_TIME of the handshake: the test takes seconds.
             let range = receiver
-                .open(datagram)
+                .open(datagram, receiver.keypair().created_ns())
                 .expect("wireguard-go's datagram opens");
             assert_eq!(from, go_endpoint);
             let packet = &datagram[range];
