@@ -453,7 +453,7 @@ pub(crate) mod tests {
                     (0..len).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>()
                 );
                 // The same counter each time: decrypted past the replay window.
-                assert_eq!(theirs.decrypt(&mut one[..n]), Ok(9));
+                assert_eq!(theirs.decrypt(&mut one[..n], 0), Ok(9));
                 assert_eq!(&one[16..16 + len], &plaintext[..]);
                 assert!(one[16 + len..n - 16].iter().all(|&b| b == 0));
             }
