@@ -320,16 +320,17 @@ fn control_seeds() -> Seeds {
         kind: Kind::Probe,
         nonce: 0x0123_4567_89ab_cdef,
         size: 148,
+        cookie: 0,
     };
     let mut probe_bytes = vec![0u8; 120];
     probe.write(&mut probe_bytes, 120).expect("room");
     let mut ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
     probe.ack().write(&mut ack, 0).expect("room");
     let advertisement = advertisement(7, &[40000, 40001, 65535]);
-    let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
+    let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::PORTS_ACK_LEN];
     Control::parse(&advertisement)
         .expect("an advertisement")
-        .ack()
+        .ports_ack(0xc00c1e)
         .write(&mut ports_ack, 0)
         .expect("room");
     vec![
@@ -343,7 +344,7 @@ fn control_seeds() -> Seeds {
 
 /// An advertisement of `ports` (`wire::control`, kind 3) with nonce `nonce`.
 fn advertisement(nonce: u64, ports: &[u16]) -> Vec<u8> {
-    let a = tunfwd::fuzzing::control::Advertisement::new(nonce, 0x5e55, ports).expect("ports");
+    let a = tunfwd::fuzzing::control::Advertisement::new(nonce, 0x5e55, 0xc00c1e, ports).expect("ports");
     let mut bytes = vec![0u8; a.wire_len()];
     a.write(&mut bytes).expect("room");
     bytes

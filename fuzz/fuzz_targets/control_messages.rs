@@ -40,8 +40,18 @@ fuzz_target!(|datagram: &[u8]| {
     };
     assert_eq!(&out[..len], datagram, "{message:?} does not write back as parsed");
     match message.kind {
-        Kind::Ack | Kind::PortsAck => assert_eq!(len, control::HEADER_LEN),
+        Kind::Ack => assert_eq!(len, control::HEADER_LEN),
+        Kind::PortsAck => {
+            assert_eq!(len, control::PORTS_ACK_LEN);
+            assert_ne!(message.cookie, 0, "an acknowledgement's cookie is never 0");
+        }
         Kind::Probe => assert_eq!(message.ack().kind, Kind::Ack),
-        Kind::Ports => assert_eq!(message.ack().kind, Kind::PortsAck),
+        Kind::Ports => {
+            assert!(usize::from(message.size) <= control::MAX_PORTS);
+            assert_eq!(message.ports_ack(1).kind, Kind::PortsAck);
+        }
+    }
+    if message.kind != Kind::PortsAck {
+        assert_eq!(message.cookie, 0, "only an advertisement's acknowledgement has a cookie");
     }
 });
