@@ -7,8 +7,12 @@
 //! to 0.0.0.0 with protocol 253 (RFC 3692: for experiments) and TTL 1, exactly as long as the
 //! datagram and with a valid checksum, and the message after it. Such a relay (an older
 //! tunfwd, socat's TUN-to-UDP relay) writes it into its TUN like any packet, and its IP stack
-//! drops it without a word: 0.0.0.0 is no destination (RFC 1122 section 3.2.1.3;
-//! `ip_route_input_slow` in net/ipv4/route.c counts a martian destination). It must be an IP
+//! drops it without a word, though not as a martian: `ip_route_input_slow` (net/ipv4/route.c)
+//! takes a packet from 0.0.0.0 to 0.0.0.0 as a limited broadcast (`brd_input`, before its
+//! zero-address checks), so it is delivered locally, where no protocol handles 253 (counted as
+//! `InUnknownProtos`; raw sockets of that protocol, and packet sniffers, do see it), and no ICMP
+//! protocol unreachable answers it (`icmp_send` sends nothing about a broadcast, net/ipv4/icmp.c;
+//! RFC 1122 section 3.2.2). It is never forwarded. It must be an IP
 //! packet: a TUN refuses a write whose first nibble is neither 4 nor 6 (`tun_get_user` in
 //! drivers/net/tun.c), and socat exits on the first write refused. No real traffic goes to
 //! 0.0.0.0, so nothing a host sends is taken for a control message. Such a peer never
