@@ -215,7 +215,7 @@ counters! {
         send_retries => "Sends redone because an error about an earlier datagram failed them.",
         /// Path MTU probes and acknowledgements from the peer's exact address and ports (each
         /// answered probe is also in `PathStats::pmtu_probes_answered`).
-        control_received => "Control messages (path MTU probes and acknowledgements) received from the peer.",
+        control_received => "Control messages (path MTU probes and acknowledgements, not the small hellos and keepalives) received from the peer.",
         /// Every probe from the peer is answered while a control buffer is free; these found
         /// every one in flight.
         control_unanswered => "Path MTU probes from the peer left unanswered: every control buffer was in flight.",

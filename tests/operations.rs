@@ -199,11 +199,19 @@ fn latency_count(scrape: &Scrape, direction: &str) -> u64 {
 }
 
 /// Scrapes until three scrapes in a row, more than a snapshot interval apart, agree on every
-/// sample but the uptime: the workers' latest snapshots then hold everything they counted.
+/// sample but the uptime and the relay-to-relay exchange's path counters (outer entropy's
+/// advertisements and keepalive probes go every 2 s for as long as the relays run): the
+/// workers' latest snapshots then hold everything they counted.
 fn settled_scrape(bed: &Testbed) -> String {
+    let periodic = [
+        "tunfwd_uptime_seconds ",
+        "tunfwd_pmtu_probes_",
+        "tunfwd_ports_",
+        "tunfwd_peer_ports_",
+    ];
     let without_uptime = |text: &str| {
         text.lines()
-            .filter(|l| !l.starts_with("tunfwd_uptime_seconds "))
+            .filter(|l| !periodic.iter().any(|p| l.starts_with(p)))
             .collect::<Vec<_>>()
             .join("\n")
     };

@@ -174,11 +174,12 @@ pub fn plan_gated(
                 _ if plan.controls.len() >= MAX_CONTROLS => {}
                 Some(message) if message.kind != control::Kind::Ports => {
                     plan.controls.push(message);
-                    // Path MTU messages only: the advertisements and their acknowledgements,
-                    // every 2 s for as long as the relays run, have counters of their own
-                    // (`peer_ports_accepted`, `ports_acknowledged`), and in the per-queue
-                    // counters they would keep a quiet tunnel's counts moving.
-                    if message.kind != control::Kind::PortsAck {
+                    // Path MTU messages only, and not hellos: the advertisements and their
+                    // acknowledgements, and the extra tuples' keepalives and theirs, every 2 s
+                    // for as long as the relays run, have counters of their own in the path
+                    // section (`peer_ports_accepted`, `pmtu_probes_answered`, ...), and in the
+                    // per-queue counters they would keep a quiet tunnel's counts moving.
+                    if message.kind != control::Kind::PortsAck && !message.is_hello() {
                         stats.counters.control_received += 1;
                     }
                     continue;
@@ -564,7 +565,7 @@ mod tests {
             let control = Control {
                 kind: control::Kind::Probe,
                 nonce,
-                size: 68,
+                size: 1400,
                 cookie: 0,
             };
             assert_eq!(control.write(&mut probe, 40), Some(40));

@@ -207,6 +207,13 @@ impl Control {
         Some(len)
     }
 
+    /// Whether this probe (or probe acknowledgement) is a hello: no larger than the smallest
+    /// probe a relay sends (the header in an outer IPv6 packet: 48 bytes of headers), so it
+    /// tests no path MTU, only that the peer answers. The extra tuples' keepalives are hellos.
+    pub fn is_hello(&self) -> bool {
+        usize::from(self.size) <= 48 + HEADER_LEN
+    }
+
     /// The acknowledgement that answers this probe.
     pub fn ack(&self) -> Control {
         Control {
