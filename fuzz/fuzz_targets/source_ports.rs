@@ -37,7 +37,9 @@ fuzz_target!(|input: &[u8]| {
             continue;
         };
         let mut out = vec![0u8; datagram.len()];
-        let len = advertisement.write(&mut out).expect("room for what was parsed");
+        let len = advertisement
+            .write(&mut out)
+            .expect("room for what was parsed");
         assert_eq!(&out[..len], datagram);
         let before = accepted.clone();
         match shared.accept_peer(&advertisement) {
