@@ -127,12 +127,14 @@ pub mod fuzzing {
 
     /// Relay-to-relay control messages.
     pub mod control {
-        pub use crate::wire::control::{Advertisement, Control, HEADER_LEN, Kind, is_control};
+        pub use crate::wire::control::{
+            Advertisement, Control, HEADER_LEN, Kind, MAX_PORTS, PORTS_ACK_LEN, is_control,
+        };
     }
 
     /// The set of source ports a relay accepts from its peer, as advertisements make it.
     pub mod entropy {
-        pub use crate::relay::entropy::SourcePorts;
+        pub use crate::relay::entropy::{PeerAdvertisement, SourcePorts};
     }
 
     /// rtnetlink answers.

@@ -168,7 +168,12 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         address: listen,
         source,
     })?;
-    let source_ports = Arc::new(SourcePorts::new(&own_ports, session));
+    // The cookie the peer's advertisements must echo to take ports away (`relay::entropy`).
+    let cookie = random::nonzero_u64().map_err(|source| sys::Error::Socket {
+        address: listen,
+        source,
+    })?;
+    let source_ports = Arc::new(SourcePorts::new(&own_ports, session, cookie));
     offloads.udp_gso = wanted.udp_gso
         && sockets.iter().all(socket::supports_gso)
         && extra_sockets.iter().flatten().all(socket::supports_gso);

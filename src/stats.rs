@@ -106,6 +106,10 @@ drop_reasons! {
     /// (REKEY_ATTEMPT_TIME, 90 s) or the peer was removed. Counted by the control thread and
     /// reported with queue 0's.
     WgStagedPurged => "wg_staged_purged",
+    /// A datagram shaped as a relay-to-relay control message (IPv4, 0.0.0.0 to 0.0.0.0,
+    /// protocol 253) that is not one this relay takes: malformed, a second advertisement in one
+    /// receive, or past `MAX_CONTROLS` in one. Never written to the TUN.
+    BadControl => "bad_control",
 }
 
 impl DropReason {
@@ -219,7 +223,7 @@ counters! {
         send_retries => "Sends redone because an error about an earlier datagram failed them.",
         /// Path MTU probes and acknowledgements from the peer's exact address and ports (each
         /// answered probe is also in `PathStats::pmtu_probes_answered`).
-        control_received => "Control messages (path MTU probes and acknowledgements) received from the peer.",
+        control_received => "Control messages (path MTU probes and acknowledgements, not the small hellos and keepalives) received from the peer.",
         /// Every probe from the peer is answered while a control buffer is free; these found
         /// every one in flight.
         control_unanswered => "Path MTU probes from the peer left unanswered: every control buffer was in flight.",
@@ -241,6 +245,13 @@ counters! {
         /// Outer flow entropy (`relay::entropy`): the rest of `udp_tx_packets` left from the
         /// listen port.
         entropy_tx_packets => "Datagrams sent from one of the extra source ports (outer flow entropy) rather than the listen port.",
+        /// Outer flow entropy: the flow's tuple is in use but the peer has not acknowledged a
+        /// probe from it lately (`relay::entropy`, a NAT rewriting or a firewall dropping its
+        /// port), so its datagrams left from the listen port.
+        entropy_fallback_packets => "Datagrams of flows whose extra source port the peer is not shown to receive, sent from the listen port instead.",
+        /// Late (a retried probe answered twice) or forged: their nonce names nothing the
+        /// relay waits for.
+        control_unexpected => "Acknowledgements (of path MTU probes or of advertisements) from the peer that answer nothing this relay waits for.",
         /// `relay::aqm`: the TUN ring's queue stood above target; the Not-ECT ones are the
         /// `aqm_tun_ring` drops.
         aqm_marked_tun_ring => "ECN-capable packets read from the TUN that the AQM marked CE, its ring's queue standing above target (RFC 8289, RFC 3168).",
@@ -315,6 +326,15 @@ counters! {
         peer_ports_accepted => "Advertisements of the peer's source ports taken (each replaces the one before).",
         /// With `--entropy off` nothing would expire the peer's ports, so none are taken.
         peer_ports_ignored => "Advertisements of the peer's source ports not taken: this relay runs with --entropy off.",
+        /// Without the echo of this relay's cookie (a restarted peer's first, or forged): they
+        /// may only add ports, never remove or replace them, nor tell of a restart.
+        peer_ports_unproven => "Advertisements of the peer's source ports that did not echo this relay's cookie: only added ports.",
+        /// Rate-limited (`relay::entropy::RESTART_INTERVAL_NS`); on the one worker that
+        /// advertises.
+        peer_restarts => "Restarts of the peer (a proven advertisement with a new session) acted on.",
+        /// On the worker that runs the tuple's path MTU machine.
+        entropy_tuples_confirmed => "Times an extra source port began carrying flows: the peer acknowledged a probe sent from it.",
+        entropy_tuples_unconfirmed => "Times an extra source port stopped carrying flows: the peer's acknowledgements of probes from it stopped.",
     }
     extra {
         /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker

@@ -99,6 +99,19 @@ fn wireguard_mode_refuses_peer_and_config_needs_it() {
     assert!(stderr.contains("--wireguard"), "{stderr}");
     let (status, stderr) = run(&["--dev", "wg0"]);
     assert_eq!(status, Some(2), "no --peer and no --wireguard: {stderr}");
+    // Outer entropy is on by default in raw mode but off in WireGuard mode: asked for nothing,
+    // nothing is refused for it.
+    let (_, stderr) = run(&[
+        "--wireguard",
+        "--config",
+        "/nonexistent.conf",
+        "--dev",
+        "wg0",
+    ]);
+    assert!(
+        !stderr.contains("--entropy") && !stderr.contains("--srcport"),
+        "{stderr}"
+    );
     // A WireGuard peer roams to each datagram's source: no extra source ports in this mode.
     for (args, option) in [
         (&["--wireguard", "--entropy", "auto"][..], "--entropy"),

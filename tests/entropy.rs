@@ -177,6 +177,8 @@ struct Seen {
     per_cpu: Vec<u64>,
     /// Datagrams per outer source port.
     per_port: BTreeMap<u16, u64>,
+    /// The same, of the datagrams that are no control message (inner packets).
+    data_per_port: BTreeMap<u16, u64>,
     /// The outer source ports each inner TCP flow (to or from port 5201) came in.
     flows: HashMap<Flow, BTreeSet<u16>>,
     /// Relay-to-relay control messages among them.
@@ -194,6 +196,9 @@ impl Seen {
         }
         for (port, n) in &other.per_port {
             *self.per_port.entry(*port).or_default() += n;
+        }
+        for (port, n) in &other.data_per_port {
+            *self.data_per_port.entry(*port).or_default() += n;
         }
         for (flow, ports) in &other.flows {
             self.flows.entry(*flow).or_default().extend(ports);
@@ -409,6 +414,7 @@ fn note(seen: &mut Seen, cpu: usize, packet: &[u8], from: Ipv4Addr) {
         seen.control += 1;
         return;
     }
+    *seen.data_per_port.entry(sport).or_default() += 1;
     // An inner IPv4 TCP segment of the load tool's streams (port 5201 at one end).
     if inner.len() >= 24 && inner[0] >> 4 == 4 && inner[9] == 6 {
         let at = usize::from(inner[0] & 0x0f) * 4;
@@ -471,9 +477,12 @@ fn relays_with_rps(bed: &Testbed, extra: &[&str], entropy: bool) -> (Process, Pr
     let a = relay(bed, Host::A, extra);
     let b = relay(bed, Host::B, extra);
     if entropy {
+        // Acknowledged, and every extra tuple shown to reach the peer (16 at four queues):
+        // until then a flow leaves from the listen tuple, and would change tuples mid-stream.
         for host in [Host::A, Host::B] {
             report_when(bed, host, Duration::from_secs(15), |r| {
                 total(r, "path.ports_acknowledged") >= 1
+                    && total(r, "path.entropy_tuples_confirmed") >= 16
             });
         }
     }
@@ -541,16 +550,16 @@ fn distinct_tuples(seen: &Seen) -> BTreeSet<u16> {
     seen.flows.values().flatten().copied().collect()
 }
 
-/// With outer entropy (the default), RPS spreads a relay's receive work over every CPU; each
-/// flow keeps one tuple; transfers verify both ways. Fails with entropy broken: one tuple for
-/// every flow puts every datagram on one CPU (the test below shows exactly that with `--entropy
-/// off`).
+/// With outer entropy (the default: no option given), RPS spreads a relay's receive work over
+/// every CPU; each flow keeps one tuple; transfers verify both ways. Fails with entropy broken:
+/// one tuple for every flow puts every datagram on one CPU (the test below shows exactly that
+/// with `--entropy off`).
 #[test]
 fn eight_flows_at_four_queues_take_four_tuples_or_more_one_each_and_receive_work_reaches_every_cpu()
 {
     let _serial = serially();
     let bed = testbed();
-    let (a, b) = relays_with_rps(&bed, &["--entropy", "auto"], true);
+    let (a, b) = relays_with_rps(&bed, &[], true);
     let a_ports = advertised_ports(&a);
     let b_ports = advertised_ports(&b);
     assert_eq!(
@@ -598,6 +607,8 @@ fn eight_flows_at_four_queues_take_four_tuples_or_more_one_each_and_receive_work
         );
         assert_eq!(total(report, "drops.foreign_source"), 0, "{host}");
         assert!(total(report, "path.peer_ports_accepted") >= 1, "{host}");
+        assert_eq!(total(report, "entropy_fallback_packets"), 0, "{host}");
+        assert_eq!(total(report, "drops.bad_control"), 0, "{host}");
     }
     drop((a, b));
 }
@@ -717,7 +728,8 @@ fn socat_as_the_peer_gets_the_listen_tuple_alone_and_traffic_passes_both_ways() 
         panic!("socat is needed for the interoperability test: apt-get install socat");
     };
     let bed = testbed();
-    let a = relay(&bed, Host::A, &["--entropy", "auto"]);
+    // Entropy at its default (auto).
+    let a = relay(&bed, Host::A, &[]);
     let args: Vec<String> = [
         format!(
             "UDP-DATAGRAM:{}:{},bind={}:{}",
@@ -783,6 +795,109 @@ fn socat_as_the_peer_gets_the_listen_tuple_alone_and_traffic_passes_both_ways() 
     );
     assert_eq!(total(&report, "path.ports_acknowledged"), 0);
     assert_eq!(total(&report, "entropy_tx_packets"), 0);
+    assert_eq!(
+        total(&report, "entropy_fallback_packets"),
+        0,
+        "never in use"
+    );
     assert_eq!(total(&report, "drops.foreign_source"), 0);
     drop(a);
+}
+
+/// Issue 22, finding 4: an extra source port whose datagrams never reach the peer (here B's
+/// namespace drops what comes from 12 of A's 16, as a firewall would, or as a NAT that rewrote
+/// them would have B's source check do) carries no flow: A sees no acknowledgement of the probes
+/// it sends from them, so the flows hashed to them leave from the listen port, counted as
+/// `entropy_fallback_packets`; every flow arrives (verified), and none in a datagram from a
+/// dropped port. With the check broken, those flows are lost and the transfer fails.
+#[test]
+fn extra_ports_the_peer_never_receives_carry_no_flow_and_every_flow_still_arrives() {
+    let _serial = serially();
+    let bed = testbed();
+    // A's 16 extra ports are 40000..=40015 (`entropy::ports_in_range` at four queues); B drops
+    // 40000..=40011 from A's address by FIB rules ahead of the local table (one per port:
+    // this kernel refuses port ranges in rules). The listen port's datagrams pass.
+    const DROPPED: std::ops::RangeInclusive<u16> = 40000..=40011;
+    let namespace = bed.namespace(Host::B);
+    for port in DROPPED {
+        let port = port.to_string();
+        testbed::ip(&[
+            "-n",
+            &namespace,
+            "rule",
+            "add",
+            "pref",
+            "100",
+            "from",
+            testbed::A_UNDERLAY,
+            "ipproto",
+            "udp",
+            "sport",
+            &port,
+            "blackhole",
+        ])
+        .expect("a rule dropping one of A's extra ports");
+    }
+    testbed::ip(&[
+        "-n", &namespace, "rule", "add", "pref", "200", "lookup", "local",
+    ])
+    .expect("the local table after those rules");
+    testbed::ip(&["-n", &namespace, "rule", "del", "pref", "0"]).expect("the local table moved");
+    let a = relay(&bed, Host::A, &["--srcport", "40000", "40015"]);
+    let b = relay(&bed, Host::B, &[]);
+    assert_eq!(
+        advertised_ports(&a),
+        (40000..=40015).collect::<Vec<u16>>(),
+        "{}",
+        a.stderr()
+    );
+    // A's advertisement (from its listen port) is acknowledged; each tuple then probes, and
+    // only the four whose datagrams pass are confirmed. B's tuples are untouched.
+    report_when(&bed, Host::A, Duration::from_secs(15), |r| {
+        total(r, "path.ports_acknowledged") >= 1 && total(r, "path.entropy_tuples_confirmed") >= 4
+    });
+    report_when(&bed, Host::B, Duration::from_secs(15), |r| {
+        total(r, "path.entropy_tuples_confirmed") >= 16
+    });
+    // Long enough for every dropped tuple's first probe to be tried three times.
+    std::thread::sleep(Duration::from_secs(3));
+    let capture = Capture::start(&bed, Host::B);
+    bed.verified_transfer(Host::A, Host::B, testbed::B_TUNNEL4, 4 << 20, 8, &[])
+        .expect("every flow arrives");
+    let seen = capture.finish();
+    eprintln!(
+        "B captured from A: data per outer source port {:?}, all {:?}",
+        seen.data_per_port, seen.per_port
+    );
+    assert_one_tuple_per_flow(&seen, "A to B");
+    for port in seen.data_per_port.keys() {
+        assert!(
+            !DROPPED.contains(port),
+            "A sent inner packets from port {port}, which B never receives: {:?}",
+            seen.data_per_port
+        );
+    }
+    assert!(
+        seen.per_port.keys().any(|p| DROPPED.contains(p)),
+        "A probed its dropped ports: {:?}",
+        seen.per_port
+    );
+    let (ra, rb) = (settled(&bed, Host::A), settled(&bed, Host::B));
+    assert_eq!(
+        total(&ra, "path.entropy_tuples_confirmed") - total(&ra, "path.entropy_tuples_unconfirmed"),
+        4,
+        "only the tuples that reach B carry flows: {}",
+        ra["path"]
+    );
+    assert!(
+        total(&ra, "entropy_fallback_packets") > 0,
+        "flows hashed to a dropped port left from the listen port, counted: {}",
+        ra["queues"]
+    );
+    assert!(
+        total(&rb, "entropy_tx_packets") > 0,
+        "B's tuples carry its flows"
+    );
+    assert_eq!(total(&rb, "drops.foreign_source"), 0);
+    drop((a, b));
 }

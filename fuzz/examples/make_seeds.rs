@@ -304,7 +304,12 @@ fn receive_control_seeds() -> Seeds {
     let time = cmsg(32, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &timespec);
     let gro = cmsg(20, libc::SOL_UDP, libc::UDP_GRO, &1380i32.to_ne_bytes());
     let tos = cmsg(17, libc::SOL_IP, libc::IP_TOS, &[0x02]);
-    let tclass = cmsg(20, libc::SOL_IPV6, libc::IPV6_TCLASS, &0x03i32.to_ne_bytes());
+    let tclass = cmsg(
+        20,
+        libc::SOL_IPV6,
+        libc::IPV6_TCLASS,
+        &0x03i32.to_ne_bytes(),
+    );
     let cut = cmsg(28, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &timespec[..12]);
     vec![
         ("time-gro-tos", [time.clone(), gro.clone(), tos].concat()),
@@ -320,16 +325,17 @@ fn control_seeds() -> Seeds {
         kind: Kind::Probe,
         nonce: 0x0123_4567_89ab_cdef,
         size: 148,
+        cookie: 0,
     };
     let mut probe_bytes = vec![0u8; 120];
     probe.write(&mut probe_bytes, 120).expect("room");
     let mut ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
     probe.ack().write(&mut ack, 0).expect("room");
     let advertisement = advertisement(7, &[40000, 40001, 65535]);
-    let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
+    let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::PORTS_ACK_LEN];
     Control::parse(&advertisement)
         .expect("an advertisement")
-        .ack()
+        .ports_ack(0xc00c1e)
         .write(&mut ports_ack, 0)
         .expect("room");
     vec![
@@ -343,7 +349,13 @@ fn control_seeds() -> Seeds {
 
 /// An advertisement of `ports` (`wire::control`, kind 3) with nonce `nonce`.
 fn advertisement(nonce: u64, ports: &[u16]) -> Vec<u8> {
-    let a = tunfwd::fuzzing::control::Advertisement::new(nonce, 0x5e55, ports).expect("ports");
+    echoing(nonce, ports, 0xc00c1e)
+}
+
+/// The same, echoing the cookie `echo`.
+fn echoing(nonce: u64, ports: &[u16], echo: u64) -> Vec<u8> {
+    let a =
+        tunfwd::fuzzing::control::Advertisement::new(nonce, 0x5e55, echo, ports).expect("ports");
     let mut bytes = vec![0u8; a.wire_len()];
     a.write(&mut bytes).expect("room");
     bytes
@@ -358,14 +370,35 @@ fn source_port_seeds() -> Seeds {
         input.extend(second);
         input
     };
-    let many: Vec<u16> = (1..=100).map(|i| 30000 + 7 * i).collect();
+    // The target's cookie is the input's second and third bytes: the first datagram's first
+    // two, 0x45 0x00.
+    const COOKIE: u64 = 0x4500;
+    let max = tunfwd::fuzzing::control::MAX_PORTS;
+    let many: Vec<u16> = (1..=2 * max as u16).map(|i| 30000 + 7 * i).collect();
     vec![
         (
             "replace",
-            pair(advertisement(1, &[40000, 40001]), advertisement(2, &[40001, 50000])),
+            pair(
+                echoing(1, &[40000, 40001], COOKIE),
+                echoing(2, &[40001, 50000], COOKIE),
+            ),
         ),
-        ("none-after-some", pair(advertisement(1, &[9]), advertisement(2, &[]))),
-        ("many", pair(advertisement(3, &many[..100]), Vec::new())),
+        (
+            "none-after-some",
+            pair(echoing(1, &[9], COOKIE), echoing(2, &[], COOKIE)),
+        ),
+        ("many", pair(echoing(3, &many[..max], COOKIE), Vec::new())),
+        (
+            "unproven-adds-only",
+            pair(echoing(1, &[40000, 40001], COOKIE), echoing(2, &[50000], 0)),
+        ),
+        (
+            "unproven-up-to-the-most",
+            pair(
+                echoing(1, &many[..max / 2], COOKIE),
+                echoing(2, &many[max..], 7),
+            ),
+        ),
     ]
 }
 
@@ -496,7 +529,10 @@ fn icmp_too_big_seeds() -> Seeds {
         input
     };
     vec![
-        ("v4-1252", with_mtu(1252, packet(false, false, 1432, |_| {}))),
+        (
+            "v4-1252",
+            with_mtu(1252, packet(false, false, 1432, |_| {})),
+        ),
         ("v6-1280", with_mtu(1280, packet(true, false, 1400, |_| {}))),
         ("v4-floor", with_mtu(500, packet(false, false, 10, |_| {}))),
     ]

@@ -20,7 +20,11 @@ fuzz_target!(|datagram: &[u8]| {
     assert_eq!(datagram[9], 253, "protocol 253");
     assert_eq!(&datagram[16..20], &[0, 0, 0, 0], "to 0.0.0.0");
     let total = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
-    assert_eq!(total, datagram.len(), "the header says the datagram's length");
+    assert_eq!(
+        total,
+        datagram.len(),
+        "the header says the datagram's length"
+    );
     let mut out = vec![0xa5u8; datagram.len().max(control::HEADER_LEN)];
     let len = match message.kind {
         Kind::Ports => {
@@ -29,7 +33,9 @@ fuzz_target!(|datagram: &[u8]| {
             assert_eq!(advertisement.ports().len(), usize::from(message.size));
             assert!(advertisement.ports().iter().all(|p| *p != 0));
             assert_eq!(message.write(&mut out, datagram.len()), None);
-            advertisement.write(&mut out).expect("room for what was parsed")
+            advertisement
+                .write(&mut out)
+                .expect("room for what was parsed")
         }
         _ => {
             assert!(Advertisement::parse(datagram).is_none());
@@ -38,10 +44,27 @@ fuzz_target!(|datagram: &[u8]| {
                 .expect("room for what was parsed")
         }
     };
-    assert_eq!(&out[..len], datagram, "{message:?} does not write back as parsed");
+    assert_eq!(
+        &out[..len],
+        datagram,
+        "{message:?} does not write back as parsed"
+    );
     match message.kind {
-        Kind::Ack | Kind::PortsAck => assert_eq!(len, control::HEADER_LEN),
+        Kind::Ack => assert_eq!(len, control::HEADER_LEN),
+        Kind::PortsAck => {
+            assert_eq!(len, control::PORTS_ACK_LEN);
+            assert_ne!(message.cookie, 0, "an acknowledgement's cookie is never 0");
+        }
         Kind::Probe => assert_eq!(message.ack().kind, Kind::Ack),
-        Kind::Ports => assert_eq!(message.ack().kind, Kind::PortsAck),
+        Kind::Ports => {
+            assert!(usize::from(message.size) <= control::MAX_PORTS);
+            assert_eq!(message.ports_ack(1).kind, Kind::PortsAck);
+        }
+    }
+    if message.kind != Kind::PortsAck {
+        assert_eq!(
+            message.cookie, 0,
+            "only an advertisement's acknowledgement has a cookie"
+        );
     }
 });

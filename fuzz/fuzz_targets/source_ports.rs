@@ -1,24 +1,31 @@
 //! Two datagrams, as a peer's advertisements of its source ports (`wire::control`, kind 3),
 //! through `Advertisement::parse` and into the set of ports a relay accepts datagrams from
 //! (`relay::entropy::SourcePorts`). The input is split at its first byte's position: the two
-//! halves are the two datagrams, taken in turn. No panic; what parses writes back byte for byte;
-//! and after each advertisement taken, the set holds exactly its ports: every one of them, none
-//! of the one before that it does not name, and no port the input names otherwise (the exact
-//! source check may never accept more than the peer advertised last).
+//! halves are the two datagrams, taken in turn; the relay's cookie is the input's second and
+//! third bytes (so that some advertisements echo it and some do not). No panic; what parses
+//! writes back byte for byte; after an advertisement that echoes the cookie, the set holds
+//! exactly its ports; after one that does not, the set lost nothing, gained only ports that
+//! advertisement names, and holds at most `MAX_PORTS`; and no port the input names otherwise is
+//! ever accepted (the exact source check may never accept more than the peer advertised).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunfwd::fuzzing::control::Advertisement;
-use tunfwd::fuzzing::entropy::SourcePorts;
+use tunfwd::fuzzing::control::{Advertisement, MAX_PORTS};
+use tunfwd::fuzzing::entropy::{PeerAdvertisement, SourcePorts};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&split, rest)) = input.split_first() else {
         return;
     };
+    let cookie = u64::from(u16::from_be_bytes([
+        rest.first().copied().unwrap_or(0),
+        rest.get(1).copied().unwrap_or(0),
+    ]))
+    .max(1);
     let at = usize::from(split).min(rest.len());
     let (first, second) = rest.split_at(at);
-    let shared = SourcePorts::new(&[], 1);
+    let shared = SourcePorts::new(&[], 1, cookie);
     // Ports the input mentions anywhere: the candidates a wrong set would accept.
     let mentioned: Vec<u16> = rest
         .windows(2)
@@ -30,10 +37,29 @@ fuzz_target!(|input: &[u8]| {
             continue;
         };
         let mut out = vec![0u8; datagram.len()];
-        let len = advertisement.write(&mut out).expect("room for what was parsed");
+        let len = advertisement
+            .write(&mut out)
+            .expect("room for what was parsed");
         assert_eq!(&out[..len], datagram);
-        shared.accept_peer(&advertisement);
-        accepted = advertisement.ports().to_vec();
+        let before = accepted.clone();
+        match shared.accept_peer(&advertisement) {
+            PeerAdvertisement::Proven { .. } => {
+                assert_eq!(advertisement.echo, cookie);
+                accepted = advertisement.ports().to_vec();
+            }
+            PeerAdvertisement::Unproven { added } => {
+                assert_ne!(advertisement.echo, cookie);
+                for port in advertisement.ports() {
+                    if accepted.len() < MAX_PORTS && !accepted.contains(port) {
+                        accepted.push(*port);
+                    }
+                }
+                assert_eq!(added, accepted.len() - before.len());
+                for port in &before {
+                    assert!(shared.accepts(*port), "unproven removed port {port}");
+                }
+            }
+        }
         for port in &accepted {
             assert!(shared.accepts(*port), "advertised port {port} not accepted");
         }
@@ -47,6 +73,7 @@ fuzz_target!(|input: &[u8]| {
         }
         assert!(!shared.accepts(0));
         let mut listed = shared.peer_ports();
+        assert!(listed.len() <= MAX_PORTS);
         listed.sort_unstable();
         listed.dedup();
         let mut want = accepted.clone();

@@ -11,7 +11,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tunfwd::fuzzing::vnet::{self, FLAG_NEEDS_CSUM, GsoType, VnetHeader};
-use tunfwd::fuzzing::{MAX_HEADER_LEN, MAX_SPLIT_SEGMENTS as MAX_SEGMENTS, Split, complete_checksum};
+use tunfwd::fuzzing::{
+    MAX_HEADER_LEN, MAX_SPLIT_SEGMENTS as MAX_SEGMENTS, Split, complete_checksum,
+};
 use tunfwd_fuzz::assert_valid;
 
 fuzz_target!(|data: &[u8]| {

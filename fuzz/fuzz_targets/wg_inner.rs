@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((source, len)) = source_and_len(bytes) else {
         return;
     };
-    assert!(destination_read.is_some(), "a header with a source has a destination");
+    assert!(
+        destination_read.is_some(),
+        "a header with a source has a destination"
+    );
     let Some(packet) = bytes.get(..len) else {
         return;
     };

@@ -299,10 +299,9 @@ pub struct Args {
     /// (a hash of the flow picks it, as VXLAN does), so that a receiver's RSS and the underlay's
     /// ECMP spread the tunnel, once the peer relay acknowledged those ports (a peer that does
     /// not answer, such as socat, gets the listen port alone); `off` sends everything from the
-    /// listen port and takes no advertisement of the peer's. [default: off, or auto with
-    /// --srcport] Off by default because nothing yet checks that datagrams from the extra ports
-    /// arrive: a NAT that rewrites source ports before the peer would lose the flows sent from
-    /// them.
+    /// listen port and takes no advertisement of the peer's. Each extra port carries flows only
+    /// while the peer acknowledges probes sent from it, so a NAT or firewall that rewrites or
+    /// drops them leaves those flows on the listen port. [default: auto, off with --wireguard]
     #[arg(long, value_name = "auto|off", hide_possible_values = true)]
     pub entropy: Option<EntropyChoice>,
 

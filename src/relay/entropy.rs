@@ -24,9 +24,30 @@
 //! ports only once the peer acknowledged an advertisement of them (`wire::control`, kind 3), sent
 //! from the listen tuple ([`Advertiser`]); until then, and always toward a peer that never
 //! answers (an older tunfwd, socat's TUN-to-UDP relay), it sends from the listen tuple alone.
-//! An advertisement is accepted only from the peer's listen port, and replaces what the peer
-//! advertised before; it expires unless refreshed, and the sender's session shows a restart, so
-//! a relay that restarted is told the ports again at once.
+//! And each extra tuple carries flows only while the peer acknowledges the path MTU probes sent
+//! *from it* ([`SourcePorts::tuple_confirmed`]; a keepalive probe every [`REFRESH_INTERVAL_NS`]
+//! when no other is due): a NAT or firewall that rewrites or drops the extra ports' datagrams
+//! leaves those tuples unconfirmed, and their flows leave from the listen tuple
+//! (`entropy_fallback_packets`). An advertisement is accepted only from the peer's listen port;
+//! it expires unless refreshed, and the sender's session shows a restart, so a relay that
+//! restarted is told the ports again at once.
+//!
+//! # Threat model: who can change the accepted ports
+//! An attacker off the path who knows the tunnel's outer 4-tuple can send datagrams with the
+//! peer's address and listen port (a blind spoofer), but sees nothing the relays send. An
+//! advertisement proves it comes from the peer only by echoing this relay's cookie: a random
+//! u64 for this run ([`SourcePorts::cookie`]) that this relay sends to the peer alone, in every
+//! acknowledgement of an advertisement (kind 4). The advertiser takes a cookie only from an
+//! acknowledgement that echoes the random nonce of one of its own advertisements, so a blind
+//! spoofer can neither read a cookie nor plant one. A proven advertisement replaces the
+//! accepted ports (removing those it no longer names), refreshes their lifetime and may show a
+//! restart (a new session), and restarts are taken at most once per [`RESTART_INTERVAL_NS`]. An
+//! unproven one (a restarted peer's first, which no longer knows the cookie, or a forgery) is
+//! acknowledged, which hands the real peer the cookie at once, and may only add ports, up to
+//! [`MAX_PORTS`] in all: it can neither remove nor replace the peer's ports nor signal a restart.
+//! What a forgery can add is a port number from which the spoofer could send as the peer; it
+//! could do that from the listen port anyway. An attacker on the path sees the cookie, and can
+//! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
 //!
 //! The peer's ports are published in a bitmap of atomics that every worker reads without a lock
 //! (one load per receive); whichever worker takes an advertisement writes it, under a lock that
@@ -36,7 +57,8 @@ use crate::wire::control::{Advertisement, MAX_PORTS};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// How often an acknowledged advertisement is sent again (the peer's view expires without it).
+/// How often an acknowledged advertisement is sent again (the peer's view expires without it),
+/// and how often an extra tuple's machine sends a keepalive probe when no other is due.
 pub const REFRESH_INTERVAL_NS: u64 = 2_000_000_000;
 /// How soon an unacknowledged one is tried again: this, doubling with each try up to
 /// [`MAX_RETRY_INTERVAL_NS`], so that a peer that is down or does not know advertisements gets
@@ -47,12 +69,19 @@ pub const MAX_RETRY_INTERVAL_NS: u64 = 10_000_000_000;
 /// answering (it went away, or was replaced by one that does not know advertisements) gets the
 /// listen tuple alone again after this.
 pub const IN_USE_FOR_NS: u64 = 3 * REFRESH_INTERVAL_NS;
+/// How long an acknowledged probe from an extra tuple keeps the tuple carrying flows: three
+/// keepalives, each tried [`super::plpmtud::MAX_PROBES`] times.
+pub const TUPLE_CONFIRMED_FOR_NS: u64 = 3 * REFRESH_INTERVAL_NS;
 /// How long the peer's advertised ports are accepted without a fresh advertisement: four of its
 /// refreshes. A port the peer no longer holds could be bound by anyone on its host.
 pub const PEER_PORTS_FOR_NS: u64 = 4 * REFRESH_INTERVAL_NS;
+/// A restart of the peer (a proven advertisement with a new session) is acted on at most this
+/// often; one that comes sooner waits.
+pub const RESTART_INTERVAL_NS: u64 = 10_000_000_000;
 /// Extra outer tuples a relay sends from, at most: as many receive queues as a NIC's RSS
-/// commonly has, few enough that every worker can hold a socket for each.
-pub const MAX_TUPLES: usize = 16;
+/// commonly has, few enough that every worker can hold a socket for each. An advertisement names
+/// at most this many ports (`wire::control::MAX_PORTS`).
+pub const MAX_TUPLES: usize = MAX_PORTS;
 /// Extra sockets all workers together may hold (each worker holds one per tuple).
 const SOCKET_BUDGET: usize = 512;
 
@@ -96,18 +125,27 @@ pub fn tuple_for(flow_key: Option<u32>, sockets: usize) -> Option<usize> {
 
 /// Bits in [`SourcePorts`]' bitmap of the peer's ports: one per port number.
 const PORT_WORDS: usize = 65536 / 64;
+// One bit per extra tuple in `SourcePorts::confirmed`.
+const _: () = assert!(MAX_TUPLES <= 32);
 
 /// What one relay's workers share about outer entropy: its own extra ports (fixed at setup),
-/// whether the peer acknowledged them, the ports the peer advertised, and the path MTU each extra
-/// tuple works to. Atomics only on the paths workers read.
+/// whether the peer acknowledged them, which of them the peer is shown to receive, the ports the
+/// peer advertised, and the path MTU each extra tuple works to. Atomics only on the paths
+/// workers read.
 #[derive(Debug)]
 pub struct SourcePorts {
     /// The relay's extra ports: tuple `k` (`Socket::Extra(k)` in every worker) is `own[k]`.
     own: Box<[u16]>,
     /// Random, for this run: it tells the peer that a restart happened.
     session: u64,
+    /// Random, for this run, never 0: sent to the peer in acknowledgements of its
+    /// advertisements, which prove their origin by echoing it (see the threat model above).
+    cookie: u64,
     /// The peer acknowledged an advertisement of `own`: workers send from them.
     in_use: AtomicBool,
+    /// Per extra tuple, one bit: the peer acknowledged a probe sent from it lately
+    /// ([`TUPLE_CONFIRMED_FOR_NS`]), so flows hashed to it leave from it.
+    confirmed: AtomicU32,
     /// The nonce of the latest acknowledgement of an advertisement the advertiser waits for
     /// (0: none yet).
     acked_nonce: AtomicU64,
@@ -115,15 +153,21 @@ pub struct SourcePorts {
     /// acknowledgements are kept, so a forged one cannot overwrite a real one before the
     /// advertiser reads it (as `plpmtud::SharedPath` does for probes).
     expected_nonces: [AtomicU64; 2],
+    /// The peer's cookie, from an acknowledgement the advertiser waited for (0: none yet): this
+    /// relay's advertisements echo it.
+    peer_cookie: AtomicU64,
     /// The peer's advertised ports, one bit per port number.
     peer_bits: Box<[AtomicU64]>,
     /// Writers only: the ports `peer_bits` holds, and the peer's session.
     peer: Mutex<PeerPorts>,
-    /// Advertisements taken from the peer: the advertiser notes a change to time them out.
-    peer_accepts: AtomicU64,
-    /// The peer's session changed (it restarted): advertise again now. Taken by the advertiser.
+    /// Advertisements that renewed the peer's ports: the advertiser notes a change to time them
+    /// out.
+    peer_refreshes: AtomicU64,
+    /// The peer's session changed (it restarted): advertise again. Taken by the advertiser, at
+    /// most once per [`RESTART_INTERVAL_NS`].
     peer_restarted: AtomicBool,
-    /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while not in use.
+    /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while it carries no
+    /// flows (not in use, or not confirmed).
     tuple_working: Box<[AtomicU32]>,
     /// Per extra tuple, the smallest ICMP hint any worker's socket on it reported, for the
     /// worker that runs the tuple's machine; `u32::MAX` for none.
@@ -136,21 +180,35 @@ struct PeerPorts {
     session: Option<u64>,
 }
 
+/// What taking a peer's advertisement did ([`SourcePorts::accept_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAdvertisement {
+    /// It echoed this relay's cookie: its ports replaced the peer's; `restarted` if its session
+    /// is another than before (the first seen is no restart).
+    Proven { restarted: bool },
+    /// It did not: `added` of its ports were added (none removed), up to [`MAX_PORTS`] in all.
+    Unproven { added: usize },
+}
+
 impl SourcePorts {
-    /// `own` are this relay's extra ports (at most [`MAX_PORTS`]: more are left out).
-    pub fn new(own: &[u16], session: u64) -> SourcePorts {
-        let own: Box<[u16]> = own.iter().copied().take(MAX_PORTS).collect();
+    /// `own` are this relay's extra ports (at most [`MAX_TUPLES`]: more are left out);
+    /// `session` and `cookie` random numbers for this run (a cookie of 0 is taken as 1).
+    pub fn new(own: &[u16], session: u64, cookie: u64) -> SourcePorts {
+        let own: Box<[u16]> = own.iter().copied().take(MAX_TUPLES).collect();
         SourcePorts {
             tuple_working: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
             tuple_hints: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
             own,
             session,
+            cookie: cookie.max(1),
             in_use: AtomicBool::new(false),
+            confirmed: AtomicU32::new(0),
             acked_nonce: AtomicU64::new(0),
             expected_nonces: [AtomicU64::new(0), AtomicU64::new(0)],
+            peer_cookie: AtomicU64::new(0),
             peer_bits: (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect(),
             peer: Mutex::new(PeerPorts::default()),
-            peer_accepts: AtomicU64::new(0),
+            peer_refreshes: AtomicU64::new(0),
             peer_restarted: AtomicBool::new(false),
         }
     }
@@ -164,9 +222,14 @@ impl SourcePorts {
         self.session
     }
 
+    /// This relay's cookie, for its acknowledgements of the peer's advertisements.
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
     /// The length of this relay's advertisement datagram.
     pub fn advertisement_len(&self) -> usize {
-        crate::wire::control::HEADER_LEN + crate::wire::control::SESSION_LEN + 2 * self.own.len()
+        crate::wire::control::ADVERTISEMENT_FIXED_LEN + 2 * self.own.len()
     }
 
     /// Whether the peer acknowledged this relay's ports, so that workers send from them.
@@ -178,6 +241,28 @@ impl SourcePorts {
         self.in_use.store(in_use, Ordering::Release);
     }
 
+    /// Whether extra tuple `index` carries flows: the peer acknowledged a probe sent from it
+    /// lately.
+    pub fn tuple_confirmed(&self, index: usize) -> bool {
+        index < 32 && self.confirmed.load(Ordering::Relaxed) & (1 << index) != 0
+    }
+
+    /// Says whether extra tuple `index` carries flows (its machine's worker, after each run).
+    pub fn set_tuple_confirmed(&self, index: usize, confirmed: bool) {
+        if index < self.own.len() {
+            if confirmed {
+                self.confirmed.fetch_or(1 << index, Ordering::Relaxed);
+            } else {
+                self.confirmed.fetch_and(!(1 << index), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How many extra tuples carry flows now.
+    pub fn confirmed_tuples(&self) -> u32 {
+        self.confirmed.load(Ordering::Relaxed).count_ones()
+    }
+
     /// Whether a datagram from the peer's address and source port `port` comes from a port the
     /// peer advertised (its listen port is checked by the caller).
     pub fn accepts(&self, port: u16) -> bool {
@@ -185,11 +270,31 @@ impl SourcePorts {
         port != 0 && word & (1 << (port % 64)) != 0
     }
 
-    /// Takes the peer's advertisement: its ports replace those it advertised before. Returns
-    /// whether the peer's session changed (it restarted: the first one seen is no restart).
-    pub fn accept_peer(&self, advertisement: &Advertisement) -> bool {
+    /// Takes the peer's advertisement (from its listen port): one that echoes this relay's
+    /// cookie replaces the ports the peer advertised before, and tells whether the peer
+    /// restarted; one that does not may only add ports (see the threat model above).
+    pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
-        let new: &[u16] = advertisement.ports();
+        let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
+        if advertisement.echo != self.cookie {
+            let mut added = 0;
+            for port in new {
+                if peer.ports.len() >= MAX_PORTS {
+                    break;
+                }
+                if !peer.ports.contains(port) {
+                    self.set_bit(*port, true);
+                    peer.ports.push(*port);
+                    added += 1;
+                }
+            }
+            drop(peer);
+            if added > 0 {
+                // Ports just added expire like any: bounded, since at most MAX_PORTS are.
+                self.peer_refreshes.fetch_add(1, Ordering::Relaxed);
+            }
+            return PeerAdvertisement::Unproven { added };
+        }
         // New bits first, then the old ones that went: a port in both is never unset.
         for port in new {
             self.set_bit(*port, true);
@@ -205,11 +310,11 @@ impl SourcePorts {
             .replace(advertisement.session)
             .is_some_and(|before| before != advertisement.session);
         drop(peer);
-        self.peer_accepts.fetch_add(1, Ordering::Relaxed);
+        self.peer_refreshes.fetch_add(1, Ordering::Relaxed);
         if restarted {
             self.peer_restarted.store(true, Ordering::Relaxed);
         }
-        restarted
+        PeerAdvertisement::Proven { restarted }
     }
 
     /// Forgets the peer's ports (they expired, or the peer moved).
@@ -237,17 +342,22 @@ impl SourcePorts {
         }
     }
 
-    /// The peer acknowledged the advertisement with `nonce` (any worker may see it): kept only
-    /// if it is one of the two the advertiser waits for.
-    pub fn post_ack(&self, nonce: u64) {
-        if nonce != 0
+    /// The peer acknowledged the advertisement with `nonce`, handing its `cookie` (any worker
+    /// may see it): kept only if it is one of the two the advertiser waits for. Returns whether
+    /// it was.
+    pub fn post_ack(&self, nonce: u64, cookie: u64) -> bool {
+        let expected = nonce != 0
             && self
                 .expected_nonces
                 .iter()
-                .any(|expected| expected.load(Ordering::Relaxed) == nonce)
-        {
+                .any(|expected| expected.load(Ordering::Relaxed) == nonce);
+        if expected {
+            if cookie != 0 {
+                self.peer_cookie.store(cookie, Ordering::Relaxed);
+            }
             self.acked_nonce.store(nonce, Ordering::Relaxed);
         }
+        expected
     }
 
     /// An ICMP error about extra tuple `index` claims the path takes `mtu` bytes (any worker's
@@ -267,7 +377,7 @@ impl SourcePorts {
         (hint != u32::MAX).then_some(hint)
     }
 
-    /// Publishes extra tuple `index`'s working path MTU (`None`: not in use).
+    /// Publishes extra tuple `index`'s working path MTU (`None`: it carries no flows).
     pub fn publish_tuple_working(&self, index: usize, working: Option<usize>) {
         if let Some(slot) = self.tuple_working.get(index) {
             let value = working.map_or(u32::MAX, |w| w as u32);
@@ -275,9 +385,11 @@ impl SourcePorts {
         }
     }
 
-    /// The smallest working size of the extra tuples in use, if any: every flow works to the
-    /// smallest path any tuple was shown to take, since a flow's tuple is not known when its
-    /// packets are read and measured against the inner MTU.
+    /// The smallest working size of the extra tuples that carry flows, if any: every flow works
+    /// to the smallest path any of them was shown to take, since a flow's tuple is not known when
+    /// its packets are read and measured against the inner MTU. A tuple not confirmed carries
+    /// nothing, so what its machine believes (before its first answer, or with its datagrams
+    /// lost) pulls no flow down.
     pub fn smallest_tuple_working(&self) -> Option<usize> {
         self.tuple_working
             .iter()
@@ -307,17 +419,22 @@ pub struct Advertiser {
     nonce: u64,
     /// The one before, whose acknowledgement may still be on its way.
     previous_nonce: u64,
+    /// The peer's cookie the latest advertisement echoed.
+    echoed: u64,
     next_send_ns: u64,
     /// The wait before the next try while unacknowledged.
     retry_ns: u64,
     acked_at_ns: Option<u64>,
-    /// The peer's accept count when last looked at, and when it changed.
-    peer_accepts_seen: u64,
+    /// The peer's refresh count when last looked at, and when it changed.
+    peer_refreshes_seen: u64,
     peer_accepted_at_ns: Option<u64>,
+    /// When a restart of the peer was last acted on.
+    restart_at_ns: Option<u64>,
     in_use: bool,
-    /// Advertisements sent, and acknowledged.
+    /// Advertisements sent, and acknowledged; restarts of the peer acted on.
     pub sent: u64,
     pub acked: u64,
+    pub restarts: u64,
 }
 
 impl Default for Advertiser {
@@ -331,15 +448,24 @@ impl Advertiser {
         Advertiser {
             nonce: 0,
             previous_nonce: 0,
+            echoed: 0,
             next_send_ns: 0,
             retry_ns: RETRY_INTERVAL_NS,
             acked_at_ns: None,
-            peer_accepts_seen: 0,
+            peer_refreshes_seen: 0,
             peer_accepted_at_ns: None,
+            restart_at_ns: None,
             in_use: false,
             sent: 0,
             acked: 0,
+            restarts: 0,
         }
+    }
+
+    /// Whether a restart of the peer may be acted on at `now_ns`.
+    fn restart_allowed(&self, now_ns: u64) -> bool {
+        self.restart_at_ns
+            .is_none_or(|at| now_ns >= at + RESTART_INTERVAL_NS)
     }
 
     /// Runs what is due at `now_ns` against the shared state: takes an acknowledgement, expires
@@ -356,10 +482,15 @@ impl Advertiser {
             self.acked += 1;
             self.acked_at_ns = Some(now_ns);
             self.retry_ns = RETRY_INTERVAL_NS;
+            if shared.peer_cookie.load(Ordering::Relaxed) != self.echoed {
+                // A cookie the latest advertisement did not echo: prove this relay's ports at
+                // once, so the peer may drop any it no longer holds.
+                self.next_send_ns = now_ns;
+            }
         }
-        let accepts = shared.peer_accepts.load(Ordering::Relaxed);
-        if accepts != self.peer_accepts_seen {
-            self.peer_accepts_seen = accepts;
+        let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
+        if refreshes != self.peer_refreshes_seen {
+            self.peer_refreshes_seen = refreshes;
             self.peer_accepted_at_ns = Some(now_ns);
         }
         if self
@@ -369,8 +500,10 @@ impl Advertiser {
             self.peer_accepted_at_ns = None;
             shared.forget_peer();
         }
-        if shared.peer_restarted.swap(false, Ordering::Relaxed) {
+        if self.restart_allowed(now_ns) && shared.peer_restarted.swap(false, Ordering::Relaxed) {
             // The peer knows nothing of ours: stop using them until it does, and tell it now.
+            self.restart_at_ns = Some(now_ns);
+            self.restarts += 1;
             self.acked_at_ns = None;
             self.next_send_ns = now_ns;
             self.retry_ns = RETRY_INTERVAL_NS;
@@ -407,18 +540,25 @@ impl Advertiser {
                 self.retry_ns = (wait * 2).min(MAX_RETRY_INTERVAL_NS);
                 wait
             };
-        let advertisement = Advertisement::new(self.nonce, shared.session(), shared.own());
+        self.echoed = shared.peer_cookie.load(Ordering::Relaxed);
+        let advertisement =
+            Advertisement::new(self.nonce, shared.session(), self.echoed, shared.own());
         (advertisement, event)
     }
 
     /// When `poll` must run next at the latest.
-    pub fn next_deadline_ns(&self) -> u64 {
+    pub fn next_deadline_ns(&self, shared: &SourcePorts) -> u64 {
         let mut at = self.next_send_ns;
         if let Some(acked) = self.acked_at_ns {
             at = at.min(acked + IN_USE_FOR_NS + 1);
         }
         if let Some(accepted) = self.peer_accepted_at_ns {
             at = at.min(accepted + PEER_PORTS_FOR_NS + 1);
+        }
+        if let Some(restart) = self.restart_at_ns
+            && shared.peer_restarted.load(Ordering::Relaxed)
+        {
+            at = at.min(restart + RESTART_INTERVAL_NS);
         }
         at
     }
@@ -428,10 +568,12 @@ impl Advertiser {
         *self = Advertiser {
             sent: self.sent,
             acked: self.acked,
+            restarts: self.restarts,
             next_send_ns: now_ns,
             ..Advertiser::new()
         };
         shared.set_in_use(false);
+        shared.peer_cookie.store(0, Ordering::Relaxed);
         shared.forget_peer();
     }
 }
@@ -523,16 +665,21 @@ mod tests {
         p
     }
 
+    /// This relay's cookie in the tests.
+    const COOKIE: u64 = 0xc0c0;
+
+    /// A proven advertisement: it echoes [`COOKIE`].
     fn advertisement(ports: &[u16], session: u64) -> Advertisement {
-        Advertisement::new(1, session, ports).unwrap()
+        Advertisement::new(1, session, COOKIE, ports).unwrap()
     }
 
     #[test]
     fn the_accepted_set_is_exactly_the_latest_advertisement() {
-        let shared = SourcePorts::new(&[], 1);
+        let shared = SourcePorts::new(&[], 1, COOKIE);
         assert!(!shared.accepts(40000));
         assert!(
-            !shared.accept_peer(&advertisement(&[40000, 40001, 65535], 9)),
+            shared.accept_peer(&advertisement(&[40000, 40001, 65535], 9))
+                == PeerAdvertisement::Proven { restarted: false },
             "the first"
         );
         for port in [40000, 40001, 65535] {
@@ -542,11 +689,18 @@ mod tests {
             assert!(!shared.accepts(port), "{port}");
         }
         // The same session again: no restart. A new list replaces the old one.
-        assert!(!shared.accept_peer(&advertisement(&[40001, 50000], 9)));
+        assert_eq!(
+            shared.accept_peer(&advertisement(&[40001, 50000], 9)),
+            PeerAdvertisement::Proven { restarted: false }
+        );
         assert!(!shared.accepts(40000) && !shared.accepts(65535));
         assert!(shared.accepts(40001) && shared.accepts(50000));
         assert_eq!(shared.peer_ports(), vec![40001, 50000]);
-        assert!(shared.accept_peer(&advertisement(&[50000], 10)), "restart");
+        assert_eq!(
+            shared.accept_peer(&advertisement(&[50000], 10)),
+            PeerAdvertisement::Proven { restarted: true },
+            "restart"
+        );
         assert!(!shared.accepts(40001) && shared.accepts(50000));
         shared.forget_peer();
         assert!(!shared.accepts(50000));
@@ -557,9 +711,131 @@ mod tests {
         assert!(!shared.accepts(1) && !shared.accepts(2));
     }
 
+    /// A blind spoofer of the peer's address and listen port cannot echo the cookie: its
+    /// advertisements may add ports (up to MAX_PORTS in all), never remove or replace the
+    /// peer's, never tell of a restart, and never refresh ports once none can be added.
+    #[test]
+    fn an_advertisement_without_the_cookie_may_only_add_ports() {
+        let shared = SourcePorts::new(&[1], 1, COOKIE);
+        let forged =
+            |ports: &[u16], session| Advertisement::new(2, session, COOKIE ^ 1, ports).unwrap();
+        assert_eq!(
+            shared.accept_peer(&advertisement(&[40000, 40001], 9)),
+            PeerAdvertisement::Proven { restarted: false }
+        );
+        // A replacement, an empty list, a new session: nothing the peer had goes.
+        assert_eq!(
+            shared.accept_peer(&forged(&[50000], 666)),
+            PeerAdvertisement::Unproven { added: 1 }
+        );
+        assert_eq!(
+            shared.accept_peer(&forged(&[], 667)),
+            PeerAdvertisement::Unproven { added: 0 }
+        );
+        assert!(shared.accepts(40000) && shared.accepts(40001) && shared.accepts(50000));
+        assert!(!shared.peer_restarted.load(Ordering::Relaxed), "no restart");
+        // Bounded: never more than MAX_PORTS in all, so a flood of them costs nothing more.
+        let many: Vec<u16> = (60000..60000 + MAX_PORTS as u16).collect();
+        assert_eq!(
+            shared.accept_peer(&forged(&many, 668)),
+            PeerAdvertisement::Unproven {
+                added: MAX_PORTS - 3
+            }
+        );
+        assert_eq!(shared.peer_ports().len(), MAX_PORTS);
+        let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
+        assert_eq!(
+            shared.accept_peer(&forged(&[61000], 669)),
+            PeerAdvertisement::Unproven { added: 0 }
+        );
+        assert!(!shared.accepts(61000));
+        assert_eq!(
+            shared.peer_refreshes.load(Ordering::Relaxed),
+            refreshes,
+            "a full set is not kept alive by forgeries"
+        );
+        // The peer's next (proven) advertisement puts the set back to exactly its ports, and
+        // the session it had before is still the one a restart is judged against.
+        assert_eq!(
+            shared.accept_peer(&advertisement(&[40001], 9)),
+            PeerAdvertisement::Proven { restarted: false }
+        );
+        assert_eq!(shared.peer_ports(), vec![40001]);
+        assert!(!shared.accepts(50000) && !shared.accepts(60000));
+    }
+
+    /// The advertiser echoes the cookie the peer's acknowledgement carried, at once, and takes
+    /// one only from an acknowledgement of its own advertisement.
+    #[test]
+    fn the_advertiser_echoes_the_cookie_of_a_real_acknowledgement_at_once() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        let first = a.poll(&shared, 0, || 5).0.unwrap();
+        assert_eq!(first.echo, 0, "none known yet");
+        assert!(!shared.post_ack(77, 0xbad), "a forged nonce plants nothing");
+        assert!(a.poll(&shared, 1, || 6).0.is_none());
+        assert!(shared.post_ack(first.nonce, 0x5eed));
+        let (again, event) = a.poll(&shared, 2, || 7);
+        assert_eq!(event, AdvertiserEvent::InUse(true));
+        assert_eq!(again.expect("sent at once").echo, 0x5eed);
+        // The same cookie again: refreshes keep their interval.
+        shared.post_ack(7, 0x5eed);
+        assert!(a.poll(&shared, 3, || 8).0.is_none());
+        let refresh = a.poll(&shared, 2 + REFRESH_INTERVAL_NS, || 9).0.unwrap();
+        assert_eq!(refresh.echo, 0x5eed);
+    }
+
+    /// A restart is acted on at once the first time, then at most once per
+    /// RESTART_INTERVAL_NS: a peer that restarts again and again (or anything that could make
+    /// it look so) makes no burst of advertisements and probes.
+    #[test]
+    fn restarts_are_rate_limited() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        a.poll(&shared, 0, || 1);
+        shared.accept_peer(&advertisement(&[41000], 100));
+        let mut now = 1;
+        a.poll(&shared, now, || 2);
+        let mut acted = Vec::new();
+        for session in 101..200u64 {
+            now += REFRESH_INTERVAL_NS / 4;
+            shared.accept_peer(&advertisement(&[41000], session));
+            let before = a.restarts;
+            a.poll(&shared, now, || session);
+            if a.restarts > before {
+                acted.push(now);
+            }
+            assert!(a.next_deadline_ns(&shared) > now);
+        }
+        assert!(acted.len() >= 2);
+        for pair in acted.windows(2) {
+            assert!(pair[1] - pair[0] >= RESTART_INTERVAL_NS, "{acted:?}");
+        }
+        // The last one is still acted on once the interval passed.
+        shared.accept_peer(&advertisement(&[41000], 500));
+        let before = a.restarts;
+        let deadline = a.next_deadline_ns(&shared);
+        assert!(deadline <= acted.last().unwrap() + RESTART_INTERVAL_NS);
+        a.poll(&shared, acted.last().unwrap() + RESTART_INTERVAL_NS, || 3);
+        assert_eq!(a.restarts, before + 1);
+    }
+
+    #[test]
+    fn tuples_carry_flows_only_while_confirmed() {
+        let shared = SourcePorts::new(&[1, 2, 3], 1, COOKIE);
+        assert_eq!(shared.confirmed_tuples(), 0);
+        shared.set_tuple_confirmed(1, true);
+        shared.set_tuple_confirmed(9, true);
+        assert!(shared.tuple_confirmed(1) && !shared.tuple_confirmed(0));
+        assert!(!shared.tuple_confirmed(9), "no such tuple");
+        assert_eq!(shared.confirmed_tuples(), 1);
+        shared.set_tuple_confirmed(1, false);
+        assert!(!shared.tuple_confirmed(1));
+    }
+
     #[test]
     fn ports_go_into_use_only_when_acknowledged_and_out_when_acks_stop() {
-        let shared = SourcePorts::new(&[40000, 40001], 77);
+        let shared = SourcePorts::new(&[40000, 40001], 77, COOKIE);
         let mut a = Advertiser::new();
         let mut nonce = 100;
         let mut fresh = || {
@@ -572,7 +848,7 @@ mod tests {
         assert_eq!(event, AdvertiserEvent::None);
         assert!(!shared.in_use());
         // A forged or stale acknowledgement is nothing.
-        shared.post_ack(sent.nonce + 1000);
+        shared.post_ack(sent.nonce + 1000, 0x9999);
         assert_eq!(a.poll(&shared, S / 10, &mut fresh).1, AdvertiserEvent::None);
         // Not acknowledged: sent again after the retry interval.
         assert!(
@@ -583,7 +859,7 @@ mod tests {
         let again = a.poll(&shared, RETRY_INTERVAL_NS, &mut fresh).0.unwrap();
         assert_ne!(again.nonce, sent.nonce);
         // Acknowledged (the one before still counts, its answer may be late).
-        shared.post_ack(sent.nonce);
+        shared.post_ack(sent.nonce, 0x9999);
         let (_, event) = a.poll(&shared, RETRY_INTERVAL_NS + 1, &mut fresh);
         assert_eq!(event, AdvertiserEvent::InUse(true));
         assert!(shared.in_use());
@@ -593,7 +869,7 @@ mod tests {
             now += REFRESH_INTERVAL_NS;
             let (ad, event) = a.poll(&shared, now, &mut fresh);
             assert_eq!(event, AdvertiserEvent::None);
-            shared.post_ack(ad.expect("a refresh").nonce);
+            shared.post_ack(ad.expect("a refresh").nonce, 0x9999);
         }
         // The peer stops answering: out of use after IN_USE_FOR_NS.
         let acked_at = now + 1;
@@ -617,7 +893,10 @@ mod tests {
             if a.poll(&shared, now, &mut fresh).0.is_some() {
                 sends.push(now);
             }
-            assert!(a.next_deadline_ns() > now, "a deadline behind now: {now}");
+            assert!(
+                a.next_deadline_ns(&shared) > now,
+                "a deadline behind now: {now}"
+            );
         }
         let gaps: Vec<u64> = sends.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.ends_with(&[MAX_RETRY_INTERVAL_NS; 3]), "{gaps:?}");
@@ -628,19 +907,19 @@ mod tests {
     /// before the advertiser reads it and so take the ports out of use.
     #[test]
     fn forged_acknowledgements_cannot_overwrite_a_real_one() {
-        let shared = SourcePorts::new(&[40000], 5);
+        let shared = SourcePorts::new(&[40000], 5, COOKIE);
         let mut a = Advertiser::new();
         let sent = a.poll(&shared, 0, || 9).0.unwrap();
-        shared.post_ack(sent.nonce);
+        shared.post_ack(sent.nonce, 0x9999);
         for forged in 1000..2000 {
-            shared.post_ack(forged);
+            shared.post_ack(forged, 0x9999);
         }
         assert_eq!(a.poll(&shared, 1, || 10).1, AdvertiserEvent::InUse(true));
     }
 
     #[test]
     fn a_peer_that_never_answers_never_gets_the_extra_ports() {
-        let shared = SourcePorts::new(&[40000], 1);
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
         let mut sent = 0;
         for step in 0..600u64 {
@@ -655,21 +934,21 @@ mod tests {
 
     #[test]
     fn a_relay_without_extra_ports_advertises_none_and_never_uses_any() {
-        let shared = SourcePorts::new(&[], 5);
+        let shared = SourcePorts::new(&[], 5, COOKIE);
         let mut a = Advertiser::new();
         let ad = a.poll(&shared, 0, || 3).0.unwrap();
         assert!(ad.ports().is_empty());
-        shared.post_ack(3);
+        shared.post_ack(3, 0x9999);
         assert_eq!(a.poll(&shared, 1, || 4).1, AdvertiserEvent::None);
         assert!(!shared.in_use());
     }
 
     #[test]
     fn the_peers_ports_expire_and_a_restart_is_answered_at_once() {
-        let shared = SourcePorts::new(&[40000], 1);
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
         let first = a.poll(&shared, 0, || 5).0.unwrap();
-        shared.post_ack(first.nonce);
+        shared.post_ack(first.nonce, 0x9999);
         a.poll(&shared, 1, || 6);
         assert!(shared.in_use());
         shared.accept_peer(&advertisement(&[41000], 50));
@@ -685,15 +964,15 @@ mod tests {
         assert!(shared.accepts(42000), "not yet");
         a.poll(&shared, 4 + PEER_PORTS_FOR_NS, || 10);
         assert!(!shared.accepts(42000), "expired");
-        assert!(a.next_deadline_ns() > 4 + PEER_PORTS_FOR_NS);
+        assert!(a.next_deadline_ns(&shared) > 4 + PEER_PORTS_FOR_NS);
     }
 
     #[test]
     fn a_moved_peer_starts_over() {
-        let shared = SourcePorts::new(&[40000], 1);
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
         let ad = a.poll(&shared, 0, || 5).0.unwrap();
-        shared.post_ack(ad.nonce);
+        shared.post_ack(ad.nonce, 0x9999);
         a.poll(&shared, 1, || 6);
         shared.accept_peer(&advertisement(&[41000], 50));
         assert!(shared.in_use());
@@ -704,7 +983,7 @@ mod tests {
 
     #[test]
     fn tuple_hints_keep_the_smallest_until_taken() {
-        let shared = SourcePorts::new(&[1, 2], 1);
+        let shared = SourcePorts::new(&[1, 2], 1, COOKIE);
         assert_eq!(shared.take_tuple_hint(1), None);
         shared.post_tuple_hint(1, 1400);
         shared.post_tuple_hint(1, 1300);
@@ -717,7 +996,7 @@ mod tests {
 
     #[test]
     fn tuple_paths_publish_their_smallest_working_size() {
-        let shared = SourcePorts::new(&[1, 2, 3], 1);
+        let shared = SourcePorts::new(&[1, 2, 3], 1, COOKIE);
         assert_eq!(shared.smallest_tuple_working(), None);
         shared.publish_tuple_working(0, Some(1448));
         shared.publish_tuple_working(2, Some(1300));

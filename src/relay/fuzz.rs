@@ -16,7 +16,9 @@ const PAYLOAD_AT: usize = 16;
 ///
 /// Panics unless: every datagram the buffer holds is counted exactly once, as received (an
 /// `ecn_not_ect` drop is both), dropped or taken as a control message; each planned segment lies inside
-/// the payload, in order, without overlap; and the runs cover the segments once, in order.
+/// the payload, in order, without overlap, and none is shaped as a control message (those never
+/// go into the TUN); at most one advertisement is taken; and the runs cover the segments once,
+/// in order.
 pub fn receive_plan(input: &[u8]) {
     let [flags, gro_high, gro_low, outer_tos, payload @ ..] = input else {
         return;
@@ -65,7 +67,18 @@ fn check(arrival: &Arrival, payload: &[u8], stats: &WorkerStats, receive: &Recei
         );
         end = segment.at + segment.len;
         assert!(end <= arrival.payload.end);
+        let bytes = &payload[segment.at - PAYLOAD_AT..end - PAYLOAD_AT];
+        assert!(
+            !crate::wire::control::is_control(bytes),
+            "a control-shaped datagram planned for the TUN: {segment:?}"
+        );
     }
+    let advertisements = receive
+        .controls
+        .iter()
+        .filter(|c| c.kind == crate::wire::control::Kind::Ports)
+        .count();
+    assert!(advertisements <= 1, "{advertisements} advertisements taken");
     let mut next = 0;
     for run in &receive.runs {
         assert_eq!(run.first, next, "runs in order, none skipped");

@@ -737,6 +737,7 @@ fn every_probe_from_the_peer_is_answered() {
             kind: crate::wire::control::Kind::Probe,
             nonce,
             size: 1400,
+            cookie: 0,
         };
         let len = probe.write(&mut buffer[at..], 100).unwrap();
         let received = Received {

@@ -149,7 +149,7 @@ impl EntropyConfig {
     #[cfg(test)]
     pub fn none() -> EntropyConfig {
         EntropyConfig {
-            source_ports: Arc::new(SourcePorts::new(&[], 0)),
+            source_ports: Arc::new(SourcePorts::new(&[], 0, 1)),
             sockets: 0,
             workers: 1,
             advertise: false,
@@ -518,7 +518,7 @@ impl Relay {
             earliest(Some(self.next_egress_check_ns));
         }
         if let Some(advertiser) = &self.advertiser {
-            earliest(Some(advertiser.next_deadline_ns()));
+            earliest(Some(advertiser.next_deadline_ns(&self.source_ports)));
         }
         for tuple in &self.tuple_paths {
             earliest(tuple.machine.next_deadline_ns());

@@ -1,7 +1,7 @@
 //! The path to the peer: what the error queues report, the path MTU machine, the control
 //! messages between relays, and the ICMP errors written into the TUN. PURE.
 
-use super::entropy::AdvertiserEvent;
+use super::entropy::{AdvertiserEvent, PeerAdvertisement};
 use super::plpmtud::{Counts, Plpmtud, Probe};
 use super::send;
 use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
@@ -106,8 +106,20 @@ impl Relay {
             self.shared_path
                 .expect_on_tuple(index, Some(&tuple.machine));
             counts.add(&tuple.machine.counts());
+            // A tuple carries flows only while the peer acknowledges what is sent from it; one
+            // that does not carries nothing, so its working size holds no flow down.
+            let since = now_ns.saturating_sub(super::entropy::TUPLE_CONFIRMED_FOR_NS);
+            let confirmed = tuple.machine.acked_since(since);
+            if confirmed != self.source_ports.tuple_confirmed(index) {
+                self.source_ports.set_tuple_confirmed(index, confirmed);
+                if confirmed {
+                    self.stats.path.entropy_tuples_confirmed += 1;
+                } else {
+                    self.stats.path.entropy_tuples_unconfirmed += 1;
+                }
+            }
             self.source_ports
-                .publish_tuple_working(index, Some(tuple.machine.working()));
+                .publish_tuple_working(index, confirmed.then(|| tuple.machine.working()));
             *slot = probe.map(|probe| (probe, Socket::Extra(tuple.index)));
         }
         for (probe, socket) in probes.into_iter().flatten() {
@@ -138,6 +150,7 @@ impl Relay {
             let (advertisement, event) = advertiser.poll(&self.source_ports, now_ns, nonces);
             self.stats.path.ports_advertised = advertiser.sent;
             self.stats.path.ports_acknowledged = advertiser.acked;
+            self.stats.path.peer_restarts = advertiser.restarts;
             if let AdvertiserEvent::InUse(in_use) = event {
                 eprintln!(
                     "tunfwd: {} extra source port(s) {} toward {}",
@@ -160,20 +173,26 @@ impl Relay {
         }
         self.entropy_in_use = in_use;
         // A tuple that comes into use is a path not yet known; one that goes out of use keeps
-        // nothing. Counts carry over.
+        // nothing: no working size, no confirmation, no hint (one posted while no machine ran
+        // would otherwise reach the next machine before its first probe). Counts carry over.
         for tuple in self.tuple_paths.drain(..) {
             self.retired_tuple_counts.add(&tuple.machine.counts());
             let index = usize::from(tuple.index);
             self.source_ports.publish_tuple_working(index, None);
+            self.source_ports.set_tuple_confirmed(index, false);
+            self.source_ports.take_tuple_hint(index);
             self.shared_path.expect_on_tuple(index, None);
         }
         if let (true, Some(limits)) = (in_use, self.tuple_limits) {
             let (queue, workers) = (self.queue, self.workers);
             self.tuple_paths = (0..self.extra_sockets)
                 .filter(|k| usize::from(*k) % workers == queue % workers)
-                .map(|index| TuplePath {
-                    index,
-                    machine: Plpmtud::new(limits),
+                .map(|index| {
+                    self.source_ports.take_tuple_hint(usize::from(index));
+                    TuplePath {
+                        index,
+                        machine: Plpmtud::for_tuple(limits, super::entropy::REFRESH_INTERVAL_NS),
+                    }
                 })
                 .collect();
         }
@@ -202,6 +221,7 @@ impl Relay {
             kind: control::Kind::Probe,
             nonce: probe.nonce,
             size: u16::try_from(probe.size).unwrap_or(u16::MAX),
+            cookie: 0,
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
         self.queue_control(message, payload_len, socket);
@@ -228,7 +248,11 @@ impl Relay {
                         self.stats.counters.control_unanswered += 1;
                     }
                 }
-                control::Kind::Ack => self.shared_path.post_ack(message.nonce),
+                control::Kind::Ack => {
+                    if !self.shared_path.post_ack(message.nonce) {
+                        self.stats.counters.control_unexpected += 1;
+                    }
+                }
                 control::Kind::Ports => {
                     let Some(advertisement) = advertisement.as_ref().filter(|_| from_listen) else {
                         self.stats
@@ -243,13 +267,25 @@ impl Relay {
                         self.stats.path.peer_ports_ignored += 1;
                         continue;
                     }
-                    self.source_ports.accept_peer(advertisement);
-                    self.stats.path.peer_ports_accepted += 1;
-                    // Unanswered when every control buffer is in flight: the peer advertises
-                    // again within a second.
-                    self.queue_control(message.ack(), 0, Socket::Worker);
+                    match self.source_ports.accept_peer(advertisement) {
+                        PeerAdvertisement::Proven { .. } => {
+                            self.stats.path.peer_ports_accepted += 1;
+                        }
+                        PeerAdvertisement::Unproven { .. } => {
+                            self.stats.path.peer_ports_unproven += 1;
+                        }
+                    }
+                    // Acknowledged either way, with this relay's cookie, which the peer's next
+                    // advertisement echoes. Unanswered when every control buffer is in flight:
+                    // the peer advertises again within a second.
+                    let ack = message.ports_ack(self.source_ports.cookie());
+                    self.queue_control(ack, 0, Socket::Worker);
                 }
-                control::Kind::PortsAck => self.source_ports.post_ack(message.nonce),
+                control::Kind::PortsAck => {
+                    if !self.source_ports.post_ack(message.nonce, message.cookie) {
+                        self.stats.counters.control_unexpected += 1;
+                    }
+                }
             }
         }
     }

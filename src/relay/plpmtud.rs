@@ -156,6 +156,12 @@ pub struct Plpmtud {
     egress_mtu: Option<usize>,
     next_hello_ns: u64,
     raise_at_ns: Option<u64>,
+    /// When the peer last acknowledged a probe of this machine's.
+    last_ack_ns: Option<u64>,
+    /// For an extra tuple's machine: a small probe this often when no other is due, so that the
+    /// tuple's delivery is checked all the time (`relay::entropy`, [`Plpmtud::for_tuple`]).
+    keepalive_ns: Option<u64>,
+    next_keepalive_ns: u64,
     counts: Counts,
 }
 
@@ -181,8 +187,30 @@ impl Plpmtud {
             egress_mtu: None,
             next_hello_ns: 0,
             raise_at_ns: None,
+            last_ack_ns: None,
+            keepalive_ns: None,
+            next_keepalive_ns: 0,
             counts: Counts::default(),
         }
+    }
+
+    /// The machine of an extra outer tuple (`relay::entropy`): the peer is known to answer
+    /// probes (it acknowledged this relay's advertisement), so it starts as answered: a hint
+    /// that comes before its first probe is confirmed by probing, never taken unconfirmed, and
+    /// its first probe tests the working size. When no other probe is due it sends a small one
+    /// every `keepalive_ns`, from the tuple, so [`Plpmtud::acked_since`] says whether the tuple's
+    /// datagrams still reach the peer.
+    pub fn for_tuple(limits: Limits, keepalive_ns: u64) -> Plpmtud {
+        Plpmtud {
+            peer_answers: true,
+            keepalive_ns: Some(keepalive_ns),
+            ..Plpmtud::new(limits)
+        }
+    }
+
+    /// Whether the peer acknowledged one of this machine's probes at or after `since_ns`.
+    pub fn acked_since(&self, since_ns: u64) -> bool {
+        self.last_ack_ns.is_some_and(|at| at >= since_ns)
     }
 
     /// The path MTU to work to now, outer headers included.
@@ -258,6 +286,7 @@ impl Plpmtud {
         self.outstanding = None;
         self.counts.probes_acked += 1;
         self.peer_answers = true;
+        self.last_ack_ns = Some(now_ns);
         let sample = now_ns.saturating_sub(out.sent_ns);
         self.srtt_ns = Some(match self.srtt_ns {
             // RFC 6298's smoothing.
@@ -327,6 +356,10 @@ impl Plpmtud {
             nonce: nonce(),
             size,
         };
+        if let Some(interval) = self.keepalive_ns {
+            // Any probe checks delivery: the next keepalive only after a quiet interval.
+            self.next_keepalive_ns = now_ns + interval;
+        }
         self.jitter_seed = probe.nonce;
         let timeout_ns = self.timeout_ns();
         self.outstanding = Some(Outstanding {
@@ -358,7 +391,11 @@ impl Plpmtud {
         if self.confirm || self.searching {
             return Some(0);
         }
-        self.raise_at_ns
+        let keepalive = self.keepalive_ns.map(|_| self.next_keepalive_ns);
+        match (self.raise_at_ns, keepalive) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A pseudo-random delay below `range_ns`, different at each call, from the random nonce of
@@ -429,8 +466,19 @@ impl Plpmtud {
                 self.raise_at_ns = Some(now_ns + RAISE_INTERVAL_NS);
                 Some((Purpose::Raise, self.largest_now()))
             }
-            _ => None,
+            _ => self.keepalive(now_ns),
         }
+    }
+
+    /// The keepalive of an extra tuple's machine, when due: a hello, whose loss means nothing
+    /// for the path MTU (a tuple that stops getting them through stops carrying flows).
+    fn keepalive(&mut self, now_ns: u64) -> Option<(Purpose, usize)> {
+        let interval = self.keepalive_ns?;
+        if now_ns < self.next_keepalive_ns {
+            return None;
+        }
+        self.next_keepalive_ns = now_ns + interval;
+        Some((Purpose::Hello, self.limits.hello))
     }
 
     fn on_failure(&mut self, out: Outstanding, now_ns: u64) {
@@ -592,16 +640,20 @@ impl SharedPath {
     }
 
     /// An acknowledgement arrived (any worker may see the one of any machine's probe): kept
-    /// only in the slot of the machine whose outstanding probe it answers, if any.
-    pub fn post_ack(&self, nonce: u64) {
+    /// only in the slot of the machine whose outstanding probe it answers, if any. Returns
+    /// whether it answered one.
+    pub fn post_ack(&self, nonce: u64) -> bool {
         if nonce == 0 {
-            return;
+            return false;
         }
+        let mut expected_by_any = false;
         for (expected, acked) in self.expected_nonces.iter().zip(&self.acked_nonces) {
             if expected.load(Ordering::Relaxed) == nonce {
                 acked.store(nonce, Ordering::Relaxed);
+                expected_by_any = true;
             }
         }
+        expected_by_any
     }
 
     /// Says which probe's acknowledgement to keep for the listen tuple's machine (its

@@ -21,7 +21,7 @@ pub const MAX_GRO_SEGMENTS: usize = 128;
 pub const HEADER_ROOM: usize = MAX_HEADER_LEN;
 /// A zero virtio_net_hdr, for writes of plain packets.
 pub static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
-/// Control messages taken from one buffer, at most; more are dropped as `bad_ip_version`. The
+/// Control messages taken from one buffer, at most; more are dropped as `bad_control`. The
 /// peer sends a probe and waits for its answer, so a buffer of many is not a relay's doing.
 pub const MAX_CONTROLS: usize = 8;
 /// The shortest datagram worth looking at one by one (shorter than any IP header, or control
@@ -167,15 +167,19 @@ pub fn plan_gated(
         let at = payload_at + offset;
         offset += seg_len;
         let datagram = &buffer[at..at + seg_len];
-        if control::is_control(datagram) && plan.controls.len() < MAX_CONTROLS {
+        if control::is_control(datagram) {
+            // Shaped as a control message: taken as one, or dropped, never written into the
+            // TUN (no inner packet is from and to 0.0.0.0 with protocol 253).
             match Control::parse(datagram) {
+                _ if plan.controls.len() >= MAX_CONTROLS => {}
                 Some(message) if message.kind != control::Kind::Ports => {
                     plan.controls.push(message);
-                    // Path MTU messages only: the advertisements and their acknowledgements,
-                    // every 2 s for as long as the relays run, have counters of their own
-                    // (`peer_ports_accepted`, `ports_acknowledged`), and in the per-queue
-                    // counters they would keep a quiet tunnel's counts moving.
-                    if message.kind != control::Kind::PortsAck {
+                    // Path MTU messages only, and not hellos: the advertisements and their
+                    // acknowledgements, and the extra tuples' keepalives and theirs, every 2 s
+                    // for as long as the relays run, have counters of their own in the path
+                    // section (`peer_ports_accepted`, `pmtu_probes_answered`, ...), and in the
+                    // per-queue counters they would keep a quiet tunnel's counts moving.
+                    if message.kind != control::Kind::PortsAck && !message.is_hello() {
                         stats.counters.control_received += 1;
                     }
                     continue;
@@ -187,6 +191,8 @@ pub fn plan_gated(
                 }
                 _ => {}
             }
+            stats.counters.drop(DropReason::BadControl);
+            continue;
         }
         // One parse: the validation's view of the headers is what the coalescer uses. ECN
         // decapsulation below rewrites only the TOS / traffic class (and the IPv4 header
@@ -559,7 +565,8 @@ mod tests {
             let control = Control {
                 kind: control::Kind::Probe,
                 nonce,
-                size: 68,
+                size: 1400,
+                cookie: 0,
             };
             assert_eq!(control.write(&mut probe, 40), Some(40));
             buffer.extend_from_slice(&probe);
@@ -574,6 +581,52 @@ mod tests {
         assert_eq!(p.segments.len(), 1);
         assert_eq!(stats.counters.total_drops(), 0);
         assert_eq!(stats.counters.udp_rx_packets, 1);
+    }
+
+    /// A buffer of control-shaped datagrams: the first advertisement is taken, a second one
+    /// and one past `MAX_CONTROLS` are dropped as `bad_control`, and so is one that does not
+    /// parse; none of them becomes a segment for the TUN.
+    #[test]
+    fn control_shaped_datagrams_never_reach_the_tun() {
+        let ad = Advertisement::new(5, 6, 7, &[40000, 40001]).unwrap();
+        let mut one = vec![0u8; ad.wire_len()];
+        ad.write(&mut one).unwrap();
+        let stride = one.len();
+        let mut buffer = one.clone();
+        buffer.extend_from_slice(&one);
+        // A probe of the same size; then one of its bytes made wrong.
+        let mut probe = vec![0u8; stride];
+        let message = Control {
+            kind: control::Kind::Probe,
+            nonce: 9,
+            size: 100,
+            cookie: 0,
+        };
+        message.write(&mut probe, stride).unwrap();
+        let mut bad = probe.clone();
+        bad[stride - 1] = 1;
+        buffer.extend_from_slice(&bad);
+        for _ in 0..MAX_CONTROLS + 2 {
+            buffer.extend_from_slice(&probe);
+        }
+        let mut stats = WorkerStats::new(0);
+        let mut p = ReceivePlan::default();
+        let a = arrival(&buffer, stride);
+        plan(&mut buffer, &a, Policy::ALL, &mut stats, &mut p);
+        assert_eq!(p.advertisement, Some(ad));
+        assert_eq!(p.controls.len(), MAX_CONTROLS);
+        assert!(
+            p.segments.is_empty(),
+            "written into the TUN: {:?}",
+            p.segments
+        );
+        // The second advertisement, the bad probe, and the probes past MAX_CONTROLS - 1.
+        let past = (MAX_CONTROLS + 2) - (MAX_CONTROLS - 1);
+        assert_eq!(
+            stats.counters.drops_of(DropReason::BadControl),
+            2 + past as u64
+        );
+        assert_eq!(stats.counters.udp_rx_packets, 0);
     }
 
     #[test]

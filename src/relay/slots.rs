@@ -17,8 +17,10 @@ pub const HEADER_ROOM: usize = MAX_HEADER_LEN;
 /// ICMP too-big errors that may be on their way into the TUN at once; more are not sent (like
 /// those over the rate).
 pub const REPLY_BUFFERS: usize = 8;
-/// Control messages (path MTU probes and acknowledgements) that may be on their way out at once.
-pub const CONTROL_SLOTS: usize = 4;
+/// Control messages (path MTU probes and acknowledgements) that may be on their way out at once:
+/// four for the listen tuple's machine, the answers and the advertiser, and one for each extra
+/// tuple's machine, which all start (and send their keepalives) together.
+pub const CONTROL_SLOTS: usize = 4 + super::entropy::MAX_TUPLES;
 
 /// The memory a [`Piece`] is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub struct TunSlot {
     /// The outer tuple its direct sends leave from: 0 for the listen tuple, `k + 1` for extra
     /// socket `k` (`entropy::tuple_for`). One flow per slot, so one tuple.
     pub tuple: u8,
+    /// The flow's extra tuple is in use but not confirmed (`entropy::SourcePorts::
+    /// tuple_confirmed`): it leaves from the listen tuple instead, counted when sent.
+    pub fallback: bool,
     /// Other buffers whose packets this slot's batch send carries.
     pub followers: Vec<u16>,
     /// Sends in flight, or refused and waiting to be settled; the buffer (and followers) go back
@@ -108,6 +113,7 @@ impl TunSlot {
             too_big_answered: false,
             resends: 0,
             tuple: 0,
+            fallback: false,
             followers: Vec::with_capacity(GSO_MAX_SEGMENTS),
             sends_pending: 0,
         }
@@ -118,6 +124,7 @@ impl TunSlot {
     pub fn begin_sends(&mut self, tos: u8, pieces_per_segment: u8, tuple: u8) {
         self.tos = tos;
         self.tuple = tuple;
+        self.fallback = false;
         self.too_big_answered = false;
         self.resends = 0;
         self.pieces_per_segment = pieces_per_segment;

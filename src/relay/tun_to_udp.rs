@@ -54,8 +54,9 @@ impl Relay {
         let piece = Piece::new(Base::TunBuffer(bid), vnet::LEN, packet.len());
         let flow = steer::flow_key(packet);
         if !self.offloads.udp_gso {
-            let tuple = self.tuple_for(flow);
+            let (tuple, fallback) = self.tuple_for(flow);
             self.lay_out_one(bid, piece, tos, tuple);
+            self.tun_slots[usize::from(bid)].fallback = fallback;
             return self.submit_send(bid, 0, 0, 1, None, Route::Direct);
         }
         match self.batcher.offer(bid, packet.len(), flow, tos) {
@@ -91,12 +92,17 @@ impl Relay {
 
     /// The outer tuple a flow with `flow` as its key leaves from now: the listen tuple (0) until
     /// the peer acknowledged this relay's extra ports, then extra socket `k` as `k + 1`
-    /// (`entropy::tuple_for`).
-    fn tuple_for(&self, flow: Option<u32>) -> u8 {
+    /// (`entropy::tuple_for`) while the peer is shown to receive what `k` sends, else the listen
+    /// tuple again; and whether it fell back so.
+    fn tuple_for(&self, flow: Option<u32>) -> (u8, bool) {
         if !self.entropy_in_use {
-            return 0;
+            return (0, false);
         }
-        entropy::tuple_for(flow, usize::from(self.extra_sockets)).map_or(0, |k| k as u8 + 1)
+        match entropy::tuple_for(flow, usize::from(self.extra_sockets)) {
+            Some(k) if self.source_ports.tuple_confirmed(k) => (k as u8 + 1, false),
+            Some(_) => (0, true),
+            None => (0, false),
+        }
     }
 
     /// Prepares `bid`'s slot to send one plain packet, `piece`, from outer tuple `tuple`.
@@ -116,9 +122,10 @@ impl Relay {
 
     /// Sends a batch: one GSO send for several packets, a plain send for one.
     pub(super) fn submit_batch(&mut self, batch: batch::Batch) {
-        let tuple = self.tuple_for(batch.flow);
+        let (tuple, fallback) = self.tuple_for(batch.flow);
         let slot = &mut self.tun_slots[usize::from(batch.leader)];
         slot.begin_sends(batch.tos, 1, tuple);
+        slot.fallback = fallback;
         let segment_size = (batch.count > 1).then_some(batch.segment_size as u16);
         if batch.count > 1 {
             self.stats.counters.gso_sends += 1;
@@ -199,9 +206,10 @@ impl Relay {
         // The segments' IP headers are copies of the super-packet's: one TOS for all, and one
         // flow, so one tuple.
         let tos = self.outer_tos(packet);
-        let tuple = self.tuple_for(steer::flow_key(packet));
+        let (tuple, fallback) = self.tuple_for(steer::flow_key(packet));
         let slot = &mut self.tun_slots[usize::from(bid)];
         slot.begin_sends(tos, 2, tuple);
+        slot.fallback = fallback;
         slot.followers.clear();
         for i in 0..plan.count {
             let at = i * super::HEADER_ROOM;
@@ -253,6 +261,8 @@ impl Relay {
                 }
                 if extra.is_some() {
                     self.stats.counters.entropy_tx_packets += segments as u64;
+                } else if slot.fallback && route == Route::Direct {
+                    self.stats.counters.entropy_fallback_packets += segments as u64;
                 }
                 self.time_sent(bid, first, segments, now_ns);
             }

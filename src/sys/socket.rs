@@ -211,8 +211,10 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
 /// kernel picks: `__udp4_lib_err` looks up with no datagram, and a connected socket is chosen
 /// by its score, not by the reuseport hash; every worker reads its own), the send buffer.
 /// Nothing is sent to these ports, and a connected socket takes no datagram from anyone but
-/// the peer (`compute_score` in net/ipv4/udp.c), so its small receive buffer holds only the
-/// errors the worker has not read yet. The per-send outer TOS and `UDP_SEGMENT` are control
+/// the peer (`compute_score` in net/ipv4/udp.c); but anyone who can forge the peer's address can
+/// send to them, and nothing reads them. So a socket filter drops every datagram before it is
+/// queued ([`drop_every_datagram`]): a flood cannot fill the receive buffer, which the queued
+/// ICMP errors are charged to as well. The per-send outer TOS and `UDP_SEGMENT` are control
 /// messages, as on the worker's socket.
 pub fn extra_socket(
     local: SocketAddr,
@@ -235,12 +237,35 @@ pub fn extra_socket(
     )
     .map_err(err)?;
     set_receive_errors(raw, local).map_err(err)?;
+    // Before bind: nothing is queued in between.
+    drop_every_datagram(raw).map_err(err)?;
     let fd = bind(socket, local)?;
     connect(&fd, peer).map_err(|source| Error::Socket {
         address: peer,
         source,
     })?;
     Ok(fd)
+}
+
+/// Attaches a socket filter that keeps no byte of any datagram, so none is queued to `raw`
+/// (`SO_ATTACH_FILTER`, socket(7); a classic BPF program's return value is how much of the
+/// packet to keep, and 0 drops it: `sk_filter_trim_cap` in net/core/filter.c). The kernel counts
+/// those drops as the socket's (`sk_drops`, `UDP_MIB_INERRORS`). ICMP errors are not datagrams
+/// the filter sees: `__udp4_lib_err` and `__udp6_lib_err` queue them on the error queue with
+/// `ip_icmp_error` / `ipv6_icmp_error`, so `IP_RECVERR` keeps working.
+fn drop_every_datagram(raw: RawFd) -> io::Result<()> {
+    let program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // `fprog` points at `program`, which outlives the call; the kernel copies it.
+    set_option(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 /// Connects a UDP socket to `peer` (again, when the peer moved): connect(2).
@@ -629,5 +654,54 @@ mod tests {
             assert!(piece.iter().all(|b| *b == i as u8), "segment {i} intact");
         }
         assert_eq!(pieces[9].len(), 300, "the short tail stays last");
+    }
+
+    /// An extra socket queues nothing anyone sends it, even from the peer's exact address and
+    /// port (which a spoofer can forge), yet its error queue still gets the ICMP errors about
+    /// its tuple. Loopback: no privileges needed.
+    #[test]
+    fn an_extra_socket_queues_no_datagram_but_still_gets_its_icmp_errors() {
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer_address = peer.local_addr().unwrap();
+        let extra = extra_socket("127.0.0.1:0".parse().unwrap(), peer_address, 1 << 16).unwrap();
+        let extra_address = local_address(&extra).unwrap();
+        // A flood from the one address the connected socket takes datagrams from.
+        for _ in 0..200 {
+            peer.send_to(&[0x45u8; 500], extra_address).unwrap();
+        }
+        let mut buffer = [0u8; 600];
+        // SAFETY: `buffer` is valid for writes of its length for the duration of the call.
+        let received = unsafe {
+            libc::recv(
+                extra.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let error = io::Error::last_os_error();
+        assert_eq!(received, -1, "a datagram was queued");
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+        assert!(
+            receive_drops(&extra).unwrap() >= 200,
+            "dropped by the filter, counted by the kernel"
+        );
+        // The peer goes away: a send to its port now draws an ICMP port unreachable, which the
+        // error queue holds.
+        drop(peer);
+        let sent = SockRef::from(&extra).send(&[0u8; 100]);
+        assert!(sent.is_ok(), "{sent:?}");
+        let mut queued = super::super::errqueue::drain_error_queue(extra.as_raw_fd(), None);
+        for _ in 0..100 {
+            if queued.count > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            queued = super::super::errqueue::drain_error_queue(extra.as_raw_fd(), None);
+        }
+        assert_eq!(
+            queued.count, 1,
+            "the ICMP error on the error queue: {queued:?}"
+        );
     }
 }

@@ -7,8 +7,12 @@
 //! to 0.0.0.0 with protocol 253 (RFC 3692: for experiments) and TTL 1, exactly as long as the
 //! datagram and with a valid checksum, and the message after it. Such a relay (an older
 //! tunfwd, socat's TUN-to-UDP relay) writes it into its TUN like any packet, and its IP stack
-//! drops it without a word: 0.0.0.0 is no destination (RFC 1122 section 3.2.1.3;
-//! `ip_route_input_slow` in net/ipv4/route.c counts a martian destination). It must be an IP
+//! drops it without a word, though not as a martian: `ip_route_input_slow` (net/ipv4/route.c)
+//! takes a packet from 0.0.0.0 to 0.0.0.0 as a limited broadcast (`brd_input`, before its
+//! zero-address checks), so it is delivered locally, where no protocol handles 253 (counted as
+//! `InUnknownProtos`; raw sockets of that protocol, and packet sniffers, do see it), and no ICMP
+//! protocol unreachable answers it (`icmp_send` sends nothing about a broadcast, net/ipv4/icmp.c;
+//! RFC 1122 section 3.2.2). It is never forwarded. It must be an IP
 //! packet: a TUN refuses a write whose first nibble is neither 4 nor 6 (`tun_get_user` in
 //! drivers/net/tun.c), and socat exits on the first write refused. No real traffic goes to
 //! 0.0.0.0, so nothing a host sends is taken for a control message. Such a peer never
@@ -29,18 +33,21 @@
 //!
 //! `kind` 3 is an advertisement: the source ports its sender sends from besides its listen
 //! port. `size` is their number N (at most [`MAX_PORTS`]), and the header is followed by the
-//! sender's session (a random u64 it keeps while it runs, so that a restart shows) and N ports,
-//! big-endian, none of them 0; the datagram is exactly `36 + 8 + 2N` bytes:
+//! sender's session (a random u64 it keeps while it runs, so that a restart shows), the echo
+//! (the receiver's cookie as the sender last learned it from an acknowledgement, 0 for none) and
+//! N ports, big-endian, none of them 0; the datagram is exactly `36 + 16 + 2N` bytes:
 //!
 //! ```text
-//!  0 .. 35          36 ........ 43    44 45   46 47   ...
-//! +----------------+----------------+-------+-------+-----
-//! | header, kind 3 | session u64 BE | port  | port  | ...
-//! +----------------+----------------+-------+-------+-----
+//!  0 .. 35          36 ........ 43    44 ........ 51   52 53   54 55   ...
+//! +----------------+----------------+----------------+-------+-------+-----
+//! | header, kind 3 | session u64 BE | echo u64 BE    | port  | port  | ...
+//! +----------------+----------------+----------------+-------+-------+-----
 //! ```
-//! `kind` 4 acknowledges one: the 36-byte header alone, echoing its nonce and N. Only a relay
-//! whose advertisement was acknowledged sends from those ports, and its peer accepts datagrams
-//! from exactly those (see `relay::entropy`).
+//! `kind` 4 acknowledges one: the header, echoing its nonce and N, and the acknowledging
+//! relay's cookie (u64 BE, never 0), `36 + 8` bytes. Only a relay whose advertisement was
+//! acknowledged sends from those ports, and its peer accepts datagrams from exactly those; only
+//! an advertisement that echoes the receiver's cookie may take ports away or tell of a restart
+//! (see `relay::entropy`).
 
 /// Bytes of the IPv4 header a control message starts with.
 pub const WRAP_LEN: usize = 20;
@@ -49,11 +56,19 @@ pub const WRAP_LEN: usize = 20;
 pub const HEADER_LEN: usize = WRAP_LEN + 16;
 /// The IPv4 protocol number of a control message's header (RFC 3692).
 const WRAP_PROTOCOL: u8 = 253;
-/// Source ports one advertisement names, at most: one per worker at 256 queues, or four per
-/// worker at 64 (its datagram is then 556 bytes, which every IPv4 path carries).
-pub const MAX_PORTS: usize = 256;
+/// Source ports one advertisement names, at most: the most extra tuples a relay sends from
+/// (`relay::entropy::MAX_TUPLES`), so a peer's advertisement costs a receiver at most this many
+/// bits set and cleared.
+pub const MAX_PORTS: usize = 16;
 /// Bytes of an advertisement's session field, after the header.
 pub const SESSION_LEN: usize = 8;
+/// Bytes of an advertisement's echo field, after the session, and of an acknowledgement's
+/// cookie, after the header.
+pub const COOKIE_LEN: usize = 8;
+/// Bytes of an advertisement before its ports.
+pub const ADVERTISEMENT_FIXED_LEN: usize = HEADER_LEN + SESSION_LEN + COOKIE_LEN;
+/// Bytes of an advertisement's acknowledgement: the header and the cookie.
+pub const PORTS_ACK_LEN: usize = HEADER_LEN + COOKIE_LEN;
 
 mod field {
     use super::WRAP_LEN as W;
@@ -113,6 +128,9 @@ pub struct Control {
     pub nonce: u64,
     /// The outer IP packet size the probe tests (outer IP and UDP headers included).
     pub size: u16,
+    /// [`Kind::PortsAck`] only (0 otherwise): the acknowledging relay's cookie, which its
+    /// peer's advertisements echo from then on.
+    pub cookie: u64,
 }
 
 /// Whether a datagram may be a control message: IPv4 with protocol 253 from and to 0.0.0.0.
@@ -143,24 +161,36 @@ impl Control {
             1 if datagram[HEADER_LEN..].iter().all(|b| *b == 0) => Kind::Probe,
             2 if datagram.len() == HEADER_LEN => Kind::Ack,
             3 if ports_body(datagram, size).is_some() => Kind::Ports,
-            4 if datagram.len() == HEADER_LEN && usize::from(size) <= MAX_PORTS => Kind::PortsAck,
+            4 if datagram.len() == PORTS_ACK_LEN
+                && usize::from(size) <= MAX_PORTS
+                && datagram[HEADER_LEN..] != [0; COOKIE_LEN] =>
+            {
+                Kind::PortsAck
+            }
             _ => return None,
+        };
+        let cookie = match kind {
+            Kind::PortsAck => u64::from_be_bytes(datagram[HEADER_LEN..].try_into().ok()?),
+            _ => 0,
         };
         Some(Control {
             kind,
             nonce: u64::from_be_bytes(header[field::NONCE].try_into().expect("8 bytes")),
             size,
+            cookie,
         })
     }
 
     /// Writes this message's header into `out` and, for a probe, zeros up to `payload_len`
-    /// bytes. Returns the datagram's length: [`HEADER_LEN`] for an acknowledgement,
-    /// `payload_len` (at least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or
-    /// for an advertisement, whose ports only [`Advertisement::write`] has.
+    /// bytes. Returns the datagram's length: [`HEADER_LEN`] for a probe's acknowledgement,
+    /// [`PORTS_ACK_LEN`] for an advertisement's (its cookie after the header), `payload_len` (at
+    /// least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or for an
+    /// advertisement, whose ports only [`Advertisement::write`] has.
     pub fn write(&self, out: &mut [u8], payload_len: usize) -> Option<usize> {
         let len = match self.kind {
             Kind::Probe => payload_len.max(HEADER_LEN),
-            Kind::Ack | Kind::PortsAck => HEADER_LEN,
+            Kind::Ack => HEADER_LEN,
+            Kind::PortsAck => PORTS_ACK_LEN,
             Kind::Ports => return None,
         };
         let out = out.get_mut(..len)?;
@@ -171,43 +201,63 @@ impl Control {
         out[field::SIZE].copy_from_slice(&self.size.to_be_bytes());
         out[field::RESERVED].fill(0);
         out[HEADER_LEN..].fill(0);
+        if self.kind == Kind::PortsAck {
+            out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes());
+        }
         Some(len)
     }
 
-    /// The acknowledgement that answers this probe (or this advertisement).
+    /// Whether this probe (or probe acknowledgement) is a hello: no larger than the smallest
+    /// probe a relay sends (the header in an outer IPv6 packet: 48 bytes of headers), so it
+    /// tests no path MTU, only that the peer answers. The extra tuples' keepalives are hellos.
+    pub fn is_hello(&self) -> bool {
+        usize::from(self.size) <= 48 + HEADER_LEN
+    }
+
+    /// The acknowledgement that answers this probe.
     pub fn ack(&self) -> Control {
         Control {
-            kind: if self.kind == Kind::Ports {
-                Kind::PortsAck
-            } else {
-                Kind::Ack
-            },
+            kind: Kind::Ack,
+            cookie: 0,
+            ..*self
+        }
+    }
+
+    /// The acknowledgement that answers this advertisement, carrying the acknowledging relay's
+    /// `cookie` (not 0).
+    pub fn ports_ack(&self, cookie: u64) -> Control {
+        Control {
+            kind: Kind::PortsAck,
+            cookie,
             ..*self
         }
     }
 }
 
-/// The body of an advertisement of `count` ports (the session and the ports), if `datagram` is
-/// exactly that long and names no port 0.
+/// The body of an advertisement of `count` ports (the session, the echo and the ports), if
+/// `datagram` is exactly that long and names no port 0.
 fn ports_body(datagram: &[u8], count: u16) -> Option<&[u8]> {
     let count = usize::from(count);
-    if count > MAX_PORTS || datagram.len() != HEADER_LEN + SESSION_LEN + 2 * count {
+    if count > MAX_PORTS || datagram.len() != ADVERTISEMENT_FIXED_LEN + 2 * count {
         return None;
     }
     let body = &datagram[HEADER_LEN..];
-    body[SESSION_LEN..]
+    body[SESSION_LEN + COOKIE_LEN..]
         .chunks_exact(2)
         .all(|port| port != [0, 0])
         .then_some(body)
 }
 
 /// An advertisement (kind 3): the source ports its sender sends from besides its listen port,
-/// and the session that says whether the sender restarted. Fixed size, no allocation: a worker
+/// the session that says whether the sender restarted, and the echo of the receiver's cookie
+/// that proves the sender sees what the receiver sends it. Fixed size, no allocation: a worker
 /// keeps one per receive buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Advertisement {
     pub nonce: u64,
     pub session: u64,
+    /// The receiver's cookie, as the sender last learned it (0: none yet).
+    pub echo: u64,
     len: u16,
     ports: [u16; MAX_PORTS],
 }
@@ -217,14 +267,16 @@ impl std::fmt::Debug for Advertisement {
         f.debug_struct("Advertisement")
             .field("nonce", &self.nonce)
             .field("session", &self.session)
+            .field("echo", &self.echo)
             .field("ports", &self.ports())
             .finish()
     }
 }
 
 impl Advertisement {
-    /// An advertisement of `ports`; `None` if there are more than [`MAX_PORTS`] or one is 0.
-    pub fn new(nonce: u64, session: u64, ports: &[u16]) -> Option<Advertisement> {
+    /// An advertisement of `ports`, echoing `echo`; `None` if there are more than [`MAX_PORTS`]
+    /// or one is 0.
+    pub fn new(nonce: u64, session: u64, echo: u64, ports: &[u16]) -> Option<Advertisement> {
         if ports.len() > MAX_PORTS || ports.contains(&0) {
             return None;
         }
@@ -233,6 +285,7 @@ impl Advertisement {
         Some(Advertisement {
             nonce,
             session,
+            echo,
             len: ports.len() as u16,
             ports: all,
         })
@@ -249,20 +302,22 @@ impl Advertisement {
         let header = Control::parse(datagram).filter(|c| c.kind == Kind::Ports)?;
         let body = ports_body(datagram, header.size)?;
         let mut ports = [0u16; MAX_PORTS];
-        for (port, bytes) in ports.iter_mut().zip(body[SESSION_LEN..].chunks_exact(2)) {
+        let ports_at = SESSION_LEN + COOKIE_LEN;
+        for (port, bytes) in ports.iter_mut().zip(body[ports_at..].chunks_exact(2)) {
             *port = u16::from_be_bytes([bytes[0], bytes[1]]);
         }
         Some(Advertisement {
             nonce: header.nonce,
             session: u64::from_be_bytes(body[..SESSION_LEN].try_into().expect("8 bytes")),
+            echo: u64::from_be_bytes(body[SESSION_LEN..ports_at].try_into().expect("8 bytes")),
             len: header.size,
             ports,
         })
     }
 
-    /// The datagram's length: `36 + 8 + 2N`.
+    /// The datagram's length: `36 + 16 + 2N`.
     pub fn wire_len(&self) -> usize {
-        HEADER_LEN + SESSION_LEN + 2 * usize::from(self.len)
+        ADVERTISEMENT_FIXED_LEN + 2 * usize::from(self.len)
     }
 
     /// Writes the datagram into `out`; its length, or `None` if `out` is too short.
@@ -276,7 +331,9 @@ impl Advertisement {
         out[field::SIZE].copy_from_slice(&self.len.to_be_bytes());
         out[field::RESERVED].fill(0);
         out[HEADER_LEN..HEADER_LEN + SESSION_LEN].copy_from_slice(&self.session.to_be_bytes());
-        for (bytes, port) in out[HEADER_LEN + SESSION_LEN..]
+        out[HEADER_LEN + SESSION_LEN..ADVERTISEMENT_FIXED_LEN]
+            .copy_from_slice(&self.echo.to_be_bytes());
+        for (bytes, port) in out[ADVERTISEMENT_FIXED_LEN..]
             .chunks_exact_mut(2)
             .zip(self.ports())
         {
@@ -291,6 +348,7 @@ impl Advertisement {
             kind: Kind::Ports,
             nonce: self.nonce,
             size: self.len,
+            cookie: 0,
         }
     }
 }
@@ -320,6 +378,7 @@ mod tests {
                 kind: Kind::Ack,
                 nonce: 0x0102_0304_0506_0708,
                 size: 1448,
+                cookie: 0,
             })
         );
         assert!(is_control(&ack()));
@@ -338,6 +397,7 @@ mod tests {
             kind: Kind::Probe,
             nonce: u64::MAX - 3,
             size: 1448,
+            cookie: 0,
         };
         let mut out = [0xffu8; 1500];
         let len = probe.write(&mut out, 1420).unwrap();
@@ -382,6 +442,7 @@ mod tests {
             kind: Kind::Probe,
             nonce: 1,
             size: 92,
+            cookie: 0,
         }
         .write(&mut probe, 64)
         .unwrap();
@@ -400,6 +461,7 @@ mod tests {
             0x00, b'T', b'F', 3, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 0,
             0, // header: nonce 9, 2 ports
             0, 0, 0, 0, 0, 0, 0x12, 0x34, // session 0x1234
+            0, 0, 0, 0, 0, 0, 0x56, 0x78, // echo 0x5678
             0xc0, 0x00, 0xff, 0xff, // 49152, 65535
         ])
     }
@@ -408,47 +470,50 @@ mod tests {
     fn advertisements_deconstruct_construct_and_round_trip() {
         let ports = ports();
         let a = Advertisement::parse(&ports).unwrap();
-        assert_eq!((a.nonce, a.session), (9, 0x1234));
+        assert_eq!((a.nonce, a.session, a.echo), (9, 0x1234, 0x5678));
         assert_eq!(a.ports(), &[49152, 65535]);
         assert_eq!(
             Control::parse(&ports),
             Some(Control {
                 kind: Kind::Ports,
                 nonce: 9,
-                size: 2
+                size: 2,
+                cookie: 0,
             })
         );
         let mut out = [0xaau8; 600];
-        assert_eq!(a.write(&mut out), Some(48));
-        assert_eq!(out[..48], ports[..]);
-        assert_eq!(a.header().ack().kind, Kind::PortsAck);
-        let ack_len = a.header().ack().write(&mut out, 0).unwrap();
-        assert_eq!(ack_len, HEADER_LEN);
-        assert_eq!(Control::parse(&out[..ack_len]), Some(a.header().ack()));
+        assert_eq!(a.write(&mut out), Some(56));
+        assert_eq!(out[..56], ports[..]);
+        let ack = a.header().ports_ack(0xc0c0);
+        assert_eq!((ack.kind, ack.cookie), (Kind::PortsAck, 0xc0c0));
+        let ack_len = ack.write(&mut out, 0).unwrap();
+        assert_eq!(ack_len, PORTS_ACK_LEN);
+        assert_eq!(out[HEADER_LEN..ack_len], 0xc0c0u64.to_be_bytes());
+        assert_eq!(Control::parse(&out[..ack_len]), Some(ack));
         assert_eq!(a.header().write(&mut out, 0), None, "needs the ports");
         // The most, and none.
         let many: Vec<u16> = (1..=MAX_PORTS as u16).collect();
-        let full = Advertisement::new(u64::MAX, 7, &many).unwrap();
+        let full = Advertisement::new(u64::MAX, 7, 8, &many).unwrap();
         let len = full.write(&mut out).unwrap();
-        assert_eq!(len, 44 + 2 * MAX_PORTS);
+        assert_eq!(len, 52 + 2 * MAX_PORTS);
         assert_eq!(Advertisement::parse(&out[..len]).unwrap(), full);
-        let none = Advertisement::new(1, 2, &[]).unwrap();
+        let none = Advertisement::new(1, 2, 0, &[]).unwrap();
         let len = none.write(&mut out).unwrap();
-        assert_eq!(len, 44);
+        assert_eq!(len, 52);
         assert_eq!(
             Advertisement::parse(&out[..len]).unwrap().ports(),
             &[] as &[u16]
         );
-        assert_eq!(full.write(&mut out[..100]), None, "too short");
+        assert_eq!(full.write(&mut out[..60]), None, "too short");
     }
 
     #[test]
     fn advertisements_of_impossible_lengths_or_ports_are_refused() {
         let too_many: Vec<u16> = (1..=MAX_PORTS as u16 + 1).collect();
-        assert!(Advertisement::new(1, 1, &too_many).is_none());
-        assert!(Advertisement::new(1, 1, &[5, 0]).is_none(), "port 0");
+        assert!(Advertisement::new(1, 1, 0, &too_many).is_none());
+        assert!(Advertisement::new(1, 1, 0, &[5, 0]).is_none(), "port 0");
         let ports = ports();
-        assert!(Advertisement::parse(&ports[..47]).is_none(), "cut");
+        assert!(Advertisement::parse(&ports[..55]).is_none(), "cut");
         let mut long = ports[WRAP_LEN..].to_vec();
         long.extend_from_slice(&[0, 1]);
         let long = wrapped(&long);
@@ -458,22 +523,30 @@ mod tests {
         );
         assert!(Control::parse(&long).is_none());
         let mut zero = ports.clone();
-        zero[46..48].fill(0);
+        zero[54..56].fill(0);
         assert!(Control::parse(&zero).is_none(), "port 0");
         let mut count = ports.clone();
         count[32..34].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
         assert!(Control::parse(&count).is_none());
-        // An acknowledgement of an advertisement: the header alone, and no more ports than there
-        // can be.
-        let mut ack = ack();
-        ack[23] = 4;
-        ack[32..34].copy_from_slice(&2u16.to_be_bytes());
-        assert_eq!(Control::parse(&ack).unwrap().kind, Kind::PortsAck);
+        // An acknowledgement of an advertisement: the header and a cookie that is not 0, and no
+        // more ports than there can be.
+        let mut body = ack()[WRAP_LEN..].to_vec();
+        body[3] = 4;
+        body[12..14].copy_from_slice(&2u16.to_be_bytes());
+        body.extend_from_slice(&77u64.to_be_bytes());
+        let ack = wrapped(&body);
+        let parsed = Control::parse(&ack).unwrap();
+        assert_eq!((parsed.kind, parsed.cookie), (Kind::PortsAck, 77));
         assert!(
             Advertisement::parse(&ack).is_none(),
             "an ack is no advertisement"
         );
-        ack[32..34].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
-        assert!(Control::parse(&ack).is_none());
+        assert!(Control::parse(&ack[..HEADER_LEN]).is_none(), "no cookie");
+        let mut zero = ack.clone();
+        zero[HEADER_LEN..].fill(0);
+        assert!(Control::parse(&zero).is_none(), "cookie 0");
+        let mut many = ack.clone();
+        many[32..34].copy_from_slice(&(MAX_PORTS as u16 + 1).to_be_bytes());
+        assert!(Control::parse(&many).is_none());
     }
 }
