@@ -894,7 +894,8 @@ fn sigterm_reports_and_json_counters_match_what_was_sent(engine: &str) {
         "the flood sent {sent}: {flood}\nA: {report_a}"
     );
     let a_sent = total(&report_a, "udp_tx_packets");
-    // The AQM (`--aqm`, on by default) may drop some of the flood where a queue stood.
+    // The AQM (`--aqm codel`, where it is turned on) may drop some of the flood where a queue
+    // stood.
     let a_send_drops = drops(&report_a, "udp_send_buffer_full")
         + drops(&report_a, "udp_send_error")
         + drops(&report_a, "peer_unreachable")
@@ -1008,7 +1009,7 @@ fn offloads_on_and_off_move_hundreds_of_mb_verified_over_ipv4_and_ipv6(engine: &
             assert_eq!(total(report, "coalesce_fallbacks"), 0, "{name}");
         }
         // Packets are counted per segment at every stage, offloads or not (and the AQM's drops
-        // of Not-ECT segments where a queue stood, with `--aqm` on by default).
+        // of Not-ECT segments where a queue stood, with `--aqm codel`).
         let a_sent = total(&report_a, "udp_tx_packets");
         assert_eq!(
             total(&report_a, "tun_rx_packets"),

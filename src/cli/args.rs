@@ -233,11 +233,14 @@ pub struct Args {
     /// receive buffer): `codel` times how long packets wait there and, when that wait stands
     /// above --aqm-target for --aqm-interval, marks ECN-capable packets CE and drops others, ever
     /// more often until it falls (RFC 8289, RFC 3168); `observe` only times them (the stats'
-    /// queue delay); `off` does neither.
+    /// queue delay); `off` does neither. Off by default: the TUN ring's wait is bounded by the
+    /// time since a read last found it empty, which on a busy relay that keeps up can pass the
+    /// target while packets wait less, and the drop times were measured only on sub-millisecond
+    /// round trips (docs/latency.md).
     #[arg(
         long,
         value_name = "codel|observe|off",
-        default_value = "codel",
+        default_value = "off",
         hide_possible_values = true
     )]
     pub aqm: AqmChoice,

@@ -941,8 +941,8 @@ mod tests {
     fn the_aqm_marks_before_it_drops_and_each_target_is_below_its_interval() {
         assert_eq!(
             check(&[]).unwrap().aqm.mode,
-            aqm::Mode::Codel,
-            "codel unless asked otherwise"
+            aqm::Mode::Off,
+            "off unless asked for"
         );
         let c = check(&["--aqm", "codel"]).unwrap();
         assert_eq!(c.aqm, aqm::Settings::DEFAULT);
