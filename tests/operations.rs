@@ -199,11 +199,17 @@ fn latency_count(scrape: &Scrape, direction: &str) -> u64 {
 }
 
 /// The relay-to-relay exchange's path counters, which move every 2 s for as long as two relays
-/// run (outer entropy's advertisements and keepalive probes), traffic or not.
+/// run (outer entropy's advertisements and keepalive probes), traffic or not; and the queue
+/// delay histograms, since the socket's wait is timed for every datagram, the exchange's too.
 fn periodic_path_counter(sample: &str) -> bool {
-    ["tunfwd_pmtu_probes_", "tunfwd_ports_", "tunfwd_peer_ports_"]
-        .iter()
-        .any(|p| sample.starts_with(p))
+    [
+        "tunfwd_pmtu_probes_",
+        "tunfwd_ports_",
+        "tunfwd_peer_ports_",
+        "tunfwd_queue_delay_seconds",
+    ]
+    .iter()
+    .any(|p| sample.starts_with(p))
 }
 
 /// Scrapes until three scrapes in a row, more than a snapshot interval apart, agree on every
@@ -217,10 +223,16 @@ fn settled_scrape(bed: &Testbed) -> String {
             .join("\n")
     };
     let mut previous = String::new();
+    let mut moved = Vec::new();
     let mut agreeing = 0;
     for _ in 0..40 {
         let text = scrape_text(bed);
         let now = without_uptime(&text);
+        moved = now
+            .lines()
+            .filter(|l| !previous.lines().any(|p| p == *l))
+            .map(str::to_string)
+            .collect();
         if now == previous {
             agreeing += 1;
             if agreeing == 2 {
@@ -232,7 +244,7 @@ fn settled_scrape(bed: &Testbed) -> String {
         previous = now;
         std::thread::sleep(Duration::from_millis(1200));
     }
-    panic!("the counters never settled:\n{previous}");
+    panic!("the counters never settled; the last scrape moved {moved:#?}:\n{previous}");
 }
 
 /// Stops a relay with SIGTERM, checks it exits 0 with a report, and returns its final JSON.
