@@ -107,8 +107,8 @@ drop_reasons! {
     /// reported with queue 0's.
     WgStagedPurged => "wg_staged_purged",
     /// A datagram shaped as a relay-to-relay control message (IPv4, 0.0.0.0 to 0.0.0.0,
-    /// protocol 253) that is not one this relay takes: malformed, a second advertisement in one
-    /// receive, or past `MAX_CONTROLS` in one. Never written to the TUN.
+    /// protocol 253) that is not one this relay takes: malformed, or past `MAX_CONTROLS` in one
+    /// receive (more than the kernel coalesces into one). Never written to the TUN.
     BadControl => "bad_control",
 }
 

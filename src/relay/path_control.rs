@@ -237,7 +237,7 @@ impl Relay {
     pub(super) fn on_control_messages(&mut self, bid: u16, from_listen: bool) {
         let slot = &mut self.udp_slots[usize::from(bid)];
         let count = slot.plan.controls.len();
-        let advertisement = slot.plan.advertisement.take();
+        let advertisements = std::mem::take(&mut slot.plan.advertisements);
         for i in 0..count {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
@@ -253,34 +253,8 @@ impl Relay {
                         self.stats.counters.control_unexpected += 1;
                     }
                 }
-                control::Kind::Ports => {
-                    let Some(advertisement) = advertisement.as_ref().filter(|_| from_listen) else {
-                        self.stats
-                            .counters
-                            .drop(crate::stats::DropReason::ForeignSource);
-                        continue;
-                    };
-                    if self.source_ports.own().is_empty() {
-                        // `--entropy off`: no advertiser runs here to expire the peer's ports
-                        // (or forget them when the peer moves), so taking them would keep them
-                        // open for good. Unacknowledged, the peer keeps to its listen tuple.
-                        self.stats.path.peer_ports_ignored += 1;
-                        continue;
-                    }
-                    match self.source_ports.accept_peer(advertisement) {
-                        PeerAdvertisement::Proven { .. } => {
-                            self.stats.path.peer_ports_accepted += 1;
-                        }
-                        PeerAdvertisement::Unproven { .. } => {
-                            self.stats.path.peer_ports_unproven += 1;
-                        }
-                    }
-                    // Acknowledged either way, with this relay's cookie, which the peer's next
-                    // advertisement echoes. Unanswered when every control buffer is in flight:
-                    // the peer advertises again within a second.
-                    let ack = message.ports_ack(self.source_ports.cookie());
-                    self.queue_control(ack, 0, Socket::Worker);
-                }
+                // Below, once every other message is handled.
+                control::Kind::Ports => {}
                 control::Kind::PortsAck => {
                     if !self.source_ports.post_ack(message.nonce, message.cookie) {
                         self.stats.counters.control_unexpected += 1;
@@ -288,6 +262,64 @@ impl Relay {
                 }
             }
         }
+        // The advertisements, each paired with its message (they are in the same order): the
+        // ones that echo this relay's cookie first, so that none forged without it, coalesced
+        // ahead in the same receive, takes the place or the control slot of the peer's own.
+        let cookie = self.source_ports.cookie();
+        for proven in [true, false] {
+            let mut next = 0;
+            for i in 0..count {
+                let message = self.udp_slots[usize::from(bid)].plan.controls[i];
+                if message.kind != control::Kind::Ports {
+                    continue;
+                }
+                let advertisement = &advertisements[next];
+                next += 1;
+                if (advertisement.echo == cookie) == proven {
+                    self.take_advertisement(message, advertisement, from_listen);
+                }
+            }
+        }
+        // Given back, for its capacity.
+        let slot = &mut self.udp_slots[usize::from(bid)];
+        slot.plan.advertisements = advertisements;
+        slot.plan.advertisements.clear();
+    }
+
+    /// Takes the peer's `advertisement` (its `message`), but only from its listen port, and
+    /// acknowledges it.
+    fn take_advertisement(
+        &mut self,
+        message: Control,
+        advertisement: &Advertisement,
+        from_listen: bool,
+    ) {
+        if !from_listen {
+            self.stats
+                .counters
+                .drop(crate::stats::DropReason::ForeignSource);
+            return;
+        }
+        if self.source_ports.own().is_empty() {
+            // `--entropy off`: no advertiser runs here to expire the peer's ports (or forget
+            // them when the peer moves), so taking them would keep them open for good.
+            // Unacknowledged, the peer keeps to its listen tuple.
+            self.stats.path.peer_ports_ignored += 1;
+            return;
+        }
+        match self.source_ports.accept_peer(advertisement) {
+            PeerAdvertisement::Proven { .. } => {
+                self.stats.path.peer_ports_accepted += 1;
+            }
+            PeerAdvertisement::Unproven { .. } => {
+                self.stats.path.peer_ports_unproven += 1;
+            }
+        }
+        // Acknowledged either way, with this relay's cookie, which the peer's next
+        // advertisement echoes. Unanswered when every control buffer is in flight: the peer
+        // advertises again within a second.
+        let ack = message.ports_ack(self.source_ports.cookie());
+        self.queue_control(ack, 0, Socket::Worker);
     }
 
     /// Writes `message` (a probe padded to `payload_len` bytes, or an acknowledgement) into a
