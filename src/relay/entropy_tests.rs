@@ -797,3 +797,41 @@ fn sixteen_acknowledgements_in_one_receive_all_count() {
     assert_eq!(shared.confirmed_tuples(), 16);
     assert_eq!(r.stats().counters.drops_of(DropReason::BadControl), 0);
 }
+
+/// Answers to forged probes (any nonce, from the peer's listen port) in one batch fill only
+/// the control slots for answers: the relay's own advertisement due in that batch still goes,
+/// and every answer that could not go, the acknowledgement of the peer's advertisement
+/// among them, is counted.
+#[test]
+fn forged_probes_do_not_use_up_the_relays_own_control_slots() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let probe = |n: u64| {
+        let mut p = vec![0u8; control::HEADER_LEN];
+        Control {
+            kind: control::Kind::Probe,
+            nonce: n,
+            size: 64,
+            cookie: 0,
+        }
+        .write(&mut p, 0)
+        .unwrap();
+        p
+    };
+    let forged: Vec<Vec<u8>> = (0..24).map(|n| probe(100 + n)).collect();
+    udp_receive_coalesced(&mut r, &b, PEER.parse().unwrap(), &forged, now);
+    let real = Advertisement::new(0x1111, 0x5e55, 0, &[50000]).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &wire_bytes(&real), now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let ads_sent = controls
+        .iter()
+        .filter_map(|(bytes, _)| Control::parse(bytes))
+        .filter(|c| c.kind == control::Kind::Ports)
+        .count();
+    assert_eq!(ads_sent, 1, "the relay's own advertisement went");
+    assert_eq!(r.stats().path.ports_advertised, 1);
+    let unanswered = 24 + 1 - super::slots::ANSWER_CONTROL_SLOTS as u64;
+    assert_eq!(r.stats().counters.control_unanswered, unanswered);
+}

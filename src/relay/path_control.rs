@@ -4,7 +4,7 @@
 use super::entropy::{AdvertiserEvent, PeerAdvertisement};
 use super::plpmtud::{Counts, Plpmtud, Probe};
 use super::send;
-use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
+use super::slots::{Base, CONTROL_SLOTS, OWN_CONTROL_SLOTS, Piece, REPLY_LEN};
 use super::{Buffers, Relay, Request, Socket, Token, TuplePath, WriteIndex};
 use crate::offload::icmp;
 use crate::relay::receive::PLAIN_HEADER;
@@ -163,8 +163,13 @@ impl Relay {
                     self.peer
                 );
             }
-            if let Some(advertisement) = advertisement {
-                self.queue_advertisement(&advertisement);
+            if let Some(advertisement) = advertisement
+                && !self.queue_advertisement(&advertisement)
+                && let Some(advertiser) = &mut self.advertiser
+            {
+                advertiser.unsent(now_ns);
+                self.stats.path.ports_advertised = advertiser.sent;
+                self.stats.counters.control_unsent += 1;
             }
         }
         let in_use = self.extra_sockets > 0 && self.source_ports.in_use();
@@ -224,7 +229,9 @@ impl Relay {
             cookie: 0,
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
-        self.queue_control(message, payload_len, socket);
+        if !self.queue_control(message, payload_len, socket, Slots::Own) {
+            self.stats.counters.control_unsent += 1;
+        }
     }
 
     /// Acts on the control messages a receive into `bid` brought, which came from the peer's
@@ -242,7 +249,7 @@ impl Relay {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
                 control::Kind::Probe => {
-                    if self.queue_control(message.ack(), 0, Socket::Worker) {
+                    if self.queue_control(message.ack(), 0, Socket::Worker, Slots::Answers) {
                         self.stats.path.pmtu_probes_answered += 1;
                     } else {
                         self.stats.counters.control_unanswered += 1;
@@ -316,17 +323,25 @@ impl Relay {
             }
         }
         // Acknowledged either way, with this relay's cookie, which the peer's next
-        // advertisement echoes. Unanswered when every control buffer is in flight: the peer
-        // advertises again within a second.
+        // advertisement echoes. Unanswered (and counted) when every control buffer for answers
+        // is in flight: the peer advertises again within a second.
         let ack = message.ports_ack(self.source_ports.cookie());
-        self.queue_control(ack, 0, Socket::Worker);
+        if !self.queue_control(ack, 0, Socket::Worker, Slots::Answers) {
+            self.stats.counters.control_unanswered += 1;
+        }
     }
 
     /// Writes `message` (a probe padded to `payload_len` bytes, or an acknowledgement) into a
-    /// free control slot and queues its send on `socket`. False if every slot is in flight, or
-    /// the slot is too short for the probe.
-    fn queue_control(&mut self, message: Control, payload_len: usize, socket: Socket) -> bool {
-        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
+    /// free control slot of `slots` and queues its send on `socket`. False if every one of them
+    /// is in flight, or the slot is too short for the probe.
+    fn queue_control(
+        &mut self,
+        message: Control,
+        payload_len: usize,
+        socket: Socket,
+        slots: Slots,
+    ) -> bool {
+        let Some(k) = self.free_control(slots) else {
             return false;
         };
         let Some(len) = message.write(self.controls.buffer_mut(k), payload_len) else {
@@ -336,16 +351,27 @@ impl Relay {
         true
     }
 
-    /// Writes this relay's advertisement into a free control slot and queues its send from the
-    /// listen tuple (the peer takes advertisements from there alone). Nothing if every slot is
-    /// in flight: the advertiser sends another soon.
-    fn queue_advertisement(&mut self, advertisement: &Advertisement) {
-        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
-            return;
+    /// A free control slot of `slots`.
+    fn free_control(&self, slots: Slots) -> Option<usize> {
+        let range = match slots {
+            Slots::Own => 0..OWN_CONTROL_SLOTS,
+            Slots::Answers => OWN_CONTROL_SLOTS..CONTROL_SLOTS,
         };
-        if let Some(len) = advertisement.write(self.controls.buffer_mut(k)) {
-            self.occupy_control(k, len, Socket::Worker);
-        }
+        range.into_iter().find(|k| !self.controls.busy[*k])
+    }
+
+    /// Writes this relay's advertisement into a free control slot of its own and queues its
+    /// send from the listen tuple (the peer takes advertisements from there alone). False if
+    /// it could not: the advertiser then sends it again soon.
+    fn queue_advertisement(&mut self, advertisement: &Advertisement) -> bool {
+        let Some(k) = self.free_control(Slots::Own) else {
+            return false;
+        };
+        let Some(len) = advertisement.write(self.controls.buffer_mut(k)) else {
+            return false;
+        };
+        self.occupy_control(k, len, Socket::Worker);
+        true
     }
 
     fn occupy_control(&mut self, k: usize, len: usize, socket: Socket) {
@@ -448,4 +474,13 @@ impl Relay {
             self.stats.path.too_big_replies += 1;
         }
     }
+}
+
+/// Which control slots a message may take ([`OWN_CONTROL_SLOTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slots {
+    /// This relay's own probes and advertisement.
+    Own,
+    /// Answers to the peer's probes and advertisements.
+    Answers,
 }
