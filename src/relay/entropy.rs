@@ -43,12 +43,10 @@
 //! accepted ports (removing those it no longer names), refreshes their lifetime and may show a
 //! restart (a new session), and restarts are taken at most once per [`RESTART_INTERVAL_NS`]. An
 //! unproven one (a restarted peer's first, which no longer knows the cookie, or a forgery) is
-//! acknowledged, which hands the real peer the cookie (its advertiser sends again at once on
-//! learning a new one, so a restart costs about one round trip), and changes nothing: it can
-//! neither add, remove nor replace the peer's ports, refresh their lifetime, nor signal a
-//! restart. Were it allowed to add ports, another process on the peer's host (or behind the
-//! same NAT address) could have one of its own ports accepted with a single spoofed datagram
-//! from the listen port, and then send as the peer without spoofing. An attacker on the path sees the cookie, and can
+//! acknowledged, which hands the real peer the cookie at once, and may only add ports, up to
+//! [`MAX_PORTS`] in all: it can neither remove nor replace the peer's ports nor signal a restart.
+//! What a forgery can add is a port number from which the spoofer could send as the peer; it
+//! could do that from the listen port anyway. An attacker on the path sees the cookie, and can
 //! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
 //!
 //! The peer's ports are published in a bitmap of atomics that every worker reads without a lock
@@ -191,8 +189,8 @@ pub enum PeerAdvertisement {
     /// It echoed this relay's cookie: its ports replaced the peer's; `restarted` if its session
     /// is another than before (the first seen is no restart).
     Proven { restarted: bool },
-    /// It did not: nothing changed (it is only answered, with the cookie).
-    Unproven,
+    /// It did not: `added` of its ports were added (none removed), up to [`MAX_PORTS`] in all.
+    Unproven { added: usize },
 }
 
 impl SourcePorts {
@@ -277,13 +275,29 @@ impl SourcePorts {
 
     /// Takes the peer's advertisement (from its listen port): one that echoes this relay's
     /// cookie replaces the ports the peer advertised before, and tells whether the peer
-    /// restarted; one that does not changes nothing (see the threat model above).
+    /// restarted; one that does not may only add ports (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
-        if advertisement.echo != self.cookie {
-            return PeerAdvertisement::Unproven;
-        }
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
+        if advertisement.echo != self.cookie {
+            let mut added = 0;
+            for port in new {
+                if peer.ports.len() >= MAX_PORTS {
+                    break;
+                }
+                if !peer.ports.contains(port) {
+                    self.set_bit(*port, true);
+                    peer.ports.push(*port);
+                    added += 1;
+                }
+            }
+            drop(peer);
+            if added > 0 {
+                // Ports just added expire like any: bounded, since at most MAX_PORTS are.
+                self.peer_refreshes.fetch_add(1, Ordering::Relaxed);
+            }
+            return PeerAdvertisement::Unproven { added };
+        }
         // New bits first, then the old ones that went: a port in both is never unset.
         for port in new {
             self.set_bit(*port, true);
@@ -715,11 +729,11 @@ mod tests {
         assert!(!shared.accepts(1) && !shared.accepts(2));
     }
 
-    /// A blind spoofer of the peer's address and listen port (or another process on the
-    /// peer's host) cannot echo the cookie: its advertisements change nothing, neither add,
-    /// remove nor replace a port, refresh the set's lifetime, nor tell of a restart.
+    /// A blind spoofer of the peer's address and listen port cannot echo the cookie: its
+    /// advertisements may add ports (up to MAX_PORTS in all), never remove or replace the
+    /// peer's, never tell of a restart, and never refresh ports once none can be added.
     #[test]
-    fn an_advertisement_without_the_cookie_changes_nothing() {
+    fn an_advertisement_without_the_cookie_may_only_add_ports() {
         let shared = SourcePorts::new(&[1], 1, COOKIE);
         let forged =
             |ports: &[u16], session| Advertisement::new(2, session, COOKIE ^ 1, ports).unwrap();
@@ -727,28 +741,45 @@ mod tests {
             shared.accept_peer(&advertisement(&[40000, 40001], 9)),
             PeerAdvertisement::Proven { restarted: false }
         );
-        let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
-        for (ports, session) in [(&[50000][..], 666), (&[][..], 667), (&[40000][..], 9)] {
-            assert_eq!(
-                shared.accept_peer(&forged(ports, session)),
-                PeerAdvertisement::Unproven
-            );
-        }
-        assert_eq!(shared.peer_ports(), vec![40000, 40001]);
-        assert!(!shared.accepts(50000), "a port added without the cookie");
+        // A replacement, an empty list, a new session: nothing the peer had goes.
+        assert_eq!(
+            shared.accept_peer(&forged(&[50000], 666)),
+            PeerAdvertisement::Unproven { added: 1 }
+        );
+        assert_eq!(
+            shared.accept_peer(&forged(&[], 667)),
+            PeerAdvertisement::Unproven { added: 0 }
+        );
+        assert!(shared.accepts(40000) && shared.accepts(40001) && shared.accepts(50000));
         assert!(!shared.peer_restarted.load(Ordering::Relaxed), "no restart");
+        // Bounded: never more than MAX_PORTS in all, so a flood of them costs nothing more.
+        let many: Vec<u16> = (60000..60000 + MAX_PORTS as u16).collect();
+        assert_eq!(
+            shared.accept_peer(&forged(&many, 668)),
+            PeerAdvertisement::Unproven {
+                added: MAX_PORTS - 3
+            }
+        );
+        assert_eq!(shared.peer_ports().len(), MAX_PORTS);
+        let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
+        assert_eq!(
+            shared.accept_peer(&forged(&[61000], 669)),
+            PeerAdvertisement::Unproven { added: 0 }
+        );
+        assert!(!shared.accepts(61000));
         assert_eq!(
             shared.peer_refreshes.load(Ordering::Relaxed),
             refreshes,
-            "the set's lifetime refreshed without the cookie"
+            "a full set is not kept alive by forgeries"
         );
-        // With no set yet (a restarted relay), nothing either.
-        let fresh = SourcePorts::new(&[1], 1, COOKIE);
+        // The peer's next (proven) advertisement puts the set back to exactly its ports, and
+        // the session it had before is still the one a restart is judged against.
         assert_eq!(
-            fresh.accept_peer(&forged(&[50000], 666)),
-            PeerAdvertisement::Unproven
+            shared.accept_peer(&advertisement(&[40001], 9)),
+            PeerAdvertisement::Proven { restarted: false }
         );
-        assert!(fresh.peer_ports().is_empty());
+        assert_eq!(shared.peer_ports(), vec![40001]);
+        assert!(!shared.accepts(50000) && !shared.accepts(60000));
     }
 
     /// The advertiser echoes the cookie the peer's acknowledgement carried, at once, and takes
