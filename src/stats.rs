@@ -107,8 +107,8 @@ drop_reasons! {
     /// reported with queue 0's.
     WgStagedPurged => "wg_staged_purged",
     /// A datagram shaped as a relay-to-relay control message (IPv4, 0.0.0.0 to 0.0.0.0,
-    /// protocol 253) that is not one this relay takes: malformed, a second advertisement in one
-    /// receive, or past `MAX_CONTROLS` in one. Never written to the TUN.
+    /// protocol 253) that is not one this relay takes: malformed, or past `MAX_CONTROLS` in one
+    /// receive (more than the kernel coalesces into one). Never written to the TUN.
     BadControl => "bad_control",
 }
 
@@ -224,9 +224,13 @@ counters! {
         /// Path MTU probes and acknowledgements from the peer's exact address and ports (each
         /// answered probe is also in `PathStats::pmtu_probes_answered`).
         control_received => "Control messages (path MTU probes and acknowledgements, not the small hellos and keepalives) received from the peer.",
-        /// Every probe from the peer is answered while a control buffer is free; these found
-        /// every one in flight.
-        control_unanswered => "Path MTU probes from the peer left unanswered: every control buffer was in flight.",
+        /// Every probe and advertisement from the peer is answered while a control buffer for
+        /// answers is free; these found every one in flight.
+        control_unanswered => "Probes and advertisements from the peer left unanswered: every control buffer for answers was in flight.",
+        /// This relay's own probes and advertisements that found every control buffer kept
+        /// for them in flight (`relay::slots::OWN_CONTROL_SLOTS`): a probe counts as lost,
+        /// an advertisement goes soon after.
+        control_unsent => "This relay's own probes and advertisements not sent at once: every control buffer for them was in flight.",
         buffer_stalls => "Multishot receives that stopped because every buffer was in use.",
         gso_sends => "UDP sends that carried more than one datagram (UDP_SEGMENT).",
         gro_receives => "UDP receives that delivered more than one datagram (UDP_GRO).",

@@ -65,6 +65,9 @@ pub const REFRESH_INTERVAL_NS: u64 = 2_000_000_000;
 /// one every ten seconds, as it gets the path MTU machine's hellos.
 pub const RETRY_INTERVAL_NS: u64 = 1_000_000_000;
 pub const MAX_RETRY_INTERVAL_NS: u64 = 10_000_000_000;
+/// How soon an advertisement that found no free control slot goes again: slots free as their
+/// sends complete, within a batch or two.
+pub const UNSENT_RETRY_NS: u64 = 1_000_000;
 /// How long an acknowledgement keeps the extra ports in use: three refreshes. A peer that stops
 /// answering (it went away, or was replaced by one that does not know advertisements) gets the
 /// listen tuple alone again after this.
@@ -424,6 +427,8 @@ pub struct Advertiser {
     next_send_ns: u64,
     /// The wait before the next try while unacknowledged.
     retry_ns: u64,
+    /// `retry_ns` before the latest unacknowledged send doubled it.
+    retry_before_ns: u64,
     acked_at_ns: Option<u64>,
     /// The peer's refresh count when last looked at, and when it changed.
     peer_refreshes_seen: u64,
@@ -451,6 +456,7 @@ impl Advertiser {
             echoed: 0,
             next_send_ns: 0,
             retry_ns: RETRY_INTERVAL_NS,
+            retry_before_ns: RETRY_INTERVAL_NS,
             acked_at_ns: None,
             peer_refreshes_seen: 0,
             peer_accepted_at_ns: None,
@@ -537,6 +543,7 @@ impl Advertiser {
                 REFRESH_INTERVAL_NS
             } else {
                 let wait = self.retry_ns;
+                self.retry_before_ns = wait;
                 self.retry_ns = (wait * 2).min(MAX_RETRY_INTERVAL_NS);
                 wait
             };
@@ -544,6 +551,17 @@ impl Advertiser {
         let advertisement =
             Advertisement::new(self.nonce, shared.session(), self.echoed, shared.own());
         (advertisement, event)
+    }
+
+    /// The advertisement `poll` returned at `now_ns` could not be sent (every control slot of
+    /// this relay's own was in flight): not counted as sent, its back-off undone, and another
+    /// due after [`UNSENT_RETRY_NS`] (its nonce stays expected, as the previous one is).
+    pub fn unsent(&mut self, now_ns: u64) {
+        self.sent = self.sent.saturating_sub(1);
+        if self.acked_at_ns.is_none() {
+            self.retry_ns = self.retry_before_ns;
+        }
+        self.next_send_ns = now_ns + UNSENT_RETRY_NS;
     }
 
     /// When `poll` must run next at the latest.
@@ -1005,5 +1023,24 @@ mod tests {
         assert_eq!(shared.smallest_tuple_working(), Some(1448));
         shared.publish_tuple_working(9, Some(10));
         assert_eq!(shared.smallest_tuple_working(), Some(1448), "no such tuple");
+    }
+
+    /// An advertisement that could not be sent is not counted as sent, and goes again after
+    /// `UNSENT_RETRY_NS`, not a back-off later.
+    #[test]
+    fn an_unsent_advertisement_goes_again_soon() {
+        let shared = SourcePorts::new(&[40000], 1, 3);
+        let mut a = Advertiser::new();
+        assert!(a.poll(&shared, 0, || 5).0.is_some());
+        a.unsent(0);
+        assert_eq!(a.sent, 0);
+        assert_eq!(a.next_deadline_ns(&shared), UNSENT_RETRY_NS);
+        assert!(a.poll(&shared, UNSENT_RETRY_NS, || 6).0.is_some());
+        assert_eq!(a.sent, 1);
+        assert_eq!(
+            a.next_deadline_ns(&shared),
+            UNSENT_RETRY_NS + RETRY_INTERVAL_NS,
+            "the back-off starts over from its first wait"
+        );
     }
 }

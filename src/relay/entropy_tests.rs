@@ -657,3 +657,181 @@ fn a_hint_without_a_machine_or_an_unprobed_tuple_pulls_no_flow_down() {
     }
     assert_eq!(r.stats().path.pmtu_lowered, 0);
 }
+
+/// A receive of `datagrams` (all from `from`) coalesced by UDP GRO: the stride is the first
+/// datagram's length, as when the control data was cut (`MSG_CTRUNC`) and none says it.
+fn udp_receive_coalesced(
+    r: &mut Relay,
+    b: &FakeBuffers,
+    from: SocketAddr,
+    datagrams: &[Vec<u8>],
+    now: u64,
+) {
+    let payload: Vec<u8> = datagrams.concat();
+    let bid = r.pop_free_udp().expect("a free UDP buffer");
+    let SocketAddr::V4(v4) = from else {
+        panic!("an IPv4 peer")
+    };
+    let mut name = [0u8; 16];
+    name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    name[2..4].copy_from_slice(&v4.port().to_be_bytes());
+    name[4..8].copy_from_slice(&v4.ip().octets());
+    let mut udp = b.udp.borrow_mut();
+    let buffer = &mut udp[usize::from(bid)];
+    buffer[..name.len()].copy_from_slice(&name);
+    buffer[128..128 + payload.len()].copy_from_slice(&payload);
+    let received = Received {
+        name: 0..name.len(),
+        control: 0..0,
+        payload: 128..128 + payload.len(),
+        payload_truncated: false,
+        control_truncated: true,
+    };
+    r.on_udp_recv(bid, buffer, received, now);
+}
+
+/// The acknowledgements of `probes`, each as the peer writes it.
+fn acks_of(probes: &[Control]) -> Vec<Vec<u8>> {
+    probes
+        .iter()
+        .map(|p| {
+            let mut reply = vec![0u8; control::HEADER_LEN];
+            p.ack().write(&mut reply, 0).unwrap();
+            reply
+        })
+        .collect()
+}
+
+fn probes_in(controls: &[(Vec<u8>, Socket)]) -> Vec<Control> {
+    controls
+        .iter()
+        .filter_map(|(bytes, _)| Control::parse(bytes))
+        .filter(|c| c.kind == control::Kind::Probe)
+        .collect()
+}
+
+/// A blind spoofer's advertisement of the same length, coalesced by UDP GRO ahead of the
+/// peer's real one (which echoes the cookie), hides nothing: both are taken, the real one
+/// first, and its ports are accepted.
+#[test]
+fn a_forged_advertisement_ahead_in_one_receive_does_not_hide_the_real_one() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    r.on_timeout(now);
+    answer(&mut r, &b, now);
+    let real = Advertisement::new(0x1111, 0x5e55, OWN_COOKIE, &[50000, 50001]).unwrap();
+    let forged = Advertisement::new(0x6666, 0xbad, 0, &[60000, 60001]).unwrap();
+    let datagrams = [wire_bytes(&forged), wire_bytes(&real)];
+    udp_receive_coalesced(&mut r, &b, PEER.parse().unwrap(), &datagrams, now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let acked: Vec<u64> = controls
+        .iter()
+        .filter_map(|(bytes, _)| Control::parse(bytes))
+        .filter(|c| c.kind == control::Kind::PortsAck)
+        .map(|c| c.nonce)
+        .collect();
+    assert_eq!(
+        acked.first(),
+        Some(&0x1111),
+        "the proven one first: {acked:x?}"
+    );
+    assert!(shared.accepts(50000) && shared.accepts(50001));
+    assert_eq!(r.stats().counters.drops_of(DropReason::BadControl), 0);
+}
+
+/// Eight forged probe acknowledgements ahead of the real ones in one GRO receive hide
+/// nothing: every tuple whose probe was answered is confirmed.
+#[test]
+fn forged_acknowledgements_ahead_in_one_receive_do_not_hide_the_real_ones() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let probes = probes_in(&acknowledged(&mut r, &b, now));
+    assert!(!probes.is_empty());
+    let forged: Vec<Control> = (1..=8u64)
+        .map(|n| Control {
+            kind: control::Kind::Probe,
+            nonce: 0xdead_0000 + n,
+            size: 100,
+            cookie: 0,
+        })
+        .collect();
+    let mut datagrams = acks_of(&forged);
+    datagrams.extend(acks_of(&probes));
+    let later = now + 2000;
+    udp_receive_coalesced(&mut r, &b, PEER.parse().unwrap(), &datagrams, later);
+    r.on_timeout(later);
+    answer(&mut r, &b, later);
+    assert_eq!(shared.confirmed_tuples(), probes.len() as u32);
+    assert_eq!(r.stats().counters.drops_of(DropReason::BadControl), 0);
+    assert_eq!(r.stats().counters.control_unexpected, 8);
+}
+
+/// A healthy worker of 16 tuples sends their first probes in one batch; the peer's 16
+/// acknowledgements, coalesced into one receive, are all taken.
+#[test]
+fn sixteen_acknowledgements_in_one_receive_all_count() {
+    let own: Vec<u16> = (40000..40016).collect();
+    let shared = Arc::new(SourcePorts::new(&own, 7, OWN_COOKIE));
+    let mut r = Relay::new(RelayConfig {
+        entropy: EntropyConfig {
+            source_ports: shared.clone(),
+            sockets: own.len() as u8,
+            workers: 1,
+            advertise: true,
+            limits: Some(limits()),
+        },
+        ..config()
+    });
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let probes = probes_in(&acknowledged(&mut r, &b, now));
+    assert_eq!(probes.len(), 16);
+    let later = now + 2000;
+    udp_receive_coalesced(&mut r, &b, PEER.parse().unwrap(), &acks_of(&probes), later);
+    r.on_timeout(later);
+    answer(&mut r, &b, later);
+    assert_eq!(shared.confirmed_tuples(), 16);
+    assert_eq!(r.stats().counters.drops_of(DropReason::BadControl), 0);
+}
+
+/// Answers to forged probes (any nonce, from the peer's listen port) in one batch fill only
+/// the control slots for answers: the relay's own advertisement due in that batch still goes,
+/// and every answer that could not go, the acknowledgement of the peer's advertisement
+/// among them, is counted.
+#[test]
+fn forged_probes_do_not_use_up_the_relays_own_control_slots() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let now = 1_000_000;
+    let probe = |n: u64| {
+        let mut p = vec![0u8; control::HEADER_LEN];
+        Control {
+            kind: control::Kind::Probe,
+            nonce: n,
+            size: 64,
+            cookie: 0,
+        }
+        .write(&mut p, 0)
+        .unwrap();
+        p
+    };
+    let forged: Vec<Vec<u8>> = (0..24).map(|n| probe(100 + n)).collect();
+    udp_receive_coalesced(&mut r, &b, PEER.parse().unwrap(), &forged, now);
+    let real = Advertisement::new(0x1111, 0x5e55, 0, &[50000]).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &wire_bytes(&real), now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let ads_sent = controls
+        .iter()
+        .filter_map(|(bytes, _)| Control::parse(bytes))
+        .filter(|c| c.kind == control::Kind::Ports)
+        .count();
+    assert_eq!(ads_sent, 1, "the relay's own advertisement went");
+    assert_eq!(r.stats().path.ports_advertised, 1);
+    let unanswered = 24 + 1 - super::slots::ANSWER_CONTROL_SLOTS as u64;
+    assert_eq!(r.stats().counters.control_unanswered, unanswered);
+}

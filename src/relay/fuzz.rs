@@ -17,7 +17,8 @@ const PAYLOAD_AT: usize = 16;
 /// Panics unless: every datagram the buffer holds is counted exactly once, as received (an
 /// `ecn_not_ect` drop is both), dropped or taken as a control message; each planned segment lies inside
 /// the payload, in order, without overlap, and none is shaped as a control message (those never
-/// go into the TUN); at most one advertisement is taken; and the runs cover the segments once,
+/// go into the TUN); every advertisement taken is whole, one for each advertisement message
+/// among the controls; and the runs cover the segments once,
 /// in order.
 pub fn receive_plan(input: &[u8]) {
     let [flags, gro_high, gro_low, outer_tos, payload @ ..] = input else {
@@ -78,7 +79,11 @@ fn check(arrival: &Arrival, payload: &[u8], stats: &WorkerStats, receive: &Recei
         .iter()
         .filter(|c| c.kind == crate::wire::control::Kind::Ports)
         .count();
-    assert!(advertisements <= 1, "{advertisements} advertisements taken");
+    assert_eq!(
+        advertisements,
+        receive.advertisements.len(),
+        "an advertisement message without its advertisement, or the reverse"
+    );
     let mut next = 0;
     for run in &receive.runs {
         assert_eq!(run.first, next, "runs in order, none skipped");

@@ -4,7 +4,7 @@
 use super::entropy::{AdvertiserEvent, PeerAdvertisement};
 use super::plpmtud::{Counts, Plpmtud, Probe};
 use super::send;
-use super::slots::{Base, CONTROL_SLOTS, Piece, REPLY_LEN};
+use super::slots::{Base, CONTROL_SLOTS, OWN_CONTROL_SLOTS, Piece, REPLY_LEN};
 use super::{Buffers, Relay, Request, Socket, Token, TuplePath, WriteIndex};
 use crate::offload::icmp;
 use crate::relay::receive::PLAIN_HEADER;
@@ -163,8 +163,13 @@ impl Relay {
                     self.peer
                 );
             }
-            if let Some(advertisement) = advertisement {
-                self.queue_advertisement(&advertisement);
+            if let Some(advertisement) = advertisement
+                && !self.queue_advertisement(&advertisement)
+                && let Some(advertiser) = &mut self.advertiser
+            {
+                advertiser.unsent(now_ns);
+                self.stats.path.ports_advertised = advertiser.sent;
+                self.stats.counters.control_unsent += 1;
             }
         }
         let in_use = self.extra_sockets > 0 && self.source_ports.in_use();
@@ -224,7 +229,9 @@ impl Relay {
             cookie: 0,
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
-        self.queue_control(message, payload_len, socket);
+        if !self.queue_control(message, payload_len, socket, Slots::Own) {
+            self.stats.counters.control_unsent += 1;
+        }
     }
 
     /// Acts on the control messages a receive into `bid` brought, which came from the peer's
@@ -237,12 +244,12 @@ impl Relay {
     pub(super) fn on_control_messages(&mut self, bid: u16, from_listen: bool) {
         let slot = &mut self.udp_slots[usize::from(bid)];
         let count = slot.plan.controls.len();
-        let advertisement = slot.plan.advertisement.take();
+        let advertisements = std::mem::take(&mut slot.plan.advertisements);
         for i in 0..count {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
                 control::Kind::Probe => {
-                    if self.queue_control(message.ack(), 0, Socket::Worker) {
+                    if self.queue_control(message.ack(), 0, Socket::Worker, Slots::Answers) {
                         self.stats.path.pmtu_probes_answered += 1;
                     } else {
                         self.stats.counters.control_unanswered += 1;
@@ -253,34 +260,8 @@ impl Relay {
                         self.stats.counters.control_unexpected += 1;
                     }
                 }
-                control::Kind::Ports => {
-                    let Some(advertisement) = advertisement.as_ref().filter(|_| from_listen) else {
-                        self.stats
-                            .counters
-                            .drop(crate::stats::DropReason::ForeignSource);
-                        continue;
-                    };
-                    if self.source_ports.own().is_empty() {
-                        // `--entropy off`: no advertiser runs here to expire the peer's ports
-                        // (or forget them when the peer moves), so taking them would keep them
-                        // open for good. Unacknowledged, the peer keeps to its listen tuple.
-                        self.stats.path.peer_ports_ignored += 1;
-                        continue;
-                    }
-                    match self.source_ports.accept_peer(advertisement) {
-                        PeerAdvertisement::Proven { .. } => {
-                            self.stats.path.peer_ports_accepted += 1;
-                        }
-                        PeerAdvertisement::Unproven { .. } => {
-                            self.stats.path.peer_ports_unproven += 1;
-                        }
-                    }
-                    // Acknowledged either way, with this relay's cookie, which the peer's next
-                    // advertisement echoes. Unanswered when every control buffer is in flight:
-                    // the peer advertises again within a second.
-                    let ack = message.ports_ack(self.source_ports.cookie());
-                    self.queue_control(ack, 0, Socket::Worker);
-                }
+                // Below, once every other message is handled.
+                control::Kind::Ports => {}
                 control::Kind::PortsAck => {
                     if !self.source_ports.post_ack(message.nonce, message.cookie) {
                         self.stats.counters.control_unexpected += 1;
@@ -288,13 +269,79 @@ impl Relay {
                 }
             }
         }
+        // The advertisements, each paired with its message (they are in the same order): the
+        // ones that echo this relay's cookie first, so that none forged without it, coalesced
+        // ahead in the same receive, takes the place or the control slot of the peer's own.
+        let cookie = self.source_ports.cookie();
+        for proven in [true, false] {
+            let mut next = 0;
+            for i in 0..count {
+                let message = self.udp_slots[usize::from(bid)].plan.controls[i];
+                if message.kind != control::Kind::Ports {
+                    continue;
+                }
+                let advertisement = &advertisements[next];
+                next += 1;
+                if (advertisement.echo == cookie) == proven {
+                    self.take_advertisement(message, advertisement, from_listen);
+                }
+            }
+        }
+        // Given back, for its capacity.
+        let slot = &mut self.udp_slots[usize::from(bid)];
+        slot.plan.advertisements = advertisements;
+        slot.plan.advertisements.clear();
+    }
+
+    /// Takes the peer's `advertisement` (its `message`), but only from its listen port, and
+    /// acknowledges it.
+    fn take_advertisement(
+        &mut self,
+        message: Control,
+        advertisement: &Advertisement,
+        from_listen: bool,
+    ) {
+        if !from_listen {
+            self.stats
+                .counters
+                .drop(crate::stats::DropReason::ForeignSource);
+            return;
+        }
+        if self.source_ports.own().is_empty() {
+            // `--entropy off`: no advertiser runs here to expire the peer's ports (or forget
+            // them when the peer moves), so taking them would keep them open for good.
+            // Unacknowledged, the peer keeps to its listen tuple.
+            self.stats.path.peer_ports_ignored += 1;
+            return;
+        }
+        match self.source_ports.accept_peer(advertisement) {
+            PeerAdvertisement::Proven { .. } => {
+                self.stats.path.peer_ports_accepted += 1;
+            }
+            PeerAdvertisement::Unproven { .. } => {
+                self.stats.path.peer_ports_unproven += 1;
+            }
+        }
+        // Acknowledged either way, with this relay's cookie, which the peer's next
+        // advertisement echoes. Unanswered (and counted) when every control buffer for answers
+        // is in flight: the peer advertises again within a second.
+        let ack = message.ports_ack(self.source_ports.cookie());
+        if !self.queue_control(ack, 0, Socket::Worker, Slots::Answers) {
+            self.stats.counters.control_unanswered += 1;
+        }
     }
 
     /// Writes `message` (a probe padded to `payload_len` bytes, or an acknowledgement) into a
-    /// free control slot and queues its send on `socket`. False if every slot is in flight, or
-    /// the slot is too short for the probe.
-    fn queue_control(&mut self, message: Control, payload_len: usize, socket: Socket) -> bool {
-        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
+    /// free control slot of `slots` and queues its send on `socket`. False if every one of them
+    /// is in flight, or the slot is too short for the probe.
+    fn queue_control(
+        &mut self,
+        message: Control,
+        payload_len: usize,
+        socket: Socket,
+        slots: Slots,
+    ) -> bool {
+        let Some(k) = self.free_control(slots) else {
             return false;
         };
         let Some(len) = message.write(self.controls.buffer_mut(k), payload_len) else {
@@ -304,16 +351,27 @@ impl Relay {
         true
     }
 
-    /// Writes this relay's advertisement into a free control slot and queues its send from the
-    /// listen tuple (the peer takes advertisements from there alone). Nothing if every slot is
-    /// in flight: the advertiser sends another soon.
-    fn queue_advertisement(&mut self, advertisement: &Advertisement) {
-        let Some(k) = self.controls.busy.iter().position(|busy| !busy) else {
-            return;
+    /// A free control slot of `slots`.
+    fn free_control(&self, slots: Slots) -> Option<usize> {
+        let range = match slots {
+            Slots::Own => 0..OWN_CONTROL_SLOTS,
+            Slots::Answers => OWN_CONTROL_SLOTS..CONTROL_SLOTS,
         };
-        if let Some(len) = advertisement.write(self.controls.buffer_mut(k)) {
-            self.occupy_control(k, len, Socket::Worker);
-        }
+        range.into_iter().find(|k| !self.controls.busy[*k])
+    }
+
+    /// Writes this relay's advertisement into a free control slot of its own and queues its
+    /// send from the listen tuple (the peer takes advertisements from there alone). False if
+    /// it could not: the advertiser then sends it again soon.
+    fn queue_advertisement(&mut self, advertisement: &Advertisement) -> bool {
+        let Some(k) = self.free_control(Slots::Own) else {
+            return false;
+        };
+        let Some(len) = advertisement.write(self.controls.buffer_mut(k)) else {
+            return false;
+        };
+        self.occupy_control(k, len, Socket::Worker);
+        true
     }
 
     fn occupy_control(&mut self, k: usize, len: usize, socket: Socket) {
@@ -416,4 +474,13 @@ impl Relay {
             self.stats.path.too_big_replies += 1;
         }
     }
+}
+
+/// Which control slots a message may take ([`OWN_CONTROL_SLOTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slots {
+    /// This relay's own probes and advertisement.
+    Own,
+    /// Answers to the peer's probes and advertisements.
+    Answers,
 }

@@ -21,9 +21,12 @@ pub const MAX_GRO_SEGMENTS: usize = 128;
 pub const HEADER_ROOM: usize = MAX_HEADER_LEN;
 /// A zero virtio_net_hdr, for writes of plain packets.
 pub static PLAIN_HEADER: [u8; vnet::LEN] = [0; vnet::LEN];
-/// Control messages taken from one buffer, at most; more are dropped as `bad_control`. The
-/// peer sends a probe and waits for its answer, so a buffer of many is not a relay's doing.
-pub const MAX_CONTROLS: usize = 8;
+/// Control messages taken from one buffer, at most; more are dropped as `bad_control`. Above
+/// what one receive can hold from the kernel (`UDP_GRO_CNT_MAX` is 64 segments a GRO receive,
+/// `net/ipv4/udp_offload.c`), so no valid message is ever dropped for its place: a cap a
+/// forger could fill would let forged acknowledgements first in a buffer hide the real ones
+/// (a healthy worker of 16 tuples gets 16 back to back). The bound is for memory alone.
+pub const MAX_CONTROLS: usize = MAX_GRO_SEGMENTS;
 /// The shortest datagram worth looking at one by one (shorter than any IP header, or control
 /// message). A stride below it (a GSO packet the peer sent with an absurd `gso_size`, which
 /// veth delivers whole) makes every datagram of the buffer malformed, and they are counted at
@@ -56,9 +59,10 @@ pub struct ReceivePlan {
     /// The relay-to-relay control messages among the datagrams (`wire::control`): where each
     /// is in the buffer. Not written to the TUN: the worker acts on them.
     pub controls: Vec<Control>,
-    /// The one advertisement of the peer's source ports among them (`control::Kind::Ports`),
-    /// whole; a second in one buffer is not a relay's doing, and is dropped as `bad_ip_version`.
-    pub advertisement: Option<Advertisement>,
+    /// The advertisements of the peer's source ports among them (`control::Kind::Ports`), whole,
+    /// in the order of their messages in `controls`. Every one is kept: a forged one coalesced
+    /// ahead of the peer's real one must not hide it.
+    pub advertisements: Vec<Advertisement>,
 }
 
 impl Default for ReceivePlan {
@@ -69,7 +73,7 @@ impl Default for ReceivePlan {
             vnet_headers: vec![[0u8; vnet::LEN]; MAX_GRO_SEGMENTS].into_boxed_slice(),
             saved_heads: vec![0u8; MAX_GRO_SEGMENTS * HEADER_ROOM].into_boxed_slice(),
             controls: Vec::with_capacity(MAX_CONTROLS),
-            advertisement: None,
+            advertisements: Vec::with_capacity(4),
         }
     }
 }
@@ -147,7 +151,7 @@ pub fn plan_gated(
     plan.segments.clear();
     plan.runs.clear();
     plan.controls.clear();
-    plan.advertisement = None;
+    plan.advertisements.clear();
     if payload_len == 0 {
         stats.counters.drop(DropReason::EmptyDatagram);
         return;
@@ -184,10 +188,12 @@ pub fn plan_gated(
                     }
                     continue;
                 }
-                Some(message) if plan.advertisement.is_none() => {
-                    plan.advertisement = Advertisement::parse(datagram);
-                    plan.controls.push(message);
-                    continue;
+                Some(message) => {
+                    if let Some(advertisement) = Advertisement::parse(datagram) {
+                        plan.advertisements.push(advertisement);
+                        plan.controls.push(message);
+                        continue;
+                    }
                 }
                 _ => {}
             }
@@ -583,16 +589,19 @@ mod tests {
         assert_eq!(stats.counters.udp_rx_packets, 1);
     }
 
-    /// A buffer of control-shaped datagrams: the first advertisement is taken, a second one
-    /// and one past `MAX_CONTROLS` are dropped as `bad_control`, and so is one that does not
-    /// parse; none of them becomes a segment for the TUN.
+    /// A buffer of control-shaped datagrams: every advertisement is taken (a forged one ahead
+    /// must not hide the real one) and every valid probe (eight forged acknowledgements ahead
+    /// must not hide a real one); one that does not parse is dropped as `bad_control`; none of
+    /// them becomes a segment for the TUN.
     #[test]
     fn control_shaped_datagrams_never_reach_the_tun() {
         let ad = Advertisement::new(5, 6, 7, &[40000, 40001]).unwrap();
-        let mut one = vec![0u8; ad.wire_len()];
+        let forged = Advertisement::new(8, 9, 0, &[50000, 50001]).unwrap();
+        let mut buffer = vec![0u8; ad.wire_len()];
+        forged.write(&mut buffer).unwrap();
+        let stride = buffer.len();
+        let mut one = vec![0u8; stride];
         ad.write(&mut one).unwrap();
-        let stride = one.len();
-        let mut buffer = one.clone();
         buffer.extend_from_slice(&one);
         // A probe of the same size; then one of its bytes made wrong.
         let mut probe = vec![0u8; stride];
@@ -606,26 +615,22 @@ mod tests {
         let mut bad = probe.clone();
         bad[stride - 1] = 1;
         buffer.extend_from_slice(&bad);
-        for _ in 0..MAX_CONTROLS + 2 {
+        // Sixteen: as many as a worker of 16 tuples gets back at once.
+        for _ in 0..16 {
             buffer.extend_from_slice(&probe);
         }
         let mut stats = WorkerStats::new(0);
         let mut p = ReceivePlan::default();
         let a = arrival(&buffer, stride);
         plan(&mut buffer, &a, Policy::ALL, &mut stats, &mut p);
-        assert_eq!(p.advertisement, Some(ad));
-        assert_eq!(p.controls.len(), MAX_CONTROLS);
+        assert_eq!(p.advertisements, vec![forged, ad]);
+        assert_eq!(p.controls.len(), 2 + 16);
         assert!(
             p.segments.is_empty(),
             "written into the TUN: {:?}",
             p.segments
         );
-        // The second advertisement, the bad probe, and the probes past MAX_CONTROLS - 1.
-        let past = (MAX_CONTROLS + 2) - (MAX_CONTROLS - 1);
-        assert_eq!(
-            stats.counters.drops_of(DropReason::BadControl),
-            2 + past as u64
-        );
+        assert_eq!(stats.counters.drops_of(DropReason::BadControl), 1);
         assert_eq!(stats.counters.udp_rx_packets, 0);
     }
 

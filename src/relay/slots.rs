@@ -17,10 +17,18 @@ pub const HEADER_ROOM: usize = MAX_HEADER_LEN;
 /// ICMP too-big errors that may be on their way into the TUN at once; more are not sent (like
 /// those over the rate).
 pub const REPLY_BUFFERS: usize = 8;
-/// Control messages (path MTU probes and acknowledgements) that may be on their way out at once:
-/// four for the listen tuple's machine, the answers and the advertiser, and one for each extra
-/// tuple's machine, which all start (and send their keepalives) together.
-pub const CONTROL_SLOTS: usize = 4 + super::entropy::MAX_TUPLES;
+/// Control slots kept for this relay's own messages: its listen tuple machine's probe, its
+/// advertisement, and one probe for each extra tuple's machine, which all start (and send
+/// their keepalives) together. The first `OWN_CONTROL_SLOTS` slots are theirs alone, so that
+/// answers to the peer (which anyone who can forge its address can ask for) never leave this
+/// relay's own probes and advertisement unsent.
+pub const OWN_CONTROL_SLOTS: usize = 2 + super::entropy::MAX_TUPLES;
+/// Control slots for answers to the peer: as many as its own messages of one batch, which need
+/// one each (its listen tuple's probe, its advertisement, its extra tuples' probes).
+pub const ANSWER_CONTROL_SLOTS: usize = 2 + super::entropy::MAX_TUPLES;
+/// Control messages (path MTU probes, advertisements and acknowledgements) that may be on their
+/// way out at once: this relay's own, then the answers.
+pub const CONTROL_SLOTS: usize = OWN_CONTROL_SLOTS + ANSWER_CONTROL_SLOTS;
 
 /// The memory a [`Piece`] is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -486,7 +486,7 @@ impl Relay {
         plan.segments.clear();
         plan.runs.clear();
         plan.controls.clear();
-        plan.advertisement = None;
+        plan.advertisements.clear();
         let Some(source) = source else {
             stats.counters.drop_n(
                 DropReason::ForeignSource,

@@ -34,9 +34,32 @@ pub fn nonzero_u64() -> io::Result<u64> {
     }
 }
 
+/// A nonce for a path MTU probe or an advertisement: a fresh random number, or 0 if the kernel
+/// gave none. 0 fails closed: it is "none", which no acknowledgement matches
+/// (`relay::plpmtud::SharedPath::post_ack`, `relay::entropy::SourcePorts::post_ack`), so the
+/// probe counts as lost and the advertisement goes unanswered; a constant in its place would
+/// be a nonce that any forger could acknowledge.
+pub fn nonce_or_none() -> u64 {
+    nonce_from(nonzero_u64())
+}
+
+fn nonce_from(random: io::Result<u64>) -> u64 {
+    random.unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nonce_the_kernel_did_not_give_is_none() {
+        assert_eq!(
+            nonce_from(Err(io::Error::from_raw_os_error(libc::ENOSYS))),
+            0
+        );
+        assert_eq!(nonce_from(Ok(7)), 7);
+        assert_ne!(nonce_or_none(), 0, "getrandom works here");
+    }
 
     #[test]
     fn numbers_differ_and_are_not_zero() {

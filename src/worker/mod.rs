@@ -560,7 +560,7 @@ impl Worker {
             reply_budget: config.reply_budget.clone(),
             reply_key,
             epoch: now,
-            nonces: Box::new(|| random::nonzero_u64().unwrap_or(0x5eed)),
+            nonces: Box::new(random::nonce_or_none),
             snapshot_every_ns: config.snapshot_every.map(|every| every.as_nanos() as u64),
             entropy: EntropyConfig {
                 source_ports: config.source_ports.clone(),
