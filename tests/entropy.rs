@@ -550,7 +550,7 @@ fn distinct_tuples(seen: &Seen) -> BTreeSet<u16> {
     seen.flows.values().flatten().copied().collect()
 }
 
-/// With outer entropy (the default: no option given), RPS spreads a relay's receive work over
+/// With outer entropy (`--entropy auto`), RPS spreads a relay's receive work over
 /// every CPU; each flow keeps one tuple; transfers verify both ways. Fails with entropy broken:
 /// one tuple for every flow puts every datagram on one CPU (the test below shows exactly that
 /// with `--entropy off`).
@@ -559,7 +559,7 @@ fn eight_flows_at_four_queues_take_four_tuples_or_more_one_each_and_receive_work
 {
     let _serial = serially();
     let bed = testbed();
-    let (a, b) = relays_with_rps(&bed, &[], true);
+    let (a, b) = relays_with_rps(&bed, &["--entropy", "auto"], true);
     let a_ports = advertised_ports(&a);
     let b_ports = advertised_ports(&b);
     assert_eq!(
@@ -728,8 +728,7 @@ fn socat_as_the_peer_gets_the_listen_tuple_alone_and_traffic_passes_both_ways() 
         panic!("socat is needed for the interoperability test: apt-get install socat");
     };
     let bed = testbed();
-    // Entropy at its default (auto).
-    let a = relay(&bed, Host::A, &[]);
+    let a = relay(&bed, Host::A, &["--entropy", "auto"]);
     let args: Vec<String> = [
         format!(
             "UDP-DATAGRAM:{}:{},bind={}:{}",
@@ -844,7 +843,7 @@ fn extra_ports_the_peer_never_receives_carry_no_flow_and_every_flow_still_arrive
     .expect("the local table after those rules");
     testbed::ip(&["-n", &namespace, "rule", "del", "pref", "0"]).expect("the local table moved");
     let a = relay(&bed, Host::A, &["--srcport", "40000", "40015"]);
-    let b = relay(&bed, Host::B, &[]);
+    let b = relay(&bed, Host::B, &["--entropy", "auto"]);
     assert_eq!(
         advertised_ports(&a),
         (40000..=40015).collect::<Vec<u16>>(),
