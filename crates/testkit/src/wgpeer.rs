@@ -165,10 +165,25 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Upstream wireguard-go beside the workspace where present (`../shared/peers/wireguard-go`),
+/// else Debian's (`/usr/bin/wireguard-go`), said on stderr: the upstream build is used where a
+/// machine has it, and a machine without it still tests interop with a wireguard-go.
+fn upstream_or_debian() -> PathBuf {
+    let upstream = workspace_root().join("../shared/peers/wireguard-go");
+    if upstream.exists() {
+        return upstream;
+    }
+    eprintln!(
+        "upstream wireguard-go is not at {}: its tests use Debian's /usr/bin/wireguard-go",
+        upstream.display()
+    );
+    PathBuf::from("/usr/bin/wireguard-go")
+}
+
 impl Peers {
     /// The binaries from the environment, each with its default: `TUNFWD_WG` (`wg` on the
     /// PATH), `TUNFWD_WIREGUARD_GO_UPSTREAM` (`../shared/peers/wireguard-go` from the workspace
-    /// root), `TUNFWD_WIREGUARD_GO_DEBIAN` (`/usr/bin/wireguard-go`) and `TUNFWD_BORINGTUN`
+    /// root, or Debian's where that is missing), `TUNFWD_WIREGUARD_GO_DEBIAN` (`/usr/bin/wireguard-go`) and `TUNFWD_BORINGTUN`
     /// (`target/peers/bin/boringtun-cli`, where `scripts/wireguard-peers` installs it).
     pub fn from_env() -> Peers {
         let path =
@@ -179,7 +194,7 @@ impl Peers {
             wg: path("TUNFWD_WG", PathBuf::from("wg")),
             wireguard_go_upstream: path(
                 Implementation::WireguardGoUpstream.env_var(),
-                workspace_root().join("../shared/peers/wireguard-go"),
+                upstream_or_debian(),
             ),
             wireguard_go_debian: path(
                 Implementation::WireguardGoDebian.env_var(),
