@@ -168,13 +168,17 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 pub fn source_and_len(packet: &[u8]) -> Option<(IpAddr, usize)> {
     match packet.first()? >> 4 {
         4 => {
-            let octets: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-            let len = u16::from_be_bytes(packet.get(2..4)?.try_into().ok()?);
+            // The whole fixed header, as `destination` reads it: a packet cut short of 20 bytes
+            // has a source but no destination (found by the wg_inner fuzz target).
+            let header = packet.get(..20)?;
+            let octets: [u8; 4] = header[12..16].try_into().ok()?;
+            let len = u16::from_be_bytes(header[2..4].try_into().ok()?);
             Some((Ipv4Addr::from(octets).into(), usize::from(len)))
         }
         6 => {
-            let octets: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-            let len = u16::from_be_bytes(packet.get(4..6)?.try_into().ok()?);
+            let header = packet.get(..40)?;
+            let octets: [u8; 16] = header[8..24].try_into().ok()?;
+            let len = u16::from_be_bytes(header[4..6].try_into().ok()?);
             Some((Ipv6Addr::from(octets).into(), 40 + usize::from(len)))
         }
         _ => None,
@@ -1247,6 +1251,9 @@ mod tests {
         );
         assert_eq!(destination(&[0x55; 40]), None);
         assert_eq!(source_and_len(&[0x45; 10]), None);
+        // Cut short of the fixed header: no source where there is no destination either.
+        assert_eq!(source_and_len(&v4[..19]), None);
+        assert_eq!(source_and_len(&v6[..39]), None);
     }
 
     #[test]
