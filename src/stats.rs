@@ -332,7 +332,7 @@ counters! {
         peer_ports_ignored => "Advertisements of the peer's source ports not taken: this relay runs with --entropy off.",
         /// Without the echo of this relay's cookie (a restarted peer's first, or forged): they
         /// may only add ports, never remove or replace them, nor tell of a restart.
-        peer_ports_unproven => "Advertisements of the peer's source ports that did not echo this relay's cookie: only added ports.",
+        peer_ports_unproven => "Advertisements of the peer's source ports that did not echo this relay's cookie: answered with it, not taken.",
         /// Rate-limited (`relay::entropy::RESTART_INTERVAL_NS`); on the one worker that
         /// advertises.
         peer_restarts => "Restarts of the peer (a proven advertisement with a new session) acted on.",

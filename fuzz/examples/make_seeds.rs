@@ -389,11 +389,11 @@ fn source_port_seeds() -> Seeds {
         ),
         ("many", pair(echoing(3, &many[..max], COOKIE), Vec::new())),
         (
-            "unproven-adds-only",
+            "unproven-changes-nothing",
             pair(echoing(1, &[40000, 40001], COOKIE), echoing(2, &[50000], 0)),
         ),
         (
-            "unproven-up-to-the-most",
+            "unproven-many-ports",
             pair(
                 echoing(1, &many[..max / 2], COOKIE),
                 echoing(2, &many[max..], 7),

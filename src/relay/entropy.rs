@@ -21,7 +21,8 @@
 //!
 //! The receiver accepts datagrams only from the peer's address and its listen port, or one of
 //! the exact ports the peer advertised ([`SourcePorts::accepts`]). So a relay sends from its extra
-//! ports only once the peer acknowledged an advertisement of them (`wire::control`, kind 3), sent
+//! ports only once the peer acknowledged an advertisement of them that echoed the peer's cookie
+//! (see the threat model below; `wire::control`, kind 3), sent
 //! from the listen tuple ([`Advertiser`]); until then, and always toward a peer that never
 //! answers (an older tunfwd, socat's TUN-to-UDP relay), it sends from the listen tuple alone.
 //! And each extra tuple carries flows only while the peer acknowledges the path MTU probes sent
@@ -43,10 +44,12 @@
 //! accepted ports (removing those it no longer names), refreshes their lifetime and may show a
 //! restart (a new session), and restarts are taken at most once per [`RESTART_INTERVAL_NS`]. An
 //! unproven one (a restarted peer's first, which no longer knows the cookie, or a forgery) is
-//! acknowledged, which hands the real peer the cookie at once, and may only add ports, up to
-//! [`MAX_PORTS`] in all: it can neither remove nor replace the peer's ports nor signal a restart.
-//! What a forgery can add is a port number from which the spoofer could send as the peer; it
-//! could do that from the listen port anyway. An attacker on the path sees the cookie, and can
+//! acknowledged, which hands the real peer the cookie (its advertiser sends again at once on
+//! learning a new one, so a restart costs about one round trip), and changes nothing: it can
+//! neither add, remove nor replace the peer's ports, refresh their lifetime, nor signal a
+//! restart. Were it allowed to add ports, another process on the peer's host (or behind the
+//! same NAT address) could have one of its own ports accepted with a single spoofed datagram
+//! from the listen port, and then send as the peer without spoofing. An attacker on the path sees the cookie, and can
 //! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
 //!
 //! The peer's ports are published in a bitmap of atomics that every worker reads without a lock
@@ -189,8 +192,8 @@ pub enum PeerAdvertisement {
     /// It echoed this relay's cookie: its ports replaced the peer's; `restarted` if its session
     /// is another than before (the first seen is no restart).
     Proven { restarted: bool },
-    /// It did not: `added` of its ports were added (none removed), up to [`MAX_PORTS`] in all.
-    Unproven { added: usize },
+    /// It did not: nothing changed (it is only answered, with the cookie).
+    Unproven,
 }
 
 impl SourcePorts {
@@ -275,29 +278,13 @@ impl SourcePorts {
 
     /// Takes the peer's advertisement (from its listen port): one that echoes this relay's
     /// cookie replaces the ports the peer advertised before, and tells whether the peer
-    /// restarted; one that does not may only add ports (see the threat model above).
+    /// restarted; one that does not changes nothing (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
+        if advertisement.echo != self.cookie {
+            return PeerAdvertisement::Unproven;
+        }
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
-        if advertisement.echo != self.cookie {
-            let mut added = 0;
-            for port in new {
-                if peer.ports.len() >= MAX_PORTS {
-                    break;
-                }
-                if !peer.ports.contains(port) {
-                    self.set_bit(*port, true);
-                    peer.ports.push(*port);
-                    added += 1;
-                }
-            }
-            drop(peer);
-            if added > 0 {
-                // Ports just added expire like any: bounded, since at most MAX_PORTS are.
-                self.peer_refreshes.fetch_add(1, Ordering::Relaxed);
-            }
-            return PeerAdvertisement::Unproven { added };
-        }
         // New bits first, then the old ones that went: a port in both is never unset.
         for port in new {
             self.set_bit(*port, true);
@@ -424,6 +411,8 @@ pub struct Advertiser {
     previous_nonce: u64,
     /// The peer's cookie the latest advertisement echoed.
     echoed: u64,
+    /// The peer's cookie the one before echoed.
+    previous_echoed: u64,
     next_send_ns: u64,
     /// The wait before the next try while unacknowledged.
     retry_ns: u64,
@@ -454,6 +443,7 @@ impl Advertiser {
             nonce: 0,
             previous_nonce: 0,
             echoed: 0,
+            previous_echoed: 0,
             next_send_ns: 0,
             retry_ns: RETRY_INTERVAL_NS,
             retry_before_ns: RETRY_INTERVAL_NS,
@@ -485,12 +475,23 @@ impl Advertiser {
     ) -> (Option<Advertisement>, AdvertiserEvent) {
         let acked = shared.acked_nonce.swap(0, Ordering::Relaxed);
         if acked != 0 && (acked == self.nonce || acked == self.previous_nonce) {
+            let echoed = if acked == self.nonce {
+                self.echoed
+            } else {
+                self.previous_echoed
+            };
             self.acked += 1;
-            self.acked_at_ns = Some(now_ns);
             self.retry_ns = RETRY_INTERVAL_NS;
-            if shared.peer_cookie.load(Ordering::Relaxed) != self.echoed {
-                // A cookie the latest advertisement did not echo: prove this relay's ports at
-                // once, so the peer may drop any it no longer holds.
+            if shared.peer_cookie.load(Ordering::Relaxed) == echoed {
+                // It echoed the cookie the peer answers with: the peer took its ports.
+                self.acked_at_ns = Some(now_ns);
+            } else {
+                // Answered, not taken (the peer takes only an advertisement that echoes its
+                // cookie, which this answer carried): prove this relay's ports at once, and
+                // use them only once that one is acknowledged. A cookie that changed under
+                // ports in use (the peer restarted, and holds none of them) takes them out of
+                // use until then: an earlier acknowledgement says nothing of this peer.
+                self.acked_at_ns = None;
                 self.next_send_ns = now_ns;
             }
         }
@@ -534,6 +535,7 @@ impl Advertiser {
             return (None, event);
         }
         self.previous_nonce = self.nonce;
+        self.previous_echoed = self.echoed;
         self.nonce = nonce();
         shared.expected_nonces[0].store(self.nonce, Ordering::Relaxed);
         shared.expected_nonces[1].store(self.previous_nonce, Ordering::Relaxed);
@@ -686,6 +688,21 @@ mod tests {
     /// This relay's cookie in the tests.
     const COOKIE: u64 = 0xc0c0;
 
+    /// Puts the advertiser's ports in use at `now` as the peer, whose cookie is `peer_cookie`,
+    /// would: it answers the first advertisement (which cannot echo its cookie) with the cookie,
+    /// and takes the next one, which echoes it. Nonces `nonce` and `nonce + 1`.
+    fn into_use(a: &mut Advertiser, shared: &SourcePorts, now: u64, peer_cookie: u64, nonce: u64) {
+        let first = a.poll(shared, now, || nonce).0.expect("due");
+        assert!(shared.post_ack(first.nonce, peer_cookie));
+        let (proof, event) = a.poll(shared, now, || nonce + 1);
+        assert_eq!(event, AdvertiserEvent::None, "answered, not taken");
+        let proof = proof.expect("sent again at once");
+        assert_eq!(proof.echo, peer_cookie);
+        assert!(shared.post_ack(proof.nonce, peer_cookie));
+        assert_eq!(a.poll(shared, now, || 0).1, AdvertiserEvent::InUse(true));
+        assert!(shared.in_use());
+    }
+
     /// A proven advertisement: it echoes [`COOKIE`].
     fn advertisement(ports: &[u16], session: u64) -> Advertisement {
         Advertisement::new(1, session, COOKIE, ports).unwrap()
@@ -729,11 +746,11 @@ mod tests {
         assert!(!shared.accepts(1) && !shared.accepts(2));
     }
 
-    /// A blind spoofer of the peer's address and listen port cannot echo the cookie: its
-    /// advertisements may add ports (up to MAX_PORTS in all), never remove or replace the
-    /// peer's, never tell of a restart, and never refresh ports once none can be added.
+    /// A blind spoofer of the peer's address and listen port (or another process on the
+    /// peer's host) cannot echo the cookie: its advertisements change nothing, neither add,
+    /// remove nor replace a port, refresh the set's lifetime, nor tell of a restart.
     #[test]
-    fn an_advertisement_without_the_cookie_may_only_add_ports() {
+    fn an_advertisement_without_the_cookie_changes_nothing() {
         let shared = SourcePorts::new(&[1], 1, COOKIE);
         let forged =
             |ports: &[u16], session| Advertisement::new(2, session, COOKIE ^ 1, ports).unwrap();
@@ -741,45 +758,28 @@ mod tests {
             shared.accept_peer(&advertisement(&[40000, 40001], 9)),
             PeerAdvertisement::Proven { restarted: false }
         );
-        // A replacement, an empty list, a new session: nothing the peer had goes.
-        assert_eq!(
-            shared.accept_peer(&forged(&[50000], 666)),
-            PeerAdvertisement::Unproven { added: 1 }
-        );
-        assert_eq!(
-            shared.accept_peer(&forged(&[], 667)),
-            PeerAdvertisement::Unproven { added: 0 }
-        );
-        assert!(shared.accepts(40000) && shared.accepts(40001) && shared.accepts(50000));
-        assert!(!shared.peer_restarted.load(Ordering::Relaxed), "no restart");
-        // Bounded: never more than MAX_PORTS in all, so a flood of them costs nothing more.
-        let many: Vec<u16> = (60000..60000 + MAX_PORTS as u16).collect();
-        assert_eq!(
-            shared.accept_peer(&forged(&many, 668)),
-            PeerAdvertisement::Unproven {
-                added: MAX_PORTS - 3
-            }
-        );
-        assert_eq!(shared.peer_ports().len(), MAX_PORTS);
         let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
-        assert_eq!(
-            shared.accept_peer(&forged(&[61000], 669)),
-            PeerAdvertisement::Unproven { added: 0 }
-        );
-        assert!(!shared.accepts(61000));
+        for (ports, session) in [(&[50000][..], 666), (&[][..], 667), (&[40000][..], 9)] {
+            assert_eq!(
+                shared.accept_peer(&forged(ports, session)),
+                PeerAdvertisement::Unproven
+            );
+        }
+        assert_eq!(shared.peer_ports(), vec![40000, 40001]);
+        assert!(!shared.accepts(50000), "a port added without the cookie");
+        assert!(!shared.peer_restarted.load(Ordering::Relaxed), "no restart");
         assert_eq!(
             shared.peer_refreshes.load(Ordering::Relaxed),
             refreshes,
-            "a full set is not kept alive by forgeries"
+            "the set's lifetime refreshed without the cookie"
         );
-        // The peer's next (proven) advertisement puts the set back to exactly its ports, and
-        // the session it had before is still the one a restart is judged against.
+        // With no set yet (a restarted relay), nothing either.
+        let fresh = SourcePorts::new(&[1], 1, COOKIE);
         assert_eq!(
-            shared.accept_peer(&advertisement(&[40001], 9)),
-            PeerAdvertisement::Proven { restarted: false }
+            fresh.accept_peer(&forged(&[50000], 666)),
+            PeerAdvertisement::Unproven
         );
-        assert_eq!(shared.peer_ports(), vec![40001]);
-        assert!(!shared.accepts(50000) && !shared.accepts(60000));
+        assert!(fresh.peer_ports().is_empty());
     }
 
     /// The advertiser echoes the cookie the peer's acknowledgement carried, at once, and takes
@@ -794,11 +794,14 @@ mod tests {
         assert!(a.poll(&shared, 1, || 6).0.is_none());
         assert!(shared.post_ack(first.nonce, 0x5eed));
         let (again, event) = a.poll(&shared, 2, || 7);
-        assert_eq!(event, AdvertiserEvent::InUse(true));
+        assert_eq!(event, AdvertiserEvent::None, "the peer took nothing yet");
+        assert!(!shared.in_use());
         assert_eq!(again.expect("sent at once").echo, 0x5eed);
-        // The same cookie again: refreshes keep their interval.
+        // Its acknowledgement, with the same cookie: in use, and refreshes keep their interval.
         shared.post_ack(7, 0x5eed);
-        assert!(a.poll(&shared, 3, || 8).0.is_none());
+        let (none, event) = a.poll(&shared, 3, || 8);
+        assert!(none.is_none());
+        assert_eq!(event, AdvertiserEvent::InUse(true));
         let refresh = a.poll(&shared, 2 + REFRESH_INTERVAL_NS, || 9).0.unwrap();
         assert_eq!(refresh.echo, 0x5eed);
     }
@@ -876,9 +879,17 @@ mod tests {
         );
         let again = a.poll(&shared, RETRY_INTERVAL_NS, &mut fresh).0.unwrap();
         assert_ne!(again.nonce, sent.nonce);
-        // Acknowledged (the one before still counts, its answer may be late).
+        // Acknowledged (the one before still counts, its answer may be late), with the peer's
+        // cookie, which neither echoed: not in use, and the proof goes at once.
         shared.post_ack(sent.nonce, 0x9999);
-        let (_, event) = a.poll(&shared, RETRY_INTERVAL_NS + 1, &mut fresh);
+        let (proof, event) = a.poll(&shared, RETRY_INTERVAL_NS + 1, &mut fresh);
+        assert_eq!(event, AdvertiserEvent::None);
+        assert!(!shared.in_use());
+        let proof = proof.expect("the proof, at once");
+        assert_eq!(proof.echo, 0x9999);
+        // Its acknowledgement puts the ports in use.
+        shared.post_ack(proof.nonce, 0x9999);
+        let (_, event) = a.poll(&shared, RETRY_INTERVAL_NS + 2, &mut fresh);
         assert_eq!(event, AdvertiserEvent::InUse(true));
         assert!(shared.in_use());
         // Refreshed every REFRESH_INTERVAL_NS; each acknowledged keeps them in use.
@@ -927,10 +938,12 @@ mod tests {
     fn forged_acknowledgements_cannot_overwrite_a_real_one() {
         let shared = SourcePorts::new(&[40000], 5, COOKIE);
         let mut a = Advertiser::new();
+        let first = a.poll(&shared, 0, || 8).0.unwrap();
+        shared.post_ack(first.nonce, 0x9999);
         let sent = a.poll(&shared, 0, || 9).0.unwrap();
         shared.post_ack(sent.nonce, 0x9999);
         for forged in 1000..2000 {
-            shared.post_ack(forged, 0x9999);
+            shared.post_ack(forged, 0x6666);
         }
         assert_eq!(a.poll(&shared, 1, || 10).1, AdvertiserEvent::InUse(true));
     }
@@ -965,10 +978,7 @@ mod tests {
     fn the_peers_ports_expire_and_a_restart_is_answered_at_once() {
         let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
-        let first = a.poll(&shared, 0, || 5).0.unwrap();
-        shared.post_ack(first.nonce, 0x9999);
-        a.poll(&shared, 1, || 6);
-        assert!(shared.in_use());
+        into_use(&mut a, &shared, 1, 0x9999, 5);
         shared.accept_peer(&advertisement(&[41000], 50));
         a.poll(&shared, 2, || 7);
         // The peer restarted: a new session. Ours go out of use and are advertised at once.
@@ -985,15 +995,41 @@ mod tests {
         assert!(a.next_deadline_ns(&shared) > 4 + PEER_PORTS_FOR_NS);
     }
 
+    /// An acknowledgement that hands a cookie other than the one the advertisement echoed
+    /// (the peer restarted, and took nothing) takes the ports out of use at once, until the
+    /// advertisement that echoes the new cookie is acknowledged: the earlier acknowledgement
+    /// would otherwise keep them in use against a peer that drops them.
+    #[test]
+    fn a_new_cookie_takes_the_ports_out_of_use_until_it_is_echoed() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        into_use(&mut a, &shared, 1, 0x9999, 5);
+        let refresh = a.poll(&shared, 1 + REFRESH_INTERVAL_NS, || 7).0.unwrap();
+        assert_eq!(refresh.echo, 0x9999);
+        shared.post_ack(refresh.nonce, 0x7777);
+        let (proof, event) = a.poll(&shared, 2 + REFRESH_INTERVAL_NS, || 8);
+        assert_eq!(event, AdvertiserEvent::InUse(false));
+        assert!(!shared.in_use());
+        let proof = proof.expect("the proof, at once");
+        assert_eq!(proof.echo, 0x7777);
+        // Still out of use while it is on its way.
+        assert_eq!(
+            a.poll(&shared, 3 + REFRESH_INTERVAL_NS, || 9),
+            (None, AdvertiserEvent::None)
+        );
+        shared.post_ack(proof.nonce, 0x7777);
+        assert_eq!(
+            a.poll(&shared, 4 + REFRESH_INTERVAL_NS, || 9).1,
+            AdvertiserEvent::InUse(true)
+        );
+    }
+
     #[test]
     fn a_moved_peer_starts_over() {
         let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
-        let ad = a.poll(&shared, 0, || 5).0.unwrap();
-        shared.post_ack(ad.nonce, 0x9999);
-        a.poll(&shared, 1, || 6);
+        into_use(&mut a, &shared, 1, 0x9999, 5);
         shared.accept_peer(&advertisement(&[41000], 50));
-        assert!(shared.in_use());
         a.reset(&shared, 10);
         assert!(!shared.in_use() && !shared.accepts(41000));
         assert!(a.poll(&shared, 10, || 7).0.is_some(), "advertised at once");

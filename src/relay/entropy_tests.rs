@@ -164,8 +164,9 @@ fn answer_probes(
     answered
 }
 
-/// Starts `r` (an [`entropy_relay`]) and has the peer acknowledge its advertisement; returns
-/// the control messages of the first batch after, which hold the extra tuples' first probes.
+/// Starts `r` (an [`entropy_relay`]) and has the peer acknowledge its advertisement, and the
+/// one that echoes the cookie that acknowledgement handed; returns the control messages of the
+/// first batch after, which hold the extra tuples' first probes.
 fn acknowledged(r: &mut Relay, b: &FakeBuffers, now: u64) -> Vec<(Vec<u8>, Socket)> {
     r.on_timeout(now);
     let (_, controls) = answer(r, b, now);
@@ -174,6 +175,14 @@ fn acknowledged(r: &mut Relay, b: &FakeBuffers, now: u64) -> Vec<(Vec<u8>, Socke
         .find_map(|(bytes, _)| Advertisement::parse(bytes))
         .expect("an advertisement at the start");
     udp_receive(r, b, PEER.parse().unwrap(), &ports_ack(&advertisement), now);
+    r.on_timeout(now + 500);
+    let (_, controls) = answer(r, b, now + 500);
+    let proof = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .expect("advertised again at once, echoing the cookie");
+    assert_eq!(proof.echo, PEER_COOKIE);
+    udp_receive(r, b, PEER.parse().unwrap(), &ports_ack(&proof), now + 500);
     r.on_timeout(now + 1000);
     answer(r, b, now + 1000).1
 }
@@ -220,13 +229,22 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
     now += 1000;
     r.on_timeout(now);
     let (_, controls) = answer(&mut r, &b, now);
-    assert!(shared.in_use());
-    // The acknowledgement carried the peer's cookie: echoed at once.
+    // The acknowledgement carried the peer's cookie: echoed at once. The peer took nothing
+    // yet (it takes only an advertisement that echoes its cookie): still the listen tuple.
+    assert!(!shared.in_use());
     let proof = controls
         .iter()
         .find_map(|(bytes, _)| Advertisement::parse(bytes))
         .expect("advertised again at once, echoing the cookie");
     assert_eq!(proof.echo, PEER_COOKIE);
+    now += 1000;
+    tun_read(&mut r, &mut b, 1000, now);
+    assert_eq!(answer(&mut r, &b, now).0, vec![Socket::Worker]);
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ports_ack(&proof), now);
+    now += 1000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    assert!(shared.in_use());
     // The extra tuples' path MTU machines ask the peer, each from its own socket.
     let probed: HashSet<Socket> = controls
         .iter()
@@ -472,7 +490,7 @@ fn a_hint_about_an_extra_tuple_is_probed_on_that_tuple() {
 
 /// Issue 22, finding 1, through the relay: a blind spoofer of the peer's address and listen
 /// port cannot take the peer's ports away or fake a restart. Its advertisements (no cookie)
-/// only add ports; the peer's own (echoing the cookie this relay's acknowledgement carried)
+/// change nothing; the peer's own (echoing the cookie this relay's acknowledgement carried)
 /// replace them.
 #[test]
 fn a_forged_advertisement_cannot_remove_the_peers_ports_or_fake_a_restart() {
@@ -485,8 +503,8 @@ fn a_forged_advertisement_cannot_remove_the_peers_ports_or_fake_a_restart() {
     let peer_ad = |ports: &[u16], session, echo| {
         wire_bytes(&Advertisement::new(session ^ echo, session, echo, ports).unwrap())
     };
-    // The peer's first advertisement knows no cookie: its ports are added, and the answer
-    // hands it the cookie.
+    // The peer's first advertisement knows no cookie: its ports are not taken, and the
+    // answer hands it the cookie.
     udp_receive(
         &mut r,
         &b,
@@ -502,7 +520,10 @@ fn a_forged_advertisement_cannot_remove_the_peers_ports_or_fake_a_restart() {
         .collect();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].cookie, OWN_COOKIE);
-    assert!(shared.accepts(50000) && shared.accepts(50001));
+    assert!(
+        !shared.accepts(50000) && !shared.accepts(50001),
+        "ports taken without the cookie"
+    );
     assert_eq!(r.stats().path.peer_ports_unproven, 1);
     // Proven: the peer's set becomes exactly what it names.
     udp_receive(

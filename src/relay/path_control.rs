@@ -318,7 +318,7 @@ impl Relay {
             PeerAdvertisement::Proven { .. } => {
                 self.stats.path.peer_ports_accepted += 1;
             }
-            PeerAdvertisement::Unproven { .. } => {
+            PeerAdvertisement::Unproven => {
                 self.stats.path.peer_ports_unproven += 1;
             }
         }
