@@ -37,7 +37,8 @@
 //! An attacker off the path who knows the tunnel's outer 4-tuple can send datagrams with the
 //! peer's address and listen port (a blind spoofer), but sees nothing the relays send. An
 //! advertisement proves it comes from the peer only by echoing this relay's cookie: a random
-//! u64 for this run ([`SourcePorts::cookie`]) that this relay sends to the peer alone, in every
+//! u64 ([`SourcePorts::cookie`], replaced every 2 to 4 minutes, the one before still taken, so
+//! that one seen proves nothing for long: [`COOKIE_LIFETIME_NS`]) that this relay sends to the peer alone, in every
 //! acknowledgement of an advertisement (kind 4). The advertiser takes a cookie only from an
 //! acknowledgement that echoes the random nonce of one of its own advertisements, so a blind
 //! spoofer can neither read a cookie nor plant one. A proven advertisement replaces the
@@ -81,6 +82,11 @@ pub const TUPLE_CONFIRMED_FOR_NS: u64 = 3 * REFRESH_INTERVAL_NS;
 /// How long the peer's advertised ports are accepted without a fresh advertisement: four of its
 /// refreshes. A port the peer no longer holds could be bound by anyone on its host.
 pub const PEER_PORTS_FOR_NS: u64 = 4 * REFRESH_INTERVAL_NS;
+/// A relay's cookie is replaced by a fresh random one after this, plus a random part of as much
+/// again (2 to 4 minutes), and the one before is still taken until the next replacement: a
+/// cookie seen once (by an attacker on the path, in one acknowledgement) proves advertisements
+/// for 8 minutes at most, not for the life of the process.
+pub const COOKIE_LIFETIME_NS: u64 = 120_000_000_000;
 /// A restart of the peer (a proven advertisement with a new session) is acted on at most this
 /// often; one that comes sooner waits.
 pub const RESTART_INTERVAL_NS: u64 = 10_000_000_000;
@@ -144,9 +150,11 @@ pub struct SourcePorts {
     own: Box<[u16]>,
     /// Random, for this run: it tells the peer that a restart happened.
     session: u64,
-    /// Random, for this run, never 0: sent to the peer in acknowledgements of its
-    /// advertisements, which prove their origin by echoing it (see the threat model above).
-    cookie: u64,
+    /// Random, never 0, replaced every few minutes ([`COOKIE_LIFETIME_NS`]): sent to the peer in
+    /// acknowledgements of its advertisements, which prove their origin by echoing it or the
+    /// one before, `previous_cookie` (0: none yet) (see the threat model above).
+    cookie: AtomicU64,
+    previous_cookie: AtomicU64,
     /// The peer acknowledged an advertisement of `own`: workers send from them.
     in_use: AtomicBool,
     /// Per extra tuple, one bit: the peer acknowledged a probe sent from it lately
@@ -206,7 +214,8 @@ impl SourcePorts {
             tuple_hints: (0..own.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
             own,
             session,
-            cookie: cookie.max(1),
+            cookie: AtomicU64::new(cookie.max(1)),
+            previous_cookie: AtomicU64::new(0),
             in_use: AtomicBool::new(false),
             confirmed: AtomicU32::new(0),
             acked_nonce: AtomicU64::new(0),
@@ -230,7 +239,22 @@ impl SourcePorts {
 
     /// This relay's cookie, for its acknowledgements of the peer's advertisements.
     pub fn cookie(&self) -> u64 {
-        self.cookie
+        self.cookie.load(Ordering::Relaxed)
+    }
+
+    /// Whether an advertisement that echoes `echo` proves it comes from the peer: `echo` is
+    /// this relay's cookie, or the one before it (the peer may not have seen the new one yet).
+    pub fn proves(&self, echo: u64) -> bool {
+        echo != 0
+            && (echo == self.cookie.load(Ordering::Relaxed)
+                || echo == self.previous_cookie.load(Ordering::Relaxed))
+    }
+
+    /// Replaces this relay's cookie with `fresh` (0 is taken as 1); the one it replaces is still
+    /// taken until the next replacement.
+    fn rotate_cookie(&self, fresh: u64) {
+        let before = self.cookie.swap(fresh.max(1), Ordering::Relaxed);
+        self.previous_cookie.store(before, Ordering::Relaxed);
     }
 
     /// The length of this relay's advertisement datagram.
@@ -280,7 +304,7 @@ impl SourcePorts {
     /// cookie replaces the ports the peer advertised before, and tells whether the peer
     /// restarted; one that does not changes nothing (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
-        if advertisement.echo != self.cookie {
+        if !self.proves(advertisement.echo) {
             return PeerAdvertisement::Unproven;
         }
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,6 +448,8 @@ pub struct Advertiser {
     peer_accepted_at_ns: Option<u64>,
     /// When a restart of the peer was last acted on.
     restart_at_ns: Option<u64>,
+    /// When this relay's cookie is replaced next (`None`: not set yet, at the first poll).
+    rotate_cookie_at_ns: Option<u64>,
     in_use: bool,
     /// Advertisements sent, and acknowledged; restarts of the peer acted on.
     pub sent: u64,
@@ -451,6 +477,7 @@ impl Advertiser {
             peer_refreshes_seen: 0,
             peer_accepted_at_ns: None,
             restart_at_ns: None,
+            rotate_cookie_at_ns: None,
             in_use: false,
             sent: 0,
             acked: 0,
@@ -466,13 +493,25 @@ impl Advertiser {
 
     /// Runs what is due at `now_ns` against the shared state: takes an acknowledgement, expires
     /// the ports in use or the peer's, and returns the advertisement to send now, if one is due
-    /// (`nonce` is asked for a fresh random number). Also says when the ports in use changed.
+    /// (`nonce` is asked for fresh random numbers). Also says when the ports in use changed, and
+    /// replaces this relay's cookie when its time came.
     pub fn poll(
         &mut self,
         shared: &SourcePorts,
         now_ns: u64,
-        nonce: impl FnOnce() -> u64,
+        mut nonce: impl FnMut() -> u64,
     ) -> (Option<Advertisement>, AdvertiserEvent) {
+        match self.rotate_cookie_at_ns {
+            Some(at) if now_ns >= at => {
+                shared.rotate_cookie(nonce());
+                self.rotate_cookie_at_ns = None;
+            }
+            _ => {}
+        }
+        if self.rotate_cookie_at_ns.is_none() {
+            self.rotate_cookie_at_ns =
+                Some(now_ns + COOKIE_LIFETIME_NS + nonce() % COOKIE_LIFETIME_NS);
+        }
         let acked = shared.acked_nonce.swap(0, Ordering::Relaxed);
         if acked != 0 && (acked == self.nonce || acked == self.previous_nonce) {
             let echoed = if acked == self.nonce {
@@ -569,6 +608,9 @@ impl Advertiser {
     /// When `poll` must run next at the latest.
     pub fn next_deadline_ns(&self, shared: &SourcePorts) -> u64 {
         let mut at = self.next_send_ns;
+        if let Some(rotate) = self.rotate_cookie_at_ns {
+            at = at.min(rotate);
+        }
         if let Some(acked) = self.acked_at_ns {
             at = at.min(acked + IN_USE_FOR_NS + 1);
         }
@@ -586,6 +628,7 @@ impl Advertiser {
     /// The peer moved to another address: nothing it acknowledged or advertised holds.
     pub fn reset(&mut self, shared: &SourcePorts, now_ns: u64) {
         *self = Advertiser {
+            rotate_cookie_at_ns: self.rotate_cookie_at_ns,
             sent: self.sent,
             acked: self.acked,
             restarts: self.restarts,
@@ -1022,6 +1065,60 @@ mod tests {
             a.poll(&shared, 4 + REFRESH_INTERVAL_NS, || 9).1,
             AdvertiserEvent::InUse(true)
         );
+    }
+
+    /// The cookie is replaced after COOKIE_LIFETIME_NS plus a random part of as much again,
+    /// at a random time each run; an advertisement that echoes the one before is still proven
+    /// (the peer learns the new one from the next acknowledgement), one that echoes the one
+    /// before that is not: a cookie seen once proves nothing after two replacements.
+    #[test]
+    fn the_cookie_is_replaced_every_few_minutes_and_the_one_before_still_taken() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        let mut random = 7u64;
+        let mut fresh = || {
+            random = random
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            random
+        };
+        let mut now = 0;
+        let mut cookies = vec![shared.cookie()];
+        let mut replaced_at = vec![0];
+        // Six replacements take 24 minutes at most: 3000 half seconds.
+        for _ in 0..3000 {
+            now += S / 2;
+            a.poll(&shared, now, &mut fresh);
+            assert!(a.next_deadline_ns(&shared) > now, "a deadline behind now");
+            if shared.cookie() != *cookies.last().unwrap() {
+                cookies.push(shared.cookie());
+                replaced_at.push(now);
+                let [older @ .., before, current] = &cookies[..] else {
+                    unreachable!()
+                };
+                assert!(shared.proves(*current) && shared.proves(*before));
+                for old in older {
+                    assert!(!shared.proves(*old), "a cookie two replacements old");
+                    let stale = Advertisement::new(3, 1, *old, &[50000]).unwrap();
+                    assert_eq!(shared.accept_peer(&stale), PeerAdvertisement::Unproven);
+                }
+                let late = Advertisement::new(4, 1, *before, &[41000]).unwrap();
+                assert!(matches!(
+                    shared.accept_peer(&late),
+                    PeerAdvertisement::Proven { .. }
+                ));
+            }
+        }
+        assert!(replaced_at.len() >= 6, "replaced at {replaced_at:?}");
+        let gaps: Vec<u64> = replaced_at.windows(2).map(|w| w[1] - w[0]).collect();
+        for gap in &gaps {
+            assert!(
+                (COOKIE_LIFETIME_NS..=2 * COOKIE_LIFETIME_NS + S).contains(gap),
+                "{gaps:?}"
+            );
+        }
+        assert!(gaps.windows(2).any(|w| w[0] != w[1]), "random: {gaps:?}");
+        assert!(!shared.accepts(50000));
     }
 
     #[test]

@@ -272,7 +272,6 @@ impl Relay {
         // The advertisements, each paired with its message (they are in the same order): the
         // ones that echo this relay's cookie first, so that none forged without it, coalesced
         // ahead in the same receive, takes the place or the control slot of the peer's own.
-        let cookie = self.source_ports.cookie();
         for proven in [true, false] {
             let mut next = 0;
             for i in 0..count {
@@ -282,7 +281,7 @@ impl Relay {
                 }
                 let advertisement = &advertisements[next];
                 next += 1;
-                if (advertisement.echo == cookie) == proven {
+                if self.source_ports.proves(advertisement.echo) == proven {
                     self.take_advertisement(message, advertisement, from_listen);
                 }
             }
