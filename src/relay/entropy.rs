@@ -414,6 +414,16 @@ impl SourcePorts {
     }
 }
 
+/// The wait before the next refresh of an acknowledged advertisement: [`REFRESH_INTERVAL_NS`]
+/// give or take a quarter, uniformly, from `random` (the advertisement's random nonce), so that
+/// refreshes cannot be foreseen to the nanosecond nor fall into step with other timers (RFC 8085
+/// section 3.1.5 asks the same of periodic messages). At most 2.5 s: three of them still fit in
+/// [`IN_USE_FOR_NS`] and [`PEER_PORTS_FOR_NS`].
+fn refresh_interval_ns(random: u64) -> u64 {
+    const SPREAD_NS: u64 = REFRESH_INTERVAL_NS / 2;
+    REFRESH_INTERVAL_NS - SPREAD_NS / 2 + random % (SPREAD_NS + 1)
+}
+
 /// What the advertiser asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdvertiserEvent {
@@ -581,7 +591,7 @@ impl Advertiser {
         self.sent += 1;
         self.next_send_ns = now_ns
             + if self.acked_at_ns.is_some() {
-                REFRESH_INTERVAL_NS
+                refresh_interval_ns(self.nonce)
             } else {
                 let wait = self.retry_ns;
                 self.retry_before_ns = wait;
@@ -647,6 +657,8 @@ mod tests {
     use crate::steer;
 
     const S: u64 = 1_000_000_000;
+    /// The latest a refresh is due after the one before (it is jittered).
+    const LATEST_REFRESH_NS: u64 = REFRESH_INTERVAL_NS * 5 / 4;
 
     #[test]
     fn tuples_fit_the_socket_budget_and_a_port_range_is_spread_over() {
@@ -845,7 +857,7 @@ mod tests {
         let (none, event) = a.poll(&shared, 3, || 8);
         assert!(none.is_none());
         assert_eq!(event, AdvertiserEvent::InUse(true));
-        let refresh = a.poll(&shared, 2 + REFRESH_INTERVAL_NS, || 9).0.unwrap();
+        let refresh = a.poll(&shared, 2 + LATEST_REFRESH_NS, || 9).0.unwrap();
         assert_eq!(refresh.echo, 0x5eed);
     }
 
@@ -938,7 +950,7 @@ mod tests {
         // Refreshed every REFRESH_INTERVAL_NS; each acknowledged keeps them in use.
         let mut now = RETRY_INTERVAL_NS + 1;
         for _ in 0..5 {
-            now += REFRESH_INTERVAL_NS;
+            now += LATEST_REFRESH_NS;
             let (ad, event) = a.poll(&shared, now, &mut fresh);
             assert_eq!(event, AdvertiserEvent::None);
             shared.post_ack(ad.expect("a refresh").nonce, 0x9999);
@@ -1047,22 +1059,22 @@ mod tests {
         let shared = SourcePorts::new(&[40000], 1, COOKIE);
         let mut a = Advertiser::new();
         into_use(&mut a, &shared, 1, 0x9999, 5);
-        let refresh = a.poll(&shared, 1 + REFRESH_INTERVAL_NS, || 7).0.unwrap();
+        let refresh = a.poll(&shared, 1 + LATEST_REFRESH_NS, || 7).0.unwrap();
         assert_eq!(refresh.echo, 0x9999);
         shared.post_ack(refresh.nonce, 0x7777);
-        let (proof, event) = a.poll(&shared, 2 + REFRESH_INTERVAL_NS, || 8);
+        let (proof, event) = a.poll(&shared, 2 + LATEST_REFRESH_NS, || 8);
         assert_eq!(event, AdvertiserEvent::InUse(false));
         assert!(!shared.in_use());
         let proof = proof.expect("the proof, at once");
         assert_eq!(proof.echo, 0x7777);
         // Still out of use while it is on its way.
         assert_eq!(
-            a.poll(&shared, 3 + REFRESH_INTERVAL_NS, || 9),
+            a.poll(&shared, 3 + LATEST_REFRESH_NS, || 9),
             (None, AdvertiserEvent::None)
         );
         shared.post_ack(proof.nonce, 0x7777);
         assert_eq!(
-            a.poll(&shared, 4 + REFRESH_INTERVAL_NS, || 9).1,
+            a.poll(&shared, 4 + LATEST_REFRESH_NS, || 9).1,
             AdvertiserEvent::InUse(true)
         );
     }
@@ -1119,6 +1131,43 @@ mod tests {
         }
         assert!(gaps.windows(2).any(|w| w[0] != w[1]), "random: {gaps:?}");
         assert!(!shared.accepts(50000));
+    }
+
+    /// Refreshes come REFRESH_INTERVAL_NS apart give or take a quarter, never two the same
+    /// distance apart in a row here (random nonces), and the ports stay in use throughout.
+    #[test]
+    fn refreshes_are_jittered_within_a_quarter_of_their_interval() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        into_use(&mut a, &shared, 1, 0x9999, 5);
+        let mut random = 11u64;
+        let mut fresh = || {
+            random = random
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            random >> 1
+        };
+        let mut sent_at = Vec::new();
+        let mut now = 1;
+        for _ in 0..2000 {
+            now += S / 100;
+            let (ad, event) = a.poll(&shared, now, &mut fresh);
+            assert_eq!(event, AdvertiserEvent::None, "in use throughout");
+            if let Some(ad) = ad {
+                sent_at.push(now);
+                shared.post_ack(ad.nonce, 0x9999);
+            }
+        }
+        let gaps: Vec<u64> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 5, "{gaps:?}");
+        for gap in &gaps {
+            // Polled every 10 ms: a refresh is seen up to that late.
+            assert!(
+                (REFRESH_INTERVAL_NS * 3 / 4..=LATEST_REFRESH_NS + S / 100).contains(gap),
+                "{gaps:?}"
+            );
+        }
+        assert!(gaps.windows(2).all(|w| w[0] != w[1]), "{gaps:?}");
     }
 
     #[test]
