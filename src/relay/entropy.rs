@@ -90,6 +90,12 @@ pub const COOKIE_LIFETIME_NS: u64 = 120_000_000_000;
 /// A restart of the peer (a proven advertisement with a new session) is acted on at most this
 /// often; one that comes sooner waits.
 pub const RESTART_INTERVAL_NS: u64 = 10_000_000_000;
+/// A sign that the peer may have restarted, which proves nothing (an advertisement without the
+/// cookie that names another session than the peer's), makes this relay send from its listen
+/// tuple and advertise at once at most this often: it may be forged, so what it can cost is
+/// bounded to one advertisement a second, to the peer's address, and a moment on the listen
+/// tuple, which the peer always accepts.
+pub const RESTART_HINT_INTERVAL_NS: u64 = 1_000_000_000;
 /// Extra outer tuples a relay sends from, at most: as many receive queues as a NIC's RSS
 /// commonly has, few enough that every worker can hold a socket for each. An advertisement names
 /// at most this many ports (`wire::control::MAX_PORTS`).
@@ -180,6 +186,11 @@ pub struct SourcePorts {
     /// The peer's session changed (it restarted): advertise again. Taken by the advertiser, at
     /// most once per [`RESTART_INTERVAL_NS`].
     peer_restarted: AtomicBool,
+    /// An unproven advertisement named a session other than the peer's (it may have
+    /// restarted, and then drops whatever this relay sends from its extra ports): send from the
+    /// listen tuple and advertise again. Taken by the advertiser, at most once per
+    /// [`RESTART_HINT_INTERVAL_NS`].
+    peer_restart_hinted: AtomicBool,
     /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while it carries no
     /// flows (not in use, or not confirmed).
     tuple_working: Box<[AtomicU32]>,
@@ -225,6 +236,7 @@ impl SourcePorts {
             peer: Mutex::new(PeerPorts::default()),
             peer_refreshes: AtomicU64::new(0),
             peer_restarted: AtomicBool::new(false),
+            peer_restart_hinted: AtomicBool::new(false),
         }
     }
 
@@ -304,10 +316,13 @@ impl SourcePorts {
     /// cookie replaces the ports the peer advertised before, and tells whether the peer
     /// restarted; one that does not changes nothing (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
+        let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         if !self.proves(advertisement.echo) {
+            if peer.session != Some(advertisement.session) {
+                self.peer_restart_hinted.store(true, Ordering::Relaxed);
+            }
             return PeerAdvertisement::Unproven;
         }
-        let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
         // New bits first, then the old ones that went: a port in both is never unset.
         for port in new {
@@ -458,6 +473,8 @@ pub struct Advertiser {
     peer_accepted_at_ns: Option<u64>,
     /// When a restart of the peer was last acted on.
     restart_at_ns: Option<u64>,
+    /// When a hint of one was last acted on.
+    restart_hint_at_ns: Option<u64>,
     /// When this relay's cookie is replaced next (`None`: not set yet, at the first poll).
     rotate_cookie_at_ns: Option<u64>,
     in_use: bool,
@@ -487,6 +504,7 @@ impl Advertiser {
             peer_refreshes_seen: 0,
             peer_accepted_at_ns: None,
             restart_at_ns: None,
+            restart_hint_at_ns: None,
             rotate_cookie_at_ns: None,
             in_use: false,
             sent: 0,
@@ -565,6 +583,19 @@ impl Advertiser {
             self.retry_ns = RETRY_INTERVAL_NS;
         }
         if self
+            .restart_hint_at_ns
+            .is_none_or(|at| now_ns >= at + RESTART_HINT_INTERVAL_NS)
+            && shared.peer_restart_hinted.swap(false, Ordering::Relaxed)
+        {
+            // Perhaps a restart (perhaps a forgery): the listen tuple, which the peer accepts
+            // whatever it holds, until an advertisement that echoes the cookie the peer answers
+            // this one with is acknowledged; a forgery costs this and one advertisement.
+            self.restart_hint_at_ns = Some(now_ns);
+            self.acked_at_ns = None;
+            self.next_send_ns = now_ns;
+            self.retry_ns = RETRY_INTERVAL_NS;
+        }
+        if self
             .acked_at_ns
             .is_some_and(|at| now_ns.saturating_sub(at) > IN_USE_FOR_NS)
         {
@@ -631,6 +662,12 @@ impl Advertiser {
             && shared.peer_restarted.load(Ordering::Relaxed)
         {
             at = at.min(restart + RESTART_INTERVAL_NS);
+        }
+        if shared.peer_restart_hinted.load(Ordering::Relaxed) {
+            at = at.min(
+                self.restart_hint_at_ns
+                    .map_or(0, |hint| hint + RESTART_HINT_INTERVAL_NS),
+            );
         }
         at
     }
@@ -1168,6 +1205,50 @@ mod tests {
             );
         }
         assert!(gaps.windows(2).all(|w| w[0] != w[1]), "{gaps:?}");
+    }
+
+    /// A restarted peer's first advertisement cannot echo the cookie, but names a new session:
+    /// this relay sends from its listen tuple at once (the peer holds none of its ports) and
+    /// advertises, so the peer answers with its new cookie within a round trip. Anyone can send
+    /// such a thing, so it costs at most that, once per RESTART_HINT_INTERVAL_NS: no port is
+    /// added, none of the peer's removed, no restart taken.
+    #[test]
+    fn an_unproven_advertisement_of_a_new_session_falls_back_to_the_listen_tuple_at_once() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        into_use(&mut a, &shared, 1, 0x9999, 5);
+        shared.accept_peer(&advertisement(&[41000], 50));
+        let unproven = |session| Advertisement::new(3, session, 0, &[42000]).unwrap();
+        // The peer's own session, unproven (a stale cookie): nothing.
+        shared.accept_peer(&unproven(50));
+        assert_eq!(a.poll(&shared, 2, || 6), (None, AdvertiserEvent::None));
+        // Another session: out of use, and advertised at once.
+        shared.accept_peer(&unproven(51));
+        let (ad, event) = a.poll(&shared, 3, || 7);
+        assert_eq!(event, AdvertiserEvent::InUse(false));
+        assert!(!shared.in_use());
+        assert_eq!(ad.map(|ad| ad.echo), Some(0x9999));
+        assert!(shared.accepts(41000) && !shared.accepts(42000));
+        assert_eq!(a.restarts, 0, "no restart taken");
+        // The restarted peer answers with its new cookie; the advertisement echoing it is
+        // acknowledged: in use again.
+        shared.post_ack(7, 0x7777);
+        let proof = a.poll(&shared, 4, || 8).0.expect("the proof, at once");
+        assert_eq!(proof.echo, 0x7777);
+        shared.post_ack(8, 0x7777);
+        assert_eq!(a.poll(&shared, 5, || 9).1, AdvertiserEvent::InUse(true));
+        // More of them within a second: one advertisement more at most, once the second passed.
+        let mut sent = 0;
+        let mut now = 5;
+        for session in 60..100 {
+            now += S / 20;
+            shared.accept_peer(&unproven(session));
+            assert!(a.next_deadline_ns(&shared) > now || now >= 3 + RESTART_HINT_INTERVAL_NS);
+            sent += u32::from(a.poll(&shared, now, || session).0.is_some());
+        }
+        assert!(now < 3 + 3 * RESTART_HINT_INTERVAL_NS);
+        assert!(sent <= 2, "{sent} advertisements in two seconds");
+        assert!(shared.accepts(41000) && !shared.accepts(42000));
     }
 
     #[test]
