@@ -53,6 +53,13 @@
 //! from the listen port, and then send as the peer without spoofing. An attacker on the path sees the cookie, and can
 //! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
 //!
+//! An unproven advertisement that names a session other than the peer's (a restarted peer's
+//! first, which holds none of this relay's ports) makes this relay send from its listen tuple and
+//! advertise at once, at most once per [`RESTART_HINT_INTERVAL_NS`]: a forgery of it costs no
+//! more than that, and the listen tuple is accepted whatever the peer holds. An acknowledgement
+//! that hands a new cookie (the peer restarted, or replaced it) takes this relay's ports out of
+//! use until the advertisement that echoes it is acknowledged.
+//!
 //! The peer's ports are published in a bitmap of atomics that every worker reads without a lock
 //! (one load per receive); whichever worker takes an advertisement writes it, under a lock that
 //! only writers take (a control message, a few a minute).
