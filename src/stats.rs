@@ -331,7 +331,8 @@ counters! {
         /// With `--entropy off` nothing would expire the peer's ports, so none are taken.
         peer_ports_ignored => "Advertisements of the peer's source ports not taken: this relay runs with --entropy off.",
         /// Without the echo of this relay's cookie (a restarted peer's first, or forged): they
-        /// may only add ports, never remove or replace them, nor tell of a restart.
+        /// change nothing; one naming another session than the peer's makes this relay send from
+        /// its listen tuple and advertise, at most once a second (`relay::entropy`).
         peer_ports_unproven => "Advertisements of the peer's source ports that did not echo this relay's cookie: answered with it, not taken.",
         /// Rate-limited (`relay::entropy::RESTART_INTERVAL_NS`); on the one worker that
         /// advertises.
