@@ -438,8 +438,8 @@ impl SourcePorts {
 
 /// The wait before the next refresh of an acknowledged advertisement: [`REFRESH_INTERVAL_NS`]
 /// give or take a quarter, uniformly, from `random` (the advertisement's random nonce), so that
-/// refreshes cannot be foreseen to the nanosecond nor fall into step with other timers (RFC 8085
-/// section 3.1.5 asks the same of periodic messages). At most 2.5 s: three of them still fit in
+/// refreshes cannot be foreseen to the nanosecond nor fall into step with other timers (RFC 3550
+/// section 6.2 randomizes its reports' interval for that reason). At most 2.5 s: three of them still fit in
 /// [`IN_USE_FOR_NS`] and [`PEER_PORTS_FOR_NS`].
 fn refresh_interval_ns(random: u64) -> u64 {
     const SPREAD_NS: u64 = REFRESH_INTERVAL_NS / 2;
