@@ -387,11 +387,11 @@ impl Plpmtud {
             nonce: nonce(),
             size,
         };
+        self.jitter_seed = probe.nonce;
         if let Some(interval) = self.keepalive_ns {
             // Any probe checks delivery: the next keepalive only after a quiet interval.
-            self.next_keepalive_ns = now_ns + interval;
+            self.next_keepalive_ns = now_ns + self.keepalive_gap_ns(interval);
         }
-        self.jitter_seed = probe.nonce;
         let timeout_ns = self.timeout_ns();
         self.outstanding = Some(Outstanding {
             probe,
@@ -508,8 +508,16 @@ impl Plpmtud {
         if now_ns < self.next_keepalive_ns {
             return None;
         }
-        self.next_keepalive_ns = now_ns + interval;
+        self.next_keepalive_ns = now_ns + self.keepalive_gap_ns(interval);
         Some((Purpose::Hello, self.limits.hello))
+    }
+
+    /// The quiet time before the next keepalive: `interval` give or take a quarter, uniformly
+    /// (RFC 8085 section 3.1.5 asks periodic messages to be jittered), so that neither the
+    /// relays' keepalives fall into step nor an observer can tell to the nanosecond when the
+    /// next one goes.
+    fn keepalive_gap_ns(&mut self, interval: u64) -> u64 {
+        interval - interval / 4 + self.jitter_ns(interval / 2 + 1)
     }
 
     fn on_failure(&mut self, out: Outstanding, now_ns: u64) {
@@ -1042,6 +1050,38 @@ mod tests {
             gaps.insert(now);
         }
         assert!(gaps.len() > 5, "retry times {gaps:?}");
+    }
+
+    /// A tuple's keepalives come `keepalive_ns` apart give or take a quarter, at random.
+    #[test]
+    fn keepalives_are_jittered_within_a_quarter() {
+        const KEEPALIVE: u64 = 2_000 * MS;
+        let mut gaps = std::collections::BTreeSet::new();
+        for seed in 1..40u64 {
+            let mut m = Plpmtud::for_tuple(LIMITS, KEEPALIVE);
+            let mut path = Path::new(1500);
+            // Settle: the start's probes answered, then keepalives alone.
+            path.run(&mut m, 0, 5_000 * MS);
+            let mut now = 5_000 * MS;
+            let mut sent = Vec::new();
+            while sent.len() < 3 && now < 20_000 * MS {
+                if let Some(probe) = m.poll(now, || seed * 7919 + now) {
+                    m.on_ack(probe.nonce, now + MS);
+                    sent.push(now);
+                }
+                now += MS;
+            }
+            assert_eq!(sent.len(), 3, "seed {seed}: keepalives at {sent:?}");
+            for pair in sent.windows(2) {
+                let gap = pair[1] - pair[0];
+                assert!(
+                    (KEEPALIVE * 3 / 4..=KEEPALIVE * 5 / 4 + MS).contains(&gap),
+                    "seed {seed}: a keepalive {gap} ns after the last"
+                );
+                gaps.insert(gap);
+            }
+        }
+        assert!(gaps.len() > 20, "keepalive gaps {gaps:?}");
     }
 
     /// With a machine per outer tuple, an acknowledgement is kept only in the slot of the
