@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use tunfwd_testkit::testbed::{self, Host, Process, Testbed, engine_lines, parse_json};
+use tunfwd_testkit::testbed::{self, Host, Process, Testbed, engine_lines};
 
 /// Held by every test that starts tunfwd far enough to probe io_uring.
 static IO_URING: Mutex<()> = Mutex::new(());
@@ -185,23 +185,9 @@ fn with_io_uring_allowed_auto_runs_uring() {
         );
         assert!(relay.io_uring_instances() > 0, "{name}: {stderr}");
     }
-    let out = bed
-        .tunload(
-            Host::A,
-            "ping",
-            &[
-                "ping",
-                "--to",
-                testbed::B_TUNNEL4,
-                "--count",
-                "3",
-                "--interval-ms",
-                "20",
-            ],
-            Duration::from_secs(20),
-        )
+    let pinged = bed
+        .tunload_ping(Host::A, testbed::B_TUNNEL4, 3, 20, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("ping over uring relays: {e}"));
-    let pinged = parse_json(&out).unwrap();
     assert_eq!(pinged["received"], 3, "{pinged}");
     stop(&bed, a, "tunfwd-a");
     stop(&bed, b, "tunfwd-b");

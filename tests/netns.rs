@@ -206,23 +206,8 @@ fn settled_report(path: &Path) -> Value {
 }
 
 fn ping(bed: &Testbed, from: Host, to: &str, count: u32) -> Value {
-    let out = bed
-        .tunload(
-            from,
-            &format!("ping-{to}"),
-            &[
-                "ping",
-                "--to",
-                to,
-                "--count",
-                &count.to_string(),
-                "--interval-ms",
-                "20",
-            ],
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|e| panic!("ping {to}: {e}"));
-    parse_json(&out).unwrap()
+    bed.tunload_ping(from, to, count, 20, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("ping {to}: {e}"))
 }
 
 /// Sends `bytes` per stream over TCP from `from` to the sink on `to_host` at `to_addr`, verified.

@@ -137,6 +137,30 @@ fn config(bed: &Testbed, name: &str, own: &Keys, port: u16, peer: &PeerSpec) -> 
     path
 }
 
+/// A's configuration (`a.conf`) with `own` keys and one peer, `peer_public`, at B's overlay
+/// addresses and B's endpoint.
+fn a_side(bed: &Testbed, own: &Keys, peer_public: &str) -> PathBuf {
+    let peer = PeerSpec {
+        public: peer_public,
+        tunnel4: B_TUNNEL4,
+        tunnel6: B_TUNNEL6,
+        endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
+    };
+    config(bed, "a.conf", own, A_PORT, &peer)
+}
+
+/// B's configuration (`b.conf`) with `own` keys and one peer, `peer_public`, at A's overlay
+/// addresses; with A's endpoint when `endpoint`, else B learns it from A's initiation.
+fn b_side(bed: &Testbed, own: &Keys, peer_public: &str, endpoint: bool) -> PathBuf {
+    let peer = PeerSpec {
+        public: peer_public,
+        tunnel4: A_TUNNEL4,
+        tunnel6: A_TUNNEL6,
+        endpoint: endpoint.then(|| format!("{A_UNDERLAY}:{A_PORT}")),
+    };
+    config(bed, "b.conf", own, B_PORT, &peer)
+}
+
 struct PeerSpec<'a> {
     public: &'a str,
     tunnel4: &'a str,
@@ -306,30 +330,7 @@ fn interop_with_wireguard_go(initiator: Host) {
     let _serial = serially();
     let bed = testbed();
     let (a, b) = (keys(), keys());
-    let a_config = config(
-        &bed,
-        "a.conf",
-        &a,
-        A_PORT,
-        &PeerSpec {
-            public: &b.public,
-            tunnel4: B_TUNNEL4,
-            tunnel6: B_TUNNEL6,
-            endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
-        },
-    );
-    let b_config = config(
-        &bed,
-        "b.conf",
-        &b,
-        B_PORT,
-        &PeerSpec {
-            public: &a.public,
-            tunnel4: A_TUNNEL4,
-            tunnel6: A_TUNNEL6,
-            endpoint: Some(format!("{A_UNDERLAY}:{A_PORT}")),
-        },
-    );
+    let (a_config, b_config) = pair_configs(&bed, &a, &b, None);
     let relay = start_tunfwd(&bed, Host::A, &a_config, &[]);
     let _peer = start_wireguard_go(&bed, Host::B, &b_config);
     let (first, other, first_to, other_to) = match initiator {
@@ -384,31 +385,9 @@ fn tunfwd_to_tunfwd_at_two_queues() {
     let _serial = serially();
     let bed = testbed();
     let (a, b) = (keys(), keys());
-    let a_config = config(
-        &bed,
-        "a.conf",
-        &a,
-        A_PORT,
-        &PeerSpec {
-            public: &b.public,
-            tunnel4: B_TUNNEL4,
-            tunnel6: B_TUNNEL6,
-            endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
-        },
-    );
+    let a_config = a_side(&bed, &a, &b.public);
     // B knows no endpoint: it learns A's from A's initiation (roaming).
-    let b_config = config(
-        &bed,
-        "b.conf",
-        &b,
-        B_PORT,
-        &PeerSpec {
-            public: &a.public,
-            tunnel4: A_TUNNEL4,
-            tunnel6: A_TUNNEL6,
-            endpoint: None,
-        },
-    );
+    let b_config = b_side(&bed, &b, &a.public, false);
     let relay_a = start_tunfwd(&bed, Host::A, &a_config, &["--queues", "2"]);
     let relay_b = start_tunfwd(&bed, Host::B, &b_config, &["--queues", "2"]);
     ping(&bed, Host::A, B_TUNNEL4);
@@ -437,31 +416,9 @@ fn a_peer_with_the_wrong_key_gets_nothing_in() {
     let _serial = serially();
     let bed = testbed();
     let (a, b, stranger) = (keys(), keys(), keys());
-    let a_config = config(
-        &bed,
-        "a.conf",
-        &a,
-        A_PORT,
-        &PeerSpec {
-            public: &b.public,
-            tunnel4: B_TUNNEL4,
-            tunnel6: B_TUNNEL6,
-            endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
-        },
-    );
+    let a_config = a_side(&bed, &a, &b.public);
     // B runs with the stranger's key but claims A as its peer, as an impostor of B would.
-    let b_config = config(
-        &bed,
-        "b.conf",
-        &stranger,
-        B_PORT,
-        &PeerSpec {
-            public: &a.public,
-            tunnel4: A_TUNNEL4,
-            tunnel6: A_TUNNEL6,
-            endpoint: Some(format!("{A_UNDERLAY}:{A_PORT}")),
-        },
-    );
+    let b_config = b_side(&bed, &stranger, &a.public, true);
     let relay = start_tunfwd(&bed, Host::A, &a_config, &[]);
     let _impostor = start_wireguard_go(&bed, Host::B, &b_config);
     let out = Command::new("ip")
@@ -493,18 +450,7 @@ fn a_peer_with_the_wrong_key_gets_nothing_in() {
 /// The two configurations of A (tunfwd) and B, each with the other as its peer; A's with `FwMark
 /// = fwmark` when given, and B's with A's endpoint.
 fn pair_configs(bed: &Testbed, a: &Keys, b: &Keys, fwmark: Option<&str>) -> (PathBuf, PathBuf) {
-    let a_config = config(
-        bed,
-        "a.conf",
-        a,
-        A_PORT,
-        &PeerSpec {
-            public: &b.public,
-            tunnel4: B_TUNNEL4,
-            tunnel6: B_TUNNEL6,
-            endpoint: Some(format!("{B_UNDERLAY}:{B_PORT}")),
-        },
-    );
+    let a_config = a_side(bed, a, &b.public);
     if let Some(mark) = fwmark {
         let text = fs::read_to_string(&a_config).unwrap().replacen(
             "[Interface]\n",
@@ -513,18 +459,7 @@ fn pair_configs(bed: &Testbed, a: &Keys, b: &Keys, fwmark: Option<&str>) -> (Pat
         );
         fs::write(&a_config, text).unwrap();
     }
-    let b_config = config(
-        bed,
-        "b.conf",
-        b,
-        B_PORT,
-        &PeerSpec {
-            public: &a.public,
-            tunnel4: A_TUNNEL4,
-            tunnel6: A_TUNNEL6,
-            endpoint: Some(format!("{A_UNDERLAY}:{A_PORT}")),
-        },
-    );
+    let b_config = b_side(bed, b, &a.public, true);
     (a_config, b_config)
 }
 

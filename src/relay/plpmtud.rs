@@ -17,13 +17,35 @@
 //!   and nothing changes (a spoofed message costs one probe); not acknowledged after
 //!   [`MAX_PROBES`] tries, a small probe is sent: a loss that small packets share is congestion
 //!   or a peer gone, not the path MTU, and proves nothing (RFC 8899 section 4.4 warns against
-//!   taking one for the other). If the small probe is acknowledged, the hint was true, and the
-//!   largest size that works is searched for between the largest acknowledged size and the
-//!   smallest that failed, trying the hint first, then the floor, then midpoints, every failure
-//!   checked against a small probe the same way;
+//!   taking one for the other). If the small probe is acknowledged, the working size is tried
+//!   again the same way [`RECHECK_NS`] later (plus up to as much again, at random); failed again,
+//!   the hint was true, and the largest size that works is searched for between the largest
+//!   acknowledged size and the smallest that failed, trying the hint first, then the floor, then
+//!   midpoints, every failure checked against a small probe the same way;
 //! * if the peer has never answered (a peer that does not know probes, such as socat's relay),
 //!   nothing can be confirmed: the hint is taken, but never below the floor (1280 unless
 //!   configured), and the full size is tried again after [`RAISE_INTERVAL_NS`].
+//!
+//! # A failure counts twice
+//! One burst of loss can take the three tries of the working size and spare the small probe
+//! after them (under a flood, or made by an attacker who cannot see the probes but can fill a
+//! queue at the right moment). So no failure lowers the working size the first time: the one
+//! that would (the working size's, or a search's that would take it lower) is tried again
+//! after [`RECHECK_NS`] plus a random part of as much again, and counts only if it fails again,
+//! small probe and all. The forger or the burst must then do it twice, 1 to 2 s apart, at
+//! moments it cannot predict. Once the working size has failed twice the path has changed, and
+//! the rest of that search goes on as before, except at or below the floor, where the first
+//! failure of the search is tried again the same way.
+//!
+//! The price is time. With a probe timeout `T` (four smoothed round trips, 100 ms to 1 s) and a
+//! round trip `R`, a round of three tries and a small probe ends within `5.5 T + R`, so a true
+//! drop that a hint reports is acted on within `2 s + 11 T + 2 R` of the hint, instead of
+//! `5.5 T + R` with one round: about 3.1 s instead of 0.55 s with the usual 100 ms timeout, at
+//! most 13 s and two round trips with the 1 s one. A drop under the floor then takes the floor's
+//! own recheck, as before. Meanwhile traffic goes on as it did while the hint was being
+//! confirmed: the working size stays, packets that fit the new path go through, and those
+//! between the new path MTU and the working size are lost until the working size is lowered, a
+//! second or two longer than with one round, in exchange for no loss at all after a false hint.
 //!
 //! Sizes are outer IP packet sizes (outer IP and UDP headers included). Below the floor the
 //! working size goes only to a size the peer acknowledged. The egress device's own MTU is
@@ -51,11 +73,13 @@ pub const PROBE_TIMEOUT_MIN_NS: u64 = 100_000_000;
 pub const PROBE_TIMEOUT_MAX_NS: u64 = 1_000_000_000;
 /// The search stops when the largest acknowledged and the smallest failed size are this close.
 pub const SEARCH_GRANULARITY: usize = 8;
-/// A size at or below the floor counts as not getting through only when it failed twice, the
-/// second time at least this long after the first (plus up to as much again, at random): an
-/// attacker who can make a few probes look lost at the right moments must then do it twice,
-/// seconds apart, at moments it cannot predict.
-pub const BELOW_FLOOR_RECHECK_NS: u64 = 1_000_000_000;
+/// A failure that would lower the working size counts only when it happened twice, the second
+/// time at least this long after the first (plus up to as much again, at random): an attacker
+/// who can make a few probes look lost at the right moments, or a burst of loss that eats the
+/// large probes and spares the small one, must then do it twice, seconds apart, at moments it
+/// cannot predict. Kept once per search above the floor (the working size failing again) and
+/// once more at or below it (see the module documentation).
+pub const RECHECK_NS: u64 = 1_000_000_000;
 
 /// The sizes the search works within, outer headers included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +167,12 @@ pub struct Plpmtud {
     /// A probe just lost, for a small probe to say whether it counts, and when to send that.
     baseline: Option<FailedProbe>,
     baseline_at_ns: u64,
-    /// A failure at or below the floor seen once, to be tried again at the time given before it
-    /// is believed ([`BELOW_FLOOR_RECHECK_NS`]).
+    /// A failure that would lower the working size seen once, to be tried again at the time
+    /// given before it is believed ([`RECHECK_NS`]).
     recheck: Option<(FailedProbe, u64)>,
+    /// When the first failure above the floor that would lower the working size was seen, in the
+    /// current confirmation and the search it starts.
+    strike_ns: Option<u64>,
     /// When the first failure at or below the floor of the current search was seen.
     floor_strike_ns: Option<u64>,
     /// The state of the timers' jitter ([`Plpmtud::jitter_ns`]), reseeded with the random nonce
@@ -181,6 +208,7 @@ impl Plpmtud {
             baseline: None,
             baseline_at_ns: 0,
             recheck: None,
+            strike_ns: None,
             floor_strike_ns: None,
             jitter_seed: 0,
             outstanding: None,
@@ -304,6 +332,9 @@ impl Plpmtud {
                         self.counts.hints_refuted += 1;
                     }
                     self.confirm = false;
+                    // A failure seen once was not the path: the next one starts anew.
+                    self.strike_ns = None;
+                    self.floor_strike_ns = None;
                 }
             }
             Purpose::Search => {
@@ -356,11 +387,11 @@ impl Plpmtud {
             nonce: nonce(),
             size,
         };
+        self.jitter_seed = probe.nonce;
         if let Some(interval) = self.keepalive_ns {
             // Any probe checks delivery: the next keepalive only after a quiet interval.
-            self.next_keepalive_ns = now_ns + interval;
+            self.next_keepalive_ns = now_ns + self.keepalive_gap_ns(interval);
         }
-        self.jitter_seed = probe.nonce;
         let timeout_ns = self.timeout_ns();
         self.outstanding = Some(Outstanding {
             probe,
@@ -477,8 +508,16 @@ impl Plpmtud {
         if now_ns < self.next_keepalive_ns {
             return None;
         }
-        self.next_keepalive_ns = now_ns + interval;
+        self.next_keepalive_ns = now_ns + self.keepalive_gap_ns(interval);
         Some((Purpose::Hello, self.limits.hello))
+    }
+
+    /// The quiet time before the next keepalive: `interval` give or take a quarter, uniformly
+    /// (RFC 8085 section 3.1.5 asks periodic messages to be jittered), so that neither the
+    /// relays' keepalives fall into step nor an observer can tell to the nanosecond when the
+    /// next one goes.
+    fn keepalive_gap_ns(&mut self, interval: u64) -> u64 {
+        interval - interval / 4 + self.jitter_ns(interval / 2 + 1)
     }
 
     fn on_failure(&mut self, out: Outstanding, now_ns: u64) {
@@ -501,6 +540,7 @@ impl Plpmtud {
                 self.counts.inconclusive += 1;
                 self.confirm = false;
                 self.recheck = None;
+                self.strike_ns = None;
                 self.floor_strike_ns = None;
                 if self.searching {
                     self.searching = false;
@@ -514,20 +554,11 @@ impl Plpmtud {
     }
 
     /// A probe of `failed.size` was lost while a small probe got through: the path does not
-    /// take that size.
+    /// take that size, if it is not the first such failure that would lower the working size
+    /// (`strike`).
     fn take_failure(&mut self, failed: FailedProbe, now_ns: u64) {
-        if failed.size <= self.limits.floor {
-            match self.floor_strike_ns {
-                Some(first) if now_ns >= first + BELOW_FLOOR_RECHECK_NS => {}
-                Some(_) => return,
-                None => {
-                    // Seen once: tried again later before anything goes below the floor.
-                    self.floor_strike_ns = Some(now_ns);
-                    let at = now_ns + BELOW_FLOOR_RECHECK_NS;
-                    self.recheck = Some((failed, at + self.jitter_ns(BELOW_FLOOR_RECHECK_NS)));
-                    return;
-                }
-            }
+        if !self.strike(failed, now_ns) {
+            return;
         }
         self.failed = self.failed.min(failed.size);
         if failed.confirming {
@@ -537,21 +568,58 @@ impl Plpmtud {
             // nothing now (the small probe just acknowledged is below anything searched).
             self.acked = 0;
         }
-        // Until the search ends, work to what is believed: the largest acknowledged size, or
-        // the hint or the floor if they are under what failed.
-        let believed = [self.hint, Some(self.limits.floor)]
-            .into_iter()
-            .flatten()
-            .filter(|s| *s >= self.limits.floor && *s < self.failed)
-            .max()
-            .unwrap_or(0)
-            .max(self.acked)
-            .max(self.limits.smallest)
-            .min(self.failed.saturating_sub(1).max(self.limits.smallest));
+        let believed = self.believed(self.failed, self.acked);
         if believed < self.working {
             self.set_working(believed);
         }
         self.continue_search(now_ns);
+    }
+
+    /// Whether a failure checked against a small probe counts now. One at or below the floor,
+    /// and one above it that would lower the working size, count only when another did before,
+    /// at least [`RECHECK_NS`] earlier, in this search or the confirmation that
+    /// started it: the first is tried again after that time plus a random part of it, and until
+    /// then nothing changes.
+    fn strike(&mut self, failed: FailedProbe, now_ns: u64) -> bool {
+        let below_floor = failed.size <= self.limits.floor;
+        if !below_floor {
+            let acked = if failed.confirming { 0 } else { self.acked };
+            if self.believed(self.failed.min(failed.size), acked) >= self.working {
+                // Only narrows the search: nothing changes that traffic depends on.
+                return true;
+            }
+        }
+        let first = if below_floor {
+            self.floor_strike_ns
+        } else {
+            self.strike_ns
+        };
+        if let Some(first) = first {
+            return now_ns >= first + RECHECK_NS;
+        }
+        if below_floor {
+            self.floor_strike_ns = Some(now_ns);
+        } else {
+            self.strike_ns = Some(now_ns);
+        }
+        let at = now_ns + RECHECK_NS + self.jitter_ns(RECHECK_NS);
+        self.recheck = Some((failed, at));
+        false
+    }
+
+    /// What to work to until the search ends, given the smallest failed and the largest
+    /// acknowledged size: the largest acknowledged size, or the hint or the floor if they are
+    /// under what failed.
+    fn believed(&self, failed: usize, acked: usize) -> usize {
+        [self.hint, Some(self.limits.floor)]
+            .into_iter()
+            .flatten()
+            .filter(|s| *s >= self.limits.floor && *s < failed)
+            .max()
+            .unwrap_or(0)
+            .max(acked)
+            .max(self.limits.smallest)
+            .min(failed.saturating_sub(1).max(self.limits.smallest))
     }
 
     /// Ends the search once the acknowledged and failed sizes meet, settling on the largest
@@ -562,6 +630,7 @@ impl Plpmtud {
         }
         self.searching = false;
         self.hint = None;
+        self.strike_ns = None;
         self.floor_strike_ns = None;
         let settled = self.acked.max(self.limits.smallest);
         if settled != self.working {
@@ -829,12 +898,17 @@ mod tests {
         m.on_hint(1400, 100 * MS);
         let sent = path.run(&mut m, 100 * MS, 20_000 * MS);
         let tries = MAX_PROBES as usize;
-        assert_eq!(sent[..tries], [1448; MAX_PROBES as usize]);
-        assert_eq!(
-            sent[tries], LIMITS.hello,
-            "a small probe says the loss counts"
-        );
-        assert_eq!(sent[tries + 1], 1400, "the hint is tried first");
+        // The working size fails, checked against a small probe, and again a second or two
+        // later ([`RECHECK_NS`]) before the search starts.
+        for round in [0, tries + 1] {
+            assert_eq!(sent[round..round + tries], [1448; MAX_PROBES as usize]);
+            assert_eq!(
+                sent[round + tries],
+                LIMITS.hello,
+                "a small probe says the loss counts"
+            );
+        }
+        assert_eq!(sent[2 * tries + 2], 1400, "the hint is tried first");
         assert!(
             m.working() <= 1400 && m.working() > 1400 - SEARCH_GRANULARITY,
             "{}",
@@ -852,7 +926,7 @@ mod tests {
         m.on_hint(1000, 100 * MS);
         // Step by step: the working size is never under the floor unless acknowledged.
         let mut seen_floor = false;
-        for step in 0..3000 {
+        for step in 0..6000 {
             let now = (100 + step) * MS;
             path.run(&mut m, now, MS);
             assert!(
@@ -867,28 +941,97 @@ mod tests {
         assert!(m.working() <= 1000 && m.working() > 1000 - SEARCH_GRANULARITY);
     }
 
-    /// One forged hint far below the floor, and every larger probe unanswered for 1.5 s after
-    /// it while small ones get through: what the attack on a drainable answer budget looked like.
-    /// The working size may drop to the floor, but never below it: the failure under the floor
-    /// must repeat at least a second later, by when the attack has to be still going.
+    /// One forged hint far below the floor, and every larger probe unanswered while small ones
+    /// get through, from the hint until 600 ms after the working size first falls: an attack
+    /// that outlasted the working size's recheck, in the manner of the one on a drainable answer
+    /// budget. The working size drops to the floor, but never below it: the failure under the
+    /// floor must repeat at least a second later, by when the attack has to be still going.
     #[test]
     fn a_burst_of_lost_probes_after_a_forged_hint_never_takes_it_below_the_floor() {
         let mut path = Path::new(1500);
         let mut m = settled(&mut path);
         m.on_hint(552, 100 * MS);
-        path.suppress_until_ns = 1600 * MS;
+        path.suppress_until_ns = u64::MAX;
         let mut lowest = m.working();
-        for step in 0..5000 {
-            path.run(&mut m, (100 + step) * MS, MS);
+        for step in 0..8000 {
+            let now = (100 + step) * MS;
+            path.run(&mut m, now, MS);
+            if m.working() < lowest && path.suppress_until_ns == u64::MAX {
+                path.suppress_until_ns = now + 600 * MS;
+            }
             lowest = lowest.min(m.working());
         }
-        assert!(lowest >= LIMITS.floor, "went down to {lowest}");
-        assert!(m.counts().probes_sent > 8, "{:?}", m.counts());
+        assert_eq!(lowest, LIMITS.floor, "{:?}", m.counts());
         // A path that really stopped taking them is still found, only later.
         path.path_mtu = 1000;
         m.on_hint(1000, 5_100 * MS);
         path.run(&mut m, 5_100 * MS, 10_000 * MS);
         assert!(m.working() <= 1000, "{}", m.working());
+    }
+
+    /// A burst of loss (or an attacker) eats the three tries of the working size after a
+    /// forged hint, and spares the small probe that follows: seen once, that is not the path.
+    /// The working size is tried again a second or two later, gets through, and never changed;
+    /// and another such burst 10 s later, after another forged hint, is again seen once only.
+    #[test]
+    fn one_burst_of_lost_probes_after_a_forged_hint_lowers_nothing() {
+        for seed in 0..20 {
+            let mut path = Path::new(1500);
+            path.nonce = seed * 1000;
+            let mut m = settled(&mut path);
+            for burst in 0..2u64 {
+                let start = 100 * MS + burst * 10_000 * MS;
+                m.on_hint(1400, start);
+                path.suppress_until_ns = u64::MAX;
+                for step in 0..10_000 {
+                    let sent = path.run(&mut m, start + step * MS, MS);
+                    if sent.contains(&LIMITS.hello) {
+                        // The burst ends as the small probe goes.
+                        path.suppress_until_ns = 0;
+                    }
+                    assert_eq!(
+                        m.working(),
+                        1448,
+                        "seed {seed}, burst {burst}, at {step} ms"
+                    );
+                }
+            }
+            let c = m.counts();
+            // The settled machine's two, then twice the lost tries, the small probe and the
+            // recheck.
+            assert_eq!(c.probes_sent, 2 + 2 * (MAX_PROBES as u64 + 2), "{c:?}");
+            assert_eq!((c.lowered, c.hints_refuted), (0, 2), "{c:?}");
+        }
+    }
+
+    /// The path really shrinks to 1400: the search still starts, once the working size failed
+    /// twice, and the working size is down to the hint within the bound the module
+    /// documentation gives (on this machine's fake clock): the recheck's 2 s at most, and two
+    /// rounds of three tries and a small probe, with a probe timeout of 100 ms (four 1 ms round
+    /// trips, raised to the minimum).
+    #[test]
+    fn a_true_drop_is_acted_on_within_the_stated_bound() {
+        let timeout = PROBE_TIMEOUT_MIN_NS;
+        let round = 3 * (timeout + timeout / 2) + timeout + MS;
+        let bound = 2 * RECHECK_NS + 2 * round;
+        for seed in 0..20 {
+            let mut path = Path::new(1500);
+            path.nonce = seed * 1000;
+            let mut m = settled(&mut path);
+            path.path_mtu = 1400;
+            m.on_hint(1400, 100 * MS);
+            let mut lowered_after = None;
+            for step in 0..20_000 {
+                path.run(&mut m, (100 + step) * MS, MS);
+                if m.working() <= 1400 && lowered_after.is_none() {
+                    lowered_after = Some(step * MS);
+                }
+            }
+            let after = lowered_after.expect("lowered");
+            assert!(after <= bound, "seed {seed}: {after} ns, bound {bound}");
+            assert!(after > RECHECK_NS, "seed {seed}: not before the recheck");
+            assert!(m.working() <= 1400 && m.working() > 1400 - SEARCH_GRANULARITY);
+        }
     }
 
     /// Probe timers are not a fixed function of when the previous probe went: retries and the
@@ -907,6 +1050,38 @@ mod tests {
             gaps.insert(now);
         }
         assert!(gaps.len() > 5, "retry times {gaps:?}");
+    }
+
+    /// A tuple's keepalives come `keepalive_ns` apart give or take a quarter, at random.
+    #[test]
+    fn keepalives_are_jittered_within_a_quarter() {
+        const KEEPALIVE: u64 = 2_000 * MS;
+        let mut gaps = std::collections::BTreeSet::new();
+        for seed in 1..40u64 {
+            let mut m = Plpmtud::for_tuple(LIMITS, KEEPALIVE);
+            let mut path = Path::new(1500);
+            // Settle: the start's probes answered, then keepalives alone.
+            path.run(&mut m, 0, 5_000 * MS);
+            let mut now = 5_000 * MS;
+            let mut sent = Vec::new();
+            while sent.len() < 3 && now < 20_000 * MS {
+                if let Some(probe) = m.poll(now, || seed * 7919 + now) {
+                    m.on_ack(probe.nonce, now + MS);
+                    sent.push(now);
+                }
+                now += MS;
+            }
+            assert_eq!(sent.len(), 3, "seed {seed}: keepalives at {sent:?}");
+            for pair in sent.windows(2) {
+                let gap = pair[1] - pair[0];
+                assert!(
+                    (KEEPALIVE * 3 / 4..=KEEPALIVE * 5 / 4 + MS).contains(&gap),
+                    "seed {seed}: a keepalive {gap} ns after the last"
+                );
+                gaps.insert(gap);
+            }
+        }
+        assert!(gaps.len() > 20, "keepalive gaps {gaps:?}");
     }
 
     /// With a machine per outer tuple, an acknowledgement is kept only in the slot of the

@@ -234,6 +234,35 @@ impl Testbed {
         Ok(stdout)
     }
 
+    /// `tunload ping` from `host` to `to`: `count` echoes `interval_ms` apart, to completion
+    /// within `limit`, its JSON summary (`sent`, `received`, the round trips). tunload fails
+    /// when no echo comes back, which is an error here.
+    pub fn tunload_ping(
+        &self,
+        host: Host,
+        to: &str,
+        count: u32,
+        interval_ms: u32,
+        limit: Duration,
+    ) -> io::Result<serde_json::Value> {
+        let (count, interval) = (count.to_string(), interval_ms.to_string());
+        let out = self.tunload(
+            host,
+            &format!("ping-{to}"),
+            &[
+                "ping",
+                "--to",
+                to,
+                "--count",
+                &count,
+                "--interval-ms",
+                &interval,
+            ],
+            limit,
+        )?;
+        parse_json(&out)
+    }
+
     /// Starts `tunload` in the background (a sink, usually).
     pub fn tunload_background(&self, host: Host, name: &str, args: &[&str]) -> io::Result<Process> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -217,13 +217,19 @@ fn next_initiation(device: &mut Device, limit_ns: u64) -> (Transmit, u64) {
     panic!("no initiation")
 }
 
+/// The initiation A sends at `now_ns` once asked for a handshake.
 fn initiation_from_a(pair: &mut Pair, now_ns: u64) -> Transmit {
     pair.a
         .peer(pair.b_in_a)
         .unwrap()
         .activity()
         .request_handshake(now_ns);
-    pair.a
+    polled_initiation(&mut pair.a, now_ns)
+}
+
+/// The initiation `device`'s poll at `now_ns` sends: its timers or a request asked for one.
+fn polled_initiation(device: &mut Device, now_ns: u64) -> Transmit {
+    device
         .poll(now_ns)
         .into_iter()
         .find_map(|action| match action {
@@ -805,18 +811,6 @@ fn a_persistent_keepalive_without_an_endpoint_does_not_spin() {
     }
 }
 
-/// The initiation A's poll sends at `now_ns`.
-fn poll_initiation(pair: &mut Pair, now_ns: u64) -> Transmit {
-    pair.a
-        .poll(now_ns)
-        .into_iter()
-        .find_map(|action| match action {
-            Action::SendInitiation { transmit, .. } => Some(transmit),
-            _ => None,
-        })
-        .expect("an initiation")
-}
-
 /// What A's worker does with a packet for B while there is no session: stage it, then ask for
 /// a handshake.
 fn stage_at_a(pair: &Pair, packet: &[u8], now_ns: u64) -> u64 {
@@ -834,7 +828,7 @@ fn packets_staged_without_a_session_go_out_in_order_once_it_starts() {
     for packet in &packets {
         assert_eq!(stage_at_a(&pair, packet, S), 0);
     }
-    let initiation = poll_initiation(&mut pair, S);
+    let initiation = polled_initiation(&mut pair.a, S);
     let Ok(Outcome::Responded { response, .. }) =
         pair.b
             .on_handshake_message(&initiation.datagram, pair.a_address, S + 1)
@@ -892,7 +886,7 @@ fn staged_packets_are_purged_when_the_handshake_gives_up() {
     for k in 0..5u8 {
         stage_at_a(&pair, &[k; 60], S);
     }
-    let _ = poll_initiation(&mut pair, S);
+    let _ = polled_initiation(&mut pair.a, S);
     // B never answers: A retries until REKEY_ATTEMPT_TIME, then gives up and purges.
     let mut purged = None;
     for _ in 0..10_000 {
@@ -924,7 +918,7 @@ fn packets_staged_while_a_session_was_confirmed_go_at_the_next_poll() {
     let mut pair = pair(None);
     // B has A's endpoint only once A initiated; A's initiation makes B the responder, whose
     // keypair may not send until A's first datagram confirms it.
-    let initiation = poll_initiation_after_request(&mut pair, S);
+    let initiation = initiation_from_a(&mut pair, S);
     let Ok(Outcome::Responded { response, .. }) =
         pair.b
             .on_handshake_message(&initiation.datagram, pair.a_address, S + 1)
@@ -983,15 +977,6 @@ fn a_removed_peers_staged_packets_are_counted_at_the_next_poll() {
     assert!(pair.a.poll(S + 1).is_empty());
 }
 
-fn poll_initiation_after_request(pair: &mut Pair, now_ns: u64) -> Transmit {
-    pair.a
-        .peer(pair.b_in_a)
-        .unwrap()
-        .activity()
-        .request_handshake(now_ns);
-    poll_initiation(pair, now_ns)
-}
-
 #[test]
 fn without_a_poll_a_session_still_stops_at_reject_after_time() {
     // The control thread is busy (a handshake flood) and never looks at the keypairs: the
@@ -1039,7 +1024,7 @@ fn a_datagram_under_an_older_unconfirmed_keypair_does_not_make_it_the_send_keypa
         .unwrap()
         .activity()
         .request_handshake(now);
-    let second = poll_initiation_b(&mut pair, now);
+    let second = polled_initiation(&mut pair.b, now);
     let Ok(Outcome::Responded { response, .. }) =
         pair.a
             .on_handshake_message(&second.datagram, pair.b_address, now + 1)
@@ -1063,18 +1048,6 @@ fn a_datagram_under_an_older_unconfirmed_keypair_does_not_make_it_the_send_keypa
     );
     pair.b.poll(now + 3);
     assert_eq!(send_index(&pair.b, pair.a_in_b), k2);
-}
-
-/// The initiation B's timers send once a handshake was asked for.
-fn poll_initiation_b(pair: &mut Pair, now_ns: u64) -> Transmit {
-    pair.b
-        .poll(now_ns)
-        .into_iter()
-        .find_map(|action| match action {
-            Action::SendInitiation { transmit, .. } => Some(transmit),
-            _ => None,
-        })
-        .expect("B initiates")
 }
 
 /// The local index of `peer`'s send keypair in `device`.
