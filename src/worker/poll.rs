@@ -79,6 +79,7 @@ fn errno() -> i32 {
 impl Driver for Poll {
     fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
         self.carry_out(worker);
+        worker.note_wait();
         let (tun_ready, udp_ready) = self.wait(worker, spinning)?;
         let now = worker.now_ns();
         let mut handled = 0;
