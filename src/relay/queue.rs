@@ -225,11 +225,22 @@ impl Default for RingWait {
 impl RingWait {
     /// The relay's busy time from the last drain to `now_ns`: up to when the engine went to
     /// wait, if it did.
+    /// An engine that does not say when it waits (the io_uring engines, which send and wait in
+    /// one `io_uring_enter`) has the time capped at twice what the relay takes to serve the
+    /// batch it read last, once that is measured: a gap longer than that was spent waiting,
+    /// the ring empty (a drain that stopped on its budget or its last buffer may have emptied
+    /// it without knowing).
     fn busy_ns(&self, now_ns: u64) -> u64 {
-        self.waiting_from_ns
+        let busy = self
+            .waiting_from_ns
             .unwrap_or(now_ns)
             .min(now_ns)
-            .saturating_sub(self.drained_at_ns)
+            .saturating_sub(self.drained_at_ns);
+        if self.waiting_from_ns.is_some() || self.service_ns_per_packet == 0 {
+            return busy;
+        }
+        let serving = 2 * self.served_reads.max(1) * self.service_ns_per_packet;
+        busy.min(serving)
     }
 
     /// How long a packet read at `now_ns` is counted as having waited.
@@ -263,7 +274,8 @@ impl RingWait {
         let busy = self.busy_ns(now_ns);
         if self.left_behind && self.served_reads > 0 {
             // The relay was busy from the last drain to this one, serving what that one read: a
-            // sample of its time per packet, smoothed over eight.
+            // sample of its time per packet, smoothed over eight. (A sample inflated by a wait
+            // is at most twice the estimate, by `busy_ns`, and it comes down again.)
             let sample = busy / self.served_reads;
             self.service_ns_per_packet = if self.service_ns_per_packet == 0 {
                 sample
@@ -697,5 +709,36 @@ mod tests {
             "{read_long} read long of {long} that waited long"
         );
         assert!(o.marks_figure > 0 && o.drops_figure > 0, "signalled");
+    }
+
+    /// A drain that stopped on its budget (or its last free buffer) just as the ring went empty
+    /// reports packets left behind; then nothing comes for a second. The packets of the next
+    /// drain did not wait that second behind a queue: the engine waited, the ring empty.
+    /// `poll` says when it went to wait; the io_uring engines do not, and the time is capped at
+    /// twice what the relay took to serve a batch.
+    #[test]
+    fn an_idle_gap_after_a_drain_that_left_packets_is_not_counted_as_a_wait() {
+        for says_when_it_waits in [true, false] {
+            let mut ring = super::RingWait::default();
+            // A busy stretch: full batches of 64, 106 µs apart, each leaving packets behind.
+            let mut now = 0;
+            for _ in 0..20 {
+                ring.read(64);
+                ring.drained(false, now);
+                now += 106 * US;
+                if says_when_it_waits {
+                    ring.waiting_from(now);
+                }
+            }
+            assert_eq!(ring.wait_ns(now), 106 * US, "busy: a batch's wait");
+            // The last drain in fact emptied the ring; a second later one packet comes.
+            let later = now + 1_000_000 * US;
+            let counted = ring.wait_ns(later);
+            assert!(
+                counted <= 2 * 106 * US,
+                "counted {counted} ns for a packet that came after a second's idle \
+                 (engine says when it waits: {says_when_it_waits})"
+            );
+        }
     }
 }
