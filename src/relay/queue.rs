@@ -122,11 +122,6 @@ impl Relay {
         self.queues.tun_ring.waiting_from(now_ns);
     }
 
-    /// The TUN's ring holds at most `packets` (its `txqueuelen`, `--tx-queue-len`).
-    pub fn set_tun_ring_packets(&mut self, packets: u32) {
-        self.queues.tun_ring.ring_packets = u64::from(packets.max(1));
-    }
-
     /// Times a TUN read that `classify` judged `verdict`, and lets the AQM act on it: returns the
     /// verdict to carry out, which is `Dropped` (counted) for a packet the AQM dropped and a
     /// split one segment shorter for a super-packet that lost its last.
@@ -231,16 +226,21 @@ impl RingWait {
     /// the ring empty (a drain that stopped on its budget or its last buffer may have emptied
     /// it without knowing).
     fn busy_ns(&self, now_ns: u64) -> u64 {
+        self.busy(now_ns).0
+    }
+
+    /// The busy time, and whether it was capped (see `busy_ns`).
+    fn busy(&self, now_ns: u64) -> (u64, bool) {
         let busy = self
             .waiting_from_ns
             .unwrap_or(now_ns)
             .min(now_ns)
             .saturating_sub(self.drained_at_ns);
         if self.waiting_from_ns.is_some() || self.service_ns_per_packet == 0 {
-            return busy;
+            return (busy, false);
         }
         let serving = 2 * self.served_reads.max(1) * self.service_ns_per_packet;
-        busy.min(serving)
+        (busy.min(serving), busy > serving)
     }
 
     /// How long a packet read at `now_ns` is counted as having waited.
@@ -271,11 +271,11 @@ impl RingWait {
 
     /// A drain ended at `now_ns`, emptying the ring or not.
     pub(super) fn drained(&mut self, emptied: bool, now_ns: u64) {
-        let busy = self.busy_ns(now_ns);
-        if self.left_behind && self.served_reads > 0 {
+        let (busy, capped) = self.busy(now_ns);
+        if self.left_behind && self.served_reads > 0 && !capped {
             // The relay was busy from the last drain to this one, serving what that one read: a
-            // sample of its time per packet, smoothed over eight. (A sample inflated by a wait
-            // is at most twice the estimate, by `busy_ns`, and it comes down again.)
+            // sample of its time per packet, smoothed over eight. Not one that was capped: it
+            // was spent waiting, and would raise the cap it was held to.
             let sample = busy / self.served_reads;
             self.service_ns_per_packet = if self.service_ns_per_packet == 0 {
                 sample
