@@ -186,11 +186,11 @@ fn tun_buffers_all_come_back_and_every_packet_is_counted_once_whatever_the_sends
         let mut fed = 0u64;
         for round in 0..30u32 {
             if eager {
-                // The ring was last found empty 50 µs before the burst is read, and the drain
-                // since left packets behind.
+                // A drain 50 µs before the burst is read left packets behind (which the burst
+                // reads first, so they waited those 50 µs).
                 r.on_tun_drained(true, now);
-                now += 50_000;
                 r.on_tun_drained(false, now);
+                now += 50_000;
             }
             // A burst: plain packets of a few flows and sizes (GSO batches and their ends), and
             // super-packets that split.
@@ -319,11 +319,12 @@ fn read_tun(r: &mut Relay, b: &mut FakeBuffers, header: [u8; vnet::LEN], packet:
     r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), now);
 }
 
-/// Tells the relay the TUN's ring has stood for `ns`: emptied then, and not since.
+/// Tells the relay the TUN's ring has stood for `ns`: a drain that long ago left packets behind
+/// (the next read takes them), and the relay was busy since (`queue`'s module doc).
 fn ring_stood(r: &mut Relay, now: &mut u64, ns: u64) {
     r.on_tun_drained(true, *now);
-    *now += ns;
     r.on_tun_drained(false, *now);
+    *now += ns;
 }
 
 /// Receives `payload` (a GRO buffer's datagrams, all of one stride) from the peer into UDP

@@ -16,21 +16,44 @@
 //!   engine's multishot read, inside `io_uring_enter`, until its retry finds nothing and it
 //!   waits on the file's poll queue again) unless it runs out of free buffers or of its read
 //!   budget first. The engine says which after each of these drains ([`Relay::on_tun_drained`]).
-//!   A packet in the ring at time `t` came in after the last moment the ring was empty, so
-//!   `t` less that moment bounds its wait from above. That is the wait the relay counts while the
-//!   drains leave packets behind. After a drain that emptied the ring, the packets the next
-//!   batch reads came in while the relay served the last one: they wait a batch, not behind a
-//!   queue, and the last of them waited about nothing. They count as 0. CoDel asks whether the
-//!   queue went empty within an interval (RFC 8289 section 2: a "good queue" drains within a
-//!   round trip, a standing one does not), and that is what a drain answers.
+//!   What the relay counts for the packets a drain reads, from what the engines can observe
+//!   (when each drain was, how many packets it read, whether it emptied the ring, when the
+//!   engine next went to wait):
+//!   - After a drain that emptied the ring, the packets the next batch reads came in while the
+//!     relay served the last one: they waited a batch, not behind a queue. They count as 0.
+//!     CoDel asks whether the queue went empty within an interval (RFC 8289 section 2: a "good
+//!     queue" drains within a round trip, a standing one does not), and that is what a drain
+//!     answers.
+//!   - After a drain that left packets behind, those packets are the first the next drain
+//!     reads (the ring is FIFO), and they waited at least the time between the two drains,
+//!     less any time the engine spent waiting for something to do: an engine that waits has
+//!     found nothing to read, so that time is not queueing. This *lower bound* is what the batch
+//!     counts. It does not grow with the time since the ring last emptied, so a relay that
+//!     keeps up near its capacity (95-98% load, where the ring often goes tens of
+//!     milliseconds without emptying but holds only a batch or two) is charged about one
+//!     batch's service time, not tens of milliseconds. Its error: it is below the real wait of
+//!     the oldest packet by the backlog beyond one batch over the departure rate (RFC 8033
+//!     section 4.3), which nothing the relay sees measures (`tun_chr_ioctl` has no
+//!     `FIONREAD`), and above the real wait of the packets that came in during the batch, which
+//!     share it. In a model of a budget-64 engine at 98% load (the tests below) CoDel on it
+//!     drops where CoDel on the real waits does (not at all), but marks several times as often
+//!     (6x and 18x for two seeds): each full batch there takes a little longer than the mark
+//!     target, so every run of drains longer than an interval is marked, while the real waits
+//!     exceed the target for an interval only when the backlog stays above a batch. The old
+//!     bound (the time since the ring last emptied) marked as often and also dropped.
+//!   - A ring that has not emptied for [`STANDING_RUN_NS`] of the relay's busy time is read as
+//!     standing at its capacity: the wait counted is at least the ring's capacity in packets
+//!     times the relay's measured time per packet (what a full FIFO ring takes to pass
+//!     through), capped by that busy time. Below that, a long backlog (arrivals above service)
+//!     would read as one batch; above it, a relay at 98% load whose ring happens not to empty
+//!     for that long is charged a full ring's wait (in the model at 98% load no run is that long;
+//!     at 99% some are). The capacity taken is `--tx-queue-len`'s default, 2000 packets (a
+//!     `--tx-queue-len` given is not yet passed down to the relay); it bounds the real wait from
+//!     above as long as the relay's service time does not change much over one ring.
+//!
 //!   The wait so counted is read at the batch after the drain that told it (as PIE computes its
 //!   queue delay every update interval and applies it to the packets in between, RFC 8033
 //!   section 4.2): the engines report a drain after handing its packets over.
-//!   While drains never empty the ring, the bound grows with the time since it last did, and
-//!   for a queue that stands at a constant length for longer than it takes to drain it, it is
-//!   above the packets' real wait (their wait is the backlog over the departure rate, RFC 8033
-//!   section 4.3, and the backlog is not visible). It errs toward signalling a queue that does
-//!   not empty, which is what CoDel is for.
 //!
 //! A super-packet is judged as one packet and timed as its segments. Marked, every segment
 //! carries CE (they copy its header). Dropped, it loses its last segment only, as a router that
@@ -50,10 +73,8 @@ pub(super) struct Queues {
     settings: Settings,
     tun: aqm::Queue,
     udp: aqm::Queue,
-    /// The last time a drain of the TUN's ring found it empty.
-    tun_emptied_at_ns: u64,
-    /// Whether the last drain left packets in the ring (it ran out of buffers or budget first).
-    tun_left_behind: bool,
+    /// What the relay knows of the TUN's ring (see the module doc).
+    tun_ring: RingWait,
     /// `CLOCK_REALTIME` minus the relay's clock, as last reported; `None` until then.
     wall_offset_ns: Option<i64>,
 }
@@ -64,19 +85,8 @@ impl Queues {
             settings,
             tun: aqm::Queue::default(),
             udp: aqm::Queue::default(),
-            tun_emptied_at_ns: 0,
-            tun_left_behind: false,
+            tun_ring: RingWait::default(),
             wall_offset_ns: None,
-        }
-    }
-
-    /// How long a packet the TUN hands over at `now_ns` has waited (see the module doc): 0 after
-    /// a drain that emptied the ring, else at most the time since one did.
-    fn tun_wait_ns(&self, now_ns: u64) -> u64 {
-        if self.tun_left_behind {
-            now_ns.saturating_sub(self.tun_emptied_at_ns)
-        } else {
-            0
         }
     }
 
@@ -106,11 +116,13 @@ impl Relay {
     /// stopped because a read found the ring empty, not for want of a free buffer or of read
     /// budget (see the module doc).
     pub fn on_tun_drained(&mut self, emptied: bool, now_ns: u64) {
-        let queues = &mut self.queues;
-        queues.tun_left_behind = !emptied;
-        if emptied {
-            queues.tun_emptied_at_ns = now_ns;
-        }
+        self.queues.tun_ring.drained(emptied, now_ns);
+    }
+
+    /// The engine is about to wait for something to do, at `now_ns`: the time until its next
+    /// drain is not time the ring's packets queued behind the relay (see the module doc).
+    pub fn on_engine_wait(&mut self, now_ns: u64) {
+        self.queues.tun_ring.waiting_from(now_ns);
     }
 
     /// Times a TUN read that `classify` judged `verdict`, and lets the AQM act on it: returns the
@@ -133,7 +145,8 @@ impl Relay {
             FromTun::Split(plan) => (read_len.min(buffer.len()) - vnet::LEN, plan.count),
             FromTun::Dropped | FromTun::TooBig { .. } => return verdict,
         };
-        let wait = queues.tun_wait_ns(now_ns);
+        let wait = queues.tun_ring.wait_ns(now_ns);
+        queues.tun_ring.read(segments as u64);
         self.stats
             .record_queue_delay_n(Direction::TunToUdp, wait, segments as u64);
         if queues.settings.mode != Mode::Codel {
@@ -163,6 +176,125 @@ impl Relay {
                 FromTun::Dropped
             }
         }
+    }
+}
+
+/// How long a ring that has not emptied, in the relay's busy time, is read as standing at its
+/// capacity: RFC 8289's interval (section 4.2), the round trip of the flows CoDel is built for.
+pub(super) const STANDING_RUN_NS: u64 = 100_000_000;
+
+/// The TUN ring's wait, from what the engines observe (see the module doc). PURE.
+#[derive(Debug, Clone)]
+pub(super) struct RingWait {
+    /// Whether the last drain left packets in the ring (it ran out of buffers or budget first).
+    left_behind: bool,
+    /// When the last drain was reported.
+    drained_at_ns: u64,
+    /// When the engine last went to wait for something to do; `None` if not since that drain.
+    waiting_from_ns: Option<u64>,
+    /// The relay's busy time since the ring last emptied, up to the last drain.
+    run_ns: u64,
+    /// Packets read since the last drain report, and by the drain before that (the batch the
+    /// relay served between the last two drains).
+    reads: u64,
+    served_reads: u64,
+    /// The relay's time per packet, measured over batches that followed a drain that left
+    /// packets behind (the relay was busy throughout); 0 until measured.
+    service_ns_per_packet: u64,
+    /// The ring's capacity in packets.
+    ring_packets: u64,
+}
+
+impl Default for RingWait {
+    fn default() -> RingWait {
+        RingWait {
+            left_behind: false,
+            drained_at_ns: 0,
+            waiting_from_ns: None,
+            run_ns: 0,
+            reads: 0,
+            served_reads: 0,
+            service_ns_per_packet: 0,
+            ring_packets: u64::from(crate::cli::DEFAULT_TX_QUEUE_LEN),
+        }
+    }
+}
+
+impl RingWait {
+    /// The relay's busy time from the last drain to `now_ns`: up to when the engine went to
+    /// wait, if it did.
+    /// An engine that does not say when it waits (the io_uring engines, which send and wait in
+    /// one `io_uring_enter`) has the time capped at twice what the relay takes to serve the
+    /// batch it read last, once that is measured: a gap longer than that was spent waiting,
+    /// the ring empty (a drain that stopped on its budget or its last buffer may have emptied
+    /// it without knowing).
+    fn busy_ns(&self, now_ns: u64) -> u64 {
+        self.busy(now_ns).0
+    }
+
+    /// The busy time, and whether it was capped (see `busy_ns`).
+    fn busy(&self, now_ns: u64) -> (u64, bool) {
+        let busy = self
+            .waiting_from_ns
+            .unwrap_or(now_ns)
+            .min(now_ns)
+            .saturating_sub(self.drained_at_ns);
+        if self.waiting_from_ns.is_some() || self.service_ns_per_packet == 0 {
+            return (busy, false);
+        }
+        let serving = 2 * self.served_reads.max(1) * self.service_ns_per_packet;
+        (busy.min(serving), busy > serving)
+    }
+
+    /// How long a packet read at `now_ns` is counted as having waited.
+    pub(super) fn wait_ns(&self, now_ns: u64) -> u64 {
+        if !self.left_behind {
+            return 0;
+        }
+        let lower = self.busy_ns(now_ns);
+        let run = self.run_ns + lower;
+        if run < STANDING_RUN_NS {
+            return lower;
+        }
+        let full_ring = self.ring_packets.saturating_mul(self.service_ns_per_packet);
+        lower.max(full_ring.min(run))
+    }
+
+    /// `packets` more were read in this drain.
+    pub(super) fn read(&mut self, packets: u64) {
+        self.reads += packets;
+    }
+
+    /// The engine goes to wait at `now_ns`.
+    pub(super) fn waiting_from(&mut self, now_ns: u64) {
+        if self.waiting_from_ns.is_none() {
+            self.waiting_from_ns = Some(now_ns);
+        }
+    }
+
+    /// A drain ended at `now_ns`, emptying the ring or not.
+    pub(super) fn drained(&mut self, emptied: bool, now_ns: u64) {
+        let (busy, capped) = self.busy(now_ns);
+        if self.left_behind && self.served_reads > 0 && !capped {
+            // The relay was busy from the last drain to this one, serving what that one read: a
+            // sample of its time per packet, smoothed over eight. Not one that was capped: it
+            // was spent waiting, and would raise the cap it was held to.
+            let sample = busy / self.served_reads;
+            self.service_ns_per_packet = if self.service_ns_per_packet == 0 {
+                sample
+            } else {
+                (7 * self.service_ns_per_packet + sample) / 8
+            };
+        }
+        if emptied {
+            self.run_ns = 0;
+        } else if self.left_behind {
+            self.run_ns = self.run_ns.saturating_add(busy);
+        }
+        self.left_behind = !emptied;
+        self.drained_at_ns = now_ns;
+        self.waiting_from_ns = None;
+        self.served_reads = std::mem::take(&mut self.reads);
     }
 }
 
@@ -332,19 +464,19 @@ mod tests {
             delay.max()
         );
 
+        // A look at each batch's end (which finds the packets that came in during it, every
+        // time) once read a wait that grew for as long as the traffic lasted; the wait counted
+        // now does not grow, so it reads a batch at most even then.
         let (old, _) = drive(&arrivals, 100 * US, 16, Report::LookAtBatchEnd);
         let old = &old.stats().queue_delay_tun_ns;
-        assert!(
-            old.value_at_quantile(0.5) > 10_000 * US,
-            "a look at each batch's end reads a steady ring as standing: median {} ns",
-            old.value_at_quantile(0.5)
-        );
+        assert!(old.max() <= 110 * US, "{} ns", old.max());
     }
 
     /// A backlog of N = 320 packets that came in at once behind steady traffic (10,000 a second),
     /// drained 16 packets per 100 µs batch, so at R = 160,000 a second: its last packet waits
-    /// about N / R = 2 ms, and so does the wait the relay reads at most, within a batch; once
-    /// the ring is empty again the wait reads as none.
+    /// about N / R = 2 ms. The relay reads what it can know, a batch (the time since the drain
+    /// that left them), not more than N / R: a backlog this short is below `STANDING_RUN_NS`
+    /// (see the module doc). Once the ring is empty again the wait reads as none.
     #[test]
     fn a_backlog_of_n_packets_drained_at_rate_r_reads_about_n_over_r() {
         let mut arrivals = steady(0, 100 * US, 200);
@@ -361,8 +493,8 @@ mod tests {
         let delay = &r.stats().queue_delay_tun_ns;
         let read = delay.max();
         assert!(
-            read.abs_diff(n_over_r) <= n_over_r / 10 + 100 * US,
-            "the relay read about N / R = {n_over_r} ns at most: {read} ns"
+            (100 * US..=n_over_r).contains(&read),
+            "the relay read a batch, no more than N / R = {n_over_r} ns: {read} ns"
         );
         // The backlog's packets are most of those that waited at all; the steady ones around
         // it did not.
@@ -376,12 +508,239 @@ mod tests {
             "{} ns",
             delay.value_at_quantile(0.25)
         );
+    }
 
-        let (old, _) = drive(&arrivals, 100 * US, 16, Report::LookAtBatchEnd);
-        let old = old.stats().queue_delay_tun_ns.max();
-        assert!(
-            old > 4 * n_over_r,
-            "a look at each batch's end reads far more than the backlog: {old} ns"
+    /// A deterministic model of a budget-64 `poll` engine in front of the TUN's ring: Poisson
+    /// arrivals (a seeded xorshift), each turn reads up to 64 packets stamped at the turn's
+    /// start and serves them for 10 µs + 1.5 µs a packet, then goes to wait. The figure the
+    /// relay would count (`RingWait`, or the old bound, the time since the ring last emptied)
+    /// and the packets' real waits are each fed to CoDel at the default mark and drop settings.
+    mod model {
+        use super::super::RingWait;
+        use crate::relay::aqm::{Codel, Params, Verdict};
+        use std::collections::VecDeque;
+
+        const BUDGET: usize = 64;
+        const C0_NS: f64 = 10_000.0;
+        const C1_NS: f64 = 1_500.0;
+
+        /// A full batch's rate, packets a ns.
+        fn full_rate() -> f64 {
+            BUDGET as f64 / (C0_NS + C1_NS * BUDGET as f64)
+        }
+
+        struct XorShift(u64);
+        impl XorShift {
+            fn unit(&mut self) -> f64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            }
+        }
+
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        pub(super) enum Figure {
+            RingWait,
+            /// Before: `now - last emptied` while drains leave packets behind.
+            SinceEmptied,
+        }
+
+        #[derive(Default, Debug)]
+        pub(super) struct Outcome {
+            pub real: Vec<u64>,
+            pub figure: Vec<u64>,
+            pub marks_real: u32,
+            pub marks_figure: u32,
+            pub drops_real: u32,
+            pub drops_figure: u32,
+        }
+
+        fn signals(samples: &[(u64, u64)], params: Params) -> u32 {
+            let mut codel = Codel::default();
+            samples
+                .iter()
+                .filter(|&&(now, wait)| codel.judge(params, now, wait, true) == Verdict::Signal)
+                .count() as u32
+        }
+
+        /// Load `rho` of a full batch's rate for `end_ns`, `rate_from(t)` times that rate in
+        /// the window `burst` (from, to, times the full rate), into a ring of `capacity`.
+        pub(super) fn run(
+            rho: f64,
+            burst: Option<(u64, u64, f64)>,
+            capacity: usize,
+            end_ns: u64,
+            figure: Figure,
+        ) -> Outcome {
+            let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+            let mut arrivals = Vec::new();
+            let mut t = 0.0;
+            while t < end_ns as f64 {
+                let rate = match burst {
+                    Some((from, to, times)) if (from as f64..to as f64).contains(&t) => {
+                        times * full_rate()
+                    }
+                    _ => rho * full_rate(),
+                };
+                t += -rng.unit().ln() / rate;
+                arrivals.push(t as u64);
+            }
+            let mut estimate = RingWait {
+                ring_packets: capacity as u64,
+                ..RingWait::default()
+            };
+            let (mut emptied_at, mut left_behind) = (0, false);
+            let mut ring = VecDeque::new();
+            let mut next = arrivals.into_iter().peekable();
+            let (mut real, mut fig) = (Vec::new(), Vec::new());
+            let mut now = 0;
+            loop {
+                while let Some(at) = next.next_if(|&at| at <= now) {
+                    if ring.len() < capacity {
+                        ring.push_back(at);
+                    }
+                }
+                if ring.is_empty() {
+                    // Idle: the engine waits for the next packet.
+                    let Some(&at) = next.peek() else { break };
+                    now = at;
+                    continue;
+                }
+                let k = ring.len().min(BUDGET);
+                for at in ring.drain(..k) {
+                    let counted = match figure {
+                        Figure::RingWait => estimate.wait_ns(now),
+                        Figure::SinceEmptied if left_behind => now - emptied_at,
+                        Figure::SinceEmptied => 0,
+                    };
+                    estimate.read(1);
+                    real.push((now, now - at));
+                    fig.push((now, counted));
+                }
+                let emptied = ring.is_empty();
+                estimate.drained(emptied, now);
+                left_behind = !emptied;
+                if emptied {
+                    emptied_at = now;
+                }
+                now += (C0_NS + C1_NS * k as f64) as u64;
+                estimate.waiting_from(now);
+            }
+            Outcome {
+                marks_real: signals(&real, Params::MARK),
+                marks_figure: signals(&fig, Params::MARK),
+                drops_real: signals(&real, Params::DROP),
+                drops_figure: signals(&fig, Params::DROP),
+                real: real.into_iter().map(|(_, w)| w).collect(),
+                figure: fig.into_iter().map(|(_, w)| w).collect(),
+            }
+        }
+
+        pub(super) fn quantile(values: &[u64], q: f64) -> u64 {
+            let mut v = values.to_vec();
+            v.sort_unstable();
+            v[((v.len() - 1) as f64 * q) as usize]
+        }
+    }
+
+    /// At 98% of its capacity the relay keeps up: its ring holds a batch or two, and goes tens of
+    /// milliseconds without emptying. The figure stays near the real wait, and CoDel on it
+    /// drops where CoDel on the real waits does (not at all) and marks within a bound; the old
+    /// bound, the time since the ring last emptied, read tens of ms and dropped.
+    #[test]
+    fn a_relay_that_keeps_up_near_capacity_reads_about_its_real_wait() {
+        let new = model::run(0.98, None, 2000, 2_000_000_000, model::Figure::RingWait);
+        let real_p99 = model::quantile(&new.real, 0.99);
+        let figure_p99 = model::quantile(&new.figure, 0.99);
+        eprintln!(
+            "real p99 {real_p99} figure p99 {figure_p99} marks {} / {} drops {} / {}",
+            new.marks_real, new.marks_figure, new.drops_real, new.drops_figure
         );
+        assert!(
+            figure_p99 <= 2 * real_p99,
+            "p99 {figure_p99} ns against a real {real_p99} ns"
+        );
+        assert!(
+            new.drops_figure <= 2 * new.drops_real + 2,
+            "drops {} against {}",
+            new.drops_figure,
+            new.drops_real
+        );
+        let old = model::run(0.98, None, 2000, 2_000_000_000, model::Figure::SinceEmptied);
+        // Marks are over-counted (see the module doc), and not fixed: held to no more than the
+        // old bound's, so that it cannot get worse unseen.
+        assert!(
+            new.marks_figure <= old.marks_figure,
+            "marks {} against {} (real {})",
+            new.marks_figure,
+            old.marks_figure,
+            new.marks_real
+        );
+        let old_p99 = model::quantile(&old.figure, 0.99);
+        assert!(
+            old_p99 > 10 * real_p99 && old.drops_figure > 2 * old.drops_real + 2,
+            "the old bound read {old_p99} ns at p99 and dropped {} times",
+            old.drops_figure
+        );
+    }
+
+    /// Arrivals at 1.5x what the relay serves for 300 ms fill a ring of 1000 packets: the
+    /// packets then wait a full ring's time through it. Once the ring has not emptied for
+    /// `STANDING_RUN_NS` the figure reads that within 2x, and CoDel signals.
+    #[test]
+    fn a_standing_backlog_reads_about_a_full_rings_wait_and_is_signalled() {
+        let burst = Some((500_000_000, 800_000_000, 1.5));
+        let o = model::run(0.5, burst, 1000, 1_000_000_000, model::Figure::RingWait);
+        let real_max = *o.real.iter().max().unwrap();
+        let figure_max = *o.figure.iter().max().unwrap();
+        eprintln!(
+            "real max {real_max} figure max {figure_max} marks {} / {} drops {} / {}",
+            o.marks_real, o.marks_figure, o.drops_real, o.drops_figure
+        );
+        assert!(real_max > 1_000_000, "a standing queue: {real_max} ns");
+        assert!(
+            figure_max >= real_max / 2 && figure_max <= 2 * real_max,
+            "read {figure_max} ns against a real {real_max} ns"
+        );
+        // Of the packets that really waited more than half a full ring, most read so.
+        let long = o.real.iter().filter(|&&w| w > real_max / 2).count();
+        let read_long = o.figure.iter().filter(|&&w| w > real_max / 4).count();
+        assert!(
+            read_long * 2 >= long,
+            "{read_long} read long of {long} that waited long"
+        );
+        assert!(o.marks_figure > 0 && o.drops_figure > 0, "signalled");
+    }
+
+    /// A drain that stopped on its budget (or its last free buffer) just as the ring went empty
+    /// reports packets left behind; then nothing comes for a second. The packets of the next
+    /// drain did not wait that second behind a queue: the engine waited, the ring empty.
+    /// `poll` says when it went to wait; the io_uring engines do not, and the time is capped at
+    /// twice what the relay took to serve a batch.
+    #[test]
+    fn an_idle_gap_after_a_drain_that_left_packets_is_not_counted_as_a_wait() {
+        for says_when_it_waits in [true, false] {
+            let mut ring = super::RingWait::default();
+            // A busy stretch: full batches of 64, 106 µs apart, each leaving packets behind.
+            let mut now = 0;
+            for _ in 0..20 {
+                ring.read(64);
+                ring.drained(false, now);
+                now += 106 * US;
+                if says_when_it_waits {
+                    ring.waiting_from(now);
+                }
+            }
+            assert_eq!(ring.wait_ns(now), 106 * US, "busy: a batch's wait");
+            // The last drain in fact emptied the ring; a second later one packet comes.
+            let later = now + 1_000_000 * US;
+            let counted = ring.wait_ns(later);
+            assert!(
+                counted <= 2 * 106 * US,
+                "counted {counted} ns for a packet that came after a second's idle \
+                 (engine says when it waits: {says_when_it_waits})"
+            );
+        }
     }
 }

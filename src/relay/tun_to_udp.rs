@@ -14,13 +14,16 @@ use crate::wire::vnet;
 use std::io;
 
 impl Relay {
-    /// A TUN read of `len` bytes filled buffer `bid` (`buffer`, which the relay now owns and no
-    /// request names).
-    pub fn on_tun_read(&mut self, bid: u16, buffer: &mut [u8], len: usize, now_ns: u64) {
-        self.read_failures.tun = 0;
-        if self.wireguard.is_some() {
-            return self.wireguard_send(bid, buffer, len, now_ns);
-        }
+    /// What every TUN read goes through first, in raw and in WireGuard mode: classified, its
+    /// time stamped, and judged by the AQM on the inner packet (`gate_tun_read`). Returns the
+    /// verdict to carry out.
+    pub(super) fn take_tun_read(
+        &mut self,
+        bid: u16,
+        buffer: &mut [u8],
+        len: usize,
+        now_ns: u64,
+    ) -> FromTun {
         let verdict = tun::classify(
             buffer,
             len,
@@ -29,7 +32,17 @@ impl Relay {
             &mut self.stats.counters,
         );
         self.tun_read_at_ns[usize::from(bid)] = now_ns;
-        let verdict = self.gate_tun_read(buffer, len, verdict, now_ns);
+        self.gate_tun_read(buffer, len, verdict, now_ns)
+    }
+
+    /// A TUN read of `len` bytes filled buffer `bid` (`buffer`, which the relay now owns and no
+    /// request names).
+    pub fn on_tun_read(&mut self, bid: u16, buffer: &mut [u8], len: usize, now_ns: u64) {
+        self.read_failures.tun = 0;
+        if self.wireguard.is_some() {
+            return self.wireguard_send(bid, buffer, len, now_ns);
+        }
+        let verdict = self.take_tun_read(bid, buffer, len, now_ns);
         match verdict {
             FromTun::Dropped => self.tun_free.push(bid),
             FromTun::Plain { len } => self.add_to_batch(bid, &buffer[vnet::LEN..vnet::LEN + len]),

@@ -30,7 +30,7 @@
 
 use super::receive::{self, ReceivePlan};
 use super::slots::{Base, Piece};
-use super::tun::{self, FromTun};
+use super::tun::FromTun;
 use super::{MAX_GSO_SENDS, Received, Relay};
 use crate::offload::coalesce::{self, Segment};
 use crate::offload::split::{self, MAX_HEADER_LEN, Split};
@@ -241,16 +241,8 @@ impl Relay {
 
     /// A TUN read in WireGuard mode (see the module docs).
     pub(super) fn wireguard_send(&mut self, bid: u16, buffer: &mut [u8], len: usize, now_ns: u64) {
-        let verdict = tun::classify(
-            buffer,
-            len,
-            self.offloads.tun_offloads(),
-            self.path.inner_mtu,
-            &mut self.stats.counters,
-        );
-        self.tun_read_at_ns[usize::from(bid)] = now_ns;
         // The AQM judges the inner packet before it is sealed, as in raw mode.
-        let verdict = self.gate_tun_read(buffer, len, verdict, now_ns);
+        let verdict = self.take_tun_read(bid, buffer, len, now_ns);
         match verdict {
             FromTun::Dropped => self.tun_free.push(bid),
             FromTun::Plain { len } => self.wireguard_send_plain(bid, buffer, len, now_ns),

@@ -180,8 +180,10 @@ impl RingEngine for Compat {
                     worker.on_tun_read(bid, result as usize, now_ns);
                     // What else the queue holds, read at once with plain reads, so that plain
                     // packets can share GSO sends and the one armed read is not a bottleneck. No
-                    // read is armed now, so nothing can overtake these.
-                    read_tun(worker, READ_BUDGET - 1, now_ns);
+                    // read is armed now, so nothing can overtake these. The armed read's packet
+                    // counts as this drain's first: if it took the last free buffer, packets
+                    // may be left behind, and the drain says so.
+                    read_tun(worker, READ_BUDGET - 1, 1, now_ns);
                 } else {
                     worker.relay.give_back_tun(bid);
                     // A TUN read never returns 0 bytes while the device is there.

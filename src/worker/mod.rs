@@ -662,6 +662,15 @@ impl Worker {
     }
 
     /// Closes a batch of completions, and turns what the relay asked for into submissions.
+    /// The engine is about to wait for something to do: tells the relay when, if it times the
+    /// TUN's ring (`Relay::on_engine_wait`), so that the wait is not counted as queueing.
+    fn note_wait(&mut self) {
+        if self.relay.times_queues() {
+            let now = self.now_ns();
+            self.relay.on_engine_wait(now);
+        }
+    }
+
     fn end_batch(&mut self, now_ns: u64) {
         let view = self.memory.view();
         self.relay.end_batch(now_ns, &view);

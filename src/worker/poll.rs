@@ -79,6 +79,7 @@ fn errno() -> i32 {
 impl Driver for Poll {
     fn turn(&mut self, worker: &mut Worker, spinning: bool) -> io::Result<usize> {
         self.carry_out(worker);
+        worker.note_wait();
         let (tun_ready, udp_ready) = self.wait(worker, spinning)?;
         let now = worker.now_ns();
         let mut handled = 0;
@@ -157,7 +158,7 @@ impl Poll {
     /// Reads the TUN queue until it is empty, the budget is spent or no buffer is free. Returns
     /// how many reads brought a packet.
     fn read_tun(&mut self, worker: &mut Worker, now_ns: u64) -> usize {
-        read_tun(worker, READ_BUDGET, now_ns)
+        read_tun(worker, READ_BUDGET, 0, now_ns)
     }
 
     /// One `recvmmsg` into as many free buffers as it may fill. Returns how many it filled.
@@ -323,20 +324,47 @@ impl Poll {
     }
 }
 
+/// Why a drain of the TUN's ring stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stopped {
+    /// A read found the ring empty (`EAGAIN`).
+    Empty,
+    /// No buffer was free for the next read.
+    NoBuffer,
+    /// The read budget was spent.
+    Budget,
+}
+
+/// What a drain that stopped as `stopped` tells the relay (`Relay::on_tun_drained`), if
+/// anything, after `before` packets it read otherwise (the `uring-compat` engine's armed read)
+/// and `read` plain reads. A drain that read nothing and
+/// stopped for want of a buffer says nothing about the ring (the last drain's word stands); one
+/// that read a packet and then found no buffer may have left packets behind, even if that
+/// packet came from the armed read and took the last buffer.
+pub(super) fn drain_word(stopped: Stopped, before: usize, read: usize) -> Option<bool> {
+    match stopped {
+        Stopped::Empty => Some(true),
+        Stopped::NoBuffer | Stopped::Budget => (before + read > 0).then_some(false),
+    }
+}
+
 /// Reads the worker's (non-blocking) TUN queue until it is empty, `budget` reads brought a
 /// packet or no buffer is free, handing each packet to the worker, and then tells the relay
-/// whether the ring was left empty (`Relay::on_tun_drained`). Returns how many reads brought a
-/// packet.
-pub(super) fn read_tun(worker: &mut Worker, budget: usize, now_ns: u64) -> usize {
+/// whether the ring was left empty (`Relay::on_tun_drained`). `before`: packets this drain
+/// read already (1 after the `uring-compat` engine's armed read). Returns how many of these
+/// reads brought a packet.
+pub(super) fn read_tun(worker: &mut Worker, budget: usize, before: usize, now_ns: u64) -> usize {
     let tun = worker.tun.as_raw_fd();
     let len = worker.memory.tun_buffers.buf_len();
+    let stop = |worker: &mut Worker, stopped, read: usize| {
+        if let Some(emptied) = drain_word(stopped, before, read) {
+            worker.relay.on_tun_drained(emptied, now_ns);
+        }
+        read
+    };
     for read in 0..budget {
         let Some(bid) = worker.relay.pop_free_tun() else {
-            // Packets may be left in the ring; with none read, the last drain's word stands.
-            if read > 0 {
-                worker.relay.on_tun_drained(false, now_ns);
-            }
-            return read;
+            return stop(worker, Stopped::NoBuffer, read);
         };
         let buffer = worker.memory.tun_buffers.buffer_ptr(bid);
         // SAFETY: `bid` was free: no request names it, and `buffer` holds `len` bytes.
@@ -349,13 +377,32 @@ pub(super) fn read_tun(worker: &mut Worker, budget: usize, now_ns: u64) -> usize
         // A TUN read never returns 0 bytes while the device is there.
         let e = if n == 0 { libc::EIO } else { errno() };
         if e == libc::EAGAIN {
-            worker.relay.on_tun_drained(true, now_ns);
-        } else {
-            worker.on_read_error(true, e);
+            return stop(worker, Stopped::Empty, read);
         }
+        worker.on_read_error(true, e);
         return read;
     }
-    // The budget is spent: packets may be left in the ring.
-    worker.relay.on_tun_drained(false, now_ns);
-    budget
+    stop(worker, Stopped::Budget, budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Stopped, drain_word};
+
+    /// The `uring-compat` engine's armed read took the last free buffer, and the plain reads
+    /// after it found none: packets may be left behind, and the drain must say so (it said
+    /// nothing, so "emptied" from an earlier drain stood over a real standing queue).
+    #[test]
+    fn an_armed_read_that_took_the_last_buffer_leaves_packets_behind() {
+        assert_eq!(drain_word(Stopped::NoBuffer, 1, 0), Some(false));
+        assert_eq!(drain_word(Stopped::NoBuffer, 0, 3), Some(false));
+        assert_eq!(
+            drain_word(Stopped::NoBuffer, 0, 0),
+            None,
+            "nothing read: no word"
+        );
+        assert_eq!(drain_word(Stopped::Budget, 1, 63), Some(false));
+        assert_eq!(drain_word(Stopped::Empty, 1, 0), Some(true));
+        assert_eq!(drain_word(Stopped::Empty, 0, 5), Some(true));
+    }
 }
