@@ -464,7 +464,12 @@ impl Args {
                 ),
             ));
         }
-        Ok(aqm::Settings { mode, mark, drop })
+        Ok(aqm::Settings {
+            mode,
+            mark,
+            drop,
+            tun_ring_packets: self.tx_queue_len,
+        })
     }
 }
 
@@ -935,6 +940,15 @@ mod tests {
                 ..all
             }
         );
+    }
+
+    /// The AQM reads a ring that stands full by the ring's size, which `--tx-queue-len` sets.
+    #[test]
+    fn the_aqm_knows_the_tun_rings_size() {
+        let default = check(&["--aqm", "codel"]).unwrap().aqm.tun_ring_packets;
+        assert_eq!(default, crate::cli::DEFAULT_TX_QUEUE_LEN);
+        let c = check(&["--aqm", "codel", "--tx-queue-len", "500"]).unwrap();
+        assert_eq!(c.aqm.tun_ring_packets, 500);
     }
 
     #[test]

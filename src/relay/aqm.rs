@@ -103,6 +103,10 @@ pub struct Settings {
     /// When Not-ECT packets are dropped: no sooner than marks (RFC 3168 section 5 lets a node
     /// mark where it would drop; marking earlier costs an ECN-capable flow no packet).
     pub drop: Params,
+    /// The TUN ring's capacity in packets (`--tx-queue-len`: `tun_queue_resize` in
+    /// drivers/net/tun.c sizes every queue's ring to the device's `tx_queue_len`), which bounds
+    /// a ring that stands full (`relay::queue`).
+    pub tun_ring_packets: u32,
 }
 
 impl Settings {
@@ -110,6 +114,7 @@ impl Settings {
         mode: Mode::Codel,
         mark: Params::MARK,
         drop: Params::DROP,
+        tun_ring_packets: crate::cli::DEFAULT_TX_QUEUE_LEN,
     };
 
     pub const OFF: Settings = Settings {
@@ -473,11 +478,9 @@ mod tests {
         assert!(eligible(SPARSE_LEN + 1) && !eligible(SPARSE_LEN) && !eligible(84));
     }
 
-    /// Marks come at their own (shorter) times, drops at theirs, from one shared queue: an
-    /// ECN-capable packet is never dropped and a Not-ECT one never marked.
-    #[test]
-    fn ect_packets_are_marked_on_the_mark_times_and_not_ect_ones_dropped_on_the_drop_times() {
-        let settings = Settings {
+    /// CoDel marking above 1 ms for 10 ms and dropping above 5 ms for 100 ms.
+    fn marks_at_1ms_drops_at_5ms() -> Settings {
+        Settings {
             mode: Mode::Codel,
             mark: Params {
                 target_ns: MS,
@@ -487,7 +490,15 @@ mod tests {
                 target_ns: 5 * MS,
                 interval_ns: 100 * MS,
             },
-        };
+            ..Settings::DEFAULT
+        }
+    }
+
+    /// Marks come at their own (shorter) times, drops at theirs, from one shared queue: an
+    /// ECN-capable packet is never dropped and a Not-ECT one never marked.
+    #[test]
+    fn ect_packets_are_marked_on_the_mark_times_and_not_ect_ones_dropped_on_the_drop_times() {
+        let settings = marks_at_1ms_drops_at_5ms();
         // A queue standing at 3 ms: above the mark target, below the drop target.
         let mut q = Queue::default();
         let mut marks = 0;
@@ -529,17 +540,7 @@ mod tests {
     /// a drop interval, and near the old rate (RFC 8289 section 5.4's re-entry).
     #[test]
     fn an_ecn_flow_leaves_no_stale_drop_schedule_behind() {
-        let settings = Settings {
-            mode: Mode::Codel,
-            mark: Params {
-                target_ns: MS,
-                interval_ns: 10 * MS,
-            },
-            drop: Params {
-                target_ns: 5 * MS,
-                interval_ns: 100 * MS,
-            },
-        };
+        let settings = marks_at_1ms_drops_at_5ms();
         let judge = |q: &mut Queue, t: u64, ect: bool| q.judge(settings, t, 6 * MS, ect, true);
         // Never signalled: 500 ms of an ECN flow (marked), then Not-ECT packets.
         let mut q = Queue::default();

@@ -54,6 +54,7 @@ fn relay_with_eager_aqm() -> Relay {
             mode: aqm::Mode::Codel,
             mark: EAGER,
             drop: EAGER,
+            ..aqm::Settings::DEFAULT
         },
         ..config()
     })
@@ -378,6 +379,7 @@ fn observe_times_the_queues_and_never_marks_or_drops() {
             mode: aqm::Mode::Observe,
             mark: EAGER,
             drop: EAGER,
+            ..aqm::Settings::DEFAULT
         },
         ..config()
     });

@@ -47,9 +47,9 @@
 //!     through), capped by that busy time. Below that, a long backlog (arrivals above service)
 //!     would read as one batch; above it, a relay at 98% load whose ring happens not to empty
 //!     for that long is charged a full ring's wait (in the model at 98% load no run is that long;
-//!     at 99% some are). The capacity taken is `--tx-queue-len`'s default, 2000 packets (a
-//!     `--tx-queue-len` given is not yet passed down to the relay); it bounds the real wait from
-//!     above as long as the relay's service time does not change much over one ring.
+//!     at 99% some are). The capacity taken is `--tx-queue-len` (every queue's ring holds that
+//!     many packets); it bounds the real wait from above as long as the relay's service time
+//!     does not change much over one ring.
 //!
 //!   The wait so counted is read at the batch after the drain that told it (as PIE computes its
 //!   queue delay every update interval and applies it to the packets in between, RFC 8033
@@ -85,7 +85,10 @@ impl Queues {
             settings,
             tun: aqm::Queue::default(),
             udp: aqm::Queue::default(),
-            tun_ring: RingWait::default(),
+            tun_ring: RingWait {
+                ring_packets: u64::from(settings.tun_ring_packets),
+                ..RingWait::default()
+            },
             wall_offset_ns: None,
         }
     }
@@ -352,6 +355,7 @@ mod tests {
     use super::super::lifetime::{FakeBuffers, config};
     use super::super::{Relay, RelayConfig, Request};
     use super::aqm::{self, Mode};
+    use super::{Queues, STANDING_RUN_NS};
     use crate::offload::test_packets::{Spec, build};
     use crate::wire::cmsg::QueuedErrors;
     use crate::wire::vnet;
@@ -642,6 +646,30 @@ mod tests {
             v.sort_unstable();
             v[((v.len() - 1) as f64 * q) as usize]
         }
+    }
+
+    /// A ring that stands full reads as the ring's size, `--tx-queue-len`, times the time per
+    /// packet: the relay takes the size from its settings.
+    #[test]
+    fn a_ring_that_stands_full_reads_as_the_configured_rings_size() {
+        let read_as = |ring_packets: u32| {
+            let mut queues = Queues::new(aqm::Settings {
+                mode: Mode::Observe,
+                tun_ring_packets: ring_packets,
+                ..aqm::Settings::DEFAULT
+            });
+            // Drains of 64 packets 64 us apart (1 us a packet) that never empty the ring, for
+            // longer than a standing run.
+            let mut now = 0;
+            while now < 2 * STANDING_RUN_NS {
+                queues.tun_ring.read(64);
+                queues.tun_ring.drained(false, now);
+                now += 64_000;
+            }
+            queues.tun_ring.wait_ns(now)
+        };
+        assert_eq!(read_as(2000), 2_000_000, "2000 packets at 1 us each");
+        assert_eq!(read_as(500), 500_000, "500 packets at 1 us each");
     }
 
     /// At 98% of its capacity the relay keeps up: its ring holds a batch or two, and goes tens of

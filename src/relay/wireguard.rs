@@ -919,6 +919,7 @@ mod tests {
                 mode: crate::relay::aqm::Mode::Codel,
                 mark: eager,
                 drop: eager,
+                ..crate::relay::aqm::Settings::DEFAULT
             },
             ..config(&b)
         });
