@@ -233,10 +233,10 @@ pub struct Args {
     /// receive buffer): `codel` times how long packets wait there and, when that wait stands
     /// above --aqm-target for --aqm-interval, marks ECN-capable packets CE and drops others, ever
     /// more often until it falls (RFC 8289, RFC 3168); `observe` only times them (the stats'
-    /// queue delay); `off` does neither. Off by default: the TUN ring's wait is bounded by the
-    /// time since a read last found it empty, which on a busy relay that keeps up can pass the
-    /// target while packets wait less, and the drop times were measured only on sub-millisecond
-    /// round trips (docs/latency.md).
+    /// queue delay); `off` does neither. Off by default: the drop times were measured only on
+    /// sub-millisecond round trips (raise --aqm-interval and --aqm-drop-interval to the flows'
+    /// round trip on a longer path), and the TUN ring's wait, which no reader can see, is
+    /// counted as a lower bound, so a standing ring is mostly left alone (docs/latency.md).
     #[arg(
         long,
         value_name = "codel|observe|off",
