@@ -231,9 +231,21 @@ fn an_ecn_stream_is_timed_and_marked_and_every_packet_is_counted(engine: &str) {
         total(&report_a, "tun_rx_packets"),
         "{report_a}"
     );
+    // The control messages a relay receives: the path MTU machine's probes and their
+    // acknowledgements, and with outer entropy on the peer's advertisements of its source ports
+    // (taken, unproven or ignored) and the acknowledgements of this relay's own.
     let control = |r: &Value| {
-        testbed::report_sum(&r["path"]["queues"], "pmtu_probes_answered")
-            + testbed::report_sum(&r["path"]["queues"], "pmtu_probes_acked")
+        [
+            "pmtu_probes_answered",
+            "pmtu_probes_acked",
+            "peer_ports_accepted",
+            "peer_ports_unproven",
+            "peer_ports_ignored",
+            "ports_acknowledged",
+        ]
+        .iter()
+        .map(|field| testbed::report_sum(&r["path"]["queues"], field))
+        .sum::<u64>()
     };
     assert_eq!(
         delay_count(&report_b, "udp_to_tun"),
@@ -378,9 +390,16 @@ fn loaded_ping(bed: &Testbed, aqm: &[&str]) -> (u64, u64, u64) {
             "10",
         ]),
     );
-    assert!(ping.wait_for(Duration::from_secs(20)).unwrap().success());
+    let pinged = ping.wait_for(Duration::from_secs(20)).unwrap();
     assert!(sender.wait_for(Duration::from_secs(20)).unwrap().success());
     assert!(sink.wait_for(Duration::from_secs(30)).unwrap().success());
+    let (report_a, report_b) = (stop(bed, a, Host::A), stop(bed, b, Host::B));
+    assert!(
+        pinged.success(),
+        "ping {pinged}: {} {}\nA: {report_a}\nB: {report_b}",
+        ping.stdout(),
+        ping.stderr()
+    );
     let acted_at = |report: &Value| {
         ["tun_ring", "udp_socket"]
             .iter()
@@ -390,7 +409,7 @@ fn loaded_ping(bed: &Testbed, aqm: &[&str]) -> (u64, u64, u64) {
             })
             .sum::<u64>()
     };
-    let acted = acted_at(&stop(bed, a, Host::A)) + acted_at(&stop(bed, b, Host::B));
+    let acted = acted_at(&report_a) + acted_at(&report_b);
     let v = parse_json(&ping.stdout()).unwrap();
     let at = |q: &str| v["rtt_us"][q].as_u64().unwrap();
     (at("p50"), at("p99"), acted)
