@@ -60,25 +60,13 @@ fn check_interrupt() -> Result<(), String> {
 /// percentiles and replies.
 fn ping(
     bed: &Testbed,
-    name: &str,
     to: &str,
     (count, interval_ms): (u32, u32),
     limit: Duration,
 ) -> Result<String, String> {
-    let (count, interval_ms) = (count.to_string(), interval_ms.to_string());
-    let args = [
-        "ping",
-        "--to",
-        to,
-        "--count",
-        &count,
-        "--interval-ms",
-        &interval_ms,
-    ];
-    let out = bed
-        .tunload(Host::A, name, &args, limit)
+    let v = bed
+        .tunload_ping(Host::A, to, count, interval_ms, limit)
         .map_err(|e| e.to_string())?;
-    let v = parse_json(&out).map_err(|e| e.to_string())?;
     Ok(format!(
         "p50 {} µs, p99 {} µs ({} of {} replies)",
         v["rtt_us"]["p50"], v["rtt_us"]["p99"], v["received"], v["sent"]
@@ -161,7 +149,7 @@ fn run() -> Result<(), String> {
     };
     check_interrupt()?;
 
-    let idle = ping(&bed, "ping-idle", far, (50, 10), Duration::from_secs(20))?;
+    let idle = ping(&bed, far, (50, 10), Duration::from_secs(20))?;
     println!("ping through the tunnel, idle:      {idle}");
     check_interrupt()?;
 
@@ -198,7 +186,7 @@ fn run() -> Result<(), String> {
         .tunload_background(Host::A, "tcp-send", &send_args)
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
-    let loaded = ping(&bed, "ping-loaded", far, (100, 20), Duration::from_secs(30))?;
+    let loaded = ping(&bed, far, (100, 20), Duration::from_secs(30))?;
     let limit = Duration::from_secs(seconds.parse::<u64>().unwrap_or(5) + 30);
     let sent_ok = sender.wait_for(limit).map_err(|e| e.to_string())?.success();
     let cpu = testbed::busy_cpu_seconds() - cpu_before;
