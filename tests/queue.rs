@@ -258,11 +258,22 @@ fn an_ecn_stream_is_timed_and_marked_and_every_packet_is_counted(engine: &str) {
     // (`SO_TIMESTAMPNS`), stands behind a stream that B writes slower than it comes; A's ring
     // may mark or not, as its drains find it. The acknowledgements' queues: nothing.
     assert_acknowledgements_untouched(&report_a, &report_b);
+    // Whether B's socket queue stands depends on B reading slower than A sends, which on a
+    // machine the endpoints share it does not always (2 of 3 engines in one CI run, 1 of 24 runs
+    // in a row after it; B's median wait 34-51 us): the marks are asserted where the median
+    // datagram waited above the mark target, and the bottleneck test below, whose relays share
+    // one CPU, asserts them in every round.
     let (b_marks, b_drops) = acted(&report_b, "udp_socket");
-    assert!(
-        b_marks > 0,
-        "{engine}: B's socket marked nothing: {report_b}"
-    );
+    let b_median_wait = delay(&report_b, "udp_to_tun", "p50");
+    if b_median_wait > 100_000 {
+        assert!(
+            b_marks > 0,
+            "{engine}: B's socket stood (median wait {b_median_wait} ns) and marked nothing: \
+             {report_b}"
+        );
+    } else {
+        eprintln!("{engine}: B kept up (median wait {b_median_wait} ns), {b_marks} marks");
+    }
     // Dropped: nothing, unless a packet was lost elsewhere first. The data is ECT(0); only a
     // retransmission is Not-ECT (RFC 3168 section 6.1.5), and a lone one after the ECN stream
     // finds no drop schedule standing.
