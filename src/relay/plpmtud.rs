@@ -189,6 +189,8 @@ pub struct Plpmtud {
     /// tuple's delivery is checked all the time (`relay::entropy`, [`Plpmtud::for_tuple`]).
     keepalive_ns: Option<u64>,
     next_keepalive_ns: u64,
+    /// [`Plpmtud::pause`]d: no deadline, and not run.
+    paused: bool,
     counts: Counts,
 }
 
@@ -218,6 +220,7 @@ impl Plpmtud {
             last_ack_ns: None,
             keepalive_ns: None,
             next_keepalive_ns: 0,
+            paused: false,
             counts: Counts::default(),
         }
     }
@@ -233,6 +236,22 @@ impl Plpmtud {
             peer_answers: true,
             keepalive_ns: Some(keepalive_ns),
             ..Plpmtud::new(limits)
+        }
+    }
+
+    /// Stops until [`Plpmtud::resume`] (an extra tuple's ports went out of use): no deadline,
+    /// and every acknowledgement so far forgotten (the peer may not take the tuple's datagrams
+    /// any more), so that only one of a probe after it resumed shows the tuple carries again.
+    /// What it knows of the path stays.
+    pub fn pause(&mut self) {
+        self.paused = true;
+        self.last_ack_ns = None;
+    }
+
+    /// Runs again after [`Plpmtud::pause`], with a keepalive at once.
+    pub fn resume(&mut self, now_ns: u64) {
+        if std::mem::take(&mut self.paused) {
+            self.next_keepalive_ns = now_ns;
         }
     }
 
@@ -406,6 +425,9 @@ impl Plpmtud {
 
     /// When `poll` next has something to do, if ever: a probe's deadline, a hello, a raise.
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self.paused {
+            return None;
+        }
         if let Some(out) = self.outstanding {
             return Some(out.deadline_ns);
         }

@@ -26,10 +26,21 @@
 //! | IPv4, 0 -> 0 | 0x00 | 'T'  | 'F'  | kind | nonce (u64 BE) | size BE  | 0 0    | zeros |
 //! +--------------+------+------+------+------+----------------+----------+--------+-------+
 //! ```
-//! `kind` 1 is a probe, 2 its acknowledgement. A probe is padded with zeros to the UDP payload
-//! that makes an outer IP packet of `size` bytes; the acknowledgement is the 36-byte header
-//! alone, echoing the probe's nonce and size. The nonce is random, so an acknowledgement cannot
-//! be forged by anyone who did not see the probe.
+//! `kind` 1 is a probe, 2 its acknowledgement. A probe is padded to the UDP payload that makes
+//! an outer IP packet of `size` bytes; the acknowledgement is the 36-byte header alone, echoing
+//! the probe's nonce and size. The nonce is random, so an acknowledgement cannot be forged by
+//! anyone who did not see the probe. A probe sent from one of the sender's extra ports (outer
+//! flow entropy) carries the echo of the receiver's cookie in its first 8 padding bytes (u64 BE,
+//! as an advertisement echoes it; 0 for none), which proves to the receiver that the port is
+//! the sender's: such a probe is at least `36 + 8` bytes, so a hello grows by 8. Every other
+//! padding byte is zero, and a probe shorter than `36 + 8` bytes is all zeros after its header:
+//!
+//! ```text
+//!  0 .. 35          36 ........ 43    44 ...
+//! +----------------+----------------+-------+
+//! | header, kind 1 | echo u64 BE    | zeros |
+//! +----------------+----------------+-------+
+//! ```
 //!
 //! `kind` 3 is an advertisement: the source ports its sender sends from besides its listen
 //! port. `size` is their number N (at most [`MAX_PORTS`]), and the header is followed by the
@@ -62,8 +73,8 @@ const WRAP_PROTOCOL: u8 = 253;
 pub const MAX_PORTS: usize = 16;
 /// Bytes of an advertisement's session field, after the header.
 pub const SESSION_LEN: usize = 8;
-/// Bytes of an advertisement's echo field, after the session, and of an acknowledgement's
-/// cookie, after the header.
+/// Bytes of an advertisement's echo field, after the session, of an acknowledgement's
+/// cookie, after the header, and of a probe's echo, after the header.
 pub const COOKIE_LEN: usize = 8;
 /// Bytes of an advertisement before its ports.
 pub const ADVERTISEMENT_FIXED_LEN: usize = HEADER_LEN + SESSION_LEN + COOKIE_LEN;
@@ -128,8 +139,9 @@ pub struct Control {
     pub nonce: u64,
     /// The outer IP packet size the probe tests (outer IP and UDP headers included).
     pub size: u16,
-    /// [`Kind::PortsAck`] only (0 otherwise): the acknowledging relay's cookie, which its
-    /// peer's advertisements echo from then on.
+    /// [`Kind::PortsAck`]: the acknowledging relay's cookie, which its peer's advertisements
+    /// echo from then on. [`Kind::Probe`]: the echo of the receiver's cookie (a probe sent from
+    /// an extra port; 0: none). 0 otherwise.
     pub cookie: u64,
 }
 
@@ -158,7 +170,12 @@ impl Control {
         }
         let size = u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes"));
         let kind = match header[field::KIND] {
-            1 if datagram[HEADER_LEN..].iter().all(|b| *b == 0) => Kind::Probe,
+            1 if datagram[probe_padding(datagram.len())..]
+                .iter()
+                .all(|b| *b == 0) =>
+            {
+                Kind::Probe
+            }
             2 if datagram.len() == HEADER_LEN => Kind::Ack,
             3 if ports_body(datagram, size).is_some() => Kind::Ports,
             4 if datagram.len() == PORTS_ACK_LEN
@@ -171,6 +188,11 @@ impl Control {
         };
         let cookie = match kind {
             Kind::PortsAck => u64::from_be_bytes(datagram[HEADER_LEN..].try_into().ok()?),
+            Kind::Probe if datagram.len() >= HEADER_LEN + COOKIE_LEN => u64::from_be_bytes(
+                datagram[HEADER_LEN..HEADER_LEN + COOKIE_LEN]
+                    .try_into()
+                    .ok()?,
+            ),
             _ => 0,
         };
         Some(Control {
@@ -181,13 +203,15 @@ impl Control {
         })
     }
 
-    /// Writes this message's header into `out` and, for a probe, zeros up to `payload_len`
-    /// bytes. Returns the datagram's length: [`HEADER_LEN`] for a probe's acknowledgement,
-    /// [`PORTS_ACK_LEN`] for an advertisement's (its cookie after the header), `payload_len` (at
-    /// least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or for an
-    /// advertisement, whose ports only [`Advertisement::write`] has.
+    /// Writes this message's header into `out` and, for a probe, its echo (if not 0) and zeros
+    /// up to `payload_len` bytes. Returns the datagram's length: [`HEADER_LEN`] for a probe's
+    /// acknowledgement, [`PORTS_ACK_LEN`] for an advertisement's (its cookie after the header),
+    /// `payload_len` (at least [`HEADER_LEN`], and [`HEADER_LEN`] + [`COOKIE_LEN`] with an
+    /// echo) for a probe, or `None` if `out` is too short, or for an advertisement, whose ports
+    /// only [`Advertisement::write`] has.
     pub fn write(&self, out: &mut [u8], payload_len: usize) -> Option<usize> {
         let len = match self.kind {
+            Kind::Probe if self.cookie != 0 => payload_len.max(HEADER_LEN + COOKIE_LEN),
             Kind::Probe => payload_len.max(HEADER_LEN),
             Kind::Ack => HEADER_LEN,
             Kind::PortsAck => PORTS_ACK_LEN,
@@ -201,8 +225,12 @@ impl Control {
         out[field::SIZE].copy_from_slice(&self.size.to_be_bytes());
         out[field::RESERVED].fill(0);
         out[HEADER_LEN..].fill(0);
-        if self.kind == Kind::PortsAck {
-            out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes());
+        match self.kind {
+            Kind::PortsAck => out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes()),
+            Kind::Probe if self.cookie != 0 => {
+                out[HEADER_LEN..HEADER_LEN + COOKIE_LEN].copy_from_slice(&self.cookie.to_be_bytes())
+            }
+            _ => {}
         }
         Some(len)
     }
@@ -231,6 +259,15 @@ impl Control {
             cookie,
             ..*self
         }
+    }
+}
+
+/// Where a probe of `len` bytes has only zeros from: after its echo, if it has room for one.
+fn probe_padding(len: usize) -> usize {
+    if len >= HEADER_LEN + COOKIE_LEN {
+        HEADER_LEN + COOKIE_LEN
+    } else {
+        HEADER_LEN
     }
 }
 
@@ -407,6 +444,23 @@ mod tests {
         assert_eq!(len, HEADER_LEN);
         assert_eq!(Control::parse(&out[..len]), Some(probe.ack()));
         assert_eq!(probe.write(&mut out[..100], 1420), None, "too short");
+        // One that echoes a cookie carries it after the header, and a hello grows to hold it;
+        // its acknowledgement does not carry it.
+        for (payload_len, want) in [(1420, 1420), (HEADER_LEN, HEADER_LEN + COOKIE_LEN)] {
+            let echo = Control {
+                cookie: 0x0102_0304_0506_0708,
+                ..probe
+            };
+            let len = echo.write(&mut out, payload_len).unwrap();
+            assert_eq!(len, want);
+            assert_eq!(
+                out[HEADER_LEN..HEADER_LEN + COOKIE_LEN],
+                [1, 2, 3, 4, 5, 6, 7, 8]
+            );
+            assert!(out[HEADER_LEN + COOKIE_LEN..len].iter().all(|b| *b == 0));
+            assert_eq!(Control::parse(&out[..len]), Some(echo));
+            assert_eq!(echo.ack().cookie, 0);
+        }
     }
 
     #[test]
@@ -447,8 +501,31 @@ mod tests {
         .write(&mut probe, 64)
         .unwrap();
         assert!(Control::parse(&probe).is_some());
+        // Its first 8 padding bytes are the echo; every other one is zero.
         probe[40] = 1;
-        assert_eq!(Control::parse(&probe), None, "a probe carries only zeros");
+        assert_eq!(Control::parse(&probe).map(|c| c.cookie), Some(1 << 24));
+        probe[44] = 1;
+        assert_eq!(
+            Control::parse(&probe),
+            None,
+            "a probe carries only its echo"
+        );
+        let mut short = [0u8; HEADER_LEN + COOKIE_LEN - 1];
+        Control {
+            kind: Kind::Probe,
+            nonce: 1,
+            size: 64,
+            cookie: 0,
+        }
+        .write(&mut short, HEADER_LEN + COOKIE_LEN - 1)
+        .unwrap();
+        assert!(Control::parse(&short).is_some());
+        short[HEADER_LEN] = 1;
+        assert_eq!(
+            Control::parse(&short),
+            None,
+            "no room for an echo: zeros only"
+        );
         // No IP packet is a control message.
         assert!(!is_control(&[0x45, 0, 0, 20]));
         assert!(!is_control(&[0x60]));
