@@ -61,6 +61,10 @@
 //! same NAT address) could have one of its own ports accepted with a single spoofed datagram
 //! from the listen port, and then send as the peer without spoofing. An attacker on the path sees the cookie, and can
 //! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
+//! One thing it could do without spoofing anything new is refused all the same: replaying,
+//! after the peer restarted, a proven advertisement of the peer's previous run (its cookie still
+//! taken), which would put the dead run's ports back; the sessions of the peer's last 8 runs are
+//! remembered, and an advertisement naming one changes nothing.
 //!
 //! An unproven advertisement that names a session other than the peer's (a restarted peer's
 //! first, which holds none of this relay's ports) makes this relay advertise at once, at most
@@ -234,7 +238,13 @@ struct PeerPorts {
     /// Per port in `ports`: probes that echoed the cookie heard from it.
     heard: Vec<u64>,
     session: Option<u64>,
+    /// The peer's sessions before `session`, latest last, at most [`RETIRED_SESSIONS`]: an
+    /// advertisement naming one is a replay of a run that ended, refused even with the cookie.
+    retired: Vec<u64>,
 }
+
+/// Sessions of the peer's earlier runs remembered ([`PeerPorts::retired`]).
+const RETIRED_SESSIONS: usize = 8;
 
 /// The advertiser's view of one of the peer's ports: the count of proving probes from it when
 /// last looked at, and when (the advertiser's clock) it last changed.
@@ -304,10 +314,15 @@ impl SourcePorts {
                 || echo == self.previous_cookie.load(Ordering::Relaxed))
     }
 
-    /// Replaces this relay's cookie with `fresh` (0 is taken as 1); the one it replaces is still
-    /// taken until the next replacement.
+    /// Replaces this relay's cookie with `fresh`; the one it replaces is still taken until the
+    /// next replacement. A `fresh` of 0 (the kernel gave no random number:
+    /// `sys::random::nonce_or_none`) replaces nothing: a constant in its place would be a cookie
+    /// anyone could guess, and the current one stays as unguessable as it was.
     fn rotate_cookie(&self, fresh: u64) {
-        let before = self.cookie.swap(fresh.max(1), Ordering::Relaxed);
+        if fresh == 0 {
+            return;
+        }
+        let before = self.cookie.swap(fresh, Ordering::Relaxed);
         self.previous_cookie.store(before, Ordering::Relaxed);
     }
 
@@ -412,6 +427,11 @@ impl SourcePorts {
     /// restarted; one that does not changes nothing (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        if peer.retired.contains(&advertisement.session) {
+            // A run of the peer's that ended: a replay (an on-path observer's, with a cookie
+            // still taken), which would reinstate the ports of a dead run.
+            return PeerAdvertisement::Unproven;
+        }
         if !self.proves(advertisement.echo) {
             if peer.session != Some(advertisement.session) {
                 self.peer_restart_hinted.store(true, Ordering::Relaxed);
@@ -419,10 +439,14 @@ impl SourcePorts {
             return PeerAdvertisement::Unproven;
         }
         let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
-        let restarted = peer
-            .session
-            .replace(advertisement.session)
-            .is_some_and(|before| before != advertisement.session);
+        let before = peer.session.replace(advertisement.session);
+        let restarted = before.is_some_and(|before| before != advertisement.session);
+        if let Some(before) = before.filter(|_| restarted) {
+            if peer.retired.len() == RETIRED_SESSIONS {
+                peer.retired.remove(0);
+            }
+            peer.retired.push(before);
+        }
         // A port is accepted only once a probe that echoes the cookie came from it: one that
         // stays keeps what it proved, unless the peer restarted (its sockets are new).
         let heard: Vec<u64> = new
@@ -457,7 +481,7 @@ impl SourcePorts {
         PeerAdvertisement::Proven { restarted }
     }
 
-    /// Forgets the peer's ports (they expired, or the peer moved).
+    /// Forgets the peer's ports (they expired, or the peer moved); its retired sessions stay.
     pub fn forget_peer(&self) {
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         for port in std::mem::take(&mut peer.ports) {
@@ -1032,6 +1056,24 @@ mod tests {
         shared.hear_probe(40000);
         shared.forget_peer();
         assert!(!shared.accepts(40000) && !shared.advertised(40000));
+    }
+
+    /// When the kernel gives no random number (0), the cookie is not replaced: a constant in
+    /// its place (it used to become 1) would be one anyone could echo.
+    #[test]
+    fn a_cookie_is_not_replaced_by_a_guessable_one() {
+        let shared = SourcePorts::new(&[1], 1, COOKIE);
+        shared.rotate_cookie(0);
+        assert_eq!(shared.cookie(), COOKIE);
+        assert!(!shared.proves(1));
+        shared.rotate_cookie(0x5eed);
+        assert_eq!(shared.cookie(), 0x5eed);
+        assert!(shared.proves(COOKIE), "the one before still taken");
+        // Through the advertiser: its rotation, with no random number, keeps the cookie.
+        let mut a = Advertiser::new();
+        a.poll(&shared, 0, || 0);
+        a.poll(&shared, 5 * COOKIE_LIFETIME_NS, || 0);
+        assert_eq!(shared.cookie(), 0x5eed);
     }
 
     /// A blind spoofer of the peer's address and listen port (or another process on the

@@ -428,13 +428,13 @@ fn holds_blind_forgeries_add_no_port_and_keep_no_state() {
     }
 }
 
-/// FINDING 3 (on-path observer, replay): an advertisement seen on the path replays for up to
-/// 8 minutes (current + previous cookie), including one from the peer's PREVIOUS run after it
-/// restarted: the relay takes it as a proven restart and re-accepts the dead run's ports,
-/// which any process on the peer's host may now hold. (An on-path attacker who can spoof could
-/// forge anything in raw mode anyway; the point is that the proof is not bound to freshness.)
+/// FINDING 3 (on-path observer, replay), fixed: an advertisement seen on the path replays for
+/// up to 8 minutes (current + previous cookie), and one from the peer's PREVIOUS run, replayed
+/// after it restarted, was taken as a proven restart and re-advertised the dead run's ports,
+/// which any process on the peer's host may now hold. Now the relay remembers the peer's retired
+/// sessions and refuses an advertisement naming one: the live run's ports stay.
 #[test]
-fn replay_of_an_old_run_advertisement_reinstates_dead_ports() {
+fn replay_of_an_old_run_advertisement_is_refused() {
     let a = SourcePorts::new(&[41000], 0xa, 0xc1);
     // B's first run: ports 50000, session 1; it echoes A's cookie.
     let old = Advertisement::new(11, 1, a.cookie(), &[50000]).unwrap();
@@ -449,16 +449,27 @@ fn replay_of_an_old_run_advertisement_reinstates_dead_ports() {
         PeerAdvertisement::Proven { restarted: true }
     );
     assert!(!a.advertised(50000));
-    // The observer replays the old run's advertisement, spoofing B's listen port.
-    assert_eq!(
-        a.accept_peer(&old),
-        PeerAdvertisement::Proven { restarted: true }
-    );
-    assert!(a.advertised(50000), "the dead run's port is accepted again");
+    // The observer replays the old run's advertisement, spoofing B's listen port: refused.
+    assert_eq!(a.accept_peer(&old), PeerAdvertisement::Unproven);
     assert!(
-        !a.advertised(50500),
-        "and the live run's port is not: its flows are dropped"
+        !a.advertised(50000),
+        "the dead run's port is not taken again"
     );
+    assert!(a.advertised(50500), "and the live run's port stays");
+    assert_eq!(a.peer_ports(), vec![50500]);
+    // Still refused after the live run's ports expired, and after more restarts (eight
+    // retired sessions are remembered).
+    a.forget_peer();
+    assert_eq!(a.accept_peer(&old), PeerAdvertisement::Unproven);
+    for session in 3..11 {
+        let ad = Advertisement::new(session, session, a.cookie(), &[50500]).unwrap();
+        assert!(matches!(
+            a.accept_peer(&ad),
+            PeerAdvertisement::Proven { .. }
+        ));
+    }
+    let second = Advertisement::new(13, 3, a.cookie(), &[50000]).unwrap();
+    assert_eq!(a.accept_peer(&second), PeerAdvertisement::Unproven);
 }
 
 /// FINDING 4 (a host behind the same NAT address as the peer), fixed: the relay accepted the
