@@ -326,6 +326,7 @@ fn control_seeds() -> Seeds {
         nonce: 0x0123_4567_89ab_cdef,
         size: 148,
         cookie: 0,
+        taken: false,
     };
     let mut probe_bytes = vec![0u8; 120];
     probe.write(&mut probe_bytes, 120).expect("room");
@@ -344,7 +345,7 @@ fn control_seeds() -> Seeds {
     let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::PORTS_ACK_LEN];
     Control::parse(&advertisement)
         .expect("an advertisement")
-        .ports_ack(0xc00c1e)
+        .ports_ack(0xc00c1e, true)
         .write(&mut ports_ack, 0)
         .expect("room");
     vec![

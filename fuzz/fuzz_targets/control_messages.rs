@@ -59,9 +59,13 @@ fuzz_target!(|datagram: &[u8]| {
         Kind::Probe => assert_eq!(message.ack().kind, Kind::Ack),
         Kind::Ports => {
             assert!(usize::from(message.size) <= control::MAX_PORTS);
-            assert_eq!(message.ports_ack(1).kind, Kind::PortsAck);
+            assert_eq!(message.ports_ack(1, true).kind, Kind::PortsAck);
         }
     }
+    assert!(
+        !message.taken || message.kind == Kind::PortsAck,
+        "only an advertisement's acknowledgement says whether it was taken"
+    );
     match message.kind {
         Kind::PortsAck => {}
         Kind::Probe if message.cookie != 0 => assert!(

@@ -31,7 +31,8 @@
 //! the peer's probes arrive from other public ports, so nobody is let in by them. So a relay
 //! sends from its extra
 //! ports only once the peer acknowledged an advertisement of them that echoed the peer's cookie
-//! (see the threat model below; `wire::control`, kind 3), sent
+//! (see the threat model below; `wire::control`, kind 3; its acknowledgement, kind 4, says
+//! whether it was taken), sent
 //! from the listen tuple ([`Advertiser`]); until then, and always toward a peer that never
 //! answers (an older tunfwd, socat's TUN-to-UDP relay), it sends from the listen tuple alone.
 //! And each extra tuple carries flows only while the peer acknowledges the path MTU probes sent
@@ -55,7 +56,8 @@
 //! restart (a new session), and restarts are taken at most once per [`RESTART_INTERVAL_NS`]. An
 //! unproven one (a restarted peer's first, which no longer knows the cookie, or a forgery) is
 //! acknowledged, which hands the real peer the cookie (its advertiser sends again at once on
-//! learning a new one, so a restart costs about one round trip), and changes nothing: it can
+//! learning a new one, so a restart costs about one round trip; the acknowledgement says it was
+//! not taken), and changes nothing: it can
 //! neither add, remove nor replace the peer's ports, refresh their lifetime, nor signal a
 //! restart. Were it allowed to add ports, another process on the peer's host (or behind the
 //! same NAT address) could have one of its own ports accepted with a single spoofed datagram
@@ -76,6 +78,10 @@
 //! acknowledged. The extra tuples' path MTU machines are then paused, not discarded (what they
 //! know of the path holds), and each tuple carries flows again once a probe sent from it after
 //! that, echoing the new cookie, is acknowledged.
+//!
+//! After this relay replaces its cookie, the peer's next refresh still echoes the one before:
+//! it is taken, and acknowledged as taken with the new cookie, so the peer keeps its ports in use
+//! and echoes the new one in an advertisement soon after.
 //!
 //! The peer's ports are published in two bitmaps of atomics that every worker reads without a
 //! lock (advertised, and accepted: one load per receive, two from a port not accepted);
@@ -194,6 +200,8 @@ pub struct SourcePorts {
     /// The nonce of the latest acknowledgement of an advertisement the advertiser waits for
     /// (0: none yet).
     acked_nonce: AtomicU64,
+    /// Whether the peer said it took that advertisement.
+    acked_taken: AtomicBool,
     /// The nonces of the advertiser's latest two advertisements (0: none): only their
     /// acknowledgements are kept, so a forged one cannot overwrite a real one before the
     /// advertiser reads it (as `plpmtud::SharedPath` does for probes).
@@ -280,6 +288,7 @@ impl SourcePorts {
             in_use: AtomicBool::new(false),
             confirmed: AtomicU32::new(0),
             acked_nonce: AtomicU64::new(0),
+            acked_taken: AtomicBool::new(false),
             expected_nonces: [AtomicU64::new(0), AtomicU64::new(0)],
             peer_cookie: AtomicU64::new(0),
             advertised_bits: (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect(),
@@ -504,10 +513,10 @@ impl SourcePorts {
         self.peer_cookie.load(Ordering::Relaxed)
     }
 
-    /// The peer acknowledged the advertisement with `nonce`, handing its `cookie` (any worker
-    /// may see it): kept only if it is one of the two the advertiser waits for. Returns whether
-    /// it was.
-    pub fn post_ack(&self, nonce: u64, cookie: u64) -> bool {
+    /// The peer acknowledged the advertisement with `nonce`, handing its `cookie`, and said
+    /// whether it `taken` it (any worker may see it): kept only if it is one of the two the
+    /// advertiser waits for. Returns whether it was.
+    pub fn post_ack(&self, nonce: u64, cookie: u64, taken: bool) -> bool {
         let expected = nonce != 0
             && self
                 .expected_nonces
@@ -517,6 +526,7 @@ impl SourcePorts {
             if cookie != 0 {
                 self.peer_cookie.store(cookie, Ordering::Relaxed);
             }
+            self.acked_taken.store(taken, Ordering::Relaxed);
             self.acked_nonce.store(nonce, Ordering::Relaxed);
         }
         expected
@@ -704,15 +714,22 @@ impl Advertiser {
             };
             self.acked += 1;
             self.retry_ns = RETRY_INTERVAL_NS;
-            if shared.peer_cookie.load(Ordering::Relaxed) == echoed {
-                // It echoed the cookie the peer answers with: the peer took its ports.
+            let changed = shared.peer_cookie.load(Ordering::Relaxed) != echoed;
+            if shared.acked_taken.load(Ordering::Relaxed) {
+                // The peer took its ports. If it answered with another cookie than the one
+                // echoed (it replaced its cookie, and still takes the one before), echo the
+                // new one soon: the ports stay in use meanwhile.
                 self.acked_at_ns = Some(now_ns);
+                if changed {
+                    self.next_send_ns = self.next_send_ns.min(now_ns + UNSENT_RETRY_NS);
+                }
             } else {
                 // Answered, not taken (the peer takes only an advertisement that echoes its
                 // cookie, which this answer carried): prove this relay's ports at once, and
-                // use them only once that one is acknowledged. A cookie that changed under
-                // ports in use (the peer restarted, and holds none of them) takes them out of
-                // use until then: an earlier acknowledgement says nothing of this peer.
+                // use them only once that one is acknowledged. Not taken under ports in use
+                // (the peer restarted, holds none of them, and hands a new cookie: an answer
+                // no blind spoofer can forge, since it echoes this advertisement's random
+                // nonce) takes them out of use until then.
                 self.acked_at_ns = None;
                 self.next_send_ns = now_ns;
             }
@@ -954,12 +971,12 @@ mod tests {
     /// and takes the next one, which echoes it. Nonces `nonce` and `nonce + 1`.
     fn into_use(a: &mut Advertiser, shared: &SourcePorts, now: u64, peer_cookie: u64, nonce: u64) {
         let first = a.poll(shared, now, || nonce).0.expect("due");
-        assert!(shared.post_ack(first.nonce, peer_cookie));
+        assert!(shared.post_ack(first.nonce, peer_cookie, false));
         let (proof, event) = a.poll(shared, now, || nonce + 1);
         assert_eq!(event, AdvertiserEvent::None, "answered, not taken");
         let proof = proof.expect("sent again at once");
         assert_eq!(proof.echo, peer_cookie);
-        assert!(shared.post_ack(proof.nonce, peer_cookie));
+        assert!(shared.post_ack(proof.nonce, peer_cookie, true));
         assert_eq!(a.poll(shared, now, || 0).1, AdvertiserEvent::InUse(true));
         assert!(shared.in_use());
     }
@@ -1120,15 +1137,18 @@ mod tests {
         let mut a = Advertiser::new();
         let first = a.poll(&shared, 0, || 5).0.unwrap();
         assert_eq!(first.echo, 0, "none known yet");
-        assert!(!shared.post_ack(77, 0xbad), "a forged nonce plants nothing");
+        assert!(
+            !shared.post_ack(77, 0xbad, true),
+            "a forged nonce plants nothing"
+        );
         assert!(a.poll(&shared, 1, || 6).0.is_none());
-        assert!(shared.post_ack(first.nonce, 0x5eed));
+        assert!(shared.post_ack(first.nonce, 0x5eed, false));
         let (again, event) = a.poll(&shared, 2, || 7);
         assert_eq!(event, AdvertiserEvent::None, "the peer took nothing yet");
         assert!(!shared.in_use());
         assert_eq!(again.expect("sent at once").echo, 0x5eed);
         // Its acknowledgement, with the same cookie: in use, and refreshes keep their interval.
-        shared.post_ack(7, 0x5eed);
+        shared.post_ack(7, 0x5eed, true);
         let (none, event) = a.poll(&shared, 3, || 8);
         assert!(none.is_none());
         assert_eq!(event, AdvertiserEvent::InUse(true));
@@ -1199,7 +1219,7 @@ mod tests {
         assert_eq!(event, AdvertiserEvent::None);
         assert!(!shared.in_use());
         // A forged or stale acknowledgement is nothing.
-        shared.post_ack(sent.nonce + 1000, 0x9999);
+        shared.post_ack(sent.nonce + 1000, 0x9999, true);
         assert_eq!(a.poll(&shared, S / 10, &mut fresh).1, AdvertiserEvent::None);
         // Not acknowledged: sent again after the retry interval.
         assert!(
@@ -1211,14 +1231,14 @@ mod tests {
         assert_ne!(again.nonce, sent.nonce);
         // Acknowledged (the one before still counts, its answer may be late), with the peer's
         // cookie, which neither echoed: not in use, and the proof goes at once.
-        shared.post_ack(sent.nonce, 0x9999);
+        shared.post_ack(sent.nonce, 0x9999, false);
         let (proof, event) = a.poll(&shared, RETRY_INTERVAL_NS + 1, &mut fresh);
         assert_eq!(event, AdvertiserEvent::None);
         assert!(!shared.in_use());
         let proof = proof.expect("the proof, at once");
         assert_eq!(proof.echo, 0x9999);
         // Its acknowledgement puts the ports in use.
-        shared.post_ack(proof.nonce, 0x9999);
+        shared.post_ack(proof.nonce, 0x9999, true);
         let (_, event) = a.poll(&shared, RETRY_INTERVAL_NS + 2, &mut fresh);
         assert_eq!(event, AdvertiserEvent::InUse(true));
         assert!(shared.in_use());
@@ -1228,7 +1248,7 @@ mod tests {
             now += LATEST_REFRESH_NS;
             let (ad, event) = a.poll(&shared, now, &mut fresh);
             assert_eq!(event, AdvertiserEvent::None);
-            shared.post_ack(ad.expect("a refresh").nonce, 0x9999);
+            shared.post_ack(ad.expect("a refresh").nonce, 0x9999, true);
         }
         // The peer stops answering: out of use after IN_USE_FOR_NS.
         let acked_at = now + 1;
@@ -1269,11 +1289,11 @@ mod tests {
         let shared = SourcePorts::new(&[40000], 5, COOKIE);
         let mut a = Advertiser::new();
         let first = a.poll(&shared, 0, || 8).0.unwrap();
-        shared.post_ack(first.nonce, 0x9999);
+        shared.post_ack(first.nonce, 0x9999, false);
         let sent = a.poll(&shared, 0, || 9).0.unwrap();
-        shared.post_ack(sent.nonce, 0x9999);
+        shared.post_ack(sent.nonce, 0x9999, true);
         for forged in 1000..2000 {
-            shared.post_ack(forged, 0x6666);
+            shared.post_ack(forged, 0x6666, true);
         }
         assert_eq!(a.poll(&shared, 1, || 10).1, AdvertiserEvent::InUse(true));
     }
@@ -1299,7 +1319,7 @@ mod tests {
         let mut a = Advertiser::new();
         let ad = a.poll(&shared, 0, || 3).0.unwrap();
         assert!(ad.ports().is_empty());
-        shared.post_ack(3, 0x9999);
+        shared.post_ack(3, 0x9999, false);
         assert_eq!(a.poll(&shared, 1, || 4).1, AdvertiserEvent::None);
         assert!(!shared.in_use());
     }
@@ -1338,7 +1358,7 @@ mod tests {
         into_use(&mut a, &shared, 1, 0x9999, 5);
         let refresh = a.poll(&shared, 1 + LATEST_REFRESH_NS, || 7).0.unwrap();
         assert_eq!(refresh.echo, 0x9999);
-        shared.post_ack(refresh.nonce, 0x7777);
+        shared.post_ack(refresh.nonce, 0x7777, false);
         let (proof, event) = a.poll(&shared, 2 + LATEST_REFRESH_NS, || 8);
         assert_eq!(event, AdvertiserEvent::InUse(false));
         assert!(!shared.in_use());
@@ -1349,7 +1369,7 @@ mod tests {
             a.poll(&shared, 3 + LATEST_REFRESH_NS, || 9),
             (None, AdvertiserEvent::None)
         );
-        shared.post_ack(proof.nonce, 0x7777);
+        shared.post_ack(proof.nonce, 0x7777, true);
         assert_eq!(
             a.poll(&shared, 4 + LATEST_REFRESH_NS, || 9).1,
             AdvertiserEvent::InUse(true)
@@ -1432,7 +1452,7 @@ mod tests {
             assert_eq!(event, AdvertiserEvent::None, "in use throughout");
             if let Some(ad) = ad {
                 sent_at.push(now);
-                shared.post_ack(ad.nonce, 0x9999);
+                shared.post_ack(ad.nonce, 0x9999, true);
             }
         }
         let gaps: Vec<u64> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
@@ -1474,7 +1494,7 @@ mod tests {
         assert!(shared.advertised(41000) && !shared.advertised(42000));
         assert_eq!(a.restarts, 0, "no restart taken");
         // A forgery: the real peer answers with the cookie it had: nothing changes.
-        shared.post_ack(7, 0x9999);
+        shared.post_ack(7, 0x9999, true);
         assert_eq!(a.poll(&shared, 4, || 8), (None, AdvertiserEvent::None));
         assert!(shared.in_use());
         // A real restart: the next hint's advertisement is answered with a new cookie: out of
@@ -1483,11 +1503,11 @@ mod tests {
         shared.accept_peer(&unproven(52));
         let now = 4 + RESTART_HINT_INTERVAL_NS;
         let ad = a.poll(&shared, now, || 9).0.expect("advertised at once");
-        shared.post_ack(ad.nonce, 0x7777);
+        shared.post_ack(ad.nonce, 0x7777, false);
         let (proof, event) = a.poll(&shared, now + 1, || 10);
         assert_eq!(event, AdvertiserEvent::InUse(false));
         assert_eq!(proof.expect("the proof, at once").echo, 0x7777);
-        shared.post_ack(10, 0x7777);
+        shared.post_ack(10, 0x7777, true);
         assert_eq!(
             a.poll(&shared, now + 2, || 11).1,
             AdvertiserEvent::InUse(true)

@@ -131,7 +131,7 @@ fn ports_ack(advertisement: &Advertisement) -> Vec<u8> {
     let mut ack = vec![0u8; control::PORTS_ACK_LEN];
     advertisement
         .header()
-        .ports_ack(PEER_COOKIE)
+        .ports_ack(PEER_COOKIE, advertisement.echo == PEER_COOKIE)
         .write(&mut ack, 0)
         .unwrap();
     ack
@@ -323,6 +323,7 @@ fn echo_probe(cookie: u64) -> Vec<u8> {
         nonce: 0x5151 ^ cookie,
         size: 64,
         cookie,
+        taken: false,
     };
     let len = probe.write(&mut bytes, control::HEADER_LEN).unwrap();
     bytes.truncate(len);
@@ -366,7 +367,7 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
         .collect();
     assert_eq!(
         acks,
-        vec![(ad.header().ports_ack(OWN_COOKIE), Socket::Worker)],
+        vec![(ad.header().ports_ack(OWN_COOKIE, true), Socket::Worker)],
         "acknowledged with this relay's cookie"
     );
     assert_eq!(r.stats().path.peer_ports_accepted, 1);
@@ -808,6 +809,7 @@ fn forged_acknowledgements_ahead_in_one_receive_do_not_hide_the_real_ones() {
             nonce: 0xdead_0000 + n,
             size: 100,
             cookie: 0,
+            taken: false,
         })
         .collect();
     let mut datagrams = acks_of(&forged);
@@ -866,6 +868,7 @@ fn forged_probes_do_not_use_up_the_relays_own_control_slots() {
             nonce: n,
             size: 64,
             cookie: 0,
+            taken: false,
         }
         .write(&mut p, 0)
         .unwrap();
@@ -892,7 +895,7 @@ fn ports_ack_with(advertisement: &Advertisement, cookie: u64) -> Vec<u8> {
     let mut ack = vec![0u8; control::PORTS_ACK_LEN];
     advertisement
         .header()
-        .ports_ack(cookie)
+        .ports_ack(cookie, advertisement.echo == cookie)
         .write(&mut ack, 0)
         .unwrap();
     ack

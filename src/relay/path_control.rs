@@ -257,6 +257,7 @@ impl Relay {
             nonce: probe.nonce,
             size: u16::try_from(probe.size).unwrap_or(u16::MAX),
             cookie,
+            taken: false,
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
         if !self.queue_control(message, payload_len, socket, Slots::Own) {
@@ -305,7 +306,10 @@ impl Relay {
                 // Below, once every other message is handled.
                 control::Kind::Ports => {}
                 control::Kind::PortsAck => {
-                    if !self.source_ports.post_ack(message.nonce, message.cookie) {
+                    if !self
+                        .source_ports
+                        .post_ack(message.nonce, message.cookie, message.taken)
+                    {
                         self.stats.counters.control_unexpected += 1;
                     }
                 }
@@ -355,18 +359,20 @@ impl Relay {
             self.stats.path.peer_ports_ignored += 1;
             return;
         }
-        match self.source_ports.accept_peer(advertisement) {
+        let taken = match self.source_ports.accept_peer(advertisement) {
             PeerAdvertisement::Proven { .. } => {
                 self.stats.path.peer_ports_accepted += 1;
+                true
             }
             PeerAdvertisement::Unproven => {
                 self.stats.path.peer_ports_unproven += 1;
+                false
             }
-        }
+        };
         // Acknowledged either way, with this relay's cookie, which the peer's next
         // advertisement echoes. Unanswered (and counted) when every control buffer for answers
         // is in flight: the peer advertises again within a second.
-        let ack = message.ports_ack(self.source_ports.cookie());
+        let ack = message.ports_ack(self.source_ports.cookie(), taken);
         if !self.queue_control(ack, 0, Socket::Worker, Slots::Answers) {
             self.stats.counters.control_unanswered += 1;
         }

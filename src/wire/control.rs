@@ -54,8 +54,10 @@
 //! | header, kind 3 | session u64 BE | echo u64 BE    | port  | port  | ...
 //! +----------------+----------------+----------------+-------+-------+-----
 //! ```
-//! `kind` 4 acknowledges one: the header, echoing its nonce and N, and the acknowledging
-//! relay's cookie (u64 BE, never 0), `36 + 8` bytes. Only a relay whose advertisement was
+//! `kind` 4 acknowledges one: the header, echoing its nonce and N, with the reserved field's
+//! first byte 1 if the acknowledging relay took the advertisement (it echoed its cookie, current
+//! or previous) and 0 if not (every other reserved byte, and both in every other kind, 0), and
+//! the acknowledging relay's cookie (u64 BE, never 0), `36 + 8` bytes. Only a relay whose advertisement was
 //! acknowledged sends from those ports, and its peer accepts datagrams from exactly those; only
 //! an advertisement that echoes the receiver's cookie may take ports away or tell of a restart
 //! (see `relay::entropy`).
@@ -143,6 +145,10 @@ pub struct Control {
     /// echo from then on. [`Kind::Probe`]: the echo of the receiver's cookie (a probe sent from
     /// an extra port; 0: none). 0 otherwise.
     pub cookie: u64,
+    /// [`Kind::PortsAck`] only (false otherwise): the acknowledging relay took the
+    /// advertisement (it echoed that relay's cookie, current or previous): the reserved
+    /// field's first byte is 1 (0: not taken).
+    pub taken: bool,
 }
 
 /// Whether a datagram may be a control message: IPv4 with protocol 253 from and to 0.0.0.0.
@@ -156,7 +162,7 @@ pub fn is_control(datagram: &[u8]) -> bool {
 
 impl Control {
     /// Parses a datagram as a control message. `None` for anything else: a wrong magic or kind,
-    /// a nonzero reserved field, an acknowledgement of any length but [`HEADER_LEN`], a probe
+    /// a nonzero reserved field (but an advertisement's acknowledgement's flag), an acknowledgement of any length but [`HEADER_LEN`], a probe
     /// shorter than its header or with nonzero padding (the padding is all a probe carries, and
     /// a probe with content is not one of ours), an advertisement that is not exactly as
     /// [`Advertisement::parse`] takes it.
@@ -164,10 +170,16 @@ impl Control {
         let header = datagram.get(..HEADER_LEN)?;
         if header[..WRAP_LEN] != wrapper(datagram.len())?
             || header[field::MAGIC] != MAGIC
-            || header[field::RESERVED] != [0, 0]
+            || header[field::RESERVED][1] != 0
         {
             return None;
         }
+        // The flag of an advertisement's acknowledgement; zero in every other message.
+        let taken = match (header[field::KIND], header[field::RESERVED][0]) {
+            (_, 0) => false,
+            (4, 1) => true,
+            _ => return None,
+        };
         let size = u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes"));
         let kind = match header[field::KIND] {
             1 if datagram[probe_padding(datagram.len())..]
@@ -200,6 +212,7 @@ impl Control {
             nonce: u64::from_be_bytes(header[field::NONCE].try_into().expect("8 bytes")),
             size,
             cookie,
+            taken,
         })
     }
 
@@ -224,6 +237,9 @@ impl Control {
         out[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
         out[field::SIZE].copy_from_slice(&self.size.to_be_bytes());
         out[field::RESERVED].fill(0);
+        if self.kind == Kind::PortsAck && self.taken {
+            out[field::RESERVED.start] = 1;
+        }
         out[HEADER_LEN..].fill(0);
         match self.kind {
             Kind::PortsAck => out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes()),
@@ -247,16 +263,18 @@ impl Control {
         Control {
             kind: Kind::Ack,
             cookie: 0,
+            taken: false,
             ..*self
         }
     }
 
     /// The acknowledgement that answers this advertisement, carrying the acknowledging relay's
-    /// `cookie` (not 0).
-    pub fn ports_ack(&self, cookie: u64) -> Control {
+    /// `cookie` (not 0), and whether it `taken` the advertisement.
+    pub fn ports_ack(&self, cookie: u64, taken: bool) -> Control {
         Control {
             kind: Kind::PortsAck,
             cookie,
+            taken,
             ..*self
         }
     }
@@ -386,6 +404,7 @@ impl Advertisement {
             nonce: self.nonce,
             size: self.len,
             cookie: 0,
+            taken: false,
         }
     }
 }
@@ -416,6 +435,7 @@ mod tests {
                 nonce: 0x0102_0304_0506_0708,
                 size: 1448,
                 cookie: 0,
+                taken: false,
             })
         );
         assert!(is_control(&ack()));
@@ -435,6 +455,7 @@ mod tests {
             nonce: u64::MAX - 3,
             size: 1448,
             cookie: 0,
+            taken: false,
         };
         let mut out = [0xffu8; 1500];
         let len = probe.write(&mut out, 1420).unwrap();
@@ -497,6 +518,7 @@ mod tests {
             nonce: 1,
             size: 92,
             cookie: 0,
+            taken: false,
         }
         .write(&mut probe, 64)
         .unwrap();
@@ -516,6 +538,7 @@ mod tests {
             nonce: 1,
             size: 64,
             cookie: 0,
+            taken: false,
         }
         .write(&mut short, HEADER_LEN + COOKIE_LEN - 1)
         .unwrap();
@@ -556,17 +579,37 @@ mod tests {
                 nonce: 9,
                 size: 2,
                 cookie: 0,
+                taken: false,
             })
         );
         let mut out = [0xaau8; 600];
         assert_eq!(a.write(&mut out), Some(56));
         assert_eq!(out[..56], ports[..]);
-        let ack = a.header().ports_ack(0xc0c0);
+        let ack = a.header().ports_ack(0xc0c0, false);
         assert_eq!((ack.kind, ack.cookie), (Kind::PortsAck, 0xc0c0));
         let ack_len = ack.write(&mut out, 0).unwrap();
         assert_eq!(ack_len, PORTS_ACK_LEN);
         assert_eq!(out[HEADER_LEN..ack_len], 0xc0c0u64.to_be_bytes());
         assert_eq!(Control::parse(&out[..ack_len]), Some(ack));
+        assert_eq!(out[34..36], [0, 0], "not taken");
+        // Taken: the reserved field's first byte is 1; no other value, nor in another kind.
+        let taken = a.header().ports_ack(0xc0c0, true);
+        let ack_len = taken.write(&mut out, 0).unwrap();
+        assert_eq!(out[34..36], [1, 0]);
+        assert_eq!(Control::parse(&out[..ack_len]), Some(taken));
+        out[34] = 2;
+        assert_eq!(Control::parse(&out[..ack_len]), None);
+        let probe_ack = Control {
+            kind: Kind::Ack,
+            nonce: 9,
+            size: 64,
+            cookie: 0,
+            taken: false,
+        };
+        let len = probe_ack.write(&mut out, 0).unwrap();
+        assert!(Control::parse(&out[..len]).is_some());
+        out[34] = 1;
+        assert_eq!(Control::parse(&out[..len]), None, "a flag on a probe's ack");
         assert_eq!(a.header().write(&mut out, 0), None, "needs the ports");
         // The most, and none.
         let many: Vec<u16> = (1..=MAX_PORTS as u16).collect();
