@@ -587,7 +587,8 @@ fn set_bit(bits: &[AtomicU64], port: u16, on: bool) {
 }
 
 /// The wait before the next refresh of an acknowledged advertisement: [`REFRESH_INTERVAL_NS`]
-/// give or take a quarter, uniformly, from `random` (the advertisement's random nonce), so that
+/// give or take a quarter, uniformly, from `random` (a random number of its own: not the
+/// advertisement's nonce, which an observer on the path reads), so that
 /// refreshes cannot be foreseen to the nanosecond nor fall into step with other timers (RFC 3550
 /// section 6.2 randomizes its reports' interval for that reason). At most 2.5 s: three of them still fit in
 /// [`IN_USE_FOR_NS`] and [`PEER_PORTS_FOR_NS`].
@@ -805,7 +806,7 @@ impl Advertiser {
         self.sent += 1;
         self.next_send_ns = now_ns
             + if self.acked_at_ns.is_some() {
-                refresh_interval_ns(self.nonce)
+                refresh_interval_ns(nonce())
             } else {
                 let wait = self.retry_ns;
                 self.retry_before_ns = wait;
@@ -1073,6 +1074,37 @@ mod tests {
         shared.hear_probe(40000);
         shared.forget_peer();
         assert!(!shared.accepts(40000) && !shared.advertised(40000));
+    }
+
+    /// The refresh's jitter comes from a random number drawn for it, not from the
+    /// advertisement's nonce, which the advertisement carries in the clear.
+    #[test]
+    fn the_refresh_jitter_is_not_foreseeable_from_the_nonce() {
+        let shared = SourcePorts::new(&[40000], 1, COOKIE);
+        let mut a = Advertiser::new();
+        into_use(&mut a, &shared, 1, 0x9999, 5);
+        let mut random = 1000u64;
+        let mut fresh = || {
+            random = random
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            random
+        };
+        let mut now = 1;
+        let mut checked = 0;
+        while checked < 5 {
+            now += S / 100;
+            if let Some(ad) = a.poll(&shared, now, &mut fresh).0 {
+                shared.post_ack(ad.nonce, 0x9999, true);
+                let gap = a.next_deadline_ns(&shared) - now;
+                assert_ne!(
+                    gap,
+                    refresh_interval_ns(ad.nonce),
+                    "foreseen from the nonce"
+                );
+                checked += 1;
+            }
+        }
     }
 
     /// When the kernel gives no random number (0), the cookie is not replaced: a constant in
