@@ -1,6 +1,8 @@
-//! Attack review of outer flow entropy: proofs of concept. Each test passes when the attack
-//! WORKS (it demonstrates a finding), unless its name starts with `holds_`, where it shows a
-//! defence that held.
+//! Attack review of outer flow entropy (issue 22): its proofs of concept, turned into
+//! regression tests. Each finding's test now asserts that the attack FAILS (its doc says what
+//! the attack was and what stops it); those whose name starts with `holds_` show defences that
+//! held. One still shows an attack that works, out of the raw format's scope (an on-path
+//! observer who read the cookie), kept to document the limit.
 
 use super::entropy::{Advertiser, AdvertiserEvent, PeerAdvertisement, SourcePorts};
 use super::lifetime::{FakeBuffers, config};
