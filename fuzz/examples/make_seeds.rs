@@ -318,7 +318,7 @@ fn receive_control_seeds() -> Seeds {
     ]
 }
 
-/// A probe of 120 bytes, its acknowledgement, and an IPv4 header (not a control message).
+/// A probe of 120 bytes, a hello echoing a cookie, a probe's acknowledgement, and an IPv4 header (not a control message).
 fn control_seeds() -> Seeds {
     use tunfwd::fuzzing::control::{Control, Kind};
     let probe = Control {
@@ -326,20 +326,31 @@ fn control_seeds() -> Seeds {
         nonce: 0x0123_4567_89ab_cdef,
         size: 148,
         cookie: 0,
+        taken: false,
     };
     let mut probe_bytes = vec![0u8; 120];
     probe.write(&mut probe_bytes, 120).expect("room");
+    // A hello from an extra port, echoing the receiver's cookie (36 + 8 bytes).
+    let echo = Control {
+        cookie: 0xc00c1e,
+        size: 64,
+        ..probe
+    };
+    let mut echo_bytes = vec![0u8; 64];
+    let echo_len = echo.write(&mut echo_bytes, 36).expect("room");
+    echo_bytes.truncate(echo_len);
     let mut ack = vec![0u8; tunfwd::fuzzing::control::HEADER_LEN];
     probe.ack().write(&mut ack, 0).expect("room");
     let advertisement = advertisement(7, &[40000, 40001, 65535]);
     let mut ports_ack = vec![0u8; tunfwd::fuzzing::control::PORTS_ACK_LEN];
     Control::parse(&advertisement)
         .expect("an advertisement")
-        .ports_ack(0xc00c1e)
+        .ports_ack(0xc00c1e, true)
         .write(&mut ports_ack, 0)
         .expect("room");
     vec![
         ("probe", probe_bytes),
+        ("probe-echo", echo_bytes),
         ("ack", ack),
         ("ports", advertisement),
         ("ports-ack", ports_ack),

@@ -1,5 +1,6 @@
 //! Any datagram through `wire::control::Control::parse`, the parser of relay-to-relay control
-//! messages (path MTU probes and their acknowledgements, source port advertisements and theirs),
+//! messages (path MTU probes, with or without an echo of the receiver's cookie, and their
+//! acknowledgements, source port advertisements and theirs),
 //! which every worker runs on datagrams from the peer. No panic, and the parse is exact: what it
 //! accepts, `write` (or `Advertisement::write`) gives back byte for byte (so nothing in an
 //! accepted datagram is ignored), and what it accepts is an IPv4 header to 0.0.0.0 with
@@ -58,13 +59,22 @@ fuzz_target!(|datagram: &[u8]| {
         Kind::Probe => assert_eq!(message.ack().kind, Kind::Ack),
         Kind::Ports => {
             assert!(usize::from(message.size) <= control::MAX_PORTS);
-            assert_eq!(message.ports_ack(1).kind, Kind::PortsAck);
+            assert_eq!(message.ports_ack(1, true).kind, Kind::PortsAck);
         }
     }
-    if message.kind != Kind::PortsAck {
-        assert_eq!(
+    assert!(
+        !message.taken || message.kind == Kind::PortsAck,
+        "only an advertisement's acknowledgement says whether it was taken"
+    );
+    match message.kind {
+        Kind::PortsAck => {}
+        Kind::Probe if message.cookie != 0 => assert!(
+            len >= control::HEADER_LEN + 8,
+            "a probe's echo (8 bytes after the header) is inside it"
+        ),
+        _ => assert_eq!(
             message.cookie, 0,
-            "only an advertisement's acknowledgement has a cookie"
-        );
+            "only an advertisement's acknowledgement and a probe have a cookie"
+        ),
     }
 });

@@ -3,8 +3,9 @@
 //! (`relay::entropy::SourcePorts`). The input is split at its first byte's position: the two
 //! halves are the two datagrams, taken in turn; the relay's cookie is the input's second and
 //! third bytes (so that some advertisements echo it and some do not). No panic; what parses
-//! writes back byte for byte; after an advertisement that echoes the cookie, the set holds
-//! exactly its ports; after one that does not, the set is as it was; and no port the input names otherwise is
+//! writes back byte for byte; after an advertisement that echoes the cookie, the advertised set
+//! holds exactly its ports; after one that does not, the set is as it was; a port is accepted
+//! only once advertised and proven by a probe from it; and no port the input names otherwise is
 //! ever accepted (the exact source check may never accept more than the peer advertised).
 
 #![no_main]
@@ -31,6 +32,8 @@ fuzz_target!(|input: &[u8]| {
         .map(|w| u16::from_be_bytes([w[0], w[1]]))
         .collect();
     let mut accepted: Vec<u16> = Vec::new();
+    // Advertised ports a probe that echoes the cookie came from.
+    let mut heard: Vec<u16> = Vec::new();
     for datagram in [first, second] {
         let Some(advertisement) = Advertisement::parse(datagram) else {
             continue;
@@ -42,9 +45,11 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(&out[..len], datagram);
         let before = accepted.clone();
         match shared.accept_peer(&advertisement) {
-            PeerAdvertisement::Proven { .. } => {
+            PeerAdvertisement::Proven { restarted } => {
                 assert_eq!(advertisement.echo, cookie);
                 accepted = advertisement.ports().to_vec();
+                // What stays keeps what it proved, unless the peer restarted.
+                heard.retain(|p| !restarted && accepted.contains(p));
             }
             PeerAdvertisement::Unproven => {
                 assert_ne!(advertisement.echo, cookie);
@@ -52,17 +57,34 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         for port in &accepted {
-            assert!(shared.accepts(*port), "advertised port {port} not accepted");
+            assert!(shared.advertised(*port), "advertised port {port} not taken");
         }
         for port in &mentioned {
             assert_eq!(
-                shared.accepts(*port),
+                shared.advertised(*port),
                 accepted.contains(port),
-                "port {port}: accepted {:?}",
+                "port {port}: advertised {:?}",
                 accepted
             );
+            // Accepted only once a probe that echoes the cookie came from it.
+            assert_eq!(
+                shared.accepts(*port),
+                accepted.contains(port) && heard.contains(port),
+                "port {port}: accepted {:?}, heard {:?}",
+                accepted,
+                heard
+            );
         }
-        assert!(!shared.accepts(0));
+        assert!(!shared.accepts(0) && !shared.advertised(0));
+        // A probe from the first advertised port proves it; from a port not advertised, none.
+        for port in accepted.first().into_iter().chain(mentioned.first()) {
+            let taken = shared.hear_probe(*port);
+            assert_eq!(taken, accepted.contains(port));
+            if taken {
+                heard.push(*port);
+            }
+            assert_eq!(shared.accepts(*port), taken);
+        }
         let mut listed = shared.peer_ports();
         assert!(listed.len() <= MAX_PORTS);
         listed.sort_unstable();

@@ -131,7 +131,7 @@ fn ports_ack(advertisement: &Advertisement) -> Vec<u8> {
     let mut ack = vec![0u8; control::PORTS_ACK_LEN];
     advertisement
         .header()
-        .ports_ack(PEER_COOKIE)
+        .ports_ack(PEER_COOKIE, advertisement.echo == PEER_COOKIE)
         .write(&mut ack, 0)
         .unwrap();
     ack
@@ -315,6 +315,21 @@ fn receiving_relay(shared: &Arc<SourcePorts>) -> Relay {
     })
 }
 
+/// A hello probe as an extra tuple of the peer's sends it, echoing `cookie` (0: none).
+fn echo_probe(cookie: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; 64];
+    let probe = Control {
+        kind: control::Kind::Probe,
+        nonce: 0x5151 ^ cookie,
+        size: 64,
+        cookie,
+        taken: false,
+    };
+    let len = probe.write(&mut bytes, control::HEADER_LEN).unwrap();
+    bytes.truncate(len);
+    bytes
+}
+
 /// An advertisement as the wire carries it.
 fn wire_bytes(ad: &Advertisement) -> Vec<u8> {
     let mut bytes = vec![0u8; ad.wire_len()];
@@ -352,10 +367,26 @@ fn the_receiver_accepts_exactly_the_listen_port_and_the_advertised_ports() {
         .collect();
     assert_eq!(
         acks,
-        vec![(ad.header().ports_ack(OWN_COOKIE), Socket::Worker)],
+        vec![(ad.header().ports_ack(OWN_COOKIE, true), Socket::Worker)],
         "acknowledged with this relay's cookie"
     );
     assert_eq!(r.stats().path.peer_ports_accepted, 1);
+    // Advertised, not proven: a datagram from 40000 is dropped, and so are probes that do not
+    // echo the cookie (behind a NAT the number may be another host's at the NAT's address).
+    let before = foreign(&r);
+    for datagram in [&packet, &echo_probe(OWN_COOKIE ^ 1), &echo_probe(0)] {
+        udp_receive(&mut r, &b, from_port(40000), datagram, now);
+    }
+    assert_eq!(foreign(&r), before + 3, "advertised, not proven");
+    assert!(shared.advertised(40000) && !shared.accepts(40000));
+    // A probe that echoes the cookie from each proves it, and is answered.
+    for port in [40000, 40001] {
+        udp_receive(&mut r, &b, from_port(port), &echo_probe(OWN_COOKIE), now);
+        let (_, controls) = answer(&mut r, &b, now);
+        assert_eq!(controls.len(), 1, "the probe from {port} answered");
+        assert!(shared.accepts(port), "{port} proven");
+    }
+    assert_eq!(foreign(&r), before + 3);
     let received = |r: &Relay| r.stats().counters.udp_rx_packets;
     for port in [55555, 40000, 40001] {
         let before = received(&r);
@@ -521,7 +552,7 @@ fn a_forged_advertisement_cannot_remove_the_peers_ports_or_fake_a_restart() {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].cookie, OWN_COOKIE);
     assert!(
-        !shared.accepts(50000) && !shared.accepts(50001),
+        !shared.advertised(50000) && !shared.advertised(50001),
         "ports taken without the cookie"
     );
     assert_eq!(r.stats().path.peer_ports_unproven, 1);
@@ -549,7 +580,7 @@ fn a_forged_advertisement_cannot_remove_the_peers_ports_or_fake_a_restart() {
         r.on_timeout(now);
         answer(&mut r, &b, now);
         assert!(
-            shared.accepts(50000) && shared.accepts(50001),
+            shared.advertised(50000) && shared.advertised(50001),
             "forgery {i} removed the peer's ports"
         );
     }
@@ -758,7 +789,7 @@ fn a_forged_advertisement_ahead_in_one_receive_does_not_hide_the_real_one() {
         Some(&0x1111),
         "the proven one first: {acked:x?}"
     );
-    assert!(shared.accepts(50000) && shared.accepts(50001));
+    assert!(shared.advertised(50000) && shared.advertised(50001));
     assert_eq!(r.stats().counters.drops_of(DropReason::BadControl), 0);
 }
 
@@ -778,6 +809,7 @@ fn forged_acknowledgements_ahead_in_one_receive_do_not_hide_the_real_ones() {
             nonce: 0xdead_0000 + n,
             size: 100,
             cookie: 0,
+            taken: false,
         })
         .collect();
     let mut datagrams = acks_of(&forged);
@@ -836,6 +868,7 @@ fn forged_probes_do_not_use_up_the_relays_own_control_slots() {
             nonce: n,
             size: 64,
             cookie: 0,
+            taken: false,
         }
         .write(&mut p, 0)
         .unwrap();
@@ -855,4 +888,131 @@ fn forged_probes_do_not_use_up_the_relays_own_control_slots() {
     assert_eq!(r.stats().path.ports_advertised, 1);
     let unanswered = 24 + 1 - super::slots::ANSWER_CONTROL_SLOTS as u64;
     assert_eq!(r.stats().counters.control_unanswered, unanswered);
+}
+
+/// The peer's acknowledgement of `advertisement` with cookie `cookie`.
+fn ports_ack_with(advertisement: &Advertisement, cookie: u64) -> Vec<u8> {
+    let mut ack = vec![0u8; control::PORTS_ACK_LEN];
+    advertisement
+        .header()
+        .ports_ack(cookie, advertisement.echo == cookie)
+        .write(&mut ack, 0)
+        .unwrap();
+    ack
+}
+
+/// The extra tuples' probes echo the peer's cookie (which proves their ports to it). A forged
+/// restart hint (an unproven advertisement of another session) only makes the relay advertise:
+/// the peer answers with the cookie it had, and the ports stay in use, every tuple confirmed. A
+/// real restart shows in that answer, a new cookie: the ports go out of use, and the tuples'
+/// machines are kept (paused, with what they know), carrying flows again only once a probe
+/// sent after the restart, echoing the new cookie, is acknowledged.
+#[test]
+fn tuple_probes_echo_the_cookie_and_only_a_real_restart_pauses_the_tuples() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let mut b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    let controls = acknowledged(&mut r, &b, now);
+    let probes = probes_of(&controls);
+    assert_eq!(probes.len(), OWN.len());
+    for (probe, socket) in &probes {
+        assert!(matches!(socket, Socket::Extra(_)));
+        assert_eq!(probe.cookie, PEER_COOKIE, "from {socket:?}");
+    }
+    answer_probes(&mut r, &b, &controls, |_| true, now + 1000);
+    now += 2000;
+    r.on_timeout(now);
+    answer(&mut r, &b, now);
+    assert_eq!(shared.confirmed_tuples(), OWN.len() as u32);
+    let sent_before: u64 = r
+        .tuple_paths
+        .iter()
+        .map(|t| t.machine.counts().probes_sent)
+        .sum();
+    // A forged hint: one advertisement, answered by the real peer with its cookie.
+    let hint = |session| wire_bytes(&Advertisement::new(0xf00d, session, 0, &[]).unwrap());
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &hint(0xbad), now);
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let advertisement = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .expect("advertised at once");
+    udp_receive(
+        &mut r,
+        &b,
+        PEER.parse().unwrap(),
+        &ports_ack(&advertisement),
+        now,
+    );
+    now += 1000;
+    r.on_timeout(now);
+    answer(&mut r, &b, now);
+    assert!(shared.in_use());
+    assert_eq!(shared.confirmed_tuples(), OWN.len() as u32);
+    assert_eq!(r.stats().path.entropy_tuples_unconfirmed, 0);
+    tun_read(&mut r, &mut b, 1000, now);
+    assert!(matches!(answer(&mut r, &b, now).0[..], [Socket::Extra(_)]));
+    // A real restart: the next hint's advertisement is answered with a new cookie.
+    const NEW_COOKIE: u64 = 0x0c00_c1e2;
+    now += super::entropy::RESTART_HINT_INTERVAL_NS;
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &hint(0x5e56), now);
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    let advertisement = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .expect("advertised at once");
+    let ack = ports_ack_with(&advertisement, NEW_COOKIE);
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
+    now += 1000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    assert!(!shared.in_use(), "out of use at the new cookie");
+    assert_eq!(shared.confirmed_tuples(), 0);
+    assert_eq!(r.tuple_paths.len(), OWN.len(), "the machines are kept");
+    let sent_after: u64 = r
+        .tuple_paths
+        .iter()
+        .map(|t| t.machine.counts().probes_sent)
+        .sum();
+    assert!(sent_after >= sent_before, "{sent_after} < {sent_before}");
+    tun_read(&mut r, &mut b, 1000, now);
+    assert_eq!(answer(&mut r, &b, now).0, vec![Socket::Worker]);
+    // The proof, acknowledged: in use, and each tuple probes at once, echoing the new cookie;
+    // its flows fall back until that probe is acknowledged.
+    let proof = controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .expect("the proof, at once");
+    assert_eq!(proof.echo, NEW_COOKIE);
+    let ack = ports_ack_with(&proof, NEW_COOKIE);
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
+    now += 1000;
+    r.on_timeout(now);
+    let (_, controls) = answer(&mut r, &b, now);
+    assert!(shared.in_use());
+    let probes = probes_of(&controls);
+    assert_eq!(probes.len(), OWN.len(), "{probes:?}");
+    assert!(probes.iter().all(|(p, _)| p.cookie == NEW_COOKIE));
+    assert_eq!(shared.confirmed_tuples(), 0);
+    tun_read(&mut r, &mut b, 1000, now);
+    assert_eq!(answer(&mut r, &b, now).0, vec![Socket::Worker]);
+    answer_probes(&mut r, &b, &controls, |_| true, now);
+    now += 1000;
+    r.on_timeout(now);
+    answer(&mut r, &b, now);
+    assert_eq!(shared.confirmed_tuples(), OWN.len() as u32);
+    tun_read(&mut r, &mut b, 1000, now);
+    assert!(matches!(answer(&mut r, &b, now).0[..], [Socket::Extra(_)]));
+}
+
+/// The probes among `controls`, with the socket each left from.
+fn probes_of(controls: &[(Vec<u8>, Socket)]) -> Vec<(Control, Socket)> {
+    controls
+        .iter()
+        .filter_map(|(bytes, socket)| Some((Control::parse(bytes)?, *socket)))
+        .filter(|(c, _)| c.kind == control::Kind::Probe)
+        .collect()
 }

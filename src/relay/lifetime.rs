@@ -741,6 +741,7 @@ fn every_probe_from_the_peer_is_answered() {
             nonce,
             size: 1400,
             cookie: 0,
+            taken: false,
         };
         let len = probe.write(&mut buffer[at..], 100).unwrap();
         let received = Received {

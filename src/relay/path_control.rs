@@ -96,6 +96,11 @@ impl Relay {
         }
         let mut probes = [None; 64];
         for (slot, tuple) in probes.iter_mut().zip(&mut self.tuple_paths) {
+            if !self.entropy_in_use {
+                // Paused while the ports are out of use (`run_entropy`).
+                counts.add(&tuple.machine.counts());
+                continue;
+            }
             let index = usize::from(tuple.index);
             if let Some(hint) = self.source_ports.take_tuple_hint(index) {
                 tuple.machine.on_hint(hint as usize, now_ns);
@@ -177,18 +182,37 @@ impl Relay {
             return;
         }
         self.entropy_in_use = in_use;
-        // A tuple that comes into use is a path not yet known; one that goes out of use keeps
-        // nothing: no working size, no confirmation, no hint (one posted while no machine ran
-        // would otherwise reach the next machine before its first probe). Counts carry over.
-        for tuple in self.tuple_paths.drain(..) {
-            self.retired_tuple_counts.add(&tuple.machine.counts());
+        // A tuple that goes out of use carries nothing (no working size, no confirmation) and
+        // carries flows again only once the peer acknowledges a probe sent from it after it
+        // came back (the peer may have restarted, and takes nothing from its port before such a
+        // probe); its machine is kept, with what it knows of the path, and idles meanwhile.
+        // After the peer moved (its cookie forgotten: `Advertiser::reset`) they are paths to
+        // another host, and go: a tuple that comes into use then is a path not yet known, with
+        // no hint taken from before (one posted while no machine ran would otherwise reach the
+        // machine before its first probe). Counts carry over.
+        let moved = self.source_ports.peer_cookie() == 0;
+        for tuple in &mut self.tuple_paths {
             let index = usize::from(tuple.index);
             self.source_ports.publish_tuple_working(index, None);
             self.source_ports.set_tuple_confirmed(index, false);
-            self.source_ports.take_tuple_hint(index);
-            self.shared_path.expect_on_tuple(index, None);
+            if in_use {
+                tuple.machine.resume(now_ns);
+            } else {
+                tuple.machine.pause();
+            }
         }
-        if let (true, Some(limits)) = (in_use, self.tuple_limits) {
+        if !in_use && moved {
+            for tuple in self.tuple_paths.drain(..) {
+                self.retired_tuple_counts.add(&tuple.machine.counts());
+                let index = usize::from(tuple.index);
+                self.source_ports.take_tuple_hint(index);
+                self.shared_path.expect_on_tuple(index, None);
+            }
+        }
+        if !in_use || !self.tuple_paths.is_empty() {
+            return;
+        }
+        if let Some(limits) = self.tuple_limits {
             let (queue, workers) = (self.queue, self.workers);
             self.tuple_paths = (0..self.extra_sockets)
                 .filter(|k| usize::from(*k) % workers == queue % workers)
@@ -222,11 +246,18 @@ impl Relay {
     /// `socket`'s tuple, if a control slot is free (a probe that cannot go is a probe lost: the
     /// machine tries again).
     fn send_probe(&mut self, probe: Probe, socket: Socket) {
+        // From an extra tuple, the probe echoes the peer's cookie: that proves the tuple's port
+        // to the peer, which takes nothing else from it before (`entropy`).
+        let cookie = match socket {
+            Socket::Extra(_) => self.source_ports.peer_cookie(),
+            Socket::Worker | Socket::Fragmenting => 0,
+        };
         let message = Control {
             kind: control::Kind::Probe,
             nonce: probe.nonce,
             size: u16::try_from(probe.size).unwrap_or(u16::MAX),
-            cookie: 0,
+            cookie,
+            taken: false,
         };
         let payload_len = probe.size.saturating_sub(self.path.family.overhead());
         if !self.queue_control(message, payload_len, socket, Slots::Own) {
@@ -240,8 +271,15 @@ impl Relay {
     /// and is no larger than what it answers, so there is nothing to amplify, and a budget of
     /// answers would be one that forged probes could spend, making the peer's real probes look
     /// lost), posts acknowledgements for the path MTU machines and the advertiser, wherever they
-    /// run, and takes the peer's advertisement of its ports, but only from its listen port.
-    pub(super) fn on_control_messages(&mut self, bid: u16, from_listen: bool) {
+    /// run, and takes the peer's advertisement of its ports, but only from its listen port. A
+    /// probe from `extra_port` (another port of the peer's address) that echoes this relay's
+    /// cookie proves that port the peer's ([`super::entropy::SourcePorts::hear_probe`]).
+    pub(super) fn on_control_messages(
+        &mut self,
+        bid: u16,
+        from_listen: bool,
+        extra_port: Option<u16>,
+    ) {
         let slot = &mut self.udp_slots[usize::from(bid)];
         let count = slot.plan.controls.len();
         let advertisements = std::mem::take(&mut slot.plan.advertisements);
@@ -249,6 +287,11 @@ impl Relay {
             let message = self.udp_slots[usize::from(bid)].plan.controls[i];
             match message.kind {
                 control::Kind::Probe => {
+                    if let Some(port) = extra_port
+                        && self.source_ports.proves(message.cookie)
+                    {
+                        self.source_ports.hear_probe(port);
+                    }
                     if self.queue_control(message.ack(), 0, Socket::Worker, Slots::Answers) {
                         self.stats.path.pmtu_probes_answered += 1;
                     } else {
@@ -263,7 +306,10 @@ impl Relay {
                 // Below, once every other message is handled.
                 control::Kind::Ports => {}
                 control::Kind::PortsAck => {
-                    if !self.source_ports.post_ack(message.nonce, message.cookie) {
+                    if !self
+                        .source_ports
+                        .post_ack(message.nonce, message.cookie, message.taken)
+                    {
                         self.stats.counters.control_unexpected += 1;
                     }
                 }
@@ -313,18 +359,20 @@ impl Relay {
             self.stats.path.peer_ports_ignored += 1;
             return;
         }
-        match self.source_ports.accept_peer(advertisement) {
+        let taken = match self.source_ports.accept_peer(advertisement) {
             PeerAdvertisement::Proven { .. } => {
                 self.stats.path.peer_ports_accepted += 1;
+                true
             }
             PeerAdvertisement::Unproven => {
                 self.stats.path.peer_ports_unproven += 1;
+                false
             }
-        }
+        };
         // Acknowledged either way, with this relay's cookie, which the peer's next
         // advertisement echoes. Unanswered (and counted) when every control buffer for answers
         // is in flight: the peer advertises again within a second.
-        let ack = message.ports_ack(self.source_ports.cookie());
+        let ack = message.ports_ack(self.source_ports.cookie(), taken);
         if !self.queue_control(ack, 0, Socket::Worker, Slots::Answers) {
             self.stats.counters.control_unanswered += 1;
         }

@@ -175,8 +175,8 @@ pub struct Plpmtud {
     strike_ns: Option<u64>,
     /// When the first failure at or below the floor of the current search was seen.
     floor_strike_ns: Option<u64>,
-    /// The state of the timers' jitter ([`Plpmtud::jitter_ns`]), reseeded with the random nonce
-    /// of each new probe.
+    /// The state of the timers' jitter ([`Plpmtud::jitter_ns`]), reseeded with a fresh random
+    /// number (not its nonce) at each new probe.
     jitter_seed: u64,
     outstanding: Option<Outstanding>,
     /// The egress device's MTU as last read (`on_egress_mtu`).
@@ -189,6 +189,8 @@ pub struct Plpmtud {
     /// tuple's delivery is checked all the time (`relay::entropy`, [`Plpmtud::for_tuple`]).
     keepalive_ns: Option<u64>,
     next_keepalive_ns: u64,
+    /// [`Plpmtud::pause`]d: no deadline, and not run.
+    paused: bool,
     counts: Counts,
 }
 
@@ -218,6 +220,7 @@ impl Plpmtud {
             last_ack_ns: None,
             keepalive_ns: None,
             next_keepalive_ns: 0,
+            paused: false,
             counts: Counts::default(),
         }
     }
@@ -233,6 +236,22 @@ impl Plpmtud {
             peer_answers: true,
             keepalive_ns: Some(keepalive_ns),
             ..Plpmtud::new(limits)
+        }
+    }
+
+    /// Stops until [`Plpmtud::resume`] (an extra tuple's ports went out of use): no deadline,
+    /// and every acknowledgement so far forgotten (the peer may not take the tuple's datagrams
+    /// any more), so that only one of a probe after it resumed shows the tuple carries again.
+    /// What it knows of the path stays.
+    pub fn pause(&mut self) {
+        self.paused = true;
+        self.last_ack_ns = None;
+    }
+
+    /// Runs again after [`Plpmtud::pause`], with a keepalive at once.
+    pub fn resume(&mut self, now_ns: u64) {
+        if std::mem::take(&mut self.paused) {
+            self.next_keepalive_ns = now_ns;
         }
     }
 
@@ -355,8 +374,9 @@ impl Plpmtud {
     }
 
     /// What to send now, if anything: a probe (a new one, or another try of the outstanding
-    /// one). `nonce` is asked for a fresh random number when a new probe is made.
-    pub fn poll(&mut self, now_ns: u64, nonce: impl FnOnce() -> u64) -> Option<Probe> {
+    /// one). `nonce` is asked for fresh random numbers when a new probe is made: its nonce, and
+    /// the timers' jitter seed.
+    pub fn poll(&mut self, now_ns: u64, mut nonce: impl FnMut() -> u64) -> Option<Probe> {
         if !self.peer_answers && self.raise_at_ns.is_some_and(|at| now_ns >= at) {
             // Nothing to confirm with: after the interval, simply work to the largest size
             // again, and let a real limit hint it down again.
@@ -387,7 +407,9 @@ impl Plpmtud {
             nonce: nonce(),
             size,
         };
-        self.jitter_seed = probe.nonce;
+        // A random number of its own, not the nonce, which the probe carries in the clear: an
+        // observer on the path would foresee the timers from it.
+        self.jitter_seed = nonce();
         if let Some(interval) = self.keepalive_ns {
             // Any probe checks delivery: the next keepalive only after a quiet interval.
             self.next_keepalive_ns = now_ns + self.keepalive_gap_ns(interval);
@@ -406,6 +428,9 @@ impl Plpmtud {
 
     /// When `poll` next has something to do, if ever: a probe's deadline, a hello, a raise.
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self.paused {
+            return None;
+        }
         if let Some(out) = self.outstanding {
             return Some(out.deadline_ns);
         }
@@ -429,8 +454,8 @@ impl Plpmtud {
         }
     }
 
-    /// A pseudo-random delay below `range_ns`, different at each call, from the random nonce of
-    /// the latest new probe: an attacker off the path sees neither, so cannot time its forgeries
+    /// A pseudo-random delay below `range_ns`, different at each call, from the random seed drawn
+    /// at the latest new probe: an attacker sees neither, so cannot time its forgeries
     /// to the machine's timers (RFC 8899 section 4.6.1 asks a sender to make PTB-driven changes
     /// hard to induce).
     fn jitter_ns(&mut self, range_ns: u64) -> u64 {
@@ -1082,6 +1107,23 @@ mod tests {
             }
         }
         assert!(gaps.len() > 20, "keepalive gaps {gaps:?}");
+    }
+
+    /// The timers' jitter comes from a random number drawn for it, not from the probe's nonce,
+    /// which the probe carries in the clear: two machines whose probes have the same nonce but
+    /// draw other random numbers for their jitter time them differently.
+    #[test]
+    fn the_jitter_is_not_foreseeable_from_the_nonce() {
+        let deadline = |jitter_random: u64| {
+            let mut m = Plpmtud::new(LIMITS);
+            let mut draws = [0x5eed_u64, jitter_random].into_iter();
+            let probe = m
+                .poll(0, || draws.next().unwrap_or(1))
+                .expect("a probe at once");
+            assert_eq!(probe.nonce, 0x5eed);
+            m.next_deadline_ns().expect("its timeout")
+        };
+        assert_ne!(deadline(100), deadline(200));
     }
 
     /// With a machine per outer tuple, an acknowledgement is kept only in the slot of the

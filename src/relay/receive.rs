@@ -573,6 +573,7 @@ mod tests {
                 nonce,
                 size: 1400,
                 cookie: 0,
+                taken: false,
             };
             assert_eq!(control.write(&mut probe, 40), Some(40));
             buffer.extend_from_slice(&probe);
@@ -610,6 +611,7 @@ mod tests {
             nonce: 9,
             size: 100,
             cookie: 0,
+            taken: false,
         };
         message.write(&mut probe, stride).unwrap();
         let mut bad = probe.clone();

@@ -5,7 +5,7 @@ use super::slots::{Base, Piece};
 use super::{Buffers, Received, Relay, Request, Token, WriteIndex};
 use crate::offload::coalesce::Policy;
 use crate::stats::{Direction, DropReason};
-use crate::wire::{cmsg, vnet};
+use crate::wire::{cmsg, control, vnet};
 
 /// Where run `r`'s pieces are in its slot's `pieces` (`run_starts` holds where each begins):
 /// its virtio header, its head, then one per later segment.
@@ -40,11 +40,22 @@ impl Relay {
             return self.wireguard_receive(bid, buffer, received, source, &control, now_ns);
         }
         // Exactly the peer's address, and its listen port (its fragmenting socket sends from
-        // there too) or a port it advertised and we accepted (`entropy`).
+        // there too) or a port it advertised and proved its own by probes from it that echo
+        // this relay's cookie (`entropy`). From a port advertised but not proven (yet, or any
+        // more) only such a probe is taken: behind a NAT the peer advertises port numbers it
+        // holds before the NAT, which at the NAT's address may be anyone's.
         let from_listen = source == Some(self.peer_canonical);
+        let extra_port = source
+            .filter(|s| !from_listen && s.ip() == self.peer_canonical.ip())
+            .map(|s| s.port());
         let from_peer = from_listen
-            || source.is_some_and(|s| {
-                s.ip() == self.peer_canonical.ip() && self.source_ports.accepts(s.port())
+            || extra_port.is_some_and(|port| {
+                self.source_ports.accepts(port)
+                    || (self.source_ports.advertised(port)
+                        && datagrams == 1
+                        && control::Control::parse(payload).is_some_and(|c| {
+                            c.kind == control::Kind::Probe && self.source_ports.proves(c.cookie)
+                        }))
             });
         if !from_peer {
             self.stats
@@ -80,7 +91,7 @@ impl Relay {
             gate,
         );
         if !slot.plan.controls.is_empty() {
-            self.on_control_messages(bid, from_listen);
+            self.on_control_messages(bid, from_listen, extra_port);
         }
         self.write_planned(bid, now_ns);
     }

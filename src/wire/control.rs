@@ -26,10 +26,21 @@
 //! | IPv4, 0 -> 0 | 0x00 | 'T'  | 'F'  | kind | nonce (u64 BE) | size BE  | 0 0    | zeros |
 //! +--------------+------+------+------+------+----------------+----------+--------+-------+
 //! ```
-//! `kind` 1 is a probe, 2 its acknowledgement. A probe is padded with zeros to the UDP payload
-//! that makes an outer IP packet of `size` bytes; the acknowledgement is the 36-byte header
-//! alone, echoing the probe's nonce and size. The nonce is random, so an acknowledgement cannot
-//! be forged by anyone who did not see the probe.
+//! `kind` 1 is a probe, 2 its acknowledgement. A probe is padded to the UDP payload that makes
+//! an outer IP packet of `size` bytes; the acknowledgement is the 36-byte header alone, echoing
+//! the probe's nonce and size. The nonce is random, so an acknowledgement cannot be forged by
+//! anyone who did not see the probe. A probe sent from one of the sender's extra ports (outer
+//! flow entropy) carries the echo of the receiver's cookie in its first 8 padding bytes (u64 BE,
+//! as an advertisement echoes it; 0 for none), which proves to the receiver that the port is
+//! the sender's: such a probe is at least `36 + 8` bytes, so a hello grows by 8. Every other
+//! padding byte is zero, and a probe shorter than `36 + 8` bytes is all zeros after its header:
+//!
+//! ```text
+//!  0 .. 35          36 ........ 43    44 ...
+//! +----------------+----------------+-------+
+//! | header, kind 1 | echo u64 BE    | zeros |
+//! +----------------+----------------+-------+
+//! ```
 //!
 //! `kind` 3 is an advertisement: the source ports its sender sends from besides its listen
 //! port. `size` is their number N (at most [`MAX_PORTS`]), and the header is followed by the
@@ -43,8 +54,10 @@
 //! | header, kind 3 | session u64 BE | echo u64 BE    | port  | port  | ...
 //! +----------------+----------------+----------------+-------+-------+-----
 //! ```
-//! `kind` 4 acknowledges one: the header, echoing its nonce and N, and the acknowledging
-//! relay's cookie (u64 BE, never 0), `36 + 8` bytes. Only a relay whose advertisement was
+//! `kind` 4 acknowledges one: the header, echoing its nonce and N, with the reserved field's
+//! first byte 1 if the acknowledging relay took the advertisement (it echoed its cookie, current
+//! or previous) and 0 if not (every other reserved byte, and both in every other kind, 0), and
+//! the acknowledging relay's cookie (u64 BE, never 0), `36 + 8` bytes. Only a relay whose advertisement was
 //! acknowledged sends from those ports, and its peer accepts datagrams from exactly those; only
 //! an advertisement that echoes the receiver's cookie may take ports away or tell of a restart
 //! (see `relay::entropy`).
@@ -62,8 +75,8 @@ const WRAP_PROTOCOL: u8 = 253;
 pub const MAX_PORTS: usize = 16;
 /// Bytes of an advertisement's session field, after the header.
 pub const SESSION_LEN: usize = 8;
-/// Bytes of an advertisement's echo field, after the session, and of an acknowledgement's
-/// cookie, after the header.
+/// Bytes of an advertisement's echo field, after the session, of an acknowledgement's
+/// cookie, after the header, and of a probe's echo, after the header.
 pub const COOKIE_LEN: usize = 8;
 /// Bytes of an advertisement before its ports.
 pub const ADVERTISEMENT_FIXED_LEN: usize = HEADER_LEN + SESSION_LEN + COOKIE_LEN;
@@ -128,9 +141,14 @@ pub struct Control {
     pub nonce: u64,
     /// The outer IP packet size the probe tests (outer IP and UDP headers included).
     pub size: u16,
-    /// [`Kind::PortsAck`] only (0 otherwise): the acknowledging relay's cookie, which its
-    /// peer's advertisements echo from then on.
+    /// [`Kind::PortsAck`]: the acknowledging relay's cookie, which its peer's advertisements
+    /// echo from then on. [`Kind::Probe`]: the echo of the receiver's cookie (a probe sent from
+    /// an extra port; 0: none). 0 otherwise.
     pub cookie: u64,
+    /// [`Kind::PortsAck`] only (false otherwise): the acknowledging relay took the
+    /// advertisement (it echoed that relay's cookie, current or previous): the reserved
+    /// field's first byte is 1 (0: not taken).
+    pub taken: bool,
 }
 
 /// Whether a datagram may be a control message: IPv4 with protocol 253 from and to 0.0.0.0.
@@ -144,7 +162,7 @@ pub fn is_control(datagram: &[u8]) -> bool {
 
 impl Control {
     /// Parses a datagram as a control message. `None` for anything else: a wrong magic or kind,
-    /// a nonzero reserved field, an acknowledgement of any length but [`HEADER_LEN`], a probe
+    /// a nonzero reserved field (but an advertisement's acknowledgement's flag), an acknowledgement of any length but [`HEADER_LEN`], a probe
     /// shorter than its header or with nonzero padding (the padding is all a probe carries, and
     /// a probe with content is not one of ours), an advertisement that is not exactly as
     /// [`Advertisement::parse`] takes it.
@@ -152,13 +170,24 @@ impl Control {
         let header = datagram.get(..HEADER_LEN)?;
         if header[..WRAP_LEN] != wrapper(datagram.len())?
             || header[field::MAGIC] != MAGIC
-            || header[field::RESERVED] != [0, 0]
+            || header[field::RESERVED][1] != 0
         {
             return None;
         }
+        // The flag of an advertisement's acknowledgement; zero in every other message.
+        let taken = match (header[field::KIND], header[field::RESERVED][0]) {
+            (_, 0) => false,
+            (4, 1) => true,
+            _ => return None,
+        };
         let size = u16::from_be_bytes(header[field::SIZE].try_into().expect("2 bytes"));
         let kind = match header[field::KIND] {
-            1 if datagram[HEADER_LEN..].iter().all(|b| *b == 0) => Kind::Probe,
+            1 if datagram[probe_padding(datagram.len())..]
+                .iter()
+                .all(|b| *b == 0) =>
+            {
+                Kind::Probe
+            }
             2 if datagram.len() == HEADER_LEN => Kind::Ack,
             3 if ports_body(datagram, size).is_some() => Kind::Ports,
             4 if datagram.len() == PORTS_ACK_LEN
@@ -171,6 +200,11 @@ impl Control {
         };
         let cookie = match kind {
             Kind::PortsAck => u64::from_be_bytes(datagram[HEADER_LEN..].try_into().ok()?),
+            Kind::Probe if datagram.len() >= HEADER_LEN + COOKIE_LEN => u64::from_be_bytes(
+                datagram[HEADER_LEN..HEADER_LEN + COOKIE_LEN]
+                    .try_into()
+                    .ok()?,
+            ),
             _ => 0,
         };
         Some(Control {
@@ -178,16 +212,19 @@ impl Control {
             nonce: u64::from_be_bytes(header[field::NONCE].try_into().expect("8 bytes")),
             size,
             cookie,
+            taken,
         })
     }
 
-    /// Writes this message's header into `out` and, for a probe, zeros up to `payload_len`
-    /// bytes. Returns the datagram's length: [`HEADER_LEN`] for a probe's acknowledgement,
-    /// [`PORTS_ACK_LEN`] for an advertisement's (its cookie after the header), `payload_len` (at
-    /// least [`HEADER_LEN`]) for a probe, or `None` if `out` is too short, or for an
-    /// advertisement, whose ports only [`Advertisement::write`] has.
+    /// Writes this message's header into `out` and, for a probe, its echo (if not 0) and zeros
+    /// up to `payload_len` bytes. Returns the datagram's length: [`HEADER_LEN`] for a probe's
+    /// acknowledgement, [`PORTS_ACK_LEN`] for an advertisement's (its cookie after the header),
+    /// `payload_len` (at least [`HEADER_LEN`], and [`HEADER_LEN`] + [`COOKIE_LEN`] with an
+    /// echo) for a probe, or `None` if `out` is too short, or for an advertisement, whose ports
+    /// only [`Advertisement::write`] has.
     pub fn write(&self, out: &mut [u8], payload_len: usize) -> Option<usize> {
         let len = match self.kind {
+            Kind::Probe if self.cookie != 0 => payload_len.max(HEADER_LEN + COOKIE_LEN),
             Kind::Probe => payload_len.max(HEADER_LEN),
             Kind::Ack => HEADER_LEN,
             Kind::PortsAck => PORTS_ACK_LEN,
@@ -200,9 +237,16 @@ impl Control {
         out[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
         out[field::SIZE].copy_from_slice(&self.size.to_be_bytes());
         out[field::RESERVED].fill(0);
+        if self.kind == Kind::PortsAck && self.taken {
+            out[field::RESERVED.start] = 1;
+        }
         out[HEADER_LEN..].fill(0);
-        if self.kind == Kind::PortsAck {
-            out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes());
+        match self.kind {
+            Kind::PortsAck => out[HEADER_LEN..].copy_from_slice(&self.cookie.to_be_bytes()),
+            Kind::Probe if self.cookie != 0 => {
+                out[HEADER_LEN..HEADER_LEN + COOKIE_LEN].copy_from_slice(&self.cookie.to_be_bytes())
+            }
+            _ => {}
         }
         Some(len)
     }
@@ -219,18 +263,29 @@ impl Control {
         Control {
             kind: Kind::Ack,
             cookie: 0,
+            taken: false,
             ..*self
         }
     }
 
     /// The acknowledgement that answers this advertisement, carrying the acknowledging relay's
-    /// `cookie` (not 0).
-    pub fn ports_ack(&self, cookie: u64) -> Control {
+    /// `cookie` (not 0), and whether it `taken` the advertisement.
+    pub fn ports_ack(&self, cookie: u64, taken: bool) -> Control {
         Control {
             kind: Kind::PortsAck,
             cookie,
+            taken,
             ..*self
         }
+    }
+}
+
+/// Where a probe of `len` bytes has only zeros from: after its echo, if it has room for one.
+fn probe_padding(len: usize) -> usize {
+    if len >= HEADER_LEN + COOKIE_LEN {
+        HEADER_LEN + COOKIE_LEN
+    } else {
+        HEADER_LEN
     }
 }
 
@@ -349,6 +404,7 @@ impl Advertisement {
             nonce: self.nonce,
             size: self.len,
             cookie: 0,
+            taken: false,
         }
     }
 }
@@ -379,6 +435,7 @@ mod tests {
                 nonce: 0x0102_0304_0506_0708,
                 size: 1448,
                 cookie: 0,
+                taken: false,
             })
         );
         assert!(is_control(&ack()));
@@ -398,6 +455,7 @@ mod tests {
             nonce: u64::MAX - 3,
             size: 1448,
             cookie: 0,
+            taken: false,
         };
         let mut out = [0xffu8; 1500];
         let len = probe.write(&mut out, 1420).unwrap();
@@ -407,6 +465,23 @@ mod tests {
         assert_eq!(len, HEADER_LEN);
         assert_eq!(Control::parse(&out[..len]), Some(probe.ack()));
         assert_eq!(probe.write(&mut out[..100], 1420), None, "too short");
+        // One that echoes a cookie carries it after the header, and a hello grows to hold it;
+        // its acknowledgement does not carry it.
+        for (payload_len, want) in [(1420, 1420), (HEADER_LEN, HEADER_LEN + COOKIE_LEN)] {
+            let echo = Control {
+                cookie: 0x0102_0304_0506_0708,
+                ..probe
+            };
+            let len = echo.write(&mut out, payload_len).unwrap();
+            assert_eq!(len, want);
+            assert_eq!(
+                out[HEADER_LEN..HEADER_LEN + COOKIE_LEN],
+                [1, 2, 3, 4, 5, 6, 7, 8]
+            );
+            assert!(out[HEADER_LEN + COOKIE_LEN..len].iter().all(|b| *b == 0));
+            assert_eq!(Control::parse(&out[..len]), Some(echo));
+            assert_eq!(echo.ack().cookie, 0);
+        }
     }
 
     #[test]
@@ -443,12 +518,37 @@ mod tests {
             nonce: 1,
             size: 92,
             cookie: 0,
+            taken: false,
         }
         .write(&mut probe, 64)
         .unwrap();
         assert!(Control::parse(&probe).is_some());
+        // Its first 8 padding bytes are the echo; every other one is zero.
         probe[40] = 1;
-        assert_eq!(Control::parse(&probe), None, "a probe carries only zeros");
+        assert_eq!(Control::parse(&probe).map(|c| c.cookie), Some(1 << 24));
+        probe[44] = 1;
+        assert_eq!(
+            Control::parse(&probe),
+            None,
+            "a probe carries only its echo"
+        );
+        let mut short = [0u8; HEADER_LEN + COOKIE_LEN - 1];
+        Control {
+            kind: Kind::Probe,
+            nonce: 1,
+            size: 64,
+            cookie: 0,
+            taken: false,
+        }
+        .write(&mut short, HEADER_LEN + COOKIE_LEN - 1)
+        .unwrap();
+        assert!(Control::parse(&short).is_some());
+        short[HEADER_LEN] = 1;
+        assert_eq!(
+            Control::parse(&short),
+            None,
+            "no room for an echo: zeros only"
+        );
         // No IP packet is a control message.
         assert!(!is_control(&[0x45, 0, 0, 20]));
         assert!(!is_control(&[0x60]));
@@ -479,17 +579,37 @@ mod tests {
                 nonce: 9,
                 size: 2,
                 cookie: 0,
+                taken: false,
             })
         );
         let mut out = [0xaau8; 600];
         assert_eq!(a.write(&mut out), Some(56));
         assert_eq!(out[..56], ports[..]);
-        let ack = a.header().ports_ack(0xc0c0);
+        let ack = a.header().ports_ack(0xc0c0, false);
         assert_eq!((ack.kind, ack.cookie), (Kind::PortsAck, 0xc0c0));
         let ack_len = ack.write(&mut out, 0).unwrap();
         assert_eq!(ack_len, PORTS_ACK_LEN);
         assert_eq!(out[HEADER_LEN..ack_len], 0xc0c0u64.to_be_bytes());
         assert_eq!(Control::parse(&out[..ack_len]), Some(ack));
+        assert_eq!(out[34..36], [0, 0], "not taken");
+        // Taken: the reserved field's first byte is 1; no other value, nor in another kind.
+        let taken = a.header().ports_ack(0xc0c0, true);
+        let ack_len = taken.write(&mut out, 0).unwrap();
+        assert_eq!(out[34..36], [1, 0]);
+        assert_eq!(Control::parse(&out[..ack_len]), Some(taken));
+        out[34] = 2;
+        assert_eq!(Control::parse(&out[..ack_len]), None);
+        let probe_ack = Control {
+            kind: Kind::Ack,
+            nonce: 9,
+            size: 64,
+            cookie: 0,
+            taken: false,
+        };
+        let len = probe_ack.write(&mut out, 0).unwrap();
+        assert!(Control::parse(&out[..len]).is_some());
+        out[34] = 1;
+        assert_eq!(Control::parse(&out[..len]), None, "a flag on a probe's ack");
         assert_eq!(a.header().write(&mut out, 0), None, "needs the ports");
         // The most, and none.
         let many: Vec<u16> = (1..=MAX_PORTS as u16).collect();
