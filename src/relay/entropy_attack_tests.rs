@@ -5,150 +5,18 @@
 //! observer who read the cookie), kept to document the limit.
 
 use super::entropy::{Advertiser, AdvertiserEvent, PeerAdvertisement, SourcePorts};
-use super::lifetime::{FakeBuffers, config};
+use super::entropy_tests::{
+    OWN, OWN_COOKIE, PEER, answer, echo_probe, entropy_relay, ports_ack, tun_read, udp_receive,
+    wire_bytes,
+};
+use super::lifetime::FakeBuffers;
 use super::*;
 use crate::offload::test_packets::{Spec, build};
 use crate::wire::control::{self, Advertisement, Control};
-use crate::wire::vnet;
 
-const PEER: &str = "198.18.0.2:55555";
-const OWN: [u16; 4] = [40000, 40001, 40002, 40003];
-const OWN_COOKIE: u64 = 0x0c00_c1e0;
-const PEER_COOKIE: u64 = 0x0eeb_c00c;
 const PEER_SESSION: u64 = 0x5e55;
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
-
-fn limits() -> plpmtud::Limits {
-    plpmtud::Limits {
-        largest: 1448,
-        floor: 1280,
-        smallest: 552,
-        hello: 28 + control::HEADER_LEN,
-    }
-}
-
-fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
-    Relay::new(RelayConfig {
-        entropy: EntropyConfig {
-            source_ports: shared.clone(),
-            sockets: OWN.len() as u8,
-            workers: 1,
-            advertise: true,
-            limits: Some(limits()),
-        },
-        ..config()
-    })
-}
-
-/// Answers every request; returns the data sends' sockets and the control messages sent.
-fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> (Vec<Socket>, Vec<(Vec<u8>, Socket)>) {
-    let mut sends = Vec::new();
-    let mut controls = Vec::new();
-    for _ in 0..100 {
-        r.end_batch(now, b);
-        let mut any = false;
-        while let Some(request) = r.poll_request() {
-            any = true;
-            match request {
-                Request::Send { token, socket, .. } => {
-                    sends.push(socket);
-                    r.complete(token, 100, now, b);
-                }
-                Request::SendControl {
-                    token,
-                    k,
-                    len,
-                    socket,
-                } => {
-                    let piece = r.control_piece(k, len);
-                    let bytes = r.own_bytes(piece.base).unwrap();
-                    let at = piece.offset as usize;
-                    controls.push((bytes[at..at + piece.len as usize].to_vec(), socket));
-                    r.complete(token, len as i32, now, b);
-                }
-                Request::Write { token } => r.complete(token, 100, now, b),
-                Request::DrainErrors { socket } => {
-                    r.on_errors_drained(socket, Default::default(), now, b)
-                }
-                Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
-                Request::ReadEgressMtu => r.on_egress_mtu(None, now),
-            }
-        }
-        if !any {
-            break;
-        }
-    }
-    (sends, controls)
-}
-
-fn tun_read(r: &mut Relay, b: &mut FakeBuffers, sport: u16, now: u64) {
-    let packet = build(&Spec {
-        udp: true,
-        payload_len: 100,
-        sport,
-        ..Spec::default()
-    });
-    let bid = r.pop_free_tun().expect("a free TUN buffer");
-    let buffer = &mut b.tun[usize::from(bid)];
-    buffer[..vnet::LEN].fill(0);
-    buffer[vnet::LEN..vnet::LEN + packet.len()].copy_from_slice(&packet);
-    r.on_tun_read(bid, buffer, vnet::LEN + packet.len(), now);
-}
-
-fn udp_receive(r: &mut Relay, b: &FakeBuffers, from: SocketAddr, payload: &[u8], now: u64) {
-    let bid = r.pop_free_udp().expect("a free UDP buffer");
-    let SocketAddr::V4(v4) = from else {
-        panic!("IPv4 only here");
-    };
-    let mut name = [0u8; 16];
-    name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    name[2..4].copy_from_slice(&v4.port().to_be_bytes());
-    name[4..8].copy_from_slice(&v4.ip().octets());
-    let mut udp = b.udp.borrow_mut();
-    let buffer = &mut udp[usize::from(bid)];
-    buffer[..name.len()].copy_from_slice(&name);
-    buffer[128..128 + payload.len()].copy_from_slice(payload);
-    let received = Received {
-        name: 0..name.len(),
-        control: 0..0,
-        payload: 128..128 + payload.len(),
-        payload_truncated: false,
-        control_truncated: false,
-    };
-    r.on_udp_recv(bid, buffer, received, now);
-}
-
-/// A hello probe as an extra tuple sends it, echoing `cookie` (0: none).
-fn echo_probe(cookie: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    let probe = Control {
-        kind: control::Kind::Probe,
-        nonce: 0x5151 ^ cookie,
-        size: 64,
-        cookie,
-        taken: false,
-    };
-    let len = probe.write(&mut bytes, control::HEADER_LEN).unwrap();
-    bytes.truncate(len);
-    bytes
-}
-
-fn wire_bytes(ad: &Advertisement) -> Vec<u8> {
-    let mut bytes = vec![0u8; ad.wire_len()];
-    ad.write(&mut bytes).unwrap();
-    bytes
-}
-
-fn ports_ack(advertisement: &Advertisement) -> Vec<u8> {
-    let mut ack = vec![0u8; control::PORTS_ACK_LEN];
-    advertisement
-        .header()
-        .ports_ack(PEER_COOKIE, advertisement.echo == PEER_COOKIE)
-        .write(&mut ack, 0)
-        .unwrap();
-    ack
-}
 
 /// What the simulated peer does with the relay's control messages `rtt` later: acknowledges
 /// every advertisement, and every probe no larger than `path_mtu` (outer bytes).

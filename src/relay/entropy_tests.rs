@@ -11,13 +11,13 @@ use crate::wire::control::{self, Advertisement, Control};
 use crate::wire::vnet;
 use std::collections::{HashMap, HashSet};
 
-const PEER: &str = "198.18.0.2:55555";
-const OWN: [u16; 4] = [40000, 40001, 40002, 40003];
+pub(super) const PEER: &str = "198.18.0.2:55555";
+pub(super) const OWN: [u16; 4] = [40000, 40001, 40002, 40003];
 /// The relay's cookie, which the peer's proven advertisements echo, and the peer's.
-const OWN_COOKIE: u64 = 0x0c00_c1e0;
-const PEER_COOKIE: u64 = 0x0eeb_c00c;
+pub(super) const OWN_COOKIE: u64 = 0x0c00_c1e0;
+pub(super) const PEER_COOKIE: u64 = 0x0eeb_c00c;
 
-fn limits() -> plpmtud::Limits {
+pub(super) fn limits() -> plpmtud::Limits {
     plpmtud::Limits {
         largest: 1448,
         floor: 1280,
@@ -27,7 +27,7 @@ fn limits() -> plpmtud::Limits {
 }
 
 /// A relay with four extra sockets that advertises them, as queue 0 of a relay does.
-fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
+pub(super) fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
     Relay::new(RelayConfig {
         entropy: EntropyConfig {
             source_ports: shared.clone(),
@@ -42,7 +42,11 @@ fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
 
 /// Answers every request: sends and writes succeed, system requests find nothing. Returns the
 /// sends' sockets in order, and the control messages sent (their bytes and socket).
-fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> (Vec<Socket>, Vec<(Vec<u8>, Socket)>) {
+pub(super) fn answer(
+    r: &mut Relay,
+    b: &FakeBuffers,
+    now: u64,
+) -> (Vec<Socket>, Vec<(Vec<u8>, Socket)>) {
     let mut sends = Vec::new();
     let mut controls = Vec::new();
     for _ in 0..100 {
@@ -83,7 +87,7 @@ fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> (Vec<Socket>, Vec<(Vec<u8
 }
 
 /// A plain UDP packet of the flow with source port `sport`, read from the TUN.
-fn tun_read(r: &mut Relay, b: &mut FakeBuffers, sport: u16, now: u64) {
+pub(super) fn tun_read(r: &mut Relay, b: &mut FakeBuffers, sport: u16, now: u64) {
     let packet = build(&Spec {
         udp: true,
         payload_len: 100,
@@ -98,7 +102,13 @@ fn tun_read(r: &mut Relay, b: &mut FakeBuffers, sport: u16, now: u64) {
 }
 
 /// A receive of `payload` from `from`.
-fn udp_receive(r: &mut Relay, b: &FakeBuffers, from: SocketAddr, payload: &[u8], now: u64) {
+pub(super) fn udp_receive(
+    r: &mut Relay,
+    b: &FakeBuffers,
+    from: SocketAddr,
+    payload: &[u8],
+    now: u64,
+) {
     let bid = r.pop_free_udp().expect("a free UDP buffer");
     // A sockaddr_in, as the kernel fills a receive's name (ip(7)).
     let SocketAddr::V4(v4) = from else {
@@ -127,7 +137,7 @@ fn from_port(port: u16) -> SocketAddr {
 }
 
 /// The peer's acknowledgement of `advertisement`, with its cookie.
-fn ports_ack(advertisement: &Advertisement) -> Vec<u8> {
+pub(super) fn ports_ack(advertisement: &Advertisement) -> Vec<u8> {
     let mut ack = vec![0u8; control::PORTS_ACK_LEN];
     advertisement
         .header()
@@ -316,7 +326,7 @@ fn receiving_relay(shared: &Arc<SourcePorts>) -> Relay {
 }
 
 /// A hello probe as an extra tuple of the peer's sends it, echoing `cookie` (0: none).
-fn echo_probe(cookie: u64) -> Vec<u8> {
+pub(super) fn echo_probe(cookie: u64) -> Vec<u8> {
     let mut bytes = vec![0u8; 64];
     let probe = Control {
         kind: control::Kind::Probe,
@@ -331,7 +341,7 @@ fn echo_probe(cookie: u64) -> Vec<u8> {
 }
 
 /// An advertisement as the wire carries it.
-fn wire_bytes(ad: &Advertisement) -> Vec<u8> {
+pub(super) fn wire_bytes(ad: &Advertisement) -> Vec<u8> {
     let mut bytes = vec![0u8; ad.wire_len()];
     ad.write(&mut bytes).unwrap();
     bytes
