@@ -63,10 +63,13 @@
 //! same NAT address) could have one of its own ports accepted with a single spoofed datagram
 //! from the listen port, and then send as the peer without spoofing. An attacker on the path sees the cookie, and can
 //! drop the tunnel's datagrams besides: that is out of scope, as for the raw format in general.
-//! One thing it could do without spoofing anything new is refused all the same: replaying,
-//! after the peer restarted, a proven advertisement of the peer's previous run (its cookie still
-//! taken), which would put the dead run's ports back; the sessions of the peer's last 8 runs are
-//! remembered, and an advertisement naming one changes nothing.
+//! What it can do lasts only as long as it keeps sending: whenever the peer restarts or is
+//! forgotten (its ports expired), this relay replaces its cookie and takes the one before no
+//! more, so no advertisement of a run that ended proves anything again (a replay of one would
+//! put the dead run's ports back), and a forged session, once taken, is undone by the real
+//! peer's next advertisement, which the new cookie in its answer lets it prove at once. (A list
+//! of the peer's retired sessions did this once, and let one forged session lock the live one
+//! out for good.)
 //!
 //! An unproven advertisement that names a session other than the peer's (a restarted peer's
 //! first, which holds none of this relay's ports) makes this relay advertise at once, at most
@@ -232,6 +235,10 @@ pub struct SourcePorts {
     /// again, whose answer tells. Taken by the advertiser, at most once per
     /// [`RESTART_HINT_INTERVAL_NS`].
     peer_restart_hinted: AtomicBool,
+    /// A run of the peer's ended ([`SourcePorts::run_ended`]): replace the cookie at the
+    /// advertiser's next poll, and how many runs ended, for the advertiser's view.
+    replace_cookie_due: AtomicBool,
+    peer_runs: AtomicU64,
     /// Per extra tuple, its path MTU machine's working size; `u32::MAX` while it carries no
     /// flows (not in use, or not confirmed).
     tuple_working: Box<[AtomicU32]>,
@@ -246,13 +253,7 @@ struct PeerPorts {
     /// Per port in `ports`: probes that echoed the cookie heard from it.
     heard: Vec<u64>,
     session: Option<u64>,
-    /// The peer's sessions before `session`, latest last, at most [`RETIRED_SESSIONS`]: an
-    /// advertisement naming one is a replay of a run that ended, refused even with the cookie.
-    retired: Vec<u64>,
 }
-
-/// Sessions of the peer's earlier runs remembered ([`PeerPorts::retired`]).
-const RETIRED_SESSIONS: usize = 8;
 
 /// The advertiser's view of one of the peer's ports: the count of proving probes from it when
 /// last looked at, and when (the advertiser's clock) it last changed.
@@ -298,6 +299,8 @@ impl SourcePorts {
             peer_refreshes: AtomicU64::new(0),
             peer_restarted: AtomicBool::new(false),
             peer_restart_hinted: AtomicBool::new(false),
+            replace_cookie_due: AtomicBool::new(false),
+            peer_runs: AtomicU64::new(0),
         }
     }
 
@@ -436,11 +439,6 @@ impl SourcePorts {
     /// restarted; one that does not changes nothing (see the threat model above).
     pub fn accept_peer(&self, advertisement: &Advertisement) -> PeerAdvertisement {
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
-        if peer.retired.contains(&advertisement.session) {
-            // A run of the peer's that ended: a replay (an on-path observer's, with a cookie
-            // still taken), which would reinstate the ports of a dead run.
-            return PeerAdvertisement::Unproven;
-        }
         if !self.proves(advertisement.echo) {
             if peer.session != Some(advertisement.session) {
                 self.peer_restart_hinted.store(true, Ordering::Relaxed);
@@ -448,13 +446,12 @@ impl SourcePorts {
             return PeerAdvertisement::Unproven;
         }
         let new = &advertisement.ports()[..advertisement.ports().len().min(MAX_PORTS)];
-        let before = peer.session.replace(advertisement.session);
-        let restarted = before.is_some_and(|before| before != advertisement.session);
-        if let Some(before) = before.filter(|_| restarted) {
-            if peer.retired.len() == RETIRED_SESSIONS {
-                peer.retired.remove(0);
-            }
-            peer.retired.push(before);
+        let restarted = peer
+            .session
+            .replace(advertisement.session)
+            .is_some_and(|before| before != advertisement.session);
+        if restarted {
+            self.run_ended();
         }
         // A port is accepted only once a probe that echoes the cookie came from it: one that
         // stays keeps what it proved, unless the peer restarted (its sockets are new).
@@ -490,7 +487,7 @@ impl SourcePorts {
         PeerAdvertisement::Proven { restarted }
     }
 
-    /// Forgets the peer's ports (they expired, or the peer moved); its retired sessions stay.
+    /// Forgets the peer's ports (they expired, or the peer moved).
     pub fn forget_peer(&self) {
         let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
         for port in std::mem::take(&mut peer.ports) {
@@ -499,6 +496,26 @@ impl SourcePorts {
         }
         peer.heard.clear();
         peer.session = None;
+        self.run_ended();
+    }
+
+    /// The peer's run that this relay knew ended (it restarted, or was forgotten): the
+    /// advertiser replaces the cookie at its next poll and takes the one before no more (see
+    /// the threat model), and starts its view of the ports heard from anew (their counts
+    /// start again at 0, and a stale count equal to a new one would keep a stale time).
+    fn run_ended(&self) {
+        self.replace_cookie_due.store(true, Ordering::Relaxed);
+        self.peer_runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replaces this relay's cookie with `fresh` and takes the one before no more (a run of the
+    /// peer's ended). A `fresh` of 0 (no random number) keeps the current one, as
+    /// `rotate_cookie` does, and drops only the one before.
+    fn replace_cookie(&self, fresh: u64) {
+        if fresh != 0 {
+            self.cookie.store(fresh, Ordering::Relaxed);
+        }
+        self.previous_cookie.store(0, Ordering::Relaxed);
     }
 
     /// The ports the peer advertised, as accepted now.
@@ -640,6 +657,8 @@ pub struct Advertiser {
     heard: Vec<Heard>,
     probes_heard_seen: u64,
     heard_expiry_ns: Option<u64>,
+    /// The count of the peer's runs that ended when last looked ([`SourcePorts::run_ended`]).
+    peer_runs_seen: u64,
     in_use: bool,
     /// Advertisements sent, and acknowledged; restarts of the peer acted on.
     pub sent: u64,
@@ -672,6 +691,7 @@ impl Advertiser {
             heard: Vec::new(),
             probes_heard_seen: 0,
             heard_expiry_ns: None,
+            peer_runs_seen: 0,
             in_use: false,
             sent: 0,
             acked: 0,
@@ -714,9 +734,12 @@ impl Advertiser {
                 self.previous_echoed
             };
             self.acked += 1;
-            self.retry_ns = RETRY_INTERVAL_NS;
             let changed = shared.peer_cookie.load(Ordering::Relaxed) != echoed;
-            if shared.acked_taken.load(Ordering::Relaxed) {
+            let taken = shared.acked_taken.load(Ordering::Relaxed);
+            if taken || changed {
+                self.retry_ns = RETRY_INTERVAL_NS;
+            }
+            if taken {
                 // The peer took its ports. If it answered with another cookie than the one
                 // echoed (it replaced its cookie, and still takes the one before), echo the
                 // new one soon: the ports stay in use meanwhile.
@@ -732,12 +755,27 @@ impl Advertiser {
                 // no blind spoofer can forge, since it echoes this advertisement's random
                 // nonce) takes them out of use until then.
                 self.acked_at_ns = None;
-                self.next_send_ns = now_ns;
+                if changed {
+                    self.next_send_ns = now_ns;
+                }
+                // Not taken though it echoed the cookie the answer hands again: nothing new to
+                // prove with (a peer that refuses it, or one from before the taken flag, whose
+                // answers all read as not taken), so it counts as unanswered and the retries
+                // keep backing off, not one advertisement a round trip.
             }
+        }
+        let runs = shared.peer_runs.load(Ordering::Relaxed);
+        let run_ended = runs != self.peer_runs_seen;
+        if run_ended {
+            // The peer's counts of proving probes start again at 0: a stale count equal to a
+            // new one would keep its stale time and expire a port just proven.
+            self.peer_runs_seen = runs;
+            self.heard.clear();
         }
         let refreshes = shared.peer_refreshes.load(Ordering::Relaxed);
         let probes_heard = shared.probes_heard.load(Ordering::Relaxed);
         if refreshes != self.peer_refreshes_seen
+            || run_ended
             || probes_heard != self.probes_heard_seen
             || self.heard_expiry_ns.is_some_and(|at| now_ns >= at)
         {
@@ -754,6 +792,9 @@ impl Advertiser {
         {
             self.peer_accepted_at_ns = None;
             shared.forget_peer();
+        }
+        if shared.replace_cookie_due.swap(false, Ordering::Relaxed) {
+            shared.replace_cookie(nonce());
         }
         if self.restart_allowed(now_ns) && shared.peer_restarted.swap(false, Ordering::Relaxed) {
             // The peer knows nothing of ours: tell it now. Its acknowledgement, with its new
@@ -1202,7 +1243,9 @@ mod tests {
         let mut acted = Vec::new();
         for session in 101..200u64 {
             now += REFRESH_INTERVAL_NS / 4;
-            shared.accept_peer(&advertisement(&[41000], session));
+            // Each restart taken replaces the cookie: the next run echoes the one it was handed.
+            let ad = Advertisement::new(session, session, shared.cookie(), &[41000]).unwrap();
+            shared.accept_peer(&ad);
             let before = a.restarts;
             a.poll(&shared, now, || session);
             if a.restarts > before {
@@ -1215,7 +1258,8 @@ mod tests {
             assert!(pair[1] - pair[0] >= RESTART_INTERVAL_NS, "{acted:?}");
         }
         // The last one is still acted on once the interval passed.
-        shared.accept_peer(&advertisement(&[41000], 500));
+        let last = Advertisement::new(500, 500, shared.cookie(), &[41000]).unwrap();
+        shared.accept_peer(&last);
         let before = a.restarts;
         let deadline = a.next_deadline_ns(&shared);
         assert!(deadline <= acted.last().unwrap() + RESTART_INTERVAL_NS);
@@ -1427,8 +1471,14 @@ mod tests {
         let mut cookies = vec![shared.cookie()];
         let mut replaced_at = vec![0];
         // Six replacements take 24 minutes at most: 3000 half seconds.
-        for _ in 0..3000 {
+        for step in 0..3000u64 {
             now += S / 2;
+            if step % 4 == 0 {
+                // The peer refreshes its ports every 2 s: it is never forgotten (which would
+                // replace the cookie and drop the one before, see run_ended).
+                let refresh = Advertisement::new(5, 1, shared.cookie(), &[41000]).unwrap();
+                shared.accept_peer(&refresh);
+            }
             a.poll(&shared, now, &mut fresh);
             assert!(a.next_deadline_ns(&shared) > now, "a deadline behind now");
             if shared.cookie() != *cookies.last().unwrap() {

@@ -30,6 +30,8 @@ pub mod aqm;
 pub mod batch;
 pub mod entropy;
 #[cfg(test)]
+mod entropy_attack2_tests;
+#[cfg(test)]
 mod entropy_attack_tests;
 #[cfg(test)]
 mod entropy_tests;
