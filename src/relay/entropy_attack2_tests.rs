@@ -230,83 +230,17 @@ fn holds_parsers_survive_random_and_mutated_input() {
 
 mod relay_level {
     use super::super::entropy::SourcePorts;
-    use super::super::lifetime::{FakeBuffers, config};
+    use super::super::entropy_tests::{OWN, PEER, PEER_COOKIE, entropy_relay, udp_receive};
+    use super::super::lifetime::FakeBuffers;
     use super::super::*;
     use crate::wire::control::{self, Advertisement};
 
-    const PEER: &str = "198.18.0.2:55555";
-    const OWN: [u16; 4] = [40000, 40001, 40002, 40003];
-    const PEER_COOKIE: u64 = 0x0eeb_c00c;
     const S: u64 = 1_000_000_000;
 
-    fn entropy_relay(shared: &Arc<SourcePorts>) -> Relay {
-        Relay::new(RelayConfig {
-            entropy: EntropyConfig {
-                source_ports: shared.clone(),
-                sockets: OWN.len() as u8,
-                workers: 1,
-                advertise: true,
-                limits: Some(plpmtud::Limits {
-                    largest: 1448,
-                    floor: 1280,
-                    smallest: 552,
-                    hello: 28 + control::HEADER_LEN,
-                }),
-            },
-            ..config()
-        })
-    }
-
+    /// The control messages the relay sends at `now`, as bytes.
     fn answer(r: &mut Relay, b: &FakeBuffers, now: u64) -> Vec<Vec<u8>> {
-        let mut controls = Vec::new();
-        for _ in 0..100 {
-            r.end_batch(now, b);
-            let mut any = false;
-            while let Some(request) = r.poll_request() {
-                any = true;
-                match request {
-                    Request::Send { token, .. } => r.complete(token, 100, now, b),
-                    Request::SendControl { token, k, len, .. } => {
-                        let piece = r.control_piece(k, len);
-                        let bytes = r.own_bytes(piece.base).unwrap();
-                        let at = piece.offset as usize;
-                        controls.push(bytes[at..at + piece.len as usize].to_vec());
-                        r.complete(token, len as i32, now, b);
-                    }
-                    Request::Write { token } => r.complete(token, 100, now, b),
-                    Request::DrainErrors { socket } => {
-                        r.on_errors_drained(socket, Default::default(), now, b)
-                    }
-                    Request::ReadSocketDrops => r.on_socket_drops(Some(0)),
-                    Request::ReadEgressMtu => r.on_egress_mtu(None, now),
-                }
-            }
-            if !any {
-                break;
-            }
-        }
-        controls
-    }
-
-    fn udp_receive(r: &mut Relay, b: &FakeBuffers, from: SocketAddr, payload: &[u8], now: u64) {
-        let bid = r.pop_free_udp().expect("a free UDP buffer");
-        let SocketAddr::V4(v4) = from else { panic!() };
-        let mut name = [0u8; 16];
-        name[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-        name[2..4].copy_from_slice(&v4.port().to_be_bytes());
-        name[4..8].copy_from_slice(&v4.ip().octets());
-        let mut udp = b.udp.borrow_mut();
-        let buffer = &mut udp[usize::from(bid)];
-        buffer[..name.len()].copy_from_slice(&name);
-        buffer[128..128 + payload.len()].copy_from_slice(payload);
-        let received = Received {
-            name: 0..name.len(),
-            control: 0..0,
-            payload: 128..128 + payload.len(),
-            payload_truncated: false,
-            control_truncated: false,
-        };
-        r.on_udp_recv(bid, buffer, received, now);
+        let (_, controls) = super::super::entropy_tests::answer(r, b, now);
+        controls.into_iter().map(|(bytes, _)| bytes).collect()
     }
 
     /// Finding C at the relay, fixed: a peer that answers every advertisement "not taken" with
