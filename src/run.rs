@@ -66,7 +66,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     // The device and the port are this relay's alone: a second relay on either exits naming the
     // first, and a restart waits (at most `CLAIM_WAIT`) for a killed relay's leftovers to go
     // rather than join its reuseport group or its queues. Held until exit.
-    let ownership = sys::owner::claim(&config.device_name, listen, CLAIM_WAIT)?;
+    // Outer flow entropy: the ports `--srcport` names are claimed like the listen port (the
+    // relay's sockets join them with SO_REUSEPORT as well); ephemeral ones are found free below.
+    let named_ports = match config.entropy {
+        Entropy::Range(min, max) => entropy::ports_in_range((min, max), config.queues),
+        Entropy::Off | Entropy::Ephemeral => Vec::new(),
+    };
+    let ownership = sys::owner::claim(&config.device_name, listen, &named_ports, CLAIM_WAIT)?;
     if !ownership.waited().is_zero() {
         eprintln!(
             "tunfwd: waited {:.0?} for the previous relay's device and sockets to go",
@@ -126,16 +132,14 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     )?;
     link::add_addresses(&config.device_name, &config.addresses)?;
 
+    if listen.port() == 0 {
+        // An ephemeral port: one nobody holds, which the whole group joins (a reuseport bind of
+        // port 0 may be handed a port another group of this user's holds: `socket::free_port`).
+        listen.set_port(socket::free_port(listen)?);
+    }
     let mut sockets = Vec::with_capacity(config.queues);
     for _ in 0..config.queues {
         let fd = socket::udp_socket(listen, config.socket_buffer)?;
-        if listen.port() == 0 {
-            // An ephemeral port: the rest of the group must join the port the first one got.
-            listen.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
-                address: listen,
-                source,
-            })?);
-        }
         set_receive_options(&fd, listen, config)?;
         sockets.push(fd);
     }
@@ -144,25 +148,25 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     let wanted_ports = match config.entropy {
         Entropy::Off => Vec::new(),
         Entropy::Ephemeral => vec![0; entropy::tuples(config.queues)],
-        Entropy::Range(min, max) => entropy::ports_in_range((min, max), config.queues),
+        Entropy::Range(..) => named_ports,
     };
     let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> =
         (0..config.queues).map(|_| Vec::new()).collect();
     let mut own_ports = Vec::with_capacity(wanted_ports.len());
     for port in wanted_ports {
-        let mut local = std::net::SocketAddr::new(listen.ip(), port);
-        for sockets in extra_sockets.iter_mut() {
-            let fd = socket::extra_socket(local, config.peer, config.socket_buffer)?;
-            if local.port() == 0 {
-                // The kernel's pick: the other workers join it.
-                local.set_port(socket::local_port(&fd).map_err(|source| sys::Error::Bind {
-                    address: local,
-                    source,
-                })?);
-            }
+        let Some((port, fds)) = extra_port_sockets(listen, port, config)? else {
+            eprintln!(
+                "tunfwd: warning: no free ephemeral port left for outer flow entropy: sending \
+                 from {} extra port(s), not {} (net.ipv4.ip_local_port_range, or --srcport)",
+                own_ports.len(),
+                entropy::tuples(config.queues)
+            );
+            break;
+        };
+        for (sockets, fd) in extra_sockets.iter_mut().zip(fds) {
             sockets.push(fd);
         }
-        own_ports.push(local.port());
+        own_ports.push(port);
     }
     let session = random::nonzero_u64().map_err(|source| sys::Error::Socket {
         address: listen,
@@ -515,6 +519,52 @@ fn describe_entropy(ports: &[u16]) -> String {
         "outer entropy: {} extra source port(s) {list}, used once the peer acknowledges them",
         ports.len()
     )
+}
+
+/// Tries for a free port for an extra tuple when another program takes the one found first.
+const FREE_PORT_TRIES: usize = 8;
+
+/// Every worker's socket on the extra port `wanted` of `listen`'s address (one `--srcport`
+/// names, which `run` claimed), or on a free one for `wanted` 0 ([`socket::free_port`]); the port, with
+/// the sockets in the workers' order. `None` when the kernel has no free ephemeral port left.
+fn extra_port_sockets(
+    listen: SocketAddr,
+    wanted: u16,
+    config: &Config,
+) -> Result<Option<(u16, Vec<OwnedFd>)>, sys::Error> {
+    let in_use = |e: &sys::Error| {
+        matches!(e, sys::Error::Bind { source, .. }
+            if source.raw_os_error() == Some(libc::EADDRINUSE))
+    };
+    let mut tries = 0;
+    let (port, first) = loop {
+        let port = match wanted {
+            0 => match socket::free_port(listen) {
+                Ok(port) => port,
+                Err(e) if in_use(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            named => named,
+        };
+        let local = SocketAddr::new(listen.ip(), port);
+        match socket::extra_socket(local, config.peer, config.socket_buffer) {
+            Ok(fd) => break (port, fd),
+            // Taken since it was found free: find another.
+            Err(e) if in_use(&e) && wanted == 0 && tries + 1 < FREE_PORT_TRIES => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let local = SocketAddr::new(listen.ip(), port);
+    let mut fds = Vec::with_capacity(config.queues);
+    fds.push(first);
+    for _ in 1..config.queues {
+        fds.push(socket::extra_socket(
+            local,
+            config.peer,
+            config.socket_buffer,
+        )?);
+    }
+    Ok(Some((port, fds)))
 }
 
 /// What one worker is started with: its TUN queue, its socket, its socket for outer

@@ -288,7 +288,7 @@ fn claims_refuse_a_tun_held_by_a_program_wait_out_one_held_by_none_and_take_a_pe
         // A live program (this test) holds a queue: refused at once, naming it.
         let mut queues = open_queues("tunfwd0", 1)?;
         let started = Instant::now();
-        match owner::claim("tunfwd0", no_port, Duration::from_secs(5)) {
+        match owner::claim("tunfwd0", no_port, &[], Duration::from_secs(5)) {
             Err(e @ Error::DeviceInUse { .. }) => {
                 let Error::DeviceInUse { device, holders } = &e else {
                     unreachable!()
@@ -312,7 +312,7 @@ fn claims_refuse_a_tun_held_by_a_program_wait_out_one_held_by_none_and_take_a_pe
             std::thread::sleep(Duration::from_millis(200));
             drop(pair);
         });
-        let claimed = owner::claim("tunfwd0", no_port, Duration::from_secs(5));
+        let claimed = owner::claim("tunfwd0", no_port, &[], Duration::from_secs(5));
         closer.join().unwrap();
         let ownership = claimed.expect("the device held only in flight went within the wait");
         assert!(
@@ -328,7 +328,7 @@ fn claims_refuse_a_tun_held_by_a_program_wait_out_one_held_by_none_and_take_a_pe
             hold_in_flight(queues.remove(0)),
             hold_in_flight(queues.remove(0)),
         );
-        match owner::claim("tunfwd0", no_port, Duration::from_millis(300)) {
+        match owner::claim("tunfwd0", no_port, &[], Duration::from_millis(300)) {
             Err(Error::StillHeld {
                 resource: owner::Resource::Device(device),
                 waited,
@@ -359,16 +359,17 @@ fn claims_refuse_a_tun_held_by_a_program_wait_out_one_held_by_none_and_take_a_pe
     ])
     .expect("creating a persistent TUN");
     bed.in_namespace(Host::A, || {
-        owner::claim("tunfwd1", no_port, Duration::ZERO).expect("a persistent idle TUN is free");
+        owner::claim("tunfwd1", no_port, &[], Duration::ZERO)
+            .expect("a persistent idle TUN is free");
         let queues = open_queues("tunfwd1", 2)?;
-        match owner::claim("tunfwd1", no_port, Duration::from_secs(5)) {
+        match owner::claim("tunfwd1", no_port, &[], Duration::from_secs(5)) {
             Err(Error::DeviceInUse { holders, .. }) => {
                 assert_eq!(holders.iter().map(|h| h.pid).collect::<Vec<_>>(), [me])
             }
             other => panic!("expected DeviceInUse on the persistent TUN, got {other:?}"),
         }
         drop(queues);
-        owner::claim("tunfwd1", no_port, Duration::ZERO).expect("free again once closed");
+        owner::claim("tunfwd1", no_port, &[], Duration::ZERO).expect("free again once closed");
         Ok(())
     })
     .expect("the claims on a persistent TUN");

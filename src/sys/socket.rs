@@ -202,10 +202,30 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
     bind(socket, listen)
 }
 
+/// A port of `local`'s address that no socket holds now, for a reuseport group of the relay's
+/// own: one the kernel picks. Not a bind of the group's first socket to port 0: with
+/// `SO_REUSEPORT` set, the kernel's pick may be a port that sockets of the same user already hold
+/// with `SO_REUSEPORT` (`udp_lib_lport_inuse` in net/ipv4/udp.c counts no conflict with them), and
+/// the socket then joins their group: the relay's own listen port (whose datagrams from the peer
+/// would then go to a send-only socket that drops them), another of its extra ports, or another
+/// relay's. A plain socket conflicts with every socket on the port, so the kernel hands it one
+/// nobody holds; it is closed on return, and the group binds that port. Another program may take
+/// the port in between: the group's bind then fails with EADDRINUSE (the caller picks again).
+pub fn free_port(local: SocketAddr) -> Result<u16, Error> {
+    let any_port = SocketAddr::new(local.ip(), 0);
+    let err = |source| Error::Bind {
+        address: any_port,
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, None).map_err(err)?;
+    let fd = bind(socket, any_port)?;
+    local_port(&fd).map_err(err)
+}
+
 /// An extra socket of a worker, for outer flow entropy (`relay::entropy`): bound to `local`
-/// (the listen address, and one of the relay's extra ports: 0 for one the kernel picks, which
-/// the other workers' sockets then join) with `SO_REUSEPORT`, so that every worker has its own
-/// socket on each extra port; connected to `peer`; with the options of the worker's socket
+/// (the listen address, and one of the relay's extra ports: one `--srcport` names and the
+/// relay claimed, or one [`free_port`] found) with `SO_REUSEPORT`, so that every worker has its
+/// own socket on each extra port; connected to `peer`; with the options of the worker's socket
 /// that matter for sending: DF without obeying the route's path MTU (`IP_PMTUDISC_PROBE`),
 /// `IP_RECVERR` (the tuple's ICMP errors are queued on one of the group's sockets, which the
 /// kernel picks: `__udp4_lib_err` looks up with no datagram, and a connected socket is chosen

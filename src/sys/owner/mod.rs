@@ -196,7 +196,8 @@ impl fmt::Display for Remains {
 #[derive(Debug)]
 pub struct Ownership {
     _device: OwnedFd,
-    _port: Option<OwnedFd>,
+    /// The listen port's lock (none for port 0), then each extra port's.
+    _ports: Vec<OwnedFd>,
     waited: Duration,
 }
 
@@ -217,8 +218,17 @@ impl Ownership {
 /// process behind it (a killed relay's device and sockets, which the kernel releases shortly) is
 /// waited for, for at most `wait` in all, then reported. Port 0 (an ephemeral port) claims no port.
 /// The device and port are those of the calling thread's network namespace.
-pub fn claim(device: &str, listen: SocketAddr, wait: Duration) -> Result<Ownership, Error> {
-    claim_in(Path::new(RUNTIME_DIR), device, listen, wait)
+///
+/// `extra_ports` (the ports `--srcport` names, on `listen`'s address) are claimed the same way
+/// as the listen port: the relay's sockets on them join with `SO_REUSEPORT` too, so another
+/// program's socket there, or another tunfwd's, would otherwise be joined without a word.
+pub fn claim(
+    device: &str,
+    listen: SocketAddr,
+    extra_ports: &[u16],
+    wait: Duration,
+) -> Result<Ownership, Error> {
+    claim_in(Path::new(RUNTIME_DIR), device, listen, extra_ports, wait)
 }
 
 /// [`claim`], with the lock files in `dir`.
@@ -226,6 +236,7 @@ fn claim_in(
     dir: &Path,
     device: &str,
     listen: SocketAddr,
+    extra_ports: &[u16],
     wait: Duration,
 ) -> Result<Ownership, Error> {
     let started = Instant::now();
@@ -244,24 +255,25 @@ fn claim_in(
     let device_lock = settle(&device_resource, &mut clock, || {
         look_at_lock(&locks, &device_resource, namespace)
     })?;
-    let port_lock = match listen.port() {
-        0 => None,
-        port => {
-            let resource = Resource::Port(port);
-            Some(settle(&resource, &mut clock, || {
-                look_at_lock(&locks, &resource, namespace)
-            })?)
-        }
-    };
+    let ports: Vec<u16> = std::iter::once(listen.port())
+        .chain(extra_ports.iter().copied())
+        .filter(|port| *port != 0)
+        .collect();
+    let mut port_locks = Vec::with_capacity(ports.len());
+    for port in &ports {
+        let resource = Resource::Port(*port);
+        port_locks.push(settle(&resource, &mut clock, || {
+            look_at_lock(&locks, &resource, namespace)
+        })?);
+    }
     settle(&device_resource, &mut clock, || look_at_device(device))?;
-    if listen.port() != 0 {
-        settle(&Resource::Port(listen.port()), &mut clock, || {
-            look_at_port(listen)
-        })?;
+    for port in ports {
+        let address = SocketAddr::new(listen.ip(), port);
+        settle(&Resource::Port(port), &mut clock, || look_at_port(address))?;
     }
     Ok(Ownership {
         _device: device_lock,
-        _port: port_lock,
+        _ports: port_locks,
         waited: if clock.waited {
             started.elapsed()
         } else {
@@ -494,7 +506,7 @@ mod tests {
             listen: SocketAddr,
             wait: Duration,
         ) -> Result<Ownership, Error> {
-            claim_in(&self.0, device, listen, wait)
+            claim_in(&self.0, device, listen, &[], wait)
         }
 
         /// The lock file of `resource` in this thread's network namespace.
@@ -765,6 +777,75 @@ mod tests {
             .expect("free again once the first is dropped");
     }
 
+    /// The ports `--srcport` names are claimed as the listen port is: one another relay serves
+    /// (its listen port), or one any live socket holds (a reuseport group of this process's
+    /// included, which a relay's sockets would otherwise join), fails at once, naming it.
+    #[test]
+    fn an_extra_port_another_relay_serves_or_a_socket_holds_fails_naming_it() {
+        let locks = Scratch::new();
+        let first_listen = free_port();
+        let _first = locks
+            .claim(&fresh_device(), first_listen, Duration::ZERO)
+            .expect("the first relay's claim");
+        let listen = free_port();
+        match claim_in(
+            &locks.0,
+            &fresh_device(),
+            listen,
+            &[first_listen.port()],
+            Duration::from_secs(5),
+        ) {
+            Err(Error::AlreadyServed {
+                resource: Resource::Port(port),
+                holders,
+                ..
+            }) => {
+                assert_eq!(port, first_listen.port());
+                assert_eq!(holders[0].pid, me());
+            }
+            other => panic!("expected AlreadyServed for the extra port, got {other:?}"),
+        }
+        let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        held.set_reuse_port(true).unwrap();
+        held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let held_port = held.local_addr().unwrap().as_socket().unwrap().port();
+        let started = Instant::now();
+        match claim_in(
+            &locks.0,
+            &fresh_device(),
+            listen,
+            &[held_port],
+            Duration::from_secs(5),
+        ) {
+            Err(Error::PortInUse {
+                address, holders, ..
+            }) => {
+                assert_eq!(address, SocketAddr::new(listen.ip(), held_port));
+                assert_eq!(holders.iter().map(|h| h.pid).collect::<Vec<_>>(), [me()]);
+            }
+            other => panic!("expected PortInUse for the extra port, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a live holder is not waited for"
+        );
+        drop(held);
+        let ownership = claim_in(
+            &locks.0,
+            &fresh_device(),
+            listen,
+            &[held_port],
+            Duration::ZERO,
+        )
+        .expect("free once the socket is closed");
+        assert_eq!(
+            ownership._ports.len(),
+            2,
+            "the listen port's lock and the extra one's"
+        );
+    }
+
     #[test]
     fn lock_files_are_private_close_on_exec_and_name_their_holder() {
         let locks = Scratch::new();
@@ -777,7 +858,7 @@ mod tests {
                 locks.lock_file(&Resource::Device(device.clone())),
             ),
             (
-                ownership._port.as_ref().unwrap(),
+                &ownership._ports[0],
                 locks.lock_file(&Resource::Port(listen.port())),
             ),
         ];
@@ -824,7 +905,7 @@ mod tests {
                 .unwrap()
         };
         // Missing: made, 0755 whatever the umask.
-        claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO).unwrap();
+        claim_in(&dir, &fresh_device(), free_port(), &[], Duration::ZERO).unwrap();
         assert_eq!(mode(&dir), 0o755);
         for (unsafe_mode, says) in [
             (0o775, "its mode is 0775: its group may write it"),
@@ -834,7 +915,7 @@ mod tests {
             ),
         ] {
             set(&dir, unsafe_mode);
-            match claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO) {
+            match claim_in(&dir, &fresh_device(), free_port(), &[], Duration::ZERO) {
                 Err(e @ Error::UnsafeLockDirectory { .. }) => {
                     let message = e.to_string();
                     assert!(message.contains(says), "{message}");
@@ -854,13 +935,13 @@ mod tests {
         let link = locks.0.join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         assert!(matches!(
-            claim_in(&link, &fresh_device(), free_port(), Duration::ZERO),
+            claim_in(&link, &fresh_device(), free_port(), &[], Duration::ZERO),
             Err(Error::UnsafeLockDirectory { .. })
         ));
         // Another user's directory: only root can make one, so only root tests it.
         if effective_uid_is_root() {
             std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
-            match claim_in(&dir, &fresh_device(), free_port(), Duration::ZERO) {
+            match claim_in(&dir, &fresh_device(), free_port(), &[], Duration::ZERO) {
                 Err(e @ Error::UnsafeLockDirectory { .. }) => {
                     assert!(
                         e.to_string().contains("owned by uid 65534, not root"),
@@ -1009,7 +1090,7 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        assert!(first._port.is_none());
+        assert!(first._ports.is_empty());
         locks
             .claim(
                 &fresh_device(),
@@ -1166,7 +1247,7 @@ mod tests {
             return;
         };
         let no_port = "127.0.0.1:0".parse().unwrap();
-        let _held = claim_in(Path::new(&dir), &device, no_port, Duration::ZERO).unwrap();
+        let _held = claim_in(Path::new(&dir), &device, no_port, &[], Duration::ZERO).unwrap();
         println!("holding");
         // Bounded: the parent kills it long before.
         std::thread::sleep(Duration::from_secs(30));
