@@ -508,6 +508,19 @@ impl SourcePorts {
         self.peer_runs.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// If a run of the peer's ended since the last call ([`SourcePorts::run_ended`]), replaces
+    /// this relay's cookie with a fresh one from `fresh` and takes the one before no more. The
+    /// advertiser calls it at each poll; the worker that took a proven advertisement showing a
+    /// restart calls it before it answers, so that the answer hands the restarted peer the
+    /// cookie in use from then on, not the ended run's (whose replacement, at the advertiser's
+    /// next poll, left the restarted peer's probes echoing a cookie that proves nothing, and its
+    /// tuples unconfirmed until its next refresh learned the new one: about a second).
+    pub fn replace_cookie_if_due(&self, mut fresh: impl FnMut() -> u64) {
+        if self.replace_cookie_due.swap(false, Ordering::Relaxed) {
+            self.replace_cookie(fresh());
+        }
+    }
+
     /// Replaces this relay's cookie with `fresh` and takes the one before no more (a run of the
     /// peer's ended). A `fresh` of 0 (no random number) keeps the current one, as
     /// `rotate_cookie` does, and drops only the one before.
@@ -793,9 +806,7 @@ impl Advertiser {
             self.peer_accepted_at_ns = None;
             shared.forget_peer();
         }
-        if shared.replace_cookie_due.swap(false, Ordering::Relaxed) {
-            shared.replace_cookie(nonce());
-        }
+        shared.replace_cookie_if_due(&mut nonce);
         if self.restart_allowed(now_ns) && shared.peer_restarted.swap(false, Ordering::Relaxed) {
             // The peer knows nothing of ours: tell it now. Its acknowledgement, with its new
             // cookie, takes them out of use until the advertisement that echoes it is

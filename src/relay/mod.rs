@@ -34,6 +34,8 @@ mod entropy_attack2_tests;
 #[cfg(test)]
 mod entropy_attack_tests;
 #[cfg(test)]
+mod entropy_pair_tests;
+#[cfg(test)]
 mod entropy_tests;
 #[doc(hidden)]
 pub mod fuzz;

@@ -360,7 +360,11 @@ impl Relay {
             return;
         }
         let taken = match self.source_ports.accept_peer(advertisement) {
-            PeerAdvertisement::Proven { .. } => {
+            PeerAdvertisement::Proven { restarted } => {
+                if restarted {
+                    // The ended run's cookie goes now: the answer hands the one in use.
+                    self.source_ports.replace_cookie_if_due(&mut self.nonces);
+                }
                 self.stats.path.peer_ports_accepted += 1;
                 true
             }
