@@ -304,9 +304,7 @@ pub struct Args {
     /// not answer, such as socat, gets the listen port alone); `off` sends everything from the
     /// listen port and takes no advertisement of the peer's. Each extra port carries flows only
     /// while the peer acknowledges probes sent from it, so a NAT or firewall that rewrites or
-    /// drops them leaves those flows on the listen port. [default: off, or auto with --srcport]
-    /// Off by default: with it on, CI saw a TCP connection through the tunnel time out once, not
-    /// yet explained (issue 22, docs/design.md).
+    /// drops them leaves those flows on the listen port. [default: auto, off with --wireguard]
     #[arg(long, value_name = "auto|off", hide_possible_values = true)]
     pub entropy: Option<EntropyChoice>,
 

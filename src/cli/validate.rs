@@ -322,10 +322,10 @@ impl Args {
                     "names ports to send from, but --entropy is off",
                 ));
             }
-            // Off unless asked for (see `--entropy`'s help); WireGuard mode sends from its listen
-            // port only (below).
-            (None | Some(EntropyChoice::Off), None) => Entropy::Off,
-            (Some(EntropyChoice::Auto), None) => Entropy::Ephemeral,
+            // On by default in raw mode; WireGuard mode sends from its listen port only (below).
+            (None, None) if self.wireguard => Entropy::Off,
+            (None | Some(EntropyChoice::Auto), None) => Entropy::Ephemeral,
+            (Some(EntropyChoice::Off), None) => Entropy::Off,
             (None | Some(EntropyChoice::Auto), Some(&[min, max])) => {
                 if min > max {
                     return Err(bad("--srcport", format!("{min} {max}: MIN is above MAX")));
@@ -782,8 +782,8 @@ mod tests {
     fn entropy_and_source_ports() {
         assert_eq!(
             check(&[]).unwrap().entropy,
-            Entropy::Off,
-            "off unless asked for"
+            Entropy::Ephemeral,
+            "on by default in raw mode"
         );
         assert_eq!(
             check(&["--entropy", "auto"]).unwrap().entropy,
