@@ -357,6 +357,19 @@ fn replay_of_an_old_run_advertisement_is_refused() {
     assert_eq!(a.accept_peer(&again), PeerAdvertisement::Unproven);
 }
 
+/// An advertising relay, run once at `now`, that then took the peer's proven advertisement of
+/// its one extra port `port` (from its listen port); the acknowledgement is not answered yet.
+fn relay_that_took_the_peers_port(port: u16, now: u64) -> (Arc<SourcePorts>, Relay, FakeBuffers) {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    r.on_timeout(now);
+    answer(&mut r, &b, now);
+    let real = Advertisement::new(0x1111, PEER_SESSION, OWN_COOKIE, &[port]).unwrap();
+    udp_receive(&mut r, &b, PEER.parse().unwrap(), &wire_bytes(&real), now);
+    (shared, r, b)
+}
+
 /// FINDING 4 (a host behind the same NAT address as the peer), fixed: the relay accepted the
 /// port NUMBERS the peer advertises (its local, pre-NAT ports) at the peer's public address,
 /// without ever having seen a datagram of the peer's arrive from them. Behind a NAT the peer's
@@ -369,16 +382,10 @@ fn replay_of_an_old_run_advertisement_is_refused() {
 #[test]
 fn nat_neighbour_on_an_advertised_port_the_peer_does_not_hold_is_dropped() {
     use crate::stats::DropReason;
-    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
-    let mut r = entropy_relay(&shared);
-    let b = FakeBuffers::new();
     let now = S;
-    r.on_timeout(now);
-    answer(&mut r, &b, now);
     // The peer's genuine, proven advertisement of its local port 40000, from its listen port
     // (whose NAT mapping is the configured peer address).
-    let real = Advertisement::new(0x1111, PEER_SESSION, OWN_COOKIE, &[40000]).unwrap();
-    udp_receive(&mut r, &b, PEER.parse().unwrap(), &wire_bytes(&real), now);
+    let (shared, mut r, b) = relay_that_took_the_peers_port(40000, now);
     answer(&mut r, &b, now);
     assert!(shared.advertised(40000) && !shared.accepts(40000));
     let nat_ip = PEER.parse::<SocketAddr>().unwrap().ip();
@@ -464,14 +471,8 @@ fn forged_hints_leave_the_advertisement_back_off() {
 #[test]
 fn on_path_cookie_lets_an_observer_make_the_relay_drop_the_peers_datagrams() {
     use crate::stats::DropReason;
-    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
-    let mut r = entropy_relay(&shared);
-    let b = FakeBuffers::new();
     let now = S;
-    r.on_timeout(now);
-    answer(&mut r, &b, now);
-    let real = Advertisement::new(0x1111, PEER_SESSION, OWN_COOKIE, &[50000]).unwrap();
-    udp_receive(&mut r, &b, PEER.parse().unwrap(), &wire_bytes(&real), now);
+    let (shared, mut r, b) = relay_that_took_the_peers_port(50000, now);
     let ip = PEER.parse::<SocketAddr>().unwrap().ip();
     // The peer's tuple proves its port.
     udp_receive(

@@ -174,23 +174,39 @@ fn answer_probes(
     answered
 }
 
+/// Delivers `datagram` from the peer's listen port at `*now`, then runs the relay 1 us later
+/// (`*now` moves on); returns the control messages it sent.
+fn receive_then_run(
+    r: &mut Relay,
+    b: &FakeBuffers,
+    datagram: &[u8],
+    now: &mut u64,
+) -> Vec<(Vec<u8>, Socket)> {
+    udp_receive(r, b, PEER.parse().unwrap(), datagram, *now);
+    *now += 1000;
+    r.on_timeout(*now);
+    answer(r, b, *now).1
+}
+
+/// The advertisement among `controls`; `what` says why one is expected.
+fn advertisement_in(controls: &[(Vec<u8>, Socket)], what: &str) -> Advertisement {
+    controls
+        .iter()
+        .find_map(|(bytes, _)| Advertisement::parse(bytes))
+        .unwrap_or_else(|| panic!("{what}"))
+}
+
 /// Starts `r` (an [`entropy_relay`]) and has the peer acknowledge its advertisement, and the
 /// one that echoes the cookie that acknowledgement handed; returns the control messages of the
 /// first batch after, which hold the extra tuples' first probes.
 fn acknowledged(r: &mut Relay, b: &FakeBuffers, now: u64) -> Vec<(Vec<u8>, Socket)> {
     r.on_timeout(now);
     let (_, controls) = answer(r, b, now);
-    let advertisement = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("an advertisement at the start");
+    let advertisement = advertisement_in(&controls, "an advertisement at the start");
     udp_receive(r, b, PEER.parse().unwrap(), &ports_ack(&advertisement), now);
     r.on_timeout(now + 500);
     let (_, controls) = answer(r, b, now + 500);
-    let proof = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("advertised again at once, echoing the cookie");
+    let proof = advertisement_in(&controls, "advertised again at once, echoing the cookie");
     assert_eq!(proof.echo, PEER_COOKIE);
     udp_receive(r, b, PEER.parse().unwrap(), &ports_ack(&proof), now + 500);
     r.on_timeout(now + 1000);
@@ -229,31 +245,16 @@ fn flows_leave_from_the_listen_tuple_until_acknowledged_then_each_from_one_extra
         );
     }
     // The acknowledgement, from the peer's listen tuple.
-    udp_receive(
-        &mut r,
-        &b,
-        PEER.parse().unwrap(),
-        &ports_ack(&advertisement),
-        now,
-    );
-    now += 1000;
-    r.on_timeout(now);
-    let (_, controls) = answer(&mut r, &b, now);
+    let controls = receive_then_run(&mut r, &b, &ports_ack(&advertisement), &mut now);
     // The acknowledgement carried the peer's cookie: echoed at once. The peer took nothing
     // yet (it takes only an advertisement that echoes its cookie): still the listen tuple.
     assert!(!shared.in_use());
-    let proof = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("advertised again at once, echoing the cookie");
+    let proof = advertisement_in(&controls, "advertised again at once, echoing the cookie");
     assert_eq!(proof.echo, PEER_COOKIE);
     now += 1000;
     tun_read(&mut r, &mut b, 1000, now);
     assert_eq!(answer(&mut r, &b, now).0, vec![Socket::Worker]);
-    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ports_ack(&proof), now);
-    now += 1000;
-    r.on_timeout(now);
-    let (_, controls) = answer(&mut r, &b, now);
+    let controls = receive_then_run(&mut r, &b, &ports_ack(&proof), &mut now);
     assert!(shared.in_use());
     // The extra tuples' path MTU machines ask the peer, each from its own socket.
     let probed: HashSet<Socket> = controls
@@ -945,20 +946,8 @@ fn tuple_probes_echo_the_cookie_and_only_a_real_restart_pauses_the_tuples() {
     udp_receive(&mut r, &b, PEER.parse().unwrap(), &hint(0xbad), now);
     r.on_timeout(now);
     let (_, controls) = answer(&mut r, &b, now);
-    let advertisement = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("advertised at once");
-    udp_receive(
-        &mut r,
-        &b,
-        PEER.parse().unwrap(),
-        &ports_ack(&advertisement),
-        now,
-    );
-    now += 1000;
-    r.on_timeout(now);
-    answer(&mut r, &b, now);
+    let advertisement = advertisement_in(&controls, "advertised at once");
+    receive_then_run(&mut r, &b, &ports_ack(&advertisement), &mut now);
     assert!(shared.in_use());
     assert_eq!(shared.confirmed_tuples(), OWN.len() as u32);
     assert_eq!(r.stats().path.entropy_tuples_unconfirmed, 0);
@@ -970,15 +959,9 @@ fn tuple_probes_echo_the_cookie_and_only_a_real_restart_pauses_the_tuples() {
     udp_receive(&mut r, &b, PEER.parse().unwrap(), &hint(0x5e56), now);
     r.on_timeout(now);
     let (_, controls) = answer(&mut r, &b, now);
-    let advertisement = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("advertised at once");
+    let advertisement = advertisement_in(&controls, "advertised at once");
     let ack = ports_ack_with(&advertisement, NEW_COOKIE);
-    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
-    now += 1000;
-    r.on_timeout(now);
-    let (_, controls) = answer(&mut r, &b, now);
+    let controls = receive_then_run(&mut r, &b, &ack, &mut now);
     assert!(!shared.in_use(), "out of use at the new cookie");
     assert_eq!(shared.confirmed_tuples(), 0);
     assert_eq!(r.tuple_paths.len(), OWN.len(), "the machines are kept");
@@ -992,16 +975,10 @@ fn tuple_probes_echo_the_cookie_and_only_a_real_restart_pauses_the_tuples() {
     assert_eq!(answer(&mut r, &b, now).0, vec![Socket::Worker]);
     // The proof, acknowledged: in use, and each tuple probes at once, echoing the new cookie;
     // its flows fall back until that probe is acknowledged.
-    let proof = controls
-        .iter()
-        .find_map(|(bytes, _)| Advertisement::parse(bytes))
-        .expect("the proof, at once");
+    let proof = advertisement_in(&controls, "the proof, at once");
     assert_eq!(proof.echo, NEW_COOKIE);
     let ack = ports_ack_with(&proof, NEW_COOKIE);
-    udp_receive(&mut r, &b, PEER.parse().unwrap(), &ack, now);
-    now += 1000;
-    r.on_timeout(now);
-    let (_, controls) = answer(&mut r, &b, now);
+    let controls = receive_then_run(&mut r, &b, &ack, &mut now);
     assert!(shared.in_use());
     let probes = probes_of(&controls);
     assert_eq!(probes.len(), OWN.len(), "{probes:?}");
