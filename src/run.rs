@@ -134,8 +134,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
 
     if listen.port() == 0 {
         // An ephemeral port: one nobody holds, which the whole group joins (a reuseport bind of
-        // port 0 may be handed a port another group of this user's holds: `socket::free_port`).
-        listen.set_port(socket::free_port(listen)?);
+        // port 0 may be handed a port another group of this user's holds: `socket::free_port`),
+        // and none `--srcport` names (claimed, but not bound yet).
+        let port = free_port_besides(listen, &named_ports)?.ok_or_else(|| sys::Error::Bind {
+            address: listen,
+            source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+        })?;
+        listen.set_port(port);
     }
     let mut sockets = Vec::with_capacity(config.queues);
     for _ in 0..config.queues {
@@ -148,13 +153,13 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
     let wanted_ports = match config.entropy {
         Entropy::Off => Vec::new(),
         Entropy::Ephemeral => vec![0; entropy::tuples(config.queues)],
-        Entropy::Range(..) => named_ports,
+        Entropy::Range(..) => named_ports.clone(),
     };
     let mut extra_sockets: Vec<Vec<std::os::fd::OwnedFd>> =
         (0..config.queues).map(|_| Vec::new()).collect();
     let mut own_ports = Vec::with_capacity(wanted_ports.len());
     for port in wanted_ports {
-        let Some((port, fds)) = extra_port_sockets(listen, port, config)? else {
+        let Some((port, fds)) = extra_port_sockets(listen, port, &named_ports, config)? else {
             eprintln!(
                 "tunfwd: warning: no free ephemeral port left for outer flow entropy: sending \
                  from {} extra port(s), not {} (net.ipv4.ip_local_port_range, or --srcport)",
@@ -167,6 +172,20 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
             sockets.push(fd);
         }
         own_ports.push(port);
+    }
+    // Pointed at the peer; with no route to it yet, the workers try again every second and the
+    // extra ports carry nothing meanwhile (their probes fail, so no tuple is confirmed).
+    let refusals: Vec<std::io::Error> = extra_sockets
+        .iter()
+        .flatten()
+        .filter_map(|fd| socket::connect(fd, config.peer).err())
+        .collect();
+    if let Some(e) = refusals.first() {
+        eprintln!(
+            "tunfwd: warning: cannot point the extra source ports at {} yet ({e}): they carry \
+             nothing until they can (tried again every second)",
+            config.peer
+        );
     }
     let session = random::nonzero_u64().map_err(|source| sys::Error::Socket {
         address: listen,
@@ -432,8 +451,19 @@ pub fn run(config: &Config) -> Result<bool, sys::Error> {
         });
         peer.poll(now, &shared);
         // WireGuard mode: `wg set ... listen-port P` moves the relay to port P.
+        // Not onto a port anything holds: the new sockets set SO_REUSEPORT, and would join a
+        // group of the same user's there without a word (its first socket keeps a share of the
+        // datagrams, or all of them with a steering program of its own).
         if let Some((control, _)) = &wireguard
             && let Some(port) = control.rebind_wanted()
+            && socket::plain_bind(socket::with_port(listen, port))
+                .inspect_err(|e| {
+                    eprintln!(
+                        "tunfwd: cannot move to port {port}: {e}; staying on port {}",
+                        listen.port()
+                    )
+                })
+                .is_ok()
         {
             let (_, finals) = stop_and_join(&stop, std::mem::take(&mut handles));
             for stats in finals {
@@ -525,46 +555,70 @@ fn describe_entropy(ports: &[u16]) -> String {
 const FREE_PORT_TRIES: usize = 8;
 
 /// Every worker's socket on the extra port `wanted` of `listen`'s address (one `--srcport`
-/// names, which `run` claimed), or on a free one for `wanted` 0 ([`socket::free_port`]); the port, with
-/// the sockets in the workers' order. `None` when the kernel has no free ephemeral port left.
+/// names, which `run` claimed), or on a free one for `wanted` 0 ([`socket::free_port`]); the
+/// port, with the sockets in the workers' order, once no other socket shares it. `None` when
+/// the kernel has no free ephemeral port left, or others took [`FREE_PORT_TRIES`] of them first.
 fn extra_port_sockets(
     listen: SocketAddr,
     wanted: u16,
+    named: &[u16],
     config: &Config,
 ) -> Result<Option<(u16, Vec<OwnedFd>)>, sys::Error> {
-    let in_use = |e: &sys::Error| {
-        matches!(e, sys::Error::Bind { source, .. }
-            if source.raw_os_error() == Some(libc::EADDRINUSE))
-    };
-    let mut tries = 0;
-    let (port, first) = loop {
+    for _ in 0..FREE_PORT_TRIES {
         let port = match wanted {
-            0 => match socket::free_port(listen) {
-                Ok(port) => port,
-                Err(e) if in_use(&e) => return Ok(None),
-                Err(e) => return Err(e),
+            0 => match free_port_besides(listen, named)? {
+                Some(port) => port,
+                None => return Ok(None),
             },
             named => named,
         };
-        let local = SocketAddr::new(listen.ip(), port);
-        match socket::extra_socket(local, config.peer, config.socket_buffer) {
-            Ok(fd) => break (port, fd),
-            // Taken since it was found free: find another.
-            Err(e) if in_use(&e) && wanted == 0 && tries + 1 < FREE_PORT_TRIES => tries += 1,
+        let local = socket::with_port(listen, port);
+        let mut fds = Vec::with_capacity(config.queues);
+        for _ in 0..config.queues {
+            match socket::extra_socket(local, config.socket_buffer) {
+                Ok(fd) => fds.push(fd),
+                // Taken since it was found free: another, if it was the kernel's pick.
+                Err(e) if address_in_use(&e) && wanted == 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if fds.len() < config.queues {
+            continue;
+        }
+        // Bound with SO_REUSEPORT, so a same-user socket that took the port in between
+        // (after `free_port`, or after `owner::claim` test-bound a `--srcport` one) shares it
+        // without a conflict: then it is not this relay's alone.
+        let strangers = sys::owner::strangers_on(local, &fds)?;
+        if strangers.is_empty() {
+            return Ok(Some((port, fds)));
+        }
+        if wanted != 0 {
+            return Err(sys::Error::PortInUse {
+                address: local,
+                holders: sys::owner::socket_holders(&strangers),
+                source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+            });
+        }
+    }
+    Ok(None)
+}
+
+fn address_in_use(e: &sys::Error) -> bool {
+    matches!(e, sys::Error::Bind { source, .. } if source.raw_os_error() == Some(libc::EADDRINUSE))
+}
+
+/// A free port of `listen`'s address ([`socket::free_port`]) that is none of `besides` (ports
+/// claimed and not bound yet) nor the listen port; `None` when the kernel has none left.
+fn free_port_besides(listen: SocketAddr, besides: &[u16]) -> Result<Option<u16>, sys::Error> {
+    for _ in 0..FREE_PORT_TRIES {
+        match socket::free_port(listen) {
+            Ok(port) if port == listen.port() || besides.contains(&port) => {}
+            Ok(port) => return Ok(Some(port)),
+            Err(e) if address_in_use(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
-    };
-    let local = SocketAddr::new(listen.ip(), port);
-    let mut fds = Vec::with_capacity(config.queues);
-    fds.push(first);
-    for _ in 1..config.queues {
-        fds.push(socket::extra_socket(
-            local,
-            config.peer,
-            config.socket_buffer,
-        )?);
     }
-    Ok(Some((port, fds)))
+    Ok(None)
 }
 
 /// What one worker is started with: its TUN queue, its socket, its socket for outer

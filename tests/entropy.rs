@@ -782,6 +782,69 @@ fn extra_ports_are_ports_nobody_holds_even_where_the_ephemeral_range_holds_the_l
     drop((a, b));
 }
 
+/// A relay started before it has a route to its peer (a boot where the underlay comes up
+/// later) comes up, says its extra ports wait, and sends from them once the route is there.
+/// Failed when each extra socket was connected at startup and a failure was fatal: relay A
+/// exited with "Network is unreachable".
+#[test]
+fn a_relay_started_without_a_route_to_its_peer_comes_up_and_its_extra_ports_follow_the_route() {
+    let _serial = serially();
+    let bed = testbed();
+    let namespace = bed.namespace(Host::A);
+    let route = [
+        "route",
+        "198.18.0.0/30",
+        "dev",
+        "ab",
+        "src",
+        testbed::A_UNDERLAY,
+    ];
+    let change = |verb: &str| {
+        let mut args = vec!["-n", namespace.as_str(), route[0], verb];
+        args.extend_from_slice(&route[1..]);
+        testbed::ip(&args).unwrap_or_else(|e| panic!("ip route {verb}: {e}"));
+    };
+    change("del");
+    let b = relay(&bed, Host::B, &["--entropy", "auto"]);
+    let a = relay(&bed, Host::A, &["--entropy", "auto"]);
+    let waiting = format!(
+        "cannot point the extra source ports at {}:{} yet",
+        testbed::B_UNDERLAY,
+        testbed::TUNNEL_PORT
+    );
+    assert!(a.stderr().contains(&waiting), "{}", a.stderr());
+    std::thread::sleep(Duration::from_millis(1500));
+    change("add");
+    for host in [Host::A, Host::B] {
+        report_when(&bed, host, Duration::from_secs(30), |r| {
+            total(r, "path.ports_acknowledged") >= 1
+                && total(r, "path.entropy_tuples_confirmed")
+                    - total(r, "path.entropy_tuples_unconfirmed")
+                    >= 16
+        });
+    }
+    let pointed = format!(
+        "the extra source ports point at {}:{} now",
+        testbed::B_UNDERLAY,
+        testbed::TUNNEL_PORT
+    );
+    assert!(a.stderr().contains(&pointed), "{}", a.stderr());
+    for (from, to, address) in [
+        (Host::A, Host::B, testbed::B_TUNNEL4),
+        (Host::B, Host::A, testbed::A_TUNNEL4),
+    ] {
+        bed.verified_transfer(from, to, address, 4 << 20, 4, &[])
+            .unwrap_or_else(|e| panic!("{from:?} to {to:?}: {e}"));
+    }
+    let report = settled(&bed, Host::A);
+    assert!(
+        total(&report, "entropy_tx_packets") > 0,
+        "{}",
+        report["queues"]
+    );
+    drop((a, b));
+}
+
 /// Stops relay A and starts it again (a new session and cookie, no port of B's accepted),
 /// its report in a fresh file; a transfer from B to A right after it comes up must complete.
 fn restart_a(bed: &Testbed, a: &mut Process, when: &str) -> Process {

@@ -548,7 +548,7 @@ fn a_burst_before_the_session_arrives_whole_between_two_tunfwds() {
 /// `fwmark` is set on every socket that sends (the control thread's handshakes and the workers'
 /// data), from the configuration at startup, at run time through `wg set`, and on the sockets of
 /// a new listen port: A reaches B's underlay only through a routing table that `ip rule`
-/// selects by that mark.
+/// selects by that mark. A new listen port something already holds is refused.
 #[test]
 fn fwmark_marks_every_datagram_tunfwd_sends() {
     let _serial = serially();
@@ -592,6 +592,27 @@ fn fwmark_marks_every_datagram_tunfwd_sends() {
         ping_once(&bed, Host::A, B_TUNNEL4, "2"),
         "the mark set at run time"
     );
+    // A port something already holds is refused, and the relay stays where it is: here a
+    // reuseport socket of root's, which the new sockets (SO_REUSEPORT too) joined without a
+    // word before, leaving it a share of the datagrams.
+    let squatter = bed
+        .in_namespace(Host::A, || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 51840)).into())?;
+            Ok(socket)
+        })
+        .expect("a reuseport socket on port 51840");
+    wg(Some(&ns), &["set", &name, "listen-port", "51840"], None);
+    wait_until(Duration::from_secs(10), "the refused move to 51840", || {
+        relay.stderr().contains("cannot move to port 51840")
+    });
+    assert!(!relay.stderr().contains("moved to port 51840"));
+    assert!(
+        ping_once(&bed, Host::A, B_TUNNEL4, "2"),
+        "still relaying on the port it had"
+    );
+    drop(squatter);
     wg(Some(&ns), &["set", &name, "listen-port", "51830"], None);
     wait_until(Duration::from_secs(10), "the move to port 51830", || {
         relay.stderr().contains("moved to port 51830")

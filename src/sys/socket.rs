@@ -212,20 +212,32 @@ pub fn fragmenting_socket(listen: SocketAddr, buffer_bytes: usize) -> Result<Own
 /// nobody holds; it is closed on return, and the group binds that port. Another program may take
 /// the port in between: the group's bind then fails with EADDRINUSE (the caller picks again).
 pub fn free_port(local: SocketAddr) -> Result<u16, Error> {
-    let any_port = SocketAddr::new(local.ip(), 0);
-    let err = |source| Error::Bind {
-        address: any_port,
-        source,
-    };
-    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, None).map_err(err)?;
-    let fd = bind(socket, any_port)?;
+    plain_bind(with_port(local, 0))
+}
+
+/// Binds a plain UDP socket (neither `SO_REUSEADDR` nor `SO_REUSEPORT`) to `address` and
+/// closes it: the port it got, or EADDRINUSE while any socket holds `address`'s port there
+/// (the relay's own groups, another program's, another user's).
+pub fn plain_bind(address: SocketAddr) -> Result<u16, Error> {
+    let err = |source| Error::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None).map_err(err)?;
+    let fd = bind(socket, address)?;
     local_port(&fd).map_err(err)
+}
+
+/// `address` with port `port`: its IPv6 flow info and scope id kept (a link-local address
+/// needs its scope to bind), which `SocketAddr::new(address.ip(), port)` would drop.
+pub fn with_port(address: SocketAddr, port: u16) -> SocketAddr {
+    let mut address = address;
+    address.set_port(port);
+    address
 }
 
 /// An extra socket of a worker, for outer flow entropy (`relay::entropy`): bound to `local`
 /// (the listen address, and one of the relay's extra ports: one `--srcport` names and the
 /// relay claimed, or one [`free_port`] found) with `SO_REUSEPORT`, so that every worker has its
-/// own socket on each extra port; connected to `peer`; with the options of the worker's socket
+/// own socket on each extra port; to be connected to the peer ([`connect`]; while that fails,
+/// with no route to it yet, the worker tries again); with the options of the worker's socket
 /// that matter for sending: DF without obeying the route's path MTU (`IP_PMTUDISC_PROBE`),
 /// `IP_RECVERR` (the tuple's ICMP errors are queued on one of the group's sockets, which the
 /// kernel picks: `__udp4_lib_err` looks up with no datagram, and a connected socket is chosen
@@ -236,11 +248,7 @@ pub fn free_port(local: SocketAddr) -> Result<u16, Error> {
 /// queued ([`drop_every_datagram`]): a flood cannot fill the receive buffer, which the queued
 /// ICMP errors are charged to as well. The per-send outer TOS and `UDP_SEGMENT` are control
 /// messages, as on the worker's socket.
-pub fn extra_socket(
-    local: SocketAddr,
-    peer: SocketAddr,
-    buffer_bytes: usize,
-) -> Result<OwnedFd, Error> {
+pub fn extra_socket(local: SocketAddr, buffer_bytes: usize) -> Result<OwnedFd, Error> {
     let err = |source| Error::Socket {
         address: local,
         source,
@@ -259,12 +267,7 @@ pub fn extra_socket(
     set_receive_errors(raw, local).map_err(err)?;
     // Before bind: nothing is queued in between.
     drop_every_datagram(raw).map_err(err)?;
-    let fd = bind(socket, local)?;
-    connect(&fd, peer).map_err(|source| Error::Socket {
-        address: peer,
-        source,
-    })?;
-    Ok(fd)
+    bind(socket, local)
 }
 
 /// Attaches a socket filter that keeps no byte of any datagram, so none is queued to `raw`
@@ -286,6 +289,33 @@ fn drop_every_datagram(raw: RawFd) -> io::Result<()> {
     };
     // `fprog` points at `program`, which outlives the call; the kernel copies it.
     set_option(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+}
+
+/// Whether `fd` is connected (getpeername(2) finds a peer).
+pub fn is_connected(fd: &OwnedFd) -> bool {
+    SockRef::from(fd).peer_addr().is_ok()
+}
+
+/// Dissolves `fd`'s connection (connect(2) to `AF_UNSPEC`, udp(7)): a send on it then fails
+/// with EDESTADDRREQ, and nothing goes to the peer it pointed at.
+pub fn disconnect(fd: &OwnedFd) -> io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: `unspec` is a valid sockaddr that outlives the call, and its size is passed.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Connects a UDP socket to `peer` (again, when the peer moved): connect(2).
@@ -496,6 +526,30 @@ mod tests {
         );
     }
 
+    /// A scoped link-local listen address keeps its scope for the extra ports and the ephemeral
+    /// listen port, which a bind needs (`SocketAddr::new(ip, port)` dropped it, and the bind
+    /// failed with EINVAL).
+    #[test]
+    fn with_port_keeps_an_ipv6_scope_and_flow_info() {
+        let ip: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let scoped = SocketAddr::V6(std::net::SocketAddrV6::new(ip, 55555, 7, 3));
+        assert_eq!(
+            with_port(scoped, 40000),
+            SocketAddr::V6(std::net::SocketAddrV6::new(ip, 40000, 7, 3))
+        );
+        assert_eq!(
+            with_port("198.18.0.1:55555".parse().unwrap(), 0),
+            "198.18.0.1:0".parse::<SocketAddr>().unwrap()
+        );
+        // A plain bind finds a port the relay's own reuseport group does not hold.
+        let group = udp_socket("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap();
+        let held = local_port(&group).unwrap();
+        for _ in 0..64 {
+            assert_ne!(free_port("127.0.0.1:0".parse().unwrap()).unwrap(), held);
+        }
+        assert!(plain_bind(with_port("127.0.0.1:0".parse().unwrap(), held)).is_err());
+    }
+
     #[test]
     fn reuseport_sockets_share_a_port_and_accept_the_program() {
         // Needs no privileges: loopback, an ephemeral port.
@@ -683,7 +737,8 @@ mod tests {
     fn an_extra_socket_queues_no_datagram_but_still_gets_its_icmp_errors() {
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let peer_address = peer.local_addr().unwrap();
-        let extra = extra_socket("127.0.0.1:0".parse().unwrap(), peer_address, 1 << 16).unwrap();
+        let extra = extra_socket("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap();
+        connect(&extra, peer_address).unwrap();
         let extra_address = local_address(&extra).unwrap();
         // A flood from the one address the connected socket takes datagrams from.
         for _ in 0..200 {

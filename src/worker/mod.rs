@@ -58,6 +58,8 @@ use std::time::{Duration, Instant};
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long shutdown waits for cancelled operations to report back before leaking their memory.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+/// How often a worker tries again to point extra sockets it could not at the peer.
+const EXTRAS_RETRY_NS: u64 = 1_000_000_000;
 
 /// What one worker needs. The fds are opened (and the sockets bound) by the caller.
 pub struct WorkerConfig {
@@ -270,6 +272,9 @@ struct Worker {
     fragmenting: Option<OwnedFd>,
     /// Extra sockets for outer flow entropy, `Socket::Extra(k)`.
     extras: Vec<OwnedFd>,
+    /// When to try again to point the extra sockets that are not connected at the peer (no
+    /// route to it at startup, or after it moved); `None` while all are.
+    extras_retry_at_ns: Option<u64>,
     submissions: Submissions,
     epoch: Instant,
     /// The generation of the peer's address the relay sends to (`Shared::peer_if_moved`).
@@ -589,6 +594,11 @@ impl Worker {
                 .iter()
                 .map(dup)
                 .collect::<Result<_, _>>()?,
+            extras_retry_at_ns: config
+                .extra_sockets
+                .iter()
+                .any(|fd| !socket::is_connected(fd))
+                .then_some(0),
             submissions: Submissions {
                 queued: Vec::with_capacity(4 * depth + 16),
                 ..Submissions::default()
@@ -769,12 +779,43 @@ impl Worker {
             && self.relay.follow_peer(peer)
         {
             self.memory.move_peer(peer);
-            for fd in &self.extras {
-                if let Err(e) = socket::connect(fd, peer) {
+            self.point_extras(peer, now_ns, config.queue, true);
+        }
+        if self.extras_retry_at_ns.is_some_and(|at| now_ns >= at) {
+            self.point_extras(self.relay.peer(), now_ns, config.queue, false);
+        }
+    }
+
+    /// Points the extra sockets at `peer` (all of them after it `moved`, else those not
+    /// connected yet). One that cannot be is disconnected, so that nothing it sends (its
+    /// tuple's probes, which echo the peer's cookie) goes to the old address, and is tried
+    /// again in [`EXTRAS_RETRY_NS`]; its tuple carries nothing meanwhile.
+    fn point_extras(&mut self, peer: SocketAddr, now_ns: u64, queue: usize, moved: bool) {
+        let mut failed = None;
+        for fd in &self.extras {
+            if !moved && socket::is_connected(fd) {
+                continue;
+            }
+            if let Err(e) = socket::connect(fd, peer) {
+                // Still connected to the old peer after a failed connect (the kernel changes
+                // nothing then): undone.
+                let _ = socket::disconnect(fd);
+                failed = Some(e);
+            }
+        }
+        match failed {
+            Some(e) => {
+                if moved {
                     eprintln!(
-                        "tunfwd: queue {}: cannot point an extra socket at {peer}: {e}",
-                        config.queue
+                        "tunfwd: queue {queue}: cannot point the extra sockets at {peer} ({e}): \
+                         they carry nothing until they can (tried again every second)"
                     );
+                }
+                self.extras_retry_at_ns = Some(now_ns + EXTRAS_RETRY_NS);
+            }
+            None => {
+                if self.extras_retry_at_ns.take().is_some() && !moved && queue == 0 {
+                    eprintln!("tunfwd: the extra source ports point at {peer} now");
                 }
             }
         }

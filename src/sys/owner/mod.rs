@@ -78,12 +78,12 @@ use device::look_at_device;
 use locks::{LockDir, look_at_lock};
 use procfs::{
     NETWORK_NAMESPACE, network_namespace, overlaps, parse_udp_row, printable,
-    processes_with_sockets, read_net_table,
+    processes_with_sockets, read_net_table, socket_inode,
 };
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -268,7 +268,7 @@ fn claim_in(
     }
     settle(&device_resource, &mut clock, || look_at_device(device))?;
     for port in ports {
-        let address = SocketAddr::new(listen.ip(), port);
+        let address = crate::sys::socket::with_port(listen, port);
         settle(&Resource::Port(port), &mut clock, || look_at_port(address))?;
     }
     Ok(Ownership {
@@ -403,6 +403,38 @@ fn settle<T>(
     }
 }
 
+/// The UDP sockets bound where they overlap `address` (its port; /proc/net/udp and udp6 of this
+/// thread's network namespace), `ours` left out: their inodes. After a reuseport group of the
+/// relay's binds a port it found free, anything else there shares it: a socket of the same user
+/// that bound it with `SO_REUSEPORT` in between (no conflict for the kernel), whose group the
+/// relay's sockets then joined.
+pub fn strangers_on(address: SocketAddr, ours: &[OwnedFd]) -> Result<Vec<u64>, Error> {
+    let resource = Resource::Port(address.port());
+    let ours: Vec<u64> = ours
+        .iter()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+            socket_inode(&link)
+        })
+        .collect();
+    let mut strangers = Vec::new();
+    for (table, ipv6) in [("udp", false), ("udp6", true)] {
+        let text = read_net_table(&resource, table)?;
+        strangers.extend(
+            text.lines()
+                .filter_map(|line| parse_udp_row(line, ipv6))
+                .filter(|row| overlaps(address, row.local) && !ours.contains(&row.inode))
+                .map(|row| row.inode),
+        );
+    }
+    Ok(strangers)
+}
+
+/// The live processes holding the sockets of `inodes` (through /proc), for a message.
+pub fn socket_holders(inodes: &[u64]) -> Vec<Holder> {
+    processes_with_sockets(inodes)
+}
+
 /// Test-binds the listen address; if something is bound there, finds who.
 fn look_at_port(listen: SocketAddr) -> Result<Look<()>, Error> {
     // std's UdpSocket sets neither SO_REUSEADDR nor SO_REUSEPORT, so this bind fails while any
@@ -442,7 +474,6 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
     use std::net::Ipv4Addr;
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::net::UnixStream;
     use std::process::{Command, Stdio};
@@ -775,6 +806,42 @@ mod tests {
         locks
             .claim(&device, listen, Duration::ZERO)
             .expect("free again once the first is dropped");
+    }
+
+    /// After a group binds a port, the sockets of others there are found, this process's own
+    /// other socket included (a same-user reuseport socket the group joined without a conflict).
+    #[test]
+    fn strangers_on_a_port_are_the_sockets_besides_ours() {
+        let reuseport = |port: u16| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            socket.set_reuse_port(true).unwrap();
+            socket
+                .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .unwrap();
+            OwnedFd::from(socket)
+        };
+        let stranger = reuseport(0);
+        let address = SocketAddr::from((
+            [127, 0, 0, 1],
+            crate::sys::socket::local_port(&stranger).unwrap(),
+        ));
+        let ours = vec![reuseport(address.port()), reuseport(address.port())];
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", stranger.as_raw_fd())).unwrap();
+        let inode = socket_inode(&link).unwrap();
+        assert_eq!(strangers_on(address, &ours).unwrap(), vec![inode]);
+        assert_eq!(
+            socket_holders(&[inode])
+                .iter()
+                .map(|h| h.pid)
+                .collect::<Vec<_>>(),
+            [me()]
+        );
+        drop(stranger);
+        assert_eq!(strangers_on(address, &ours).unwrap(), Vec::<u64>::new());
+        // On another address of the port, nothing overlaps.
+        let elsewhere = SocketAddr::from(([127, 0, 0, 2], address.port()));
+        assert_eq!(strangers_on(elsewhere, &[]).unwrap(), Vec::<u64>::new());
     }
 
     /// The ports `--srcport` names are claimed as the listen port is: one another relay serves
