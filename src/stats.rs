@@ -340,6 +340,9 @@ counters! {
         /// On the worker that runs the tuple's path MTU machine.
         entropy_tuples_confirmed => "Times an extra source port began carrying flows: the peer acknowledged a probe sent from it.",
         entropy_tuples_unconfirmed => "Times an extra source port stopped carrying flows: the peer's acknowledgements of probes from it stopped.",
+        /// Each pause lasts 10 s, doubling up to 5 minutes while none is answered
+        /// (`relay::QuietTuple`).
+        entropy_tuples_quieted => "Times an extra source port's probes paused after a dozen went unanswered in a row (a NAT or firewall that rewrites or drops the port).",
     }
     extra {
         /// A gauge, not a count: the path MTU to the peer (outer headers included) the worker

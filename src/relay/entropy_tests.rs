@@ -688,6 +688,59 @@ fn a_tuple_whose_probes_go_unanswered_carries_no_flow() {
 /// Issue 22, finding 3: a hint posted about a tuple while no machine ran is not taken by the
 /// machine that starts next (it starts as answered, and confirms by probing); and a tuple not
 /// yet confirmed holds no flow down, whatever its machine believes.
+/// A tuple whose probes the peer never answers (a NAT that rewrites its port, a firewall that
+/// drops it) backs off: a dozen unanswered probes, then quiet for 10 s, doubling up to five
+/// minutes, where it probed about 80 times a minute for as long as the relay ran. The tuples
+/// that are answered keep their keepalives, and the quiet one carries flows again once its
+/// probes are answered.
+#[test]
+fn a_tuple_whose_probes_go_unanswered_backs_off() {
+    let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));
+    let mut r = entropy_relay(&shared);
+    let b = FakeBuffers::new();
+    let mut now = 1_000_000;
+    let controls = acknowledged(&mut r, &b, now);
+    let heard = |socket: Socket| socket != Socket::Extra(1);
+    answer_probes(&mut r, &b, &controls, heard, now);
+    let mut probes = HashMap::<Socket, u64>::new();
+    const STEP: u64 = 100_000_000;
+    // Ten minutes; the peer keeps its advertisement answered (answer_probes acknowledges it).
+    for _ in 0..6000 {
+        now += STEP;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        for (_, socket) in probes_of(&controls) {
+            *probes.entry(socket).or_default() += 1;
+        }
+        answer_probes(&mut r, &b, &controls, heard, now);
+    }
+    let quiet = probes.get(&Socket::Extra(1)).copied().unwrap_or(0);
+    assert!(
+        (12..150).contains(&quiet),
+        "tuple 1 probed {quiet} times in ten minutes unanswered: {probes:?}"
+    );
+    assert!(probes[&Socket::Extra(0)] >= 200, "{probes:?}");
+    eprintln!(
+        "probes in ten minutes {probes:?}, quieted {}",
+        r.stats().path.entropy_tuples_quieted
+    );
+    assert!(r.stats().path.entropy_tuples_quieted >= 5);
+    assert!(!shared.tuple_confirmed(1) && shared.tuple_confirmed(0));
+    // Its probes answered from now: it carries flows again within its longest pause.
+    let mut confirmed_after = None;
+    for step in 0..3100 {
+        now += STEP;
+        r.on_timeout(now);
+        let (_, controls) = answer(&mut r, &b, now);
+        answer_probes(&mut r, &b, &controls, |_| true, now);
+        if shared.tuple_confirmed(1) {
+            confirmed_after = Some(step);
+            break;
+        }
+    }
+    assert!(confirmed_after.is_some(), "tuple 1 never carried again");
+}
+
 #[test]
 fn a_hint_without_a_machine_or_an_unprobed_tuple_pulls_no_flow_down() {
     let shared = Arc::new(SourcePorts::new(&OWN, 7, OWN_COOKIE));

@@ -171,6 +171,65 @@ struct TuplePath {
     /// The tuple: `Socket::Extra(index)`.
     index: u8,
     machine: Plpmtud,
+    /// Its probes the peer has not answered lately ([`QuietTuple`]).
+    quiet: QuietTuple,
+}
+
+/// How a tuple whose probes go unanswered backs off: a NAT that rewrites its port, or a firewall
+/// that drops it, answers none, and its machine would otherwise probe it for as long as the
+/// relay runs (about 80 probes a minute per tuple, up to the path MTU each, keeping a NAT
+/// mapping alive for nothing). After [`QUIET_AFTER_PROBES`] unanswered in a row the machine is
+/// paused for [`QUIET_FIRST_NS`], doubling each time up to [`QUIET_MAX_NS`], then probes again;
+/// an answer starts over.
+#[derive(Debug, Clone, Copy)]
+struct QuietTuple {
+    /// The machine's probes sent, and acknowledged, when last looked at.
+    sent_mark: u64,
+    acked_seen: u64,
+    /// The next pause, and when the current one ends (`None`: probing).
+    wait_ns: u64,
+    until_ns: Option<u64>,
+}
+
+const QUIET_AFTER_PROBES: u64 = 12;
+const QUIET_FIRST_NS: u64 = 10_000_000_000;
+const QUIET_MAX_NS: u64 = 300_000_000_000;
+
+impl QuietTuple {
+    fn new(machine: &Plpmtud) -> QuietTuple {
+        QuietTuple {
+            sent_mark: machine.counts().probes_sent,
+            acked_seen: machine.counts().probes_acked,
+            wait_ns: QUIET_FIRST_NS,
+            until_ns: None,
+        }
+    }
+
+    /// After the machine ran at `now_ns`: whether it should pause now (its last
+    /// [`QUIET_AFTER_PROBES`] probes all went unanswered).
+    fn should_pause(&mut self, machine: &Plpmtud, now_ns: u64) -> bool {
+        let counts = machine.counts();
+        if counts.probes_acked != self.acked_seen {
+            *self = QuietTuple::new(machine);
+            return false;
+        }
+        if counts.probes_sent.saturating_sub(self.sent_mark) < QUIET_AFTER_PROBES {
+            return false;
+        }
+        self.until_ns = Some(now_ns + self.wait_ns);
+        self.wait_ns = (self.wait_ns * 2).min(QUIET_MAX_NS);
+        true
+    }
+
+    /// Whether the pause is over at `now_ns` (the machine is then resumed, and counted from).
+    fn pause_over(&mut self, machine: &Plpmtud, now_ns: u64) -> bool {
+        if self.until_ns.is_some_and(|until| now_ns >= until) {
+            self.until_ns = None;
+            self.sent_mark = machine.counts().probes_sent;
+            return true;
+        }
+        false
+    }
 }
 
 /// Where a receive put the parts of a datagram in its buffer: byte ranges of the buffer.

@@ -102,6 +102,13 @@ impl Relay {
                 continue;
             }
             let index = usize::from(tuple.index);
+            if tuple.quiet.until_ns.is_some() {
+                if !tuple.quiet.pause_over(&tuple.machine, now_ns) {
+                    counts.add(&tuple.machine.counts());
+                    continue;
+                }
+                tuple.machine.resume(now_ns);
+            }
             if let Some(hint) = self.source_ports.take_tuple_hint(index) {
                 tuple.machine.on_hint(hint as usize, now_ns);
             }
@@ -126,6 +133,13 @@ impl Relay {
             self.source_ports
                 .publish_tuple_working(index, confirmed.then(|| tuple.machine.working()));
             *slot = probe.map(|probe| (probe, Socket::Extra(tuple.index)));
+            if !confirmed && tuple.quiet.should_pause(&tuple.machine, now_ns) {
+                // Unanswered for a dozen probes (already unconfirmed: they span more than
+                // `TUPLE_CONFIRMED_FOR_NS`): quiet for a while, see `QuietTuple`.
+                tuple.machine.pause();
+                self.shared_path.expect_on_tuple(index, None);
+                self.stats.path.entropy_tuples_quieted += 1;
+            }
         }
         for (probe, socket) in probes.into_iter().flatten() {
             self.send_probe(probe, socket);
@@ -200,6 +214,7 @@ impl Relay {
             } else {
                 tuple.machine.pause();
             }
+            tuple.quiet = super::QuietTuple::new(&tuple.machine);
         }
         if !in_use && moved {
             for tuple in self.tuple_paths.drain(..) {
@@ -218,9 +233,11 @@ impl Relay {
                 .filter(|k| usize::from(*k) % workers == queue % workers)
                 .map(|index| {
                     self.source_ports.take_tuple_hint(usize::from(index));
+                    let machine = Plpmtud::for_tuple(limits, super::entropy::REFRESH_INTERVAL_NS);
                     TuplePath {
                         index,
-                        machine: Plpmtud::for_tuple(limits, super::entropy::REFRESH_INTERVAL_NS),
+                        quiet: super::QuietTuple::new(&machine),
+                        machine,
                     }
                 })
                 .collect();
