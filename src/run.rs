@@ -588,7 +588,7 @@ fn extra_port_sockets(
         // Bound with SO_REUSEPORT, so a same-user socket that took the port in between
         // (after `free_port`, or after `owner::claim` test-bound a `--srcport` one) shares it
         // without a conflict: then it is not this relay's alone.
-        let strangers = sys::owner::strangers_on(local, &fds)?;
+        let strangers = sys::owner::strangers_on(local, &fds);
         if strangers.is_empty() {
             return Ok(Some((port, fds)));
         }

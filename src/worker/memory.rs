@@ -242,15 +242,26 @@ impl Memory {
         (iovs[at..].as_ptr(), pieces.len() as u32, merged)
     }
 
-    /// Lays out control slot `k`'s msghdr for a `Request::SendControl` of `len` bytes.
-    pub fn lay_out_control(&mut self, relay: &Relay, k: u16, len: u32) -> *const libc::msghdr {
+    /// Lays out control slot `k`'s msghdr for a `Request::SendControl` of `len` bytes, to the
+    /// peer's address if `addressed` (not on an extra socket, which is connected to the peer:
+    /// one that is not, with no route to the peer yet, then fails its tuple's probes as it fails
+    /// its data, so that the tuple is not confirmed while its data cannot go).
+    pub fn lay_out_control(
+        &mut self,
+        relay: &Relay,
+        k: u16,
+        len: u32,
+        addressed: bool,
+    ) -> *const libc::msghdr {
         let k = usize::from(k);
         self.control_iovs[k] = self.iovec(relay, relay.control_piece(k as u16, len));
         let name = &*self.peer_sockaddr;
         let m = &mut self.control_msgs[k];
         *m = zeroed_msghdr();
-        m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
-        m.msg_namelen = name.1;
+        if addressed {
+            m.msg_name = (&name.0 as *const libc::sockaddr_storage).cast_mut().cast();
+            m.msg_namelen = name.1;
+        }
         m.msg_iov = &mut self.control_iovs[k];
         m.msg_iovlen = 1;
         &self.control_msgs[k]

@@ -735,7 +735,12 @@ impl Worker {
                 } => Submission::Send {
                     token,
                     socket,
-                    msg: self.memory.lay_out_control(&self.relay, k, len),
+                    msg: self.memory.lay_out_control(
+                        &self.relay,
+                        k,
+                        len,
+                        !matches!(socket, Socket::Extra(_)),
+                    ),
                     gso: false,
                 },
                 Request::DrainErrors { socket } => {

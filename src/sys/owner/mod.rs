@@ -403,31 +403,44 @@ fn settle<T>(
     }
 }
 
-/// The UDP sockets bound where they overlap `address` (its port; /proc/net/udp and udp6 of this
-/// thread's network namespace), `ours` left out: their inodes. After a reuseport group of the
-/// relay's binds a port it found free, anything else there shares it: a socket of the same user
-/// that bound it with `SO_REUSEPORT` in between (no conflict for the kernel), whose group the
-/// relay's sockets then joined.
-pub fn strangers_on(address: SocketAddr, ours: &[OwnedFd]) -> Result<Vec<u64>, Error> {
+/// The UDP sockets of this process's user bound where they overlap `address` (its port;
+/// /proc/net/udp and udp6 of this thread's network namespace), `ours` left out: their inodes.
+/// After a reuseport group of the relay's binds a port it found free, such a socket shares it:
+/// one that bound it with `SO_REUSEPORT` in between, which the kernel lets share the port
+/// without a conflict only with sockets of the same user, and whose group the relay's sockets
+/// then joined. Another user's socket there could not have been bound (EADDRINUSE) and coexists
+/// without sharing anything (one with `IPV6_V6ONLY`, or bound to another device, which /proc
+/// does not show), so it is not counted. Where /proc shows neither the tables nor this
+/// process's own sockets, nothing can be told, and none is returned.
+pub fn strangers_on(address: SocketAddr, ours: &[OwnedFd]) -> Vec<u64> {
     let resource = Resource::Port(address.port());
-    let ours: Vec<u64> = ours
+    let ours: Option<Vec<u64>> = ours
         .iter()
-        .filter_map(|fd| {
+        .map(|fd| {
             let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
             socket_inode(&link)
         })
         .collect();
+    let Some(ours) = ours else {
+        return Vec::new();
+    };
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
     let mut strangers = Vec::new();
     for (table, ipv6) in [("udp", false), ("udp6", true)] {
-        let text = read_net_table(&resource, table)?;
+        let Ok(text) = read_net_table(&resource, table) else {
+            return Vec::new();
+        };
         strangers.extend(
             text.lines()
                 .filter_map(|line| parse_udp_row(line, ipv6))
-                .filter(|row| overlaps(address, row.local) && !ours.contains(&row.inode))
+                .filter(|row| {
+                    row.uid == uid && overlaps(address, row.local) && !ours.contains(&row.inode)
+                })
                 .map(|row| row.inode),
         );
     }
-    Ok(strangers)
+    strangers
 }
 
 /// The live processes holding the sockets of `inodes` (through /proc), for a message.
@@ -829,7 +842,7 @@ mod tests {
         let ours = vec![reuseport(address.port()), reuseport(address.port())];
         let link = std::fs::read_link(format!("/proc/self/fd/{}", stranger.as_raw_fd())).unwrap();
         let inode = socket_inode(&link).unwrap();
-        assert_eq!(strangers_on(address, &ours).unwrap(), vec![inode]);
+        assert_eq!(strangers_on(address, &ours), vec![inode]);
         assert_eq!(
             socket_holders(&[inode])
                 .iter()
@@ -838,10 +851,10 @@ mod tests {
             [me()]
         );
         drop(stranger);
-        assert_eq!(strangers_on(address, &ours).unwrap(), Vec::<u64>::new());
+        assert_eq!(strangers_on(address, &ours), Vec::<u64>::new());
         // On another address of the port, nothing overlaps.
         let elsewhere = SocketAddr::from(([127, 0, 0, 2], address.port()));
-        assert_eq!(strangers_on(elsewhere, &[]).unwrap(), Vec::<u64>::new());
+        assert_eq!(strangers_on(elsewhere, &[]), Vec::<u64>::new());
     }
 
     /// The ports `--srcport` names are claimed as the listen port is: one another relay serves

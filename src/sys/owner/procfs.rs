@@ -85,6 +85,9 @@ fn hides_text(c: char) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct UdpRow {
     pub(super) local: SocketAddr,
+    /// The socket's owner (its creator's effective uid): only sockets of one user can share a
+    /// port with `SO_REUSEPORT` (net/ipv4/udp.c `udp_lib_lport_inuse`).
+    pub(super) uid: u32,
     pub(super) inode: u64,
 }
 
@@ -122,6 +125,7 @@ pub(super) fn parse_udp_row(line: &str, ipv6: bool) -> Option<UdpRow> {
     };
     Some(UdpRow {
         local: SocketAddr::new(ip, port),
+        uid: fields[7].parse().ok()?,
         inode: fields[9].parse().ok()?,
     })
 }
@@ -373,12 +377,16 @@ mod tests {
                  00000000     0        0 {inode} 2 0000000000000000 0"
             )
         };
+        // The owner's uid, which says who could share the port with SO_REUSEPORT.
+        let other_user = row(v4([127, 0, 0, 1]), 55555, 4243).replacen("     0  ", "  1000  ", 1);
+        assert_eq!(parse_udp_row(&other_user, false).map(|r| r.uid), Some(1000));
         let cases: Vec<(String, bool, Option<UdpRow>)> = vec![
             (
                 row(v4([127, 0, 0, 1]), 55555, 4242),
                 false,
                 Some(UdpRow {
                     local: "127.0.0.1:55555".parse().unwrap(),
+                    uid: 0,
                     inode: 4242,
                 }),
             ),
@@ -387,6 +395,7 @@ mod tests {
                 false,
                 Some(UdpRow {
                     local: "0.0.0.0:53".parse().unwrap(),
+                    uid: 0,
                     inode: 1,
                 }),
             ),
@@ -395,6 +404,7 @@ mod tests {
                 true,
                 Some(UdpRow {
                     local: "[::]:55555".parse().unwrap(),
+                    uid: 0,
                     inode: 7,
                 }),
             ),
@@ -403,6 +413,7 @@ mod tests {
                 true,
                 Some(UdpRow {
                     local: "[2001:2::1]:1".parse().unwrap(),
+                    uid: 0,
                     inode: 8,
                 }),
             ),
@@ -411,6 +422,7 @@ mod tests {
                 true,
                 Some(UdpRow {
                     local: "[::ffff:198.18.0.1]:9".parse().unwrap(),
+                    uid: 0,
                     inode: 9,
                 }),
             ),
