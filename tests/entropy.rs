@@ -117,6 +117,21 @@ fn total(report: &Value, field: &str) -> u64 {
     })
 }
 
+/// `host`'s report once its ports are acknowledged and at least `tuples` extra tuples carry
+/// flows now (confirmed less unconfirmed: the count of confirmations alone passes the mark when
+/// tuples went out of use and came back), waiting at most `limit`.
+fn tuples_carrying(bed: &Testbed, host: Host, tuples: u64, limit: Duration) -> Value {
+    report_when(bed, host, limit, |r| {
+        total(r, "path.ports_acknowledged") >= 1 && carrying(r) >= tuples
+    })
+}
+
+/// The extra tuples a report says carry flows now.
+fn carrying(report: &Value) -> u64 {
+    total(report, "path.entropy_tuples_confirmed")
+        - total(report, "path.entropy_tuples_unconfirmed")
+}
+
 /// `host`'s report once `done` holds for it, read every 100 ms for at most `limit`.
 fn report_when(bed: &Testbed, host: Host, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + limit;
@@ -479,15 +494,8 @@ fn relays_with_rps(bed: &Testbed, extra: &[&str], entropy: bool) -> (Process, Pr
     if entropy {
         // Acknowledged, and every extra tuple shown to reach the peer (16 at four queues) now:
         // until then a flow leaves from the listen tuple, and would change tuples mid-stream.
-        // (Confirmed less unconfirmed: the count of confirmations alone passes 16 when tuples
-        // went out of use and came back.)
         for host in [Host::A, Host::B] {
-            report_when(bed, host, Duration::from_secs(15), |r| {
-                total(r, "path.ports_acknowledged") >= 1
-                    && total(r, "path.entropy_tuples_confirmed")
-                        - total(r, "path.entropy_tuples_unconfirmed")
-                        >= 16
-            });
+            tuples_carrying(bed, host, 16, Duration::from_secs(15));
         }
     }
     (a, b)
@@ -756,12 +764,7 @@ fn extra_ports_are_ports_nobody_holds_even_where_the_ephemeral_range_holds_the_l
         a.stderr()
     );
     for (host, tuples) in [(Host::A, 1), (Host::B, 16)] {
-        report_when(&bed, host, Duration::from_secs(15), |r| {
-            total(r, "path.ports_acknowledged") >= 1
-                && total(r, "path.entropy_tuples_confirmed")
-                    - total(r, "path.entropy_tuples_unconfirmed")
-                    >= tuples
-        });
+        tuples_carrying(&bed, host, tuples, Duration::from_secs(15));
     }
     for (from, to, address) in [
         (Host::A, Host::B, testbed::B_TUNNEL4),
@@ -816,12 +819,7 @@ fn a_relay_started_without_a_route_to_its_peer_comes_up_and_its_extra_ports_foll
     std::thread::sleep(Duration::from_millis(1500));
     change("add");
     for host in [Host::A, Host::B] {
-        report_when(&bed, host, Duration::from_secs(30), |r| {
-            total(r, "path.ports_acknowledged") >= 1
-                && total(r, "path.entropy_tuples_confirmed")
-                    - total(r, "path.entropy_tuples_unconfirmed")
-                    >= 16
-        });
+        tuples_carrying(&bed, host, 16, Duration::from_secs(30));
     }
     let pointed = format!(
         "the extra source ports point at {}:{} now",
@@ -1024,10 +1022,7 @@ fn extra_ports_the_peer_never_receives_carry_no_flow_and_every_flow_still_arrive
     report_when(&bed, Host::A, Duration::from_secs(15), |r| {
         total(r, "path.ports_acknowledged") >= 1 && total(r, "path.entropy_tuples_confirmed") >= 4
     });
-    report_when(&bed, Host::B, Duration::from_secs(15), |r| {
-        total(r, "path.entropy_tuples_confirmed") - total(r, "path.entropy_tuples_unconfirmed")
-            >= 16
-    });
+    tuples_carrying(&bed, Host::B, 16, Duration::from_secs(15));
     // Long enough for every dropped tuple's first probe to be tried three times.
     std::thread::sleep(Duration::from_secs(3));
     let capture = Capture::start(&bed, Host::B);
@@ -1055,7 +1050,7 @@ fn extra_ports_the_peer_never_receives_carry_no_flow_and_every_flow_still_arrive
         seen.per_port
     );
     assert_eq!(
-        total(&ra, "path.entropy_tuples_confirmed") - total(&ra, "path.entropy_tuples_unconfirmed"),
+        carrying(&ra),
         4,
         "only the tuples that reach B carry flows: {}",
         ra["path"]
