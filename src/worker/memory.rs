@@ -243,9 +243,7 @@ impl Memory {
     }
 
     /// Lays out control slot `k`'s msghdr for a `Request::SendControl` of `len` bytes, to the
-    /// peer's address if `addressed` (not on an extra socket, which is connected to the peer:
-    /// one that is not, with no route to the peer yet, then fails its tuple's probes as it fails
-    /// its data, so that the tuple is not confirmed while its data cannot go).
+    /// peer's address if `addressed` (the worker's `addressed`).
     pub fn lay_out_control(
         &mut self,
         relay: &Relay,

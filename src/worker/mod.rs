@@ -262,6 +262,14 @@ fn received_from_msghdr(msg: &libc::msghdr, layout: ReceiveLayout, len: usize) -
     }
 }
 
+/// Whether a send on `socket` names the peer's address. Not on an extra socket, which is
+/// connected to the peer: the kernel then takes its cached route (`udp_sendmsg`), and one not
+/// connected yet (no route to the peer at startup) fails its tuple's probes as it fails its data,
+/// so that the tuple is not confirmed while its data cannot go.
+fn addressed(socket: Socket) -> bool {
+    !matches!(socket, Socket::Extra(_))
+}
+
 /// The shell of one worker: the relay, and the memory and fds its requests are carried out on.
 struct Worker {
     relay: Relay,
@@ -711,9 +719,7 @@ impl Worker {
                         msg,
                         (first, segments),
                         segment_size,
-                        // An extra socket is connected to the peer: no address, so that the
-                        // kernel takes its cached route (`udp_sendmsg`).
-                        !matches!(socket, Socket::Extra(_)),
+                        addressed(socket),
                     ),
                     gso: segment_size.is_some(),
                 },
@@ -735,12 +741,9 @@ impl Worker {
                 } => Submission::Send {
                     token,
                     socket,
-                    msg: self.memory.lay_out_control(
-                        &self.relay,
-                        k,
-                        len,
-                        !matches!(socket, Socket::Extra(_)),
-                    ),
+                    msg: self
+                        .memory
+                        .lay_out_control(&self.relay, k, len, addressed(socket)),
                     gso: false,
                 },
                 Request::DrainErrors { socket } => {
